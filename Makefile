@@ -1,0 +1,49 @@
+# nerve-bench: every target that runs code depends on `install`, so on a fresh
+# clone `make test` / `make benchmark` do the whole set-up themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+CONFIG ?= benchmark/configs/default.yaml
+DATA   ?= data/ultrasound-nerve-segmentation
+RESULTS ?= results
+ARGS   ?=
+# Offline-safe defaults: no PyPI check from albumentations, no hub retries, no W&B upload without a key.
+export NO_ALBUMENTATIONS_UPDATE = 1
+export HF_HUB_OFFLINE ?= 1
+export PYTHONHASHSEED = 0
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint format benchmark report lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv with the pinned known-good set (idempotent)
+
+$(STAMP): pyproject.toml requirements/constraints.txt tools/install.sh tools/tv_shim.py
+	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/install.sh
+	@touch $(STAMP)
+
+test: install ## run the test suite (what CI runs)
+	$(PY) -m pytest -q $(ARGS)
+
+lint: install ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+benchmark: install ## run the benchmark grid and write results/leaderboard.* (DATA=path CONFIG=file)
+	$(PY) -m benchmark run --config $(CONFIG) --data-dir $(DATA) --results-dir $(RESULTS) $(ARGS)
+
+report: install ## rebuild results/leaderboard.* and plots from results/runs/*/summary.json
+	$(PY) -m benchmark report --results $(RESULTS)
+
+lock: install ## rewrite requirements/constraints.txt from the current .venv
+	bash tools/lock.sh
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,15 @@
+"""`evaluate` command (not implemented yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "evaluate (not implemented yet)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise SystemExit("evaluate: not implemented yet")

@@ -1,0 +1,15 @@
+"""`report` command (not implemented yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "report (not implemented yet)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise SystemExit("report: not implemented yet")

@@ -1,0 +1,15 @@
+"""`synth` command (not implemented yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "synth (not implemented yet)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise SystemExit("synth: not implemented yet")
