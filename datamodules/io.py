@@ -1,7 +1,14 @@
-"""TIFF reading and writing. The Kaggle originals are LZW-compressed (needs imagecodecs)."""
+"""TIFF reading and writing. The Kaggle originals are LZW-compressed (needs imagecodecs).
+
+tifffile reports some damage (a truncated file whose IFD lies past the end, a bad tag) only as a
+log warning and returns an empty or partial array; ``read_tif`` turns those warnings into
+DataError and keeps them off stderr, so a bad file gives exactly one clear error line.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,16 +16,46 @@ import tifffile
 
 from datamodules.errors import DataError
 
+_capture = threading.local()  # per thread: warnings tifffile logged during the current read_tif
+
+
+def _swallow_while_reading(record: logging.LogRecord) -> bool:
+    """Logger filter: inside read_tif, record tifffile's warnings and drop them from the log."""
+    sink = getattr(_capture, "messages", None)
+    if sink is None:
+        return True
+    sink.append(record.getMessage())
+    return False
+
+
+logging.getLogger("tifffile").addFilter(_swallow_while_reading)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _imread(path: Path) -> np.ndarray:
+    _capture.messages = []
+    try:
+        # maxworkers=1: callers parallelise over files; tifffile's own pool would oversubscribe.
+        arr = tifffile.imread(path, maxworkers=1)
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except Exception as exc:  # tifffile raises many types for truncated/corrupt files
+        raise DataError(path, f"corrupt or truncated tif ({type(exc).__name__}: {_one_line(exc)})") from None
+    finally:
+        warnings, _capture.messages = _capture.messages, None
+    if warnings or arr.size == 0:
+        detail = _one_line(warnings[0]) if warnings else "no image data"
+        raise DataError(path, f"corrupt or truncated tif ({detail})")
+    return arr
+
 
 def read_tif(path: str | Path) -> np.ndarray:
     """Read a single-page grayscale tif as a 2-D uint8 array; DataError when unreadable."""
     path = Path(path)
-    try:
-        arr = tifffile.imread(path)
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except Exception as exc:  # tifffile raises many types for truncated/corrupt files
-        raise DataError(path, f"corrupt or truncated tif ({type(exc).__name__}: {exc})") from None
+    arr = _imread(path)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # tolerate RGB exports of grayscale frames
         arr = arr[..., 0]
     if arr.ndim != 2:
@@ -30,4 +67,6 @@ def read_tif(path: str | Path) -> np.ndarray:
 
 def write_tif(path: str | Path, arr: np.ndarray, lzw: bool = True) -> None:
     """Write a 2-D uint8 array as a (by default LZW-compressed, like Kaggle's) tif."""
-    tifffile.imwrite(Path(path), np.ascontiguousarray(arr, dtype=np.uint8), compression="lzw" if lzw else None)
+    tifffile.imwrite(
+        Path(path), np.ascontiguousarray(arr, dtype=np.uint8), compression="lzw" if lzw else None
+    )

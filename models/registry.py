@@ -9,6 +9,7 @@ any smp or timm (``tu-``) encoder; those resolve through a registered *prefix* f
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,8 +27,14 @@ class ModelInfo:
     paper: str = ""  # citation or source of the architecture
 
 
+@dataclass(frozen=True)
+class _Prefix:
+    factory: Callable[..., nn.Module]  # called as factory(full_name, **kwargs)
+    paper: Callable[[str], str]  # full name -> source description
+
+
 _MODELS: dict[str, ModelInfo] = {}
-_PREFIXES: dict[str, Callable[..., nn.Module]] = {}
+_PREFIXES: dict[str, _Prefix] = {}
 
 
 def register(name: str, paper: str = "") -> Callable:
@@ -42,13 +49,17 @@ def register(name: str, paper: str = "") -> Callable:
     return wrap
 
 
-def register_prefix(prefix: str) -> Callable:
-    """Decorator for a factory handling every ``<prefix>:...`` name; it receives the full name."""
+def register_prefix(prefix: str, paper: str | Callable[[str], str] = "") -> Callable:
+    """Decorator for a factory handling every ``<prefix>:...`` name; it receives the full name.
+
+    ``paper`` is a fixed source string or a function of the full name.
+    """
 
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if prefix in _PREFIXES:
             raise ModelError(f"model prefix {prefix!r} is already registered")
-        _PREFIXES[prefix] = factory
+        describe = paper if callable(paper) else (lambda name: paper or f"generic {prefix}")
+        _PREFIXES[prefix] = _Prefix(factory, describe)
         return factory
 
     return wrap
@@ -60,17 +71,36 @@ def list_models() -> list[str]:
 
 
 def get_info(name: str) -> ModelInfo:
+    """Registry entry for ``name`` (a registered name or ``<prefix>:...``); ModelError if unknown."""
     if name in _MODELS:
         return _MODELS[name]
     prefix = name.split(":", 1)[0]
     if ":" in name and prefix in _PREFIXES:
-        return ModelInfo(name, lambda **kw: _PREFIXES[prefix](name, **kw), "generic " + prefix)
+        entry = _PREFIXES[prefix]
+        return ModelInfo(name, lambda **kw: entry.factory(name, **kw), entry.paper(name))
     close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     known = ", ".join(list(_MODELS) + [f"{p}:<arch>:<encoder>" for p in _PREFIXES])
     raise ModelError(f"unknown model {name!r}{hint} (known: {known})")
 
 
+def _check_kwargs(name: str, factory: Callable[..., nn.Module], kwargs: dict) -> None:
+    """Reject unknown keyword arguments up front, listing the accepted ones."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        accepted = ", ".join(p for p in params if p != "self")
+        raise ModelError(f"model {name!r}: unknown argument(s) {', '.join(unknown)} (accepted: {accepted})")
+
+
 def create(name: str, **kwargs: object) -> nn.Module:
-    """Build model ``name``; unknown names raise ModelError with close matches."""
-    return get_info(name).factory(**kwargs)
+    """Build model ``name``; unknown names or arguments raise ModelError."""
+    info = get_info(name)
+    if name in _MODELS:
+        _check_kwargs(name, info.factory, kwargs)
+    return info.factory(**kwargs)

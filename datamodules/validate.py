@@ -1,0 +1,130 @@
+"""Checks for the Kaggle layout files: ``train_masks.csv`` rows, image shapes, mask values.
+
+Every failure raises ``DataError(path, problem)`` with a one-line problem, so the CLI prints one
+line naming the file to fix (and, for the csv, the line number).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datamodules.errors import DataError
+from datamodules.io import read_tif
+from datamodules.rle import RLEError, decode, parse_runs
+
+CSV_HEADER = ("subject", "img", "pixels")
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    line: int  # 1-based line in the csv file (the header is line 1)
+    rle: str
+
+
+def _parse_int(text: str, csv_path: Path, line: int, column: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise DataError(csv_path, f"line {line}: {column} {text!r} is not an integer") from None
+
+
+def _check_header(header: list[str] | None, csv_path: Path) -> None:
+    got = tuple(h.strip().lower() for h in header) if header else ()
+    if got != CSV_HEADER:
+        raise DataError(
+            csv_path, f"line 1: header is {','.join(got) or '(empty)'}, expected {','.join(CSV_HEADER)}"
+        )
+
+
+def _check_rle(rle: str, shape: tuple[int, int], csv_path: Path, line: int) -> None:
+    """Token and range checks without decoding pixels (cheap enough for all 5,635 rows)."""
+    try:
+        starts, lengths = parse_runs(rle)
+    except RLEError as exc:
+        raise DataError(csv_path, f"line {line}: {exc}") from None
+    n_pixels = shape[0] * shape[1]
+    if starts.size and int((starts + lengths).max()) > n_pixels:
+        end = int((starts + lengths).max())
+        raise DataError(
+            csv_path,
+            f"line {line}: RLE run ends at pixel {end}, beyond the {shape[0]}x{shape[1]} image "
+            f"({n_pixels} pixels)",
+        )
+
+
+def read_masks_csv(csv_path: Path, shape: tuple[int, int]) -> dict[tuple[int, int], CsvRow]:
+    """Parse and check every row of ``train_masks.csv``; keyed by (subject, img)."""
+    rows: dict[tuple[int, int], CsvRow] = {}
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            _check_header(next(reader, None), csv_path)
+            for record in reader:
+                line = reader.line_num
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue  # blank line
+                if len(record) != 3:
+                    raise DataError(csv_path, f"line {line}: expected 3 columns, got {len(record)}")
+                key = (
+                    _parse_int(record[0], csv_path, line, "subject"),
+                    _parse_int(record[1], csv_path, line, "img"),
+                )
+                _check_rle(record[2], shape, csv_path, line)
+                if key in rows:
+                    raise DataError(
+                        csv_path,
+                        f"line {line}: duplicate row for {key[0]}_{key[1]} (first on line {rows[key].line})",
+                    )
+                rows[key] = CsvRow(line, record[2].strip())
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(csv_path, f"unreadable csv ({type(exc).__name__}: {exc})") from None
+    return rows
+
+
+def check_shape(arr: np.ndarray, path: Path, shape: tuple[int, int], what: str = "image") -> None:
+    if arr.shape != tuple(shape):
+        raise DataError(
+            path, f"{what} is {arr.shape[0]}x{arr.shape[1]} (HxW), expected {shape[0]}x{shape[1]}"
+        )
+
+
+def read_image(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    arr = read_tif(path)
+    check_shape(arr, path, shape)
+    return arr
+
+
+def read_mask(path: Path, shape: tuple[int, int], validate: bool = True) -> np.ndarray:
+    """Read a ``*_mask.tif`` as uint8 {0, 1}; its values must be {0, 255} or {0, 1}."""
+    arr = read_tif(path)
+    check_shape(arr, path, shape, what="mask")
+    if validate:
+        top = int(arr.max())
+        if top not in (0, 1, 255) or np.count_nonzero((arr != 0) & (arr != top)):
+            values = np.unique(arr)
+            shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
+            raise DataError(path, f"mask is not binary: values {{{shown}}}, expected {{0, 255}} or {{0, 1}}")
+    return (arr != 0).view(np.uint8)
+
+
+def decode_row(row: CsvRow, csv_path: Path, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        return decode(row.rle, shape)
+    except RLEError as exc:
+        raise DataError(csv_path, f"line {row.line}: {exc}") from None
+
+
+def check_agree(
+    tif_mask: np.ndarray, csv_mask: np.ndarray, mask_path: Path, csv_path: Path, line: int
+) -> None:
+    differ = int(np.count_nonzero(tif_mask != csv_mask))
+    if differ:
+        raise DataError(
+            mask_path,
+            f"disagrees with {csv_path.name} line {line}: {differ} pixels differ "
+            f"({int(tif_mask.sum())} foreground in the tif, {int(csv_mask.sum())} in the csv)",
+        )

@@ -1,0 +1,196 @@
+"""`data check`: the summary on real data, and one clear error line (exit 2) for each bad input.
+
+Every broken dataset is also fed to ``load_train`` (what the DataModule uses), which must raise
+the very DataError that the CLI printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark.cli import main
+from datamodules.errors import DataError
+from datamodules.io import write_tif
+from datamodules.kaggle import load_test, load_train
+from datamodules.rle import encode
+from tests.datamodules.test_kaggle import tiny_masks, write_csv, write_tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny_check") / "data")
+
+
+@pytest.fixture
+def tiny(tiny_template: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_template, tmp_path / "data"))
+
+
+def tiny_rows(overrides: dict[str, str] | None = None) -> list[list]:
+    rows = [[*stem.split("_"), encode(mask)] for stem, mask in tiny_masks().items()]
+    for row in rows:
+        row[2] = (overrides or {}).get(f"{row[0]}_{row[1]}", row[2])
+    return rows
+
+
+def cli_error(capsys: pytest.CaptureFixture, data_dir: Path) -> str:
+    """Run `data check`, assert exit 2 with exactly one stderr line and no traceback; return it."""
+    rc = main(["data", "check", "--data-dir", str(data_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 2, out
+    assert "Traceback" not in err and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def assert_bad(
+    capsys: pytest.CaptureFixture, data_dir: Path, name: str, *fragments: str, loader: Callable = load_train
+) -> str:
+    line = cli_error(capsys, data_dir)
+    for text in (name, *fragments):
+        assert text in line, line
+    with pytest.raises(DataError) as info:
+        loader(data_dir)
+    assert f"error: {info.value}" == line
+    assert Path(info.value.path).name == name
+    return line
+
+
+def test_missing_directory(capsys, tmp_path):
+    assert_bad(capsys, tmp_path / "absent", "absent", "directory not found")
+
+
+def test_missing_train_directory(capsys, tiny):
+    shutil.rmtree(tiny / "train")
+    assert_bad(capsys, tiny, "train", "directory not found")
+
+
+def test_no_images(capsys, tiny):
+    for path in (tiny / "train").glob("*.tif"):
+        path.unlink()
+    assert_bad(capsys, tiny, "train", "no training images")
+
+
+def test_image_without_mask_or_csv_row(capsys, tiny):
+    (tiny / "train" / "1_2_mask.tif").unlink()
+    write_csv(tiny, [r for r in tiny_rows() if r[:2] != ["1", "2"]])
+    assert_bad(capsys, tiny, "1_2.tif", "has no mask", "no row in train_masks.csv")
+
+
+@pytest.mark.parametrize("name", ["2_1.tif", "1_1_mask.tif"])
+def test_truncated_tif(capsys, tiny, name):
+    path = tiny / "train" / name
+    path.write_bytes(path.read_bytes()[:500])
+    assert_bad(capsys, tiny, name, "corrupt or truncated tif")
+
+
+def test_corrupt_test_image(capsys, tiny):
+    (tiny / "test" / "2.tif").write_bytes(b"\x00" * 64)
+    assert_bad(capsys, tiny, "2.tif", "corrupt or truncated tif", loader=load_test)
+
+
+def test_wrong_image_shape(capsys, tiny):
+    write_tif(tiny / "train" / "1_2.tif", np.zeros((400, 580), np.uint8))
+    assert_bad(capsys, tiny, "1_2.tif", "image is 400x580 (HxW), expected 420x580")
+
+
+def test_wrong_test_image_shape(capsys, tiny):
+    write_tif(tiny / "test" / "10.tif", np.zeros((580, 420), np.uint8))
+    assert_bad(capsys, tiny, "10.tif", "expected 420x580", loader=load_test)
+
+
+def test_non_binary_mask(capsys, tiny):
+    mask = tiny_masks()["1_1"] * 255
+    mask[0, :5] = 128
+    write_tif(tiny / "train" / "1_1_mask.tif", mask)
+    assert_bad(capsys, tiny, "1_1_mask.tif", "not binary", "values {0, 128, 255}")
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "fragment"),
+    [
+        (("subject", "image", "pixels"), tiny_rows(), "line 1: header is subject,image,pixels"),
+        (("subject", "img"), tiny_rows(), "line 1: header is subject,img, expected subject,img,pixels"),
+        (
+            ("subject", "img", "pixels"),
+            [*tiny_rows(), ["x", "3", ""]],
+            "line 5: subject 'x' is not an integer",
+        ),
+        (
+            ("subject", "img", "pixels"),
+            [["1", "2.5", ""], *tiny_rows()],
+            "line 2: img '2.5' is not an integer",
+        ),
+        (("subject", "img", "pixels"), tiny_rows({"1_2": "10 5 a"}), "line 3: RLE has a non-integer token"),
+        (
+            ("subject", "img", "pixels"),
+            tiny_rows({"1_2": "10 5 7"}),
+            "line 3: RLE has an odd number of values",
+        ),
+    ],
+)
+def test_malformed_csv(capsys, tiny, header, rows, fragment):
+    write_csv(tiny, rows, header=header)
+    assert_bad(capsys, tiny, "train_masks.csv", fragment)
+
+
+def test_rle_run_out_of_range(capsys, tiny):
+    write_csv(tiny, tiny_rows({"2_1": "243590 20"}))
+    assert_bad(capsys, tiny, "train_masks.csv", "line 4", "RLE run ends at pixel 243609", "243600 pixels")
+
+
+def test_mask_tif_disagrees_with_csv(capsys, tiny):
+    shifted = np.roll(tiny_masks()["1_1"], 3, axis=1)  # 40 rows x 3 columns move on each side
+    write_csv(tiny, tiny_rows({"1_1": encode(shifted)}))
+    assert_bad(capsys, tiny, "1_1_mask.tif", "disagrees with train_masks.csv line 2", "240 pixels differ")
+
+
+# --- the summary ---------------------------------------------------------------------------------
+
+
+def test_human_summary(capsys, tiny):
+    assert main(["data", "check", "--data-dir", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    assert "training pairs  3 from 2 subjects" in out
+    assert "positive masks  2 (66.7%)" in out and "test images     3" in out
+    assert "580x420 (W x H)" in out and "tif+csv" in out
+
+
+REAL = {"n_train": 26, "n_subjects": 8, "n_positive": 15, "n_test": 25}
+
+
+def test_real_json_summary(capsys, uns_sample):
+    assert main(["data", "check", "--data-dir", str(uns_sample), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)  # exactly one JSON object
+    assert {k: info[k] for k in REAL} == REAL
+    assert info["image_size"] == [420, 580] and info["mask_source"] == "tif+csv"
+    assert info["positive_fraction"] == pytest.approx(15 / 26, abs=1e-6)
+    assert len(info["content_hash"]) == 16
+
+
+def test_real_json_via_console_entry(uns_sample):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "benchmark", "data", "check", "--data-dir", str(uns_sample), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert {k: info[k] for k in REAL} == REAL
+
+
+def test_bad_input_via_console_entry(tmp_path):
+    cmd = [sys.executable, "-m", "benchmark", "data", "check", "--data-dir", str(tmp_path / "absent")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "absent: directory not found" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,86 @@
+"""TIFF IO: round-trips, the real LZW originals, and one-line errors for damaged files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from datamodules.errors import DataError
+from datamodules.io import read_tif, write_tif
+
+
+@pytest.mark.parametrize("lzw", [True, False])
+def test_round_trip(tmp_path, lzw):
+    arr = np.random.default_rng(0).integers(0, 256, (7, 5), dtype=np.uint8)
+    write_tif(tmp_path / "a.tif", arr, lzw=lzw)
+    out = read_tif(tmp_path / "a.tif")
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, arr)
+    with tifffile.TiffFile(tmp_path / "a.tif") as tif:
+        expected = tifffile.COMPRESSION.LZW if lzw else tifffile.COMPRESSION.NONE
+        assert tif.pages[0].compression == expected
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="nope.tif: file not found"):
+        read_tif(tmp_path / "nope.tif")
+
+
+def test_not_a_tif(tmp_path):
+    (tmp_path / "junk.tif").write_bytes(b"hello world" * 10)
+    with pytest.raises(DataError, match=r"junk.tif: corrupt or truncated tif"):
+        read_tif(tmp_path / "junk.tif")
+
+
+@pytest.mark.parametrize("keep", [0.01, 0.5, 0.99])
+def test_truncated_written_tif(tmp_path, keep):
+    arr = np.random.default_rng(1).integers(0, 256, (64, 80), dtype=np.uint8)
+    write_tif(tmp_path / "full.tif", arr)
+    data = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(DataError, match="cut.tif: corrupt or truncated tif") as info:
+        read_tif(tmp_path / "cut.tif")
+    assert "\n" not in str(info.value)
+
+
+def test_wrong_dtype_and_rank(tmp_path):
+    tifffile.imwrite(tmp_path / "u16.tif", np.zeros((4, 4), np.uint16))
+    with pytest.raises(DataError, match="u16.tif: expected uint8 pixels, got uint16"):
+        read_tif(tmp_path / "u16.tif")
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 5, 6), np.uint8))
+    with pytest.raises(DataError, match=r"stack.tif: expected a 2-D grayscale image"):
+        read_tif(tmp_path / "stack.tif")
+
+
+def test_rgb_export_reads_first_channel(tmp_path):
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0] = 7
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    np.testing.assert_array_equal(read_tif(tmp_path / "rgb.tif"), np.full((4, 5), 7, np.uint8))
+
+
+def test_real_lzw_originals(uns_sample):
+    """The Kaggle files are LZW; reading them needs imagecodecs, which must be installed."""
+    for path in [
+        uns_sample / "train" / "1_1.tif",
+        uns_sample / "train" / "1_1_mask.tif",
+        uns_sample / "test" / "1.tif",
+    ]:
+        with tifffile.TiffFile(path) as tif:
+            assert tif.pages[0].compression == tifffile.COMPRESSION.LZW
+        arr = read_tif(path)
+        assert arr.shape == (420, 580) and arr.dtype == np.uint8
+    assert 0 < read_tif(uns_sample / "train" / "1_1.tif").std()
+    assert set(np.unique(read_tif(uns_sample / "train" / "1_1_mask.tif")).tolist()) == {0, 255}
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.99])
+def test_truncated_real_tif_is_one_error_and_silent(uns_sample, tmp_path, capfd, keep):
+    """Kaggle tifs keep their IFD at the end: tifffile only *logs* that; it must become a DataError."""
+    data = (uns_sample / "train" / "1_1_mask.tif").read_bytes()
+    (tmp_path / "cut_mask.tif").write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(DataError, match="cut_mask.tif: corrupt or truncated tif"):
+        read_tif(tmp_path / "cut_mask.tif")
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

@@ -1,0 +1,121 @@
+"""Registry errors, generic smp names, presence heads and the offline weights guard."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from models import registry
+from models.registry import ModelError
+
+
+def test_duplicate_registration_is_rejected() -> None:
+    with pytest.raises(ModelError, match="already registered"):
+        registry.register("unet")(lambda **kw: torch.nn.Identity())
+    with pytest.raises(ModelError, match="already registered"):
+        registry.register_prefix("smp")(lambda name, **kw: torch.nn.Identity())
+    assert models.list_models().count("unet") == 1
+
+
+def test_unknown_name_suggests_close_match() -> None:
+    with pytest.raises(ModelError, match="did you mean 'unet_resnet34'"):
+        models.create("unet_resnet43")
+
+
+def test_unknown_argument_lists_accepted_ones() -> None:
+    with pytest.raises(ModelError, match=r"unknown argument\(s\) widht.*base_width"):
+        models.create("unet", widht=8)
+
+
+def test_generic_smp_names_are_not_in_the_default_set() -> None:
+    assert not any(name.startswith("smp:") for name in models.list_models())
+    assert "unetplusplus" in models.get_info("smp:unetplusplus:resnet18").paper
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("smp:unett:resnet34", "unknown smp architecture 'unett'; did you mean 'unet'"),
+        ("smp:unet:resnet343", "unknown smp encoder 'resnet343'; did you mean 'resnet34'"),
+        ("smp:unet:tu-resnet1888", "unknown timm encoder"),
+        ("smp:unet", "expected smp:<arch>:<encoder>"),
+    ],
+)
+def test_generic_smp_errors(name: str, match: str) -> None:
+    with pytest.raises(ModelError, match=match):
+        models.create(name)
+
+
+def test_generic_smp_arch_is_case_insensitive() -> None:
+    model = models.create("smp:FPN:resnet18")
+    assert type(model.net).__name__ == "FPN"
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_smp_presence_head_returns_dict() -> None:
+    model = models.create("smp:unet:resnet18", presence_head=True, decoder_channels=(16, 16, 16, 16, 16))
+    out = model(torch.randn(2, 1, 64, 96))
+    assert set(out) == {"mask", "presence"}
+    assert out["mask"].shape == (2, 1, 64, 96) and out["presence"].shape == (2, 1)
+
+
+def test_smp_bad_kwarg_is_a_model_error() -> None:
+    with pytest.raises(ModelError, match=r"unknown argument\(s\) no_such_option .*decoder_channels"):
+        models.create("unet_mobilenet_v2", no_such_option=3)
+    with pytest.raises(ModelError, match="smp:unet:tu-resnet18: cannot build"):
+        models.create("smp:unet:tu-resnet18", no_such_option=3)
+
+
+@pytest.fixture
+def cold_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path
+
+
+def _no_network(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the network must not be touched")
+
+
+@pytest.mark.parametrize("name", ["unet_resnet34", "smp:unet:tu-resnet18"])
+def test_imagenet_weights_offline_fail_fast(
+    cold_cache: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", _no_network)
+    with pytest.raises(ModelError, match="need network access or a cached download; HF_HUB_OFFLINE"):
+        models.create(name, encoder_weights="imagenet")
+
+
+def test_imagenet_weights_unreachable_network(cold_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("models.weights.network_reachable", lambda: False)
+    with pytest.raises(ModelError, match="huggingface.co is unreachable"):
+        models.create("unet_resnet34", encoder_weights="imagenet")
+
+
+def test_unknown_weights_name(cold_cache: Path) -> None:
+    with pytest.raises(ModelError, match="has no weights 'instagram'; available: imagenet"):
+        models.create("unet_resnet34", encoder_weights="instagram")
+
+
+def test_cached_weights_pass_the_guard(cold_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import segmentation_models_pytorch as smp
+
+    from models.weights import ensure_available
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    entry = smp.encoders.encoders["resnet34"]["pretrained_settings"]["imagenet"]
+    repo_dir = cold_cache / "hf" / "hub" / ("models--" + entry["repo_id"].replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / entry["revision"]
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"stub")
+    ensure_available("resnet34", "imagenet")  # no error: found in the cache
+    with pytest.raises(ModelError):
+        ensure_available("resnet18", "imagenet")  # a different encoder is still missing

@@ -1,0 +1,84 @@
+"""TransCGUNet heads, gates and positional embeddings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models
+from models.registry import ModelError
+from models.trans_cg_unet import gate_mask
+
+
+def _small(**kw: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.create(
+        "trans_cg_unet", base_width=4, depth=3, embed_dim=16, num_layers=1, num_heads=2, **kw
+    )
+
+
+def test_heads_shapes_and_bbox_range() -> None:
+    out = _small()(torch.randn(2, 1, 32, 48))
+    assert set(out) == {"mask", "presence", "bbox"}
+    assert out["mask"].shape == (2, 1, 32, 48)
+    assert out["presence"].shape == (2, 1)
+    assert out["bbox"].shape == (2, 4)
+    assert ((out["bbox"] >= 0) & (out["bbox"] <= 1)).all()
+
+
+def test_hard_gate_empties_the_mask_when_presence_is_low() -> None:
+    model = _small(gate="hard", gate_threshold=0.5).eval()
+    torch.nn.init.constant_(model.presence_head.bias, -100.0)
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 32, 32))
+    assert (torch.sigmoid(out["presence"]) < 0.5).all()
+    assert not (torch.sigmoid(out["mask"]) > 0.5).any()
+    model.gate = "none"  # same weights, ungated: the raw mask is not forced empty
+    with torch.no_grad():
+        raw = model(torch.randn(2, 1, 32, 32))["mask"]
+    assert raw.min() > -20
+
+
+def test_hard_gate_keeps_the_mask_when_presence_is_high() -> None:
+    mask = torch.tensor([[[[3.0, -1.0]]]])
+    torch.testing.assert_close(gate_mask(mask, torch.tensor([[2.0]]), "hard", 0.5), mask)
+    assert (gate_mask(mask, torch.tensor([[-2.0]]), "hard", 0.5) == -20.0).all()
+
+
+def test_soft_gate_multiplies_probabilities() -> None:
+    mask, presence = torch.tensor([[[[0.0, 2.0, -3.0]]]]), torch.tensor([[1.0]])
+    gated = gate_mask(mask, presence, "soft")
+    expected = torch.sigmoid(mask) * torch.sigmoid(presence)
+    torch.testing.assert_close(torch.sigmoid(gated), expected)
+    # sigmoid(0) * sigmoid(0) = 1/4 -> logit(1/4) = -ln 3
+    torch.testing.assert_close(
+        gate_mask(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1), "soft").item(), -1.0986123
+    )
+
+
+def test_training_always_uses_the_soft_gate() -> None:
+    model = _small(gate="hard")
+    torch.nn.init.constant_(model.presence_head.bias, -100.0)
+    mask = model(torch.randn(2, 1, 32, 32))["mask"]  # train mode: soft, whatever the setting
+    assert mask.requires_grad
+    assert mask.max() < -50  # strongly suppressed by p_presence ~ e^-100 ...
+    assert mask.std() > 0  # ... but not the hard gate's constant
+
+
+def test_positional_embedding_resizes_to_two_token_grids() -> None:
+    model = _small(pos_grid=4).eval()
+    bottleneck = model.bottleneck
+    assert bottleneck.position(4, 4) is bottleneck.pos_embed
+    assert bottleneck.position(2, 6).shape == (1, 16, 2, 6)
+    with torch.no_grad():
+        for shape in [(1, 1, 32, 32), (1, 1, 16, 48)]:  # token grids 4x4 and 2x6
+            assert model(torch.randn(shape))["mask"].shape == shape
+
+
+def test_bad_gate_arguments() -> None:
+    with pytest.raises(ModelError, match="gate must be one of"):
+        models.create("trans_cg_unet", gate="maybe")
+    with pytest.raises(ModelError, match="gate_threshold"):
+        models.create("trans_cg_unet", gate_threshold=1.5)
+    with pytest.raises(ModelError, match="trans_cg_unet"):
+        models.create("trans_cg_unet", no_such_option=1)
