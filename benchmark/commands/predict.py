@@ -1,15 +1,51 @@
-"""`predict` command (not implemented yet)."""
+"""`predict`: masks, overlays and a Kaggle submission from one or several checkpoints."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
-HELP = "predict (not implemented yet)"
+HELP = "predict test masks (and a Kaggle submission) with one checkpoint or an averaged ensemble"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint file, or several separated by commas (probabilities are averaged)",
+    )
+    parser.add_argument("--input", required=True, help="a folder of tifs, or a Kaggle root holding test/")
+    parser.add_argument("--out", required=True, help="output folder for <stem>.tif masks (0/255)")
+    parser.add_argument("--submission", default=None, help="also write a Kaggle CSV (img,pixels) here")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="horizontal-flip TTA on/off (default: as each checkpoint was tuned)",
+    )
+    parser.add_argument("--overlays", action="store_true", help="write <out>/overlays/<stem>.png")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("predict: not implemented yet")
+    from benchmark.predict import predict_dir
+
+    checkpoints = [c.strip() for c in args.checkpoint.split(",") if c.strip()]
+    result = predict_dir(
+        checkpoints,
+        args.input,
+        args.out,
+        submission=args.submission,
+        tta=args.tta,
+        overlays=args.overlays,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        where = f"; submission {result['submission']}" if result["submission"] else ""
+        print(f"{result['n_images']} masks ({result['n_positive']} non-empty) in {result['out_dir']}{where}")
+    return 0

@@ -1,15 +1,46 @@
-"""`speed` command (not implemented yet)."""
+"""`speed`: the suite's training img/s beside a plain PyTorch loop and the compute ceiling."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import sys
 
-HELP = "speed (not implemented yet)"
+HELP = "measure training and inference speed: suite vs plain PyTorch vs on-device ceiling"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--models", default="unet,unet_resnet34", help="comma-separated registry names")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per path")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timing")
+    parser.add_argument("--workers", type=int, default=None, help="plain loop's DataLoader workers")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the suite and ceiling models")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--data-dir", default=None, help="Kaggle layout to read (default: synthetic data)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("speed: not implemented yet")
+    from benchmark.config import ConfigError
+    from benchmark.speed import SpeedSettings, format_table, run_speed
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        settings = SpeedSettings(
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            warmup=args.warmup,
+            device=args.device,
+            compile=args.compile,
+            workers=args.workers,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout clean for --json (Lightning chatter)
+        rows = run_speed(models, settings, args.data_dir)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0

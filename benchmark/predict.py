@@ -1,0 +1,236 @@
+"""Test-set inference: one or several checkpoints -> mask tifs, overlays and a Kaggle submission.
+
+Each checkpoint is rebuilt from primitives only (its ``hyper_parameters["config"]`` names the
+registry model; the state dict is loaded into a fresh :class:`SegModule`), so no pickled module is
+ever executed. Every checkpoint predicts at its own network size and resize mode, and the
+probabilities are mapped back to 420x580 with ``geometry.restore`` before combining.
+
+Ensembling rule (several checkpoints, e.g. the K fold models of one architecture): the 420x580
+foreground probabilities and the presence probabilities are AVERAGED over checkpoints, then ONE
+post-processing is applied whose numeric parameters (threshold, min_area, presence_tau) are the
+means of the checkpoints' validation-tuned parameters (min_area rounded); non-numeric fields come
+from the first checkpoint. Averaging keeps the probabilities on the scale every threshold was
+tuned on, and for a single checkpoint the rule is exactly its own tuned post-processing. Averaging
+probabilities before thresholding is the usual fold ensemble (it reduces variance; cf.
+Lakshminarayanan et al., "Deep Ensembles", NeurIPS 2017).
+
+TTA: ``tta=None`` follows each checkpoint (the ``tta`` its post-processing was tuned with);
+True/False forces horizontal-flip averaging on or off for every checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmark.config import ConfigError
+from benchmark.costs import autocast, resolve_device
+from datamodules import geometry
+from datamodules.errors import DataError, NerveBenchError
+from datamodules.io import read_tif, write_tif
+from datamodules.rle import KAGGLE_SHAPE, encode
+
+_NUMERIC = re.compile(r"^\d+$")
+_MEANED = ("threshold", "min_area", "presence_tau")
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    module: Any  # SegModule in eval mode on the target device
+    post: Any  # PostProcess tuned on this checkpoint's validation fold
+    precision: str
+
+
+def list_inputs(input_dir: str | Path) -> list[tuple[str, Path]]:
+    """(stem, path) of the tifs to predict: ``DIR/test/*.tif`` when DIR has test/, else ``DIR/*.tif``.
+
+    ``*_mask.tif`` files are skipped; numeric stems sort numerically, then the rest by name.
+    """
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise DataError(root, "input directory not found")
+    folder = root / "test" if (root / "test").is_dir() else root
+    paths = [
+        p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.stem.endswith("_mask")
+    ]
+    if not paths:
+        raise DataError(folder, "no .tif images to predict")
+
+    def key(p: Path) -> tuple:
+        return (0, int(p.stem), "") if _NUMERIC.match(p.stem) else (1, 0, p.stem)
+
+    return [(p.stem, p) for p in sorted(paths, key=key)]
+
+
+def _read_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise NerveBenchError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated file, not a checkpoint, or unexpected pickled objects
+        raise NerveBenchError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if (
+        not isinstance(ckpt, dict)
+        or "state_dict" not in ckpt
+        or "config" not in ckpt.get("hyper_parameters", {})
+    ):
+        raise NerveBenchError(
+            f"{path}: not a nerve-bench checkpoint (no state_dict / hyper_parameters.config)"
+        )
+    return ckpt
+
+
+def _postprocess_of(path: Path, ckpt: dict) -> Any:
+    """The checkpoint's tuned PostProcess; the defaults (with the run's tta) when it has none."""
+    from benchmark.postprocess import PostProcess
+
+    saved = (ckpt.get("nerve_bench") or {}).get("postprocess")
+    if saved is None:
+        print(f"warning: {path} has no tuned post-processing; using the defaults", file=sys.stderr)
+        return PostProcess(tta=bool(ckpt["hyper_parameters"]["config"].get("tta", False)))
+    try:
+        return PostProcess.from_dict(saved)
+    except (ConfigError, TypeError) as exc:
+        raise NerveBenchError(f"{path}: bad stored post-processing ({exc})") from None
+
+
+def load_model(path: str | Path, device: torch.device, tta: bool | None = None) -> LoadedModel:
+    """Rebuild a checkpoint's SegModule from its config and weights, ready for inference."""
+    from benchmark.module import SegModule, resolve_precision
+    from models.registry import ModelError
+
+    path = Path(path)
+    ckpt = _read_checkpoint(path)
+    post = _postprocess_of(path, ckpt)
+    config = dict(ckpt["hyper_parameters"]["config"])
+    # The weights come from the state dict: never download pretrained encoders, never compile.
+    config.update(encoder_weights=None, compile=False, tta=post.tta if tta is None else tta)
+    try:
+        module = SegModule(config)
+        module.load_state_dict(ckpt["state_dict"])
+    except (ConfigError, ModelError, RuntimeError) as exc:
+        raise NerveBenchError(f"{path}: cannot rebuild the model ({exc})") from None
+    precision = resolve_precision(module.cfg.precision, device.type)
+    return LoadedModel(path, module.to(device).eval(), post, precision if device.type == "cuda" else "32")
+
+
+def ensemble_postprocess(posts: Sequence[Any]) -> Any:
+    """One PostProcess for averaged probabilities: the mean of the numeric tuned parameters."""
+    first = posts[0]
+    names = {f.name for f in fields(first)}
+    changes = {}
+    for name in _MEANED:
+        if name in names:
+            mean = float(np.mean([getattr(p, name) for p in posts]))
+            changes[name] = int(round(mean)) if isinstance(getattr(first, name), int) else mean
+    return replace(first, **changes)
+
+
+def _network_input(images: np.ndarray, module: Any, device: torch.device) -> torch.Tensor:
+    from datamodules.datamodule import normalise
+
+    cfg = module.cfg
+    batch = np.stack([geometry.prepare(img, cfg.resize_mode, cfg.image_size) for img in images])
+    return normalise(batch[:, None]).to(device)
+
+
+@torch.inference_mode()
+def predict_probs(models: Sequence[LoadedModel], images: np.ndarray, device: torch.device) -> tuple:
+    """Mean foreground probability (B,420,580) and mean presence probability (B,) over ``models``."""
+    prob_sum = torch.zeros((len(images), *KAGGLE_SHAPE), device=device)
+    presence_sum = torch.zeros(len(images), device=device)
+    for m in models:
+        with autocast(device, m.precision):
+            prob, presence, _ = m.module.predict_orig(_network_input(images, m.module, device))
+        prob_sum += prob.float()
+        presence_sum += presence.float()
+    return (prob_sum / len(models)).cpu().numpy(), (presence_sum / len(models)).cpu().numpy()
+
+
+def _read_checked(path: Path) -> np.ndarray:
+    image = read_tif(path)
+    if image.shape != KAGGLE_SHAPE:
+        raise DataError(
+            path,
+            f"expected a {KAGGLE_SHAPE[1]}x{KAGGLE_SHAPE[0]} image (H={KAGGLE_SHAPE[0]}), "
+            f"got shape {image.shape}",
+        )
+    return image
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def write_submission(path: str | Path, rows: list[tuple[str, str]]) -> Path:
+    """Kaggle CSV ``img,pixels``, one row per image in the given (numeric id) order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["img", "pixels"])
+        writer.writerows(rows)
+    return path
+
+
+def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
+    """PNG of the grayscale frame with the predicted mask's contour drawn in red."""
+    import cv2
+
+    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(rgb, contours, -1, (0, 0, 255), 2)
+    cv2.imwrite(str(path), rgb)
+
+
+def predict_dir(
+    checkpoints: Sequence[str | Path],
+    input_dir: str | Path,
+    out_dir: str | Path,
+    submission: str | Path | None = None,
+    tta: bool | None = None,
+    overlays: bool = False,
+    batch_size: int = 8,
+    device: str = "auto",
+) -> dict:
+    """Predict every input tif, write ``<out>/<stem>.tif`` (uint8 {0,255}) and optional extras.
+
+    Returns ``{"n_images", "n_positive", "out_dir", "submission", "postprocess"}``.
+    """
+    if not checkpoints:
+        raise NerveBenchError("no checkpoint given")
+    from benchmark.postprocess import apply
+
+    dev = resolve_device(device)
+    inputs = list_inputs(input_dir)
+    models = [load_model(c, dev, tta) for c in checkpoints]
+    # Record the TTA actually used (forced or per checkpoint) in the reported parameters.
+    post = replace(ensemble_postprocess([m.post for m in models]), tta=all(m.module.cfg.tta for m in models))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if overlays:
+        (out / "overlays").mkdir(exist_ok=True)
+    rows, n_positive = [], 0
+    for chunk in _batches(inputs, max(1, batch_size)):
+        images = np.stack([_read_checked(p) for _, p in chunk])
+        prob, presence = predict_probs(models, images, dev)
+        masks = np.asarray(apply(prob, post, presence_prob=presence), dtype=bool)
+        for (stem, _), image, mask in zip(chunk, images, masks):
+            write_tif(out / f"{stem}.tif", mask.astype(np.uint8) * 255)
+            if overlays:
+                write_overlay(out / "overlays" / f"{stem}.png", image, mask)
+            rows.append((stem, encode(mask)))
+            n_positive += bool(mask.any())
+    sub = write_submission(submission, rows) if submission else None
+    return {"n_images": len(rows), "n_positive": n_positive, "out_dir": str(out),
+            "submission": str(sub) if sub else None, "postprocess": post.to_dict()}  # fmt: skip

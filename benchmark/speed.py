@@ -1,0 +1,334 @@
+"""Throughput of the suite's training path next to a plain PyTorch loop and a compute ceiling.
+
+For each model, in one process, on the same architecture and the same data:
+
+(a) ``suite``: the suite's own training (``SegModule`` + its loss/optimiser under a Lightning
+    ``Trainer`` built by ``benchmark.train.build_trainer``): bf16-mixed, channels_last and the GPU
+    cache + torch-side augmentation on a GPU; fp32 with the DataModule's loader on CPU;
+(b) ``plain``: a standard fp32 loop, ``DataLoader`` workers decoding the tifs with tifffile and
+    augmenting with albumentations at every step;
+(c) ``ceiling``: a bare loop on batches already on the device (the GPU cache), no augmentation,
+    in the suite's precision and memory format: what the model's compute alone allows;
+(d) batched inference img/s and (e) batch-1 latency from :func:`benchmark.costs.measure_inference`,
+    the same code that fills the leaderboard's speed columns.
+
+Warm-up steps are excluded from every timing and the device is synchronised before each clock
+read. Images/second counts training images per wall-clock second of the timed steps, data
+loading included, so (a)/(b) shows what the suite's data path buys and (a)/(c) how close to the
+compute bound it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmark.costs import autocast, measure_inference, resolve_device, synchronize
+
+RESULT_KEYS = ("model", "device", "image_size", "batch_size", "suite_train_img_s", "plain_train_img_s",
+               "ceiling_train_img_s", "infer_img_s", "latency_ms", "ratio_suite_vs_plain",
+               "ratio_suite_vs_ceiling")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    image_size: int = 256
+    batch_size: int = 64
+    steps: int = 20
+    warmup: int = 3
+    device: str = "auto"
+    compile: bool = False
+    workers: int | None = None  # plain loop's DataLoader workers; None: 8 on GPU, 0 on CPU
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.warmup < 1 or self.batch_size < 1:
+            raise ValueError("steps, warmup and batch_size must be at least 1")
+
+
+def _suite_config(model: str, s: SpeedSettings, dev: torch.device) -> Any:
+    from benchmark.config import TrainConfig
+
+    cuda = dev.type == "cuda"
+    return TrainConfig(
+        model=model, image_size=s.image_size, batch_size=s.batch_size, epochs=10_000, warmup_epochs=0.0,
+        accelerator="gpu" if cuda else "cpu", precision="auto", gpu_cache=cuda, channels_last=cuda,
+        compile=s.compile, logger="none", progress_bar=False, num_workers=_workers(s, dev),
+    )  # fmt: skip
+
+
+def _workers(s: SpeedSettings, dev: torch.device) -> int:
+    return s.workers if s.workers is not None else (8 if dev.type == "cuda" else 0)
+
+
+def _rate(images: int, seconds: float) -> float:
+    return images / max(seconds, 1e-9)
+
+
+# -- data ------------------------------------------------------------------------------------------
+def synthetic_data(out: Path, batch_size: int) -> Path:
+    """A synthetic Kaggle layout with ~8 training batches per epoch (so epoch turn-over is amortised)."""
+    from datamodules.synth import generate
+
+    per_subject = max(4, math.ceil(10 * batch_size / 6))
+    generate(out, subjects=6, per_subject=per_subject, n_test=1, seed=0)
+    return out
+
+
+def build_cache(data_dir: Path, size: int, dev: torch.device) -> Any:
+    """The training images and masks resized to ``size`` x ``size``, held on ``dev`` (for (c))."""
+    from datamodules import geometry
+    from datamodules.gpu_augment import GpuCache
+    from datamodules.kaggle import load_train
+
+    train = load_train(data_dir)
+    images = np.stack([geometry.prepare(im, "resize", size) for im in train.images])
+    masks = np.stack([geometry.prepare(m, "resize", size, is_mask=True) for m in train.masks])
+    return GpuCache(images, masks, dev)
+
+
+class TifDataset(torch.utils.data.Dataset):
+    """The plain way: decode the tif pair, resize and augment (albumentations) on every access."""
+
+    def __init__(self, data_dir: Path, size: int) -> None:
+        from datamodules.augment import build_train_transform
+        from datamodules.kaggle import scan_train
+
+        self.records, self.size = scan_train(data_dir), size
+        self.transform = build_train_transform()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from datamodules import geometry, rle
+        from datamodules.datamodule import normalise
+        from datamodules.io import read_tif
+
+        rec = self.records[i]
+        mask = read_tif(rec.mask_path) if rec.mask_path is not None else rle.decode(rec.rle or "")
+        image = geometry.prepare(read_tif(rec.image_path), "resize", self.size)
+        mask = geometry.prepare((mask > 0).astype(np.uint8), "resize", self.size, is_mask=True)
+        out = self.transform(image=image, mask=mask)
+        x = normalise(out["image"][None])
+        return x, torch.from_numpy(out["mask"]).float()[None]
+
+
+# -- (a) the suite -----------------------------------------------------------------------------------
+def _timer_callback(warmup: int) -> Any:
+    from lightning.pytorch.callbacks import Callback
+
+    class StepTimer(Callback):
+        """Clock from the end of the last warm-up batch to the end of the last batch."""
+
+        def __init__(self) -> None:
+            self.seen, self.images, self.start, self.end = 0, 0, 0.0, 0.0
+
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            synchronize(pl_module.device)
+            now = time.perf_counter()
+            self.seen += 1
+            if self.seen == warmup:
+                self.start = now
+            elif self.seen > warmup:
+                self.images += int(batch["image"].shape[0])
+                self.end = now
+
+    return StepTimer()
+
+
+def suite_train_img_s(model: str, data_dir: Path, s: SpeedSettings, dev: torch.device, work: Path) -> float:
+    """(a) img/s of the suite's own training step under its Trainer and DataModule."""
+    from benchmark.module import SegModule
+    from benchmark.train import build_trainer, make_datamodule
+
+    torch.manual_seed(0)
+    cfg = _suite_config(model, s, dev)
+    timer = _timer_callback(s.warmup)
+    # The suite's own Trainer settings (precision, determinism, accelerator), minus checkpoints/logging;
+    # the context undoes the deterministic-algorithm switch it flips for the whole process.
+    with _restore_global_torch_state():
+        trainer = build_trainer(
+            cfg, work, max_steps=s.warmup + s.steps, limit_val_batches=0, callbacks=[timer],
+            enable_checkpointing=False, logger=False, devices=1,
+        )  # fmt: skip
+        trainer.fit(SegModule(cfg.to_dict()), datamodule=make_datamodule(cfg, data_dir))
+    return _rate(timer.images, timer.end - timer.start)
+
+
+@contextlib.contextmanager
+def _restore_global_torch_state() -> Iterator[None]:
+    """Undo process-wide switches a Trainer flips, so (b) and (c) run with PyTorch's defaults."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # no "GPU available" banners in the speed output
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        quiet.setLevel(level)
+
+
+# -- (b) plain loop and (c) ceiling ------------------------------------------------------------------
+def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice on the mask logits: the standard recipe both bare loops use."""
+    logits = logits["mask"] if isinstance(logits, dict) else logits
+    logits = logits.float()
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum((1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (prob.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
+
+
+def _timed_loop(
+    step: Callable[[Any], int], batches: Iterator[Any], warmup: int, steps: int, dev: torch.device
+) -> float:
+    """img/s over ``steps`` calls of ``step(batch)`` (returns the batch size) after ``warmup`` calls."""
+    for batch in itertools.islice(batches, warmup):
+        step(batch)
+    synchronize(dev)
+    start, images = time.perf_counter(), 0
+    for batch in itertools.islice(batches, steps):
+        images += step(batch)
+    synchronize(dev)
+    return _rate(images, time.perf_counter() - start)
+
+
+def _cycle(make_epoch: Callable[[int], Iterable]) -> Iterator:
+    """Endless batches, one fresh epoch iterator after another."""
+    for epoch in itertools.count():
+        yield from make_epoch(epoch)
+
+
+def _train_step(
+    net: torch.nn.Module, opt: torch.optim.Optimizer, dev: torch.device, precision: str, channels_last: bool
+) -> Callable[[tuple], int]:
+    def step(batch: tuple) -> int:
+        x, y = (t.to(dev, non_blocking=True) for t in batch)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(dev, precision):
+            loss = _seg_loss(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return int(x.shape[0])
+
+    return step
+
+
+def _fresh_model(name: str, dev: torch.device, channels_last: bool) -> torch.nn.Module:
+    from models import create
+
+    torch.manual_seed(0)
+    model = create(name, in_channels=1).to(dev).train()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def plain_train_img_s(model: str, data_dir: Path, s: SpeedSettings, dev: torch.device) -> float:
+    """(b) img/s of a plain fp32 loop whose DataLoader decodes and augments every sample."""
+    dataset = TifDataset(data_dir, s.image_size)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=s.batch_size, shuffle=True, drop_last=len(dataset) >= s.batch_size,
+        num_workers=_workers(s, dev), pin_memory=dev.type == "cuda", persistent_workers=_workers(s, dev) > 0,
+    )  # fmt: skip
+    net = _fresh_model(model, dev, channels_last=False)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    step = _train_step(net, opt, dev, "32", channels_last=False)
+    return _timed_loop(step, _cycle(lambda _: loader), s.warmup, s.steps, dev)
+
+
+def ceiling_train_img_s(model: str, cache: Any, s: SpeedSettings, dev: torch.device) -> float:
+    """(c) img/s on device-resident batches with no augmentation, in the suite's precision."""
+    from benchmark.module import resolve_precision
+    from datamodules.gpu_augment import normalise
+
+    cuda = dev.type == "cuda"
+    precision = resolve_precision("auto", "gpu" if cuda else "cpu")
+    net = _fresh_model(model, dev, channels_last=cuda)
+    net = torch.compile(net) if s.compile else net
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    step = _train_step(net, opt, dev, precision, channels_last=cuda)
+
+    def epoch(i: int) -> Iterator[tuple]:
+        for pos in cache.batches(s.batch_size, cache.generator(i), drop_last=len(cache) >= s.batch_size):
+            yield normalise(cache.images[pos].float()), cache.masks[pos].float()
+
+    return _timed_loop(step, _cycle(epoch), s.warmup, s.steps, dev)
+
+
+# -- all together ------------------------------------------------------------------------------------
+def measure_model(model: str, data_dir: Path, cache: Any, s: SpeedSettings, work: Path) -> dict:
+    """Every figure (a)-(e) for one model, as a RESULT_KEYS dict."""
+    from benchmark.module import resolve_precision
+
+    dev = resolve_device(s.device)
+    suite = suite_train_img_s(model, data_dir, s, dev, work / model.replace(":", "-"))
+    plain = plain_train_img_s(model, data_dir, s, dev)
+    ceiling = ceiling_train_img_s(model, cache, s, dev)
+    precision = resolve_precision("auto", "gpu" if dev.type == "cuda" else "cpu")
+    net = _fresh_model(model, dev, channels_last=dev.type == "cuda")
+    infer = measure_inference(net, (s.image_size, s.image_size), s.batch_size, dev, precision=precision)
+    return {
+        "model": model, "device": str(dev), "image_size": s.image_size, "batch_size": s.batch_size,
+        "suite_train_img_s": suite, "plain_train_img_s": plain, "ceiling_train_img_s": ceiling,
+        "infer_img_s": infer["infer_img_s"], "latency_ms": infer["latency_ms"],
+        "ratio_suite_vs_plain": suite / plain, "ratio_suite_vs_ceiling": suite / ceiling,
+    }  # fmt: skip
+
+
+def run_speed(models: list[str], settings: SpeedSettings, data_dir: str | Path | None = None) -> list[dict]:
+    """Measure every model on ``data_dir`` (a Kaggle layout), or on synthetic data made in a temp dir."""
+    with tempfile.TemporaryDirectory(prefix="nerve-bench-speed-") as tmp:
+        work = Path(tmp)
+        data = Path(data_dir) if data_dir else synthetic_data(work / "data", settings.batch_size)
+        cache = build_cache(data, settings.image_size, resolve_device(settings.device))
+        rows = []
+        for model in models:
+            rows.append(measure_model(model, data, cache, settings, work))
+            gc.collect()  # free the previous model's device memory before the next one
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width text table of the figures and the two ratios."""
+    head = ("model", "device", "size", "batch", "suite img/s", "plain img/s", "ceiling img/s",
+            "infer img/s", "latency ms", "suite/plain", "suite/ceiling")  # fmt: skip
+    keys = RESULT_KEYS
+    lines = [head]
+    for r in rows:
+        lines.append(tuple(str(r[k]) if isinstance(r[k], (str, int)) else _fmt(r[k]) for k in keys))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+        for line in lines
+    )
+
+
+def _fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return "nan"
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"

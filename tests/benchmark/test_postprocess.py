@@ -1,0 +1,121 @@
+"""Post-processing rules on hand cases; tuning finds the known fix and never loses to the defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmark import metrics
+from benchmark.config import ConfigError
+from benchmark.postprocess import PostProcess, apply, tune
+
+
+def _blob(shape: tuple[int, int], n: int, value: float, start: int = 0) -> np.ndarray:
+    """A (H,W) float32 map with n consecutive flat pixels (from start) set to value."""
+    out = np.zeros(shape[0] * shape[1], dtype=np.float32)
+    out[start : start + n] = value
+    return out.reshape(shape)
+
+
+def _kaggle(pred: np.ndarray, truth: np.ndarray) -> float:
+    return metrics.compute_metrics(metrics.confusion_counts(pred, truth))["kaggle_dice"]
+
+
+def test_threshold_is_strict():
+    prob = np.array([[[0.2, 0.5, 0.51, 0.9]]], dtype=np.float32)
+    assert apply(prob, PostProcess()).tolist() == [[[False, False, True, True]]]
+    assert apply(prob, PostProcess(threshold=0.3)).tolist() == [[[False, True, True, True]]]
+
+
+def test_min_area_empties_small_predictions():
+    prob = np.stack([_blob((4, 5), 3, 0.9), _blob((4, 5), 5, 0.9)])  # areas 3 and 5
+    out = apply(prob, PostProcess(min_area=4))
+    assert out[0].sum() == 0 and out[1].sum() == 5  # area < min_area -> empty; area 5 kept whole
+    assert apply(prob, PostProcess(min_area=3)).sum() == 8
+
+
+def test_presence_gate_max_prob_and_presence_head():
+    prob = np.stack([_blob((3, 3), 2, 0.6), _blob((3, 3), 2, 0.95)])  # max probs 0.6 and 0.95
+    assert apply(prob, PostProcess(presence_tau=0.7)).sum((1, 2)).tolist() == [0, 2]
+    assert apply(prob, PostProcess(presence_tau=0.6)).sum((1, 2)).tolist() == [2, 2]  # score >= tau kept
+    head = np.array([0.9, 0.1])
+    gated = apply(prob, PostProcess(presence_tau=0.5, presence_source="presence"), presence_prob=head)
+    assert gated.sum((1, 2)).tolist() == [2, 0]
+    # "max_prob" ignores the head; "presence" without a head falls back to the max prob.
+    assert apply(prob, PostProcess(presence_tau=0.7), presence_prob=head).sum((1, 2)).tolist() == [0, 2]
+    assert apply(prob, PostProcess(presence_tau=0.7, presence_source="presence")).sum((1, 2)).tolist() == [
+        0,
+        2,
+    ]
+
+
+def test_uint8_probabilities_match_float():
+    rng = np.random.default_rng(1)
+    prob = rng.random((5, 8, 9)).astype(np.float32)
+    u8 = np.round(prob * 255).astype(np.uint8)
+    params = PostProcess(threshold=0.5, min_area=20, presence_tau=0.99)
+    np.testing.assert_array_equal(apply(u8, params), apply(u8.astype(np.float32) / 255, params))
+
+
+def test_params_round_trip_and_validation():
+    p = PostProcess(threshold=0.4, min_area=1500, presence_tau=0.3, presence_source="presence", tta=True)
+    assert PostProcess.from_dict(p.to_dict()) == p
+    assert PostProcess().to_dict() == {
+        "threshold": 0.5, "min_area": 0, "presence_tau": 0.0, "presence_source": "max_prob", "tta": False,
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="unknown keys \\['thresh'\\]"):
+        PostProcess.from_dict({"thresh": 0.5})
+    for bad in ({"threshold": 1.5}, {"min_area": -1}, {"min_area": 2.5}, {"presence_source": "head"}):
+        with pytest.raises(ConfigError, match="postprocess"):
+            PostProcess(**bad)
+    with pytest.raises(ValueError, match="differs"):
+        tune(np.zeros((2, 3, 3), np.float32), np.zeros((2, 3, 4), bool))
+
+
+def test_tune_finds_min_area_that_removes_small_false_positive():
+    shape = (6, 6)
+    prob = np.stack([_blob(shape, 5, 0.9), _blob(shape, 20, 0.9), _blob(shape, 0, 0.0)])
+    truth = np.stack([_blob(shape, 0, 1), _blob(shape, 20, 1), _blob(shape, 0, 1)]).astype(bool)
+    assert _kaggle(apply(prob, PostProcess()), truth) == pytest.approx(2 / 3)
+    params, score = tune(prob, truth, min_areas=(0, 3, 10, 30), taus=(0.0,))
+    assert params == PostProcess(threshold=0.5, min_area=10)  # 3 keeps the blob, 30 drops the nerve
+    assert score == pytest.approx(1.0)
+
+
+def test_tune_threshold_and_presence_tau_with_simplest_tie_break():
+    shape = (6, 6)
+    # Image 0: 30 px false positive (larger than the nerve) that only the presence head flags.
+    prob = np.stack([_blob(shape, 30, 0.9), _blob(shape, 20, 0.4), _blob(shape, 0, 0.0)])
+    truth = np.stack([_blob(shape, 0, 1), _blob(shape, 20, 1), _blob(shape, 0, 1)]).astype(bool)
+    head = np.array([0.1, 0.9, 0.05])
+    params, score = tune(prob, truth, head, thresholds=(0.3, 0.35, 0.6), min_areas=(0, 25), taus=(0.3, 0.5))
+    # thresholds 0.3 and 0.35 tie (nearest 0.5 wins); taus 0.3 and 0.5 tie (lowest wins).
+    assert params == PostProcess(threshold=0.35, min_area=0, presence_tau=0.3, presence_source="presence")
+    assert score == pytest.approx(1.0)
+    perfect = tune(truth.astype(np.float32), truth)[0]
+    assert perfect == PostProcess()  # nothing to fix -> the identity
+
+
+def test_tune_score_is_reproduced_by_apply_and_never_below_default():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((40, 12, 14), dtype=bool)
+    truth[::2, 3:8, 4:10] = True  # half the images have a nerve
+    noise = rng.random(truth.shape).astype(np.float32)
+    noisy = (rng.random((40, 1, 1)) > 0.5) & ~truth.any(axis=(1, 2), keepdims=True)
+    prob = (0.9 * truth + 0.6 * noise * noisy).astype(np.float32)  # noise only on some empty truths
+    params, score = tune(prob, truth, thresholds=(0.4, 0.5, 0.7), min_areas=(0, 10, 40), taus=(0.0, 0.8))
+    assert score == pytest.approx(_kaggle(apply(prob, params), truth), abs=1e-12)
+    default = _kaggle(apply(prob, PostProcess()), truth)
+    assert score >= default
+    assert score == pytest.approx(1.0) and default < 0.9  # the gate at 0.8 removes every noisy blob
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_tune_never_below_default_on_random_maps(seed: int):
+    rng = np.random.default_rng(seed)
+    truth = rng.random((12, 9, 11)) > 0.8
+    truth[rng.random(12) > 0.5] = False
+    prob = np.round(rng.random(truth.shape) * 255).astype(np.uint8)  # the compact uint8 form
+    params, score = tune(prob, truth, thresholds=(0.45, 0.6, 0.9), min_areas=(0, 15), taus=(0.0, 0.99))
+    assert score >= _kaggle(apply(prob, PostProcess()), truth)
+    assert score == pytest.approx(_kaggle(apply(prob, params), truth), abs=1e-12)

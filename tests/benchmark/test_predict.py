@@ -1,0 +1,173 @@
+"""predict: masks + Kaggle submission from one checkpoint or an averaged ensemble, and clear errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark import predict
+from benchmark.cli import main
+from benchmark.config import TrainConfig
+from benchmark.postprocess import PostProcess
+from datamodules.errors import DataError, NerveBenchError
+from datamodules.io import read_tif, write_tif
+from datamodules.rle import decode
+
+CPU = torch.device("cpu")
+TINY = {"base_width": 4, "depth": 2}
+
+
+def _save_ckpt(path: Path, cfg: TrainConfig, post: PostProcess | None, seed: int) -> Path:
+    """A checkpoint in the documented format (what fit() writes, minus the optimiser state)."""
+    from benchmark.module import SegModule
+
+    torch.manual_seed(seed)
+    module = SegModule(cfg.to_dict())
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": {"config": cfg.to_dict()}}
+    if post is not None:
+        ckpt["nerve_bench"] = {"postprocess": post.to_dict(), "config": cfg.to_dict()}
+    torch.save(ckpt, path)
+    return path
+
+
+def _median_threshold(path: Path, images: np.ndarray) -> float:
+    """An untrained net's probabilities sit near 0.5: threshold at their median for non-trivial masks."""
+    prob, _ = predict.predict_probs([predict.load_model(path, CPU)], images, CPU)
+    return float(np.median(prob))
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory, synthetic_dir) -> tuple[Path, Path]:
+    """Two different checkpoints: 64x64 resize mode, and full-resolution pad mode."""
+    out = tmp_path_factory.mktemp("ckpts")
+    images = np.stack([read_tif(p) for _, p in predict.list_inputs(synthetic_dir)])
+    a_cfg = TrainConfig(model="unet", model_kwargs=TINY, image_size=64)
+    b_cfg = TrainConfig(model="unet", model_kwargs=TINY, resize_mode="pad")
+    a = _save_ckpt(out / "a.ckpt", a_cfg, None, seed=0)
+    b = _save_ckpt(out / "b.ckpt", b_cfg, None, seed=1)
+    _save_ckpt(a, a_cfg, PostProcess(threshold=_median_threshold(a, images)), seed=0)
+    _save_ckpt(b, b_cfg, PostProcess(threshold=_median_threshold(b, images), min_area=10), seed=1)
+    return a, b
+
+
+def _check_outputs(out: Path, sub: Path, expected_ids: list[str]) -> list[np.ndarray]:
+    csv.field_size_limit(2**31 - 1)  # an untrained net's speckled masks give very long RLE rows
+    with sub.open() as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["img", "pixels"]
+    assert [r[0] for r in rows[1:]] == expected_ids
+    masks = []
+    for img_id, pixels in rows[1:]:
+        written = read_tif(out / f"{img_id}.tif")
+        assert written.shape == (420, 580) and set(np.unique(written)) <= {0, 255}
+        assert np.array_equal(decode(pixels), written // 255)
+        masks.append(written)
+    return masks
+
+
+def test_submission_roundtrip_on_synthetic(ckpts, synthetic_dir, tmp_path):
+    out, sub = tmp_path / "masks", tmp_path / "sub.csv"
+    result = predict.predict_dir([ckpts[0]], synthetic_dir, out, submission=sub, overlays=True)
+    ids = [stem for stem, _ in predict.list_inputs(synthetic_dir)]
+    assert result["n_images"] == len(ids) == 5 and ids == sorted(ids, key=int)
+    masks = _check_outputs(out, sub, ids)
+    assert any(m.any() for m in masks) and not all(m.all() for m in masks)
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(f"{i}.png" for i in ids)
+
+
+def test_uns_sample_submission(ckpts, uns_sample, tmp_path):
+    out, sub = tmp_path / "masks", tmp_path / "sub.csv"
+    code = main(["predict", "--checkpoint", str(ckpts[0]), "--input", str(uns_sample / "test"),
+                 "--out", str(out), "--submission", str(sub), "--batch-size", "16"])  # fmt: skip
+    assert code == 0
+    _check_outputs(out, sub, [str(i) for i in range(1, 26)])
+
+
+def test_ensemble_averages_probabilities(ckpts, synthetic_dir):
+    images = np.stack([read_tif(p) for _, p in predict.list_inputs(synthetic_dir)[:2]])
+    a, b = (predict.load_model(c, CPU) for c in ckpts)
+    pa, sa = predict.predict_probs([a], images, CPU)
+    pb, sb = predict.predict_probs([b], images, CPU)
+    pab, sab = predict.predict_probs([a, b], images, CPU)
+    assert pab.shape == (2, 420, 580)
+    assert np.allclose(pab, (pa + pb) / 2, atol=1e-6) and np.allclose(sab, (sa + sb) / 2, atol=1e-6)
+    assert not np.allclose(pa, pb)
+
+
+def test_ensemble_postprocess_is_the_mean_of_tuned_parameters():
+    posts = [PostProcess(0.4, 100, 0.2, "presence", True), PostProcess(0.6, 251, 0.4, "max_prob", False)]
+    merged = predict.ensemble_postprocess(posts)
+    assert merged.threshold == pytest.approx(0.5) and merged.presence_tau == pytest.approx(0.3)
+    assert merged.min_area == 176 and isinstance(merged.min_area, int)  # round(175.5) = 176
+    assert merged.presence_source == "presence"
+    assert predict.ensemble_postprocess(posts[:1]) == posts[0]
+
+
+def test_cli_ensemble_of_two_checkpoints(ckpts, synthetic_dir, tmp_path):
+    out, sub = tmp_path / "masks", tmp_path / "sub.csv"
+    both = f"{ckpts[0]},{ckpts[1]}"
+    assert main(["predict", "--checkpoint", both, "--input", str(synthetic_dir), "--out", str(out),
+                 "--submission", str(sub), "--tta"]) == 0  # fmt: skip
+    _check_outputs(out, sub, [stem for stem, _ in predict.list_inputs(synthetic_dir)])
+
+
+def test_tta_follows_checkpoint_unless_forced(ckpts, tmp_path):
+    cfg = TrainConfig(model="unet", model_kwargs=TINY, image_size=64)
+    tta_ckpt = _save_ckpt(tmp_path / "t.ckpt", cfg, PostProcess(tta=True), seed=0)
+    assert predict.load_model(tta_ckpt, CPU).module.cfg.tta is True
+    assert predict.load_model(tta_ckpt, CPU, tta=False).module.cfg.tta is False
+    assert predict.load_model(ckpts[0], CPU).module.cfg.tta is False
+    assert predict.load_model(ckpts[0], CPU, tta=True).module.cfg.tta is True
+
+
+def test_any_stem_and_mask_files_skipped(tmp_path):
+    for name in ("10.tif", "2.tif", "b.tif", "a.tif", "3_mask.tif"):
+        write_tif(tmp_path / name, np.zeros((420, 580), np.uint8))
+    assert [s for s, _ in predict.list_inputs(tmp_path)] == ["2", "10", "a", "b"]
+
+
+def test_bad_inputs_are_clear_errors(ckpts, synthetic_dir, tmp_path, capsys):
+    with pytest.raises(NerveBenchError, match="checkpoint not found"):
+        predict.predict_dir([tmp_path / "nope.ckpt"], synthetic_dir, tmp_path / "o")
+    with pytest.raises(DataError, match="input directory not found"):
+        predict.predict_dir([ckpts[0]], tmp_path / "missing", tmp_path / "o")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_tif(bad / "1.tif", np.zeros((100, 100), np.uint8))
+    with pytest.raises(DataError, match=r"1\.tif: expected a 580x420 image"):
+        predict.predict_dir([ckpts[0]], bad, tmp_path / "o")
+    junk = tmp_path / "junk.ckpt"
+    torch.save({"weights": 1}, junk)
+    with pytest.raises(NerveBenchError, match="not a nerve-bench checkpoint"):
+        predict.load_model(junk, CPU)
+    wrong = torch.load(ckpts[0], weights_only=True)
+    wrong["hyper_parameters"]["config"]["model_kwargs"] = {"base_width": 8, "depth": 2}
+    torch.save(wrong, junk)
+    with pytest.raises(NerveBenchError, match="junk.ckpt: cannot rebuild the model"):
+        predict.load_model(junk, CPU)
+    wrong["nerve_bench"]["postprocess"]["thresh"] = 0.5
+    torch.save(wrong, junk)
+    with pytest.raises(NerveBenchError, match="junk.ckpt: bad stored post-processing"):
+        predict.load_model(junk, CPU)
+    assert main(["predict", "--checkpoint", str(tmp_path / "nope.ckpt"), "--input", str(bad),
+                 "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_checkpoint_written_by_fit(synthetic_dir, tmp_path):
+    """The real format: best.ckpt of a 1-epoch fit, with its tuned post-processing applied as stored."""
+    from benchmark.train import fit
+
+    cfg = TrainConfig(model="unet", model_kwargs=TINY, epochs=1, image_size=64, batch_size=2,
+                      limit_train_batches=2, logger="none", progress_bar=False)  # fmt: skip
+    summary = fit(cfg, synthetic_dir, tmp_path / "run")
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    out, sub = tmp_path / "masks", tmp_path / "sub.csv"
+    result = predict.predict_dir([best], synthetic_dir, out, submission=sub)
+    assert result["postprocess"] == summary["postprocess"]
+    _check_outputs(out, sub, [stem for stem, _ in predict.list_inputs(synthetic_dir)])

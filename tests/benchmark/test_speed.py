@@ -1,0 +1,77 @@
+"""speed: every figure (a)-(e) is printed, positive and finite (no timing assertions)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from benchmark import speed
+from benchmark.cli import main
+
+
+@pytest.mark.slow
+def test_speed_json_on_cpu_with_synthetic_data(capsys):
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    code = main(["speed", "--models", "unet,unet_resnet34", "--image-size", "64", "--batch-size", "2",
+                 "--steps", "2", "--warmup", "1", "--device", "cpu", "--json"])  # fmt: skip
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)  # stdout holds nothing but the JSON
+    assert [r["model"] for r in rows] == ["unet", "unet_resnet34"]
+    for row in rows:
+        assert tuple(row) == speed.RESULT_KEYS
+        assert (row["device"], row["image_size"], row["batch_size"]) == ("cpu", 64, 2)
+        figures = [row[k] for k in speed.RESULT_KEYS[4:]]
+        assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in figures), row
+        assert row["ratio_suite_vs_plain"] == pytest.approx(
+            row["suite_train_img_s"] / row["plain_train_img_s"]
+        )
+        assert row["ratio_suite_vs_ceiling"] == pytest.approx(
+            row["suite_train_img_s"] / row["ceiling_train_img_s"]
+        )
+    # the Trainer's process-wide deterministic switch does not leak out of the suite measurement
+    assert torch.are_deterministic_algorithms_enabled() == deterministic_before
+
+
+def test_timed_loop_excludes_warmup():
+    calls = []
+
+    def step(batch: int) -> int:
+        calls.append(batch)
+        return 4
+
+    rate = speed._timed_loop(step, itertools.count(), warmup=2, steps=3, dev=torch.device("cpu"))
+    assert calls == [0, 1, 2, 3, 4] and rate > 0
+
+
+def test_suite_timer_counts_only_post_warmup_batches():
+    timer = speed._timer_callback(warmup=2)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    for i in range(5):
+        timer.on_train_batch_end(None, module, None, {"image": torch.zeros(3 + i, 1, 2, 2)}, i)
+    assert timer.images == 5 + 6 + 7 and timer.end >= timer.start > 0
+
+
+def test_format_table_and_bad_settings(capsys):
+    row = dict(zip(speed.RESULT_KEYS, ["unet", "cpu", 64, 2, 10.0, 5.0, 20.0, 123.456, 7.5, 2.0, 0.5]))
+    table = speed.format_table([row]).splitlines()
+    assert len(table) == 2 and table[0].startswith("model") and "suite/ceiling" in table[0]
+    assert table[1].split() == [
+        "unet",
+        "cpu",
+        "64",
+        "2",
+        "10.00",
+        "5.00",
+        "20.00",
+        "123",
+        "7.50",
+        "2.00",
+        "0.50",
+    ]
+    assert main(["speed", "--steps", "0"]) == 2
+    assert "steps" in capsys.readouterr().err
