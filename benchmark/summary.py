@@ -1,0 +1,145 @@
+"""summary.json: the one result file per (model, fold, seed) run, plus environment capture.
+
+The schema (``SCHEMA_VERSION``) is documented in docs/architecture.md; the leaderboard reads only
+these files, so they are written atomically (tmp file + ``os.replace``) with sorted keys, and NaN
+or infinity become ``null`` (strict JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmark.config import SCHEMA_VERSION
+from datamodules.errors import DataError
+
+SUMMARY_NAME = "summary.json"
+# Top-level keys every complete summary carries (docs/architecture.md).
+SUMMARY_KEYS = (
+    "schema_version", "run", "model", "fold", "n_folds", "seed", "config", "config_hash", "dataset",
+    "best_epoch", "epochs_run", "train_time_s", "metrics", "per_image", "postprocess", "cost",
+    "history", "overlays", "environment", "status",
+)  # fmt: skip
+PER_IMAGE_KEYS = ("index", "stem", "subject", "true_empty", "dice_raw", "dice", "iou", "presence_prob")
+COST_KEYS = ("params", "gflops", "train_img_s", "infer_img_s", "latency_ms", "peak_mem_mb")
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_kaggle_dice")
+_PACKAGES = {"torch": "torch", "lightning": "lightning", "smp": "segmentation-models-pytorch", "timm": "timm"}
+
+
+def to_jsonable(value: Any) -> Any:
+    """Recursively convert numpy scalars/arrays and tuples to JSON types; NaN/inf become None."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return to_jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def dumps(obj: dict) -> str:
+    """The canonical text form: sorted keys, 2-space indent, strict JSON."""
+    return json.dumps(to_jsonable(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+def write_json_atomic(path: str | Path, obj: dict) -> Path:
+    """Write ``obj`` as canonical JSON; readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(dumps(obj))
+    os.replace(tmp, path)
+    return path
+
+
+def write_summary(path: str | Path, summary: dict) -> Path:
+    """Write a run summary (``path`` may be the run directory or the file)."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / SUMMARY_NAME
+    return write_json_atomic(path, {"schema_version": SCHEMA_VERSION, **summary})
+
+
+def read_summary(path: str | Path) -> dict:
+    """Read a summary (file or run directory); DataError naming the file when missing or invalid."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SUMMARY_NAME
+    if not path.is_file():
+        raise DataError(path, "summary file not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"invalid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(path, "expected a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DataError(path, f"schema_version {version!r} is not the supported {SCHEMA_VERSION}")
+    return data
+
+
+def is_complete(path: str | Path, config_hash: str) -> bool:
+    """True when ``path`` holds a readable, complete summary of the config with this hash."""
+    try:
+        data = read_summary(path)
+    except DataError:
+        return False
+    return data.get("status") == "complete" and data.get("config_hash") == config_hash
+
+
+def missing_keys(summary: dict) -> list[str]:
+    """Schema keys absent from ``summary`` (top level and per_image/cost/history)."""
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    for block, keys in (("per_image", PER_IMAGE_KEYS), ("cost", COST_KEYS), ("history", HISTORY_KEYS)):
+        missing += [f"{block}.{k}" for k in keys if k not in summary.get(block, {})]
+    return missing
+
+
+def package_version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def git_sha(cwd: str | Path | None = None) -> str:
+    """HEAD of the repository holding this package (or ``cwd``); "unknown" outside git."""
+    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment() -> dict[str, str]:
+    """Versions, device and git sha: what is needed to reproduce a number."""
+    env = {key: package_version(dist) for key, dist in _PACKAGES.items()}
+    env.update(
+        python=platform.python_version(),
+        device=device_name(),
+        git_sha=git_sha(),
+        platform=platform.platform(),
+    )
+    return env

@@ -1,0 +1,148 @@
+"""SegModule: schedule, precision, hyper-parameters, probabilities at 420x580, TTA, row gathering."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark import evaluation, metrics
+from benchmark.config import ConfigError, TrainConfig
+from benchmark.module import (
+    SegModule,
+    WarmupCosine,
+    config_from_dict,
+    has_trainable_params,
+    resolve_precision,
+)
+
+SMALL = {"model": "unet", "model_kwargs": {"base_width": 4, "depth": 2}, "image_size": 64}
+
+
+def small_module(**kw) -> SegModule:
+    torch.manual_seed(0)
+    return SegModule(TrainConfig(**{**SMALL, **kw}).to_dict()).eval()
+
+
+def test_warmup_cosine_hand_computed():
+    f = WarmupCosine(warmup_steps=2, total_steps=6, cosine=True)
+    assert [f(0), f(1), f(2), f(4), f(6), f(9)] == [0.5, 1.0, 1.0, 0.5, 0.0, 0.0]
+    assert f(3) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)), abs=1e-15)
+    flat = WarmupCosine(warmup_steps=4, total_steps=10, cosine=False)
+    assert [flat(0), flat(3), flat(4), flat(9)] == [0.25, 1.0, 1.0, 1.0]
+    assert WarmupCosine(0, 4, True)(0) == 1.0
+
+
+def test_resolve_precision():
+    assert resolve_precision("auto", "cpu") == "32"
+    assert resolve_precision("auto", "gpu") == "bf16-mixed"
+    assert resolve_precision("auto", "cuda") == "bf16-mixed"
+    assert resolve_precision("16-mixed", "cpu") == "16-mixed"
+
+
+def test_hyperparameters_are_primitives_only():
+    module = small_module()
+    assert json.loads(json.dumps(dict(module.hparams))) == {"config": module.cfg.to_dict()}
+    assert config_from_dict(module.hparams["config"]) == module.cfg
+    with pytest.raises(ConfigError, match="unknown config key 'nope'"):
+        config_from_dict({"nope": 1})
+
+
+def test_predict_orig_maps_back_to_kaggle_size_with_max_prob_presence():
+    module = small_module()
+    with torch.no_grad():
+        prob, presence, out = module.predict_orig(torch.randn(3, 1, 64, 64))
+    assert prob.shape == (3, 420, 580) and prob.dtype == torch.float32
+    assert torch.equal(presence, prob.flatten(1).amax(1))
+    assert isinstance(out, torch.Tensor) and out.shape == (3, 1, 64, 64)
+
+
+def test_presence_head_probability_is_its_sigmoid():
+    module = small_module(model_kwargs={"base_width": 4, "depth": 2, "presence_head": True})
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        _, presence, out = module.predict_orig(x)
+    assert torch.equal(presence, torch.sigmoid(out["presence"].float()).reshape(-1))
+
+
+def test_flip_tta_averages_the_flipped_prediction():
+    module = small_module(tta=True)
+    plain = small_module(tta=False)
+    plain.load_state_dict(module.state_dict())
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        prob, _, _ = module.predict_orig(x)
+        a, _, _ = plain.predict_orig(x)
+        b, _, _ = plain.predict_orig(torch.flip(x, dims=[-1]))
+    # restore() is bilinear with symmetric sampling, so it commutes with a horizontal flip
+    torch.testing.assert_close(prob, 0.5 * (a + torch.flip(b, dims=[-1])), atol=1e-6, rtol=0)
+    assert not torch.allclose(prob, a)
+
+
+def test_channels_last_gives_the_same_output():
+    a, b = small_module(), small_module(channels_last=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), atol=1e-5, rtol=1e-5)
+
+
+def test_empty_model_has_nothing_to_optimise():
+    module = SegModule(TrainConfig(model="empty", image_size=64).to_dict())
+    assert not has_trainable_params(module.model)
+    assert module.configure_optimizers() is None
+    assert has_trainable_params(small_module().model)
+
+
+def test_adamw_with_per_step_warmup_cosine():
+    module = small_module(lr=0.01, weight_decay=0.1, warmup_epochs=1.0, epochs=4)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=8, max_epochs=4)  # 2 steps per epoch
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert isinstance(opt, torch.optim.AdamW) and conf["lr_scheduler"]["interval"] == "step"
+    assert opt.param_groups[0]["weight_decay"] == 0.1
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([0.005, 0.01, 0.01])
+    assert lrs[-1] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 5 / 6)))
+
+
+def test_module_pickles_for_ddp_spawn():
+    module = small_module(compile=False)
+    clone = pickle.loads(pickle.dumps(module))
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(clone(x), module(x))
+
+
+def test_confusion_counts_match_the_metrics_module():
+    rng = np.random.default_rng(0)
+    pred, truth = rng.random((5, 7, 9)) > 0.5, rng.random((5, 7, 9)) > 0.7
+    truth[0] = False
+    pred[0] = False
+    ours = evaluation.confusion_counts_torch(torch.from_numpy(pred), torch.from_numpy(truth)).numpy()
+    assert np.array_equal(ours, metrics.counts_to_array(metrics.confusion_counts(pred, truth)))
+    assert ours[0].tolist() == [0, 0, 0, 63]
+
+
+def test_gather_rows_drops_repeated_indices_and_sorts():
+    module = SimpleNamespace(device=torch.device("cpu"), _trainer=None)
+    counts = torch.tensor([[1, 0, 0, 9], [0, 2, 0, 8], [1, 0, 0, 9], [0, 0, 0, 10]])
+    rows = [
+        {"index": torch.tensor([7, 3]), "counts": counts[:2], "presence_prob": torch.tensor([0.9, 0.2])},
+        {"index": torch.tensor([7, 1]), "counts": counts[2:], "presence_prob": torch.tensor([0.9, 0.1])},
+    ]
+    out = evaluation.gather_rows(module, rows)
+    assert out["index"].tolist() == [1, 3, 7]
+    assert out["counts"].tolist() == [[0, 0, 0, 10], [0, 2, 0, 8], [1, 0, 0, 9]]
+    scored = evaluation.score_rows(out)
+    assert scored["dice"].tolist() == [1.0, 0.0, 1.0]
+    assert scored["metrics"]["kaggle_dice"] == pytest.approx(2 / 3)

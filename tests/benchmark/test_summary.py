@@ -1,0 +1,81 @@
+"""summary.json writing/reading, canonical form, schema keys and environment capture."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmark import summary as S
+from benchmark.config import SCHEMA_VERSION
+from datamodules.errors import DataError
+
+
+def test_to_jsonable_converts_numpy_and_non_finite():
+    value = {"a": np.float32(0.5), "b": np.array([1, 2]), "c": (np.int64(3), float("nan")), "d": float("inf")}
+    assert S.to_jsonable(value) == {"a": 0.5, "b": [1, 2], "c": [3, None], "d": None}
+
+
+def test_dumps_is_sorted_indented_and_strict():
+    text = S.dumps({"b": 1, "a": {"z": float("nan"), "y": 2}})
+    assert text == '{\n  "a": {\n    "y": 2,\n    "z": null\n  },\n  "b": 1\n}\n'
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(), children, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.text(min_size=1), json_values, max_size=5))
+def test_write_read_round_trip(tmp_path_factory, payload):
+    path = tmp_path_factory.mktemp("s") / "summary.json"
+    S.write_summary(path, payload)
+    back = S.read_summary(path)
+    assert back == {**payload, "schema_version": SCHEMA_VERSION}
+    assert path.read_text() == S.dumps(back)  # canonical: sorted keys, indent 2
+
+
+def test_write_summary_into_directory_is_atomic(tmp_path):
+    path = S.write_summary(tmp_path / "run", {"status": "complete", "config_hash": "abc"})
+    assert path == tmp_path / "run" / "summary.json"
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]  # no temporary left behind
+    assert S.is_complete(tmp_path / "run", "abc")
+    assert not S.is_complete(tmp_path / "run", "other")
+    assert not S.is_complete(tmp_path / "missing", "abc")
+
+
+def test_read_summary_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="summary file not found"):
+        S.read_summary(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match=r"bad\.json: invalid JSON"):
+        S.read_summary(bad)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"schema_version": 0}))
+    with pytest.raises(DataError, match="schema_version 0"):
+        S.read_summary(old)
+    assert not S.is_complete(bad, "x")
+
+
+def test_missing_keys_lists_schema_gaps():
+    assert "per_image.dice" in S.missing_keys({"per_image": {}})
+    assert "status" in S.missing_keys({})
+
+
+def test_environment_has_versions_device_and_git_sha():
+    env = S.environment()
+    assert set(env) == {"python", "torch", "lightning", "smp", "timm", "device", "git_sha", "platform"}
+    assert env["torch"] != "unknown" and env["lightning"] != "unknown"
+    assert env["git_sha"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}", env["git_sha"])
+
+
+def test_git_sha_outside_a_repository_is_unknown(tmp_path):
+    assert S.git_sha(tmp_path) == "unknown"
+    assert S.package_version("no-such-distribution-xyz") == "unknown"
