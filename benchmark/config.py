@@ -121,9 +121,13 @@ def _coerce(name: str, value: Any, current: Any, annotation: str) -> Any:
         raise ConfigError(f"{name} may not be null")
     kinds = [k.strip() for k in annotation.split("|") if k.strip() != "None"]
     for kind in kinds:
-        ok = {"int": isinstance(value, int) and not isinstance(value, bool), "bool": isinstance(value, bool),
-              "str": isinstance(value, str), "dict": isinstance(value, dict),
-              "float": isinstance(value, (int, float)) and not isinstance(value, bool)}.get(kind, False)
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+            "str": isinstance(value, str),
+            "dict": isinstance(value, dict),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        }.get(kind, False)
         if ok:
             return float(value) if kind == "float" else value
     raise ConfigError(f"{name}={value!r} should be {annotation}")
@@ -161,6 +165,7 @@ class BenchmarkConfig:
     seeds: tuple[int, ...]
     train: TrainConfig
     synthetic: dict = field(default_factory=dict)  # fallback data when --data-dir has no train/
+    model_kwargs: dict = field(default_factory=dict)  # per-model TrainConfig.model_kwargs, by model name
 
 
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
@@ -172,7 +177,7 @@ def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-    allowed = {"name", "models", "folds", "seeds", "train", "synthetic"}
+    allowed = {"name", "models", "folds", "seeds", "train", "synthetic", "model_kwargs"}
     unknown = set(raw) - allowed
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -188,4 +193,13 @@ def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
         seeds=tuple(int(s) for s in raw.get("seeds", [0])),
         train=train,
         synthetic=dict(raw.get("synthetic") or {}),
+        model_kwargs=_model_kwargs(path, raw.get("model_kwargs")),
     )
+
+
+def _model_kwargs(path: Path, raw: Any) -> dict:
+    """``model_kwargs: {model name: {kwarg: value}}`` (e.g. a narrower U-Net for smoke runs)."""
+    raw = raw or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError(f"{path}: model_kwargs must map model names to mappings of keyword arguments")
+    return {str(k): dict(v) for k, v in raw.items()}

@@ -77,14 +77,17 @@ def load_checkpoint_module(path: Path, for_inference: bool = True) -> tuple[SegM
 
 
 def postprocess_of(path: Path, ckpt: dict) -> Any:
-    """The checkpoint's tuned PostProcess, or the defaults (with a warning) when it has none."""
+    """The checkpoint's tuned PostProcess; the defaults (with the run's tta) when it has none."""
     from benchmark.postprocess import PostProcess
 
     saved = (ckpt.get(CKPT_KEY) or {}).get("postprocess")
     if saved is None:
         print(f"warning: {path} has no tuned post-processing; using the defaults", file=sys.stderr)
-        return PostProcess()
-    return PostProcess.from_dict(saved)
+        return PostProcess(tta=bool(ckpt["hyper_parameters"]["config"].get("tta", False)))
+    try:
+        return PostProcess.from_dict(saved)
+    except (ConfigError, TypeError) as exc:
+        raise NerveBenchError(f"{path}: bad stored post-processing ({exc})") from None
 
 
 def store_in_checkpoint(path: Path, ckpt: dict, extra: dict) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -71,46 +70,15 @@ def list_inputs(input_dir: str | Path) -> list[tuple[str, Path]]:
     return [(p.stem, p) for p in sorted(paths, key=key)]
 
 
-def _read_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise NerveBenchError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated file, not a checkpoint, or unexpected pickled objects
-        raise NerveBenchError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
-    if (
-        not isinstance(ckpt, dict)
-        or "state_dict" not in ckpt
-        or "config" not in ckpt.get("hyper_parameters", {})
-    ):
-        raise NerveBenchError(
-            f"{path}: not a nerve-bench checkpoint (no state_dict / hyper_parameters.config)"
-        )
-    return ckpt
-
-
-def _postprocess_of(path: Path, ckpt: dict) -> Any:
-    """The checkpoint's tuned PostProcess; the defaults (with the run's tta) when it has none."""
-    from benchmark.postprocess import PostProcess
-
-    saved = (ckpt.get("nerve_bench") or {}).get("postprocess")
-    if saved is None:
-        print(f"warning: {path} has no tuned post-processing; using the defaults", file=sys.stderr)
-        return PostProcess(tta=bool(ckpt["hyper_parameters"]["config"].get("tta", False)))
-    try:
-        return PostProcess.from_dict(saved)
-    except (ConfigError, TypeError) as exc:
-        raise NerveBenchError(f"{path}: bad stored post-processing ({exc})") from None
-
-
 def load_model(path: str | Path, device: torch.device, tta: bool | None = None) -> LoadedModel:
     """Rebuild a checkpoint's SegModule from its config and weights, ready for inference."""
+    from benchmark.finalize import postprocess_of, read_checkpoint
     from benchmark.module import SegModule, resolve_precision
     from models.registry import ModelError
 
     path = Path(path)
-    ckpt = _read_checkpoint(path)
-    post = _postprocess_of(path, ckpt)
+    ckpt = read_checkpoint(path)
+    post = postprocess_of(path, ckpt)
     config = dict(ckpt["hyper_parameters"]["config"])
     # The weights come from the state dict: never download pretrained encoders, never compile.
     config.update(encoder_weights=None, compile=False, tta=post.tta if tta is None else tta)
