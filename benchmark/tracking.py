@@ -1,0 +1,157 @@
+"""Experiment tracking: the Lightning logger for a run, and W&B summaries of runs and the leaderboard.
+
+W&B runs offline unless ``WANDB_API_KEY`` is set (an explicit ``WANDB_MODE`` always wins), so a
+benchmark never needs the network; offline runs land in ``<dir>/wandb/offline-run-*`` and can be
+uploaded later with ``wandb sync``. One W&B *group* collects every run of one benchmark invocation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.config import TrainConfig
+
+# Metrics logged as the run's final summary (post-processed unless prefixed raw/).
+_FINAL_METRICS = (
+    "kaggle_dice", "dice_positive", "iou", "sensitivity", "precision", "f1", "presence_accuracy",
+)  # fmt: skip
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` if set, else online only when an API key is available."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+def wandb_run_id(run_name: str, group: str | None) -> str:
+    """Deterministic W&B id so the summary step re-attaches to the run that trained it."""
+    tag = hashlib.sha256(f"{group}/{run_name}".encode()).hexdigest()[:8]
+    return f"{run_name.replace('__', '-')}-{tag}"[:64]
+
+
+def lightning_logger(cfg: TrainConfig, run_name: str, out_dir: str | Path) -> Any:
+    """The Lightning logger ``cfg.logger`` asks for: CSVLogger, WandbLogger or None."""
+    out_dir = Path(out_dir)
+    if cfg.logger == "none":
+        return None
+    if cfg.logger == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(out_dir), name="", version="csv")
+    from lightning.pytorch.loggers import WandbLogger
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger = WandbLogger(
+        save_dir=str(out_dir),
+        project=cfg.wandb_project,
+        group=cfg.wandb_group,
+        name=run_name,
+        id=wandb_run_id(run_name, cfg.wandb_group),
+        config=cfg.to_dict(),
+        mode=wandb_mode(),
+        job_type="train",
+    )
+    # Lightning always passes the deprecated `anonymous` key, which makes W&B warn on every run.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger
+
+
+def _attach_run(summary: dict[str, Any], run_dir: Path) -> Any:
+    """The still-open W&B run of this training run, or a resumed one with the same id."""
+    import wandb
+
+    cfg = summary.get("config", {})
+    name = summary["run"]
+    if wandb.run is not None and wandb.run.name == name:
+        return wandb.run
+    if wandb.run is not None:
+        wandb.finish()
+    return wandb.init(
+        project=cfg.get("wandb_project", "nerve-bench"),
+        group=cfg.get("wandb_group"),
+        name=name,
+        id=wandb_run_id(name, cfg.get("wandb_group")),
+        resume="allow",
+        dir=str(run_dir),
+        config=cfg,
+        mode=wandb_mode(),
+        job_type="train",
+    )
+
+
+def overlay_images(npz_path: Path, limit: int = 8) -> list[Any]:
+    """``wandb.Image`` per overlay image, with truth and prediction as segmentation masks."""
+    import wandb
+
+    if not npz_path.is_file():
+        return []
+    with np.load(npz_path, allow_pickle=False) as data:
+        stems, images, truth, pred = data["stem"], data["image"], data["truth"], data["pred"]
+    labels = {1: "nerve"}
+    return [
+        wandb.Image(
+            images[i],
+            caption=str(stems[i]),
+            masks={
+                "truth": {"mask_data": truth[i].astype(np.uint8), "class_labels": labels},
+                "prediction": {"mask_data": pred[i].astype(np.uint8), "class_labels": labels},
+            },
+        )
+        for i in range(min(limit, len(stems)))
+    ]
+
+
+def log_run_summary(summary: dict[str, Any], run_dir: str | Path) -> None:
+    """Log final metrics and validation overlays of a finished run to its W&B run, then close it."""
+    if summary.get("config", {}).get("logger") != "wandb":
+        return
+    import wandb
+
+    run_dir = Path(run_dir)
+    run = _attach_run(summary, run_dir)
+    metrics = summary.get("metrics", {})
+    final = {f"final/{k}": metrics.get("post", {}).get(k) for k in _FINAL_METRICS}
+    final["final/raw_kaggle_dice"] = metrics.get("raw", {}).get("kaggle_dice")
+    final["final/train_time_s"] = summary.get("train_time_s")
+    for key, value in (summary.get("cost") or {}).items():
+        final[f"cost/{key}"] = value
+    final = {k: v for k, v in final.items() if v is not None}
+    run.summary.update(final)
+    images = overlay_images(run_dir / summary.get("overlays", "overlays.npz"))
+    if images:
+        run.log({"val/overlays": images})
+    wandb.finish()
+
+
+def log_leaderboard(
+    board: dict[str, Any], cfg: TrainConfig, out_dir: str | Path, plot: Path | None = None
+) -> None:
+    """One group-level W&B run holding the leaderboard as a ``wandb.Table`` (and its bar chart)."""
+    if cfg.logger != "wandb":
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+    from benchmark.report_text import csv_table
+
+    columns, rows = csv_table(board)
+    run = wandb.init(
+        project=cfg.wandb_project,
+        group=cfg.wandb_group,
+        name=f"{cfg.wandb_group or 'benchmark'}-leaderboard",
+        dir=str(out_dir),
+        mode=wandb_mode(),
+        job_type="leaderboard",
+        config={"header": board["header"]},
+    )
+    table = wandb.Table(columns=columns, data=rows)
+    payload: dict[str, Any] = {"leaderboard": table}
+    if plot is not None and plot.is_file():
+        payload["leaderboard_plot"] = wandb.Image(str(plot))
+    run.log(payload)
+    wandb.finish()

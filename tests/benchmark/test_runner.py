@@ -1,0 +1,158 @@
+"""The benchmark grid: selection, synthetic fallback, skipping, failures, interruption and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from benchmark import runner
+from benchmark.cli import main
+from benchmark.config import ConfigError, load_benchmark_config
+from benchmark.summary import write_summary
+from tests.benchmark.test_leaderboard import make_summary
+
+CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs"
+SMOKE = CONFIGS / "smoke.yaml"
+
+
+def fake_fit(calls, fail=(), interrupt_at=None):
+    """A stand-in for train.fit: records calls, writes a complete summary, or fails on request."""
+
+    def fit(cfg, data_dir, out_dir):
+        calls.append(cfg.run_name())
+        if interrupt_at is not None and len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        if cfg.model in fail:
+            raise RuntimeError(f"{cfg.model} exploded")
+        summary = make_summary(cfg.model, cfg.fold, cfg.seed, [0.5, 1.0], n_folds=cfg.n_folds)
+        summary.update(run=cfg.run_name(), config=cfg.to_dict(), config_hash=cfg.hash())
+        write_summary(out_dir, summary)
+        return summary
+
+    return fit
+
+
+def test_grid_order_subsets_and_per_model_kwargs():
+    bench = load_benchmark_config(SMOKE)
+    bench = dataclasses.replace(bench, folds=(0, 1), seeds=(0, 7))
+    grid = runner.build_grid(bench)
+    assert len(grid) == 3 * 2 * 2
+    assert [(c.model, c.fold, c.seed) for c in grid[:4]] == [
+        ("unet", 0, 0),
+        ("unet", 0, 7),
+        ("unet", 1, 0),
+        ("unet", 1, 7),
+    ]
+    assert grid[0].model_kwargs == {"base_width": 8, "depth": 3} and grid[-1].model_kwargs == {}
+    sub = runner.build_grid(bench, models=["empty"], folds=[2], seeds=[3])
+    assert [(c.model, c.fold, c.seed) for c in sub] == [("empty", 2, 3)]
+    with pytest.raises(ConfigError, match="fold=5"):
+        runner.build_grid(bench, folds=[5])
+    assert runner._parse_list("0, 1,", int) == [0, 1] and runner._parse_list(None) is None
+    with pytest.raises(ConfigError, match="comma-separated"):
+        runner._parse_list("a,b", int)
+
+
+def test_synthetic_fallback_is_announced_and_generated_once(tmp_path, capsys):
+    bench = load_benchmark_config(CONFIGS / "default.yaml")
+    tiny = {"subjects": 3, "per_subject": 2, "n_test": 1}
+    bench = dataclasses.replace(bench, synthetic={**bench.synthetic, "generator": tiny})
+    fallback, data = runner.resolve_data(bench, tmp_path / "missing", tmp_path)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "no train/ in" in out[0] and "synthetic" in out[0]
+    assert data == tmp_path / runner.SYNTHETIC_DIR and len(list((data / "train").glob("*_mask.tif"))) == 6
+    assert fallback.train.image_size == 64 and fallback.train.precision == "32" and fallback.folds == (0,)
+    stamp = (data / "train" / "1_1.tif").stat().st_mtime_ns
+    runner.resolve_data(bench, tmp_path / "missing", tmp_path)
+    assert (data / "train" / "1_1.tif").stat().st_mtime_ns == stamp  # reused, not regenerated
+    real, same = runner.resolve_data(bench, data, tmp_path)  # a dir with train/ is used as is
+    assert same == data and real.train.image_size == 256
+
+
+def test_bad_synthetic_section_names_the_key():
+    bench = load_benchmark_config(SMOKE)
+    with pytest.raises(ConfigError, match="colour"):
+        runner.synthetic_benchmark(dataclasses.replace(bench, synthetic={"generator": {"colour": 1}}))
+    with pytest.raises(ConfigError, match="no `synthetic:` section"):
+        runner.synthetic_benchmark(dataclasses.replace(bench, synthetic={}))
+
+
+def test_failure_is_recorded_and_the_rest_continue(tmp_path, capsys):
+    bench = dataclasses.replace(load_benchmark_config(SMOKE), models=("unet", "boom", "empty"))
+    calls = []
+    grid = runner.build_grid(bench)
+    outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls, fail={"boom"}))
+    assert [o.status for o in outcomes] == ["trained", "failed", "trained"]
+    err = tmp_path / "runs" / outcomes[1].run / "error.txt"
+    assert "boom exploded" in err.read_text() and "Traceback" in err.read_text()
+    out = capsys.readouterr().out
+    assert "[1/3] unet fold 0 seed 0 | elapsed" in out and "ETA" in out and "FAILED" in out
+    # second invocation: only the failed run is attempted again; it now succeeds and error.txt goes
+    calls.clear()
+    outcomes = runner.run_grid(runner.build_grid(bench), tmp_path, tmp_path, fit=fake_fit(calls))
+    assert calls == [outcomes[-1].run] and not err.exists()
+    assert sorted(o.status for o in outcomes) == ["skipped", "skipped", "trained"]
+
+
+def test_interrupted_grid_resumes_without_retraining(tmp_path):
+    grid = runner.build_grid(load_benchmark_config(SMOKE))
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls, interrupt_at=2))
+    first = tmp_path / "runs" / grid[0].run_name() / "summary.json"
+    mtime = first.stat().st_mtime_ns
+    calls.clear()
+    outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls))
+    assert calls == [grid[1].run_name(), grid[2].run_name()]
+    assert first.stat().st_mtime_ns == mtime and [o.status for o in outcomes].count("trained") == 2
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_end_to_end(tmp_path, synthetic_dir, monkeypatch):
+    """Real training: interrupted run, resume, no-op re-run, byte-identical report."""
+    import benchmark.train as train
+
+    real_fit, calls = train.fit, []
+
+    def interrupt_second(cfg, data_dir, out_dir):
+        calls.append(cfg.model)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fit(cfg, data_dir, out_dir)
+
+    args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path)]
+    monkeypatch.setattr(train, "fit", interrupt_second)
+    assert main(args) == 130
+    runs = sorted((tmp_path / "runs").glob("*/summary.json"))
+    assert len(runs) == 1 and runs[0].parent.name.startswith("unet__")
+    first = runs[0].stat().st_mtime_ns
+    monkeypatch.setattr(train, "fit", real_fit)
+    assert main(args) == 0
+    assert runs[0].stat().st_mtime_ns == first and len(list((tmp_path / "runs").glob("*/summary.json"))) == 3
+    outputs = [tmp_path / f"leaderboard.{ext}" for ext in ("md", "csv", "json")]
+    outputs += [tmp_path / "plots" / f"{name}.png" for name in ("leaderboard", "overlays", "curves")]
+    before = {p: p.read_bytes() for p in outputs}
+    md = before[tmp_path / "leaderboard.md"].decode()
+    for model in ("unet", "attention_unet", "empty (baseline)"):
+        assert f"| {model} |" in md
+    assert "bootstrap, 1 run" in md and "kaggle_dice_ci_lo" in before[tmp_path / "leaderboard.csv"].decode()
+
+    def must_not_train(*a, **k):
+        raise AssertionError("a finished run was retrained")
+
+    monkeypatch.setattr(train, "fit", must_not_train)
+    assert main(args) == 0
+    assert main(["report", "--results", str(tmp_path)]) == 0
+    assert {p: p.read_bytes() for p in outputs} == before
+
+
+def test_dry_run_lists_the_grid_and_bad_model_names_fail_fast(tmp_path, synthetic_dir, capsys):
+    base = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path)]
+    assert main([*base, "--dry-run", "--models", "unet,empty", "--seeds", "0,1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("[1/4] unet fold 0 seed 0 -> unet__f0__s0__")
+    assert not (tmp_path / "runs").exists()
+    assert main([*base, "--dry-run", "--models", "unett"]) == 2
+    assert "unknown model 'unett'" in capsys.readouterr().err
