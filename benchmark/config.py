@@ -68,6 +68,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     accelerator: str = "auto"
     devices: int | str = 1  # "auto": every visible GPU, with DDP
+    num_nodes: int = 1  # multi-node DDP under torchrun/SLURM (Lightning reads the launcher's env)
     channels_last: bool = False
     compile: bool = False
     gpu_cache: bool = False  # uint8 dataset cache + augmentation on the GPU

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import BenchmarkConfig, ConfigError, TrainConfig, apply_overrides
-from benchmark.summary import is_complete
+from benchmark.summary import is_complete, read_summary
 
 SYNTHETIC_DIR = "_synthetic_data"
 _SYNTH_KEYS = {"generator", "folds", "seeds", "train", "model_kwargs"}
@@ -172,14 +172,32 @@ def _log_tracking(summary: dict[str, Any], run_dir: Path) -> None:
         say(f"warning: W&B summary for {run_dir.name} failed: {exc}")
 
 
+def _check_same_data(runs: Path, done: list[TrainConfig], data_dir: Path, current: str) -> None:
+    """Refuse to skip runs that were computed on other data (the config hash does not cover the data)."""
+    for cfg in done:
+        saved = (read_summary(runs / cfg.run_name()).get("dataset") or {}).get("content_hash")
+        if saved != current:
+            raise ConfigError(
+                f"{runs / cfg.run_name()}: finished on data with content hash {saved}, but {data_dir} has "
+                f"{current}; use another --results-dir for this data set"
+            )
+
+
 def run_grid(
-    grid: list[TrainConfig], data_dir: Path, results_dir: Path, fit: Callable | None = None
+    grid: list[TrainConfig],
+    data_dir: Path,
+    results_dir: Path,
+    fit: Callable | None = None,
+    data_hash: str | None = None,
 ) -> list[Outcome]:
     """Train every config not already complete; print ``[i/N] ... elapsed, ETA`` before each."""
     if fit is None:
         from benchmark.train import fit
     runs = results_dir / "runs"
-    todo = [c for c in grid if not is_complete(runs / c.run_name(), c.hash())]
+    done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
+    if done and data_hash is not None:
+        _check_same_data(runs, done, data_dir, data_hash)
+    todo = [c for c in grid if c not in done]
     outcomes = [Outcome(c.run_name(), "skipped") for c in grid if c not in todo]
     if outcomes:
         say(f"{len(outcomes)}/{len(grid)} runs already complete (skipped)")

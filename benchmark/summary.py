@@ -130,7 +130,17 @@ def device_name() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return platform.processor() or platform.machine() or "cpu"
+    return _cpu_model() or platform.processor() or platform.machine() or "cpu"
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name with its core count (Linux), e.g. 'AMD EPYC 9554 (2 cores)'."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    return f"{names[0]} ({os.cpu_count()} cores)" if names else ""
 
 
 def environment() -> dict[str, str]:

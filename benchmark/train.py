@@ -63,7 +63,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
     gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
     deterministic: bool | str = cfg.deterministic and ("warn" if gpu else True)
     kwargs = dict(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         precision=resolve_precision(cfg.precision, cfg.accelerator), deterministic=deterministic,
         limit_train_batches=cfg.limit_train_batches or 1.0, num_sanity_val_steps=0,
         callbacks=[*checkpoint, *(callbacks or [])], logger=_logger(cfg, out_dir), log_every_n_steps=10,

@@ -20,6 +20,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(args.checkpoint, args.data_dir, args.out)
     print(f"{result['n_images']} images of {args.data_dir}, checkpoint {args.checkpoint}")
     print(format_metrics(result["metrics"]))
+    empty = result["per_image"]["true_empty"]
+    print(f"all-empty baseline on these {len(empty)} images: kaggle_dice {sum(empty) / len(empty):.4f}")
     if args.out:
         print(f"wrote {args.out}")
     return 0

@@ -46,5 +46,7 @@ def run(args: argparse.Namespace) -> int:
     summary = fit(cfg, args.data_dir, out)
     if summary:  # empty on non-zero DDP ranks
         print(format_metrics(summary["metrics"]))
+        empty = summary["per_image"]["true_empty"]
+        print(f"all-empty baseline on these {len(empty)} images: kaggle_dice {sum(empty) / len(empty):.4f}")
         print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}; run directory {out}")
     return 0

@@ -78,8 +78,12 @@ def run(args: argparse.Namespace) -> int:
     bench, data_dir, grid = _load(args)
     if args.dry_run:
         return _dry_run(grid, args.results_dir)
+    from datamodules.kaggle import check_dataset
+
+    # Validates every file up front (one clear error, not 45 failed runs) and fingerprints the data.
+    data_hash = check_dataset(data_dir)["content_hash"]
     start = time.perf_counter()
-    outcomes = runner.run_grid(grid, data_dir, args.results_dir)
+    outcomes = runner.run_grid(grid, data_dir, args.results_dir, data_hash=data_hash)
     trained = sum(o.status == "trained" for o in outcomes)
     runner.say(
         f"grid done in {runner._clock(time.perf_counter() - start)}: {trained} trained, "

@@ -146,6 +146,13 @@ def test_smoke_benchmark_end_to_end(tmp_path, synthetic_dir, monkeypatch):
     assert main(args) == 0
     assert main(["report", "--results", str(tmp_path)]) == 0
     assert {p: p.read_bytes() for p in outputs} == before
+    # Finished runs are never silently reused for (or overwritten by) a different data set.
+    from datamodules.synth import generate
+
+    other = tmp_path / "other-data"
+    generate(other, subjects=3, per_subject=4, n_test=1, seed=7)
+    assert main([*args[:3], "--data-dir", str(other), "--results-dir", str(tmp_path)]) == 2
+    assert {p: p.read_bytes() for p in outputs} == before
 
 
 def test_dry_run_lists_the_grid_and_bad_model_names_fail_fast(tmp_path, synthetic_dir, capsys):
