@@ -10,6 +10,7 @@ tuned on the validation fold only and stored inside ``best.ckpt`` (key ``nerve_b
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from benchmark.module import SegModule, config_from_dict, has_trainable_params, 
 from benchmark.summary import SUMMARY_NAME, is_complete, read_summary, to_jsonable, write_json_atomic
 
 BEST, LAST = "best.ckpt", "last.ckpt"
+# Lightning notices that repeat for every run of a 45-run grid and say nothing about the run.
+for _pattern in (".*treespec.*", ".*smaller than the logging interval.*", ".*litlogger.*"):
+    warnings.filterwarnings("ignore", message=_pattern)
 
 
 def make_datamodule(cfg: TrainConfig, data_dir: str | Path) -> Any:
