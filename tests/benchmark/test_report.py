@@ -11,7 +11,7 @@ from benchmark.cli import main
 from benchmark.report import build_report
 from benchmark.summary import write_summary
 from datamodules.errors import DataError
-from tests.benchmark.test_leaderboard import make_summary
+from tests.benchmark.summaries import make_summary
 
 FILES = (
     "leaderboard.md",

@@ -11,7 +11,7 @@ from benchmark import runner
 from benchmark.cli import main
 from benchmark.config import ConfigError, load_benchmark_config
 from benchmark.summary import write_summary
-from tests.benchmark.test_leaderboard import make_summary
+from tests.benchmark.summaries import make_summary
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs"
 SMOKE = CONFIGS / "smoke.yaml"

@@ -7,7 +7,7 @@ import pytest
 
 from benchmark import tracking
 from benchmark.config import TrainConfig
-from tests.benchmark.test_leaderboard import make_summary
+from tests.benchmark.summaries import make_summary
 
 
 def test_mode_follows_env_and_api_key(monkeypatch):

@@ -22,7 +22,7 @@ from datamodules.errors import DataError
 from datamodules.io import write_tif
 from datamodules.kaggle import load_test, load_train
 from datamodules.rle import encode
-from tests.datamodules.test_kaggle import tiny_masks, write_csv, write_tiny_dataset
+from tests.datamodules.tiny_data import tiny_masks, write_csv, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
