@@ -22,17 +22,7 @@ from datamodules.errors import DataError
 from datamodules.io import write_tif
 from datamodules.kaggle import load_test, load_train
 from datamodules.rle import encode
-from tests.datamodules.tiny_data import tiny_masks, write_csv, write_tiny_dataset
-
-
-@pytest.fixture(scope="module")
-def tiny_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("tiny_check") / "data")
-
-
-@pytest.fixture
-def tiny(tiny_template: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_template, tmp_path / "data"))
+from tests.datamodules.tiny_data import tiny_masks, write_csv
 
 
 def tiny_rows(overrides: dict[str, str] | None = None) -> list[list]:
