@@ -149,7 +149,7 @@ def predict_loader(
         counts.append(confusion_counts_torch(prob > 0.5, truth).cpu())
         presence.append(pres.float().cpu())
         if pp is not None:
-            post.append(_post_counts(prob, pres if head else None, truth, pp))
+            post.append(post_counts(prob, pres if head else None, truth, pp))
         if keep_probs:
             probs.append(torch.round(prob * 255).to(torch.uint8).cpu())
             truths.append(truth.to(torch.uint8).cpu())
@@ -166,9 +166,10 @@ def predict_loader(
     return {**dedupe_sorted(out), "presence_head": head}
 
 
-def _post_counts(
+def post_counts(
     prob: torch.Tensor, presence: torch.Tensor | None, truth: torch.Tensor, pp: Any
 ) -> torch.Tensor:
+    """Per-image confusion counts (N, 4) of ``pp`` applied to probabilities (float or uint8)."""
     from benchmark import postprocess
 
     pres = None if presence is None else presence.float().cpu().numpy()

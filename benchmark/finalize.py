@@ -102,15 +102,15 @@ def postprocess_counts(
     prob_u8: np.ndarray, truth: np.ndarray, presence: np.ndarray | None, pp: Any
 ) -> np.ndarray:
     """Per-image confusion counts after applying ``pp``, in chunks to bound memory."""
-    from benchmark import postprocess
-
-    out = []
-    for s in range(0, len(prob_u8), 64):
-        pres = None if presence is None else presence[s : s + 64]
-        pred = postprocess.apply(prob_u8[s : s + 64], pp, pres)
-        out.append(
-            evaluation.confusion_counts_torch(torch.as_tensor(pred), torch.from_numpy(truth[s : s + 64]))
+    out = [
+        evaluation.post_counts(
+            torch.from_numpy(prob_u8[s : s + 64]),
+            None if presence is None else torch.from_numpy(presence[s : s + 64]),
+            torch.from_numpy(truth[s : s + 64]),
+            pp,
         )
+        for s in range(0, len(prob_u8), 64)
+    ]
     return torch.cat(out).numpy() if out else np.zeros((0, 4), dtype=np.int64)
 
 
@@ -150,8 +150,9 @@ def cost_block(cfg: TrainConfig, module: SegModule, history: dict, device: torch
     cost = {"params": int(count_params(module.model)), "gflops": 0.0,
             "train_img_s": train_images / train_s if train_s > 0 else 0.0,
             "infer_img_s": 0.0, "latency_ms": 0.0, "peak_mem_mb": 0.0}  # fmt: skip
+    shape = input_shape(cfg.resize_mode, cfg.image_size)  # 448x608 in pad mode, not image_size²
     try:
-        cost["gflops"] = float(gflops(module.model, size=cfg.image_size))
+        cost["gflops"] = float(gflops(module.model, size=shape))
     except Exception:  # noqa: BLE001 - FLOP counting is best effort (exotic ops)
         pass
     try:
@@ -159,7 +160,6 @@ def cost_block(cfg: TrainConfig, module: SegModule, history: dict, device: torch
     except ImportError:
         return cost
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    shape = input_shape(cfg.resize_mode, cfg.image_size)
     measured = measure_inference(module.model, shape, None, device, precision=precision)
     cost.update({k: float(measured[k]) for k in ("infer_img_s", "latency_ms", "peak_mem_mb")})
     return cost
@@ -204,7 +204,7 @@ def finalize_run(cfg: TrainConfig, dm: Any, data_dir: Path, out_dir: Path, devic
     pp, post_counts, metrics = tune_and_score(val, cfg.tta)
     pp_dict = pp.to_dict()
     store_in_checkpoint(
-        best, ckpt, {"postprocess": pp.to_dict(), "config": cfg.to_dict(), "summary_metrics": metrics}
+        best, ckpt, {"postprocess": pp_dict, "config": cfg.to_dict(), "summary_metrics": metrics}
     )
     _overlays(out_dir / OVERLAY_NAME, dm, val, pp)
     history = _final_history(out_dir / "checkpoints" / "last.ckpt", module.history)
