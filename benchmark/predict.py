@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.config import ConfigError
-from benchmark.costs import autocast, resolve_device
+from benchmark.core.config import ConfigError
+from benchmark.training.device import autocast, resolve_device
 from datamodules import geometry
 from datamodules.errors import DataError, NerveBenchError
 from datamodules.io import read_tif, write_tif
@@ -72,8 +72,9 @@ def list_inputs(input_dir: str | Path) -> list[tuple[str, Path]]:
 
 def load_model(path: str | Path, device: torch.device, tta: bool | None = None) -> LoadedModel:
     """Rebuild a checkpoint's SegModule from its config and weights, ready for inference."""
-    from benchmark.finalize import postprocess_of, read_checkpoint
-    from benchmark.module import SegModule, resolve_precision
+    from benchmark.training.checkpoint import postprocess_of, read_checkpoint
+    from benchmark.training.device import resolve_precision
+    from benchmark.training.module import SegModule
     from models.registry import ModelError
 
     path = Path(path)
@@ -177,7 +178,7 @@ def predict_dir(
     """
     if not checkpoints:
         raise NerveBenchError("no checkpoint given")
-    from benchmark.postprocess import apply
+    from benchmark.scoring.postprocess import apply
 
     dev = resolve_device(device)
     inputs = list_inputs(input_dir)

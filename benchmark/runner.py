@@ -1,4 +1,4 @@
-"""The benchmark grid: models x folds x seeds, each through ``benchmark.train.fit``, then the report.
+"""The benchmark grid: models x folds x seeds, each through ``benchmark.pipeline.fit``, then the report.
 
 Finished runs (a complete summary.json with the same config hash) are skipped and interrupted ones
 resume from their last checkpoint inside ``fit``, so re-running the same command continues where it
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import BenchmarkConfig, ConfigError, TrainConfig, apply_overrides
-from benchmark.summary import is_complete, read_summary
+from benchmark.core.config import BenchmarkConfig, ConfigError, TrainConfig, apply_overrides
+from benchmark.core.summary import is_complete, read_summary
 
 SYNTHETIC_DIR = "_synthetic_data"
 _SYNTH_KEYS = {"generator", "folds", "seeds", "train", "model_kwargs"}
@@ -164,7 +164,7 @@ def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -
 
 
 def _log_tracking(summary: dict[str, Any], run_dir: Path) -> None:
-    from benchmark.tracking import log_run_summary
+    from benchmark.reporting.tracking import log_run_summary
 
     try:
         log_run_summary(summary, run_dir)
@@ -192,7 +192,7 @@ def run_grid(
 ) -> list[Outcome]:
     """Train every config not already complete; print ``[i/N] ... elapsed, ETA`` before each."""
     if fit is None:
-        from benchmark.train import fit
+        from benchmark.pipeline import fit
     runs = results_dir / "runs"
     done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
     if done and data_hash is not None:

@@ -3,13 +3,13 @@
 For each model, in one process, on the same architecture and the same data:
 
 (a) ``suite``: the suite's own training (``SegModule`` + its loss/optimiser under a Lightning
-    ``Trainer`` built by ``benchmark.train.build_trainer``): bf16-mixed, channels_last and the GPU
+    ``Trainer`` built by ``benchmark.training.trainer.build_trainer``): bf16-mixed, channels_last and the GPU
     cache + torch-side augmentation on a GPU; fp32 with the DataModule's loader on CPU;
 (b) ``plain``: a standard fp32 loop, ``DataLoader`` workers decoding the tifs with tifffile and
     augmenting with albumentations at every step;
 (c) ``ceiling``: a bare loop on batches already on the device (the GPU cache), no augmentation,
     in the suite's precision and memory format: what the model's compute alone allows;
-(d) batched inference img/s and (e) batch-1 latency from :func:`benchmark.costs.measure_inference`,
+(d) batched inference img/s and (e) batch-1 latency from :func:`benchmark.evaluation.costs.measure_inference`,
     the same code that fills the leaderboard's speed columns.
 
 Warm-up steps are excluded from every timing and the device is synchronised before each clock
@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.costs import autocast, measure_inference, resolve_device, synchronize
+from benchmark.evaluation.costs import measure_inference
+from benchmark.training.device import autocast, resolve_device, synchronize
 
 RESULT_KEYS = ("model", "device", "image_size", "batch_size", "suite_train_img_s", "plain_train_img_s",
                "ceiling_train_img_s", "infer_img_s", "latency_ms", "ratio_suite_vs_plain",
@@ -59,7 +60,7 @@ class SpeedSettings:
 
 
 def _suite_config(model: str, s: SpeedSettings, dev: torch.device) -> Any:
-    from benchmark.config import TrainConfig
+    from benchmark.core.config import TrainConfig
 
     cuda = dev.type == "cuda"
     return TrainConfig(
@@ -153,8 +154,8 @@ def _timer_callback(warmup: int) -> Any:
 
 def suite_train_img_s(model: str, data_dir: Path, s: SpeedSettings, dev: torch.device, work: Path) -> float:
     """(a) img/s of the suite's own training step under its Trainer and DataModule."""
-    from benchmark.module import SegModule
-    from benchmark.train import build_trainer, make_datamodule
+    from benchmark.training.module import SegModule
+    from benchmark.training.trainer import build_trainer, make_datamodule
 
     torch.manual_seed(0)
     cfg = _suite_config(model, s, dev)
@@ -261,7 +262,7 @@ def plain_train_img_s(model: str, data_dir: Path, s: SpeedSettings, dev: torch.d
 
 def ceiling_train_img_s(model: str, cache: Any, s: SpeedSettings, dev: torch.device) -> float:
     """(c) img/s on device-resident batches with no augmentation, in the suite's precision."""
-    from benchmark.module import resolve_precision
+    from benchmark.training.device import resolve_precision
     from datamodules.gpu_augment import normalise
 
     cuda = dev.type == "cuda"
@@ -281,7 +282,7 @@ def ceiling_train_img_s(model: str, cache: Any, s: SpeedSettings, dev: torch.dev
 # -- all together ------------------------------------------------------------------------------------
 def measure_model(model: str, data_dir: Path, cache: Any, s: SpeedSettings, work: Path) -> dict:
     """Every figure (a)-(e) for one model, as a RESULT_KEYS dict."""
-    from benchmark.module import resolve_precision
+    from benchmark.training.device import resolve_precision
 
     dev = resolve_device(s.device)
     suite = suite_train_img_s(model, data_dir, s, dev, work / model.replace(":", "-"))

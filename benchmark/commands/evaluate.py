@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.train import evaluate, format_metrics
+    from benchmark.evaluation.evaluate import evaluate, format_metrics
 
     result = evaluate(args.checkpoint, args.data_dir, args.out)
     print(f"{result['n_images']} images of {args.data_dir}, checkpoint {args.checkpoint}")

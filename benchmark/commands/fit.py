@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace) -> object:
     """Base (config file or defaults) <- explicit flags <- --set overrides."""
-    from benchmark.config import TrainConfig, apply_overrides, load_benchmark_config, parse_set_args
+    from benchmark.core.config import TrainConfig, apply_overrides, load_benchmark_config, parse_set_args
 
     base = load_benchmark_config(args.config).train if args.config else TrainConfig()
     flags = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
@@ -39,7 +39,8 @@ def build_config(args: argparse.Namespace) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.train import fit, format_metrics
+    from benchmark.evaluation.evaluate import format_metrics
+    from benchmark.pipeline import fit
 
     cfg = build_config(args)
     out = args.out or Path("results") / "runs" / cfg.run_name()

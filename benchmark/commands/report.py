@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.report import build_report
+    from benchmark.reporting.report import build_report
 
     board = build_report(args.results, plots=not args.no_plots)
     print(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from benchmark.config import BenchmarkConfig, TrainConfig
+    from benchmark.core.config import BenchmarkConfig, TrainConfig
 
 HELP = "run the benchmark grid and rebuild the leaderboard (skips finished runs, resumes interrupted ones)"
 
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path, list[TrainConfig]]:
     from benchmark import runner
-    from benchmark.config import apply_overrides, load_benchmark_config, parse_set_args
+    from benchmark.core.config import apply_overrides, load_benchmark_config, parse_set_args
 
     bench = load_benchmark_config(args.config)
     bench = dataclasses.replace(bench, train=apply_overrides(bench.train, parse_set_args(args.overrides)))
@@ -61,7 +61,7 @@ def _load(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path, list[TrainCo
 
 
 def _dry_run(grid: list[TrainConfig], results_dir: Path) -> int:
-    from benchmark.summary import is_complete
+    from benchmark.core.summary import is_complete
 
     for i, cfg in enumerate(grid, start=1):
         done = is_complete(results_dir / "runs" / cfg.run_name(), cfg.hash())
@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(bench: BenchmarkConfig, results_dir: Path) -> None:
-    from benchmark.report import build_report
-    from benchmark.tracking import log_leaderboard
+    from benchmark.reporting.report import build_report
+    from benchmark.reporting.tracking import log_leaderboard
     from datamodules.errors import DataError
 
     try:

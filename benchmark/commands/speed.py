@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.config import ConfigError
+    from benchmark.core.config import ConfigError
     from benchmark.speed import SpeedSettings, format_table, run_speed
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]

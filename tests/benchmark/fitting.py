@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.config import TrainConfig
+from benchmark.core.config import TrainConfig
 
 # 6 subjects x 11 frames: 3 folds give 22 validation images; 6 folds give 11 (odd, for DDP padding).
 SUBJECTS, PER_SUBJECT = 6, 11
@@ -38,7 +38,7 @@ _CACHE: dict[str, Runs] = {}
 def trained_runs(factory: pytest.TempPathFactory) -> Runs:
     """A synthetic dataset plus fitted `unet` and `empty` runs on fold 0 (cached)."""
     if "runs" not in _CACHE:
-        from benchmark.train import fit
+        from benchmark.pipeline import fit
         from datamodules.synth import generate
 
         data = factory.mktemp("fit_data")

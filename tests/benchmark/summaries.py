@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.config import TrainConfig
+from benchmark.core.config import TrainConfig
 
 
 def make_summary(model, fold, seed, dice, *, empty=None, extra=None, cost=True, n_folds=5, content="c0ffee"):

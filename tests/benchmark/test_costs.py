@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark import costs
+from benchmark.evaluation import costs
+from benchmark.training import device
 
 
 class _Tiny(nn.Module):
@@ -55,9 +56,9 @@ def test_bad_arguments():
 
 
 def test_resolve_device():
-    assert costs.resolve_device("cpu") == torch.device("cpu")
+    assert device.resolve_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert costs.resolve_device("auto").type == expected
+    assert device.resolve_device("auto").type == expected
 
 
 def test_cuda_request_without_cuda_is_a_clear_error():
@@ -66,4 +67,4 @@ def test_cuda_request_without_cuda_is_a_clear_error():
     from datamodules.errors import NerveBenchError
 
     with pytest.raises(NerveBenchError, match="CUDA is not available"):
-        costs.resolve_device("cuda")
+        device.resolve_device("cuda")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from lightning import Trainer
 
-from benchmark.evaluation import load_eval
-from benchmark.finalize import load_checkpoint_module
-from benchmark.train import make_datamodule
+from benchmark.evaluation.inference import load_eval
+from benchmark.training.checkpoint import load_checkpoint_module
+from benchmark.training.trainer import make_datamodule
 from tests.benchmark.fitting import PER_SUBJECT, SUBJECTS, UNET, trained_runs
 
 pytestmark = pytest.mark.slow

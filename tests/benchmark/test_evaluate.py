@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from benchmark.cli import main
-from benchmark.train import evaluate, fit
+from benchmark.evaluation.evaluate import evaluate
+from benchmark.pipeline import fit
 from datamodules.errors import NerveBenchError
 from tests.benchmark.fitting import EMPTY, PER_SUBJECT, SUBJECTS, UNET, trained_runs
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark import leaderboard as lb
+from benchmark.reporting import leaderboard as lb
 from tests.benchmark.summaries import make_summary
 
 T_975_DF2 = 4.302652729911275  # Student-t 97.5% quantile, 2 degrees of freedom (tables)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from benchmark import losses
+from benchmark.training import losses
 
 
 def _batch() -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmark import metrics
+from benchmark.scoring import metrics
 
 
 def _mask(shape: tuple[int, int], on: list[int]) -> np.ndarray:

@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import evaluation, metrics
-from benchmark.config import ConfigError, TrainConfig
-from benchmark.module import (
+from benchmark.core.config import ConfigError, TrainConfig
+from benchmark.evaluation import inference
+from benchmark.scoring import counts as count_fns
+from benchmark.scoring import metrics
+from benchmark.training.device import resolve_precision
+from benchmark.training.module import (
     SegModule,
     WarmupCosine,
     config_from_dict,
     has_trainable_params,
-    resolve_precision,
 )
 
 SMALL = {"model": "unet", "model_kwargs": {"base_width": 4, "depth": 2}, "image_size": 64}
@@ -128,7 +130,7 @@ def test_confusion_counts_match_the_metrics_module():
     pred, truth = rng.random((5, 7, 9)) > 0.5, rng.random((5, 7, 9)) > 0.7
     truth[0] = False
     pred[0] = False
-    ours = evaluation.confusion_counts_torch(torch.from_numpy(pred), torch.from_numpy(truth)).numpy()
+    ours = count_fns.confusion_counts_torch(torch.from_numpy(pred), torch.from_numpy(truth)).numpy()
     assert np.array_equal(ours, metrics.counts_to_array(metrics.confusion_counts(pred, truth)))
     assert ours[0].tolist() == [0, 0, 0, 63]
 
@@ -140,9 +142,9 @@ def test_gather_rows_drops_repeated_indices_and_sorts():
         {"index": torch.tensor([7, 3]), "counts": counts[:2], "presence_prob": torch.tensor([0.9, 0.2])},
         {"index": torch.tensor([7, 1]), "counts": counts[2:], "presence_prob": torch.tensor([0.9, 0.1])},
     ]
-    out = evaluation.gather_rows(module, rows)
+    out = inference.gather_rows(module, rows)
     assert out["index"].tolist() == [1, 3, 7]
     assert out["counts"].tolist() == [[0, 0, 0, 10], [0, 2, 0, 8], [1, 0, 0, 9]]
-    scored = evaluation.score_rows(out)
+    scored = count_fns.score_rows(out)
     assert scored["dice"].tolist() == [1.0, 0.0, 1.0]
     assert scored["metrics"]["kaggle_dice"] == pytest.approx(2 / 3)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark import metrics
-from benchmark.config import ConfigError
-from benchmark.postprocess import PostProcess, apply, tune
+from benchmark.core.config import ConfigError
+from benchmark.scoring import metrics
+from benchmark.scoring.postprocess import PostProcess, apply, tune
 
 
 def _blob(shape: tuple[int, int], n: int, value: float, start: int = 0) -> np.ndarray:

@@ -11,8 +11,8 @@ import torch
 
 from benchmark import predict
 from benchmark.cli import main
-from benchmark.config import TrainConfig
-from benchmark.postprocess import PostProcess
+from benchmark.core.config import TrainConfig
+from benchmark.scoring.postprocess import PostProcess
 from datamodules.errors import DataError, NerveBenchError
 from datamodules.io import read_tif, write_tif
 from datamodules.rle import decode
@@ -23,7 +23,7 @@ TINY = {"base_width": 4, "depth": 2}
 
 def _save_ckpt(path: Path, cfg: TrainConfig, post: PostProcess | None, seed: int) -> Path:
     """A checkpoint in the documented format (what fit() writes, minus the optimiser state)."""
-    from benchmark.module import SegModule
+    from benchmark.training.module import SegModule
 
     torch.manual_seed(seed)
     module = SegModule(cfg.to_dict())
@@ -161,7 +161,7 @@ def test_bad_inputs_are_clear_errors(ckpts, synthetic_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_checkpoint_written_by_fit(synthetic_dir, tmp_path):
     """The real format: best.ckpt of a 1-epoch fit, with its tuned post-processing applied as stored."""
-    from benchmark.train import fit
+    from benchmark.pipeline import fit
 
     cfg = TrainConfig(model="unet", model_kwargs=TINY, epochs=1, image_size=64, batch_size=2,
                       limit_train_batches=2, logger="none", progress_bar=False)  # fmt: skip

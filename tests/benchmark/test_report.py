@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.report import build_report
-from benchmark.summary import write_summary
+from benchmark.core.summary import write_summary
+from benchmark.reporting.report import build_report
 from datamodules.errors import DataError
 from tests.benchmark.summaries import make_summary
 

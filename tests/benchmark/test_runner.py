@@ -9,8 +9,8 @@ import pytest
 
 from benchmark import runner
 from benchmark.cli import main
-from benchmark.config import ConfigError, load_benchmark_config
-from benchmark.summary import write_summary
+from benchmark.core.config import ConfigError, load_benchmark_config
+from benchmark.core.summary import write_summary
 from tests.benchmark.summaries import make_summary
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs"
@@ -114,7 +114,7 @@ def test_interrupted_grid_resumes_without_retraining(tmp_path):
 @pytest.mark.slow
 def test_smoke_benchmark_end_to_end(tmp_path, synthetic_dir, monkeypatch):
     """Real training: interrupted run, resume, no-op re-run, byte-identical report."""
-    import benchmark.train as train
+    import benchmark.pipeline as train
 
     real_fit, calls = train.fit, []
 

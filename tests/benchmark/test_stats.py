@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmark import stats
+from benchmark.scoring import stats
 
 
 def test_mean_ci_t_hand_computed():

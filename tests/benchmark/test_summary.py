@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmark import summary as S
-from benchmark.config import SCHEMA_VERSION
+from benchmark.core import summary as S
+from benchmark.core.config import SCHEMA_VERSION
 from datamodules.errors import DataError
 
 

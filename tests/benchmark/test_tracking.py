@@ -5,31 +5,32 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark import tracking
-from benchmark.config import TrainConfig
+from benchmark.core.config import TrainConfig
+from benchmark.reporting import tracking
+from benchmark.training import logger as run_logger
 from tests.benchmark.summaries import make_summary
 
 
 def test_mode_follows_env_and_api_key(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    assert tracking.wandb_mode() == "offline"
+    assert run_logger.wandb_mode() == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert tracking.wandb_mode() == "online"
+    assert run_logger.wandb_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert tracking.wandb_mode() == "disabled"
+    assert run_logger.wandb_mode() == "disabled"
 
 
 def test_run_id_is_deterministic_short_and_group_specific():
     name = TrainConfig(model="smp:unet:tu-resnet18").run_name()
-    a, b = tracking.wandb_run_id(name, "g1"), tracking.wandb_run_id(name, "g2")
-    assert a == tracking.wandb_run_id(name, "g1") and a != b and len(a) <= 64
+    a, b = run_logger.wandb_run_id(name, "g1"), run_logger.wandb_run_id(name, "g2")
+    assert a == run_logger.wandb_run_id(name, "g1") and a != b and len(a) <= 64
     assert not set(a) & set("/\\#?%:")
 
 
 def test_none_and_csv_loggers(tmp_path):
-    assert tracking.lightning_logger(TrainConfig(logger="none"), "r", tmp_path) is None
-    csv = tracking.lightning_logger(TrainConfig(logger="csv"), "r", tmp_path)
+    assert run_logger.lightning_logger(TrainConfig(logger="none"), "r", tmp_path) is None
+    csv = run_logger.lightning_logger(TrainConfig(logger="csv"), "r", tmp_path)
     csv.log_metrics({"loss": 1.0}, step=0)
     csv.save()
     assert (tmp_path / "csv" / "metrics.csv").is_file()
@@ -42,7 +43,7 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     cfg = TrainConfig(logger="wandb", wandb_group="test-group", image_size=64)
     run_dir = tmp_path / "run"
-    logger = tracking.lightning_logger(cfg, cfg.run_name(), run_dir)
+    logger = run_logger.lightning_logger(cfg, cfg.run_name(), run_dir)
     logger.log_metrics({"train_loss": 0.5}, step=0)  # starts the W&B run, as training would
     summary = make_summary("unet", 0, 0, [0.5, 1.0])
     summary.update(run=cfg.run_name(), config=cfg.to_dict())
@@ -54,6 +55,8 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     board = {"header": {"n_runs": 1}, "rows": [], "runs": [], "ignored_runs": []}
     tracking.log_leaderboard(board, cfg, tmp_path / "group")
     train_runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(train_runs) == 1 and tracking.wandb_run_id(cfg.run_name(), "test-group") in train_runs[0].name
+    assert (
+        len(train_runs) == 1 and run_logger.wandb_run_id(cfg.run_name(), "test-group") in train_runs[0].name
+    )
     assert list((run_dir / "wandb").glob("offline-run-*/files/media/images/**/*.png"))
     assert list((tmp_path / "group" / "wandb").glob("offline-run-*/run-*.wandb"))

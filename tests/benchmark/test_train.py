@@ -11,10 +11,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from benchmark import train
+from benchmark import pipeline as train
 from benchmark.cli import main
-from benchmark.config import ConfigError
-from benchmark.summary import dumps, missing_keys
+from benchmark.core.config import ConfigError
+from benchmark.core.summary import dumps, missing_keys
 from tests.benchmark.fitting import TINY, UNET, trained_runs
 
 pytestmark = pytest.mark.slow
@@ -92,7 +92,7 @@ def test_complete_run_is_not_retrained(runs, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a complete run must not be retrained")
 
-    monkeypatch.setattr(train, "_train", boom)
+    monkeypatch.setattr(train, "train", boom)
     assert train.fit(UNET, runs.data, runs.run_dir(UNET)) == runs.unet
 
 

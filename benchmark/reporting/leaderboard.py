@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmark import stats
-from benchmark.config import _NOT_HASHED
+from benchmark.core.config import _NOT_HASHED
+from benchmark.scoring import stats
 
 BASELINE = "empty"
 # (column key, summary block, metric name) in display order; the first is the ranking metric.

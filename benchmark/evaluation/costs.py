@@ -24,35 +24,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from datamodules.errors import NerveBenchError
-
-_PRECISIONS = ("32", "bf16-mixed", "16-mixed")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else is passed to torch.device."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NerveBenchError(f"device {str(device)!r} requested but CUDA is not available")
-    return dev
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels so a clock read measures finished work (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast context for a Lightning-style precision string ("32" = none)."""
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not one of {', '.join(_PRECISIONS)}")
-    if precision == "32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from benchmark.training.device import autocast, resolve_device, synchronize
 
 
 def mask_logits(output: torch.Tensor | dict) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmark.leaderboard import BASELINE, COST, METRICS, N_BOOT
+from benchmark.reporting.leaderboard import BASELINE, COST, METRICS, N_BOOT
 
 PIXEL_ACCURACY_WARNING = (
     "Pixel accuracy is not reported as a ranking metric: an all-empty prediction already scores about "
@@ -88,7 +88,7 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def legend(board: dict[str, Any]) -> dict[str, str]:
     """One-line definition of every column (metric definitions come from benchmark.metrics)."""
-    from benchmark.metrics import METRIC_DOCS
+    from benchmark.scoring.metrics import METRIC_DOCS
 
     docs = {
         "rank": "position by mean post-processed kaggle_dice (ties broken by model name)",

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from lightning import LightningModule
 
-from benchmark import evaluation
-from benchmark.config import TrainConfig, apply_overrides
+from benchmark.core.config import TrainConfig, apply_overrides
+from benchmark.evaluation import inference
+from benchmark.scoring.counts import confusion_counts_torch, score_rows
 from datamodules import geometry
 
 HISTORY_KEYS = (
@@ -46,14 +47,6 @@ def config_from_dict(config: dict | TrainConfig) -> TrainConfig:
 
 def has_trainable_params(model: torch.nn.Module) -> bool:
     return getattr(model, "trainable", True) and any(p.requires_grad for p in model.parameters())
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """ "auto" -> bf16-mixed on a GPU, 32-bit on CPU."""
-    if precision != "auto":
-        return precision
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if gpu else "32"
 
 
 class WarmupCosine:
@@ -133,7 +126,7 @@ class SegModule(LightningModule):
 
     # -- training --------------------------------------------------------------------------------
     def _loss(self, out: Any, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from benchmark.losses import total_loss
+        from benchmark.training.losses import total_loss
 
         cfg = self.cfg
         weights = {"bce": cfg.bce_weight, "dice": cfg.dice_weight,
@@ -170,7 +163,7 @@ class SegModule(LightningModule):
     # -- validation / test -----------------------------------------------------------------------
     def _eval_step(self, batch: dict, stage: str) -> None:
         prob, presence, out = self.predict_orig(batch["image"])
-        counts = evaluation.confusion_counts_torch(prob > 0.5, batch["mask_orig"])
+        counts = confusion_counts_torch(prob > 0.5, batch["mask_orig"])
         self._rows.append({"index": batch["index"].long(), "counts": counts, "presence_prob": presence})
         if "mask" in batch:
             loss, _ = self._loss(out, batch)
@@ -200,14 +193,14 @@ class SegModule(LightningModule):
         return self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
 
     def _epoch_end(self, stage: str) -> None:
-        rows = evaluation.gather_rows(self, self._rows)
+        rows = inference.gather_rows(self, self._rows)
         self._rows = []
-        result = evaluation.score_rows(rows)
+        result = score_rows(rows)
         self.last_eval = result
         for key in LOGGED_METRICS:
             self.log(f"{stage}/{key}", float(result["metrics"][key]), prog_bar=key == "kaggle_dice")
         if self.eval_dump and self.trainer.is_global_zero:
-            evaluation.dump_eval(self.eval_dump, result)
+            inference.dump_eval(self.eval_dump, result)
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

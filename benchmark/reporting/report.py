@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmark import leaderboard as lb
-from benchmark.report_text import csv_table, legend, markdown
-from benchmark.summary import SUMMARY_NAME, read_summary
+from benchmark.core.summary import SUMMARY_NAME, read_summary
+from benchmark.reporting import leaderboard as lb
+from benchmark.reporting.tables import csv_table, legend, markdown
 from datamodules.errors import DataError
 
 N_POS, N_NEG = 3, 2  # overlay columns: the first positive and negative validation images shared by all
@@ -104,7 +104,7 @@ def _overlay_panels(chosen: dict[str, tuple[Path, dict]], order: list[str]) -> l
 
 def write_plots(board: dict[str, Any], loaded: list[tuple[Path, dict]], results_dir: Path) -> list[Path]:
     """leaderboard.png, overlays.png and curves.png in ``results_dir/plots``."""
-    from benchmark import plots
+    from benchmark.reporting import plots
 
     kept = {s["run"] for s in board["runs"]}
     runs: dict[str, list[tuple[Path, dict]]] = {}

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import SCHEMA_VERSION
+from benchmark.core.config import SCHEMA_VERSION
 from datamodules.errors import DataError
 
 SUMMARY_NAME = "summary.json"

@@ -1,4 +1,4 @@
-"""Prediction gathering and scoring shared by training-time validation, ``fit`` and ``evaluate``.
+"""Running a model over a loader (no Trainer) and gathering per-image counts, for finalize, evaluate, DDP.
 
 Everything is scored at the original 420x580 from per-image confusion counts (tp, fp, fn, tn), so a
 metric never depends on the batch size, the network input size or the number of devices: under DDP
@@ -14,21 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark import metrics
-
-_COUNT_ORDER = ("tp", "fp", "fn", "tn")
-
-
-def confusion_counts_torch(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Per-image (tp, fp, fn, tn) as an int64 (B, 4) tensor, on the device the masks live on."""
-    pred = pred.bool()
-    truth = truth.bool()
-    dims = tuple(range(1, pred.ndim))
-    tp = (pred & truth).sum(dims)
-    fp = (pred & ~truth).sum(dims)
-    fn = (~pred & truth).sum(dims)
-    tn = (~pred & ~truth).sum(dims)
-    return torch.stack([tp, fp, fn, tn], dim=1).long()
+from benchmark.scoring.counts import confusion_counts_torch, dedupe_sorted
 
 
 def _all_gather_padded(module: Any, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -59,44 +45,6 @@ def gather_rows(module: Any, rows: list[dict[str, torch.Tensor]]) -> dict[str, n
         local = {k: torch.cat(_all_gather_padded(module, v)) for k, v in local.items()}
     arrays = {k: v.detach().cpu().numpy() for k, v in local.items()}
     return dedupe_sorted(arrays)
-
-
-def dedupe_sorted(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Keep the first row of each index, sorted by index."""
-    if np.all(np.diff(arrays["index"]) > 0):
-        return arrays  # already unique and sorted: avoid copying large probability stacks
-    _, first = np.unique(arrays["index"], return_index=True)
-    return {k: v[first] for k, v in arrays.items()}
-
-
-def per_image_scores(counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-image Dice and IoU (empty prediction on empty truth = 1) and whether the truth is empty."""
-    counts = np.asarray(counts, dtype=np.int64)
-    return {
-        "dice": metrics.image_dice(counts),
-        "iou": metrics.image_iou(counts),
-        "true_empty": (counts[:, 0] + counts[:, 2]) == 0,
-    }
-
-
-def score_counts(counts: np.ndarray, presence_prob: np.ndarray | None) -> dict[str, float]:
-    """Every named metric (docs/architecture.md) from per-image counts, as plain floats.
-
-    ``presence_prob=None``: predicted presence is "mask non-empty" (used for post-processed masks,
-    whose presence is decided by the gate, not by the raw score).
-    """
-    prob = None if presence_prob is None else np.asarray(presence_prob, dtype=np.float64)
-    out = metrics.compute_metrics(np.asarray(counts, dtype=np.int64), prob)
-    return {k: float(v) for k, v in out.items()}
-
-
-def score_rows(rows: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Gathered rows -> ``{"index", "counts", "presence_prob", "dice", "iou", "true_empty", "metrics"}``."""
-    return {
-        **rows,
-        **per_image_scores(rows["counts"]),
-        "metrics": score_counts(rows["counts"], rows["presence_prob"]),
-    }
 
 
 def dump_eval(path: str | Path, result: dict[str, Any]) -> None:
@@ -133,7 +81,7 @@ def predict_loader(
     tuning (~0.24 MB per image each). ``presence_head`` says whether ``presence_prob`` comes from a
     presence head (else it is the maximum pixel probability).
     """
-    from benchmark.costs import autocast
+    from benchmark.training.device import autocast
 
     module.eval().to(device)
     index, counts, presence, probs, truths, post = [], [], [], [], [], []
@@ -170,8 +118,24 @@ def post_counts(
     prob: torch.Tensor, presence: torch.Tensor | None, truth: torch.Tensor, pp: Any
 ) -> torch.Tensor:
     """Per-image confusion counts (N, 4) of ``pp`` applied to probabilities (float or uint8)."""
-    from benchmark import postprocess
+    from benchmark.scoring import postprocess
 
     pres = None if presence is None else presence.float().cpu().numpy()
     pred = postprocess.apply(prob.cpu().numpy(), pp, pres)
     return confusion_counts_torch(torch.as_tensor(np.asarray(pred)), truth.cpu())
+
+
+def postprocess_counts(
+    prob_u8: np.ndarray, truth: np.ndarray, presence: np.ndarray | None, pp: Any
+) -> np.ndarray:
+    """Per-image confusion counts after applying ``pp``, in chunks to bound memory."""
+    out = [
+        post_counts(
+            torch.from_numpy(prob_u8[s : s + 64]),
+            None if presence is None else torch.from_numpy(presence[s : s + 64]),
+            torch.from_numpy(truth[s : s + 64]),
+            pp,
+        )
+        for s in range(0, len(prob_u8), 64)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros((0, 4), dtype=np.int64)

@@ -7,7 +7,6 @@ numbers of another fold), and both raw (threshold 0.5) and post-processed metric
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,103 +14,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark import evaluation
-from benchmark.config import SCHEMA_VERSION, ConfigError, TrainConfig
-from benchmark.module import SegModule, resolve_precision
-from benchmark.summary import environment, to_jsonable, write_summary
-from datamodules.errors import NerveBenchError
+from benchmark.core.config import SCHEMA_VERSION, TrainConfig
+from benchmark.core.summary import environment, to_jsonable, write_summary
+from benchmark.evaluation import inference
+from benchmark.scoring import counts
+from benchmark.training.checkpoint import load_checkpoint_module, store_in_checkpoint
+from benchmark.training.device import resolve_precision
+from benchmark.training.module import SegModule
 
-CKPT_KEY = "nerve_bench"
 OVERLAY_NAME = "overlays.npz"
 OVERLAY_SHAPE = (128, 177)  # 420x580 scaled by 128/420
 OVERLAY_POS, OVERLAY_NEG = 4, 2
-
-
-def save_plain_checkpoint(module: SegModule, path: Path) -> None:
-    """A minimal Lightning-loadable checkpoint of an untrained module (models with no parameters)."""
-    import lightning
-
-    ckpt = {
-        "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0,
-        "global_step": 0, "pytorch-lightning_version": lightning.__version__,
-        "nerve_bench_history": module.history,
-    }  # fmt: skip
-    torch.save(ckpt, path)
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A nerve-bench checkpoint dict; NerveBenchError naming the file when missing or invalid."""
-    if not path.is_file():
-        raise NerveBenchError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated file, not a checkpoint, unexpected pickled objects
-        raise NerveBenchError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
-    if (
-        not isinstance(ckpt, dict)
-        or "state_dict" not in ckpt
-        or "config" not in ckpt.get("hyper_parameters", {})
-    ):
-        raise NerveBenchError(
-            f"{path}: not a nerve-bench checkpoint (no state_dict / hyper_parameters.config)"
-        )
-    return ckpt
-
-
-def load_checkpoint_module(path: Path, for_inference: bool = True) -> tuple[SegModule, dict]:
-    """The module of a checkpoint (on CPU, eval mode) and the raw checkpoint dict.
-
-    ``for_inference`` disables compilation and pretrained downloads: the weights come from the file.
-    """
-    ckpt = read_checkpoint(path)
-    config = dict(ckpt["hyper_parameters"]["config"])
-    if for_inference:
-        config.update(encoder_weights=None, compile=False)
-    try:
-        module = SegModule(config)
-        module.load_state_dict(ckpt["state_dict"])
-    except (ConfigError, RuntimeError, TypeError) as exc:
-        raise NerveBenchError(f"{path}: cannot rebuild the model ({exc})") from None
-    module.on_load_checkpoint(ckpt)
-    return module.eval(), ckpt
-
-
-def postprocess_of(path: Path, ckpt: dict) -> Any:
-    """The checkpoint's tuned PostProcess; the defaults (with the run's tta) when it has none."""
-    from benchmark.postprocess import PostProcess
-
-    saved = (ckpt.get(CKPT_KEY) or {}).get("postprocess")
-    if saved is None:
-        print(f"warning: {path} has no tuned post-processing; using the defaults", file=sys.stderr)
-        return PostProcess(tta=bool(ckpt["hyper_parameters"]["config"].get("tta", False)))
-    try:
-        return PostProcess.from_dict(saved)
-    except (ConfigError, TypeError) as exc:
-        raise NerveBenchError(f"{path}: bad stored post-processing ({exc})") from None
-
-
-def store_in_checkpoint(path: Path, ckpt: dict, extra: dict) -> None:
-    """Add the ``nerve_bench`` block (post-processing, config, metrics) to a checkpoint, atomically."""
-    ckpt[CKPT_KEY] = extra
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
-
-
-def postprocess_counts(
-    prob_u8: np.ndarray, truth: np.ndarray, presence: np.ndarray | None, pp: Any
-) -> np.ndarray:
-    """Per-image confusion counts after applying ``pp``, in chunks to bound memory."""
-    out = [
-        evaluation.post_counts(
-            torch.from_numpy(prob_u8[s : s + 64]),
-            None if presence is None else torch.from_numpy(presence[s : s + 64]),
-            torch.from_numpy(truth[s : s + 64]),
-            pp,
-        )
-        for s in range(0, len(prob_u8), 64)
-    ]
-    return torch.cat(out).numpy() if out else np.zeros((0, 4), dtype=np.int64)
 
 
 def _downsample(stack: np.ndarray, binary: bool) -> np.ndarray:
@@ -156,7 +69,7 @@ def cost_block(cfg: TrainConfig, module: SegModule, history: dict, device: torch
     except Exception:  # noqa: BLE001 - FLOP counting is best effort (exotic ops)
         pass
     try:
-        from benchmark.costs import measure_inference
+        from benchmark.evaluation.costs import measure_inference
     except ImportError:
         return cost
     precision = resolve_precision(cfg.precision, cfg.accelerator)
@@ -177,18 +90,18 @@ def dataset_block(dm: Any, data_dir: Path, n_val: int) -> dict[str, Any]:
 
 def tune_and_score(val: dict[str, Any], tta: bool) -> tuple[Any, np.ndarray, dict[str, dict[str, float]]]:
     """Tune post-processing on the validation predictions; raw and post-processed metrics."""
-    from benchmark import postprocess
+    from benchmark.scoring import postprocess
 
     head = val["presence_prob"] if val["presence_head"] else None  # else the gate uses max prob itself
     pp, _ = postprocess.tune(val["prob_u8"], val["truth"], head, tta=tta)
-    post_counts = postprocess_counts(val["prob_u8"], val["truth"], head, pp)
-    metrics = {"raw": evaluation.score_counts(val["counts"], val["presence_prob"]),
-               "post": evaluation.score_counts(post_counts, None)}  # fmt: skip
+    post_counts = inference.postprocess_counts(val["prob_u8"], val["truth"], head, pp)
+    metrics = {"raw": counts.score_counts(val["counts"], val["presence_prob"]),
+               "post": counts.score_counts(post_counts, None)}  # fmt: skip
     return pp, post_counts, metrics
 
 
 def per_image_block(dm: Any, val: dict[str, Any], post_counts: np.ndarray) -> dict[str, list]:
-    raw, post = evaluation.per_image_scores(val["counts"]), evaluation.per_image_scores(post_counts)
+    raw, post = counts.per_image_scores(val["counts"]), counts.per_image_scores(post_counts)
     idx = val["index"]
     return {"index": idx, "stem": [dm.train_set.stems[i] for i in idx], "subject": dm.train_set.subjects[idx],
             "true_empty": raw["true_empty"], "dice_raw": raw["dice"], "dice": post["dice"],
@@ -200,7 +113,7 @@ def finalize_run(cfg: TrainConfig, dm: Any, data_dir: Path, out_dir: Path, devic
     best = out_dir / "checkpoints" / "best.ckpt"
     module, ckpt = load_checkpoint_module(best)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    val = evaluation.predict_loader(module, dm.val_dataloader(), device, precision, keep_probs=True)
+    val = inference.predict_loader(module, dm.val_dataloader(), device, precision, keep_probs=True)
     pp, post_counts, metrics = tune_and_score(val, cfg.tta)
     pp_dict = pp.to_dict()
     store_in_checkpoint(
@@ -231,7 +144,7 @@ def _final_history(last: Path, fallback: dict) -> dict:
 
 
 def _overlays(path: Path, dm: Any, val: dict[str, Any], pp: Any) -> None:
-    from benchmark import postprocess
+    from benchmark.scoring import postprocess
 
     pick = overlay_picks(val["truth"])
     head = val["presence_prob"][pick] if val["presence_head"] else None

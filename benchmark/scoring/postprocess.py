@@ -12,7 +12,7 @@ Three per-image rules, applied in this order:
 
 ``tune`` grid-searches the three on the tuning (validation) fold only, maximising the Kaggle
 mean Dice; the caller guarantees the data is not the evaluation fold. Probabilities may be float
-in [0, 1] or uint8 ``round(p*255)`` (the compact form of ``benchmark.evaluation``).
+in [0, 1] or uint8 ``round(p*255)`` (the compact form of ``benchmark.evaluation.inference``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.config import ConfigError
+from benchmark.core.config import ConfigError
 
 PRESENCE_SOURCES = ("max_prob", "presence")
 DEFAULT_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)

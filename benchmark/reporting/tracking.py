@@ -7,57 +7,18 @@ uploaded later with ``wandb sync``. One W&B *group* collects every run of one be
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmark.config import TrainConfig
+from benchmark.core.config import TrainConfig
+from benchmark.training.logger import wandb_mode, wandb_run_id
 
 # Metrics logged as the run's final summary (post-processed unless prefixed raw/).
 _FINAL_METRICS = (
     "kaggle_dice", "dice_positive", "iou", "sensitivity", "precision", "f1", "presence_accuracy",
 )  # fmt: skip
-
-
-def wandb_mode() -> str:
-    """``WANDB_MODE`` if set, else online only when an API key is available."""
-    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-
-
-def wandb_run_id(run_name: str, group: str | None) -> str:
-    """Deterministic W&B id so the summary step re-attaches to the run that trained it."""
-    tag = hashlib.sha256(f"{group}/{run_name}".encode()).hexdigest()[:8]
-    return f"{run_name.replace('__', '-')}-{tag}"[:64]
-
-
-def lightning_logger(cfg: TrainConfig, run_name: str, out_dir: str | Path) -> Any:
-    """The Lightning logger ``cfg.logger`` asks for: CSVLogger, WandbLogger or None."""
-    out_dir = Path(out_dir)
-    if cfg.logger == "none":
-        return None
-    if cfg.logger == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(out_dir), name="", version="csv")
-    from lightning.pytorch.loggers import WandbLogger
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    logger = WandbLogger(
-        save_dir=str(out_dir),
-        project=cfg.wandb_project,
-        group=cfg.wandb_group,
-        name=run_name,
-        id=wandb_run_id(run_name, cfg.wandb_group),
-        config=cfg.to_dict(),
-        mode=wandb_mode(),
-        job_type="train",
-    )
-    # Lightning always passes the deprecated `anonymous` key, which makes W&B warn on every run.
-    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
-    return logger
 
 
 def _attach_run(summary: dict[str, Any], run_dir: Path) -> Any:
@@ -137,7 +98,7 @@ def log_leaderboard(
 
     if wandb.run is not None:
         wandb.finish()
-    from benchmark.report_text import csv_table
+    from benchmark.reporting.tables import csv_table
 
     columns, rows = csv_table(board)
     run = wandb.init(

@@ -1,0 +1,37 @@
+"""One (model, fold, seed) run end to end: train, then select, tune, score and write summary.json.
+
+A run directory holds ``checkpoints/{best,last}.ckpt``, ``summary.json`` and ``overlays.npz``.
+``fit`` is idempotent and resumable: a complete summary with the same config hash is returned as
+is, and an interrupted run of the same config continues from ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmark.core.config import TrainConfig
+from benchmark.core.summary import SUMMARY_NAME, is_complete, read_summary
+from benchmark.evaluation import finalize
+from benchmark.training.module import SegModule
+from benchmark.training.trainer import make_datamodule, train
+
+
+def fit(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, callbacks: list | None = None) -> dict:
+    """Train ``cfg`` on its fold of ``data_dir`` into ``out_dir`` and return the summary dict.
+
+    ``callbacks`` are extra Lightning callbacks (tests use one to simulate an interruption).
+    On ranks other than 0 of a multi-device run this returns an empty dict.
+    """
+    from lightning import seed_everything
+
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    if is_complete(out_dir / SUMMARY_NAME, cfg.hash()):
+        return read_summary(out_dir / SUMMARY_NAME)
+    seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = make_datamodule(cfg, data_dir)
+    module = SegModule(cfg.to_dict())
+    trainer = train(cfg, module, dm, out_dir, callbacks)
+    if not trainer.is_global_zero:
+        return {}
+    return finalize.finalize_run(cfg, dm, data_dir, out_dir, trainer.strategy.root_device)
+

@@ -1,0 +1,52 @@
+"""The Lightning logger of a run (CSV, W&B or none) and the W&B naming shared with reporting.
+
+W&B runs offline unless ``WANDB_API_KEY`` is set (an explicit ``WANDB_MODE`` always wins), so a
+benchmark never needs the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from benchmark.core.config import TrainConfig
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` if set, else online only when an API key is available."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+def wandb_run_id(run_name: str, group: str | None) -> str:
+    """Deterministic W&B id so the summary step re-attaches to the run that trained it."""
+    tag = hashlib.sha256(f"{group}/{run_name}".encode()).hexdigest()[:8]
+    return f"{run_name.replace('__', '-')}-{tag}"[:64]
+
+
+def lightning_logger(cfg: TrainConfig, run_name: str, out_dir: str | Path) -> Any:
+    """The Lightning logger ``cfg.logger`` asks for: CSVLogger, WandbLogger or None."""
+    out_dir = Path(out_dir)
+    if cfg.logger == "none":
+        return None
+    if cfg.logger == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(out_dir), name="", version="csv")
+    from lightning.pytorch.loggers import WandbLogger
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger = WandbLogger(
+        save_dir=str(out_dir),
+        project=cfg.wandb_project,
+        group=cfg.wandb_group,
+        name=run_name,
+        id=wandb_run_id(run_name, cfg.wandb_group),
+        config=cfg.to_dict(),
+        mode=wandb_mode(),
+        job_type="train",
+    )
+    # Lightning always passes the deprecated `anonymous` key, which makes W&B warn on every run.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger
