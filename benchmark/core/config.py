@@ -27,6 +27,7 @@ _CHOICES = {
     "precision": ("auto", "32", "bf16-mixed", "16-mixed"),
     "logger": ("none", "csv", "wandb"),
     "accelerator": ("auto", "cpu", "gpu", "cuda"),
+    "select": ("best", "last"),
 }
 
 
@@ -41,7 +42,10 @@ class TrainConfig:
     fold: int = 0
     n_folds: int = 5
     holdout_fraction: float | None = None  # set to use one subject-grouped hold-out instead of K-fold
-    seed: int = 0
+    split_seed: int = 0  # fixed per benchmark: fold and inner-split assignment (never varied by `seed`)
+    inner_fraction: float = 0.15  # share of each outer training part's subjects held out for selection
+    select: str = "best"  # checkpoint chosen on the inner set: "best" epoch or the "last" one
+    seed: int = 0  # replicates initialisation and augmentation only
     epochs: int = 10
     limit_train_batches: int | None = None  # cap steps/epoch (smoke runs)
     image_size: int = 256
@@ -167,6 +171,10 @@ class BenchmarkConfig:
     train: TrainConfig
     synthetic: dict = field(default_factory=dict)  # fallback data when --data-dir has no train/
     model_kwargs: dict = field(default_factory=dict)  # per-model TrainConfig.model_kwargs, by model name
+    executor: str = "local"  # "local": one run after another; "ray": each run a Ray task
+    gpus_per_run: float = 1.0  # Ray resources per run (fractions pack several runs onto one GPU)
+    cpus_per_run: float = 1.0
+    ray_address: str | None = None  # join this Ray cluster (else RAY_ADDRESS, else a local one)
 
 
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:

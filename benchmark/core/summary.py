@@ -1,7 +1,7 @@
 """summary.json: the one result file per (model, fold, seed) run, plus environment capture.
 
 The schema (``SCHEMA_VERSION``) is documented in docs/architecture.md; the leaderboard reads only
-these files, so they are written atomically (tmp file + ``os.replace``) with sorted keys, and NaN
+these files, so they are written atomically and durably (:mod:`benchmark.core.files`) with sorted keys, and NaN
 or infinity become ``null`` (strict JSON).
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core.config import SCHEMA_VERSION
+from benchmark.core.files import atomic_write
 from datamodules.errors import DataError
 
 SUMMARY_NAME = "summary.json"
@@ -54,12 +55,7 @@ def dumps(obj: dict) -> str:
 
 def write_json_atomic(path: str | Path, obj: dict) -> Path:
     """Write ``obj`` as canonical JSON; readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(dumps(obj))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, dumps(obj))
 
 
 def write_summary(path: str | Path, summary: dict) -> Path:

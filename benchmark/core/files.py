@@ -1,0 +1,62 @@
+"""Atomic, durable file writes: a reader sees the old file or the new one, never a half-written one.
+
+Every result file of the suite (summaries, leaderboards, plots, checkpoints, predictions) goes
+through :func:`atomic_write` or :func:`atomic_path`: the bytes go to a unique temporary name in the
+same directory (same file system, so the rename is atomic), are flushed and fsynced, and then
+``os.replace`` puts them in place; the directory is fsynced too so the rename survives a power cut.
+On any failure (a full disk, a kill between write and rename) the temporary file is removed and the
+previous file is left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: some file systems refuse O_RDONLY dirs)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is fsynced and renamed onto ``path``.
+
+    For writers that want a file name rather than bytes (``torch.save``, ``savefig``, ``np.savez``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically and durably; returns ``path``."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(payload)
+    return path
