@@ -1,8 +1,8 @@
 """summary.json: the one result file per (model, fold, seed) run, plus environment capture.
 
 The schema (``SCHEMA_VERSION``) is documented in docs/architecture.md; the leaderboard reads only
-these files, so they are written atomically and durably (:mod:`benchmark.core.files`) with sorted keys, and NaN
-or infinity become ``null`` (strict JSON).
+these files, so they are written atomically and durably (:mod:`benchmark.core.files`) with sorted
+keys, and NaN or infinity become ``null`` (strict JSON).
 """
 
 from __future__ import annotations
