@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from models.blocks import EMPTY_LOGIT
-from models.registry import register
+from models.registry import ModelError, register
 
 PAPER = "baseline: constant background prediction (no trainable weights)"
 
@@ -22,7 +22,8 @@ class EmptyModel(nn.Module):
     It has no trainable parameters (``trainable = False`` tells training code to skip the
     optimisation loop); with ``presence_head=True`` it also returns a constant "absent" presence
     logit. The constant is a frozen parameter only so that ``model.parameters()``
-    is not empty and the model follows ``.to(device)`` like any other.
+    is not empty and the model follows ``.to(device)`` like any other; it is the one parameter
+    ``models.info.count_params`` reports. ``encoder_weights`` must be None (there is no encoder).
     """
 
     trainable = False
@@ -34,6 +35,8 @@ class EmptyModel(nn.Module):
         presence_head: bool = False,
         logit: float = EMPTY_LOGIT,
     ) -> None:
+        if encoder_weights is not None:  # accepted only for the uniform create() signature
+            raise ModelError(f"empty has no encoder: encoder_weights must be None, got {encoder_weights!r}")
         super().__init__()
         self.logit = nn.Parameter(torch.tensor(float(logit)), requires_grad=False)
         self.presence_head = presence_head

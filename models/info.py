@@ -1,15 +1,21 @@
-"""Model cost: trainable parameter count and GFLOPs at a fixed input size.
+"""Model cost: parameter count (trainable + frozen) and GFLOPs at a fixed input size.
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts a multiply-add as
 2 FLOPs (so GFLOPs here are about twice the "GMACs" some papers report) and counts only the
 operators it knows: convolutions, matrix products and attention, not BatchNorm, activations,
 pooling or interpolation (a few percent of the total for these networks).
+
+Attention is counted through the math SDPA backend (two batched matmuls, 4·B·heads·N²·d_head
+FLOPs, the same as the counter's fused-kernel formulas): the counter has no formula for every
+fused kernel (e.g. the CPU flash kernel), and without forcing the backend the count of an
+attention model would depend on the device it sits on.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import models  # noqa: F401  (registers every model)
@@ -17,8 +23,8 @@ from models.registry import ModelError, create, get_info
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters, trainable and frozen alike (the leaderboard's "params")."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def gflops(model: nn.Module, size: int | tuple[int, int] = 256) -> float:
@@ -33,7 +39,8 @@ def gflops(model: nn.Module, size: int | tuple[int, int] = 256) -> float:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # MATH backend: the same count on every device (see the module docstring).
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, in_channels, h, w, device=device))
     finally:
         model.train(was_training)

@@ -94,8 +94,11 @@ def _check_kwargs(name: str, factory: Callable[..., nn.Module], kwargs: dict) ->
         return
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        accepted = ", ".join(p for p in params if p != "self")
-        raise ModelError(f"model {name!r}: unknown argument(s) {', '.join(unknown)} (accepted: {accepted})")
+        names = [p for p in params if p != "self"]
+        close = [c for u in unknown for c in difflib.get_close_matches(u, names, n=1, cutoff=0.6)]
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listed = f"unknown argument(s) {', '.join(unknown)}{hint} (accepted: {', '.join(names)})"
+        raise ModelError(f"model {name!r}: {listed}")
 
 
 def create(name: str, **kwargs: object) -> nn.Module:

@@ -8,7 +8,8 @@ Each SK layer has two 3x3 branches (dilation 1 and dilation 2, i.e. 3x3 and 5x5 
 fields), each with BatchNorm and ReLU. Their sum is globally average pooled, squeezed by a fully
 connected layer to C/2 with BatchNorm and ReLU, and expanded to one attention logit per branch and
 channel; a softmax across the two branches gives the weights of the branch mixture. Because the
-squeeze uses BatchNorm, training needs a batch of at least 2 (as in the paper).
+squeeze uses BatchNorm, training needs a batch of at least 2 (as in the paper): the training
+loaders never yield a final batch of 1, and a batch of 1 in train mode raises a ModelError.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from models.blocks import IdentityGate, UNetSkeleton, conv_bn_relu, reject_pretrained
-from models.registry import register
+from models.registry import ModelError, register
 
 PAPER = "Byra et al., SK-U-Net, Biomed. Signal Process. Control 2020 (doi:10.1016/j.bspc.2020.102027)"
 
@@ -39,6 +40,12 @@ class SKConv(nn.Module):
         self.expand = nn.Conv2d(hidden, out_ch * len(self.branches), 1)
 
     def _weights(self, fused: torch.Tensor) -> torch.Tensor:
+        if self.training and fused.shape[0] < 2:
+            # The squeeze's BatchNorm sees one value per channel; say why instead of torch's message.
+            raise ModelError(
+                "sk_unet needs training batches of at least 2: the SK squeeze uses BatchNorm "
+                "after global pooling (Byra et al. 2020); use batch_size >= 2 or eval mode"
+            )
         logits = self.expand(self.squeeze(fused)).view(fused.shape[0], len(self.branches), -1)
         return logits.softmax(dim=1)  # across branches, per channel
 

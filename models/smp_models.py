@@ -72,14 +72,27 @@ def _check_encoder(encoder: str) -> None:
         raise ModelError(f"unknown smp encoder {encoder!r}; {_choices(encoder, options)}")
 
 
+# smp arguments that would break the logits contract (raw logits, one class, heads as a dict).
+RESERVED = {
+    "activation": "models return raw logits; losses and post-processing apply the sigmoid",
+    "aux_params": "use presence_head=True for the image-level head",
+    "classes": "models return one mask channel (nerve vs background)",
+}
+
+
 def _check_kwargs(arch: str, encoder: str, kwargs: dict) -> None:
     """smp forwards unknown kwargs to the encoder, which ignores them unless it is timm's: reject."""
     import segmentation_models_pytorch as smp
 
+    reserved = sorted(set(kwargs) & set(RESERVED))  # checked first: timm encoders skip the rest
+    if reserved:
+        key = reserved[0]
+        raise ModelError(f"smp:{arch}:{encoder}: argument {key!r} is not allowed: {RESERVED[key]}")
     if encoder.startswith("tu-"):
         return  # timm validates its own keyword arguments (TypeError, wrapped below)
     params = inspect.signature(smp.MODEL_ARCHITECTURES_MAPPING[arch].__init__).parameters
-    accepted = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD]
+    skip = {"self", *RESERVED}
+    accepted = [n for n, p in params.items() if n not in skip and p.kind is not p.VAR_KEYWORD]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         listed = f"unknown argument(s) {', '.join(unknown)} (accepted: {', '.join(accepted)})"
@@ -105,7 +118,7 @@ def build_smp(
     if encoder.startswith("tu-") and encoder_weights is not None:
         weights = True  # timm encoders take a flag; the tag in the name picks the weights
     if presence_head:
-        kwargs.setdefault("aux_params", {"classes": 1, "pooling": "avg", "dropout": 0.0})
+        kwargs["aux_params"] = {"classes": 1, "pooling": "avg", "dropout": 0.0}
     try:
         net = smp.create_model(arch, encoder, weights, in_channels=in_channels, classes=1, **kwargs)
     except (TypeError, KeyError, ValueError, RuntimeError) as exc:

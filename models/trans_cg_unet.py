@@ -13,6 +13,11 @@ Heads, all from the transformer tokens (mean-pooled):
   logit of p_mask * p_presence; at inference ``gate`` picks "soft", "hard" (mask forced empty when
   p_presence < ``gate_threshold``) or "none" (raw mask logits).
 
+``presence_head=False`` is the ablation without the classification-guided module: no presence
+head, no ``presence`` key, and the mask logits are never gated (``gate`` must be "none"; an
+image-level gate then comes from post-processing's max-probability score, as for every model
+without a presence head). What remains is TransUNet with attention-gated skips and the box head.
+
 Positional embeddings are a learned ``pos_grid`` x ``pos_grid`` map, bilinearly resized to the
 token grid, so any input whose sides are multiples of 2**depth works.
 """
@@ -111,8 +116,20 @@ def gate_mask(mask: torch.Tensor, presence: torch.Tensor, gate: str, threshold: 
     return log_p - torch.log(-torch.expm1(log_p))
 
 
+def _check_gate(gate: str | None, threshold: float, presence_head: bool) -> str:
+    """The gate to use; ModelError for a bad name, threshold, or a presence gate without the head."""
+    gate = gate if gate is not None else ("soft" if presence_head else "none")
+    if gate not in GATES:
+        raise ModelError(f"trans_cg_unet: gate must be one of {', '.join(GATES)}, got {gate!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ModelError(f"trans_cg_unet: gate_threshold must be in [0, 1], got {threshold}")
+    if gate != "none" and not presence_head:
+        raise ModelError(f"trans_cg_unet: gate {gate!r} needs the presence head; use presence_head=True")
+    return gate
+
+
 class TransCGUNet(nn.Module):
-    """Returns ``{"mask": (B,1,H,W), "presence": (B,1), "bbox": (B,4)}``."""
+    """Returns ``{"mask": (B,1,H,W), "presence": (B,1), "bbox": (B,4)}`` (no presence without its head)."""
 
     def __init__(
         self,
@@ -124,23 +141,21 @@ class TransCGUNet(nn.Module):
         num_heads: int = 8,
         pos_grid: int = 16,
         dropout: float = 0.1,
-        gate: str = "soft",
+        gate: str | None = None,
         gate_threshold: float = 0.5,
+        presence_head: bool = True,
     ) -> None:
         super().__init__()
-        if gate not in GATES:
-            raise ModelError(f"trans_cg_unet: gate must be one of {', '.join(GATES)}, got {gate!r}")
-        if not 0.0 <= gate_threshold <= 1.0:
-            raise ModelError(f"trans_cg_unet: gate_threshold must be in [0, 1], got {gate_threshold}")
         widths = level_widths(base_width, depth)
-        self.depth, self.gate, self.gate_threshold = depth, gate, gate_threshold
+        self.depth, self.gate_threshold = depth, gate_threshold
+        self.gate = _check_gate(gate, gate_threshold, presence_head)
         self.encoder = UNetEncoder(in_channels, widths, ConvBlock)
         self.bottleneck = TransformerBottleneck(
             widths[-1], embed_dim, num_layers, num_heads, pos_grid, dropout
         )
         self.decoder = UNetDecoder(widths, ConvBlock, AttentionGate)
         self.head = nn.Conv2d(widths[0], 1, 1)
-        self.presence_head = nn.Linear(embed_dim, 1)
+        self.presence_head = nn.Linear(embed_dim, 1) if presence_head else None
         self.bbox_head = nn.Sequential(
             nn.Linear(embed_dim, embed_dim // 2), nn.GELU(), nn.Linear(embed_dim // 2, 4)
         )
@@ -150,14 +165,13 @@ class TransCGUNet(nn.Module):
         feats = self.encoder(x)
         feats[-1], tokens = self.bottleneck(feats[-1])
         pooled = tokens.mean(dim=1)
-        presence = self.presence_head(pooled)
         mask = self.head(self.decoder(feats))
+        out = {"bbox": torch.sigmoid(self.bbox_head(pooled))}
+        if self.presence_head is None:
+            return {"mask": mask, **out}
+        presence = self.presence_head(pooled)
         gate = "soft" if self.training else self.gate
-        return {
-            "mask": gate_mask(mask, presence, gate, self.gate_threshold),
-            "presence": presence,
-            "bbox": torch.sigmoid(self.bbox_head(pooled)),
-        }
+        return {"mask": gate_mask(mask, presence, gate, self.gate_threshold), "presence": presence, **out}
 
 
 @register("trans_cg_unet", paper=PAPER)
@@ -165,11 +179,23 @@ def trans_cg_unet(
     in_channels: int = 1,
     encoder_weights: str | None = None,
     presence_head: bool = True,
-    **kwargs: object,
+    base_width: int = 16,
+    depth: int = 4,
+    embed_dim: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 8,
+    pos_grid: int = 16,
+    dropout: float = 0.1,
+    gate: str | None = None,
+    gate_threshold: float = 0.5,
 ) -> TransCGUNet:
-    """TransCGUNet (~4 M parameters by default); it always has the presence and bbox heads."""
+    """TransCGUNet (~4 M parameters by default); ``presence_head=False`` is the no-CG ablation.
+
+    The arguments are spelled out (not ``**kwargs``) so the registry can reject a misspelt one.
+    """
     reject_pretrained("trans_cg_unet", encoder_weights)
-    try:
-        return TransCGUNet(in_channels, **kwargs)
-    except TypeError as exc:
-        raise ModelError(f"trans_cg_unet: {exc}") from exc
+    return TransCGUNet(
+        in_channels, base_width=base_width, depth=depth, embed_dim=embed_dim, num_layers=num_layers,
+        num_heads=num_heads, pos_grid=pos_grid, dropout=dropout, gate=gate,
+        gate_threshold=gate_threshold, presence_head=presence_head,
+    )  # fmt: skip

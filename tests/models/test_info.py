@@ -13,11 +13,29 @@ from benchmark.cli import main
 from models.info import count_params, describe, gflops
 
 
-def test_count_params_counts_only_trainable() -> None:
+def test_count_params_counts_trainable_and_frozen() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 1, 1))  # 2*9+2 and 2+1
     assert count_params(model) == 23
-    model[0].weight.requires_grad_(False)
-    assert count_params(model) == 5
+    model[0].weight.requires_grad_(False)  # frozen, like a fixed pretrained encoder: still counted
+    assert count_params(model) == 23
+    model.register_buffer("stats", torch.zeros(100))  # buffers are state, not parameters
+    assert count_params(model) == 23
+
+
+def _small_trans_cg_unet() -> nn.Module:
+    return models.create("trans_cg_unet", base_width=4, depth=3, embed_dim=32, num_layers=2, num_heads=4)
+
+
+def test_gflops_counts_attention_on_every_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    size = (64, 96)  # depth 3: an 8 x 12 grid of N = 96 tokens
+    cpu = gflops(_small_trans_cg_unet(), size)
+    with torch.device("meta"):
+        meta = gflops(_small_trans_cg_unet().to("meta"), size)
+    assert cpu == pytest.approx(meta, rel=1e-9)
+    # Without attention the count drops by exactly QK^T and AV: 2 matmuls x 2 N^2 dim FLOPs per layer.
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda q, k, v, **kw: v)
+    no_attention = gflops(_small_trans_cg_unet(), size)
+    assert (cpu - no_attention) * 1e9 == pytest.approx(2 * (2 * 2 * 96**2 * 32), rel=1e-9)
 
 
 def test_gflops_counts_multiply_add_as_two() -> None:
@@ -45,7 +63,7 @@ def test_models_command_json(capsys: pytest.CaptureFixture[str]) -> None:
     for row in rows:
         assert set(row) == {"name", "params", "gflops", "paper"} and row["paper"]
         assert (row["params"] > 0 and row["gflops"] > 0) == (row["name"] != "empty")
-    assert next(r for r in rows if r["name"] == "empty")["params"] == 0
+    assert next(r for r in rows if r["name"] == "empty")["params"] == 1  # its frozen constant
 
 
 def test_models_command_table_and_bad_include(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,6 +29,42 @@ def test_unknown_name_suggests_close_match() -> None:
 def test_unknown_argument_lists_accepted_ones() -> None:
     with pytest.raises(ModelError, match=r"unknown argument\(s\) widht.*base_width"):
         models.create("unet", widht=8)
+    with pytest.raises(ModelError, match=r"unknown argument\(s\) base_widht; did you mean 'base_width'\?"):
+        models.create("unet", base_widht=8)
+    # trans_cg_unet spells out its arguments, so the registry checks them too
+    with pytest.raises(
+        ModelError, match=r"'trans_cg_unet': unknown argument\(s\) num_head; did you mean 'num_heads'"
+    ):
+        models.create("trans_cg_unet", num_head=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        (
+            "unet_resnet34",
+            {"activation": "sigmoid"},
+            "argument 'activation' is not allowed: models return raw logits",
+        ),
+        ("smp:unet:tu-resnet18", {"classes": 2}, "argument 'classes' is not allowed: models return one mask"),
+        (
+            "smp:fpn:resnet18",
+            {"aux_params": {"classes": 1}},
+            "argument 'aux_params' is not allowed: use presence_head",
+        ),
+    ],
+)
+def test_smp_kwargs_that_break_the_logits_contract_are_rejected(name: str, kwargs: dict, match: str) -> None:
+    with pytest.raises(ModelError, match=match):
+        models.create(name, **kwargs)
+
+
+def test_empty_rejects_encoder_weights() -> None:
+    with pytest.raises(
+        ModelError, match="empty has no encoder: encoder_weights must be None, got 'imagenet'"
+    ):
+        models.create("empty", encoder_weights="imagenet")
+    assert models.create("empty", encoder_weights=None)(torch.zeros(1, 1, 8, 8)).shape == (1, 1, 8, 8)
 
 
 def test_generic_smp_names_are_not_in_the_default_set() -> None:

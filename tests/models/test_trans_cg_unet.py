@@ -82,3 +82,29 @@ def test_bad_gate_arguments() -> None:
         models.create("trans_cg_unet", gate_threshold=1.5)
     with pytest.raises(ModelError, match="trans_cg_unet"):
         models.create("trans_cg_unet", no_such_option=1)
+
+
+def test_presence_head_false_is_the_ungated_ablation() -> None:
+    with_head, ablation = _small(), _small(presence_head=False, dropout=0.0)  # no dropout: repeatable
+    assert ablation.presence_head is None and ablation.gate == "none"
+    n_head = sum(p.numel() for p in with_head.presence_head.parameters())
+    assert n_head == 16 + 1  # Linear(embed_dim=16, 1)
+    assert (
+        sum(p.numel() for p in ablation.parameters())
+        == sum(p.numel() for p in with_head.parameters()) - n_head
+    )
+    x = torch.randn(2, 1, 32, 32)
+    for mode in (True, False):  # training and inference: the raw decoder logits, never gated
+        out = ablation.train(mode)(x)
+        assert set(out) == {"mask", "bbox"} and out["mask"].shape == (2, 1, 32, 32)
+        raw = ablation.head(ablation.decoder(_features(ablation, x)))
+        torch.testing.assert_close(out["mask"], raw)
+    for gate in ("soft", "hard"):
+        with pytest.raises(ModelError, match=f"gate '{gate}' needs the presence head"):
+            models.create("trans_cg_unet", presence_head=False, gate=gate)
+
+
+def _features(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    feats = model.encoder(x)
+    feats[-1], _ = model.bottleneck(feats[-1])
+    return feats
