@@ -12,7 +12,8 @@ Three per-image rules, applied in this order:
 
 ``tune`` grid-searches the three on the tuning (validation) fold only, maximising the Kaggle
 mean Dice; the caller guarantees the data is not the evaluation fold. Probabilities may be float
-in [0, 1] or uint8 ``round(p*255)`` (the compact form of ``benchmark.evaluation.inference``).
+in [0, 1] or uint8 ``ceil(p*255 - 0.5)`` (the compact form of ``benchmark.evaluation.inference``); floats
+are quantised to that form first (``to_u8``), so both give identical masks at any threshold.
 """
 
 from __future__ import annotations
@@ -71,13 +72,23 @@ class PostProcess:
         return cls(**data)
 
 
-def _scale(prob: np.ndarray) -> float:
-    """Probability units of the array: 255 for uint8 ``round(p*255)``, 1 for float."""
+def to_u8(prob: np.ndarray) -> np.ndarray:
+    """Probabilities as uint8 ``ceil(p*255 - 0.5)`` (round half down); uint8 passes through.
+
+    Tuning sees this compact uint8 form, so every later application quantises the same way first:
+    otherwise a threshold such as 0.35 (89.25 in uint8 units) would cut pixels with p in
+    (0.349, 0.351) differently at tuning and at evaluation time. Half rounds *down* so that p = 0.5
+    stays background at threshold 0.5, like the raw metric's strict ``p > 0.5``.
+    ``benchmark.evaluation.inference`` quantises with the same formula in torch (float32, the
+    same two IEEE operations, so the same bytes).
+    """
+    prob = np.asarray(prob)
     if prob.dtype == np.uint8:
-        return 255.0
+        return prob
     if not np.issubdtype(prob.dtype, np.floating):
         raise ValueError(f"probabilities must be float in [0,1] or uint8 p*255, got dtype {prob.dtype}")
-    return 1.0
+    p = np.clip(prob.astype(np.float32, copy=False), 0.0, 1.0)
+    return np.ceil(p * np.float32(255) - np.float32(0.5)).astype(np.uint8)
 
 
 def _check_inputs(prob: np.ndarray, truth: np.ndarray | None, presence_prob: np.ndarray | None) -> None:
@@ -101,13 +112,13 @@ def apply(prob: np.ndarray, params: PostProcess, presence_prob: np.ndarray | Non
     prob = np.asarray(prob)
     presence_prob = None if presence_prob is None else np.asarray(presence_prob, dtype=np.float64).reshape(-1)
     _check_inputs(prob, None, presence_prob)
-    scale = _scale(prob)
     out = np.empty(prob.shape, dtype=bool)
     for start in range(0, prob.shape[0], _CHUNK):
         sl = slice(start, start + _CHUNK)
-        mask = np.greater(prob[sl], params.threshold * scale, out=out[sl])
+        p = to_u8(prob[sl])
+        mask = np.greater(p, params.threshold * 255.0, out=out[sl])
         area = np.count_nonzero(mask, axis=(1, 2))
-        max_prob = prob[sl].reshape(mask.shape[0], -1).max(axis=1) / scale
+        max_prob = p.reshape(mask.shape[0], -1).max(axis=1) / 255.0
         pres = None if presence_prob is None else presence_prob[sl]
         score = _presence_scores(max_prob, pres, params.presence_source)
         mask[(area < params.min_area) | (score < params.presence_tau)] = False
@@ -118,14 +129,14 @@ def _per_threshold_counts(
     prob: np.ndarray, truth: np.ndarray, thresholds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One pass over the images: per-threshold (T,N) predicted area and TP, (N,) truth area, max prob."""
-    n, scale = prob.shape[0], _scale(prob)
+    n, scale = prob.shape[0], 255.0
     area = np.zeros((len(thresholds), n), dtype=np.int64)
     tp = np.zeros_like(area)
     truth_area = np.zeros(n, dtype=np.int64)
     max_prob = np.zeros(n, dtype=np.float64)
     for start in range(0, n, _CHUNK):
         sl = slice(start, start + _CHUNK)
-        p, t = prob[sl], truth[sl].astype(bool, copy=False)
+        p, t = to_u8(prob[sl]), truth[sl].astype(bool, copy=False)
         truth_area[sl] = np.count_nonzero(t, axis=(1, 2))
         max_prob[sl] = p.reshape(p.shape[0], -1).max(axis=1) / scale
         for i, thr in enumerate(thresholds):

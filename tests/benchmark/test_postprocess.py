@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from benchmark.core.config import ConfigError
 from benchmark.scoring import metrics
-from benchmark.scoring.postprocess import PostProcess, apply, tune
+from benchmark.scoring.postprocess import PostProcess, apply, to_u8, tune
 
 
 def _blob(shape: tuple[int, int], n: int, value: float, start: int = 0) -> np.ndarray:
@@ -119,3 +120,17 @@ def test_tune_never_below_default_on_random_maps(seed: int):
     params, score = tune(prob, truth, thresholds=(0.45, 0.6, 0.9), min_areas=(0, 15), taus=(0.0, 0.99))
     assert score >= _kaggle(apply(prob, PostProcess()), truth)
     assert score == pytest.approx(_kaggle(apply(prob, params), truth), abs=1e-12)
+
+
+@pytest.mark.parametrize("threshold", [0.35, 0.4, 0.45, 0.5, 0.55])
+def test_float_and_uint8_probabilities_give_identical_masks(threshold):
+    """Tuning sees uint8 round(p*255); applying to floats must cut at the same pixels.
+
+    Before the fix 0.35 compared p*255 (float) with 89.25, so p in (0.3500, 0.3510) differed.
+    """
+    rng = np.random.default_rng(3)
+    prob = rng.uniform(threshold - 0.004, threshold + 0.004, size=(4, 20, 30)).astype(np.float32)
+    u8 = torch.ceil(torch.from_numpy(prob) * 255 - 0.5).to(torch.uint8).numpy()  # inference's formula
+    pp = PostProcess(threshold=threshold, min_area=0, presence_tau=0.0)
+    assert np.array_equal(apply(prob, pp), apply(u8, pp))
+    assert np.array_equal(to_u8(prob), u8)
