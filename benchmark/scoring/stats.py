@@ -1,13 +1,24 @@
-"""Uncertainty for the leaderboard: bootstrap and t confidence intervals, paired tests (pure numpy).
+"""Uncertainty for the leaderboard: subject-level intervals and paired tests (pure numpy).
 
-* ``bootstrap_ci``: percentile bootstrap of the mean over per-image values (Efron & Tibshirani,
-  "An Introduction to the Bootstrap", 1993, ch. 13), for a single run.
-* ``mean_ci_t``: Student-t interval over independent runs (folds x seeds).
-* ``paired_bootstrap_pvalue``: two-sided test of zero mean paired difference by resampling the
-  mean-centred differences (Efron & Tibshirani 1993, sec. 16.4), with the +1 correction of
-  Davison & Hinkley, "Bootstrap Methods and their Application", 1997, so p is never 0.
-* ``wilcoxon_pvalue``: Wilcoxon signed-rank test (Wilcoxon, Biometrics Bulletin 1945) via scipy.
+Frames of one patient are strongly correlated, so the unit of independence is the SUBJECT, not
+the image; per-image intervals and tests are far too optimistic (see
+tests/benchmark/test_stats_simulation.py, which measures it).
 
+* ``subject_means``: per-subject mean of per-image values.
+* ``subject_bootstrap_ci``: cluster (subject) bootstrap of the image mean (Davison & Hinkley,
+  "Bootstrap Methods and their Application", 1997, sec. 3.8): resample subjects with replacement
+  and recompute the mean over all images of the drawn subjects. The percentile interval is
+  "expanded" (Hesterberg, "What Teachers Should Know About the Bootstrap", Am. Stat. 2015,
+  sec. 6.4) so that with few subjects it is as wide as a t interval, not a z interval.
+* ``sign_flip_pvalue``: paired permutation test of zero mean difference on per-subject mean
+  differences (Fisher, 1935; Good, "Permutation Tests", 2000): under H0 each subject's sign is
+  exchangeable. Exact over all 2^n sign patterns for n <= ``exact_max``, else Monte Carlo with
+  the +1 correction (Phipson & Smyth, Stat. Appl. Genet. Mol. Biol., 2010) so p is never 0.
+* ``holm``: Holm's step-down adjustment (Scand. J. Statist., 1979) for comparing several models
+  with the top one; controls the family-wise error rate.
+
+Older per-image helpers (``bootstrap_ci``, ``mean_ci_t``, ``paired_bootstrap_pvalue``) remain for
+now; the simulation tests use them to show why they must not be used on clustered frames.
 Every resampling is seeded, so the leaderboard is reproducible byte for byte.
 """
 
@@ -87,9 +98,127 @@ def paired_bootstrap_pvalue(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, s
     return (1 + extreme) / (1 + n_boot)
 
 
-def wilcoxon_pvalue(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p-value (zero differences dropped); 1.0 when all are zero."""
-    d = _paired(a, b)
-    if not np.any(d != 0):
+def _groups(values: np.ndarray, subjects: np.ndarray | list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(subject_ids, per-subject sums, per-subject counts) after checking alignment."""
+    x = _vector(values)
+    subj = np.asarray(subjects).reshape(-1)
+    if subj.size != x.size:
+        raise ValueError(f"subjects has {subj.size} entries but values has {x.size}")
+    ids, inverse, counts = np.unique(subj, return_inverse=True, return_counts=True)
+    return ids, np.bincount(inverse.reshape(-1), weights=x, minlength=ids.size), counts
+
+
+def subject_means(
+    values: np.ndarray, subjects: np.ndarray | list
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(subject_ids sorted, mean of ``values`` per subject, image count per subject)."""
+    ids, sums, counts = _groups(values, subjects)
+    return ids, sums / counts, counts
+
+
+def _expanded_alpha(alpha: float, n_subjects: int) -> float:
+    """Tail level whose normal quantile equals sqrt(n / (n - 1)) t_{1 - alpha/2, n - 1} (Hesterberg 2015)."""
+    t = float(sps.t.ppf(1 - alpha / 2, n_subjects - 1))
+    return float(2 * sps.norm.sf(np.sqrt(n_subjects / (n_subjects - 1)) * t))
+
+
+def _cluster_boot_means(sums: np.ndarray, counts: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Image means of ``n_boot`` subject resamples: (draw counts @ sums) / (draw counts @ counts).
+
+    Draw counts per resample come from one bincount over row-offset indices (multinomial, but
+    vectorised), in memory-bounded blocks.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rng, n = np.random.default_rng(seed), sums.size
+    block = max(1, _BLOCK_CELLS // n)
+    means = np.empty(n_boot, dtype=np.float64)
+    for start in range(0, n_boot, block):
+        rows = min(block, n_boot - start)
+        idx = rng.integers(0, n, size=(rows, n)) + (np.arange(rows) * n)[:, None]
+        draws = np.bincount(idx.reshape(-1), minlength=rows * n).reshape(rows, n).astype(np.float64)
+        means[start : start + rows] = (draws @ sums) / (draws @ counts)
+    return means
+
+
+def subject_bootstrap_ci(
+    values: np.ndarray, subjects: np.ndarray | list, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean over all images and its subject-bootstrap (1 - alpha) interval.
+
+    With one subject there is no between-subject variation to resample: (mean, nan, nan).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    _, sums, counts = _groups(values, subjects)
+    mean = float(sums.sum() / counts.sum())
+    if sums.size < 2:
+        return mean, float("nan"), float("nan")
+    means = _cluster_boot_means(sums, counts.astype(np.float64), n_boot, seed)
+    tail = _expanded_alpha(alpha, sums.size) / 2
+    lo, hi = np.quantile(means, [tail, 1 - tail])
+    return mean, float(lo), float(hi)
+
+
+def _half_sums(d: np.ndarray) -> np.ndarray:
+    """All 2^k signed sums of ``d`` (k = d.size): bit j of pattern i set means d[j] is negated."""
+    bits = (np.arange(2**d.size)[:, None] >> np.arange(d.size)[None]) & 1
+    return (1 - 2 * bits) @ d
+
+
+def _exact_extreme_fraction(d: np.ndarray, threshold: float) -> float:
+    """Fraction of all 2^n sign patterns s with |s . d| >= threshold (> 0), meet-in-the-middle.
+
+    The 2^n sums are a + b over the two halves' 2^(n/2) sums; for each a, sorted b gives the
+    count of b >= threshold - a and b <= -threshold - a (disjoint as threshold > 0).
+    """
+    half = d.size // 2
+    a, b = _half_sums(d[:half]), np.sort(_half_sums(d[half:]))
+    upper = b.size - np.searchsorted(b, threshold - a, side="left")
+    lower = np.searchsorted(b, -threshold - a, side="right")
+    return float((upper.sum() + lower.sum()) / (a.size * b.size))
+
+
+def sign_flip_pvalue(
+    diffs: np.ndarray, n_resamples: int = 20000, seed: int = 0, exact_max: int = 20
+) -> float:
+    """Two-sided p of H0 "the per-subject mean differences are symmetric about 0".
+
+    Statistic: |sum of diffs| (equivalent to |mean|). Exact over all 2^n sign patterns when
+    n <= ``exact_max``; otherwise ``n_resamples`` seeded random patterns and
+    p = (1 + #{|stat*| >= |stat|}) / (1 + n_resamples). All-zero differences give 1.
+    """
+    d = _vector(diffs, "diffs")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    # Tolerance: a pattern equal to the observed one in exact arithmetic may differ by rounding.
+    threshold = abs(float(d.sum())) - 1e-9 * (1.0 + float(np.abs(d).sum()))
+    if threshold <= 0:
         return 1.0
-    return float(sps.wilcoxon(d).pvalue)
+    if d.size <= exact_max:
+        return _exact_extreme_fraction(d, threshold)
+    rng = np.random.default_rng(seed)
+    block = max(1, _BLOCK_CELLS // d.size)
+    extreme = 0
+    for start in range(0, n_resamples, block):
+        rows = min(block, n_resamples - start)
+        signs = 1.0 - 2.0 * rng.integers(0, 2, size=(rows, d.size))
+        extreme += int(np.count_nonzero(np.abs(signs @ d) >= threshold))
+    return (1 + extreme) / (1 + n_resamples)
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm step-down adjusted p-values in the input order; None entries stay None and do not count.
+
+    Sorted ascending p_(1) <= ... <= p_(m): adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)).
+    """
+    present = [(float(p), i) for i, p in enumerate(pvalues) if p is not None]
+    for p, _ in present:
+        if not 0.0 <= p <= 1.0 or np.isnan(p):
+            raise ValueError(f"p-values must be in [0, 1], got {p}")
+    out: list[float | None] = [None] * len(pvalues)
+    running, m = 0.0, len(present)
+    for rank, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out

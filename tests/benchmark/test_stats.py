@@ -1,4 +1,4 @@
-"""Confidence intervals and paired tests against hand-computed values."""
+"""Confidence intervals, paired tests and multiplicity correction against hand-computed values."""
 
 from __future__ import annotations
 
@@ -53,14 +53,6 @@ def test_paired_bootstrap_pvalue_known_results():
     )
 
 
-def test_wilcoxon_pvalue_known_results():
-    a = np.random.default_rng(0).random(30)
-    assert stats.wilcoxon_pvalue(a, a.copy()) == 1.0
-    # Five positive differences: exact two-sided p = 2 / 2^5.
-    assert stats.wilcoxon_pvalue(np.arange(1.0, 6.0), np.zeros(5)) == pytest.approx(0.0625)
-    assert stats.wilcoxon_pvalue(a + 0.2 + np.random.default_rng(1).normal(0, 0.02, 30), a) < 0.01
-
-
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="differ in length"):
         stats.paired_bootstrap_pvalue(np.zeros(3), np.zeros(4))
@@ -68,3 +60,94 @@ def test_bad_inputs_raise():
         stats.bootstrap_ci(np.array([0.1, np.nan]))
     with pytest.raises(ValueError, match="empty"):
         stats.mean_ci_t(np.array([]))
+    with pytest.raises(ValueError, match="subjects has 2 entries but values has 3"):
+        stats.subject_bootstrap_ci(np.zeros(3), [1, 2])
+    with pytest.raises(ValueError, match="NaN"):
+        stats.sign_flip_pvalue(np.array([0.1, np.nan]))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        stats.holm([0.5, 1.5])
+
+
+def test_subject_means_hand_computed():
+    ids, means, counts = stats.subject_means(np.array([1.0, 0.0, 0.5, 1.0, 0.0]), ["b", "a", "b", "b", "c"])
+    assert ids.tolist() == ["a", "b", "c"]
+    assert means.tolist() == [0.0, 2.5 / 3, 0.0] and counts.tolist() == [1, 3, 1]
+
+
+def test_subject_bootstrap_hand_cases():
+    # Subject 1: three images at 0; subject 2: one image at 1. Image mean 1/4. Resamples {1,1} -> 0,
+    # {1,2} -> 1/4, {2,2} -> 1 (probabilities 1/4, 1/2, 1/4); the expanded 2-subject interval's
+    # tails (t_{0.975,1} = 12.7) are far below 1/4, so it spans the extremes 0 and 1.
+    assert stats.subject_bootstrap_ci(np.array([0.0, 0.0, 0.0, 1.0]), [1, 1, 1, 2]) == (0.25, 0.0, 1.0)
+    mean, lo, hi = stats.subject_bootstrap_ci(np.array([0.3, 0.5]), [7, 7])
+    assert mean == 0.4 and math.isnan(lo) and math.isnan(hi)  # one subject: nothing to resample
+    assert stats.subject_bootstrap_ci(np.full(6, 0.8), [1, 1, 2, 2, 3, 3]) == pytest.approx((0.8, 0.8, 0.8))
+
+
+def test_subject_bootstrap_resamples_subjects_not_images():
+    # 4 subjects x 100 identical frames at 0, 0, 1, 1: 400 "independent" images would give a
+    # +-0.05 interval; there are really 4 observations, so the interval must span most of [0, 1].
+    values = np.repeat([0.0, 0.0, 1.0, 1.0], 100)
+    subjects = np.repeat(np.arange(4), 100)
+    mean, lo, hi = stats.subject_bootstrap_ci(values, subjects)
+    _, old_lo, old_hi = stats.bootstrap_ci(values)
+    assert mean == 0.5 and hi - lo >= 0.7 and old_hi - old_lo < 0.15
+
+
+def test_subject_bootstrap_deterministic_and_normal_theory():
+    rng = np.random.default_rng(0)
+    subjects = np.repeat(np.arange(40), rng.integers(20, 60, 40))
+    values = rng.normal(0, 1, 40)[subjects]  # pure subject effect: 40 observations of sd 1
+    first = stats.subject_bootstrap_ci(values, subjects, seed=3)
+    assert stats.subject_bootstrap_ci(values, subjects, seed=3) == first
+    assert stats.subject_bootstrap_ci(values, subjects, seed=4) != first
+    mean, lo, hi = first
+    assert lo < mean < hi
+    # Unequal sizes make the ratio estimator's se only roughly sd/sqrt(40) ~ 0.158: 95% half ~0.31.
+    assert (hi - lo) / 2 == pytest.approx(1.96 / np.sqrt(40), rel=0.35)
+
+
+def _brute_force_sign_flip(d: np.ndarray) -> float:
+    signs = np.array(np.meshgrid(*[[1.0, -1.0]] * d.size)).reshape(d.size, -1).T
+    return float(np.mean(np.abs(signs @ d) >= abs(d.sum()) - 1e-9))
+
+
+def test_sign_flip_hand_computed():
+    # [1, 2, 3]: signed sums 6, 4, 2, 0, 0, -2, -4, -6; |sum| >= 6 for 2 of 8 patterns.
+    assert stats.sign_flip_pvalue(np.array([1.0, 2.0, 3.0])) == 0.25
+    # [1, -2, 3, 0.5]: observed 2.5; |s . d| is 0.5 (4 patterns), 1.5 (2) or >= 2.5 (the other 10).
+    assert stats.sign_flip_pvalue(np.array([1.0, -2.0, 3.0, 0.5])) == 10 / 16
+    assert stats.sign_flip_pvalue(np.zeros(5)) == 1.0
+    assert stats.sign_flip_pvalue(np.full(10, 0.01)) == 2 / 1024  # the smallest p with 10 subjects
+    assert stats.sign_flip_pvalue(np.array([-0.2])) == 1.0  # one subject can never reject
+
+
+def test_sign_flip_exact_matches_brute_force():
+    rng = np.random.default_rng(1)
+    for n in range(1, 13):
+        d = rng.normal(0.1, 1.0, n)
+        assert stats.sign_flip_pvalue(d) == pytest.approx(_brute_force_sign_flip(d), abs=1e-12)
+        assert stats.sign_flip_pvalue(-d) == stats.sign_flip_pvalue(d)
+
+
+def test_sign_flip_monte_carlo_agrees_with_exact():
+    d = np.random.default_rng(2).normal(0.25, 1.0, 24)
+    exact = stats.sign_flip_pvalue(d, exact_max=24)
+    mc = stats.sign_flip_pvalue(d, n_resamples=20000, seed=5, exact_max=20)
+    assert 0.005 < exact < 0.5 and mc == pytest.approx(exact, abs=4 * np.sqrt(exact * (1 - exact) / 20000))
+    assert stats.sign_flip_pvalue(d, n_resamples=999, seed=5) == stats.sign_flip_pvalue(
+        d, n_resamples=999, seed=5
+    )
+    # Every flip of 30 equal positive differences is less extreme except the observed pattern
+    # itself, which a random draw hits with probability 2^-29: p = (1 + 0) / (1 + 999).
+    assert stats.sign_flip_pvalue(np.full(30, 0.1), n_resamples=999) == pytest.approx(1 / 1000)
+
+
+def test_holm_hand_computed():
+    # m = 4 present: sorted 0.01, 0.02, 0.03, 0.5 -> 4*0.01 = 0.04, 3*0.02 = 0.06, 2*0.03 = 0.06,
+    # 1*0.5 = 0.5 (running maxima already monotone); None stays None and does not count.
+    assert stats.holm([0.03, None, 0.01, 0.5, 0.02]) == pytest.approx([0.06, None, 0.04, 0.5, 0.06])
+    # Step-down monotonicity: sorted 0.01, 0.04, 0.045 -> 0.03, 0.08, max(0.08, 0.045) = 0.08.
+    assert stats.holm([0.045, 0.01, 0.04]) == pytest.approx([0.08, 0.03, 0.08])
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+    assert stats.holm([]) == [] and stats.holm([None]) == [None]

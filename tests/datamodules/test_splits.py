@@ -1,4 +1,8 @@
-"""Subject-grouped splits: no subject leaks, determinism, coverage, balance, clear errors."""
+"""Subject-grouped splits: no subject leaks, determinism, coverage, balance, clear errors.
+
+Also the stratified folds (count + positive fraction) and the inner selection split of the
+nested protocol, including a Kaggle-sized simulation of fold positive-fraction balance.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from datamodules.splits import fold_indices, holdout_by_subject, kfold_by_subject
+from datamodules.splits import fold_indices, fold_table, holdout_by_subject, inner_split, kfold_by_subject
 
 subject_lists = st.lists(st.integers(0, 30), min_size=2, max_size=120)
+labelled = st.lists(st.tuples(st.integers(0, 30), st.booleans()), min_size=2, max_size=120)
 
 
 def test_hand_computed_folds():
@@ -98,8 +103,189 @@ def test_holdout_equal_subjects_exact_fraction():
         (lambda: holdout_by_subject([1, 2], 0.0), "strictly between 0 and 1"),
         (lambda: holdout_by_subject([1, 2], 1.0), "strictly between 0 and 1"),
         (lambda: holdout_by_subject([4, 4, 4], 0.5), "at least 2 subjects"),
+        (
+            lambda: kfold_by_subject([1, 2, 3], 2, positive=[1, 0]),
+            "positive has 2 entries but subjects has 3",
+        ),
+        (lambda: kfold_by_subject([1, 2], 2, positive=[0.5, 1]), "booleans or 0/1"),
+        (lambda: inner_split([4, 4, 4], [1, 0, 1]), "at least 2 subjects"),
+        (lambda: inner_split([1, 2], [1, 0], fraction=1.0), "strictly between 0 and 1"),
+        (lambda: inner_split([1, 2], [1]), "positive has 1 entries"),
+        (lambda: fold_table([1, 2], [1, 0], [0]), "folds has 1 entries"),
     ],
 )
 def test_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --- stratified folds: image count and positive fraction together --------------------------------
+
+
+def _cost(subjects: np.ndarray, positive: np.ndarray, folds: np.ndarray, n_folds: int) -> float:
+    """The documented objective, computed independently of the implementation."""
+    rate = positive.mean()
+    n = np.bincount(folds, minlength=n_folds)
+    excess = np.bincount(folds, weights=positive.astype(float), minlength=n_folds) - rate * n
+    return float(((n - subjects.size / n_folds) ** 2).sum() + 4.0 * (excess**2).sum())
+
+
+def test_stratified_hand_computed():
+    # Four equal subjects, two all-positive (1, 2) and two all-empty (3, 4): count-only balancing
+    # may put both positive subjects together (fractions 1 and 0); stratified must pair them up.
+    subjects = np.repeat([1, 2, 3, 4], 4)
+    positive = np.repeat([1, 1, 0, 0], 4).astype(bool)
+    count_only = [fold_table(subjects, positive, kfold_by_subject(subjects, 2, s)) for s in range(20)]
+    assert any(row[0]["positive_fraction"] in (0.0, 1.0) for row in count_only)
+    for seed in range(20):
+        rows = fold_table(subjects, positive, kfold_by_subject(subjects, 2, seed, positive))
+        assert [(r["n_images"], r["positive_fraction"]) for r in rows] == [(8, 0.5), (8, 0.5)]
+
+
+def test_stratified_local_search_beats_greedy():
+    # Subjects A..D: sizes 5, 4, 3, 2 with 4, 2, 1, 0 positives; N = 14, r = 0.5, target 7 a fold;
+    # excess positives +1.5, 0, -0.5, -1. Greedy (cost terms n*n_f + 4*e*e_f): A -> 0; B -> 1 (0 < 20);
+    # C: 15 - 3 = 12 vs 12, tie -> 0; D: 16 - 4 = 12 vs 8 -> 1. {A,C}|{B,D}: counts 8|6, excess
+    # +1|-1: cost 1 + 1 + 4 * 2 = 10. Swapping C and D gives {A,D}|{B,C}: 7|7, +0.5|-0.5: cost 2.
+    subjects = np.repeat([0, 1, 2, 3], [5, 4, 3, 2])
+    positive = np.concatenate([[1, 1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0], [0, 0]]).astype(bool)
+    folds = kfold_by_subject(subjects, 2, 0, positive)
+    a, b, c, d = folds[[0, 5, 9, 12]]
+    assert a == d != b == c  # fold ids are labels: only the partition is fixed
+    assert _cost(subjects, positive, folds, 2) == pytest.approx(2.0)
+    rows = fold_table(subjects, positive, folds)
+    assert sorted(r["positive_fraction"] for r in rows) == [3 / 7, 4 / 7]
+
+
+@given(labelled, st.integers(2, 5), st.integers(0, 2**31))
+@settings(max_examples=120, deadline=None)
+def test_stratified_properties(pairs, n_folds, seed):
+    subjects = np.array([s for s, _ in pairs])
+    positive = np.array([p for _, p in pairs])
+    unique = np.unique(subjects)
+    assume(n_folds <= unique.size)
+    folds = kfold_by_subject(subjects, n_folds, seed, positive)
+    assert folds.shape == subjects.shape and folds.dtype.kind == "i"
+    for s in unique:
+        assert np.unique(folds[subjects == s]).size == 1
+    assert (np.bincount(folds, minlength=n_folds) > 0).all() and folds.max() < n_folds
+    np.testing.assert_array_equal(
+        folds, kfold_by_subject(subjects.tolist(), n_folds, seed, positive.tolist())
+    )
+    # A local optimum: no single subject move (that keeps every fold used) or swap lowers the cost.
+    best = _cost(subjects, positive, folds, n_folds)
+    of = {s: folds[subjects == s][0] for s in unique}
+    for a in unique:
+        for k in range(n_folds):
+            moved = folds.copy()
+            moved[subjects == a] = k
+            if np.unique(moved).size == n_folds:
+                assert _cost(subjects, positive, moved, n_folds) >= best - 1e-6
+        for b in unique:
+            if of[a] != of[b]:
+                swapped = folds.copy()
+                swapped[subjects == a], swapped[subjects == b] = of[b], of[a]
+                assert _cost(subjects, positive, swapped, n_folds) >= best - 1e-6
+    for fold in range(n_folds):
+        train, val = fold_indices(subjects, fold, n_folds, seed, positive)
+        assert np.intersect1d(subjects[train], subjects[val]).size == 0
+        assert val.tolist() == np.flatnonzero(folds == fold).tolist()
+
+
+def _kaggle_like(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """47 subjects, 50-200 frames each, per-subject positive fraction uniform in 0.2-0.7."""
+    sizes = rng.integers(50, 201, 47)
+    subjects = np.repeat(np.arange(47), sizes)
+    positive = rng.random(subjects.size) < np.repeat(rng.uniform(0.2, 0.7, 47), sizes)
+    return subjects, positive
+
+
+def _max_fold_deviation(positive: np.ndarray, folds: np.ndarray) -> float:
+    fractions = np.bincount(folds, weights=positive) / np.bincount(folds)
+    return float(np.abs(fractions - positive.mean()).max())
+
+
+def test_simulated_kaggle_fold_positive_fraction():
+    rng = np.random.default_rng(2024)
+    before, after = [], []
+    for seed in range(100):
+        subjects, positive = _kaggle_like(rng)
+        before.append(_max_fold_deviation(positive, kfold_by_subject(subjects, 5, seed)))
+        folds = kfold_by_subject(subjects, 5, seed, positive)
+        after.append(_max_fold_deviation(positive, folds))
+        sizes = np.bincount(folds)
+        assert sizes.max() - sizes.min() <= 100  # counts stay balanced (~1170 images a fold)
+    print(
+        f"max |fold positive fraction - overall|: count-only {max(before):.4f}, stratified {max(after):.4f}"
+    )
+    assert max(after) <= 0.03
+    assert max(before) > 0.03  # the simulation is hard enough to fail the count-only split
+
+
+# --- the nested protocol's inner selection split ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_subjects", "fraction", "expected"),
+    [(7, 0.15, 1), (10, 0.15, 2), (20, 0.15, 3), (38, 0.15, 6), (2, 0.9, 1), (3, 0.05, 1), (4, 0.5, 2)],
+)
+def test_inner_split_subject_count(n_subjects, fraction, expected):
+    subjects = np.repeat(np.arange(n_subjects), 3)
+    fit, inner = inner_split(subjects, None, fraction, seed=1)
+    assert np.unique(subjects[inner]).size == expected
+    assert np.unique(subjects[fit]).size == n_subjects - expected
+
+
+def test_inner_split_matches_positive_fraction():
+    # Two all-positive and two all-empty subjects of equal size: the half-size inner set must
+    # take one of each (fraction 0.5 = overall), whatever the seed.
+    subjects = np.repeat([10, 11, 12, 13], 5)
+    positive = np.repeat([1, 1, 0, 0], 5)
+    chosen = set()
+    for seed in range(20):
+        fit, inner = inner_split(subjects, positive, 0.5, seed)
+        assert positive[inner].mean() == 0.5 and positive[fit].mean() == 0.5
+        chosen.add(tuple(np.unique(subjects[inner])))
+    assert len(chosen) > 1  # the seed still picks which pair
+
+
+@given(labelled, st.floats(0.05, 0.95), st.integers(0, 2**31))
+@settings(max_examples=120, deadline=None)
+def test_inner_split_properties(pairs, fraction, seed):
+    subjects = np.array([s for s, _ in pairs])
+    positive = np.array([p for _, p in pairs])
+    n_subjects = np.unique(subjects).size
+    assume(n_subjects >= 2)
+    fit, inner = inner_split(subjects, positive, fraction, seed)
+    assert np.intersect1d(subjects[fit], subjects[inner]).size == 0
+    assert np.sort(np.concatenate([fit, inner])).tolist() == list(range(subjects.size))
+    assert np.all(np.diff(fit) > 0) and np.all(np.diff(inner) > 0)
+    n_inner = np.unique(subjects[inner]).size
+    assert n_inner == min(n_subjects - 1, max(1, int(np.floor(fraction * n_subjects + 0.5))))
+    again = inner_split(subjects.tolist(), positive.tolist(), fraction, seed)
+    assert again[0].tolist() == fit.tolist() and again[1].tolist() == inner.tolist()
+
+
+def test_inner_split_on_kaggle_like_training_part():
+    rng = np.random.default_rng(7)
+    deviations = []
+    for seed in range(50):
+        subjects, positive = _kaggle_like(rng)
+        train, _ = fold_indices(subjects, seed % 5, 5, seed, positive)
+        fit, inner = inner_split(subjects[train], positive[train], 0.15, seed)
+        assert np.unique(subjects[train][inner]).size == 6  # round(0.15 * 37 or 38)
+        deviations.append(abs(positive[train][inner].mean() - positive[train].mean()))
+    assert max(deviations) < 0.01
+
+
+def test_fold_table_hand_computed():
+    subjects = ["b", "a", "a", "c", "b", "c"]
+    positive = [True, False, True, False, False, False]
+    rows = fold_table(subjects, positive, [1, 0, 0, 1, 1, 1])
+    assert rows == [
+        {"fold": 0, "subjects": ["a"], "n_images": 2, "positive_fraction": 0.5},
+        {"fold": 1, "subjects": ["b", "c"], "n_images": 4, "positive_fraction": 0.25},
+    ]
+    assert fold_table([3, 4], None, np.array([0, 1]))[1] == {
+        "fold": 1, "subjects": [4], "n_images": 1, "positive_fraction": None
+    }  # fmt: skip
