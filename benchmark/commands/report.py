@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-HELP = "rebuild leaderboard.{md,csv,json} and plots/*.png from RESULTS/runs/*/summary.json"
+HELP = "rebuild leaderboard.{md,csv,json,tex} and plots/*.png from RESULTS/runs/*/summary.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,9 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from benchmark.reporting.report import build_report
 
-    board = build_report(args.results, plots=not args.no_plots)
+    try:
+        board = build_report(args.results, plots=not args.no_plots)
+    except OSError as exc:  # read-only directory, full disk: one line, the old files stay whole
+        print(f"error: {exc.filename or args.results}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(
-        f"leaderboard: {len(board['rows'])} models from {board['header']['n_runs']} runs -> "
-        f"{args.results / 'leaderboard.md'}"
+        f"leaderboard: {len(board['rows'])} ranked and {len(board['incomplete'])} incomplete models "
+        f"from {board['header']['n_runs']} runs -> {args.results / 'leaderboard.md'}"
     )
     return 0

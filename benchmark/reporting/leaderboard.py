@@ -1,10 +1,14 @@
-"""The leaderboard: pure aggregation of run summaries (summary.json dicts) into ranked model rows.
+"""The leaderboard: pure aggregation of schema-2 run summaries into out-of-fold model rows.
 
-Each model's metric is the mean over its (fold, seed) runs with a 95% Student-t interval over runs;
-with a single run the interval is a per-image percentile bootstrap instead (Efron & Tibshirani
-1993), and the row says which. Models are compared with the top-ranked one by a paired bootstrap
-test on per-image post-processed Dice, paired on (fold, seed, image index) present in both.
-Rendering to Markdown/CSV/JSON lives in ``benchmark.report``.
+Protocol (issue 11): every run was selected (epoch, post-processing) on an inner set of its outer
+training subjects and scored once on its outer fold. With K outer folds, the K runs of one seed
+score every image once, by a model that never saw its subject. Per image, each score is first
+averaged over the model's seeds; a column is then the mean over images (all, or the positive /
+empty ones). Frames of one patient are correlated, so the unit of independence is the subject:
+95% CIs resample subjects (``stats.subject_bootstrap_ci``) and every ranked model is compared with
+the top one by a sign-flip test on per-subject mean differences, Holm-corrected across models.
+A model whose folds do not cover every image once per seed is shown as incomplete and not ranked.
+Rendering lives in ``benchmark.reporting.tables``.
 """
 
 from __future__ import annotations
@@ -16,31 +20,40 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.core.config import _NOT_HASHED
+from benchmark.core.config import NOT_HASHED
 from benchmark.scoring import stats
 
 BASELINE = "empty"
-# (column key, summary block, metric name) in display order; the first is the ranking metric.
-METRICS = (
-    ("kaggle_dice", "post", "kaggle_dice"),
-    ("dice_positive", "post", "dice_positive"),
-    ("iou", "post", "iou"),
-    ("sensitivity", "post", "sensitivity"),
-    ("precision", "post", "precision"),
-    ("f1", "post", "f1"),
-    ("presence_accuracy", "post", "presence_accuracy"),
-    ("raw_kaggle_dice", "raw", "kaggle_dice"),
+N_BOOT = 2000  # subject-bootstrap resamples (issue 11: at least 2,000, seeded)
+N_PERM = 20_000  # Monte Carlo sign flips when there are more than EXACT_MAX subjects
+EXACT_MAX = 20  # up to this many subjects the sign-flip test enumerates all 2^n flips
+ALPHA = 0.05
+SEED = 0
+# Out-of-fold columns: (key, per-image source, subset by true_empty: None = all images).
+OOF_METRICS = (
+    ("kaggle_dice", "dice", None),
+    ("dice_positive", "dice", False),
+    ("empty_correct", "dice", True),  # Dice on an empty truth is 1 iff the prediction is empty
+    ("iou", "iou", None),
+    ("raw_kaggle_dice", "dice_raw", None),
+)
+# Pooled metrics not derivable from per-image rows: (key, block, stage, name), mean over runs.
+RUN_MEANS = (
+    ("selection_kaggle_dice", "selection", "post", "kaggle_dice"),
+    ("sensitivity", "metrics", "post", "sensitivity"),
+    ("precision", "metrics", "post", "precision"),
+    ("presence_accuracy", "metrics", "post", "presence_accuracy"),
 )
 COST = ("params", "gflops", "train_time_s", "train_img_s", "infer_img_s", "latency_ms", "peak_mem_mb")
-N_BOOT = 10_000
-SEED = 0
-_RUN_KEYS = {"model", "model_kwargs", "fold", "seed"}  # per-run/per-model; the rest is shared
+_IMAGE_VALUES = ("dice", "dice_raw", "iou")
+# Per-run fields; without them and the execution-only NOT_HASHED ones, a config is one benchmark.
+_RUN_KEYS = {"model", "model_kwargs", "fold", "seed"}
 
 
 def benchmark_hash(summary: dict[str, Any]) -> str:
     """Hash of the run's config without model/kwargs/fold/seed: equal for every run of one benchmark."""
     cfg = summary.get("config") or {}
-    payload = {k: v for k, v in cfg.items() if k not in _NOT_HASHED | _RUN_KEYS}
+    payload = {k: v for k, v in cfg.items() if k not in NOT_HASHED | _RUN_KEYS}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -65,138 +78,254 @@ def select_runs(summaries: list[dict[str, Any]]) -> tuple[list[dict], list[dict]
     return kept, ignored
 
 
-def _per_image_values(summary: dict[str, Any], column: str) -> np.ndarray | None:
-    """Per-image values whose mean *is* the metric ``column``, or None when there are none."""
-    per = summary.get("per_image") or {}
-    source = {"kaggle_dice": "dice", "raw_kaggle_dice": "dice_raw", "iou": "iou", "dice_positive": "dice"}
-    if column not in source or not per.get(source[column]):
-        return None
-    values = np.asarray([np.nan if v is None else v for v in per[source[column]]], dtype=float)
-    if column == "dice_positive":
-        values = values[~np.asarray(per.get("true_empty", []), dtype=bool)]
-    return values if values.size and np.isfinite(values).all() else None
+def _split(summary: dict[str, Any]) -> dict[str, Any]:
+    return summary.get("split") or {}
 
 
-def _metric(summary: dict[str, Any], block: str, name: str) -> float | None:
-    value = ((summary.get("metrics") or {}).get(block) or {}).get(name)
-    return None if value is None else float(value)
+def n_folds(runs: list[dict[str, Any]]) -> int:
+    """K, the number of outer folds (one value per benchmark: n_folds is part of its hash)."""
+    return max(int(_split(s).get("n_folds") or s.get("n_folds") or 1) for s in runs)
 
 
-def metric_ci(runs: list[dict[str, Any]], column: str, block: str, name: str) -> dict[str, Any]:
-    """Mean and 95% CI of one metric: t over runs, or per-image bootstrap for a single run."""
-    values = [v for v in (_metric(s, block, name) for s in runs) if v is not None]
-    if not values:
-        return {"mean": None, "lo": None, "hi": None, "ci": "n/a"}
-    if len(values) > 1:
-        mean, lo, hi = stats.mean_ci_t(np.asarray(values))
-        return {"mean": float(mean), "lo": float(lo), "hi": float(hi), "ci": "t"}
-    per = _per_image_values(runs[0], column) if len(runs) == 1 else None
-    # Only bootstrap when the per-image values reproduce the reported metric exactly.
-    if per is None or abs(float(per.mean()) - values[0]) > 1e-6:
-        return {"mean": values[0], "lo": None, "hi": None, "ci": "n/a"}
-    _, lo, hi = stats.bootstrap_ci(per, n_boot=N_BOOT, seed=SEED)
-    return {"mean": values[0], "lo": float(lo), "hi": float(hi), "ci": "bootstrap"}
+def fold_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The split's fold table (fold, subjects, n_images, positive_fraction) as recorded by the runs."""
+    tables = sorted({json.dumps(_split(s).get("folds") or [], sort_keys=True) for s in runs})
+    return max((json.loads(t) for t in tables), key=len, default=[])
 
 
-def _paired_dice(runs: list[dict[str, Any]]) -> dict[tuple[int, int, int], float]:
-    """Per-image post-processed Dice keyed by (fold, seed, image index)."""
-    out = {}
-    for s in runs:
-        per = s.get("per_image") or {}
-        for idx, dice in zip(per.get("index", []), per.get("dice", [])):
-            if dice is not None:
-                out[(int(s["fold"]), int(s["seed"]), int(idx))] = float(dice)
+def _per_image(runs: list[dict[str, Any]], key: str) -> np.ndarray:
+    parts = [(s.get("per_image") or {}).get(key) or [] for s in runs]
+    if key in _IMAGE_VALUES:
+        return np.asarray([np.nan if v is None else v for p in parts for v in p], dtype=float)
+    return np.asarray([v for p in parts for v in p])
+
+
+def expected_images(runs: list[dict[str, Any]]) -> int:
+    """Images the K outer folds cover together (fold table rows 0..K-1), else every index seen.
+
+    In hold-out mode K = 1 and the table's second row is the training rest, which is never scored.
+    """
+    table, k = fold_table(runs), n_folds(runs)
+    if table:
+        return int(sum(int(row["n_images"]) for row in table if int(row["fold"]) < k))
+    return int(np.unique(_per_image(runs, "index")).size)
+
+
+def missing(runs: list[dict[str, Any]], k: int, n_images: int) -> list[str]:
+    """Why a model is incomplete ([] = complete): each seed needs K folds that cover each image once."""
+    seen = Counter((int(s["fold"]), int(s["seed"])) for s in runs)
+    problems = [f"fold {f} seed {e}: {c} runs" for (f, e), c in sorted(seen.items()) if c > 1]
+    for seed in sorted({e for _, e in seen}):
+        absent = [str(f) for f in range(k) if (f, seed) not in seen]
+        if absent:
+            problems.append(f"seed {seed}: fold{'s' if len(absent) > 1 else ''} {', '.join(absent)} missing")
+            continue
+        index = _per_image([s for s in runs if int(s["seed"]) == seed], "index").astype(np.int64)
+        unique = np.unique(index).size
+        if unique != index.size:
+            problems.append(f"seed {seed}: {index.size - unique} images scored more than once")
+        if unique != n_images:
+            problems.append(f"seed {seed}: folds cover {unique} of {n_images} images")
+    return problems
+
+
+def oof_images(runs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per image (sorted by index): subject, true_empty, and each score averaged over its seeds."""
+    index = _per_image(runs, "index").astype(np.int64)
+    uniq, first, inverse = np.unique(index, return_index=True, return_inverse=True)
+    n_seeds = np.bincount(inverse, minlength=uniq.size)
+    out = {
+        "index": uniq,
+        "subject": _per_image(runs, "subject")[first],
+        "true_empty": _per_image(runs, "true_empty").astype(bool)[first],
+        "n_seeds": n_seeds,
+    }
+    for key in _IMAGE_VALUES:
+        out[key] = np.bincount(inverse, weights=_per_image(runs, key), minlength=uniq.size) / n_seeds
     return out
 
 
-def paired_pvalue(runs: list[dict], top_runs: list[dict]) -> tuple[float | None, int]:
-    """Two-sided paired bootstrap p-value of mean per-image Dice vs the top model; (p, n_pairs)."""
-    a, b = _paired_dice(runs), _paired_dice(top_runs)
-    keys = sorted(set(a) & set(b))
-    if len(keys) < 2:
-        return None, len(keys)
-    x = np.asarray([a[k] for k in keys])
-    y = np.asarray([b[k] for k in keys])
-    return float(stats.paired_bootstrap_pvalue(x, y, n_boot=N_BOOT, seed=SEED)), len(keys)
+def baseline_images(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the all-empty prediction scores on these images: 1 on an empty truth, 0 elsewhere (exact)."""
+    score = images["true_empty"].astype(float)
+    return {**images, "dice": score, "dice_raw": score.copy(), "iou": score.copy()}
+
+
+def metric(images: dict[str, np.ndarray], source: str, empty: bool | None, with_ci: bool) -> dict[str, Any]:
+    """Mean over the selected images and, when asked and >= 2 subjects, the subject-bootstrap 95% CI."""
+    mask = np.ones(images["index"].size, bool) if empty is None else images["true_empty"] == empty
+    values, subjects = images[source][mask], images["subject"][mask]
+    out: dict[str, Any] = {"mean": None, "lo": None, "hi": None, "n_images": int(values.size)}
+    if values.size == 0 or not np.isfinite(values).all():
+        return out
+    out["mean"] = float(values.mean())
+    if with_ci and np.unique(subjects).size >= 2:
+        _, lo, hi = stats.subject_bootstrap_ci(values, subjects, n_boot=N_BOOT, alpha=ALPHA, seed=SEED)
+        out["lo"], out["hi"] = float(lo), float(hi)
+    return out
+
+
+def _mean_over_runs(runs: list[dict[str, Any]], block: str, stage: str, name: str) -> float | None:
+    found = []
+    for s in runs:
+        holder = s.get(block) or {}
+        value = ((holder.get("metrics") if block == "selection" else holder) or {}).get(stage, {}) or {}
+        if value.get(name) is not None:
+            found.append(float(value[name]))
+    return float(np.mean(found)) if found else None
 
 
 def _cost(runs: list[dict[str, Any]]) -> dict[str, float | None]:
     """Mean of each cost over the runs that report it (None = "n/a")."""
     out = {}
     for key in COST:
-        source = [
-            s.get("train_time_s") if key == "train_time_s" else (s.get("cost") or {}).get(key) for s in runs
-        ]
+        source = [s.get(key) if key == "train_time_s" else (s.get("cost") or {}).get(key) for s in runs]
         values = [float(v) for v in source if v is not None]
         out[key] = float(np.mean(values)) if values else None
     return out
 
 
-def model_row(model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Aggregate the runs of one model (without rank or p-value)."""
-    runs = sorted(runs, key=lambda s: (int(s["fold"]), int(s["seed"])))
+def model_row(
+    model: str, runs: list[dict[str, Any]], k: int, n_images: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(row, out-of-fold images): completeness, OOF metrics (CIs only when complete), run means, cost."""
+    runs = sorted(runs, key=lambda s: (int(s["seed"]), int(s["fold"])))
+    problems = missing(runs, k, n_images)
+    images = oof_images(runs)
+    if not all(np.isfinite(images[key]).all() for key in _IMAGE_VALUES):
+        problems.append("per-image scores have missing values")
     return {
         "model": model,
         "baseline": model == BASELINE,
+        "derived": False,
+        "complete": not problems,
+        "missing": problems,
         "n_runs": len(runs),
         "folds": sorted({int(s["fold"]) for s in runs}),
         "seeds": sorted({int(s["seed"]) for s in runs}),
-        "n_images": sum(len((s.get("per_image") or {}).get("dice", [])) for s in runs),
-        "metrics": {col: metric_ci(runs, col, block, name) for col, block, name in METRICS},
+        "n_images": int(images["index"].size),
+        "n_subjects": int(np.unique(images["subject"]).size),
+        "metrics": {key: metric(images, src, sub, not problems) for key, src, sub in OOF_METRICS},
+        "run_means": {key: _mean_over_runs(runs, *where) for key, *where in RUN_MEANS},
         "cost": _cost(runs),
+        "global_batch": sorted({int(s["global_batch"]) for s in runs if s.get("global_batch") is not None}),
         "config_hashes": sorted({str(s.get("config_hash")) for s in runs}),
-    }
+    }, images
+
+
+def derived_baseline(images: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The `empty` row computed from the truth alone, for a board without complete `empty` runs."""
+    base = baseline_images(images)
+    row = {
+        "model": BASELINE, "baseline": True, "derived": True, "complete": True, "missing": [],
+        "n_runs": 0, "folds": [], "seeds": [], "n_images": int(base["index"].size),
+        "n_subjects": int(np.unique(base["subject"]).size),
+        "metrics": {key: metric(base, src, sub, True) for key, src, sub in OOF_METRICS},
+        "run_means": {key: None for key, *_ in RUN_MEANS}, "cost": {key: None for key in COST},
+        "global_batch": [], "config_hashes": [],
+    }  # fmt: skip
+    return row, base
+
+
+def paired_test(top: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Sign-flip test of the per-subject mean Dice difference (other - top) on the images both scored."""
+    _, it, io = np.intersect1d(top["index"], other["index"], assume_unique=True, return_indices=True)
+    diffs = other["dice"][io] - top["dice"][it]
+    _, means, _ = stats.subject_means(diffs, top["subject"][it])
+    p = stats.sign_flip_pvalue(means, n_resamples=N_PERM, seed=SEED, exact_max=EXACT_MAX)
+    return {"diff": float(diffs.mean()), "p": float(p), "n_subjects": int(len(means))}
 
 
 def _rank_key(row: dict[str, Any]) -> tuple[float, str]:
-    mean = row["metrics"]["kaggle_dice"]["mean"]
-    return (-(mean if mean is not None else -np.inf), row["model"])
+    return (-row["metrics"]["kaggle_dice"]["mean"], row["model"])
 
 
-def rank_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per model, ranked by mean post-processed kaggle_dice, with p-values vs the top."""
-    by_model: dict[str, list[dict]] = {}
-    for s in summaries:
-        by_model.setdefault(str(s["model"]), []).append(s)
-    rows = sorted((model_row(m, runs) for m, runs in by_model.items()), key=_rank_key)
-    top = rows[0]["model"] if rows else None
-    for rank, row in enumerate(rows, start=1):
+def rank_rows(rows: list[dict[str, Any]], images: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """Rank complete rows by OOF Kaggle Dice (ties: name); tests vs the top, Holm-adjusted, top group."""
+    ranked = sorted((r for r in rows if r["metrics"]["kaggle_dice"]["mean"] is not None), key=_rank_key)
+    if not ranked:
+        return []
+    top = ranked[0]["model"]
+    tests = [paired_test(images[top], images[r["model"]]) for r in ranked[1:]]
+    adjusted = stats.holm([t["p"] for t in tests]) if tests else []
+    n_top = int(np.unique(images[top]["subject"]).size)
+    ranked[0]["vs_top"] = {"diff": 0.0, "p": None, "p_holm": None, "n_subjects": n_top}
+    ranked[0]["top_group"] = True
+    for row, test, p_holm in zip(ranked[1:], tests, adjusted):
+        row["vs_top"] = {**test, "p_holm": float(p_holm)}
+        row["top_group"] = bool(p_holm >= ALPHA)
+    for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
-        if row["model"] == top:
-            row["p_value"], row["n_pairs"] = None, 0
-        else:
-            row["p_value"], row["n_pairs"] = paired_pvalue(by_model[row["model"]], by_model[top])
-    return rows
+    return ranked
 
 
-def _unique(summaries: list[dict[str, Any]], block: str, key: str) -> list[str]:
-    return sorted({str((s.get(block) or {}).get(key, "unknown")) for s in summaries})
+def _unique(runs: list[dict[str, Any]], block: str, key: str) -> list[str]:
+    return sorted({str((s.get(block) or {}).get(key, "unknown")) for s in runs})
 
 
-def header(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Dataset, hardware, software and config provenance shared by the leaderboard's runs."""
-    datasets = sorted({json.dumps(s.get("dataset") or {}, sort_keys=True) for s in summaries})
-    software = {
-        k: _unique(summaries, "environment", k) for k in ("python", "torch", "lightning", "smp", "timm")
-    }
+def _split_values(runs: list[dict[str, Any]], key: str) -> list[Any]:
+    """One split setting as recorded (split block first, then the config), unique and sorted."""
+    found = {json.dumps(_split(s).get(key, (s.get("config") or {}).get(key))) for s in runs}
+    return [json.loads(v) for v in sorted(found)]
+
+
+def header(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Data set, split, seeds, batch, hardware, software and config provenance shared by the runs."""
+    datasets = sorted({json.dumps(s.get("dataset") or {}, sort_keys=True) for s in runs})
+    software = {k: _unique(runs, "environment", k) for k in ("python", "torch", "lightning", "smp", "timm")}
     return {
         "datasets": [json.loads(d) for d in datasets],
-        "device": _unique(summaries, "environment", "device"),
-        "platform": _unique(summaries, "environment", "platform"),
+        "n_folds": n_folds(runs) if runs else None,
+        "mode": _split_values(runs, "mode"),
+        "folds": fold_table(runs),
+        "split_seed": _split_values(runs, "split_seed"),
+        "inner_fraction": _split_values(runs, "inner_fraction"),
+        "select": sorted({str((s.get("selection") or {}).get("select", "unknown")) for s in runs}),
+        "seeds": sorted({int(s["seed"]) for s in runs}),
+        "global_batch": sorted({int(s["global_batch"]) for s in runs if s.get("global_batch") is not None}),
+        "device": _unique(runs, "environment", "device"),
+        "platform": _unique(runs, "environment", "platform"),
         "software": software,
-        "git_sha": _unique(summaries, "environment", "git_sha"),
-        "benchmark_hash": sorted({benchmark_hash(s) for s in summaries}),
-        "n_runs": len(summaries),
-        "models": sorted({str(s["model"]) for s in summaries}),
+        "git_sha": _unique(runs, "environment", "git_sha"),
+        "benchmark_hash": sorted({benchmark_hash(s) for s in runs}),
+        "n_runs": len(runs),
+        "models": sorted({str(s["model"]) for s in runs}),
+        "statistics": {
+            "n_boot": N_BOOT,
+            "n_perm": N_PERM,
+            "exact_max": EXACT_MAX,
+            "alpha": ALPHA,
+            "seed": SEED,
+        },
     }
+
+
+def _model_rows(kept: list[dict[str, Any]]) -> tuple[list[dict], dict[str, dict[str, np.ndarray]]]:
+    """Every model's row and OOF images, plus the derived `empty` row when no complete `empty` runs exist."""
+    by_model: dict[str, list[dict]] = {}
+    for s in kept:
+        by_model.setdefault(str(s["model"]), []).append(s)
+    k, n_images = n_folds(kept), expected_images(kept)
+    rows, images = [], {}
+    for model in sorted(by_model):
+        row, images[model] = model_row(model, by_model[model], k, n_images)
+        rows.append(row)
+    complete = [r for r in rows if r["complete"]]
+    if complete and not any(r["baseline"] for r in complete):
+        rows = [r for r in rows if not r["baseline"]]  # an incomplete `empty` is replaced by the exact one
+        row, images[BASELINE] = derived_baseline(images[complete[0]["model"]])
+        rows.append(row)
+    return rows, images
 
 
 def build(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The whole leaderboard as plain data: header, ranked rows, per-run index, ignored runs."""
+    """The whole leaderboard as plain data: header, ranked rows, incomplete rows, runs, ignored runs."""
     kept, ignored = select_runs(summaries)
+    rows, images = _model_rows(kept) if kept else ([], {})
     return {
         "header": header(kept),
-        "rows": rank_rows(kept),
+        "rows": rank_rows([r for r in rows if r["complete"]], images),
+        "incomplete": [r for r in rows if not r["complete"]],
         "runs": [{k: s.get(k) for k in ("run", "model", "fold", "seed", "config_hash")} for s in kept],
         "ignored_runs": [str(s.get("run")) for s in ignored],
     }

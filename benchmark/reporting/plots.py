@@ -1,7 +1,8 @@
 """Leaderboard figures: Dice bar chart, validation overlays, training curves.
 
 Rendered with matplotlib's Agg backend at a fixed dpi and with PNG metadata stripped, so the same
-inputs give byte-identical files (the report is checked that way).
+inputs give byte-identical files (the report is checked that way). Each PNG is written to a temp
+name and renamed into place (benchmark.core.files), so a failed save leaves the previous figure.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmark.core.files import atomic_path  # noqa: E402
+
 DPI = 100
 OVERLAY_DPI = 80  # speckle images barely compress: keep the committed overlay figure small
 # No software/version or creation-time chunks: they would make equal figures differ in bytes.
@@ -26,9 +29,11 @@ _RC = {"font.family": "DejaVu Sans", "font.size": 9, "svg.hashsalt": "nerve-benc
 
 
 def _save(fig: plt.Figure, path: Path, dpi: int = DPI) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png", metadata=_PNG_METADATA)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png", metadata=_PNG_METADATA)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -36,20 +41,22 @@ def _save_palette(fig: plt.Figure, path: Path, colors: int = 128) -> Path:
     """Save as an 8-bit palette PNG: photo-like speckle panels are ~3x smaller than RGBA."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.set_dpi(OVERLAY_DPI)
     fig.canvas.draw()
     rgb = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
     plt.close(fig)
     # Median cut without dithering is deterministic, so equal figures stay equal in bytes.
-    rgb.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-        path, format="PNG", optimize=True
-    )
+    palette = rgb.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    with atomic_path(path) as tmp:
+        palette.save(tmp, format="PNG", optimize=True)
     return path
 
 
 def leaderboard_png(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Horizontal bars of mean kaggle_dice with 95% CI whiskers; the empty baseline as a line."""
+    """Horizontal bars of out-of-fold Kaggle Dice with subject-bootstrap 95% CIs; the baseline as a line.
+
+    Dark bars: the group not significantly worse than the top (Holm p >= 0.05); light bars: the rest.
+    """
     rows = [r for r in rows if r["metrics"]["kaggle_dice"]["mean"] is not None]
     with plt.rc_context(_RC):
         fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.6))
@@ -57,22 +64,20 @@ def leaderboard_png(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
         means = np.array([r["metrics"]["kaggle_dice"]["mean"] for r in rows])
         lo = np.array([_or(r["metrics"]["kaggle_dice"]["lo"], m) for r, m in zip(rows, means)])
         hi = np.array([_or(r["metrics"]["kaggle_dice"]["hi"], m) for r, m in zip(rows, means)])
-        colors = ["0.6" if r["baseline"] else "tab:blue" for r in rows]
+        colors = [
+            "0.6" if r["baseline"] else "tab:blue" if r.get("top_group") else "lightsteelblue" for r in rows
+        ]
         ax.barh(y, means, xerr=np.vstack([means - lo, hi - means]), color=colors, capsize=3)
         ax.set_yticks(y, [r["model"] for r in rows])
         for r in rows:
             if r["baseline"]:
-                ax.axvline(
-                    r["metrics"]["kaggle_dice"]["mean"],
-                    color="tab:red",
-                    ls="--",
-                    lw=1,
-                    label="empty-mask baseline",
-                )
+                mean = r["metrics"]["kaggle_dice"]["mean"]
+                ax.axvline(mean, color="tab:red", ls="--", lw=1, label="empty-mask baseline")
                 ax.legend(loc="lower right")
         ax.set_xlim(0, 1)
         ax.set_xlabel(
-            "Kaggle Dice (post-processed): mean, 95% CI (t over runs; per-image bootstrap if 1 run)"
+            "Kaggle Dice (post-processed, out-of-fold): mean, 95% CI (subject bootstrap)\n"
+            "dark blue: not significantly worse than the top (Holm p >= 0.05)"
         )
         ax.set_title(title)
         fig.tight_layout()
@@ -84,7 +89,7 @@ def _or(value: float | None, default: float) -> float:
 
 
 def overlays_png(panels: list[tuple[str, dict[str, np.ndarray]]], path: Path, title: str) -> Path:
-    """One row per model, one column per validation image: image, truth contour (green), prediction (red)."""
+    """One row per model, one column per outer-fold image: image, truth contour (green), prediction (red)."""
     n_cols = max((len(p["stem"]) for _, p in panels), default=1)
     n_rows = max(len(panels), 1)
     # 1.7 x 1.3 in per panel (the 128x177 overlays' aspect) plus fixed margins for labels and title.
@@ -124,11 +129,14 @@ def overlays_png(panels: list[tuple[str, dict[str, np.ndarray]]], path: Path, ti
 
 
 def curves_png(histories: list[tuple[str, dict[str, list]]], path: Path, title: str) -> Path:
-    """Train loss, validation loss and validation Dice per epoch, one line per model."""
+    """Train loss, selection-set loss and selection-set Dice per epoch, one line per model.
+
+    The per-epoch validation history is computed on the inner selection set (what picks the epoch).
+    """
     panels = (
         ("train_loss", "train loss (log)"),
-        ("val_loss", "validation loss (log)"),
-        ("val_kaggle_dice", "validation Kaggle Dice"),
+        ("val_loss", "inner selection set loss (log)"),
+        ("val_kaggle_dice", "inner selection set Kaggle Dice"),
     )
     with plt.rc_context(_RC):
         fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.6))

@@ -1,17 +1,52 @@
-"""Hand-made summary.json dicts (schema_version 1) for leaderboard, report, runner and tracking tests."""
+"""Hand-made schema-2 summary.json dicts for leaderboard, report, runner and tracking tests.
+
+``make_summary`` builds one run; ``model_runs`` builds a model's K outer folds x seeds from one
+per-image Dice vector per seed over the small data set below (8 images, 4 subjects, 2 folds).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from benchmark.core.config import TrainConfig
+from benchmark.core.config import SCHEMA_VERSION, TrainConfig
+
+# The toy data set: image i belongs to SUBJECTS[i], has an empty truth when EMPTY[i], lies in FOLD_OF[i].
+SUBJECTS = [1, 1, 2, 2, 3, 3, 4, 4]
+EMPTY = [True, False, True, False, False, True, False, True]
+FOLD_OF = [0, 0, 0, 0, 1, 1, 1, 1]
 
 
-def make_summary(model, fold, seed, dice, *, empty=None, extra=None, cost=True, n_folds=5, content="c0ffee"):
-    """A schema-v1 summary whose per-image Dice is ``dice`` (metrics derived from it exactly)."""
-    cfg = TrainConfig(model=model, fold=fold, seed=seed, n_folds=n_folds, image_size=64, epochs=2)
+def fold_rows(subjects=SUBJECTS, empty=EMPTY, fold_of=FOLD_OF) -> list[dict]:
+    """The split's fold table as splits.fold_table writes it."""
+    rows = []
+    for fold in sorted(set(fold_of)):
+        members = [i for i, f in enumerate(fold_of) if f == fold]
+        rows.append({"fold": fold, "subjects": sorted({subjects[i] for i in members}),
+                     "n_images": len(members),
+                     "positive_fraction": float(np.mean([not empty[i] for i in members]))})  # fmt: skip
+    return rows
+
+
+def _per_image(dice, index, subjects, empty) -> dict:
+    return {"index": index, "stem": [f"{s}_{i}" for s, i in zip(subjects, index)], "subject": subjects,
+            "true_empty": empty, "dice_raw": [max(d - 0.1, 0.0) for d in dice], "dice": dice,
+            "iou": [d / (2 - d) for d in dice], "presence_prob": [0.5] * len(dice)}  # fmt: skip
+
+
+def make_summary(
+    model, fold, seed, dice, *, empty=None, index=None, subjects=None, folds=None, extra=None, cost=True,
+    n_folds=5, content="c0ffee", selection=0.9, global_batch=16, mode="kfold",
+):  # fmt: skip
+    """A schema-2 summary whose outer-fold per-image Dice is ``dice`` (metrics derived from it exactly)."""
+    holdout = 0.5 if mode == "holdout" else None  # hold-out: the split says fold 0 of 1
+    cfg = TrainConfig(model=model, fold=fold, seed=seed, n_folds=max(n_folds, 2), holdout_fraction=holdout,
+                      image_size=64, epochs=2)  # fmt: skip
     dice = [float(d) for d in dice]
     empty = [False] * len(dice) if empty is None else list(empty)
+    index = [100 * fold + i for i in range(len(dice))] if index is None else list(index)
+    subjects = [1] * len(dice) if subjects is None else list(subjects)
+    folds = [{"fold": f, "subjects": [1], "n_images": len(dice), "positive_fraction": 0.5}
+             for f in range(n_folds)] if folds is None else folds  # fmt: skip
     positives = [d for d, e in zip(dice, empty) if not e]
     post = {
         "kaggle_dice": float(np.mean(dice)),
@@ -20,26 +55,57 @@ def make_summary(model, fold, seed, dice, *, empty=None, extra=None, cost=True, 
         "sensitivity": 0.5, "precision": 0.25, "f1": 1 / 3, "presence_accuracy": 0.75, "pixel_accuracy": 0.98,
     }  # fmt: skip
     post.update(extra or {})
+    outer = sorted(set(subjects))
     return {
-        "schema_version": 1, "run": cfg.run_name(), "model": model, "fold": fold, "n_folds": n_folds,
-        "seed": seed, "config": cfg.to_dict(), "config_hash": cfg.hash(),
-        "dataset": {"name": "synth", "n_train": 48, "n_subjects": 6, "n_val": len(dice),
-                    "content_hash": content, "synthetic": True},
+        "schema_version": SCHEMA_VERSION, "run": cfg.run_name(), "model": model, "fold": fold,
+        "n_folds": n_folds, "seed": seed, "config": cfg.to_dict(), "config_hash": cfg.hash(),
+        "dataset": {"name": "synth", "n_train": sum(f["n_images"] for f in folds), "n_subjects": 4,
+                    "n_val": len(dice), "content_hash": content, "synthetic": True},
         "best_epoch": 1, "epochs_run": 2, "train_time_s": 10.0 + fold,
         "metrics": {"raw": {"kaggle_dice": float(np.mean(dice)) - 0.1}, "post": post},
-        "per_image": {
-            "index": [100 * fold + i for i in range(len(dice))], "stem": [f"1_{i}" for i in range(len(dice))],
-            "subject": [1] * len(dice), "true_empty": empty, "dice_raw": [d - 0.1 for d in dice],
-            "dice": dice, "iou": [d / (2 - d) for d in dice], "presence_prob": [0.5] * len(dice),
-        },
+        "selection": {"metrics": {"raw": {"kaggle_dice": selection - 0.1},
+                                  "post": {"kaggle_dice": selection}},
+                      "n_images": 2, "subjects": [99], "best_epoch": 1, "select": "best"},
+        "split": {"mode": mode, "split_seed": 0, "n_folds": n_folds, "fold": fold, "inner_fraction": 0.15,
+                  "holdout_fraction": holdout,
+                  "outer_subjects": outer, "inner_subjects": [99], "fit_subjects": [98], "folds": folds},
+        "global_batch": global_batch,
+        "per_image": _per_image(dice, index, subjects, empty),
         "postprocess": {"threshold": 0.5, "min_area": 0, "presence_tau": 0.0, "presence_source": "max_prob",
                         "tta": False},
         "cost": ({"params": 1000, "gflops": 0.5, "train_img_s": 20.0, "infer_img_s": 40.0, "latency_ms": 3.0,
                   "peak_mem_mb": 100.0} if cost else {}),
         "history": {"epoch": [0, 1], "train_loss": [1.0, 0.5], "val_loss": [0.9, 0.6],
-                    "val_kaggle_dice": [0.4, float(np.mean(dice))]},
+                    "val_kaggle_dice": [0.4, selection]},
         "overlays": "overlays.npz",
         "environment": {"python": "3.11", "torch": "2.x", "lightning": "2.x", "smp": "0.6", "timm": "1.0",
                         "device": "cpu", "git_sha": "abc123", "platform": "linux"},
         "status": "complete",
     }  # fmt: skip
+
+
+def model_runs(
+    model, dice_by_seed, *, skip=(), subjects=SUBJECTS, empty=EMPTY, fold_of=FOLD_OF, **kwargs
+) -> list[dict]:
+    """Every (fold, seed) run of ``model``; ``dice_by_seed[seed]`` has one Dice per image of the data set.
+
+    The data set defaults to the toy one above; ``skip`` lists (fold, seed) runs to leave out.
+    """
+    n_folds = len(set(fold_of))
+    runs = []
+    for seed, dice in dice_by_seed.items():
+        for fold in range(n_folds):
+            if (fold, seed) in skip:
+                continue
+            members = [i for i, f in enumerate(fold_of) if f == fold]
+            runs.append(make_summary(
+                model, fold, seed, [dice[i] for i in members], index=members, n_folds=n_folds,
+                subjects=[subjects[i] for i in members], empty=[empty[i] for i in members],
+                folds=fold_rows(subjects, empty, fold_of), **kwargs,
+            ))  # fmt: skip
+    return runs
+
+
+def empty_runs(seeds=(0,), **kwargs) -> list[dict]:
+    """The `empty` baseline's runs: Dice 1 on an empty truth, 0 elsewhere."""
+    return model_runs("empty", {s: [1.0 if e else 0.0 for e in EMPTY] for s in seeds}, **kwargs)

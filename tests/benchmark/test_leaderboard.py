@@ -1,4 +1,8 @@
-"""Leaderboard aggregation on hand-made summaries with hand-computed numbers."""
+"""Out-of-fold leaderboard on hand-made schema-2 summaries, with hand-computed numbers.
+
+The toy data set (tests/benchmark/summaries.py): 8 images of 4 subjects (2 each), 2 outer folds
+(subjects 1-2 and 3-4), truth empty on images 0, 2, 5 and 7.
+"""
 
 from __future__ import annotations
 
@@ -6,74 +10,139 @@ import numpy as np
 import pytest
 
 from benchmark.reporting import leaderboard as lb
-from tests.benchmark.summaries import make_summary
+from benchmark.scoring import stats
+from tests.benchmark.summaries import EMPTY, SUBJECTS, empty_runs, fold_rows, make_summary, model_runs
 
-T_975_DF2 = 4.302652729911275  # Student-t 97.5% quantile, 2 degrees of freedom (tables)
-
-
-def three_fold(model, values, n_img=4):
-    """Three runs (folds 0-2) whose per-image Dice are constant = values[fold]."""
-    return [make_summary(model, f, 0, [v] * n_img) for f, v in enumerate(values)]
+UNET = {0: [1.0, 0.8, 1.0, 0.6, 0.7, 1.0, 0.5, 0.0], 1: [1.0, 0.6, 0.0, 0.8, 0.9, 1.0, 0.7, 1.0]}
+UNET_MEAN = [1.0, 0.7, 0.5, 0.7, 0.8, 1.0, 0.6, 0.5]  # per image, averaged over the two seeds
+SK = {0: [1.0, 0.4, 1.0, 0.2, 0.5, 1.0, 0.3, 1.0], 1: [1.0, 0.4, 1.0, 0.2, 0.5, 1.0, 0.3, 1.0]}
 
 
-def test_t_interval_over_runs_is_hand_computed():
-    rows = lb.rank_rows(three_fold("unet", [0.5, 0.6, 0.7]))
-    m = rows[0]["metrics"]["kaggle_dice"]
-    half = T_975_DF2 * 0.1 / np.sqrt(3)  # sd of (0.5, 0.6, 0.7) is 0.1
-    assert m["ci"] == "t"
-    assert m["mean"] == pytest.approx(0.6)
-    assert (m["lo"], m["hi"]) == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
-    assert rows[0]["n_runs"] == 3 and rows[0]["folds"] == [0, 1, 2]
-    assert rows[0]["cost"]["train_time_s"] == pytest.approx(11.0)  # mean of 10, 11, 12
+def board(*groups):
+    return lb.build([s for g in groups for s in g])
 
 
-def test_single_run_uses_per_image_bootstrap():
-    row = lb.rank_rows([make_summary("unet", 0, 0, [1.0, 1.0, 1.0, 1.0])])[0]
-    m = row["metrics"]["kaggle_dice"]
-    assert (m["ci"], m["mean"], m["lo"], m["hi"]) == ("bootstrap", 1.0, 1.0, 1.0)
-    raw = row["metrics"]["raw_kaggle_dice"]  # dice_raw = 0.9 each
-    assert raw["ci"] == "bootstrap" and raw["lo"] == pytest.approx(0.9) and raw["hi"] == pytest.approx(0.9)
-    varied = lb.rank_rows([make_summary("unet", 0, 0, [0.0, 1.0] * 20)])[0]["metrics"]["kaggle_dice"]
-    assert varied["lo"] < 0.5 < varied["hi"]
-    # pooled pixel metrics have no per-image values: mean only, no interval
-    assert row["metrics"]["sensitivity"] == {"mean": 0.5, "lo": None, "hi": None, "ci": "n/a"}
+def row(b, model):
+    return next(r for r in b["rows"] + b["incomplete"] if r["model"] == model)
 
 
-def test_bootstrap_skipped_when_per_image_does_not_reproduce_metric():
-    s = make_summary("unet", 0, 0, [0.2, 0.4], extra={"iou": 0.9})
-    assert lb.rank_rows([s])[0]["metrics"]["iou"]["ci"] == "n/a"
+def test_seeds_are_averaged_per_image_before_the_mean():
+    images = lb.oof_images(model_runs("unet", UNET))
+    assert images["index"].tolist() == list(range(8)) and images["n_seeds"].tolist() == [2] * 8
+    assert images["dice"] == pytest.approx(UNET_MEAN)
+    assert images["subject"].tolist() == SUBJECTS and images["true_empty"].tolist() == EMPTY
+    unet = row(board(model_runs("unet", UNET), empty_runs()), "unet")
+    m = unet["metrics"]
+    assert unet["complete"] and unet["n_images"] == 8 and unet["seeds"] == [0, 1] and unet["n_runs"] == 4
+    assert m["kaggle_dice"]["mean"] == pytest.approx(5.8 / 8)  # 0.725
+    assert m["dice_positive"]["mean"] == pytest.approx(0.7)  # images 1, 3, 4, 6: 0.7, 0.7, 0.8, 0.6
+    assert m["empty_correct"]["mean"] == pytest.approx(0.75)  # images 0, 2, 5, 7: 1, 0.5, 1, 0.5
+    assert m["raw_kaggle_dice"]["mean"] == pytest.approx(
+        np.mean([max(d - 0.1, 0) for v in UNET.values() for d in v])
+    )
+    iou = np.mean([[d / (2 - d) for d in v] for v in UNET.values()], axis=0)  # IoU averaged per image too
+    assert m["iou"]["mean"] == pytest.approx(iou.mean())
 
 
-def test_dice_positive_excludes_empty_truth_and_handles_null():
-    s = make_summary("unet", 0, 0, [1.0, 0.2, 0.4], empty=[True, False, False])
-    m = lb.rank_rows([s])[0]["metrics"]["dice_positive"]
-    assert m["mean"] == pytest.approx(0.3) and m["ci"] == "bootstrap"
-    all_empty = make_summary("empty", 0, 0, [1.0, 1.0], empty=[True, True])
-    assert lb.rank_rows([all_empty])[0]["metrics"]["dice_positive"]["mean"] is None
+def test_ci_is_the_subject_bootstrap_of_the_seed_averaged_images():
+    m = row(board(model_runs("unet", UNET), empty_runs()), "unet")["metrics"]
+    _, lo, hi = stats.subject_bootstrap_ci(np.array(UNET_MEAN), SUBJECTS, n_boot=lb.N_BOOT, seed=lb.SEED)
+    assert (m["kaggle_dice"]["lo"], m["kaggle_dice"]["hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert lo < 0.725 < hi and lb.N_BOOT >= 2000
+    positives = [i for i, e in enumerate(EMPTY) if not e]
+    _, lo, hi = stats.subject_bootstrap_ci(
+        np.array(UNET_MEAN)[positives], np.array(SUBJECTS)[positives], n_boot=lb.N_BOOT, seed=lb.SEED
+    )
+    assert (m["dice_positive"]["lo"], m["dice_positive"]["hi"]) == (pytest.approx(lo), pytest.approx(hi))
 
 
-def test_ranking_ties_baseline_and_paired_pvalues():
-    runs = three_fold("b_model", [0.6, 0.6, 0.6]) + three_fold("a_model", [0.6, 0.6, 0.6])
-    runs += three_fold("top", [0.9, 0.9, 0.9]) + three_fold("empty", [0.5, 0.5, 0.5])
-    rows = lb.rank_rows(runs)
-    assert [r["model"] for r in rows] == ["top", "a_model", "b_model", "empty"]  # tie -> name order
-    assert [r["rank"] for r in rows] == [1, 2, 3, 4]
-    assert rows[0]["p_value"] is None and rows[-1]["baseline"] and not rows[0]["baseline"]
-    # constant non-zero difference: no centred resample reaches it -> p = 1 / (1 + n_boot)
-    assert rows[1]["p_value"] == pytest.approx(1 / (1 + lb.N_BOOT))
-    assert rows[1]["n_pairs"] == 12  # 3 folds x 4 images
+def test_ranking_paired_sign_flip_and_holm_on_four_subjects():
+    b = board(model_runs("unet", UNET), model_runs("sk_unet", SK), empty_runs(seeds=(0, 1)))
+    assert [r["model"] for r in b["rows"]] == ["unet", "sk_unet", "empty"] and not b["incomplete"]
+    unet, sk, empty = b["rows"]
+    assert sk["metrics"]["kaggle_dice"]["mean"] == pytest.approx(0.675)
+    assert empty["metrics"]["kaggle_dice"]["mean"] == pytest.approx(0.5) and not empty["derived"]
+    # sk - unet per subject: (-0.15, 0, -0.15, +0.1); |sum| >= 0.2 in 8 of the 16 sign patterns
+    assert sk["vs_top"]["p"] == pytest.approx(0.5) and sk["vs_top"]["diff"] == pytest.approx(-0.05)
+    # empty - unet per subject: (-0.35, -0.1, -0.4, -0.05): only the two all-equal signs reach it
+    assert empty["vs_top"]["p"] == pytest.approx(2 / 16) and empty["vs_top"]["n_subjects"] == 4
+    assert empty["vs_top"]["p_holm"] == pytest.approx(0.25) and sk["vs_top"]["p_holm"] == pytest.approx(0.5)
+    assert unet["vs_top"]["p"] is None and [r["rank"] for r in b["rows"]] == [1, 2, 3]
+    assert all(r["top_group"] for r in b["rows"])  # 4 subjects cannot reach p < 0.125
 
 
-def test_identical_model_has_p_one_and_pairs_only_shared_images():
-    top = three_fold("top", [0.9, 0.8, 0.95])
-    twin = [make_summary("twin", f, 0, [v] * 4) for f, v in enumerate([0.9, 0.8])]  # fold 2 missing
-    rows = lb.rank_rows(top + twin)
-    twin_row = next(r for r in rows if r["model"] == "twin")
-    assert twin_row["p_value"] == 1.0 and twin_row["n_pairs"] == 8
+def twelve_subject_runs(model, per_subject):
+    """One image per subject, 12 subjects, 2 folds of 6, all truths positive, one seed."""
+    subjects, fold_of = list(range(1, 13)), [0] * 6 + [1] * 6
+    return model_runs(model, {0: per_subject}, subjects=subjects, empty=[False] * 12, fold_of=fold_of)
 
 
-def test_select_runs_keeps_the_majority_benchmark_and_complete_only():
-    current = three_fold("unet", [0.5, 0.6, 0.7])
+def test_holm_decides_the_group_not_significantly_worse_than_the_top():
+    top = [0.9] * 12
+    mid = [0.8] * 10 + [1.0] * 2  # 10 subjects 0.1 worse, 2 subjects 0.1 better
+    twin = [0.7, 1.0] + [0.9] * 10
+    models = {"top": top, "mid": mid, "twin": twin, "bad": [0.5] * 12}
+    b = board(*(twelve_subject_runs(m, v) for m, v in models.items()))
+    rows = {r["model"]: r for r in b["rows"]}
+    assert [r["model"] for r in b["rows"]] == ["top", "twin", "mid", "bad", "empty"]
+    # exact sign flips over 2^12 patterns: |sum| reached by k <= 2 or k >= 10 equal signs
+    assert rows["mid"]["vs_top"]["p"] == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert rows["bad"]["vs_top"]["p"] == pytest.approx(2 / 4096) and rows["twin"]["vs_top"]["p"] == 1.0
+    # Holm over 4 comparisons: bad and empty x4 (then monotone), mid x2, twin x1
+    assert rows["bad"]["vs_top"]["p_holm"] == pytest.approx(4 * 2 / 4096)
+    assert rows["empty"]["vs_top"]["p_holm"] == pytest.approx(4 * 2 / 4096)
+    assert rows["mid"]["vs_top"]["p_holm"] == pytest.approx(2 * 158 / 4096)  # 0.077: raw 0.039 < 0.05
+    assert [rows[m]["top_group"] for m in ("top", "twin", "mid", "bad", "empty")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    # no `empty` runs: the baseline is derived from the truth (all positive -> Dice 0), still ranked
+    assert rows["empty"]["derived"] and rows["empty"]["metrics"]["kaggle_dice"]["mean"] == 0.0
+
+
+def test_missing_fold_is_incomplete_unranked_untested_with_partial_mean():
+    b = board(model_runs("unet", UNET, skip={(1, 1)}), model_runs("sk_unet", SK), empty_runs())
+    assert [r["model"] for r in b["rows"]] == ["sk_unet", "empty"]
+    unet = b["incomplete"][0]
+    assert unet["model"] == "unet" and not unet["complete"] and "rank" not in unet and "vs_top" not in unet
+    assert unet["missing"] == ["seed 1: fold 1 missing"] and unet["n_runs"] == 3
+    # images 0-3 averaged over 2 seeds, 4-7 seed 0 only: not the mean of all 12 rows (0.667)
+    partial = unet["metrics"]["kaggle_dice"]
+    assert partial["mean"] == pytest.approx((1.0 + 0.7 + 0.5 + 0.7 + 0.7 + 1.0 + 0.5 + 0.0) / 8)
+    assert partial["lo"] is None and partial["hi"] is None
+    assert b["rows"][1]["vs_top"]["p_holm"] == b["rows"][1]["vs_top"]["p"]  # one comparison only
+
+
+def test_holdout_mode_needs_only_the_held_out_images():
+    """Hold-out: fold 0 of 1 is scored; the fold table's row 1 (the training rest) is never covered."""
+    folds = fold_rows()  # row 0: images 0-3 (subjects 1, 2), row 1: images 4-7
+    runs = [
+        make_summary("unet", 0, seed, UNET[seed][:4], index=[0, 1, 2, 3], subjects=SUBJECTS[:4],
+                     empty=EMPTY[:4], folds=folds, n_folds=1, mode="holdout")
+        for seed in (0, 1)
+    ]  # fmt: skip
+    b = board(runs)
+    assert [r["model"] for r in b["rows"]] == ["unet", "empty"] and b["rows"][1]["derived"]
+    assert b["rows"][0]["metrics"]["kaggle_dice"]["mean"] == pytest.approx((1.0 + 0.7 + 0.5 + 0.7) / 4)
+    assert b["header"]["mode"] == ["holdout"] and b["rows"][0]["n_images"] == 4
+
+
+def test_coverage_problems_are_named():
+    runs = model_runs("unet", UNET)
+    assert lb.missing(runs, 2, 8) == []
+    doubled = runs + [make_summary("unet", 0, 0, [1.0], index=[0])]
+    assert lb.missing(doubled, 2, 8) == ["fold 0 seed 0: 2 runs", "seed 0: 1 images scored more than once"]
+    short = [s for s in runs if s["seed"] == 0]
+    short[1] = {**short[1], "per_image": {k: v[:3] for k, v in short[1]["per_image"].items()}}
+    assert lb.missing(short, 2, 8) == ["seed 0: folds cover 7 of 8 images"]
+    assert lb.missing(runs[:1], 3, 8) == ["seed 0: folds 1, 2 missing"]
+
+
+def test_other_benchmarks_and_unfinished_runs_are_left_out():
+    current = model_runs("unet", UNET)
     other_data = make_summary("unet", 0, 1, [0.1], content="deadbeef")
     failed = {**make_summary("sk_unet", 0, 0, [0.3]), "status": "running"}
     kept, ignored = lb.select_runs(current + [other_data, failed])
@@ -81,11 +150,23 @@ def test_select_runs_keeps_the_majority_benchmark_and_complete_only():
     assert {s["run"] for s in ignored} == {other_data["run"], failed["run"]}
 
 
-def test_missing_cost_is_none_and_header_collects_provenance():
-    board = lb.build([make_summary("unet", 0, 0, [0.5], cost=False), make_summary("empty", 0, 0, [1.0])])
-    unet = next(r for r in board["rows"] if r["model"] == "unet")
-    assert unet["cost"]["params"] is None and unet["cost"]["train_time_s"] == 10.0
-    h = board["header"]
-    assert h["device"] == ["cpu"] and h["git_sha"] == ["abc123"] and h["n_runs"] == 2
+def test_header_collects_split_seeds_batch_and_provenance():
+    b = board(model_runs("unet", UNET, global_batch=32), empty_runs(), model_runs("sk_unet", SK, cost=False))
+    h = b["header"]
+    assert (
+        h["n_folds"] == 2
+        and h["split_seed"] == [0]
+        and h["seeds"] == [0, 1]
+        and h["global_batch"] == [16, 32]
+    )
+    assert h["folds"] == [
+        {"fold": 0, "subjects": [1, 2], "n_images": 4, "positive_fraction": 0.5},
+        {"fold": 1, "subjects": [3, 4], "n_images": 4, "positive_fraction": 0.5},
+    ]
+    assert h["device"] == ["cpu"] and h["git_sha"] == ["abc123"] and h["n_runs"] == 10
     assert h["datasets"][0]["content_hash"] == "c0ffee" and len(h["benchmark_hash"]) == 1
-    assert [r["run"] for r in board["runs"]] == sorted(r["run"] for r in board["runs"])
+    sk = row(b, "sk_unet")
+    assert sk["cost"]["params"] is None and sk["cost"]["train_time_s"] == pytest.approx(10.5)
+    assert sk["run_means"]["selection_kaggle_dice"] == pytest.approx(0.9) and row(b, "unet")[
+        "global_batch"
+    ] == [32]

@@ -1,26 +1,23 @@
-"""``report``: leaderboard files and plots rebuilt from summaries alone, byte for byte."""
+"""``report``: leaderboard files and plots rebuilt from summaries alone, byte for byte and atomically."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmark.cli import main
+from benchmark.core.config import SCHEMA_VERSION
 from benchmark.core.summary import write_summary
-from benchmark.reporting.report import build_report
+from benchmark.reporting.report import TABLES, build_report
 from datamodules.errors import DataError
-from tests.benchmark.summaries import make_summary
+from tests.benchmark.summaries import empty_runs, make_summary, model_runs
 
-FILES = (
-    "leaderboard.md",
-    "leaderboard.csv",
-    "leaderboard.json",
-    "plots/leaderboard.png",
-    "plots/overlays.png",
-    "plots/curves.png",
-)
+PLOTS = ("plots/leaderboard.png", "plots/overlays.png", "plots/curves.png")
+UNET = {0: [1.0, 0.8, 1.0, 0.6, 0.7, 1.0, 0.5, 0.0], 1: [1.0, 0.6, 0.0, 0.8, 0.9, 1.0, 0.7, 1.0]}
+SK = {0: [1.0, 0.4, 1.0, 0.2, 0.5, 1.0, 0.3, 1.0], 1: [1.0, 0.4, 1.0, 0.2, 0.5, 1.0, 0.3, 1.0]}
 
 
 def write_run(results, summary, overlays=True):
@@ -37,45 +34,116 @@ def write_run(results, summary, overlays=True):
 
 @pytest.fixture
 def results(tmp_path):
-    for fold, values in enumerate(([0.9, 0.7, 1.0], [0.8, 0.6, 1.0])):
-        write_run(tmp_path, make_summary("unet", fold, 0, values))
-        write_run(tmp_path, make_summary("empty", fold, 0, [1.0, 0.0, 0.0]))
-    write_run(tmp_path, make_summary("sk_unet", 0, 0, [0.5, 0.5, 0.5], cost=False), overlays=False)
+    for summary in model_runs("unet", UNET) + empty_runs(seeds=(0, 1)):
+        write_run(tmp_path, summary)
+    for summary in model_runs("sk_unet", SK, skip={(1, 1)}, cost=False):  # incomplete: a fold missing
+        write_run(tmp_path, summary, overlays=False)
     return tmp_path
+
+
+def snapshot(results: Path, names=TABLES + PLOTS) -> dict[str, bytes]:
+    return {name: (results / name).read_bytes() for name in names}
 
 
 def test_report_is_byte_identical_and_pngs_carry_no_metadata(results):
     build_report(results)
-    first = {f: (results / f).read_bytes() for f in FILES}
+    first = snapshot(results)
     assert main(["report", "--results", str(results)]) == 0
-    assert {f: (results / f).read_bytes() for f in FILES} == first
-    for name in FILES[3:]:
+    assert snapshot(results) == first
+    for name in PLOTS:
         png = first[name]
         assert png.startswith(b"\x89PNG") and b"Software" not in png and b"tIME" not in png
 
 
-def test_markdown_has_header_ranks_baseline_ci_and_legend(results):
+def test_markdown_has_protocol_header_folds_ranks_and_incomplete(results):
     build_report(results, plots=False)
     md = (results / "leaderboard.md").read_text()
     assert "SYNTHETIC DATA" in md and "content hash `c0ffee`" in md and "`abc123`" in md
-    rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert [r.split(" | ")[1] for r in rows[:3]] == ["unet", "sk_unet", "empty (baseline)"]
-    # unet: folds give 0.8667 and 0.8 -> mean 0.833; two runs -> t interval
-    assert "| 1 | unet | 2 | t, 2 runs | 0.833 [" in md
-    assert "| 2 | sk_unet | 1 | bootstrap, 1 run, 3 images | 0.500 [0.500, 0.500] |" in md
-    assert "| sk_unet | n/a | n/a | 10.0 | n/a |" in md  # missing cost -> n/a, train time kept
-    assert "empty prediction on empty truth = 1" in md and "Pixel accuracy is not reported" in md
+    assert "- **Split**: 2 outer folds by subject, split_seed 0;" in md and "- **Global batch**: 16" in md
+    assert "| 0 | 1, 2 | 4 | 0.500 |" in md and "| 1 | 3, 4 | 4 | 0.500 |" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit() and "[" in line]
+    assert [r.split(" | ")[1] for r in rows] == ["unet", "empty (baseline)"]
+    assert rows[0].startswith("| 1 | unet | 2 | 0.725 [") and rows[0].endswith("| - | n/a | n/a | top |")
+    # empty - unet per subject all negative: exact sign-flip p = 2/16; one comparison, so Holm = raw
+    assert rows[1].startswith("| 2 | empty (baseline) | 2 | 0.500 [0.500, 0.500] |")
+    assert rows[1].endswith("| -0.225 | 0.1250 | 0.1250 | yes |")
+    assert "| sk_unet | 3 | seed 1: fold 1 missing | 0.675 (8 images) |" in md
+    assert "| sk_unet | n/a | n/a | 10.3 | n/a |" in md  # missing cost -> n/a, train time kept
+    assert "sign-flip test on per-subject mean differences" in md and "trainable + frozen" in md
 
 
-def test_json_and_csv_agree_and_are_rounded(results):
+def test_json_csv_and_tex_agree(results):
     build_report(results, plots=False)
     board = json.loads((results / "leaderboard.json").read_text())
-    assert [r["model"] for r in board["rows"]] == ["unet", "sk_unet", "empty"]
-    assert board["rows"][0]["metrics"]["kaggle_dice"]["mean"] == pytest.approx(0.833333, abs=1e-9)
-    assert board["rows"][2]["n_pairs"] == 6 and "kaggle_dice" in board["legend"]
-    csv_lines = (results / "leaderboard.csv").read_text().splitlines()
-    assert csv_lines[1].startswith("1,unet,false,2,6,t,0.833333,")
-    assert csv_lines[3].startswith("3,empty,true,2,6,t,0.333333,")
+    assert [r["model"] for r in board["rows"]] == ["unet", "empty"]
+    assert [r["model"] for r in board["incomplete"]] == ["sk_unet"]
+    assert board["rows"][0]["metrics"]["kaggle_dice"]["mean"] == 0.725 and "kaggle_dice" in board["legend"]
+    assert board["rows"][1]["vs_top"] == {"diff": -0.225, "n_subjects": 4, "p": 0.125, "p_holm": 0.125}
+    lines = (results / "leaderboard.csv").read_text().splitlines()
+    assert lines[1].startswith("1,unet,false,false,ranked,,4,2,8,0.725000,")
+    assert lines[2].startswith("2,empty,true,false,ranked,,4,2,8,0.500000,0.500000,0.500000,")
+    assert ",-0.225000,0.125000,0.125000,true,4," in lines[2]
+    assert lines[3].startswith(
+        ",sk_unet,false,false,incomplete,seed 1: fold 1 missing,3,2,8,0.675000,n/a,n/a,"
+    )
+    tex = (results / "leaderboard.tex").read_text()
+    assert (
+        "\\toprule" in tex
+        and "1 & \\textbf{unet} & 0.725 {[}" in tex
+        and "2 & \\textbf{empty (baseline)}" in tex
+    )
+    assert "sk\\_unet" not in tex and "% 1 incomplete model(s) not shown" in tex
+
+
+def test_older_schema_is_refused_with_one_line(results, capsys):
+    for fold in (0, 1):
+        write_run(results, {**make_summary("attention_unet", fold, 0, [0.5]), "schema_version": 1})
+    assert main(["report", "--results", str(results), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2 summaries (" in err and "attention_unet__f0__s0" in err
+    assert f"schema_version 1 is older than {SCHEMA_VERSION}; re-run the benchmark" in err
+    assert not (results / "leaderboard.md").exists()
+
+
+def test_failed_write_leaves_the_previous_tables_whole(results, monkeypatch):
+    build_report(results, plots=False)
+    before = snapshot(results, TABLES)
+    for summary in model_runs("sk_unet", {1: SK[1]}, skip={(0, 1)}):  # completes sk_unet: the board changes
+        write_run(results, summary, overlays=False)
+    real, calls = Path.write_bytes, []
+
+    def disk_full_on_second(self, data):
+        calls.append(self)
+        if len(calls) == 2:
+            real(self, data[: len(data) // 2])
+            raise OSError(28, "No space left on device", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full_on_second)
+    with pytest.raises(OSError, match="No space left"):
+        build_report(results, plots=False)
+    assert snapshot(results, TABLES) == before
+    assert not list(results.glob(".*.tmp"))
+    monkeypatch.undo()
+    build_report(results, plots=False)
+    assert "| 2 | sk_unet |" in (results / "leaderboard.md").read_text()
+
+
+def test_failed_savefig_leaves_the_previous_plot_and_exits_1(results, monkeypatch, capsys):
+    import matplotlib.figure
+
+    build_report(results)
+    before = snapshot(results, PLOTS)
+
+    def broken_savefig(self, fname, *args, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device", str(fname))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken_savefig)
+    assert main(["report", "--results", str(results)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err
+    assert snapshot(results, PLOTS) == before and not list((results / "plots").glob(".*.tmp"))
 
 
 def test_other_benchmarks_are_left_out_and_empty_results_fail(results, tmp_path_factory, capsys):
