@@ -101,6 +101,23 @@ def _check_kwargs(name: str, factory: Callable[..., nn.Module], kwargs: dict) ->
         raise ModelError(f"model {name!r}: {listed}")
 
 
+def check_kwargs(name: str, kwargs: dict) -> None:
+    """ModelError where ``create(name, **kwargs)`` would refuse the name or an argument, building nothing.
+
+    Benchmarks call this for every run before the first one starts. A factory that passes
+    ``**kwargs`` on may carry a ``kwargs_check(name, kwargs)`` attribute that checks those too.
+    """
+    get_info(name)
+    if name in _MODELS:
+        factory = _MODELS[name].factory
+        _check_kwargs(name, factory, kwargs)
+    else:
+        factory = _PREFIXES[name.split(":", 1)[0]].factory
+    hook = getattr(factory, "kwargs_check", None)
+    if callable(hook):
+        hook(name, kwargs)
+
+
 def create(name: str, **kwargs: object) -> nn.Module:
     """Build model ``name``; unknown names or arguments raise ModelError."""
     info = get_info(name)

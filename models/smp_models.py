@@ -131,13 +131,37 @@ def _paper(name: str) -> str:
     return f"{SMP_SOURCE} {arch} + {encoder} encoder"
 
 
-@register_prefix("smp", paper=_paper)
-def smp_generic(name: str, **kwargs: object) -> SmpModel:
-    """``smp:<arch>:<encoder>``, e.g. ``smp:unet:tu-convnext_tiny`` or ``smp:segformer:mit_b0``."""
+def _split(name: str) -> tuple[str, str]:
     parts = name.split(":")
     if len(parts) != 3 or not all(parts):
         raise ModelError(f"model {name!r}: expected smp:<arch>:<encoder>, e.g. smp:unet:resnet34")
-    return build_smp(parts[1], parts[2], **kwargs)
+    return parts[1], parts[2]
+
+
+_OWN_ARGS = ("in_channels", "encoder_weights", "presence_head")  # build_smp's, not smp's
+
+
+def _check_before_build(arch: str, encoder: str, kwargs: dict, named: bool = False) -> None:
+    """build_smp's argument checks without building (models.registry.check_kwargs calls this).
+
+    A registered name (``named``) has a known-good arch and encoder: without smp arguments there is
+    nothing to check, and the slow smp import is skipped.
+    """
+    passed = {k: v for k, v in kwargs.items() if k not in _OWN_ARGS}
+    if named and not passed:
+        return
+    arch = _check_arch(arch)
+    _check_encoder(encoder)
+    _check_kwargs(arch, encoder, passed)
+
+
+@register_prefix("smp", paper=_paper)
+def smp_generic(name: str, **kwargs: object) -> SmpModel:
+    """``smp:<arch>:<encoder>``, e.g. ``smp:unet:tu-convnext_tiny`` or ``smp:segformer:mit_b0``."""
+    return build_smp(*_split(name), **kwargs)
+
+
+smp_generic.kwargs_check = lambda name, kwargs: _check_before_build(*_split(name), kwargs)
 
 
 def _named_unet(name: str, encoder: str, citation: str) -> None:
@@ -151,6 +175,7 @@ def _named_unet(name: str, encoder: str, citation: str) -> None:
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = f"smp U-Net with a {encoder} encoder; kwargs go to smp.Unet."
+    factory.kwargs_check = lambda _name, kwargs: _check_before_build("unet", encoder, kwargs, named=True)
     register(name, paper=f"{SMP_SOURCE} U-Net + {citation} encoder")(factory)
 
 

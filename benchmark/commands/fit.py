@@ -3,51 +3,129 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmark.core.config import TrainConfig
 
 HELP = "train one model on one fold; writes checkpoints/, summary.json and overlays.npz"
 
 # CLI flag -> TrainConfig field (flags left unset keep the config's value).
-_FLAGS = {"model": "model", "fold": "fold", "folds": "n_folds", "epochs": "epochs",
+_FLAGS = {"model": "model", "fold": "fold", "n_folds": "n_folds", "epochs": "epochs",
           "image_size": "image_size", "batch_size": "batch_size", "seed": "seed"}  # fmt: skip
 
 
+class _DeprecatedFolds(argparse.Action):
+    """``fit --folds N``: the old name of ``--n-folds`` (``run --folds`` lists fold ids), kept one release."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            "warning: fit --folds is deprecated and goes in the next release; use --n-folds", file=sys.stderr
+        )
+        setattr(namespace, self.dest, values)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from benchmark.core.config import TrainConfig, help_table
+
     parser.add_argument("--model", help="registry name, e.g. unet, trans_cg_unet, smp:Unet:resnet34")
-    parser.add_argument("--data-dir", type=Path, required=True, help="Kaggle-layout directory holding train/")
-    parser.add_argument("--fold", type=int, help="validation fold (default 0)")
-    parser.add_argument("--folds", type=int, help="number of subject-grouped folds (default 5)")
+    parser.add_argument("--data-dir", type=Path, help="Kaggle-layout directory holding train/ (required)")
+    parser.add_argument("--fold", type=int, help="outer fold scored as the test set (default 0)")
+    parser.add_argument("--n-folds", type=int, help="number of subject-grouped folds (default 5)")
+    parser.add_argument(
+        "--folds", type=int, dest="n_folds", action=_DeprecatedFolds, help="deprecated alias of --n-folds"
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--image-size", type=int, help="network input size (multiple of 32)")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int, help="training batch per device")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path, help="run directory (default results/runs/<run name>)")
     parser.add_argument(
-        "--config", type=Path, help="benchmark YAML whose `train:` section is the base config"
+        "--config", type=Path, help="benchmark YAML whose `train:` (and the model's model_kwargs) is the base"
     )
-    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                        help="override any TrainConfig field, e.g. --set lr=3e-4 (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a TrainConfig field (listed below), e.g. --set lr=3e-4 (repeatable)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML (a --config file) and exit",
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "TrainConfig fields (--set KEY=VALUE; type, default):\n" + help_table(TrainConfig)
 
 
-def build_config(args: argparse.Namespace) -> object:
-    """Base (config file or defaults) <- explicit flags <- --set overrides."""
-    from benchmark.core.config import TrainConfig, apply_overrides, load_benchmark_config, parse_set_args
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """Base (config file or defaults) <- explicit flags <- --set overrides, then checked as run.
 
-    base = load_benchmark_config(args.config).train if args.config else TrainConfig()
+    With ``--config`` the benchmark's ``model_kwargs`` for the chosen model apply too (unless
+    ``--set model_kwargs=...`` replaces them), so ``fit`` reproduces the run of a ``run`` grid.
+    ``devices: auto`` is resolved to this machine's count, so the run hash records the world size.
+    """
+    from benchmark.core.config import (
+        TrainConfig,
+        apply_overrides,
+        check_model_kwargs,
+        load_benchmark_config,
+        parse_set_args,
+        resolve_devices,
+    )
+
+    bench = load_benchmark_config(args.config) if args.config else None
+    base = bench.train if bench else TrainConfig()
     flags = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
-    return apply_overrides(base, {**flags, **parse_set_args(args.overrides)})
+    sets = parse_set_args(args.overrides)
+    cfg = apply_overrides(base, {**flags, **sets})
+    if bench and "model_kwargs" not in sets:
+        cfg = apply_overrides(
+            cfg, {"model_kwargs": {**base.model_kwargs, **bench.model_kwargs.get(cfg.model, {})}}
+        )
+    cfg = resolve_devices(cfg)
+    check_model_kwargs([cfg])
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.evaluation.evaluate import format_metrics
-    from benchmark.pipeline import fit
+    from benchmark.core.config import ConfigError, to_yaml
 
     cfg = build_config(args)
+    if args.print_config:
+        print(
+            f"# {cfg.run_name()}: `fit --config THIS_FILE` reproduces this run's config\n{to_yaml(cfg)}",
+            end="",
+        )
+        return 0
+    if args.data_dir is None:
+        raise ConfigError("fit: --data-dir is required (a Kaggle layout holding train/)")
+    from benchmark.pipeline import fit
+
     out = args.out or Path("results") / "runs" / cfg.run_name()
     summary = fit(cfg, args.data_dir, out)
     if summary:  # empty on non-zero DDP ranks
-        print(format_metrics(summary["metrics"]))
-        empty = summary["per_image"]["true_empty"]
-        print(f"all-empty baseline on these {len(empty)} images: kaggle_dice {sum(empty) / len(empty):.4f}")
-        print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}; run directory {out}")
+        print_summary(summary, out)
     return 0
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    """The reported (outer-fold) metrics first, labelled; the inner selection metrics apart."""
+    from benchmark.evaluation.evaluate import format_metrics
+
+    sel, empty = summary["selection"], summary["per_image"]["true_empty"]
+    print(f"outer fold {summary['fold']}: {len(empty)} images never used for any decision (reported):")
+    print(format_metrics(summary["metrics"]))
+    print(f"all-empty baseline on these {len(empty)} images: kaggle_dice {sum(empty) / len(empty):.4f}")
+    print(f"selection (inner set, {sel['n_images']} images; chose epoch and post-processing; optimistic):")
+    print(format_metrics(sel["metrics"]))
+    print(f"{sel['select']} epoch {summary['best_epoch']} of {summary['epochs_run']}; run directory {out}")

@@ -1,7 +1,10 @@
-"""Experiment configuration: frozen dataclasses, one small YAML per experiment, validated overrides.
+"""Experiment configuration: frozen, validated dataclasses composed from small YAML files.
 
 ``TrainConfig`` describes one (model, fold, seed) run; ``BenchmarkConfig`` the grid around it.
-Only primitives live here so configs hash, serialise and land in checkpoints unchanged.
+Only primitives live here so configs hash, serialise and land in checkpoints unchanged. Every value,
+from YAML or ``--set``, is parsed by its field's declared type and range-checked on construction,
+and every field carries a one-line help text (``fit --help``/``run --help`` list them). A YAML may
+start from another with ``base: other.yaml`` and override keys: mappings merge, the rest replaces.
 """
 
 from __future__ import annotations
@@ -10,17 +13,21 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from datamodules.errors import NerveBenchError
+from benchmark.core.parsing import ConfigError, coerce, read_config, type_name
 
-SCHEMA_VERSION = 1
-# Fields that change how a run is executed or logged but not what it computes.
-_NOT_HASHED = {"num_workers", "logger", "wandb_project", "wandb_group", "progress_bar"}
+SCHEMA_VERSION = 2  # 2: nested protocol (outer "metrics", inner "selection", "split", "global_batch")
+# Fields that change how a run is executed or logged but not what it computes (left out of the hash).
+NOT_HASHED = frozenset({"num_workers", "logger", "wandb_project", "wandb_group", "progress_bar"})
 _CHOICES = {
     "resize_mode": ("resize", "pad"),
     "scheduler": ("cosine", "none"),
@@ -28,131 +35,264 @@ _CHOICES = {
     "logger": ("none", "csv", "wandb"),
     "accelerator": ("auto", "cpu", "gpu", "cuda"),
     "select": ("best", "last"),
+    "executor": ("local", "ray"),
 }
 
 
-class ConfigError(NerveBenchError):
-    """An unknown key, a wrong type or an invalid value in a config or override."""
+def _f(default: Any = dataclasses.MISSING, doc: str = "", factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its one-line help text (shown by --help, required by a test)."""
+    return field(default=default, default_factory=factory, metadata={"help": doc})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "unet"
-    model_kwargs: dict = field(default_factory=dict)
-    fold: int = 0
-    n_folds: int = 5
-    holdout_fraction: float | None = None  # set to use one subject-grouped hold-out instead of K-fold
-    split_seed: int = 0  # fixed per benchmark: fold and inner-split assignment (never varied by `seed`)
-    inner_fraction: float = 0.15  # share of each outer training part's subjects held out for selection
-    select: str = "best"  # checkpoint chosen on the inner set: "best" epoch or the "last" one
-    seed: int = 0  # replicates initialisation and augmentation only
-    epochs: int = 10
-    limit_train_batches: int | None = None  # cap steps/epoch (smoke runs)
-    image_size: int = 256
-    resize_mode: str = "resize"  # "resize": SxS; "pad": pad 420x580 to a multiple of 32
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    num_workers: int = 0
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    scheduler: str = "cosine"
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
-    presence_weight: float = 0.5
-    bbox_weight: float = 0.5
-    augment: bool = True
-    aug_flip: bool = True
-    aug_affine: bool = True
-    aug_elastic: bool = False
-    aug_brightness: bool = True
-    aug_noise: bool = True
-    clean_contradictory: bool = False
-    encoder_weights: str | None = None
-    precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
-    accelerator: str = "auto"
-    devices: int | str = 1  # "auto": every visible GPU, with DDP
-    num_nodes: int = 1  # multi-node DDP under torchrun/SLURM (Lightning reads the launcher's env)
-    channels_last: bool = False
-    compile: bool = False
-    gpu_cache: bool = False  # uint8 dataset cache + augmentation on the GPU
-    tta: bool = False
-    deterministic: bool = True
-    logger: str = "csv"
-    wandb_project: str = "nerve-bench"
-    wandb_group: str | None = None
-    progress_bar: bool = True
+    model: str = _f("unet", "registry name: unet, sk_unet, trans_cg_unet, smp:<arch>:<encoder>, ...")
+    model_kwargs: dict = _f(factory=dict, doc="keyword arguments of the model factory, e.g. {base_width: 8}")
+    fold: int = _f(0, "outer fold scored as the test set (0 .. n_folds-1)")
+    n_folds: int = _f(5, "number of subject-grouped outer folds (K-fold cross-validation)")
+    holdout_fraction: float | None = _f(None, "one subject-grouped hold-out of this share instead of K-fold")
+    split_seed: int = _f(0, "fold and inner-split assignment; fixed per benchmark, not varied by seed")
+    inner_fraction: float = _f(0.15, "share of the outer-training subjects held out as inner selection set")
+    select: str = _f("best", "checkpoint scored on the outer fold: best inner-set epoch, or last")
+    seed: int = _f(0, "replicate seed: initialisation and augmentation only")
+    epochs: int = _f(10, "training epochs")
+    limit_train_batches: int | None = _f(None, "cap on training steps per epoch (smoke runs); null: all")
+    image_size: int = _f(256, "network input side for resize_mode=resize (multiple of 32)")
+    resize_mode: str = _f("resize", "resize: 420x580 to image_size^2; pad: pad to a multiple of 32")
+    batch_size: int = _f(16, "training batch per device (global batch: x devices x num_nodes)")
+    eval_batch_size: int = _f(64, "batch per device for validation, test and prediction")
+    num_workers: int = _f(0, "DataLoader worker processes (execution only, not hashed)")
+    lr: float = _f(1e-3, "peak AdamW learning rate")
+    weight_decay: float = _f(1e-4, "AdamW weight decay")
+    warmup_epochs: float = _f(1.0, "linear learning-rate warm-up in epochs (fractions allowed)")
+    scheduler: str = _f("cosine", "learning rate after warm-up: cosine decay or none (constant)")
+    bce_weight: float = _f(1.0, "loss weight of the pixel-wise binary cross-entropy")
+    dice_weight: float = _f(1.0, "loss weight of the soft Dice loss")
+    presence_weight: float = _f(0.5, "loss weight of the image-level presence head (models that have one)")
+    bbox_weight: float = _f(0.5, "loss weight of the bounding-box head, L1 + GIoU (models that have one)")
+    augment: bool = _f(True, "training augmentation on/off (the aug_* switches pick which)")
+    aug_flip: bool = _f(True, "augmentation: random horizontal flips")
+    aug_affine: bool = _f(True, "augmentation: small random shifts, scales and rotations")
+    aug_elastic: bool = _f(False, "augmentation: elastic deformation")
+    aug_brightness: bool = _f(True, "augmentation: random brightness and contrast")
+    aug_noise: bool = _f(True, "augmentation: random Gaussian noise")
+    clean_contradictory: bool = _f(False, "drop empty-mask fit frames that near-duplicate a labelled frame")
+    encoder_weights: str | None = _f(None, "pretrained encoder weights, e.g. imagenet; null: random init")
+    precision: str = _f("auto", "auto (bf16-mixed on GPU, 32 on CPU), 32, bf16-mixed or 16-mixed")
+    accelerator: str = _f("auto", "auto, cpu, gpu or cuda")
+    devices: int | str = _f(1, "devices per node; auto: every visible GPU with DDP (hashed as the count)")
+    num_nodes: int = _f(1, "nodes of a multi-node DDP run under torchrun/SLURM")
+    channels_last: bool = _f(False, "channels-last memory format (faster convolutions on tensor cores)")
+    compile: bool = _f(False, "torch.compile the model")
+    gpu_cache: bool = _f(False, "uint8 data set cache and augmentation on the GPU")
+    tta: bool = _f(False, "test-time augmentation: average with the horizontally flipped input")
+    deterministic: bool = _f(True, "deterministic algorithms (warn-only on GPU)")
+    logger: str = _f("csv", "none, csv or wandb (execution only, not hashed)")
+    wandb_project: str = _f("nerve-bench", "W&B project (not hashed)")
+    wandb_group: str | None = _f(None, "W&B group; `run` sets one per invocation (not hashed)")
+    progress_bar: bool = _f(True, "Lightning progress bar and model summary (not hashed)")
 
     def __post_init__(self) -> None:
-        for key, allowed in _CHOICES.items():
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        if self.image_size % 32:
-            raise ConfigError(f"image_size={self.image_size} must be a multiple of 32")
-        if not 0 <= self.fold < self.n_folds:
-            raise ConfigError(f"fold={self.fold} is outside 0..{self.n_folds - 1}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be at least 1")
+        _normalise(self)
+        _check_choices(self)
+        _check_train_ranges(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
         """Short content hash of everything that changes what the run computes."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
+        payload = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def run_name(self) -> str:
         safe = self.model.replace(":", "-").replace("/", "-")
         return f"{safe}__f{self.fold}__s{self.seed}__{self.hash()}"
 
+    def world_size(self) -> int:
+        """Processes of this run's DDP world (devices x nodes), ``devices: auto`` resolved on this machine."""
+        return int(resolve_devices(self).devices) * self.num_nodes
 
-def _coerce(name: str, value: Any, current: Any, annotation: str) -> Any:
-    """Turn a YAML/CLI value into the field's type, or raise ConfigError naming the field."""
-    if isinstance(value, str) and annotation != "str":
-        lowered = value.strip().lower()
-        if lowered in ("none", "null", ""):
-            value = None
-        elif lowered in ("true", "false"):
-            value = lowered == "true"
-        else:
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                pass
-    if value is None:
-        if "None" in annotation:
-            return None
-        raise ConfigError(f"{name} may not be null")
-    kinds = [k.strip() for k in annotation.split("|") if k.strip() != "None"]
-    for kind in kinds:
-        ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "bool": isinstance(value, bool),
-            "str": isinstance(value, str),
-            "dict": isinstance(value, dict),
-            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        }.get(kind, False)
-        if ok:
-            return float(value) if kind == "float" else value
-    raise ConfigError(f"{name}={value!r} should be {annotation}")
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    name: str = _f(doc="benchmark name (report title, W&B group prefix)")
+    models: tuple[str, ...] = _f(doc="models to train: the grid's first axis")
+    folds: tuple[int, ...] = _f(doc="outer folds to run (ids below train.n_folds)")
+    seeds: tuple[int, ...] = _f(doc="replicate seeds (initialisation and augmentation)")
+    train: TrainConfig = _f(doc="TrainConfig fields shared by every run of the grid")
+    synthetic: dict = _f(factory=dict, doc="fallback without train/ data: generator:, train:, folds:, seeds:")
+    model_kwargs: dict = _f(factory=dict, doc="per-model kwargs by model name (over train.model_kwargs)")
+    executor: str = _f("local", "local: one run after another; ray: each run a Ray task")
+    gpus_per_run: float = _f(1.0, "Ray GPUs per run (fractions pack several runs onto one GPU)")
+    cpus_per_run: float = _f(1.0, "Ray CPUs per run")
+    ray_address: str | None = _f(None, "Ray cluster to join (else RAY_ADDRESS, else a local one)")
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+        _check_choices(self)
+        _check_grid(self)
+
+    def run_gpus(self) -> int | None:
+        """GPUs one run sees: its Ray share rounded up (Ray hides the rest), or None for this machine's."""
+        return math.ceil(self.gpus_per_run) if self.executor == "ray" else None
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _normalise(obj: TrainConfig | BenchmarkConfig) -> None:
+    """Parse every field by its declared type, so ``lr=1`` and ``lr="1e-3"`` hash like floats."""
+    for f in dataclasses.fields(obj):
+        tp = _hints(type(obj))[f.name]
+        if tp is not TrainConfig:
+            object.__setattr__(obj, f.name, coerce(f.name, getattr(obj, f.name), tp))
+
+
+# ----------------------------------------------------------------------------- validation
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _is_seed(value: int) -> bool:
+    return 0 <= value < 2**32  # numpy's range; Lightning silently re-seeds randomly outside it
+
+
+_AT_LEAST_0 = ("weight_decay", "warmup_epochs", "num_workers", "bce_weight", "dice_weight", "presence_weight",
+               "bbox_weight")  # fmt: skip
+_AT_LEAST_1 = ("epochs", "batch_size", "eval_batch_size", "num_nodes")
+_RANGES: tuple[tuple[str, Any, str], ...] = (
+    ("model", lambda v: bool(v.strip()), "a model name"),
+    ("lr", lambda v: v > 0, "> 0"),
+    *((key, lambda v: v >= 0, ">= 0") for key in _AT_LEAST_0),
+    *((key, lambda v: v >= 1, ">= 1") for key in _AT_LEAST_1),
+    ("n_folds", lambda v: v >= 2, ">= 2"),
+    ("image_size", lambda v: v >= 32 and v % 32 == 0, "a multiple of 32, at least 32"),
+    ("inner_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
+    ("holdout_fraction", lambda v: v is None or 0 < v < 1, "in (0, 1), or null for K-fold"),
+    ("limit_train_batches", lambda v: v is None or v >= 1, ">= 1, or null for all"),
+    ("devices", lambda v: v == "auto" or isinstance(v, int) and v >= 1, "an integer >= 1 or auto"),
+    ("seed", _is_seed, "in 0 .. 2**32-1"),
+    ("split_seed", _is_seed, "in 0 .. 2**32-1"),
+)
+
+
+def _check_choices(obj: TrainConfig | BenchmarkConfig) -> None:
+    for key, allowed in _CHOICES.items():
+        if hasattr(obj, key) and getattr(obj, key) not in allowed:
+            raise ConfigError(f"{key}={getattr(obj, key)!r} is not one of {', '.join(allowed)}")
+
+
+def _check_train_ranges(cfg: TrainConfig) -> None:
+    for key, ok, requirement in _RANGES:
+        _require(ok(getattr(cfg, key)), f"{key}={getattr(cfg, key)!r} must be {requirement}")
+    _require(0 <= cfg.fold < cfg.n_folds, f"fold={cfg.fold} is outside 0..{cfg.n_folds - 1}")
+
+
+def _check_grid(bench: BenchmarkConfig) -> None:
+    _require(isinstance(bench.train, TrainConfig), f"train: expected a TrainConfig, got {bench.train!r}")
+    _require(bool(bench.name.strip()), "name may not be empty")
+    for key in ("models", "folds", "seeds"):
+        values = getattr(bench, key)
+        twice = sorted({v for v in values if values.count(v) > 1})
+        _require(bool(values) and not twice, f"{key}={list(values)} must be non-empty, without repeats")
+    top = bench.train.n_folds - 1
+    _require(all(0 <= f <= top for f in bench.folds), f"folds={list(bench.folds)} must lie in 0..{top}")
+    _require(all(map(_is_seed, bench.seeds)), f"seeds={list(bench.seeds)} must lie in 0 .. 2**32-1")
+    _require(all(m.strip() for m in bench.models), "models may not contain an empty name")
+    for key in ("gpus_per_run", "cpus_per_run"):
+        _require(getattr(bench, key) > 0, f"{key}={getattr(bench, key)} must be > 0")
+    _check_per_model("model_kwargs", bench.model_kwargs)
+    _check_synthetic(bench)
+
+
+def _check_per_model(where: str, kwargs: Any) -> None:
+    ok = isinstance(kwargs, dict) and all(isinstance(v, dict) for v in kwargs.values())
+    _require(ok, f"{where} must map model names to mappings of keyword arguments")
+
+
+def _check_synthetic(bench: BenchmarkConfig) -> None:
+    """The fallback's overrides are checked up front too, not only when a run falls back to it."""
+    syn = bench.synthetic
+    if syn.get("train") is not None:
+        _require(isinstance(syn["train"], dict), "synthetic.train must be a mapping of TrainConfig fields")
+        try:
+            apply_overrides(bench.train, syn["train"])
+        except ConfigError as exc:
+            raise ConfigError(f"synthetic.train: {exc}") from None
+    for key in ("folds", "seeds"):
+        if key in syn:
+            coerce(f"synthetic.{key}", syn[key], tuple[int, ...])
+    if syn.get("model_kwargs") is not None:
+        _check_per_model("synthetic.model_kwargs", syn["model_kwargs"])
+
+
+def check_model_kwargs(configs: Iterable[TrainConfig]) -> None:
+    """Each run's model name and ``model_kwargs`` as its factory accepts them, checked without
+    building anything: a typo stops ``run --dry-run`` and the grid before the first run starts."""
+    _check_models((cfg.model, cfg.model_kwargs) for cfg in configs)
+
+
+def _check_models(pairs: Iterable[tuple[str, dict]]) -> None:
+    import models  # noqa: F401 - registers every architecture
+    from models.registry import check_kwargs
+
+    seen = set()
+    for name, kwargs in pairs:
+        key = (name, json.dumps(kwargs, sort_keys=True, default=repr))
+        if key not in seen:
+            seen.add(key)
+            check_kwargs(name, kwargs)
+
+
+def _benchmark_models(bench: BenchmarkConfig) -> Iterable[tuple[str, dict]]:
+    """(model, kwargs) of every model in the grid and in its synthetic fallback."""
+    for per_model in (bench.model_kwargs, bench.synthetic.get("model_kwargs") or bench.model_kwargs):
+        for model in bench.models:
+            yield model, {**bench.train.model_kwargs, **per_model.get(model, {})}
+
+
+# ----------------------------------------------------------------------------- overrides and files
+def field_help(cls: type) -> dict[str, str]:
+    """Field name -> its one-line help text."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def _check_keys(keys: Iterable[Any], known: set[str], what: str, listed: bool = False) -> None:
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            allowed = f" (allowed: {', '.join(sorted(known))})" if listed else ""
+            raise ConfigError(f"unknown {what} {key!r}{hint}{allowed}")
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """Return a copy of ``cfg`` with validated overrides (unknown keys get a suggestion)."""
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    changes = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r}{hint}")
-        changes[key] = _coerce(key, value, getattr(cfg, key), str(fields[key].type))
-    return dataclasses.replace(cfg, **changes)
+    """A copy of ``cfg`` with ``overrides`` parsed by type and validated (unknown keys get a suggestion)."""
+    _check_keys(overrides, _names(TrainConfig), "config key")
+    return dataclasses.replace(cfg, **overrides)
+
+
+def apply_benchmark_overrides(bench: BenchmarkConfig, overrides: dict[str, Any]) -> BenchmarkConfig:
+    """``run --set``: TrainConfig keys change ``train:``; grid keys (models, executor...) the rest."""
+    train_keys = _names(TrainConfig)
+    _check_keys(overrides, train_keys | _names(BenchmarkConfig) - {"train"}, "config key")
+    train = apply_overrides(bench.train, {k: v for k, v in overrides.items() if k in train_keys})
+    changes = {k: v for k, v in overrides.items() if k not in train_keys}
+    if "folds" not in changes and bench.folds == tuple(range(bench.train.n_folds)):
+        changes["folds"] = tuple(range(train.n_folds))  # "every fold" stays so under --set n_folds=K
+    return dataclasses.replace(bench, train=train, **changes)
 
 
 def parse_set_args(pairs: list[str] | None) -> dict[str, Any]:
-    """Parse CLI ``--set key=value`` pairs."""
+    """Parse CLI ``--set key=value`` pairs (values stay text: the field's type parses them)."""
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
@@ -162,53 +302,71 @@ def parse_set_args(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
-class BenchmarkConfig:
-    name: str
-    models: tuple[str, ...]
-    folds: tuple[int, ...]
-    seeds: tuple[int, ...]
-    train: TrainConfig
-    synthetic: dict = field(default_factory=dict)  # fallback data when --data-dir has no train/
-    model_kwargs: dict = field(default_factory=dict)  # per-model TrainConfig.model_kwargs, by model name
-    executor: str = "local"  # "local": one run after another; "ray": each run a Ray task
-    gpus_per_run: float = 1.0  # Ray resources per run (fractions pack several runs onto one GPU)
-    cpus_per_run: float = 1.0
-    ray_address: str | None = None  # join this Ray cluster (else RAY_ADDRESS, else a local one)
-
-
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
-    """Load a benchmark YAML: ``name, models, folds, seeds, train: {TrainConfig overrides}, synthetic``."""
+    """A benchmark YAML after its ``base:`` chain, validated, every model's kwargs checked."""
+    from models.registry import ModelError
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    raw = read_config(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-    allowed = {"name", "models", "folds", "seeds", "train", "synthetic", "model_kwargs"}
-    unknown = set(raw) - allowed
-    if unknown:
-        raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        bench = _benchmark_from(raw, path.stem)
+        _check_models(_benchmark_models(bench))
+    except (ConfigError, ModelError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return bench
+
+
+def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
+    _check_keys(raw, _names(BenchmarkConfig) | {"base"}, "top-level key", listed=True)
+    _require(isinstance(raw.get("train") or {}, dict), "train: must be a mapping of TrainConfig fields")
     try:
         train = apply_overrides(TrainConfig(), raw.get("train") or {})
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    folds = raw.get("folds", list(range(train.n_folds)))
-    return BenchmarkConfig(
-        name=str(raw.get("name", path.stem)),
-        models=tuple(raw.get("models") or ("unet",)),
-        folds=tuple(int(f) for f in folds),
-        seeds=tuple(int(s) for s in raw.get("seeds", [0])),
-        train=train,
-        synthetic=dict(raw.get("synthetic") or {}),
-        model_kwargs=_model_kwargs(path, raw.get("model_kwargs")),
-    )
+        raise ConfigError(f"train: {exc}") from None
+    values = {"name": name, "models": (train.model,), "folds": tuple(range(train.n_folds)), "seeds": (0,)}
+    values.update({k: v for k, v in raw.items() if k != "train" and v is not None})  # null: the default
+    return BenchmarkConfig(train=train, **values)
 
 
-def _model_kwargs(path: Path, raw: Any) -> dict:
-    """``model_kwargs: {model name: {kwarg: value}}`` (e.g. a narrower U-Net for smoke runs)."""
-    raw = raw or {}
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise ConfigError(f"{path}: model_kwargs must map model names to mappings of keyword arguments")
-    return {str(k): dict(v) for k, v in raw.items()}
+# ----------------------------------------------------------------------------- devices, printing, help
+def resolve_devices(cfg: TrainConfig, gpus: int | None = None) -> TrainConfig:
+    """``devices: auto`` replaced by the count a run will use, so the hash and the global batch tell
+    1 GPU from 8. ``gpus``: the GPUs the run sees (default: this machine's); CPU runs use one."""
+    if cfg.devices != "auto":
+        return cfg
+    if cfg.accelerator == "cpu":
+        return dataclasses.replace(cfg, devices=1)
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return dataclasses.replace(cfg, devices=max(1, gpus))
+
+
+def to_yaml(cfg: TrainConfig | BenchmarkConfig) -> str:
+    """``--print-config``: YAML that ``load_benchmark_config`` (``--config``) reads back to the same
+    config; a TrainConfig is written as the ``train:`` section of a one-model benchmark."""
+    data = dataclasses.asdict(cfg) if isinstance(cfg, BenchmarkConfig) else {"train": cfg.to_dict()}
+    return yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=None, width=100)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def help_table(cls: type, skip: Iterable[str] = ()) -> str:
+    """One line per field: name, type, default and help (the epilog of ``fit --help``/``run --help``)."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.name not in skip:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            shown = "required" if default is dataclasses.MISSING else _show(default)
+            kind = type_name(_hints(cls)[f.name])
+            rows.append(f"  {f.name:<19} {kind:<13} {shown:<11} {f.metadata.get('help', '')}")
+    return "\n".join(rows)
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(_plain(value))

@@ -1,0 +1,151 @@
+"""Typed parsing of config values and composed YAML config files (no config classes here).
+
+Values from YAML files and from ``--set key=value`` are parsed by the declared type of the field
+they set, so ``--set lr=3e-4`` is a float although YAML 1.1 reads ``3e-4`` as a string, ``none``
+is null only for optional fields, and booleans are ``true``/``false`` only. A YAML file may name
+``base: other.yaml`` (relative to itself) and override its keys: mappings merge key by key, lists
+and scalars replace, and a cycle of bases is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from datamodules.errors import NerveBenchError
+
+_NULLS = ("none", "null", "~", "")
+
+
+class ConfigError(NerveBenchError):
+    """An unknown key, a wrong type or an invalid value in a config or override."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's YAML 1.1, plus YAML 1.2 floats without a dot (``3e-4``), which 1.1 reads as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``text`` parsed as YAML (safe), or ConfigError naming ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
+
+
+def _scalar(value: Any, tp: type) -> Any:
+    """``value`` as the scalar type ``tp``; ValueError when it is not one (bools never pass as numbers)."""
+    text = value.strip() if isinstance(value, str) else None
+    if tp is bool:
+        if isinstance(value, bool) or text is not None and text.lower() in ("true", "false"):
+            return value if isinstance(value, bool) else text.lower() == "true"
+    elif isinstance(value, bool):
+        pass
+    elif tp is int:
+        if isinstance(value, int) or text is not None and re.fullmatch(r"[-+]?\d+", text):
+            return int(value)
+    elif tp is float:
+        number = float(text) if text is not None else value
+        if isinstance(number, (int, float)) and math.isfinite(number):
+            return float(number)
+    elif tp is str and isinstance(value, (str, int)):  # YAML reads `precision: 32` as an int
+        return str(value)
+    raise ValueError
+
+
+def coerce(name: str, value: Any, tp: Any) -> Any:
+    """``value`` (YAML or command line) as the declared type ``tp``; ConfigError naming ``name`` if not."""
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType):
+        if type(None) in args and (
+            value is None or isinstance(value, str) and value.strip().lower() in _NULLS
+        ):
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce(name, value, option)
+            except ConfigError:
+                continue
+    elif typing.get_origin(tp) is tuple:
+        if isinstance(value, str):
+            value = load_yaml(value, name) if value.lstrip().startswith("[") else value.split(",")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(coerce(name, v, args[0]) for v in items if not (isinstance(v, str) and not v.strip()))
+    elif tp is dict:
+        parsed = load_yaml(value, name) if isinstance(value, str) else value
+        if isinstance(parsed, dict):
+            return {str(k): v for k, v in parsed.items()}
+    else:
+        try:
+            return _scalar(value, tp)
+        except (ValueError, OverflowError):
+            pass
+    raise ConfigError(f"{name}={value!r} should be {_expected(tp)}")
+
+
+def _expected(tp: Any) -> str:
+    """The type in words for an error message: ``true or false``, ``an integer or null`` ..."""
+    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+             dict: "a mapping", type(None): "null"}  # fmt: skip
+    if isinstance(tp, types.UnionType):
+        return " or ".join(_expected(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return f"a list of {type_name(typing.get_args(tp)[0])}"
+    return words.get(tp, type_name(tp))
+
+
+def type_name(tp: Any) -> str:
+    """``float | None``, ``list[int]``, ``bool`` ...: the type as a user writes it."""
+    if isinstance(tp, types.UnionType):
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return f"list[{type_name(typing.get_args(tp)[0])}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def read_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping in ``path`` over its ``base:`` chain (relative to the file; mappings merge recursively,
+    lists and scalars replace; a cycle is refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path.resolve()))
+        raise ConfigError(f"{path}: base: cycle {cycle}")
+    try:
+        raw = load_yaml(path.read_text(), str(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not (path.parent / base).is_file():
+        raise ConfigError(f"{path}: base: {base!r} not found (the path is relative to {path.parent})")
+    return merge(read_config(path.parent / base, (*_chain, path.resolve())), raw)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: mappings merge key by key; anything else (lists too) replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = merge(out[key], value) if both else value
+    return out

@@ -1,0 +1,314 @@
+"""Configs: typed parsing, range checks, base: composition, --print-config, model_kwargs checked up front."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark import runner
+from benchmark.cli import main
+from benchmark.core.config import (
+    NOT_HASHED,
+    BenchmarkConfig,
+    ConfigError,
+    TrainConfig,
+    apply_benchmark_overrides,
+    apply_overrides,
+    field_help,
+    load_benchmark_config,
+    resolve_devices,
+)
+from models.registry import ModelError, check_kwargs
+
+CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs"
+SHIPPED = sorted(CONFIGS.glob("*.yaml"))
+TINY_UNET = "{base_width: 4, depth: 2}"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_set_values_are_parsed_by_the_declared_type(tmp_path):
+    cfg = apply_overrides(
+        TrainConfig(),
+        {"lr": "3e-4", "epochs": "3", "holdout_fraction": "none", "encoder_weights": "null",
+         "logger": "none", "augment": "false", "devices": "2", "precision": "32",
+         "model_kwargs": "{base_width: 4, scale: 1e-3}"},
+    )  # fmt: skip
+    assert cfg.lr == 3e-4 and isinstance(cfg.lr, float) and cfg.epochs == 3
+    assert cfg.holdout_fraction is None and cfg.encoder_weights is None and cfg.logger == "none"
+    assert cfg.augment is False and cfg.devices == 2 and cfg.precision == "32"
+    assert cfg.model_kwargs == {"base_width": 4, "scale": 1e-3}  # YAML 1.2 floats inside mappings too
+    assert apply_overrides(TrainConfig(), {"devices": "auto"}).devices == "auto"
+    # An int for a float field is that float: it hashes like the float, so runs are not duplicated.
+    assert TrainConfig(lr=1).hash() == TrainConfig(lr=1.0).hash() and TrainConfig(lr=1).lr == 1.0
+    path = write(tmp_path / "b.yaml", "train: {lr: 3e-4, warmup_epochs: 2, precision: 32}\n")
+    train = load_benchmark_config(path).train
+    assert (train.lr, train.warmup_epochs, train.precision) == (3e-4, 2.0, "32")
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("lr", "-1", "lr=-1.0 must be > 0"),
+        ("lr", "0", "lr=0.0 must be > 0"),
+        ("lr", "nan", "lr='nan' should be a finite number"),
+        ("lr", "abc", "lr='abc' should be a finite number"),
+        ("weight_decay", "-0.1", "weight_decay=-0.1 must be >= 0"),
+        ("epochs", "0", "epochs=0 must be >= 1"),
+        ("epochs", "1.5", "epochs='1.5' should be an integer"),
+        ("batch_size", "0", "batch_size=0 must be >= 1"),
+        ("eval_batch_size", "-2", "eval_batch_size=-2 must be >= 1"),
+        ("inner_fraction", "1", "inner_fraction=1.0 must be in (0, 1)"),
+        ("inner_fraction", "0", "inner_fraction=0.0 must be in (0, 1)"),
+        ("holdout_fraction", "1.5", "holdout_fraction=1.5 must be in (0, 1)"),
+        ("warmup_epochs", "-1", "warmup_epochs=-1.0 must be >= 0"),
+        ("presence_weight", "-0.5", "presence_weight=-0.5 must be >= 0"),
+        ("image_size", "48", "image_size=48 must be a multiple of 32"),
+        ("image_size", "0", "image_size=0 must be a multiple of 32, at least 32"),
+        ("n_folds", "1", "n_folds=1 must be >= 2"),
+        ("num_workers", "-1", "num_workers=-1 must be >= 0"),
+        ("limit_train_batches", "0", "limit_train_batches=0 must be >= 1"),
+        ("devices", "0", "devices=0 must be an integer >= 1 or auto"),
+        ("devices", "two", "devices='two' must be an integer >= 1 or auto"),
+        ("augment", "yes", "augment='yes' should be true or false"),
+        ("augment", 1, "augment=1 should be true or false"),
+        ("epochs", True, "epochs=True should be an integer"),
+        ("seed", "-1", "seed=-1 must be in 0 .. 2**32-1"),
+        ("precision", "64", "precision='64' is not one of"),
+        ("logger", None, "logger=None should be a string"),
+        ("model_kwargs", "[1, 2]", "model_kwargs='[1, 2]' should be a mapping"),
+    ],
+)
+def test_bad_values_are_refused_in_one_line(key, value, message):
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(TrainConfig(), {key: value})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_keys_get_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'lrr'; did you mean lr"):
+        apply_overrides(TrainConfig(), {"lrr": 1})
+    bench = load_benchmark_config(CONFIGS / "smoke.yaml")
+    with pytest.raises(ConfigError, match="unknown config key 'executr'; did you mean executor"):
+        apply_benchmark_overrides(bench, {"executr": "ray"})
+    with pytest.raises(ConfigError, match=r"b.yaml: unknown top-level key 'model'; did you mean models"):
+        load_benchmark_config(write(tmp_path / "b.yaml", "model: [unet]\n"))
+    with pytest.raises(ConfigError, match=r"b.yaml: train: unknown config key 'epoch'; did you mean epochs"):
+        load_benchmark_config(write(tmp_path / "b.yaml", "train: {epoch: 3}\n"))
+    with pytest.raises(ConfigError, match=r"b.yaml:\d+: invalid YAML \("):
+        load_benchmark_config(write(tmp_path / "b.yaml", "train:\n  lr: [1\n"))
+
+
+def test_benchmark_values_are_typed_and_validated():
+    bench = load_benchmark_config(CONFIGS / "smoke.yaml")
+    sets = {"folds": "0,1", "seeds": "[3, 4]", "executor": "ray", "gpus_per_run": "0.5",
+            "models": "unet,empty", "lr": "3e-4"}  # fmt: skip
+    over = apply_benchmark_overrides(bench, sets)
+    assert (over.folds, over.seeds, over.models) == ((0, 1), (3, 4), ("unet", "empty"))
+    assert (over.executor, over.gpus_per_run, over.train.lr) == ("ray", 0.5, 3e-4)
+    bad = [({"folds": "0,3"}, "folds=[0, 3] must lie in 0..2"), ({"seeds": "1,1"}, "seeds=[1, 1] must be"),
+           ({"models": "[]"}, "models=[] must be non-empty"), ({"executor": "slurm"}, "executor='slurm'"),
+           ({"gpus_per_run": "0"}, "gpus_per_run=0.0 must be > 0"), ({"cpus_per_run": "-1"}, "cpus_per_run"),
+           ({"seeds": "a"}, "seeds='a' should be an integer")]  # fmt: skip
+    for override, message in bad:
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            apply_benchmark_overrides(bench, override)
+    with pytest.raises(ConfigError, match="model_kwargs must map model names to mappings"):
+        dataclasses.replace(bench, model_kwargs={"unet": 3})
+    every = load_benchmark_config(CONFIGS / "default.yaml")  # folds: all five
+    assert apply_benchmark_overrides(every, {"n_folds": "3"}).folds == (0, 1, 2)
+    assert apply_benchmark_overrides(every, {"n_folds": "7"}).folds == tuple(range(7))
+    with pytest.raises(ConfigError, match=r"folds=\[0, 4\] must lie in 0..2"):  # a chosen subset is kept
+        apply_benchmark_overrides(dataclasses.replace(every, folds=(0, 4)), {"n_folds": "3"})
+
+
+def test_synthetic_overrides_are_checked_when_loading(tmp_path):
+    text = "synthetic:\n  generator: {subjects: 3}\n  train: {lr: -1}\n"
+    with pytest.raises(ConfigError, match="b.yaml: synthetic.train: lr=-1.0 must be > 0"):
+        load_benchmark_config(write(tmp_path / "b.yaml", text))
+
+
+def test_base_composes_recursively_and_relative_to_the_file(tmp_path):
+    write(tmp_path / "base.yaml", "name: base\nmodels: [unet, sk_unet, empty]\nseeds: [0, 1]\n"
+          "model_kwargs: {unet: {base_width: 8, depth: 3}, sk_unet: {base_width: 8}}\n"
+          "train: {n_folds: 3, epochs: 3, lr: 0.01, model_kwargs: {}}\n")  # fmt: skip
+    write(tmp_path / "sub" / "child.yaml", "base: ../base.yaml\nname: child\nmodels: [unet, sk_unet]\n"
+          "model_kwargs: {unet: {depth: 2}}\ntrain: {epochs: 5}\n")  # fmt: skip
+    grandchild = write(tmp_path / "gc.yaml", "base: sub/child.yaml\nseeds: [7]\ntrain: {lr: 3e-4}\n")
+    bench = load_benchmark_config(grandchild)
+    assert bench.name == "child" and bench.models == ("unet", "sk_unet") and bench.seeds == (7,)
+    assert bench.model_kwargs == {"unet": {"base_width": 8, "depth": 2}, "sk_unet": {"base_width": 8}}
+    assert (bench.train.n_folds, bench.train.epochs, bench.train.lr) == (3, 5, 3e-4)
+    assert bench.folds == (0, 1, 2)
+
+
+def test_base_cycles_and_missing_bases_are_refused(tmp_path):
+    write(tmp_path / "a.yaml", "base: b.yaml\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"base: cycle a.yaml -> b.yaml -> a.yaml"):
+        load_benchmark_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match=r"base: cycle self.yaml -> self.yaml"):
+        load_benchmark_config(write(tmp_path / "self.yaml", "base: self.yaml\n"))
+    with pytest.raises(ConfigError, match=r"c.yaml: base: 'nope.yaml' not found"):
+        load_benchmark_config(write(tmp_path / "c.yaml", "base: nope.yaml\n"))
+
+
+def test_gpu_yaml_hashes_like_default_except_the_execution_fields_it_names():
+    default, gpu = (
+        load_benchmark_config(CONFIGS / "default.yaml"),
+        load_benchmark_config(CONFIGS / "gpu.yaml"),
+    )
+    raw = yaml.safe_load((CONFIGS / "gpu.yaml").read_text())
+    assert raw["base"] == "default.yaml" and len(raw["train"]) <= 3  # an override file, not a copy
+    differing = {f.name for f in dataclasses.fields(TrainConfig)
+                 if getattr(gpu.train, f.name) != getattr(default.train, f.name)}  # fmt: skip
+    assert differing == set(raw["train"]) == {"num_workers", "logger"}
+    assert differing <= NOT_HASHED  # so every run hash is shared
+    assert gpu.train.hash() == default.train.hash()
+    assert [c.run_name() for c in runner.build_grid(gpu)] == [
+        c.run_name() for c in runner.build_grid(default)
+    ]
+    assert (gpu.models, gpu.folds, gpu.seeds) == (default.models, default.folds, default.seeds)
+    assert gpu.synthetic == {} and default.synthetic  # gpu.yaml keeps its old "no CPU fallback"
+
+
+def test_devices_auto_hashes_as_the_resolved_world_size(monkeypatch):
+    auto = TrainConfig(devices="auto", accelerator="gpu", batch_size=8)
+    one, eight = resolve_devices(auto, gpus=1), resolve_devices(auto, gpus=8)
+    assert (one.devices, eight.devices) == (1, 8) and one.hash() != eight.hash()
+    assert resolve_devices(dataclasses.replace(auto, accelerator="cpu")).devices == 1
+    assert dataclasses.replace(eight, num_nodes=2).world_size() == 16
+    bench = load_benchmark_config(CONFIGS / "default.yaml")  # devices: auto, accelerator: auto
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert {c.devices for c in runner.build_grid(bench)} == {8} and bench.train.world_size() == 8
+    ray = dataclasses.replace(bench, executor="ray", gpus_per_run=0.5)
+    assert {c.devices for c in runner.build_grid(ray)} == {1}  # Ray shows a task only its share
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert {c.devices for c in runner.build_grid(bench)} == {1}
+
+
+def test_every_field_has_a_one_line_help_shown_by_help(capsys):
+    for cls in (TrainConfig, BenchmarkConfig):
+        helps = field_help(cls)
+        assert set(helps) == {f.name for f in dataclasses.fields(cls)}
+        assert all(h.strip() and "\n" not in h for h in helps.values()), cls
+    for command, classes in (("fit", [TrainConfig]), ("run", [TrainConfig, BenchmarkConfig])):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        shown = " ".join(capsys.readouterr().out.split())  # argparse may re-wrap nothing, but be safe
+        for cls in classes:
+            for name, text in field_help(cls).items():
+                assert name in shown and " ".join(text.split()) in shown, (command, name)
+        assert "--print-config" in shown
+
+
+def test_fit_folds_is_a_deprecated_alias_of_n_folds(capsys):
+    assert main(["fit", "--folds", "3", "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert "n_folds: 3" in out and "deprecated" in err and "--n-folds" in err and len(err.splitlines()) == 1
+    assert main(["fit", "--n-folds", "4", "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert "n_folds: 4" in out and not err
+
+
+def test_model_kwargs_typos_stop_everything_before_the_first_run(tmp_path, synthetic_dir, capsys):
+    bad = write(tmp_path / "bad.yaml", "base: " + str(CONFIGS / "smoke.yaml") + "\n"
+                "model_kwargs: {unet: {base_widht: 4}}\n")  # fmt: skip
+    results = tmp_path / "results"
+    args = ["run", "--config", str(bad), "--data-dir", str(synthetic_dir), "--results-dir", str(results)]
+    assert main([*args, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "base_widht" in err and "did you mean 'base_width'" in err and len(err.strip().splitlines()) == 1
+    assert not results.exists()
+    smoke = ["run", "--config", str(CONFIGS / "smoke.yaml"), "--data-dir", str(synthetic_dir),
+             "--results-dir", str(results), "--models", "unet"]  # fmt: skip
+    assert main([*smoke, "--dry-run", "--set", "model_kwargs={depht: 2}"]) == 2
+    assert "depht" in capsys.readouterr().err
+    fit = ["fit", "--data-dir", str(synthetic_dir), "--out", str(results / "fit")]
+    assert main([*fit, "--set", "model_kwargs={base_width: 4, dpeth: 2}"]) == 2
+    assert "dpeth" in capsys.readouterr().err and not results.exists()
+
+
+def test_model_kwargs_of_smp_models_are_checked_without_building():
+    with pytest.raises(ModelError, match="decoder_chanels"):
+        check_kwargs("unet_resnet34", {"decoder_chanels": [16, 8, 4, 2, 1]})
+    with pytest.raises(ModelError, match="'activation' is not allowed"):
+        check_kwargs("smp:unet:resnet18", {"activation": "sigmoid"})
+    with pytest.raises(ModelError, match="unknown smp architecture 'unett'"):
+        check_kwargs("smp:unett:resnet18", {})
+    check_kwargs("unet_resnet34", {"encoder_depth": 3, "presence_head": True})
+    check_kwargs("smp:unet:resnet18", {"encoder_depth": 3})
+
+
+@pytest.mark.parametrize("config", ["gpu.yaml", "default.yaml"])
+def test_run_print_config_round_trips_and_touches_nothing(config, tmp_path, capsys):
+    results, data = tmp_path / "results", tmp_path / "no-data"
+    args = ["run", "--config", str(CONFIGS / config), "--results-dir", str(results), "--data-dir", str(data),
+            "--print-config", "--set", "lr=3e-4", "--set", "executor=ray", "--models", "unet,empty",
+            "--folds", "0,2"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert not results.exists() and not data.exists() and "lr: 0.0003" in printed
+    loaded = load_benchmark_config(write(tmp_path / "printed.yaml", printed))
+    expected = apply_benchmark_overrides(
+        load_benchmark_config(CONFIGS / config), {"lr": "3e-4", "executor": "ray"}
+    )
+    expected = dataclasses.replace(expected, models=("unet", "empty"), folds=(0, 2))
+    assert loaded == expected
+    assert [c.run_name() for c in runner.build_grid(loaded)] == [
+        c.run_name() for c in runner.build_grid(expected)
+    ]
+
+
+def test_fit_print_config_round_trips(tmp_path, capsys):
+    args = ["fit", "--config", str(CONFIGS / "smoke.yaml"), "--model", "sk_unet", "--set", "lr=3e-4",
+            "--set", "holdout_fraction=0.2", "--print-config"]  # fmt: skip
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "model_kwargs: {base_width: 8, depth: 3}" in first  # the benchmark's kwargs for sk_unet
+    printed = write(tmp_path / "fit.yaml", first)
+    assert main(["fit", "--config", str(printed), "--print-config"]) == 0
+    assert capsys.readouterr().out == first  # same config, same run name (in the header) and hash
+    assert load_benchmark_config(printed).train.lr == 3e-4
+
+
+# One --set per declared type: int, float (YAML 1.1 reads 3e-4 as a string), bool, str, optional
+# None, int | str, dict; the rest makes one tiny CPU step of each shipped config.
+SETS = ["model=unet", f"model_kwargs={TINY_UNET}", "lr=3e-4", "epochs=1", "limit_train_batches=1",
+        "augment=false", "channels_last=false", "gpu_cache=false", "precision=32", "accelerator=cpu",
+        "devices=1", "holdout_fraction=none", "encoder_weights=null", "image_size=64", "batch_size=4",
+        "eval_batch_size=8", "num_workers=0", "warmup_epochs=0", "logger=none",
+        "progress_bar=false"]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_fits_one_step(config, synthetic_dir, tmp_path):
+    out = tmp_path / "run"
+    argv = [
+        "fit",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(synthetic_dir),
+        "--out",
+        str(out),
+        "--n-folds",
+        "3",
+    ]
+    assert main([*argv, *(a for s in SETS for a in ("--set", s))]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = summary["config"]
+    assert (cfg["lr"], cfg["model_kwargs"], cfg["augment"], cfg["holdout_fraction"]) == (
+        3e-4, {"base_width": 4, "depth": 2}, False, None)  # fmt: skip
+    assert (cfg["devices"], cfg["n_folds"], cfg["precision"]) == (1, 3, "32") and summary["epochs_run"] == 1
+    assert summary["config_hash"] == apply_overrides(TrainConfig(), cfg).hash()
