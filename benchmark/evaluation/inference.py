@@ -1,67 +1,19 @@
-"""Running a model over a loader (no Trainer) and gathering per-image counts, for finalize, evaluate, DDP.
+"""Running a model over a loader on one device (no Trainer) into per-image counts, for finalize and evaluate.
 
 Everything is scored at the original 420x580 from per-image confusion counts (tp, fp, fn, tn), so a
-metric never depends on the batch size, the network input size or the number of devices: under DDP
-the per-image rows of every rank are all-gathered, de-duplicated by dataset index and sorted.
+metric never depends on the batch size or the network input size. (Inside a Trainer, under DDP too,
+the same rows are kept by :class:`benchmark.scoring.kaggle_scores.KaggleScores`.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from benchmark.scoring.counts import confusion_counts_torch, dedupe_sorted
-
-
-def _all_gather_padded(module: Any, tensor: torch.Tensor) -> list[torch.Tensor]:
-    """all_gather a (n, ...) tensor whose n may differ per rank; returns one tensor per rank."""
-    n = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = module.all_gather(n).reshape(-1).tolist()
-    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[: tensor.shape[0]] = tensor
-    gathered = module.all_gather(padded)
-    return [gathered[r, : sizes[r]] for r in range(len(sizes))]
-
-
-def gather_rows(module: Any, rows: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
-    """Concatenate this rank's per-batch rows, gather every rank's, drop repeated indices, sort.
-
-    DistributedSampler pads the last shard by repeating samples; those repeats carry the same
-    index and are dropped, so every rank ends up with exactly the dataset's images once each.
-    """
-    device = module.device
-    local = {
-        "index": torch.cat([r["index"] for r in rows]) if rows else torch.zeros(0, dtype=torch.long),
-        "counts": torch.cat([r["counts"] for r in rows]) if rows else torch.zeros(0, 4, dtype=torch.long),
-        "presence_prob": torch.cat([r["presence_prob"].float() for r in rows]) if rows else torch.zeros(0),
-    }
-    local = {k: v.to(device) for k, v in local.items()}
-    trainer = getattr(module, "_trainer", None)
-    if trainer is not None and trainer.world_size > 1:
-        local = {k: torch.cat(_all_gather_padded(module, v)) for k, v in local.items()}
-    arrays = {k: v.detach().cpu().numpy() for k, v in local.items()}
-    return dedupe_sorted(arrays)
-
-
-def dump_eval(path: str | Path, result: dict[str, Any]) -> None:
-    """Save a scored evaluation (arrays + metrics) as npz, e.g. to compare DDP with one device."""
-    arrays = {k: np.asarray(v) for k, v in result.items() if k != "metrics"}
-    names = sorted(result["metrics"])
-    arrays["metric_names"] = np.asarray(names)
-    arrays["metric_values"] = np.asarray([result["metrics"][k] for k in names], dtype=np.float64)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
-
-
-def load_eval(path: str | Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files if not k.startswith("metric_")}
-        out["metrics"] = dict(zip(data["metric_names"].tolist(), data["metric_values"].tolist()))
-    return out
 
 
 @torch.no_grad()
@@ -76,10 +28,10 @@ def predict_loader(
     """Run ``module.predict_orig`` over a loader on one device (no Trainer).
 
     Returns (sorted by index) per-image index, raw counts (threshold 0.5), presence probability;
-    with ``pp`` also the counts after that post-processing (``post_counts``); with ``keep_probs`` the 420x580
-    probabilities as uint8 (p*255, rounded) plus the truth masks, the inputs of post-processing
-    tuning (~0.24 MB per image each). ``presence_head`` says whether ``presence_prob`` comes from a
-    presence head (else it is the maximum pixel probability).
+    with ``pp`` also the counts after that post-processing (``post_counts``); with ``keep_probs`` the
+    420x580 probabilities as uint8 (``postprocess.to_u8``'s ceil(p*255 - 0.5)) plus the truth masks,
+    the inputs of post-processing tuning (~0.24 MB per image each). ``presence_head`` says whether
+    ``presence_prob`` comes from a presence head (else it is the maximum pixel probability).
     """
     from benchmark.training.device import autocast
 
@@ -99,7 +51,7 @@ def predict_loader(
         if pp is not None:
             post.append(post_counts(prob, pres if head else None, truth, pp))
         if keep_probs:
-            probs.append(torch.round(prob * 255).to(torch.uint8).cpu())
+            probs.append(torch.ceil(prob.float() * 255 - 0.5).clamp(0, 255).to(torch.uint8).cpu())
             truths.append(truth.to(torch.uint8).cpu())
     out: dict[str, Any] = {
         "index": torch.cat(index).numpy().astype(np.int64),

@@ -1,23 +1,57 @@
 """Reading, writing and validating nerve-bench checkpoints: one home for train, evaluate and predict.
 
-Every read uses ``torch.load(weights_only=True)``: a checkpoint is data, never code.
+Every read uses ``torch.load(weights_only=True)``, Lightning's resume included (``SafeCheckpointIO``):
+a checkpoint is data, never code, so a crafted file cannot run anything. Everything a resume needs
+(hyper-parameters, optimiser, schedule, loop and callback states, random streams) is stored as plain
+tensors, dicts, lists, numbers and strings. Every write goes to a unique temporary name, is fsynced
+and renamed into place (``benchmark.core.files.atomic_path``), so a kill mid-write leaves the
+previous file intact. Problems with a checkpoint are one line naming the file.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from benchmark.core.config import ConfigError, TrainConfig
+from benchmark.core.files import atomic_path
+from benchmark.training.callbacks import HISTORY_CKPT_KEY, empty_history
 from benchmark.training.module import SegModule, config_from_dict
 from datamodules.errors import NerveBenchError
+from models.registry import ModelError
 
 BEST, LAST = "best.ckpt", "last.ckpt"
 
 CKPT_KEY = "nerve_bench"
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with atomic, durable writes and ``weights_only=True`` reads.
+
+    Lightning's own writer goes through an fsspec transaction whose temporary file lives in the
+    system temp directory: the final "move" is then a copy onto the checkpoint path, not a rename,
+    and nothing is fsynced.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("SafeCheckpointIO takes no storage_options")
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Callable | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location or _cpu, weights_only=True)
+
+
+def _cpu(storage: Any, location: str) -> Any:
+    return storage
 
 
 def save_plain_checkpoint(module: SegModule, path: Path) -> None:
@@ -27,19 +61,39 @@ def save_plain_checkpoint(module: SegModule, path: Path) -> None:
     ckpt = {
         "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0,
         "global_step": 0, "pytorch-lightning_version": lightning.__version__,
-        "nerve_bench_history": module.history,
+        HISTORY_CKPT_KEY: empty_history(),
     }  # fmt: skip
-    torch.save(ckpt, path)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    if not line:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {line[:limit]}{'...' if len(line) > limit else ''}"
+
+
+def load_problem(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text runs to 6+ lines)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # not a pickle at all, or objects outside the allowlist
+        detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split())
+        for tail in (" Please use", " Check the documentation"):
+            detail = detail.split(tail, 1)[0]
+        return f"refused by the weights-only loader: {detail[:160]}"
+    return f"empty, truncated or not a PyTorch file: {_first_line(exc, 80)}"
 
 
 def read_checkpoint(path: Path) -> dict:
-    """A nerve-bench checkpoint dict; NerveBenchError naming the file when missing or invalid."""
+    """A nerve-bench checkpoint dict; NerveBenchError (one line naming the file) when missing or invalid."""
     if not path.is_file():
         raise NerveBenchError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated file, not a checkpoint, unexpected pickled objects
-        raise NerveBenchError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # truncated file, not a checkpoint, objects outside the weights-only allowlist
+        raise NerveBenchError(f"{path}: not a readable checkpoint ({load_problem(exc)})") from None
     if (
         not isinstance(ckpt, dict)
         or "state_dict" not in ckpt
@@ -51,6 +105,34 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def check_state_dict(path: Path, module: torch.nn.Module, state_dict: dict[str, Any]) -> None:
+    """One line when the weights do not fit the model: counts of missing, unexpected, mis-shaped keys.
+
+    (PyTorch's own message lists every key: some 80 lines for a changed width.)
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [k for k in own if k in state_dict and getattr(state_dict[k], "shape", None) != own[k].shape]
+    if missing or unexpected or shapes:
+        first = (missing or unexpected or shapes)[0]
+        raise NerveBenchError(
+            f"{path}: cannot rebuild the model: its weights do not fit ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(shapes)} mis-shaped keys; first: {first})"
+        )
+
+
+def rebuild_module(path: Path, config: dict[str, Any], state_dict: dict[str, Any]) -> SegModule:
+    """``SegModule(config)`` with the checkpoint's weights; one line naming ``path`` when impossible."""
+    try:
+        module = SegModule(config)
+    except (ConfigError, ModelError, RuntimeError, TypeError, ValueError) as exc:
+        raise NerveBenchError(f"{path}: cannot rebuild the model ({_first_line(exc, 240)})") from None
+    check_state_dict(path, module, state_dict)
+    module.load_state_dict(state_dict)
+    return module
+
+
 def load_checkpoint_module(path: Path, for_inference: bool = True) -> tuple[SegModule, dict]:
     """The module of a checkpoint (on CPU, eval mode) and the raw checkpoint dict.
 
@@ -60,11 +142,7 @@ def load_checkpoint_module(path: Path, for_inference: bool = True) -> tuple[SegM
     config = dict(ckpt["hyper_parameters"]["config"])
     if for_inference:
         config.update(encoder_weights=None, compile=False)
-    try:
-        module = SegModule(config)
-        module.load_state_dict(ckpt["state_dict"])
-    except (ConfigError, RuntimeError, TypeError) as exc:
-        raise NerveBenchError(f"{path}: cannot rebuild the model ({exc})") from None
+    module = rebuild_module(path, config, ckpt["state_dict"])
     module.on_load_checkpoint(ckpt)
     return module.eval(), ckpt
 
@@ -86,21 +164,30 @@ def postprocess_of(path: Path, ckpt: dict) -> Any:
 def store_in_checkpoint(path: Path, ckpt: dict, extra: dict) -> None:
     """Add the ``nerve_bench`` block (post-processing, config, metrics) to a checkpoint, atomically."""
     ckpt[CKPT_KEY] = extra
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def resume_checkpoint(ckpt_dir: Path, cfg: TrainConfig) -> Path | None:
-    """``last.ckpt`` when it belongs to this config; ConfigError when it belongs to another one."""
+    """``last.ckpt`` when it belongs to this config; ConfigError when it belongs to another one.
+
+    An unreadable ``last.ckpt`` (truncated by a crash or a full disk, or holding anything but plain
+    data) is removed with one warning line, and the run starts again from scratch.
+    """
     last = ckpt_dir / LAST
     if not last.is_file():
         return None
     try:
-        saved = torch.load(last, map_location="cpu", weights_only=False)["hyper_parameters"]["config"]
-    except Exception as exc:  # a truncated file from a killed run: start again, loudly
-        raise ConfigError(f"{last}: unreadable checkpoint ({exc}); delete it to restart the run") from None
-    saved_hash = config_from_dict(saved).hash()
+        saved = dict(torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]["config"])
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed from
+        print(f"warning: {last}: unreadable ({load_problem(exc)}); restarting the run from scratch",
+              file=sys.stderr)  # fmt: skip
+        last.unlink(missing_ok=True)
+        return None
+    try:
+        saved_hash = config_from_dict(saved).hash()
+    except ConfigError as exc:  # e.g. written by another version of the suite
+        raise ConfigError(f"{last}: checkpoint of a different config ({exc})") from None
     if saved_hash != cfg.hash():
         raise ConfigError(
             f"{last}: checkpoint of a different config (hash {saved_hash} != {cfg.hash()});"

@@ -95,18 +95,17 @@ def giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def bbox_loss(pred: torch.Tensor, target: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """Mean over positive images of L1 (mean over the 4 coordinates) + (1 - GIoU).
 
-    Returns ``0 * pred.sum()`` when no image is positive, so the graph (and DDP's view of used
-    parameters) stays intact.
+    Returns 0 (still attached to the graph, so DDP sees every parameter used) when no image is
+    positive. Masked rather than indexed: no data-dependent shape, so no host synchronisation.
     """
     _same_shape("bbox", pred, target)
     keep = positive.reshape(-1).bool()
     if keep.shape[0] != pred.shape[0]:
         raise ValueError(f"bbox: {keep.shape[0]} positive flags for {pred.shape[0]} boxes")
-    if not bool(keep.any()):
-        return pred.float().sum() * 0.0
-    p, t = pred.float()[keep], target.float()[keep]
-    l1 = (p - t).abs().mean(dim=1)
-    return (l1 + 1.0 - giou(p, t)).mean()
+    p, t = pred.float(), target.float()
+    per_box = (p - t).abs().mean(dim=1) + 1.0 - giou(p, t)  # finite: giou clamps its denominators
+    per_box = torch.where(keep, per_box, torch.zeros_like(per_box))
+    return per_box.sum() / keep.sum().clamp(min=1)
 
 
 def _split_outputs(outputs: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -129,7 +128,18 @@ def total_loss(
     batch: Mapping[str, torch.Tensor],
     weights: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum of every loss the model's outputs allow; parts are the unweighted values.
+    """:func:`loss_terms` with the parts as Python floats (one host synchronisation per part)."""
+    loss, parts = loss_terms(outputs, batch, weights)
+    return loss, {k: float(v) for k, v in parts.items()}
+
+
+def loss_terms(
+    outputs: torch.Tensor | Mapping[str, torch.Tensor],
+    batch: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of every loss the model's outputs allow; parts are the unweighted values,
+    detached 0-dim tensors left on the device (training logs them without a host sync).
 
     ``weights`` keys: bce, dice, presence, bbox (missing ones take the TrainConfig defaults).
     The presence and box terms apply only when the model returns those heads; the box term
@@ -147,4 +157,4 @@ def total_loss(
         positive = batch["presence"] > 0.5 if "presence" in batch else batch["mask"].flatten(1).amax(1) > 0.5
         terms["bbox"] = bbox_loss(out["bbox"], batch["bbox"], positive)
     loss = sum(w[k] * v for k, v in terms.items())
-    return loss, {k: float(v.detach()) for k, v in terms.items()}
+    return loss, {k: v.detach() for k, v in terms.items()}

@@ -1,12 +1,14 @@
 """SegModule: the one LightningModule, wrapping any registry model by name.
 
-Training: the loss of :mod:`benchmark.losses` (BCE + soft Dice on the mask; presence BCE and
+Training: the loss of :mod:`benchmark.training.losses` (BCE + soft Dice on the mask; presence BCE and
 L1 + GIoU box loss for multi-head models), AdamW with a linear warm-up then a cosine decay
 (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019; "SGDR", ICLR 2017),
-stepped per optimiser step. Validation/test: probabilities are mapped back to 420x580, compared
-with the original masks as per-image confusion counts, gathered from every rank, de-duplicated by
-dataset index (the distributed sampler pads by repeating samples) and scored identically on every
-rank, so the metrics are exact whatever the number of devices.
+stepped per optimiser step. Losses are averaged in ``torchmetrics.MeanMetric``s on the device, so a
+training step never waits for the host. Validation/test: probabilities are mapped back to 420x580
+and kept as per-image confusion counts in a :class:`~benchmark.scoring.kaggle_scores.KaggleScores`
+metric (one per stage), which gathers every rank's rows, drops the distributed sampler's repeats and
+scores identically on every rank, so the metrics are exact whatever the number of devices. The
+per-epoch history lives in :class:`benchmark.training.callbacks.EpochHistory`.
 
 Only primitives go into the hyper-parameters (``config`` = ``TrainConfig.to_dict()``), so a
 checkpoint rebuilds its module with ``SegModule.load_from_checkpoint`` and nothing else.
@@ -15,27 +17,19 @@ checkpoint rebuilds its module with ``SegModule.load_from_checkpoint`` and nothi
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
 from lightning import LightningModule
+from torchmetrics import MeanMetric
 
 from benchmark.core.config import TrainConfig, apply_overrides
-from benchmark.evaluation import inference
-from benchmark.scoring.counts import confusion_counts_torch, score_rows
+from benchmark.scoring.kaggle_scores import KaggleScores
+from benchmark.training.callbacks import checkpoint_history, empty_history
 from datamodules import geometry
 
-HISTORY_KEYS = (
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_kaggle_dice",
-    "epoch_time_s",
-    "train_s",
-    "train_images",
-)
 LOGGED_METRICS = ("kaggle_dice", "dice_positive", "iou", "presence_accuracy")
+STAGES = ("train", "val", "test")
 
 
 def config_from_dict(config: dict | TrainConfig) -> TrainConfig:
@@ -67,6 +61,20 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def set_schedule_length(scheduler: Any, total_steps: int, epochs: int, cfg: TrainConfig) -> None:
+    """Give a LambdaLR over :class:`WarmupCosine` its length, and the current step its learning rate.
+
+    The rate is refreshed as LambdaLR itself computes it, so an uninterrupted run and a resumed one
+    (whose scheduler state already holds these lengths) use bit-identical rates.
+    """
+    schedule = scheduler.lr_lambdas[0]
+    per_epoch = total_steps / max(epochs, 1)
+    schedule.warmup_steps = int(round(cfg.warmup_epochs * per_epoch))
+    schedule.total_steps = max(total_steps, 1)
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * schedule(scheduler.last_epoch)
+
+
 class SegModule(LightningModule):
     """Wraps ``models.create(config["model"], **config["model_kwargs"])`` for training and scoring."""
 
@@ -80,12 +88,14 @@ class SegModule(LightningModule):
         self.model = create(cfg.model, in_channels=1, encoder_weights=cfg.encoder_weights, **cfg.model_kwargs)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
+        # The history of the checkpoint this module was loaded from (training records it in EpochHistory).
+        self.history: dict[str, list] = empty_history()
         self.last_eval: dict[str, Any] | None = None  # per-image rows + metrics of the last val/test
-        self.eval_dump: str | None = None  # rank 0 writes last_eval here (npz) when set
-        self._rows: list[dict[str, torch.Tensor]] = []
-        self._sums: dict[str, list[float]] = {}
-        self._t0 = self._t_train = 0.0
+        self.scores = torch.nn.ModuleDict({"val": KaggleScores(), "test": KaggleScores()})
+        # NaN checks would cost a host sync per update; a NaN loss shows up as a NaN mean instead.
+        self.loss_means = torch.nn.ModuleDict(
+            {f"{s}_loss": MeanMetric(nan_strategy="disable") for s in STAGES}
+        )
 
     # -- forward ---------------------------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -126,49 +136,53 @@ class SegModule(LightningModule):
 
     # -- training --------------------------------------------------------------------------------
     def _loss(self, out: Any, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from benchmark.training.losses import total_loss
+        from benchmark.training.losses import loss_terms
 
         cfg = self.cfg
         weights = {"bce": cfg.bce_weight, "dice": cfg.dice_weight,
                    "presence": cfg.presence_weight, "bbox": cfg.bbox_weight}  # fmt: skip
-        return total_loss(out, batch, weights)
-
-    def _accumulate(self, key: str, value: torch.Tensor, n: int) -> None:
-        total = self._sums.setdefault(key, [0.0, 0])
-        total[0] += float(value.detach()) * n
-        total[1] += n
+        return loss_terms(out, batch, weights)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         n = batch["image"].shape[0]
         loss, parts = self._loss(self(batch["image"]), batch)
+        # Everything stays on the device: Lightning and the MeanMetric accumulate tensors.
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         for key, value in parts.items():
             self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=n)
-        self._accumulate("train_loss", loss, n)
+        self.loss_means["train_loss"].update(loss.detach(), n)
         return loss
 
     def configure_optimizers(self) -> Any:
+        """AdamW and a per-step warm-up/cosine schedule whose length :meth:`on_train_start` sets.
+
+        Asking Lightning for the number of steps here (``estimated_stepping_batches``) would build
+        and start the training loader before a resumed run has restored its random state, so the
+        resumed epoch would shuffle and augment differently from an uninterrupted one.
+        """
         params = [p for p in self.parameters() if p.requires_grad]
         if not params or not has_trainable_params(self.model):
             return None  # e.g. the `empty` baseline: fit() skips optimisation altogether
         cfg = self.cfg
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = total / max(self.trainer.max_epochs or cfg.epochs, 1)
-        warmup = int(round(cfg.warmup_epochs * per_epoch))
-        schedule = WarmupCosine(warmup, total, cfg.scheduler == "cosine")
+        schedule = WarmupCosine(0, 1, cfg.scheduler == "cosine")  # placeholder length
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        schedulers = self.lr_schedulers()
+        if schedulers is not None:
+            total = int(self.trainer.estimated_stepping_batches)  # the loader exists (and is restored) now
+            set_schedule_length(schedulers, total, self.trainer.max_epochs or self.cfg.epochs, self.cfg)
 
     # -- validation / test -----------------------------------------------------------------------
     def _eval_step(self, batch: dict, stage: str) -> None:
         prob, presence, out = self.predict_orig(batch["image"])
-        counts = confusion_counts_torch(prob > 0.5, batch["mask_orig"])
-        self._rows.append({"index": batch["index"].long(), "counts": counts, "presence_prob": presence})
+        self.scores[stage].update(prob, batch["mask_orig"], batch["index"], presence)
         if "mask" in batch:
             loss, _ = self._loss(out, batch)
             self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(prob))
-            self._accumulate(f"{stage}_loss", loss, len(prob))
+            self.loss_means[f"{stage}_loss"].update(loss.detach(), len(prob))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -177,63 +191,40 @@ class SegModule(LightningModule):
         self._eval_step(batch, "test")
 
     def on_train_epoch_start(self) -> None:
-        self._t0 = time.perf_counter()
-        self._t_train = 0.0
-        self._sums = {}
+        self.loss_means["train_loss"].reset()
 
     def on_validation_epoch_start(self) -> None:
-        self._rows = []
-        if self._fitting():
-            self._t_train = time.perf_counter() - self._t0
+        self._start("val")
 
     def on_test_epoch_start(self) -> None:
-        self._rows = []
+        self._start("test")
 
-    def _fitting(self) -> bool:
-        return self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
+    def _start(self, stage: str) -> None:
+        self.scores[stage].reset()
+        self.loss_means[f"{stage}_loss"].reset()
 
     def _epoch_end(self, stage: str) -> None:
-        rows = inference.gather_rows(self, self._rows)
-        self._rows = []
-        result = score_rows(rows)
+        """Gather, de-duplicate and score this stage's rows (a collective: every rank calls it)."""
+        result = self.scores[stage].compute()
         self.last_eval = result
         for key in LOGGED_METRICS:
             self.log(f"{stage}/{key}", float(result["metrics"][key]), prog_bar=key == "kaggle_dice")
-        if self.eval_dump and self.trainer.is_global_zero:
-            inference.dump_eval(self.eval_dump, result)
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
-        if self._fitting():
-            self._record_history()
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")
 
-    def _global_mean(self, key: str) -> float:
-        """Mean over all ranks of a per-sample quantity accumulated with ``_accumulate``."""
-        total, count = self._sums.get(key, [0.0, 0])
-        both = torch.tensor([total, float(count)], dtype=torch.float64, device=self.device)
-        if self.trainer.world_size > 1:
-            both = self.all_gather(both).reshape(-1, 2).sum(dim=0)
-        return float(both[0] / both[1]) if both[1] > 0 else float("nan")
-
-    def _record_history(self) -> None:
-        h = self.history
-        h["epoch"].append(int(self.current_epoch))
-        h["train_loss"].append(self._global_mean("train_loss"))
-        h["val_loss"].append(self._global_mean("val_loss"))
-        h["val_kaggle_dice"].append(float(self.last_eval["metrics"]["kaggle_dice"]))
-        h["epoch_time_s"].append(time.perf_counter() - self._t0)
-        h["train_s"].append(self._t_train)
-        h["train_images"].append(int(self._sums.get("train_loss", [0.0, 0])[1]) * self.trainer.world_size)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["nerve_bench_history"] = {k: list(v) for k, v in self.history.items()}
+    def epoch_loss(self, stage: str) -> float:
+        """Mean loss per image of this stage's current epoch over all ranks (NaN before any batch)."""
+        metric = self.loss_means[f"{stage}_loss"]
+        if metric.update_count == 0:
+            return math.nan
+        return float(metric.compute())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("nerve_bench_history") or {}
-        self.history = {k: list(saved.get(k, [])) for k in HISTORY_KEYS}
+        self.history = checkpoint_history(checkpoint)
 
 
 def _probs(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

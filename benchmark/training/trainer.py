@@ -13,7 +13,14 @@ from typing import Any
 import torch
 
 from benchmark.core.config import TrainConfig
-from benchmark.training.checkpoint import BEST, LAST, resume_checkpoint, save_plain_checkpoint
+from benchmark.training.callbacks import EpochHistory, ResumeRandomState
+from benchmark.training.checkpoint import (
+    BEST,
+    LAST,
+    SafeCheckpointIO,
+    resume_checkpoint,
+    save_plain_checkpoint,
+)
 from benchmark.training.device import resolve_precision
 from benchmark.training.module import SegModule, has_trainable_params
 
@@ -22,15 +29,18 @@ for _pattern in (".*treespec.*", ".*smaller than the logging interval.*", ".*lit
     warnings.filterwarnings("ignore", message=_pattern)
 
 
-def make_datamodule(cfg: TrainConfig, data_dir: str | Path) -> Any:
-    """The run's DataModule; with ``gpu_cache`` its training loader is the GPU-resident fast path."""
+def make_datamodule(cfg: TrainConfig, data_dir: str | Path, preloaded: Any = None) -> Any:
+    """The run's DataModule; with ``gpu_cache`` its training loader is the GPU-resident fast path.
+
+    ``preloaded``: an already-decoded ``kaggle.TrainSet`` of ``data_dir`` (shared by the Ray executor).
+    """
     from datamodules.datamodule import UltrasoundNerveDataModule
 
     if not cfg.gpu_cache:
-        return UltrasoundNerveDataModule.from_config_dict(data_dir, cfg.to_dict())
+        return UltrasoundNerveDataModule.from_config_dict(data_dir, cfg.to_dict(), preloaded=preloaded)
     from datamodules.gpu_data import GpuCachedDataModule
 
-    return GpuCachedDataModule.from_config_dict(data_dir, cfg.to_dict())
+    return GpuCachedDataModule.from_config_dict(data_dir, cfg.to_dict(), preloaded=preloaded)
 
 
 def _logger(cfg: TrainConfig, out_dir: Path) -> Any:
@@ -46,15 +56,24 @@ def _logger(cfg: TrainConfig, out_dir: Path) -> Any:
 
 
 def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None, **overrides: Any) -> Any:
-    """The Trainer of a run: best/last checkpoints by val/kaggle_dice, seeded and deterministic."""
+    """The Trainer of a run: best/last checkpoints, seeded and deterministic.
+
+    ``best.ckpt`` is the selected epoch: the highest val/kaggle_dice on the inner selection set
+    (``select="best"``) or simply the latest epoch (``select="last"``); the outer fold is never seen.
+    Checkpoints are written atomically and read weights-only (``SafeCheckpointIO``) and carry the
+    epoch history and every random stream (``EpochHistory``, ``ResumeRandomState``), so a resumed run
+    continues exactly where the killed one stopped.
+    """
     from lightning import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     ckpt_dir = str(out_dir / "checkpoints")
     # Two callbacks: Lightning >= 2.5 writes save_last copies only when a top-k file is written,
-    # but resuming needs last.ckpt after every epoch.
+    # but resuming needs last.ckpt after every epoch. "last" selection monitors the epoch number
+    # (max = latest); a second monitor=None callback would share last.ckpt's callback state key.
+    select = "val/kaggle_dice" if cfg.select == "best" else "epoch"
     checkpoint = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename=Path(BEST).stem, monitor="val/kaggle_dice", mode="max",
+        ModelCheckpoint(dirpath=ckpt_dir, filename=Path(BEST).stem, monitor=select, mode="max",
                         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
         ModelCheckpoint(dirpath=ckpt_dir, filename=Path(LAST).stem, monitor=None, save_top_k=1,
                         auto_insert_metric_name=False, enable_version_counter=False),
@@ -65,7 +84,8 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         precision=resolve_precision(cfg.precision, cfg.accelerator), deterministic=deterministic,
         limit_train_batches=cfg.limit_train_batches or 1.0, num_sanity_val_steps=0,
-        callbacks=[*checkpoint, *(callbacks or [])], logger=_logger(cfg, out_dir), log_every_n_steps=10,
+        callbacks=[*checkpoint, EpochHistory(), ResumeRandomState(), *(callbacks or [])],
+        plugins=[SafeCheckpointIO()], logger=_logger(cfg, out_dir), log_every_n_steps=10,
         enable_progress_bar=cfg.progress_bar, enable_model_summary=cfg.progress_bar,
         default_root_dir=str(out_dir),
     )  # fmt: skip
@@ -83,7 +103,8 @@ def train(cfg: TrainConfig, module: SegModule, dm: Any, out_dir: Path, callbacks
         save_plain_checkpoint(module, ckpt_dir / BEST)
         save_plain_checkpoint(module, ckpt_dir / LAST)
         return trainer
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ckpt_dir, cfg))
+    # weights_only: a resumed checkpoint is data, never code (SafeCheckpointIO enforces it as well).
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ckpt_dir, cfg), weights_only=True)
     if trainer.interrupted:
         raise KeyboardInterrupt
     return trainer

@@ -1,18 +1,17 @@
-"""SegModule: schedule, precision, hyper-parameters, probabilities at 420x580, TTA, row gathering."""
+"""SegModule: schedule, precision, hyper-parameters, probabilities at 420x580, TTA, scores, host syncs."""
 
 from __future__ import annotations
 
 import json
 import math
 import pickle
-from types import SimpleNamespace
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
 from benchmark.core.config import ConfigError, TrainConfig
-from benchmark.evaluation import inference
 from benchmark.scoring import counts as count_fns
 from benchmark.scoring import metrics
 from benchmark.training.device import resolve_precision
@@ -21,6 +20,7 @@ from benchmark.training.module import (
     WarmupCosine,
     config_from_dict,
     has_trainable_params,
+    set_schedule_length,
 )
 
 SMALL = {"model": "unet", "model_kwargs": {"base_width": 4, "depth": 2}, "image_size": 64}
@@ -103,9 +103,9 @@ def test_empty_model_has_nothing_to_optimise():
 
 def test_adamw_with_per_step_warmup_cosine():
     module = small_module(lr=0.01, weight_decay=0.1, warmup_epochs=1.0, epochs=4)
-    module._trainer = SimpleNamespace(estimated_stepping_batches=8, max_epochs=4)  # 2 steps per epoch
     conf = module.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    set_schedule_length(sched, total_steps=8, epochs=4, cfg=module.cfg)  # 2 steps per epoch
     assert isinstance(opt, torch.optim.AdamW) and conf["lr_scheduler"]["interval"] == "step"
     assert opt.param_groups[0]["weight_decay"] == 0.1
     lrs = []
@@ -135,16 +135,69 @@ def test_confusion_counts_match_the_metrics_module():
     assert ours[0].tolist() == [0, 0, 0, 63]
 
 
-def test_gather_rows_drops_repeated_indices_and_sorts():
-    module = SimpleNamespace(device=torch.device("cpu"), _trainer=None)
-    counts = torch.tensor([[1, 0, 0, 9], [0, 2, 0, 8], [1, 0, 0, 9], [0, 0, 0, 10]])
-    rows = [
-        {"index": torch.tensor([7, 3]), "counts": counts[:2], "presence_prob": torch.tensor([0.9, 0.2])},
-        {"index": torch.tensor([7, 1]), "counts": counts[2:], "presence_prob": torch.tensor([0.9, 0.1])},
-    ]
-    out = inference.gather_rows(module, rows)
-    assert out["index"].tolist() == [1, 3, 7]
-    assert out["counts"].tolist() == [[0, 0, 0, 10], [0, 2, 0, 8], [1, 0, 0, 9]]
-    scored = count_fns.score_rows(out)
-    assert scored["dice"].tolist() == [1.0, 0.0, 1.0]
-    assert scored["metrics"]["kaggle_dice"] == pytest.approx(2 / 3)
+def test_eval_steps_fill_separate_val_and_test_scores():
+    module = small_module()
+    image = torch.randn(3, 1, 64, 64)
+    truth = torch.zeros(3, 420, 580, dtype=torch.uint8)
+    truth[1, 100:200, 100:200] = 1
+    batch = {"image": image, "mask_orig": truth, "index": torch.tensor([5, 2, 5])}
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+        prob, presence, _ = module.predict_orig(image)
+    val = module.scores["val"].compute()
+    assert module.scores["test"].update_count == 0
+    assert val["index"].tolist() == [2, 5]  # the repeated index 5 is scored once
+    expected = count_fns.confusion_counts_torch(prob > 0.5, truth).numpy()
+    assert val["counts"].tolist() == expected[[1, 0]].tolist()
+    assert val["presence_prob"].tolist() == presence[[1, 0]].tolist()
+
+
+SYNCS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__")
+
+
+def _count_host_syncs(monkeypatch, counted: Counter, inside: dict) -> None:
+    """Count tensor-to-host conversions made while ``inside["step"]`` is set."""
+    for name in SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            if inside["step"]:
+                counted[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+
+
+@pytest.mark.parametrize(
+    "model,kwargs",
+    [("unet", {"base_width": 4, "depth": 2}),
+     ("trans_cg_unet", {"base_width": 4, "depth": 2, "embed_dim": 16, "num_layers": 1, "num_heads": 2})],
+)  # fmt: skip
+def test_training_step_makes_no_host_sync(synthetic_dir, tmp_path, monkeypatch, model, kwargs):
+    """No .item()/float()/.cpu()/bool() of a tensor inside training_step (a GPU would wait there)."""
+    from lightning import seed_everything
+
+    from benchmark.training.trainer import make_datamodule, train
+
+    cfg = TrainConfig(model=model, model_kwargs=kwargs, image_size=64, epochs=1, batch_size=4, n_folds=3,
+                      limit_train_batches=3, logger="none", progress_bar=False)  # fmt: skip
+    counted, inside = Counter(), {"step": False, "steps": 0}
+    _count_host_syncs(monkeypatch, counted, inside)
+    original = SegModule.training_step
+
+    def step(self, batch, batch_idx):
+        inside["step"], inside["steps"] = True, inside["steps"] + 1
+        try:
+            return original(self, batch, batch_idx)
+        finally:
+            inside["step"] = False
+
+    monkeypatch.setattr(SegModule, "training_step", step)
+    inside["step"] = True  # the hook itself sees conversions (so the zero below can fail)
+    assert float(torch.tensor(2.0)) == 2.0 and counted == Counter({"__float__": 1})
+    inside["step"] = False
+    counted.clear()
+    seed_everything(0, verbose=False)
+    train(cfg, SegModule(cfg.to_dict()), make_datamodule(cfg, synthetic_dir), tmp_path)
+    assert inside["steps"] == 3
+    assert counted == Counter()

@@ -1,0 +1,138 @@
+"""Lightning callbacks of every training run: the per-epoch history and the random state for exact resume.
+
+``EpochHistory`` records, after each validated epoch, the train and validation losses (the module's
+``torchmetrics.MeanMetric`` means: one device-to-host transfer per epoch, none per step), the
+validation Kaggle Dice, wall-clock times and the number of training images, and writes the history
+into every checkpoint as ``nerve_bench_history`` (finalize reads the full one from ``last.ckpt``).
+
+``ResumeRandomState`` puts every global random stream (torch CPU and CUDA, numpy, python ``random``)
+of every rank into each checkpoint as plain data, and restores it when a run resumes, just before
+training starts. The loader's own streams (shuffle generator, augmentation, GPU-cache epoch) are
+checkpointed by the loaders themselves (``datamodules.augment.ResumableDataLoader``,
+``datamodules.gpu_augment.GpuBatchIterator``), because Lightning makes a resumed run's first
+iterator before any callback hook runs. Together they make kill-and-resume at an epoch boundary
+bit-identical to an uninterrupted run on the same machine.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from datamodules.augment import (
+    gather_per_rank,
+    numpy_global_state,
+    own_rank,
+    python_random_state,
+    set_numpy_global_state,
+    set_python_random_state,
+)
+
+HISTORY_KEYS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_kaggle_dice",
+    "epoch_time_s",
+    "train_s",
+    "train_images",
+)
+HISTORY_CKPT_KEY = "nerve_bench_history"
+
+
+def empty_history() -> dict[str, list]:
+    return {k: [] for k in HISTORY_KEYS}
+
+
+def checkpoint_history(ckpt: Mapping[str, Any]) -> dict[str, list]:
+    """The history stored in a checkpoint dict (empty lists where it has none)."""
+    saved = ckpt.get(HISTORY_CKPT_KEY) or {}
+    return {k: list(saved.get(k, [])) for k in HISTORY_KEYS}
+
+
+class EpochHistory(Callback):
+    """One history row per training epoch, recorded before that epoch's checkpoints are written."""
+
+    def __init__(self) -> None:
+        self.history = empty_history()
+        self._t0 = self._t_train = 0.0
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._t0, self._t_train, self._images = time.perf_counter(), 0.0, 0
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._images += int(batch["image"].shape[0])  # a shape, not a value: no device sync
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._t_train = time.perf_counter() - self._t0
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        # Non-checkpoint callbacks run before ModelCheckpoint's hook, so this epoch is in its files.
+        elapsed = time.perf_counter() - self._t0
+        scored = pl_module.last_eval
+        row = {
+            "epoch": int(trainer.current_epoch),
+            "train_loss": pl_module.epoch_loss("train"),
+            "val_loss": pl_module.epoch_loss("val"),
+            "val_kaggle_dice": float(scored["metrics"]["kaggle_dice"]) if scored else math.nan,
+            "epoch_time_s": elapsed,
+            "train_s": self._t_train or elapsed,
+            "train_images": self._images * trainer.world_size,
+        }
+        for key in HISTORY_KEYS:
+            self.history[key].append(row[key])
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        checkpoint[HISTORY_CKPT_KEY] = {k: list(v) for k, v in self.history.items()}
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        self.history = checkpoint_history(checkpoint)
+
+
+def global_rng_state() -> dict[str, Any]:
+    """This process's global random streams as plain data (uint8 tensors, lists, numbers, strings)."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": numpy_global_state(),
+        "python": python_random_state(random),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's current device
+    return state
+
+
+def set_global_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    set_numpy_global_state(state["numpy"])
+    set_python_random_state(state["python"], random)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class ResumeRandomState(Callback):
+    """Checkpoints every rank's global random state; restores it when training (re)starts from one."""
+
+    def __init__(self) -> None:
+        self._pending: Mapping[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"per_rank": gather_per_rank(global_rng_state())}  # collective: every rank saves
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = own_rank(state_dict.get("per_rank", []))
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # Restored here, not at load time: set-up between loading and training must not shift it.
+        if self._pending is not None:
+            set_global_rng_state(self._pending)
+            self._pending = None

@@ -1,0 +1,133 @@
+"""Checkpoint files: atomic writes that leave the previous file intact on failure, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.core.config import TrainConfig
+from benchmark.training import checkpoint
+from benchmark.training.checkpoint import (
+    SafeCheckpointIO,
+    load_checkpoint_module,
+    read_checkpoint,
+    save_plain_checkpoint,
+    store_in_checkpoint,
+)
+from benchmark.training.module import SegModule
+from benchmark.training.trainer import build_trainer
+from datamodules.errors import NerveBenchError
+
+SMALL = TrainConfig(model="unet", model_kwargs={"base_width": 4, "depth": 2}, image_size=64, logger="none",
+                    progress_bar=False)  # fmt: skip
+
+
+@pytest.fixture
+def ckpt(tmp_path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "model.ckpt"
+    save_plain_checkpoint(SegModule(SMALL.to_dict()), path)
+    return path
+
+
+def _failing_save(monkeypatch) -> None:
+    """torch.save that writes half a file and then fails, as a full disk or a kill would."""
+
+    def half_then_fail(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", half_then_fail)
+
+
+def test_failed_writes_leave_the_previous_checkpoint_intact(ckpt, monkeypatch):
+    before = ckpt.read_bytes()
+    loaded = read_checkpoint(ckpt)
+    _failing_save(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        SafeCheckpointIO().save_checkpoint({"epoch": 3}, ckpt)
+    with pytest.raises(OSError, match="No space left"):
+        store_in_checkpoint(ckpt, loaded, {"postprocess": {}})
+    with pytest.raises(OSError, match="No space left"):
+        save_plain_checkpoint(SegModule(SMALL.to_dict()), ckpt)
+    assert ckpt.read_bytes() == before
+    assert os.listdir(ckpt.parent) == [ckpt.name]  # no temporary file left behind
+
+
+def test_lightning_writes_and_reads_through_the_safe_checkpoint_io(tmp_path, ckpt):
+    trainer = build_trainer(SMALL, tmp_path)
+    assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)
+    io = SafeCheckpointIO()
+    io.save_checkpoint({"epoch": 3, "w": torch.ones(2)}, tmp_path / "x.ckpt")
+    assert io.load_checkpoint(tmp_path / "x.ckpt")["epoch"] == 3
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.ckpt", "x.ckpt"])
+
+
+def _one_line_error(path: Path) -> str:
+    with pytest.raises(NerveBenchError) as info:
+        load_checkpoint_module(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    return message
+
+
+def test_weights_of_another_shape_are_one_line_with_counts(ckpt):
+    saved = torch.load(ckpt, weights_only=True)
+    saved["hyper_parameters"]["config"]["model_kwargs"] = {"base_width": 8, "depth": 2}
+    torch.save(saved, ckpt)
+    message = _one_line_error(ckpt)
+    assert (
+        "weights do not fit (0 missing, 0 unexpected, " in message and " mis-shaped keys; first: " in message
+    )
+    assert len(message) < 300  # PyTorch's own message lists every key (13 KB for a wider U-Net)
+
+
+def test_missing_and_unexpected_keys_are_counted(ckpt):
+    saved = torch.load(ckpt, weights_only=True)
+    first = next(iter(saved["state_dict"]))
+    saved["state_dict"]["model.extra.weight"] = saved["state_dict"].pop(first)
+    torch.save(saved, ckpt)
+    assert f"(1 missing, 1 unexpected, 0 mis-shaped keys; first: {first})" in _one_line_error(ckpt)
+
+
+def test_a_random_file_is_one_line(tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(bytes(range(256)) * 20)
+    assert "not a readable checkpoint (" in _one_line_error(junk)
+    junk.write_bytes(b"")
+    assert "empty, truncated or not a PyTorch file" in _one_line_error(junk)
+
+
+def test_an_unknown_model_names_the_checkpoint(ckpt):
+    saved = torch.load(ckpt, weights_only=True)
+    saved["hyper_parameters"]["config"].update(model="unet_v9", model_kwargs={})
+    torch.save(saved, ckpt)
+    message = _one_line_error(ckpt)
+    assert "cannot rebuild the model" in message and "unknown model 'unet_v9'" in message
+
+
+def test_plain_checkpoint_loads_weights_only_with_its_empty_history(ckpt):
+    module, raw = load_checkpoint_module(ckpt)
+    assert raw["nerve_bench_history"]["epoch"] == [] and module.history["train_loss"] == []
+    reference = SegModule(SMALL.to_dict())
+    reference.load_state_dict(raw["state_dict"])
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(module(x), reference.eval()(x))
+
+
+def test_predict_reports_a_weight_mismatch_in_one_line(ckpt):
+    """`predict` rebuilt the model itself and printed PyTorch's every-key message (56 lines)."""
+    from benchmark.predict import load_model
+
+    saved = torch.load(ckpt, weights_only=True)
+    saved["hyper_parameters"]["config"]["model_kwargs"] = {"base_width": 8, "depth": 2}
+    torch.save(saved, ckpt)
+    with pytest.raises(NerveBenchError) as info:
+        load_model(ckpt, torch.device("cpu"))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{ckpt}: ") and "mis-shaped keys" in message
+    assert len(message) < 300
