@@ -1,5 +1,9 @@
 """One (model, fold, seed) run end to end: train, then select, tune, score and write summary.json.
 
+Nested protocol: the DataModule splits the data into the outer fold (scored once, for the reported
+numbers), the inner selection set (picks the epoch and tunes post-processing) and the fit part
+(the weights' training data); see :class:`datamodules.datamodule.UltrasoundNerveDataModule`.
+
 A run directory holds ``checkpoints/{best,last}.ckpt``, ``summary.json`` and ``overlays.npz``.
 ``fit`` is idempotent and resumable: a complete summary with the same config hash is returned as
 is, and an interrupted run of the same config continues from ``last.ckpt``.
@@ -8,6 +12,7 @@ is, and an interrupted run of the same config continues from ``last.ckpt``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from benchmark.core.config import TrainConfig
 from benchmark.core.summary import SUMMARY_NAME, is_complete, read_summary
@@ -16,10 +21,17 @@ from benchmark.training.module import SegModule
 from benchmark.training.trainer import make_datamodule, train
 
 
-def fit(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, callbacks: list | None = None) -> dict:
+def fit(
+    cfg: TrainConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    callbacks: list | None = None,
+    preloaded: Any = None,
+) -> dict:
     """Train ``cfg`` on its fold of ``data_dir`` into ``out_dir`` and return the summary dict.
 
     ``callbacks`` are extra Lightning callbacks (tests use one to simulate an interruption).
+    ``preloaded`` is ``data_dir``'s already-decoded ``kaggle.TrainSet`` (the Ray executor shares one).
     On ranks other than 0 of a multi-device run this returns an empty dict.
     """
     from lightning import seed_everything
@@ -28,10 +40,10 @@ def fit(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, callbacks: 
     if is_complete(out_dir / SUMMARY_NAME, cfg.hash()):
         return read_summary(out_dir / SUMMARY_NAME)
     seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = make_datamodule(cfg, data_dir)
+    dm = make_datamodule(cfg, data_dir, preloaded)
     module = SegModule(cfg.to_dict())
     trainer = train(cfg, module, dm, out_dir, callbacks)
     if not trainer.is_global_zero:
         return {}
-    return finalize.finalize_run(cfg, dm, data_dir, out_dir, trainer.strategy.root_device)
-
+    device, world_size = trainer.strategy.root_device, trainer.world_size
+    return finalize.finalize_run(cfg, dm, data_dir, out_dir, device, world_size=world_size)

@@ -6,7 +6,7 @@ training GPU). With ``TrainConfig.gpu_cache`` the suite keeps the network-size i
 on the device and augments whole batches there. Everything here is device-agnostic and runs
 (slowly) on CPU, which is how it is tested.
 
-API (``benchmark.gpu_data.GpuCachedDataModule`` wires it in for ``fit``)::
+API (``datamodules.gpu_data.GpuCachedDataModule`` wires it in for ``fit``)::
 
     cache = GpuCache(images, masks, device="cuda", indices=train_idx)  # uint8 (N,h,w), {0,1} masks
     loader = GpuBatchIterator(cache, batch_size=16, seed=cfg.seed, flip=cfg.aug_flip,
@@ -21,7 +21,11 @@ a ``torch.Generator`` seeded with ``seed + epoch`` on the cache's device, so run
 reproducible. Batches are the DataModule's training dicts: ``image`` (B,1,h,w) float32 normalised
 like the DataModule, ``mask`` (B,1,h,w) float32 {0,1}, ``presence`` (B,), ``bbox`` (B,4) and
 ``index`` (B,) int64, all on the device (recomputed from the augmented mask). Under DDP every
-rank draws the same permutation and takes its own strided share.
+rank draws the same permutation, padded by wrapping to a multiple of the world size (as
+DistributedSampler does) so every rank gets ceil(N / world) rows and the same number of batches
+(an uneven count would leave one rank waiting in an all-reduce), and takes its own strided share.
+With ``drop_last=False`` a final batch of one sample is still dropped: BatchNorm after global
+pooling (the SK-U-Net squeeze) cannot train on it.
 
 Augmentations mirror ``datamodules.augment`` (same magnitudes and probabilities, not bit for
 bit: reflection here mirrors about pixel edges, OpenCV's REFLECT_101 about centres): horizontal
@@ -40,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.datamodule import MEAN, STD  # one normalisation for both paths
+from datamodules.datamodule import MEAN, STD, singleton_tail  # one rule set for both paths
 from datamodules.errors import DataError
 
 # Same magnitudes and probabilities as datamodules.augment (the albumentations CPU pipeline).
@@ -211,8 +215,16 @@ class GpuCache:
         rank: int = 0,
         world_size: int = 1,
     ) -> Iterator[torch.Tensor]:
-        """Shuffled row positions, ``batch_size`` at a time (this rank's strided share)."""
-        order = torch.randperm(len(self), generator=generator, device=self.device)[rank::world_size]
+        """Shuffled row positions, ``batch_size`` at a time (this rank's strided share).
+
+        With ``world_size > 1`` the permutation wraps round to a multiple of ``world_size``, so
+        every rank gets ``ceil(N / world_size)`` rows.
+        """
+        order = torch.randperm(len(self), generator=generator, device=self.device)
+        total = math.ceil(len(order) / world_size) * world_size
+        if total > len(order):
+            order = order.repeat(math.ceil(total / len(order)))[:total]
+        order = order[rank::world_size]
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         for start in range(0, stop, batch_size):
             yield order[start : start + batch_size]
@@ -240,14 +252,26 @@ class GpuBatchIterator:
         self.augment, self.drop_last, self.rank, self.world_size = augment, drop_last, rank, world_size
         self.epoch = 0
 
+    def _drop_last(self) -> bool:
+        """``drop_last``, or forced on when the last batch would hold a single sample."""
+        return self.drop_last or singleton_tail(len(self.cache), self.batch_size, self.world_size)
+
     def __len__(self) -> int:
-        per_rank = len(range(self.rank, len(self.cache), self.world_size))
-        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+        per_rank = math.ceil(len(self.cache) / self.world_size)
+        return per_rank // self.batch_size if self._drop_last() else math.ceil(per_rank / self.batch_size)
+
+    def stream_state(self) -> dict[str, int]:
+        """Where the stream stands, for ``datamodules.augment.ResumableTrainLoader``: the next epoch."""
+        return {"epoch": int(self.epoch)}
+
+    def load_stream_state(self, state: dict[str, int]) -> None:
+        """Continue the stream of a resumed run: every epoch's draws come from ``seed + epoch``."""
+        self.epoch = int(state.get("epoch", self.epoch))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         g = self.cache.generator(self.seed + self.epoch)
         self.epoch += 1
-        for pos in self.cache.batches(self.batch_size, g, self.drop_last, self.rank, self.world_size):
+        for pos in self.cache.batches(self.batch_size, g, self._drop_last(), self.rank, self.world_size):
             yield self.make_batch(pos, g)
 
     def make_batch(self, pos: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:

@@ -27,7 +27,6 @@ class GpuCachedDataModule(UltrasoundNerveDataModule):
             affine=flags["affine"], intensity=flags["brightness"], noise=flags["noise"],
             rank=rank, world_size=world,
         )  # fmt: skip
-        loader.epoch = (
-            trainer.current_epoch if trainer is not None else 0
-        )  # a resumed run continues the stream
-        return loader
+        # A resumed run continues the stream from the checkpointed epoch (at this point of a resume
+        # Lightning's current_epoch still reads the last finished epoch's number).
+        return self.resumable(loader)

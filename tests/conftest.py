@@ -32,3 +32,11 @@ def uns_sample() -> Path:
     if not (path / "train").is_dir():
         pytest.skip(f"real sample data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def fit_runs(tmp_path_factory: pytest.TempPathFactory):
+    """Fitted `unet` and `empty` runs on a synthetic dataset (tests/benchmark/fitting.py), trained once."""
+    from tests.benchmark.fitting import build_runs
+
+    return build_runs(tmp_path_factory)

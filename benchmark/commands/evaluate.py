@@ -1,23 +1,37 @@
-"""`evaluate`: score a checkpoint on every training image of a directory, with its tuned post-processing."""
+"""`evaluate`: score a checkpoint on a directory's training images, with its tuned post-processing.
+
+On the checkpoint's own training data only its outer fold is scored (the rest trained or selected
+it); ``--all-images`` scores everything with a warning; any other data is scored in full.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-HELP = "score a checkpoint on every training image of --data-dir (raw and post-processed metrics)"
+HELP = (
+    "score a checkpoint on --data-dir's training images (raw and post-processed metrics): only its "
+    "outer fold on its own training data, every image on other data"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="a best.ckpt written by `fit`")
     parser.add_argument("--data-dir", type=Path, required=True, help="Kaggle-layout directory holding train/")
     parser.add_argument("--out", type=Path, help="write per-image and mean metrics to this JSON file")
+    parser.add_argument(
+        "--all-images", action="store_true",
+        help="on the checkpoint's training data, score every image, including those it was trained "
+        "and selected on (not a held-out score)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.evaluation.evaluate import evaluate, format_metrics
+    from benchmark.evaluation.evaluate import ALL_WITH_TRAINING, evaluate, format_metrics
 
-    result = evaluate(args.checkpoint, args.data_dir, args.out)
+    result = evaluate(args.checkpoint, args.data_dir, args.out, all_images=args.all_images)
+    print(result["note"], file=sys.stderr if result["scope"] == ALL_WITH_TRAINING else sys.stdout)
     print(f"{result['n_images']} images of {args.data_dir}, checkpoint {args.checkpoint}")
     print(format_metrics(result["metrics"]))
     empty = result["per_image"]["true_empty"]

@@ -21,12 +21,18 @@ from benchmark.core.files import atomic_write
 from datamodules.errors import DataError
 
 SUMMARY_NAME = "summary.json"
-# Top-level keys every complete summary carries (docs/architecture.md).
+# Top-level keys every complete summary carries (docs/architecture.md). Schema 2 (nested protocol):
+# "metrics" and "per_image" are the OUTER fold's (scored once, never used for a decision);
+# "selection" holds the inner-set metrics that chose the epoch and tuned the post-processing.
 SUMMARY_KEYS = (
     "schema_version", "run", "model", "fold", "n_folds", "seed", "config", "config_hash", "dataset",
-    "best_epoch", "epochs_run", "train_time_s", "metrics", "per_image", "postprocess", "cost",
-    "history", "overlays", "environment", "status",
+    "best_epoch", "epochs_run", "train_time_s", "metrics", "selection", "split", "global_batch",
+    "per_image", "postprocess", "cost", "history", "overlays", "environment", "status",
 )  # fmt: skip
+METRIC_BLOCKS = ("raw", "post")
+SELECTION_KEYS = ("metrics", "n_images", "subjects", "best_epoch", "select")
+SPLIT_KEYS = ("split_seed", "n_folds", "fold", "inner_fraction", "outer_subjects", "inner_subjects",
+              "fit_subjects", "folds")  # fmt: skip
 PER_IMAGE_KEYS = ("index", "stem", "subject", "true_empty", "dice_raw", "dice", "iou", "presence_prob")
 COST_KEYS = ("params", "gflops", "train_img_s", "infer_img_s", "latency_ms", "peak_mem_mb")
 HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_kaggle_dice")
@@ -81,8 +87,13 @@ def read_summary(path: str | Path) -> dict:
         raise DataError(path, "expected a JSON object")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise DataError(path, f"schema_version {version!r} is not the supported {SCHEMA_VERSION}")
+        hint = "; re-run its fit to rescore it with the nested protocol" if _older(version) else ""
+        raise DataError(path, f"schema_version {version!r} is not the supported {SCHEMA_VERSION}{hint}")
     return data
+
+
+def _older(version: Any) -> bool:
+    return isinstance(version, int) and not isinstance(version, bool) and version < SCHEMA_VERSION
 
 
 def is_complete(path: str | Path, config_hash: str) -> bool:
@@ -95,10 +106,16 @@ def is_complete(path: str | Path, config_hash: str) -> bool:
 
 
 def missing_keys(summary: dict) -> list[str]:
-    """Schema keys absent from ``summary`` (top level and per_image/cost/history)."""
+    """Schema keys absent from ``summary`` (top level and its blocks, including raw/post metrics)."""
     missing = [k for k in SUMMARY_KEYS if k not in summary]
-    for block, keys in (("per_image", PER_IMAGE_KEYS), ("cost", COST_KEYS), ("history", HISTORY_KEYS)):
-        missing += [f"{block}.{k}" for k in keys if k not in summary.get(block, {})]
+    blocks = (("per_image", PER_IMAGE_KEYS), ("cost", COST_KEYS), ("history", HISTORY_KEYS),
+              ("selection", SELECTION_KEYS), ("split", SPLIT_KEYS), ("metrics", METRIC_BLOCKS),
+              ("selection.metrics", METRIC_BLOCKS))  # fmt: skip
+    for block, keys in blocks:
+        value: Any = summary
+        for part in block.split("."):
+            value = value.get(part, {}) if isinstance(value, dict) else {}
+        missing += [f"{block}.{k}" for k in keys if k not in value]
     return missing
 
 

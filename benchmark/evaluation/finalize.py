@@ -1,8 +1,11 @@
-"""After training: score the best checkpoint on the validation fold, tune post-processing there,
-store it in the checkpoint, and write summary.json and overlays.npz.
+"""After training: tune post-processing on the inner selection set, score the selected checkpoint
+once on the outer fold, store the tuning in the checkpoint, and write summary.json and overlays.npz.
 
-Post-processing is tuned on the validation fold only (never on data used for the reported test
-numbers of another fold), and both raw (threshold 0.5) and post-processed metrics are reported.
+Nested protocol: the epoch (``best.ckpt``, chosen during training) and the post-processing are
+chosen on the inner set only; the outer fold (``dm.test_dataloader``) is scored exactly once with
+those choices and is never used for a decision, so its numbers ("metrics", "per_image") estimate
+performance on unseen subjects. The inner numbers are kept apart under "selection": they are
+optimistic by construction (they were maximised).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from benchmark.core.config import SCHEMA_VERSION, TrainConfig
 from benchmark.core.summary import environment, to_jsonable, write_summary
 from benchmark.evaluation import inference
 from benchmark.scoring import counts
-from benchmark.training.checkpoint import load_checkpoint_module, store_in_checkpoint
+from benchmark.training.checkpoint import BEST, LAST, load_checkpoint_module, store_in_checkpoint
 from benchmark.training.device import resolve_precision
 from benchmark.training.module import SegModule
 
@@ -37,10 +40,11 @@ def _downsample(stack: np.ndarray, binary: bool) -> np.ndarray:
     )
 
 
-def overlay_picks(truth: np.ndarray) -> np.ndarray:
-    """Positions of the first positives and negatives (inputs are in stem order)."""
-    empty = truth.reshape(len(truth), -1).max(axis=1) == 0
-    order = np.arange(len(truth))
+def overlay_picks(empty: np.ndarray) -> np.ndarray:
+    """Positions of the first positives and negatives, from per-image "truth is empty" flags
+    (inputs are in stem order)."""
+    empty = np.asarray(empty, dtype=bool)
+    order = np.arange(len(empty))
     return np.concatenate([order[~empty][:OVERLAY_POS], order[empty][:OVERLAY_NEG]]).astype(np.int64)
 
 
@@ -78,55 +82,95 @@ def cost_block(cfg: TrainConfig, module: SegModule, history: dict, device: torch
     return cost
 
 
-def dataset_block(dm: Any, data_dir: Path, n_val: int) -> dict[str, Any]:
+def dataset_block(dm: Any, data_dir: Path) -> dict[str, Any]:
+    """The data a run saw: sizes of the three parts and the content hash (evaluate matches on it)."""
     from datamodules.kaggle import content_hash
 
     ts = dm.train_set
     return {"name": data_dir.resolve().name, "n_train": len(ts),
-            "n_subjects": int(len(np.unique(ts.subjects))), "n_val": int(n_val),
+            "n_subjects": int(len(np.unique(ts.subjects))), "n_fit": int(len(dm.train_indices)),
+            "n_inner": int(len(dm.val_indices)), "n_outer": int(len(dm.test_indices)),
             "content_hash": content_hash(ts),
             "synthetic": (data_dir / "synthetic.json").is_file()}  # fmt: skip
 
 
-def tune_and_score(val: dict[str, Any], tta: bool) -> tuple[Any, np.ndarray, dict[str, dict[str, float]]]:
-    """Tune post-processing on the validation predictions; raw and post-processed metrics."""
+def _subjects(dm: Any, indices: np.ndarray) -> list[int]:
+    return np.unique(dm.subjects[indices]).tolist()
+
+
+def split_block(cfg: TrainConfig, dm: Any) -> dict[str, Any]:
+    """Who is where. In hold-out mode the one outer set is fold 0 of 1 (table row 1: the rest)."""
+    from datamodules.splits import fold_table
+
+    holdout = cfg.holdout_fraction is not None
+    return {"mode": "holdout" if holdout else "kfold", "split_seed": cfg.split_seed,
+            "n_folds": 1 if holdout else cfg.n_folds, "fold": 0 if holdout else cfg.fold,
+            "holdout_fraction": cfg.holdout_fraction, "inner_fraction": cfg.inner_fraction,
+            "outer_subjects": _subjects(dm, dm.test_indices), "inner_subjects": _subjects(dm, dm.val_indices),
+            "fit_subjects": _subjects(dm, dm.train_indices),
+            "folds": fold_table(dm.subjects, dm.positive, dm.outer_folds)}  # fmt: skip
+
+
+def tune_on_inner(inner: dict[str, Any], tta: bool) -> tuple[Any, dict[str, dict[str, float]]]:
+    """Tune post-processing on the inner-set predictions; the inner raw and post-processed metrics."""
     from benchmark.scoring import postprocess
 
-    head = val["presence_prob"] if val["presence_head"] else None  # else the gate uses max prob itself
-    pp, _ = postprocess.tune(val["prob_u8"], val["truth"], head, tta=tta)
-    post_counts = inference.postprocess_counts(val["prob_u8"], val["truth"], head, pp)
-    metrics = {"raw": counts.score_counts(val["counts"], val["presence_prob"]),
-               "post": counts.score_counts(post_counts, None)}  # fmt: skip
-    return pp, post_counts, metrics
+    head = inner["presence_prob"] if inner["presence_head"] else None  # else the gate uses max prob
+    pp, _ = postprocess.tune(inner["prob_u8"], inner["truth"], head, tta=tta)
+    post_counts = inference.postprocess_counts(inner["prob_u8"], inner["truth"], head, pp)
+    return pp, scored(inner["counts"], inner["presence_prob"], post_counts)
 
 
-def per_image_block(dm: Any, val: dict[str, Any], post_counts: np.ndarray) -> dict[str, list]:
-    raw, post = counts.per_image_scores(val["counts"]), counts.per_image_scores(post_counts)
-    idx = val["index"]
+def scored(raw_counts: np.ndarray, presence_prob: np.ndarray, post_counts: np.ndarray) -> dict[str, dict]:
+    """Raw (threshold 0.5) and post-processed mean metrics from per-image confusion counts."""
+    return {
+        "raw": counts.score_counts(raw_counts, presence_prob),
+        "post": counts.score_counts(post_counts, None),
+    }
+
+
+def per_image_block(dm: Any, rows: dict[str, Any]) -> dict[str, list]:
+    """Per-image rows of a scored loader (``predict_loader`` with ``pp``): the outer fold's images."""
+    raw, post = counts.per_image_scores(rows["counts"]), counts.per_image_scores(rows["post_counts"])
+    idx = rows["index"]
     return {"index": idx, "stem": [dm.train_set.stems[i] for i in idx], "subject": dm.train_set.subjects[idx],
             "true_empty": raw["true_empty"], "dice_raw": raw["dice"], "dice": post["dice"],
-            "iou": post["iou"], "presence_prob": val["presence_prob"]}  # fmt: skip
+            "iou": post["iou"], "presence_prob": rows["presence_prob"]}  # fmt: skip
 
 
-def finalize_run(cfg: TrainConfig, dm: Any, data_dir: Path, out_dir: Path, device: torch.device) -> dict:
-    """Score ``best.ckpt`` on the validation fold, tune and store post-processing, write the summary."""
-    best = out_dir / "checkpoints" / "best.ckpt"
+def finalize_run(
+    cfg: TrainConfig, dm: Any, data_dir: Path, out_dir: Path, device: torch.device, world_size: int = 1
+) -> dict:
+    """Tune on the inner set, score ``best.ckpt`` once on the outer fold, write the summary.
+
+    ``world_size``: processes that trained the run (``global_batch`` = batch_size x world_size).
+    """
+    best = out_dir / "checkpoints" / BEST
     module, ckpt = load_checkpoint_module(best)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    val = inference.predict_loader(module, dm.val_dataloader(), device, precision, keep_probs=True)
-    pp, post_counts, metrics = tune_and_score(val, cfg.tta)
-    pp_dict = pp.to_dict()
-    store_in_checkpoint(
-        best, ckpt, {"postprocess": pp_dict, "config": cfg.to_dict(), "summary_metrics": metrics}
-    )
-    _overlays(out_dir / OVERLAY_NAME, dm, val, pp)
-    history = _final_history(out_dir / "checkpoints" / "last.ckpt", module.history)
+    inner = inference.predict_loader(module, dm.val_dataloader(), device, precision, keep_probs=True)
+    pp, selection_metrics = tune_on_inner(inner, cfg.tta)
+    n_inner = len(inner["index"])
+    del inner  # the 420x580 probabilities of the inner set; the outer pass needs only counts
+    outer = inference.predict_loader(module, dm.test_dataloader(), device, precision, pp=pp)
+    metrics = scored(outer["counts"], outer["presence_prob"], outer["post_counts"])
+    data = dataset_block(dm, data_dir)
+    store_in_checkpoint(best, ckpt, {
+        "postprocess": pp.to_dict(), "config": cfg.to_dict(), "summary_metrics": metrics,
+        "selection_metrics": selection_metrics, "data_hash": data["content_hash"],
+        "test_indices": outer["index"].tolist(),
+    })  # fmt: skip
+    _overlays(out_dir / OVERLAY_NAME, dm, module, outer, pp, device, precision)
+    history = _final_history(out_dir / "checkpoints" / LAST, module.history)
+    selection = {"metrics": selection_metrics, "n_images": n_inner, "subjects": _subjects(dm, dm.val_indices),
+                 "best_epoch": int(ckpt.get("epoch", 0)), "select": cfg.select}  # fmt: skip
     summary = {
         "schema_version": SCHEMA_VERSION, "run": cfg.run_name(), "model": cfg.model, "fold": cfg.fold,
         "n_folds": cfg.n_folds, "seed": cfg.seed, "config": cfg.to_dict(), "config_hash": cfg.hash(),
-        "dataset": dataset_block(dm, data_dir, len(val["index"])), "best_epoch": int(ckpt.get("epoch", 0)),
-        "epochs_run": len(history["epoch"]), "train_time_s": float(sum(history["epoch_time_s"])),
-        "metrics": metrics, "per_image": per_image_block(dm, val, post_counts), "postprocess": pp_dict,
+        "dataset": data, "best_epoch": selection["best_epoch"], "epochs_run": len(history["epoch"]),
+        "train_time_s": float(sum(history["epoch_time_s"])), "metrics": metrics, "selection": selection,
+        "split": split_block(cfg, dm), "global_batch": int(cfg.batch_size * max(world_size, 1)),
+        "per_image": per_image_block(dm, outer), "postprocess": pp.to_dict(),
         "cost": cost_block(cfg, module, history, device),
         "history": {k: history[k] for k in ("epoch", "train_loss", "val_loss", "val_kaggle_dice")},
         "overlays": OVERLAY_NAME, "environment": environment(), "status": "complete",
@@ -143,12 +187,16 @@ def _final_history(last: Path, fallback: dict) -> dict:
     return saved if saved else fallback
 
 
-def _overlays(path: Path, dm: Any, val: dict[str, Any], pp: Any) -> None:
+def _overlays(
+    path: Path, dm: Any, module: Any, outer: dict, pp: Any, device: torch.device, precision: str
+) -> None:
+    """Plot material from the outer fold: its first positives and negatives, re-predicted at full size."""
     from benchmark.scoring import postprocess
 
-    pick = overlay_picks(val["truth"])
-    head = val["presence_prob"][pick] if val["presence_head"] else None
-    pred = np.asarray(postprocess.apply(val["prob_u8"][pick], pp, head)).astype(np.uint8)
-    index = val["index"][pick]
+    index = outer["index"][overlay_picks(~dm.positive[outer["index"]])]
+    rows = inference.predict_loader(module, dm.subset_dataloader(index), device, precision, keep_probs=True)
+    order = np.searchsorted(rows["index"], index)  # rows come back sorted by index; keep the pick order
+    head = rows["presence_prob"][order] if rows["presence_head"] else None
+    pred = np.asarray(postprocess.apply(rows["prob_u8"][order], pp, head)).astype(np.uint8)
     stems = [dm.train_set.stems[i] for i in index]
-    write_overlays(path, stems, dm.train_set.images[index], val["truth"][pick], pred)
+    write_overlays(path, stems, dm.train_set.images[index], rows["truth"][order], pred)

@@ -1,6 +1,8 @@
-"""Shared, cached training runs for the training/evaluation tests (trained once per session).
+"""Shared training runs for the training/evaluation tests: configs here, trained once per session
+by the ``fit_runs`` fixture of tests/conftest.py (which calls :func:`build_runs`).
 
-Not a conftest: the cache lives here so test modules of other engineers are unaffected.
+Nested split of the 6 x 11 frames with 3 folds: 22 outer (2 subjects), 11 inner (1 subject),
+33 fit (3 subjects).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import pytest
 
 from benchmark.core.config import TrainConfig
 
-# 6 subjects x 11 frames: 3 folds give 22 validation images; 6 folds give 11 (odd, for DDP padding).
+# 6 subjects x 11 frames: 3 folds give 22 outer images; 6 folds give 11 (odd, for DDP padding).
 SUBJECTS, PER_SUBJECT = 6, 11
 FAST = {"image_size": 64, "batch_size": 4, "eval_batch_size": 4, "n_folds": 3, "logger": "none",
         "progress_bar": False, "warmup_epochs": 0.5}  # fmt: skip
@@ -32,19 +34,14 @@ class Runs:
         return self.root / cfg.run_name()
 
 
-_CACHE: dict[str, Runs] = {}
+def build_runs(factory: pytest.TempPathFactory) -> Runs:
+    """A synthetic dataset plus fitted `unet` and `empty` runs on fold 0."""
+    from benchmark.pipeline import fit
+    from datamodules.synth import generate
 
-
-def trained_runs(factory: pytest.TempPathFactory) -> Runs:
-    """A synthetic dataset plus fitted `unet` and `empty` runs on fold 0 (cached)."""
-    if "runs" not in _CACHE:
-        from benchmark.pipeline import fit
-        from datamodules.synth import generate
-
-        data = factory.mktemp("fit_data")
-        generate(data, subjects=SUBJECTS, per_subject=PER_SUBJECT, n_test=1, seed=0)
-        root = factory.mktemp("fit_runs")
-        unet = fit(UNET, data, root / UNET.run_name())
-        empty = fit(EMPTY, data, root / EMPTY.run_name())
-        _CACHE["runs"] = Runs(data, root, unet, empty)
-    return _CACHE["runs"]
+    data = factory.mktemp("fit_data")
+    generate(data, subjects=SUBJECTS, per_subject=PER_SUBJECT, n_test=1, seed=0)
+    root = factory.mktemp("fit_runs")
+    unet = fit(UNET, data, root / UNET.run_name())
+    empty = fit(EMPTY, data, root / EMPTY.run_name())
+    return Runs(data, root, unet, empty)

@@ -1,4 +1,5 @@
-"""evaluate(): every training image scored with the checkpoint's stored post-processing; clear errors."""
+"""evaluate(): says what it scores. On the checkpoint's training data only its outer fold (or every
+image with a warning); on other data every image; stored post-processing; clear errors."""
 
 from __future__ import annotations
 
@@ -13,32 +14,56 @@ from benchmark.cli import main
 from benchmark.evaluation.evaluate import evaluate
 from benchmark.pipeline import fit
 from datamodules.errors import NerveBenchError
-from tests.benchmark.fitting import EMPTY, PER_SUBJECT, SUBJECTS, UNET, trained_runs
+from tests.benchmark.fitting import EMPTY, PER_SUBJECT, SUBJECTS, UNET
 
 pytestmark = pytest.mark.slow
 
 
-def test_evaluate_scores_every_image_consistently_with_fit(tmp_path_factory, tmp_path):
-    runs = trained_runs(tmp_path_factory)
+def test_on_its_training_data_only_the_outer_fold_is_scored(fit_runs, tmp_path):
     out = tmp_path / "eval.json"
-    result = evaluate(runs.run_dir(UNET) / "checkpoints" / "best.ckpt", runs.data, out)
-    per = result["per_image"]
-    assert result["n_images"] == SUBJECTS * PER_SUBJECT and per["index"] == list(
-        range(SUBJECTS * PER_SUBJECT)
-    )
+    result = evaluate(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", fit_runs.data, out)
+    per, fit_per = result["per_image"], fit_runs.unet["per_image"]
+    assert result["scope"] == "outer_fold" and "outer fold, 22 of 66 images" in result["note"]
+    assert result["n_images"] == 22 and per["index"] == fit_per["index"]  # bookkeeping: exact
     assert json.loads(out.read_text()) == result
-    assert result["postprocess"] == runs.unet["postprocess"]
-    # The validation images get the very per-image scores fit() reported for them.
-    fit_per = runs.unet["per_image"]
-    for key in ("dice", "dice_raw", "iou", "true_empty", "stem", "subject"):
-        assert [per[key][i] for i in fit_per["index"]] == fit_per[key], key
+    assert result["postprocess"] == fit_runs.unet["postprocess"]
+    for key in ("true_empty", "stem", "subject"):
+        assert per[key] == fit_per[key], key
+    # The same images get the scores fit() reported for them (up to floating-point noise).
+    for key in ("dice", "dice_raw", "iou"):
+        np.testing.assert_allclose(per[key], fit_per[key], atol=1e-3, err_msg=key)
+    assert result["metrics"]["post"]["kaggle_dice"] == pytest.approx(
+        fit_runs.unet["metrics"]["post"]["kaggle_dice"], abs=1e-3
+    )
+
+
+def test_all_images_scores_training_images_too_with_a_warning(fit_runs):
+    result = evaluate(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", fit_runs.data, all_images=True)
+    assert result["scope"] == "all_images_including_training"
+    assert (
+        result["note"].startswith("warning:")
+        and "44 of these 66 images trained or selected" in result["note"]
+    )
+    per = result["per_image"]
+    assert per["index"] == list(range(SUBJECTS * PER_SUBJECT))
+    outer = [per["dice"][i] for i in fit_runs.unet["per_image"]["index"]]
+    np.testing.assert_allclose(outer, fit_runs.unet["per_image"]["dice"], atol=1e-3)
     assert np.mean(per["dice"]) == pytest.approx(result["metrics"]["post"]["kaggle_dice"])
+
+
+def test_other_data_is_scored_in_full(fit_runs, synthetic_dir):
+    result = evaluate(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", synthetic_dir)
+    assert result["scope"] == "all_images" and result["n_images"] == 48  # another 6 x 8 dataset
+    assert "not the checkpoint's training data" in result["note"]
 
 
 def test_empty_model_on_real_sample_scores_its_empty_masks_exactly(uns_sample, tmp_path):
     summary = fit(dataclasses.replace(EMPTY, n_folds=2), uns_sample, tmp_path / "run")
     assert summary["status"] == "complete"
-    result = evaluate(tmp_path / "run" / "checkpoints" / "best.ckpt", uns_sample)
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    outer = evaluate(ckpt, uns_sample)
+    assert outer["scope"] == "outer_fold" and outer["per_image"]["index"] == summary["per_image"]["index"]
+    result = evaluate(ckpt, uns_sample, all_images=True)
     per = result["per_image"]
     assert result["n_images"] == 26 and len(per["stem"]) == 26
     empty = np.asarray(per["true_empty"])
@@ -52,22 +77,26 @@ def test_missing_or_invalid_checkpoint_is_a_clear_error(tmp_path, capsys):
         evaluate(tmp_path / "nope.ckpt", tmp_path)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(NerveBenchError, match=r"garbage\.ckpt: unreadable checkpoint"):
+    with pytest.raises(NerveBenchError, match=r"garbage\.ckpt: not a readable checkpoint"):
         evaluate(garbage, tmp_path)
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(NerveBenchError, match="not a nerve-bench checkpoint"):
         evaluate(foreign, tmp_path)
     assert main(["evaluate", "--checkpoint", str(garbage), "--data-dir", str(tmp_path)]) == 2
-    assert "unreadable checkpoint" in capsys.readouterr().err
+    assert "not a readable checkpoint" in capsys.readouterr().err
 
 
-def test_cli_evaluate_prints_a_table_and_writes_json(tmp_path_factory, tmp_path, capsys):
-    runs = trained_runs(tmp_path_factory)
+def test_cli_evaluate_says_what_it_scores_and_writes_json(fit_runs, tmp_path, capsys):
     out = tmp_path / "metrics.json"
-    ckpt = runs.run_dir(EMPTY) / "checkpoints" / "best.ckpt"
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--data-dir", str(runs.data), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    ckpt = str(fit_runs.run_dir(EMPTY) / "checkpoints" / "best.ckpt")
+    assert main(["evaluate", "--checkpoint", ckpt, "--data-dir", str(fit_runs.data), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
     result = json.loads(out.read_text())
-    assert "kaggle_dice" in printed and f"{result['metrics']['post']['kaggle_dice']:.4f}" in printed
+    assert printed.out.splitlines()[0] == result["note"] and "only its outer fold" in result["note"]
+    assert "kaggle_dice" in printed.out and f"{result['metrics']['post']['kaggle_dice']:.4f}" in printed.out
     assert result["metrics"]["post"]["kaggle_dice"] == float(np.mean(result["per_image"]["true_empty"]))
+    argv = ["evaluate", "--checkpoint", ckpt, "--data-dir", str(fit_runs.data), "--all-images"]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert printed.err.count("warning: --all-images") == 1 and "66 images of" in printed.out

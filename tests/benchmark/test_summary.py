@@ -57,16 +57,39 @@ def test_read_summary_errors_name_the_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(DataError, match=r"bad\.json: invalid JSON"):
         S.read_summary(bad)
-    old = tmp_path / "old.json"
-    old.write_text(json.dumps({"schema_version": 0}))
-    with pytest.raises(DataError, match="schema_version 0"):
-        S.read_summary(old)
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(DataError, match="schema_version 99 is not the supported 2$"):
+        S.read_summary(future)
     assert not S.is_complete(bad, "x")
+
+
+def test_schema_1_summaries_are_refused_in_one_line_naming_the_file(tmp_path):
+    """Schema 1 scored the images it tuned on; its numbers must not mix with nested (schema 2) ones."""
+    old = tmp_path / "run" / "summary.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps({"schema_version": 1, "status": "complete", "config_hash": "abc"}))
+    with pytest.raises(DataError) as info:
+        S.read_summary(old.parent)
+    message = str(info.value)
+    assert (
+        "\n" not in message and str(old) in message and "schema_version 1" in message and "re-run" in message
+    )
+    assert not S.is_complete(old, "abc")  # so `fit` re-runs it rather than returning the old numbers
 
 
 def test_missing_keys_lists_schema_gaps():
     assert "per_image.dice" in S.missing_keys({"per_image": {}})
     assert "status" in S.missing_keys({})
+    v2 = {"selection", "split", "global_batch", "selection.metrics", "split.folds", "metrics.raw"}
+    assert v2 <= set(S.missing_keys({}))
+    partial = {"metrics": {"raw": {}, "post": {}}, "selection": {"metrics": {"raw": {}}}}
+    gaps = S.missing_keys(partial)
+    assert (
+        "selection.metrics.post" in gaps
+        and "selection.metrics.raw" not in gaps
+        and "metrics.post" not in gaps
+    )
 
 
 def test_environment_has_versions_device_and_git_sha():

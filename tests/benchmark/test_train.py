@@ -1,4 +1,5 @@
-"""fit(): learning beats the empty baseline, summary.json schema, checkpoints, resume, determinism, CLI."""
+"""fit(): learning beats the empty baseline, the nested protocol (selection on the inner set, scores
+on the outer fold), summary.json schema 2, checkpoints, resume, determinism, CLI."""
 
 from __future__ import annotations
 
@@ -15,14 +16,26 @@ from benchmark import pipeline as train
 from benchmark.cli import main
 from benchmark.core.config import ConfigError
 from benchmark.core.summary import dumps, missing_keys
-from tests.benchmark.fitting import TINY, UNET, trained_runs
+from benchmark.evaluation import inference
+from benchmark.scoring.counts import score_counts
+from benchmark.training.checkpoint import load_checkpoint_module
+from benchmark.training.trainer import make_datamodule
+from tests.benchmark.fitting import TINY, UNET
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return trained_runs(tmp_path_factory)
+def runs(fit_runs):
+    return fit_runs
+
+
+@pytest.fixture(scope="module")
+def dm(runs):
+    """The UNET run's DataModule, rebuilt from its config: the split is a function of the config."""
+    module = make_datamodule(UNET, runs.data)
+    module.setup()
+    return module
 
 
 def test_unet_clearly_beats_the_empty_baseline(runs):
@@ -35,7 +48,9 @@ def test_unet_clearly_beats_the_empty_baseline(runs):
     assert empty["per_image"]["dice"] == [float(e) for e in empty["per_image"]["true_empty"]]
     assert unet["metrics"]["raw"]["kaggle_dice"] >= fraction_empty + 0.1
     assert unet["metrics"]["post"]["kaggle_dice"] >= fraction_empty + 0.1
-    assert unet["per_image"]["index"] == empty["per_image"]["index"]  # same fold, same images
+    assert unet["per_image"]["index"] == empty["per_image"]["index"]  # same outer fold, same images
+    # `empty` selects nothing, but goes through the same protocol: tuned on inner, scored on outer.
+    assert empty["selection"]["n_images"] == 11 and empty["best_epoch"] == 0
 
 
 def test_summary_follows_the_schema(runs):
@@ -44,26 +59,68 @@ def test_summary_follows_the_schema(runs):
     text = path.read_text()
     assert text == dumps(json.loads(text))  # sorted keys, indent 2, strict JSON
     assert missing_keys(s) == []
-    assert s["status"] == "complete" and s["schema_version"] == 1
+    assert s["status"] == "complete" and s["schema_version"] == 2
     assert s["config"] == UNET.to_dict() and s["config_hash"] == UNET.hash() and s["run"] == UNET.run_name()
     assert (s["model"], s["fold"], s["n_folds"], s["seed"]) == ("unet", 0, 3, 0)
     ds = s["dataset"]
-    assert (ds["n_train"], ds["n_subjects"], ds["n_val"], ds["synthetic"]) == (66, 6, 22, False)
+    sizes = (ds["n_train"], ds["n_subjects"], ds["n_fit"], ds["n_inner"], ds["n_outer"], ds["synthetic"])
+    assert sizes == (66, 6, 33, 11, 22, False)
     assert re.fullmatch(r"[0-9a-f]{16}", ds["content_hash"])
     per = s["per_image"]
     assert all(len(per[k]) == 22 for k in per) and per["index"] == sorted(per["index"])
     assert all(stem.startswith(f"{subj}_") for stem, subj in zip(per["stem"], per["subject"]))
     h = s["history"]
     assert h["epoch"] == list(range(UNET.epochs)) and s["epochs_run"] == UNET.epochs
-    assert s["best_epoch"] == int(np.argmax(h["val_kaggle_dice"]))
-    # The raw metrics are the validation metric of the best epoch, recomputed from best.ckpt.
-    assert s["metrics"]["raw"]["kaggle_dice"] == pytest.approx(
-        h["val_kaggle_dice"][s["best_epoch"]], abs=1e-12
-    )
-    assert s["metrics"]["post"]["kaggle_dice"] >= s["metrics"]["raw"]["kaggle_dice"]  # tuned on these images
+    assert s["best_epoch"] == s["selection"]["best_epoch"] == int(np.argmax(h["val_kaggle_dice"]))
+    assert s["selection"]["select"] == "best" and s["global_batch"] == UNET.batch_size  # one process
     assert np.mean(per["dice"]) == pytest.approx(s["metrics"]["post"]["kaggle_dice"])
+    assert np.mean(per["dice_raw"]) == pytest.approx(s["metrics"]["raw"]["kaggle_dice"])
+    split = s["split"]
+    assert (split["split_seed"], split["n_folds"], split["fold"], split["inner_fraction"]) == (0, 3, 0, 0.15)
+    assert [row["n_images"] for row in split["folds"]] == [22, 22, 22]
+    assert [row["fold"] for row in split["folds"]] == [0, 1, 2]
+    assert split["folds"][0]["subjects"] == split["outer_subjects"] == sorted(set(per["subject"]))
     assert s["cost"]["params"] > 0 and s["cost"]["train_img_s"] > 0 and s["train_time_s"] > 0
     assert set(s["postprocess"]) >= {"threshold", "min_area", "presence_tau", "presence_source", "tta"}
+
+
+def test_epoch_and_postprocessing_are_chosen_on_the_inner_set_only(runs, dm):
+    s, split = runs.unet, runs.unet["split"]
+    outer, inner, fit_part = set(dm.test_indices), set(dm.val_indices), set(dm.train_indices)
+    assert s["per_image"]["index"] == sorted(outer)  # the reported images are the outer fold
+    assert not outer & inner and not outer & fit_part and not inner & fit_part  # bookkeeping: exact
+    assert (len(fit_part), len(inner), len(outer)) == (33, 11, 22)
+    assert split["inner_subjects"] == s["selection"]["subjects"] == sorted(set(dm.subjects[dm.val_indices]))
+    assert split["fit_subjects"] == sorted(set(dm.subjects[dm.train_indices]))
+    assert s["selection"]["n_images"] == 11
+    # The epoch was chosen by val/kaggle_dice: that value is the selection set's raw score of best.ckpt.
+    sel = s["selection"]["metrics"]
+    assert sel["raw"]["kaggle_dice"] == pytest.approx(
+        s["history"]["val_kaggle_dice"][s["best_epoch"]], abs=1e-9
+    )
+    # ... and re-scoring best.ckpt on the inner images reproduces it (same loader, same device).
+    module, _ = load_checkpoint_module(runs.run_dir(UNET) / "checkpoints" / "best.ckpt")
+    rows = inference.predict_loader(module, dm.val_dataloader(), torch.device("cpu"), "32")
+    assert rows["index"].tolist() == sorted(inner)
+    rescored = score_counts(rows["counts"], rows["presence_prob"])["kaggle_dice"]
+    assert rescored == pytest.approx(sel["raw"]["kaggle_dice"], abs=1e-9)
+    # Selection and reported numbers are different images, so different numbers.
+    assert sel["raw"]["kaggle_dice"] != s["metrics"]["raw"]["kaggle_dice"]
+    assert sel["post"]["kaggle_dice"] != s["metrics"]["post"]["kaggle_dice"]
+
+
+def test_select_last_keeps_the_final_epoch_in_holdout_mode(runs, tmp_path):
+    cfg = dataclasses.replace(TINY, epochs=2, select="last", holdout_fraction=0.34)
+    summary = train.fit(cfg, runs.data, tmp_path)
+    assert summary["best_epoch"] == 1 and summary["selection"]["select"] == "last"
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == 1
+    # Hold-out mode: the hold-out (2 of 6 subjects) is the one outer set; selection comes from the rest.
+    split, ds = summary["split"], summary["dataset"]
+    assert (split["mode"], split["n_folds"], split["fold"]) == ("holdout", 1, 0)
+    assert (ds["n_fit"], ds["n_inner"], ds["n_outer"]) == (33, 11, 22)
+    assert [row["n_images"] for row in split["folds"]] == [22, 44]
+    assert not set(split["outer_subjects"]) & set(split["inner_subjects"] + split["fit_subjects"])
 
 
 def test_best_checkpoint_carries_the_tuned_postprocessing(runs):
@@ -72,6 +129,12 @@ def test_best_checkpoint_carries_the_tuned_postprocessing(runs):
     assert best["nerve_bench"]["postprocess"] == runs.unet["postprocess"]
     assert best["nerve_bench"]["config"] == UNET.to_dict()
     assert best["nerve_bench"]["summary_metrics"]["post"] == pytest.approx(runs.unet["metrics"]["post"])
+    assert best["nerve_bench"]["selection_metrics"]["post"] == pytest.approx(
+        runs.unet["selection"]["metrics"]["post"]
+    )
+    # What `evaluate` needs to recognise the training data and score only the outer fold.
+    assert best["nerve_bench"]["data_hash"] == runs.unet["dataset"]["content_hash"]
+    assert best["nerve_bench"]["test_indices"] == runs.unet["per_image"]["index"]
     assert best["epoch"] == runs.unet["best_epoch"]
     assert (ckpt_dir / "last.ckpt").is_file()
 
@@ -81,11 +144,11 @@ def test_overlays_hold_first_positives_and_negatives(runs):
         stems, image, truth, pred = z["stem"], z["image"], z["truth"], z["pred"]
     assert image.shape == truth.shape == pred.shape == (len(stems), 128, 177)
     positive = truth.reshape(len(stems), -1).any(axis=1)
-    per = runs.unet["per_image"]
-    val_pos = [s for s, e in zip(per["stem"], per["true_empty"]) if not e]
-    val_neg = [s for s, e in zip(per["stem"], per["true_empty"]) if e]
-    assert stems.tolist() == val_pos[:4] + val_neg[:2]
-    assert positive.tolist() == [True] * min(4, len(val_pos)) + [False] * min(2, len(val_neg))
+    per = runs.unet["per_image"]  # the outer fold's images
+    outer_pos = [s for s, e in zip(per["stem"], per["true_empty"]) if not e]
+    outer_neg = [s for s, e in zip(per["stem"], per["true_empty"]) if e]
+    assert stems.tolist() == outer_pos[:4] + outer_neg[:2]
+    assert positive.tolist() == [True] * min(4, len(outer_pos)) + [False] * min(2, len(outer_neg))
 
 
 def test_complete_run_is_not_retrained(runs, monkeypatch):
@@ -149,13 +212,32 @@ def test_same_seed_and_config_give_bit_identical_results(runs, tmp_path):
 
 def test_cli_fit_writes_the_run_and_prints_metrics(runs, tmp_path, capsys):
     out = tmp_path / "cli_run"
-    argv = ["fit", "--model", "empty", "--data-dir", str(runs.data), "--out", str(out), "--image-size", "64",
-            "--folds", "3", "--fold", "1", "--set", "logger=none", "--set", "progress_bar=false"]  # fmt: skip
+    argv = [
+        "fit",
+        "--model",
+        "empty",
+        "--data-dir",
+        str(runs.data),
+        "--out",
+        str(out),
+        "--image-size",
+        "64",
+        "--n-folds",
+        "3",
+        "--fold",
+        "1",
+        "--set",
+        "logger=none",
+        "--set",
+        "progress_bar=false",
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["fold"] == 1 and summary["model"] == "empty"
     printed = capsys.readouterr().out
-    assert "kaggle_dice" in printed and f"{summary['metrics']['post']['kaggle_dice']:.4f}" in printed
+    reported, selection = printed.split("selection (inner set")
+    assert "outer fold 1:" in reported and f"{summary['metrics']['post']['kaggle_dice']:.4f}" in reported
+    assert f"{summary['selection']['metrics']['post']['kaggle_dice']:.4f}" in selection
 
 
 def test_cli_fit_reports_bad_input_in_one_line(runs, tmp_path, capsys):
@@ -169,4 +251,4 @@ def test_gpu_cache_fast_path_trains_on_cpu_too(runs, tmp_path):
     cfg = dataclasses.replace(TINY, gpu_cache=True, epochs=1)
     summary = train.fit(cfg, runs.data, tmp_path, callbacks=[counter])
     assert counter.epochs == [0] and summary["status"] == "complete"
-    assert summary["dataset"]["n_val"] == 22 and summary["cost"]["train_img_s"] > 0
+    assert summary["dataset"]["n_outer"] == 22 and summary["cost"]["train_img_s"] > 0

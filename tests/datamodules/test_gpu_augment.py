@@ -110,6 +110,35 @@ def test_batch_iterator_epochs_and_shards():
     assert sorted(seen[0] + seen[1]) == list(range(100, 110))
 
 
+def _epoch_sizes(loader: ga.GpuBatchIterator) -> list[int]:
+    return [len(b["index"]) for b in loader]
+
+
+def test_batch_iterator_never_ends_in_a_single_sample():
+    masks = _blobs(7).squeeze(1).numpy()
+    cache = ga.GpuCache(masks * 255, masks)
+    loader = ga.GpuBatchIterator(cache, batch_size=3, drop_last=False, augment=False)
+    assert len(loader) == 2 and _epoch_sizes(loader) == [3, 3]  # 7 = 3 + 3 + 1: the 1 is dropped
+    loader = ga.GpuBatchIterator(cache, batch_size=5, drop_last=False, augment=False)
+    assert len(loader) == 2 and _epoch_sizes(loader) == [5, 2]  # a tail of 2 is kept
+    # DDP: 9 rows -> 5 per rank (one wrapped round) = 4 + 1 on every rank
+    cache = ga.GpuCache(_blobs(9).squeeze(1).numpy(), _blobs(9).squeeze(1).numpy())
+    for rank in (0, 1):
+        shard = ga.GpuBatchIterator(cache, 4, drop_last=False, rank=rank, world_size=2, augment=False)
+        assert len(shard) == 1 and _epoch_sizes(shard) == [4]
+
+
+def test_ddp_ranks_get_equal_shares():
+    """An uneven split would give ranks different batch counts and hang DDP's all-reduce."""
+    masks = _blobs(5).squeeze(1).numpy()
+    cache = ga.GpuCache(masks * 255, masks, indices=np.arange(5))
+    shards = [ga.GpuBatchIterator(cache, 3, seed=0, rank=r, world_size=2, augment=False) for r in (0, 1)]
+    assert [len(s) for s in shards] == [1, 1]
+    seen = [torch.cat([b["index"] for b in s]).tolist() for s in shards]
+    assert [len(x) for x in seen] == [3, 3]  # 5 rows padded to 6 by wrapping round
+    assert set(seen[0] + seen[1]) == set(range(5))
+
+
 def test_cache_rejects_bad_input():
     with pytest.raises(DataError, match="uint8"):
         ga.GpuCache(np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8), np.uint8))
