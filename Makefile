@@ -5,6 +5,8 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 CONFIG ?= benchmark/configs/default.yaml
+# The README's data path. `run` falls back to the embedded synthetic benchmark only when this default
+# is absent; any other DATA must hold train/ (a typo is an error, never a synthetic leaderboard).
 DATA   ?= data/ultrasound-nerve-segmentation
 RESULTS ?= results
 ARGS   ?=

@@ -33,6 +33,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (NerveBenchError, ModelError)
 
 
+def os_error_line(exc: OSError) -> str:
+    """``PATH: reason`` in one line (no traceback), naming both paths of a failed rename."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else f"{exc.filename}"
+    return f"{where}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     args = build_parser().parse_args(argv)
@@ -41,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # read-only or full disk, a directory where a file goes: a runtime failure
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; re-run the same command to resume", file=sys.stderr)
         return 130

@@ -20,7 +20,9 @@ True/False forces horizontal-flip averaging on or off for every checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.core.config import ConfigError
+from benchmark.core.files import atomic_path, atomic_write
 from benchmark.training.device import autocast, resolve_device
 from datamodules import geometry
 from datamodules.errors import DataError, NerveBenchError
@@ -72,10 +74,8 @@ def list_inputs(input_dir: str | Path) -> list[tuple[str, Path]]:
 
 def load_model(path: str | Path, device: torch.device, tta: bool | None = None) -> LoadedModel:
     """Rebuild a checkpoint's SegModule from its config and weights, ready for inference."""
-    from benchmark.training.checkpoint import postprocess_of, read_checkpoint
+    from benchmark.training.checkpoint import postprocess_of, read_checkpoint, rebuild_module
     from benchmark.training.device import resolve_precision
-    from benchmark.training.module import SegModule
-    from models.registry import ModelError
 
     path = Path(path)
     ckpt = read_checkpoint(path)
@@ -83,11 +83,7 @@ def load_model(path: str | Path, device: torch.device, tta: bool | None = None) 
     config = dict(ckpt["hyper_parameters"]["config"])
     # The weights come from the state dict: never download pretrained encoders, never compile.
     config.update(encoder_weights=None, compile=False, tta=post.tta if tta is None else tta)
-    try:
-        module = SegModule(config)
-        module.load_state_dict(ckpt["state_dict"])
-    except (ConfigError, ModelError, RuntimeError) as exc:
-        raise NerveBenchError(f"{path}: cannot rebuild the model ({exc})") from None
+    module = rebuild_module(path, config, ckpt["state_dict"])  # one line (with key counts) on a mismatch
     precision = resolve_precision(module.cfg.precision, device.type)
     return LoadedModel(path, module.to(device).eval(), post, precision if device.type == "cuda" else "32")
 
@@ -141,25 +137,57 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Give an OSError raised while writing ``path`` its file name (a bare write() error has none)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
 def write_submission(path: str | Path, rows: list[tuple[str, str]]) -> Path:
-    """Kaggle CSV ``img,pixels``, one row per image in the given (numeric id) order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["img", "pixels"])
-        writer.writerows(rows)
-    return path
+    """Kaggle CSV ``img,pixels``, one row per image in the given (numeric id) order; atomic."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["img", "pixels"])
+    writer.writerows(rows)
+    with _naming(Path(path)):
+        return atomic_write(path, text.getvalue())
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    """A uint8 {0,255} tif, atomically: an interrupted run never leaves a truncated mask behind."""
+    with _naming(path), atomic_path(path) as tmp:
+        write_tif(tmp, mask.astype(np.uint8) * 255)
 
 
 def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
-    """PNG of the grayscale frame with the predicted mask's contour drawn in red."""
+    """PNG of the grayscale frame with the predicted mask's contour drawn in red (written atomically)."""
     import cv2
 
     rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(rgb, contours, -1, (0, 0, 255), 2)
-    cv2.imwrite(str(path), rgb)
+    ok, png = cv2.imencode(".png", rgb)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    with _naming(path):
+        atomic_write(path, png.tobytes())
+
+
+def check_outputs(out_dir: Path, submission: Path | None) -> None:
+    """Refuse unusable output paths before loading models and predicting (one line, exit 2)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NerveBenchError(f"{out_dir}: --out is a file; expected a directory for the mask tifs")
+    if submission is None:
+        return
+    if submission.is_dir():
+        raise NerveBenchError(f"{submission}: --submission is a directory; expected a .csv file path")
+    if submission.parent.exists() and not submission.parent.is_dir():
+        raise NerveBenchError(f"{submission.parent}: is a file; --submission needs a directory there")
 
 
 def predict_dir(
@@ -180,12 +208,13 @@ def predict_dir(
         raise NerveBenchError("no checkpoint given")
     from benchmark.scoring.postprocess import apply
 
+    out = Path(out_dir)
+    check_outputs(out, Path(submission) if submission else None)
     dev = resolve_device(device)
     inputs = list_inputs(input_dir)
     models = [load_model(c, dev, tta) for c in checkpoints]
     # Record the TTA actually used (forced or per checkpoint) in the reported parameters.
     post = replace(ensemble_postprocess([m.post for m in models]), tta=all(m.module.cfg.tta for m in models))
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if overlays:
         (out / "overlays").mkdir(exist_ok=True)
@@ -195,7 +224,7 @@ def predict_dir(
         prob, presence = predict_probs(models, images, dev)
         masks = np.asarray(apply(prob, post, presence_prob=presence), dtype=bool)
         for (stem, _), image, mask in zip(chunk, images, masks):
-            write_tif(out / f"{stem}.tif", mask.astype(np.uint8) * 255)
+            write_mask(out / f"{stem}.tif", mask)
             if overlays:
                 write_overlay(out / "overlays" / f"{stem}.png", image, mask)
             rows.append((stem, encode(mask)))

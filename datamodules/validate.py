@@ -17,6 +17,13 @@ from datamodules.io import read_tif
 from datamodules.rle import RLEError, decode, parse_runs
 
 CSV_HEADER = ("subject", "img", "pixels")
+_SHOWN = 40  # characters of a csv field echoed in a message: a whole RLE can be kilobytes
+
+
+def _short(text: str, limit: int = _SHOWN) -> str:
+    """``text`` on one line, cut to ``limit`` characters: messages name the problem, not the data."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else f"{flat[: limit - 3]}..."
 
 
 @dataclass(frozen=True)
@@ -29,15 +36,18 @@ def _parse_int(text: str, csv_path: Path, line: int, column: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
-        raise DataError(csv_path, f"line {line}: {column} {text!r} is not an integer") from None
+        raise DataError(csv_path, f"line {line}: {column} {_short(text)!r} is not an integer") from None
 
 
 def _check_header(header: list[str] | None, csv_path: Path) -> None:
     got = tuple(h.strip().lower() for h in header) if header else ()
-    if got != CSV_HEADER:
-        raise DataError(
-            csv_path, f"line 1: header is {','.join(got) or '(empty)'}, expected {','.join(CSV_HEADER)}"
-        )
+    if got == CSV_HEADER:
+        return
+    expected = ",".join(CSV_HEADER)
+    if got and got[0].isdigit():  # the first row is data: the header line is missing
+        raise DataError(csv_path, f"line 1: no header (starts with data {_short(','.join(got))!r}); "
+                                  f"expected the header {expected}")  # fmt: skip
+    raise DataError(csv_path, f"line 1: header is {_short(','.join(got)) or '(empty)'}, expected {expected}")
 
 
 def _check_rle(rle: str, shape: tuple[int, int], csv_path: Path, line: int) -> None:
@@ -45,7 +55,7 @@ def _check_rle(rle: str, shape: tuple[int, int], csv_path: Path, line: int) -> N
     try:
         starts, lengths = parse_runs(rle)
     except RLEError as exc:
-        raise DataError(csv_path, f"line {line}: {exc}") from None
+        raise DataError(csv_path, f"line {line}: {_short(exc, 120)}") from None
     n_pixels = shape[0] * shape[1]
     if starts.size and int((starts + lengths).max()) > n_pixels:
         end = int((starts + lengths).max())
@@ -81,7 +91,7 @@ def read_masks_csv(csv_path: Path, shape: tuple[int, int]) -> dict[tuple[int, in
                     )
                 rows[key] = CsvRow(line, record[2].strip())
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(csv_path, f"unreadable csv ({type(exc).__name__}: {exc})") from None
+        raise DataError(csv_path, f"unreadable csv ({type(exc).__name__}: {_short(exc, 120)})") from None
     return rows
 
 
@@ -115,7 +125,7 @@ def decode_row(row: CsvRow, csv_path: Path, shape: tuple[int, int]) -> np.ndarra
     try:
         return decode(row.rle, shape)
     except RLEError as exc:
-        raise DataError(csv_path, f"line {row.line}: {exc}") from None
+        raise DataError(csv_path, f"line {row.line}: {_short(exc, 120)}") from None
 
 
 def check_agree(

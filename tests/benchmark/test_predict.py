@@ -171,3 +171,66 @@ def test_checkpoint_written_by_fit(synthetic_dir, tmp_path):
     result = predict.predict_dir([best], synthetic_dir, out, submission=sub)
     assert result["postprocess"] == summary["postprocess"]
     _check_outputs(out, sub, [stem for stem, _ in predict.list_inputs(synthetic_dir)])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_failed_write_leaves_the_previous_outputs_intact(
+    ckpts, synthetic_dir, tmp_path, monkeypatch, capsys
+):
+    """Masks and submission are replaced atomically: a crash mid-write keeps the old files, no temp files."""
+    import errno
+    import os
+
+    out, sub = tmp_path / "masks", tmp_path / "sub.csv"
+    predict.predict_dir([ckpts[0]], synthetic_dir, out, submission=sub)
+    masks, csv_bytes = _files(out), sub.read_bytes()
+
+    def dies_half_way(path, arr, lzw=True):  # the disk fills after a partial tif
+        Path(path).write_bytes(b"II*\x00partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(predict, "write_tif", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        predict.predict_dir([ckpts[1]], synthetic_dir, out, submission=sub)
+    assert _files(out) == masks and sub.read_bytes() == csv_bytes
+    monkeypatch.undo()
+    real_replace = os.replace
+
+    def no_rename_for_csv(src, dst, *args, **kwargs):
+        if str(dst).endswith(".csv"):
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", no_rename_for_csv)
+    args = ["predict", "--checkpoint", str(ckpts[1]), "--input", str(synthetic_dir), "--out", str(out),
+            "--submission", str(sub)]  # fmt: skip
+    assert main(args) == 1
+    assert capsys.readouterr().err.strip() == f"error: {sub}: Input/output error"
+    assert sub.read_bytes() == csv_bytes and sorted(p.name for p in tmp_path.iterdir()) == [
+        "masks",
+        "sub.csv",
+    ]
+    assert sorted(_files(out)) == sorted(masks)  # the new masks replaced the old ones, no temp files
+
+
+def test_unusable_output_paths_are_one_line(ckpts, synthetic_dir, tmp_path, capsys):
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    base = ["predict", "--checkpoint", str(ckpts[0]), "--input", str(synthetic_dir)]
+    cases = [
+        (["--out", str(tmp_path / "o"), "--submission", str(tmp_path / "a_dir")], 2,
+         f"error: {tmp_path / 'a_dir'}: --submission is a directory; expected a .csv file path"),
+        (["--out", str(tmp_path / "a_file")], 2,
+         f"error: {tmp_path / 'a_file'}: --out is a file; expected a directory for the mask tifs"),
+        (["--out", str(tmp_path / "o"), "--submission", str(tmp_path / "a_file" / "s.csv")], 2,
+         f"error: {tmp_path / 'a_file'}: is a file; --submission needs a directory there"),
+        (["--out", str(tmp_path / "a_file" / "o")], 1,
+         f"error: {tmp_path / 'a_file' / 'o'}: Not a directory"),
+    ]  # fmt: skip
+    for extra, code, line in cases:
+        assert main([*base, *extra]) == code
+        assert capsys.readouterr().err.strip() == line
+    assert not (tmp_path / "o").exists()

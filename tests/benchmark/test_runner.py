@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -50,25 +51,68 @@ def test_grid_order_subsets_and_per_model_kwargs():
     assert [(c.model, c.fold, c.seed) for c in sub] == [("empty", 2, 3)]
     with pytest.raises(ConfigError, match="fold=5"):
         runner.build_grid(bench, folds=[5])
-    assert runner._parse_list("0, 1,", int) == [0, 1] and runner._parse_list(None) is None
+    assert runner.parse_list("0, 1,", int) == [0, 1] and runner.parse_list(None) is None
     with pytest.raises(ConfigError, match="comma-separated"):
-        runner._parse_list("a,b", int)
+        runner.parse_list("a,b", int)
 
 
-def test_synthetic_fallback_is_announced_and_generated_once(tmp_path, capsys):
+def test_synthetic_fallback_is_announced_and_generated_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the README's default data path is relative: absent here
     bench = load_benchmark_config(CONFIGS / "default.yaml")
     tiny = {"subjects": 3, "per_subject": 2, "n_test": 1}
     bench = dataclasses.replace(bench, synthetic={**bench.synthetic, "generator": tiny})
-    fallback, data = runner.resolve_data(bench, tmp_path / "missing", tmp_path)
+    fallback, data = runner.resolve_data(bench, None, tmp_path)
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "no train/ in" in out[0] and "synthetic" in out[0]
+    assert len(out) == 1 and "no --data-dir given" in out[0] and "synthetic" in out[0]
     assert data == tmp_path / runner.SYNTHETIC_DIR and len(list((data / "train").glob("*_mask.tif"))) == 6
-    assert fallback.train.image_size == 64 and fallback.train.precision == "32" and fallback.folds == (0,)
+    assert fallback.train.image_size == 64 and fallback.train.precision == "32"
+    assert fallback.folds == (0, 1, 2)  # every outer fold, so the out-of-fold board ranks complete models
     stamp = (data / "train" / "1_1.tif").stat().st_mtime_ns
-    runner.resolve_data(bench, tmp_path / "missing", tmp_path)
+    runner.resolve_data(bench, runner.DEFAULT_DATA_DIR, tmp_path)  # the Makefile's default DATA, absent
+    assert "data/ultrasound-nerve-segmentation not found" in capsys.readouterr().out
     assert (data / "train" / "1_1.tif").stat().st_mtime_ns == stamp  # reused, not regenerated
     real, same = runner.resolve_data(bench, data, tmp_path)  # a dir with train/ is used as is
     assert same == data and real.train.image_size == 256
+
+
+def test_mistyped_data_dir_is_an_error_not_a_synthetic_run(tmp_path, capsys, monkeypatch):
+    from datamodules.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    bench = load_benchmark_config(SMOKE)
+    with pytest.raises(DataError, match=r"dta: data directory not found \(--data-dir / DATA\)"):
+        runner.resolve_data(bench, tmp_path / "dta", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: no train/ directory"):
+        runner.resolve_data(bench, tmp_path / "empty", tmp_path)
+    runner.DEFAULT_DATA_DIR.mkdir(parents=True)  # the default path, present but without train/
+    with pytest.raises(DataError, match="ultrasound-nerve-segmentation: no train/ directory"):
+        runner.resolve_data(bench, None, tmp_path)
+    assert not (tmp_path / runner.SYNTHETIC_DIR).exists()
+    args = ["run", "--config", str(SMOKE), "--data-dir", str(tmp_path / "dta"), "--results-dir", "res"]
+    assert main(args) == 2 and main([*args, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(
+        line.startswith(f"error: {tmp_path / 'dta'}: data directory not found") for line in err
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "empty"]  # nothing written
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys, monkeypatch):
+    """Not the synthetic data, not the results directory, not a lock: the file system is unchanged."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "runs").mkdir(parents=True)
+    before = _tree(tmp_path)
+    assert main(["run", "--config", str(SMOKE), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    smoke = load_benchmark_config(SMOKE)
+    assert "no --data-dir given" in lines[0] and len(lines) == 1 + len(smoke.models) * len(smoke.folds)
+    assert main(["run", "--config", str(SMOKE), "--dry-run", "--results-dir", "elsewhere/new"]) == 0
+    assert _tree(tmp_path) == before
 
 
 def test_bad_synthetic_section_names_the_key():
@@ -96,6 +140,29 @@ def test_failure_is_recorded_and_the_rest_continue(tmp_path, capsys):
     assert sorted(o.status for o in outcomes) == ["skipped", "skipped", "trained"]
 
 
+def test_each_finished_run_prints_name_seconds_and_outer_dice(tmp_path, capsys):
+    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " done " in ln]
+    assert [o.dice for o in outcomes] == [0.75, 0.75]  # mean of the fake per-image Dice [0.5, 1.0]
+    for i, (line, o) in enumerate(zip(lines, outcomes), start=1):
+        assert line == f"[{i}/2] done {o.run} in {o.seconds:.1f} s: outer Kaggle Dice 0.7500"
+    assert runner.finished_line("r", 12.345, None) == "done r in 12.3 s: outer Kaggle Dice n/a"
+
+
+def test_unwritable_error_txt_goes_to_the_log_and_the_grid_goes_on(tmp_path, capsys):
+    bench = dataclasses.replace(load_benchmark_config(SMOKE), models=("boom", "unet", "empty"))
+    grid = runner.build_grid(bench)
+    (tmp_path / "runs" / grid[0].run_name() / "error.txt").mkdir(parents=True)  # cannot become a file
+    calls = []
+    outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls, fail={"boom"}))
+    assert [o.status for o in outcomes] == ["failed", "trained", "trained"] and len(calls) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    where = tmp_path / "runs" / grid[0].run_name() / "error.txt"
+    assert len(err) == 1 and err[0].startswith(f"error: {where}: cannot record the failure")
+    assert err[0].endswith("failed with RuntimeError: boom exploded")
+
+
 def test_interrupted_grid_resumes_without_retraining(tmp_path):
     grid = runner.build_grid(load_benchmark_config(SMOKE))
     calls = []
@@ -103,6 +170,7 @@ def test_interrupted_grid_resumes_without_retraining(tmp_path):
         runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls, interrupt_at=2))
     first = tmp_path / "runs" / grid[0].run_name() / "summary.json"
     mtime = first.stat().st_mtime_ns
+    assert not list((tmp_path / "runs").rglob("run.lock"))  # the interrupted run's lock is released
     calls.clear()
     outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls))
     assert calls == [c.run_name() for c in grid[1:]]
@@ -124,7 +192,9 @@ def test_smoke_benchmark_end_to_end(tmp_path, synthetic_dir, monkeypatch):
             raise KeyboardInterrupt
         return real_fit(cfg, data_dir, out_dir)
 
-    args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path)]
+    # Both outer folds of a 2-fold split, so every model is complete and the out-of-fold board ranks it.
+    args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path),
+            "--set", "n_folds=2", "--folds", "0,1"]  # fmt: skip
     monkeypatch.setattr(train, "fit", interrupt_second)
     assert main(args) == 130
     runs = sorted((tmp_path / "runs").glob("*/summary.json"))
@@ -135,7 +205,7 @@ def test_smoke_benchmark_end_to_end(tmp_path, synthetic_dir, monkeypatch):
     n_models = len(load_benchmark_config(SMOKE).models)
     assert (
         runs[0].stat().st_mtime_ns == first
-        and len(list((tmp_path / "runs").glob("*/summary.json"))) == n_models
+        and len(list((tmp_path / "runs").glob("*/summary.json"))) == 2 * n_models
     )
     outputs = [tmp_path / f"leaderboard.{ext}" for ext in ("md", "csv", "json")]
     outputs += [tmp_path / "plots" / f"{name}.png" for name in ("leaderboard", "overlays", "curves")]
@@ -146,7 +216,10 @@ def test_smoke_benchmark_end_to_end(tmp_path, synthetic_dir, monkeypatch):
     assert set(load_benchmark_config(SMOKE).models) == set(list_models())  # every registered model
     for model in [m for m in list_models() if m != "empty"] + ["empty (baseline)"]:
         assert f"| {model} |" in md
-    assert "bootstrap, 1 run" in md and "kaggle_dice_ci_lo" in before[tmp_path / "leaderboard.csv"].decode()
+    assert "subject bootstrap" in md and "kaggle_dice_ci_lo" in before[tmp_path / "leaderboard.csv"].decode()
+    board = json.loads(before[tmp_path / "leaderboard.json"])
+    ranks = sorted(r["rank"] for r in board["rows"])
+    assert not board["incomplete"] and ranks == list(range(1, n_models + 1))  # all complete, all ranked
 
     def must_not_train(*a, **k):
         raise AssertionError("a finished run was retrained")
@@ -160,7 +233,7 @@ def test_smoke_benchmark_end_to_end(tmp_path, synthetic_dir, monkeypatch):
 
     other = tmp_path / "other-data"
     generate(other, subjects=3, per_subject=4, n_test=1, seed=7)
-    assert main([*args[:3], "--data-dir", str(other), "--results-dir", str(tmp_path)]) == 2
+    assert main([*args[:3], "--data-dir", str(other), "--results-dir", str(tmp_path), *args[7:]]) == 2
     assert {p: p.read_bytes() for p in outputs} == before
 
 
@@ -172,3 +245,15 @@ def test_dry_run_lists_the_grid_and_bad_model_names_fail_fast(tmp_path, syntheti
     assert not (tmp_path / "runs").exists()
     assert main([*base, "--dry-run", "--models", "unett"]) == 2
     assert "unknown model 'unett'" in capsys.readouterr().err
+
+
+def test_results_dir_refuses_runs_with_another_split_seed(tmp_path):
+    """One results directory holds one fold assignment; `seed` may vary, `split_seed` may not."""
+    from benchmark import runner
+    from benchmark.core.config import ConfigError
+    from benchmark.core.summary import write_summary
+
+    write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": {"split_seed": 1}, "status": "complete"})
+    runner.check_split_seed(tmp_path, 1)  # same split: fine
+    with pytest.raises(ConfigError, match="split_seed 1, but this benchmark uses 0"):
+        runner.check_split_seed(tmp_path, 0)

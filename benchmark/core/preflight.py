@@ -1,0 +1,66 @@
+"""Checks before hours of training: the results directory exists or can be created, takes a file,
+and has room. Usage problems (a file where the directory goes, a read-only directory) raise
+NerveBenchError (exit 2); a full disk raises OSError ENOSPC naming the path (exit 1).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from datamodules.errors import NerveBenchError
+
+MIN_FREE_ENV = "NERVE_BENCH_MIN_FREE_GB"
+DEFAULT_MIN_FREE_GB = 1.0
+
+
+def min_free_gb_default() -> float:
+    """``$NERVE_BENCH_MIN_FREE_GB``, else 1 GB: room for checkpoints and summaries of a few runs."""
+    text = os.environ.get(MIN_FREE_ENV, "").strip()
+    try:
+        value = float(text) if text else DEFAULT_MIN_FREE_GB
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise NerveBenchError(f"{MIN_FREE_ENV}={text!r}: expected a number of GB >= 0")
+    return value
+
+
+def _probe(directory: Path) -> None:
+    """Create, write, fsync and remove a file: what every run will do, tried before hours of training."""
+    fd, name = tempfile.mkstemp(prefix=".write-probe.", dir=directory)
+    try:
+        os.write(fd, b"nerve-bench write probe\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+
+
+def check_results_dir(results_dir: Path, min_free_gb: float) -> None:
+    """Check that ``results_dir`` exists or can be created, is writable and has ``min_free_gb`` free.
+
+    A path that is not a writable directory is a usage problem (NerveBenchError, exit 2); a full
+    disk is a runtime one (OSError ENOSPC naming the path, exit 1).
+    """
+    if results_dir.exists() and not results_dir.is_dir():
+        raise NerveBenchError(f"{results_dir}: results directory is a file, not a directory")
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        _probe(results_dir)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, "no space left on device", str(results_dir)) from None
+        raise NerveBenchError(
+            f"{results_dir}: results directory is not writable ({exc.strerror or exc})"
+        ) from None
+    free = shutil.disk_usage(results_dir).free
+    if free < min_free_gb * 1e9:
+        raise OSError(
+            errno.ENOSPC,
+            f"only {free / 1e9:.2f} GB free, need {min_free_gb:g} GB (--min-free-gb, ${MIN_FREE_ENV})",
+            str(results_dir),
+        )

@@ -1,0 +1,146 @@
+"""File-system faults at the edge: one line naming the path, exit 2 for usage and 1 for runtime
+problems, checked before any data is generated or any run trains; one run's fault never stops the grid."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from benchmark import runner
+from benchmark.cli import main, os_error_line
+from benchmark.core import preflight
+from benchmark.core.config import load_benchmark_config
+from tests.benchmark.test_runner import SMOKE, fake_fit
+
+
+def _run(data: Path, results: Path, *extra: str) -> list[str]:
+    return ["run", "--config", str(SMOKE), "--data-dir", str(data), "--results-dir", str(results),
+            "--models", "empty", "--no-report", *extra]  # fmt: skip
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def _must_not_train(*args, **kwargs):
+    raise AssertionError("training started despite a results-dir problem")
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    import benchmark.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "fit", _must_not_train)
+
+
+def test_results_dir_that_is_a_file_or_under_a_file_is_exit_2(tmp_path, synthetic_dir, capsys, no_training):
+    (tmp_path / "file").write_text("x")
+    assert main(_run(synthetic_dir, tmp_path / "file")) == 2
+    assert (
+        _one_error_line(capsys) == f"error: {tmp_path / 'file'}: results directory is a file, not a directory"
+    )
+    assert main(_run(synthetic_dir, tmp_path / "file" / "results")) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: {tmp_path / 'file' / 'results'}: results directory is not writable")
+
+
+def test_read_only_results_dir_is_exit_2_before_any_work(
+    tmp_path, synthetic_dir, capsys, no_training, monkeypatch
+):
+    results = tmp_path / "ro"
+    results.mkdir()
+    if os.geteuid() != 0:
+        results.chmod(0o555)
+    else:  # root writes through permission bits: fail the way a read-only mount does
+        real = tempfile.mkstemp
+
+        def read_only(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir) == results:
+                raise OSError(errno.EROFS, "Read-only file system", str(Path(dir) / ".probe"))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    try:
+        assert main(_run(synthetic_dir, results)) == 2
+    finally:
+        results.chmod(0o755)
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: {results}: results directory is not writable (")
+    assert not list(results.iterdir())
+
+
+def test_too_little_free_space_is_exit_1_naming_the_path(
+    tmp_path, synthetic_dir, capsys, no_training, monkeypatch
+):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**10, 10**10 - 3 * 10**8, 3 * 10**8))
+    results = tmp_path / "results"
+    assert main(_run(synthetic_dir, results)) == 1
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: {results}: only 0.30 GB free, need 1 GB (--min-free-gb")
+    assert main(_run(synthetic_dir, results, "--min-free-gb", "0.5")) == 1
+    assert "need 0.5 GB" in _one_error_line(capsys)
+    monkeypatch.setenv(preflight.MIN_FREE_ENV, "0.2")  # a smaller threshold lets the grid start
+    monkeypatch.setattr(runner, "run_grid", lambda *a, **k: [runner.Outcome("r", "trained", 1.0)])
+    assert main(_run(synthetic_dir, results)) == 0
+
+
+def test_full_disk_while_probing_is_exit_1(tmp_path, synthetic_dir, capsys, no_training, monkeypatch):
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    assert main(_run(synthetic_dir, tmp_path / "results")) == 1
+    monkeypatch.undo()
+    assert _one_error_line(capsys) == f"error: {tmp_path / 'results'}: no space left on device"
+
+
+def test_a_run_dir_that_cannot_be_created_fails_that_run_only(tmp_path, capsys):
+    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / grid[0].run_name()).write_text("in the way")
+    outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
+    assert [o.status for o in outcomes] == ["failed", "trained"]
+    assert outcomes[0].error.startswith(f"{tmp_path / 'runs' / grid[0].run_name()}: cannot claim the run (")
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_os_error_line_names_the_path():
+    assert (
+        os_error_line(OSError(errno.ENOSPC, "No space left on device", "/r/x"))
+        == "/r/x: No space left on device"
+    )
+    assert os_error_line(OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b")) == (
+        "/a -> /b: Invalid cross-device link"
+    )
+    assert os_error_line(OSError("plain\nmessage")) == "plain message"
+
+
+def test_csv_messages_never_echo_a_whole_rle(tmp_path, synthetic_dir, capsys):
+    data = Path(shutil.copytree(synthetic_dir, tmp_path / "data"))
+    csv_path = data / "train_masks.csv"
+    rows = csv_path.read_text().splitlines()[1:]
+    long_rle = " ".join(f"{1 + 4 * i} 2" for i in range(2000))  # about 17 KB, like a real Kaggle row
+    csv_path.write_text("\n".join([f"1,1,{long_rle}", *rows[1:]]) + "\n")  # the header line is missing
+    assert main(["data", "check", "--data-dir", str(data)]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: {csv_path}: line 1: no header (starts with data '1,1,1 2 5 2 9 2")
+    assert line.endswith("...'); expected the header subject,img,pixels") and len(line) < 150 + len(
+        str(csv_path)
+    )
+    csv_path.write_text(
+        "\n".join(["subject,img,pixels", f"{long_rle},1,", *rows[1:]]) + "\n"
+    )  # shifted column
+    assert main(["data", "check", "--data-dir", str(data)]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: {csv_path}: line 2: subject '1 2 5 2") and len(line) < 100 + len(
+        str(csv_path)
+    )
