@@ -249,6 +249,14 @@ def _cost_table(board: dict[str, Any]) -> list[str]:
     return _table(["Model", *[_COST_TITLES[k][0] for k in COST]], body)
 
 
+def console(board: dict[str, Any]) -> str:
+    """The ranked accuracy table (and any incomplete models) for the terminal, after a `run`."""
+    lines = ["Accuracy (out-of-fold, 420x580; mean [95% subject-bootstrap CI]):"] + _accuracy_table(board)
+    if board["incomplete"]:
+        lines += ["", "Incomplete (not ranked, not tested):"] + _incomplete_table(board)
+    return "\n".join(lines)
+
+
 def markdown(board: dict[str, Any]) -> str:
     h = board["header"]
     lines = ["# nerve-bench leaderboard", ""]

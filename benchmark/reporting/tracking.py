@@ -1,4 +1,5 @@
-"""Experiment tracking: the Lightning logger for a run, and W&B summaries of runs and the leaderboard.
+"""Experiment tracking: W&B summaries of finished runs and of the leaderboard (the training-time
+Lightning logger is benchmark/training/logger.py).
 
 W&B runs offline unless ``WANDB_API_KEY`` is set (an explicit ``WANDB_MODE`` always wins), so a
 benchmark never needs the network; offline runs land in ``<dir>/wandb/offline-run-*`` and can be

@@ -1,0 +1,364 @@
+"""The ``ray`` executor: the grid's (model, fold, seed) runs as Ray tasks, as many at a time as the
+cluster's resources allow (``gpus_per_run``, fractions included, and ``cpus_per_run`` per task).
+
+Why tasks rather than DDP per run: a benchmark is ~45 short runs on 5.6k small images; one run per
+GPU (or several per GPU) does not pay process start-up, NCCL set-up and gradient sync 45 times.
+Runs that need several devices (``devices > 1``) keep the local path (:func:`choose`).
+
+- Data: the driver decodes the training set once and ``ray.put``s its arrays. Ray keeps one copy per
+  node in shared memory and hands each task on that node a read-only, zero-copy numpy view; tasks
+  build their DataModule from it (``preloaded``) and never open a tif.
+- Truth on disk: each task runs :func:`benchmark.runner.run_one` (run lock, atomic summary,
+  ``error.txt``) on its own run directory; the driver only prints progress, and the leaderboard is
+  rebuilt from the summaries. A marker file holding a random token, read back by a task on every
+  node, proves that the results directory is shared before anything trains.
+- Faults: a run that raises is a "failed" outcome and the others go on; a worker that dies is
+  retried once (``max_retries=1``) and resumes from ``last.ckpt``; killing the driver ends its
+  tasks (Ray ties a job's workers to its driver) and leaves finished runs and checkpoints behind.
+
+Ray is imported only here, only when this executor runs, after usage statistics are switched off.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+import secrets
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmark import runner
+from benchmark.core.config import BenchmarkConfig, TrainConfig
+from benchmark.core.files import atomic_write
+from benchmark.core.summary import is_complete
+from benchmark.runner import Outcome
+from datamodules.errors import NerveBenchError
+
+MARKER_NAME = ".ray-shared-storage"  # in the results directory: the token every node must read back
+# Driver variables a worker on another machine also needs (W&B mode/key/dir, offline hub, lock timing).
+FORWARDED_ENV = ("WANDB_", "HF_", "NO_ALBUMENTATIONS_UPDATE", "PYTHONHASHSEED", "NERVE_BENCH_LOCK_STALE_S")
+# Inherited from `srun ray start` or a launcher: inside a one-process Ray task they would make
+# Lightning (and runner.global_rank) believe it is one rank of a multi-process job.
+LAUNCHER_ENV = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+POLL_S = 1.0  # ray.wait timeout, so Ctrl-C is seen promptly
+
+
+class RayExecutorError(NerveBenchError):
+    """The Ray executor cannot run as configured (results not shared, no GPU, a run too big)."""
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    gpus_per_run: float = 1.0
+    cpus_per_run: float = 1.0
+    address: str | None = None  # None: start a local Ray with this machine's resources
+
+    @classmethod
+    def of(cls, bench: BenchmarkConfig) -> RaySettings:
+        """The config's resources; the address from the config, else ``$RAY_ADDRESS``."""
+        address = bench.ray_address or os.environ.get("RAY_ADDRESS") or None
+        return cls(float(bench.gpus_per_run), float(bench.cpus_per_run), address)
+
+
+# ----------------------------------------------------------------------------- choosing an executor
+def _devices(cfg: TrainConfig) -> int:
+    """Processes a run spans; ``devices: auto`` inside a Ray task means the one GPU Ray assigned it."""
+    return (cfg.devices if isinstance(cfg.devices, int) else 1) * cfg.num_nodes
+
+
+def choose(bench: BenchmarkConfig, grid: list[TrainConfig]) -> tuple[str, str]:
+    """The executor that runs ``grid`` ("local" or "ray") and, when Ray was asked for but cannot
+    be used, one line saying why."""
+    if bench.executor != "ray":
+        return "local", ""
+    if importlib.util.find_spec("ray") is None:
+        return "local", "executor ray: Ray is not installed (make install); running the grid locally"
+    multi = [c for c in grid if _devices(c) > 1]
+    if multi:
+        return "local", (
+            f"executor ray: {len(multi)} run(s) span {_devices(multi[0])} devices (DDP); running the grid "
+            "locally (set devices: 1 to run one task per GPU share)"
+        )
+    return "ray", ""
+
+
+def execute(
+    bench: BenchmarkConfig,
+    grid: list[TrainConfig],
+    data_dir: Path,
+    results_dir: Path,
+    data_hash: str | None = None,
+) -> list[Outcome]:
+    """Run ``grid`` with the config's executor: the local loop, or Ray tasks."""
+    executor, why = choose(bench, grid)
+    if why:
+        runner.say(why)
+    if executor == "local":
+        return runner.run_grid(grid, data_dir, results_dir, data_hash=data_hash)
+    return run_grid(grid, data_dir, results_dir, RaySettings.of(bench), data_hash=data_hash)
+
+
+# ----------------------------------------------------------------------------- resources (pure)
+def task_options(nodes: list[dict[str, float]], settings: RaySettings, accelerator: str) -> dict[str, Any]:
+    """``ray.remote`` options of one run: GPUs only where the cluster has them and the run may use them."""
+    has_gpu = any(res.get("GPU", 0) > 0 for res in nodes)
+    gpus = settings.gpus_per_run if has_gpu and accelerator != "cpu" else 0.0
+    if accelerator in ("gpu", "cuda") and not gpus:
+        raise RayExecutorError(f"accelerator={accelerator}, but the Ray cluster has no GPU or gpus_per_run=0")
+    return {"num_cpus": settings.cpus_per_run, "num_gpus": gpus, "max_retries": 1, "retry_exceptions": False}
+
+
+def slots(nodes: list[dict[str, float]], options: dict[str, Any]) -> int:
+    """Runs the cluster can hold at once: per node, what its CPUs and GPUs allow, summed."""
+    total = 0
+    for res in nodes:
+        n = math.floor(res.get("CPU", 0.0) / options["num_cpus"] + 1e-9)
+        if options["num_gpus"]:
+            n = min(n, math.floor(res.get("GPU", 0.0) / options["num_gpus"] + 1e-9))
+        total += n
+    if total < 1:
+        raise RayExecutorError(
+            f"no Ray node has {options['num_cpus']:g} CPUs and {options['num_gpus']:g} GPUs free for one run "
+            f"(nodes: {[{k: v for k, v in r.items() if k in ('CPU', 'GPU')} for r in nodes]}); "
+            "lower cpus_per_run / gpus_per_run"
+        )
+    return total
+
+
+# ----------------------------------------------------------------------------- shared storage
+def write_marker(results_dir: Path) -> str:
+    """Write a fresh random token into the results directory's marker file; returns the token."""
+    token = secrets.token_hex(16)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(results_dir / MARKER_NAME, token)
+    return token
+
+
+def read_marker(results_dir: Path, token: str) -> str:
+    """The one-line problem when this node cannot read ``token`` back from the marker, else ""."""
+    try:
+        found = (results_dir / MARKER_NAME).read_text().strip()
+    except OSError as exc:
+        found = f"cannot read it: {exc.strerror or exc}"
+    if found == token:
+        return ""
+    seen = "it holds another token" if len(found) == len(token) else found
+    return (
+        f"{results_dir}: results directory is not shared with Ray node {socket.gethostname()} "
+        f"({MARKER_NAME}: {seen}); put --results-dir on storage every node mounts at the same path"
+    )
+
+
+def check_shared(ray: Any, results_dir: Path, token: str) -> None:
+    """One probe task pinned to every alive node must read the marker back; else one clear error."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(read_marker)
+    refs = [
+        probe.options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(results_dir, token)
+        for n in ray.nodes()
+        if n["Alive"]
+    ]
+    problems = [p for p in ray.get(refs) if p]
+    if problems:
+        more = f" (and {len(problems) - 1} more node(s))" if len(problems) > 1 else ""
+        raise RayExecutorError(problems[0] + more)
+
+
+# ----------------------------------------------------------------------------- the task
+def single_process_env() -> None:
+    """Drop launcher variables a Ray worker inherited (SLURM_*, RANK...): a task is one process."""
+    for key in [k for k in os.environ if k.startswith("SLURM_") or k in LAUNCHER_ENV]:
+        del os.environ[key]
+
+
+def run_task(
+    cfg: TrainConfig,
+    data_dir: Path,
+    results_dir: Path,
+    token: str,
+    records: list,
+    images: Any,
+    masks: Any,
+    mask_source: str,
+    fit: Callable | None = None,
+) -> Outcome:
+    """One run inside a Ray worker: ``images``/``masks`` are the object store's read-only arrays."""
+    from datamodules.kaggle import TrainSet
+
+    problem = read_marker(results_dir, token)
+    if problem:  # a node that joined after the driver's check
+        return Outcome(cfg.run_name(), "failed", error=problem)
+    single_process_env()
+    if fit is None:
+        from benchmark.pipeline import fit
+    # Validation wraps the read-only truth masks with torch.from_numpy, which warns; nothing writes
+    # to them (a write would raise, never corrupt the shared copy).
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    train_set = TrainSet(records=records, images=images, masks=masks, mask_source=mask_source)
+    return runner.run_one(cfg, data_dir, results_dir, functools.partial(fit, preloaded=train_set))
+
+
+# ----------------------------------------------------------------------------- the driver
+def connect(address: str | None) -> tuple[Any, bool]:
+    """Ray, initialised: joined at ``address``, already initialised in this process (a test, a
+    notebook), or a new local instance. Returns (ray, whether we started it and must shut it down)."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # before the import: Ray must not reach the network
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    local = {"include_dashboard": False} if address is None else {}
+    runtime_env = {"env_vars": env} if env else None
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env=runtime_env, **local)
+    return ray, True
+
+
+def share_train_set(ray: Any, data_dir: Path, train_set: Any = None) -> tuple[Any, Any, Any, str]:
+    """Decode the training set once (unless given) and put it in the object store."""
+    if train_set is None:
+        from datamodules.kaggle import load_train
+
+        train_set = load_train(data_dir)
+    return (
+        ray.put(train_set.records),
+        ray.put(train_set.images),
+        ray.put(train_set.masks),
+        train_set.mask_source,
+    )
+
+
+@dataclass
+class Progress:
+    """One line per finished run, then the overall state: done, running, left, elapsed and ETA."""
+
+    total: int
+    slots: int
+    start: float = field(default_factory=time.perf_counter)
+    seconds: list[float] = field(default_factory=list)
+    done: int = 0
+
+    def update(self, outcome: Outcome, pending: int, runs: Path) -> list[str]:
+        self.done += 1
+        if outcome.status in ("trained", "failed"):
+            self.seconds.append(outcome.seconds)
+        running = min(pending, self.slots)
+        mean = sum(self.seconds) / len(self.seconds) if self.seconds else None
+        eta = "?" if mean is None else runner.clock(mean * pending / self.slots)
+        overall = (
+            f"[{self.done}/{self.total} done, {running} running, {pending - running} left] "
+            f"elapsed {runner.clock(time.perf_counter() - self.start)}, ETA {eta}"
+        )
+        return [describe(outcome, runs), overall]
+
+
+def describe(outcome: Outcome, runs: Path) -> str:
+    if outcome.status == "trained":
+        return runner.finished_line(outcome.run, outcome.seconds, outcome.dice)
+    if outcome.status == "skipped":
+        return f"skipped {outcome.run}: completed by another process"
+    if outcome.status == "held":
+        return f"skipped {outcome.run}: {outcome.error}"
+    return f"FAILED {outcome.run}: {outcome.error} (see {runs / outcome.run / 'error.txt'})"
+
+
+def collect(ray: Any, ref: Any, cfg: TrainConfig, runs: Path) -> Outcome:
+    """The task's outcome; a worker lost twice (crash, OOM kill, node death) becomes a failed run."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        line = f"{type(exc).__name__} after one retry: {first}"[:300]
+        try:
+            atomic_write(runs / cfg.run_name() / "error.txt", f"{type(exc).__name__}\n{exc}\n")
+        except OSError as err:
+            line += f" (error.txt not written: {err.strerror or err})"
+        return Outcome(cfg.run_name(), "failed", error=line)
+
+
+def launch(
+    ray: Any,
+    todo: list[TrainConfig],
+    data_dir: Path,
+    results_dir: Path,
+    settings: RaySettings,
+    fit: Callable | None,
+    train_set: Any,
+) -> list[Outcome]:
+    """Submit every run, then report each as it finishes; Ctrl-C cancels the rest (checkpoints stay)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    options = task_options(nodes, settings, todo[0].accelerator)
+    capacity = slots(nodes, options)
+    token = write_marker(results_dir)
+    check_shared(ray, results_dir, token)
+    shared = share_train_set(ray, data_dir, train_set)
+    task = ray.remote(run_task).options(**options)
+    refs = {task.remote(cfg, data_dir, results_dir, token, *shared, fit): cfg for cfg in todo}
+    runner.say(
+        f"ray: {len(todo)} runs, up to {capacity} at a time ({options['num_cpus']:g} CPU, "
+        f"{options['num_gpus']:g} GPU each); worker logs in /tmp/ray/session_latest/logs"
+    )
+    progress, pending, outcomes = Progress(len(todo), capacity), list(refs), []
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+            for ref in ready:
+                outcomes.append(collect(ray, ref, refs[ref], results_dir / "runs"))
+                for line in progress.update(outcomes[-1], len(pending), results_dir / "runs"):
+                    runner.say(line)
+    except BaseException:
+        for ref in pending:  # a killed run keeps its last.ckpt; the next invocation resumes it
+            ray.cancel(ref, force=True)
+        raise
+    return outcomes
+
+
+def run_grid(
+    grid: list[TrainConfig],
+    data_dir: Path,
+    results_dir: Path,
+    settings: RaySettings,
+    fit: Callable | None = None,
+    data_hash: str | None = None,
+    train_set: Any = None,
+) -> list[Outcome]:
+    """Like :func:`benchmark.runner.run_grid`, with the open runs as Ray tasks.
+
+    ``fit(cfg, data_dir, run_dir, preloaded=train_set)`` defaults to ``pipeline.fit``; ``train_set``
+    is the already-decoded training set of ``data_dir`` (else it is read here, once).
+    """
+    data_dir, results_dir = Path(data_dir).resolve(), Path(results_dir).resolve()  # the same on every node
+    runs = results_dir / "runs"
+    done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
+    if done and data_hash is not None:
+        runner.check_same_data(runs, done, data_dir, data_hash)
+    todo = [c for c in grid if c not in done]
+    outcomes = [Outcome(c.run_name(), "skipped") for c in done]
+    if done:
+        runner.say(f"{len(done)}/{len(grid)} runs already complete (skipped)")
+    if not todo:
+        return outcomes
+    ray, started = connect(settings.address)
+    try:
+        return outcomes + launch(ray, todo, data_dir, results_dir, settings, fit, train_set)
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,273 @@
+"""The Ray executor on a real local Ray (2 CPUs, one CPU per run, so two runs at a time).
+
+Real training on the smoke grid's synthetic data, with tiny models: the Ray leaderboard equals the
+local executor's, tasks read the driver's shared arrays (the tifs are moved away), a failing run is
+recorded while the others finish, a killed driver and a killed worker lose no finished work and
+train no epoch twice. Helpers at module level are imported by the Ray workers (cwd is on their path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark import ray_grid, runner
+from benchmark.cli import main
+from benchmark.core.config import load_benchmark_config
+from benchmark.core.lock import is_held
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "benchmark" / "configs" / "smoke.yaml"
+TINY = {"base_width": 4, "depth": 2}
+TOL = 1e-4  # per-image Dice, local vs Ray: same machine and thread count, different processes
+ONE_CPU = ray_grid.RaySettings(gpus_per_run=0.0, cpus_per_run=1.0)
+
+
+def smoke_grid(models: tuple[str, ...], epochs: int = 1, folds=(0,)) -> list:
+    """The smoke config's synthetic (CPU) grid for ``models``, tiny U-Nets, one W&B group name."""
+    bench = runner.synthetic_benchmark(load_benchmark_config(SMOKE))
+    train = dataclasses.replace(bench.train, epochs=epochs, wandb_group="smoke-ray-test")
+    kwargs = {m: dict(TINY) for m in ("unet", "attention_unet", "sk_unet")}
+    bench = dataclasses.replace(bench, models=models, folds=tuple(folds), train=train, model_kwargs=kwargs)
+    return runner.build_grid(bench)
+
+
+def epoch_log(results: Path) -> list[str]:
+    path = results / "epochs.log"
+    return path.read_text().split() if path.is_file() else []
+
+
+def _fit(cfg, data_dir, out_dir, preloaded, extra=()):
+    """pipeline.fit that appends ``run@epoch`` to ``<results>/epochs.log`` after every trained epoch:
+    a repeated entry is an epoch trained twice."""
+    from lightning.pytorch.callbacks import Callback
+
+    from benchmark.pipeline import fit
+
+    log = Path(out_dir).parent.parent / "epochs.log"
+
+    class EpochLog(Callback):
+        def on_train_epoch_end(self, trainer, module):
+            with open(log, "a") as fh:
+                fh.write(f"{cfg.run_name()}@{trainer.current_epoch}\n")
+
+    return fit(cfg, data_dir, out_dir, callbacks=[EpochLog(), *extra], preloaded=preloaded)
+
+
+def logging_fit(cfg, data_dir, out_dir, preloaded=None):
+    return _fit(cfg, data_dir, out_dir, preloaded)
+
+
+def dying_fit(cfg, data_dir, out_dir, preloaded=None):
+    """Kills its worker process when epoch 1 starts (last.ckpt of epoch 0 is on disk), once."""
+    from lightning.pytorch.callbacks import Callback
+
+    flag = Path(out_dir).parent.parent / "died-once"
+
+    class Die(Callback):
+        def on_train_epoch_start(self, trainer, module):
+            if trainer.current_epoch == 1 and not flag.exists():
+                flag.write_text(str(os.getpid()))
+                os._exit(1)
+
+    return _fit(cfg, data_dir, out_dir, preloaded, [Die()])
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray with 2 CPUs for this module; the executor reuses it and does not shut it down."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """The smoke config's synthetic data set (its `synthetic.generator` section)."""
+    from datamodules.synth import generate
+
+    out = tmp_path_factory.mktemp("ray_data")
+    generate(out, **load_benchmark_config(SMOKE).synthetic["generator"])
+    return out
+
+
+def _summaries(results: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (results / "runs").glob("*/summary.json")}
+
+
+def _board(results: Path) -> dict:
+    from benchmark.reporting import leaderboard
+    from benchmark.reporting.report import load_summaries
+
+    return leaderboard.build([s for _, s in load_summaries(results)])
+
+
+# ----------------------------------------------------------------------------- without Ray tasks
+def test_executor_choice_and_resources(monkeypatch):
+    bench = load_benchmark_config(SMOKE)
+    grid = smoke_grid(("unet",))
+    assert ray_grid.choose(bench, grid) == ("local", "")
+    ray_bench = dataclasses.replace(bench, executor="ray")
+    assert ray_grid.choose(ray_bench, grid) == ("ray", "")
+    ddp = [dataclasses.replace(grid[0], devices=2)]
+    executor, why = ray_grid.choose(ray_bench, ddp)
+    assert executor == "local" and "DDP" in why and "\n" not in why
+    real = ray_grid.importlib.util.find_spec
+    monkeypatch.setattr(ray_grid.importlib.util, "find_spec", lambda n: None if n == "ray" else real(n))
+    executor, why = ray_grid.choose(ray_bench, grid)
+    assert executor == "local" and "not installed" in why
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert ray_grid.RaySettings.of(ray_bench).address == "10.0.0.1:6379"
+    assert (
+        ray_grid.RaySettings.of(dataclasses.replace(ray_bench, ray_address="head:6379")).address
+        == "head:6379"
+    )
+    # an 8-GPU, 64-CPU box: quarter GPUs with 4 CPUs each -> 16 at once (CPU-bound), with 1 CPU -> 32
+    box = [{"CPU": 64.0, "GPU": 8.0}]
+    quarter = ray_grid.task_options(box, ray_grid.RaySettings(0.25, 4.0), "auto")
+    assert quarter["num_gpus"] == 0.25 and quarter["max_retries"] == 1 and ray_grid.slots(box, quarter) == 16
+    assert ray_grid.slots(box, ray_grid.task_options(box, ray_grid.RaySettings(0.25, 1.0), "auto")) == 32
+    assert ray_grid.slots(box * 2, ray_grid.task_options(box, ray_grid.RaySettings(1.0, 1.0), "auto")) == 16
+    cpu_only = [{"CPU": 2.0}]
+    assert ray_grid.task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), "auto")["num_gpus"] == 0
+    with pytest.raises(ray_grid.RayExecutorError, match="no GPU"):
+        ray_grid.task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), "gpu")
+    with pytest.raises(ray_grid.RayExecutorError, match="lower cpus_per_run"):
+        ray_grid.slots(cpu_only, ray_grid.task_options(cpu_only, ray_grid.RaySettings(1.0, 4.0), "cpu"))
+
+
+def test_cli_flags_set_the_executor(capsys, monkeypatch):
+    assert (
+        main(["run", "--config", str(SMOKE), "--executor", "ray", "--ray-address", "h:1", "--print-config"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "executor: ray" in out and "ray_address: h:1" in out
+
+
+# ----------------------------------------------------------------------------- on a real local Ray
+def test_unshared_results_directory_fails_in_one_line(ray_cluster, tmp_path):
+    token = ray_grid.write_marker(tmp_path)
+    ray_grid.check_shared(ray_cluster, tmp_path, token)  # this node sees the marker
+    with pytest.raises(ray_grid.RayExecutorError) as err:
+        ray_grid.check_shared(ray_cluster, tmp_path / "elsewhere", token)
+    message = str(err.value)
+    assert "not shared with Ray node" in message and "elsewhere" in message and "\n" not in message
+
+
+def test_ray_grid_matches_local_and_reads_only_shared_arrays(ray_cluster, data, tmp_path, capsys):
+    from datamodules.kaggle import load_train
+
+    grid = smoke_grid(("unet", "sk_unet", "empty"))
+    with _threads(1):  # as a Ray task with num_cpus=1
+        local = runner.run_grid(grid, data, tmp_path / "local")
+    assert [o.status for o in local] == ["trained"] * 3
+    broken = dataclasses.replace(
+        smoke_grid(("attention_unet",))[0], model_kwargs={**TINY, "no_such_kwarg": 1}
+    )
+    train_set = load_train(data)
+    (data / "train").rename(data / "train.hidden")  # a task that opens a tif now fails
+    try:
+        outcomes = ray_grid.run_grid([*grid, broken], data, tmp_path / "ray", ONE_CPU, train_set=train_set)
+    finally:
+        (data / "train.hidden").rename(data / "train")
+    status = {o.run: o.status for o in outcomes}
+    assert status == {**{c.run_name(): "trained" for c in grid}, broken.run_name(): "failed"}
+    out = capsys.readouterr().out
+    assert f"FAILED {broken.run_name()}" in out and "outer Kaggle Dice" in out and "4/4 done" in out
+    assert "no_such_kwarg" in (tmp_path / "ray" / "runs" / broken.run_name() / "error.txt").read_text()
+    local_s, ray_s = _summaries(tmp_path / "local"), _summaries(tmp_path / "ray")
+    assert sorted(local_s) == sorted(ray_s) == sorted(c.run_name() for c in grid)
+    for run, ours in ray_s.items():
+        theirs = local_s[run]
+        assert ours["per_image"]["index"] == theirs["per_image"]["index"]
+        for key in ("dice_raw", "dice"):
+            np.testing.assert_allclose(ours["per_image"][key], theirs["per_image"][key], atol=TOL, rtol=0)
+        assert ours["config"]["wandb_group"] == "smoke-ray-test"  # the driver's group reached the task
+    ray_board, local_board = _board(tmp_path / "ray"), _board(tmp_path / "local")
+    assert sorted(r["run"] for r in ray_board["runs"]) == sorted(r["run"] for r in local_board["runs"])
+    models = [r["model"] for r in ray_board["rows"] + ray_board["incomplete"]]
+    assert "attention_unet" not in models
+    assert models == [r["model"] for r in local_board["rows"] + local_board["incomplete"]]
+
+
+def test_killed_worker_is_retried_once_and_resumes(ray_cluster, data, tmp_path):
+    grid = smoke_grid(("unet",), epochs=2)
+    outcomes = ray_grid.run_grid(grid, data, tmp_path, ONE_CPU, fit=dying_fit)
+    assert [o.status for o in outcomes] == ["trained"]
+    assert (tmp_path / "died-once").is_file()  # the first attempt really died
+    run = grid[0].run_name()
+    assert epoch_log(tmp_path) == [f"{run}@0", f"{run}@1"]  # epoch 0 was not trained again
+
+
+KILL_MODELS = ("unet", "sk_unet", "attention_unet")  # two start together; the third waits for a slot
+DRIVER = """
+import sys
+from pathlib import Path
+from benchmark import ray_grid
+from tests.benchmark.test_ray_grid import KILL_MODELS, logging_fit, smoke_grid
+grid = smoke_grid(KILL_MODELS, epochs=2)
+settings = ray_grid.RaySettings(0.0, 1.0, sys.argv[3])
+ray_grid.run_grid(grid, Path(sys.argv[1]), Path(sys.argv[2]), settings, fit=logging_fit)
+"""
+
+
+def test_killed_driver_leaves_finished_runs_and_rerun_trains_nothing_twice(ray_cluster, data, tmp_path):
+    grid = smoke_grid(KILL_MODELS, epochs=2)
+    runs = tmp_path / "runs"
+    address = ray_cluster.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-c", DRIVER, str(data), str(tmp_path), address]
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait(lambda: any(runs.glob("*/summary.json")) or driver.poll() is not None, 120)
+    finally:
+        driver.kill()  # SIGKILL: no clean-up code runs in the driver
+        driver.wait()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
+    assert 1 <= len(finished) < len(grid), (tmp_path / "driver.log").read_text()[-2000:]
+    _wait(lambda: not any(is_held(d) for d in runs.iterdir()), 30)  # Ray ends the driver's workers
+    before = epoch_log(tmp_path)
+    outcomes = ray_grid.run_grid(grid, data, tmp_path, ONE_CPU, fit=logging_fit)
+    status = {o.run: o.status for o in outcomes}
+    assert status == {c.run_name(): "skipped" if c.run_name() in finished else "trained" for c in grid}
+    assert {
+        p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json") if p.parent.name in finished
+    } == finished
+    after = epoch_log(tmp_path)
+    assert len(after) == len(set(after)), "an epoch was trained twice"
+    assert not [e for e in after[len(before) :] if e.split("@")[0] in finished]
+    assert sorted(after) == sorted(f"{c.run_name()}@{e}" for c in grid for e in (0, 1))
+
+
+def _wait(done, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.2)
+
+
+class _threads:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_num_threads(self.old)
