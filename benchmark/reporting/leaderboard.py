@@ -269,9 +269,18 @@ def _split_values(runs: list[dict[str, Any]], key: str) -> list[Any]:
     return [json.loads(v) for v in sorted(found)]
 
 
+DATASET_FIELDS = ("name", "n_train", "n_subjects", "content_hash", "synthetic")
+
+
+def _dataset_fields(summary: dict[str, Any]) -> dict[str, Any]:
+    data = summary.get("dataset") or {}
+    return {k: data[k] for k in DATASET_FIELDS if k in data}
+
+
 def header(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Data set, split, seeds, batch, hardware, software and config provenance shared by the runs."""
-    datasets = sorted({json.dumps(s.get("dataset") or {}, sort_keys=True) for s in runs})
+    # Only what describes the data set itself: the fit/inner/outer counts differ from run to run.
+    datasets = sorted({json.dumps(_dataset_fields(s), sort_keys=True) for s in runs})
     software = {k: _unique(runs, "environment", k) for k in ("python", "torch", "lightning", "smp", "timm")}
     return {
         "datasets": [json.loads(d) for d in datasets],

@@ -249,9 +249,34 @@ def _cost_table(board: dict[str, Any]) -> list[str]:
     return _table(["Model", *[_COST_TITLES[k][0] for k in COST]], body)
 
 
+def resolution_note(board: dict[str, Any]) -> str | None:
+    """Say so when too few subjects make a Holm-significant difference impossible, whatever the data.
+
+    With n subjects the exact two-sided sign-flip test cannot go below 2 / 2^n, and Holm multiplies
+    the smallest p by the number of comparisons; a board where even that is >= alpha can mark every
+    model as "not significantly worse", the floor included. The reader must see that this is a
+    limit of the sample, not evidence that the models are equal.
+    """
+    tests = [r["vs_top"] for r in board["rows"] if r["vs_top"].get("p") is not None]
+    if not tests:
+        return None
+    n = min(int(t["n_subjects"]) for t in tests)
+    smallest = 2.0 / 2**n if n <= lb.EXACT_MAX else 1.0 / (1 + lb.N_PERM)
+    best_holm = min(1.0, len(tests) * smallest)
+    if best_holm < lb.ALPHA:
+        return None
+    return (
+        f"With {n} subjects no difference can be significant here: the smallest possible sign-flip p is "
+        f"2/2^{n} = {smallest:.4f}, and Holm over {len(tests)} comparisons makes it at least "
+        f"{best_holm:.4f} >= {lb.ALPHA}. Every model is in the top group by lack of subjects, not by merit."
+    )
+
+
 def console(board: dict[str, Any]) -> str:
     """The ranked accuracy table (and any incomplete models) for the terminal, after a `run`."""
     lines = ["Accuracy (out-of-fold, 420x580; mean [95% subject-bootstrap CI]):"] + _accuracy_table(board)
+    note = resolution_note(board)
+    lines += [f"Note: {note}"] if note else []
     if board["incomplete"]:
         lines += ["", "Incomplete (not ranked, not tested):"] + _incomplete_table(board)
     return "\n".join(lines)
@@ -264,6 +289,8 @@ def markdown(board: dict[str, Any]) -> str:
         lines += [SYNTHETIC_NOTE, ""]
     lines += _header_lines(h) + ["", "### Outer folds", ""] + _fold_table(h)
     lines += ["", "## Accuracy (out-of-fold, 420x580)", ""] + _accuracy_table(board)
+    note = resolution_note(board)
+    lines += ["", f"**Note**: {note}"] if note else []
     if board["incomplete"]:
         lines += ["", "## Incomplete (not ranked, not tested)", ""] + _incomplete_table(board)
     lines += ["", "## Selection and pooled metrics (mean over runs; not used for ranking)", ""]

@@ -6,6 +6,7 @@ chains the two.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ from benchmark.training.module import SegModule, has_trainable_params
 # Lightning notices that repeat for every run of a 45-run grid and say nothing about the run.
 for _pattern in (".*treespec.*", ".*smaller than the logging interval.*", ".*litlogger.*"):
     warnings.filterwarnings("ignore", message=_pattern)
+# Lightning's per-Trainer notices ("GPU available", "TPU available", its litlogger tip, the
+# limit_train_batches echo) print four lines for every one of a grid's runs and say nothing about the
+# run; its warnings and errors still show.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def make_datamodule(cfg: TrainConfig, data_dir: str | Path, preloaded: Any = None) -> Any:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.callbacks import Callback
 
 from benchmark.core.config import TrainConfig
 
@@ -45,3 +46,18 @@ def build_runs(factory: pytest.TempPathFactory) -> Runs:
     unet = fit(UNET, data, root / UNET.run_name())
     empty = fit(EMPTY, data, root / EMPTY.run_name())
     return Runs(data, root, unet, empty)
+
+
+class Stop(Exception):
+    """Raised by :class:`StopAt`: a crash that only the test expects."""
+
+
+class StopAt(Callback):
+    """Simulates a crash at the start of an epoch (after the previous epoch's checkpoint)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise Stop

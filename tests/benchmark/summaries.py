@@ -60,7 +60,8 @@ def make_summary(
         "schema_version": SCHEMA_VERSION, "run": cfg.run_name(), "model": model, "fold": fold,
         "n_folds": n_folds, "seed": seed, "config": cfg.to_dict(), "config_hash": cfg.hash(),
         "dataset": {"name": "synth", "n_train": sum(f["n_images"] for f in folds), "n_subjects": 4,
-                    "n_val": len(dice), "content_hash": content, "synthetic": True},
+                    "n_fit": 2 * len(dice) - 1 - fold, "n_inner": 1 + fold, "n_outer": len(dice),
+                    "content_hash": content, "synthetic": True},  # fit/inner sizes differ per run
         "best_epoch": 1, "epochs_run": 2, "train_time_s": 10.0 + fold,
         "metrics": {"raw": {"kaggle_dice": float(np.mean(dice)) - 0.1}, "post": post},
         "selection": {"metrics": {"raw": {"kaggle_dice": selection - 0.1},

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from benchmark.reporting import leaderboard as lb
+from benchmark.reporting import tables
 from benchmark.scoring import stats
 from tests.benchmark.summaries import EMPTY, SUBJECTS, empty_runs, fold_rows, make_summary, model_runs
 
@@ -69,6 +70,10 @@ def test_ranking_paired_sign_flip_and_holm_on_four_subjects():
     assert empty["vs_top"]["p_holm"] == pytest.approx(0.25) and sk["vs_top"]["p_holm"] == pytest.approx(0.5)
     assert unet["vs_top"]["p"] is None and [r["rank"] for r in b["rows"]] == [1, 2, 3]
     assert all(r["top_group"] for r in b["rows"])  # 4 subjects cannot reach p < 0.125
+    # ... and the board says that this is the sample's limit, not the models' equality
+    note = tables.resolution_note(b)
+    assert "With 4 subjects" in note and "2/2^4 = 0.1250" in note and "at least 0.2500" in note
+    assert "**Note**: With 4 subjects" in tables.markdown(b) and "Note: With 4 subjects" in tables.console(b)
 
 
 def twelve_subject_runs(model, per_subject):
@@ -99,6 +104,7 @@ def test_holm_decides_the_group_not_significantly_worse_than_the_top():
         False,
         False,
     ]
+    assert tables.resolution_note(b) is None  # 12 subjects can reach Holm p < 0.05: no caveat
     # no `empty` runs: the baseline is derived from the truth (all positive -> Dice 0), still ranked
     assert rows["empty"]["derived"] and rows["empty"]["metrics"]["kaggle_dice"]["mean"] == 0.0
 
@@ -165,6 +171,9 @@ def test_header_collects_split_seeds_batch_and_provenance():
     ]
     assert h["device"] == ["cpu"] and h["git_sha"] == ["abc123"] and h["n_runs"] == 10
     assert h["datasets"][0]["content_hash"] == "c0ffee" and len(h["benchmark_hash"]) == 1
+    # one data set, although each run's fit/inner/outer counts differ (it was listed once per fold)
+    assert h["datasets"] == [{"name": "synth", "n_train": 8, "n_subjects": 4, "content_hash": "c0ffee",
+                              "synthetic": True}]  # fmt: skip
     sk = row(b, "sk_unet")
     assert sk["cost"]["params"] is None and sk["cost"]["train_time_s"] == pytest.approx(10.5)
     assert sk["run_means"]["selection_kaggle_dice"] == pytest.approx(0.9) and row(b, "unet")[

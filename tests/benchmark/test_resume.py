@@ -25,7 +25,7 @@ from benchmark import pipeline
 from benchmark.training.callbacks import ResumeRandomState
 from benchmark.training.checkpoint import SafeCheckpointIO
 from benchmark.training.trainer import make_datamodule
-from tests.benchmark.fitting import TINY
+from tests.benchmark.fitting import TINY, Stop, StopAt
 
 pytestmark = pytest.mark.slow
 
@@ -60,19 +60,6 @@ class CountEpochs(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.epochs.append(trainer.current_epoch)
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise Stop
 
 
 def _sigkilled_run(cfg, data: Path, out: Path, kill_at: int) -> None:

@@ -20,7 +20,7 @@ from benchmark.evaluation import inference
 from benchmark.scoring.counts import score_counts
 from benchmark.training.checkpoint import load_checkpoint_module
 from benchmark.training.trainer import make_datamodule
-from tests.benchmark.fitting import TINY, UNET
+from tests.benchmark.fitting import TINY, UNET, Stop, StopAt
 
 pytestmark = pytest.mark.slow
 
@@ -157,21 +157,6 @@ def test_complete_run_is_not_retrained(runs, monkeypatch):
 
     monkeypatch.setattr(train, "train", boom)
     assert train.fit(UNET, runs.data, runs.run_dir(UNET)) == runs.unet
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAt(Callback):
-    """Simulates a crash at the start of an epoch (after the previous epoch's checkpoint)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise Stop
 
 
 class CountEpochs(Callback):
