@@ -35,7 +35,8 @@ def _fsync_dir(directory: Path) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is fsynced and renamed onto ``path``.
 
-    For writers that want a file name rather than bytes (``torch.save``, ``savefig``, ``np.savez``).
+    For writers that want a file name rather than bytes (``torch.save``, ``savefig``; give ``np.savez``
+    an open handle on it, since it appends ".npz" to a name).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

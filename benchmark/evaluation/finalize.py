@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.core.config import SCHEMA_VERSION, TrainConfig
+from benchmark.core.files import atomic_path
 from benchmark.core.summary import environment, to_jsonable, write_summary
 from benchmark.evaluation import inference
 from benchmark.scoring import counts
@@ -51,11 +52,13 @@ def overlay_picks(empty: np.ndarray) -> np.ndarray:
 def write_overlays(
     path: Path, stems: list[str], images: np.ndarray, truth: np.ndarray, pred: np.ndarray
 ) -> None:
-    """Save image/truth/prediction stacks (already picked) downsampled for plotting."""
-    np.savez_compressed(
-        path, stem=np.asarray(stems, dtype=str), image=_downsample(images, False),
-        truth=_downsample(truth, True), pred=_downsample(pred, True),
-    )  # fmt: skip
+    """Save image/truth/prediction stacks (already picked) downsampled for plotting, atomically."""
+    # A file handle, not a name: np.savez would append ".npz" to the temporary name.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh, stem=np.asarray(stems, dtype=str), image=_downsample(images, False),
+            truth=_downsample(truth, True), pred=_downsample(pred, True),
+        )  # fmt: skip
 
 
 def cost_block(cfg: TrainConfig, module: SegModule, history: dict, device: torch.device) -> dict[str, float]:

@@ -37,3 +37,24 @@ def test_files_get_umask_permissions_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o644
+
+
+def test_overlays_survive_a_failed_rewrite(tmp_path, monkeypatch):
+    """overlays.npz went through np.savez_compressed straight onto its name; a kill left half a file."""
+    import numpy as np
+
+    from benchmark.evaluation import finalize
+
+    path = tmp_path / "overlays.npz"
+    stack = np.zeros((1, 420, 580), np.uint8)
+    finalize.write_overlays(path, ["1_1"], stack, stack, stack)
+    before = path.read_bytes()
+
+    def half_then_fail(fh, **arrays):
+        fh.write(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(finalize.np, "savez_compressed", half_then_fail)
+    with pytest.raises(OSError):
+        finalize.write_overlays(path, ["1_2"], stack, stack, stack)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["overlays.npz"]
