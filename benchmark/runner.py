@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -95,18 +97,46 @@ def synthetic_benchmark(bench: BenchmarkConfig, source: str = "config") -> Bench
     return dataclasses.replace(bench, train=train, folds=folds, seeds=seeds, model_kwargs=kwargs)
 
 
+def _generator_params(bench: BenchmarkConfig) -> dict[str, Any]:
+    return dict(sorted((_synthetic_section(bench, "config").get("generator") or {}).items()))
+
+
+def synthetic_data_dir(bench: BenchmarkConfig, results_dir: Path) -> Path:
+    """``RESULTS/_synthetic_data/synthetic-<params hash>``: one directory per generator setting, so
+    two configs (or two commands) sharing a results directory never replace each other's data."""
+    tag = hashlib.sha256(json.dumps(_generator_params(bench), sort_keys=True).encode()).hexdigest()[:8]
+    return results_dir / SYNTHETIC_DIR / f"synthetic-{tag}"
+
+
+def _stamp_matches(out_dir: Path, params: dict[str, Any]) -> bool:
+    try:
+        return (out_dir / "train").is_dir() and json.loads((out_dir / "synthetic.json").read_text()) == params
+    except (OSError, ValueError):  # missing or damaged stamp: regenerate
+        return False
+
+
 def ensure_synthetic(bench: BenchmarkConfig, out_dir: Path) -> Path:
-    """Generate the synthetic data set into ``out_dir`` unless it exists with the same parameters."""
+    """Generate the synthetic data set into ``out_dir`` unless it exists with the same parameters.
+
+    The data is generated in a temporary sibling and renamed into place, so a concurrent command
+    sees either no directory or a complete one; if another process finished first, its copy wins.
+    """
     from datamodules.synth import generate
 
-    params = dict(sorted((_synthetic_section(bench, "config").get("generator") or {}).items()))
-    stamp = out_dir / "synthetic.json"
-    if (out_dir / "train").is_dir() and stamp.is_file() and json.loads(stamp.read_text()) == params:
+    params = _generator_params(bench)
+    if _stamp_matches(out_dir, params) or global_rank() != 0:
         return out_dir
-    if global_rank() == 0:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        generate(out_dir, **params)
-        atomic_write(stamp, json.dumps(params, sort_keys=True) + "\n")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        generate(tmp, **params)
+        atomic_write(tmp / "synthetic.json", json.dumps(params, sort_keys=True) + "\n")
+        if out_dir.exists() and not _stamp_matches(out_dir, params):
+            shutil.rmtree(out_dir)  # a damaged leftover of this very setting (its name is the params hash)
+        with contextlib.suppress(OSError):  # another process renamed its complete copy in first
+            os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -136,7 +166,7 @@ def resolve_data(
             )
         return bench, path
     fallback = synthetic_benchmark(bench)
-    out = results_dir / SYNTHETIC_DIR
+    out = synthetic_data_dir(bench, results_dir)
     why = "no --data-dir given" if data_dir is None else f"{data_dir} not found"
     say(
         f"{why}: running the embedded CPU benchmark on synthetic data in {out} "
@@ -303,11 +333,8 @@ def check_same_data(runs: Path, done: list[TrainConfig], data_dir: Path, current
 
 
 def check_split_seed(results_dir: Path, split_seed: int) -> None:
-    """Refuse a results directory whose finished runs used another ``split_seed``.
-
-    Out-of-fold scores are only meaningful when every run of the board shares one fold assignment;
-    ``seed`` may vary (it replicates initialisation), the split may not.
-    """
+    """Refuse a results directory whose runs used another ``split_seed``: out-of-fold scores need one
+    fold assignment for the whole board (``seed`` may vary: it replicates initialisation only)."""
     for path in sorted((results_dir / "runs").glob("*/summary.json")):
         try:
             saved = (read_summary(path).get("config") or {}).get("split_seed")
@@ -328,7 +355,9 @@ def _announce(tag: str, outcome: Outcome, runs: Path) -> None:
     elif outcome.status == "skipped":
         say(f"{tag} skipped {outcome.run}: completed by another process")
     else:
-        say(f"{tag} FAILED {outcome.run}: {outcome.error} (see {runs / outcome.run / 'error.txt'})")
+        error_txt = runs / outcome.run / "error.txt"
+        see = f" (see {error_txt})" if error_txt.is_file() else ""
+        say(f"{tag} FAILED {outcome.run}: {outcome.error}{see}")
 
 
 def run_grid(

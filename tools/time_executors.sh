@@ -17,8 +17,8 @@ for executor in local ray; do
   "$PY" -m benchmark run --config "$CONFIG" --results-dir "$OUT/$executor" --no-report \
     --executor "$executor" "$@" > "$OUT/$executor.log" 2>&1 \
     || { echo "$executor run failed; last lines:" >&2; tail -n 20 "$OUT/$executor.log" >&2; exit 1; }
-  SECONDS_OF[$executor]=$(echo "$(date +%s.%N) - $start" | bc)
+  SECONDS_OF[$executor]=$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { print a - b }')
   trained=$(grep -c "^done \|\] done " "$OUT/$executor.log" || true)
   printf '%-5s %7.1f s  (%s runs trained)\n' "$executor" "${SECONDS_OF[$executor]}" "$trained"
 done
-printf 'local / ray = %.2f\n' "$(echo "${SECONDS_OF[local]} / ${SECONDS_OF[ray]}" | bc -l)"
+printf 'local / ray = %.2f\n' "$(awk -v a="${SECONDS_OF[local]}" -v b="${SECONDS_OF[ray]}" 'BEGIN { print a / b }')"

@@ -21,6 +21,7 @@ from benchmark.evaluation import inference
 from benchmark.scoring import counts
 from benchmark.training.checkpoint import CKPT_KEY, load_checkpoint_module, postprocess_of
 from benchmark.training.device import eval_device, resolve_precision
+from benchmark.training.module import config_from_dict
 
 OUTER, ALL_WITH_TRAINING, ALL = "outer_fold", "all_images_including_training", "all_images"
 
@@ -66,6 +67,9 @@ def evaluate(
 
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
+    # The run's own hash: the module was rebuilt for inference (no pretrained download, no compile),
+    # and both fields are hashed, so module.cfg.hash() would not match the run's summary.
+    trained_hash = config_from_dict(ckpt["hyper_parameters"]["config"]).hash()
     pp = postprocess_of(path, ckpt)
     cfg = module.cfg
     # No split (any directory of any size can be scored), no cleaning, no GPU cache.
@@ -78,7 +82,7 @@ def evaluate(
     precision = resolve_precision(cfg.precision, device.type) if device.type == "cuda" else "32"
     rows = inference.predict_loader(module, dm.subset_dataloader(indices), device, precision, pp=pp)
     result = {
-        "checkpoint": str(path), "data_dir": str(data_dir), "model": cfg.model, "config_hash": cfg.hash(),
+        "checkpoint": str(path), "data_dir": str(data_dir), "model": cfg.model, "config_hash": trained_hash,
         "scope": scope, "note": note, "n_images": len(rows["index"]), "postprocess": pp.to_dict(),
         "metrics": {"raw": counts.score_counts(rows["counts"], rows["presence_prob"]),
                     "post": counts.score_counts(rows["post_counts"], None)},

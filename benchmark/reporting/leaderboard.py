@@ -111,11 +111,12 @@ def expected_images(runs: list[dict[str, Any]]) -> int:
     return int(np.unique(_per_image(runs, "index")).size)
 
 
-def missing(runs: list[dict[str, Any]], k: int, n_images: int) -> list[str]:
-    """Why a model is incomplete ([] = complete): each seed needs K folds that cover each image once."""
+def missing(runs: list[dict[str, Any]], k: int, n_images: int, seeds: list[int] | None = None) -> list[str]:
+    """Why a model is incomplete ([] = complete): each of the benchmark's ``seeds`` (default: the
+    model's own) needs K folds that cover each image once; a seed with no run at all counts too."""
     seen = Counter((int(s["fold"]), int(s["seed"])) for s in runs)
     problems = [f"fold {f} seed {e}: {c} runs" for (f, e), c in sorted(seen.items()) if c > 1]
-    for seed in sorted({e for _, e in seen}):
+    for seed in sorted(set(seeds or []) | {e for _, e in seen}):
         absent = [str(f) for f in range(k) if (f, seed) not in seen]
         if absent:
             problems.append(f"seed {seed}: fold{'s' if len(absent) > 1 else ''} {', '.join(absent)} missing")
@@ -186,11 +187,11 @@ def _cost(runs: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 def model_row(
-    model: str, runs: list[dict[str, Any]], k: int, n_images: int
+    model: str, runs: list[dict[str, Any]], k: int, n_images: int, seeds: list[int] | None = None
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(row, out-of-fold images): completeness, OOF metrics (CIs only when complete), run means, cost."""
     runs = sorted(runs, key=lambda s: (int(s["seed"]), int(s["fold"])))
-    problems = missing(runs, k, n_images)
+    problems = missing(runs, k, n_images, seeds)
     images = oof_images(runs)
     if not all(np.isfinite(images[key]).all() for key in _IMAGE_VALUES):
         problems.append("per-image scores have missing values")
@@ -247,13 +248,16 @@ def rank_rows(rows: list[dict[str, Any]], images: dict[str, dict[str, np.ndarray
         return []
     top = ranked[0]["model"]
     tests = [paired_test(images[top], images[r["model"]]) for r in ranked[1:]]
-    adjusted = stats.holm([t["p"] for t in tests]) if tests else []
+    # The floor is shown with its raw p but is not a contender: it stays out of the Holm family (it
+    # would inflate every model's adjusted p) and out of the top group.
+    family = [t["p"] if not r["baseline"] else None for r, t in zip(ranked[1:], tests)]
+    adjusted = stats.holm(family) if tests else []
     n_top = int(np.unique(images[top]["subject"]).size)
     ranked[0]["vs_top"] = {"diff": 0.0, "p": None, "p_holm": None, "n_subjects": n_top}
     ranked[0]["top_group"] = True
     for row, test, p_holm in zip(ranked[1:], tests, adjusted):
-        row["vs_top"] = {**test, "p_holm": float(p_holm)}
-        row["top_group"] = bool(p_holm >= ALPHA)
+        row["vs_top"] = {**test, "p_holm": None if p_holm is None else float(p_holm)}
+        row["top_group"] = None if p_holm is None else bool(p_holm >= ALPHA)
     for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
     return ranked
@@ -315,9 +319,10 @@ def _model_rows(kept: list[dict[str, Any]]) -> tuple[list[dict], dict[str, dict[
     for s in kept:
         by_model.setdefault(str(s["model"]), []).append(s)
     k, n_images = n_folds(kept), expected_images(kept)
+    seeds = sorted({int(s["seed"]) for s in kept})  # a model must have every seed of the benchmark
     rows, images = [], {}
     for model in sorted(by_model):
-        row, images[model] = model_row(model, by_model[model], k, n_images)
+        row, images[model] = model_row(model, by_model[model], k, n_images, seeds)
         rows.append(row)
     complete = [r for r in rows if r["complete"]]
     if complete and not any(r["baseline"] for r in complete):

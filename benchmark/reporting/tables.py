@@ -70,7 +70,9 @@ def name(row: dict[str, Any]) -> str:
 
 
 def top_mark(row: dict[str, Any]) -> str:
-    return "top" if row["rank"] == 1 else ("yes" if row["top_group"] else "no")
+    if row["rank"] == 1:
+        return "top"
+    return "floor" if row["top_group"] is None else ("yes" if row["top_group"] else "no")
 
 
 def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -91,7 +93,8 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             line += [fmt(m["mean"], 6), fmt(m["lo"], 6), fmt(m["hi"], 6)]
         test = r.get("vs_top") or {}
         line += [fmt(test.get("diff"), 6), fmt(test.get("p"), 6), fmt(test.get("p_holm"), 6)]
-        line += [str(r["top_group"]).lower() if ranked else "", str(test.get("n_subjects", ""))]
+        group = "" if not ranked or r["top_group"] is None else str(r["top_group"]).lower()
+        line += [group, str(test.get("n_subjects", ""))]
         line += [fmt(r["run_means"][key], 6) for key, *_ in RUN_MEANS]
         line += [fmt(r["cost"][k], 0 if k == "params" else 6) for k in COST]
         rows.append(line)
@@ -144,8 +147,10 @@ def legend(board: dict[str, Any]) -> dict[str, str]:
         "raw_kaggle_dice": f"Kaggle Dice at threshold 0.5 without post-processing, {_OOF}",
         "diff_vs_top": "this model's mean post-processed Dice minus the top model's, over all images",
         "p_vs_top": "two-sided sign-flip p-value on per-subject mean differences vs the top model",
-        "p_holm": "p_vs_top after Holm's correction across all models compared with the top",
-        "top_group": f"yes when Holm p >= {lb.ALPHA}: not significantly worse than the top model",
+        "p_holm": "p_vs_top after Holm's correction across the models compared with the top (the all-empty "
+        "floor is shown with its raw p only: it is not a contender, so it stays out of the family)",
+        "top_group": f"yes when Holm p >= {lb.ALPHA}: not significantly worse than the top model; "
+        "`floor` for the all-empty baseline",
         "missing": "what keeps an incomplete model off the ranking (absent folds, uncovered images)",
         "selection_kaggle_dice": "inner-set Kaggle Dice after post-processing, mean over runs: the score "
         "the epoch and post-processing were chosen on (optimistic; not used for ranking)",
@@ -177,7 +182,7 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
         f"selection set {join(h['inner_fraction'])} of each training part's subjects; checkpoint: "
         f"{join(h['select'])}",
         f"- **Seeds**: {join(h['seeds'])}",
-        f"- **Global batch**: {join(h['global_batch'])} (per-device batch x devices)",
+        f"- **Global batch**: {join(h['global_batch'])} (per-device batch x world size: devices x nodes)",
         f"- **Hardware**: {'; '.join(h['device'])} ({'; '.join(h['platform'])})",
         f"- **Software**: {soft}",
         f"- **Git**: `{'`, `'.join(h['git_sha'])}`",
@@ -254,14 +259,16 @@ def resolution_note(board: dict[str, Any]) -> str | None:
 
     With n subjects the exact two-sided sign-flip test cannot go below 2 / 2^n, and Holm multiplies
     the smallest p by the number of comparisons; a board where even that is >= alpha can mark every
-    model as "not significantly worse", the floor included. The reader must see that this is a
+    model as "not significantly worse". The reader must see that this is a
     limit of the sample, not evidence that the models are equal.
     """
-    tests = [r["vs_top"] for r in board["rows"] if r["vs_top"].get("p") is not None]
+    tests = [r["vs_top"] for r in board["rows"] if r["vs_top"].get("p_holm") is not None]
     if not tests:
         return None
     n = min(int(t["n_subjects"]) for t in tests)
-    smallest = 2.0 / 2**n if n <= lb.EXACT_MAX else 1.0 / (1 + lb.N_PERM)
+    if n > lb.EXACT_MAX:
+        return None  # Monte Carlo p can go down to 1 / (1 + N_PERM): no such limit
+    smallest = 2.0 / 2**n
     best_holm = min(1.0, len(tests) * smallest)
     if best_holm < lb.ALPHA:
         return None

@@ -147,7 +147,8 @@ class SegModule(LightningModule):
         n = batch["image"].shape[0]
         loss, parts = self._loss(self(batch["image"]), batch)
         # Everything stays on the device: Lightning and the MeanMetric accumulate tensors.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        # Not on the progress bar: the bar reads its metrics with .item() after every batch.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=n)
         for key, value in parts.items():
             self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=n)
         self.loss_means["train_loss"].update(loss.detach(), n)

@@ -7,6 +7,7 @@ chains the two.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,15 +50,9 @@ def make_datamodule(cfg: TrainConfig, data_dir: str | Path, preloaded: Any = Non
 
 
 def _logger(cfg: TrainConfig, out_dir: Path) -> Any:
-    try:
-        from benchmark.training.logger import lightning_logger
-    except ImportError:
-        lightning_logger = None
-    if lightning_logger is not None:
-        return lightning_logger(cfg, cfg.run_name(), out_dir) or False
-    from lightning.pytorch.loggers import CSVLogger
+    from benchmark.training.logger import lightning_logger
 
-    return CSVLogger(save_dir=str(out_dir), name="", version="csv")
+    return lightning_logger(cfg, cfg.run_name(), out_dir) or False
 
 
 def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None, **overrides: Any) -> Any:
@@ -109,7 +104,12 @@ def train(cfg: TrainConfig, module: SegModule, dm: Any, out_dir: Path, callbacks
         save_plain_checkpoint(module, ckpt_dir / LAST)
         return trainer
     # weights_only: a resumed checkpoint is data, never code (SafeCheckpointIO enforces it as well).
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(ckpt_dir, cfg), weights_only=True)
+    resume = resume_checkpoint(ckpt_dir, cfg)
+    if resume is not None and cfg.num_workers > 0 and not cfg.gpu_cache:
+        # Persistent loader workers hold augmentation state that the main process cannot save.
+        note = "the augmentation stream restarts, so the run is not bit-identical to an uninterrupted one"
+        print(f"warning: {resume}: resuming with num_workers={cfg.num_workers}: {note}", file=sys.stderr)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     if trainer.interrupted:
         raise KeyboardInterrupt
     return trainer

@@ -100,3 +100,19 @@ def test_cli_evaluate_says_what_it_scores_and_writes_json(fit_runs, tmp_path, ca
     assert main(argv) == 0
     printed = capsys.readouterr()
     assert printed.err.count("warning: --all-images") == 1 and "66 images of" in printed.out
+
+
+def test_reported_config_hash_is_the_runs_even_for_compiled_runs(fit_runs, tmp_path):
+    """evaluate rebuilt the model with compile=False (and no pretrained download) and reported that
+    config's hash, which matched no run when the run had compile or encoder_weights set."""
+    import torch
+
+    from benchmark.training.module import config_from_dict
+
+    ckpt = torch.load(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["config"]["compile"] = True
+    path = tmp_path / "compiled.ckpt"
+    torch.save(ckpt, path)
+    result = evaluate(path, fit_runs.data)
+    trained = config_from_dict(ckpt["hyper_parameters"]["config"]).hash()
+    assert result["config_hash"] == trained and trained != fit_runs.unet["config_hash"]

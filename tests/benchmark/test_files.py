@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import errno
-import os
 import stat
 
 import pytest
 
+from benchmark.core import files
 from benchmark.core.files import atomic_path, atomic_write
 
 
@@ -31,12 +31,9 @@ def test_failure_mid_write_keeps_the_previous_file_and_names_the_path(tmp_path):
 
 
 def test_files_get_umask_permissions_not_mkstemps_0600(tmp_path):
-    old = os.umask(0o022)
-    try:
-        atomic_write(tmp_path / "x.txt", "x")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == 0o644
+    atomic_write(tmp_path / "x.txt", "x")
+    expected = 0o666 & ~files._UMASK  # the process umask, read once at import (0o644 under umask 022)
+    assert stat.S_IMODE((tmp_path / "x.txt").stat().st_mode) == expected
 
 
 def test_overlays_survive_a_failed_rewrite(tmp_path, monkeypatch):

@@ -67,12 +67,14 @@ def test_ranking_paired_sign_flip_and_holm_on_four_subjects():
     assert sk["vs_top"]["p"] == pytest.approx(0.5) and sk["vs_top"]["diff"] == pytest.approx(-0.05)
     # empty - unet per subject: (-0.35, -0.1, -0.4, -0.05): only the two all-equal signs reach it
     assert empty["vs_top"]["p"] == pytest.approx(2 / 16) and empty["vs_top"]["n_subjects"] == 4
-    assert empty["vs_top"]["p_holm"] == pytest.approx(0.25) and sk["vs_top"]["p_holm"] == pytest.approx(0.5)
+    # the floor keeps its raw p but stays out of the Holm family: one comparison, Holm = raw for sk
+    assert empty["vs_top"]["p_holm"] is None and empty["top_group"] is None
+    assert sk["vs_top"]["p_holm"] == pytest.approx(0.5)
     assert unet["vs_top"]["p"] is None and [r["rank"] for r in b["rows"]] == [1, 2, 3]
-    assert all(r["top_group"] for r in b["rows"])  # 4 subjects cannot reach p < 0.125
+    assert unet["top_group"] and sk["top_group"]  # 4 subjects cannot reach p < 0.125
     # ... and the board says that this is the sample's limit, not the models' equality
     note = tables.resolution_note(b)
-    assert "With 4 subjects" in note and "2/2^4 = 0.1250" in note and "at least 0.2500" in note
+    assert "With 4 subjects" in note and "2/2^4 = 0.1250" in note and "Holm over 1 comparisons" in note
     assert "**Note**: With 4 subjects" in tables.markdown(b) and "Note: With 4 subjects" in tables.console(b)
 
 
@@ -93,16 +95,18 @@ def test_holm_decides_the_group_not_significantly_worse_than_the_top():
     # exact sign flips over 2^12 patterns: |sum| reached by k <= 2 or k >= 10 equal signs
     assert rows["mid"]["vs_top"]["p"] == pytest.approx(2 * (1 + 12 + 66) / 4096)
     assert rows["bad"]["vs_top"]["p"] == pytest.approx(2 / 4096) and rows["twin"]["vs_top"]["p"] == 1.0
-    # Holm over 4 comparisons: bad and empty x4 (then monotone), mid x2, twin x1
-    assert rows["bad"]["vs_top"]["p_holm"] == pytest.approx(4 * 2 / 4096)
-    assert rows["empty"]["vs_top"]["p_holm"] == pytest.approx(4 * 2 / 4096)
+    # Holm over the 3 contenders (the floor is not one): bad x3, mid x2, twin x1
+    assert rows["bad"]["vs_top"]["p_holm"] == pytest.approx(3 * 2 / 4096)
+    assert rows["empty"]["vs_top"]["p_holm"] is None and rows["empty"]["vs_top"]["p"] == pytest.approx(
+        2 / 4096
+    )
     assert rows["mid"]["vs_top"]["p_holm"] == pytest.approx(2 * 158 / 4096)  # 0.077: raw 0.039 < 0.05
     assert [rows[m]["top_group"] for m in ("top", "twin", "mid", "bad", "empty")] == [
         True,
         True,
         True,
         False,
-        False,
+        None,  # the floor: not in the top-group comparison
     ]
     assert tables.resolution_note(b) is None  # 12 subjects can reach Holm p < 0.05: no caveat
     # no `empty` runs: the baseline is derived from the truth (all positive -> Dice 0), still ranked
@@ -119,7 +123,19 @@ def test_missing_fold_is_incomplete_unranked_untested_with_partial_mean():
     partial = unet["metrics"]["kaggle_dice"]
     assert partial["mean"] == pytest.approx((1.0 + 0.7 + 0.5 + 0.7 + 0.7 + 1.0 + 0.5 + 0.0) / 8)
     assert partial["lo"] is None and partial["hi"] is None
-    assert b["rows"][1]["vs_top"]["p_holm"] == b["rows"][1]["vs_top"]["p"]  # one comparison only
+    assert b["rows"][1]["model"] == "empty" and b["rows"][1]["vs_top"]["p_holm"] is None  # the floor
+
+
+def test_a_model_missing_a_whole_seed_is_incomplete():
+    """Completeness was judged on the seeds a model had: losing every run of seed 1 went unnoticed,
+    and the model was ranked on 1 seed against models averaged over 2."""
+    b = board(
+        model_runs("unet", UNET), model_runs("sk_unet", SK, skip={(0, 1), (1, 1)}), empty_runs(seeds=(0, 1))
+    )
+    assert [r["model"] for r in b["rows"]] == ["unet", "empty"]
+    assert b["incomplete"][0]["model"] == "sk_unet" and b["incomplete"][0]["missing"] == [
+        "seed 1: folds 0, 1 missing"
+    ]
 
 
 def test_holdout_mode_needs_only_the_held_out_images():

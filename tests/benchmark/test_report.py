@@ -64,9 +64,9 @@ def test_markdown_has_protocol_header_folds_ranks_and_incomplete(results):
     rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit() and "[" in line]
     assert [r.split(" | ")[1] for r in rows] == ["unet", "empty (baseline)"]
     assert rows[0].startswith("| 1 | unet | 2 | 0.725 [") and rows[0].endswith("| - | n/a | n/a | top |")
-    # empty - unet per subject all negative: exact sign-flip p = 2/16; one comparison, so Holm = raw
+    # empty - unet per subject all negative: exact sign-flip p = 2/16; the floor is not Holm-adjusted
     assert rows[1].startswith("| 2 | empty (baseline) | 2 | 0.500 [0.500, 0.500] |")
-    assert rows[1].endswith("| -0.225 | 0.1250 | 0.1250 | yes |")
+    assert rows[1].endswith("| -0.225 | 0.1250 | n/a | floor |")
     assert "| sk_unet | 3 | seed 1: fold 1 missing | 0.675 (8 images) |" in md
     assert "| sk_unet | n/a | n/a | 10.3 | n/a |" in md  # missing cost -> n/a, train time kept
     assert "sign-flip test on per-subject mean differences" in md and "trainable + frozen" in md
@@ -78,11 +78,11 @@ def test_json_csv_and_tex_agree(results):
     assert [r["model"] for r in board["rows"]] == ["unet", "empty"]
     assert [r["model"] for r in board["incomplete"]] == ["sk_unet"]
     assert board["rows"][0]["metrics"]["kaggle_dice"]["mean"] == 0.725 and "kaggle_dice" in board["legend"]
-    assert board["rows"][1]["vs_top"] == {"diff": -0.225, "n_subjects": 4, "p": 0.125, "p_holm": 0.125}
+    assert board["rows"][1]["vs_top"] == {"diff": -0.225, "n_subjects": 4, "p": 0.125, "p_holm": None}
     lines = (results / "leaderboard.csv").read_text().splitlines()
     assert lines[1].startswith("1,unet,false,false,ranked,,4,2,8,0.725000,")
     assert lines[2].startswith("2,empty,true,false,ranked,,4,2,8,0.500000,0.500000,0.500000,")
-    assert ",-0.225000,0.125000,0.125000,true,4," in lines[2]
+    assert ",-0.225000,0.125000,n/a,,4," in lines[2]
     assert lines[3].startswith(
         ",sk_unet,false,false,incomplete,seed 1: fold 1 missing,3,2,8,0.675000,n/a,n/a,"
     )
@@ -90,7 +90,7 @@ def test_json_csv_and_tex_agree(results):
     assert (
         "\\toprule" in tex
         and "1 & \\textbf{unet} & 0.725 {[}" in tex
-        and "2 & \\textbf{empty (baseline)}" in tex
+        and "2 & empty (baseline) &" in tex  # the floor is never in the bold top group
     )
     assert "sk\\_unet" not in tex and "% 1 incomplete model(s) not shown" in tex
 

@@ -64,7 +64,10 @@ def test_synthetic_fallback_is_announced_and_generated_once(tmp_path, capsys, mo
     fallback, data = runner.resolve_data(bench, None, tmp_path)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "no --data-dir given" in out[0] and "synthetic" in out[0]
-    assert data == tmp_path / runner.SYNTHETIC_DIR and len(list((data / "train").glob("*_mask.tif"))) == 6
+    assert (
+        data == runner.synthetic_data_dir(bench, tmp_path) and data.parent == tmp_path / runner.SYNTHETIC_DIR
+    )
+    assert len(list((data / "train").glob("*_mask.tif"))) == 6
     assert fallback.train.image_size == 64 and fallback.train.precision == "32"
     assert fallback.folds == (0, 1, 2)  # every outer fold, so the out-of-fold board ranks complete models
     stamp = (data / "train" / "1_1.tif").stat().st_mtime_ns
@@ -73,6 +76,21 @@ def test_synthetic_fallback_is_announced_and_generated_once(tmp_path, capsys, mo
     assert (data / "train" / "1_1.tif").stat().st_mtime_ns == stamp  # reused, not regenerated
     real, same = runner.resolve_data(bench, data, tmp_path)  # a dir with train/ is used as is
     assert same == data and real.train.image_size == 256
+
+
+def test_synthetic_data_of_two_configs_coexist_and_a_damaged_one_is_regenerated(tmp_path):
+    """Both configs' fallbacks shared RESULTS/_synthetic_data, and each rmtree'd the other's data set
+    while the other command was still training on it."""
+    base = load_benchmark_config(SMOKE)
+    small = dataclasses.replace(base, synthetic={"generator": {"subjects": 2, "per_subject": 2, "n_test": 0}})
+    other = dataclasses.replace(base, synthetic={"generator": {"subjects": 3, "per_subject": 2, "n_test": 0}})
+    a = runner.ensure_synthetic(small, runner.synthetic_data_dir(small, tmp_path))
+    b = runner.ensure_synthetic(other, runner.synthetic_data_dir(other, tmp_path))
+    assert a != b and len(list((a / "train").glob("*_mask.tif"))) == 4
+    assert len(list((b / "train").glob("*_mask.tif"))) == 6
+    (a / "synthetic.json").write_text("{not json")  # a damaged stamp: regenerated, not a traceback
+    assert runner.ensure_synthetic(small, a) == a and len(list((a / "train").glob("*_mask.tif"))) == 4
+    assert sorted(p.name for p in (tmp_path / runner.SYNTHETIC_DIR).iterdir()) == sorted([a.name, b.name])
 
 
 def test_mistyped_data_dir_is_an_error_not_a_synthetic_run(tmp_path, capsys, monkeypatch):
