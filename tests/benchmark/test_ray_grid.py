@@ -245,9 +245,13 @@ def test_killed_driver_leaves_finished_runs_and_rerun_trains_nothing_twice(ray_c
         p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json") if p.parent.name in finished
     } == finished
     after = epoch_log(tmp_path)
-    assert len(after) == len(set(after)), "an epoch was trained twice"
+    # The kill may land between an epoch's log line and its last.ckpt (ModelCheckpoint runs after the
+    # other callbacks): that one in-flight epoch is legitimately trained again, nothing earlier is.
+    repeated = sorted(e for e in set(after) if after.count(e) > 1)
+    last_before = {e.split("@")[0]: e for e in before}  # each unfinished run's last logged epoch
+    assert all(after.count(e) == 2 and last_before.get(e.split("@")[0]) == e for e in repeated), repeated
     assert not [e for e in after[len(before) :] if e.split("@")[0] in finished]
-    assert sorted(after) == sorted(f"{c.run_name()}@{e}" for c in grid for e in (0, 1))
+    assert sorted(set(after)) == sorted(f"{c.run_name()}@{e}" for c in grid for e in (0, 1))
 
 
 def _wait(done, timeout_s: float) -> None:
