@@ -22,6 +22,7 @@ from benchmark.core.files import atomic_path
 from benchmark.core.summary import environment, to_jsonable, write_summary
 from benchmark.evaluation import inference
 from benchmark.scoring import counts
+from benchmark.training.callbacks import checkpoint_history
 from benchmark.training.checkpoint import BEST, LAST, load_checkpoint_module, store_in_checkpoint
 from benchmark.training.device import resolve_precision
 from benchmark.training.module import SegModule
@@ -186,8 +187,8 @@ def _final_history(last: Path, fallback: dict) -> dict:
     """The full per-epoch history lives in last.ckpt (best.ckpt stops at the best epoch)."""
     if not last.is_file():
         return fallback
-    saved = torch.load(last, map_location="cpu", weights_only=True).get("nerve_bench_history")
-    return saved if saved else fallback
+    saved = checkpoint_history(torch.load(last, map_location="cpu", weights_only=True))
+    return saved if saved["epoch"] else fallback
 
 
 def _overlays(
