@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED = 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format benchmark report lock clean
+.PHONY: help install test lint format benchmark report doctor wheelhouse lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,9 +30,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt tools/install.sh tools/tv_
 test: install ## run the test suite (what CI runs)
 	$(PY) -m pytest -q $(ARGS)
 
-lint: install ## ruff check + format check
+lint: install ## ruff check + format check + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: install ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
@@ -43,6 +44,18 @@ benchmark: install ## run the benchmark grid and write results/leaderboard.* (DA
 
 report: install ## rebuild results/leaderboard.* and plots from results/runs/*/summary.json
 	$(PY) -m benchmark report --results $(RESULTS)
+
+doctor: install ## prove this box runs the benchmark: device, every model, DDP, Ray, time estimate (ARGS=--json f)
+	$(PY) -m benchmark doctor $(ARGS)
+
+# Offline installs (air-gapped clusters): wheels of every pinned dependency for another Python and
+# platform. Plain $(PYTHON), no `install`: pip download needs no virtualenv of this machine.
+PYTHON_VERSION ?= 3.12
+PLATFORM ?= manylinux_2_28_x86_64
+TORCH ?= cuda
+WHEELHOUSE ?= wheelhouse
+wheelhouse: ## download all pinned wheels (PYTHON_VERSION=3.12 PLATFORM=... TORCH=cuda|cpu) into wheelhouse/
+	$(PYTHON) tools/wheelhouse.py --python-version $(PYTHON_VERSION) --platform $(PLATFORM) --torch $(TORCH) --out $(WHEELHOUSE) $(ARGS)
 
 lock: install ## rewrite requirements/constraints.txt from the current .venv
 	bash tools/lock.sh

@@ -2,6 +2,12 @@
 
 Each command module defines ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int`` and
 keeps heavy imports (torch, lightning) inside ``run`` so ``--help`` stays fast.
+
+The exit status is what a scheduler or a ``make benchmark && upload`` script acts on (README
+"Exit codes"): 0 everything done; 1 a run failed or a runtime error (full disk, read-only
+directory, a failed DDP rank); 2 bad input (one line naming the file); 3 the leaderboard is
+incomplete because runs held by other processes are missing; 130 Ctrl-C; 143 SIGTERM; 138 SIGUSR1
+under SLURM (the job was requeued).
 """
 
 from __future__ import annotations
@@ -9,17 +15,96 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
+import subprocess
 import sys
+from typing import Any
 
 # Order here is the order in --help.
-COMMANDS = ("synth", "data", "models", "fit", "evaluate", "run", "report", "predict", "speed")
+COMMANDS: tuple[str, ...] = (
+    "synth",
+    "data",
+    "models",
+    "fit",
+    "evaluate",
+    "run",
+    "report",
+    "predict",
+    "export",
+    "speed",
+    "doctor",
+)
+COMMANDS += ("folds", "import", "nnunet")  # outside methods on the board (benchmark/external/)
+_MODULES = {"import": "import_"}  # a command named like a Python keyword lives in <name>_.py
+INTERRUPTED = "finished runs are kept; re-run the same command to resume"
+# 128 + the signal number, as a shell reports a command killed by it.
+EXIT_SIGINT, EXIT_SIGTERM, EXIT_REQUEUED = 130, 143, 128 + int(signal.SIGUSR1)
+
+
+class Terminated(BaseException):
+    """SIGTERM (SLURM, Kubernetes, ``docker stop``), raised in the main thread so the command unwinds
+    as on Ctrl-C: run locks are released and the run in flight keeps its last checkpoint. Not an
+    ``Exception``: a run's failure handler must not mistake it for that run's own failure."""
+
+
+class Requeued(Terminated):
+    """SIGUSR1 under SLURM (``#SBATCH --signal=USR1@120``): the job was requeued, this one stops."""
+
+    def __init__(self, job: str, outcome: str) -> None:
+        super().__init__(f"SLURM job {job} {outcome}")
+
+
+_MAIN_PID = os.getpid()
+_terminating = False
+
+
+def _first_signal(signum: int) -> bool:
+    """True in the main process on the first interrupt; a forked loader worker dies quietly instead
+    (the main process reports), and a second signal must not break the clean-up of the first."""
+    global _terminating
+    if os.getpid() != _MAIN_PID:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return False
+    first, _terminating = not _terminating, True
+    return first
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if _first_signal(signum):
+        raise Terminated
+
+
+def slurm_job() -> str | None:
+    """This SLURM job's id as ``scontrol requeue`` takes it (array jobs: ``<array id>_<task id>``)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+def _on_requeue_signal(signum: int, frame: Any) -> None:
+    """Requeue the job (from rank 0 only), then stop as on SIGTERM; the requeued job resumes. It
+    replaces Lightning's own SIGUSR1 handler, which is only installed while a ``fit`` runs: between
+    runs the signal's default action would end the job with no requeue."""
+    if not _first_signal(signum):
+        return
+    job = slurm_job() or "?"
+    if os.environ.get("SLURM_PROCID", "0") != "0":
+        raise Requeued(job, "is requeued by rank 0")
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+        outcome = (
+            "requeued" if done.returncode == 0 else f"NOT requeued (scontrol: {done.stderr.strip()[:120]})"
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        outcome = f"NOT requeued ({exc})"
+    raise Requeued(job, outcome)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nerve-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"benchmark.commands.{name}")
+        module = importlib.import_module(f"benchmark.commands.{_MODULES.get(name, name)}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
@@ -33,6 +118,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (NerveBenchError, ModelError)
 
 
+def offline_defaults() -> None:
+    """Nothing leaves the machine unless the user asks (README "Network"), set before any library
+    reads it: no albumentations version check, the Hugging Face hub from its cache only, and W&B
+    offline without telemetry unless a key or a mode is given (:func:`wandb_env`)."""
+    from benchmark.training.logger import wandb_env
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    wandb_env()
+
+
 def os_error_line(exc: OSError) -> str:
     """``PATH: reason`` in one line (no traceback), naming both paths of a failed rename."""
     reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
@@ -42,20 +138,83 @@ def os_error_line(exc: OSError) -> str:
     return f"{where}: {reason}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    args = build_parser().parse_args(argv)
+def interrupt_code(exc: BaseException) -> int | None:
+    """130 (Ctrl-C) or 143 (SIGTERM) when ``exc`` is, or was raised while handling, an interrupt.
+
+    Lightning turns a KeyboardInterrupt inside ``fit`` into ``sys.exit(1)`` (its ``SystemExit``
+    carries the KeyboardInterrupt as ``__context__``), and its own SIGTERM handling raises
+    ``SIGTERMException``, a ``SystemExit`` too.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return EXIT_SIGINT
+        if isinstance(seen, Requeued):
+            return EXIT_REQUEUED
+        if isinstance(seen, Terminated) or type(seen).__name__ == "SIGTERMException":
+            return EXIT_SIGTERM
+        seen = seen.__context__
+    return None
+
+
+def _interrupted_by(exc: BaseException, code: int) -> str:
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, Requeued):
+        seen = seen.__context__
+    if seen is not None:
+        return f" by SIGUSR1 ({seen})"
+    return " by SIGTERM" if code == EXIT_SIGTERM else ""
+
+
+def _install(handlers: dict[int, Any]) -> dict[int, Any]:
+    """Install signal handlers; returns the previous ones (none outside the main thread)."""
+    previous = {}
+    for signum, handler in handlers.items():
+        if handler is None:  # installed outside Python: nothing to restore
+            continue
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread (an embedding caller): signals keep their handlers
+            break
+    return previous
+
+
+def _run(args: argparse.Namespace) -> int:
+    from benchmark.ddp_stop import GridStopped, end_job
+
     try:
         return int(args._run(args) or 0)
+    except GridStopped as exc:  # a DDP rank failed: the job ends here, the finished runs stay
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        end_job()
+        return 1
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # read-only or full disk, a directory where a file goes: a runtime failure
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are kept; re-run the same command to resume", file=sys.stderr)
-        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    offline_defaults()
+    args = build_parser().parse_args(argv)
+    handlers: dict[int, Any] = {signal.SIGTERM: _on_sigterm}
+    if os.environ.get("SLURM_JOB_ID"):  # README "Exit codes": #SBATCH --signal=USR1@120 requeues
+        handlers[signal.SIGUSR1] = _on_requeue_signal
+    previous = _install(handlers)
+    try:
+        return _run(args)
+    except (KeyboardInterrupt, Terminated, SystemExit) as exc:
+        code = interrupt_code(exc)
+        if code is None:
+            raise
+        print(f"interrupted{_interrupted_by(exc, code)}: {INTERRUPTED}", file=sys.stderr, flush=True)
+        return code
+    finally:
+        global _terminating
+        _terminating = False
+        _install(previous)
 
 
 if __name__ == "__main__":

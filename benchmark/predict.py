@@ -230,5 +230,10 @@ def predict_dir(
             rows.append((stem, encode(mask)))
             n_positive += bool(mask.any())
     sub = write_submission(submission, rows) if submission else None
-    return {"n_images": len(rows), "n_positive": n_positive, "out_dir": str(out),
-            "submission": str(sub) if sub else None, "postprocess": post.to_dict()}  # fmt: skip
+    return {
+        "n_images": len(rows),
+        "n_positive": n_positive,
+        "out_dir": str(out),
+        "submission": str(sub) if sub else None,
+        "postprocess": post.to_dict(),
+    }

@@ -15,8 +15,12 @@ Runs that need several devices (``devices > 1``) keep the local path (:func:`cho
 - Faults: a run that raises is a "failed" outcome and the others go on; a worker that dies is
   retried once (``max_retries=1``) and resumes from ``last.ckpt``; killing the driver ends its
   tasks (Ray ties a job's workers to its driver) and leaves finished runs and checkpoints behind.
+- GPUs: a task that asks for GPUs gets a fresh worker process (``max_calls=1``, Ray's own default
+  for GPU tasks, which ``.options(num_gpus=...)`` drops), so no worker keeps a CUDA context on a GPU
+  from its previous task; every task sees exactly its share (``CUDA_VISIBLE_DEVICES`` set from
+  ``ray.get_gpu_ids()``, empty without one); a GPU config on a cluster without GPUs is an error.
 
-Ray is imported only here, only when this executor runs, after usage statistics are switched off.
+Ray is imported only when this executor runs (:mod:`benchmark.ray_cluster`: offline, on loopback).
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark import runner
+from benchmark import ray_cluster, runner
 from benchmark.core.config import BenchmarkConfig, TrainConfig
 from benchmark.core.files import atomic_write
 from benchmark.core.summary import is_complete
+from benchmark.evaluation import deferred_costs
 from benchmark.runner import Outcome
 from datamodules.errors import NerveBenchError
 
@@ -115,12 +120,29 @@ def execute(
 
 # ----------------------------------------------------------------------------- resources (pure)
 def task_options(nodes: list[dict[str, float]], settings: RaySettings, accelerator: str) -> dict[str, Any]:
-    """``ray.remote`` options of one run: GPUs only where the cluster has them and the run may use them."""
+    """``ray.remote`` options of one run: ``gpus_per_run`` unless the run is a CPU run.
+
+    A run that may use a GPU (``accelerator`` gpu, cuda or auto) on a cluster that declares none is
+    an error: it would silently train the GPU recipe on CPU. A GPU task gets a fresh worker process.
+    """
     has_gpu = any(res.get("GPU", 0) > 0 for res in nodes)
-    gpus = settings.gpus_per_run if has_gpu and accelerator != "cpu" else 0.0
+    gpus = settings.gpus_per_run if accelerator != "cpu" else 0.0
+    if gpus and not has_gpu:
+        raise RayExecutorError(
+            f"accelerator={accelerator} with gpus_per_run={settings.gpus_per_run:g}, but the Ray cluster "
+            "declares no GPU; set accelerator: cpu to train on its CPUs (or start Ray with --num-gpus)"
+        )
     if accelerator in ("gpu", "cuda") and not gpus:
-        raise RayExecutorError(f"accelerator={accelerator}, but the Ray cluster has no GPU or gpus_per_run=0")
-    return {"num_cpus": settings.cpus_per_run, "num_gpus": gpus, "max_retries": 1, "retry_exceptions": False}
+        raise RayExecutorError(f"accelerator={accelerator}, but gpus_per_run=0")
+    options = {
+        "num_cpus": settings.cpus_per_run,
+        "num_gpus": gpus,
+        "max_retries": 1,
+        "retry_exceptions": False,
+    }
+    if gpus:
+        options["max_calls"] = 1  # a worker that initialised CUDA on one GPU must not take the next task
+    return options
 
 
 def slots(nodes: list[dict[str, float]], options: dict[str, Any]) -> int:
@@ -189,6 +211,17 @@ def single_process_env() -> None:
         del os.environ[key]
 
 
+def visible_gpus(gpu_ids: list[Any]) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for a task: the GPUs Ray gave it, none without a share.
+
+    Ray leaves the variable as the worker inherited it when a task has no GPU share (and always
+    under ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES``): every such task would see all GPUs and
+    ``accelerator: auto`` would put them all on cuda:0. Set before CUDA is first touched.
+    """
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+    return os.environ["CUDA_VISIBLE_DEVICES"]
+
+
 def run_task(
     cfg: TrainConfig,
     data_dir: Path,
@@ -201,12 +234,15 @@ def run_task(
     fit: Callable | None = None,
 ) -> Outcome:
     """One run inside a Ray worker: ``images``/``masks`` are the object store's read-only arrays."""
+    import ray
+
     from datamodules.kaggle import TrainSet
 
     problem = read_marker(results_dir, token)
     if problem:  # a node that joined after the driver's check
         return Outcome(cfg.run_name(), "failed", error=problem)
     single_process_env()
+    visible_gpus(ray.get_gpu_ids())
     if fit is None:
         from benchmark.pipeline import fit
     # Validation wraps the read-only truth masks with torch.from_numpy, which warns; nothing writes
@@ -218,18 +254,10 @@ def run_task(
 
 # ----------------------------------------------------------------------------- the driver
 def connect(address: str | None) -> tuple[Any, bool]:
-    """Ray, initialised: joined at ``address``, already initialised in this process (a test, a
-    notebook), or a new local instance. Returns (ray, whether we started it and must shut it down)."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # before the import: Ray must not reach the network
-    import ray
-
-    if ray.is_initialized():
-        return ray, False
+    """Ray, initialised (:func:`benchmark.ray_cluster.connect`), with the driver's variables that the
+    tasks need forwarded to them. Returns (ray, whether we started it and must shut it down)."""
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-    local = {"include_dashboard": False} if address is None else {}
-    runtime_env = {"env_vars": env} if env else None
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env=runtime_env, **local)
-    return ray, True
+    return ray_cluster.connect(address, env)
 
 
 def share_train_set(ray: Any, data_dir: Path, train_set: Any = None) -> tuple[Any, Any, Any, str]:
@@ -310,11 +338,13 @@ def launch(
     token = write_marker(results_dir)
     check_shared(ray, results_dir, token)
     shared = share_train_set(ray, data_dir, train_set)
-    task = ray.remote(run_task).options(**options)
+    # max_calls is a property of the remote function (Ray refuses it in .options()).
+    per_call = {k: v for k, v in options.items() if k != "max_calls"}
+    task = ray.remote(max_calls=options.get("max_calls", 0))(run_task).options(**per_call)
     refs = {task.remote(cfg, data_dir, results_dir, token, *shared, fit): cfg for cfg in todo}
     runner.say(
         f"ray: {len(todo)} runs, up to {capacity} at a time ({options['num_cpus']:g} CPU, "
-        f"{options['num_gpus']:g} GPU each); worker logs in /tmp/ray/session_latest/logs"
+        f"{options['num_gpus']:g} GPU each); worker logs in {ray_cluster.logs_dir(ray)}"
     )
     progress, pending, outcomes = Progress(len(todo), capacity), list(refs), []
     try:
@@ -327,6 +357,8 @@ def launch(
     except BaseException:
         for ref in pending:  # a killed run keeps its last.ckpt; the next invocation resumes it
             ray.cancel(ref, force=True)
+        if pending:
+            runner.say(f"interrupted: {len(pending)} run(s) not finished resume from their last checkpoint")
         raise
     return outcomes
 
@@ -354,11 +386,54 @@ def run_grid(
     outcomes = [Outcome(c.run_name(), "skipped") for c in done]
     if done:
         runner.say(f"{len(done)}/{len(grid)} runs already complete (skipped)")
-    if not todo:
+    pending = [c for c in grid if deferred_costs.is_pending(runs / c.run_name())]
+    if not todo and not pending:
         return outcomes
-    ray, started = connect(settings.address)
+    reaper = ray_cluster.start_reaper() if settings.address is None else None
     try:
-        return outcomes + launch(ray, todo, data_dir, results_dir, settings, fit, train_set)
+        ray, started = connect(settings.address)
+        if reaper is not None:
+            ray_cluster.sync_reaper(reaper)  # Ray's daemons are recorded before any task starts
+        try:
+            if todo:
+                outcomes += launch(ray, todo, data_dir, results_dir, settings, fit, train_set)
+            measure_deferred_costs(ray, grid, runs, settings)
+            return outcomes
+        finally:
+            if started:
+                ray.shutdown()
     finally:
-        if started:
-            ray.shutdown()
+        if reaper is not None:
+            ray_cluster.stop_reaper(reaper)
+
+
+def exclusive_options(
+    nodes: list[dict[str, float]], settings: RaySettings, accelerator: str
+) -> dict[str, Any]:
+    """Ray options of a task that holds a whole device: one GPU, or every CPU of the largest node."""
+    has_gpu = any(res.get("GPU", 0) > 0 for res in nodes)
+    if has_gpu and accelerator != "cpu":
+        return {"num_gpus": 1.0, "num_cpus": settings.cpus_per_run, "max_calls": 1, "max_retries": 1}
+    whole_node = max(res.get("CPU", 1.0) for res in nodes)
+    return {"num_cpus": whole_node, "num_gpus": 0, "max_calls": 1, "max_retries": 1}
+
+
+def measure_deferred_costs(ray: Any, grid: list[TrainConfig], runs: Path, settings: RaySettings) -> None:
+    """After every task: the inference columns of runs that shared a device (``deferred_costs``),
+    measured in one task that has a device to itself; a failure leaves them pending, never lost."""
+    pending = [runs / c.run_name() for c in grid if deferred_costs.is_pending(runs / c.run_name())]
+    if not pending:
+        return
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    options = exclusive_options(nodes, settings, grid[0].accelerator)
+    runner.say(f"ray: inference costs of {len(pending)} run(s) that shared a device, measured on a whole one")
+    task = ray.remote(**options)(deferred_costs.measure_pending)  # max_calls: a fresh worker, CUDA freed
+    try:
+        lines = ray.get(task.remote(pending))
+    except ray.exceptions.RayError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        lines = [
+            f"inference costs of {len(pending)} run(s) still pending ({first}); the next `run` measures them"
+        ]
+    for line in lines:
+        runner.say(line)

@@ -4,22 +4,22 @@ Finished runs (a complete summary.json with the same config hash) are skipped an
 resume from their last checkpoint inside ``fit``, so re-running the same command continues where it
 stopped. Each run is claimed with a run lock (:mod:`benchmark.core.lock`) before training, so two
 commands on one results directory share the grid instead of training everything twice; a run held
-by another live process is skipped ("held"). One failing run is recorded in its ``error.txt`` (or,
-when that cannot be written, on stderr) and does not stop the others.
+by another live process is skipped ("held"), and taken over at the end of the grid if its holder
+stopped meanwhile. One failing run is recorded in its ``error.txt`` (or, when that cannot be
+written, on stderr) and does not stop the others. An interrupt (Ctrl-C, SIGTERM) names the run in
+flight and the checkpoint it resumes from. The synthetic fallback (no data given) is
+:mod:`benchmark.fallback`.
 Under DDP every rank executes this loop (Lightning re-launches the command); rank 0 claims the runs
-and ranks > 0 follow its decisions; only rank 0 prints, writes error files and the report.
+and ranks > 0 follow its decisions; only rank 0 prints, writes error files and the report. A run
+that fails on any rank ends the DDP job (:mod:`benchmark.ddp_stop`): the other ranks could not go on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -27,23 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmark import ddp_stop
 from benchmark.core.config import (
     BenchmarkConfig,
     ConfigError,
     TrainConfig,
-    apply_overrides,
     resolve_devices,
+    with_model_recipe,
 )
 from benchmark.core.files import atomic_write
-from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, owner_id, read_lock
+from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, owner_id, read_lock
 from benchmark.core.summary import is_complete, read_summary
 from datamodules.errors import DataError
 
-SYNTHETIC_DIR = "_synthetic_data"
-# The README's data path (the Makefile's DATA default): the only path that may be absent.
-DEFAULT_DATA_DIR = Path("data/ultrasound-nerve-segmentation")
-_SYNTH_KEYS = {"generator", "folds", "seeds", "train", "model_kwargs"}
-_GENERATOR_KEYS = {"subjects", "per_subject", "n_test", "seed", "positive_fraction"}
+LAST_CKPT = Path("checkpoints") / "last.ckpt"  # under a run directory (benchmark.training.trainer)
 
 
 @dataclass
@@ -55,6 +52,12 @@ class Outcome:
     dice: float | None = None  # outer-fold post-processed Kaggle Dice of a trained run
 
 
+def _env_rank(var: str) -> int:
+    """A rank variable as exported (unset or not a number: 0)."""
+    value = os.environ.get(var) or "0"
+    return int(value) if value.isdigit() else 0
+
+
 def global_rank() -> int:
     """This process's rank as torchrun/SLURM (RANK, SLURM_PROCID) or Lightning's launcher (LOCAL_RANK,
     NODE_RANK) export it. Callers only test ``== 0``: every process off node 0 counts as non-zero,
@@ -62,117 +65,13 @@ def global_rank() -> int:
     for var in ("RANK", "SLURM_PROCID"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
-    local, node = (int(os.environ.get(v) or 0) if (os.environ.get(v) or "0").isdigit() else 0
-                   for v in ("LOCAL_RANK", "NODE_RANK"))  # fmt: skip
+    local, node = _env_rank("LOCAL_RANK"), _env_rank("NODE_RANK")
     return local if node == 0 else node * 1024 + local
 
 
 def say(message: str) -> None:
     if global_rank() == 0:
         print(message, flush=True)
-
-
-def _synthetic_section(bench: BenchmarkConfig, source: str) -> dict[str, Any]:
-    syn = bench.synthetic
-    if not syn:
-        raise ConfigError(f"{source}: no `synthetic:` section to fall back to")
-    unknown = set(syn) - _SYNTH_KEYS
-    bad_gen = set(syn.get("generator") or {}) - _GENERATOR_KEYS
-    if unknown or bad_gen:
-        allowed = f"allowed {sorted(_SYNTH_KEYS)} and generator: {sorted(_GENERATOR_KEYS)}"
-        raise ConfigError(f"{source}: unknown synthetic keys {sorted(unknown | bad_gen)}; {allowed}")
-    return syn
-
-
-def synthetic_benchmark(bench: BenchmarkConfig, source: str = "config") -> BenchmarkConfig:
-    """The CPU-sized fallback: ``synthetic.train`` overrides and optional ``folds``/``seeds``."""
-    syn = _synthetic_section(bench, source)
-    try:
-        train = apply_overrides(bench.train, syn.get("train") or {})
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: synthetic.train: {exc}") from None
-    folds = tuple(int(f) for f in syn.get("folds", [f for f in bench.folds if f < train.n_folds]))
-    seeds = tuple(int(s) for s in syn.get("seeds", bench.seeds))
-    kwargs = {str(k): dict(v) for k, v in (syn.get("model_kwargs") or bench.model_kwargs).items()}
-    return dataclasses.replace(bench, train=train, folds=folds, seeds=seeds, model_kwargs=kwargs)
-
-
-def _generator_params(bench: BenchmarkConfig) -> dict[str, Any]:
-    return dict(sorted((_synthetic_section(bench, "config").get("generator") or {}).items()))
-
-
-def synthetic_data_dir(bench: BenchmarkConfig, results_dir: Path) -> Path:
-    """``RESULTS/_synthetic_data/synthetic-<params hash>``: one directory per generator setting, so
-    two configs (or two commands) sharing a results directory never replace each other's data."""
-    tag = hashlib.sha256(json.dumps(_generator_params(bench), sort_keys=True).encode()).hexdigest()[:8]
-    return results_dir / SYNTHETIC_DIR / f"synthetic-{tag}"
-
-
-def _stamp_matches(out_dir: Path, params: dict[str, Any]) -> bool:
-    try:
-        return (out_dir / "train").is_dir() and json.loads((out_dir / "synthetic.json").read_text()) == params
-    except (OSError, ValueError):  # missing or damaged stamp: regenerate
-        return False
-
-
-def ensure_synthetic(bench: BenchmarkConfig, out_dir: Path) -> Path:
-    """Generate the synthetic data set into ``out_dir`` unless it exists with the same parameters.
-
-    The data is generated in a temporary sibling and renamed into place, so a concurrent command
-    sees either no directory or a complete one; if another process finished first, its copy wins.
-    """
-    from datamodules.synth import generate
-
-    params = _generator_params(bench)
-    if _stamp_matches(out_dir, params) or global_rank() != 0:
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        generate(tmp, **params)
-        atomic_write(tmp / "synthetic.json", json.dumps(params, sort_keys=True) + "\n")
-        if out_dir.exists() and not _stamp_matches(out_dir, params):
-            shutil.rmtree(out_dir)  # a damaged leftover of this very setting (its name is the params hash)
-        with contextlib.suppress(OSError):  # another process renamed its complete copy in first
-            os.rename(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
-def uses_synthetic(data_dir: Path | None) -> bool:
-    """True when no data directory was given, or only the README's default path and it is absent.
-
-    Any other path is the user's: a typo must be an error, never a silent synthetic benchmark.
-    """
-    if data_dir is None:
-        return not DEFAULT_DATA_DIR.exists()
-    return not data_dir.exists() and data_dir.absolute() == DEFAULT_DATA_DIR.absolute()
-
-
-def resolve_data(
-    bench: BenchmarkConfig, data_dir: Path | None, results_dir: Path, generate: bool = True
-) -> tuple[BenchmarkConfig, Path]:
-    """The benchmark and data directory to run: ``data_dir`` (it must hold ``train/``; DataError naming
-    it otherwise) or, per :func:`uses_synthetic`, the config's synthetic fallback, announced once.
-    ``generate=False`` (``--dry-run``) only names the fallback directory and writes nothing."""
-    if not uses_synthetic(data_dir):
-        path = DEFAULT_DATA_DIR if data_dir is None else data_dir
-        if not path.is_dir():
-            raise DataError(path, "data directory not found (--data-dir / DATA): expected the Kaggle layout")
-        if not (path / "train").is_dir():
-            raise DataError(
-                path, "no train/ directory (expected the Kaggle layout: train/, test/, train_masks.csv)"
-            )
-        return bench, path
-    fallback = synthetic_benchmark(bench)
-    out = synthetic_data_dir(bench, results_dir)
-    why = "no --data-dir given" if data_dir is None else f"{data_dir} not found"
-    say(
-        f"{why}: running the embedded CPU benchmark on synthetic data in {out} "
-        f"(the `synthetic:` section of the {bench.name} config)"
-    )
-    return fallback, ensure_synthetic(bench, out) if generate else out
 
 
 def parse_list(text: str | None, kind: type = str) -> list | None:
@@ -198,12 +97,13 @@ def build_grid(
     grid, train = [], resolve_devices(bench.train, bench.run_gpus())
     for model in models or bench.models:
         kwargs = {**bench.train.model_kwargs, **bench.model_kwargs.get(model, {})}
+        recipe = with_model_recipe(train, bench.model_train, model)  # the config's per-model recipe
         for fold in bench.folds if folds is None else folds:
             for seed in bench.seeds if seeds is None else seeds:
                 try:
                     grid.append(
                         dataclasses.replace(
-                            train, model=model, model_kwargs=kwargs, fold=int(fold), seed=int(seed)
+                            recipe, model=model, model_kwargs=kwargs, fold=int(fold), seed=int(seed)
                         )
                     )
                 except ConfigError as exc:
@@ -232,8 +132,12 @@ def _record_failure(run_dir: Path, exc: BaseException) -> str:
         try:
             atomic_write(run_dir / "error.txt", "".join(traceback.format_exception(exc)))
         except OSError as err:
-            print(f"error: {run_dir / 'error.txt'}: cannot record the failure ({err.strerror or err}); "
-                  f"{run_dir.name} failed with {line}", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"error: {run_dir / 'error.txt'}: cannot record the failure ({err.strerror or err}); "
+                f"{run_dir.name} failed with {line}",
+                file=sys.stderr,
+                flush=True,
+            )
     return line
 
 
@@ -251,12 +155,48 @@ def finished_line(run: str, seconds: float, dice: float | None) -> str:
     return f"done {run} in {seconds:.1f} s: outer Kaggle Dice {'n/a' if dice is None else f'{dice:.4f}'}"
 
 
+def ddp_rank(cfg: TrainConfig) -> int:
+    """This process's rank in the run's DDP world (for messages; :func:`global_rank` decides)."""
+    if os.environ.get("RANK", "").isdigit():
+        return int(os.environ["RANK"])
+    local, node = _env_rank("LOCAL_RANK"), _env_rank("NODE_RANK")
+    return node * int(cfg.world_size() // max(cfg.num_nodes, 1)) + local
+
+
+def _ddp_failure(cfg: TrainConfig, run_dir: Path, exc: BaseException) -> ddp_stop.GridStopped:
+    """Under DDP a failed run ends the job: every rank records its own traceback (rank 0 never sees
+    another rank's exception), then rank 0 stops the job or a rank > 0 asks it to."""
+    rank, error_txt = ddp_rank(cfg), run_dir / "error.txt"
+    with contextlib.suppress(OSError):
+        atomic_write(error_txt, "".join(traceback.format_exception(exc)))
+    message = ddp_stop.stop_line(cfg.run_name(), rank, cfg.world_size(), _one_line(exc), error_txt)
+    if global_rank() == 0:
+        return ddp_stop.rank0_failed(run_dir.parent, message)
+    return ddp_stop.follower_failed(run_dir.parent, rank, message)
+
+
+def interrupted_line(cfg: TrainConfig, run_dir: Path) -> str:
+    """What an interrupt leaves of the run in flight: the checkpoint the next invocation resumes from."""
+    last = run_dir / LAST_CKPT
+    then = f"resumes from {last}" if last.is_file() else "starts it again (no epoch had finished)"
+    return f"interrupted {cfg.run_name()}: re-running the same command {then}"
+
+
 def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -> Outcome:
-    start = time.perf_counter()
+    start, ddp = time.perf_counter(), cfg.world_size() > 1
+    if ddp and global_rank() == 0:
+        ddp_stop.WATCHER.start(run_dir.parent)
     try:
         summary = fit(cfg, data_dir, run_dir)
     except Exception as exc:  # noqa: BLE001 - one run's failure must not lose the others
+        if ddp:
+            raise _ddp_failure(cfg, run_dir, exc) from None
         return Outcome(cfg.run_name(), "failed", time.perf_counter() - start, _record_failure(run_dir, exc))
+    except BaseException:  # Ctrl-C, SIGTERM: the run's last checkpoint stays for the next invocation
+        say(interrupted_line(cfg, run_dir))
+        raise
+    finally:
+        ddp_stop.WATCHER.stop()
     with contextlib.suppress(OSError):  # a stale error.txt is cosmetic; the summary is what counts
         (run_dir / "error.txt").unlink(missing_ok=True)
     if global_rank() == 0 and isinstance(summary, dict):
@@ -288,7 +228,11 @@ def run_one(
             say(f"{run_dir / LOCK_NAME}: taking over a stale lock ({lock.took_over})")
         if is_complete(run_dir, cfg.hash()):
             return Outcome(cfg.run_name(), "skipped")
-        outcome = _train_one(cfg, data_dir, run_dir, fit)
+        ddp_stop.WATCHER.in_flight = lock  # released by the DDP watcher if it has to end the job
+        try:
+            outcome = _train_one(cfg, data_dir, run_dir, fit)
+        finally:
+            ddp_stop.WATCHER.in_flight = None
         if lock.lost:
             say(f"warning: {run_dir / LOCK_NAME} was taken over while {cfg.run_name()} trained")
     return outcome
@@ -382,7 +326,8 @@ def run_grid(
         say(f"{len(outcomes)}/{len(grid)} runs already complete (skipped)")
     if global_rank() == 0:
         os.environ[OWNER_ENV] = owner_id()  # inherited by the DDP ranks Lightning launches
-    start, times = time.perf_counter(), []
+    start = time.perf_counter()
+    times: list[float] = []
     for i, cfg in enumerate(todo, start=1):
         elapsed = time.perf_counter() - start
         eta = clock(sum(times) / len(times) * (len(todo) - i + 1)) if times else "?"
@@ -396,4 +341,43 @@ def run_grid(
             times.append(outcome.seconds)
         _announce(tag, outcome, runs)
         outcomes.append(outcome)
+    if all(c.world_size() == 1 for c in todo):  # DDP ranks would have to agree on the retries
+        retry_released(todo, outcomes, data_dir, results_dir, fit, stale_after_s)
     return outcomes
+
+
+def retry_released(
+    grid: list[TrainConfig],
+    outcomes: list[Outcome],
+    data_dir: Path,
+    results_dir: Path,
+    fit: Callable,
+    stale_after_s: float | None = None,
+) -> None:
+    """Runs skipped as held whose holder stopped meanwhile (killed, crashed): claim them now, so this
+    command's leaderboard does not miss them (``outcomes`` is updated in place)."""
+    by_name = {c.run_name(): c for c in grid}
+    for i, outcome in enumerate(outcomes):
+        cfg = by_name.get(outcome.run)
+        if (
+            outcome.status != "held"
+            or cfg is None
+            or is_held(results_dir / "runs" / outcome.run, stale_after_s)
+        ):
+            continue
+        say(f"[retry] {outcome.run}: its holder stopped without finishing it; taking it over")
+        outcomes[i] = run_one(cfg, data_dir, results_dir, fit, stale_after_s)
+        _announce("[retry]", outcomes[i], results_dir / "runs")
+
+
+def missing_runs(grid: list[TrainConfig], outcomes: list[Outcome], results_dir: Path) -> list[str]:
+    """Runs this command skipped as held that are still not complete, each with its holder's state."""
+    by_name, missing = {c.run_name(): c for c in grid}, []
+    for outcome in outcomes:
+        run_dir = results_dir / "runs" / outcome.run
+        if outcome.status != "held" or is_complete(run_dir, by_name[outcome.run].hash()):
+            continue
+        holder = is_held(run_dir)
+        state = f"held by {holder.describe()}" if holder else "its holder stopped without finishing it"
+        missing.append(f"{outcome.run} ({state})")
+    return missing

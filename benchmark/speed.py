@@ -10,12 +10,19 @@ For each model, in one process, on the same architecture and the same data:
 (c) ``ceiling``: a bare loop on batches already on the device (the GPU cache), no augmentation,
     in the suite's precision and memory format: what the model's compute alone allows;
 (d) batched inference img/s and (e) batch-1 latency from :func:`benchmark.evaluation.costs.measure_inference`,
-    the same code that fills the leaderboard's speed columns.
+    the same code that fills the leaderboard's speed columns;
+(f) with ``runtime="onnx"``: the same model exported to ONNX and run by onnxruntime (fp32), img/s
+    at the same batch size and batch-1 latency, timed the same way (``benchmark.export.onnx_inference``).
 
-Warm-up steps are excluded from every timing and the device is synchronised before each clock
-read. Images/second counts training images per wall-clock second of the timed steps, data
-loading included, so (a)/(b) shows what the suite's data path buys and (a)/(c) how close to the
-compute bound it runs.
+Every training path is clocked the same way: the device is synchronised once when the warm-up
+steps are done and once after the last timed step, never in between, so queued work may overlap
+the next step's data loading in (a), (b) and (c) alike and none of the three pays a per-step
+synchronisation the others do not. Images/second counts training images per wall-clock second of
+the timed steps, data loading included, so (a)/(b) shows what the suite's data path buys and
+(a)/(c) how close to the compute bound it runs. (a) runs under the recipe's
+``deterministic`` setting (``SpeedSettings.deterministic``, on by default as in every config);
+(b) and (c) under PyTorch's defaults. A model without trainable parameters (``empty``) has no
+training figures (``None``), only inference.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +49,9 @@ from benchmark.training.device import autocast, resolve_device, synchronize
 RESULT_KEYS = ("model", "device", "image_size", "batch_size", "suite_train_img_s", "plain_train_img_s",
                "ceiling_train_img_s", "infer_img_s", "latency_ms", "ratio_suite_vs_plain",
                "ratio_suite_vs_ceiling")  # fmt: skip
+# With runtime="onnx": onnxruntime's figures beside torch's (d) and (e), from benchmark.export.
+ONNX_KEYS = ("onnx_provider", "onnx_infer_img_s", "onnx_latency_ms", "ratio_onnx_vs_torch")
+RUNTIMES = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -53,10 +63,15 @@ class SpeedSettings:
     device: str = "auto"
     compile: bool = False
     workers: int | None = None  # plain loop's DataLoader workers; None: 8 on GPU, 0 on CPU
+    runtime: str = "torch"  # "onnx": also onnxruntime's inference img/s and latency (ONNX_KEYS)
+    deterministic: bool = True  # the suite's Trainer setting (the recipe's default)
+    model_kwargs: dict = field(default_factory=dict)  # model name -> factory kwargs (tiny models)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.warmup < 1 or self.batch_size < 1:
             raise ValueError("steps, warmup and batch_size must be at least 1")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
 
 
 def _suite_config(model: str, s: SpeedSettings, dev: torch.device) -> Any:
@@ -64,10 +79,22 @@ def _suite_config(model: str, s: SpeedSettings, dev: torch.device) -> Any:
 
     cuda = dev.type == "cuda"
     return TrainConfig(
-        model=model, image_size=s.image_size, batch_size=s.batch_size, epochs=10_000, warmup_epochs=0.0,
-        accelerator="gpu" if cuda else "cpu", precision="auto", gpu_cache=cuda, channels_last=cuda,
-        compile=s.compile, logger="none", progress_bar=False, num_workers=_workers(s, dev),
-    )  # fmt: skip
+        model=model,
+        image_size=s.image_size,
+        batch_size=s.batch_size,
+        epochs=10_000,
+        warmup_epochs=0.0,
+        accelerator="gpu" if cuda else "cpu",
+        precision="auto",
+        gpu_cache=cuda,
+        channels_last=cuda,
+        compile=s.compile,
+        logger="none",
+        progress_bar=False,
+        num_workers=_workers(s, dev),
+        deterministic=s.deterministic,
+        model_kwargs=dict(s.model_kwargs.get(model, {})),
+    )
 
 
 def _workers(s: SpeedSettings, dev: torch.device) -> int:
@@ -105,10 +132,11 @@ class TifDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_dir: Path, size: int) -> None:
         from datamodules.augment import build_train_transform
+        from datamodules.data_config import AugmentConfig
         from datamodules.kaggle import scan_train
 
         self.records, self.size = scan_train(data_dir), size
-        self.transform = build_train_transform()
+        self.transform = build_train_transform(AugmentConfig())  # called unseeded: the plain way
 
     def __len__(self) -> int:
         return len(self.records)
@@ -128,11 +156,12 @@ class TifDataset(torch.utils.data.Dataset):
 
 
 # -- (a) the suite -----------------------------------------------------------------------------------
-def _timer_callback(warmup: int) -> Any:
+def _timer_callback(warmup: int, steps: int) -> Any:
     from lightning.pytorch.callbacks import Callback
 
     class StepTimer(Callback):
-        """Clock from the end of the last warm-up batch to the end of the last batch."""
+        """Clock from the end of the last warm-up batch to the end of the last batch, synchronising
+        only at those two points (as :func:`_timed_loop` does for the bare loops)."""
 
         def __init__(self) -> None:
             self.seen, self.images, self.start, self.end = 0, 0, 0.0, 0.0
@@ -140,14 +169,15 @@ def _timer_callback(warmup: int) -> Any:
         def on_train_batch_end(
             self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
-            synchronize(pl_module.device)
-            now = time.perf_counter()
             self.seen += 1
             if self.seen == warmup:
-                self.start = now
-            elif self.seen > warmup:
-                self.images += int(batch["image"].shape[0])
-                self.end = now
+                synchronize(pl_module.device)
+                self.start = time.perf_counter()
+            elif warmup < self.seen <= warmup + steps:
+                self.images += int(batch["image"].shape[0])  # a shape: no device sync
+                if self.seen == warmup + steps:
+                    synchronize(pl_module.device)
+                    self.end = time.perf_counter()
 
     return StepTimer()
 
@@ -159,20 +189,26 @@ def suite_train_img_s(model: str, data_dir: Path, s: SpeedSettings, dev: torch.d
 
     torch.manual_seed(0)
     cfg = _suite_config(model, s, dev)
-    timer = _timer_callback(s.warmup)
+    timer = _timer_callback(s.warmup, s.steps)
     # The suite's own Trainer settings (precision, determinism, accelerator), minus checkpoints/logging;
     # the context undoes the deterministic-algorithm switch it flips for the whole process.
-    with _restore_global_torch_state():
+    with restore_global_torch_state():
         trainer = build_trainer(
-            cfg, work, max_steps=s.warmup + s.steps, limit_val_batches=0, callbacks=[timer],
-            enable_checkpointing=False, logger=False, devices=1,
-        )  # fmt: skip
+            cfg,
+            work,
+            max_steps=s.warmup + s.steps,
+            limit_val_batches=0,
+            callbacks=[timer],
+            enable_checkpointing=False,
+            logger=False,
+            devices=1,
+        )
         trainer.fit(SegModule(cfg.to_dict()), datamodule=make_datamodule(cfg, data_dir))
     return _rate(timer.images, timer.end - timer.start)
 
 
 @contextlib.contextmanager
-def _restore_global_torch_state() -> Iterator[None]:
+def restore_global_torch_state() -> Iterator[None]:
     """Undo process-wide switches a Trainer flips, so (b) and (c) run with PyTorch's defaults."""
     saved = (
         torch.are_deterministic_algorithms_enabled(),
@@ -239,11 +275,13 @@ def _train_step(
     return step
 
 
-def _fresh_model(name: str, dev: torch.device, channels_last: bool) -> torch.nn.Module:
+def _fresh_model(
+    name: str, dev: torch.device, channels_last: bool, kwargs: dict | None = None
+) -> torch.nn.Module:
     from models import create
 
     torch.manual_seed(0)
-    model = create(name, in_channels=1).to(dev).train()
+    model = create(name, in_channels=1, **(kwargs or {})).to(dev).train()
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -251,10 +289,15 @@ def plain_train_img_s(model: str, data_dir: Path, s: SpeedSettings, dev: torch.d
     """(b) img/s of a plain fp32 loop whose DataLoader decodes and augments every sample."""
     dataset = TifDataset(data_dir, s.image_size)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=s.batch_size, shuffle=True, drop_last=len(dataset) >= s.batch_size,
-        num_workers=_workers(s, dev), pin_memory=dev.type == "cuda", persistent_workers=_workers(s, dev) > 0,
-    )  # fmt: skip
-    net = _fresh_model(model, dev, channels_last=False)
+        dataset,
+        batch_size=s.batch_size,
+        shuffle=True,
+        drop_last=len(dataset) >= s.batch_size,
+        num_workers=_workers(s, dev),
+        pin_memory=dev.type == "cuda",
+        persistent_workers=_workers(s, dev) > 0,
+    )
+    net = _fresh_model(model, dev, channels_last=False, kwargs=s.model_kwargs.get(model))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     step = _train_step(net, opt, dev, "32", channels_last=False)
     return _timed_loop(step, _cycle(lambda _: loader), s.warmup, s.steps, dev)
@@ -267,7 +310,7 @@ def ceiling_train_img_s(model: str, cache: Any, s: SpeedSettings, dev: torch.dev
 
     cuda = dev.type == "cuda"
     precision = resolve_precision("auto", "gpu" if cuda else "cpu")
-    net = _fresh_model(model, dev, channels_last=cuda)
+    net = _fresh_model(model, dev, channels_last=cuda, kwargs=s.model_kwargs.get(model))
     net = torch.compile(net) if s.compile else net
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     step = _train_step(net, opt, dev, precision, channels_last=cuda)
@@ -281,22 +324,45 @@ def ceiling_train_img_s(model: str, cache: Any, s: SpeedSettings, dev: torch.dev
 
 # -- all together ------------------------------------------------------------------------------------
 def measure_model(model: str, data_dir: Path, cache: Any, s: SpeedSettings, work: Path) -> dict:
-    """Every figure (a)-(e) for one model, as a RESULT_KEYS dict."""
+    """Every figure (a)-(e) for one model, as a RESULT_KEYS dict (training figures ``None`` when the
+    model has nothing to train)."""
     from benchmark.training.device import resolve_precision
+    from benchmark.training.module import has_trainable_params
 
     dev = resolve_device(s.device)
-    suite = suite_train_img_s(model, data_dir, s, dev, work / model.replace(":", "-"))
-    plain = plain_train_img_s(model, data_dir, s, dev)
-    ceiling = ceiling_train_img_s(model, cache, s, dev)
     precision = resolve_precision("auto", "gpu" if dev.type == "cuda" else "cpu")
-    net = _fresh_model(model, dev, channels_last=dev.type == "cuda")
+    # Built on the CPU (measure_inference moves it) so it holds no device memory while (a)-(c) run.
+    net = _fresh_model(model, torch.device("cpu"), dev.type == "cuda", s.model_kwargs.get(model))
+    suite = plain = ceiling = None
+    if has_trainable_params(net):
+        suite = suite_train_img_s(model, data_dir, s, dev, work / model.replace(":", "-"))
+        plain = plain_train_img_s(model, data_dir, s, dev)
+        ceiling = ceiling_train_img_s(model, cache, s, dev)
     infer = measure_inference(net, (s.image_size, s.image_size), s.batch_size, dev, precision=precision)
-    return {
-        "model": model, "device": str(dev), "image_size": s.image_size, "batch_size": s.batch_size,
-        "suite_train_img_s": suite, "plain_train_img_s": plain, "ceiling_train_img_s": ceiling,
-        "infer_img_s": infer["infer_img_s"], "latency_ms": infer["latency_ms"],
-        "ratio_suite_vs_plain": suite / plain, "ratio_suite_vs_ceiling": suite / ceiling,
-    }  # fmt: skip
+    row = {
+        "model": model,
+        "device": str(dev),
+        "image_size": s.image_size,
+        "batch_size": s.batch_size,
+        "suite_train_img_s": suite,
+        "plain_train_img_s": plain,
+        "ceiling_train_img_s": ceiling,
+        "infer_img_s": infer["infer_img_s"],
+        "latency_ms": infer["latency_ms"],
+        "ratio_suite_vs_plain": ratio(suite, plain),
+        "ratio_suite_vs_ceiling": ratio(suite, ceiling),
+    }
+    if s.runtime == "onnx":
+        from benchmark.export import onnx_inference
+
+        onnx = onnx_inference(net, (s.image_size, s.image_size), s.batch_size, dev)
+        row.update(onnx, ratio_onnx_vs_torch=onnx["onnx_infer_img_s"] / infer["infer_img_s"])
+    return row
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is missing."""
+    return None if a is None or b is None else a / b
 
 
 def run_speed(models: list[str], settings: SpeedSettings, data_dir: str | Path | None = None) -> list[dict]:
@@ -316,12 +382,15 @@ def run_speed(models: list[str], settings: SpeedSettings, data_dir: str | Path |
 
 def format_table(rows: list[dict]) -> str:
     """A fixed-width text table of the figures and the two ratios."""
-    head = ("model", "device", "size", "batch", "suite img/s", "plain img/s", "ceiling img/s",
-            "infer img/s", "latency ms", "suite/plain", "suite/ceiling")  # fmt: skip
-    keys = RESULT_KEYS
+    head: tuple[str, ...] = ("model", "device", "size", "batch", "suite img/s", "plain img/s",
+            "ceiling img/s", "infer img/s", "latency ms", "suite/plain", "suite/ceiling")  # fmt: skip
+    keys: tuple[str, ...] = RESULT_KEYS
+    if rows and all(k in r for r in rows for k in ONNX_KEYS):
+        head += ("onnx on", "onnx img/s", "onnx latency ms", "onnx/torch")
+        keys += ONNX_KEYS
     lines = [head]
     for r in rows:
-        lines.append(tuple(str(r[k]) if isinstance(r[k], (str, int)) else _fmt(r[k]) for k in keys))
+        lines.append(tuple(str(r[k]) if isinstance(r[k], (str, int)) else fmt(r[k]) for k in keys))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join(
         "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
@@ -329,7 +398,8 @@ def format_table(rows: list[dict]) -> str:
     )
 
 
-def _fmt(value: float) -> str:
-    if not math.isfinite(value):
-        return "nan"
+def fmt(value: float | None) -> str:
+    """A figure with 2 decimals below 100, none above; ``n/a`` for a missing or non-finite one."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
     return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"

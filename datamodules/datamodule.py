@@ -5,12 +5,16 @@ propagate), maps every frame and mask to network size once into a uint8 cache (c
 workers fork, so workers share it copy-on-write) and splits by subject (``datamodules.splits``).
 Batches follow the contract table in docs/architecture.md. Inputs are normalised as
 ``(x / 255 - MEAN) / STD`` with dataset-level constants, so every model sees the same scale.
+
+Training batches follow :mod:`datamodules.stream`: full global batches of ``batch_size`` samples,
+each process loading its equal slice (:class:`datamodules.samplers.TrainSampler`), every sample
+augmented from its own (seed, epoch, index) key, so the recipe is the same on any number of
+devices and a resumed run needs only its epoch.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,45 +23,24 @@ import albumentations as A
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
-from datamodules import geometry
-from datamodules.augment import ResumableDataLoader, ResumableTrainLoader, build_train_transform
+from datamodules import geometry, stream
+from datamodules.augment import augment_sample, build_train_transform
 from datamodules.cleaning import DEFAULT_THRESHOLD, find_contradictions
+from datamodules.data_config import DataConfig
+from datamodules.decoded_cache import load_train_shared
 from datamodules.errors import DataError
-from datamodules.kaggle import TrainSet, load_train, scan_test
-from datamodules.rle import KAGGLE_SHAPE
-from datamodules.splits import fold_indices, holdout_by_subject, inner_split, kfold_by_subject
+from datamodules.kaggle import TrainSet
+from datamodules.samplers import TrainSampler
+from datamodules.splits import holdout_by_subject, inner_split, kfold_by_subject
 from datamodules.targets import bbox, presence
-from datamodules.validate import read_image
 
 log = logging.getLogger(__name__)
 
 # Mean and std of x/255 over the 26 real Kaggle training frames in ../shared (0.368, 0.230);
 # fixed constants rather than per-split statistics, so runs and folds normalise identically.
 MEAN, STD = 0.37, 0.23
-
-# TrainConfig fields this DataModule takes (same names), for ``from_config_dict``.
-DATA_FIELDS = (
-    "fold",
-    "n_folds",
-    "seed",
-    "split_seed",
-    "inner_fraction",
-    "holdout_fraction",
-    "image_size",
-    "resize_mode",
-    "batch_size",
-    "eval_batch_size",
-    "num_workers",
-    "augment",
-    "aug_flip",
-    "aug_affine",
-    "aug_elastic",
-    "aug_brightness",
-    "aug_noise",
-    "clean_contradictory",
-)
 
 
 def normalise(images: np.ndarray) -> torch.Tensor:
@@ -68,8 +51,10 @@ def normalise(images: np.ndarray) -> torch.Tensor:
 class SegDataset(Dataset):
     """Training-set items from the network-size cache; ``index`` is the position in the full set.
 
-    With a ``transform`` the targets come from the augmented mask; without one, ``presence`` and
-    ``bbox`` come from the original-resolution truth (a tiny nerve may vanish when resized).
+    Items are looked up by position into ``indices``; a training sampler passes ``(position,
+    epoch)``, and with a ``transform`` the sample is augmented from its (seed, epoch, index) key,
+    its targets recomputed from the augmented mask. Without one, ``presence`` and ``bbox`` come
+    from the original-resolution truth (a tiny nerve may vanish when resized).
     """
 
     def __init__(
@@ -80,24 +65,26 @@ class SegDataset(Dataset):
         targets: tuple[np.ndarray, np.ndarray],
         masks_orig: np.ndarray | None = None,
         transform: A.Compose | None = None,
+        seed: int = 0,
     ) -> None:
         self.images, self.masks, self.indices = images, masks, np.asarray(indices, np.int64)
         self.presence, self.bbox = targets
-        self.masks_orig, self.transform = masks_orig, transform
+        self.masks_orig, self.transform, self.seed = masks_orig, transform, seed
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        g = int(self.indices[i])
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        pos, epoch = item if isinstance(item, tuple) else (item, 0)
+        g = int(self.indices[pos])
         image, mask = self.images[g], self.masks[g]
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
+            key = int(stream.sample_keys(self.seed, epoch, np.asarray([g]))[0])
+            image, mask = augment_sample(self.transform, image, mask, key)
             pres, box = presence(mask), bbox(mask)
         else:
             pres, box = self.presence[g], self.bbox[g]
-        item = {
+        out = {
             "image": normalise(image)[None],
             "mask": torch.from_numpy(mask[None].astype(np.float32)),
             "presence": torch.tensor(pres, dtype=torch.float32),
@@ -105,122 +92,53 @@ class SegDataset(Dataset):
             "index": torch.tensor(g, dtype=torch.int64),
         }
         if self.masks_orig is not None:
-            item["mask_orig"] = torch.from_numpy(self.masks_orig[g])
-        return item
+            # A copy: the decoded cache is a read-only memory map shared by every process.
+            out["mask_orig"] = torch.from_numpy(np.array(self.masks_orig[g]))
+        return out
 
 
-class PredictDataset(Dataset):
-    """Test images read lazily (the Kaggle test set is 5.5k frames; no need to hold it)."""
-
-    def __init__(self, items: list[tuple[int, Path]], mode: str, size: int) -> None:
-        self.items, self.mode, self.size = items, mode, size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        test_id, path = self.items[i]
-        image = geometry.prepare(read_image(path, KAGGLE_SHAPE), self.mode, self.size)
-        return {
-            "image": normalise(image)[None],
-            "index": torch.tensor(i, dtype=torch.int64),
-            "id": torch.tensor(test_id, dtype=torch.int64),
-        }
-
-
-def singleton_tail(n_samples: int, batch_size: int, world_size: int = 1) -> bool:
-    """True when each rank's last training batch would hold exactly one sample.
-
-    Training drops that batch (and only that one): BatchNorm after global pooling, as in the
-    SK-U-Net squeeze, cannot train on a batch of 1. Under DDP each rank gets ceil(N / world)
-    samples (DistributedSampler pads by repetition), so the tail is the same on every rank.
-    """
-    per_rank = math.ceil(n_samples / max(world_size, 1))
-    return batch_size > 1 and per_rank % batch_size == 1
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Give each worker its own augmentation stream, derived from the loader's seeded generator."""
-    info = get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info else None
-    if transform is not None:
-        transform.set_random_seed(torch.initial_seed() % 2**32)
-
-
-class UltrasoundNerveDataModule(ResumableTrainLoader, pl.LightningDataModule):
-    """Nested, subject-grouped loaders over a Kaggle-layout directory.
+class UltrasoundNerveDataModule(pl.LightningDataModule):
+    """Nested, subject-grouped loaders over a Kaggle-layout directory, configured by a :class:`DataConfig`.
 
     The split (all by subject, all drawn with ``split_seed``; ``seed`` only seeds augmentation
-    and shuffling, so replicate seeds share one split):
+    and the order of training samples, so replicate seeds share one split):
 
-    - ``test_indices``: the outer fold (``fold`` of ``n_folds``, stratified by positive fraction)
+    - ``outer_indices``: the outer fold (``fold`` of ``n_folds``, stratified by positive fraction)
       or, with ``holdout_fraction``, one subject-grouped hold-out of about that share. Scored
-      once by ``test_dataloader``; never used for any decision.
-    - ``val_indices``: the inner selection set, about ``inner_fraction`` of the remaining
-      subjects (at least one). ``val_dataloader``: epoch selection and post-processing tuning.
-    - ``train_indices``: the rest, the images the weights are fitted on.
+      once by ``outer_dataloader``; never used for any decision.
+    - ``inner_indices``: the inner selection set, about ``inner_fraction`` of the remaining
+      subjects (at least one). ``inner_dataloader`` (Lightning's validation loader): epoch
+      selection and post-processing tuning.
+    - ``fit_indices``: the rest, the images the weights are fitted on (``train_dataloader``).
 
-    Arguments are named like the ``TrainConfig`` fields (see ``DATA_FIELDS``); ``split=False``
-    skips the split (scoring a whole directory). After ``setup``: ``train_set`` (kaggle.TrainSet),
-    ``stems``, ``subjects``, ``positive`` (per-frame bool: the mask has a nerve), ``outer_folds``
-    (outer fold id per frame; in hold-out mode 0 = hold-out, 1 = rest), the three index arrays,
-    ``cached_images`` / ``cached_masks`` (uint8 (N, h, w) at network size, for the GPU cache),
-    ``dropped_stems`` (fit frames removed by contradictory-label cleaning).
+    ``split=False`` skips the split (scoring a whole directory). After ``setup``: ``train_set``
+    (kaggle.TrainSet), ``stems``, ``subjects``, ``positive`` (per-frame bool: the mask has a
+    nerve), ``outer_folds`` (outer fold id per frame; in hold-out mode 0 = hold-out, 1 = rest),
+    the three index arrays, ``cached_images`` / ``cached_masks`` (uint8 (N, h, w) at network
+    size, for the GPU cache), ``dropped_stems`` (fit frames removed by contradictory-label cleaning).
     """
 
     def __init__(
         self,
         data_dir: str | Path,
-        fold: int = 0,
-        n_folds: int = 5,
-        seed: int = 0,
-        split_seed: int = 0,
-        inner_fraction: float = 0.15,
-        holdout_fraction: float | None = None,
-        image_size: int = 256,
-        resize_mode: str = "resize",
-        batch_size: int = 16,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        augment: bool = True,
-        aug_flip: bool = True,
-        aug_affine: bool = True,
-        aug_elastic: bool = False,
-        aug_brightness: bool = True,
-        aug_noise: bool = True,
-        clean_contradictory: bool = False,
-        clean_threshold: float = DEFAULT_THRESHOLD,
+        config: DataConfig | None = None,
         split: bool = True,
         preloaded: TrainSet | None = None,
+        clean_threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         super().__init__()
-        if resize_mode not in geometry.MODES:
-            raise ValueError(f"resize_mode={resize_mode!r} is not one of {', '.join(geometry.MODES)}")
-        if image_size < 32 or batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
-            raise ValueError("need image_size >= 32, batch_size >= 1, eval_batch_size >= 1, num_workers >= 0")
         self.data_dir = Path(data_dir)
-        self.fold, self.n_folds, self.seed, self.holdout_fraction = fold, n_folds, seed, holdout_fraction
-        self.split_seed, self.inner_fraction, self.with_split = split_seed, inner_fraction, split
-        self.image_size, self.resize_mode = image_size, resize_mode
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.augment = augment
-        self.aug_flags = {
-            "flip": aug_flip,
-            "affine": aug_affine,
-            "elastic": aug_elastic,
-            "brightness": aug_brightness,
-            "noise": aug_noise,
-        }
-        self.clean_contradictory, self.clean_threshold = clean_contradictory, clean_threshold
+        self.config = config or DataConfig()
+        self.with_split, self.clean_threshold = split, clean_threshold
         self.train_set: TrainSet | None = None
-        # An already-decoded training set used instead of reading data_dir (the Ray executor shares
-        # one read-only copy per node through its object store); never written to.
+        # An already-decoded training set used instead of reading data_dir (shared by the runner,
+        # the Ray executor and DDP ranks, possibly read-only memory-mapped); never written to.
         self.preloaded = preloaded
         self.stems: list[str] = []
         self.subjects = np.zeros(0, np.int64)
         self.positive = np.zeros(0, bool)
         self.outer_folds = np.zeros(0, np.int64)
-        self.train_indices = self.val_indices = self.test_indices = np.zeros(0, np.int64)
+        self.fit_indices = self.inner_indices = self.outer_indices = np.zeros(0, np.int64)
         self.dropped_stems: list[str] = []
         self.contradictions: list[tuple[int, int, float]] = []
 
@@ -228,28 +146,29 @@ class UltrasoundNerveDataModule(ResumableTrainLoader, pl.LightningDataModule):
     def from_config_dict(
         cls, data_dir: str | Path, config: Mapping[str, Any], **extra: Any
     ) -> UltrasoundNerveDataModule:
-        """Build from ``TrainConfig.to_dict()``: takes the ``DATA_FIELDS`` keys (the rest are model/optim);
-        ``extra`` are further constructor arguments (e.g. ``split=False``)."""
-        return cls(data_dir, **{k: config[k] for k in DATA_FIELDS if k in config}, **extra)
+        """From ``TrainConfig.to_dict()`` (through :meth:`DataConfig.from_mapping`); ``extra`` are
+        further constructor arguments (e.g. ``split=False``, ``preloaded=``)."""
+        return cls(data_dir, DataConfig.from_mapping(config), **extra)
 
     @property
     def input_shape(self) -> tuple[int, int]:
-        return geometry.input_shape(self.resize_mode, self.image_size)
+        return geometry.input_shape(self.config.resize_mode, self.config.image_size)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load, cache and split the training set once (a no-op for ``predict`` and on repeat calls)."""
-        if stage == "predict" or self.train_set is not None:
+        """Load, cache and split the training set once (a no-op on repeat calls)."""
+        if self.train_set is not None:
             return
-        ts = self.preloaded if self.preloaded is not None else load_train(self.data_dir)
+        # Decoded once per node and data version, memory-mapped by every run and DDP rank after that.
+        ts = self.preloaded if self.preloaded is not None else load_train_shared(self.data_dir)
         self.stems, self.subjects = ts.stems, ts.subjects
         self.positive = ts.masks.reshape(len(ts), -1).any(axis=1)
         if self.with_split:
-            self.train_indices, self.val_indices, self.test_indices = self._split(
+            self.fit_indices, self.inner_indices, self.outer_indices = self._split(
                 self.subjects, self.positive
             )
-        if self.clean_contradictory:
+        if self.config.clean_contradictory:
             self._clean(ts)
-        mode, size = self.resize_mode, self.image_size
+        mode, size = self.config.resize_mode, self.config.image_size
         self.cached_images = np.stack([geometry.prepare(im, mode, size) for im in ts.images])
         self.cached_masks = np.stack([geometry.prepare(m, mode, size, is_mask=True) for m in ts.masks])
         self._targets = (
@@ -260,20 +179,22 @@ class UltrasoundNerveDataModule(ResumableTrainLoader, pl.LightningDataModule):
 
     def _split(self, subjects: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fit, inner, outer) indices, each sorted; only ``split_seed`` draws them."""
+        cfg = self.config
         try:
-            if self.holdout_fraction is not None:
-                rest, outer = holdout_by_subject(subjects, self.holdout_fraction, self.split_seed)
+            if cfg.holdout_fraction is not None:
+                rest, outer = holdout_by_subject(subjects, cfg.holdout_fraction, cfg.split_seed)
                 self.outer_folds = np.ones(len(subjects), np.int64)
                 self.outer_folds[outer] = 0
             else:
-                rest, outer = fold_indices(
-                    subjects, self.fold, self.n_folds, self.split_seed, positive=positive
-                )
-                self.outer_folds = kfold_by_subject(
-                    subjects, self.n_folds, self.split_seed, positive=positive
+                if not 0 <= cfg.fold < cfg.n_folds:
+                    raise ValueError(f"fold must be in 0..{cfg.n_folds - 1}, got {cfg.fold}")
+                self.outer_folds = kfold_by_subject(subjects, cfg.n_folds, cfg.split_seed, positive=positive)
+                rest, outer = (
+                    np.flatnonzero(self.outer_folds != cfg.fold),
+                    np.flatnonzero(self.outer_folds == cfg.fold),
                 )
             fit_pos, inner_pos = inner_split(
-                subjects[rest], positive[rest], self.inner_fraction, self.split_seed
+                subjects[rest], positive[rest], cfg.inner_fraction, cfg.split_seed
             )
         except ValueError as exc:  # e.g. more folds than subjects: a data problem for the user
             raise DataError(self.data_dir, f"cannot split by subject: {exc}") from None
@@ -285,11 +206,11 @@ class UltrasoundNerveDataModule(ResumableTrainLoader, pl.LightningDataModule):
         The selection and outer sets are never cleaned, so scores stay comparable between cleaned
         and raw runs.
         """
-        idx = self.train_indices
+        idx = self.fit_indices
         found = find_contradictions(ts.images[idx], ts.masks[idx], self.subjects[idx], self.clean_threshold)
         self.contradictions = [(int(idx[k]), int(idx[d]), dist) for k, d, dist in found]
         drop = {d for _, d, _ in self.contradictions}
-        self.train_indices = np.array([i for i in idx if i not in drop], np.int64)
+        self.fit_indices = np.array([i for i in idx if i not in drop], np.int64)
         self.dropped_stems = [ts.stems[d] for _, d, _ in self.contradictions]
         log.warning(
             "clean_contradictory: dropped %d empty-mask training frames that near-duplicate a "
@@ -303,65 +224,74 @@ class UltrasoundNerveDataModule(ResumableTrainLoader, pl.LightningDataModule):
             self.setup()
 
     def _dataset(self, indices: np.ndarray, train: bool) -> SegDataset:
-        transform = None
-        if train and self.augment:
-            transform = build_train_transform(**self.aug_flags, seed=self.seed)
+        aug = self.config.augment
+        transform = build_train_transform(aug) if train and aug.active() else None
         masks_orig = None if train else self.train_set.masks
         return SegDataset(
-            self.cached_images, self.cached_masks, indices, self._targets, masks_orig, transform
+            self.cached_images,
+            self.cached_masks,
+            indices,
+            self._targets,
+            masks_orig,
+            transform,
+            self.config.seed,
         )
 
-    def _loader(
-        self, dataset: Dataset, batch_size: int, shuffle: bool, drop_last: bool = False
-    ) -> DataLoader:
-        workers = self.num_workers
-        return ResumableDataLoader(  # checkpointable shuffle + augmentation streams (exact resume)
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
+    def _rank_world(self) -> tuple[int, int]:
+        """(global rank, world size) of the attached Trainer's processes, else (0, 1)."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_sampler(self) -> TrainSampler:
+        """This process's share of the run's global batches (see :mod:`datamodules.stream`)."""
+        self._require_setup()
+        rank, world = self._rank_world()
+        self.config.per_rank_batch(world)  # refuses a global batch the world size does not divide
+        n, batch = len(self.fit_indices), self.config.batch_size
+        if n < batch:
+            raise DataError(
+                self.data_dir,
+                f"the fit part has {n} images, fewer than one global batch (batch_size={batch})",
+            )
+        return TrainSampler(n, batch, self.config.seed, rank, world)
+
+    def train_dataloader(self) -> DataLoader:
+        """Augmented training batches of ``batch_size / world_size`` samples (full global batches only)."""
+        sampler = self.train_sampler()
+        workers = self.config.num_workers
+        return DataLoader(
+            self._dataset(self.fit_indices, train=True),
+            batch_size=sampler.per_rank,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            worker_init_fn=_seed_worker,
-            generator=torch.Generator().manual_seed(self.seed),
         )
 
-    @property
-    def world_size(self) -> int:
-        """Processes sharing the training set: the attached Trainer's world size, else 1."""
-        return self.trainer.world_size if self.trainer is not None else 1
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches; never ends in a batch of 1 (see :func:`singleton_tail`)."""
-        self._require_setup()
-        dataset = self._dataset(self.train_indices, train=True)
-        drop = singleton_tail(len(dataset), self.batch_size, self.world_size)
-        # resumable: a resumed run's loader continues the checkpointed shuffle/augmentation streams
-        return self.resumable(self._loader(dataset, self.batch_size, shuffle=True, drop_last=drop))
-
     def val_dataloader(self) -> DataLoader:
+        """Lightning's validation loader is the inner selection set (epoch selection, tuning)."""
+        return self.inner_dataloader()
+
+    def inner_dataloader(self) -> DataLoader:
         """The inner selection set: what epoch selection and post-processing tuning see."""
         self._require_setup()
-        return self.subset_dataloader(self.val_indices)
+        return self.subset_dataloader(self.inner_indices)
 
-    def test_dataloader(self) -> DataLoader:
+    def outer_dataloader(self) -> DataLoader:
         """The outer fold: scored once, for the reported numbers."""
         self._require_setup()
-        return self.subset_dataloader(self.test_indices)
-
-    def full_dataloader(self) -> DataLoader:
-        """Every training frame (including any dropped by cleaning), un-augmented, with ``mask_orig``."""
-        self._require_setup()
-        return self.subset_dataloader(np.arange(len(self.train_set), dtype=np.int64))
+        return self.subset_dataloader(self.outer_indices)
 
     def subset_dataloader(self, indices: np.ndarray) -> DataLoader:
         """Un-augmented, in-order batches (with ``mask_orig``) of the given training-set indices."""
         self._require_setup()
         dataset = self._dataset(np.asarray(indices, np.int64), train=False)
-        return self._loader(dataset, self.eval_batch_size, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """test/ in numeric id order; batches hold ``image``, ``index`` and ``id``."""
-        dataset = PredictDataset(scan_test(self.data_dir), self.resize_mode, self.image_size)
-        return self._loader(dataset, self.eval_batch_size, shuffle=False)
+        workers = self.config.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.config.eval_batch_size,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )

@@ -8,31 +8,25 @@ on the device and augments whole batches there. Everything here is device-agnost
 
 API (``datamodules.gpu_data.GpuCachedDataModule`` wires it in for ``fit``)::
 
-    cache = GpuCache(images, masks, device="cuda", indices=train_idx)  # uint8 (N,h,w), {0,1} masks
-    loader = GpuBatchIterator(cache, batch_size=16, seed=cfg.seed, flip=cfg.aug_flip,
-                              affine=cfg.aug_affine, intensity=cfg.aug_brightness,
-                              noise=cfg.aug_noise, augment=cfg.augment,
-                              rank=trainer.global_rank, world_size=trainer.world_size)
-    trainer.fit(module, train_dataloaders=loader, val_dataloaders=dm.val_dataloader())
+    cache = GpuCache(images, masks, device="cuda", indices=fit_idx)  # uint8 (N,h,w), {0,1} masks
+    loader = GpuBatchIterator(cache, dm.train_sampler(), data_config.augment, seed=cfg.seed)
 
-``GpuBatchIterator`` is a plain re-iterable with ``__len__`` (Lightning 2 accepts any such
-iterable as a train loader). Each ``iter()`` is one epoch; its shuffle and augmentation come from
-a ``torch.Generator`` seeded with ``seed + epoch`` on the cache's device, so runs are
-reproducible. Batches are the DataModule's training dicts: ``image`` (B,1,h,w) float32 normalised
-like the DataModule, ``mask`` (B,1,h,w) float32 {0,1}, ``presence`` (B,), ``bbox`` (B,4) and
-``index`` (B,) int64, all on the device (recomputed from the augmented mask). Under DDP every
-rank draws the same permutation, padded by wrapping to a multiple of the world size (as
-DistributedSampler does) so every rank gets ceil(N / world) rows and the same number of batches
-(an uneven count would leave one rank waiting in an all-reduce), and takes its own strided share.
-With ``drop_last=False`` a final batch of one sample is still dropped: BatchNorm after global
-pooling (the SK-U-Net squeeze) cannot train on it.
+``GpuBatchIterator`` is a plain re-iterable with ``__len__`` and a ``sampler`` (Lightning 2 accepts
+any such iterable as a train loader, and calls ``sampler.set_epoch`` before every epoch). The
+order is the :class:`datamodules.samplers.TrainSampler`'s (full global batches, this rank's
+slice), and every random number of a sample's augmentation comes from its (seed, epoch, index)
+key through :func:`datamodules.stream.uniform`: the same draws on 1 GPU or 8, on CPU or CUDA.
+Batches are the DataModule's training dicts: ``image`` (B,1,h,w) float32 normalised like the
+DataModule, ``mask`` (B,1,h,w) float32 {0,1}, ``presence`` (B,), ``bbox`` (B,4) and ``index``
+(B,) int64, all on the device (targets recomputed from the augmented mask).
 
-Augmentations mirror ``datamodules.augment`` (same magnitudes and probabilities, not bit for
-bit: reflection here mirrors about pixel edges, OpenCV's REFLECT_101 about centres): horizontal
-flip, a random similarity transform (rotation/scale/translation) sampled with ``F.affine_grid`` +
-``F.grid_sample`` using ONE grid for image (bilinear) and mask (nearest) so they stay aligned
-(Jaderberg et al., "Spatial Transformer Networks", NeurIPS 2015), brightness/contrast and
-additive Gaussian noise.
+Every switch of :class:`datamodules.data_config.AugmentConfig` acts here as in
+``datamodules.augment`` (same magnitudes and probabilities, not bit for bit: reflection here mirrors
+about pixel edges, OpenCV's REFLECT_101 about centres): horizontal flip; a random similarity
+transform (rotation/scale/translation) and an elastic displacement (Simard et al., ICDAR 2003:
+uniform noise smoothed by a Gaussian of ``ELASTIC_SIGMA`` px, times ``ELASTIC_ALPHA`` px), both
+sampled through ONE grid for image (bilinear) and mask (nearest) so they stay aligned (Jaderberg
+et al., "Spatial Transformer Networks", NeurIPS 2015); brightness/contrast; additive Gaussian noise.
 """
 
 from __future__ import annotations
@@ -44,26 +38,46 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.datamodule import MEAN, STD, singleton_tail  # one rule set for both paths
+from datamodules import stream
+from datamodules.data_config import AugmentConfig
+from datamodules.datamodule import MEAN, STD  # one normalisation for both paths
 from datamodules.errors import DataError
+from datamodules.samplers import TrainSampler
 
-# Same magnitudes and probabilities as datamodules.augment (the albumentations CPU pipeline).
-P_AUG = 0.5
+# Same magnitudes as datamodules.augment (the albumentations CPU pipeline); probability: AugmentConfig.p.
 MAX_ROTATE_DEG = 10.0
 MAX_SCALE = 0.1  # scale in [1 - s, 1 + s]
 MAX_SHIFT = 0.06  # fraction of the image size
+ELASTIC_ALPHA, ELASTIC_SIGMA = 40.0, 6.0  # pixels, as A.ElasticTransform(alpha=40, sigma=6)
 MAX_BRIGHTNESS = 0.15  # fraction of 255, additive
 MAX_CONTRAST = 0.15  # multiplicative factor in [1 - c, 1 + c]
 NOISE_STD = (0.02, 0.06)  # fraction of 255
 PADDING = "reflection"  # like the CPU pipeline's reflect border, for image and mask alike
+# One independent draw stream per random quantity of a sample (datamodules.stream.uniform).
+(FLIP, AFFINE, ANGLE, SCALE, SHIFT_X, SHIFT_Y, ELASTIC, ELASTIC_X, ELASTIC_Y, CONTRAST, ALPHA, BETA,
+ NOISE, NOISE_STD_DRAW, NOISE_U1, NOISE_U2) = range(16)  # fmt: skip
 
 
-def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=g, device=g.device)
+class Draws:
+    """The random numbers of one batch: functions of each sample's key, never of the batch."""
 
+    def __init__(self, keys: torch.Tensor, p: float) -> None:
+        self.keys, self.p = keys, p
 
-def _coin(n: int, p: float, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=g.device) < p
+    def uniform(self, stream_id: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+        return low + (high - low) * stream.uniform(self.keys, stream_id)
+
+    def coin(self, stream_id: int) -> torch.Tensor:
+        return stream.uniform(self.keys, stream_id) < self.p
+
+    def field(self, stream_id: int, shape: tuple[int, int]) -> torch.Tensor:
+        """(B, h, w) uniforms in (0, 1), one per pixel."""
+        return stream.uniform(self.keys, stream_id, shape[0] * shape[1]).view(-1, *shape)
+
+    def normal_field(self, shape: tuple[int, int]) -> torch.Tensor:
+        """(B, h, w) standard normals (Box-Muller on two per-pixel uniform fields)."""
+        u1, u2 = self.field(NOISE_U1, shape), self.field(NOISE_U2, shape)
+        return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
 
 
 def affine_theta(
@@ -81,33 +95,57 @@ def affine_theta(
     return torch.stack([row0, row1], dim=1)
 
 
-def _random_theta(b: int, hw: tuple[int, int], g: torch.Generator) -> torch.Tensor:
-    on = _coin(b, P_AUG, g)
-    angle = _uniform(b, -1.0, 1.0, g) * math.radians(MAX_ROTATE_DEG) * on
-    scale = 1.0 + _uniform(b, -MAX_SCALE, MAX_SCALE, g) * on
-    shift = torch.stack([_uniform(b, -1, 1, g), _uniform(b, -1, 1, g)], 1) * 2 * MAX_SHIFT * on[:, None]
-    return affine_theta(angle, scale, shift, hw)
+def _random_theta(d: Draws, hw: tuple[int, int]) -> torch.Tensor:
+    on = d.coin(AFFINE).float()
+    angle = d.uniform(ANGLE, -1.0, 1.0) * math.radians(MAX_ROTATE_DEG) * on
+    scale = 1.0 + d.uniform(SCALE, -MAX_SCALE, MAX_SCALE) * on
+    shift = torch.stack([d.uniform(SHIFT_X, -1.0, 1.0), d.uniform(SHIFT_Y, -1.0, 1.0)], 1)
+    return affine_theta(angle, scale, shift * 2 * MAX_SHIFT * on[:, None], hw)
 
 
-def warp(images: torch.Tensor, masks: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resample float images (bilinear) and masks (nearest) through the same affine grid."""
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, h, w), reflect-padded, radius 3 sigma."""
+    radius = max(1, int(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    pad_h, pad_w = min(radius, x.shape[-2] - 1), min(radius, x.shape[-1] - 1)
+    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect")
+    x = F.conv2d(x, kernel[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect")
+    return F.conv2d(x, kernel[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1))
+
+
+def elastic_offsets(d: Draws, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w, 2) grid offsets in normalised coordinates; zero where the coin says no."""
+    h, w = hw
+    on = d.coin(ELASTIC).float().view(-1, 1, 1)
+    fields = []
+    for stream_id, size in ((ELASTIC_X, w), (ELASTIC_Y, h)):
+        noise = d.field(stream_id, hw).unsqueeze(1) * 2.0 - 1.0
+        pixels = _gaussian_blur(noise, ELASTIC_SIGMA)[:, 0] * ELASTIC_ALPHA
+        fields.append(pixels * (2.0 / size) * on)  # pixels -> the grid's [-1, 1] units
+    return torch.stack(fields, dim=-1)
+
+
+def warp(images: torch.Tensor, masks: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample float images (bilinear) and masks (nearest) through the same sampling grid."""
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode=PADDING, align_corners=False)
     masks = F.grid_sample(masks, grid, mode="nearest", padding_mode=PADDING, align_corners=False)
     return images, masks
 
 
-def _intensity(x: torch.Tensor, g: torch.Generator, contrast: bool, noise: bool) -> torch.Tensor:
+def _intensity(x: torch.Tensor, d: Draws, contrast: bool, noise: bool) -> torch.Tensor:
     """Brightness/contrast and Gaussian noise on 0..255 float images, clipped back to 0..255."""
     b = x.shape[0]
     if contrast:
-        on = _coin(b, P_AUG, g).to(x.dtype)
-        alpha = 1.0 + _uniform(b, -MAX_CONTRAST, MAX_CONTRAST, g) * on
-        beta = _uniform(b, -MAX_BRIGHTNESS, MAX_BRIGHTNESS, g) * 255.0 * on
+        on = d.coin(CONTRAST).to(x.dtype)
+        alpha = 1.0 + d.uniform(ALPHA, -MAX_CONTRAST, MAX_CONTRAST) * on
+        beta = d.uniform(BETA, -MAX_BRIGHTNESS, MAX_BRIGHTNESS) * 255.0 * on
         x = x * alpha.view(b, 1, 1, 1) + beta.view(b, 1, 1, 1)
     if noise:
-        std = _uniform(b, *NOISE_STD, g) * 255.0 * _coin(b, P_AUG, g)
-        x = x + torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype) * std.view(b, 1, 1, 1)
+        std = d.uniform(NOISE_STD_DRAW, *NOISE_STD) * 255.0 * d.coin(NOISE).to(x.dtype)
+        x = x + d.normal_field(tuple(x.shape[-2:])).unsqueeze(1).to(x.dtype) * std.view(b, 1, 1, 1)
     return x.clamp(0.0, 255.0)
 
 
@@ -117,31 +155,45 @@ def normalise(images_0_255: torch.Tensor) -> torch.Tensor:
 
 
 def gpu_augment(
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    generator: torch.Generator,
-    flip: bool = True,
-    affine: bool = True,
-    intensity: bool = True,
-    noise: bool = True,
+    images: torch.Tensor, masks: torch.Tensor, keys: torch.Tensor, aug: AugmentConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a uint8 batch (B,1,H,W) and its {0,1} masks; return (normalised float32, float32 masks).
 
-    Random draws come from ``generator``, which must live on the tensors' device.
+    ``keys`` (B,) int64 are the samples' :func:`datamodules.stream.sample_keys`, on the tensors' device.
     """
-    if images.shape != masks.shape or images.ndim != 4 or images.shape[1] != 1:
+    if (
+        images.shape != masks.shape
+        or images.ndim != 4
+        or images.shape[1] != 1
+        or keys.shape != images.shape[:1]
+    ):
         raise ValueError(
-            f"expected images and masks of equal shape (B,1,H,W), got {images.shape}, {masks.shape}"
+            f"expected images and masks of equal shape (B,1,H,W) and keys (B,), got "
+            f"{tuple(images.shape)}, {tuple(masks.shape)}, {tuple(keys.shape)}"
         )
     x, m = images.float(), masks.float()
     b, _, h, w = x.shape
-    if flip:
-        on = _coin(b, P_AUG, generator).view(b, 1, 1, 1)
-        x, m = torch.where(on, x.flip(-1), x), torch.where(on, m.flip(-1), m)
-    if affine:
-        x, m = warp(x, m, _random_theta(b, (h, w), generator))
-    if intensity or noise:
-        x = _intensity(x, generator, intensity, noise)
+    on, d = set(aug.active()), Draws(keys, aug.p)
+    if "flip" in on:
+        flip = d.coin(FLIP).view(b, 1, 1, 1)
+        x, m = torch.where(flip, x.flip(-1), x), torch.where(flip, m.flip(-1), m)
+    if "affine" in on or "elastic" in on:
+        theta = (
+            _random_theta(d, (h, w))
+            if "affine" in on
+            else affine_theta(
+                torch.zeros(b, device=x.device),
+                torch.ones(b, device=x.device),
+                torch.zeros(b, 2, device=x.device),
+                (h, w),
+            )
+        )
+        grid = F.affine_grid(theta.to(x.dtype), [b, 1, h, w], align_corners=False)
+        if "elastic" in on:
+            grid = grid + elastic_offsets(d, (h, w)).to(grid.dtype)
+        x, m = warp(x, m, grid)
+    if "brightness" in on or "noise" in on:
+        x = _intensity(x, d, "brightness" in on, "noise" in on)
     return normalise(x), m
 
 
@@ -208,83 +260,45 @@ class GpuCache:
         return g
 
     def batches(
-        self,
-        batch_size: int,
-        generator: torch.Generator,
-        drop_last: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
+        self, batch_size: int, generator: torch.Generator, drop_last: bool = True
     ) -> Iterator[torch.Tensor]:
-        """Shuffled row positions, ``batch_size`` at a time (this rank's strided share).
+        """Shuffled row positions, ``batch_size`` at a time, for bare loops (``speed``'s ceiling).
 
-        With ``world_size > 1`` the permutation wraps round to a multiple of ``world_size``, so
-        every rank gets ``ceil(N / world_size)`` rows.
+        Training does not use this: its order is :mod:`datamodules.stream`'s, the same on any box.
         """
         order = torch.randperm(len(self), generator=generator, device=self.device)
-        total = math.ceil(len(order) / world_size) * world_size
-        if total > len(order):
-            order = order.repeat(math.ceil(total / len(order)))[:total]
-        order = order[rank::world_size]
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         for start in range(0, stop, batch_size):
             yield order[start : start + batch_size]
 
 
 class GpuBatchIterator:
-    """A re-iterable training loader over a :class:`GpuCache` (one ``iter()`` = one epoch)."""
+    """A re-iterable training loader over a :class:`GpuCache` (one ``iter()`` = one epoch).
 
-    def __init__(
-        self,
-        cache: GpuCache,
-        batch_size: int,
-        seed: int = 0,
-        augment: bool = True,
-        flip: bool = True,
-        affine: bool = True,
-        intensity: bool = True,
-        noise: bool = True,
-        drop_last: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.cache, self.batch_size, self.seed = cache, batch_size, seed
-        self.flags = {"flip": flip, "affine": affine, "intensity": intensity, "noise": noise}
-        self.augment, self.drop_last, self.rank, self.world_size = augment, drop_last, rank, world_size
-        self.epoch = 0
+    ``sampler`` decides the positions (and holds the epoch Lightning sets); ``seed`` and ``aug``
+    decide each sample's augmentation.
+    """
 
-    def _drop_last(self) -> bool:
-        """``drop_last``, or forced on when the last batch would hold a single sample."""
-        return self.drop_last or singleton_tail(len(self.cache), self.batch_size, self.world_size)
+    def __init__(self, cache: GpuCache, sampler: TrainSampler, aug: AugmentConfig, seed: int = 0) -> None:
+        if sampler.n != len(cache):
+            raise DataError("gpu cache", f"sampler over {sampler.n} samples for a cache of {len(cache)}")
+        self.cache, self.sampler, self.aug, self.seed = cache, sampler, aug, int(seed)
 
     def __len__(self) -> int:
-        per_rank = math.ceil(len(self.cache) / self.world_size)
-        return per_rank // self.batch_size if self._drop_last() else math.ceil(per_rank / self.batch_size)
-
-    def stream_state(self) -> dict[str, int]:
-        """Where the stream stands, for ``datamodules.augment.ResumableTrainLoader``: the next epoch."""
-        return {"epoch": int(self.epoch)}
-
-    def load_stream_state(self, state: dict[str, int]) -> None:
-        """Continue the stream of a resumed run: every epoch's draws come from ``seed + epoch``."""
-        self.epoch = int(state.get("epoch", self.epoch))
+        return self.sampler.steps
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        g = self.cache.generator(self.seed + self.epoch)
-        self.epoch += 1
-        for pos in self.cache.batches(self.batch_size, g, self._drop_last(), self.rank, self.world_size):
-            yield self.make_batch(pos, g)
+        epoch = int(self.sampler.epoch)
+        positions = torch.from_numpy(self.sampler.positions()).to(self.cache.device, non_blocking=True)
+        for pos in positions.split(self.sampler.per_rank):
+            yield self.make_batch(pos, epoch)
 
-    def make_batch(self, pos: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
-        images, masks = self.cache.images[pos], self.cache.masks[pos]
-        if self.augment:
-            image, mask = gpu_augment(images, masks, g, **self.flags)
+    def make_batch(self, pos: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        images, masks, index = self.cache.images[pos], self.cache.masks[pos], self.cache.indices[pos]
+        if self.aug.active():
+            keys = stream.sample_keys(self.seed, epoch, index)
+            image, mask = gpu_augment(images, masks, keys, self.aug)
         else:
             image, mask = normalise(images.float()), masks.float()
         presence, bbox = presence_and_bbox(mask)
-        return {
-            "image": image,
-            "mask": mask,
-            "presence": presence,
-            "bbox": bbox,
-            "index": self.cache.indices[pos],
-        }
+        return {"image": image, "mask": mask, "presence": presence, "bbox": bbox, "index": index}

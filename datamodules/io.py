@@ -31,7 +31,7 @@ def _swallow_while_reading(record: logging.LogRecord) -> bool:
 logging.getLogger("tifffile").addFilter(_swallow_while_reading)
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

@@ -22,7 +22,15 @@ import numpy as np
 
 from datamodules.errors import DataError
 from datamodules.rle import KAGGLE_SHAPE
-from datamodules.validate import CsvRow, check_agree, decode_row, read_image, read_mask, read_masks_csv
+from datamodules.validate import (
+    CsvRow,
+    check_agree,
+    check_runs_ordered,
+    decode_row,
+    read_image,
+    read_mask,
+    read_masks_csv,
+)
 
 _TRAIN_STEM = re.compile(r"^(\d+)_(\d+)$")
 _TEST_STEM = re.compile(r"^(\d+)$")
@@ -111,6 +119,8 @@ def scan_train(data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> l
         if key not in masks and row is None:
             where = f"no row in {CSV_NAME}" if csv_path.is_file() else f"no {CSV_NAME}"
             raise DataError(images[key], f"has no mask: no {images[key].stem}_mask.tif and {where}")
+        if key not in masks and row is not None:  # csv-only: the row is the only truth
+            check_runs_ordered(row.rle, csv_path, row.line, images[key].stem)
         records.append(
             TrainRecord(
                 stem=images[key].stem,
@@ -125,7 +135,7 @@ def scan_train(data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> l
     return records
 
 
-def _parallel_for(fn: Callable[[int, Any], None], items: Sequence[Any]) -> None:
+def _parallel_for(fn: Callable[[int, Any], object], items: Sequence[Any]) -> None:
     """Run ``fn(i, item)`` over a thread pool; re-raise the first failure (in item order)."""
     workers = max(1, min(8, os.cpu_count() or 1, len(items)))
     pool = ThreadPoolExecutor(max_workers=workers)
@@ -189,18 +199,6 @@ def scan_test(data_dir: str | Path) -> list[tuple[int, Path]]:
             raise DataError(path, f"duplicate of {found[int(match[1])].name} (same id {int(match[1])})")
         found[int(match[1])] = path
     return sorted(found.items())
-
-
-def load_test(data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> tuple[list[int], np.ndarray]:
-    """Test ids (numeric order) and their images (N, H, W) uint8."""
-    items = scan_test(data_dir)
-    images = np.empty((len(items), *shape), dtype=np.uint8)
-
-    def load_one(i: int, item: tuple[int, Path]) -> None:
-        images[i] = read_image(item[1], shape)
-
-    _parallel_for(load_one, items)
-    return [i for i, _ in items], images
 
 
 def content_hash(train_set: TrainSet) -> str:

@@ -206,9 +206,13 @@ def fold_table(
         in_fold = fold_ids == fold
         frac = None if flags is None else float(flags[in_fold].mean())
         rows.append(
-            {"fold": int(fold), "subjects": np.unique(subj[in_fold]).tolist(),
-             "n_images": int(in_fold.sum()), "positive_fraction": frac}
-        )  # fmt: skip
+            {
+                "fold": int(fold),
+                "subjects": np.unique(subj[in_fold]).tolist(),
+                "n_images": int(in_fold.sum()),
+                "positive_fraction": frac,
+            }
+        )
     return rows
 
 

@@ -20,7 +20,7 @@ CSV_HEADER = ("subject", "img", "pixels")
 _SHOWN = 40  # characters of a csv field echoed in a message: a whole RLE can be kilobytes
 
 
-def _short(text: str, limit: int = _SHOWN) -> str:
+def _short(text: object, limit: int = _SHOWN) -> str:
     """``text`` on one line, cut to ``limit`` characters: messages name the problem, not the data."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else f"{flat[: limit - 3]}..."
@@ -45,8 +45,10 @@ def _check_header(header: list[str] | None, csv_path: Path) -> None:
         return
     expected = ",".join(CSV_HEADER)
     if got and got[0].isdigit():  # the first row is data: the header line is missing
-        raise DataError(csv_path, f"line 1: no header (starts with data {_short(','.join(got))!r}); "
-                                  f"expected the header {expected}")  # fmt: skip
+        raise DataError(
+            csv_path,
+            f"line 1: no header (starts with data {_short(','.join(got))!r}); expected the header {expected}",
+        )
     raise DataError(csv_path, f"line 1: header is {_short(','.join(got)) or '(empty)'}, expected {expected}")
 
 
@@ -64,6 +66,30 @@ def _check_rle(rle: str, shape: tuple[int, int], csv_path: Path, line: int) -> N
             f"line {line}: RLE run ends at pixel {end}, beyond the {shape[0]}x{shape[1]} image "
             f"({n_pixels} pixels)",
         )
+
+
+def check_runs_ordered(rle: str, csv_path: Path, line: int, stem: str) -> None:
+    """Runs sorted by start, disjoint and not repeated, as Kaggle's encoder writes them.
+
+    Only for a mask the csv alone defines (no ``_mask.tif``): decoding would silently merge such
+    runs into some mask, and there is no tif to show that it is not the intended one.
+    """
+    try:
+        starts, lengths = parse_runs(rle)
+    except RLEError as exc:
+        raise DataError(csv_path, f"line {line}: {_short(exc, 120)}") from None
+    bad = np.flatnonzero(starts[1:] < starts[:-1] + lengths[:-1])
+    if not bad.size:
+        return
+    k = int(bad[0]) + 1  # 0-based index of the first offending run; messages count runs from 1
+    (s0, n0), (s1, n1) = (int(starts[k - 1]) + 1, int(lengths[k - 1])), (int(starts[k]) + 1, int(lengths[k]))
+    if (s0, n0) == (s1, n1):
+        what = f"run {k + 1} ({s1} {n1}) repeats run {k}"
+    elif s1 < s0:
+        what = f"run {k + 1} starts at pixel {s1}, before run {k} at {s0} (runs must be in increasing order)"
+    else:
+        what = f"run {k + 1} ({s1} {n1}) overlaps run {k} ({s0} {n0}, pixels {s0}-{s0 + n0 - 1})"
+    raise DataError(csv_path, f"line {line} ({stem}): RLE {what}; this mask has no tif to check it against")
 
 
 def read_masks_csv(csv_path: Path, shape: tuple[int, int]) -> dict[tuple[int, int], CsvRow]:

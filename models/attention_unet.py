@@ -7,7 +7,8 @@ coarser decoder state g at H/2,
     alpha = sigmoid(psi(relu(W_x x + W_g g)))   (W_x: 2x2 stride-2 conv, W_g and psi: 1x1 convs)
 
 up-samples alpha bilinearly to H and returns alpha * x, so irrelevant regions are suppressed
-before concatenation.
+before concatenation. The exact 2x bilinear up-sampling is :func:`models.blocks.upsample2x`, whose
+CUDA backward is deterministic.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import ConvBlock, UNetSkeleton, reject_pretrained
+from models.blocks import ConvBlock, UNetSkeleton, reject_pretrained, upsample2x
 from models.registry import register
 
 PAPER = "Oktay et al., Attention U-Net, MIDL 2018 (arXiv:1804.03999)"
@@ -36,12 +37,23 @@ class AttentionGate(nn.Module):
 
     def coefficients(self, skip: torch.Tensor, gating: torch.Tensor) -> torch.Tensor:
         theta = self.theta_x(skip)
-        phi = F.interpolate(self.phi_g(gating), size=theta.shape[-2:], mode="bilinear", align_corners=False)
-        alpha = torch.sigmoid(self.psi(F.relu(theta + phi)))
-        return F.interpolate(alpha, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        alpha = torch.sigmoid(self.psi(F.relu(theta + _resize(self.phi_g(gating), theta.shape[-2:]))))
+        return _resize(alpha, skip.shape[-2:])
 
     def forward(self, skip: torch.Tensor, gating: torch.Tensor) -> torch.Tensor:
         return self.out(skip * self.coefficients(skip, gating))
+
+
+def _resize(x: torch.Tensor, size: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Bilinear resizing to ``size``, skipped when nothing changes (g already matches theta in a U-Net,
+    and a same-size interpolate is a slow copy under deterministic algorithms) and done by
+    :func:`models.blocks.upsample2x` for the usual exact doubling (a deterministic CUDA backward)."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if (2 * h, 2 * w) == tuple(size):
+        return upsample2x(x)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 @register("attention_unet", paper=PAPER)

@@ -111,11 +111,33 @@ class UNetDecoder(nn.Module):
         return x
 
 
+class GlobalAvgPool(nn.Module):
+    """Mean over H and W, keeping (B, C, 1, 1): ``AdaptiveAvgPool2d(1)`` without its CUDA backward,
+    which has no deterministic kernel (torch warns or stops under deterministic algorithms)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1), keepdim=True)
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Exactly ``F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)``, built from
+    slicing, concatenation and weighted sums, whose CUDA backward is deterministic (the bilinear
+    kernel's backward accumulates with atomics). Output pixel 2i mixes input i with i-1, 2i+1 with
+    i+1, at weights 3/4 and 1/4, edges clamped."""
+    for dim in (-1, -2):
+        n = x.shape[dim]
+        prev = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim=dim)
+        nxt = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim=dim)
+        even, odd = 0.75 * x + 0.25 * prev, 0.75 * x + 0.25 * nxt
+        x = torch.stack([even, odd], dim=dim).flatten(dim - 1, dim)  # interleave: ..., 2n along dim
+    return x
+
+
 class PresenceHead(nn.Sequential):
     """Image-level logit from bottleneck features: global average pool + linear."""
 
     def __init__(self, channels: int) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 1))
+        super().__init__(GlobalAvgPool(), nn.Flatten(), nn.Linear(channels, 1))
 
 
 class UNetSkeleton(nn.Module):

@@ -17,14 +17,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.blocks import IdentityGate, UNetSkeleton, conv_bn_relu, reject_pretrained
+from models.blocks import GlobalAvgPool, IdentityGate, UNetSkeleton, conv_bn_relu, reject_pretrained
 from models.registry import ModelError, register
 
 PAPER = "Byra et al., SK-U-Net, Biomed. Signal Process. Control 2020 (doi:10.1016/j.bspc.2020.102027)"
 
 
 class SKConv(nn.Module):
-    """Selective-kernel layer; ``branch_weights`` exposes the (B, 2, C) softmax weights."""
+    """Selective-kernel layer: two dilated branches mixed by per-channel softmax weights."""
 
     def __init__(self, in_ch: int, out_ch: int, reduction: int = 2, min_hidden: int = 8) -> None:
         super().__init__()
@@ -32,7 +32,7 @@ class SKConv(nn.Module):
         hidden = max(out_ch // reduction, min_hidden)
         # 1x1 convs on the pooled (B, C, 1, 1) vector are the paper's fully connected layers.
         self.squeeze = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
+            GlobalAvgPool(),
             nn.Conv2d(out_ch, hidden, 1, bias=False),
             nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
@@ -47,16 +47,15 @@ class SKConv(nn.Module):
                 "after global pooling (Byra et al. 2020); use batch_size >= 2 or eval mode"
             )
         logits = self.expand(self.squeeze(fused)).view(fused.shape[0], len(self.branches), -1)
-        return logits.softmax(dim=1)  # across branches, per channel
-
-    def branch_weights(self, x: torch.Tensor) -> torch.Tensor:
-        feats = [branch(x) for branch in self.branches]
-        return self._weights(torch.stack(feats).sum(0))
+        return logits.softmax(dim=1)  # across branches, per channel: (B, 2, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = torch.stack([branch(x) for branch in self.branches], dim=1)  # (B, 2, C, H, W)
-        weights = self._weights(feats.sum(1))
-        return (feats * weights[..., None, None]).sum(1)
+        # Elementwise sums of the branch maps, not a (B, 2, C, H, W) stack reduced with .sum(): CUDA
+        # autocast runs sum() in float32, which doubled the memory of this, the largest tensor.
+        feats = [branch(x) for branch in self.branches]
+        fused = feats[0] + feats[1]
+        weights = self._weights(fused).to(fused.dtype)[..., None, None]
+        return feats[0] * weights[:, 0] + feats[1] * weights[:, 1]
 
 
 class SKBlock(nn.Sequential):

@@ -142,7 +142,7 @@ _OWN_ARGS = ("in_channels", "encoder_weights", "presence_head")  # build_smp's, 
 
 
 def _check_before_build(arch: str, encoder: str, kwargs: dict, named: bool = False) -> None:
-    """build_smp's argument checks without building (models.registry.check_kwargs calls this).
+    """build_smp's argument checks without building (the registered ``check`` of every smp name).
 
     A registered name (``named``) has a known-good arch and encoder: without smp arguments there is
     nothing to check, and the slow smp import is skipped.
@@ -155,13 +155,14 @@ def _check_before_build(arch: str, encoder: str, kwargs: dict, named: bool = Fal
     _check_kwargs(arch, encoder, passed)
 
 
-@register_prefix("smp", paper=_paper)
+def _check_generic(name: str, kwargs: dict) -> None:
+    _check_before_build(*_split(name), kwargs)
+
+
+@register_prefix("smp", paper=_paper, check=_check_generic)
 def smp_generic(name: str, **kwargs: object) -> SmpModel:
     """``smp:<arch>:<encoder>``, e.g. ``smp:unet:tu-convnext_tiny`` or ``smp:segformer:mit_b0``."""
     return build_smp(*_split(name), **kwargs)
-
-
-smp_generic.kwargs_check = lambda name, kwargs: _check_before_build(*_split(name), kwargs)
 
 
 def _named_unet(name: str, encoder: str, citation: str) -> None:
@@ -175,8 +176,11 @@ def _named_unet(name: str, encoder: str, citation: str) -> None:
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = f"smp U-Net with a {encoder} encoder; kwargs go to smp.Unet."
-    factory.kwargs_check = lambda _name, kwargs: _check_before_build("unet", encoder, kwargs, named=True)
-    register(name, paper=f"{SMP_SOURCE} U-Net + {citation} encoder")(factory)
+
+    def check(_name: str, kwargs: dict) -> None:
+        _check_before_build("unet", encoder, kwargs, named=True)
+
+    register(name, paper=f"{SMP_SOURCE} U-Net + {citation} encoder", check=check)(factory)
 
 
 _named_unet("unet_densenet121", "densenet121", "DenseNet-121 (Huang et al., CVPR 2017)")

@@ -19,7 +19,8 @@ image-level gate then comes from post-processing's max-probability score, as for
 without a presence head). What remains is TransUNet with attention-gated skips and the box head.
 
 Positional embeddings are a learned ``pos_grid`` x ``pos_grid`` map, bilinearly resized to the
-token grid, so any input whose sides are multiples of 2**depth works.
+token grid, so any input whose sides are multiples of 2**depth works. Every op has a deterministic
+CUDA backward under deterministic algorithms (resizing by matrix products, the math attention form).
 """
 
 from __future__ import annotations
@@ -66,9 +67,36 @@ class TransformerLayer(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         drop = self.dropout if self.training else 0.0
-        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        attn = attention(q, k, v, drop)
         x = x + self.proj(attn.transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, explicit: bool | None = None
+) -> torch.Tensor:
+    """Scaled dot-product attention. Under deterministic algorithms on CUDA (``explicit=None``) the
+    explicit math form: the fused flash / memory-efficient backward kernels accumulate with atomics,
+    so a rerun would not be bit-identical (the bottleneck has a few hundred tokens: it is cheap)."""
+    if explicit is None:
+        explicit = q.is_cuda and torch.are_deterministic_algorithms_enabled()
+    if explicit:
+        weights = torch.softmax((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5, dim=-1)
+        return F.dropout(weights, p=dropout, training=dropout > 0) @ v
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+
+
+def bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D bilinear resizing exactly as ``F.interpolate(mode="bilinear",
+    align_corners=False)`` computes it (source index clamped at 0, two taps, no antialias)."""
+    weights = torch.zeros(n_out, n_in)
+    for o in range(n_out):
+        src = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = min(int(src), n_in - 1)
+        i1, frac = min(i0 + 1, n_in - 1), src - i0
+        weights[o, i0] += 1.0 - frac
+        weights[o, i1] += frac
+    return weights
 
 
 class TransformerBottleneck(nn.Module):
@@ -89,7 +117,12 @@ class TransformerBottleneck(nn.Module):
         """Positional embedding (1, dim, h, w) for an h x w token grid."""
         if self.pos_embed.shape[-2:] == (h, w):
             return self.pos_embed
-        return F.interpolate(self.pos_embed, size=(h, w), mode="bilinear", align_corners=False)
+        # Two small matrix products rather than F.interpolate: the bilinear kernel's CUDA backward
+        # (into this parameter) has no deterministic implementation.
+        grid_h, grid_w = self.pos_embed.shape[-2:]
+        rows = bilinear_matrix(h, grid_h).to(self.pos_embed)
+        cols = bilinear_matrix(w, grid_w).to(self.pos_embed)
+        return torch.einsum("hi,bdij,wj->bdhw", rows, self.pos_embed, cols)
 
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (features for the decoder, tokens (B, N, dim))."""
@@ -195,7 +228,15 @@ def trans_cg_unet(
     """
     reject_pretrained("trans_cg_unet", encoder_weights)
     return TransCGUNet(
-        in_channels, base_width=base_width, depth=depth, embed_dim=embed_dim, num_layers=num_layers,
-        num_heads=num_heads, pos_grid=pos_grid, dropout=dropout, gate=gate,
-        gate_threshold=gate_threshold, presence_head=presence_head,
-    )  # fmt: skip
+        in_channels,
+        base_width=base_width,
+        depth=depth,
+        embed_dim=embed_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        pos_grid=pos_grid,
+        dropout=dropout,
+        gate=gate,
+        gate_threshold=gate_threshold,
+        presence_head=presence_head,
+    )

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Tests hold under load: no per-example time limit (a busy 2-core CI box ran a 200 ms default over).
+settings.register_profile("nerve-bench", deadline=None)
+settings.load_profile("nerve-bench")
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if "NERVE_BENCH_CACHE_DIR" not in os.environ:  # the decoded-data cache: per session, not the user's
+    _CACHE = tempfile.mkdtemp(prefix="nerve-bench-test-cache-")
+    os.environ["NERVE_BENCH_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, True)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -40,3 +52,12 @@ def fit_runs(tmp_path_factory: pytest.TempPathFactory):
     from tests.benchmark.fitting import build_runs
 
     return build_runs(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/plugin_model installed into a temporary site folder (tests/plugin_site.py), once."""
+    from tests.plugin_site import installed_example
+
+    site, _ = installed_example(tmp_path_factory.mktemp("example-plugin"))
+    return site

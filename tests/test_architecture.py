@@ -101,3 +101,19 @@ def test_architecture_doc_names_no_missing_module():
     named = set(re.findall(r"(?<![\w/])((?:benchmark|models|datamodules)/[\w/]+\.py)\b", doc))
     stale = sorted(p for p in named if not (ROOT / p).is_file())
     assert not stale, f"docs/architecture.md names modules that do not exist: {', '.join(stale)}"
+
+
+def test_architecture_module_map_lists_each_module_once():
+    """The map under "## Modules" names every module exactly once, and no section heading repeats
+    (merged branches once appended the same sections twice)."""
+    import collections
+    import re
+
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    section = doc.split("\n## Modules\n", 1)[1].split("\n## ", 1)[0]
+    pattern = r"(?<![\w/])((?:benchmark|models|datamodules)/[\w/]+\.py)\b"
+    named = collections.Counter(re.findall(pattern, section))
+    modules = {str(path.relative_to(ROOT)) for _, path in MODULES if path.name != "__init__.py"}
+    assert {m: named[m] for m in modules if named[m] != 1} == {}
+    headings = collections.Counter(line for line in doc.splitlines() if line.startswith("## "))
+    assert [h for h, n in headings.items() if n > 1] == []

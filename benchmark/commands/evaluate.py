@@ -21,10 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="Kaggle-layout directory holding train/")
     parser.add_argument("--out", type=Path, help="write per-image and mean metrics to this JSON file")
     parser.add_argument(
-        "--all-images", action="store_true",
+        "--all-images",
+        action="store_true",
         help="on the checkpoint's training data, score every image, including those it was trained "
         "and selected on (not a held-out score)",
-    )  # fmt: skip
+    )
 
 
 def run(args: argparse.Namespace) -> int:

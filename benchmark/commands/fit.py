@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--image-size", type=int, help="network input size (multiple of 32)")
-    parser.add_argument("--batch-size", type=int, help="training batch per device")
+    parser.add_argument(
+        "--batch-size", type=int, help="GLOBAL training batch per optimiser step (split over devices)"
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path, help="run directory (default results/runs/<run name>)")
     parser.add_argument(
@@ -70,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """Base (config file or defaults) <- explicit flags <- --set overrides, then checked as run.
 
-    With ``--config`` the benchmark's ``model_kwargs`` for the chosen model apply too (unless
-    ``--set model_kwargs=...`` replaces them), so ``fit`` reproduces the run of a ``run`` grid.
+    With ``--config`` the benchmark's ``model_kwargs`` and ``model_train`` for the chosen model apply
+    too (unless ``--set`` replaces them), so ``fit`` reproduces the run of a ``run`` grid.
     ``devices: auto`` is resolved to this machine's count, so the run hash records the world size.
     """
     from benchmark.core.config import (
@@ -81,12 +83,16 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         load_benchmark_config,
         parse_set_args,
         resolve_devices,
+        with_model_recipe,
     )
 
     bench = load_benchmark_config(args.config) if args.config else None
     base = bench.train if bench else TrainConfig()
     flags = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
     sets = parse_set_args(args.overrides)
+    if bench:  # the benchmark's own recipe for this model (model_train), under the flags and --set
+        model = str({**flags, **sets}.get("model", base.model))
+        base = with_model_recipe(base, bench.model_train, apply_overrides(base, {"model": model}).model)
     cfg = apply_overrides(base, {**flags, **sets})
     if bench and "model_kwargs" not in sets:
         cfg = apply_overrides(

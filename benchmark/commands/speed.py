@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 
-HELP = "measure training and inference speed: suite vs plain PyTorch vs on-device ceiling"
+HELP = "measure training and inference speed: suite vs plain PyTorch vs on-device ceiling (and onnxruntime)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the suite and ceiling models")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--data-dir", default=None, help="Kaggle layout to read (default: synthetic data)")
+    parser.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="onnx: also export each model and time onnxruntime's inference beside torch's",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
 
@@ -37,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             compile=args.compile,
             workers=args.workers,
+            runtime=args.runtime,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

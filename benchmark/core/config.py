@@ -25,9 +25,15 @@ import yaml
 
 from benchmark.core.parsing import ConfigError, coerce, read_config, type_name
 
-SCHEMA_VERSION = 2  # 2: nested protocol (outer "metrics", inner "selection", "split", "global_batch")
+# 2: nested protocol (outer "metrics", inner "selection", "split", "global_batch");
+# 3: batch_size is the global batch and the training stream is box-independent (datamodules.stream).
+SCHEMA_VERSION = 3
 # Fields that change how a run is executed or logged but not what it computes (left out of the hash).
-NOT_HASHED = frozenset({"num_workers", "logger", "wandb_project", "wandb_group", "progress_bar"})
+# The device count is one of them: the global batch, the steps and the augmentation stream are the
+# same on 1 device or 8 (issue 15), so a run started on one box is resumed or skipped on another.
+NOT_HASHED = frozenset(
+    {"num_workers", "logger", "wandb_project", "wandb_group", "progress_bar", "devices", "num_nodes"}
+)
 _CHOICES = {
     "resize_mode": ("resize", "pad"),
     "scheduler": ("cosine", "none"),
@@ -48,6 +54,7 @@ def _f(default: Any = dataclasses.MISSING, doc: str = "", factory: Any = datacla
 class TrainConfig:
     model: str = _f("unet", "registry name: unet, sk_unet, trans_cg_unet, smp:<arch>:<encoder>, ...")
     model_kwargs: dict = _f(factory=dict, doc="keyword arguments of the model factory, e.g. {base_width: 8}")
+    model_recipe: dict = _f(factory=dict, doc="set by model_train: overridden field -> shared value")
     fold: int = _f(0, "outer fold scored as the test set (0 .. n_folds-1)")
     n_folds: int = _f(5, "number of subject-grouped outer folds (K-fold cross-validation)")
     holdout_fraction: float | None = _f(None, "one subject-grouped hold-out of this share instead of K-fold")
@@ -59,8 +66,10 @@ class TrainConfig:
     limit_train_batches: int | None = _f(None, "cap on training steps per epoch (smoke runs); null: all")
     image_size: int = _f(256, "network input side for resize_mode=resize (multiple of 32)")
     resize_mode: str = _f("resize", "resize: 420x580 to image_size^2; pad: pad to a multiple of 32")
-    batch_size: int = _f(16, "training batch per device (global batch: x devices x num_nodes)")
-    eval_batch_size: int = _f(64, "batch per device for validation, test and prediction")
+    batch_size: int = _f(
+        16, "GLOBAL training batch per optimiser step, split evenly over devices x num_nodes"
+    )
+    eval_batch_size: int = _f(64, "batch per device for scoring (inner set, outer fold) and prediction")
     num_workers: int = _f(0, "DataLoader worker processes (execution only, not hashed)")
     lr: float = _f(1e-3, "peak AdamW learning rate")
     weight_decay: float = _f(1e-4, "AdamW weight decay")
@@ -80,7 +89,9 @@ class TrainConfig:
     encoder_weights: str | None = _f(None, "pretrained encoder weights, e.g. imagenet; null: random init")
     precision: str = _f("auto", "auto (bf16-mixed on GPU, 32 on CPU), 32, bf16-mixed or 16-mixed")
     accelerator: str = _f("auto", "auto, cpu, gpu or cuda")
-    devices: int | str = _f(1, "devices per node; auto: every visible GPU with DDP (hashed as the count)")
+    devices: int | str = _f(
+        1, "devices per node; auto: every visible GPU with DDP (execution only, not hashed)"
+    )
     num_nodes: int = _f(1, "nodes of a multi-node DDP run under torchrun/SLURM")
     channels_last: bool = _f(False, "channels-last memory format (faster convolutions on tensor cores)")
     compile: bool = _f(False, "torch.compile the model")
@@ -123,6 +134,7 @@ class BenchmarkConfig:
     train: TrainConfig = _f(doc="TrainConfig fields shared by every run of the grid")
     synthetic: dict = _f(factory=dict, doc="fallback without train/ data: generator:, train:, folds:, seeds:")
     model_kwargs: dict = _f(factory=dict, doc="per-model kwargs by model name (over train.model_kwargs)")
+    model_train: dict = _f(factory=dict, doc="per-model train: overrides by name, e.g. {m: {lr: 0.003}}")
     executor: str = _f("local", "local: one run after another; ray: each run a Ray task")
     gpus_per_run: float = _f(1.0, "Ray GPUs per run (fractions pack several runs onto one GPU)")
     cpus_per_run: float = _f(1.0, "Ray CPUs per run")
@@ -163,13 +175,14 @@ def _is_seed(value: int) -> bool:
 
 _AT_LEAST_0 = ("weight_decay", "warmup_epochs", "num_workers", "bce_weight", "dice_weight", "presence_weight",
                "bbox_weight")  # fmt: skip
-_AT_LEAST_1 = ("epochs", "batch_size", "eval_batch_size", "num_nodes")
+_AT_LEAST_1 = ("epochs", "eval_batch_size", "num_nodes")
 _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("model", lambda v: bool(v.strip()), "a model name"),
     ("lr", lambda v: v > 0, "> 0"),
     *((key, lambda v: v >= 0, ">= 0") for key in _AT_LEAST_0),
     *((key, lambda v: v >= 1, ">= 1") for key in _AT_LEAST_1),
     ("n_folds", lambda v: v >= 2, ">= 2"),
+    ("batch_size", lambda v: v >= 2, ">= 2 (BatchNorm needs two samples per step)"),
     ("image_size", lambda v: v >= 32 and v % 32 == 0, "a multiple of 32, at least 32"),
     ("inner_fraction", lambda v: 0 < v < 1, "in (0, 1)"),
     ("holdout_fraction", lambda v: v is None or 0 < v < 1, "in (0, 1), or null for K-fold"),
@@ -190,6 +203,17 @@ def _check_train_ranges(cfg: TrainConfig) -> None:
     for key, ok, requirement in _RANGES:
         _require(ok(getattr(cfg, key)), f"{key}={getattr(cfg, key)!r} must be {requirement}")
     _require(0 <= cfg.fold < cfg.n_folds, f"fold={cfg.fold} is outside 0..{cfg.n_folds - 1}")
+    if isinstance(cfg.devices, int):
+        check_world_divides(cfg, cfg.devices * cfg.num_nodes)
+
+
+def check_world_divides(cfg: TrainConfig, world: int) -> None:
+    """The global batch must split evenly over the run's processes (else the recipe would change)."""
+    _require(
+        cfg.batch_size % world == 0,
+        f"batch_size={cfg.batch_size} (the global batch) is not divisible by the {world} training "
+        "processes (devices x num_nodes); choose a multiple of the world size",
+    )
 
 
 def _check_grid(bench: BenchmarkConfig) -> None:
@@ -206,12 +230,44 @@ def _check_grid(bench: BenchmarkConfig) -> None:
     for key in ("gpus_per_run", "cpus_per_run"):
         _require(getattr(bench, key) > 0, f"{key}={getattr(bench, key)} must be > 0")
     _check_per_model("model_kwargs", bench.model_kwargs)
+    check_model_train("model_train", bench.train, bench.model_train)
     _check_synthetic(bench)
 
 
 def _check_per_model(where: str, kwargs: Any) -> None:
     ok = isinstance(kwargs, dict) and all(isinstance(v, dict) for v in kwargs.values())
     _require(ok, f"{where} must map model names to mappings of keyword arguments")
+
+
+# What a per-model recipe may not change: the grid's own axes and the architecture's kwargs.
+GRID_FIELDS = frozenset({"model", "fold", "seed", "model_kwargs", "model_recipe"})
+
+
+def check_model_train(where: str, train: TrainConfig, per_model: Any) -> None:
+    """``model_train`` maps model names to ``train:`` overrides, each valid on top of ``train``.
+
+    A model's own recipe is stated in the config, recorded in each run's config (so it is hashed)
+    and listed under the board; it is never a special case in code (issue 20)."""
+    _check_per_model(where, per_model)
+    for model, overrides in per_model.items():
+        grid = sorted(GRID_FIELDS & set(overrides))
+        _require(not grid, f"{where}.{model}: {', '.join(grid)} cannot be set per model here")
+        try:
+            apply_overrides(train, overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{model}: {exc}") from None
+
+
+def with_model_recipe(train: TrainConfig, per_model: dict, model: str) -> TrainConfig:
+    """``train`` with ``model``'s ``model_train`` overrides, each recorded in ``model_recipe`` beside
+    the shared value it replaces: the board then knows the run belongs to the same benchmark (its
+    shared recipe is restored for the benchmark hash) and names the difference under the table."""
+    overrides = dict(per_model.get(model) or {})
+    if not overrides:
+        return train
+    shared = {k: getattr(train, k) for k in sorted(overrides)}
+    shared = {k: list(v) if isinstance(v, tuple) else v for k, v in shared.items()}
+    return dataclasses.replace(apply_overrides(train, overrides), model_recipe=shared)
 
 
 def _check_synthetic(bench: BenchmarkConfig) -> None:
@@ -228,12 +284,42 @@ def _check_synthetic(bench: BenchmarkConfig) -> None:
             coerce(f"synthetic.{key}", syn[key], tuple[int, ...])
     if syn.get("model_kwargs") is not None:
         _check_per_model("synthetic.model_kwargs", syn["model_kwargs"])
+    if syn.get("model_train") is not None:
+        train = apply_overrides(bench.train, syn.get("train") or {})
+        check_model_train("synthetic.model_train", train, syn["model_train"])
 
 
 def check_model_kwargs(configs: Iterable[TrainConfig]) -> None:
     """Each run's model name and ``model_kwargs`` as its factory accepts them, checked without
     building anything: a typo stops ``run --dry-run`` and the grid before the first run starts."""
     _check_models((cfg.model, cfg.model_kwargs) for cfg in configs)
+
+
+def build_models(configs: Iterable[TrainConfig]) -> None:
+    """Build each (model, kwargs) of the grid once, as its run will (without pretrained weights), on
+    the meta device where the architecture allows: no memory, no download. A value the model itself
+    refuses (``base_width: -8``, an overflowing ``depth``) becomes one ConfigError before any run."""
+    import torch
+
+    import models  # noqa: F401 - registers every architecture
+    from models.registry import create
+
+    seen = set()
+    for cfg in configs:
+        key = (cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True, default=repr))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            with torch.device("meta"):
+                create(cfg.model, in_channels=1, encoder_weights=None, **cfg.model_kwargs)
+        except NotImplementedError:  # an operation the meta device lacks: the run itself will tell
+            continue
+        except Exception as exc:  # noqa: BLE001 - whatever the factory raises, the kwargs are at fault
+            text = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ConfigError(
+                f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs}: cannot be built ({text})"
+            ) from None
 
 
 def _check_models(pairs: Iterable[tuple[str, dict]]) -> None:
@@ -256,11 +342,6 @@ def _benchmark_models(bench: BenchmarkConfig) -> Iterable[tuple[str, dict]]:
 
 
 # ----------------------------------------------------------------------------- overrides and files
-def field_help(cls: type) -> dict[str, str]:
-    """Field name -> its one-line help text."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-
-
 def _check_keys(keys: Iterable[Any], known: set[str], what: str, listed: bool = False) -> None:
     for key in keys:
         if key not in known:
@@ -330,8 +411,8 @@ def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
 
 # ----------------------------------------------------------------------------- devices, printing, help
 def resolve_devices(cfg: TrainConfig, gpus: int | None = None) -> TrainConfig:
-    """``devices: auto`` replaced by the count a run will use, so the hash and the global batch tell
-    1 GPU from 8. ``gpus``: the GPUs the run sees (default: this machine's); CPU runs use one."""
+    """``devices: auto`` replaced by the count a run will use (checked against the global batch).
+    ``gpus``: the GPUs the run sees (default: this machine's); CPU runs use one."""
     if cfg.devices != "auto":
         return cfg
     if cfg.accelerator == "cpu":

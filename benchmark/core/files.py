@@ -40,7 +40,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a read-only directory: name the file the user asked for, not the temp name
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     os.close(fd)
     tmp = Path(name)
     try:
@@ -51,7 +54,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.filename is None:  # e.g. ENOSPC from a write: name the file the user asked for
+        if exc.filename is None or str(exc.filename) == str(tmp):  # name the file the user asked for
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     except BaseException:

@@ -74,8 +74,13 @@ def _parse(path: Path) -> LockInfo | None:
         return None
     try:
         data = json.loads(raw.decode())
-        return LockInfo(str(data["host"]), int(data["pid"]), float(data["start"]),
-                        float(data["heartbeat"]), str(data["token"]))  # fmt: skip
+        return LockInfo(
+            str(data["host"]),
+            int(data["pid"]),
+            float(data["start"]),
+            float(data["heartbeat"]),
+            str(data["token"]),
+        )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return LockInfo("?", 0, mtime, mtime, "")
 
@@ -118,7 +123,9 @@ class RunLock:
     """A held run lock; ``release()`` (or leaving the ``with`` block) stops the heartbeat and deletes it."""
 
     def __init__(self, path: Path, fd: int, info: LockInfo, heartbeat_s: float) -> None:
-        self.path, self.info, self.took_over = path, info, None  # took_over: the stale lock's reason
+        self.path = path
+        self.info = info
+        self.took_over: str | None = None  # the stale lock's reason, when this one replaced it
         self._fd, self._ino = fd, os.fstat(fd).st_ino
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True)

@@ -21,6 +21,8 @@ import yaml
 from datamodules.errors import NerveBenchError
 
 _NULLS = ("none", "null", "~", "")
+# What a benchmark file names (the rest has defaults); an empty file lists them in its error.
+EXPECTED_KEYS = ("models", "folds", "seeds", "train")
 
 
 class ConfigError(NerveBenchError):
@@ -53,7 +55,7 @@ def _scalar(value: Any, tp: type) -> Any:
     text = value.strip() if isinstance(value, str) else None
     if tp is bool:
         if isinstance(value, bool) or text is not None and text.lower() in ("true", "false"):
-            return value if isinstance(value, bool) else text.lower() == "true"
+            return value if isinstance(value, bool) else str(text).lower() == "true"
     elif isinstance(value, bool):
         pass
     elif tp is int:
@@ -100,8 +102,14 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
 
 def _expected(tp: Any) -> str:
     """The type in words for an error message: ``true or false``, ``an integer or null`` ..."""
-    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-             dict: "a mapping", type(None): "null"}  # fmt: skip
+    words = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a finite number",
+        str: "a string",
+        dict: "a mapping",
+        type(None): "null",
+    }
     if isinstance(tp, types.UnionType):
         return " or ".join(_expected(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is tuple:
@@ -131,7 +139,11 @@ def read_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, An
         raw = load_yaml(path.read_text(), str(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
-    raw = {} if raw is None else raw
+    if raw is None or raw == {}:  # an empty file (or only comments) would silently run the defaults
+        raise ConfigError(
+            f"{path}: empty config: no keys set (missing: {', '.join(EXPECTED_KEYS)}, or base: a config "
+            "to build on); see benchmark/configs/smoke.yaml"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(raw).__name__}")
     base = raw.pop("base", None)

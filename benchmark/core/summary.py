@@ -21,12 +21,13 @@ from benchmark.core.files import atomic_write
 from datamodules.errors import DataError
 
 SUMMARY_NAME = "summary.json"
-# Top-level keys every complete summary carries (docs/architecture.md). Schema 2 (nested protocol):
-# "metrics" and "per_image" are the OUTER fold's (scored once, never used for a decision);
+# Top-level keys every complete summary carries (docs/architecture.md). Since schema 2 (nested
+# protocol): "metrics" and "per_image" are the OUTER fold's (scored once, never used for a decision);
 # "selection" holds the inner-set metrics that chose the epoch and tuned the post-processing.
+# Schema 3: "global_batch" is the config's batch_size on any number of devices ("world_size").
 SUMMARY_KEYS = (
     "schema_version", "run", "model", "fold", "n_folds", "seed", "config", "config_hash", "dataset",
-    "best_epoch", "epochs_run", "train_time_s", "metrics", "selection", "split", "global_batch",
+    "best_epoch", "epochs_run", "train_time_s", "metrics", "selection", "split", "global_batch", "world_size",
     "per_image", "postprocess", "cost", "history", "overlays", "environment", "status",
 )  # fmt: skip
 METRIC_BLOCKS = ("raw", "post")
@@ -87,7 +88,7 @@ def read_summary(path: str | Path) -> dict:
         raise DataError(path, "expected a JSON object")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        hint = "; re-run its fit to rescore it with the nested protocol" if _older(version) else ""
+        hint = "; re-run its fit with this version (the training recipe changed)" if _older(version) else ""
         raise DataError(path, f"schema_version {version!r} is not the supported {SCHEMA_VERSION}{hint}")
     return data
 
@@ -103,20 +104,6 @@ def is_complete(path: str | Path, config_hash: str) -> bool:
     except DataError:
         return False
     return data.get("status") == "complete" and data.get("config_hash") == config_hash
-
-
-def missing_keys(summary: dict) -> list[str]:
-    """Schema keys absent from ``summary`` (top level and its blocks, including raw/post metrics)."""
-    missing = [k for k in SUMMARY_KEYS if k not in summary]
-    blocks = (("per_image", PER_IMAGE_KEYS), ("cost", COST_KEYS), ("history", HISTORY_KEYS),
-              ("selection", SELECTION_KEYS), ("split", SPLIT_KEYS), ("metrics", METRIC_BLOCKS),
-              ("selection.metrics", METRIC_BLOCKS))  # fmt: skip
-    for block, keys in blocks:
-        value: Any = summary
-        for part in block.split("."):
-            value = value.get(part, {}) if isinstance(value, dict) else {}
-        missing += [f"{block}.{k}" for k in keys if k not in value]
-    return missing
 
 
 def package_version(dist: str) -> str:

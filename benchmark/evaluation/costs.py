@@ -5,11 +5,22 @@ The leaderboard's speed columns and ``python -m benchmark speed`` both come from
 asynchronous devices: warm-up iterations are excluded, the device is synchronised before
 each clock read, and ``time.perf_counter`` is the clock.
 
-Peak memory: on CUDA it is ``torch.cuda.max_memory_allocated`` during the measurement (the
-counter is reset first), i.e. tensor memory only, not the caching allocator's reserve or the
-CUDA context. On CPU there is no per-allocation counter, so it is the growth of the process'
-resident set (``resource.getrusage`` max RSS) during the measurement, which is 0 when the
-process had already peaked earlier; it is an upper-bound-ish indicator, not an exact figure.
+Global settings: a run's Trainer leaves process-wide switches behind (deterministic algorithms on,
+``cudnn.benchmark`` off). Those are training's choices, not inference's, so every measurement runs
+under :func:`measurement_flags` (deterministic off, cudnn.benchmark on for the fixed input shape)
+and the caller's settings are restored afterwards.
+
+Peak memory: on CUDA it is the model's own weights and buffers plus the peak of tensor memory
+allocated *above the baseline* during the measurement (the counter is reset and the baseline
+read first), so whatever else the process holds (the run's GPU data cache, a previous model,
+optimizer state) is not counted; not the caching allocator's reserve or the CUDA context. On CPU
+there is no per-allocation counter, so it is the growth of the process' resident set
+(``resource.getrusage`` max RSS) during the measurement, which is 0 when the process had already
+peaked earlier; it is an upper-bound-ish indicator, not an exact figure.
+
+Exclusive device: a run packed beside others onto one GPU (or onto one node's CPUs) by the Ray
+executor measures its neighbours too. :func:`measured_exclusively` tells the two cases apart;
+:mod:`benchmark.evaluation.deferred_costs` measures such runs again once the grid is done.
 """
 
 from __future__ import annotations
@@ -24,7 +35,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from benchmark.training.device import autocast, resolve_device, synchronize
+from benchmark.core.config import TrainConfig
+from benchmark.training.device import autocast, resolve_device, resolve_precision, synchronize
+
+INFERENCE_KEYS = ("infer_img_s", "latency_ms", "peak_mem_mb")
 
 
 def mask_logits(output: torch.Tensor | dict) -> torch.Tensor:
@@ -39,17 +53,62 @@ def _max_rss_mb() -> float:
 
 
 @contextlib.contextmanager
+def measurement_flags() -> Iterator[None]:
+    """Deterministic algorithms off and ``cudnn.benchmark`` on for the block; the caller's settings after."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+
+
+def weights_mb(model: nn.Module) -> float:
+    """MiB of the model's parameters and buffers."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+@contextlib.contextmanager
 def peak_memory(device: torch.device) -> Iterator[dict]:
-    """Yield a dict whose ``"mb"`` is set on exit to the peak memory (see module docstring)."""
+    """Yield a dict whose ``"mb"`` is set on exit to the peak memory *increase* (see module docstring)."""
     out = {"mb": 0.0}
     if device.type == "cuda":
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)  # after the reset: the peak starts here
         yield out
-        out["mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        synchronize(device)
+        out["mb"] = max(0, torch.cuda.max_memory_allocated(device) - baseline) / 2**20
     else:
         before = _max_rss_mb()
         yield out
         out["mb"] = max(0.0, _max_rss_mb() - before)
+
+
+def measured_exclusively() -> tuple[bool, float | None]:
+    """(whether this process has its device to itself, its Ray GPU share or None outside a Ray task).
+
+    Inside a Ray task the share is what the executor reserved: below one GPU (``gpus_per_run: 0.5``)
+    other runs share the GPU; a CPU-only task shares its node's cores with the grid's other tasks.
+    Outside a task (the local executor, one DDP rank per device, a Ray driver) the device is ours.
+    """
+    ray = sys.modules.get("ray")  # never imported here: only a process Ray already runs in is a task
+    if ray is None or not ray.is_initialized():
+        return True, None
+    try:
+        assigned = ray.get_runtime_context().get_assigned_resources()
+    except AssertionError:  # the driver: Ray reserves nothing for it
+        return True, None
+    share = float(assigned.get("GPU", 0.0))
+    return share >= 1.0, share
 
 
 def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
@@ -92,8 +151,6 @@ def measure_inference(
     was_training = model.training
     model = model.to(dev).eval()
     h, w = input_shape
-    batch = torch.randn(batch_size, 1, h, w, device=dev)
-    single = batch[:1].clone()
 
     def run(x: torch.Tensor) -> Callable[[], object]:
         def call() -> object:
@@ -103,13 +160,32 @@ def measure_inference(
         return call
 
     try:
-        with torch.inference_mode(), peak_memory(dev) as mem:
+        with measurement_flags(), torch.inference_mode(), peak_memory(dev) as mem:
+            batch = torch.randn(batch_size, 1, h, w, device=dev)  # the inputs count as inference memory
             batched = time_calls(run(batch), dev, warmup, iters)
-            latency = time_calls(run(single), dev, warmup, iters)
+            latency = time_calls(run(batch[:1].clone()), dev, warmup, iters)
     finally:
         model.train(was_training)
+    peak = mem["mb"] + (weights_mb(model) if cuda else 0.0)
     return {
         "infer_img_s": batch_size * len(batched) / max(sum(batched), 1e-9),
         "latency_ms": 1000.0 * max(statistics.median(latency), 1e-9),
-        "peak_mem_mb": float(mem["mb"]),
+        "peak_mem_mb": float(peak),
     }
+
+
+def run_inference_costs(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """The leaderboard's inference columns of a run's model: its network input size and precision."""
+    from datamodules.geometry import input_shape
+
+    shape = input_shape(cfg.resize_mode, cfg.image_size)  # 448x608 in pad mode, not image_size²
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    measured = measure_inference(model, shape, None, device, precision=precision)
+    return {k: float(measured[k]) for k in INFERENCE_KEYS}
+
+
+def device_label(device: torch.device) -> str:
+    """The device's name as a summary records it: the GPU's model, or ``cpu``."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type

@@ -31,10 +31,10 @@ def choose_images(
 ) -> tuple[np.ndarray, str, str]:
     """(indices to score, scope, one-line note) for data with ``data_hash`` and ``n_images`` frames.
 
-    ``record`` is the checkpoint's ``nerve_bench`` block (``data_hash``, ``test_indices``).
+    ``record`` is the checkpoint's ``nerve_bench`` block (``data_hash``, ``outer_indices``).
     """
     every = np.arange(n_images, dtype=np.int64)
-    outer = record.get("test_indices")
+    outer = record.get("outer_indices")
     if record.get("data_hash") != data_hash or outer is None:
         why = (
             "not the checkpoint's training data"
@@ -45,11 +45,15 @@ def choose_images(
     outer = np.asarray(outer, dtype=np.int64)
     n_seen = n_images - len(outer)
     if all_images:
-        note = (f"warning: --all-images: {n_seen} of these {n_images} images trained or selected this "
-                "checkpoint; this is not a held-out score")  # fmt: skip
+        note = (
+            f"warning: --all-images: {n_seen} of these {n_images} images trained or selected this "
+            "checkpoint; this is not a held-out score"
+        )
         return every, ALL_WITH_TRAINING, note
-    note = (f"this is the checkpoint's training data: scoring only its outer fold, {len(outer)} of "
-            f"{n_images} images (the other {n_seen} trained or selected it; --all-images: all)")  # fmt: skip
+    note = (
+        f"this is the checkpoint's training data: scoring only its outer fold, {len(outer)} of "
+        f"{n_images} images (the other {n_seen} trained or selected it; --all-images: all)"
+    )
     return outer, OUTER, note
 
 
@@ -82,12 +86,20 @@ def evaluate(
     precision = resolve_precision(cfg.precision, device.type) if device.type == "cuda" else "32"
     rows = inference.predict_loader(module, dm.subset_dataloader(indices), device, precision, pp=pp)
     result = {
-        "checkpoint": str(path), "data_dir": str(data_dir), "model": cfg.model, "config_hash": trained_hash,
-        "scope": scope, "note": note, "n_images": len(rows["index"]), "postprocess": pp.to_dict(),
-        "metrics": {"raw": counts.score_counts(rows["counts"], rows["presence_prob"]),
-                    "post": counts.score_counts(rows["post_counts"], None)},
+        "checkpoint": str(path),
+        "data_dir": str(data_dir),
+        "model": cfg.model,
+        "config_hash": trained_hash,
+        "scope": scope,
+        "note": note,
+        "n_images": len(rows["index"]),
+        "postprocess": pp.to_dict(),
+        "metrics": {
+            "raw": counts.score_counts(rows["counts"], rows["presence_prob"]),
+            "post": counts.score_counts(rows["post_counts"], None),
+        },
         "per_image": _per_image(ts, rows),
-    }  # fmt: skip
+    }
     if out is not None:
         write_json_atomic(out, result)
     return to_jsonable(result)
@@ -96,9 +108,16 @@ def evaluate(
 def _per_image(ts: Any, rows: dict[str, Any]) -> dict[str, Any]:
     raw, post = counts.per_image_scores(rows["counts"]), counts.per_image_scores(rows["post_counts"])
     idx = rows["index"]
-    return {"index": idx, "stem": [ts.stems[i] for i in idx], "subject": ts.subjects[idx],
-            "true_empty": raw["true_empty"], "dice_raw": raw["dice"], "dice": post["dice"],
-            "iou": post["iou"], "presence_prob": rows["presence_prob"]}  # fmt: skip
+    return {
+        "index": idx,
+        "stem": [ts.stems[i] for i in idx],
+        "subject": ts.subjects[idx],
+        "true_empty": raw["true_empty"],
+        "dice_raw": raw["dice"],
+        "dice": post["dice"],
+        "iou": post["iou"],
+        "presence_prob": rows["presence_prob"],
+    }
 
 
 def format_metrics(metrics: dict[str, dict[str, float]]) -> str:

@@ -2,7 +2,7 @@
 once on the outer fold, store the tuning in the checkpoint, and write summary.json and overlays.npz.
 
 Nested protocol: the epoch (``best.ckpt``, chosen during training) and the post-processing are
-chosen on the inner set only; the outer fold (``dm.test_dataloader``) is scored exactly once with
+chosen on the inner set only; the outer fold (``dm.outer_dataloader``) is scored exactly once with
 those choices and is never used for a decision, so its numbers ("metrics", "per_image") estimate
 performance on unseen subjects. The inner numbers are kept apart under "selection": they are
 optimistic by construction (they were maximised).
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from benchmark.core.config import SCHEMA_VERSION, TrainConfig
 from benchmark.core.files import atomic_path
 from benchmark.core.summary import environment, to_jsonable, write_summary
-from benchmark.evaluation import inference
+from benchmark.evaluation import costs, inference
 from benchmark.scoring import counts
 from benchmark.training.callbacks import checkpoint_history
 from benchmark.training.checkpoint import BEST, LAST, load_checkpoint_module, store_in_checkpoint
@@ -57,32 +57,45 @@ def write_overlays(
     # A file handle, not a name: np.savez would append ".npz" to the temporary name.
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(
-            fh, stem=np.asarray(stems, dtype=str), image=_downsample(images, False),
-            truth=_downsample(truth, True), pred=_downsample(pred, True),
-        )  # fmt: skip
+            fh,
+            stem=np.asarray(stems, dtype=str),
+            image=_downsample(images, False),
+            truth=_downsample(truth, True),
+            pred=_downsample(pred, True),
+        )
 
 
-def cost_block(cfg: TrainConfig, module: SegModule, history: dict, device: torch.device) -> dict[str, float]:
-    """Parameters, GFLOPs, training throughput and inference speed (zeros where unavailable)."""
+def cost_block(cfg: TrainConfig, module: SegModule, history: dict, device: torch.device) -> dict[str, Any]:
+    """Parameters, GFLOPs, training throughput and inference speed, and how they were measured.
+
+    ``train_img_s`` is the run's own training (its recipe's settings, on whatever share of the device
+    it had); the inference columns are measured under ``costs.measurement_flags`` on a device the run
+    has to itself, or left ``None`` with ``measured.inference == "pending"`` when it shares one (a
+    Ray task packed onto a GPU): :mod:`benchmark.evaluation.deferred_costs` measures those after the grid.
+    """
     from datamodules.geometry import input_shape
     from models.info import count_params, gflops
 
     train_s, train_images = sum(history.get("train_s", [])), sum(history.get("train_images", []))
-    cost = {"params": int(count_params(module.model)), "gflops": 0.0,
-            "train_img_s": train_images / train_s if train_s > 0 else 0.0,
-            "infer_img_s": 0.0, "latency_ms": 0.0, "peak_mem_mb": 0.0}  # fmt: skip
-    shape = input_shape(cfg.resize_mode, cfg.image_size)  # 448x608 in pad mode, not image_size²
+    cost: dict[str, Any] = {
+        "params": int(count_params(module.model)),
+        "gflops": 0.0,
+        "train_img_s": train_images / train_s if train_s > 0 else 0.0,
+    }
     try:
-        cost["gflops"] = float(gflops(module.model, size=shape))
+        cost["gflops"] = float(gflops(module.model, size=input_shape(cfg.resize_mode, cfg.image_size)))
     except Exception:  # noqa: BLE001 - FLOP counting is best effort (exotic ops)
         pass
-    try:
-        from benchmark.evaluation.costs import measure_inference
-    except ImportError:
-        return cost
-    precision = resolve_precision(cfg.precision, cfg.accelerator)
-    measured = measure_inference(module.model, shape, None, device, precision=precision)
-    cost.update({k: float(measured[k]) for k in ("infer_img_s", "latency_ms", "peak_mem_mb")})
+    exclusive, share = costs.measured_exclusively()
+    if exclusive:
+        cost.update(costs.run_inference_costs(module.model, cfg, device))
+    else:
+        cost.update(dict.fromkeys(costs.INFERENCE_KEYS))
+    cost["measured"] = {
+        "device": costs.device_label(device),
+        "device_share": share,
+        "inference": "exclusive" if exclusive else "pending",
+    }
     return cost
 
 
@@ -91,11 +104,16 @@ def dataset_block(dm: Any, data_dir: Path) -> dict[str, Any]:
     from datamodules.kaggle import content_hash
 
     ts = dm.train_set
-    return {"name": data_dir.resolve().name, "n_train": len(ts),
-            "n_subjects": int(len(np.unique(ts.subjects))), "n_fit": int(len(dm.train_indices)),
-            "n_inner": int(len(dm.val_indices)), "n_outer": int(len(dm.test_indices)),
-            "content_hash": content_hash(ts),
-            "synthetic": (data_dir / "synthetic.json").is_file()}  # fmt: skip
+    return {
+        "name": data_dir.resolve().name,
+        "n_train": len(ts),
+        "n_subjects": int(len(np.unique(ts.subjects))),
+        "n_fit": int(len(dm.fit_indices)),
+        "n_inner": int(len(dm.inner_indices)),
+        "n_outer": int(len(dm.outer_indices)),
+        "content_hash": content_hash(ts),
+        "synthetic": (data_dir / "synthetic.json").is_file(),
+    }
 
 
 def _subjects(dm: Any, indices: np.ndarray) -> list[int]:
@@ -103,16 +121,27 @@ def _subjects(dm: Any, indices: np.ndarray) -> list[int]:
 
 
 def split_block(cfg: TrainConfig, dm: Any) -> dict[str, Any]:
-    """Who is where. In hold-out mode the one outer set is fold 0 of 1 (table row 1: the rest)."""
+    """Who is where. In hold-out mode the one outer set is fold 0 of 1 (table row 1: the rest).
+
+    ``outer_indices``: the outer fold's data-set indices, sorted; the leaderboard checks that each
+    seed's folds cover exactly the expected images with them.
+    """
     from datamodules.splits import fold_table
 
     holdout = cfg.holdout_fraction is not None
-    return {"mode": "holdout" if holdout else "kfold", "split_seed": cfg.split_seed,
-            "n_folds": 1 if holdout else cfg.n_folds, "fold": 0 if holdout else cfg.fold,
-            "holdout_fraction": cfg.holdout_fraction, "inner_fraction": cfg.inner_fraction,
-            "outer_subjects": _subjects(dm, dm.test_indices), "inner_subjects": _subjects(dm, dm.val_indices),
-            "fit_subjects": _subjects(dm, dm.train_indices),
-            "folds": fold_table(dm.subjects, dm.positive, dm.outer_folds)}  # fmt: skip
+    return {
+        "mode": "holdout" if holdout else "kfold",
+        "split_seed": cfg.split_seed,
+        "n_folds": 1 if holdout else cfg.n_folds,
+        "fold": 0 if holdout else cfg.fold,
+        "holdout_fraction": cfg.holdout_fraction,
+        "inner_fraction": cfg.inner_fraction,
+        "outer_subjects": _subjects(dm, dm.outer_indices),
+        "inner_subjects": _subjects(dm, dm.inner_indices),
+        "fit_subjects": _subjects(dm, dm.fit_indices),
+        "outer_indices": np.sort(np.asarray(dm.outer_indices, dtype=np.int64)).tolist(),
+        "folds": fold_table(dm.subjects, dm.positive, dm.outer_folds),
+    }
 
 
 def tune_on_inner(inner: dict[str, Any], tta: bool) -> tuple[Any, dict[str, dict[str, float]]]:
@@ -137,9 +166,16 @@ def per_image_block(dm: Any, rows: dict[str, Any]) -> dict[str, list]:
     """Per-image rows of a scored loader (``predict_loader`` with ``pp``): the outer fold's images."""
     raw, post = counts.per_image_scores(rows["counts"]), counts.per_image_scores(rows["post_counts"])
     idx = rows["index"]
-    return {"index": idx, "stem": [dm.train_set.stems[i] for i in idx], "subject": dm.train_set.subjects[idx],
-            "true_empty": raw["true_empty"], "dice_raw": raw["dice"], "dice": post["dice"],
-            "iou": post["iou"], "presence_prob": rows["presence_prob"]}  # fmt: skip
+    return {
+        "index": idx,
+        "stem": [dm.train_set.stems[i] for i in idx],
+        "subject": dm.train_set.subjects[idx],
+        "true_empty": raw["true_empty"],
+        "dice_raw": raw["dice"],
+        "dice": post["dice"],
+        "iou": post["iou"],
+        "presence_prob": rows["presence_prob"],
+    }
 
 
 def finalize_run(
@@ -147,38 +183,66 @@ def finalize_run(
 ) -> dict:
     """Tune on the inner set, score ``best.ckpt`` once on the outer fold, write the summary.
 
-    ``world_size``: processes that trained the run (``global_batch`` = batch_size x world_size).
+    ``world_size``: processes that trained the run (recorded; the global batch is ``batch_size``
+    whatever it is)
     """
     best = out_dir / "checkpoints" / BEST
     module, ckpt = load_checkpoint_module(best)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    inner = inference.predict_loader(module, dm.val_dataloader(), device, precision, keep_probs=True)
+    inner = inference.predict_loader(module, dm.inner_dataloader(), device, precision, keep_probs=True)
     pp, selection_metrics = tune_on_inner(inner, cfg.tta)
     n_inner = len(inner["index"])
     del inner  # the 420x580 probabilities of the inner set; the outer pass needs only counts
-    outer = inference.predict_loader(module, dm.test_dataloader(), device, precision, pp=pp)
+    outer = inference.predict_loader(module, dm.outer_dataloader(), device, precision, pp=pp)
     metrics = scored(outer["counts"], outer["presence_prob"], outer["post_counts"])
     data = dataset_block(dm, data_dir)
-    store_in_checkpoint(best, ckpt, {
-        "postprocess": pp.to_dict(), "config": cfg.to_dict(), "summary_metrics": metrics,
-        "selection_metrics": selection_metrics, "data_hash": data["content_hash"],
-        "test_indices": outer["index"].tolist(),
-    })  # fmt: skip
+    store_in_checkpoint(
+        best,
+        ckpt,
+        {
+            "postprocess": pp.to_dict(),
+            "config": cfg.to_dict(),
+            "summary_metrics": metrics,
+            "selection_metrics": selection_metrics,
+            "data_hash": data["content_hash"],
+            "outer_indices": outer["index"].tolist(),
+        },
+    )
     _overlays(out_dir / OVERLAY_NAME, dm, module, outer, pp, device, precision)
     history = _final_history(out_dir / "checkpoints" / LAST, module.history)
-    selection = {"metrics": selection_metrics, "n_images": n_inner, "subjects": _subjects(dm, dm.val_indices),
-                 "best_epoch": int(ckpt.get("epoch", 0)), "select": cfg.select}  # fmt: skip
+    selection = {
+        "metrics": selection_metrics,
+        "n_images": n_inner,
+        "subjects": _subjects(dm, dm.inner_indices),
+        "best_epoch": int(ckpt.get("epoch", 0)),
+        "select": cfg.select,
+    }
     summary = {
-        "schema_version": SCHEMA_VERSION, "run": cfg.run_name(), "model": cfg.model, "fold": cfg.fold,
-        "n_folds": cfg.n_folds, "seed": cfg.seed, "config": cfg.to_dict(), "config_hash": cfg.hash(),
-        "dataset": data, "best_epoch": selection["best_epoch"], "epochs_run": len(history["epoch"]),
-        "train_time_s": float(sum(history["epoch_time_s"])), "metrics": metrics, "selection": selection,
-        "split": split_block(cfg, dm), "global_batch": int(cfg.batch_size * max(world_size, 1)),
-        "per_image": per_image_block(dm, outer), "postprocess": pp.to_dict(),
+        "schema_version": SCHEMA_VERSION,
+        "run": cfg.run_name(),
+        "model": cfg.model,
+        "fold": cfg.fold,
+        "n_folds": cfg.n_folds,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "config_hash": cfg.hash(),
+        "dataset": data,
+        "best_epoch": selection["best_epoch"],
+        "epochs_run": len(history["epoch"]),
+        "train_time_s": float(sum(history["epoch_time_s"])),
+        "metrics": metrics,
+        "selection": selection,
+        "split": split_block(cfg, dm),
+        "global_batch": int(cfg.batch_size),
+        "world_size": int(world_size),
+        "per_image": per_image_block(dm, outer),
+        "postprocess": pp.to_dict(),
         "cost": cost_block(cfg, module, history, device),
         "history": {k: history[k] for k in ("epoch", "train_loss", "val_loss", "val_kaggle_dice")},
-        "overlays": OVERLAY_NAME, "environment": environment(), "status": "complete",
-    }  # fmt: skip
+        "overlays": OVERLAY_NAME,
+        "environment": environment(),
+        "status": "complete",
+    }
     write_summary(out_dir, summary)
     return to_jsonable(summary)
 

@@ -4,10 +4,21 @@ Protocol (issue 11): every run was selected (epoch, post-processing) on an inner
 training subjects and scored once on its outer fold. With K outer folds, the K runs of one seed
 score every image once, by a model that never saw its subject. Per image, each score is first
 averaged over the model's seeds; a column is then the mean over images (all, or the positive /
-empty ones). Frames of one patient are correlated, so the unit of independence is the subject:
-95% CIs resample subjects (``stats.subject_bootstrap_ci``) and every ranked model is compared with
-the top one by a sign-flip test on per-subject mean differences, Holm-corrected across models.
-A model whose folds do not cover every image once per seed is shown as incomplete and not ranked.
+empty ones). Frames of one patient are correlated, so the unit of independence is the subject.
+
+Statistics (issue 17), all on the ranked quantity, the image-weighted mean, through per-subject
+TOTALS with the image counts fixed:
+* 95% CIs resample subjects and recompute the image mean (``stats.subject_bootstrap_ci``);
+* ``p vs top``: paired sign-flip test of the per-subject totals of (model - top);
+* the top group is the 95% model confidence set for the best (``ranking.best_set``), which accounts
+  for the top being picked on the same data; the all-empty floor is shown but is not a contender;
+* simultaneous 95% intervals for every row's rank (``ranking.rank_intervals``), and the smallest gap
+  to the top that the paired test detects with 80% power (``ranking.detectable_differences``);
+* with two or more seeds, the SD of the per-seed out-of-fold means (training randomness, which
+  the subject resampling does not see).
+One subject bootstrap (``ranking.Resamples``) serves the set, the rank intervals and the power.
+A model whose folds do not score exactly the expected images once per seed
+(``benchmark.reporting.completeness``) is shown as incomplete and not ranked.
 Rendering lives in ``benchmark.reporting.tables``.
 """
 
@@ -21,13 +32,16 @@ from typing import Any
 import numpy as np
 
 from benchmark.core.config import NOT_HASHED
-from benchmark.scoring import stats
+from benchmark.reporting import completeness, recipe
+from benchmark.scoring import ranking, stats
 
 BASELINE = "empty"
 N_BOOT = 2000  # subject-bootstrap resamples (issue 11: at least 2,000, seeded)
 N_PERM = 20_000  # Monte Carlo sign flips when there are more than EXACT_MAX subjects
-EXACT_MAX = 20  # up to this many subjects the sign-flip test enumerates all 2^n flips
+EXACT_MAX = 20  # up to this many subjects the paired sign-flip test enumerates all 2^n flips
+N_SET = 10_000  # subject-bootstrap resamples for the top group, the rank intervals and the power
 ALPHA = 0.05
+POWER = 0.8  # the power at which the detectable difference is stated
 SEED = 0
 # Out-of-fold columns: (key, per-image source, subset by true_empty: None = all images).
 OOF_METRICS = (
@@ -47,13 +61,14 @@ RUN_MEANS = (
 COST = ("params", "gflops", "train_time_s", "train_img_s", "infer_img_s", "latency_ms", "peak_mem_mb")
 _IMAGE_VALUES = ("dice", "dice_raw", "iou")
 # Per-run fields; without them and the execution-only NOT_HASHED ones, a config is one benchmark.
-_RUN_KEYS = {"model", "model_kwargs", "fold", "seed"}
+_RUN_KEYS = {"model", "model_kwargs", "model_recipe", "fold", "seed"}
 
 
 def benchmark_hash(summary: dict[str, Any]) -> str:
     """Hash of the run's config without model/kwargs/fold/seed: equal for every run of one benchmark."""
     cfg = summary.get("config") or {}
     payload = {k: v for k, v in cfg.items() if k not in NOT_HASHED | _RUN_KEYS}
+    payload.update(cfg.get("model_recipe") or {})  # a per-model recipe: the benchmark's shared values
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -101,7 +116,8 @@ def _per_image(runs: list[dict[str, Any]], key: str) -> np.ndarray:
 
 
 def expected_images(runs: list[dict[str, Any]]) -> int:
-    """Images the K outer folds cover together (fold table rows 0..K-1), else every index seen.
+    """Images the K outer folds cover together (fold table rows 0..K-1), else every index seen: the
+    count rule for summaries that do not say which images they must cover.
 
     In hold-out mode K = 1 and the table's second row is the training rest, which is never scored.
     """
@@ -111,9 +127,18 @@ def expected_images(runs: list[dict[str, Any]]) -> int:
     return int(np.unique(_per_image(runs, "index")).size)
 
 
-def missing(runs: list[dict[str, Any]], k: int, n_images: int, seeds: list[int] | None = None) -> list[str]:
+def expected(runs: list[dict[str, Any]]) -> tuple[np.ndarray, str] | int:
+    """What each seed's folds must score: the exact index set when the split records it, else a count."""
+    found = completeness.expected_index(runs)
+    return expected_images(runs) if found is None else found
+
+
+def missing(
+    runs: list[dict[str, Any]], k: int, images: tuple[np.ndarray, str] | int, seeds: list[int] | None = None
+) -> list[str]:
     """Why a model is incomplete ([] = complete): each of the benchmark's ``seeds`` (default: the
-    model's own) needs K folds that cover each image once; a seed with no run at all counts too."""
+    model's own) needs K folds that score exactly ``images`` (``expected``), each once; a seed with
+    no run at all counts too."""
     seen = Counter((int(s["fold"]), int(s["seed"])) for s in runs)
     problems = [f"fold {f} seed {e}: {c} runs" for (f, e), c in sorted(seen.items()) if c > 1]
     for seed in sorted(set(seeds or []) | {e for _, e in seen}):
@@ -121,12 +146,7 @@ def missing(runs: list[dict[str, Any]], k: int, n_images: int, seeds: list[int] 
         if absent:
             problems.append(f"seed {seed}: fold{'s' if len(absent) > 1 else ''} {', '.join(absent)} missing")
             continue
-        index = _per_image([s for s in runs if int(s["seed"]) == seed], "index").astype(np.int64)
-        unique = np.unique(index).size
-        if unique != index.size:
-            problems.append(f"seed {seed}: {index.size - unique} images scored more than once")
-        if unique != n_images:
-            problems.append(f"seed {seed}: folds cover {unique} of {n_images} images")
+        problems += completeness.seed_coverage(seed, [s for s in runs if int(s["seed"]) == seed], images)
     return problems
 
 
@@ -186,19 +206,41 @@ def _cost(runs: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
+def external_provenance(runs: list[dict[str, Any]]) -> str | None:
+    """The provenance text of an imported (outside) method's runs, None for our own runs."""
+    texts = sorted(
+        {str((s.get("external") or {}).get("provenance") or "external") for s in runs if s.get("external")}
+    )
+    return "; ".join(texts) or None
+
+
+def seed_spread(runs: list[dict[str, Any]]) -> tuple[list[float], float | None]:
+    """(per-seed out-of-fold mean Kaggle Dice, their SD with ddof 1; None with fewer than 2 seeds)."""
+    seeds = sorted({int(s["seed"]) for s in runs})
+    means = [float(np.mean(_per_image([s for s in runs if int(s["seed"]) == e], "dice"))) for e in seeds]
+    return means, float(np.std(means, ddof=1)) if len(means) >= 2 else None
+
+
 def model_row(
-    model: str, runs: list[dict[str, Any]], k: int, n_images: int, seeds: list[int] | None = None
+    model: str,
+    runs: list[dict[str, Any]],
+    k: int,
+    images_expected: tuple[np.ndarray, str] | int,
+    seeds: list[int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(row, out-of-fold images): completeness, OOF metrics (CIs only when complete), run means, cost."""
+    """(row, out-of-fold images): completeness, OOF metrics (CIs and seed spread only when complete),
+    run means, cost."""
     runs = sorted(runs, key=lambda s: (int(s["seed"]), int(s["fold"])))
-    problems = missing(runs, k, n_images, seeds)
+    problems = missing(runs, k, images_expected, seeds)
     images = oof_images(runs)
     if not all(np.isfinite(images[key]).all() for key in _IMAGE_VALUES):
         problems.append("per-image scores have missing values")
+    seed_means, seed_sd = seed_spread(runs) if not problems else ([], None)
     return {
         "model": model,
         "baseline": model == BASELINE,
         "derived": False,
+        "external": external_provenance(runs),
         "complete": not problems,
         "missing": problems,
         "n_runs": len(runs),
@@ -207,6 +249,8 @@ def model_row(
         "n_images": int(images["index"].size),
         "n_subjects": int(np.unique(images["subject"]).size),
         "metrics": {key: metric(images, src, sub, not problems) for key, src, sub in OOF_METRICS},
+        "seed_means": seed_means,
+        "seed_sd": seed_sd,
         "run_means": {key: _mean_over_runs(runs, *where) for key, *where in RUN_MEANS},
         "cost": _cost(runs),
         "global_batch": sorted({int(s["global_batch"]) for s in runs if s.get("global_batch") is not None}),
@@ -218,23 +262,51 @@ def derived_baseline(images: dict[str, np.ndarray]) -> tuple[dict[str, Any], dic
     """The `empty` row computed from the truth alone, for a board without complete `empty` runs."""
     base = baseline_images(images)
     row = {
-        "model": BASELINE, "baseline": True, "derived": True, "complete": True, "missing": [],
-        "n_runs": 0, "folds": [], "seeds": [], "n_images": int(base["index"].size),
+        "model": BASELINE,
+        "baseline": True,
+        "derived": True,
+        "external": None,
+        "complete": True,
+        "missing": [],
+        "n_runs": 0,
+        "folds": [],
+        "seeds": [],
+        "n_images": int(base["index"].size),
         "n_subjects": int(np.unique(base["subject"]).size),
         "metrics": {key: metric(base, src, sub, True) for key, src, sub in OOF_METRICS},
-        "run_means": {key: None for key, *_ in RUN_MEANS}, "cost": {key: None for key in COST},
-        "global_batch": [], "config_hashes": [],
-    }  # fmt: skip
+        "seed_means": [],
+        "seed_sd": None,
+        "run_means": {key: None for key, *_ in RUN_MEANS},
+        "cost": {key: None for key in COST},
+        "global_batch": [],
+        "config_hashes": [],
+    }
     return row, base
 
 
-def paired_test(top: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Sign-flip test of the per-subject mean Dice difference (other - top) on the images both scored."""
-    _, it, io = np.intersect1d(top["index"], other["index"], assume_unique=True, return_indices=True)
-    diffs = other["dice"][io] - top["dice"][it]
-    _, means, _ = stats.subject_means(diffs, top["subject"][it])
-    p = stats.sign_flip_pvalue(means, n_resamples=N_PERM, seed=SEED, exact_max=EXACT_MAX)
-    return {"diff": float(diffs.mean()), "p": float(p), "n_subjects": int(len(means))}
+def subject_totals(images: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(totals (models x subjects) of post-processed Dice, image count per subject) over the images
+    every model scored (complete models all score the same ones)."""
+    common = images[0]["index"]
+    for other in images[1:]:
+        common = np.intersect1d(common, other["index"], assume_unique=True)
+    rows = []
+    for im in images:
+        at = np.searchsorted(im["index"], common)
+        _, totals, counts = stats.subject_totals(im["dice"][at], im["subject"][at])
+        rows.append(totals)
+    return np.vstack(rows), counts.astype(np.float64)
+
+
+def paired_test(diffs: np.ndarray, weights: np.ndarray, mde: float | None) -> dict[str, Any]:
+    """(model - top) per-subject totals: image-weighted gap, paired sign-flip p, detectable gap."""
+    p = stats.sign_flip_pvalue(diffs, n_resamples=N_PERM, seed=SEED, exact_max=EXACT_MAX)
+    return {
+        "diff": float(diffs.sum() / weights.sum()),
+        "p": float(p),
+        "n_subjects": int(diffs.size),
+        "mde": mde,
+    }
 
 
 def _rank_key(row: dict[str, Any]) -> tuple[float, str]:
@@ -242,24 +314,27 @@ def _rank_key(row: dict[str, Any]) -> tuple[float, str]:
 
 
 def rank_rows(rows: list[dict[str, Any]], images: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
-    """Rank complete rows by OOF Kaggle Dice (ties: name); tests vs the top, Holm-adjusted, top group."""
+    """Rank complete rows by OOF Kaggle Dice (ties: name); tests vs the top, rank intervals, the set."""
     ranked = sorted((r for r in rows if r["metrics"]["kaggle_dice"]["mean"] is not None), key=_rank_key)
     if not ranked:
         return []
-    top = ranked[0]["model"]
-    tests = [paired_test(images[top], images[r["model"]]) for r in ranked[1:]]
-    # The floor is shown with its raw p but is not a contender: it stays out of the Holm family (it
-    # would inflate every model's adjusted p) and out of the top group.
-    family = [t["p"] if not r["baseline"] else None for r, t in zip(ranked[1:], tests)]
-    adjusted = stats.holm(family) if tests else []
-    n_top = int(np.unique(images[top]["subject"]).size)
-    ranked[0]["vs_top"] = {"diff": 0.0, "p": None, "p_holm": None, "n_subjects": n_top}
-    ranked[0]["top_group"] = True
-    for row, test, p_holm in zip(ranked[1:], tests, adjusted):
-        row["vs_top"] = {**test, "p_holm": None if p_holm is None else float(p_holm)}
-        row["top_group"] = None if p_holm is None else bool(p_holm >= ALPHA)
-    for rank, row in enumerate(ranked, start=1):
-        row["rank"] = rank
+    totals, weights = subject_totals([images[r["model"]] for r in ranked])
+    boot = ranking.Resamples.draw(weights.size, N_SET, SEED)
+    pairs = ranking.Pairs.compare(totals, weights, boot)
+    lo, hi = ranking.rank_intervals(pairs, ALPHA)
+    # The floor is shown and tested but is not a contender: it stays out of the confidence set.
+    contenders = [i for i, r in enumerate(ranked) if not r["baseline"]]
+    p_best = dict(zip(contenders, ranking.best_set(pairs, contenders).tolist()))
+    power_boot = ranking.Resamples(boot.counts[:N_BOOT])  # enough for a power curve; 5x cheaper
+    mde = [None] + ranking.detectable_differences(
+        totals[1:] - totals[0], weights, ALPHA, POWER, power_boot, seed=SEED
+    )
+    for i, row in enumerate(ranked):
+        row["rank"], row["rank_ci"] = i + 1, [int(lo[i]), int(hi[i])]
+        top = {"diff": 0.0, "p": None, "n_subjects": int(weights.size), "mde": None}
+        row["vs_top"] = top if i == 0 else paired_test(totals[i] - totals[0], weights, mde[i])
+        row["p_best"] = p_best.get(i)
+        row["top_group"] = None if i not in p_best else bool(p_best[i] >= ALPHA)
     return ranked
 
 
@@ -303,11 +378,14 @@ def header(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "benchmark_hash": sorted({benchmark_hash(s) for s in runs}),
         "n_runs": len(runs),
         "models": sorted({str(s["model"]) for s in runs}),
+        "recipe": recipe.differences(runs),
         "statistics": {
             "n_boot": N_BOOT,
             "n_perm": N_PERM,
             "exact_max": EXACT_MAX,
+            "n_set": N_SET,
             "alpha": ALPHA,
+            "power": POWER,
             "seed": SEED,
         },
     }
@@ -318,11 +396,11 @@ def _model_rows(kept: list[dict[str, Any]]) -> tuple[list[dict], dict[str, dict[
     by_model: dict[str, list[dict]] = {}
     for s in kept:
         by_model.setdefault(str(s["model"]), []).append(s)
-    k, n_images = n_folds(kept), expected_images(kept)
+    k, images_expected = n_folds(kept), expected(kept)
     seeds = sorted({int(s["seed"]) for s in kept})  # a model must have every seed of the benchmark
     rows, images = [], {}
     for model in sorted(by_model):
-        row, images[model] = model_row(model, by_model[model], k, n_images, seeds)
+        row, images[model] = model_row(model, by_model[model], k, images_expected, seeds)
         rows.append(row)
     complete = [r for r in rows if r["complete"]]
     if complete and not any(r["baseline"] for r in complete):

@@ -55,7 +55,7 @@ def _save_palette(fig: plt.Figure, path: Path, colors: int = 128) -> Path:
 def leaderboard_png(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Horizontal bars of out-of-fold Kaggle Dice with subject-bootstrap 95% CIs; the baseline as a line.
 
-    Dark bars: the group not significantly worse than the top (Holm p >= 0.05); light bars: the rest.
+    Dark bars: the top group, the 95% confidence set for the best model; light bars: the rest.
     """
     rows = [r for r in rows if r["metrics"]["kaggle_dice"]["mean"] is not None]
     with plt.rc_context(_RC):
@@ -77,7 +77,7 @@ def leaderboard_png(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
         ax.set_xlim(0, 1)
         ax.set_xlabel(
             "Kaggle Dice (post-processed, out-of-fold): mean, 95% CI (subject bootstrap)\n"
-            "dark blue: not significantly worse than the top (Holm p >= 0.05)"
+            "dark blue: the top group (95% confidence set for the best model)"
         )
         ax.set_title(title)
         fig.tight_layout()

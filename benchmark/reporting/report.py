@@ -2,17 +2,28 @@
 
 Everything written is a pure function of the summaries (and the overlays.npz beside them): fixed
 decimals, sorted keys, seeded resampling, no wall-clock timestamps, so re-running ``report`` gives
-byte-identical files. Every file is replaced atomically (benchmark.core.files): a kill or a full disk
-leaves the previous leaderboard whole, never a truncated one.
+byte-identical files. A run whose files cannot be read (:mod:`benchmark.reporting.inputs`) is named
+in one line and left out; the rest is reported.
+
+One report is one set of files: every file is rendered to a temporary name first and all are
+renamed into place together at the end, so a kill or a full disk leaves the previous set whole, and
+every file carries the same report id (a Markdown line, a CSV column, a JSON key, a LaTeX comment,
+the figure titles): a file with another id is left from an interrupted report. Reports on one results
+directory take turns (a lock in ``.report/``), which lets each remove the temporary files that a
+killed report left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
+import hashlib
 import io
 import json
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +31,18 @@ import numpy as np
 
 from benchmark.core.config import SCHEMA_VERSION
 from benchmark.core.files import atomic_path
+from benchmark.core.lock import claim, read_lock
 from benchmark.core.summary import SUMMARY_NAME, read_summary
 from benchmark.reporting import leaderboard as lb
+from benchmark.reporting.inputs import run_problem
 from benchmark.reporting.tables import csv_table, latex, legend, markdown
 from datamodules.errors import DataError
 
 N_POS, N_NEG = 3, 2  # overlay columns: the first positive and negative outer-fold images shared by all
 TABLES = ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "leaderboard.tex")
+PLOTS = ("leaderboard.png", "overlays.png", "curves.png")  # in results/plots
+LOCK_DIR = ".report"  # results/.report/run.lock while a report is written
+LOCK_WAIT_S = 600.0
 
 
 def _schema_version(path: Path) -> Any:
@@ -53,25 +69,39 @@ def schema_error(refused: list[tuple[Path, int]]) -> DataError:
     )
 
 
-def load_summaries(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """(run directory, summary) for every readable runs/*/summary.json, sorted by directory name.
+def scan_runs(results_dir: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
+    """(run directory, summary) of every readable run, sorted by directory name, and one
+    ``PATH: problem`` line per unreadable one (printed as a warning; the run is left out).
 
     Summaries of another schema version are refused (DataError naming them): mixing the old in-sample
-    scores with out-of-fold ones would rank models on different protocols. Unreadable ones are skipped.
+    scores with out-of-fold ones would rank models on different protocols.
     """
-    out, refused = [], []
+    out, refused, unreadable = [], [], []
     for path in sorted((results_dir / "runs").glob(f"*/{SUMMARY_NAME}")):
         try:
-            out.append((path.parent, read_summary(path)))
+            summary = read_summary(path)
         except DataError as exc:
             version = _schema_version(path)
             if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
                 refused.append((path, version))
             else:
-                print(f"warning: skipping {exc}", file=sys.stderr)
+                unreadable.append(str(exc))
+            continue
+        problem = run_problem(path.parent, summary)
+        if problem:
+            unreadable.append(problem)
+        else:
+            out.append((path.parent, summary))
     if refused:
         raise schema_error(refused)
-    return out
+    for line in unreadable:
+        print(f"warning: {line} (run left out of the report)", file=sys.stderr)
+    return out, unreadable
+
+
+def load_summaries(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(run directory, summary) of every readable run (see :func:`scan_runs`)."""
+    return scan_runs(results_dir)[0]
 
 
 def _round(value: Any) -> Any:
@@ -85,35 +115,32 @@ def _round(value: Any) -> Any:
     return value
 
 
-def render_tables(board: dict[str, Any]) -> dict[str, str]:
-    """File name -> text of leaderboard.md, .csv, .json and .tex."""
+def _stamp_markdown(board: dict[str, Any], report_id: str) -> str:
+    lines = [markdown(board).rstrip("\n"), ""]
+    for line in board.get("unreadable_runs") or []:
+        lines.append(f"- Unreadable run, left out: {line}")
+    lines.append(
+        f"Report `{report_id}`: leaderboard.md, .csv, .json, .tex and plots/*.png of this report all carry "
+        "this id; a file with another id is left from an interrupted report (re-run `make report`)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def render_tables(board: dict[str, Any], report_id: str = "") -> dict[str, str]:
+    """File name -> text of leaderboard.md, .csv, .json and .tex, each stamped with ``report_id``."""
     columns, rows = csv_table(board)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    payload = _round({**board, "legend": legend(board)})
+    writer.writerow([*columns, "report_id"])
+    writer.writerows([*row, report_id] for row in rows)
+    payload = _round({**board, "legend": legend(board), "report_id": report_id})
     texts = [
-        markdown(board),
+        _stamp_markdown(board, report_id),
         buf.getvalue(),
         json.dumps(payload, sort_keys=True, indent=2) + "\n",
-        latex(board),
+        f"% nerve-bench report {report_id}\n{latex(board)}",
     ]
     return dict(zip(TABLES, texts))
-
-
-def write_together(files: dict[Path, str]) -> list[Path]:
-    """Write every file to a temp name and fsync it before the first rename: a failure renames none."""
-    with contextlib.ExitStack() as stack:
-        for path, text in files.items():
-            stack.enter_context(atomic_path(path)).write_bytes(text.encode())
-    return list(files)
-
-
-def write_tables(board: dict[str, Any], results_dir: Path) -> list[Path]:
-    """leaderboard.md, .csv, .json and .tex in ``results_dir`` (rendered first, then written together)."""
-    texts = render_tables(board)
-    return write_together({results_dir / name: text for name, text in texts.items()})
 
 
 def _first_runs(runs: dict[str, list[tuple[Path, dict]]]) -> dict[str, tuple[Path, dict]]:
@@ -152,8 +179,11 @@ def _overlay_panels(chosen: dict[str, tuple[Path, dict]], order: list[str]) -> l
     return panels
 
 
-def write_plots(board: dict[str, Any], loaded: list[tuple[Path, dict]], results_dir: Path) -> list[Path]:
-    """leaderboard.png, overlays.png and curves.png in ``results_dir/plots``."""
+def _figures(
+    board: dict[str, Any], loaded: list[tuple[Path, dict]]
+) -> tuple[list[tuple[str, str, Any]], str]:
+    """The three figures as (file name in plots/, title, draw(path, title)), and a digest of what they
+    show beyond the board (overlay arrays, training histories) for the report id."""
     from benchmark.reporting import plots
 
     kept = {s["run"] for s in board["runs"]}
@@ -167,24 +197,91 @@ def write_plots(board: dict[str, Any], loaded: list[tuple[Path, dict]], results_
     tag = "synthetic data" if any(d.get("synthetic") for d in board["header"]["datasets"]) else "real data"
     fold_seed = {m: (s["fold"], s["seed"]) for m, (_, s) in chosen.items()}
     where = ", ".join(sorted({f"fold {f} seed {e}" for f, e in fold_seed.values()}))
-    out = results_dir / "plots"
-    return [
-        plots.leaderboard_png(board["rows"], out / "leaderboard.png", f"nerve-bench leaderboard ({tag})"),
-        plots.overlays_png(
-            _overlay_panels(chosen, order), out / "overlays.png", f"Outer-fold overlays ({tag}; {where})"
-        ),
-        plots.curves_png(
-            [(m, chosen[m][1].get("history") or {}) for m in order],
-            out / "curves.png",
-            f"Training curves ({tag}; {where})",
-        ),
-    ]
+    panels = _overlay_panels(chosen, order)
+    histories = [(m, chosen[m][1].get("history") or {}) for m in order]
+    digest = hashlib.sha256(json.dumps(histories, sort_keys=True).encode())
+    for model, panel in panels:
+        digest.update(model.encode())
+        for key in ("image", "truth", "pred"):
+            digest.update(np.ascontiguousarray(panel[key]).tobytes())
+    titles = {
+        "leaderboard.png": f"nerve-bench leaderboard ({tag})",
+        "overlays.png": f"Outer-fold overlays ({tag}; {where})",
+        "curves.png": f"Training curves ({tag}; {where})",
+    }
+    draws = {
+        "leaderboard.png": functools.partial(plots.leaderboard_png, board["rows"]),
+        "overlays.png": functools.partial(plots.overlays_png, panels),
+        "curves.png": functools.partial(plots.curves_png, histories),
+    }
+    figures = [(name, titles[name], draws[name]) for name in PLOTS]
+    return figures, digest.hexdigest()
+
+
+def remove_stale_temps(results_dir: Path) -> list[Path]:
+    """Temporary files a killed report left (``.leaderboard.md.<random>.tmp``, ``plots/.curves.png.*``);
+    called only under the report lock, when no other report can be writing them."""
+    removed = []
+    for folder, names in ((results_dir, TABLES), (results_dir / "plots", PLOTS)):
+        for name in names:
+            for path in [*folder.glob(f".{name}.*.tmp"), *folder.glob(f"..{name}.*.tmp")]:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def report_lock(results_dir: Path) -> Iterator[bool]:
+    """Hold ``results/.report/run.lock`` (waiting for another report, up to ``LOCK_WAIT_S``); yields
+    whether it is held: a read-only or full directory reports without it (its writes will say why)."""
+    where, lock, told = results_dir / LOCK_DIR, None, False
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while lock is None and time.monotonic() < deadline:
+        try:
+            lock = claim(where)
+        except OSError:
+            break
+        if lock is None and not told:
+            holder = read_lock(where)
+            print(
+                f"waiting for another report on {results_dir} ({holder.describe() if holder else '?'})",
+                file=sys.stderr,
+            )
+            told = True
+        if lock is None:
+            time.sleep(0.5)
+    try:
+        yield lock is not None
+    finally:
+        if lock is not None:
+            lock.release()
+            with contextlib.suppress(OSError):
+                where.rmdir()
+
+
+def write_report(
+    board: dict[str, Any], loaded: list[tuple[Path, dict]], results_dir: Path, plots: bool
+) -> str:
+    """Render every file to a temporary name, then rename them all together; returns the report id."""
+    figures, digest = _figures(board, loaded) if plots else ([], "")
+    unstamped = render_tables(board)["leaderboard.json"]
+    report_id = hashlib.sha256((unstamped + digest).encode()).hexdigest()[:12]
+    with contextlib.ExitStack() as stack:  # leaving it renames every file, in one burst
+        for name, text in render_tables(board, report_id).items():
+            stack.enter_context(atomic_path(results_dir / name)).write_bytes(text.encode())
+        for name, title, draw in figures:
+            draw(
+                stack.enter_context(atomic_path(results_dir / "plots" / name)),
+                f"{title} [report {report_id}]",
+            )
+    return report_id
 
 
 def build_report(results_dir: str | Path, plots: bool = True) -> dict[str, Any]:
     """Rebuild every leaderboard file from the run summaries; returns the leaderboard dict."""
     results_dir = Path(results_dir)
-    loaded = load_summaries(results_dir)
+    loaded, unreadable = scan_runs(results_dir)
     board = lb.build([s for _, s in loaded])
     if not board["rows"] and not board["incomplete"]:
         raise DataError(results_dir / "runs", "no complete run summaries to build a leaderboard from")
@@ -194,8 +291,10 @@ def build_report(results_dir: str | Path, plots: bool = True) -> dict[str, Any]:
             f"are not in the leaderboard (see leaderboard.json ignored_runs)",
             file=sys.stderr,
         )
+    board["unreadable_runs"] = unreadable
     results_dir.mkdir(parents=True, exist_ok=True)
-    write_tables(board, results_dir)
-    if plots:
-        write_plots(board, loaded, results_dir)
+    with report_lock(results_dir) as held:
+        if held:
+            remove_stale_temps(results_dir)
+        board["report_id"] = write_report(board, loaded, results_dir, plots)
     return board

@@ -1,6 +1,7 @@
-"""Text renderings of the leaderboard (Markdown, CSV rows, LaTeX, legend) with fixed decimals.
+"""Text renderings of the leaderboard (Markdown, CSV rows, LaTeX, console) with fixed decimals.
 
 Every string here is a pure function of the leaderboard dict, so equal summaries give equal bytes.
+What the words mean (protocol, every column) lives in ``benchmark.reporting.legend``.
 """
 
 from __future__ import annotations
@@ -8,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from benchmark.reporting import leaderboard as lb
-from benchmark.reporting.leaderboard import BASELINE, COST, OOF_METRICS, RUN_MEANS
+from benchmark.reporting import recipe
+from benchmark.reporting.leaderboard import COST, OOF_METRICS, RUN_MEANS
+from benchmark.reporting.legend import PIXEL_ACCURACY_WARNING, legend, protocol
+from benchmark.scoring import ranking
 
-PIXEL_ACCURACY_WARNING = (
-    "Pixel accuracy is not reported as a ranking metric: an all-empty prediction already scores about "
-    "0.98 because the nerve covers ~1-2% of the pixels."
-)
 SYNTHETIC_NOTE = (
     "> **SYNTHETIC DATA.** These numbers come from the generated stand-in data set (CPU fallback), "
     "not from the Kaggle images; they test the pipeline, not the models."
@@ -29,20 +29,6 @@ _COST_TITLES = {
     "train_img_s": ("Train img/s", 1.0, 1), "infer_img_s": ("Infer img/s", 1.0, 1),
     "latency_ms": ("Latency b=1 (ms)", 1.0, 2), "peak_mem_mb": ("Peak mem (MiB)", 1.0, 0),
 }  # fmt: skip
-_COST_DOCS = {
-    "params": "trainable + frozen parameters, millions",
-    "gflops": "forward-pass GFLOPs for one image at the network input size (image_size squared, or 448x608 "
-    "in pad mode; 0 where the counter failed)",
-    "train_time_s": "wall time of one training run (sum of its epoch times), seconds, mean over runs",
-    "train_img_s": "training throughput, images per second, mean over runs",
-    "infer_img_s": "inference throughput on random inputs at the network input size, batch 32 on GPU and 4 "
-    "on CPU, images per second, mean over runs",
-    "latency_ms": "batch-1 inference latency, milliseconds (median of timed calls), mean over runs",
-    "peak_mem_mb": "peak CUDA memory allocated during inference, MiB; on CPU the growth of the process's "
-    "peak RSS during inference (often 0, since training already reached the peak)",
-}
-_OOF = "out-of-fold (each image's score averaged over seeds first)"
-_POOLED = "outer folds, post-processed, mean over runs (a pooled metric has no per-image value); no CI"
 
 
 def fmt(value: float | None, decimals: int = 3, scale: float = 1.0) -> str:
@@ -64,15 +50,37 @@ def fmt_p(p: float | None) -> str:
 
 
 def name(row: dict[str, Any]) -> str:
+    if row.get("external"):
+        return f"{row['model']} (external)"
     if row["derived"]:
         return f"{row['model']} (baseline, from truth)"
     return f"{row['model']} (baseline)" if row["baseline"] else row["model"]
 
 
+def fmt_cost(row: dict[str, Any], key: str, decimals: int, scale: float = 1.0) -> str:
+    """A cost cell: "unknown" where an imported method could not report it (never 0), else :func:`fmt`."""
+    value = row["cost"][key]
+    return "unknown" if value is None and row.get("external") else fmt(value, decimals, scale)
+
+
+def external_lines(board: dict[str, Any]) -> list[str]:
+    """One line per external (imported) row: where its numbers come from."""
+    rows = [r for r in board["rows"] + board.get("incomplete", []) if r.get("external")]
+    return [f"- **{r['model']}** (external): {r['external']}" for r in rows]
+
+
 def top_mark(row: dict[str, Any]) -> str:
-    if row["rank"] == 1:
-        return "top"
+    """`yes` / `no`: in the 95% confidence set for the best model or not; `floor`: not a contender."""
     return "floor" if row["top_group"] is None else ("yes" if row["top_group"] else "no")
+
+
+def fmt_rank_ci(row: dict[str, Any]) -> str:
+    lo, hi = row["rank_ci"]
+    return f"[{lo}, {hi}]"
+
+
+def several_seeds(board: dict[str, Any]) -> bool:
+    return len(board["header"]["seeds"]) >= 2
 
 
 def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -80,8 +88,9 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     columns = ["rank", "model", "baseline", "derived", "status", "missing", "n_runs", "n_seeds", "n_images"]
     for key, _, _ in OOF_METRICS:
         columns += [f"{key}_mean", f"{key}_ci_lo", f"{key}_ci_hi"]
-    columns += ["diff_vs_top", "p_vs_top", "p_holm", "not_worse_than_top", "n_subjects_tested"]
-    columns += [key for key, *_ in RUN_MEANS] + list(COST)
+    columns += ["diff_vs_top", "p_vs_top", "mde_vs_top", "p_best_set", "in_best_set", "n_subjects_tested"]
+    columns += ["rank_ci_lo", "rank_ci_hi", "seed_sd"]
+    columns += [key for key, *_ in RUN_MEANS] + list(COST) + ["external"]
     rows = []
     for r in board["rows"] + board.get("incomplete", []):
         ranked = "rank" in r
@@ -92,74 +101,16 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             m = r["metrics"][key]
             line += [fmt(m["mean"], 6), fmt(m["lo"], 6), fmt(m["hi"], 6)]
         test = r.get("vs_top") or {}
-        line += [fmt(test.get("diff"), 6), fmt(test.get("p"), 6), fmt(test.get("p_holm"), 6)]
+        line += [fmt(test.get("diff"), 6), fmt(test.get("p"), 6), fmt(test.get("mde"), 6)]
         group = "" if not ranked or r["top_group"] is None else str(r["top_group"]).lower()
-        line += [group, str(test.get("n_subjects", ""))]
+        line += [fmt(r.get("p_best"), 6), group, str(test.get("n_subjects", ""))]
+        rank_ci = r.get("rank_ci") or ["", ""]
+        line += [str(rank_ci[0]), str(rank_ci[1]), fmt(r.get("seed_sd"), 6)]
         line += [fmt(r["run_means"][key], 6) for key, *_ in RUN_MEANS]
-        line += [fmt(r["cost"][k], 0 if k == "params" else 6) for k in COST]
+        line += [fmt_cost(r, k, 0 if k == "params" else 6) for k in COST]
+        line.append(r.get("external") or "")
         rows.append(line)
     return columns, rows
-
-
-def protocol(board: dict[str, Any]) -> list[str]:
-    """The protocol in plain words (the Markdown legend's first section)."""
-    h = board["header"]
-    k = h["n_folds"] or "K"
-    return [
-        f"Subjects are split into {k} outer folds (grouped by subject, balancing image counts and the "
-        "positive fraction; `split_seed` fixes the split for the whole benchmark).",
-        "Each run trains on the other folds minus an inner selection set of whole subjects "
-        "(`inner_fraction`); the checkpoint epoch and the post-processing (threshold, minimum area, "
-        "presence gate) are chosen on that inner set only.",
-        "Each run's outer fold is scored once and never used for any decision. Across the folds of one "
-        "seed every image is scored once by a model that never saw its subject; seeds change only "
-        "initialisation and augmentation.",
-        "A model's score is the mean over all images of the per-image score averaged over its seeds.",
-        f"95% CIs resample subjects ({lb.N_BOOT} seeded resamples) and recompute the image mean: frames of "
-        "one patient are correlated, so the subject is the unit of independence.",
-        "Each ranked model is compared with the top one by a two-sided sign-flip test on per-subject mean "
-        f"differences of post-processed Dice (exact over all 2^n sign patterns for n <= {lb.EXACT_MAX} "
-        f"subjects, else {lb.N_PERM} seeded random flips), Holm-corrected across the compared models.",
-        f"`yes` in the top-group column: Holm p >= {lb.ALPHA}, not significantly worse than the top "
-        "(which does not show they are equal).",
-        "A model is incomplete, shown but neither ranked nor tested, unless for each of its seeds all "
-        "outer folds are present and cover every image exactly once.",
-    ]
-
-
-def legend(board: dict[str, Any]) -> dict[str, str]:
-    """One-line definition of every column (metric definitions come from benchmark.scoring.metrics)."""
-    from benchmark.scoring.metrics import METRIC_DOCS
-
-    docs = {
-        "rank": "position among complete models by out-of-fold Kaggle Dice (ties broken by model name)",
-        "model": f"registry name; `{BASELINE}` predicts no nerve anywhere (the baseline); 'from truth': no "
-        f"complete `{BASELINE}` runs, so its exact scores (1 on an empty truth, else 0) were computed",
-        "seeds": "number of training seeds (a complete model trained every outer fold once per seed)",
-        "kaggle_dice": f"Kaggle Dice after post-processing, {_OOF}, mean over all images. "
-        + METRIC_DOCS["kaggle_dice"],
-        "ci": "[95% CI]: subject bootstrap (whole subjects resampled, image mean recomputed; expanded "
-        "percentile interval, about as wide as a t interval when subjects are few); none when incomplete",
-        "dice_positive": f"post-processed Dice over the images whose truth has a nerve, {_OOF}",
-        "empty_correct": "share of empty-truth images predicted empty after post-processing (= their mean "
-        f"Dice), {_OOF}",
-        "iou": f"mean image IoU after post-processing, {_OOF}. " + METRIC_DOCS["iou"],
-        "raw_kaggle_dice": f"Kaggle Dice at threshold 0.5 without post-processing, {_OOF}",
-        "diff_vs_top": "this model's mean post-processed Dice minus the top model's, over all images",
-        "p_vs_top": "two-sided sign-flip p-value on per-subject mean differences vs the top model",
-        "p_holm": "p_vs_top after Holm's correction across the models compared with the top (the all-empty "
-        "floor is shown with its raw p only: it is not a contender, so it stays out of the family)",
-        "top_group": f"yes when Holm p >= {lb.ALPHA}: not significantly worse than the top model; "
-        "`floor` for the all-empty baseline",
-        "missing": "what keeps an incomplete model off the ranking (absent folds, uncovered images)",
-        "selection_kaggle_dice": "inner-set Kaggle Dice after post-processing, mean over runs: the score "
-        "the epoch and post-processing were chosen on (optimistic; not used for ranking)",
-    }
-    for key in ("sensitivity", "precision", "presence_accuracy"):
-        docs[key] = f"{METRIC_DOCS[key]} ({_POOLED})"
-    docs.update(_COST_DOCS)
-    docs["pixel_accuracy"] = PIXEL_ACCURACY_WARNING
-    return docs
 
 
 def _table(head: list[str], body: list[list[str]]) -> list[str]:
@@ -182,7 +133,8 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
         f"selection set {join(h['inner_fraction'])} of each training part's subjects; checkpoint: "
         f"{join(h['select'])}",
         f"- **Seeds**: {join(h['seeds'])}",
-        f"- **Global batch**: {join(h['global_batch'])} (per-device batch x world size: devices x nodes)",
+        f"- **Global batch**: {join(h['global_batch'])} (images per optimiser step on any number of "
+        "devices; each of N devices takes 1/N)",
         f"- **Hardware**: {'; '.join(h['device'])} ({'; '.join(h['platform'])})",
         f"- **Software**: {soft}",
         f"- **Git**: `{'`, `'.join(h['git_sha'])}`",
@@ -201,32 +153,35 @@ def _outer(h: dict[str, Any]) -> str:
 
 def _fold_table(h: dict[str, Any]) -> list[str]:
     body = [
-        [str(f["fold"]), ", ".join(str(s) for s in f["subjects"]), str(f["n_images"]),
-         fmt(f.get("positive_fraction"))]
+        [
+            str(f["fold"]),
+            ", ".join(str(s) for s in f["subjects"]),
+            str(f["n_images"]),
+            fmt(f.get("positive_fraction")),
+        ]
         for f in h["folds"]
-    ]  # fmt: skip
+    ]
     return _table(["Fold", "Subjects", "Images", "Positive fraction"], body) if body else ["(no fold table)"]
 
 
 def _accuracy_table(board: dict[str, Any]) -> list[str]:
     keys = [key for key, _, _ in OOF_METRICS]
-    head = [
-        "Rank",
-        "Model",
-        "Seeds",
-        *[TITLES[k] for k in keys],
-        "Δ vs top",
-        "p vs top",
-        "Holm p",
-        "Top group",
-    ]
+    spread = several_seeds(board)
+    head = ["Rank", "Model", "Rank 95% CI", "Seeds", *[TITLES[k] for k in keys]]
+    head += ["Seed SD"] if spread else []
+    head += ["Δ vs top", "p vs top", "MDE 80%", "Set p", "Top group"]
     body = []
     for r in board["rows"]:
-        test = r["vs_top"]
-        cells = [str(r["rank"]), name(r), str(len(r["seeds"]) or "-")]
+        test, first = r["vs_top"], r["rank"] == 1
+        cells = [str(r["rank"]), name(r), fmt_rank_ci(r), str(len(r["seeds"]) or "-")]
         cells += [fmt_ci(r["metrics"][k]) for k in keys]
-        diff = "-" if r["rank"] == 1 else f"{test['diff']:+.3f}"
-        cells += [diff, fmt_p(test["p"]), fmt_p(test["p_holm"]), top_mark(r)]
+        cells += [fmt(r["seed_sd"])] if spread else []
+        cells += [
+            "-" if first else f"{test['diff']:+.3f}",
+            fmt_p(test["p"]),
+            "-" if first else fmt(test["mde"]),
+        ]
+        cells += [fmt_p(r["p_best"]), top_mark(r)]
         body.append(cells)
     return _table(head, body)
 
@@ -248,42 +203,73 @@ def _run_means_table(board: dict[str, Any]) -> list[str]:
 
 def _cost_table(board: dict[str, Any]) -> list[str]:
     body = [
-        [name(r)] + [fmt(r["cost"][k], _COST_TITLES[k][2], _COST_TITLES[k][1]) for k in COST]
+        [name(r)] + [fmt_cost(r, k, _COST_TITLES[k][2], _COST_TITLES[k][1]) for k in COST]
         for r in board["rows"] + board["incomplete"]
     ]
     return _table(["Model", *[_COST_TITLES[k][0] for k in COST]], body)
 
 
-def resolution_note(board: dict[str, Any]) -> str | None:
-    """Say so when too few subjects make a Holm-significant difference impossible, whatever the data.
+def _n_subjects(board: dict[str, Any]) -> int | None:
+    return int(board["rows"][0]["vs_top"]["n_subjects"]) if board["rows"] else None
 
-    With n subjects the exact two-sided sign-flip test cannot go below 2 / 2^n, and Holm multiplies
-    the smallest p by the number of comparisons; a board where even that is >= alpha can mark every
-    model as "not significantly worse". The reader must see that this is a
-    limit of the sample, not evidence that the models are equal.
+
+def resolution_note(board: dict[str, Any]) -> str | None:
+    """Say so when too few subjects make any significant difference impossible, whatever the data.
+
+    With n subjects no sign-flip p can go below 2 / 2^n, >= 0.05 for n < ranking.MIN_SUBJECTS = 6,
+    where the set keeps every model and the rank intervals span the board. The reader must see that
+    this is a limit of the sample, not evidence that the models are equal.
     """
-    tests = [r["vs_top"] for r in board["rows"] if r["vs_top"].get("p_holm") is not None]
-    if not tests:
-        return None
-    n = min(int(t["n_subjects"]) for t in tests)
-    if n > lb.EXACT_MAX:
-        return None  # Monte Carlo p can go down to 1 / (1 + N_PERM): no such limit
-    smallest = 2.0 / 2**n
-    best_holm = min(1.0, len(tests) * smallest)
-    if best_holm < lb.ALPHA:
+    n = _n_subjects(board)
+    if n is None or len(board["rows"]) < 2 or n >= ranking.MIN_SUBJECTS:
         return None
     return (
-        f"With {n} subjects no difference can be significant here: the smallest possible sign-flip p is "
-        f"2/2^{n} = {smallest:.4f}, and Holm over {len(tests)} comparisons makes it at least "
-        f"{best_holm:.4f} >= {lb.ALPHA}. Every model is in the top group by lack of subjects, not by merit."
+        f"With {n} subject{'s' if n > 1 else ''} no difference can be significant here: the smallest "
+        f"possible sign-flip p is 2/2^{n} = {2.0 / 2**n:.4f} >= {lb.ALPHA}, and a bootstrap of so few "
+        "subjects tells nothing apart. Every model is in the top group by lack of subjects, not by merit."
     )
+
+
+def power_note(board: dict[str, Any]) -> str | None:
+    """What the board could have seen: the range of the rows' detectable gaps to the top."""
+    n, mde = _n_subjects(board), [r["vs_top"]["mde"] for r in board["rows"][1:] if not r["baseline"]]
+    found = [m for m in mde if m]  # None: nothing detectable; 0: no spread, any gap would show
+    if not mde or not found:
+        return None
+    span = f"{min(found):.3f}" if min(found) == max(found) else f"{min(found):.3f} to {max(found):.3f}"
+    return (
+        f"Power: with these {n} subjects and the observed spread of per-subject differences, the paired "
+        f"test detects a true gap to the top of {span} (MDE column) with {lb.POWER:.0%} probability at "
+        f"alpha {lb.ALPHA}. Smaller gaps are likely to go unseen: 'yes' in the top group is not evidence "
+        "of equality."
+    )
+
+
+def seeds_note(board: dict[str, Any]) -> str:
+    seeds = board["header"]["seeds"]
+    if len(seeds) < 2:
+        return (
+            "One seed: the CIs, p-values, rank intervals and the top group cover the sampling of test "
+            "subjects only, not training randomness (initialisation, augmentation)."
+        )
+    return (
+        f"{len(seeds)} seeds: every image is averaged over them first; the CIs and tests still resample "
+        "subjects only. Seed SD is the spread of the per-seed means: the training randomness, which adds "
+        f"about Seed SD / sqrt({len(seeds)}) to the uncertainty of a seed-averaged score."
+    )
+
+
+def notes(board: dict[str, Any]) -> list[str]:
+    """The notes printed under the accuracy table."""
+    found = [resolution_note(board), power_note(board), seeds_note(board) if board["rows"] else None]
+    found.append(recipe.note(board["header"].get("recipe") or {"per_model": {}}))
+    return [n for n in found if n]
 
 
 def console(board: dict[str, Any]) -> str:
     """The ranked accuracy table (and any incomplete models) for the terminal, after a `run`."""
     lines = ["Accuracy (out-of-fold, 420x580; mean [95% subject-bootstrap CI]):"] + _accuracy_table(board)
-    note = resolution_note(board)
-    lines += [f"Note: {note}"] if note else []
+    lines += [f"Note: {note}" for note in notes(board)]
     if board["incomplete"]:
         lines += ["", "Incomplete (not ranked, not tested):"] + _incomplete_table(board)
     return "\n".join(lines)
@@ -296,21 +282,36 @@ def markdown(board: dict[str, Any]) -> str:
         lines += [SYNTHETIC_NOTE, ""]
     lines += _header_lines(h) + ["", "### Outer folds", ""] + _fold_table(h)
     lines += ["", "## Accuracy (out-of-fold, 420x580)", ""] + _accuracy_table(board)
-    note = resolution_note(board)
-    lines += ["", f"**Note**: {note}"] if note else []
+    for note in notes(board):
+        lines += ["", f"**Note**: {note}"]
+    external = external_lines(board)
+    lines += (
+        [
+            "",
+            "External entries (trained outside nerve-bench on the same folds, scored here by the same "
+            "code; their cost columns show unknown where they did not report it):",
+            "",
+        ]
+        + external
+        if external
+        else []
+    )
     if board["incomplete"]:
         lines += ["", "## Incomplete (not ranked, not tested)", ""] + _incomplete_table(board)
     lines += ["", "## Selection and pooled metrics (mean over runs; not used for ranking)", ""]
     lines += _run_means_table(board) + ["", "## Cost", ""] + _cost_table(board)
     lines += ["", "## Protocol", ""] + [f"- {line}" for line in protocol(board)]
-    lines += ["", "## Columns", ""] + [
-        f"- **{k}**: {v}" for k, v in legend(board).items() if k != "pixel_accuracy"
-    ]
+    docs = legend(board)
+    shown = [k for k in docs if k != "pixel_accuracy" and (k != "seed_sd" or several_seeds(board))]
+    lines += ["", "## Columns", ""] + [f"- **{k}**: {docs[k]}" for k in shown]
     lines += ["", f"**Note**: {PIXEL_ACCURACY_WARNING}", ""]
     if board["ignored_runs"]:
         n = len(board["ignored_runs"])
-        lines += [f"{n} run(s) from another config or data set, or unfinished, were left out "
-                  "(listed in leaderboard.json).", ""]  # fmt: skip
+        lines += [
+            f"{n} run(s) from another config or data set, or unfinished, were left out "
+            "(listed in leaderboard.json).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -331,20 +332,22 @@ def latex(board: dict[str, Any]) -> str:
     lines = [
         "% nerve-bench leaderboard, written by `python -m benchmark report` (needs \\usepackage{booktabs}).",
         f"% Out-of-fold means over images; [95% CI] by subject bootstrap ({lb.N_BOOT} resamples);",
-        "% Holm p of a sign-flip test on per-subject differences vs the top model;",
-        f"% bold: not significantly worse than the top (Holm p >= {lb.ALPHA}).",
-        "\\begin{tabular}{rl" + "l" * len(keys) + "rr}",
+        "% p: paired sign-flip test of per-subject totals vs the top; set p: model confidence set p-value;",
+        f"% bold: in the 95% confidence set for the best model (set p >= {lb.ALPHA}).",
+        "\\begin{tabular}{rlc" + "l" * len(keys) + "rrr}",
         "\\toprule",
-        "Rank & Model & "
+        "Rank & Model & Rank CI & "
         + " & ".join(f"{TITLES[k]} [95\\% CI]" for k in keys)
-        + " & $\\Delta$ & Holm $p$ \\\\",
+        + " & $\\Delta$ & $p$ & Set $p$ \\\\",
         "\\midrule",
     ]
     for r in board["rows"]:
         model = _tex(name(r))
         cells = [str(r["rank"]), f"\\textbf{{{model}}}" if r["top_group"] else model]
+        cells += [fmt_rank_ci(r).replace("[", "{[}").replace("]", "{]}")]
         cells += [_tex_ci(r["metrics"][k]) for k in keys]
-        cells += [f"${r['vs_top']['diff']:+.3f}$", "--" if r["rank"] == 1 else fmt_p(r["vs_top"]["p_holm"])]
+        cells += [f"${r['vs_top']['diff']:+.3f}$", "--" if r["rank"] == 1 else fmt_p(r["vs_top"]["p"])]
+        cells += ["--" if r["p_best"] is None else fmt_p(r["p_best"])]
         lines.append(" & ".join(cells).replace("<", "$<$") + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     if board["incomplete"]:

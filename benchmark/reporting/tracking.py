@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.core.config import TrainConfig
-from benchmark.training.logger import wandb_mode, wandb_run_id
+from benchmark.training.logger import wandb_env, wandb_mode, wandb_run_id
 
 # Metrics logged as the run's final summary (post-processed unless prefixed raw/).
 _FINAL_METRICS = (
@@ -24,6 +24,7 @@ _FINAL_METRICS = (
 
 def _attach_run(summary: dict[str, Any], run_dir: Path) -> Any:
     """The still-open W&B run of this training run, or a resumed one with the same id."""
+    wandb_env()
     import wandb
 
     cfg = summary.get("config", {})
@@ -71,6 +72,7 @@ def log_run_summary(summary: dict[str, Any], run_dir: str | Path) -> None:
     """Log final metrics and validation overlays of a finished run to its W&B run, then close it."""
     if summary.get("config", {}).get("logger") != "wandb":
         return
+    wandb_env()
     import wandb
 
     run_dir = Path(run_dir)
@@ -95,6 +97,7 @@ def log_leaderboard(
     """One group-level W&B run holding the leaderboard as a ``wandb.Table`` (and its bar chart)."""
     if cfg.logger != "wandb":
         return
+    wandb_env()
     import wandb
 
     if wandb.run is not None:

@@ -13,8 +13,6 @@ import torch
 
 from benchmark.scoring import metrics
 
-_COUNT_ORDER = ("tp", "fp", "fn", "tn")
-
 
 def confusion_counts_torch(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """Per-image (tp, fp, fn, tn) as an int64 (B, 4) tensor, on the device the masks live on."""

@@ -152,9 +152,13 @@ def _grid(values: Sequence[float] | None, default: Sequence[float], must: float)
 
 
 def _score_table(
-    area: np.ndarray, tp: np.ndarray, truth_area: np.ndarray, score: np.ndarray,
-    min_areas: np.ndarray, taus: np.ndarray,
-) -> np.ndarray:  # fmt: skip
+    area: np.ndarray,
+    tp: np.ndarray,
+    truth_area: np.ndarray,
+    score: np.ndarray,
+    min_areas: np.ndarray,
+    taus: np.ndarray,
+) -> np.ndarray:
     """Mean Kaggle Dice for every (threshold, min_area, tau): (T, A, U)."""
     den = area + truth_area[None]
     kept = np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 1.0)  # (T,N) Dice of the thresholded mask

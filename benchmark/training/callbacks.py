@@ -7,32 +7,22 @@ into every checkpoint as ``nerve_bench_history`` (finalize reads the full one fr
 
 ``ResumeRandomState`` puts every global random stream (torch CPU and CUDA, numpy, python ``random``)
 of every rank into each checkpoint as plain data, and restores it when a run resumes, just before
-training starts. The loader's own streams (shuffle generator, augmentation, GPU-cache epoch) are
-checkpointed by the loaders themselves (``datamodules.augment.ResumableDataLoader``,
-``datamodules.gpu_augment.GpuBatchIterator``), because Lightning makes a resumed run's first
-iterator before any callback hook runs. Together they make kill-and-resume at an epoch boundary
-bit-identical to an uninterrupted run on the same machine.
+training starts. The training data stream (order and augmentation) needs no state: it is a pure
+function of (seed, epoch, sample) (:mod:`datamodules.stream`), and Lightning restores the epoch.
+Together they make kill-and-resume at an epoch boundary bit-identical to an uninterrupted run on
+the same machine, with or without loader workers.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from lightning.pytorch.callbacks import Callback
 
-from datamodules.augment import (
-    gather_per_rank,
-    numpy_global_state,
-    own_rank,
-    python_random_state,
-    set_numpy_global_state,
-    set_python_random_state,
-)
+from benchmark.training.random_state import gather_per_rank, global_rng_state, own_rank, set_global_rng_state
 
 HISTORY_KEYS = (
     "epoch",
@@ -97,26 +87,6 @@ class EpochHistory(Callback):
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         self.history = checkpoint_history(checkpoint)
-
-
-def global_rng_state() -> dict[str, Any]:
-    """This process's global random streams as plain data (uint8 tensors, lists, numbers, strings)."""
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": numpy_global_state(),
-        "python": python_random_state(random),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()  # this rank's current device
-    return state
-
-
-def set_global_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    set_numpy_global_state(state["numpy"])
-    set_python_random_state(state["python"], random)
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 class ResumeRandomState(Callback):

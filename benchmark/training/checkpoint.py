@@ -41,8 +41,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError("SafeCheckpointIO takes no storage_options")
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        save_torch(checkpoint, Path(path))
 
     def load_checkpoint(
         self, path: Any, map_location: Callable | None = None, weights_only: bool | None = None
@@ -59,12 +58,22 @@ def save_plain_checkpoint(module: SegModule, path: Path) -> None:
     import lightning
 
     ckpt = {
-        "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0,
-        "global_step": 0, "pytorch-lightning_version": lightning.__version__,
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "epoch": 0,
+        "global_step": 0,
+        "pytorch-lightning_version": lightning.__version__,
         HISTORY_CKPT_KEY: empty_history(),
-    }  # fmt: skip
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    }
+    save_torch(ckpt, path)
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically, through an unbuffered file handle: a full disk is then
+    ``OSError(ENOSPC)`` naming ``path`` (torch's own file writer reports it as
+    ``RuntimeError: [enforce fail at inline_container.cc:672] unexpected pos``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as fh:
+        torch.save(obj, fh)
 
 
 def _first_line(exc: BaseException, limit: int = 160) -> str:
@@ -75,14 +84,28 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
     return f"{type(exc).__name__}: {line[:limit]}{'...' if len(line) > limit else ''}"
 
 
+# Paragraphs of torch's weights-only refusal that say nothing about this file.
+_BOILERPLATE = (
+    "Weights only load failed",
+    "Please use",
+    "Check the documentation",
+    "In PyTorch",
+    "Re-running",
+)
+
+
 def load_problem(exc: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` failed, in a few words (torch's own text runs to 6+ lines)."""
+    """Why ``torch.load(weights_only=True)`` failed, in a few words: torch's own text runs to 6+ lines,
+    and the useful one (``unsupported GLOBAL posix.system``) comes after a paragraph of advice."""
     text = str(exc)
-    if "WeightsUnpickler error:" in text:  # not a pickle at all, or objects outside the allowlist
-        detail = " ".join(text.split("WeightsUnpickler error:", 1)[1].split())
+    if "Weights only load failed" in text or "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[-1]
+        lines = [" ".join(line.split()) for line in text.splitlines()]
+        useful = [line for line in lines if line and not line.startswith(_BOILERPLATE)]
+        detail = (useful[0] if useful else "objects outside the allowlist").removeprefix("Trying to load ")
         for tail in (" Please use", " Check the documentation"):
             detail = detail.split(tail, 1)[0]
-        return f"refused by the weights-only loader: {detail[:160]}"
+        return f"refused by the weights-only loader: {detail[:200]}"
     return f"empty, truncated or not a PyTorch file: {_first_line(exc, 80)}"
 
 
@@ -164,8 +187,7 @@ def postprocess_of(path: Path, ckpt: dict) -> Any:
 def store_in_checkpoint(path: Path, ckpt: dict, extra: dict) -> None:
     """Add the ``nerve_bench`` block (post-processing, config, metrics) to a checkpoint, atomically."""
     ckpt[CKPT_KEY] = extra
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    save_torch(ckpt, path)
 
 
 def resume_checkpoint(ckpt_dir: Path, cfg: TrainConfig) -> Path | None:
@@ -180,8 +202,10 @@ def resume_checkpoint(ckpt_dir: Path, cfg: TrainConfig) -> Path | None:
     try:
         saved = dict(torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]["config"])
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed from
-        print(f"warning: {last}: unreadable ({load_problem(exc)}); restarting the run from scratch",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {last}: unreadable ({load_problem(exc)}); restarting the run from scratch",
+            file=sys.stderr,
+        )
         last.unlink(missing_ok=True)
         return None
     try:

@@ -1,7 +1,9 @@
 """The Lightning logger of a run (CSV, W&B or none) and the W&B naming shared with reporting.
 
 W&B runs offline unless ``WANDB_API_KEY`` is set (an explicit ``WANDB_MODE`` always wins), so a
-benchmark never needs the network.
+benchmark never needs the network. The mode is exported to the environment before wandb is
+imported (:func:`wandb_env`): passing ``mode="offline"`` to ``wandb.init`` alone is not enough, since
+wandb's process-wide telemetry reads the global settings and would still look up its telemetry host.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ def wandb_mode() -> str:
     return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
 
 
+def wandb_env() -> None:
+    """Export ``WANDB_MODE=offline`` when neither a mode nor an API key is set, and switch W&B's
+    error reporting (its telemetry to a W&B host) off unless the user set it; call before
+    ``import wandb``. Ray workers inherit both (ray_grid forwards ``WANDB_*``)."""
+    if not os.environ.get("WANDB_MODE") and not os.environ.get("WANDB_API_KEY"):
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+
+
 def wandb_run_id(run_name: str, group: str | None) -> str:
     """Deterministic W&B id so the summary step re-attaches to the run that trained it."""
     tag = hashlib.sha256(f"{group}/{run_name}".encode()).hexdigest()[:8]
@@ -34,6 +45,7 @@ def lightning_logger(cfg: TrainConfig, run_name: str, out_dir: str | Path) -> An
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(out_dir), name="", version="csv")
+    wandb_env()
     from lightning.pytorch.loggers import WandbLogger
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -49,18 +49,6 @@ def bce_dice_parts(
     return bce, soft_dice_loss(mask_logits, mask_target, eps)
 
 
-def bce_dice_loss(
-    mask_logits: torch.Tensor,
-    mask_target: torch.Tensor,
-    bce_weight: float = 1.0,
-    dice_weight: float = 1.0,
-    eps: float = 1.0,
-) -> torch.Tensor:
-    """``bce_weight * BCE + dice_weight * (1 - per-image soft Dice)`` (smoothing ``eps``)."""
-    bce, dice = bce_dice_parts(mask_logits, mask_target, eps)
-    return bce_weight * bce + dice_weight * dice
-
-
 def presence_loss(presence_logits: torch.Tensor, presence_target: torch.Tensor) -> torch.Tensor:
     """BCE-with-logits of (B,1) or (B,) presence logits vs (B,) {0,1} targets."""
     logits = presence_logits.float().reshape(-1)
@@ -123,16 +111,6 @@ def _weights(weights: Mapping[str, float] | None) -> dict[str, float]:
     return {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in (weights or {}).items()}}
 
 
-def total_loss(
-    outputs: torch.Tensor | Mapping[str, torch.Tensor],
-    batch: Mapping[str, torch.Tensor],
-    weights: Mapping[str, float] | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """:func:`loss_terms` with the parts as Python floats (one host synchronisation per part)."""
-    loss, parts = loss_terms(outputs, batch, weights)
-    return loss, {k: float(v) for k, v in parts.items()}
-
-
 def loss_terms(
     outputs: torch.Tensor | Mapping[str, torch.Tensor],
     batch: Mapping[str, torch.Tensor],
@@ -156,5 +134,5 @@ def loss_terms(
     if "bbox" in out:
         positive = batch["presence"] > 0.5 if "presence" in batch else batch["mask"].flatten(1).amax(1) > 0.5
         terms["bbox"] = bbox_loss(out["bbox"], batch["bbox"], positive)
-    loss = sum(w[k] * v for k, v in terms.items())
+    loss = sum((w[k] * v for k, v in terms.items()), start=bce.new_zeros(()))  # 0 + x == x exactly
     return loss, {k: v.detach() for k, v in terms.items()}

@@ -3,12 +3,14 @@
 Training: the loss of :mod:`benchmark.training.losses` (BCE + soft Dice on the mask; presence BCE and
 L1 + GIoU box loss for multi-head models), AdamW with a linear warm-up then a cosine decay
 (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019; "SGDR", ICLR 2017),
-stepped per optimiser step. Losses are averaged in ``torchmetrics.MeanMetric``s on the device, so a
-training step never waits for the host. Validation/test: probabilities are mapped back to 420x580
-and kept as per-image confusion counts in a :class:`~benchmark.scoring.kaggle_scores.KaggleScores`
-metric (one per stage), which gathers every rank's rows, drops the distributed sampler's repeats and
-scores identically on every rank, so the metrics are exact whatever the number of devices. The
-per-epoch history lives in :class:`benchmark.training.callbacks.EpochHistory`.
+stepped per optimiser step. Losses are averaged once, in ``torchmetrics.MeanMetric``s on the device
+(logged as such), so a training step never waits for the host. Lightning's validation stage is the
+protocol's inner selection set: probabilities are mapped back to 420x580 and kept as per-image
+confusion counts in a :class:`~benchmark.scoring.kaggle_scores.KaggleScores` metric, which gathers
+every rank's rows, drops the distributed sampler's repeats and scores identically on every rank, so
+the metrics are exact whatever the number of devices. The outer fold is scored once, after training,
+by :mod:`benchmark.evaluation.finalize` (the one scoring path). The per-epoch history lives in
+:class:`benchmark.training.callbacks.EpochHistory`.
 
 Only primitives go into the hyper-parameters (``config`` = ``TrainConfig.to_dict()``), so a
 checkpoint rebuilds its module with ``SegModule.load_from_checkpoint`` and nothing else.
@@ -29,7 +31,7 @@ from benchmark.training.callbacks import checkpoint_history, empty_history
 from datamodules import geometry
 
 LOGGED_METRICS = ("kaggle_dice", "dice_positive", "iou", "presence_accuracy")
-STAGES = ("train", "val", "test")
+STAGES = ("train", "val")  # Lightning stage names; "val" is the inner selection set
 
 
 def config_from_dict(config: dict | TrainConfig) -> TrainConfig:
@@ -91,7 +93,7 @@ class SegModule(LightningModule):
         # The history of the checkpoint this module was loaded from (training records it in EpochHistory).
         self.history: dict[str, list] = empty_history()
         self.last_eval: dict[str, Any] | None = None  # per-image rows + metrics of the last val/test
-        self.scores = torch.nn.ModuleDict({"val": KaggleScores(), "test": KaggleScores()})
+        self.scores = torch.nn.ModuleDict({"val": KaggleScores()})
         # NaN checks would cost a host sync per update; a NaN loss shows up as a NaN mean instead.
         self.loss_means = torch.nn.ModuleDict(
             {f"{s}_loss": MeanMetric(nan_strategy="disable") for s in STAGES}
@@ -104,7 +106,9 @@ class SegModule(LightningModule):
         return state
 
     def _net(self) -> torch.nn.Module:
-        if not self.cfg.compile:
+        trainer = self._trainer
+        outside = trainer is not None and getattr(trainer.strategy, "compiles_wrapped_model", False)
+        if not self.cfg.compile or outside:  # under DDP the strategy compiles the wrapped module
             return self.model
         if self.__dict__.get("_compiled") is None:
             # Kept out of the module tree so checkpoints hold the plain model's keys.
@@ -139,19 +143,24 @@ class SegModule(LightningModule):
         from benchmark.training.losses import loss_terms
 
         cfg = self.cfg
-        weights = {"bce": cfg.bce_weight, "dice": cfg.dice_weight,
-                   "presence": cfg.presence_weight, "bbox": cfg.bbox_weight}  # fmt: skip
+        weights = {
+            "bce": cfg.bce_weight,
+            "dice": cfg.dice_weight,
+            "presence": cfg.presence_weight,
+            "bbox": cfg.bbox_weight,
+        }
         return loss_terms(out, batch, weights)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         n = batch["image"].shape[0]
         loss, parts = self._loss(self(batch["image"]), batch)
-        # Everything stays on the device: Lightning and the MeanMetric accumulate tensors.
+        # Everything stays on the device. The epoch mean is the MeanMetric's (logged once per epoch
+        # by on_train_epoch_end), not a second average of the step values by Lightning.
         # Not on the progress bar: the bar reads its metrics with .item() after every batch.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=n)
+        self.loss_means["train_loss"].update(loss.detach(), n)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=n)
         for key, value in parts.items():
             self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=n)
-        self.loss_means["train_loss"].update(loss.detach(), n)
         return loss
 
     def configure_optimizers(self) -> Any:
@@ -182,23 +191,19 @@ class SegModule(LightningModule):
         self.scores[stage].update(prob, batch["mask_orig"], batch["index"], presence)
         if "mask" in batch:
             loss, _ = self._loss(out, batch)
-            self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(prob))
             self.loss_means[f"{stage}_loss"].update(loss.detach(), len(prob))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
     def on_train_epoch_start(self) -> None:
         self.loss_means["train_loss"].reset()
 
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss_epoch", self.epoch_loss("train"))  # one host transfer per epoch
+
     def on_validation_epoch_start(self) -> None:
         self._start("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._start("test")
 
     def _start(self, stage: str) -> None:
         self.scores[stage].reset()
@@ -210,12 +215,10 @@ class SegModule(LightningModule):
         self.last_eval = result
         for key in LOGGED_METRICS:
             self.log(f"{stage}/{key}", float(result["metrics"][key]), prog_bar=key == "kaggle_dice")
+        self.log(f"{stage}/loss", self.epoch_loss(stage))
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._epoch_end("test")
 
     def epoch_loss(self, stage: str) -> float:
         """Mean loss per image of this stage's current epoch over all ranks (NaN before any batch)."""

@@ -7,12 +7,12 @@ chains the two.
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 
 from benchmark.core.config import TrainConfig
 from benchmark.training.callbacks import EpochHistory, ResumeRandomState
@@ -72,25 +72,89 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
     # but resuming needs last.ckpt after every epoch. "last" selection monitors the epoch number
     # (max = latest); a second monitor=None callback would share last.ckpt's callback state key.
     select = "val/kaggle_dice" if cfg.select == "best" else "epoch"
-    checkpoint = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename=Path(BEST).stem, monitor=select, mode="max",
-                        save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
-        ModelCheckpoint(dirpath=ckpt_dir, filename=Path(LAST).stem, monitor=None, save_top_k=1,
-                        auto_insert_metric_name=False, enable_version_counter=False),
-    ] if overrides.get("enable_checkpointing", True) else []  # fmt: skip
-    gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    deterministic: bool | str = cfg.deterministic and ("warn" if gpu else True)
+    checkpoint: list[ModelCheckpoint] = []
+    if overrides.get("enable_checkpointing", True):
+        checkpoint = [
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename=Path(BEST).stem,
+                monitor=select,
+                mode="max",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            ),
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename=Path(LAST).stem,
+                monitor=None,
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            ),
+        ]
+    gpu = uses_gpu(cfg)
     kwargs = dict(
-        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-        precision=resolve_precision(cfg.precision, cfg.accelerator), deterministic=deterministic,
-        limit_train_batches=cfg.limit_train_batches or 1.0, num_sanity_val_steps=0,
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        precision=resolve_precision(cfg.precision, cfg.accelerator),
+        deterministic=determinism(cfg, gpu),
+        # cuDNN's autotuner picks kernels by timing, so it is on only when determinism is off.
+        benchmark=gpu and not cfg.deterministic,
+        # One BatchNorm over the whole global batch on every device count: the recipe of 8 GPUs is
+        # the recipe of 1 (CPU/gloo has no SyncBatchNorm; there each process normalises its slice).
+        sync_batchnorm=gpu and cfg.world_size() > 1,
+        limit_train_batches=cfg.limit_train_batches or 1.0,
+        num_sanity_val_steps=0,
         callbacks=[*checkpoint, EpochHistory(), ResumeRandomState(), *(callbacks or [])],
-        plugins=[SafeCheckpointIO()], logger=_logger(cfg, out_dir), log_every_n_steps=10,
-        enable_progress_bar=cfg.progress_bar, enable_model_summary=cfg.progress_bar,
+        plugins=[SafeCheckpointIO()],
+        logger=_logger(cfg, out_dir),
+        log_every_n_steps=10,
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=cfg.progress_bar,
         default_root_dir=str(out_dir),
-    )  # fmt: skip
+    )
+    if cfg.compile and cfg.world_size() > 1:
+        kwargs["strategy"] = CompiledDDPStrategy()
     kwargs.update(overrides)
     return Trainer(**kwargs)
+
+
+class CompiledDDPStrategy(DDPStrategy):
+    """DDP that compiles the DDP-WRAPPED module (``compile: true`` on several processes).
+
+    Compiling the inner model inside DDP hides the buckets from dynamo: the backward is one compiled
+    graph, every gradient is ready only at its end, and the all-reduce no longer overlaps compute.
+    Compiling the DDP module lets dynamo's DDPOptimizer split the graph at bucket boundaries
+    (``torch._dynamo.config.optimize_ddp``), so communication overlaps the backward pass again.
+    """
+
+    compiles_wrapped_model = True  # SegModule then leaves its inner model uncompiled
+
+    def __init__(self, *args: Any, compile_backend: str = "inductor", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.compile_backend = compile_backend
+
+    def configure_ddp(self) -> None:
+        super().configure_ddp()  # wraps in DDP and registers the communication hooks first
+        self.model = torch.compile(self.model, backend=self.compile_backend)
+
+
+def uses_gpu(cfg: TrainConfig) -> bool:
+    """Whether the run trains on CUDA devices."""
+    return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+
+
+def determinism(cfg: TrainConfig, gpu: bool) -> bool | str:
+    """Lightning's ``deterministic``: strict on CPU; on GPU "warn" (torch warns, once per op, where an op
+    has no deterministic CUDA kernel, instead of stopping the run). Our own models avoid every such op
+    they can (``models.blocks.upsample2x``, the math attention kernel, mean pooling); ``benchmark
+    doctor`` lists per model whether a rerun is bit-identical on the box and which ops warned."""
+    if not cfg.deterministic:
+        return False
+    return "warn" if gpu else True
 
 
 def train(cfg: TrainConfig, module: SegModule, dm: Any, out_dir: Path, callbacks: list | None = None) -> Any:
@@ -98,17 +162,15 @@ def train(cfg: TrainConfig, module: SegModule, dm: Any, out_dir: Path, callbacks
     ckpt_dir = out_dir / "checkpoints"
     trainer = build_trainer(cfg, out_dir, callbacks)
     if not has_trainable_params(module.model):
-        # Nothing to optimise (the `empty` baseline): its only checkpoint is the untrained model.
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_plain_checkpoint(module, ckpt_dir / BEST)
-        save_plain_checkpoint(module, ckpt_dir / LAST)
+        # Nothing to optimise (the `empty` baseline): its only checkpoint is the untrained model,
+        # written by global rank 0 alone (under DDP every rank runs this).
+        if trainer.is_global_zero:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            save_plain_checkpoint(module, ckpt_dir / BEST)
+            save_plain_checkpoint(module, ckpt_dir / LAST)
         return trainer
     # weights_only: a resumed checkpoint is data, never code (SafeCheckpointIO enforces it as well).
     resume = resume_checkpoint(ckpt_dir, cfg)
-    if resume is not None and cfg.num_workers > 0 and not cfg.gpu_cache:
-        # Persistent loader workers hold augmentation state that the main process cannot save.
-        note = "the augmentation stream restarts, so the run is not bit-identical to an uninterrupted one"
-        print(f"warning: {resume}: resuming with num_workers={cfg.num_workers}: {note}", file=sys.stderr)
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     if trainer.interrupted:
         raise KeyboardInterrupt

@@ -1,7 +1,11 @@
 """Hand-made schema-2 summary.json dicts for leaderboard, report, runner and tracking tests.
 
 ``make_summary`` builds one run; ``model_runs`` builds a model's K outer folds x seeds from one
-per-image Dice vector per seed over the small data set below (8 images, 4 subjects, 2 folds).
+per-image Dice vector per seed over the small data set below (8 images, 4 subjects, 2 folds), or
+over any data set given as per-image subjects, empty flags and folds (the simulations use that).
+Like finalize.split_block, every run records the sorted indices of its outer fold
+(``split.outer_indices``) and the data set's size (``dataset.n_train``): the leaderboard checks
+each seed's coverage against them.
 """
 
 from __future__ import annotations
@@ -35,15 +39,21 @@ def _per_image(dice, index, subjects, empty) -> dict:
 
 def make_summary(
     model, fold, seed, dice, *, empty=None, index=None, subjects=None, folds=None, extra=None, cost=True,
-    n_folds=5, content="c0ffee", selection=0.9, global_batch=16, mode="kfold",
+    n_folds=5, content="c0ffee", selection=0.9, global_batch=16, mode="kfold", outer_indices=None,
 ):  # fmt: skip
-    """A schema-2 summary whose outer-fold per-image Dice is ``dice`` (metrics derived from it exactly)."""
+    """A schema-2 summary whose outer-fold per-image Dice is ``dice`` (metrics derived from it exactly).
+
+    By default image i of fold f has index f * len(dice) + i, so that K such folds cover the data
+    set's K * len(dice) images; ``outer_indices`` (default: the scored indices) is what the split says
+    the fold holds.
+    """
     holdout = 0.5 if mode == "holdout" else None  # hold-out: the split says fold 0 of 1
     cfg = TrainConfig(model=model, fold=fold, seed=seed, n_folds=max(n_folds, 2), holdout_fraction=holdout,
                       image_size=64, epochs=2)  # fmt: skip
     dice = [float(d) for d in dice]
     empty = [False] * len(dice) if empty is None else list(empty)
-    index = [100 * fold + i for i in range(len(dice))] if index is None else list(index)
+    index = [len(dice) * fold + i for i in range(len(dice))] if index is None else list(index)
+    outer_indices = sorted(index) if outer_indices is None else list(outer_indices)
     subjects = [1] * len(dice) if subjects is None else list(subjects)
     folds = [{"fold": f, "subjects": [1], "n_images": len(dice), "positive_fraction": 0.5}
              for f in range(n_folds)] if folds is None else folds  # fmt: skip
@@ -69,13 +79,15 @@ def make_summary(
                       "n_images": 2, "subjects": [99], "best_epoch": 1, "select": "best"},
         "split": {"mode": mode, "split_seed": 0, "n_folds": n_folds, "fold": fold, "inner_fraction": 0.15,
                   "holdout_fraction": holdout,
-                  "outer_subjects": outer, "inner_subjects": [99], "fit_subjects": [98], "folds": folds},
-        "global_batch": global_batch,
+                  "outer_subjects": outer, "inner_subjects": [99], "fit_subjects": [98], "folds": folds,
+                  "outer_indices": outer_indices},
+        "global_batch": global_batch, "world_size": 1,
         "per_image": _per_image(dice, index, subjects, empty),
         "postprocess": {"threshold": 0.5, "min_area": 0, "presence_tau": 0.0, "presence_source": "max_prob",
                         "tta": False},
         "cost": ({"params": 1000, "gflops": 0.5, "train_img_s": 20.0, "infer_img_s": 40.0, "latency_ms": 3.0,
-                  "peak_mem_mb": 100.0} if cost else {}),
+                  "peak_mem_mb": 100.0, "measured": {"device": "cpu", "device_share": None,
+                                                     "inference": "exclusive"}} if cost else {}),
         "history": {"epoch": [0, 1], "train_loss": [1.0, 0.5], "val_loss": [0.9, 0.6],
                     "val_kaggle_dice": [0.4, selection]},
         "overlays": "overlays.npz",
@@ -92,17 +104,17 @@ def model_runs(
 
     The data set defaults to the toy one above; ``skip`` lists (fold, seed) runs to leave out.
     """
-    n_folds = len(set(fold_of))
+    n_folds, table = len(set(fold_of)), fold_rows(subjects, empty, fold_of)
+    members = {fold: [i for i, f in enumerate(fold_of) if f == fold] for fold in range(n_folds)}
     runs = []
     for seed, dice in dice_by_seed.items():
         for fold in range(n_folds):
             if (fold, seed) in skip:
                 continue
-            members = [i for i, f in enumerate(fold_of) if f == fold]
+            own = members[fold]
             runs.append(make_summary(
-                model, fold, seed, [dice[i] for i in members], index=members, n_folds=n_folds,
-                subjects=[subjects[i] for i in members], empty=[empty[i] for i in members],
-                folds=fold_rows(subjects, empty, fold_of), **kwargs,
+                model, fold, seed, [dice[i] for i in own], index=own, n_folds=n_folds,
+                subjects=[subjects[i] for i in own], empty=[empty[i] for i in own], folds=table, **kwargs,
             ))  # fmt: skip
     return runs
 

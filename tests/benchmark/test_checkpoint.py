@@ -37,7 +37,7 @@ def _failing_save(monkeypatch) -> None:
     """torch.save that writes half a file and then fails, as a full disk or a kill would."""
 
     def half_then_fail(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        f.write(b"PK\x03\x04 half a checkpoint")  # checkpoints are written through a file handle
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", half_then_fail)
@@ -55,6 +55,41 @@ def test_failed_writes_leave_the_previous_checkpoint_intact(ckpt, monkeypatch):
         save_plain_checkpoint(SegModule(SMALL.to_dict()), ckpt)
     assert ckpt.read_bytes() == before
     assert os.listdir(ckpt.parent) == [ckpt.name]  # no temporary file left behind
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+def test_a_full_disk_says_no_space_left_and_names_the_checkpoint(ckpt, monkeypatch):
+    """torch's own file writer reports a full disk as `RuntimeError: [enforce fail at
+    inline_container.cc:672] . unexpected pos`; through a file handle the kernel's ENOSPC comes back."""
+    import builtins
+
+    before = ckpt.read_bytes()
+    full = []
+
+    def open_full(path, mode="r", buffering=-1):
+        full.append(path)
+        return builtins.open("/dev/full", mode, buffering=buffering)  # every write: ENOSPC, for real
+
+    monkeypatch.setattr(checkpoint, "open", open_full, raising=False)
+    with pytest.raises(OSError) as err:
+        SafeCheckpointIO().save_checkpoint({"w": torch.zeros(100_000)}, ckpt)
+    assert err.value.errno == 28 and err.value.filename == str(ckpt) and len(full) == 1
+    assert f"No space left on device: '{ckpt}'" in str(err.value)
+    assert ckpt.read_bytes() == before and os.listdir(ckpt.parent) == [ckpt.name]
+
+
+def test_a_planted_checkpoint_is_refused_naming_what_it_tried_to_load(tmp_path):
+    class Planted:
+        def __reduce__(self):
+            return (os.system, ("echo planted",))
+
+    path = tmp_path / "planted.ckpt"
+    torch.save({"state_dict": {}, "x": Planted()}, path)
+    with pytest.raises(NerveBenchError) as err:
+        read_checkpoint(path)
+    message = str(err.value)  # torch's text runs to 6 lines of advice before the useful one
+    assert message.startswith(f"{path}: not a readable checkpoint (refused by the weights-only loader: ")
+    assert "unsupported GLOBAL posix.system" in message and "\n" not in message
 
 
 def test_lightning_writes_and_reads_through_the_safe_checkpoint_io(tmp_path, ckpt):

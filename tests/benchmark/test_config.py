@@ -18,11 +18,11 @@ from benchmark.core.config import (
     TrainConfig,
     apply_benchmark_overrides,
     apply_overrides,
-    field_help,
     load_benchmark_config,
     resolve_devices,
 )
 from models.registry import ModelError, check_kwargs
+from tests.benchmark.oracles import field_help
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
@@ -64,7 +64,8 @@ def test_set_values_are_parsed_by_the_declared_type(tmp_path):
         ("weight_decay", "-0.1", "weight_decay=-0.1 must be >= 0"),
         ("epochs", "0", "epochs=0 must be >= 1"),
         ("epochs", "1.5", "epochs='1.5' should be an integer"),
-        ("batch_size", "0", "batch_size=0 must be >= 1"),
+        ("batch_size", "0", "batch_size=0 must be >= 2"),
+        ("batch_size", "1", "batch_size=1 must be >= 2"),
         ("eval_batch_size", "-2", "eval_batch_size=-2 must be >= 1"),
         ("inner_fraction", "1", "inner_fraction=1.0 must be in (0, 1)"),
         ("inner_fraction", "0", "inner_fraction=0.0 must be in (0, 1)"),
@@ -178,14 +179,24 @@ def test_gpu_yaml_hashes_like_default_except_the_execution_fields_it_names():
     ]
     assert (gpu.models, gpu.folds, gpu.seeds) == (default.models, default.folds, default.seeds)
     assert gpu.synthetic == {} and default.synthetic  # gpu.yaml keeps its old "no CPU fallback"
+    # One single-GPU run per GPU through Ray: every run's devices resolve to 1, whatever the box.
+    assert (gpu.executor, gpu.gpus_per_run, default.executor) == ("ray", 1.0, "local")
+    assert {c.devices for c in runner.build_grid(gpu)} == {1}
 
 
-def test_devices_auto_hashes_as_the_resolved_world_size(monkeypatch):
+def test_the_device_count_is_execution_not_recipe(monkeypatch):
+    """batch_size is the global batch: 1 GPU and 8 train the same recipe, so they share a run hash
+    (a run started on one box is skipped or resumed on another), and a global batch that the world
+    size does not divide is refused before anything runs."""
     auto = TrainConfig(devices="auto", accelerator="gpu", batch_size=8)
     one, eight = resolve_devices(auto, gpus=1), resolve_devices(auto, gpus=8)
-    assert (one.devices, eight.devices) == (1, 8) and one.hash() != eight.hash()
+    assert (one.devices, eight.devices) == (1, 8) and one.hash() == eight.hash() == auto.hash()
+    with pytest.raises(ConfigError, match="batch_size=8 .* not divisible by the 3 training processes"):
+        resolve_devices(auto, gpus=3)
+    with pytest.raises(ConfigError, match="not divisible by the 6"):
+        TrainConfig(devices=3, num_nodes=2, batch_size=8)
     assert resolve_devices(dataclasses.replace(auto, accelerator="cpu")).devices == 1
-    assert dataclasses.replace(eight, num_nodes=2).world_size() == 16
+    assert dataclasses.replace(eight, num_nodes=2, batch_size=32).world_size() == 16
     bench = load_benchmark_config(CONFIGS / "default.yaml")  # devices: auto, accelerator: auto
     import torch
 
@@ -312,3 +323,33 @@ def test_every_shipped_config_fits_one_step(config, synthetic_dir, tmp_path):
         3e-4, {"base_width": 4, "depth": 2}, False, None)  # fmt: skip
     assert (cfg["devices"], cfg["n_folds"], cfg["precision"]) == (1, 3, "32") and summary["epochs_run"] == 1
     assert summary["config_hash"] == apply_overrides(TrainConfig(), cfg).hash()
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_an_empty_config_is_an_error_naming_the_missing_fields(tmp_path, text):
+    """It used to run the default grid (the TrainConfig defaults' one model, five folds) silently."""
+    path = write(tmp_path / "empty.yaml", text)
+    with pytest.raises(
+        ConfigError, match=r"empty.yaml: empty config: no keys set \(missing: models, folds, seeds, train"
+    ):
+        load_benchmark_config(path)
+
+
+def test_a_value_the_model_refuses_fails_before_the_grid(tmp_path, capsys, monkeypatch):
+    """`base_width: -8` passes the keyword check; each model is now built once, on meta, before run 1."""
+    import benchmark.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: pytest.fail("training started"))
+    text = f"base: {CONFIGS / 'smoke.yaml'}\nmodels: [empty, sk_unet]\n"
+    text += "model_kwargs: {sk_unet: {base_width: -8}}\n"
+    args = [
+        "run",
+        "--config",
+        str(write(tmp_path / "bad.yaml", text)),
+        "--results-dir",
+        str(tmp_path / "res"),
+    ]
+    assert main(args) == 2 and not (tmp_path / "res").exists()  # nothing generated, nothing trained
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: model 'sk_unet' with model_kwargs {'base_width': -8")
+    assert "cannot be built (base_width and depth must be >= 1" in err[0]

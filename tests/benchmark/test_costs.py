@@ -68,3 +68,87 @@ def test_cuda_request_without_cuda_is_a_clear_error():
 
     with pytest.raises(NerveBenchError, match="CUDA is not available"):
         device.resolve_device("cuda")
+
+
+class _FlagProbe(nn.Module):
+    """Records the global flags in force while it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.seen: set[tuple[bool, bool]] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.add((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
+        return self.conv(x)
+
+
+def test_inference_is_measured_with_speed_flags_and_training_flags_come_back():
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)  # what a run's Trainer leaves behind
+    torch.backends.cudnn.benchmark = False
+    try:
+        probe = _FlagProbe()
+        costs.measure_inference(probe, (8, 8), batch_size=2, warmup=1, iters=1)
+        assert probe.seen == {(False, True)}  # deterministic off, cudnn.benchmark on, every call
+        assert (
+            torch.are_deterministic_algorithms_enabled()
+            and torch.is_deterministic_algorithms_warn_only_enabled()
+        )
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+
+
+def test_cuda_peak_memory_counts_only_the_increase_above_the_baseline(monkeypatch):
+    """1000 MiB already allocated (a GPU data cache, a previous model) and a peak of 1100 MiB while
+    measuring: the figure is the 100 MiB the measurement added (it was 1100 before issue 15)."""
+    mib = 2**20
+    state = {"allocated": 1000 * mib, "peak": 5000 * mib, "resets": 0}
+
+    def reset(device):
+        state["resets"] += 1
+        state["peak"] = state["allocated"]
+
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: state["peak"])
+    monkeypatch.setattr(costs, "synchronize", lambda device: None)
+    with costs.peak_memory(torch.device("cuda")) as mem:
+        state["peak"] = 1100 * mib
+    assert state["resets"] == 1 and mem["mb"] == pytest.approx(100.0)
+
+
+def test_weights_mb_counts_parameters_and_buffers():
+    model = nn.BatchNorm2d(4)  # 8 parameters + 8 running stats (float32) + 1 int64 counter
+    assert costs.weights_mb(model) == pytest.approx((16 * 4 + 8) / 2**20)
+
+
+def test_a_ray_task_on_a_gpu_share_is_not_exclusive(monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
+    assert costs.measured_exclusively() == (True, None)  # no Ray in the process: the local executor
+
+    def fake_ray(assigned):
+        def context():
+            if assigned is None:
+                raise AssertionError("This method is only available when the process is a worker")
+            return SimpleNamespace(get_assigned_resources=lambda: assigned)
+
+        return SimpleNamespace(is_initialized=lambda: True, get_runtime_context=context)
+
+    for assigned, expected in [
+        ({"CPU": 1.0, "GPU": 0.5}, (False, 0.5)),
+        ({"CPU": 1.0, "GPU": 1.0}, (True, 1.0)),
+        ({"CPU": 1.0}, (False, 0.0)),
+        (None, (True, None)),
+    ]:
+        monkeypatch.setitem(sys.modules, "ray", fake_ray(assigned))
+        assert costs.measured_exclusively() == expected, assigned

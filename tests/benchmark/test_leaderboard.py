@@ -6,12 +6,14 @@ The toy data set (tests/benchmark/summaries.py): 8 images of 4 subjects (2 each)
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from benchmark.reporting import leaderboard as lb
 from benchmark.reporting import tables
-from benchmark.scoring import stats
+from benchmark.scoring import ranking, stats
 from tests.benchmark.summaries import EMPTY, SUBJECTS, empty_runs, fold_rows, make_summary, model_runs
 
 UNET = {0: [1.0, 0.8, 1.0, 0.6, 0.7, 1.0, 0.5, 0.0], 1: [1.0, 0.6, 0.0, 0.8, 0.9, 1.0, 0.7, 1.0]}
@@ -57,25 +59,26 @@ def test_ci_is_the_subject_bootstrap_of_the_seed_averaged_images():
     assert (m["dice_positive"]["lo"], m["dice_positive"]["hi"]) == (pytest.approx(lo), pytest.approx(hi))
 
 
-def test_ranking_paired_sign_flip_and_holm_on_four_subjects():
+def test_ranking_paired_sign_flip_on_four_subjects():
     b = board(model_runs("unet", UNET), model_runs("sk_unet", SK), empty_runs(seeds=(0, 1)))
     assert [r["model"] for r in b["rows"]] == ["unet", "sk_unet", "empty"] and not b["incomplete"]
     unet, sk, empty = b["rows"]
     assert sk["metrics"]["kaggle_dice"]["mean"] == pytest.approx(0.675)
     assert empty["metrics"]["kaggle_dice"]["mean"] == pytest.approx(0.5) and not empty["derived"]
-    # sk - unet per subject: (-0.15, 0, -0.15, +0.1); |sum| >= 0.2 in 8 of the 16 sign patterns
+    # sk - unet per-subject TOTALS (2 images each): (-0.3, 0, -0.3, +0.2); |sum| >= 0.4 in 8 of 16 patterns
     assert sk["vs_top"]["p"] == pytest.approx(0.5) and sk["vs_top"]["diff"] == pytest.approx(-0.05)
-    # empty - unet per subject: (-0.35, -0.1, -0.4, -0.05): only the two all-equal signs reach it
+    # empty - unet totals: (-0.7, -0.2, -0.8, -0.1): only the two all-equal signs reach it
     assert empty["vs_top"]["p"] == pytest.approx(2 / 16) and empty["vs_top"]["n_subjects"] == 4
-    # the floor keeps its raw p but stays out of the Holm family: one comparison, Holm = raw for sk
-    assert empty["vs_top"]["p_holm"] is None and empty["top_group"] is None
-    assert sk["vs_top"]["p_holm"] == pytest.approx(0.5)
+    # 4 subjects cannot reach p < 0.05 (2/2^4): everyone is in the set, every rank interval is [1, 3]
+    assert [r["p_best"] for r in b["rows"]] == [1.0, 1.0, None]  # the floor is not a contender
+    assert [r["top_group"] for r in b["rows"]] == [True, True, None]
+    assert [r["rank_ci"] for r in b["rows"]] == [[1, 3]] * 3 and sk["vs_top"]["mde"] is None
     assert unet["vs_top"]["p"] is None and [r["rank"] for r in b["rows"]] == [1, 2, 3]
-    assert unet["top_group"] and sk["top_group"]  # 4 subjects cannot reach p < 0.125
     # ... and the board says that this is the sample's limit, not the models' equality
     note = tables.resolution_note(b)
-    assert "With 4 subjects" in note and "2/2^4 = 0.1250" in note and "Holm over 1 comparisons" in note
+    assert "With 4 subjects" in note and "2/2^4 = 0.1250" in note
     assert "**Note**: With 4 subjects" in tables.markdown(b) and "Note: With 4 subjects" in tables.console(b)
+    assert tables.power_note(b) is None  # nothing is detectable, so no power line
 
 
 def twelve_subject_runs(model, per_subject):
@@ -84,7 +87,7 @@ def twelve_subject_runs(model, per_subject):
     return model_runs(model, {0: per_subject}, subjects=subjects, empty=[False] * 12, fold_of=fold_of)
 
 
-def test_holm_decides_the_group_not_significantly_worse_than_the_top():
+def test_top_group_is_the_confidence_set_for_the_best():
     top = [0.9] * 12
     mid = [0.8] * 10 + [1.0] * 2  # 10 subjects 0.1 worse, 2 subjects 0.1 better
     twin = [0.7, 1.0] + [0.9] * 10
@@ -95,22 +98,42 @@ def test_holm_decides_the_group_not_significantly_worse_than_the_top():
     # exact sign flips over 2^12 patterns: |sum| reached by k <= 2 or k >= 10 equal signs
     assert rows["mid"]["vs_top"]["p"] == pytest.approx(2 * (1 + 12 + 66) / 4096)
     assert rows["bad"]["vs_top"]["p"] == pytest.approx(2 / 4096) and rows["twin"]["vs_top"]["p"] == 1.0
-    # Holm over the 3 contenders (the floor is not one): bad x3, mid x2, twin x1
-    assert rows["bad"]["vs_top"]["p_holm"] == pytest.approx(3 * 2 / 4096)
-    assert rows["empty"]["vs_top"]["p_holm"] is None and rows["empty"]["vs_top"]["p"] == pytest.approx(
-        2 / 4096
-    )
-    assert rows["mid"]["vs_top"]["p_holm"] == pytest.approx(2 * 158 / 4096)  # 0.077: raw 0.039 < 0.05
-    assert [rows[m]["top_group"] for m in ("top", "twin", "mid", "bad", "empty")] == [
-        True,
-        True,
-        True,
-        False,
-        None,  # the floor: not in the top-group comparison
-    ]
-    assert tables.resolution_note(b) is None  # 12 subjects can reach Holm p < 0.05: no caveat
+    # the set and the rank intervals are ranking's, on the per-subject totals of the ranked rows
+    totals = np.array([top, twin, mid, [0.5] * 12, [0.0] * 12])
+    pairs = ranking.Pairs.compare(totals, np.ones(12), ranking.Resamples.draw(12, lb.N_SET, lb.SEED))
+    contenders = ranking.best_set(pairs, [0, 1, 2, 3])
+    assert [rows[m]["p_best"] for m in ("top", "twin", "mid", "bad")] == pytest.approx(contenders.tolist())
+    lo, hi = ranking.rank_intervals(pairs)
+    assert [r["rank_ci"] for r in b["rows"]] == [[a, z] for a, z in zip(lo.tolist(), hi.tolist())]
+    # bad is 0.4 worse on every subject: an exact gap, excluded at the smallest p the bootstrap has
+    assert rows["bad"]["p_best"] == pytest.approx(1 / (1 + lb.N_SET)) and rows["bad"]["top_group"] is False
+    assert rows["top"]["p_best"] == 1.0 and rows["twin"]["top_group"] and rows["twin"]["p_best"] > 0.5
+    assert rows["empty"]["p_best"] is None and rows["empty"]["top_group"] is None  # the floor: no contender
+    assert rows["bad"]["rank_ci"] == [2, 4] and rows["empty"]["rank_ci"] == [3, 5]
+    assert tables.resolution_note(b) is None  # 12 subjects can reach p < 0.05: no caveat
+    # a constant gap has no spread: any true gap would be seen; mid and twin need about 0.04-0.05
+    assert rows["bad"]["vs_top"]["mde"] == 0.0 and 0.02 < rows["mid"]["vs_top"]["mde"] < 0.1
     # no `empty` runs: the baseline is derived from the truth (all positive -> Dice 0), still ranked
     assert rows["empty"]["derived"] and rows["empty"]["metrics"]["kaggle_dice"]["mean"] == 0.0
+
+
+def test_the_test_and_the_rank_measure_the_same_thing():
+    """The issue's counter-example: one subject of 1,000 frames where B scores 0.70 against A's 0.80,
+    11 subjects of 5 frames where B scores 0.85 against 0.80. B ranks second by the image mean, and a
+    test of per-subject MEANS called it significantly worse (p = 0.033) although B is better on 11 of
+    12 subjects. On the ranked quantity the verdict is consistent: not significantly worse."""
+    subjects = [0] * 1000 + [s for s in range(1, 12) for _ in range(5)]
+    fold_of = [0] * 1000 + [1] * 55
+    a = [0.80] * 1055
+    b_dice = [0.70] * 1000 + [0.85] * 55
+    kw = {"subjects": subjects, "empty": [False] * 1055, "fold_of": fold_of}
+    b = board(model_runs("a", {0: a}, **kw), model_runs("b", {0: b_dice}, **kw))
+    rows = {r["model"]: r for r in b["rows"]}
+    assert rows["b"]["rank"] == 2 and rows["b"]["vs_top"]["diff"] == pytest.approx(-97.25 / 1055)
+    # totals of b - a: -100 once and +0.25 eleven times: every sign pattern is at least as extreme
+    assert rows["b"]["vs_top"]["p"] == 1.0 and rows["b"]["top_group"]
+    means = np.array([-0.1] + [0.05] * 11)  # what the old test used
+    assert stats.sign_flip_pvalue(means) == pytest.approx(0.033, abs=0.001)
 
 
 def test_missing_fold_is_incomplete_unranked_untested_with_partial_mean():
@@ -123,7 +146,7 @@ def test_missing_fold_is_incomplete_unranked_untested_with_partial_mean():
     partial = unet["metrics"]["kaggle_dice"]
     assert partial["mean"] == pytest.approx((1.0 + 0.7 + 0.5 + 0.7 + 0.7 + 1.0 + 0.5 + 0.0) / 8)
     assert partial["lo"] is None and partial["hi"] is None
-    assert b["rows"][1]["model"] == "empty" and b["rows"][1]["vs_top"]["p_holm"] is None  # the floor
+    assert b["rows"][1]["model"] == "empty" and b["rows"][1]["p_best"] is None  # the floor
 
 
 def test_a_model_missing_a_whole_seed_is_incomplete():
@@ -154,13 +177,114 @@ def test_holdout_mode_needs_only_the_held_out_images():
 
 def test_coverage_problems_are_named():
     runs = model_runs("unet", UNET)
-    assert lb.missing(runs, 2, 8) == []
+    everything = (np.arange(8), "the data set's images 0..7")
+    assert lb.expected(runs)[1] == everything[1] and lb.expected(runs)[0].tolist() == list(range(8))
+    assert lb.missing(runs, 2, everything) == []
+    fold0 = next(s for s in runs if (s["fold"], s["seed"]) == (0, 0))
     doubled = runs + [make_summary("unet", 0, 0, [1.0], index=[0])]
-    assert lb.missing(doubled, 2, 8) == ["fold 0 seed 0: 2 runs", "seed 0: 1 images scored more than once"]
+    assert lb.missing(doubled, 2, everything) == [
+        "fold 0 seed 0: 2 runs",
+        f"seed 0: image 0 scored more than once (by {', '.join(sorted([doubled[-1]['run'], fold0['run']]))})",
+    ]
     short = [s for s in runs if s["seed"] == 0]
     short[1] = {**short[1], "per_image": {k: v[:3] for k, v in short[1]["per_image"].items()}}
-    assert lb.missing(short, 2, 8) == ["seed 0: folds cover 7 of 8 images"]
-    assert lb.missing(runs[:1], 3, 8) == ["seed 0: folds 1, 2 missing"]
+    assert lb.missing(short, 2, everything) == [
+        f"seed 0: image 7 not scored (outer fold of {short[1]['run']})"
+    ]
+    assert lb.missing(short, 2, 8) == ["seed 0: folds cover 7 of 8 images"]  # the count rule
+    assert lb.missing(runs[:1], 3, everything) == ["seed 0: folds 1, 2 missing"]
+
+
+def _with_index(summary, index):
+    return {**summary, "per_image": {**summary["per_image"], "index": index}}
+
+
+def test_a_wrong_index_makes_the_model_incomplete_and_is_named():
+    """A run listing image 99 instead of 11 still had the right COUNT and was ranked."""
+    subjects, fold_of = [i // 4 for i in range(24)], [0] * 12 + [1] * 12  # 6 subjects of 4 images
+    kw = {"subjects": subjects, "empty": [False] * 24, "fold_of": fold_of}
+    runs = model_runs("unet", {0: [0.8] * 24}, **kw)
+    wrong = [_with_index(runs[0], [*range(11), 99])] + runs[1:]
+    b = board(wrong, model_runs("sk_unet", {0: [0.7] * 24}, **kw))
+    assert [r["model"] for r in b["rows"]] == ["sk_unet", "empty"]
+    name = runs[0]["run"]
+    assert b["incomplete"][0]["missing"] == [
+        f"seed 0: image 99 scored by {name} is not in the data set's images 0..23",
+        f"seed 0: image 11 not scored (outer fold of {name})",
+    ]  # each index is named once: 99 is not reported again as outside the run's own fold
+    # 99 is inside a bigger data set, in the other fold: scored twice there, 11 never
+    kw24 = {"subjects": subjects + [9] * 76, "empty": [False] * 100, "fold_of": fold_of + [1] * 76}
+    runs = model_runs("unet", {0: [0.8] * 100}, **kw24)
+    wrong = [_with_index(runs[0], [*range(11), 99])] + runs[1:]
+    problems = lb.missing(wrong, 2, lb.expected(wrong))
+    assert problems == [
+        f"seed 0: image 99 scored more than once (by {', '.join(sorted(s['run'] for s in runs))})",
+        f"seed 0: image 11 not scored (outer fold of {runs[0]['run']})",
+    ]
+    # two runs that swapped an image cover everything once, but each scored outside its own fold
+    swapped = [_with_index(runs[0], [*range(11), 12]), _with_index(runs[1], [11, *range(13, 100)])]
+    assert lb.missing(swapped, 2, lb.expected(swapped)) == [
+        f"seed 0: {runs[0]['run']} scored image 12 outside its outer fold",
+        f"seed 0: {runs[1]['run']} scored image 11 outside its outer fold",
+    ]
+
+
+def test_summaries_without_outer_indices():
+    """k-fold boards need only dataset.n_train (in every schema-2 summary); a hold-out board whose
+    summaries do not name the hold-out set falls back to counting images."""
+    runs = [_strip(s) for s in model_runs("unet", UNET)]
+    assert lb.expected(runs)[0].tolist() == list(range(8))
+    wrong = [_with_index(runs[0], [0, 1, 2, 9]), *runs[1:]]
+    assert "image 9 scored by" in lb.missing(wrong, 2, lb.expected(wrong))[0]
+    holdout = [
+        _strip(make_summary("unet", 0, seed, UNET[seed][:4], index=[0, 1, 2, 3], subjects=SUBJECTS[:4],
+                            empty=EMPTY[:4], folds=fold_rows(), n_folds=1, mode="holdout"))
+        for seed in (0, 1)
+    ]  # fmt: skip
+    assert lb.expected(holdout) == 4  # the fold table's row 0
+    assert lb.expected([*holdout[:1], make_summary("unet", 0, 2, [1.0], n_folds=1, mode="holdout")])[
+        0
+    ].tolist() == [0]
+
+
+def _strip(summary):
+    return {**summary, "split": {k: v for k, v in summary["split"].items() if k != "outer_indices"}}
+
+
+def test_seed_spread_and_the_one_seed_caveat():
+    b = board(model_runs("unet", UNET), model_runs("sk_unet", SK), empty_runs(seeds=(0, 1)))
+    unet = row(b, "unet")
+    assert unet["seed_means"] == pytest.approx([5.6 / 8, 6.0 / 8])  # per-seed out-of-fold means
+    assert (
+        unet["seed_sd"] == pytest.approx(np.std([0.7, 0.75], ddof=1)) and row(b, "sk_unet")["seed_sd"] == 0.0
+    )
+    md = tables.markdown(b)
+    assert "| Seed SD |" in md and "| 0.035 |" in md and "2 seeds: every image is averaged" in md
+    one = board(model_runs("unet", {0: UNET[0]}), empty_runs())
+    assert row(one, "unet")["seed_sd"] is None and "Seed SD" not in tables.markdown(one)
+    assert (
+        "One seed: the CIs, p-values, rank intervals and the top group cover the sampling of test subjects"
+        in (tables.markdown(one))
+    )
+
+
+def test_one_subject_or_identical_models_give_a_defined_board_without_warnings():
+    one = {"subjects": [1] * 4, "empty": [False] * 4, "fold_of": [0, 0, 1, 1]}
+    twin = [0.9, 0.8, 0.7, 0.6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's divide / invalid warnings included
+        b = board(model_runs("a", {0: twin}, **one), model_runs("b", {0: [0.5] * 4}, **one))
+        same = board(*(twelve_subject_runs(m, [0.9] * 6 + [0.7] * 6) for m in ("a", "b")))
+        text = tables.markdown(b) + tables.markdown(same)
+    assert [r["vs_top"]["p"] for r in b["rows"][1:]] == [1.0, 1.0]
+    assert [r["p_best"] for r in b["rows"]] == [1.0, 1.0, None] and b["rows"][1]["top_group"]
+    assert [r["rank_ci"] for r in b["rows"]] == [[1, 3]] * 3 and b["rows"][0]["metrics"]["kaggle_dice"][
+        "lo"
+    ] is None
+    assert "With 1 subject no difference" in text
+    a, b2 = same["rows"][:2]
+    assert b2["vs_top"] == {"diff": 0.0, "p": 1.0, "n_subjects": 12, "mde": 0.0}
+    assert a["p_best"] == b2["p_best"] == 1.0 and a["rank_ci"] == b2["rank_ci"] == [1, 2]
 
 
 def test_other_benchmarks_and_unfinished_runs_are_left_out():

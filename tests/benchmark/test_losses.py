@@ -26,9 +26,8 @@ def test_soft_dice_and_bce_hand_values():
     # Image 0: (2*0.5 + 1) / (1 + 1 + 1) = 2/3; empty image 1: (0 + 1) / (1 + 0 + 1) = 1/2.
     assert float(losses.soft_dice_loss(logits, target)) == pytest.approx(1 - (2 / 3 + 1 / 2) / 2)
     expected = 0.5 * math.log(2) + 2.0 * (5 / 12)
-    assert float(losses.bce_dice_loss(logits, target, bce_weight=0.5, dice_weight=2.0)) == pytest.approx(
-        expected
-    )
+    bce, dice = losses.bce_dice_parts(logits, target)
+    assert float(0.5 * bce + 2.0 * dice) == pytest.approx(expected)
 
 
 def test_perfect_prediction_gives_near_zero_loss():
@@ -38,10 +37,10 @@ def test_perfect_prediction_gives_near_zero_loss():
         "presence": torch.tensor([[30.0], [-30.0]]),
         "bbox": batch["bbox"].clone(),
     }
-    loss, parts = losses.total_loss(outputs, batch, {"bce": 1, "dice": 1, "presence": 1, "bbox": 1})
+    loss, parts = losses.loss_terms(outputs, batch, {"bce": 1, "dice": 1, "presence": 1, "bbox": 1})
     assert float(loss) < 1e-4
     assert set(parts) == {"bce", "dice", "presence", "bbox"}
-    assert all(isinstance(v, float) and v < 1e-4 for v in parts.values())
+    assert all(v.ndim == 0 and not v.requires_grad and float(v) < 1e-4 for v in parts.values())
 
 
 def test_giou_hand_values():
@@ -82,8 +81,8 @@ def test_gradients_flow_to_every_head():
     box_logits = torch.randn(2, 4, requires_grad=True)
     outputs = {"mask": mask, "presence": presence, "bbox": torch.sigmoid(box_logits)}
     weights = {"bce": 1.0, "dice": 0.5, "presence": 0.25, "bbox": 2.0}
-    loss, parts = losses.total_loss(outputs, batch, weights)
-    assert loss.item() == pytest.approx(sum(weights[k] * v for k, v in parts.items()), rel=1e-6)
+    loss, parts = losses.loss_terms(outputs, batch, weights)
+    assert loss.item() == pytest.approx(sum(weights[k] * float(v) for k, v in parts.items()), rel=1e-6)
     loss.backward()
     for t in (mask, presence, box_logits):
         assert t.grad is not None and torch.count_nonzero(t.grad) > 0
@@ -93,7 +92,7 @@ def test_gradients_flow_to_every_head():
 def test_tensor_output_uses_mask_terms_only():
     batch = _batch()
     logits = torch.zeros(2, 1, 8, 8)
-    loss, parts = losses.total_loss(logits, {"mask": batch["mask"]}, {"bce": 1.0, "dice": 0.0})
+    loss, parts = losses.loss_terms(logits, {"mask": batch["mask"]}, {"bce": 1.0, "dice": 0.0})
     assert set(parts) == {"bce", "dice"}
     assert float(loss) == pytest.approx(math.log(2))
 
@@ -101,10 +100,10 @@ def test_tensor_output_uses_mask_terms_only():
 def test_bad_inputs_raise_clear_errors():
     batch = _batch()
     with pytest.raises(ValueError, match="unknown keys \\['focal'\\]"):
-        losses.total_loss(torch.zeros(2, 1, 8, 8), batch, {"focal": 1.0})
+        losses.loss_terms(torch.zeros(2, 1, 8, 8), batch, {"focal": 1.0})
     with pytest.raises(ValueError, match="mask: prediction shape"):
-        losses.total_loss(torch.zeros(2, 1, 4, 4), batch, {})
+        losses.loss_terms(torch.zeros(2, 1, 4, 4), batch, {})
     with pytest.raises(ValueError, match="batch lacks key 'presence'"):
-        losses.total_loss(
+        losses.loss_terms(
             {"mask": torch.zeros(2, 1, 8, 8), "presence": torch.zeros(2, 1)}, {"mask": batch["mask"]}
         )

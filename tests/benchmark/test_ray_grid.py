@@ -11,14 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmark import fallback as fb
 from benchmark import ray_grid, runner
 from benchmark.cli import main
 from benchmark.core.config import load_benchmark_config
@@ -33,7 +36,7 @@ ONE_CPU = ray_grid.RaySettings(gpus_per_run=0.0, cpus_per_run=1.0)
 
 def smoke_grid(models: tuple[str, ...], epochs: int = 1, folds=(0,)) -> list:
     """The smoke config's synthetic (CPU) grid for ``models``, tiny U-Nets, one W&B group name."""
-    bench = runner.synthetic_benchmark(load_benchmark_config(SMOKE))
+    bench = fb.synthetic_benchmark(load_benchmark_config(SMOKE))
     train = dataclasses.replace(bench.train, epochs=epochs, wandb_group="smoke-ray-test")
     kwargs = {m: dict(TINY) for m in ("unet", "attention_unet", "sk_unet")}
     bench = dataclasses.replace(bench, models=models, folds=tuple(folds), train=train, model_kwargs=kwargs)
@@ -81,14 +84,28 @@ def dying_fit(cfg, data_dir, out_dir, preloaded=None):
     return _fit(cfg, data_dir, out_dir, preloaded, [Die()])
 
 
+def probe_fit(cfg, data_dir, out_dir, preloaded=None):
+    """Trains nothing: records which worker process ran the task and which GPUs it sees."""
+    import ray
+
+    seen = {"pid": os.getpid(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "ids": ray.get_gpu_ids()}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "probe.json").write_text(json.dumps(seen, default=str))
+    return {}
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A real local Ray with 2 CPUs for this module; the executor reuses it and does not shut it down."""
+    """A real local Ray for this module with 2 CPUs and 2 declared (fake) GPUs, its session in a temp
+    directory of its own; the executor reuses it and does not shut it down."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    temp = tempfile.mkdtemp(prefix="nb-ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             _temp_dir=temp)  # fmt: skip
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +155,13 @@ def test_executor_choice_and_resources(monkeypatch):
     assert quarter["num_gpus"] == 0.25 and quarter["max_retries"] == 1 and ray_grid.slots(box, quarter) == 16
     assert ray_grid.slots(box, ray_grid.task_options(box, ray_grid.RaySettings(0.25, 1.0), "auto")) == 32
     assert ray_grid.slots(box * 2, ray_grid.task_options(box, ray_grid.RaySettings(1.0, 1.0), "auto")) == 16
+    assert quarter["max_calls"] == 1  # a GPU task gets a fresh worker: no CUDA context left on a GPU
     cpu_only = [{"CPU": 2.0}]
-    assert ray_grid.task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), "auto")["num_gpus"] == 0
-    with pytest.raises(ray_grid.RayExecutorError, match="no GPU"):
-        ray_grid.task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), "gpu")
+    cpu = ray_grid.task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), "cpu")
+    assert cpu["num_gpus"] == 0 and "max_calls" not in cpu  # CPU workers may be reused
+    for accelerator in ("auto", "gpu"):  # the GPU recipe must not silently train on CPU
+        with pytest.raises(ray_grid.RayExecutorError, match="declares no GPU; set accelerator: cpu"):
+            ray_grid.task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), accelerator)
     with pytest.raises(ray_grid.RayExecutorError, match="lower cpus_per_run"):
         ray_grid.slots(cpu_only, ray_grid.task_options(cpu_only, ray_grid.RaySettings(1.0, 4.0), "cpu"))
 
@@ -194,11 +214,34 @@ def test_ray_grid_matches_local_and_reads_only_shared_arrays(ray_cluster, data, 
         for key in ("dice_raw", "dice"):
             np.testing.assert_allclose(ours["per_image"][key], theirs["per_image"][key], atol=TOL, rtol=0)
         assert ours["config"]["wandb_group"] == "smoke-ray-test"  # the driver's group reached the task
+        # CPU tasks share the node: inference costs measured after the grid, by one task holding it all
+        assert (
+            ours["cost"]["measured"]["inference"] == "exclusive, after the grid"
+            and ours["cost"]["latency_ms"] > 0
+        )
+        assert theirs["cost"]["measured"]["inference"] == "exclusive"  # the local executor: one run at a time
     ray_board, local_board = _board(tmp_path / "ray"), _board(tmp_path / "local")
     assert sorted(r["run"] for r in ray_board["runs"]) == sorted(r["run"] for r in local_board["runs"])
     models = [r["model"] for r in ray_board["rows"] + ray_board["incomplete"]]
     assert "attention_unet" not in models
     assert models == [r["model"] for r in local_board["rows"] + local_board["incomplete"]]
+
+
+def test_gpu_tasks_get_fresh_workers_and_exactly_their_gpu(ray_cluster, data, tmp_path, capsys):
+    """Ray's fake GPUs (``num_gpus=2``): 4 one-GPU runs never share a worker process, each sees only
+    the GPU Ray gave it; CPU runs see no GPU at all (Ray left CUDA_VISIBLE_DEVICES as inherited)."""
+    grid = smoke_grid(("unet",), folds=(0, 1, 2))
+    gpu = [dataclasses.replace(c, accelerator="gpu", seed=s) for c in grid[:1] for s in range(4)]
+    settings = ray_grid.RaySettings(gpus_per_run=1.0, cpus_per_run=0.5)
+    outcomes = ray_grid.run_grid(gpu, data, tmp_path / "gpu", settings, fit=probe_fit)
+    assert [o.status for o in outcomes] == ["trained"] * 4
+    probes = [json.loads(p.read_text()) for p in (tmp_path / "gpu" / "runs").glob("*/probe.json")]
+    assert len({p["pid"] for p in probes}) == 4  # max_calls=1: one worker process per GPU task
+    assert all(p["visible"] == str(p["ids"][0]) and p["visible"] in ("0", "1") for p in probes), probes
+    assert ray_cluster._private.worker._global_node.get_logs_dir_path() in capsys.readouterr().out
+    outcomes = ray_grid.run_grid(grid, data, tmp_path / "cpu", ONE_CPU, fit=probe_fit)
+    probes = [json.loads(p.read_text()) for p in (tmp_path / "cpu" / "runs").glob("*/probe.json")]
+    assert len(probes) == 3 and all(p["visible"] == "" and p["ids"] == [] for p in probes), probes
 
 
 def test_killed_worker_is_retried_once_and_resumes(ray_cluster, data, tmp_path):
@@ -230,20 +273,21 @@ def test_killed_driver_leaves_finished_runs_and_rerun_trains_nothing_twice(ray_c
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait(lambda: any(runs.glob("*/summary.json")) or driver.poll() is not None, 120)
+        _wait(lambda: any(runs.glob("*/summary.json")) or driver.poll() is not None, 600)
     finally:
         driver.kill()  # SIGKILL: no clean-up code runs in the driver
         driver.wait()
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
+    finished = {p.parent.name: _scores(p) for p in runs.glob("*/summary.json")}
     assert 1 <= len(finished) < len(grid), (tmp_path / "driver.log").read_text()[-2000:]
-    _wait(lambda: not any(is_held(d) for d in runs.iterdir()), 30)  # Ray ends the driver's workers
+    _wait(lambda: not any(is_held(d) for d in runs.iterdir()), 300)  # Ray ends the driver's workers
     before = epoch_log(tmp_path)
     outcomes = ray_grid.run_grid(grid, data, tmp_path, ONE_CPU, fit=logging_fit)
     status = {o.run: o.status for o in outcomes}
     assert status == {c.run_name(): "skipped" if c.run_name() in finished else "trained" for c in grid}
-    assert {
-        p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/summary.json") if p.parent.name in finished
-    } == finished
+    # Finished runs are not trained again: their summaries are the same but for the inference cost
+    # columns, which the rerun measures after the grid when the killed driver could not (deferred_costs).
+    again = {p.parent.name: _scores(p) for p in runs.glob("*/summary.json") if p.parent.name in finished}
+    assert again == finished
     after = epoch_log(tmp_path)
     # The kill may land between an epoch's log line and its last.ckpt (ModelCheckpoint runs after the
     # other callbacks): that one in-flight epoch is legitimately trained again, nothing earlier is.
@@ -252,6 +296,14 @@ def test_killed_driver_leaves_finished_runs_and_rerun_trains_nothing_twice(ray_c
     assert all(after.count(e) == 2 and last_before.get(e.split("@")[0]) == e for e in repeated), repeated
     assert not [e for e in after[len(before) :] if e.split("@")[0] in finished]
     assert sorted(set(after)) == sorted(f"{c.run_name()}@{e}" for c in grid for e in (0, 1))
+
+
+def _scores(path: Path) -> str:
+    """A summary without its cost block and timestamps: what training and scoring produced."""
+    summary = json.loads(path.read_text())
+    for key in ("cost", "created", "finished_at"):
+        summary.pop(key, None)
+    return json.dumps(summary, sort_keys=True)
 
 
 def _wait(done, timeout_s: float) -> None:

@@ -63,13 +63,17 @@ def test_markdown_has_protocol_header_folds_ranks_and_incomplete(results):
     assert "| 0 | 1, 2 | 4 | 0.500 |" in md and "| 1 | 3, 4 | 4 | 0.500 |" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit() and "[" in line]
     assert [r.split(" | ")[1] for r in rows] == ["unet", "empty (baseline)"]
-    assert rows[0].startswith("| 1 | unet | 2 | 0.725 [") and rows[0].endswith("| - | n/a | n/a | top |")
-    # empty - unet per subject all negative: exact sign-flip p = 2/16; the floor is not Holm-adjusted
-    assert rows[1].startswith("| 2 | empty (baseline) | 2 | 0.500 [0.500, 0.500] |")
-    assert rows[1].endswith("| -0.225 | 0.1250 | n/a | floor |")
+    assert rows[0].startswith("| 1 | unet | [1, 2] | 2 | 0.725 [") and rows[0].endswith(
+        "| - | n/a | - | 1.0000 | yes |"
+    )
+    # empty - unet per subject all negative: exact sign-flip p = 2/16; the floor is not in the set
+    assert rows[1].startswith("| 2 | empty (baseline) | [1, 2] | 2 | 0.500 [0.500, 0.500] |")
+    assert rows[1].endswith("| -0.225 | 0.1250 | n/a | n/a | floor |")
+    assert "| Seed SD |" in md and "| Δ vs top | p vs top | MDE 80% | Set p | Top group |" in md
     assert "| sk_unet | 3 | seed 1: fold 1 missing | 0.675 (8 images) |" in md
     assert "| sk_unet | n/a | n/a | 10.3 | n/a |" in md  # missing cost -> n/a, train time kept
-    assert "sign-flip test on per-subject mean differences" in md and "trainable + frozen" in md
+    assert "per-subject totals of the per-image differences" in md and "trainable + frozen" in md
+    assert "Hansen, Lunde & Nason" in md and "Mogstad, Romano, Shaikh & Wilhelm" in md
 
 
 def test_json_csv_and_tex_agree(results):
@@ -78,19 +82,26 @@ def test_json_csv_and_tex_agree(results):
     assert [r["model"] for r in board["rows"]] == ["unet", "empty"]
     assert [r["model"] for r in board["incomplete"]] == ["sk_unet"]
     assert board["rows"][0]["metrics"]["kaggle_dice"]["mean"] == 0.725 and "kaggle_dice" in board["legend"]
-    assert board["rows"][1]["vs_top"] == {"diff": -0.225, "n_subjects": 4, "p": 0.125, "p_holm": None}
+    assert board["rows"][1]["vs_top"] == {"diff": -0.225, "n_subjects": 4, "p": 0.125, "mde": None}
+    assert board["rows"][1]["p_best"] is None and board["rows"][0]["rank_ci"] == [1, 2]
+    assert board["header"]["statistics"]["n_set"] == 10000 and board["rows"][0]["seed_sd"] > 0
     lines = (results / "leaderboard.csv").read_text().splitlines()
+    head = lines[0].split(",")
+    assert head[head.index("diff_vs_top") :][:9] == [
+        "diff_vs_top", "p_vs_top", "mde_vs_top", "p_best_set", "in_best_set", "n_subjects_tested",
+        "rank_ci_lo", "rank_ci_hi", "seed_sd",
+    ]  # fmt: skip
     assert lines[1].startswith("1,unet,false,false,ranked,,4,2,8,0.725000,")
     assert lines[2].startswith("2,empty,true,false,ranked,,4,2,8,0.500000,0.500000,0.500000,")
-    assert ",-0.225000,0.125000,n/a,,4," in lines[2]
+    assert ",-0.225000,0.125000,n/a,n/a,,4,1,2,0.000000," in lines[2]
     assert lines[3].startswith(
         ",sk_unet,false,false,incomplete,seed 1: fold 1 missing,3,2,8,0.675000,n/a,n/a,"
     )
     tex = (results / "leaderboard.tex").read_text()
     assert (
         "\\toprule" in tex
-        and "1 & \\textbf{unet} & 0.725 {[}" in tex
-        and "2 & empty (baseline) &" in tex  # the floor is never in the bold top group
+        and "1 & \\textbf{unet} & {[}1, 2{]} & 0.725 {[}" in tex
+        and "2 & empty (baseline) & {[}1, 2{]} &" in tex  # the floor is never in the bold top group
     )
     assert "sk\\_unet" not in tex and "% 1 incomplete model(s) not shown" in tex
 
@@ -152,3 +163,138 @@ def test_other_benchmarks_are_left_out_and_empty_results_fail(results, tmp_path_
     assert len(board["ignored_runs"]) == 1 and "not in the leaderboard" in capsys.readouterr().err
     with pytest.raises(DataError, match="no complete run summaries"):
         build_report(tmp_path_factory.mktemp("empty"))
+
+
+# ----------------------------------------------------------------------------- damaged inputs
+DAMAGED = [
+    ("per_image", "x"), ("fold", "zero"), ("seed", None), ("run", 3), ("model", ["unet"]), ("metrics", []),
+    ("split", "s"), ("cost", {"params": "many"}), ("history", {"epoch": "0,1"}), ("selection", 1),
+    ("config", "c"), ("dataset", 7), ("global_batch", "16"), ("train_time_s", "10 s"), ("overlays", 5),
+]  # fmt: skip
+PER_IMAGE_DAMAGE = [
+    ("dice", "x"),
+    ("dice", ["a"]),
+    ("index", [0.5]),
+    ("subject", [None]),
+    ("true_empty", "no"),
+]
+NESTED_DAMAGE = [("metrics", {"post": "x"}), ("metrics", {"post": {"kaggle_dice": "high"}}),
+                 ("split", {"n_folds": "two"}), ("split", {"folds": [{"fold": "a"}]}),
+                 ("selection", {"metrics": 3}), ("cost", {"params": 1, "measured": "gpu"})]  # fmt: skip
+
+
+def _damage(results: Path, run: str, edit) -> Path:
+    path = results / "runs" / run / "summary.json"
+    summary = json.loads(path.read_text())
+    edit(summary)
+    path.write_text(json.dumps(summary))
+    return path
+
+
+def _report_lines(results: Path, capsys) -> tuple[int, list[str]]:
+    code = main(["report", "--results", str(results), "--no-plots"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, [line for line in err.splitlines() if line.startswith("warning: ")]
+
+
+@pytest.mark.parametrize(("key", "value"), DAMAGED, ids=[f"{k}={v!r}" for k, v in DAMAGED])
+def test_a_hand_edited_summary_is_one_line_and_its_run_is_left_out(results, capsys, key, value):
+    run = model_runs("unet", UNET)[0]["run"]
+    path = _damage(results, run, lambda s: s.__setitem__(key, value))
+    code, warnings = _report_lines(results, capsys)
+    assert code == 0 and len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"warning: {path}: {key}") and " should be " in warnings[0]
+    board = json.loads((results / "leaderboard.json").read_text())
+    assert "unet" in [r["model"] for r in board["incomplete"]]  # it lost a fold: incomplete, not ranked
+    line = warnings[0].removeprefix("warning: ").removesuffix(" (run left out of the report)")
+    assert [r["model"] for r in board["rows"]] == ["empty"] and board["unreadable_runs"] == [line]
+    assert f"- Unreadable run, left out: {line}" in (results / "leaderboard.md").read_text()
+
+
+@pytest.mark.parametrize(("key", "value"), PER_IMAGE_DAMAGE + NESTED_DAMAGE)
+def test_damage_inside_a_block_is_one_line_too(results, capsys, key, value):
+    run = model_runs("unet", UNET)[0]["run"]
+    if (key, value) in PER_IMAGE_DAMAGE:
+        path = _damage(results, run, lambda s: s["per_image"].__setitem__(key, value))
+    else:
+        path = _damage(results, run, lambda s: s.__setitem__(key, {**(s[key] or {}), **value}))
+    code, warnings = _report_lines(results, capsys)
+    assert code == 0 and len(warnings) == 1 and warnings[0].startswith(f"warning: {path}: "), warnings
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "pickled", "misshapen", "bitrot"])
+def test_a_damaged_overlays_file_is_one_line_and_the_rest_is_reported(results, capsys, damage):
+    run = model_runs("unet", UNET)[0]["run"]
+    npz = results / "runs" / run / "overlays.npz"
+    data = npz.read_bytes()
+    if damage == "truncated":
+        npz.write_bytes(data[: len(data) // 2])
+    elif damage == "foreign":
+        np.savez(npz, a=np.zeros(3))
+    elif damage == "pickled":
+        np.savez(npz, stem=np.array([{"x": 1}], dtype=object), image=np.zeros((1, 2, 2)),
+                 truth=np.zeros((1, 2, 2)), pred=np.zeros((1, 2, 2)))  # fmt: skip
+    elif damage == "misshapen":
+        np.savez(npz, stem=np.array(["1_1"]), image=np.zeros((1, 4, 4)), truth=np.zeros((2, 4, 4)),
+                 pred=np.zeros((1, 4, 4)))  # fmt: skip
+    else:  # one flipped byte inside the image array: only its CRC tells
+        at = data.index(b"image.npy") + 300
+        npz.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :])
+    assert main(["report", "--results", str(results)]) == 0  # with plots: the overlays are read
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert "Traceback" not in err and len(warnings) == 1 and warnings[0].startswith(f"warning: {npz}: ")
+    board = json.loads((results / "leaderboard.json").read_text())
+    assert "unet" in [r["model"] for r in board["incomplete"]]
+    assert all((results / name).stat().st_size > 0 for name in TABLES + PLOTS)
+
+
+def test_one_report_is_one_set_and_its_own_stale_temp_files_go(results, monkeypatch):
+    import matplotlib.figure
+
+    (results / "plots").mkdir()
+    stale = [results / "plots" / ".curves.png.k1ll3d.tmp", results / ".leaderboard.md.k1ll3d.tmp"]
+    for path in stale:
+        path.write_bytes(b"")  # what a kill during an earlier report left
+    foreign = results / "plots" / ".mine.tmp"
+    foreign.write_bytes(b"")
+    board = build_report(results)
+    assert not any(p.exists() for p in stale) and foreign.exists()  # only its own names are removed
+    rid = board["report_id"]
+    first = snapshot(results)
+    assert f"Report `{rid}`" in first["leaderboard.md"].decode()
+    assert json.loads(first["leaderboard.json"])["report_id"] == rid
+    assert first["leaderboard.tex"].startswith(f"% nerve-bench report {rid}\n".encode())
+    csv_lines = first["leaderboard.csv"].decode().splitlines()
+    assert csv_lines[0].endswith(",report_id") and all(line.endswith(f",{rid}") for line in csv_lines[1:])
+    # A report that changes the board but dies while drawing its last figure renames nothing:
+    # every file still belongs to the previous set (in 5 of 10 kills tables were new, plots old).
+    for summary in model_runs("sk_unet", {1: SK[1]}, skip={(0, 1)}):
+        write_run(results, summary, overlays=False)
+
+    def dies(self, *args, **kwargs):
+        raise KeyboardInterrupt  # a kill at the last moment before the renames
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", dies)
+    with pytest.raises(KeyboardInterrupt):
+        build_report(results)
+    assert snapshot(results) == first and list(results.rglob("*.tmp")) == [foreign]
+    monkeypatch.undo()
+    again = build_report(results)
+    assert (
+        again["report_id"] != rid
+        and f"Report `{again['report_id']}`" in (results / "leaderboard.md").read_text()
+    )
+
+
+def test_a_read_only_results_dir_names_the_leaderboard_not_a_temp_file(results, monkeypatch, capsys):
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(Path(kwargs["dir"]) / ".leaderboard.md.xyz.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)  # root can write anywhere: refuse at the source
+    assert main(["report", "--results", str(results), "--no-plots"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {results / 'leaderboard.md'}: Permission denied"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmark import fallback as fb
 from benchmark import runner
 from benchmark.cli import main
 from benchmark.core.config import ConfigError, load_benchmark_config
@@ -61,20 +62,18 @@ def test_synthetic_fallback_is_announced_and_generated_once(tmp_path, capsys, mo
     bench = load_benchmark_config(CONFIGS / "default.yaml")
     tiny = {"subjects": 3, "per_subject": 2, "n_test": 1}
     bench = dataclasses.replace(bench, synthetic={**bench.synthetic, "generator": tiny})
-    fallback, data = runner.resolve_data(bench, None, tmp_path)
+    fallback, data = fb.resolve_data(bench, None, tmp_path)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "no --data-dir given" in out[0] and "synthetic" in out[0]
-    assert (
-        data == runner.synthetic_data_dir(bench, tmp_path) and data.parent == tmp_path / runner.SYNTHETIC_DIR
-    )
+    assert data == fb.synthetic_data_dir(bench, tmp_path) and data.parent == tmp_path / fb.SYNTHETIC_DIR
     assert len(list((data / "train").glob("*_mask.tif"))) == 6
     assert fallback.train.image_size == 64 and fallback.train.precision == "32"
     assert fallback.folds == (0, 1, 2)  # every outer fold, so the out-of-fold board ranks complete models
     stamp = (data / "train" / "1_1.tif").stat().st_mtime_ns
-    runner.resolve_data(bench, runner.DEFAULT_DATA_DIR, tmp_path)  # the Makefile's default DATA, absent
+    fb.resolve_data(bench, fb.DEFAULT_DATA_DIR, tmp_path)  # the Makefile's default DATA, absent
     assert "data/ultrasound-nerve-segmentation not found" in capsys.readouterr().out
     assert (data / "train" / "1_1.tif").stat().st_mtime_ns == stamp  # reused, not regenerated
-    real, same = runner.resolve_data(bench, data, tmp_path)  # a dir with train/ is used as is
+    real, same = fb.resolve_data(bench, data, tmp_path)  # a dir with train/ is used as is
     assert same == data and real.train.image_size == 256
 
 
@@ -84,13 +83,13 @@ def test_synthetic_data_of_two_configs_coexist_and_a_damaged_one_is_regenerated(
     base = load_benchmark_config(SMOKE)
     small = dataclasses.replace(base, synthetic={"generator": {"subjects": 2, "per_subject": 2, "n_test": 0}})
     other = dataclasses.replace(base, synthetic={"generator": {"subjects": 3, "per_subject": 2, "n_test": 0}})
-    a = runner.ensure_synthetic(small, runner.synthetic_data_dir(small, tmp_path))
-    b = runner.ensure_synthetic(other, runner.synthetic_data_dir(other, tmp_path))
+    a = fb.ensure_synthetic(small, fb.synthetic_data_dir(small, tmp_path))
+    b = fb.ensure_synthetic(other, fb.synthetic_data_dir(other, tmp_path))
     assert a != b and len(list((a / "train").glob("*_mask.tif"))) == 4
     assert len(list((b / "train").glob("*_mask.tif"))) == 6
     (a / "synthetic.json").write_text("{not json")  # a damaged stamp: regenerated, not a traceback
-    assert runner.ensure_synthetic(small, a) == a and len(list((a / "train").glob("*_mask.tif"))) == 4
-    assert sorted(p.name for p in (tmp_path / runner.SYNTHETIC_DIR).iterdir()) == sorted([a.name, b.name])
+    assert fb.ensure_synthetic(small, a) == a and len(list((a / "train").glob("*_mask.tif"))) == 4
+    assert sorted(p.name for p in (tmp_path / fb.SYNTHETIC_DIR).iterdir()) == sorted([a.name, b.name])
 
 
 def test_mistyped_data_dir_is_an_error_not_a_synthetic_run(tmp_path, capsys, monkeypatch):
@@ -99,14 +98,14 @@ def test_mistyped_data_dir_is_an_error_not_a_synthetic_run(tmp_path, capsys, mon
     monkeypatch.chdir(tmp_path)
     bench = load_benchmark_config(SMOKE)
     with pytest.raises(DataError, match=r"dta: data directory not found \(--data-dir / DATA\)"):
-        runner.resolve_data(bench, tmp_path / "dta", tmp_path)
+        fb.resolve_data(bench, tmp_path / "dta", tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty: no train/ directory"):
-        runner.resolve_data(bench, tmp_path / "empty", tmp_path)
-    runner.DEFAULT_DATA_DIR.mkdir(parents=True)  # the default path, present but without train/
+        fb.resolve_data(bench, tmp_path / "empty", tmp_path)
+    fb.DEFAULT_DATA_DIR.mkdir(parents=True)  # the default path, present but without train/
     with pytest.raises(DataError, match="ultrasound-nerve-segmentation: no train/ directory"):
-        runner.resolve_data(bench, None, tmp_path)
-    assert not (tmp_path / runner.SYNTHETIC_DIR).exists()
+        fb.resolve_data(bench, None, tmp_path)
+    assert not (tmp_path / fb.SYNTHETIC_DIR).exists()
     args = ["run", "--config", str(SMOKE), "--data-dir", str(tmp_path / "dta"), "--results-dir", "res"]
     assert main(args) == 2 and main([*args, "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -136,9 +135,9 @@ def test_dry_run_writes_nothing(tmp_path, capsys, monkeypatch):
 def test_bad_synthetic_section_names_the_key():
     bench = load_benchmark_config(SMOKE)
     with pytest.raises(ConfigError, match="colour"):
-        runner.synthetic_benchmark(dataclasses.replace(bench, synthetic={"generator": {"colour": 1}}))
+        fb.synthetic_benchmark(dataclasses.replace(bench, synthetic={"generator": {"colour": 1}}))
     with pytest.raises(ConfigError, match="no `synthetic:` section"):
-        runner.synthetic_benchmark(dataclasses.replace(bench, synthetic={}))
+        fb.synthetic_benchmark(dataclasses.replace(bench, synthetic={}))
 
 
 def test_failure_is_recorded_and_the_rest_continue(tmp_path, capsys):
@@ -229,10 +228,10 @@ def test_smoke_benchmark_end_to_end(tmp_path, synthetic_dir, monkeypatch):
     outputs += [tmp_path / "plots" / f"{name}.png" for name in ("leaderboard", "overlays", "curves")]
     before = {p: p.read_bytes() for p in outputs}
     md = before[tmp_path / "leaderboard.md"].decode()
-    from models import list_models
+    from models import BUILTIN, list_models
 
-    assert set(load_benchmark_config(SMOKE).models) == set(list_models())  # every registered model
-    for model in [m for m in list_models() if m != "empty"] + ["empty (baseline)"]:
+    assert set(load_benchmark_config(SMOKE).models) == set(list_models(BUILTIN))  # every built-in model
+    for model in [m for m in list_models(BUILTIN) if m != "empty"] + ["empty (baseline)"]:
         assert f"| {model} |" in md
     assert "subject bootstrap" in md and "kaggle_dice_ci_lo" in before[tmp_path / "leaderboard.csv"].decode()
     board = json.loads(before[tmp_path / "leaderboard.json"])

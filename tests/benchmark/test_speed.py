@@ -49,11 +49,34 @@ def test_timed_loop_excludes_warmup():
 
 
 def test_suite_timer_counts_only_post_warmup_batches():
-    timer = speed._timer_callback(warmup=2)
+    timer = speed._timer_callback(warmup=2, steps=3)
     module = SimpleNamespace(device=torch.device("cpu"))
     for i in range(5):
         timer.on_train_batch_end(None, module, None, {"image": torch.zeros(3 + i, 1, 2, 2)}, i)
     assert timer.images == 5 + 6 + 7 and timer.end >= timer.start > 0
+
+
+def test_suite_and_plain_clocks_synchronise_alike(monkeypatch):
+    """Issue 15: the suite's timer synchronised after every step, the bare loops only around the timed
+    block, which biased suite/plain. Both now synchronise exactly twice: after warm-up and at the end."""
+    calls = []
+    monkeypatch.setattr(speed, "synchronize", lambda dev: calls.append(dev))
+    timer = speed._timer_callback(warmup=2, steps=4)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    for i in range(6):
+        timer.on_train_batch_end(None, module, None, {"image": torch.zeros(2, 1, 2, 2)}, i)
+    suite_syncs, calls[:] = len(calls), []
+    speed._timed_loop(lambda b: 2, itertools.count(), warmup=2, steps=4, dev=torch.device("cpu"))
+    assert suite_syncs == len(calls) == 2 and timer.images == 8
+
+
+def test_empty_model_has_inference_figures_only(tmp_path):
+    settings = speed.SpeedSettings(image_size=32, batch_size=2, steps=1, warmup=1, device="cpu")
+    row = speed.measure_model("empty", tmp_path, None, settings, tmp_path)  # no data read: nothing to train
+    assert tuple(row) == speed.RESULT_KEYS
+    assert [row[k] for k in ("suite_train_img_s", "plain_train_img_s", "ceiling_train_img_s")] == [None] * 3
+    assert row["ratio_suite_vs_plain"] is None and row["infer_img_s"] > 0
+    assert speed.format_table([row]).splitlines()[1].split()[4:7] == ["n/a"] * 3
 
 
 def test_format_table_and_bad_settings(capsys):

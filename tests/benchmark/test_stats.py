@@ -7,17 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from benchmark.scoring import stats
-
-
-def test_mean_ci_t_hand_computed():
-    # [1, 2, 3]: mean 2, s = 1, t_{0.975, 2} = 4.302653 -> half-width 4.302653 / sqrt(3) = 2.484138.
-    mean, lo, hi = stats.mean_ci_t(np.array([1.0, 2.0, 3.0]))
-    assert mean == 2.0
-    assert lo == pytest.approx(2 - 2.484138, abs=1e-6)
-    assert hi == pytest.approx(2 + 2.484138, abs=1e-6)
-    mean, lo, hi = stats.mean_ci_t(np.array([0.7]))
-    assert mean == 0.7 and math.isnan(lo) and math.isnan(hi)
+from benchmark.scoring import ranking, stats
+from tests.benchmark import oracles
 
 
 def test_bootstrap_ci_hand_cases_and_determinism():
@@ -40,26 +31,26 @@ def test_bootstrap_ci_width_close_to_normal_theory():
 
 def test_paired_bootstrap_pvalue_known_results():
     a = np.random.default_rng(0).random(40)
-    assert stats.paired_bootstrap_pvalue(a, a.copy(), n_boot=500) == 1.0
+    assert oracles.paired_bootstrap_pvalue(a, a.copy(), n_boot=500) == 1.0
     # A constant shift: every centred resample mean is 0 < 0.1, so p = 1 / (1 + n_boot).
-    assert stats.paired_bootstrap_pvalue(a + 0.1, a, n_boot=999) == pytest.approx(0.001)
+    assert oracles.paired_bootstrap_pvalue(a + 0.1, a, n_boot=999) == pytest.approx(0.001)
     # d = [2, 0]: centred [1, -1]; |resample mean| >= 1 with probability 1/2.
-    p = stats.paired_bootstrap_pvalue(np.array([2.0, 0.0]), np.zeros(2), n_boot=4000)
+    p = oracles.paired_bootstrap_pvalue(np.array([2.0, 0.0]), np.zeros(2), n_boot=4000)
     assert p == pytest.approx(0.5, abs=0.03)
     noisy = a + 0.3 + np.random.default_rng(1).normal(0, 0.05, 40)
-    assert stats.paired_bootstrap_pvalue(noisy, a, n_boot=2000) < 0.01
-    assert stats.paired_bootstrap_pvalue(a, noisy, n_boot=2000) == stats.paired_bootstrap_pvalue(
+    assert oracles.paired_bootstrap_pvalue(noisy, a, n_boot=2000) < 0.01
+    assert oracles.paired_bootstrap_pvalue(a, noisy, n_boot=2000) == oracles.paired_bootstrap_pvalue(
         noisy, a, n_boot=2000
     )
 
 
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="differ in length"):
-        stats.paired_bootstrap_pvalue(np.zeros(3), np.zeros(4))
+        oracles.paired_bootstrap_pvalue(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="NaN"):
         stats.bootstrap_ci(np.array([0.1, np.nan]))
     with pytest.raises(ValueError, match="empty"):
-        stats.mean_ci_t(np.array([]))
+        stats.bootstrap_ci(np.array([]))
     with pytest.raises(ValueError, match="subjects has 2 entries but values has 3"):
         stats.subject_bootstrap_ci(np.zeros(3), [1, 2])
     with pytest.raises(ValueError, match="NaN"):
@@ -151,3 +142,82 @@ def test_holm_hand_computed():
     assert stats.holm([0.045, 0.01, 0.04]) == pytest.approx([0.08, 0.03, 0.08])
     assert stats.holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
     assert stats.holm([]) == [] and stats.holm([None]) == [None]
+
+
+def test_subject_totals_hand_computed():
+    ids, totals, counts = stats.subject_totals(np.array([1.0, 0.0, 0.5, 1.0, 0.0]), ["b", "a", "b", "b", "c"])
+    assert (
+        ids.tolist() == ["a", "b", "c"]
+        and totals.tolist() == [0.0, 2.5, 0.0]
+        and counts.tolist() == [1, 3, 1]
+    )
+
+
+def test_subject_resamples_are_seeded_multinomial_draws():
+    boot = ranking.Resamples.draw(7, n_boot=500, seed=3)
+    assert boot.counts.shape == (500, 7) and (boot.counts.sum(axis=1) == 7).all()
+    assert np.array_equal(boot.counts, ranking.Resamples.draw(7, n_boot=500, seed=3).counts)
+    assert not np.array_equal(boot.counts, ranking.Resamples.draw(7, n_boot=500, seed=4).counts)
+    assert boot.counts.mean() == pytest.approx(1.0) and boot.sums(np.ones(7)).tolist() == [7.0] * 500
+
+
+def test_pairs_studentise_the_image_weighted_difference():
+    # Subjects of 1, 2 and 3 images; model 0 - model 1 totals d = (1, 0, -0.5): the image-weighted
+    # gap is 0.5 / 6, residuals d - w gap = (1 - 1/12, -1/6, -0.75), z = 0.5 / ||residuals||.
+    totals = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 1.5]])
+    pairs = ranking.Pairs.compare(totals, [1, 2, 3], ranking.Resamples.draw(3, 100, 0))
+    resid = np.array([1 - 1 / 12, -1 / 6, -0.75])
+    assert pairs.first.tolist() == [0] and pairs.second.tolist() == [1]
+    assert pairs.z[0] == pytest.approx(0.5 / np.linalg.norm(resid)) and pairs.null.shape == (100, 1)
+    with pytest.raises(ValueError, match="NaN"):
+        ranking.Pairs.compare(np.array([[np.nan, 1.0]]), [1, 1])
+    with pytest.raises(ValueError, match="2 positive image counts"):
+        ranking.Pairs.compare(np.ones((2, 2)), [1, 0])
+
+
+def test_best_set_hand_cases():
+    boot = ranking.Resamples.draw(8, 2000, 0)
+    base = np.linspace(0.5, 0.9, 8)
+    # 0.3 worse on every subject: an exact gap (no spread): excluded at the bootstrap's smallest p
+    pairs = ranking.Pairs.compare(np.vstack([base, base - 0.3]), np.ones(8), boot)
+    assert pairs.z[0] == np.inf and ranking.best_set(pairs).tolist() == [1.0, 1 / 2001]
+    # identical models: nothing to tell apart, p = 1 (no division warning either)
+    with np.errstate(all="raise"):
+        same = ranking.Pairs.compare(np.vstack([base, base, base - 0.3]), np.ones(8), boot)
+        p = ranking.best_set(same)
+    assert p[:2].tolist() == [1.0, 1.0] and p[2] == pytest.approx(1 / 2001)
+    assert ranking.best_set(same, [0, 1]).tolist() == [1.0, 1.0]  # the family can leave a row out
+    # fewer than MIN_SUBJECTS subjects: every p is 1, however clear the gap
+    few = ranking.Pairs.compare(np.vstack([base[:5], base[:5] - 0.3]), np.ones(5), ranking.Resamples.draw(5))
+    assert ranking.MIN_SUBJECTS == 6 and ranking.best_set(few).tolist() == [1.0, 1.0]
+    # the running maximum: a model removed later never has a smaller p than one removed earlier
+    rng = np.random.default_rng(5)
+    noisy = rng.normal(0.7, 0.1, (5, 20)) + np.array([[0.0], [-0.02], [-0.04], [-0.2], [-0.25]])
+    p = ranking.best_set(ranking.Pairs.compare(noisy, np.ones(20), ranking.Resamples.draw(20, 2000, 1)))
+    assert p[0] == 1.0 and p[4] <= p[3] <= 1.0 and (p[3:] < 0.05).all() and (p[:2] >= 0.05).all()
+
+
+def test_rank_intervals_hand_cases():
+    boot = ranking.Resamples.draw(8, 2000, 0)
+    base = np.linspace(0.5, 0.9, 8)
+    exact = ranking.Pairs.compare(np.vstack([base, base - 0.1, base - 0.2]), np.ones(8), boot)
+    assert [x.tolist() for x in ranking.rank_intervals(exact)] == [[1, 2, 3], [1, 2, 3]]
+    tied = ranking.Pairs.compare(np.vstack([base - 0.2, base, base]), np.ones(8), boot)
+    assert [x.tolist() for x in ranking.rank_intervals(tied)] == [[3, 1, 1], [3, 2, 2]]
+    one = ranking.Pairs.compare(np.array([[0.9], [0.1]]), [4], ranking.Resamples.draw(1))
+    assert [x.tolist() for x in ranking.rank_intervals(one)] == [[1, 1], [2, 2]]
+
+
+def test_detectable_difference_hand_cases_and_scaling():
+    w = np.arange(5, 25, dtype=float)
+    d = np.random.default_rng(2).normal(0, 0.05, 20) * w
+    boot = ranking.Resamples.draw(20, 2000, 0)
+    (mde,) = ranking.detectable_differences(d[None], w, resamples=boot)
+    # the spread scales the answer exactly: residuals c r and gap c delta give the same statistics
+    (half,) = ranking.detectable_differences(d[None] / 2, w, resamples=boot)
+    assert 0.0 < mde < 1.0 and half == pytest.approx(mde / 2, rel=1e-6)
+    # a shift of the observed gap does not change the spread, so neither the MDE
+    assert ranking.detectable_differences((d + 0.03 * w)[None], w, resamples=boot) == pytest.approx([mde])
+    assert ranking.detectable_differences((0.02 * w)[None], w, resamples=boot) == [0.0]  # no spread
+    assert ranking.detectable_differences(d[None, :5], w[:5]) == [None]  # too few subjects
+    assert ranking.detectable_differences((d * 1e3)[None], w, resamples=boot) == [None]  # beyond Dice's range

@@ -1,144 +1,223 @@
-"""The leaderboard's statistics, proven by simulation of clustered per-image Dice.
+"""The leaderboard's statistics, proven by simulation of clustered per-image Dice whose subject
+effects depend on subject size (tests/benchmark/simulation.py: 5-80 frames per subject, clipped-Dice
+ICC about 0.05-0.08, about half the frames at exactly 1; image- and subject-weighted truths exact).
 
-Model of one data set: ``n_subjects`` (10-47) subjects with 20-150 frames each; a frame's Dice is
-``clip(MU + u_subject + e_image, 0, 1)`` with normal effects whose intra-class correlation (ICC)
-is drawn in 0.02-0.1. Clipping puts a mass at 1 (empty predicted on empty truth, or a perfect
-mask) and at 0 (a miss), as on Kaggle. The latent mean and spread are fixed, so the true
-expected Dice of an image is known exactly (a clipped-normal mean).
-
-For two models scored on the same images, Dice shares the image and subject difficulty (the
-correlated part), plus model-specific subject and image effects with the same ICC. The models
-are equal in distribution, so H0 "no difference" is true and every rejection is a false one.
-
-The same simulations run the OLD per-image methods (``bootstrap_ci``, ``paired_bootstrap_pvalue``)
-and show they fail, so these tests can fail. Every draw is seeded: the figures are reproducible.
+Each test also runs the method it replaced where that one fails, so these tests can fail: the
+subject-weighted bootstrap, the test of per-subject means, Holm against the observed top, per-image
+statistics. Every draw is seeded, so the printed figures (quoted in the README's "Reading the
+results" and the leaderboard legend) are reproducible.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats as sps
 
-from benchmark.scoring import stats
+from benchmark.scoring import ranking, stats
+from tests.benchmark import oracles
+from tests.benchmark import simulation as sim
 
-MU, SD = 0.62, 0.38  # latent mean and total sd: ~16% of frames at 1, ~5% at 0
-SHARED = 0.7  # share of the latent variance common to both models (image/subject difficulty)
-N_DATASETS = 500
-
-
-def _true_mean() -> float:
-    """E[clip(X, 0, 1)] for X ~ N(MU, SD^2): E[X; 0 < X < 1] + P(X >= 1)."""
-    a, b = -MU / SD, (1 - MU) / SD
-    inside = MU * (sps.norm.cdf(b) - sps.norm.cdf(a)) + SD * (sps.norm.pdf(a) - sps.norm.pdf(b))
-    return float(inside + sps.norm.sf(b))
+BASE = sim.Model()
+TARGET = BASE.truth()  # every "equal" model below has exactly this image-weighted mean
+SLOPES = (-0.05, -0.025, 0.0, 0.025, 0.05)  # equal image-weighted, unequal subject-weighted means
 
 
-def _effects(rng: np.random.Generator, subjects: np.ndarray, sd: float, icc: float) -> np.ndarray:
-    """Subject effect plus image noise with total sd ``sd`` and intra-class correlation ``icc``."""
-    n_subjects = int(subjects[-1]) + 1
-    per_subject = rng.normal(0.0, sd * np.sqrt(icc), n_subjects)[subjects]
-    return per_subject + rng.normal(0.0, sd * np.sqrt(1.0 - icc), subjects.size)
+def _se(rate: float, reps: int) -> float:
+    return float(np.sqrt(max(rate, 0.05) * (1 - max(rate, 0.05)) / reps))
 
 
-def _dataset(
-    rng: np.random.Generator, n_models: int = 1, n_subjects: int | None = None, icc: float | None = None
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Per-image Dice of ``n_models`` equal models on one simulated data set, and subject ids.
-
-    Subject count and ICC are drawn (10-47, 0.02-0.1) unless given.
-    """
-    n_subjects = int(rng.integers(10, 48)) if n_subjects is None else n_subjects
-    icc = float(rng.uniform(0.02, 0.1)) if icc is None else icc
-    subjects = np.repeat(np.arange(n_subjects), rng.integers(20, 151, n_subjects))
-    if n_models == 1:
-        return [np.clip(MU + _effects(rng, subjects, SD, icc), 0.0, 1.0)], subjects
-    shared = _effects(rng, subjects, SD * np.sqrt(SHARED), icc)
-    own = [_effects(rng, subjects, SD * np.sqrt(1.0 - SHARED), icc) for _ in range(n_models)]
-    return [np.clip(MU + shared + o, 0.0, 1.0) for o in own], subjects
+def _icc(rng: np.random.Generator) -> float:
+    return float(rng.uniform(0.01, 0.06))
 
 
-def test_simulation_has_the_stated_clustering():
-    # One-way ANOVA estimate of the ICC of the CLIPPED Dice at a latent ICC of 0.05, on a large
-    # data set, so the stated 0.02-0.1 range describes the values the tests actually see.
+def test_simulation_has_the_stated_clustering_and_exact_truths():
     rng = np.random.default_rng(0)
-    subjects = np.repeat(np.arange(400), 100)
-    dice = np.clip(MU + _effects(rng, subjects, SD, 0.05), 0.0, 1.0)
-    means = dice.reshape(400, 100).mean(axis=1)
-    within = dice.reshape(400, 100).var(axis=1, ddof=1).mean()
-    between = means.var(ddof=1) - within / 100
-    assert 0.03 < between / (between + within) < 0.07
-    assert np.mean(dice == 1.0) > 0.1 and np.mean(dice == 0.0) > 0.03
-    assert dice.mean() == pytest.approx(_true_mean(), abs=0.01)
-
-
-def test_sign_flip_type_one_error():
-    rng = np.random.default_rng(11)
-    rejected = []
-    for i in range(N_DATASETS):
-        (a, b), subjects = _dataset(rng, n_models=2)
-        _, diffs, _ = stats.subject_means(a - b, subjects)
-        rejected.append(stats.sign_flip_pvalue(diffs, n_resamples=5000, seed=i) < 0.05)
-    rate = float(np.mean(rejected))
-    print(
-        f"sign-flip on subject means: false-positive rate {rate:.3f} at alpha 0.05 ({N_DATASETS} data sets)"
+    dice, subjects, sizes = sim.draw(rng, [BASE], 600, 0.03)
+    d = dice[0]
+    means = np.bincount(subjects, weights=d) / sizes
+    within = float(np.mean([d[subjects == i].var(ddof=1) for i in range(600)]))
+    between = float(means.var(ddof=1)) - within / float(sizes.mean())
+    assert 0.03 < between / (between + within) < 0.09  # one-way ANOVA ICC of the clipped Dice
+    assert 0.45 < np.mean(d == 1.0) < 0.55 and np.mean(d == 0.0) > 0.01
+    # bigger subjects are easier: the image- and subject-weighted truths differ, and each is exact
+    assert BASE.truth() - BASE.truth("subject") > 0.02
+    assert d.mean() == pytest.approx(BASE.truth(), abs=0.01) and means.mean() == pytest.approx(
+        BASE.truth("subject"), abs=0.01
     )
-    assert rate <= 0.08
-    assert rate >= 0.02  # not vacuous: a test that never rejects would also pass the line above
+    equal = [sim.matched(s, TARGET) for s in SLOPES]
+    assert [m.truth() for m in equal] == pytest.approx([TARGET] * 5, abs=1e-12)
+    assert equal[0].truth("subject") - equal[-1].truth("subject") > 0.015
 
 
-def test_sign_flip_has_power():
-    # The same paired set-up with model A truly better by 0.05 Dice (a typical architecture gap).
-    rng = np.random.default_rng(12)
-    rejected = []
-    for i in range(200):
-        (a, b), subjects = _dataset(rng, n_models=2)
-        _, diffs, _ = stats.subject_means(np.clip(a + 0.05, 0, 1) - b, subjects)
-        rejected.append(stats.sign_flip_pvalue(diffs, n_resamples=5000, seed=i) < 0.05)
-    print(f"sign-flip power for a +0.05 Dice gap: {np.mean(rejected):.3f}")
-    assert np.mean(rejected) >= 0.8
+def test_paired_sign_flip_of_totals_tests_the_ranked_quantity():
+    """Two models with the same image-weighted mean, one better on small subjects, one on big ones:
+    flipping per-subject TOTALS keeps the level; flipping per-subject MEANS tests another quantity."""
+    a, b = sim.matched(SLOPES[0], TARGET), sim.matched(SLOPES[-1], TARGET)
+    rng, reps = np.random.default_rng(11), 3000
+    totals, means = np.empty(reps, bool), np.empty(reps, bool)
+    for i in range(reps):
+        dice, subjects, sizes = sim.draw(rng, [a, b], 40, _icc(rng))
+        diff = np.subtract(*sim.totals(dice, subjects, 40))
+        totals[i] = stats.sign_flip_pvalue(diff, n_resamples=1000, seed=i) < 0.05
+        means[i] = stats.sign_flip_pvalue(diff / sizes, n_resamples=1000, seed=i) < 0.05
+    rate, old = float(totals.mean()), float(means.mean())
+    print(
+        f"paired sign-flip, 40 subjects, size-dependent gaps: type I {rate:.4f} on totals, {old:.4f} on means"
+    )
+    assert 0.02 <= rate <= 0.05 + 2 * _se(rate, reps)
+    assert old > 0.15  # the old test rejects a true null of the ranked quantity
 
 
-def test_subject_bootstrap_coverage():
-    rng, truth = np.random.default_rng(21), _true_mean()
-    covered, widths = [], []
-    for i in range(N_DATASETS):
-        (dice,), subjects = _dataset(rng)
-        _, lo, hi = stats.subject_bootstrap_ci(dice, subjects, n_boot=2000, seed=i)
-        covered.append(lo <= truth <= hi)
-        widths.append(hi - lo)
-    coverage = float(np.mean(covered))
-    print(f"subject bootstrap 95% CI coverage {coverage:.3f}, mean width {np.mean(widths):.3f}")
-    assert coverage >= 0.90
-    assert coverage <= 0.99  # not trivially wide
+def _subject_weighted_ci(values, subjects, seed):
+    """The mutation the issue found unguarded: bootstrap the subject-weighted mean around the image one."""
+    ids, sums, counts = stats.subject_totals(values, subjects)
+    draws = ranking.Resamples.draw(ids.size, 1000, seed).counts
+    boot = (draws @ (sums / counts)) / draws.sum(axis=1)
+    return np.quantile(boot, [0.025, 0.975])
 
 
-@pytest.mark.parametrize("icc", [0.02, 0.1])
-def test_worst_case_ten_subjects(icc):
-    # The hardest corner: 10 subjects. A plain percentile bootstrap covers ~0.88 here (a z-width
-    # interval on 10 observations); the expanded interval must still reach 0.90, and the exact
-    # sign-flip test must keep its level.
-    rng, truth = np.random.default_rng(int(icc * 1000)), _true_mean()
-    covered, rejected = [], []
-    for i in range(1000):  # 1000 data sets: the rate's standard error is ~0.007 at 0.05
-        (dice, a, b), subjects = _dataset(rng, n_models=3, n_subjects=10, icc=icc)
-        _, lo, hi = stats.subject_bootstrap_ci(dice, subjects, seed=i)
-        covered.append(lo <= truth <= hi)
-        rejected.append(stats.sign_flip_pvalue(stats.subject_means(a - b, subjects)[1]) < 0.05)
-    print(f"10 subjects, ICC {icc}: coverage {np.mean(covered):.3f}, false positives {np.mean(rejected):.3f}")
-    assert np.mean(covered) >= 0.90 and np.mean(rejected) <= 0.08
+def test_subject_bootstrap_covers_the_image_weighted_truth():
+    rng, reps = np.random.default_rng(21), 600
+    covered, wrong, widths = np.empty(reps, bool), np.empty(reps, bool), np.empty(reps)
+    for i in range(reps):
+        dice, subjects, _ = sim.draw(rng, [BASE], int(rng.integers(20, 48)), _icc(rng))
+        _, lo, hi = stats.subject_bootstrap_ci(dice[0], subjects, n_boot=1000, seed=i)
+        covered[i], widths[i] = lo <= TARGET <= hi, hi - lo
+        lo, hi = _subject_weighted_ci(dice[0], subjects, i)
+        wrong[i] = lo <= TARGET <= hi
+    coverage = float(covered.mean())
+    print(
+        f"subject bootstrap 95% CI, 20-47 subjects: coverage {coverage:.3f} (mean width "
+        f"{widths.mean():.3f}); bootstrapping the subject-weighted mean instead: {wrong.mean():.3f}"
+    )
+    assert 0.93 <= coverage <= 0.99
+    assert wrong.mean() < 0.85  # the simulation sees the difference between the two weightings
+
+
+def test_worst_case_ten_subjects():
+    # 10 subjects: the expanded interval must still cover 90%, the exact sign-flip keep its level.
+    rng, reps = np.random.default_rng(60), 800
+    covered, rejected = np.empty(reps, bool), np.empty(reps, bool)
+    for i in range(reps):
+        dice, subjects, _ = sim.draw(rng, [BASE, BASE, BASE], 10, 0.06)
+        _, lo, hi = stats.subject_bootstrap_ci(dice[0], subjects, n_boot=1000, seed=i)
+        covered[i] = lo <= TARGET <= hi
+        rejected[i] = stats.sign_flip_pvalue(np.subtract(*sim.totals(dice[1:], subjects, 10))) < 0.05
+    rate = float(rejected.mean())
+    print(f"10 subjects: coverage {covered.mean():.3f}, exact sign-flip false positives {rate:.4f}")
+    assert covered.mean() >= 0.90 and rate <= 0.05 + 2 * _se(rate, reps)
 
 
 def test_per_image_methods_fail_on_clustered_frames():
     """The old approach treats frames as independent: its CI is too narrow, its test too eager."""
-    rng, truth = np.random.default_rng(31), _true_mean()
+    rng = np.random.default_rng(31)
     covered, rejected = [], []
-    for i in range(150):
-        (dice, a, b), subjects = _dataset(rng, n_models=3)
-        _, lo, hi = stats.bootstrap_ci(dice, n_boot=500, seed=i)
-        covered.append(lo <= truth <= hi)
-        rejected.append(stats.paired_bootstrap_pvalue(a, b, n_boot=500, seed=i) < 0.05)
+    for i in range(100):
+        dice, subjects, _ = sim.draw(rng, [BASE, BASE, BASE], int(rng.integers(20, 48)), 0.05)
+        _, lo, hi = stats.bootstrap_ci(dice[0], n_boot=300, seed=i)
+        covered.append(lo <= TARGET <= hi)
+        rejected.append(oracles.paired_bootstrap_pvalue(dice[1], dice[2], n_boot=300, seed=i) < 0.05)
     coverage, rate = float(np.mean(covered)), float(np.mean(rejected))
     print(f"per-image bootstrap coverage {coverage:.3f}; per-image paired test false positives {rate:.3f}")
     assert coverage < 0.80
     assert rate > 0.15
+
+
+def _holm_vs_top_excludes(per_subject: np.ndarray, rng: np.random.Generator, n_flips: int = 1000) -> bool:
+    """The replaced rule: Holm over sign-flip tests of each model against the OBSERVED top (the
+    top picked by the image mean, as the board did)."""
+    top = int(np.argmax(per_subject[0].sum(axis=1)))
+    diffs = np.delete(per_subject[1], top, axis=0) - per_subject[1][top]
+    signs = 1.0 - 2.0 * rng.integers(0, 2, size=(n_flips, diffs.shape[1]))
+    extreme = (np.abs(signs @ diffs.T) >= np.abs(diffs.sum(axis=1)) - 1e-9).sum(axis=0)
+    return min(stats.holm(((1 + extreme) / (1 + n_flips)).tolist())) < 0.05
+
+
+def _best_set(models, n, rng, seed, n_boot=1000):
+    dice, subjects, sizes = sim.draw(rng, models, n, _icc(rng))
+    totals = sim.totals(dice, subjects, n)
+    pairs = ranking.Pairs.compare(totals, sizes, ranking.Resamples.draw(n, n_boot, seed))
+    return ranking.best_set(pairs), totals, sizes, pairs
+
+
+def test_top_group_is_a_95_confidence_set_for_the_best():
+    """5 equal models (equal image-weighted means, unequal size dependence), 10-47 subjects."""
+    equal = [sim.matched(s, TARGET) for s in SLOPES]
+    rng, reps = np.random.default_rng(41), 1000
+    excluded, old, picked = np.empty(reps, bool), np.empty(reps, bool), np.empty(reps, bool)
+    for i in range(reps):
+        p, totals, sizes, _ = _best_set(equal, int(rng.integers(10, 48)), rng, i)
+        excluded[i] = (p < 0.05).any()
+        old[i] = _holm_vs_top_excludes((totals, totals / sizes), rng)  # the old board: subject means
+        picked[i] = _holm_vs_top_excludes((totals, totals), rng)  # the top's selection alone
+    rate, old_rate = float(excluded.mean()), float(old.mean())
+    print(
+        f"5 equal models: the set excludes one in {rate:.4f} (se {_se(rate, reps):.4f}); the old top group "
+        f"(Holm vs the observed top on subject means) {old_rate:.4f}, on totals {picked.mean():.4f}"
+    )
+    assert 0.015 <= rate <= 0.05 + 2 * _se(rate, reps)
+    assert old_rate > 0.05 + 2 * _se(old_rate, reps)  # the old rule is over its error rate
+
+
+@pytest.mark.parametrize("gap,least", [(0.05, 0.95), (0.03, 0.6)])
+def test_top_group_shrinks_to_a_clearly_better_model(gap, least):
+    """One model better by ``gap`` (image-weighted) than 4 equal ones, 40 subjects."""
+    models = [sim.matched(0.0, TARGET + gap)] + [sim.matched(s, TARGET) for s in SLOPES[1:]]
+    rng, reps = np.random.default_rng(int(gap * 1000)), 200
+    alone = np.empty(reps, bool)
+    for i in range(reps):
+        p, *_ = _best_set(models, 40, rng, i)
+        alone[i] = p[0] >= 0.05 and (p[1:] < 0.05).all()
+    print(f"one model better by {gap}: the set is that model alone in {alone.mean():.3f} of {reps} data sets")
+    assert alone.mean() >= least
+
+
+def test_rank_intervals_cover_every_true_rank():
+    """5 models 0.015 apart (true ranks 1..5), 40 subjects: all five intervals hold their rank together."""
+    gaps = (0.03, 0.015, 0.0, -0.015, -0.03)
+    models = [sim.matched(s, TARGET + g) for s, g in zip(SLOPES, gaps)]
+    rng, reps = np.random.default_rng(51), 500
+    covered, widths = np.empty(reps, bool), np.empty(reps)
+    for i in range(reps):
+        *_, pairs = _best_set(models, 40, rng, i)
+        lo, hi = ranking.rank_intervals(pairs)
+        covered[i] = ((lo <= np.arange(1, 6)) & (np.arange(1, 6) <= hi)).all()
+        widths[i] = float(np.mean(hi - lo + 1))
+    rate = float(covered.mean())
+    print(
+        f"rank intervals, 5 models 0.015 apart: all ranks covered {rate:.3f}, mean length "
+        f"{widths.mean():.2f} ranks"
+    )
+    assert rate >= 0.95 - 2 * _se(rate, reps) and widths.mean() < 4.5  # informative, not [1, 5]
+
+
+def test_detectable_difference_has_the_stated_power():
+    """The board's MDE from one data set; a fresh one whose true gap is that MDE is detected ~80%."""
+    a, b = sim.matched(SLOPES[0], TARGET), sim.matched(SLOPES[-1], TARGET)
+    rng, reps = np.random.default_rng(71), 400
+    mdes, detected = np.empty(reps), np.empty(reps, bool)
+    for i in range(reps):
+        dice, subjects, sizes = sim.draw(rng, [a, b], 40, _icc(rng))
+        diff = np.subtract(*sim.totals(dice, subjects, 40))
+        (mdes[i],) = ranking.detectable_differences(
+            diff[None], sizes, resamples=ranking.Resamples.draw(40, 1000, i)
+        )
+        dice, subjects, _ = sim.draw(rng, [a, sim.matched(SLOPES[-1], TARGET - mdes[i])], 40, _icc(rng))
+        detected[i] = (
+            stats.sign_flip_pvalue(np.subtract(*sim.totals(dice, subjects, 40)), 1000, seed=i) < 0.05
+        )
+    power = {}
+    for gap in (0.02, 0.05):
+        worse = sim.matched(SLOPES[-1], TARGET - gap)
+        hits = [
+            stats.sign_flip_pvalue(np.subtract(*sim.totals(d, s, 40)), 1000, seed=i) < 0.05
+            for i, (d, s, _) in enumerate(sim.draw(rng, [a, worse], 40, _icc(rng)) for _ in range(200))
+        ]
+        power[gap] = float(np.mean(hits))
+    print(
+        f"MDE at 80% power, 40 subjects: median {np.median(mdes):.4f} (IQR {np.quantile(mdes, 0.25):.4f}-"
+        f"{np.quantile(mdes, 0.75):.4f}); a true gap of that size detected {detected.mean():.3f}; "
+        f"gap 0.02 detected {power[0.02]:.3f}, gap 0.05 {power[0.05]:.3f}"
+    )
+    assert 0.72 <= detected.mean() <= 0.88
+    assert power[0.02] < 0.8 < power[0.05] and 0.02 < np.median(mdes) < 0.05  # consistent with the MDE

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from benchmark.core import summary as S
 from benchmark.core.config import SCHEMA_VERSION
 from datamodules.errors import DataError
+from tests.benchmark.oracles import missing_keys
 
 
 def test_to_jsonable_converts_numpy_and_non_finite():
@@ -59,7 +60,7 @@ def test_read_summary_errors_name_the_file(tmp_path):
         S.read_summary(bad)
     future = tmp_path / "future.json"
     future.write_text(json.dumps({"schema_version": 99}))
-    with pytest.raises(DataError, match="schema_version 99 is not the supported 2$"):
+    with pytest.raises(DataError, match="schema_version 99 is not the supported 3$"):
         S.read_summary(future)
     assert not S.is_complete(bad, "x")
 
@@ -79,12 +80,20 @@ def test_schema_1_summaries_are_refused_in_one_line_naming_the_file(tmp_path):
 
 
 def test_missing_keys_lists_schema_gaps():
-    assert "per_image.dice" in S.missing_keys({"per_image": {}})
-    assert "status" in S.missing_keys({})
-    v2 = {"selection", "split", "global_batch", "selection.metrics", "split.folds", "metrics.raw"}
-    assert v2 <= set(S.missing_keys({}))
+    assert "per_image.dice" in missing_keys({"per_image": {}})
+    assert "status" in missing_keys({})
+    v2 = {
+        "selection",
+        "split",
+        "global_batch",
+        "world_size",
+        "selection.metrics",
+        "split.folds",
+        "metrics.raw",
+    }
+    assert v2 <= set(missing_keys({}))
     partial = {"metrics": {"raw": {}, "post": {}}, "selection": {"metrics": {"raw": {}}}}
-    gaps = S.missing_keys(partial)
+    gaps = missing_keys(partial)
     assert (
         "selection.metrics.post" in gaps
         and "selection.metrics.raw" not in gaps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,23 @@ def test_mode_follows_env_and_api_key(monkeypatch):
     assert run_logger.wandb_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert run_logger.wandb_mode() == "disabled"
+
+
+def test_wandb_is_made_offline_and_quiet_before_it_is_imported(monkeypatch):
+    """The offline mode passed to wandb.init did not reach wandb's process-wide telemetry, which then
+    looked up its host: the mode goes to the environment, before the import."""
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_ERROR_REPORTING"):
+        monkeypatch.delenv(var, raising=False)
+    run_logger.wandb_env()
+    assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_ERROR_REPORTING"] == "false"
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "true")
+    run_logger.wandb_env()  # a key: online is the user's choice, and so is error reporting
+    assert "WANDB_MODE" not in os.environ and os.environ["WANDB_ERROR_REPORTING"] == "true"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run_logger.wandb_env()
+    assert os.environ["WANDB_MODE"] == "disabled"
 
 
 def test_run_id_is_deterministic_short_and_group_specific():

@@ -15,12 +15,13 @@ from lightning.pytorch.callbacks import Callback
 from benchmark import pipeline as train
 from benchmark.cli import main
 from benchmark.core.config import ConfigError
-from benchmark.core.summary import dumps, missing_keys
+from benchmark.core.summary import dumps
 from benchmark.evaluation import inference
 from benchmark.scoring.counts import score_counts
 from benchmark.training.checkpoint import load_checkpoint_module
 from benchmark.training.trainer import make_datamodule
 from tests.benchmark.fitting import TINY, UNET, Stop, StopAt
+from tests.benchmark.oracles import missing_keys
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def test_summary_follows_the_schema(runs):
     text = path.read_text()
     assert text == dumps(json.loads(text))  # sorted keys, indent 2, strict JSON
     assert missing_keys(s) == []
-    assert s["status"] == "complete" and s["schema_version"] == 2
+    assert s["status"] == "complete" and s["schema_version"] == 3
     assert s["config"] == UNET.to_dict() and s["config_hash"] == UNET.hash() and s["run"] == UNET.run_name()
     assert (s["model"], s["fold"], s["n_folds"], s["seed"]) == ("unet", 0, 3, 0)
     ds = s["dataset"]
@@ -72,7 +73,9 @@ def test_summary_follows_the_schema(runs):
     h = s["history"]
     assert h["epoch"] == list(range(UNET.epochs)) and s["epochs_run"] == UNET.epochs
     assert s["best_epoch"] == s["selection"]["best_epoch"] == int(np.argmax(h["val_kaggle_dice"]))
-    assert s["selection"]["select"] == "best" and s["global_batch"] == UNET.batch_size  # one process
+    assert (
+        s["selection"]["select"] == "best" and s["global_batch"] == UNET.batch_size and s["world_size"] == 1
+    )
     assert np.mean(per["dice"]) == pytest.approx(s["metrics"]["post"]["kaggle_dice"])
     assert np.mean(per["dice_raw"]) == pytest.approx(s["metrics"]["raw"]["kaggle_dice"])
     split = s["split"]
@@ -86,12 +89,13 @@ def test_summary_follows_the_schema(runs):
 
 def test_epoch_and_postprocessing_are_chosen_on_the_inner_set_only(runs, dm):
     s, split = runs.unet, runs.unet["split"]
-    outer, inner, fit_part = set(dm.test_indices), set(dm.val_indices), set(dm.train_indices)
+    outer, inner, fit_part = set(dm.outer_indices), set(dm.inner_indices), set(dm.fit_indices)
     assert s["per_image"]["index"] == sorted(outer)  # the reported images are the outer fold
+    assert split["outer_indices"] == sorted(outer)  # ... and the split names them (completeness checks it)
     assert not outer & inner and not outer & fit_part and not inner & fit_part  # bookkeeping: exact
     assert (len(fit_part), len(inner), len(outer)) == (33, 11, 22)
-    assert split["inner_subjects"] == s["selection"]["subjects"] == sorted(set(dm.subjects[dm.val_indices]))
-    assert split["fit_subjects"] == sorted(set(dm.subjects[dm.train_indices]))
+    assert split["inner_subjects"] == s["selection"]["subjects"] == sorted(set(dm.subjects[dm.inner_indices]))
+    assert split["fit_subjects"] == sorted(set(dm.subjects[dm.fit_indices]))
     assert s["selection"]["n_images"] == 11
     # The epoch was chosen by val/kaggle_dice: that value is the selection set's raw score of best.ckpt.
     sel = s["selection"]["metrics"]
@@ -100,7 +104,7 @@ def test_epoch_and_postprocessing_are_chosen_on_the_inner_set_only(runs, dm):
     )
     # ... and re-scoring best.ckpt on the inner images reproduces it (same loader, same device).
     module, _ = load_checkpoint_module(runs.run_dir(UNET) / "checkpoints" / "best.ckpt")
-    rows = inference.predict_loader(module, dm.val_dataloader(), torch.device("cpu"), "32")
+    rows = inference.predict_loader(module, dm.inner_dataloader(), torch.device("cpu"), "32")
     assert rows["index"].tolist() == sorted(inner)
     rescored = score_counts(rows["counts"], rows["presence_prob"])["kaggle_dice"]
     assert rescored == pytest.approx(sel["raw"]["kaggle_dice"], abs=1e-9)
@@ -134,7 +138,7 @@ def test_best_checkpoint_carries_the_tuned_postprocessing(runs):
     )
     # What `evaluate` needs to recognise the training data and score only the outer fold.
     assert best["nerve_bench"]["data_hash"] == runs.unet["dataset"]["content_hash"]
-    assert best["nerve_bench"]["test_indices"] == runs.unet["per_image"]["index"]
+    assert best["nerve_bench"]["outer_indices"] == runs.unet["per_image"]["index"]
     assert best["epoch"] == runs.unet["best_epoch"]
     assert (ckpt_dir / "last.ckpt").is_file()
 
@@ -237,3 +241,25 @@ def test_gpu_cache_fast_path_trains_on_cpu_too(runs, tmp_path):
     summary = train.fit(cfg, runs.data, tmp_path, callbacks=[counter])
     assert counter.epochs == [0] and summary["status"] == "complete"
     assert summary["dataset"]["n_outer"] == 22 and summary["cost"]["train_img_s"] > 0
+
+
+def test_empty_baseline_checkpoints_come_from_global_rank_zero_only(runs, tmp_path, monkeypatch):
+    """Under DDP every rank runs train(); for the `empty` baseline (nothing to optimise) only rank 0
+    may write its checkpoints, as Lightning's checkpoint callbacks do for trained models."""
+    from lightning import Trainer
+
+    from benchmark.training.module import SegModule
+    from benchmark.training.trainer import train as train_run
+    from tests.benchmark.fitting import EMPTY
+
+    module = SegModule(EMPTY.to_dict())
+    dm = make_datamodule(EMPTY, runs.data)
+    monkeypatch.setattr(Trainer, "is_global_zero", property(lambda self: False))
+    train_run(EMPTY, module, dm, tmp_path / "rank1")
+    assert not (tmp_path / "rank1" / "checkpoints").exists()
+    monkeypatch.undo()
+    train_run(EMPTY, module, dm, tmp_path / "rank0")
+    assert sorted(p.name for p in (tmp_path / "rank0" / "checkpoints").iterdir()) == [
+        "best.ckpt",
+        "last.ckpt",
+    ]

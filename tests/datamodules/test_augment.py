@@ -1,11 +1,13 @@
-"""Augmentation flags toggle their transforms, and image and mask move together."""
+"""CPU augmentation: each switch toggles its transform, image and mask move together, every sample
+is augmented from its own key, and the transforms draw independently of one another."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from datamodules.augment import build_train_transform
+from datamodules.augment import augment_sample, build_train_transform
+from datamodules.data_config import AugmentConfig, DataConfigError
 
 NAMES = {
     "flip": "HorizontalFlip",
@@ -14,7 +16,6 @@ NAMES = {
     "brightness": "RandomBrightnessContrast",
     "noise": "GaussNoise",
 }
-OFF = dict.fromkeys(NAMES, False)
 
 
 def _pair(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -24,49 +25,66 @@ def _pair(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("flag", list(NAMES))
-def test_each_flag_toggles_its_transform(flag: str) -> None:
-    compose = build_train_transform(**{**OFF, flag: True}, p=1.0, seed=0)
+def test_each_switch_toggles_its_transform(flag: str) -> None:
+    compose = build_train_transform(AugmentConfig.only(flag, p=1.0))
     assert [type(t).__name__ for t in compose.transforms] == [NAMES[flag]]
     rng = np.random.default_rng(1)
     image = rng.integers(60, 200, (64, 64), dtype=np.uint8)
-    out = compose(image=image, mask=np.zeros((64, 64), np.uint8))
-    assert out["image"].dtype == np.uint8 and out["image"].shape == (64, 64)
-    assert not np.array_equal(out["image"], image)
+    out, _ = augment_sample(compose, image, np.zeros((64, 64), np.uint8), key=0)
+    assert out.dtype == np.uint8 and out.shape == (64, 64)
+    assert not np.array_equal(out, image)
 
 
-def test_all_flags_off_is_identity_and_defaults() -> None:
+def test_all_switches_off_is_identity_and_defaults() -> None:
     image, mask = _pair()
-    out = build_train_transform(**OFF)(image=image, mask=mask)
-    np.testing.assert_array_equal(out["image"], image)
-    np.testing.assert_array_equal(out["mask"], mask)
-    default = [type(t).__name__ for t in build_train_transform().transforms]
+    for off in (AugmentConfig.only(), AugmentConfig(enabled=False)):
+        out = augment_sample(build_train_transform(off), image, mask, key=3)
+        np.testing.assert_array_equal(out[0], image)
+        np.testing.assert_array_equal(out[1], mask)
+    default = [type(t).__name__ for t in build_train_transform(AugmentConfig()).transforms]
     assert default == ["HorizontalFlip", "Affine", "RandomBrightnessContrast", "GaussNoise"]
 
 
 def test_flip_moves_image_and_mask_together_exactly() -> None:
     image, mask = _pair()
-    out = build_train_transform(**{**OFF, "flip": True}, p=1.0)(image=image, mask=mask)
-    np.testing.assert_array_equal(out["mask"], mask[:, ::-1])
-    np.testing.assert_array_equal(out["image"], image[:, ::-1])
+    out = augment_sample(build_train_transform(AugmentConfig.only("flip", p=1.0)), image, mask, key=0)
+    np.testing.assert_array_equal(out[1], mask[:, ::-1])
+    np.testing.assert_array_equal(out[0], image[:, ::-1])
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_geometric_transforms_keep_image_and_mask_aligned(seed: int) -> None:
+@pytest.mark.parametrize("key", range(4))
+def test_geometric_transforms_keep_image_and_mask_aligned(key: int) -> None:
     image, mask = _pair()
-    compose = build_train_transform(
-        **{**OFF, "flip": True, "affine": True, "elastic": True}, p=1.0, seed=seed
-    )
-    out = compose(image=image, mask=mask)
-    assert set(np.unique(out["mask"])) <= {0, 1} and out["mask"].dtype == np.uint8
-    assert not np.array_equal(out["mask"], mask)  # something moved
-    disagree = ((out["image"] > 127) != (out["mask"] > 0)).sum()
-    assert disagree <= 0.1 * out["mask"].sum()  # only boundary pixels may differ (linear vs nearest)
+    compose = build_train_transform(AugmentConfig.only("flip", "affine", "elastic", p=1.0))
+    out_image, out_mask = augment_sample(compose, image, mask, key)
+    assert set(np.unique(out_mask)) <= {0, 1} and out_mask.dtype == np.uint8
+    assert not np.array_equal(out_mask, mask)  # something moved
+    disagree = ((out_image > 127) != (out_mask > 0)).sum()
+    assert disagree <= 0.1 * out_mask.sum()  # only boundary pixels may differ (linear vs nearest)
 
 
-def test_seeded_compose_is_reproducible_and_p_is_checked() -> None:
+def test_a_key_fixes_the_draws_and_p_is_checked() -> None:
     image, mask = _pair()
-    a = build_train_transform(elastic=True, p=1.0, seed=5)(image=image, mask=mask)
-    b = build_train_transform(elastic=True, p=1.0, seed=5)(image=image, mask=mask)
-    np.testing.assert_array_equal(a["image"], b["image"])
-    with pytest.raises(ValueError, match="probability"):
-        build_train_transform(p=1.5)
+    compose = build_train_transform(AugmentConfig.only("elastic", "noise", p=1.0))
+    a, b = augment_sample(compose, image, mask, 5), augment_sample(compose, image, mask, 5)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], augment_sample(compose, image, mask, 6)[0])
+    with pytest.raises(DataConfigError, match="probability"):
+        AugmentConfig(p=1.5)
+
+
+def test_transforms_draw_independently() -> None:
+    """With p = 0.5, flip and brightness each fire on about half of the samples and together on about
+    a quarter. (``Compose.set_random_seed`` seeds every transform alike: their coins were equal, so
+    all transforms fired together or not at all.)"""
+    image, mask = _pair()
+    compose = build_train_transform(AugmentConfig.only("flip", "brightness"))
+    flips, brights = [], []
+    for key in range(200):
+        out_image, out_mask = augment_sample(compose, image, mask, key)
+        flipped = np.array_equal(out_mask, mask[:, ::-1])
+        flips.append(flipped)
+        brights.append(not np.array_equal(out_image, image[:, ::-1] if flipped else image))
+    flips, brights = np.array(flips), np.array(brights)
+    assert 0.35 < flips.mean() < 0.65 and 0.35 < brights.mean() < 0.65
+    assert 0.13 < (flips & brights).mean() < 0.37  # independent: ~0.25; all-or-nothing: ~0.5

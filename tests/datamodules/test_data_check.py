@@ -1,7 +1,7 @@
 """`data check`: the summary on real data, and one clear error line (exit 2) for each bad input.
 
-Every broken dataset is also fed to ``load_train`` (what the DataModule uses), which must raise
-the very DataError that the CLI printed.
+Every broken dataset is also fed to ``load_train`` (what the DataModule uses), or for a bad test/
+image to ``check_dataset``, which must raise the very DataError that the CLI printed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from benchmark.cli import main
 from datamodules.errors import DataError
 from datamodules.io import write_tif
-from datamodules.kaggle import load_test, load_train
+from datamodules.kaggle import check_dataset, load_train
 from datamodules.rle import encode
 from tests.datamodules.tiny_data import tiny_masks, write_csv
 
@@ -87,7 +87,7 @@ def test_truncated_tif(capsys, tiny, name):
 
 def test_corrupt_test_image(capsys, tiny):
     (tiny / "test" / "2.tif").write_bytes(b"\x00" * 64)
-    assert_bad(capsys, tiny, "2.tif", "corrupt or truncated tif", loader=load_test)
+    assert_bad(capsys, tiny, "2.tif", "corrupt or truncated tif", loader=check_dataset)
 
 
 def test_wrong_image_shape(capsys, tiny):
@@ -97,7 +97,7 @@ def test_wrong_image_shape(capsys, tiny):
 
 def test_wrong_test_image_shape(capsys, tiny):
     write_tif(tiny / "test" / "10.tif", np.zeros((580, 420), np.uint8))
-    assert_bad(capsys, tiny, "10.tif", "expected 420x580", loader=load_test)
+    assert_bad(capsys, tiny, "10.tif", "expected 420x580", loader=check_dataset)
 
 
 def test_non_binary_mask(capsys, tiny):
@@ -172,7 +172,7 @@ def test_real_json_summary(capsys, uns_sample):
 def test_real_json_via_console_entry(uns_sample):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "benchmark", "data", "check", "--data-dir", str(uns_sample), "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert {k: info[k] for k in REAL} == REAL
@@ -180,7 +180,7 @@ def test_real_json_via_console_entry(uns_sample):
 
 def test_bad_input_via_console_entry(tmp_path):
     cmd = [sys.executable, "-m", "benchmark", "data", "check", "--data-dir", str(tmp_path / "absent")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "absent: directory not found" in proc.stderr
     assert "Traceback" not in proc.stderr

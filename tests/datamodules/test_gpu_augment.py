@@ -1,20 +1,32 @@
-"""GPU-side augmentation on CPU: image/mask alignment, exact flips, determinism, batch dicts."""
+"""GPU-side augmentation on CPU: image/mask alignment, exact flips, per-sample keys, every switch,
+and the GPU iterator taking exactly the CPU loader's global batches."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmark.core.config import TrainConfig
 from datamodules import gpu_augment as ga
+from datamodules.data_config import SWITCHES, AugmentConfig
+from datamodules.datamodule import UltrasoundNerveDataModule
 from datamodules.errors import DataError
+from datamodules.gpu_data import GpuCachedDataModule
+from datamodules.samplers import TrainSampler
+from datamodules.stream import sample_keys
+
+ALL = AugmentConfig()
+GEOMETRY = AugmentConfig.only("flip", "affine", "elastic")
 
 
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _keys(b: int, epoch: int = 0, seed: int = 0) -> torch.Tensor:
+    return sample_keys(seed, epoch, torch.arange(b))
 
 
 def _blobs(b: int = 8, h: int = 40, w: int = 56) -> torch.Tensor:
@@ -29,10 +41,11 @@ def _unnormalise(x: torch.Tensor) -> torch.Tensor:
     return (x * ga.STD + ga.MEAN) * 255.0
 
 
-def test_geometry_keeps_image_and_mask_aligned():
+@pytest.mark.parametrize("aug", [AugmentConfig.only("flip", "affine"), GEOMETRY])
+def test_geometry_keeps_image_and_mask_aligned(aug: AugmentConfig):
     masks = _blobs()
     images = masks * 255
-    x, m = ga.gpu_augment(images, masks, _gen(3), flip=True, affine=True, intensity=False, noise=False)
+    x, m = ga.gpu_augment(images, masks, _keys(8, epoch=3), aug)
     assert not torch.equal(m, masks.float())  # something moved
     disagree = (_unnormalise(x) > 127.5) != (m > 0.5)
     # Bilinear vs nearest may differ only on the 1-pixel band along the warped mask's boundary.
@@ -45,7 +58,7 @@ def test_geometry_keeps_image_and_mask_aligned():
 def test_flip_only_is_exact():
     masks = _blobs()
     images = (masks * 200 + 20).to(torch.uint8)
-    x, m = ga.gpu_augment(images, masks, _gen(1), flip=True, affine=False, intensity=False, noise=False)
+    x, m = ga.gpu_augment(images, masks, _keys(8, epoch=1), AugmentConfig.only("flip"))
     flipped = torch.tensor([torch.equal(m[i], masks[i].flip(-1).float()) for i in range(len(m))])
     kept = torch.tensor([torch.equal(m[i], masks[i].float()) for i in range(len(m))])
     assert (flipped | kept).all() and flipped.any() and kept.any()
@@ -55,22 +68,36 @@ def test_flip_only_is_exact():
 def test_no_augmentation_is_plain_normalisation():
     masks = _blobs(2)
     images = masks * 255
-    x, m = ga.gpu_augment(images, masks, _gen(), flip=False, affine=False, intensity=False, noise=False)
+    x, m = ga.gpu_augment(images, masks, _keys(2), AugmentConfig.only())
     assert torch.equal(m, masks.float())
     expected = (masks.float() - ga.MEAN) / ga.STD
     assert x.dtype == torch.float32 and torch.allclose(x, expected)
 
 
-def test_deterministic_given_seed_and_range():
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_every_switch_acts_on_the_gpu_path(switch: str):
     masks = _blobs()
     images = (masks * 150 + 50).to(torch.uint8)
-    a = ga.gpu_augment(images, masks, _gen(7))
-    b = ga.gpu_augment(images, masks, _gen(7))
-    c = ga.gpu_augment(images, masks, _gen(8))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not torch.equal(a[0], c[0])
-    raw = _unnormalise(a[0])
+    x, m = ga.gpu_augment(images, masks, _keys(8), AugmentConfig.only(switch, p=1.0))
+    plain = ga.normalise(images.float())
+    changed = [not torch.allclose(x[i], plain[i], atol=1e-4) for i in range(8)]
+    assert all(changed), switch
+
+
+def test_a_sample_is_augmented_by_its_key_not_by_its_batch():
+    """Batch [a, b] and batch [b] alone give b the same augmentation (within float tolerance: the
+    elastic blur is a convolution whose kernels may change with the batch size)."""
+    masks = _blobs(4)
+    images = (masks * 150 + 50).to(torch.uint8)
+    keys = _keys(4, epoch=2)
+    x, m = ga.gpu_augment(images, masks, keys, ALL)
+    x1, m1 = ga.gpu_augment(images[2:3], masks[2:3], keys[2:3], ALL)
+    torch.testing.assert_close(x1, x[2:3], rtol=0, atol=1e-4)
+    assert torch.equal(m1, m[2:3])
+    raw = _unnormalise(x)
     assert raw.min() >= -1e-3 and raw.max() <= 255 + 1e-3
+    other = ga.gpu_augment(images, masks, _keys(4, epoch=3), ALL)[0]
+    assert not torch.allclose(other, x)  # another epoch, other draws
 
 
 def test_affine_theta_identity_and_rotation():
@@ -94,53 +121,72 @@ def test_presence_and_bbox_hand_values():
 def test_batch_iterator_epochs_and_shards():
     masks = _blobs(10).squeeze(1).numpy()
     cache = ga.GpuCache(masks * 255, masks, indices=np.arange(100, 110))
-    loader = ga.GpuBatchIterator(cache, batch_size=3, seed=0)
+    sampler = TrainSampler(10, 3, seed=0)
+    loader = ga.GpuBatchIterator(cache, sampler, ALL, seed=0)
     assert len(loader) == 3
     epoch0 = list(loader)
+    sampler.set_epoch(1)
     epoch1 = list(loader)
     assert [b["image"].shape for b in epoch0] == [(3, 1, 40, 56)] * 3
     assert set(epoch0[0]) == {"image", "mask", "presence", "bbox", "index"}
     idx0 = torch.cat([b["index"] for b in epoch0])
     assert len(set(idx0.tolist())) == 9 and idx0.min() >= 100
     assert not torch.equal(idx0, torch.cat([b["index"] for b in epoch1]))  # reshuffled per epoch
-    again = list(ga.GpuBatchIterator(cache, batch_size=3, seed=0))
+    again = list(ga.GpuBatchIterator(cache, TrainSampler(10, 3, seed=0), ALL, seed=0))
     assert torch.equal(again[0]["image"], epoch0[0]["image"])
-    shards = [ga.GpuBatchIterator(cache, 5, seed=0, rank=r, world_size=2, augment=False) for r in (0, 1)]
-    seen = [torch.cat([b["index"] for b in s]).tolist() for s in shards]
-    assert sorted(seen[0] + seen[1]) == list(range(100, 110))
+    shards = [ga.GpuBatchIterator(cache, TrainSampler(10, 4, 0, r, 2), ALL, seed=0) for r in (0, 1)]
+    assert [len(s) for s in shards] == [2, 2]
+    seen = [torch.cat([b["index"] for b in s]) for s in shards]
+    assert len(set(seen[0].tolist() + seen[1].tolist())) == 8  # 2 global batches of 4, no repeats
 
 
-def _epoch_sizes(loader: ga.GpuBatchIterator) -> list[int]:
-    return [len(b["index"]) for b in loader]
+@pytest.fixture(scope="module")
+def train_set(synthetic_dir: Path):
+    from datamodules.kaggle import load_train
+
+    return load_train(synthetic_dir)  # decoded once for the module's many DataModules
 
 
-def test_batch_iterator_never_ends_in_a_single_sample():
-    masks = _blobs(7).squeeze(1).numpy()
-    cache = ga.GpuCache(masks * 255, masks)
-    loader = ga.GpuBatchIterator(cache, batch_size=3, drop_last=False, augment=False)
-    assert len(loader) == 2 and _epoch_sizes(loader) == [3, 3]  # 7 = 3 + 3 + 1: the 1 is dropped
-    loader = ga.GpuBatchIterator(cache, batch_size=5, drop_last=False, augment=False)
-    assert len(loader) == 2 and _epoch_sizes(loader) == [5, 2]  # a tail of 2 is kept
-    # DDP: 9 rows -> 5 per rank (one wrapped round) = 4 + 1 on every rank
-    cache = ga.GpuCache(_blobs(9).squeeze(1).numpy(), _blobs(9).squeeze(1).numpy())
-    for rank in (0, 1):
-        shard = ga.GpuBatchIterator(cache, 4, drop_last=False, rank=rank, world_size=2, augment=False)
-        assert len(shard) == 1 and _epoch_sizes(shard) == [4]
+def _cpu_and_gpu_batches(
+    data: Path, train_set, aug: dict, world: int = 1, rank: int = 0
+) -> tuple[list, list]:
+    cfg = TrainConfig(image_size=64, n_folds=3, batch_size=4, seed=5, **aug).to_dict()
+    out = []
+    for cls in (UltrasoundNerveDataModule, GpuCachedDataModule):
+        dm = cls.from_config_dict(data, cfg, preloaded=train_set)
+        dm.trainer = SimpleNamespace(
+            world_size=world, global_rank=rank, strategy=SimpleNamespace(root_device="cpu")
+        )
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(2)
+        out.append(list(loader))
+    return out[0], out[1]
 
 
-def test_ddp_ranks_get_equal_shares():
-    """An uneven split would give ranks different batch counts and hang DDP's all-reduce."""
-    masks = _blobs(5).squeeze(1).numpy()
-    cache = ga.GpuCache(masks * 255, masks, indices=np.arange(5))
-    shards = [ga.GpuBatchIterator(cache, 3, seed=0, rank=r, world_size=2, augment=False) for r in (0, 1)]
-    assert [len(s) for s in shards] == [1, 1]
-    seen = [torch.cat([b["index"] for b in s]).tolist() for s in shards]
-    assert [len(x) for x in seen] == [3, 3]  # 5 rows padded to 6 by wrapping round
-    assert set(seen[0] + seen[1]) == set(range(5))
+def test_gpu_iterator_takes_the_cpu_loaders_global_batches(synthetic_dir: Path, train_set):
+    for world, rank in ((1, 0), (2, 1)):
+        cpu, gpu = _cpu_and_gpu_batches(synthetic_dir, train_set, {"augment": False}, world, rank)
+        assert [b["index"].tolist() for b in cpu] == [b["index"].tolist() for b in gpu]
+        for a, b in zip(cpu, gpu, strict=True):  # un-augmented: the same normalised cache
+            torch.testing.assert_close(a["image"], b["image"], rtol=0, atol=1e-6)
 
 
-def test_cache_rejects_bad_input():
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_every_aug_switch_acts_on_both_paths(synthetic_dir: Path, train_set, switch: str):
+    """One data config: aug_<switch> alone changes the training batches of the CPU loader AND of the
+    GPU iterator (aug_elastic used to change the run hash but not the GPU-cache training)."""
+    only = {f"aug_{s}": s == switch for s in SWITCHES}
+    plain_cpu, plain_gpu = _cpu_and_gpu_batches(synthetic_dir, train_set, {"augment": False})
+    cpu, gpu = _cpu_and_gpu_batches(synthetic_dir, train_set, only)
+    for augmented, plain in ((cpu, plain_cpu), (gpu, plain_gpu)):
+        assert any(not torch.allclose(a["image"], p["image"], atol=1e-4) for a, p in zip(augmented, plain))
+
+
+def test_cache_and_iterator_reject_bad_input():
     with pytest.raises(DataError, match="uint8"):
         ga.GpuCache(np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="equal shape"):
-        ga.gpu_augment(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(2, 1, 8, 9), _gen())
+        ga.gpu_augment(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(2, 1, 8, 9), _keys(2), ALL)
+    cache = ga.GpuCache(np.zeros((4, 8, 8), np.uint8), np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(DataError, match="sampler over 5"):
+        ga.GpuBatchIterator(cache, TrainSampler(5, 2, 0), ALL)

@@ -13,7 +13,7 @@ import pytest
 
 from datamodules.errors import DataError
 from datamodules.io import read_tif, write_tif
-from datamodules.kaggle import check_dataset, content_hash, load_test, load_train, scan_test, scan_train
+from datamodules.kaggle import check_dataset, content_hash, load_train, scan_test, scan_train
 from datamodules.rle import decode, encode
 from tests.datamodules.tiny_data import SHAPE, TINY_STEMS, tiny_masks, write_csv, write_tiny_dataset
 
@@ -84,9 +84,9 @@ def test_scan_train_reads_no_pixels(tiny):
 
 def test_test_images_sorted_numerically(tiny):
     (tiny / "test" / "notes.txt").write_text("ignored")
-    assert [i for i, _ in scan_test(tiny)] == [1, 2, 10]
-    ids, images = load_test(tiny)
-    assert ids == [1, 2, 10]
+    items = scan_test(tiny)
+    assert [i for i, _ in items] == [1, 2, 10]
+    images = np.stack([read_tif(path) for _, path in items])  # each id is paired with its own file
     assert images.shape == (3, *SHAPE) and images[:, 0, 0].tolist() == [1, 2, 10]
 
 
@@ -177,3 +177,37 @@ def test_real_load_train(uns_sample):
     assert train.stems[:3] == ["1_1", "1_2", "1_3"] and train.stems[-1] == "13_8"
     i = train.stems.index("1_10")
     np.testing.assert_array_equal(train.images[i], read_tif(uns_sample / "train" / "1_10.tif"))
+
+
+@pytest.mark.parametrize(
+    ("runs", "problem"),
+    [
+        ("1 10 5 10", "RLE run 2 (5 10) overlaps run 1 (1 10, pixels 1-10)"),
+        ("1 10 1 10", "RLE run 2 (1 10) repeats run 1"),
+        ("100 5 1 10", "RLE run 2 starts at pixel 1, before run 1 at 100 (runs must be in increasing order)"),
+    ],
+)
+def test_csv_only_masks_refuse_overlapping_repeated_or_unsorted_runs(tiny, runs, problem):
+    """With no mask tif, the csv row is the only truth: decoding would silently merge such runs."""
+    for path in (tiny / "train").glob("*_mask.tif"):
+        path.unlink()
+    write_csv(tiny, [[1, 1, encode(tiny_masks()["1_1"])], [1, 2, runs], [2, 1, ""]])
+    with pytest.raises(DataError) as err:
+        scan_train(tiny)
+    assert (
+        str(err.value)
+        == f"{tiny / 'train_masks.csv'}: line 3 (1_2): {problem}; this mask has no tif to check it against"
+    )
+    write_csv(tiny, [[1, 1, encode(tiny_masks()["1_1"])], [1, 2, "1 10 11 5 30 2"], [2, 1, ""]])
+    assert len(scan_train(tiny)) == 3  # touching and well-ordered runs are fine
+
+
+def test_real_csv_rows_are_all_sorted_and_disjoint(uns_sample):
+    """All 5,635 rows of the real train_masks.csv pass the csv-only check."""
+    from datamodules.validate import check_runs_ordered
+
+    with open(uns_sample / "train_masks.csv", newline="") as fh:
+        for line, row in enumerate(csv.DictReader(fh), start=2):
+            check_runs_ordered(
+                row["pixels"], uns_sample / "train_masks.csv", line, f"{row['subject']}_{row['img']}"
+            )

@@ -1,17 +1,29 @@
-"""Every default model (plus one generic smp name) honours the model contract on small inputs."""
+"""Every registered model, installed plugins and the example plugin included (plus one generic smp
+name), honours the model contract on small inputs."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 
 import models
 from models.info import count_params
+from tests.plugin_site import EXAMPLE_MODEL, activate
 
-NAMES = models.list_models() + ["smp:unet:tu-resnet18"]
+HAS_NNUNET = importlib.util.find_spec("dynamic_network_architectures") is not None
+# nnU-Net's networks (the optional extra) are outside the default set; a 32x32 patch keeps them cheap.
+EXTRAS = ["nnunet_plain", "nnunet_resenc"] if HAS_NNUNET else []
+NAMES = models.list_models() + ["smp:unet:tu-resnet18", EXAMPLE_MODEL] + EXTRAS
+KWARGS = {"nnunet_plain": {"patch_size": 32}, "nnunet_resenc": {"patch_size": 32}}
 # timm ResNets zero-init the last BatchNorm of each residual block, so at initialisation the
 # residual branches before it get exactly zero gradient; require most tensors to move instead.
 ZERO_INIT_RESIDUAL = {"smp:unet:tu-resnet18"}
+# nnU-Net zero-inits the last norm of each residual block too (init_last_bn_before_add_to_0): at
+# initialisation exactly the residual branches get no gradient, and nothing else may lack one.
+ZERO_INIT_BRANCHES = {"nnunet_resenc"}
 
 
 def _mask(out: torch.Tensor | dict) -> torch.Tensor:
@@ -42,16 +54,34 @@ def _assert_gradients(name: str, model: torch.nn.Module) -> None:
     missing = [k for k, p in params if p.grad is None]
     assert not missing, f"{name}: parameters without gradient: {missing[:5]}"
     zero = [k for k, p in params if not p.grad.abs().sum() > 0]
-    if name in ZERO_INIT_RESIDUAL:
+    if name in ZERO_INIT_BRANCHES:
+        outside = [
+            k for k in zero if ".blocks." not in k or not any(f".{c}." in k for c in ("conv1", "conv2"))
+        ]
+        assert not outside and zero, f"{name}: zero gradients outside the residual branches: {outside[:5]}"
+    elif name in ZERO_INIT_RESIDUAL:
         assert len(zero) < len(params) / 2, f"{name}: {len(zero)}/{len(params)} zero gradients"
     else:
         assert not zero, f"{name}: zero gradients: {zero[:5]}"
 
 
+@pytest.fixture
+def registered(name: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> object:
+    """The example plugin, loaded from its installed copy, for the test that needs it."""
+    if name != EXAMPLE_MODEL or EXAMPLE_MODEL in models.list_models():
+        yield
+        return
+    site: Path = request.getfixturevalue("example_site")
+    with activate(site, monkeypatch):
+        yield
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_model_contract(name: str) -> None:
+def test_model_contract(name: str, registered: object) -> None:
     torch.manual_seed(0)
-    model = models.create(name, in_channels=1, encoder_weights=None, presence_head=False)
+    model = models.create(
+        name, in_channels=1, encoder_weights=None, presence_head=False, **KWARGS.get(name, {})
+    )
     shape = (2, 1, 64, 64)
     out = model(torch.randn(shape))
     _check_output(name, out, shape)
@@ -75,8 +105,24 @@ def test_cheap_models_at_benchmark_sizes(name: str, shape: tuple[int, ...]) -> N
         _check_output(name, model(torch.randn(shape)), shape)
 
 
+@pytest.mark.skipif(not HAS_NNUNET, reason="the nnunet extra is not installed")
+def test_nnunet_topology_is_the_2d_planners() -> None:
+    """256x256 (our default input): 7 stages, 32..512 features, 3x3 kernels, stride 2 (nnU-Net's 2D plans)."""
+    from models.nnunet import topology
+
+    topo = topology(256)
+    assert topo["n_stages"] == 7 and topo["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512]
+    assert topo["kernel_sizes"] == [[3, 3]] * 7 and topo["strides"] == [[1, 1]] + [[2, 2]] * 6
+    plain, resenc = models.create("nnunet_plain").net, models.create("nnunet_resenc").net
+    assert type(plain).__name__ == "PlainConvUNet" and type(resenc).__name__ == "ResidualEncoderUNet"
+    assert [len(s.blocks) for s in resenc.encoder.stages] == [1, 3, 4, 6, 6, 6, 6]
+    norms = {type(m).__name__ for m in plain.modules()} & {"InstanceNorm2d", "LeakyReLU", "BatchNorm2d"}
+    assert norms == {"InstanceNorm2d", "LeakyReLU"}
+    assert models.get_info("nnunet_plain").paper and "nnunet_plain" in models.list_models(extras=True)
+
+
 def test_default_set_and_order() -> None:
-    assert models.list_models() == [
+    assert models.list_models(models.BUILTIN) == [
         "unet",
         "unet_densenet121",
         "unet_vgg16",

@@ -61,9 +61,10 @@ def test_models_command_json(capsys: pytest.CaptureFixture[str]) -> None:
     names = [r["name"] for r in rows]
     assert names == models.list_models() + ["smp:unet:tu-resnet18"]
     for row in rows:
-        assert set(row) == {"name", "params", "gflops", "paper"} and row["paper"]
+        assert set(row) == {"name", "params", "gflops", "paper", "package"} and row["paper"]
         assert (row["params"] > 0 and row["gflops"] > 0) == (row["name"] != "empty")
     assert next(r for r in rows if r["name"] == "empty")["params"] == 1  # its frozen constant
+    assert {r["package"] for r in rows if r["name"] in models.list_models(models.BUILTIN)} == {models.BUILTIN}
 
 
 def test_models_command_table_and_bad_include(capsys: pytest.CaptureFixture[str]) -> None:

@@ -155,3 +155,58 @@ def test_cached_weights_pass_the_guard(cold_cache: Path, monkeypatch: pytest.Mon
     ensure_available("resnet34", "imagenet")  # no error: found in the cache
     with pytest.raises(ModelError):
         ensure_available("resnet18", "imagenet")  # a different encoder is still missing
+
+
+def test_check_protocol_runs_before_the_factory() -> None:
+    calls: list[tuple[str, dict]] = []
+    built: list[dict] = []
+
+    def check(name: str, kwargs: dict) -> None:
+        calls.append((name, kwargs))
+        if kwargs.get("size", 1) < 1:
+            raise ModelError(f"{name}: size must be at least 1")
+
+    def factory(**kwargs: object) -> torch.nn.Module:
+        built.append(kwargs)
+        return torch.nn.Identity()
+
+    registry.register("checked_model", paper="test", check=check)(factory)
+    try:
+        with pytest.raises(ModelError, match="checked_model: size must be at least 1"):
+            models.create("checked_model", size=0)
+        assert built == [] and calls == [("checked_model", {"size": 0})]
+        models.check_kwargs("checked_model", {"size": 2})  # checks without building
+        assert built == [] and calls[-1] == ("checked_model", {"size": 2})
+        models.create("checked_model", size=3)
+        assert built == [{"size": 3}]
+        assert not hasattr(factory, "kwargs_check")  # no hidden attributes
+        assert models.get_info("checked_model").check is check
+    finally:
+        registry.unregister("checked_model")
+
+
+def test_a_check_that_crashes_is_one_model_error() -> None:
+    # registered from outside models/: the package is inferred from the factory's module ("tests")
+    def check(name: str, kwargs: dict) -> None:
+        raise KeyError("width")
+
+    registry.register("crashing_check", check=check)(lambda **kw: torch.nn.Identity())
+    try:
+        with pytest.raises(ModelError, match=r"model 'crashing_check' \(tests\): its check failed: KeyError"):
+            models.check_kwargs("crashing_check", {})
+    finally:
+        registry.unregister("crashing_check")
+
+
+@pytest.mark.parametrize("name", ["", "a:b", " padded", 3])
+def test_bad_names_are_refused(name: object) -> None:
+    with pytest.raises(ModelError, match="must be a non-empty name without ':'"):
+        registry.register(name)  # type: ignore[arg-type]
+    with pytest.raises(ModelError, match="check must be a function"):
+        registry.register("fine_name", check="not callable")  # type: ignore[arg-type]
+
+
+def test_duplicate_names_name_the_owner_package() -> None:
+    with pytest.raises(ModelError, match=r"'trans_cg_unet' is already registered \(by nerve-bench\)"):
+        registry.register("trans_cg_unet")(lambda **kw: torch.nn.Identity())
+    assert models.get_info("smp:unet:resnet18").package == models.BUILTIN

@@ -1,6 +1,6 @@
-"""Every registered model takes a training step on the real loader's last batch when the training
-split size is 1 more than a multiple of the batch size (that batch used to hold a lone sample,
-which BatchNorm after global pooling, e.g. the SK-U-Net squeeze, cannot train on)."""
+"""Every registered model takes a training step on the real loader's last batch when the fit part is
+1 more than a multiple of the batch size: only full global batches are trained on, so no batch holds
+a lone sample (which BatchNorm after global pooling, e.g. the SK-U-Net squeeze, cannot train on)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import models
+from datamodules.data_config import DataConfig
 from datamodules.datamodule import UltrasoundNerveDataModule
 from models.registry import ModelError
 
@@ -31,10 +32,12 @@ SMALL: dict[str, dict] = {
 
 @pytest.fixture(scope="module")
 def batches(synthetic_dir: Path) -> list[dict[str, torch.Tensor]]:
-    dm = UltrasoundNerveDataModule(synthetic_dir, fold=0, n_folds=2, image_size=64, batch_size=BATCH)
+    dm = UltrasoundNerveDataModule(
+        synthetic_dir, DataConfig(fold=0, n_folds=2, image_size=64, batch_size=BATCH)
+    )
     dm.setup("fit")
     # 3 of 6 subjects are the outer fold, 1 of the other 3 the inner selection set: 2 x 8 frames fit.
-    assert len(dm.train_indices) == 16 and 16 % BATCH == 1
+    assert len(dm.fit_indices) == 16 and 16 % BATCH == 1
     return list(dm.train_dataloader())
 
 

@@ -108,3 +108,25 @@ def _features(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     feats = model.encoder(x)
     feats[-1], _ = model.bottleneck(feats[-1])
     return feats
+
+
+def test_positional_resize_is_bilinear_interpolation_without_interpolate() -> None:
+    """Resizing the positional grid by two matrix products equals F.interpolate (its bilinear CUDA
+    backward into the parameter is non-deterministic), up- and down-sampling alike."""
+    import torch.nn.functional as F
+
+    bottleneck = _small().bottleneck
+    for h, w in ((2, 3), (5, 7), (1, 1)):
+        expected = F.interpolate(bottleneck.pos_embed, size=(h, w), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(bottleneck.position(h, w), expected, rtol=0, atol=1e-6)
+    assert bottleneck.position(*bottleneck.pos_embed.shape[-2:]) is bottleneck.pos_embed
+
+
+def test_explicit_attention_equals_the_fused_kernel() -> None:
+    from models.trans_cg_unet import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 9, 8, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(
+        attention(q, k, v, 0.0, explicit=True), attention(q, k, v, 0.0, explicit=False)
+    )

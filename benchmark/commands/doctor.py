@@ -1,0 +1,79 @@
+"""`doctor`: prove this box can run the benchmark: device features, every model, DDP, Ray, an estimate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "check this box end to end (device, every model, DDP, Ray) and estimate the full benchmark's time"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from benchmark.doctor.settings import CHECKS
+
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--models", default=None, help="comma-separated registry names (default: all)")
+    parser.add_argument("--image-size", type=int, default=None, help="default 256 on a GPU, 64 on CPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 64 on a GPU, 4 on CPU")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per speed path (10 GPU, 2 CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps before each timing (3, 1)")
+    parser.add_argument("--fit-batches", type=int, default=None, help="training batches per short fit (4, 2)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--tiny", dest="tiny", action="store_true", default=None, help="small U-Net widths")
+    size.add_argument("--full", dest="tiny", action="store_false", help="the benchmark's model widths")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend to check")
+    parser.add_argument("--skip", default="", help=f"comma-separated checks to skip: {', '.join(CHECKS)}")
+    parser.add_argument("--data-dir", type=Path, default=None, help="a Kaggle layout (default: synthetic)")
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH",
+        help="write the figures as JSON to PATH (and print the table), or to stdout instead of the table",
+    )
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
+def run(args: argparse.Namespace) -> int:
+    from benchmark.core.config import ConfigError, check_model_kwargs
+    from benchmark.core.summary import dumps
+    from benchmark.doctor.report import exit_code
+    from benchmark.doctor.session import format_report, results_of, run_doctor
+    from benchmark.doctor.settings import DoctorSettings
+
+    try:
+        settings = DoctorSettings(
+            device=args.device,
+            models=_names(args.models),
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            warmup=args.warmup,
+            fit_batches=args.fit_batches,
+            tiny=args.tiny,
+            compile_backend=args.compile_backend,
+            skip=_names(args.skip),
+            data_dir=args.data_dir,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if settings.models:
+        from benchmark.core.config import TrainConfig
+
+        check_model_kwargs(TrainConfig(model=m) for m in settings.models)  # a typo: one line, exit 2
+    report = run_doctor(settings)
+    if args.json == "-":
+        print(dumps(report), end="")
+    else:
+        print(format_report(report))
+    if args.json not in (None, "-"):
+        from benchmark.core.files import atomic_write
+
+        atomic_write(Path(args.json), dumps(report))
+        print(f"doctor: figures written to {args.json}", file=sys.stderr)
+    return exit_code(results_of(report))

@@ -1,0 +1,41 @@
+"""`folds`: write the benchmark's outer folds (train / inner / outer stems) for methods trained elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "write the split as JSON: per outer fold the training, inner-selection and outer-fold image stems"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, required=True, help="Kaggle-layout directory holding train/")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="benchmark YAML whose split is written (default: benchmark/configs/default.yaml, as `run`)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set n_folds=3 (repeatable)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the JSON file to write (atomically)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from benchmark.core.summary import write_json_atomic
+    from benchmark.external.board_config import train_config
+    from benchmark.external.folds import folds_document
+
+    doc = folds_document(train_config(args.config, args.overrides), args.data_dir)
+    write_json_atomic(args.out, doc)
+    sizes = ", ".join(f"{len(f['train'])}/{len(f['inner'])}/{len(f['outer'])}" for f in doc["folds"])
+    print(
+        f"{len(doc['folds'])} folds (train/inner/outer images: {sizes}), split_seed {doc['split_seed']}, "
+        f"content hash {doc['content_hash']} -> {args.out}"
+    )
+    return 0

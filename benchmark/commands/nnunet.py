@@ -1,0 +1,76 @@
+"""`nnunet`: nnU-Net v2 on our folds through its own code, imported as nnunet_2d / nnunet_resenc_m_2d."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = (
+    "train and predict nnU-Net v2 (its own planning, preprocessing, training and inference) on the "
+    "benchmark's folds and import it as the row nnunet_2d or nnunet_resenc_m_2d (needs the nnunet extra)"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, required=True, help="Kaggle-layout directory holding train/")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--folds", default=None, help="comma-separated outer folds (default: all)")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds (default 0; a board with several "
+        "seeds ranks nnU-Net only with all of them)",
+    )
+    parser.add_argument(
+        "--planner",
+        choices=("default", "resenc-m"),
+        default="default",
+        help="nnU-Net's default planner (nnunet_2d) or the ResEnc M preset (nnunet_resenc_m_2d)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="nnU-Net epochs of 250 iterations (default nnU-Net's 1000; fewer: a budgeted "
+        "comparison, stated on the board)",
+    )
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="benchmark YAML of the split (default: the results directory's runs, else default.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from benchmark.external.nnunet import NnUNetError, run_nnunet, settings_from
+    from benchmark.runner import parse_list
+
+    folds, seeds = parse_list(args.folds, int), parse_list(args.seeds, int)
+    settings = settings_from(
+        planner=args.planner,
+        epochs=args.epochs,
+        device=args.device,
+        folds=tuple(folds) if folds else None,
+        seeds=tuple(seeds) if seeds else None,
+    )
+    try:
+        done = run_nnunet(args.data_dir, args.results_dir, settings, args.config, args.overrides)
+    except NnUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    imported = sum(status == "imported" for *_, status in done)
+    print(
+        f"{settings.row}: {imported} runs imported, {len(done) - imported} already there; "
+        f"`benchmark report --results {args.results_dir}` rebuilds the leaderboard"
+    )
+    return 0

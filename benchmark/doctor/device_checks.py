@@ -1,0 +1,196 @@
+"""The device itself: what it is, and that bf16, torch.compile, channels_last and the GPU data cache
+work on it. Each check compares against plain fp32 eager PyTorch on the same device with a stated
+tolerance, so "works" means "computes the same thing", not only "does not raise".
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmark.doctor.report import Finding
+
+BF16_RTOL = 5e-2  # bf16 keeps 8 mantissa bits: ~0.4% per op, a few ops deep
+COMPILE_ATOL = 1e-4  # fp32; inductor may fuse and reorder reductions
+LAYOUT_ATOL = 1e-4  # fp32 channels_last vs contiguous convolutions
+
+
+def _mem_gib() -> float:
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return float("nan")
+    return pages * size / 2**30
+
+
+def device_info(dev: torch.device) -> Finding:
+    """Device name and memory, torch, CUDA and cuDNN versions."""
+    from benchmark.core.summary import device_name
+
+    figures = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "host_memory_gib": round(_mem_gib(), 1),
+    }
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        figures.update(
+            name=props.name,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            gpus=torch.cuda.device_count(),
+            cudnn=torch.backends.cudnn.version(),
+            capability=f"{props.major}.{props.minor}",
+        )
+        detail = (
+            f"{props.name}, {figures['memory_gib']} GiB, {figures['gpus']} GPU(s), "
+            f"compute {figures['capability']}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"cuDNN {figures['cudnn']}"
+        )
+    else:
+        figures.update(name=device_name(), memory_gib=figures["host_memory_gib"], gpus=0)
+        build = f"CUDA {torch.version.cuda} build, no GPU visible" if torch.version.cuda else "CPU build"
+        detail = f"{figures['name']}, {figures['memory_gib']} GiB RAM; torch {torch.__version__} ({build})"
+    return Finding(detail, figures)
+
+
+def _net(channels: int = 8) -> nn.Module:
+    """Convolution, normalisation, activation: the ops every model is made of, and few kernels to
+    generate (inductor's C++ compile on a CPU box costs seconds per kernel)."""
+    return nn.Sequential(
+        nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, 1, 1)
+    )
+
+
+def _inputs(dev: torch.device, size: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(4, 1, size, size, generator=g).to(dev)
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+def bf16(dev: torch.device) -> Finding:
+    """A forward and backward pass under bf16 autocast agrees with fp32 within BF16_RTOL."""
+    from benchmark.training.device import autocast
+
+    if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RuntimeError("this GPU has no bf16 support (pre-Ampere): run with --set precision=16-mixed")
+    torch.manual_seed(0)
+    net, x = _net().to(dev), _inputs(dev)
+    ref = net(x)
+    with autocast(dev, "bf16-mixed"):
+        out = net(x)
+    out.float().square().mean().backward()
+    grads_finite = all(torch.isfinite(p.grad).all() for p in net.parameters())
+    err = _rel_err(out, ref)
+    if out.dtype != torch.bfloat16 or not grads_finite or err > BF16_RTOL:
+        raise RuntimeError(f"bf16 output {out.dtype}, finite grads {grads_finite}, rel. error {err:.3g}")
+    return Finding(
+        f"autocast conv fwd/bwd in bfloat16, rel. error vs fp32 {err:.1e} (< {BF16_RTOL})", {"rel_error": err}
+    )
+
+
+def compile_works(dev: torch.device, backend: str) -> Finding:
+    """``torch.compile`` builds a conv net, and its forward and gradients match eager within COMPILE_ATOL."""
+    torch.manual_seed(0)
+    net, x = _net().to(dev).train(), _inputs(dev)
+    eager = net(x)
+    eager.square().mean().backward()
+    eager_grad = net[0].weight.grad.clone()
+    net.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    compiled = torch.compile(net, backend=backend)
+    out = compiled(x)
+    out.square().mean().backward()
+    seconds = time.perf_counter() - start
+    torch._dynamo.reset()  # free the compiled graph; the suite never reuses it
+    diff = max(float((out - eager).abs().max()), float((net[0].weight.grad - eager_grad).abs().max()))
+    if diff > COMPILE_ATOL:
+        raise RuntimeError(f"compiled output/gradient differ from eager by {diff:.3g} (> {COMPILE_ATOL})")
+    return Finding(
+        f"backend {backend}: compiled in {seconds:.1f} s, matches eager to {diff:.1e}",
+        {"backend": backend, "compile_s": seconds, "max_abs_diff": diff},
+    )
+
+
+def channels_last(dev: torch.device, model: str = "unet", kwargs: dict | None = None) -> Finding:
+    """A registered model in channels_last gives the contiguous result (fp32, LAYOUT_ATOL)."""
+    from models import create
+
+    torch.manual_seed(0)
+    net = create(model, in_channels=1, **(kwargs or {"base_width": 8, "depth": 2})).to(dev).eval()
+    x = _inputs(dev, 64)
+    with torch.no_grad():
+        ref = net(x)
+        net = net.to(memory_format=torch.channels_last)
+        out = net(x.contiguous(memory_format=torch.channels_last))
+    ref, out = (t["mask"] if isinstance(t, dict) else t for t in (ref, out))
+    diff = float((out - ref).abs().max())
+    if diff > LAYOUT_ATOL:
+        raise RuntimeError(f"{model} in channels_last differs from contiguous by {diff:.3g}")
+    layout = "channels_last" if out.is_contiguous(memory_format=torch.channels_last) else "contiguous"
+    return Finding(
+        f"{model} forward matches contiguous to {diff:.1e} (output {layout})", {"max_abs_diff": diff}
+    )
+
+
+def gpu_cache(dev: torch.device, data_dir: Path, size: int, batch_size: int) -> Finding:
+    """The uint8 cache on ``dev`` yields augmented batches that are well-formed and the same for the
+    same seed (the augmentation stream a resumed run replays)."""
+    from benchmark.speed import build_cache
+
+    cache = build_cache(data_dir, size, dev)
+    batch = min(batch_size, len(cache))
+
+    def first(seed: int) -> dict[str, torch.Tensor]:
+        return next(iter(_iterator(cache, batch, seed)))
+
+    one, again, other = first(0), first(0), first(1)
+    mask, image = one["mask"], one["image"]
+    problems = [
+        f"on {image.device}" if image.device.type != dev.type else "",
+        f"shape {tuple(image.shape)}" if tuple(image.shape) != (batch, 1, size, size) else "",
+        "mask not binary" if not bool(((mask == 0) | (mask == 1)).all()) else "",
+        "non-finite image" if not bool(torch.isfinite(image).all()) else "",
+        "same seed, different batch" if not all(torch.equal(one[k], again[k]) for k in one) else "",
+        "other seed, same batch" if torch.equal(one["image"], other["image"]) else "",
+    ]
+    if any(problems):
+        raise RuntimeError("; ".join(p for p in problems if p))
+    rate = _augment_rate(cache, batch, dev)
+    mb = (cache.images.numel() + cache.masks.numel()) / 2**20
+    return Finding(
+        f"{len(cache)} frames ({mb:.1f} MiB) on {dev.type}; augmented batches well-formed and "
+        f"replayable; {rate:.0f} img/s augmentation",
+        {"frames": len(cache), "augment_img_s": rate},
+    )
+
+
+def _augment_rate(cache: object, batch: int, dev: torch.device) -> float:
+    from benchmark.training.device import synchronize
+
+    loader = _iterator(cache, batch, 0)
+    synchronize(dev)
+    start, images = time.perf_counter(), 0
+    for _ in range(2):
+        for b in loader:
+            images += int(b["image"].shape[0])
+    synchronize(dev)
+    return images / max(time.perf_counter() - start, 1e-9)
+
+
+def _iterator(cache: Any, batch: int, seed: int) -> Any:
+    """The training stream over ``cache``: the recipe's default augmentation, one rank."""
+    from datamodules.data_config import AugmentConfig
+    from datamodules.gpu_augment import GpuBatchIterator
+    from datamodules.samplers import TrainSampler
+
+    return GpuBatchIterator(cache, TrainSampler(len(cache), batch, seed), AugmentConfig(), seed=seed)

@@ -1,0 +1,108 @@
+"""How long the full default benchmark would take on this box, from the rates the doctor measured.
+
+The plan is ``default.yaml``'s: its models x folds x seeds, its epochs and image size, on all 5,635
+Kaggle training frames. Per run of a model: ``epochs`` passes over the fit part at the suite's
+measured training rate, one validation pass over the inner set per epoch and the final inner and
+outer passes at the measured inference rate, and decoding the data set once. Runs spread over the
+devices one per device (the Ray executor at ``gpus_per_run: 1``), so the wall time is the total over
+the number of devices, but never shorter than the longest run. The assumptions travel with the
+figure (``assumptions``), since a rate measured at a small size or on a tiny model scales poorly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KAGGLE_TRAIN_FRAMES = 5635
+
+
+@dataclass(frozen=True)
+class Plan:
+    models: tuple[str, ...]
+    runs_per_model: int  # folds x seeds
+    epochs: int
+    image_size: int
+    n_folds: int
+    inner_fraction: float
+    frames: int = KAGGLE_TRAIN_FRAMES
+
+    def split(self) -> tuple[float, float, float]:
+        """Frames per run in the (fit, inner, outer) parts, on average."""
+        outer = self.frames / self.n_folds
+        inner = (self.frames - outer) * self.inner_fraction
+        return self.frames - outer - inner, inner, outer
+
+
+def default_plan(config: Path | None = None) -> Plan:
+    """The plan of ``default.yaml`` (or ``config``) with the Kaggle data."""
+    from benchmark.core.config import load_benchmark_config
+    from benchmark.doctor.settings import CONFIGS
+
+    bench = load_benchmark_config(config or CONFIGS / "default.yaml")
+    t = bench.train
+    runs = len(bench.folds) * len(bench.seeds)
+    return Plan(bench.models, runs, t.epochs, t.image_size, t.n_folds, t.inner_fraction)
+
+
+def run_seconds(plan: Plan, train_img_s: float | None, infer_img_s: float, scale: float) -> float:
+    """One run: training and per-epoch validation (none without trainable parameters), final passes."""
+    fit, inner, outer = plan.split()
+    trains = train_img_s is not None
+    train = plan.epochs * fit / train_img_s if trains else 0.0
+    validate = plan.epochs * inner / infer_img_s if trains else 0.0
+    return scale * (train + validate + (inner + outer) / infer_img_s)
+
+
+def estimate(
+    plan: Plan,
+    rates: dict[str, dict[str, Any]],
+    measured_size: int,
+    devices: int,
+    decode_s_per_frame: float,
+    tiny: bool = False,
+) -> dict[str, Any]:
+    """Wall time of ``plan`` from per-model ``{"suite_train_img_s", "infer_img_s"}`` rates."""
+    scale = (plan.image_size / measured_size) ** 2
+    per_run = {
+        m: run_seconds(plan, rates[m].get("suite_train_img_s"), rates[m]["infer_img_s"], scale)
+        for m in plan.models
+        if m in rates and rates[m].get("infer_img_s")
+    }
+    missing = [m for m in plan.models if m not in per_run]
+    total = sum(per_run.values()) * plan.runs_per_model
+    decode = decode_s_per_frame * plan.frames
+    wall = decode + max(total / max(devices, 1), max(per_run.values(), default=0.0))
+    assumptions = [
+        f"{len(per_run) * plan.runs_per_model} runs ({plan.runs_per_model} per model), "
+        f"{plan.epochs} epochs at {plan.image_size}x{plan.image_size}, {plan.frames} frames",
+        f"one run per device on {max(devices, 1)} device(s) (Ray, gpus_per_run: 1)",
+        "training at the suite's measured rate (deterministic on, as in the recipe); validation and the "
+        "final passes at the measured inference rate; the data decoded once",
+    ]
+    if scale != 1.0:
+        kind = "tiny models" if tiny else "the full models"
+        assumptions.append(
+            f"rates measured at {measured_size}x{measured_size} with {kind}, scaled by pixel count "
+            f"(x{scale:g}): a rough guide only"
+        )
+    if missing:
+        assumptions.append(
+            f"leaves out {len(missing)} model(s) without a measured rate: {', '.join(missing)}"
+        )
+    return {
+        "wall_s": wall,
+        "device_hours": total / 3600,
+        "per_run_s": per_run,
+        "missing": missing,
+        "assumptions": assumptions,
+    }
+
+
+def clock(seconds: float) -> str:
+    """``1h02m`` / ``12m05s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

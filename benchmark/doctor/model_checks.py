@@ -1,0 +1,136 @@
+"""Every model end to end on this box, with the recipe's features on.
+
+Per model: a short fit through ``pipeline.fit`` (train, select, tune, score, summary.json), then
+its training again with the same seed, the weights compared tensor for tensor (this is how "is a rerun or a
+resume bit-identical here?" is answered per model and per box); then ``speed``'s figures (suite vs
+plain loop vs ceiling, inference) and the suite's training rate with ``deterministic: false``
+beside ``true``: what the recipe's determinism costs. Each step is guarded on its own, so a model
+whose speed measurement fails still reports its fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.doctor.report import FAIL, OK, WARN, Finding, one_line
+from benchmark.doctor.settings import DoctorSettings, model_kwargs, train_config
+
+
+def compare_weights(a: Path, b: Path) -> tuple[bool, float]:
+    """(every tensor of the two checkpoints' state dicts bit-equal, the largest absolute difference)."""
+    sa = torch.load(a, map_location="cpu", weights_only=True)["state_dict"]
+    sb = torch.load(b, map_location="cpu", weights_only=True)["state_dict"]
+    if sorted(sa) != sorted(sb):
+        raise RuntimeError(f"{a} and {b} hold different tensors")
+    equal = all(torch.equal(sa[k], sb[k]) for k in sa)
+    diffs = [float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if sa[k].numel()]
+    return equal, max(diffs, default=0.0)
+
+
+def fit_twice(model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, work: Path) -> dict[str, Any]:
+    """A short fit of ``model`` and its training repeated with the same seed: the fit's time and Dice,
+    and whether the two trained weights agree bit for bit."""
+    from benchmark.pipeline import fit
+    from benchmark.runner import outer_dice
+    from benchmark.speed import restore_global_torch_state
+    from benchmark.training.checkpoint import LAST
+
+    cfg = train_config(model, s, dev)
+    with restore_global_torch_state():  # the Trainer's deterministic switch must not reach the timings
+        start = time.perf_counter()
+        summary = fit(cfg, data_dir, work / "fit-a")
+        seconds = time.perf_counter() - start
+        train_again(cfg, data_dir, work / "fit-b")
+    equal, diff = compare_weights(
+        work / "fit-a" / "checkpoints" / LAST, work / "fit-b" / "checkpoints" / LAST
+    )
+    return {"fit_s": seconds, "outer_dice": outer_dice(summary), "bit_identical": equal, "max_abs_diff": diff}
+
+
+def train_again(cfg: Any, data_dir: Path, out_dir: Path) -> None:
+    """``pipeline.fit`` up to the end of training (seeding, data, module, Trainer), without scoring:
+    the weights are all a rerun is compared on, and scoring costs more than the short training."""
+    from lightning import seed_everything
+
+    from benchmark.training.module import SegModule
+    from benchmark.training.trainer import make_datamodule, train
+
+    seed_everything(cfg.seed, workers=True, verbose=False)
+    train(cfg, SegModule(cfg.to_dict()), make_datamodule(cfg, data_dir), out_dir)
+
+
+def speed_figures(
+    model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, cache: Any, work: Path
+) -> dict[str, Any]:
+    """``speed``'s row for ``model``, plus the suite's rate with determinism off over on."""
+    from benchmark import speed
+
+    settings = speed.SpeedSettings(
+        image_size=s.image_size,
+        batch_size=s.batch_size,
+        steps=s.steps,
+        warmup=s.warmup,
+        device=dev.type,
+        model_kwargs=model_kwargs(s),
+    )
+    row = speed.measure_model(model, data_dir, cache, settings, work / "speed")
+    row["deterministic_speedup"] = None
+    if row["suite_train_img_s"] is not None:
+        off = dataclasses.replace(settings, deterministic=False)
+        free = speed.suite_train_img_s(model, data_dir, off, dev, work / "speed-nondeterministic")
+        row["suite_train_img_s_nondeterministic"] = free
+        row["deterministic_speedup"] = speed.ratio(free, row["suite_train_img_s"])
+    return row
+
+
+def _detail(f: dict[str, Any]) -> str:
+    parts = []
+    if "fit_s" in f:
+        dice = "n/a" if f["outer_dice"] is None else f"{f['outer_dice']:.3f}"
+        same = (
+            "bit-identical"
+            if f["bit_identical"]
+            else f"NOT bit-identical (max |diff| {f['max_abs_diff']:.1e})"
+        )
+        parts.append(f"fit {f['fit_s']:.1f} s, outer Dice {dice}; same-seed rerun {same}")
+    if f.get("suite_train_img_s") is not None:
+        parts.append(f"suite {f['suite_train_img_s']:.1f} img/s ({f['ratio_suite_vs_plain']:.2f}x plain)")
+    elif "infer_img_s" in f:
+        parts.append("nothing to train: inference only")
+    return "; ".join(parts)
+
+
+def model_check(
+    model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, cache: Any, work: Path
+) -> Finding:
+    """The fit, rerun and speed steps of one model; FAIL names the step that broke."""
+    figures: dict[str, Any] = {"model": model}
+    problems = []
+    steps = (
+        ("fit", lambda: fit_twice(model, s, dev, data_dir, work / "fits")),
+        ("speed", lambda: speed_figures(model, s, dev, data_dir, cache, work)),
+    )
+    for name, step in steps:
+        try:
+            figures.update(step())
+        except Exception as exc:  # noqa: BLE001 - the other step still reports
+            problems.append(f"{name}: {one_line(exc)}")
+        finally:
+            _free(dev)
+    if problems:
+        return Finding("; ".join(problems), figures, FAIL)
+    status = OK if figures.get("bit_identical", True) else WARN
+    return Finding(_detail(figures), figures, status)
+
+
+def _free(dev: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()

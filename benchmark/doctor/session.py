@@ -1,0 +1,179 @@
+"""One doctor session: every check in order, each guarded, then the report (tables or JSON).
+
+Order: the device and its features first (cheap, and they explain later failures), then the data,
+every model, the multi-process checks and the wall-time estimate from the measured rates. Work
+files live in a temporary directory that is removed afterwards; nothing is written elsewhere
+unless ``--json PATH`` asks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.doctor import device_checks, estimate, model_checks, parallel_checks
+from benchmark.doctor.report import (
+    FAIL,
+    SKIP,
+    CheckResult,
+    Finding,
+    Skip,
+    checks_table,
+    exit_code,
+    models_table,
+    run_check,
+)
+from benchmark.doctor.settings import SUBJECTS, DoctorSettings, per_subject, resolve
+from benchmark.training.device import resolve_device
+
+
+@dataclasses.dataclass
+class Context:
+    """What the checks share: the device, the resolved settings, the data and its device cache."""
+
+    dev: torch.device
+    s: DoctorSettings
+    work: Path
+    data_dir: Path | None = None
+    cache: Any = None
+    decode_s_per_frame: float | None = None
+    results: list[CheckResult] = dataclasses.field(default_factory=list)
+
+    def need_data(self) -> Path:
+        if self.data_dir is None:
+            raise Skip("no data (the data check failed or was skipped)")
+        return self.data_dir
+
+
+def prepare_data(ctx: Context) -> Finding:
+    """The doctor's data (the given Kaggle layout, or synthetic), decoded once and cached on the device."""
+    from benchmark.speed import build_cache
+    from datamodules.kaggle import load_train
+
+    if ctx.s.data_dir is not None:
+        data, what = Path(ctx.s.data_dir), f"{ctx.s.data_dir}"
+    else:
+        from benchmark.doctor.data import generate_layout
+
+        frames = per_subject(ctx.s.batch_size)
+        data = generate_layout(ctx.work / "data", SUBJECTS, frames)
+        what = f"synthetic, {SUBJECTS} subjects x {frames} frames"
+    start = time.perf_counter()
+    n = len(load_train(data))
+    ctx.decode_s_per_frame = (time.perf_counter() - start) / n
+    ctx.cache = build_cache(data, ctx.s.image_size, ctx.dev)
+    ctx.data_dir = data
+    rate = 1 / ctx.decode_s_per_frame
+    return Finding(f"{what}: {n} frames, decoded and validated at {rate:.0f} frames/s", {"frames": n})
+
+
+def estimate_check(ctx: Context) -> Finding:
+    """The full default benchmark's wall time from the models' measured rates."""
+    rates = {r.figures["model"]: r.figures for r in ctx.results if r.name.startswith("model ") and r.figures}
+    if not any(f.get("infer_img_s") for f in rates.values()) or ctx.decode_s_per_frame is None:
+        raise Skip("no model was measured")
+    plan = estimate.default_plan()
+    devices = torch.cuda.device_count() if ctx.dev.type == "cuda" else 1
+    est = estimate.estimate(
+        plan, rates, ctx.s.image_size, devices, ctx.decode_s_per_frame, tiny=bool(ctx.s.tiny)
+    )
+    detail = f"full default benchmark here: about {estimate.clock(est['wall_s'])} wall time"
+    detail += f" ({est['device_hours']:.1f} device-hours)"
+    return Finding(detail, est)
+
+
+def _plan(ctx: Context) -> list[tuple[str, str, Callable[[], Finding]]]:
+    """(check name, --skip key, function) in running order."""
+    s, dev, w = ctx.s, ctx.dev, ctx.work
+    batch = s.batch_size or 1
+    checks = [
+        ("device", "device", lambda: device_checks.device_info(dev)),
+        ("data", "data", lambda: prepare_data(ctx)),
+        ("bf16", "bf16", lambda: device_checks.bf16(dev)),
+        ("compile", "compile", lambda: device_checks.compile_works(dev, s.compile_backend)),
+        ("channels_last", "channels_last", lambda: device_checks.channels_last(dev)),
+        (
+            "gpu_cache",
+            "gpu_cache",
+            lambda: device_checks.gpu_cache(dev, ctx.need_data(), s.image_size, batch),
+        ),
+    ]
+    for m in s.models:
+        tag = m.replace(":", "-")
+        checks.append(
+            (f"model {m}", "models", lambda m=m, tag=tag: _model(ctx, m, w / tag)),
+        )
+    checks += [
+        ("ddp", "ddp", lambda: parallel_checks.ddp_step(s, dev, ctx.need_data(), w)),
+        ("ray", "ray", lambda: parallel_checks.ray_grid_check(s, dev, ctx.need_data(), w)),
+        ("estimate", "estimate", lambda: estimate_check(ctx)),
+    ]
+    return checks
+
+
+def _model(ctx: Context, model: str, work: Path) -> Finding:
+    return model_checks.model_check(model, ctx.s, ctx.dev, ctx.need_data(), ctx.cache, work)
+
+
+def run_doctor(settings: DoctorSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every check; the report dict (``checks``, ``settings``, ``seconds``, ``ok``)."""
+    say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    dev = resolve_device(settings.device)
+    s = resolve(settings, dev)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="nerve-bench-doctor-") as tmp:
+        ctx = Context(dev, s, Path(tmp))
+        for name, key, fn in _plan(ctx):
+            if key in s.skip:
+                ctx.results.append(CheckResult(name, SKIP, "--skip", 0.0))
+                continue
+            say(f"doctor: {name} ...")
+            with contextlib.redirect_stdout(sys.stderr):  # Lightning and runner chatter, not the table
+                result = run_check(name, fn)
+            ctx.results.append(result)
+            say(f"doctor: {name} {result.status} ({result.seconds:.1f} s) {result.detail}")
+    return {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()},
+        "device": str(dev),
+        "checks": [r.to_dict() for r in ctx.results],
+        "seconds": time.perf_counter() - start,
+        "ok": exit_code(ctx.results) == 0,
+    }
+
+
+def results_of(report: dict[str, Any]) -> list[CheckResult]:
+    return [CheckResult(**c) for c in report["checks"]]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The checks table, the per-model figures, the estimate's assumptions and a one-line verdict."""
+    results = results_of(report)
+    s = report["settings"]
+    lines = [f"nerve-bench doctor on {report['device']}", "", checks_table(results)]
+    models = [r for r in results if r.name.startswith("model ") and r.status != SKIP]
+    if models:
+        lines += [
+            "",
+            f"per model at {s['image_size']}x{s['image_size']}, batch {s['batch_size']}, {s['steps']} timed "
+            f"steps after {s['warmup']} warm-up ({'tiny' if s['tiny'] else 'full'} models):",
+            models_table(models),
+            "suite: the benchmark's own training (Trainer, recipe precision and data path, deterministic "
+            "on); plain: fp32 loop with tif-decoding DataLoader workers; ceiling: device-resident batches, "
+            "no augmentation; det off/on: suite img/s with deterministic false over true; rerun identical: "
+            "a second fit with the same seed gives bit-identical weights.",
+        ]
+    est = next((r for r in results if r.name == "estimate" and r.status != SKIP and r.figures), None)
+    if est is not None:
+        lines += ["", "estimate assumes: " + "; ".join(est.figures["assumptions"])]
+    counts = {k: sum(r.status == k for r in results) for k in ("OK", "WARN", "SKIP", FAIL)}
+    verdict = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    lines += ["", f"doctor: {verdict} in {report['seconds']:.0f} s" + (" -- FAILED" if counts[FAIL] else "")]
+    return "\n".join(lines)

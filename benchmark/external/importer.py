@@ -1,0 +1,148 @@
+"""`benchmark import`: put an outside method's outer-fold predictions on the board as one run.
+
+Every check runs before anything is written (one line naming the file and the problem, exit 2):
+the row name, the data's content hash against the results directory, the fold, the split seed,
+an optional folds file, then every mask (see :mod:`benchmark.external.masks`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark.core.config import ConfigError, TrainConfig
+from benchmark.external import entry
+from benchmark.external.board_config import check_same_data, complete_summaries, train_config
+from benchmark.external.folds import FOLDS_FORMAT, Fold, check_fold, split_fold
+from benchmark.external.masks import read_predictions
+from datamodules.errors import DataError
+from datamodules.kaggle import TrainSet, content_hash, load_train
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def check_name(name: str, results_dir: Path) -> None:
+    """A row name of its own: not a nerve-bench model, not a model our recipe trained in this directory."""
+    import models  # noqa: F401 - registers every architecture
+    from models.registry import ModelError, get_info
+
+    if not _NAME.match(name):
+        raise ConfigError(f"--name {name!r}: use letters, digits and _ . + - (it names the run directory)")
+    try:
+        get_info(name)
+    except ModelError:
+        pass
+    else:
+        raise ConfigError(
+            f"--name {name!r} is a nerve-bench model; an imported method needs a name of its own"
+        )
+    for path, summary in complete_summaries(results_dir):
+        if summary.get("model") == name and not summary.get("external"):
+            raise ConfigError(f"--name {name!r}: {path} is a run of that name trained by nerve-bench")
+
+
+def check_folds_file(path: Path, fold: Fold, data_hash: str) -> None:
+    """The folds file the outside method trained on must be this split of this data."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read the folds file ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FOLDS_FORMAT:
+        raise DataError(path, f"not a folds file written by `benchmark folds` (format {FOLDS_FORMAT!r})")
+    if doc.get("content_hash") != data_hash:
+        raise DataError(path, f"made on data with content hash {doc.get('content_hash')}, not {data_hash}")
+    entries = {e.get("fold"): e for e in doc.get("folds") or [] if isinstance(e, dict)}
+    mine = entries.get(fold.cfg.fold) or {}
+    if doc.get("split_seed") != fold.cfg.split_seed or mine.get("outer") != fold.outer:
+        raise DataError(
+            path, f"fold {fold.cfg.fold} of this file is not this benchmark's fold (split differs)"
+        )
+
+
+def _warn_other_board(summary: dict[str, Any], results_dir: Path) -> None:
+    from benchmark.reporting.leaderboard import benchmark_hash, select_runs
+
+    kept, _ = select_runs([s for _, s in complete_summaries(results_dir)])
+    if kept and benchmark_hash(kept[0]) != benchmark_hash(summary):
+        print(
+            f"warning: {results_dir} holds runs of another benchmark config; this import joins a board of "
+            "its own (pass no --config to use theirs)",
+            file=sys.stderr,
+        )
+
+
+@dataclass
+class Board:
+    """What every fold of an import shares: the data (read and hashed once) and the benchmark config."""
+
+    name: str
+    data_dir: Path
+    results_dir: Path
+    train_set: TrainSet
+    data_hash: str
+    cfg: TrainConfig
+
+
+def open_board(
+    name: str, data_dir: Path, results_dir: Path, config: Path | None = None, sets: list[str] | None = None
+) -> Board:
+    """Check the name, read and hash the data, check it against the results directory, pick the config."""
+    from benchmark.runner import check_split_seed
+
+    check_name(name, results_dir)
+    train_set = load_train(data_dir)
+    data_hash = content_hash(train_set)
+    check_same_data(results_dir, data_hash, data_dir)
+    cfg = train_config(config, sets, results_dir)
+    check_split_seed(results_dir, cfg.split_seed)
+    return Board(name, data_dir, results_dir, train_set, data_hash, cfg)
+
+
+def board_fold(board: Board, fold: int, seed: int) -> Fold:
+    """Fold ``fold`` of the board's split, with the row's name and ``seed`` in its config."""
+    check_fold(board.cfg, fold)
+    return entry.with_model(split_fold(board.cfg, board.data_dir, fold, board.train_set), board.name, seed)
+
+
+def import_fold(
+    board: Board,
+    split: Fold,
+    predictions: Path,
+    external: dict[str, Any] | None = None,
+    folds_file: Path | None = None,
+    facts: dict[str, Any] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Read and check every mask of ``split``'s outer fold, score them, write the run summary."""
+    if folds_file is not None:
+        check_folds_file(folds_file, split, board.data_hash)
+    pred = read_predictions(predictions, split.outer, split.cfg.fold)
+    provenance = {
+        "source": str(predictions.resolve()),
+        "provenance": f"predictions imported from {predictions}",
+    }
+    summary = entry.imported_summary(split, board.data_dir, pred, {**provenance, **(external or {})}, facts)
+    _warn_other_board(summary, board.results_dir)
+    run_dir = board.results_dir / "runs" / split.cfg.run_name()
+    return run_dir, entry.write_imported(run_dir, summary, split, pred)
+
+
+def import_predictions(
+    name: str,
+    data_dir: Path,
+    results_dir: Path,
+    fold: int,
+    predictions: Path,
+    seed: int = 0,
+    config: Path | None = None,
+    sets: list[str] | None = None,
+    external: dict[str, Any] | None = None,
+    folds_file: Path | None = None,
+    facts: dict[str, Any] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """`benchmark import`: check everything, score the masks, write ``runs/<run>/summary.json``."""
+    board = open_board(name, data_dir, results_dir, config, sets)
+    return import_fold(board, board_fold(board, fold, seed), predictions, external, folds_file, facts)

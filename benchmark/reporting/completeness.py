@@ -1,0 +1,112 @@
+"""Is a model complete? Each seed's outer folds must score exactly the expected images, each once.
+
+The expected set comes from the split, not from the runs being checked: in k-fold mode every image
+of the data set (indices 0..n_train-1, ``dataset.n_train``); in hold-out mode the hold-out set
+(``split.outer_indices``, the same in every run of one benchmark). A run also records the indices
+of its own outer fold (``split.outer_indices``); scoring an image outside it is named too, since that
+image may have been trained on. Counting images instead would let "image 99 instead of 11" pass.
+
+Summaries written before ``outer_indices`` existed still carry ``dataset.n_train``, so k-fold boards
+get the full check; a hold-out board whose summaries do not name the hold-out set falls back to
+counting the images against the fold table (and duplicates), as before.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+LISTED = 3  # indices named per problem; the rest are counted
+
+
+def _split(summary: dict[str, Any]) -> dict[str, Any]:
+    return summary.get("split") or {}
+
+
+def _index(summary: dict[str, Any]) -> list[int]:
+    return [int(i) for i in (summary.get("per_image") or {}).get("index") or []]
+
+
+def images_text(values: list[int]) -> str:
+    """'image 7' / 'images 1, 2, 3 and 4 more'."""
+    shown = ", ".join(str(v) for v in values[:LISTED])
+    rest = f" and {len(values) - LISTED} more" if len(values) > LISTED else ""
+    return f"image{'s' if len(values) > 1 else ''} {shown}{rest}"
+
+
+def expected_index(runs: list[dict[str, Any]]) -> tuple[np.ndarray, str] | None:
+    """(the image indices each seed must cover, what they are called), or None when not recorded."""
+    modes = {str(_split(s).get("mode", "kfold")) for s in runs}
+    if modes == {"holdout"}:
+        recorded = Counter(tuple(_split(s)["outer_indices"]) for s in runs if _split(s).get("outer_indices"))
+        if not recorded:
+            return None
+        chosen = min(recorded, key=lambda t: (-recorded[t], t))  # the runs agree unless one is corrupt
+        return np.asarray(sorted(chosen), dtype=np.int64), "the hold-out set"
+    sizes = {
+        int((s.get("dataset") or {})["n_train"]) for s in runs if (s.get("dataset") or {}).get("n_train")
+    }
+    if len(sizes) != 1:
+        return None
+    n = sizes.pop()
+    return np.arange(n, dtype=np.int64), f"the data set's images 0..{n - 1}"
+
+
+def _grouped(owners: dict[int, list[str]], images: list[int]) -> dict[tuple[str, ...], list[int]]:
+    """The images grouped by the runs named for them, in index order."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i in images:
+        groups.setdefault(tuple(sorted(set(owners.get(i, [])))), []).append(i)
+    return groups
+
+
+def seed_coverage(seed: int, runs: list[dict[str, Any]], expected: tuple[np.ndarray, str] | int) -> list[str]:
+    """Problems with one seed's folds (all present): images scored twice, outside the expected set,
+    outside the run's own outer fold, or not scored. ``expected`` is an int when only a count is known."""
+    scored: dict[int, list[str]] = {}
+    declared: dict[int, list[str]] = {}
+    for s in runs:
+        for i in _index(s):
+            scored.setdefault(i, []).append(str(s.get("run")))
+        for i in _split(s).get("outer_indices") or []:
+            declared.setdefault(int(i), []).append(str(s.get("run")))
+    twice = sorted(i for i, who in scored.items() if len(who) > 1)
+    problems = [
+        f"seed {seed}: {images_text(imgs)} scored more than once (by {', '.join(who)})"
+        for who, imgs in _grouped(scored, twice).items()
+    ]
+    if isinstance(expected, int):
+        if len(scored) != expected:
+            problems.append(f"seed {seed}: folds cover {len(scored)} of {expected} images")
+        return problems
+    index, name = expected
+    extra = sorted(set(scored) - set(index.tolist()))
+    absent = sorted(set(index.tolist()) - set(scored))
+    problems += [
+        f"seed {seed}: {images_text(imgs)} scored by {', '.join(who)} {'are' if len(imgs) > 1 else 'is'} "
+        f"not in {name}"
+        for who, imgs in _grouped(scored, extra).items()
+    ]
+    problems += [
+        f"seed {seed}: {images_text(imgs)} not scored "
+        + (f"(outer fold of {', '.join(who)})" if who else "by any fold")
+        for who, imgs in _grouped(declared, absent).items()
+    ]
+    return problems + _outside_own_fold(seed, runs, set(twice) | set(extra))
+
+
+def _outside_own_fold(seed: int, runs: list[dict[str, Any]], reported: set[int]) -> list[str]:
+    """Images a run scored although its own split puts them outside its outer fold (not yet reported)."""
+    problems = []
+    for s in runs:
+        own = _split(s).get("outer_indices")
+        if own is None:
+            continue
+        outside = sorted(set(_index(s)) - {int(i) for i in own} - reported)
+        if outside:
+            problems.append(
+                f"seed {seed}: {s.get('run')} scored {images_text(outside)} outside its outer fold"
+            )
+    return problems

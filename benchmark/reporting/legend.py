@@ -1,0 +1,146 @@
+"""What the leaderboard says, in words: the protocol and a one-line definition of every column.
+
+Pure functions of the leaderboard dict (rendered into leaderboard.md and leaderboard.json). The
+statistics' figures quoted here come from the seeded simulations in the test suite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmark.reporting import leaderboard as lb
+from benchmark.reporting.leaderboard import BASELINE
+from benchmark.scoring import ranking
+
+PIXEL_ACCURACY_WARNING = (
+    "Pixel accuracy is not reported as a ranking metric: an all-empty prediction already scores about "
+    "0.98 because the nerve covers ~1-2% of the pixels."
+)
+_COST_DOCS = {
+    "params": "trainable + frozen parameters, millions",
+    "gflops": "forward-pass GFLOPs for one image at the network input size (image_size squared, or 448x608 "
+    "in pad mode; 0 where the counter failed)",
+    "train_time_s": "wall time of one training run (sum of its epoch times), seconds, mean over runs",
+    "train_img_s": "training throughput during the run itself, images per second, mean over runs: under the "
+    "recipe's settings (deterministic algorithms as configured) and on the share of the device the run had "
+    "(runs packed onto one GPU by Ray, gpus_per_run < 1, report their share's rate; the run's summary.json "
+    "says which: cost.measured.device_share)",
+    "infer_img_s": "inference throughput on random inputs at the network input size, batch 32 on GPU and 4 "
+    "on CPU, images per second, mean over runs; every inference column is measured with PyTorch's speed "
+    "settings restored (deterministic algorithms off, cudnn.benchmark on, not training's) on a device no "
+    "other run shares: runs that trained on a shared GPU are measured again on a whole one after the grid",
+    "latency_ms": "batch-1 inference latency, milliseconds (median of timed calls), mean over runs; "
+    "measured like infer_img_s",
+    "peak_mem_mb": "the model's weights plus the peak CUDA memory allocated above the baseline during "
+    "inference (so the run's GPU data cache and other leftovers are not counted), MiB; on CPU the growth "
+    "of the process's peak RSS during inference (often 0, since training already reached the peak)",
+}
+_OOF = "out-of-fold (each image's score averaged over seeds first)"
+# What the seeded simulations reached (tests/benchmark/test_stats_simulation.py and
+# test_board_simulation.py: subjects of 5-80 frames whose effects grow with their size, exact
+# image-weighted truths; the README's "Reading the results" lists every figure).
+SIMULATED = {
+    "ci": "in simulation it covered the exact image-weighted truth in 95.2% of data sets of 20-47 subjects "
+    "and 94.0% with 10; bootstrapping the subject-weighted mean instead covered 63.2%",
+    "p": "in simulation with 40 subjects and gaps that depend on subject size its type I error was 5.0% at "
+    "alpha 0.05, where a test of per-subject means had 27.7%",
+    "set": "in simulation it dropped one of 5 equal models in 2.8% of data sets of 10-47 subjects (the Holm "
+    "rule it replaces: 16.2%), and was the better model alone in 100% of data sets with 40 subjects when "
+    "that model was 0.05 better (79% at 0.03)",
+    "rank_ci": "in simulation all 5 true ranks were covered together in 100% of data sets, 2.8 ranks long "
+    "on average",
+    "mde": "in simulation a new data set whose true gap was the stated one was detected 76.5% of the time",
+}
+_POOLED = "outer folds, post-processed, mean over runs (a pooled metric has no per-image value); no CI"
+
+
+def protocol(board: dict[str, Any]) -> list[str]:
+    """The protocol in plain words (the Markdown legend's first section)."""
+    h = board["header"]
+    k = h["n_folds"] or "K"
+    return [
+        f"Subjects are split into {k} outer folds (grouped by subject, balancing image counts and the "
+        "positive fraction; `split_seed` fixes the split for the whole benchmark).",
+        "Each run trains on the other folds minus an inner selection set of whole subjects "
+        "(`inner_fraction`); the checkpoint epoch and the post-processing (threshold, minimum area, "
+        "presence gate) are chosen on that inner set only.",
+        "Each run's outer fold is scored once and never used for any decision. Across the folds of one "
+        "seed every image is scored once by a model that never saw its subject; seeds change only "
+        "initialisation and augmentation.",
+        "A model's score is the mean over all images of the per-image score averaged over its seeds: an "
+        "image-weighted mean, in which a subject with more frames weighs more. Every CI, test, set and "
+        "interval below is about that same quantity (per-subject totals, the image counts fixed), never "
+        "about per-subject means.",
+        "Frames of one patient are correlated, so the subject is the unit of independence: CIs, the top "
+        "group and the rank intervals resample whole subjects; the paired test flips the sign of whole "
+        "subjects.",
+        "The top group is a 95% confidence set for the best model (Hansen, Lunde & Nason's model "
+        "confidence set, 2011): it allows for the top being picked on these same data, and holds every "
+        "truly best model with probability at least 95%. Outside it: worse than the best, with 95% "
+        "confidence. Inside it: not shown to be worse, which is not evidence of being as good.",
+        "A model is incomplete, shown but neither ranked nor tested, unless for each seed its outer folds "
+        "score exactly the data set's images (k-fold: all of them; hold-out: the hold-out set), each once.",
+    ]
+
+
+def legend(board: dict[str, Any]) -> dict[str, str]:
+    """One-line definition of every column (metric definitions come from benchmark.scoring.metrics)."""
+    from benchmark.scoring.metrics import METRIC_DOCS
+
+    boot = f"{lb.N_SET} seeded subject-bootstrap resamples, studentised (bootstrap-t)"
+    few = f"fewer than {ranking.MIN_SUBJECTS} subjects tell nothing apart"
+    docs = {
+        "rank": "position among complete models by out-of-fold Kaggle Dice (ties broken by model name)",
+        "model": f"registry name; `{BASELINE}` predicts no nerve anywhere (the baseline); 'from truth': no "
+        f"complete `{BASELINE}` runs, so its exact scores (1 on an empty truth, else 0) were computed",
+        "rank_ci": "simultaneous 95% confidence intervals for the ranks of all rows (Mogstad, Romano, "
+        "Shaikh & Wilhelm, Rev. Econ. Stud. 2024): a pair of rows differs when its studentised difference "
+        f"exceeds the 95% point of the max over all pairs ({boot}); rank from 1 + (rows significantly "
+        "better) to the row count - (rows significantly worse); the floor is included. The top group is "
+        "sharper (step-down), so a row can be outside it while its interval still reaches 1; "
+        f"{few}; {SIMULATED['rank_ci']}",
+        "seeds": "number of training seeds (a complete model trained every outer fold once per seed)",
+        "kaggle_dice": f"Kaggle Dice after post-processing, {_OOF}, mean over all images. "
+        + METRIC_DOCS["kaggle_dice"],
+        "ci": "[95% CI]: subject bootstrap (whole subjects resampled, image mean recomputed; expanded "
+        "percentile interval, about as wide as a t interval when subjects are few); none when incomplete. "
+        f"It covers the sampling of test subjects, not training randomness; {SIMULATED['ci']}",
+        "dice_positive": f"post-processed Dice over the images whose truth has a nerve, {_OOF}",
+        "empty_correct": "share of empty-truth images predicted empty after post-processing (= their mean "
+        f"Dice), {_OOF}",
+        "iou": f"mean image IoU after post-processing, {_OOF}. " + METRIC_DOCS["iou"],
+        "raw_kaggle_dice": f"Kaggle Dice at threshold 0.5 without post-processing, {_OOF}",
+        "seed_sd": "(two or more seeds) standard deviation, ddof 1, of the model's per-seed out-of-fold mean "
+        "Kaggle Dice: the training randomness, which no CI or test here includes",
+        "diff_vs_top": "this model's mean post-processed Dice minus the top model's, over all images (the "
+        "ranked, image-weighted quantity)",
+        "p_vs_top": "two-sided paired sign-flip p-value of 'same image-weighted mean as the top model': the "
+        "signs of the per-subject totals of the per-image differences are flipped, the image counts stay "
+        f"(exact for n <= {lb.EXACT_MAX} subjects, else {lb.N_PERM} seeded flips); {SIMULATED['p']}. It "
+        "is one comparison taken alone; the top was picked on these data, so whether a model is worse "
+        "than the best is the top group's question",
+        "mde_vs_top": f"smallest true gap to the top that p_vs_top detects with {lb.POWER:.0%} probability "
+        f"at alpha {lb.ALPHA}, for this board's subjects and the observed spread of this model's "
+        "per-subject differences from the top (subjects resampled; the gap added to each subject in "
+        f"proportion to its images); n/a when {few}; 0 when the two differ by the same amount everywhere; "
+        f"{SIMULATED['mde']}",
+        "p_best_set": "model confidence set p-value (Hansen, Lunde & Nason, Econometrica 2011; range "
+        "statistic: the max over the remaining pairs of studentised differences; the worst model removed "
+        f"while it rejects; {boot}): the smallest level at which this model leaves the set; none for the "
+        "floor, which is not a contender",
+        "top_group": f"`yes` when p_best_set >= {lb.ALPHA}: in the 95% confidence set for the best model; "
+        f"`no`: worse than the best with 95% confidence; `floor`: the all-empty baseline, shown for "
+        f"reference only. Not always the top rows: a small but consistent gap can be significant where a "
+        f"larger, noisier one is not; {SIMULATED['set']}",
+        "missing": "what keeps an incomplete model off the ranking (absent folds; images scored twice, not "
+        "scored, outside the data set or outside the run's own outer fold, named with the run and index)",
+        "external": "(external): trained outside nerve-bench on the same folds (`benchmark import` / "
+        "`benchmark nnunet`) and scored by the same code from its masks; its provenance is listed",
+        "selection_kaggle_dice": "inner-set Kaggle Dice after post-processing, mean over runs: the score "
+        "the epoch and post-processing were chosen on (optimistic; not used for ranking)",
+    }
+    for key in ("sensitivity", "precision", "presence_accuracy"):
+        docs[key] = f"{METRIC_DOCS[key]} ({_POOLED})"
+    docs.update(_COST_DOCS)
+    docs["pixel_accuracy"] = PIXEL_ACCURACY_WARNING
+    return docs

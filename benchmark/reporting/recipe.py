@@ -1,0 +1,45 @@
+"""Where a model's training recipe differs from the benchmark's, read from the runs' own configs.
+
+Every model of a board trains the same way unless the config states a per-model recipe
+(``model_train``, e.g. a learning rate for one encoder). Each such run records, in its config's
+``model_recipe``, the fields it overrides and the benchmark's shared value of each; the reader
+finds every difference named under the board, taken from the runs, not from a config file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def differences(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"per_model": {model: {field: [its values]}}, "common": {field: shared value}}`` over the
+    runs whose config records a ``model_recipe`` (sorted, so the runs' order does not matter)."""
+    found: dict[str, dict[str, set[str]]] = {}
+    shared: dict[str, set[str]] = {}
+    for s in runs:
+        cfg: dict[str, Any] = s["config"] if isinstance(s.get("config"), dict) else {}
+        for key, base in sorted((cfg.get("model_recipe") or {}).items()):
+            found.setdefault(str(s["model"]), {}).setdefault(key, set()).add(json.dumps(cfg.get(key)))
+            shared.setdefault(key, set()).add(json.dumps(base))
+    per_model = {
+        m: {k: [json.loads(v) for v in sorted(vs)] for k, vs in sorted(f.items())}
+        for m, f in sorted(found.items())
+    }
+    common = {k: [json.loads(v) for v in sorted(vs)] for k, vs in sorted(shared.items())}
+    return {"per_model": per_model, "common": {k: v[0] if len(v) == 1 else v for k, v in common.items()}}
+
+
+def note(recipe: dict[str, Any]) -> str | None:
+    """One line naming every per-model recipe, e.g. ``unet_mobilenet_v2: lr 0.003 (the others 0.001)``."""
+    if not recipe["per_model"]:
+        return None
+    common, parts = recipe["common"], []
+    for model, fields in recipe["per_model"].items():
+        values = (f"{k} {'/'.join(map(str, v))} (the others {common[k]})" for k, v in fields.items())
+        parts.append(f"{model}: {', '.join(values)}")
+    return (
+        "Per-model recipe (stated in the config's `model_train`, recorded in each run's summary): "
+        + "; ".join(parts)
+        + "."
+    )

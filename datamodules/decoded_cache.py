@@ -1,0 +1,137 @@
+"""The decoded training set, once per node: uint8 arrays on local disk, memory-mapped by every process.
+
+Decoding the 5,635 LZW tifs takes tens of seconds and 2.7 GB. Every run of a grid used to decode
+them again, and under DDP every rank held its own copy (8 ranks: ~22 GB of host memory). Here the
+first process to need a data set decodes and validates it once (:func:`datamodules.kaggle.load_train`)
+and writes ``images.npy`` / ``masks.npy`` plus its records into a node-local cache directory; every
+later run and every rank maps those files read-only, so the node's page cache holds ONE copy that
+all of them share.
+
+The cache entry's name is a hash of the data directory's file listing (relative path, size and
+modification time of every file under ``train/`` and of ``train_masks.csv``): an edited, added or
+removed file gives another entry, and a stale one is never read. Entries are written under a
+temporary name and renamed in, so a concurrent reader sees a complete entry or none. Where the
+cache cannot be written (no space, read-only), the data set is decoded in memory as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from datamodules.kaggle import TrainRecord, TrainSet, load_train
+
+CACHE_ENV = "NERVE_BENCH_CACHE_DIR"
+_FORMAT = 1  # bump when the entry layout changes
+
+
+def cache_root() -> Path:
+    """``$NERVE_BENCH_CACHE_DIR``, else a per-user directory in the node's temporary directory."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured)
+    return (
+        Path(tempfile.gettempdir()) / f"nerve-bench-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    )
+
+
+def signature(data_dir: Path) -> str:
+    """16 hex naming the data directory's training files as they are now (names, sizes, mtimes)."""
+    data_dir = Path(data_dir).resolve()
+    entries = [str(data_dir), str(_FORMAT)]
+    files = sorted((data_dir / "train").glob("*")) + [data_dir / "train_masks.csv"]
+    for path in files:
+        if path.is_file():
+            stat = path.stat()
+            entries.append(f"{path.relative_to(data_dir)}\t{stat.st_size}\t{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
+
+def _records_json(records: list[TrainRecord]) -> list[dict]:
+    return [
+        {
+            "stem": r.stem,
+            "subject": r.subject,
+            "img": r.img,
+            "image_path": str(r.image_path),
+            "mask_path": None if r.mask_path is None else str(r.mask_path),
+            "rle": r.rle,
+            "csv_line": r.csv_line,
+        }
+        for r in records
+    ]
+
+
+def _records(rows: list[dict]) -> list[TrainRecord]:
+    return [
+        TrainRecord(
+            stem=row["stem"],
+            subject=int(row["subject"]),
+            img=int(row["img"]),
+            image_path=Path(row["image_path"]),
+            mask_path=None if row["mask_path"] is None else Path(row["mask_path"]),
+            rle=row["rle"],
+            csv_line=row["csv_line"],
+        )
+        for row in rows
+    ]
+
+
+def read_entry(entry: Path) -> TrainSet | None:
+    """The cached training set of ``entry`` (read-only memory maps), or None when it is incomplete."""
+    try:
+        meta = json.loads((entry / "records.json").read_text())
+        images = np.load(entry / "images.npy", mmap_mode="r")
+        masks = np.load(entry / "masks.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if images.shape[0] != len(meta["records"]) or images.shape != masks.shape:
+        return None
+    return TrainSet(_records(meta["records"]), images, masks, meta["mask_source"])
+
+
+def write_entry(entry: Path, train_set: TrainSet) -> None:
+    """Write ``train_set`` as ``entry`` (temporary directory, then one rename)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        np.save(tmp / "images.npy", np.ascontiguousarray(train_set.images))
+        np.save(tmp / "masks.npy", np.ascontiguousarray(train_set.masks))
+        meta = {"records": _records_json(train_set.records), "mask_source": train_set.mask_source}
+        (tmp / "records.json").write_text(json.dumps(meta))
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if read_entry(entry) is None:  # not another process's complete copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_train_shared(data_dir: str | Path, root: Path | None = None) -> TrainSet:
+    """:func:`datamodules.kaggle.load_train`, decoded and validated once per node and data version;
+    the arrays returned are read-only memory maps of the node's cache (or plain arrays when the
+    cache cannot be written)."""
+    data_dir = Path(data_dir)
+    entry = (root or cache_root()) / signature(data_dir)
+    cached = read_entry(entry)
+    if cached is not None:
+        return cached
+    train_set = load_train(data_dir)
+    try:
+        write_entry(entry, train_set)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(
+            f"warning: {entry}: cannot cache the decoded data ({reason}); each process decodes its own copy",
+            file=sys.stderr,
+        )
+        return train_set
+    return read_entry(entry) or train_set

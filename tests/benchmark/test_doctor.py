@@ -1,0 +1,209 @@
+"""doctor: the real command on CPU at tiny sizes, one failing check among working ones, the estimate
+by hand, and the tables. Figures are checked for presence and sense, never for speed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.doctor import data, device_checks, estimate, report, session
+from benchmark.doctor.settings import CHECKS, DoctorSettings
+
+# Everything but Ray (tests/benchmark/test_ray_grid.py runs the executor; a local Ray costs ~30 s
+# here) at the CPU defaults, two models, and the compile check on aot_eager (inductor's C++
+# compile of even a tiny graph takes a minute on two cores).
+CLI = [
+    "doctor",
+    "--device",
+    "cpu",
+    "--models",
+    "unet,empty",
+    "--skip",
+    "ray",
+    "--compile-backend",
+    "aot_eager",
+    "--json",
+    "-",
+]
+
+
+@pytest.mark.slow
+def test_doctor_on_cpu_runs_every_check_and_reports_figures(capsys):
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    code = main(CLI)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rep = json.loads(out)  # stdout holds nothing but the JSON
+    checks = {c["name"]: c for c in rep["checks"]}
+    expected = [
+        "device",
+        "data",
+        "bf16",
+        "compile",
+        "channels_last",
+        "gpu_cache",
+        "model unet",
+        "model empty",
+        "ddp",
+        "ray",
+        "estimate",
+    ]
+    assert [c["name"] for c in rep["checks"]] == expected
+    status = {n: c["status"] for n, c in checks.items()}
+    assert status == {**dict.fromkeys(expected, "OK"), "ray": "SKIP"}, {
+        n: c["detail"] for n, c in checks.items()
+    }
+    unet, empty = checks["model unet"]["figures"], checks["model empty"]["figures"]
+    # Two fits with the same seed in one process on one CPU: bit-identical weights.
+    assert unet["bit_identical"] is True and unet["max_abs_diff"] == 0.0
+    for key in (
+        "fit_s",
+        "suite_train_img_s",
+        "plain_train_img_s",
+        "ceiling_train_img_s",
+        "infer_img_s",
+        "latency_ms",
+        "deterministic_speedup",
+        "suite_train_img_s_nondeterministic",
+    ):
+        assert isinstance(unet[key], float) and math.isfinite(unet[key]) and unet[key] > 0, key
+    assert unet["ratio_suite_vs_plain"] == pytest.approx(
+        unet["suite_train_img_s"] / unet["plain_train_img_s"]
+    )
+    assert empty["suite_train_img_s"] is None and empty["infer_img_s"] > 0  # nothing to train
+    assert 0 <= unet["outer_dice"] <= 1 and empty["bit_identical"] is True
+    assert checks["ddp"]["figures"]["backend"] == "gloo"
+    est = checks["estimate"]["figures"]
+    assert est["wall_s"] > 0 and sorted(est["per_run_s"]) == ["empty", "unet"]
+    assert len(est["missing"]) == 7 and any("scaled by pixel count" in a for a in est["assumptions"])
+    assert rep["ok"] is True and rep["settings"]["image_size"] == 64 and rep["settings"]["tiny"] is True
+    assert torch.are_deterministic_algorithms_enabled() == deterministic_before
+
+
+def test_a_failing_check_is_one_fail_row_and_the_others_still_run(monkeypatch):
+    def broken(dev):
+        raise RuntimeError("no bf16 here\nsecond line of the message")
+
+    monkeypatch.setattr(device_checks, "bf16", broken)
+    skip = tuple(c for c in CHECKS if c not in ("device", "bf16", "channels_last"))
+    lines = []
+    rep = session.run_doctor(DoctorSettings(device="cpu", models=("unet",), skip=skip), progress=lines.append)
+    checks = {c["name"]: c for c in rep["checks"]}
+    assert checks["bf16"]["status"] == "FAIL"
+    assert checks["bf16"]["detail"] == "RuntimeError: no bf16 here second line of the message"
+    assert checks["channels_last"]["status"] == "OK"  # ran after the failure
+    assert checks["device"]["status"] == "OK" and checks["model unet"]["status"] == "SKIP"
+    assert rep["ok"] is False and report.exit_code(session.results_of(rep)) == 1
+    text = session.format_report(rep)
+    assert "-- FAILED" in text and "bf16           FAIL" in text and "\n" not in checks["bf16"]["detail"]
+    assert any(line.startswith("doctor: bf16 FAIL") for line in lines)
+
+
+def test_cli_rejects_bad_options_in_one_line(capsys):
+    assert main(["doctor", "--skip", "nothing"]) == 2
+    assert main(["doctor", "--image-size", "50"]) == 2
+    assert main(["doctor", "--models", "no_such_model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "nothing" in err[0] and "multiple of 32" in err[1] and "no_such_model" in err[2]
+
+
+def test_run_check_verdicts():
+    ok = report.run_check("a", lambda: report.Finding("fine", {"x": 1.0}))
+    assert (ok.status, ok.detail, ok.figures) == ("OK", "fine", {"x": 1.0})
+
+    def skipped():
+        raise report.Skip("needs two GPUs")
+
+    assert report.run_check("b", skipped).status == "SKIP"
+    long = report.run_check("c", lambda: 1 / 0 if True else None)
+    assert long.status == "FAIL" and long.detail == "ZeroDivisionError: division by zero"
+    results = [ok, report.CheckResult("w", "WARN", "rerun differs", 0.0)]
+    assert report.exit_code(results) == 0 and report.exit_code([*results, long]) == 1
+    assert len(report.one_line(ValueError("x" * 1000))) == report.REASON_CHARS
+
+
+def test_tables_render_figures_and_gaps():
+    row = report.CheckResult(
+        "model unet",
+        "OK",
+        "d",
+        1.0,
+        {
+            "model": "unet",
+            "fit_s": 12.345,
+            "bit_identical": False,
+            "suite_train_img_s": 1234.0,
+            "infer_img_s": None,
+        },
+    )
+    table = report.models_table([row]).splitlines()
+    cells = table[1].split()
+    assert table[0].startswith("model") and cells[:4] == ["unet", "12.35", "no", "1234"]
+    assert cells[-1] == "-"  # latency: not measured
+    checks = report.checks_table([row, report.CheckResult("ddp", "SKIP", "1 GPU: needs two", 0.04)])
+    assert checks.splitlines()[2].split(None, 3) == ["ddp", "SKIP", "0.0", "1 GPU: needs two"]
+
+
+def test_estimate_by_hand():
+    plan = estimate.Plan(
+        models=("a", "b", "c"),
+        runs_per_model=5,
+        epochs=2,
+        image_size=64,
+        n_folds=5,
+        inner_fraction=0.25,
+        frames=100,
+    )
+    assert plan.split() == (60.0, 20.0, 20.0)  # fit, inner, outer frames
+    rates = {
+        "a": {"suite_train_img_s": 10.0, "infer_img_s": 20.0},
+        "b": {"suite_train_img_s": None, "infer_img_s": 40.0},
+    }
+    # a: 2 x 60 / 10 train + 2 x 20 / 20 validation + 40 / 20 final = 16 s; b (nothing to train): 40/40 = 1 s
+    out = estimate.estimate(plan, rates, measured_size=64, devices=2, decode_s_per_frame=0.01)
+    assert out["per_run_s"] == {"a": 16.0, "b": 1.0} and out["missing"] == ["c"]
+    assert out["wall_s"] == pytest.approx(1.0 + 85 / 2) and out["device_hours"] == pytest.approx(85 / 3600)
+    # measured at 32 px: 4x the pixels per frame at 64; 50 devices: the longest run bounds the wall time
+    scaled = estimate.estimate(plan, rates, measured_size=32, devices=50, decode_s_per_frame=0.0)
+    assert scaled["per_run_s"] == {"a": 64.0, "b": 4.0} and scaled["wall_s"] == 64.0
+    assert any("x4" in a for a in scaled["assumptions"])
+    assert estimate.clock(3725) == "1h02m" and estimate.clock(125) == "2m05s"
+
+
+def test_default_plan_is_the_default_config():
+    plan = estimate.default_plan()
+    assert (len(plan.models), plan.runs_per_model, plan.epochs, plan.image_size, plan.frames) == (
+        9,
+        5,
+        40,
+        256,
+        5635,
+    )
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_layout_is_the_same_bytes_with_or_without_processes(tmp_path, monkeypatch):
+    from datamodules.kaggle import load_train
+
+    data.generate_layout(tmp_path / "serial", subjects=2, frames=3)
+    monkeypatch.setattr(data, "PARALLEL_FROM", 0)
+    monkeypatch.setattr(data.os, "cpu_count", lambda: 2)
+    data.generate_layout(tmp_path / "pool", subjects=2, frames=3)
+    assert _tree(tmp_path / "serial") == _tree(tmp_path / "pool")
+    train = load_train(tmp_path / "serial")
+    assert train.stems == ["1_1", "1_2", "1_3", "2_1", "2_2", "2_3"] and train.mask_source == "tif+csv"
+    assert not any(p.name.startswith(".doctor-data-") for p in tmp_path.iterdir())  # temp parts removed

@@ -1,0 +1,237 @@
+"""The exit status tells the truth: SIGTERM is 143 and Ctrl-C 130, each with its line, and the run in
+flight resumes from its checkpoint; runs left to a process that did not finish them are named and
+make the exit status 3 (or are taken over when their holder is gone). Real ``benchmark run``
+subprocesses wait on events (a file appearing) with bounds of minutes, never on fixed sleeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark import runner
+from benchmark.cli import EXIT_SIGINT, EXIT_SIGTERM, interrupt_code, main
+from benchmark.core import lock
+from benchmark.core.config import apply_benchmark_overrides, load_benchmark_config
+from benchmark.core.summary import write_summary
+from tests.benchmark.summaries import make_summary
+from tests.benchmark.test_runner import SMOKE, fake_fit
+
+ROOT = Path(__file__).resolve().parents[2]
+BOUND_S = 600  # minutes, not seconds: the suite runs on busy 2-core machines
+
+# `benchmark run` whose training holds at the start of epoch NB_HOLD_EPOCH (the previous epoch's
+# last.ckpt is on disk) until the test's signal arrives; every epoch start is logged.
+HOLDING = """
+import os, sys, time
+from pathlib import Path
+from lightning.pytorch.callbacks import Callback
+import benchmark.pipeline as pipeline
+from benchmark.cli import main
+
+log, hold = Path(os.environ["NB_EPOCH_LOG"]), int(os.environ["NB_HOLD_EPOCH"])
+real_fit = pipeline.fit
+
+
+class Hold(Callback):
+    def on_train_epoch_start(self, trainer, module):
+        with open(log, "a") as fh:
+            fh.write(f"{trainer.current_epoch}\\n")
+        if trainer.current_epoch == hold:
+            (log.parent / "holding").write_text(str(os.getpid()))
+            for _ in range(6000):  # until the signal; ten minutes at most
+                time.sleep(0.1)
+
+
+def fit(cfg, data_dir, out_dir, callbacks=None, preloaded=None):
+    return real_fit(cfg, data_dir, out_dir, callbacks=[*(callbacks or []), Hold()], preloaded=preloaded)
+
+
+pipeline.fit = fit
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _wait(done, what: str, timeout_s: float = BOUND_S) -> None:
+    end = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _start(tmp_path: Path, data: Path, hold: int) -> subprocess.Popen:
+    script = tmp_path / "holding.py"
+    script.write_text(HOLDING)
+    (tmp_path / "holding").unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NB_EPOCH_LOG": str(tmp_path / "epochs.log"),
+           "NB_HOLD_EPOCH": str(hold), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    args = ["run", "--config", str(SMOKE), "--data-dir", str(data), "--results-dir", str(tmp_path / "res"),
+            "--models", "empty,unet", "--set", "epochs=3", "--no-report", "--min-free-gb", "0"]  # fmt: skip
+    return subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+def _interrupt(tmp_path: Path, data: Path, hold: int, sig: int) -> tuple[int, str, str]:
+    proc = _start(tmp_path, data, hold)
+    try:
+        _wait(lambda: (tmp_path / "holding").exists() or proc.poll() is not None, f"epoch {hold}")
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=BOUND_S)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_sigterm_is_143_ctrl_c_is_130_and_the_run_in_flight_resumes(tmp_path, synthetic_dir):
+    bench = apply_benchmark_overrides(load_benchmark_config(SMOKE), {"epochs": "3"})
+    grid = runner.build_grid(bench, models=["empty", "unet"])
+    empty, unet = (tmp_path / "res" / "runs" / c.run_name() for c in grid)
+    last = unet / "checkpoints" / "last.ckpt"
+    # SIGTERM (SLURM, Kubernetes, docker stop) while epoch 1 trains: it used to exit 0, silently.
+    code, out, err = _interrupt(tmp_path, synthetic_dir, 1, signal.SIGTERM)
+    assert code == EXIT_SIGTERM, err[-3000:]
+    assert "interrupted by SIGTERM: finished runs are kept; re-run the same command to resume" in err
+    assert f"interrupted {unet.name}: re-running the same command resumes from {last}" in out
+    assert (empty / "summary.json").is_file() and last.is_file() and not (unet / "summary.json").exists()
+    assert not list((tmp_path / "res").rglob(lock.LOCK_NAME))  # the interrupted run's lock is released
+    # Ctrl-C while epoch 2 trains: Lightning's own handler used to make it exit 1, with no line.
+    code, out, err = _interrupt(tmp_path, synthetic_dir, 2, signal.SIGINT)
+    assert code == EXIT_SIGINT, err[-3000:]
+    assert "interrupted: finished runs are kept; re-run the same command to resume" in err
+    assert f"interrupted {unet.name}: re-running the same command resumes from {last}" in out
+    proc = _start(tmp_path, synthetic_dir, -1)
+    out, err = proc.communicate(timeout=BOUND_S)
+    assert proc.returncode == 0, err[-3000:]
+    assert "1/2 runs already complete (skipped)" in out  # empty was not run again
+    # Each run resumed where the last finished epoch left it: only the interrupted epochs ran twice.
+    assert (tmp_path / "epochs.log").read_text().split() == ["0", "1", "1", "2", "2"]
+    assert json.loads((unet / "summary.json").read_text())["history"]["epoch"] == [0, 1, 2]
+
+
+def test_interrupt_code_sees_through_lightnings_sys_exit():
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)  # what Lightning's fit does on Ctrl-C
+    except SystemExit as exc:
+        assert interrupt_code(exc) == EXIT_SIGINT
+    assert interrupt_code(SystemExit(0)) is None and interrupt_code(SystemExit(2)) is None
+
+
+def test_slurms_requeue_signal_requeues_the_job_and_stops_like_sigterm(tmp_path, capsys, monkeypatch):
+    """`#SBATCH --signal=USR1@120`: SIGUSR1 arrives while a run is in flight (here, in its fit); the job
+    is requeued through scontrol and the command stops with 138; the requeued job resumes."""
+    import benchmark.pipeline as pipeline
+
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "scontrol.args"}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+
+    def signalled(cfg, data_dir, out_dir):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        raise AssertionError("the signal did not stop the run")
+
+    monkeypatch.setattr(pipeline, "fit", signalled)
+    args = ["run", "--config", str(SMOKE), "--results-dir", str(tmp_path / "res"), "--models", "empty",
+            "--no-report", "--min-free-gb", "0"]  # fmt: skip
+    assert main(args) == 138
+    assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"]
+    err = capsys.readouterr().err
+    assert "interrupted by SIGUSR1 (SLURM job 4242 requeued): finished runs are kept" in err
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # restored when the command ends
+
+
+def _holder() -> subprocess.Popen:
+    """A live process to hold a lock (it never trains): another `benchmark run` on the same results."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+
+def _hold(run_dir: Path, pid: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    info = {"host": socket.gethostname(), "pid": pid, "start": now, "heartbeat": now, "token": "other"}
+    (run_dir / lock.LOCK_NAME).write_text(json.dumps(info))
+
+
+def _fit_on(content: str, calls: list[str]):
+    """A stand-in for pipeline.fit writing a complete summary of data with this content hash."""
+
+    def fit(cfg, data_dir, out_dir):
+        calls.append(cfg.run_name())
+        summary = make_summary(
+            cfg.model, cfg.fold, cfg.seed, [0.5, 1.0], n_folds=cfg.n_folds, content=content
+        )
+        summary.update(run=cfg.run_name(), config=cfg.to_dict(), config_hash=cfg.hash())
+        write_summary(out_dir, summary)
+        return summary
+
+    return fit
+
+
+def test_a_run_left_to_another_process_is_named_and_the_exit_status_is_3(
+    tmp_path, synthetic_dir, capsys, monkeypatch
+):
+    import benchmark.pipeline as pipeline
+    from datamodules.kaggle import check_dataset
+
+    calls: list[str] = []
+    monkeypatch.setattr(pipeline, "fit", _fit_on(check_dataset(synthetic_dir)["content_hash"], calls))
+    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    held = tmp_path / "res" / "runs" / grid[0].run_name()
+    args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir",
+            str(tmp_path / "res"), "--models", "unet,empty", "--no-report", "--min-free-gb", "0"]  # fmt: skip
+    holder = _holder()
+    try:
+        _hold(held, holder.pid)
+        assert main(args) == 3  # it used to exit 0 with unet missing from the board
+        out = capsys.readouterr().out
+        assert calls == [grid[1].run_name()]
+        holder_id = f"{socket.gethostname()}:{holder.pid}"
+        assert (
+            "incomplete: 1 run(s) missing from the leaderboard, skipped because another process held" in out
+        )
+        assert f"held them: {grid[0].run_name()} (held by {holder_id}" in out
+        assert "Re-run the same command to complete them" in out
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0  # the holder is gone: its stale lock is taken over and the run trained
+    assert calls == [grid[1].run_name(), grid[0].run_name()]
+
+
+def test_a_holder_that_dies_during_the_grid_leaves_its_run_to_be_taken_over(tmp_path, capsys):
+    """Process A skips a run held by B; B is killed while A trains; A takes the run over at the end."""
+    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    holder, calls = _holder(), []
+    _hold(tmp_path / "runs" / grid[0].run_name(), holder.pid)
+    train = fake_fit(calls)
+
+    def fit(cfg, data_dir, out_dir):
+        if cfg.model == "empty":
+            holder.kill()  # B dies while A trains its second run
+            holder.wait()
+        return train(cfg, data_dir, out_dir)
+
+    outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fit)
+    assert [o.status for o in outcomes] == ["trained", "trained"] and calls == [
+        grid[1].run_name(),
+        grid[0].run_name(),
+    ]
+    out = capsys.readouterr().out
+    assert f"[1/2] skipped {grid[0].run_name()}: held by" in out
+    assert f"[retry] {grid[0].run_name()}: its holder stopped without finishing it; taking it over" in out
+    assert runner.missing_runs(grid, outcomes, tmp_path) == []

@@ -1,0 +1,92 @@
+"""A local Ray dies with its driver: the reaper kills what the driver started once the driver is gone,
+even ``kill -9``'d (Ray's dashboard and runtime-env agents otherwise outlive it by a minute or more),
+and leaves alone what the driver had started before. Plus the offline start's environment."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmark import ray_cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+BOUND_S = 120.0
+
+# A driver that starts the reaper, then a raylet-like child whose own child (an agent) survives the
+# raylet's death: re-parented to init, as Ray's agents are when the driver is killed.
+DRIVER = """
+import subprocess, sys, time
+from pathlib import Path
+from benchmark import ray_cluster
+
+sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+older = subprocess.Popen(sleep)  # started before Ray: not Ray's, never reaped
+reaper = ray_cluster.start_reaper()
+raylet_code = (
+    "import subprocess, sys, time; "
+    "agent = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+    "print(agent.pid, flush=True); time.sleep(600)"
+)
+raylet = subprocess.Popen([sys.executable, "-c", raylet_code], stdout=subprocess.PIPE, text=True)
+agent = int(raylet.stdout.readline())
+ray_cluster.sync_reaper(reaper)
+Path(sys.argv[1]).write_text(f"{older.pid} {raylet.pid} {agent} {reaper.pid}")
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent has not collected it yet
+
+
+def _wait(done, what: str) -> None:
+    end = time.monotonic() + BOUND_S
+    while not done():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_killed_driver_takes_what_it_started_with_it(tmp_path):
+    ready = tmp_path / "pids"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(ready)], cwd=ROOT, env=env)
+    older = raylet = agent = reaper = 0
+    try:
+        _wait(lambda: ready.exists() or driver.poll() is not None, "the driver")
+        older, raylet, agent, reaper = (int(p) for p in ready.read_text().split())
+        driver.kill()  # kill -9: no clean-up code runs in the driver
+        driver.wait()
+        os.kill(raylet, signal.SIGKILL)  # Ray's raylet and GCS fate-share with the driver
+        _wait(lambda: not _alive(agent), "the orphaned agent to be reaped")
+        _wait(lambda: not _alive(reaper), "the reaper to finish")
+        assert _alive(older)  # what the driver ran before Ray is not Ray's
+    finally:
+        for pid in (older, raylet, agent):
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def test_the_offline_start_points_http_at_a_dead_loopback_port_and_restores_it(monkeypatch):
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    monkeypatch.delenv("http_proxy", raising=False)
+    with ray_cluster.offline_start() as user:
+        proxy = os.environ["http_proxy"]
+        assert proxy.startswith("http://127.0.0.1:") and os.environ["HTTPS_PROXY"] == proxy
+        assert os.environ["no_proxy"] == os.environ["no_grpc_proxy"] == ray_cluster.LOOPBACK
+        port = int(proxy.rsplit(":", 1)[1])
+        import socket
+
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0  # refused: nothing leaves, nothing waits
+    assert user["https_proxy"] == "http://proxy.example:3128" and user["http_proxy"] == ""
+    assert os.environ["https_proxy"] == "http://proxy.example:3128" and "http_proxy" not in os.environ

@@ -1,0 +1,113 @@
+"""A per-model recipe (``model_train``): stated in the config, checked, hashed, and named under the board."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark import fallback, runner
+from benchmark.core.config import ConfigError, load_benchmark_config
+from benchmark.reporting import leaderboard, recipe, tables
+from tests.benchmark.summaries import make_summary
+
+CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bench.yaml"
+    path.write_text(f"base: {CONFIGS / 'default.yaml'}\n{text}")
+    return path
+
+
+def test_a_per_model_recipe_reaches_that_models_runs_only_and_changes_their_hash(tmp_path):
+    plain = runner.build_grid(load_benchmark_config(CONFIGS / "default.yaml"))
+    bench = load_benchmark_config(write(tmp_path, "model_train:\n  unet_vgg16: {lr: 0.003, epochs: 3}\n"))
+    grid = runner.build_grid(bench)
+    changed = {(c.model, c.lr, c.epochs) for c in grid if c.model == "unet_vgg16"}
+    assert changed == {("unet_vgg16", 0.003, 3)}
+    others = {(c.run_name(), c.hash()) for c in grid if c.model != "unet_vgg16"}
+    assert others == {(c.run_name(), c.hash()) for c in plain if c.model != "unet_vgg16"}
+    vgg = {c.hash() for c in grid if c.model == "unet_vgg16"}
+    assert vgg.isdisjoint({c.hash() for c in plain})
+
+
+def test_the_synthetic_fallback_has_its_own_per_model_recipe(tmp_path):
+    text = "model_train:\n  unet: {lr: 0.01}\nsynthetic:\n  model_train:\n    unet_vgg16: {lr: 0.002}\n"
+    syn = fallback.synthetic_benchmark(load_benchmark_config(write(tmp_path, text)))
+    lrs = {c.model: c.lr for c in runner.build_grid(syn)}
+    assert lrs["unet_vgg16"] == 0.002 and lrs["unet"] == 0.001  # the section replaces, as model_kwargs does
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model_train:\n  unet: {lr: -1}\n", "model_train.unet: lr"),
+        ("model_train:\n  unet: {lrr: 0.1}\n", "did you mean lr"),
+        ("model_train:\n  unet: {seed: 3}\n", "model_train.unet: seed cannot be set per model"),
+        ("model_train:\n  unet: 0.003\n", "model_train must map model names"),
+        ("synthetic:\n  model_train:\n    unet: {batch_size: 1}\n", "synthetic.model_train.unet: batch_size"),
+    ],
+)
+def test_bad_per_model_recipes_fail_when_the_config_loads(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_benchmark_config(write(tmp_path, text))
+
+
+def _runs(model, lr, folds=(0, 1), shared=0.001):
+    runs = []
+    for fold in folds:
+        s = make_summary(model, fold, 0, [0.5, 0.7], n_folds=2)
+        recipe_ = {"lr": shared} if lr != shared else {}
+        s["config"] = {**s["config"], "lr": lr, "model_recipe": recipe_}
+        runs.append(s)
+    return runs
+
+
+def test_differences_name_the_model_with_its_own_recipe_and_the_shared_value():
+    runs = _runs("a", 0.001) + _runs("b", 0.001) + _runs("c", 0.003)
+    found = recipe.differences(runs)
+    assert found == {"per_model": {"c": {"lr": [0.003]}}, "common": {"lr": 0.001}}
+    assert recipe.note(found) == (
+        "Per-model recipe (stated in the config's `model_train`, recorded in each run's summary): "
+        "c: lr 0.003 (the others 0.001)."
+    )
+    assert recipe.differences(runs[::-1]) == found  # order of the runs does not matter
+
+
+def test_one_recipe_for_all_gives_no_note():
+    runs = _runs("a", 0.001) + _runs("b", 0.001)
+    assert recipe.differences(runs) == {"per_model": {}, "common": {}}
+    assert recipe.note(recipe.differences(runs)) is None
+
+
+def test_a_model_whose_runs_disagree_lists_every_value():
+    runs = _runs("a", 0.001) + _runs("c", 0.002, folds=(0,)) + _runs("c", 0.004, folds=(1,))
+    assert recipe.differences(runs)["per_model"] == {"c": {"lr": [0.002, 0.004]}}
+
+
+def test_a_per_model_recipe_keeps_the_run_in_its_benchmark_and_a_stale_config_does_not():
+    plain, own = _runs("a", 0.001), _runs("c", 0.003)
+    assert {leaderboard.benchmark_hash(s) for s in plain + own} == {leaderboard.benchmark_hash(plain[0])}
+    stale = _runs("c", 0.003)[0]
+    stale["config"]["model_recipe"] = {}  # lr 0.003 without the config saying so: another benchmark
+    assert leaderboard.benchmark_hash(stale) != leaderboard.benchmark_hash(plain[0])
+
+
+def test_the_board_prints_the_per_model_recipe_under_the_table():
+    board = leaderboard.build(_runs("a", 0.001) + _runs("b", 0.001) + _runs("c", 0.003))
+    assert board["header"]["recipe"]["per_model"] == {"c": {"lr": [0.003]}}
+    md = tables.markdown(board)
+    assert "**Note**: Per-model recipe" in md and "c: lr 0.003 (the others 0.001)" in md
+
+
+def test_fit_with_the_config_reproduces_the_grid_run_of_that_model(tmp_path, capsys):
+    from benchmark.cli import main
+
+    path = write(tmp_path, "model_train:\n  unet_vgg16: {lr: 0.003}\n")
+    grid = {c.model: c for c in runner.build_grid(load_benchmark_config(path))}
+    for model in ("unet_vgg16", "unet"):
+        assert main(["fit", "--config", str(path), "--model", model, "--fold", "0", "--print-config"]) == 0
+        shown = yaml.safe_load(capsys.readouterr().out)["train"]
+        assert shown["lr"] == grid[model].lr and shown["model_recipe"] == grid[model].model_recipe

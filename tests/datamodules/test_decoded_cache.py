@@ -1,0 +1,66 @@
+"""The decoded training set is cached once per node and memory-mapped read-only by every reader."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamodules import decoded_cache as dc
+from datamodules.kaggle import load_train
+from datamodules.synth import generate
+
+
+@pytest.fixture()
+def data(tmp_path: Path) -> Path:
+    generate(tmp_path / "data", subjects=2, per_subject=3, n_test=0, seed=0)
+    return tmp_path / "data"
+
+
+def test_second_reader_maps_the_first_readers_copy(data: Path, tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    first = dc.load_train_shared(data, root)
+    entries = list(root.iterdir())
+    assert len(entries) == 1 and {p.name for p in entries[0].iterdir()} == {
+        "images.npy",
+        "masks.npy",
+        "records.json",
+    }
+    second = dc.load_train_shared(data, root)
+    reference = load_train(data)
+    for ts in (first, second):
+        assert isinstance(ts.images, np.memmap) and not ts.images.flags.writeable  # shared, never written
+        np.testing.assert_array_equal(ts.images, reference.images)
+        np.testing.assert_array_equal(ts.masks, reference.masks)
+        assert ts.records == reference.records and ts.mask_source == reference.mask_source
+
+
+def test_a_changed_file_is_decoded_again(data: Path, tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    before = dc.signature(data)
+    dc.load_train_shared(data, root)
+    mask = data / "train" / "1_1_mask.tif"
+    stat = mask.stat()
+    os.utime(mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert dc.signature(data) != before
+    dc.load_train_shared(data, root)
+    assert len(list(root.iterdir())) == 2  # a second entry; the stale one is never read
+
+
+def test_an_unwritable_cache_falls_back_to_memory(data: Path, tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    ts = dc.load_train_shared(data, blocker / "cache")
+    assert len(ts) == 6 and not isinstance(ts.images, np.memmap)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot cache the decoded data" in err and str(blocker) in err
+
+
+def test_an_incomplete_entry_is_not_read(data: Path, tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    entry = root / dc.signature(data)
+    entry.mkdir(parents=True)
+    (entry / "records.json").write_text("{}")  # a crash mid-write can never look like this: rename
+    assert dc.read_entry(entry) is None

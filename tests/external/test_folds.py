@@ -1,0 +1,72 @@
+"""`benchmark folds` writes exactly our split: the DataModule's parts, and a real run's subjects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.cli import main
+from benchmark.external.folds import folds_document
+from datamodules.data_config import DataConfig
+from datamodules.datamodule import UltrasoundNerveDataModule
+from datamodules.kaggle import check_dataset
+from tests.benchmark.fitting import UNET
+from tests.external.helpers import two_fold_config
+
+
+def test_folds_file_is_the_datamodule_split(synthetic_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "folds.json"
+    assert (
+        main(
+            [
+                "folds",
+                "--data-dir",
+                str(synthetic_dir),
+                "--config",
+                str(two_fold_config(tmp_path)),
+                "--set",
+                "split_seed=3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "2 folds" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["split_seed"] == 3 and doc["content_hash"] == check_dataset(synthetic_dir)["content_hash"]
+    outers = []
+    for k, entry in enumerate(doc["folds"]):
+        dm = UltrasoundNerveDataModule(synthetic_dir, DataConfig(fold=k, n_folds=2, split_seed=3))
+        dm.setup("fit")
+        for part, idx in (
+            ("train", dm.fit_indices),
+            ("inner", dm.inner_indices),
+            ("outer", dm.outer_indices),
+        ):
+            assert entry[part] == [dm.stems[i] for i in idx], (k, part)
+        assert not set(entry["train"]) & set(entry["inner"]) and not set(entry["inner"]) & set(entry["outer"])
+        assert len(entry["train"]) + len(entry["inner"]) + len(entry["outer"]) == len(dm.stems)
+        outers += entry["outer"]
+    assert sorted(outers) == sorted(dm.stems)  # the outer folds cover every image once
+
+
+def test_folds_match_a_real_run(fit_runs) -> None:
+    """The fold of a trained run: its outer images are the summary's, its subjects the split block's."""
+    doc = folds_document(UNET, fit_runs.data)
+    summary = fit_runs.unet
+    entry = doc["folds"][UNET.fold]
+    assert entry["outer"] == summary["per_image"]["stem"]
+    assert entry["outer_subjects"] == summary["split"]["outer_subjects"]
+    assert entry["inner_subjects"] == summary["split"]["inner_subjects"]
+    assert entry["train_subjects"] == summary["split"]["fit_subjects"]
+    assert (len(entry["train"]), len(entry["inner"])) == (
+        summary["dataset"]["n_fit"],
+        summary["dataset"]["n_inner"],
+    )
+    assert doc["content_hash"] == summary["dataset"]["content_hash"]
+    assert np.unique([s.split("_")[0] for s in entry["inner"]]).tolist() == [
+        str(s) for s in entry["inner_subjects"]
+    ]

@@ -1,0 +1,188 @@
+"""`benchmark import`: every bad input is one line naming the file (exit 2, nothing written); a
+perfect prediction scores 1.0; an imported row is ranked, marked external, its costs unknown; and
+our own model's outer-fold masks imported again give its own per-image numbers exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark.cli import main
+from benchmark.core.summary import read_summary, write_summary
+from benchmark.external.board_config import train_config
+from benchmark.external.folds import split_fold
+from tests.benchmark.oracles import missing_keys
+from tests.benchmark.summaries import make_summary
+from tests.external.helpers import two_fold_config, write_masks, write_png
+
+
+@pytest.fixture(scope="module")
+def setup(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("import")
+    config = two_fold_config(root)
+    folds = [split_fold(train_config(config, None), synthetic_dir, k) for k in (0, 1)]
+    return synthetic_dir, config, folds
+
+
+def _args(data: Path, results: Path, config: Path, predictions: Path, fold: int = 0, name: str = "outside"):
+    return [
+        "import",
+        "--name",
+        name,
+        "--data-dir",
+        str(data),
+        "--results-dir",
+        str(results),
+        "--fold",
+        str(fold),
+        "--predictions",
+        str(predictions),
+        "--config",
+        str(config),
+    ]
+
+
+def _truth(fold) -> np.ndarray:
+    return fold.dm.train_set.masks[fold.dm.outer_indices]
+
+
+def _bad(case: str, pred: Path, fold, other) -> str:
+    """Spoil a copy of the perfect predictions; the text the error line must contain."""
+    stems = fold.outer
+    if case == "missing":
+        (pred / f"{stems[1]}.png").unlink()
+        return f"{pred}: no prediction for outer-fold image {stems[1]}"
+    if case == "extra":
+        write_png(pred / f"{other.outer[0]}.png", np.zeros((420, 580), np.uint8))
+        return f"{pred / (other.outer[0] + '.png')}: not an image of outer fold 0"
+    if case == "twice":
+        write_png(pred / f"{stems[0]}.tif", np.zeros((420, 580), np.uint8))
+        return f"{pred / (stems[0] + '.tif')}: a second prediction for image {stems[0]}"
+    if case == "shape":
+        write_png(pred / f"{stems[2]}.png", np.zeros((420, 581), np.uint8))
+        shape = "expected a 580x420 single-channel mask (H=420), got shape (420, 581)"
+        return f"{pred / (stems[2] + '.png')}: {shape}"
+    mask = np.zeros((420, 580), np.uint8)
+    mask[10:20, 10:20] = 7
+    write_png(pred / f"{stems[3]}.png", mask)
+    return f"{pred / (stems[3] + '.png')}: mask is not binary: values 0, 7 (expected 0/1 or 0/255)"
+
+
+@pytest.mark.parametrize("case", ["missing", "extra", "twice", "shape", "binary"])
+def test_bad_masks_are_one_line_and_write_nothing(case, setup, tmp_path, capsys) -> None:
+    data, config, (fold, other) = setup
+    pred = write_masks(tmp_path / "pred", fold.outer, _truth(fold))
+    expected = _bad(case, pred, fold, other)
+    results = tmp_path / "results"
+    assert main(_args(data, results, config, pred)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {expected}" or (err.startswith(f"error: {expected}") and "\n" not in err), err
+    assert not results.exists()
+
+
+def test_other_data_missing_fold_and_taken_names(setup, tmp_path, capsys) -> None:
+    data, config, (fold, _) = setup
+    pred = write_masks(tmp_path / "pred", fold.outer, _truth(fold))
+    results = tmp_path / "results"
+    other = make_summary("unet", 0, 0, [1.0], content="0123456789abcdef")
+    write_summary(results / "runs" / other["run"], other)
+    assert main(_args(data, results, config, pred)) == 2
+    assert sorted(p.name for p in (results / "runs").iterdir()) == [other["run"]]  # nothing new
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"error: {data}: data content hash ")
+        and "0123456789abcdef" in err
+        and err.count("\n") == 1
+    )
+    shutil.rmtree(results)
+    assert main(_args(data, results, config, pred, fold=2)) == 2
+    assert capsys.readouterr().err == "error: fold 2 does not exist: the split has folds 0..1\n"
+    assert main(_args(data, results, config, pred, name="unet")) == 2
+    assert "is a nerve-bench model" in capsys.readouterr().err
+    assert not results.exists()
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "nerve-bench folds 1", "content_hash": "x"}))
+    assert main(_args(data, results, config, pred) + ["--folds-file", str(tmp_path / "bad.json")]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: {tmp_path / 'bad.json'}: made on data with content hash x"
+    )
+    assert not results.exists()  # nothing written by any of the refused imports
+
+
+def test_perfect_masks_score_one_and_rank_as_external(setup, tmp_path, capsys) -> None:
+    data, config, folds = setup
+    results = tmp_path / "results"
+    folds_file = tmp_path / "folds.json"
+    assert main(["folds", "--data-dir", str(data), "--config", str(config), "--out", str(folds_file)]) == 0
+    for fold, kind in zip(folds, ("png", "tif")):
+        pred = write_masks(tmp_path / f"pred{fold.cfg.fold}", fold.outer, _truth(fold), kind)
+        args = _args(data, results, config, pred, fold=fold.cfg.fold, name="perfect")
+        assert main(args + ["--provenance", "the truth itself", "--folds-file", str(folds_file)]) == 0
+    runs = sorted((results / "runs").glob("perfect__f*"))
+    summary = read_summary(runs[0])
+    assert missing_keys(summary) == [] and summary["external"]["provenance"] == "the truth itself"
+    assert summary["metrics"]["post"]["kaggle_dice"] == 1.0 and set(summary["per_image"]["dice"]) == {1.0}
+    assert summary["cost"] == dict.fromkeys(summary["cost"]) and summary["postprocess"] is None
+    assert (runs[0] / "overlays.npz").is_file()
+    capsys.readouterr()
+    assert main(["report", "--results", str(results)]) == 0  # plots too: overlays come from the masks
+    assert (results / "plots" / "overlays.png").is_file()
+    board = json.loads((results / "leaderboard.json").read_text())
+    top = board["rows"][0]
+    assert (top["model"], top["external"], top["metrics"]["kaggle_dice"]["mean"]) == (
+        "perfect",
+        "the truth itself",
+        1.0,
+    )
+    assert top["metrics"]["kaggle_dice"]["lo"] is not None  # ranked with a subject-bootstrap CI
+    md = (results / "leaderboard.md").read_text()
+    cost_row = next(
+        line for line in md.splitlines() if line.startswith("| perfect (external) |") and "unknown" in line
+    )
+    assert "0.00" not in cost_row and cost_row.count("unknown") == 7
+    assert "- **perfect** (external): the truth itself" in md
+    assert "unknown" in (results / "leaderboard.csv").read_text()
+
+
+def test_round_trip_gives_the_runs_own_numbers(fit_runs, tmp_path) -> None:
+    """Our unet's outer-fold post-processed masks, exported and imported, score exactly as its summary."""
+    from benchmark.evaluation.inference import predict_loader
+    from benchmark.scoring import postprocess
+    from benchmark.training.checkpoint import load_checkpoint_module, postprocess_of
+    from tests.benchmark.fitting import UNET
+
+    run_dir = fit_runs.run_dir(UNET)
+    module, ckpt = load_checkpoint_module(run_dir / "checkpoints" / "best.ckpt")
+    pp = postprocess_of(run_dir, ckpt)
+    split = split_fold(UNET, fit_runs.data, UNET.fold)
+    rows = predict_loader(
+        module, split.dm.outer_dataloader(), __import__("torch").device("cpu"), "32", keep_probs=True, pp=pp
+    )
+    head = rows["presence_prob"] if rows["presence_head"] else None
+    masks = np.asarray(postprocess.apply(rows["prob_u8"], pp, head))
+    pred = write_masks(tmp_path / "pred", [split.dm.stems[i] for i in rows["index"]], masks, "tif")
+    results = tmp_path / "results"
+    write_summary(results / "runs" / run_dir.name, fit_runs.unet)  # the board it joins: its config, its split
+    args = [
+        "import",
+        "--name",
+        "unet_again",
+        "--data-dir",
+        str(fit_runs.data),
+        "--results-dir",
+        str(results),
+        "--fold",
+        str(UNET.fold),
+        "--predictions",
+        str(pred),
+    ]
+    assert main(args) == 0
+    imported = read_summary(next((results / "runs").glob("unet_again__*")))
+    own = fit_runs.unet
+    for key in ("index", "stem", "subject", "true_empty", "dice", "iou"):
+        assert imported["per_image"][key] == own["per_image"][key], key
+    assert imported["metrics"]["post"] == own["metrics"]["post"]
+    assert imported["split"] == own["split"] and imported["dataset"] == own["dataset"]

@@ -1,0 +1,101 @@
+"""`benchmark nnunet`: the missing extra is one line; a tiny end-to-end nnU-Net run (its own planning,
+training for a few iterations, prediction; --device cpu) lands a ranked, external `nnunet_2d` row."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from models.registry import ModelError
+from tests.external.helpers import two_fold_config
+
+HAS_NNUNET = importlib.util.find_spec("nnunetv2") is not None
+
+
+def test_missing_extra_is_one_line(synthetic_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "nnunetv2", None)  # import nnunetv2 now raises ImportError
+    monkeypatch.setitem(
+        sys.modules, "nnunetv2.experiment_planning.experiment_planners.network_topology", None
+    )
+    args = [
+        "nnunet",
+        "--data-dir",
+        str(synthetic_dir),
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    hint = "`pip install -e .[nnunet]` or `make install` (see README, nnU-Net)"
+    assert err == f"error: nnU-Net is not installed: {hint}\n"
+    assert not (tmp_path / "r").exists()
+    import models
+
+    with pytest.raises(
+        ModelError,
+        match=r"nnunetv2 is not installed: install the nnU-Net extra: `pip install -e \.\[nnunet\]`",
+    ):
+        models.create("nnunet_plain")
+
+
+TINY_PLANS = {
+    "batch_size": 2,
+    "patch_size": [128, 128],
+    "architecture": {"arch_kwargs": {"features_per_stage": [4, 8, 16, 16, 16, 16, 16]}},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_NNUNET, reason="the nnunet extra is not installed")
+def test_tiny_nnunet_run_lands_a_ranked_row(tmp_path: Path) -> None:
+    from benchmark.external.folds import folds_document
+    from benchmark.external.nnunet import NnUNetSettings, run_nnunet
+    from benchmark.external.nnunet_layout import DATASET
+    from benchmark.reporting.report import build_report
+    from benchmark.reporting.tables import markdown
+    from datamodules.synth import generate
+
+    data, results, config = tmp_path / "data", tmp_path / "results", two_fold_config(tmp_path)
+    generate(data, subjects=4, per_subject=3, n_test=1, seed=0)
+    # nnU-Net's own planner picks 448x640 patches; a few iterations of a tiny network keep this cheap.
+    settings = NnUNetSettings(
+        epochs=1,
+        device="cpu",
+        iterations_per_epoch=2,
+        val_iterations=1,
+        validate=False,
+        mirroring=False,
+        plans_2d=TINY_PLANS,
+    )
+    assert run_nnunet(data, results, settings, config=config, say=lambda _: None) == [
+        (0, 0, "imported"),
+        (1, 0, "imported"),
+    ]
+    splits = json.loads(
+        (results / "nnunet" / "nnUNet_preprocessed" / DATASET / "splits_final.json").read_text()
+    )
+    ours = folds_document(
+        __import__("benchmark.external.board_config", fromlist=["x"]).train_config(config, None), data
+    )
+    assert splits == [{"train": f["train"], "val": f["inner"]} for f in ours["folds"]]  # never the outer fold
+    board = build_report(results, plots=False)
+    row = next(r for r in board["rows"] if r["model"] == "nnunet_2d")
+    assert (
+        row["complete"]
+        and row["rank"] >= 1
+        and row["external"].startswith("nnU-Net v2.8.1 through its own code")
+    )
+    assert "1 epochs x 2 iterations (budgeted)" in row["external"] and row["cost"]["params"] > 0
+    assert row["cost"]["latency_ms"] is None and "nnunet_2d (external)" in markdown(board)
+    # A second call finds both folds imported and starts no nnU-Net process.
+    assert run_nnunet(data, results, settings, config=config, say=lambda _: None) == [
+        (0, 0, "skipped"),
+        (1, 0, "skipped"),
+    ]

@@ -1,0 +1,82 @@
+"""tools/wheelhouse.py builds the right pip commands (no network here: only --dry-run and pure parts)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("wheelhouse", ROOT / "tools" / "wheelhouse.py")
+wheelhouse = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(wheelhouse)
+
+
+def _flag_values(cmd: list[str], flag: str) -> list[str]:
+    return [cmd[i + 1] for i, part in enumerate(cmd) if part == flag]
+
+
+def test_manylinux_platform_expands_to_every_older_glibc():
+    tags = wheelhouse.platform_tags("manylinux_2_28_x86_64")
+    assert tags[0] == "manylinux_2_28_x86_64" and tags[-1] == "manylinux1_x86_64"
+    assert {
+        "manylinux_2_27_x86_64",
+        "manylinux_2_17_x86_64",
+        "manylinux2014_x86_64",
+        "manylinux2010_x86_64",
+    } <= set(tags)
+    assert "manylinux_2_29_x86_64" not in tags and len(tags) == 24 + 3  # glibc 2.28 .. 2.5 and 3 legacy names
+    assert wheelhouse.platform_tags("win_amd64") == ["win_amd64"]
+
+
+def test_cuda_build_is_one_pinned_download_from_pypi(tmp_path):
+    (cmd,) = wheelhouse.commands("3.12", "manylinux_2_28_x86_64", "cuda", tmp_path, python="py")
+    assert cmd[:4] == ["py", "-m", "pip", "download"] and "--only-binary=:all:" in cmd
+    assert _flag_values(cmd, "--python-version") == ["3.12"] and _flag_values(cmd, "--abi") == ["cp312"]
+    assert _flag_values(cmd, "--implementation") == ["cp"] and "manylinux_2_17_x86_64" in _flag_values(
+        cmd, "--platform"
+    )
+    assert _flag_values(cmd, "-c") == [str(wheelhouse.CONSTRAINTS)] and _flag_values(cmd, "--dest") == [
+        str(tmp_path)
+    ]
+    assert "--index-url" not in cmd and "--no-deps" not in cmd
+    names = {
+        wheelhouse.normalise(r.split(">")[0].split("<")[0].split("=")[0]) for r in cmd if r[:1].isalpha()
+    }
+    assert {"torch", "torchvision", "lightning", "ray", "pytest", "ruff", "setuptools"} <= names
+
+
+def test_cpu_build_takes_torch_from_the_pytorch_index_first(tmp_path):
+    first, rest = wheelhouse.commands("3.11", "manylinux_2_28_x86_64", "cpu", tmp_path, python="py")
+    locked = wheelhouse.pins()
+    assert (
+        _flag_values(first, "--index-url") == ["https://download.pytorch.org/whl/cpu"]
+        and "--no-deps" in first
+    )
+    assert first[-2:] == [f"torch=={locked['torch']}", f"torchvision=={locked['torchvision']}"]
+    assert _flag_values(rest, "--find-links") == [str(tmp_path)]  # the second step reuses that torch
+    custom = wheelhouse.commands("3.12", "manylinux_2_28_x86_64", "cuda", tmp_path, "https://x/cu126", "py")
+    assert _flag_values(custom[0], "--index-url") == ["https://x/cu126"]
+    with pytest.raises(ValueError, match="--torch"):
+        wheelhouse.commands("3.12", "manylinux_2_28_x86_64", "rocm", tmp_path)
+
+
+def test_lock_pins_and_unpinned_report(tmp_path):
+    locked = wheelhouse.pins()
+    assert locked["torch"] == "2.13.0" and locked["segmentation-models-pytorch"] == "0.6.0"
+    for name in (
+        "torch-2.13.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+        "nvidia_nccl_cu13-2.1-py3-none-any.whl",
+        "PyYAML-6.0.4-cp312-cp312-manylinux_2_17_x86_64.whl",
+    ):
+        (tmp_path / name).write_bytes(b"")
+    assert wheelhouse.unpinned(tmp_path) == ["nvidia-nccl-cu13"]
+
+
+def test_dry_run_prints_and_downloads_nothing(tmp_path, capsys):
+    out = tmp_path / "wh"
+    assert wheelhouse.main(["--python-version", "3.12", "--out", str(out), "--dry-run"]) == 0
+    assert "pip download" in capsys.readouterr().out and not out.exists()
+    with pytest.raises(SystemExit):
+        wheelhouse.main(["--python-version", "312", "--dry-run"])
