@@ -32,7 +32,16 @@ SCHEMA_VERSION = 3
 # The device count is one of them: the global batch, the steps and the augmentation stream are the
 # same on 1 device or 8 (issue 15), so a run started on one box is resumed or skipped on another.
 NOT_HASHED = frozenset(
-    {"num_workers", "logger", "wandb_project", "wandb_group", "progress_bar", "devices", "num_nodes"}
+    {
+        "num_workers",
+        "logger",
+        "wandb_project",
+        "wandb_group",
+        "progress_bar",
+        "devices",
+        "num_nodes",
+        "checkpoint_every_s",
+    }
 )
 _CHOICES = {
     "resize_mode": ("resize", "pad"),
@@ -102,6 +111,11 @@ class TrainConfig:
     wandb_project: str = _f("nerve-bench", "W&B project (not hashed)")
     wandb_group: str | None = _f(None, "W&B group; `run` sets one per invocation (not hashed)")
     progress_bar: bool = _f(True, "Lightning progress bar and model summary (not hashed)")
+    checkpoint_every_s: float = _f(
+        0.0,
+        "seconds between resume checkpoints (last.ckpt; the final epoch is always kept); 0: every"
+        " epoch (execution only, not hashed)",
+    )
 
     def __post_init__(self) -> None:
         _normalise(self)
@@ -174,7 +188,7 @@ def _is_seed(value: int) -> bool:
 
 
 _AT_LEAST_0 = ("weight_decay", "warmup_epochs", "num_workers", "bce_weight", "dice_weight", "presence_weight",
-               "bbox_weight")  # fmt: skip
+               "bbox_weight", "checkpoint_every_s")  # fmt: skip
 _AT_LEAST_1 = ("epochs", "eval_batch_size", "num_nodes")
 _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("model", lambda v: bool(v.strip()), "a model name"),

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from benchmark.core.config import TrainConfig
-from benchmark.training.callbacks import EpochHistory, ResumeRandomState
+from benchmark.training.callbacks import EpochHistory, ResumeCheckpoint, ResumeRandomState
 from benchmark.training.checkpoint import (
     BEST,
     LAST,
@@ -69,7 +69,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
 
     ckpt_dir = str(out_dir / "checkpoints")
     # Two callbacks: Lightning >= 2.5 writes save_last copies only when a top-k file is written,
-    # but resuming needs last.ckpt after every epoch. "last" selection monitors the epoch number
+    # but resuming needs last.ckpt after every epoch (or every checkpoint_every_s). "last" selection monitors the epoch number
     # (max = latest); a second monitor=None callback would share last.ckpt's callback state key.
     select = "val/kaggle_dice" if cfg.select == "best" else "epoch"
     checkpoint: list[ModelCheckpoint] = []
@@ -81,14 +81,14 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
                 monitor=select,
                 mode="max",
                 save_top_k=1,
+                save_weights_only=True,  # scored, never resumed from: no optimiser moments (2/3 of it)
                 auto_insert_metric_name=False,
                 enable_version_counter=False,
             ),
-            ModelCheckpoint(
+            ResumeCheckpoint(
+                cfg.checkpoint_every_s,
                 dirpath=ckpt_dir,
                 filename=Path(LAST).stem,
-                monitor=None,
-                save_top_k=1,
                 auto_insert_metric_name=False,
                 enable_version_counter=False,
             ),

@@ -353,3 +353,22 @@ def test_a_value_the_model_refuses_fails_before_the_grid(tmp_path, capsys, monke
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: model 'sk_unet' with model_kwargs {'base_width': -8")
     assert "cannot be built (base_width and depth must be >= 1" in err[0]
+
+
+def test_set_overrides_the_synthetic_section_too(tmp_path, capsys, monkeypatch):
+    """The synthetic fallback's train: section was applied after --set, so `--set image_size=32` on
+    `make benchmark` without data silently trained at the section's 64 px."""
+    monkeypatch.chdir(tmp_path)  # no data/ultrasound-nerve-segmentation here: the fallback runs
+    args = ["run", "--config", str(CONFIGS / "default.yaml"), "--results-dir", str(tmp_path / "r"),
+            "--models", "unet", "--folds", "0", "--dry-run"]  # fmt: skip
+    assert main(args) == 0
+    plain = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main([*args, "--set", "image_size=32"]) == 0
+    changed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert plain.split("-> ")[1] != changed.split("-> ")[1]
+    from benchmark.core.config import apply_benchmark_overrides, load_benchmark_config
+    from benchmark.fallback import synthetic_benchmark
+
+    bench = synthetic_benchmark(load_benchmark_config(CONFIGS / "default.yaml"))
+    expect = runner.build_grid(apply_benchmark_overrides(bench, {"image_size": "32"}), ["unet"], [0])[0]
+    assert changed.endswith(expect.run_name()) and expect.image_size == 32

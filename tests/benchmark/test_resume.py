@@ -100,6 +100,27 @@ def test_gpu_cache_run_resumes_bit_identical(synthetic_dir, tmp_path):
     _assert_identical(resumed, whole)
 
 
+def test_checkpoint_every_s_spaces_resume_points_and_changes_nothing_else(synthetic_dir, tmp_path):
+    """One full write per epoch was a third of a CPU run; with checkpoint_every_s only the final epoch
+    (and any epoch that ends the interval) writes last.ckpt. Same results and hash; a crash costs
+    the epochs since the last write. best.ckpt holds no optimiser state (it is never resumed)."""
+    whole = pipeline.fit(CFG, synthetic_dir, tmp_path / "whole")
+    sparse = dataclasses.replace(CFG, checkpoint_every_s=1e6)
+    assert sparse.hash() == CFG.hash()
+    with pytest.raises(Stop):  # at the start of epoch 2: epochs 0 and 1 trained, none written
+        pipeline.fit(sparse, synthetic_dir, tmp_path / "sparse", callbacks=[StopAt(2)])
+    ckpts = tmp_path / "sparse" / "checkpoints"
+    assert not (ckpts / "last.ckpt").exists() and (ckpts / "best.ckpt").is_file()
+    best = torch.load(ckpts / "best.ckpt", weights_only=True)
+    assert "optimizer_states" not in best and "state_dict" in best
+    counter = CountEpochs()
+    resumed = pipeline.fit(sparse, synthetic_dir, tmp_path / "sparse", callbacks=[counter])
+    assert counter.epochs == [0, 1, 2]  # nothing to resume from: trained again from the start
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["nerve_bench_history"]["epoch"] == [0, 1, 2]
+    _assert_identical(resumed, whole)
+
+
 def _weights_only_roundtrip(obj):
     buffer = io.BytesIO()
     torch.save(obj, buffer)
