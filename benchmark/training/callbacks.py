@@ -32,6 +32,8 @@ from benchmark.training.random_state import gather_per_rank, global_rng_state, o
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
+    from benchmark.training.module import SegModule
+
 HISTORY_KEYS = (
     "epoch",
     "train_loss",
@@ -74,7 +76,7 @@ class EpochHistory(Callback):
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._t_train = time.perf_counter() - self._t0
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: SegModule) -> None:  # type: ignore[override]
         # Non-checkpoint callbacks run before ModelCheckpoint's hook, so this epoch is in its files.
         elapsed = time.perf_counter() - self._t0
         scored = pl_module.last_eval
@@ -90,10 +92,14 @@ class EpochHistory(Callback):
         for key in HISTORY_KEYS:
             self.history[key].append(row[key])
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint[HISTORY_CKPT_KEY] = {k: list(v) for k, v in self.history.items()}
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self.history = checkpoint_history(checkpoint)
 
 

@@ -69,8 +69,9 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
 
     ckpt_dir = str(out_dir / "checkpoints")
     # Two callbacks: Lightning >= 2.5 writes save_last copies only when a top-k file is written,
-    # but resuming needs last.ckpt after every epoch (or every checkpoint_every_s). "last" selection monitors the epoch number
-    # (max = latest); a second monitor=None callback would share last.ckpt's callback state key.
+    # but resuming needs last.ckpt after every epoch (or every checkpoint_every_s). "last" selection
+    # monitors the epoch number (max = latest); a second monitor=None callback would share
+    # last.ckpt's callback state key.
     select = "val/kaggle_dice" if cfg.select == "best" else "epoch"
     checkpoint: list[ModelCheckpoint] = []
     if overrides.get("enable_checkpointing", True):
