@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,10 @@ from datamodules import geometry
 from datamodules.errors import DataError, NerveBenchError
 from datamodules.io import read_tif, write_tif
 from datamodules.rle import KAGGLE_SHAPE, encode
+
+if TYPE_CHECKING:
+    from benchmark.scoring.postprocess import PostProcess
+    from benchmark.training.module import SegModule
 
 _NUMERIC = re.compile(r"^\d+$")
 _MEANED = ("threshold", "min_area", "presence_tau")
@@ -88,11 +92,11 @@ def load_model(path: str | Path, device: torch.device, tta: bool | None = None) 
     return LoadedModel(path, module.to(device).eval(), post, precision if device.type == "cuda" else "32")
 
 
-def ensemble_postprocess(posts: Sequence[Any]) -> Any:
+def ensemble_postprocess(posts: Sequence[PostProcess]) -> PostProcess:
     """One PostProcess for averaged probabilities: the mean of the numeric tuned parameters."""
     first = posts[0]
     names = {f.name for f in fields(first)}
-    changes = {}
+    changes: dict[str, Any] = {}
     for name in _MEANED:
         if name in names:
             mean = float(np.mean([getattr(p, name) for p in posts]))
@@ -100,7 +104,7 @@ def ensemble_postprocess(posts: Sequence[Any]) -> Any:
     return replace(first, **changes)
 
 
-def _network_input(images: np.ndarray, module: Any, device: torch.device) -> torch.Tensor:
+def _network_input(images: np.ndarray, module: SegModule, device: torch.device) -> torch.Tensor:
     from datamodules.datamodule import normalise
 
     cfg = module.cfg

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ import torch.nn.functional as F
 
 from benchmark.evaluation.costs import measure_inference
 from benchmark.training.device import autocast, resolve_device, synchronize
+
+if TYPE_CHECKING:
+    from benchmark.core.config import TrainConfig
 
 RESULT_KEYS = ("model", "device", "image_size", "batch_size", "suite_train_img_s", "plain_train_img_s",
                "ceiling_train_img_s", "infer_img_s", "latency_ms", "ratio_suite_vs_plain",
@@ -74,7 +77,7 @@ class SpeedSettings:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
 
 
-def _suite_config(model: str, s: SpeedSettings, dev: torch.device) -> Any:
+def _suite_config(model: str, s: SpeedSettings, dev: torch.device) -> TrainConfig:
     from benchmark.core.config import TrainConfig
 
     cuda = dev.type == "cuda"

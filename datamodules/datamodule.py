@@ -154,6 +154,13 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
     def input_shape(self) -> tuple[int, int]:
         return geometry.input_shape(self.config.resize_mode, self.config.image_size)
 
+    @property
+    def decoded(self) -> TrainSet:
+        """The decoded training set; only after ``setup``."""
+        if self.train_set is None:
+            raise RuntimeError("the DataModule is not set up: no decoded training set yet")
+        return self.train_set
+
     def setup(self, stage: str | None = None) -> None:
         """Load, cache and split the training set once (a no-op on repeat calls)."""
         if self.train_set is not None:

@@ -74,7 +74,8 @@ def _inputs(dev: torch.device, size: int = 32) -> torch.Tensor:
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
 def bf16(dev: torch.device) -> Finding:
@@ -112,7 +113,8 @@ def compile_works(dev: torch.device, backend: str) -> Finding:
     out.square().mean().backward()
     seconds = time.perf_counter() - start
     torch._dynamo.reset()  # free the compiled graph; the suite never reuses it
-    diff = max(float((out - eager).abs().max()), float((net[0].weight.grad - eager_grad).abs().max()))
+    grad = net[0].weight.grad
+    diff = max(float((out - eager).detach().abs().max()), float((grad - eager_grad).abs().max()))
     if diff > COMPILE_ATOL:
         raise RuntimeError(f"compiled output/gradient differ from eager by {diff:.3g} (> {COMPILE_ATOL})")
     return Finding(

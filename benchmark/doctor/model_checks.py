@@ -13,12 +13,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from benchmark.doctor.report import FAIL, OK, WARN, Finding, one_line
 from benchmark.doctor.settings import DoctorSettings, model_kwargs, train_config
+
+if TYPE_CHECKING:
+    from benchmark.core.config import TrainConfig
 
 
 def compare_weights(a: Path, b: Path) -> tuple[bool, float]:
@@ -52,7 +55,7 @@ def fit_twice(model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, 
     return {"fit_s": seconds, "outer_dice": outer_dice(summary), "bit_identical": equal, "max_abs_diff": diff}
 
 
-def train_again(cfg: Any, data_dir: Path, out_dir: Path) -> None:
+def train_again(cfg: TrainConfig, data_dir: Path, out_dir: Path) -> None:
     """``pipeline.fit`` up to the end of training (seeding, data, module, Trainer), without scoring:
     the weights are all a rerun is compared on, and scoring costs more than the short training."""
     from lightning import seed_everything

@@ -11,7 +11,7 @@ optimistic by construction (they were maximised).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,10 @@ from benchmark.training.callbacks import checkpoint_history
 from benchmark.training.checkpoint import BEST, LAST, load_checkpoint_module, store_in_checkpoint
 from benchmark.training.device import resolve_precision
 from benchmark.training.module import SegModule
+
+if TYPE_CHECKING:
+    from benchmark.scoring.postprocess import PostProcess
+    from datamodules.datamodule import UltrasoundNerveDataModule
 
 OVERLAY_NAME = "overlays.npz"
 OVERLAY_SHAPE = (128, 177)  # 420x580 scaled by 128/420
@@ -99,11 +103,11 @@ def cost_block(cfg: TrainConfig, module: SegModule, history: dict, device: torch
     return cost
 
 
-def dataset_block(dm: Any, data_dir: Path) -> dict[str, Any]:
+def dataset_block(dm: UltrasoundNerveDataModule, data_dir: Path) -> dict[str, Any]:
     """The data a run saw: sizes of the three parts and the content hash (evaluate matches on it)."""
     from datamodules.kaggle import content_hash
 
-    ts = dm.train_set
+    ts = dm.decoded
     return {
         "name": data_dir.resolve().name,
         "n_train": len(ts),
@@ -116,11 +120,11 @@ def dataset_block(dm: Any, data_dir: Path) -> dict[str, Any]:
     }
 
 
-def _subjects(dm: Any, indices: np.ndarray) -> list[int]:
+def _subjects(dm: UltrasoundNerveDataModule, indices: np.ndarray) -> list[int]:
     return np.unique(dm.subjects[indices]).tolist()
 
 
-def split_block(cfg: TrainConfig, dm: Any) -> dict[str, Any]:
+def split_block(cfg: TrainConfig, dm: UltrasoundNerveDataModule) -> dict[str, Any]:
     """Who is where. In hold-out mode the one outer set is fold 0 of 1 (table row 1: the rest).
 
     ``outer_indices``: the outer fold's data-set indices, sorted; the leaderboard checks that each
@@ -162,14 +166,14 @@ def scored(raw_counts: np.ndarray, presence_prob: np.ndarray, post_counts: np.nd
     }
 
 
-def per_image_block(dm: Any, rows: dict[str, Any]) -> dict[str, list]:
+def per_image_block(dm: UltrasoundNerveDataModule, rows: dict[str, Any]) -> dict[str, Any]:
     """Per-image rows of a scored loader (``predict_loader`` with ``pp``): the outer fold's images."""
     raw, post = counts.per_image_scores(rows["counts"]), counts.per_image_scores(rows["post_counts"])
     idx = rows["index"]
     return {
         "index": idx,
-        "stem": [dm.train_set.stems[i] for i in idx],
-        "subject": dm.train_set.subjects[idx],
+        "stem": [dm.decoded.stems[i] for i in idx],
+        "subject": dm.decoded.subjects[idx],
         "true_empty": raw["true_empty"],
         "dice_raw": raw["dice"],
         "dice": post["dice"],
@@ -179,7 +183,12 @@ def per_image_block(dm: Any, rows: dict[str, Any]) -> dict[str, list]:
 
 
 def finalize_run(
-    cfg: TrainConfig, dm: Any, data_dir: Path, out_dir: Path, device: torch.device, world_size: int = 1
+    cfg: TrainConfig,
+    dm: UltrasoundNerveDataModule,
+    data_dir: Path,
+    out_dir: Path,
+    device: torch.device,
+    world_size: int = 1,
 ) -> dict:
     """Tune on the inner set, score ``best.ckpt`` once on the outer fold, write the summary.
 
@@ -256,7 +265,13 @@ def _final_history(last: Path, fallback: dict) -> dict:
 
 
 def _overlays(
-    path: Path, dm: Any, module: Any, outer: dict, pp: Any, device: torch.device, precision: str
+    path: Path,
+    dm: UltrasoundNerveDataModule,
+    module: SegModule,
+    outer: dict,
+    pp: PostProcess,
+    device: torch.device,
+    precision: str,
 ) -> None:
     """Plot material from the outer fold: its first positives and negatives, re-predicted at full size."""
     from benchmark.scoring import postprocess
@@ -266,5 +281,5 @@ def _overlays(
     order = np.searchsorted(rows["index"], index)  # rows come back sorted by index; keep the pick order
     head = rows["presence_prob"][order] if rows["presence_head"] else None
     pred = np.asarray(postprocess.apply(rows["prob_u8"][order], pp, head)).astype(np.uint8)
-    stems = [dm.train_set.stems[i] for i in index]
-    write_overlays(path, stems, dm.train_set.images[index], rows["truth"][order], pred)
+    stems = [dm.decoded.stems[i] for i in index]
+    write_overlays(path, stems, dm.decoded.images[index], rows["truth"][order], pred)

@@ -8,17 +8,20 @@ the same rows are kept by :class:`benchmark.scoring.kaggle_scores.KaggleScores`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from benchmark.scoring.counts import confusion_counts_torch, dedupe_sorted
 
+if TYPE_CHECKING:
+    from benchmark.training.module import SegModule
+
 
 @torch.no_grad()
 def predict_loader(
-    module: Any,
+    module: SegModule,
     loader: Iterable[dict],
     device: torch.device,
     precision: str,

@@ -154,7 +154,8 @@ def curves_png(histories: list[tuple[str, dict[str, list]]], path: Path, title: 
             ax.set_xlabel("epoch")
             ax.set_title(label)
             ax.grid(alpha=0.3)
-        axes[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        if axes[2].get_legend_handles_labels()[0]:  # imported methods have no training curves
+            axes[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         fig.suptitle(title)
         fig.tight_layout()
         return _save(fig, path)

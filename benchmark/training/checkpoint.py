@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -24,6 +24,9 @@ from benchmark.training.callbacks import HISTORY_CKPT_KEY, empty_history
 from benchmark.training.module import SegModule, config_from_dict
 from datamodules.errors import NerveBenchError
 from models.registry import ModelError
+
+if TYPE_CHECKING:
+    from benchmark.scoring.postprocess import PostProcess
 
 BEST, LAST = "best.ckpt", "last.ckpt"
 
@@ -170,7 +173,7 @@ def load_checkpoint_module(path: Path, for_inference: bool = True) -> tuple[SegM
     return module.eval(), ckpt
 
 
-def postprocess_of(path: Path, ckpt: dict) -> Any:
+def postprocess_of(path: Path, ckpt: dict) -> PostProcess:
     """The checkpoint's tuned PostProcess; the defaults (with the run's tta) when it has none."""
     from benchmark.scoring.postprocess import PostProcess
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy
@@ -26,6 +26,11 @@ from benchmark.training.checkpoint import (
 from benchmark.training.device import resolve_precision
 from benchmark.training.module import SegModule, has_trainable_params
 
+if TYPE_CHECKING:
+    from lightning import Trainer
+
+    from datamodules.datamodule import UltrasoundNerveDataModule
+
 # Lightning notices that repeat for every run of a 45-run grid and say nothing about the run.
 for _pattern in (".*treespec.*", ".*smaller than the logging interval.*", ".*litlogger.*"):
     warnings.filterwarnings("ignore", message=_pattern)
@@ -35,7 +40,9 @@ for _pattern in (".*treespec.*", ".*smaller than the logging interval.*", ".*lit
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
-def make_datamodule(cfg: TrainConfig, data_dir: str | Path, preloaded: Any = None) -> Any:
+def make_datamodule(
+    cfg: TrainConfig, data_dir: str | Path, preloaded: Any = None
+) -> UltrasoundNerveDataModule:
     """The run's DataModule; with ``gpu_cache`` its training loader is the GPU-resident fast path.
 
     ``preloaded``: an already-decoded ``kaggle.TrainSet`` of ``data_dir`` (shared by the Ray executor).
@@ -158,7 +165,13 @@ def determinism(cfg: TrainConfig, gpu: bool) -> bool | str:
     return "warn" if gpu else True
 
 
-def train(cfg: TrainConfig, module: SegModule, dm: Any, out_dir: Path, callbacks: list | None = None) -> Any:
+def train(
+    cfg: TrainConfig,
+    module: SegModule,
+    dm: UltrasoundNerveDataModule,
+    out_dir: Path,
+    callbacks: list | None = None,
+) -> Trainer:
     """Fit ``module`` (resuming from ``last.ckpt`` of the same config); returns the Trainer."""
     ckpt_dir = out_dir / "checkpoints"
     trainer = build_trainer(cfg, out_dir, callbacks)
