@@ -30,13 +30,16 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from datamodules.errors import DataError, NerveBenchError
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 TOLERANCE = 1e-4  # max |p_onnxruntime - p_torch| over every pixel of every output, fp32
 PARITY_FRAMES = 4
@@ -164,7 +167,9 @@ def _runtime_problem(exc: BaseException) -> str:
     return text[:300] or type(exc).__name__
 
 
-def session(model: bytes | str | Path, label: str, provider: str = "CPUExecutionProvider") -> Any:
+def session(
+    model: bytes | str | Path, label: str, provider: str = "CPUExecutionProvider"
+) -> InferenceSession:
     """An onnxruntime session (threads as torch's, so side-by-side timings compare like with like)."""
     import onnxruntime as ort
 
@@ -179,13 +184,13 @@ def session(model: bytes | str | Path, label: str, provider: str = "CPUExecution
         raise ExportError(f"{label}: onnxruntime cannot load the exported graph: {problem}") from None
 
 
-def run_session(sess: Any, images: np.ndarray) -> dict[str, np.ndarray]:
+def run_session(sess: InferenceSession, images: np.ndarray) -> dict[str, np.ndarray]:
     """Every output of ``sess`` on a (B, 1, H, W) float32 batch, by name."""
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, {INPUT: np.ascontiguousarray(images, dtype=np.float32)})))
 
 
-def parity(sess: Any, graph: nn.Module, images: torch.Tensor) -> dict[str, float]:
+def parity(sess: InferenceSession, graph: nn.Module, images: torch.Tensor) -> dict[str, float]:
     """Max absolute difference, per output, between onnxruntime and torch on ``images``."""
     with torch.no_grad():
         expected = graph.eval()(images)

@@ -47,7 +47,10 @@ from benchmark.evaluation.costs import measure_inference
 from benchmark.training.device import autocast, resolve_device, synchronize
 
 if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
     from benchmark.core.config import TrainConfig
+    from datamodules.gpu_augment import GpuCache
 
 RESULT_KEYS = ("model", "device", "image_size", "batch_size", "suite_train_img_s", "plain_train_img_s",
                "ceiling_train_img_s", "infer_img_s", "latency_ms", "ratio_suite_vs_plain",
@@ -118,7 +121,7 @@ def synthetic_data(out: Path, batch_size: int) -> Path:
     return out
 
 
-def build_cache(data_dir: Path, size: int, dev: torch.device) -> Any:
+def build_cache(data_dir: Path, size: int, dev: torch.device) -> GpuCache:
     """The training images and masks resized to ``size`` x ``size``, held on ``dev`` (for (c))."""
     from datamodules import geometry
     from datamodules.gpu_augment import GpuCache
@@ -170,7 +173,7 @@ def _timer_callback(warmup: int, steps: int) -> Any:
             self.seen, self.images, self.start, self.end = 0, 0, 0.0, 0.0
 
         def on_train_batch_end(
-            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+            self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
             self.seen += 1
             if self.seen == warmup:
@@ -306,7 +309,7 @@ def plain_train_img_s(model: str, data_dir: Path, s: SpeedSettings, dev: torch.d
     return _timed_loop(step, _cycle(lambda _: loader), s.warmup, s.steps, dev)
 
 
-def ceiling_train_img_s(model: str, cache: Any, s: SpeedSettings, dev: torch.device) -> float:
+def ceiling_train_img_s(model: str, cache: GpuCache, s: SpeedSettings, dev: torch.device) -> float:
     """(c) img/s on device-resident batches with no augmentation, in the suite's precision."""
     from benchmark.training.device import resolve_precision
     from datamodules.gpu_augment import normalise
@@ -326,7 +329,7 @@ def ceiling_train_img_s(model: str, cache: Any, s: SpeedSettings, dev: torch.dev
 
 
 # -- all together ------------------------------------------------------------------------------------
-def measure_model(model: str, data_dir: Path, cache: Any, s: SpeedSettings, work: Path) -> dict:
+def measure_model(model: str, data_dir: Path, cache: GpuCache, s: SpeedSettings, work: Path) -> dict:
     """Every figure (a)-(e) for one model, as a RESULT_KEYS dict (training figures ``None`` when the
     model has nothing to train)."""
     from benchmark.training.device import resolve_precision

@@ -9,12 +9,15 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from benchmark.doctor.report import Finding
+
+if TYPE_CHECKING:
+    from datamodules.gpu_augment import GpuBatchIterator, GpuCache
 
 BF16_RTOL = 5e-2  # bf16 keeps 8 mantissa bits: ~0.4% per op, a few ops deep
 COMPILE_ATOL = 1e-4  # fp32; inductor may fuse and reorder reductions
@@ -189,7 +192,7 @@ def _augment_rate(cache: object, batch: int, dev: torch.device) -> float:
     return images / max(time.perf_counter() - start, 1e-9)
 
 
-def _iterator(cache: Any, batch: int, seed: int) -> Any:
+def _iterator(cache: GpuCache, batch: int, seed: int) -> GpuBatchIterator:
     """The training stream over ``cache``: the recipe's default augmentation, one rank."""
     from datamodules.data_config import AugmentConfig
     from datamodules.gpu_augment import GpuBatchIterator

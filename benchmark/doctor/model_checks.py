@@ -22,6 +22,7 @@ from benchmark.doctor.settings import DoctorSettings, model_kwargs, train_config
 
 if TYPE_CHECKING:
     from benchmark.core.config import TrainConfig
+    from datamodules.gpu_augment import GpuCache
 
 
 def compare_weights(a: Path, b: Path) -> tuple[bool, float]:
@@ -68,7 +69,7 @@ def train_again(cfg: TrainConfig, data_dir: Path, out_dir: Path) -> None:
 
 
 def speed_figures(
-    model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, cache: Any, work: Path
+    model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, cache: GpuCache, work: Path
 ) -> dict[str, Any]:
     """``speed``'s row for ``model``, plus the suite's rate with determinism off over on."""
     from benchmark import speed
@@ -109,7 +110,7 @@ def _detail(f: dict[str, Any]) -> str:
 
 
 def model_check(
-    model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, cache: Any, work: Path
+    model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, cache: GpuCache, work: Path
 ) -> Finding:
     """The fit, rerun and speed steps of one model; FAIL names the step that broke."""
     figures: dict[str, Any] = {"model": model}

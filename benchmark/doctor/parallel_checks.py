@@ -18,13 +18,16 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from benchmark.doctor.report import Finding, Skip
 from benchmark.doctor.settings import DoctorSettings, train_config
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 TINY_UNET = {"base_width": 8, "depth": 2}
 DDP_STEPS = 2
@@ -46,7 +49,7 @@ class Digest(Callback):
     def __init__(self, out: Path) -> None:
         self.out = out
 
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         info = {"digest": weights_digest(pl_module), "device": str(pl_module.device)}
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(info))
 
