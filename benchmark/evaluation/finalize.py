@@ -103,6 +103,20 @@ def cost_block(cfg: TrainConfig, module: SegModule, history: dict, device: torch
     return cost
 
 
+def run_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """The first keys of every summary, trained or imported: which run of which grid it is."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run": cfg.run_name(),
+        "model": cfg.model,
+        "fold": cfg.fold,
+        "n_folds": cfg.n_folds,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "config_hash": cfg.hash(),
+    }
+
+
 def dataset_block(dm: UltrasoundNerveDataModule, data_dir: Path) -> dict[str, Any]:
     """The data a run saw: sizes of the three parts and the content hash (evaluate matches on it)."""
     from datamodules.kaggle import content_hash
@@ -227,14 +241,7 @@ def finalize_run(
         "select": cfg.select,
     }
     summary = {
-        "schema_version": SCHEMA_VERSION,
-        "run": cfg.run_name(),
-        "model": cfg.model,
-        "fold": cfg.fold,
-        "n_folds": cfg.n_folds,
-        "seed": cfg.seed,
-        "config": cfg.to_dict(),
-        "config_hash": cfg.hash(),
+        **run_identity(cfg),
         "dataset": data,
         "best_epoch": selection["best_epoch"],
         "epochs_run": len(history["epoch"]),

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.core.config import SCHEMA_VERSION
 from benchmark.core.lock import claim
 from benchmark.core.summary import COST_KEYS, HISTORY_KEYS, environment, to_jsonable, write_summary
 from benchmark.evaluation import finalize
@@ -61,14 +60,7 @@ def imported_summary(
     rows = score_masks(fold, pred)
     cost = {key: None for key in COST_KEYS} | dict(facts.get("cost") or {})
     return {
-        "schema_version": SCHEMA_VERSION,
-        "run": cfg.run_name(),
-        "model": cfg.model,
-        "fold": cfg.fold,
-        "n_folds": cfg.n_folds,
-        "seed": cfg.seed,
-        "config": cfg.to_dict(),
-        "config_hash": cfg.hash(),
+        **finalize.run_identity(cfg),
         "dataset": finalize.dataset_block(dm, data_dir),
         "best_epoch": None,
         "epochs_run": facts.get("epochs_run"),
