@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchmark.commands import add_set_option
+
 if TYPE_CHECKING:
     from benchmark.core.config import TrainConfig
 
@@ -53,13 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, help="benchmark YAML whose `train:` (and the model's model_kwargs) is the base"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a TrainConfig field (listed below), e.g. --set lr=3e-4 (repeatable)",
-    )
+    add_set_option(parser, "override a TrainConfig field (listed below), e.g. --set lr=3e-4 (repeatable)")
     parser.add_argument(
         "--print-config",
         action="store_true",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmark.commands import add_set_option
+
 HELP = "write the split as JSON: per outer fold the training, inner-selection and outer-fold image stems"
 
 
@@ -16,13 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="benchmark YAML whose split is written (default: benchmark/configs/default.yaml, as `run`)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set n_folds=3 (repeatable)",
-    )
+    add_set_option(parser, "override a config field, e.g. --set n_folds=3 (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write (atomically)")
 
 

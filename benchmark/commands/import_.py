@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmark.commands import add_set_option
+
 HELP = (
     "put an outside method on the board: score its binary 420x580 masks (tif/png, one per outer-fold "
     "image, named by stem) with our metric code and write a run summary that `report` ranks"
@@ -38,13 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="benchmark YAML of the split (default: the config of the results directory's runs, else "
         "benchmark/configs/default.yaml)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a config field (repeatable)",
-    )
+    add_set_option(parser, "override a config field (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:

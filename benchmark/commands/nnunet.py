@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from benchmark.commands import add_set_option
+
 HELP = (
     "train and predict nnU-Net v2 (its own planning, preprocessing, training and inference) on the "
     "benchmark's folds and import it as the row nnunet_2d or nnunet_resenc_m_2d (needs the nnunet extra)"
@@ -42,13 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="benchmark YAML of the split (default: the results directory's runs, else default.yaml)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a config field (repeatable)",
-    )
+    add_set_option(parser, "override a config field (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmark.commands import add_set_option
+
 if TYPE_CHECKING:
     from benchmark.core.config import BenchmarkConfig, TrainConfig
 
@@ -36,12 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", help="comma-separated subset/override of the config's models")
     parser.add_argument("--folds", help="comma-separated fold ids, e.g. 0,1")
     parser.add_argument("--seeds", help="comma-separated seeds")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set lr=3e-4 --set executor=ray (repeatable; keys listed below)",
+    add_set_option(
+        parser,
+        "override a config field, e.g. --set lr=3e-4 --set executor=ray (repeatable; keys listed below)",
     )
     parser.add_argument(
         "--executor",
