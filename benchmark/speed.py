@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.evaluation.costs import measure_inference
+from benchmark.evaluation.costs import kept_determinism_flags, measure_inference
 from benchmark.training.device import autocast, resolve_device, synchronize
 
 if TYPE_CHECKING:
@@ -216,20 +216,13 @@ def suite_train_img_s(model: str, data_dir: Path, s: SpeedSettings, dev: torch.d
 @contextlib.contextmanager
 def restore_global_torch_state() -> Iterator[None]:
     """Undo process-wide switches a Trainer flips, so (b) and (c) run with PyTorch's defaults."""
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-    )
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # no "GPU available" banners in the speed output
     try:
-        yield
+        with kept_determinism_flags():
+            yield
     finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
         quiet.setLevel(level)
 
 

@@ -53,21 +53,28 @@ def _max_rss_mb() -> float:
 
 
 @contextlib.contextmanager
-def measurement_flags() -> Iterator[None]:
-    """Deterministic algorithms off and ``cudnn.benchmark`` on for the block; the caller's settings after."""
+def kept_determinism_flags() -> Iterator[None]:
+    """The process-wide determinism switches (torch's and cuDNN's) as they were, after the block."""
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
     )
-    torch.use_deterministic_algorithms(False)
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+
+
+@contextlib.contextmanager
+def measurement_flags() -> Iterator[None]:
+    """Deterministic algorithms off and ``cudnn.benchmark`` on for the block; the caller's settings after."""
+    with kept_determinism_flags():
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+        yield
 
 
 def weights_mb(model: nn.Module) -> float:
