@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 import os
 import secrets
 import socket
@@ -43,8 +42,8 @@ from benchmark.core.config import BenchmarkConfig, TrainConfig
 from benchmark.core.files import atomic_write
 from benchmark.core.summary import is_complete
 from benchmark.evaluation import deferred_costs
+from benchmark.ray_resources import RayExecutorError, RaySettings, exclusive_options, slots, task_options
 from benchmark.runner import Outcome
-from datamodules.errors import NerveBenchError
 
 MARKER_NAME = ".ray-shared-storage"  # in the results directory: the token every node must read back
 # Driver variables a worker on another machine also needs (W&B mode/key/dir, offline hub, lock timing).
@@ -61,23 +60,6 @@ LAUNCHER_ENV = (
     "MASTER_PORT",
 )
 POLL_S = 1.0  # ray.wait timeout, so Ctrl-C is seen promptly
-
-
-class RayExecutorError(NerveBenchError):
-    """The Ray executor cannot run as configured (results not shared, no GPU, a run too big)."""
-
-
-@dataclass(frozen=True)
-class RaySettings:
-    gpus_per_run: float = 1.0
-    cpus_per_run: float = 1.0
-    address: str | None = None  # None: start a local Ray with this machine's resources
-
-    @classmethod
-    def of(cls, bench: BenchmarkConfig) -> RaySettings:
-        """The config's resources; the address from the config, else ``$RAY_ADDRESS``."""
-        address = bench.ray_address or os.environ.get("RAY_ADDRESS") or None
-        return cls(float(bench.gpus_per_run), float(bench.cpus_per_run), address)
 
 
 # ----------------------------------------------------------------------------- choosing an executor
@@ -116,50 +98,6 @@ def execute(
     if executor == "local":
         return runner.run_grid(grid, data_dir, results_dir, data_hash=data_hash)
     return run_grid(grid, data_dir, results_dir, RaySettings.of(bench), data_hash=data_hash)
-
-
-# ----------------------------------------------------------------------------- resources (pure)
-def task_options(nodes: list[dict[str, float]], settings: RaySettings, accelerator: str) -> dict[str, Any]:
-    """``ray.remote`` options of one run: ``gpus_per_run`` unless the run is a CPU run.
-
-    A run that may use a GPU (``accelerator`` gpu, cuda or auto) on a cluster that declares none is
-    an error: it would silently train the GPU recipe on CPU. A GPU task gets a fresh worker process.
-    """
-    has_gpu = any(res.get("GPU", 0) > 0 for res in nodes)
-    gpus = settings.gpus_per_run if accelerator != "cpu" else 0.0
-    if gpus and not has_gpu:
-        raise RayExecutorError(
-            f"accelerator={accelerator} with gpus_per_run={settings.gpus_per_run:g}, but the Ray cluster "
-            "declares no GPU; set accelerator: cpu to train on its CPUs (or start Ray with --num-gpus)"
-        )
-    if accelerator in ("gpu", "cuda") and not gpus:
-        raise RayExecutorError(f"accelerator={accelerator}, but gpus_per_run=0")
-    options = {
-        "num_cpus": settings.cpus_per_run,
-        "num_gpus": gpus,
-        "max_retries": 1,
-        "retry_exceptions": False,
-    }
-    if gpus:
-        options["max_calls"] = 1  # a worker that initialised CUDA on one GPU must not take the next task
-    return options
-
-
-def slots(nodes: list[dict[str, float]], options: dict[str, Any]) -> int:
-    """Runs the cluster can hold at once: per node, what its CPUs and GPUs allow, summed."""
-    total = 0
-    for res in nodes:
-        n = math.floor(res.get("CPU", 0.0) / options["num_cpus"] + 1e-9)
-        if options["num_gpus"]:
-            n = min(n, math.floor(res.get("GPU", 0.0) / options["num_gpus"] + 1e-9))
-        total += n
-    if total < 1:
-        raise RayExecutorError(
-            f"no Ray node has {options['num_cpus']:g} CPUs and {options['num_gpus']:g} GPUs free for one run "
-            f"(nodes: {[{k: v for k, v in r.items() if k in ('CPU', 'GPU')} for r in nodes]}); "
-            "lower cpus_per_run / gpus_per_run"
-        )
-    return total
 
 
 # ----------------------------------------------------------------------------- shared storage
@@ -405,17 +343,6 @@ def run_grid(
     finally:
         if reaper is not None:
             ray_cluster.stop_reaper(reaper)
-
-
-def exclusive_options(
-    nodes: list[dict[str, float]], settings: RaySettings, accelerator: str
-) -> dict[str, Any]:
-    """Ray options of a task that holds a whole device: one GPU, or every CPU of the largest node."""
-    has_gpu = any(res.get("GPU", 0) > 0 for res in nodes)
-    if has_gpu and accelerator != "cpu":
-        return {"num_gpus": 1.0, "num_cpus": settings.cpus_per_run, "max_calls": 1, "max_retries": 1}
-    whole_node = max(res.get("CPU", 1.0) for res in nodes)
-    return {"num_cpus": whole_node, "num_gpus": 0, "max_calls": 1, "max_retries": 1}
 
 
 def measure_deferred_costs(ray: Any, grid: list[TrainConfig], runs: Path, settings: RaySettings) -> None:

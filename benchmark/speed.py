@@ -29,22 +29,22 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from benchmark.evaluation.costs import kept_determinism_flags, measure_inference
-from benchmark.training.device import autocast, resolve_device, synchronize
+from benchmark.speed_loops import ceiling_train_img_s, fresh_model, plain_train_img_s, rate
+from benchmark.speed_loops import workers as loader_workers
+from benchmark.training.device import resolve_device, synchronize
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -97,18 +97,10 @@ def _suite_config(model: str, s: SpeedSettings, dev: torch.device) -> TrainConfi
         compile=s.compile,
         logger="none",
         progress_bar=False,
-        num_workers=_workers(s, dev),
+        num_workers=loader_workers(s, dev),
         deterministic=s.deterministic,
         model_kwargs=dict(s.model_kwargs.get(model, {})),
     )
-
-
-def _workers(s: SpeedSettings, dev: torch.device) -> int:
-    return s.workers if s.workers is not None else (8 if dev.type == "cuda" else 0)
-
-
-def _rate(images: int, seconds: float) -> float:
-    return images / max(seconds, 1e-9)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -133,41 +125,13 @@ def build_cache(data_dir: Path, size: int, dev: torch.device) -> GpuCache:
     return GpuCache(images, masks, dev)
 
 
-class TifDataset(torch.utils.data.Dataset):
-    """The plain way: decode the tif pair, resize and augment (albumentations) on every access."""
-
-    def __init__(self, data_dir: Path, size: int) -> None:
-        from datamodules.augment import build_train_transform
-        from datamodules.data_config import AugmentConfig
-        from datamodules.kaggle import scan_train
-
-        self.records, self.size = scan_train(data_dir), size
-        self.transform = build_train_transform(AugmentConfig())  # called unseeded: the plain way
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from datamodules import geometry, rle
-        from datamodules.datamodule import normalise
-        from datamodules.io import read_tif
-
-        rec = self.records[i]
-        mask = read_tif(rec.mask_path) if rec.mask_path is not None else rle.decode(rec.rle or "")
-        image = geometry.prepare(read_tif(rec.image_path), "resize", self.size)
-        mask = geometry.prepare((mask > 0).astype(np.uint8), "resize", self.size, is_mask=True)
-        out = self.transform(image=image, mask=mask)
-        x = normalise(out["image"][None])
-        return x, torch.from_numpy(out["mask"]).float()[None]
-
-
 # -- (a) the suite -----------------------------------------------------------------------------------
 def _timer_callback(warmup: int, steps: int) -> Any:
     from lightning.pytorch.callbacks import Callback
 
     class StepTimer(Callback):
         """Clock from the end of the last warm-up batch to the end of the last batch, synchronising
-        only at those two points (as :func:`_timed_loop` does for the bare loops)."""
+        only at those two points (as :func:`benchmark.speed_loops.timed_loop` does for the bare loops)."""
 
         def __init__(self) -> None:
             self.seen, self.images, self.start, self.end = 0, 0, 0.0, 0.0
@@ -210,7 +174,7 @@ def suite_train_img_s(model: str, data_dir: Path, s: SpeedSettings, dev: torch.d
             devices=1,
         )
         trainer.fit(SegModule(cfg.to_dict()), datamodule=make_datamodule(cfg, data_dir))
-    return _rate(timer.images, timer.end - timer.start)
+    return rate(timer.images, timer.end - timer.start)
 
 
 @contextlib.contextmanager
@@ -226,101 +190,6 @@ def restore_global_torch_state() -> Iterator[None]:
         quiet.setLevel(level)
 
 
-# -- (b) plain loop and (c) ceiling ------------------------------------------------------------------
-def _seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice on the mask logits: the standard recipe both bare loops use."""
-    logits = logits["mask"] if isinstance(logits, dict) else logits
-    logits = logits.float()
-    prob = torch.sigmoid(logits)
-    inter = (prob * target).sum((1, 2, 3))
-    dice = 1 - (2 * inter + 1) / (prob.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
-    return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
-
-
-def _timed_loop(
-    step: Callable[[Any], int], batches: Iterator[Any], warmup: int, steps: int, dev: torch.device
-) -> float:
-    """img/s over ``steps`` calls of ``step(batch)`` (returns the batch size) after ``warmup`` calls."""
-    for batch in itertools.islice(batches, warmup):
-        step(batch)
-    synchronize(dev)
-    start, images = time.perf_counter(), 0
-    for batch in itertools.islice(batches, steps):
-        images += step(batch)
-    synchronize(dev)
-    return _rate(images, time.perf_counter() - start)
-
-
-def _cycle(make_epoch: Callable[[int], Iterable]) -> Iterator:
-    """Endless batches, one fresh epoch iterator after another."""
-    for epoch in itertools.count():
-        yield from make_epoch(epoch)
-
-
-def _train_step(
-    net: torch.nn.Module, opt: torch.optim.Optimizer, dev: torch.device, precision: str, channels_last: bool
-) -> Callable[[tuple], int]:
-    def step(batch: tuple) -> int:
-        x, y = (t.to(dev, non_blocking=True) for t in batch)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(dev, precision):
-            loss = _seg_loss(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return int(x.shape[0])
-
-    return step
-
-
-def _fresh_model(
-    name: str, dev: torch.device, channels_last: bool, kwargs: dict | None = None
-) -> torch.nn.Module:
-    from models import create
-
-    torch.manual_seed(0)
-    model = create(name, in_channels=1, **(kwargs or {})).to(dev).train()
-    return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
-def plain_train_img_s(model: str, data_dir: Path, s: SpeedSettings, dev: torch.device) -> float:
-    """(b) img/s of a plain fp32 loop whose DataLoader decodes and augments every sample."""
-    dataset = TifDataset(data_dir, s.image_size)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=s.batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= s.batch_size,
-        num_workers=_workers(s, dev),
-        pin_memory=dev.type == "cuda",
-        persistent_workers=_workers(s, dev) > 0,
-    )
-    net = _fresh_model(model, dev, channels_last=False, kwargs=s.model_kwargs.get(model))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
-    step = _train_step(net, opt, dev, "32", channels_last=False)
-    return _timed_loop(step, _cycle(lambda _: loader), s.warmup, s.steps, dev)
-
-
-def ceiling_train_img_s(model: str, cache: GpuCache, s: SpeedSettings, dev: torch.device) -> float:
-    """(c) img/s on device-resident batches with no augmentation, in the suite's precision."""
-    from benchmark.training.device import resolve_precision
-    from datamodules.gpu_augment import normalise
-
-    cuda = dev.type == "cuda"
-    precision = resolve_precision("auto", "gpu" if cuda else "cpu")
-    net = _fresh_model(model, dev, channels_last=cuda, kwargs=s.model_kwargs.get(model))
-    net = torch.compile(net) if s.compile else net
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
-    step = _train_step(net, opt, dev, precision, channels_last=cuda)
-
-    def epoch(i: int) -> Iterator[tuple]:
-        for pos in cache.batches(s.batch_size, cache.generator(i), drop_last=len(cache) >= s.batch_size):
-            yield normalise(cache.images[pos].float()), cache.masks[pos].float()
-
-    return _timed_loop(step, _cycle(epoch), s.warmup, s.steps, dev)
-
-
 # -- all together ------------------------------------------------------------------------------------
 def measure_model(model: str, data_dir: Path, cache: GpuCache, s: SpeedSettings, work: Path) -> dict:
     """Every figure (a)-(e) for one model, as a RESULT_KEYS dict (training figures ``None`` when the
@@ -331,7 +200,7 @@ def measure_model(model: str, data_dir: Path, cache: GpuCache, s: SpeedSettings,
     dev = resolve_device(s.device)
     precision = resolve_precision("auto", "gpu" if dev.type == "cuda" else "cpu")
     # Built on the CPU (measure_inference moves it) so it holds no device memory while (a)-(c) run.
-    net = _fresh_model(model, torch.device("cpu"), dev.type == "cuda", s.model_kwargs.get(model))
+    net = fresh_model(model, torch.device("cpu"), dev.type == "cuda", s.model_kwargs.get(model))
     suite = plain = ceiling = None
     if has_trainable_params(net):
         suite = suite_train_img_s(model, data_dir, s, dev, work / model.replace(":", "-"))

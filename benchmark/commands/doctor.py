@@ -40,7 +40,8 @@ def _names(text: str | None) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.core.config import ConfigError, check_model_kwargs
+    from benchmark.core.config import ConfigError
+    from benchmark.core.model_kwargs import check_model_kwargs
     from benchmark.core.summary import dumps
     from benchmark.doctor.report import exit_code
     from benchmark.doctor.session import format_report, results_of, run_doctor

@@ -36,7 +36,8 @@ class _DeprecatedFolds(argparse.Action):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from benchmark.core.config import TrainConfig, help_table
+    from benchmark.core.config import TrainConfig
+    from benchmark.core.config_text import help_table
 
     parser.add_argument("--model", help="registry name, e.g. unet, trans_cg_unet, smp:Unet:resnet34")
     parser.add_argument("--data-dir", type=Path, help="Kaggle-layout directory holding train/ (required)")
@@ -75,12 +76,12 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     from benchmark.core.config import (
         TrainConfig,
         apply_overrides,
-        check_model_kwargs,
         load_benchmark_config,
         parse_set_args,
         resolve_devices,
         with_model_recipe,
     )
+    from benchmark.core.model_kwargs import check_model_kwargs
 
     bench = load_benchmark_config(args.config) if args.config else None
     base = bench.train if bench else TrainConfig()
@@ -100,7 +101,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.core.config import ConfigError, to_yaml
+    from benchmark.core.config import ConfigError
+    from benchmark.core.config_text import to_yaml
 
     cfg = build_config(args)
     if args.print_config:

@@ -18,7 +18,8 @@ HELP = "run the benchmark grid and rebuild the leaderboard (skips finished runs,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from benchmark.core.config import BenchmarkConfig, TrainConfig, help_table
+    from benchmark.core.config import BenchmarkConfig, TrainConfig
+    from benchmark.core.config_text import help_table
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
@@ -96,7 +97,7 @@ def _load(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path, list[TrainCo
         runner.parse_list(args.folds, int),
         runner.parse_list(args.seeds, int),
     )
-    from benchmark.core.config import build_models, check_model_kwargs
+    from benchmark.core.model_kwargs import build_models, check_model_kwargs
 
     check_model_kwargs(grid)  # a misspelt model or keyword argument fails here, not in run 14 of 45
     build_models(grid)  # so does a value the model refuses (base_width: -8): each built once, on meta
@@ -120,12 +121,9 @@ def _dry_run(grid: list[TrainConfig], results_dir: Path) -> int:
 def _print_config(args: argparse.Namespace) -> int:
     """The benchmark as this command would run it, as YAML that ``--config`` reads back; writes nothing."""
     from benchmark import runner
-    from benchmark.core.config import (
-        apply_benchmark_overrides,
-        check_model_kwargs,
-        load_benchmark_config,
-        to_yaml,
-    )
+    from benchmark.core.config import apply_benchmark_overrides, load_benchmark_config
+    from benchmark.core.config_text import to_yaml
+    from benchmark.core.model_kwargs import check_model_kwargs
 
     bench = apply_benchmark_overrides(load_benchmark_config(args.config), _overrides(args))
     picked = {

@@ -21,9 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from benchmark.core.parsing import ConfigError, coerce, read_config, type_name
+from benchmark.core.parsing import ConfigError, coerce, read_config
 
 # 2: nested protocol (outer "metrics", inner "selection", "split", "global_batch");
 # 3: batch_size is the global batch and the training stream is box-independent (datamodules.stream).
@@ -165,14 +163,14 @@ class BenchmarkConfig:
 
 
 @cache
-def _hints(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
 def _normalise(obj: TrainConfig | BenchmarkConfig) -> None:
     """Parse every field by its declared type, so ``lr=1`` and ``lr="1e-3"`` hash like floats."""
     for f in dataclasses.fields(obj):
-        tp = _hints(type(obj))[f.name]
+        tp = field_types(type(obj))[f.name]
         if tp is not TrainConfig:
             object.__setattr__(obj, f.name, coerce(f.name, getattr(obj, f.name), tp))
 
@@ -303,58 +301,6 @@ def _check_synthetic(bench: BenchmarkConfig) -> None:
         check_model_train("synthetic.model_train", train, syn["model_train"])
 
 
-def check_model_kwargs(configs: Iterable[TrainConfig]) -> None:
-    """Each run's model name and ``model_kwargs`` as its factory accepts them, checked without
-    building anything: a typo stops ``run --dry-run`` and the grid before the first run starts."""
-    _check_models((cfg.model, cfg.model_kwargs) for cfg in configs)
-
-
-def build_models(configs: Iterable[TrainConfig]) -> None:
-    """Build each (model, kwargs) of the grid once, as its run will (without pretrained weights), on
-    the meta device where the architecture allows: no memory, no download. A value the model itself
-    refuses (``base_width: -8``, an overflowing ``depth``) becomes one ConfigError before any run."""
-    import torch
-
-    import models  # noqa: F401 - registers every architecture
-    from models.registry import create
-
-    seen = set()
-    for cfg in configs:
-        key = (cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True, default=repr))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            with torch.device("meta"):
-                create(cfg.model, in_channels=1, encoder_weights=None, **cfg.model_kwargs)
-        except NotImplementedError:  # an operation the meta device lacks: the run itself will tell
-            continue
-        except Exception as exc:  # noqa: BLE001 - whatever the factory raises, the kwargs are at fault
-            text = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise ConfigError(
-                f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs}: cannot be built ({text})"
-            ) from None
-
-
-def _check_models(pairs: Iterable[tuple[str, dict]]) -> None:
-    import models  # noqa: F401 - registers every architecture
-    from models.registry import check_kwargs
-
-    seen = set()
-    for name, kwargs in pairs:
-        key = (name, json.dumps(kwargs, sort_keys=True, default=repr))
-        if key not in seen:
-            seen.add(key)
-            check_kwargs(name, kwargs)
-
-
-def _benchmark_models(bench: BenchmarkConfig) -> Iterable[tuple[str, dict]]:
-    """(model, kwargs) of every model in the grid and in its synthetic fallback."""
-    for per_model in (bench.model_kwargs, bench.synthetic.get("model_kwargs") or bench.model_kwargs):
-        for model in bench.models:
-            yield model, {**bench.train.model_kwargs, **per_model.get(model, {})}
-
-
 # ----------------------------------------------------------------------------- overrides and files
 def _check_keys(keys: Iterable[Any], known: set[str], what: str, listed: bool = False) -> None:
     for key in keys:
@@ -403,9 +349,11 @@ def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
 
     path = Path(path)
     raw = read_config(path)
+    from benchmark.core.model_kwargs import check_benchmark_models
+
     try:
         bench = _benchmark_from(raw, path.stem)
-        _check_models(_benchmark_models(bench))
+        check_benchmark_models(bench)
     except (ConfigError, ModelError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return bench
@@ -423,7 +371,7 @@ def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
     return BenchmarkConfig(train=train, **values)
 
 
-# ----------------------------------------------------------------------------- devices, printing, help
+# ----------------------------------------------------------------------------- devices
 def resolve_devices(cfg: TrainConfig, gpus: int | None = None) -> TrainConfig:
     """``devices: auto`` replaced by the count a run will use (checked against the global batch).
     ``gpus``: the GPUs the run sees (default: this machine's); CPU runs use one."""
@@ -436,32 +384,3 @@ def resolve_devices(cfg: TrainConfig, gpus: int | None = None) -> TrainConfig:
 
         gpus = torch.cuda.device_count()
     return dataclasses.replace(cfg, devices=max(1, gpus))
-
-
-def to_yaml(cfg: TrainConfig | BenchmarkConfig) -> str:
-    """``--print-config``: YAML that ``load_benchmark_config`` (``--config``) reads back to the same
-    config; a TrainConfig is written as the ``train:`` section of a one-model benchmark."""
-    data = dataclasses.asdict(cfg) if isinstance(cfg, BenchmarkConfig) else {"train": cfg.to_dict()}
-    return yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=None, width=100)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def help_table(cls: type, skip: Iterable[str] = ()) -> str:
-    """One line per field: name, type, default and help (the epilog of ``fit --help``/``run --help``)."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        if f.name not in skip:
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            shown = "required" if default is dataclasses.MISSING else _show(default)
-            kind = type_name(_hints(cls)[f.name])
-            rows.append(f"  {f.name:<19} {kind:<13} {shown:<11} {f.metadata.get('help', '')}")
-    return "\n".join(rows)
-
-
-def _show(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(_plain(value))

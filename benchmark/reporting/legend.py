@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmark.reporting import leaderboard as lb
+from benchmark.reporting import board_stats as bs
 from benchmark.reporting.leaderboard import BASELINE
 from benchmark.scoring import ranking
 
@@ -87,7 +87,7 @@ def legend(board: dict[str, Any]) -> dict[str, str]:
     """One-line definition of every column (metric definitions come from benchmark.scoring.metrics)."""
     from benchmark.scoring.metrics import METRIC_DOCS
 
-    boot = f"{lb.N_SET} seeded subject-bootstrap resamples, studentised (bootstrap-t)"
+    boot = f"{bs.N_SET} seeded subject-bootstrap resamples, studentised (bootstrap-t)"
     few = f"fewer than {ranking.MIN_SUBJECTS} subjects tell nothing apart"
     docs = {
         "rank": "position among complete models by out-of-fold Kaggle Dice (ties broken by model name)",
@@ -116,11 +116,11 @@ def legend(board: dict[str, Any]) -> dict[str, str]:
         "ranked, image-weighted quantity)",
         "p_vs_top": "two-sided paired sign-flip p-value of 'same image-weighted mean as the top model': the "
         "signs of the per-subject totals of the per-image differences are flipped, the image counts stay "
-        f"(exact for n <= {lb.EXACT_MAX} subjects, else {lb.N_PERM} seeded flips); {SIMULATED['p']}. It "
+        f"(exact for n <= {bs.EXACT_MAX} subjects, else {bs.N_PERM} seeded flips); {SIMULATED['p']}. It "
         "is one comparison taken alone; the top was picked on these data, so whether a model is worse "
         "than the best is the top group's question",
-        "mde_vs_top": f"smallest true gap to the top that p_vs_top detects with {lb.POWER:.0%} probability "
-        f"at alpha {lb.ALPHA}, for this board's subjects and the observed spread of this model's "
+        "mde_vs_top": f"smallest true gap to the top that p_vs_top detects with {bs.POWER:.0%} probability "
+        f"at alpha {bs.ALPHA}, for this board's subjects and the observed spread of this model's "
         "per-subject differences from the top (subjects resampled; the gap added to each subject in "
         f"proportion to its images); n/a when {few}; 0 when the two differ by the same amount everywhere; "
         f"{SIMULATED['mde']}",
@@ -128,7 +128,7 @@ def legend(board: dict[str, Any]) -> dict[str, str]:
         "statistic: the max over the remaining pairs of studentised differences; the worst model removed "
         f"while it rejects; {boot}): the smallest level at which this model leaves the set; none for the "
         "floor, which is not a contender",
-        "top_group": f"`yes` when p_best_set >= {lb.ALPHA}: in the 95% confidence set for the best model; "
+        "top_group": f"`yes` when p_best_set >= {bs.ALPHA}: in the 95% confidence set for the best model; "
         f"`no`: worse than the best with 95% confidence; `floor`: the all-empty baseline, shown for "
         f"reference only. Not always the top rows: a small but consistent gap can be significant where a "
         f"larger, noisier one is not; {SIMULATED['set']}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmark.reporting import leaderboard as lb
+from benchmark.reporting import board_stats as bs
 from benchmark.reporting import recipe
 from benchmark.reporting.leaderboard import COST, OOF_METRICS, RUN_MEANS
 from benchmark.reporting.legend import PIXEL_ACCURACY_WARNING, legend, protocol
@@ -225,7 +225,7 @@ def resolution_note(board: dict[str, Any]) -> str | None:
         return None
     return (
         f"With {n} subject{'s' if n > 1 else ''} no difference can be significant here: the smallest "
-        f"possible sign-flip p is 2/2^{n} = {2.0 / 2**n:.4f} >= {lb.ALPHA}, and a bootstrap of so few "
+        f"possible sign-flip p is 2/2^{n} = {2.0 / 2**n:.4f} >= {bs.ALPHA}, and a bootstrap of so few "
         "subjects tells nothing apart. Every model is in the top group by lack of subjects, not by merit."
     )
 
@@ -239,8 +239,8 @@ def power_note(board: dict[str, Any]) -> str | None:
     span = f"{min(found):.3f}" if min(found) == max(found) else f"{min(found):.3f} to {max(found):.3f}"
     return (
         f"Power: with these {n} subjects and the observed spread of per-subject differences, the paired "
-        f"test detects a true gap to the top of {span} (MDE column) with {lb.POWER:.0%} probability at "
-        f"alpha {lb.ALPHA}. Smaller gaps are likely to go unseen: 'yes' in the top group is not evidence "
+        f"test detects a true gap to the top of {span} (MDE column) with {bs.POWER:.0%} probability at "
+        f"alpha {bs.ALPHA}. Smaller gaps are likely to go unseen: 'yes' in the top group is not evidence "
         "of equality."
     )
 
@@ -331,9 +331,9 @@ def latex(board: dict[str, Any]) -> str:
     keys = ("kaggle_dice", "dice_positive", "raw_kaggle_dice")
     lines = [
         "% nerve-bench leaderboard, written by `python -m benchmark report` (needs \\usepackage{booktabs}).",
-        f"% Out-of-fold means over images; [95% CI] by subject bootstrap ({lb.N_BOOT} resamples);",
+        f"% Out-of-fold means over images; [95% CI] by subject bootstrap ({bs.N_BOOT} resamples);",
         "% p: paired sign-flip test of per-subject totals vs the top; set p: model confidence set p-value;",
-        f"% bold: in the 95% confidence set for the best model (set p >= {lb.ALPHA}).",
+        f"% bold: in the 95% confidence set for the best model (set p >= {bs.ALPHA}).",
         "\\begin{tabular}{rlc" + "l" * len(keys) + "rrr}",
         "\\toprule",
         "Rank & Model & Rank CI & "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmark.reporting import board_stats
 from benchmark.reporting import leaderboard as lb
 from tests.benchmark import simulation as sim
 from tests.benchmark.summaries import model_runs
@@ -25,8 +26,8 @@ N_BOARDS, N_SUBJECTS = 150, 20
 
 @pytest.fixture
 def fast_board(monkeypatch):
-    monkeypatch.setattr(lb, "N_BOOT", 1000)
-    monkeypatch.setattr(lb, "N_SET", 1000)
+    monkeypatch.setattr(board_stats, "N_BOOT", 1000)
+    monkeypatch.setattr(board_stats, "N_SET", 1000)
     monkeypatch.setattr(lb, "OOF_METRICS", lb.OOF_METRICS[:1])  # kaggle_dice, the ranked column
 
 

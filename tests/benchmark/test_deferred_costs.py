@@ -11,6 +11,7 @@ import torch
 from benchmark import ray_grid
 from benchmark.core.summary import read_summary, write_summary
 from benchmark.evaluation import costs, deferred_costs, finalize
+from benchmark.ray_resources import exclusive_options
 from benchmark.training.checkpoint import BEST, load_checkpoint_module
 from tests.benchmark.fitting import UNET
 
@@ -63,16 +64,16 @@ def test_pending_inference_costs_are_filled_in_place(fit_runs, tmp_path):
 def test_exclusive_task_options_hold_a_whole_device():
     settings = ray_grid.RaySettings(gpus_per_run=0.5, cpus_per_run=2.0)
     gpu_box = [{"CPU": 16.0, "GPU": 2.0}]
-    assert ray_grid.exclusive_options(gpu_box, settings, "auto") == {
+    assert exclusive_options(gpu_box, settings, "auto") == {
         "num_gpus": 1.0,
         "num_cpus": 2.0,
         "max_calls": 1,
         "max_retries": 1,
     }
     cpu_nodes = [{"CPU": 2.0}, {"CPU": 8.0}]
-    options = ray_grid.exclusive_options(cpu_nodes, settings, "cpu")
+    options = exclusive_options(cpu_nodes, settings, "cpu")
     assert options["num_cpus"] == 8.0 and options["num_gpus"] == 0
-    assert ray_grid.exclusive_options(gpu_box, settings, "cpu")["num_gpus"] == 0  # a CPU grid on a GPU box
+    assert exclusive_options(gpu_box, settings, "cpu")["num_gpus"] == 0  # a CPU grid on a GPU box
 
 
 @pytest.mark.parametrize("inference", ["exclusive", "exclusive, after the grid"])

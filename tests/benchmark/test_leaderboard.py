@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
+from benchmark.reporting import board_stats as bs
 from benchmark.reporting import leaderboard as lb
 from benchmark.reporting import tables
 from benchmark.scoring import ranking, stats
@@ -49,12 +50,12 @@ def test_seeds_are_averaged_per_image_before_the_mean():
 
 def test_ci_is_the_subject_bootstrap_of_the_seed_averaged_images():
     m = row(board(model_runs("unet", UNET), empty_runs()), "unet")["metrics"]
-    _, lo, hi = stats.subject_bootstrap_ci(np.array(UNET_MEAN), SUBJECTS, n_boot=lb.N_BOOT, seed=lb.SEED)
+    _, lo, hi = stats.subject_bootstrap_ci(np.array(UNET_MEAN), SUBJECTS, n_boot=bs.N_BOOT, seed=bs.SEED)
     assert (m["kaggle_dice"]["lo"], m["kaggle_dice"]["hi"]) == (pytest.approx(lo), pytest.approx(hi))
-    assert lo < 0.725 < hi and lb.N_BOOT >= 2000
+    assert lo < 0.725 < hi and bs.N_BOOT >= 2000
     positives = [i for i, e in enumerate(EMPTY) if not e]
     _, lo, hi = stats.subject_bootstrap_ci(
-        np.array(UNET_MEAN)[positives], np.array(SUBJECTS)[positives], n_boot=lb.N_BOOT, seed=lb.SEED
+        np.array(UNET_MEAN)[positives], np.array(SUBJECTS)[positives], n_boot=bs.N_BOOT, seed=bs.SEED
     )
     assert (m["dice_positive"]["lo"], m["dice_positive"]["hi"]) == (pytest.approx(lo), pytest.approx(hi))
 
@@ -100,13 +101,13 @@ def test_top_group_is_the_confidence_set_for_the_best():
     assert rows["bad"]["vs_top"]["p"] == pytest.approx(2 / 4096) and rows["twin"]["vs_top"]["p"] == 1.0
     # the set and the rank intervals are ranking's, on the per-subject totals of the ranked rows
     totals = np.array([top, twin, mid, [0.5] * 12, [0.0] * 12])
-    pairs = ranking.Pairs.compare(totals, np.ones(12), ranking.Resamples.draw(12, lb.N_SET, lb.SEED))
+    pairs = ranking.Pairs.compare(totals, np.ones(12), ranking.Resamples.draw(12, bs.N_SET, bs.SEED))
     contenders = ranking.best_set(pairs, [0, 1, 2, 3])
     assert [rows[m]["p_best"] for m in ("top", "twin", "mid", "bad")] == pytest.approx(contenders.tolist())
     lo, hi = ranking.rank_intervals(pairs)
     assert [r["rank_ci"] for r in b["rows"]] == [[a, z] for a, z in zip(lo.tolist(), hi.tolist())]
     # bad is 0.4 worse on every subject: an exact gap, excluded at the smallest p the bootstrap has
-    assert rows["bad"]["p_best"] == pytest.approx(1 / (1 + lb.N_SET)) and rows["bad"]["top_group"] is False
+    assert rows["bad"]["p_best"] == pytest.approx(1 / (1 + bs.N_SET)) and rows["bad"]["top_group"] is False
     assert rows["top"]["p_best"] == 1.0 and rows["twin"]["top_group"] and rows["twin"]["p_best"] > 0.5
     assert rows["empty"]["p_best"] is None and rows["empty"]["top_group"] is None  # the floor: no contender
     assert rows["bad"]["rank_ci"] == [2, 4] and rows["empty"]["rank_ci"] == [3, 5]

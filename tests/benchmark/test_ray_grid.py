@@ -26,6 +26,7 @@ from benchmark import ray_grid, runner
 from benchmark.cli import main
 from benchmark.core.config import load_benchmark_config
 from benchmark.core.lock import is_held
+from benchmark.ray_resources import slots, task_options
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "benchmark" / "configs" / "smoke.yaml"
@@ -151,19 +152,19 @@ def test_executor_choice_and_resources(monkeypatch):
     )
     # an 8-GPU, 64-CPU box: quarter GPUs with 4 CPUs each -> 16 at once (CPU-bound), with 1 CPU -> 32
     box = [{"CPU": 64.0, "GPU": 8.0}]
-    quarter = ray_grid.task_options(box, ray_grid.RaySettings(0.25, 4.0), "auto")
-    assert quarter["num_gpus"] == 0.25 and quarter["max_retries"] == 1 and ray_grid.slots(box, quarter) == 16
-    assert ray_grid.slots(box, ray_grid.task_options(box, ray_grid.RaySettings(0.25, 1.0), "auto")) == 32
-    assert ray_grid.slots(box * 2, ray_grid.task_options(box, ray_grid.RaySettings(1.0, 1.0), "auto")) == 16
+    quarter = task_options(box, ray_grid.RaySettings(0.25, 4.0), "auto")
+    assert quarter["num_gpus"] == 0.25 and quarter["max_retries"] == 1 and slots(box, quarter) == 16
+    assert slots(box, task_options(box, ray_grid.RaySettings(0.25, 1.0), "auto")) == 32
+    assert slots(box * 2, task_options(box, ray_grid.RaySettings(1.0, 1.0), "auto")) == 16
     assert quarter["max_calls"] == 1  # a GPU task gets a fresh worker: no CUDA context left on a GPU
     cpu_only = [{"CPU": 2.0}]
-    cpu = ray_grid.task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), "cpu")
+    cpu = task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), "cpu")
     assert cpu["num_gpus"] == 0 and "max_calls" not in cpu  # CPU workers may be reused
     for accelerator in ("auto", "gpu"):  # the GPU recipe must not silently train on CPU
         with pytest.raises(ray_grid.RayExecutorError, match="declares no GPU; set accelerator: cpu"):
-            ray_grid.task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), accelerator)
+            task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), accelerator)
     with pytest.raises(ray_grid.RayExecutorError, match="lower cpus_per_run"):
-        ray_grid.slots(cpu_only, ray_grid.task_options(cpu_only, ray_grid.RaySettings(1.0, 4.0), "cpu"))
+        slots(cpu_only, task_options(cpu_only, ray_grid.RaySettings(1.0, 4.0), "cpu"))
 
 
 def test_cli_flags_set_the_executor(capsys, monkeypatch):

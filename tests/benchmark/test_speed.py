@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmark import speed
+from benchmark import speed, speed_loops
 from benchmark.cli import main
 
 
@@ -44,7 +44,7 @@ def test_timed_loop_excludes_warmup():
         calls.append(batch)
         return 4
 
-    rate = speed._timed_loop(step, itertools.count(), warmup=2, steps=3, dev=torch.device("cpu"))
+    rate = speed_loops.timed_loop(step, itertools.count(), warmup=2, steps=3, dev=torch.device("cpu"))
     assert calls == [0, 1, 2, 3, 4] and rate > 0
 
 
@@ -61,12 +61,13 @@ def test_suite_and_plain_clocks_synchronise_alike(monkeypatch):
     block, which biased suite/plain. Both now synchronise exactly twice: after warm-up and at the end."""
     calls = []
     monkeypatch.setattr(speed, "synchronize", lambda dev: calls.append(dev))
+    monkeypatch.setattr(speed_loops, "synchronize", lambda dev: calls.append(dev))
     timer = speed._timer_callback(warmup=2, steps=4)
     module = SimpleNamespace(device=torch.device("cpu"))
     for i in range(6):
         timer.on_train_batch_end(None, module, None, {"image": torch.zeros(2, 1, 2, 2)}, i)
     suite_syncs, calls[:] = len(calls), []
-    speed._timed_loop(lambda b: 2, itertools.count(), warmup=2, steps=4, dev=torch.device("cpu"))
+    speed_loops.timed_loop(lambda b: 2, itertools.count(), warmup=2, steps=4, dev=torch.device("cpu"))
     assert suite_syncs == len(calls) == 2 and timer.images == 8
 
 

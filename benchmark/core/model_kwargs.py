@@ -1,0 +1,69 @@
+"""Model names and ``model_kwargs`` checked against the registry before any run starts.
+
+``check_model_kwargs`` asks each factory's signature (cheap, nothing built); ``build_models`` then
+builds each distinct architecture once on the meta device, so a value the model itself refuses is
+one ConfigError naming the model, not a traceback in run 14 of 45."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from benchmark.core.config import BenchmarkConfig, ConfigError, TrainConfig
+
+
+def check_model_kwargs(configs: Iterable[TrainConfig]) -> None:
+    """Each run's model name and ``model_kwargs`` as its factory accepts them, checked without
+    building anything: a typo stops ``run --dry-run`` and the grid before the first run starts."""
+    check_pairs((cfg.model, cfg.model_kwargs) for cfg in configs)
+
+
+def build_models(configs: Iterable[TrainConfig]) -> None:
+    """Build each (model, kwargs) of the grid once, as its run will (without pretrained weights), on
+    the meta device where the architecture allows: no memory, no download. A value the model itself
+    refuses (``base_width: -8``, an overflowing ``depth``) becomes one ConfigError before any run."""
+    import torch
+
+    import models  # noqa: F401 - registers every architecture
+    from models.registry import create
+
+    seen = set()
+    for cfg in configs:
+        key = (cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True, default=repr))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            with torch.device("meta"):
+                create(cfg.model, in_channels=1, encoder_weights=None, **cfg.model_kwargs)
+        except NotImplementedError:  # an operation the meta device lacks: the run itself will tell
+            continue
+        except Exception as exc:  # noqa: BLE001 - whatever the factory raises, the kwargs are at fault
+            text = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ConfigError(
+                f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs}: cannot be built ({text})"
+            ) from None
+
+
+def check_pairs(pairs: Iterable[tuple[str, dict]]) -> None:
+    import models  # noqa: F401 - registers every architecture
+    from models.registry import check_kwargs
+
+    seen = set()
+    for name, kwargs in pairs:
+        key = (name, json.dumps(kwargs, sort_keys=True, default=repr))
+        if key not in seen:
+            seen.add(key)
+            check_kwargs(name, kwargs)
+
+
+def _grid_pairs(bench: BenchmarkConfig) -> Iterable[tuple[str, dict]]:
+    """(model, kwargs) of every model in the grid and in its synthetic fallback."""
+    for per_model in (bench.model_kwargs, bench.synthetic.get("model_kwargs") or bench.model_kwargs):
+        for model in bench.models:
+            yield model, {**bench.train.model_kwargs, **per_model.get(model, {})}
+
+
+def check_benchmark_models(bench: BenchmarkConfig) -> None:
+    """Every model of a benchmark's grid and of its synthetic fallback, with its kwargs."""
+    check_pairs(_grid_pairs(bench))

@@ -1,0 +1,83 @@
+"""The board's statistics on the ranked quantity, the image-weighted mean of post-processed Dice,
+through per-subject TOTALS with the image counts fixed (issue 17): the paired sign-flip test of
+(model - top), simultaneous rank intervals, the 95% confidence set for the best model (which
+accounts for the top being picked on the same data; the all-empty floor is tested but is not a
+contender) and the smallest gap to the top the test detects with 80% power. One seeded subject
+bootstrap serves the set, the rank intervals and the power, so a board rebuilt from the same
+summaries is the same board."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from benchmark.scoring import ranking, stats
+
+N_BOOT = 2000  # subject-bootstrap resamples (issue 11: at least 2,000, seeded)
+N_PERM = 20_000  # Monte Carlo sign flips when there are more than EXACT_MAX subjects
+EXACT_MAX = 20  # up to this many subjects the paired sign-flip test enumerates all 2^n flips
+N_SET = 10_000  # subject-bootstrap resamples for the top group, the rank intervals and the power
+ALPHA = 0.05
+POWER = 0.8  # the power at which the detectable difference is stated
+SEED = 0
+
+
+def subject_totals(images: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(totals (models x subjects) of post-processed Dice, image count per subject) over the images
+    every model scored (complete models all score the same ones)."""
+    common = images[0]["index"]
+    for other in images[1:]:
+        common = np.intersect1d(common, other["index"], assume_unique=True)
+    rows = []
+    for im in images:
+        at = np.searchsorted(im["index"], common)
+        _, totals, counts = stats.subject_totals(im["dice"][at], im["subject"][at])
+        rows.append(totals)
+    return np.vstack(rows), counts.astype(np.float64)
+
+
+def paired_test(diffs: np.ndarray, weights: np.ndarray, mde: float | None) -> dict[str, Any]:
+    """(model - top) per-subject totals: image-weighted gap, paired sign-flip p, detectable gap."""
+    p = stats.sign_flip_pvalue(diffs, n_resamples=N_PERM, seed=SEED, exact_max=EXACT_MAX)
+    return {
+        "diff": float(diffs.sum() / weights.sum()),
+        "p": float(p),
+        "n_subjects": int(diffs.size),
+        "mde": mde,
+    }
+
+
+def _rank_key(row: dict[str, Any]) -> tuple[float, str]:
+    return (-row["metrics"]["kaggle_dice"]["mean"], row["model"])
+
+
+def rank_rows(rows: list[dict[str, Any]], images: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """Rank complete rows by OOF Kaggle Dice (ties: name); tests vs the top, rank intervals, the set."""
+    ranked = sorted((r for r in rows if r["metrics"]["kaggle_dice"]["mean"] is not None), key=_rank_key)
+    if not ranked:
+        return []
+    totals, weights = subject_totals([images[r["model"]] for r in ranked])
+    boot = ranking.Resamples.draw(weights.size, N_SET, SEED)
+    pairs = ranking.Pairs.compare(totals, weights, boot)
+    lo, hi = ranking.rank_intervals(pairs, ALPHA)
+    # The floor is shown and tested but is not a contender: it stays out of the confidence set.
+    contenders = [i for i, r in enumerate(ranked) if not r["baseline"]]
+    p_best = dict(zip(contenders, ranking.best_set(pairs, contenders).tolist()))
+    power_boot = ranking.Resamples(boot.counts[:N_BOOT])  # enough for a power curve; 5x cheaper
+    mde = [None] + ranking.detectable_differences(
+        totals[1:] - totals[0], weights, ALPHA, POWER, power_boot, seed=SEED
+    )
+    for i, row in enumerate(ranked):
+        row["rank"], row["rank_ci"] = i + 1, [int(lo[i]), int(hi[i])]
+        top = {"diff": 0.0, "p": None, "n_subjects": int(weights.size), "mde": None}
+        row["vs_top"] = top if i == 0 else paired_test(totals[i] - totals[0], weights, mde[i])
+        row["p_best"] = p_best.get(i)
+        row["top_group"] = None if i not in p_best else bool(p_best[i] >= ALPHA)
+    return ranked
+
+
+def settings() -> dict[str, Any]:
+    """The statistics' settings, as the board's header records them."""
+    return {"n_boot": N_BOOT, "n_perm": N_PERM, "exact_max": EXACT_MAX, "n_set": N_SET, "alpha": ALPHA,
+            "power": POWER, "seed": SEED}  # fmt: skip
