@@ -2,7 +2,8 @@
 through per-subject TOTALS with the image counts fixed (issue 17): the paired sign-flip test of
 (model - top), simultaneous rank intervals, the 95% confidence set for the best model (which
 accounts for the top being picked on the same data; the all-empty floor is tested but is not a
-contender) and the smallest gap to the top the test detects with 80% power. One seeded subject
+contender), whether each model beats that floor (the same paired test, Holm-adjusted over the
+models) and the smallest gap to the top the test detects with 80% power. One seeded subject
 bootstrap serves the set, the rank intervals and the power, so a board rebuilt from the same
 summaries is the same board."""
 
@@ -68,13 +69,33 @@ def rank_rows(rows: list[dict[str, Any]], images: dict[str, dict[str, np.ndarray
     mde = [None] + ranking.detectable_differences(
         totals[1:] - totals[0], weights, ALPHA, POWER, power_boot, seed=SEED
     )
+    vs_floor = floor_tests(ranked, totals, weights)
     for i, row in enumerate(ranked):
+        row["vs_floor"] = vs_floor.get(i)
         row["rank"], row["rank_ci"] = i + 1, [int(lo[i]), int(hi[i])]
         top = {"diff": 0.0, "p": None, "n_subjects": int(weights.size), "mde": None}
         row["vs_top"] = top if i == 0 else paired_test(totals[i] - totals[0], weights, mde[i])
         row["p_best"] = p_best.get(i)
         row["top_group"] = None if i not in p_best else bool(p_best[i] >= ALPHA)
     return ranked
+
+
+def floor_tests(ranked: list[dict[str, Any]], totals: np.ndarray, weights: np.ndarray) -> dict[int, dict]:
+    """Row index -> (model - floor) gap, paired sign-flip p and its Holm adjustment over the models:
+    "clears the floor" is a claim about every model at once. Empty without a complete floor row."""
+    floor = next((i for i, r in enumerate(ranked) if r["baseline"]), None)
+    if floor is None:
+        return {}
+    models = [i for i, r in enumerate(ranked) if not r["baseline"]]
+    tests = {i: paired_test(totals[i] - totals[floor], weights, None) for i in models}
+    adjusted = stats.holm([tests[i]["p"] for i in models])
+    return {i: {"diff": tests[i]["diff"], "p": tests[i]["p"], "p_holm": p} for i, p in zip(models, adjusted)}
+
+
+def beats_floor(row: dict[str, Any]) -> bool | None:
+    """True when the model is above the floor at the board's alpha after Holm; None: not tested."""
+    test = row.get("vs_floor")
+    return None if test is None else bool(test["diff"] > 0 and test["p_holm"] < ALPHA)
 
 
 def settings() -> dict[str, Any]:

@@ -90,7 +90,7 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         columns += [f"{key}_mean", f"{key}_ci_lo", f"{key}_ci_hi"]
     columns += ["diff_vs_top", "p_vs_top", "mde_vs_top", "p_best_set", "in_best_set", "n_subjects_tested"]
     columns += ["rank_ci_lo", "rank_ci_hi", "seed_sd"]
-    columns += [key for key, *_ in RUN_MEANS] + list(COST) + ["external"]
+    columns += [key for key, *_ in RUN_MEANS] + list(COST) + ["external", "diff_vs_floor", "p_vs_floor"]
     rows = []
     for r in board["rows"] + board.get("incomplete", []):
         ranked = "rank" in r
@@ -109,6 +109,8 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         line += [fmt(r["run_means"][key], 6) for key, *_ in RUN_MEANS]
         line += [fmt_cost(r, k, 0 if k == "params" else 6) for k in COST]
         line.append(r.get("external") or "")
+        floor = r.get("vs_floor") or {}
+        line += [fmt(floor.get("diff"), 6), fmt(floor.get("p_holm"), 6)]
         rows.append(line)
     return columns, rows
 
@@ -245,6 +247,25 @@ def power_note(board: dict[str, Any]) -> str | None:
     )
 
 
+def floor_note(board: dict[str, Any]) -> str | None:
+    """One line naming the models not shown to beat the all-empty floor (issue 20), and why it can be:
+    a model that does not learn the presence of a nerve within the budget scores like predicting
+    nothing. Silent when every model clears it, or when too few subjects let nothing be shown."""
+    if resolution_note(board):
+        return None
+    below = [r for r in board["rows"] if bs.beats_floor(r) is False]
+    if not below:
+        return None
+    parts = [
+        f"{r['model']} ({r['vs_floor']['diff']:+.3f}, p {fmt_p(r['vs_floor']['p_holm'])})" for r in below
+    ]
+    return (
+        "Not shown to beat the all-empty floor (gap to it, Holm-adjusted paired sign-flip p): "
+        f"{', '.join(parts)}. A model that has not learned where (or whether) the nerve is within its "
+        "budget scores like predicting nothing."
+    )
+
+
 def seeds_note(board: dict[str, Any]) -> str:
     seeds = board["header"]["seeds"]
     if len(seeds) < 2:
@@ -261,7 +282,8 @@ def seeds_note(board: dict[str, Any]) -> str:
 
 def notes(board: dict[str, Any]) -> list[str]:
     """The notes printed under the accuracy table."""
-    found = [resolution_note(board), power_note(board), seeds_note(board) if board["rows"] else None]
+    found = [resolution_note(board), floor_note(board), power_note(board)]
+    found.append(seeds_note(board) if board["rows"] else None)
     found.append(recipe.note(board["header"].get("recipe") or {"per_model": {}}))
     return [n for n in found if n]
 

@@ -88,6 +88,34 @@ def twelve_subject_runs(model, per_subject):
     return model_runs(model, {0: per_subject}, subjects=subjects, empty=[False] * 12, fold_of=fold_of)
 
 
+def test_the_floor_note_names_models_not_shown_to_beat_predicting_nothing():
+    """Issue 20: the board says in one line which models do not clear the all-empty floor. Every truth
+    is positive, so the floor scores 0 and each gap is the model's Dice; exact sign flips over 2^12
+    patterns (zero differences flip to themselves), Holm over the 3 models."""
+    models = {
+        "good": [0.9] * 12,  # every subject above: p = 2/4096, Holm x3
+        "edge": [0.3] * 6 + [0.0] * 6,  # 6 subjects above: p = 2/64 = 0.031, Holm x2 = 0.0625
+        "weak": [0.3] * 3 + [0.0] * 9,  # 3 subjects above: p = 2/8, Holm x1
+    }
+    b = board(*(twelve_subject_runs(m, v) for m, v in models.items()))
+    rows = {r["model"]: r for r in b["rows"]}
+    floor = {m: rows[m]["vs_floor"] for m in models}
+    assert floor["good"] == pytest.approx({"diff": 0.9, "p": 2 / 4096, "p_holm": 6 / 4096})
+    assert floor["edge"] == pytest.approx({"diff": 0.15, "p": 2 / 64, "p_holm": 4 / 64})
+    assert floor["weak"] == pytest.approx({"diff": 0.075, "p": 0.25, "p_holm": 0.25})
+    assert rows["empty"]["vs_floor"] is None and bs.beats_floor(rows["empty"]) is None
+    assert [bs.beats_floor(rows[m]) for m in models] == [True, False, False]  # edge: only Holm stops it
+    note = tables.floor_note(b)
+    assert note is not None and note.startswith("Not shown to beat the all-empty floor")
+    assert "edge (+0.150, p 0.0625), weak (+0.075, p 0.2500)" in note and "good" not in note
+    assert f"**Note**: {note}" in tables.markdown(b)
+    columns, lines = tables.csv_table(b)
+    edge = dict(zip(columns, next(line for line in lines if line[1] == "edge")))
+    assert (edge["diff_vs_floor"], edge["p_vs_floor"]) == ("0.150000", "0.062500")
+    clear = board(twelve_subject_runs("good", models["good"]))
+    assert tables.floor_note(clear) is None  # every model above the floor: no line
+
+
 def test_top_group_is_the_confidence_set_for_the_best():
     top = [0.9] * 12
     mid = [0.8] * 10 + [1.0] * 2  # 10 subjects 0.1 worse, 2 subjects 0.1 better
