@@ -81,15 +81,26 @@ def rank_rows(rows: list[dict[str, Any]], images: dict[str, dict[str, np.ndarray
 
 
 def floor_tests(ranked: list[dict[str, Any]], totals: np.ndarray, weights: np.ndarray) -> dict[int, dict]:
-    """Row index -> (model - floor) gap, paired sign-flip p and its Holm adjustment over the models:
-    "clears the floor" is a claim about every model at once. Empty without a complete floor row."""
+    """Row index -> (model - floor) gap, ONE-sided paired sign-flip p of "above the floor" and its Holm
+    adjustment over the models ("clears the floor" is a directional claim about every model at once).
+
+    The sign-flip null is symmetric, so for a positive gap the one-sided p is half the two-sided one
+    (exactly so when all 2^n flips are enumerated); a gap <= 0 gets p = 1. Empty without a floor row."""
     floor = next((i for i, r in enumerate(ranked) if r["baseline"]), None)
     if floor is None:
         return {}
     models = [i for i, r in enumerate(ranked) if not r["baseline"]]
     tests = {i: paired_test(totals[i] - totals[floor], weights, None) for i in models}
-    adjusted = stats.holm([tests[i]["p"] for i in models])
-    return {i: {"diff": tests[i]["diff"], "p": tests[i]["p"], "p_holm": p} for i, p in zip(models, adjusted)}
+    one_sided = [tests[i]["p"] / 2 if tests[i]["diff"] > 0 else 1.0 for i in models]
+    adjusted = stats.holm(list(one_sided))
+    return {
+        i: {"diff": tests[i]["diff"], "p": p, "p_holm": q} for i, p, q in zip(models, one_sided, adjusted)
+    }
+
+
+def floor_resolution(n_subjects: int, n_models: int) -> float:
+    """The smallest Holm-adjusted one-sided p any model can reach against the floor: n_models / 2^n."""
+    return n_models / 2.0**n_subjects
 
 
 def beats_floor(row: dict[str, Any]) -> bool | None:

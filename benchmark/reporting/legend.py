@@ -121,9 +121,9 @@ def legend(board: dict[str, Any]) -> dict[str, str]:
         "than the best is the top group's question",
         "diff_vs_floor": "this model's mean post-processed Dice minus the all-empty floor's, over all images "
         "(the floor's own row and boards without it: n/a)",
-        "p_vs_floor": "the paired sign-flip test of diff_vs_floor (as p_vs_top), Holm-adjusted over the "
-        f"models; above {bs.ALPHA} or a negative gap: not shown to beat predicting nothing (a note says "
-        "so)",
+        "p_vs_floor": "one-sided paired sign-flip p-value of 'no better than the floor' (per-subject totals "
+        "as for p_vs_top; half the two-sided p for a positive gap, 1 otherwise), Holm-adjusted over the "
+        f"models; {bs.ALPHA} or more: not shown to beat predicting nothing (a note says so)",
         "mde_vs_top": f"smallest true gap to the top that p_vs_top detects with {bs.POWER:.0%} probability "
         f"at alpha {bs.ALPHA}, for this board's subjects and the observed spread of this model's "
         "per-subject differences from the top (subjects resampled; the gap added to each subject in "

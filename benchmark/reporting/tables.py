@@ -248,21 +248,27 @@ def power_note(board: dict[str, Any]) -> str | None:
 
 
 def floor_note(board: dict[str, Any]) -> str | None:
-    """One line naming the models not shown to beat the all-empty floor (issue 20), and why it can be:
-    a model that does not learn the presence of a nerve within the budget scores like predicting
-    nothing. Silent when every model clears it, or when too few subjects let nothing be shown."""
-    if resolution_note(board):
+    """One line naming the models not shown to beat the all-empty floor (issue 20), or saying that the
+    sample cannot show it for any model. Silent when every model clears it, and where
+    :func:`resolution_note` already says that nothing can be significant."""
+    tested = [r for r in board["rows"] if bs.beats_floor(r) is not None]
+    below = [r for r in tested if not bs.beats_floor(r)]
+    if resolution_note(board) or not below:
         return None
-    below = [r for r in board["rows"] if bs.beats_floor(r) is False]
-    if not below:
-        return None
-    parts = [
-        f"{r['model']} ({r['vs_floor']['diff']:+.3f}, p {fmt_p(r['vs_floor']['p_holm'])})" for r in below
-    ]
+    n = _n_subjects(board) or 0
+    limit = bs.floor_resolution(n, len(tested))
+    if limit >= bs.ALPHA:
+        return (
+            f"With {n} subjects and {len(tested)} models no model can be shown to beat the all-empty floor: "
+            f"the smallest Holm-adjusted one-sided sign-flip p is {len(tested)}/2^{n} = {limit:.4f} >= "
+            f"{bs.ALPHA}. A limit of the sample, not of the models."
+        )
+    parts = [f"{r['model']} ({r['vs_floor']['diff']:+.3f}, p {fmt_p(r['vs_floor']['p_holm'])})"
+             for r in below]  # fmt: skip
     return (
-        "Not shown to beat the all-empty floor (gap to it, Holm-adjusted paired sign-flip p): "
-        f"{', '.join(parts)}. A model that has not learned where (or whether) the nerve is within its "
-        "budget scores like predicting nothing."
+        "Not shown to beat the all-empty floor (gap to it; one-sided paired sign-flip p, Holm over the "
+        f"models): {', '.join(parts)}. A model that has not learned where (or whether) the nerve is "
+        "within its budget scores like predicting nothing."
     )
 
 

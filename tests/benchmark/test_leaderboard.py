@@ -90,30 +90,46 @@ def twelve_subject_runs(model, per_subject):
 
 def test_the_floor_note_names_models_not_shown_to_beat_predicting_nothing():
     """Issue 20: the board says in one line which models do not clear the all-empty floor. Every truth
-    is positive, so the floor scores 0 and each gap is the model's Dice; exact sign flips over 2^12
-    patterns (zero differences flip to themselves), Holm over the 3 models."""
+    is positive, so the floor scores 0 and each gap is the model's Dice. One-sided exact sign flips
+    over 2^12 patterns (zero differences flip to themselves), Holm over the 3 models."""
     models = {
-        "good": [0.9] * 12,  # every subject above: p = 2/4096, Holm x3
-        "edge": [0.3] * 6 + [0.0] * 6,  # 6 subjects above: p = 2/64 = 0.031, Holm x2 = 0.0625
-        "weak": [0.3] * 3 + [0.0] * 9,  # 3 subjects above: p = 2/8, Holm x1
+        "good": [0.9] * 12,  # every subject above: p = 1/4096, Holm x3
+        "edge": [0.3] * 5 + [0.0] * 7,  # 5 subjects above: p = 1/32 = 0.031 < 0.05, Holm x2 = 0.0625
+        "weak": [0.3] * 3 + [0.0] * 9,  # 3 subjects above: p = 1/8, Holm x1
     }
     b = board(*(twelve_subject_runs(m, v) for m, v in models.items()))
     rows = {r["model"]: r for r in b["rows"]}
     floor = {m: rows[m]["vs_floor"] for m in models}
-    assert floor["good"] == pytest.approx({"diff": 0.9, "p": 2 / 4096, "p_holm": 6 / 4096})
-    assert floor["edge"] == pytest.approx({"diff": 0.15, "p": 2 / 64, "p_holm": 4 / 64})
-    assert floor["weak"] == pytest.approx({"diff": 0.075, "p": 0.25, "p_holm": 0.25})
+    assert floor["good"] == pytest.approx({"diff": 0.9, "p": 1 / 4096, "p_holm": 3 / 4096})
+    assert floor["edge"] == pytest.approx({"diff": 0.125, "p": 1 / 32, "p_holm": 2 / 32})
+    assert floor["weak"] == pytest.approx({"diff": 0.075, "p": 1 / 8, "p_holm": 1 / 8})
     assert rows["empty"]["vs_floor"] is None and bs.beats_floor(rows["empty"]) is None
     assert [bs.beats_floor(rows[m]) for m in models] == [True, False, False]  # edge: only Holm stops it
     note = tables.floor_note(b)
     assert note is not None and note.startswith("Not shown to beat the all-empty floor")
-    assert "edge (+0.150, p 0.0625), weak (+0.075, p 0.2500)" in note and "good" not in note
+    assert "edge (+0.125, p 0.0625), weak (+0.075, p 0.1250)" in note and "good" not in note
     assert f"**Note**: {note}" in tables.markdown(b)
     columns, lines = tables.csv_table(b)
     edge = dict(zip(columns, next(line for line in lines if line[1] == "edge")))
-    assert (edge["diff_vs_floor"], edge["p_vs_floor"]) == ("0.150000", "0.062500")
+    assert (edge["diff_vs_floor"], edge["p_vs_floor"]) == ("0.125000", "0.062500")
     clear = board(twelve_subject_runs("good", models["good"]))
     assert tables.floor_note(clear) is None  # every model above the floor: no line
+
+
+def test_the_floor_note_blames_the_sample_when_no_model_could_clear_it():
+    """6 subjects, 4 models: even a model above the floor on every subject has one-sided p = 1/64,
+    Holm x4 = 0.0625 >= 0.05. The note says it is the sample's limit, not the models'."""
+    subjects, fold_of = list(range(1, 7)), [0] * 3 + [1] * 3
+    runs = [model_runs(m, {0: [0.9] * 6}, subjects=subjects, empty=[False] * 6, fold_of=fold_of)
+            for m in ("a", "b", "c", "d")]  # fmt: skip
+    b = board(*runs)
+    assert tables.resolution_note(b) is None and bs.floor_resolution(6, 4) == pytest.approx(0.0625)
+    assert all(r["vs_floor"]["p_holm"] == pytest.approx(4 / 64) for r in b["rows"] if not r["baseline"])
+    assert tables.floor_note(b) == (
+        "With 6 subjects and 4 models no model can be shown to beat the all-empty floor: the smallest "
+        "Holm-adjusted one-sided sign-flip p is 4/2^6 = 0.0625 >= 0.05. A limit of the sample, not of "
+        "the models."
+    )
 
 
 def test_top_group_is_the_confidence_set_for_the_best():
