@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,28 @@ def test_dry_run_prints_and_downloads_nothing(tmp_path, capsys):
     assert "pip download" in capsys.readouterr().out and not out.exists()
     with pytest.raises(SystemExit):
         wheelhouse.main(["--python-version", "312", "--dry-run"])
+
+
+def test_every_extra_that_make_install_installs_is_downloaded():
+    """tools/install.sh installs .[dev,onnx,nnunet]; a wheelhouse of the dev extra alone stopped the
+    documented offline `make install` at the first onnx or nnunetv2 requirement."""
+    installed = re.search(r'-e "\.\[([a-z,]+)\]"', (ROOT / "tools" / "install.sh").read_text())
+    assert installed is not None
+    wanted = {re.split(r"[<>=!~ ]", r)[0] for r in wheelhouse.project_requirements()}
+    assert set(installed.group(1).split(",")) == {"dev", "onnx", "nnunet"}
+    extras = {"pytest", "onnx", "onnxscript", "onnxruntime", "nnunetv2", "dynamic-network-architectures"}
+    assert extras <= wanted
+
+
+def test_source_only_pins_are_built_here_as_pure_wheels(tmp_path):
+    """acvl-utils 0.2.6 (nnunetv2's) publishes no wheel, so a wheels-only download could not resolve
+    nnunetv2 for any target; it is built here first, and only a py3-none-any build may serve another
+    Python or platform."""
+    (cmd,) = wheelhouse.source_builds(tmp_path, python="py")
+    assert cmd == ["py", "-m", "pip", "wheel", "--no-deps", "--no-binary", ":all:", "--wheel-dir",
+                   str(tmp_path), f"acvl-utils=={wheelhouse.pins()['acvl-utils']}"]  # fmt: skip
+    (tmp_path / "acvl_utils-0.2.6-py3-none-any.whl").write_bytes(b"")
+    (tmp_path / "numpy-2.3.0-cp312-cp312-manylinux_2_17_x86_64.whl").write_bytes(b"")  # downloaded: fine
+    assert wheelhouse.impure(tmp_path) == []
+    (tmp_path / "acvl_utils-0.2.6-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
+    assert wheelhouse.impure(tmp_path) == ["acvl_utils-0.2.6-cp311-cp311-linux_x86_64.whl"]

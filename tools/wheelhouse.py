@@ -5,10 +5,12 @@ For air-gapped GPU clusters: run this where PyPI is reachable, copy the reposito
 
     PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/wheelhouse" make install PYTHON=python3.12
 
-What is downloaded: the project's dependencies and its ``dev`` extra (pyproject.toml) at the
-versions pinned by requirements/constraints.txt, with everything they pull in, plus setuptools
+What is downloaded: the project's dependencies and every extra ``make install`` installs (``dev``,
+``onnx``, ``nnunet``: all of pyproject.toml's optional groups) at the versions pinned by
+requirements/constraints.txt, with everything they pull in, plus setuptools
 (the build backend ``pip install -e .`` needs offline). Only wheels (``--only-binary=:all:``), so
-nothing is compiled on the cluster. torch comes as one of two builds:
+nothing is compiled on the cluster; the few pinned packages that publish no wheel (``SOURCE_ONLY``)
+are pure Python and built here into ``py3-none-any`` wheels first. torch comes as one of two builds:
 
 - ``--torch cuda`` (default): the PyPI wheel, which on Linux x86_64 is the CUDA build and brings its
   ``nvidia-*`` runtime wheels (several GB); torchvision from PyPI matches it. Another CUDA version:
@@ -30,10 +32,14 @@ CONSTRAINTS = ROOT / "requirements" / "constraints.txt"
 TORCH_INDEX = {"cuda": None, "cpu": "https://download.pytorch.org/whl/cpu"}  # None: PyPI
 TORCH_PACKAGES = ("torch", "torchvision")
 BUILD = ("setuptools>=61",)  # pyproject's build-system
+# Pinned packages that publish no wheel at all (nnunetv2 needs acvl-utils 0.2.6: sdist only). Each is
+# pure Python, so a wheel built here once (py3-none-any) serves every target Python and platform.
+SOURCE_ONLY = ("acvl-utils",)
 
 
 def project_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
-    """The dependencies and the dev extra of pyproject.toml (ranges; the lock pins them)."""
+    """The dependencies and every optional group of pyproject.toml (ranges; the lock pins them):
+    tools/install.sh installs ``.[dev,onnx,nnunet]``, so an offline install needs all of them."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -41,7 +47,8 @@ def project_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]
             "wheelhouse: needs Python >= 3.11 to read pyproject.toml (PYTHON=python3.11 make wheelhouse)"
         )
     project = tomllib.loads(pyproject.read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["dev"], *BUILD]
+    extras = [req for group in project["optional-dependencies"].values() for req in group]
+    return [*project["dependencies"], *extras, *BUILD]
 
 
 def pins(constraints: Path = CONSTRAINTS) -> dict[str, str]:
@@ -111,6 +118,24 @@ def commands(
     return cmds
 
 
+def source_builds(out: Path, python: str = sys.executable) -> list[list[str]]:
+    """``pip wheel`` of each pinned SOURCE_ONLY package into ``out``, before the downloads find it there."""
+    locked = pins()
+    return [
+        [python, "-m", "pip", "wheel", "--no-deps", "--no-binary", ":all:", "--wheel-dir", str(out),
+         f"{name}=={locked[name]}"]
+        for name in SOURCE_ONLY
+        if name in locked
+    ]  # fmt: skip
+
+
+def impure(out: Path) -> list[str]:
+    """Wheels built from SOURCE_ONLY packages that are not ``py3-none-any``: they would only install on
+    this machine's Python and platform, not on the target's."""
+    built = [w for w in out.glob("*.whl") if normalise(w.name.split("-")[0]) in SOURCE_ONLY]
+    return sorted(w.name for w in built if not w.name.endswith("-py3-none-any.whl"))
+
+
 def unpinned(out: Path) -> list[str]:
     """Downloaded distributions the lock does not pin (torch's nvidia-* runtime, setuptools, ...)."""
     locked = pins()
@@ -129,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not re.fullmatch(r"3\.\d+", args.python_version):
         p.error(f"--python-version: expected 3.X, got {args.python_version!r}")
-    cmds = commands(args.python_version, args.platform, args.torch, args.out, args.torch_index)
+    cmds = source_builds(args.out) + commands(
+        args.python_version, args.platform, args.torch, args.out, args.torch_index
+    )
     for cmd in cmds:
         print(" ".join(cmd), flush=True)
     if args.dry_run:
@@ -140,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(cmd).returncode != 0:
             print("wheelhouse: pip download failed (see above); the wheels so far stay in", args.out)
             return 1
+    if impure(args.out):
+        print(f"wheelhouse: built for this machine only, not the target: {', '.join(impure(args.out))}")
+        return 1
     wheels = sorted(args.out.glob("*.whl"))
     size = sum(w.stat().st_size for w in wheels) / 2**30
     seconds = time.perf_counter() - start
