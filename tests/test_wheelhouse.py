@@ -99,10 +99,26 @@ def test_source_only_pins_are_built_here_as_pure_wheels(tmp_path):
     nnunetv2 for any target; it is built here first, and only a py3-none-any build may serve another
     Python or platform."""
     (cmd,) = wheelhouse.source_builds(tmp_path, python="py")
-    assert cmd == ["py", "-m", "pip", "wheel", "--no-deps", "--no-binary", ":all:", "--wheel-dir",
+    assert cmd == ["py", "-m", "pip", "wheel", "--no-deps", "--no-binary", "acvl-utils", "--wheel-dir",
                    str(tmp_path), f"acvl-utils=={wheelhouse.pins()['acvl-utils']}"]  # fmt: skip
     (tmp_path / "acvl_utils-0.2.6-py3-none-any.whl").write_bytes(b"")
     (tmp_path / "numpy-2.3.0-cp312-cp312-manylinux_2_17_x86_64.whl").write_bytes(b"")  # downloaded: fine
     assert wheelhouse.impure(tmp_path) == []
     (tmp_path / "acvl_utils-0.2.6-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
     assert wheelhouse.impure(tmp_path) == ["acvl_utils-0.2.6-cp311-cp311-linux_x86_64.whl"]
+
+
+def test_an_impure_source_build_stops_before_any_download(tmp_path, monkeypatch, capsys):
+    """A platform-tagged build of a source-only package cannot serve the target: say so at once,
+    not after gigabytes of downloads whose resolution would fail on it anyway."""
+    ran = []
+
+    def fake_run(cmd):
+        ran.append(cmd[3])
+        if cmd[3] == "wheel":
+            (tmp_path / "acvl_utils-0.2.6-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(wheelhouse.subprocess, "run", fake_run)
+    assert wheelhouse.main(["--python-version", "3.12", "--out", str(tmp_path)]) == 1
+    assert ran == ["wheel"] and "built for this machine only" in capsys.readouterr().out

@@ -122,7 +122,7 @@ def source_builds(out: Path, python: str = sys.executable) -> list[list[str]]:
     """``pip wheel`` of each pinned SOURCE_ONLY package into ``out``, before the downloads find it there."""
     locked = pins()
     return [
-        [python, "-m", "pip", "wheel", "--no-deps", "--no-binary", ":all:", "--wheel-dir", str(out),
+        [python, "-m", "pip", "wheel", "--no-deps", "--no-binary", name, "--wheel-dir", str(out),
          f"{name}=={locked[name]}"]
         for name in SOURCE_ONLY
         if name in locked
@@ -143,6 +143,14 @@ def unpinned(out: Path) -> list[str]:
     return sorted(n for n in names if n not in locked)
 
 
+def run_all(cmds: list[list[str]], what: str, out: Path) -> bool:
+    for cmd in cmds:
+        if subprocess.run(cmd).returncode != 0:
+            print(f"wheelhouse: {what} failed (see above); the wheels so far stay in {out}")
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--python-version", required=True, help="target CPython, e.g. 3.12")
@@ -154,21 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not re.fullmatch(r"3\.\d+", args.python_version):
         p.error(f"--python-version: expected 3.X, got {args.python_version!r}")
-    cmds = source_builds(args.out) + commands(
-        args.python_version, args.platform, args.torch, args.out, args.torch_index
-    )
-    for cmd in cmds:
+    builds = source_builds(args.out)
+    downloads = commands(args.python_version, args.platform, args.torch, args.out, args.torch_index)
+    for cmd in builds + downloads:
         print(" ".join(cmd), flush=True)
     if args.dry_run:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for cmd in cmds:
-        if subprocess.run(cmd).returncode != 0:
-            print("wheelhouse: pip download failed (see above); the wheels so far stay in", args.out)
-            return 1
-    if impure(args.out):
+    if not run_all(builds, "pip wheel", args.out):
+        return 1
+    if impure(args.out):  # before gigabytes of downloads that could not resolve with it anyway
         print(f"wheelhouse: built for this machine only, not the target: {', '.join(impure(args.out))}")
+        return 1
+    if not run_all(downloads, "pip download", args.out):
         return 1
     wheels = sorted(args.out.glob("*.whl"))
     size = sum(w.stat().st_size for w in wheels) / 2**30

@@ -99,8 +99,11 @@ def floor_tests(ranked: list[dict[str, Any]], totals: np.ndarray, weights: np.nd
 
 
 def floor_resolution(n_subjects: int, n_models: int) -> float:
-    """The smallest Holm-adjusted one-sided p any model can reach against the floor: n_models / 2^n."""
-    return n_models / 2.0**n_subjects
+    """The smallest Holm-adjusted one-sided p a model can reach against the floor, at best (subjects
+    with no difference raise it): n_models x the smallest one-sided sign-flip p, 1/2^n when all flips
+    are enumerated, else 1/(2 (1 + N_PERM))."""
+    exact = n_subjects <= EXACT_MAX
+    return n_models * max(2.0**-n_subjects, 0.0 if exact else 1.0 / (2 * (1 + N_PERM)))
 
 
 def beats_floor(row: dict[str, Any]) -> bool | None:

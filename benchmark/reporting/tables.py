@@ -226,9 +226,10 @@ def resolution_note(board: dict[str, Any]) -> str | None:
     if n is None or len(board["rows"]) < 2 or n >= ranking.MIN_SUBJECTS:
         return None
     return (
-        f"With {n} subject{'s' if n > 1 else ''} no difference can be significant here: the smallest "
-        f"possible sign-flip p is 2/2^{n} = {2.0 / 2**n:.4f} >= {bs.ALPHA}, and a bootstrap of so few "
-        "subjects tells nothing apart. Every model is in the top group by lack of subjects, not by merit."
+        f"With {n} subject{'s' if n > 1 else ''} no gap to the top can be significant here: the "
+        f"smallest possible two-sided sign-flip p is 2/2^{n} = {2.0 / 2**n:.4f} >= {bs.ALPHA}, and a "
+        "bootstrap of so few subjects tells nothing apart. Every model is in the top group by lack of "
+        "subjects, not by merit."
     )
 
 
@@ -249,19 +250,20 @@ def power_note(board: dict[str, Any]) -> str | None:
 
 def floor_note(board: dict[str, Any]) -> str | None:
     """One line naming the models not shown to beat the all-empty floor (issue 20), or saying that the
-    sample cannot show it for any model. Silent when every model clears it, and where
-    :func:`resolution_note` already says that nothing can be significant."""
+    sample cannot show it for any model. Silent when every model clears it. (The one-sided floor test
+    can be significant with fewer subjects than the two-sided tests of :func:`resolution_note`.)"""
     tested = [r for r in board["rows"] if bs.beats_floor(r) is not None]
     below = [r for r in tested if not bs.beats_floor(r)]
-    if resolution_note(board) or not below:
+    if not below:
         return None
     n = _n_subjects(board) or 0
     limit = bs.floor_resolution(n, len(tested))
     if limit >= bs.ALPHA:
         return (
-            f"With {n} subjects and {len(tested)} models no model can be shown to beat the all-empty floor: "
-            f"the smallest Holm-adjusted one-sided sign-flip p is {len(tested)}/2^{n} = {limit:.4f} >= "
-            f"{bs.ALPHA}. A limit of the sample, not of the models."
+            f"With {n} subject{'s' if n > 1 else ''} and {len(tested)} model{'s' if len(tested) > 1 else ''} "
+            "no model can be shown to beat the all-empty "
+            "floor: the smallest Holm-adjusted one-sided sign-flip p is at best "
+            f"{len(tested)}/2^{n} = {limit:.4f} >= {bs.ALPHA}. A limit of the sample, not of the models."
         )
     parts = [f"{r['model']} ({r['vs_floor']['diff']:+.3f}, p {fmt_p(r['vs_floor']['p_holm'])})"
              for r in below]  # fmt: skip

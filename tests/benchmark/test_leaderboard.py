@@ -127,9 +127,28 @@ def test_the_floor_note_blames_the_sample_when_no_model_could_clear_it():
     assert all(r["vs_floor"]["p_holm"] == pytest.approx(4 / 64) for r in b["rows"] if not r["baseline"])
     assert tables.floor_note(b) == (
         "With 6 subjects and 4 models no model can be shown to beat the all-empty floor: the smallest "
-        "Holm-adjusted one-sided sign-flip p is 4/2^6 = 0.0625 >= 0.05. A limit of the sample, not of "
-        "the models."
+        "Holm-adjusted one-sided sign-flip p is at best 4/2^6 = 0.0625 >= 0.05. A limit of the sample, "
+        "not of the models."
     )
+    # the one-sided test needs fewer subjects than the two-sided ones: with 5 subjects and one model
+    # (p = 1/32) the floor can be beaten although no gap to the top can be significant
+    five = board(model_runs("a", {0: [0.9] * 5}, subjects=[1, 2, 3, 4, 5], empty=[False] * 5,
+                            fold_of=[0, 0, 0, 1, 1]))  # fmt: skip
+    assert tables.resolution_note(five) is not None and bs.beats_floor(five["rows"][0]) is True
+    assert bs.floor_resolution(25, 2) == pytest.approx(2 / (2 * (1 + bs.N_PERM)))  # Monte Carlo's limit
+
+
+def test_a_model_below_the_floor_gets_p_one_and_is_named():
+    """Every truth empty: the floor scores 1 and a model with false positives is below it. A negative
+    gap is never evidence of beating the floor, whatever its two-sided p (here 2/4096)."""
+    runs = model_runs("noisy", {0: [0.5] * 12}, subjects=list(range(1, 13)), empty=[True] * 12,
+                      fold_of=[0] * 6 + [1] * 6)  # fmt: skip
+    b = board(runs)
+    noisy = row(b, "noisy")
+    assert noisy["vs_floor"] == pytest.approx({"diff": -0.5, "p": 1.0, "p_holm": 1.0})
+    assert bs.beats_floor(noisy) is False and noisy["rank"] == 2  # the floor ranks first here
+    assert noisy["vs_top"]["p"] == pytest.approx(2 / 4096)  # two-sided: significant, but below
+    assert "noisy (-0.500, p 1.0000)" in tables.floor_note(b)
 
 
 def test_top_group_is_the_confidence_set_for_the_best():
@@ -326,7 +345,7 @@ def test_one_subject_or_identical_models_give_a_defined_board_without_warnings()
     assert [r["rank_ci"] for r in b["rows"]] == [[1, 3]] * 3 and b["rows"][0]["metrics"]["kaggle_dice"][
         "lo"
     ] is None
-    assert "With 1 subject no difference" in text
+    assert "With 1 subject no gap to the top" in text
     a, b2 = same["rows"][:2]
     assert b2["vs_top"] == {"diff": 0.0, "p": 1.0, "n_subjects": 12, "mde": 0.0}
     assert a["p_best"] == b2["p_best"] == 1.0 and a["rank_ci"] == b2["rank_ci"] == [1, 2]

@@ -244,6 +244,6 @@ def test_floor_test_keeps_its_level_one_sided_and_over_the_models(monkeypatch):
         unadjusted[i] = any(t["p"] < 0.05 for t in tests.values())
     one, fam, raw = float(single.mean()), float(family.mean()), float(unadjusted.mean())
     print(f"floor test, 40 subjects, equal means: one {one:.4f}, any of 3 {fam:.4f} (no Holm {raw:.4f})")
-    assert 0.02 <= one <= 0.05 + 2 * _se(one, reps)
+    assert 0.033 <= one <= 0.05 + 2 * _se(one, reps)  # the two-sided p unhalved holds about 0.025
     assert fam <= 0.05 + 2 * _se(fam, reps)
     assert raw > 0.07  # the correction matters: without it, one of three equal models "clears" it often
