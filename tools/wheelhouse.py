@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     if not run_all(builds, "pip wheel", args.out):
         return 1
-    if impure(args.out):  # before gigabytes of downloads that could not resolve with it anyway
-        print(f"wheelhouse: built for this machine only, not the target: {', '.join(impure(args.out))}")
+    local_only = impure(args.out)
+    if local_only:  # before gigabytes of downloads that could not resolve with it anyway
+        print(f"wheelhouse: built for this machine only, not the target: {', '.join(local_only)}")
         return 1
     if not run_all(downloads, "pip download", args.out):
         return 1

@@ -252,7 +252,7 @@ def floor_note(board: dict[str, Any]) -> str | None:
     """One line naming the models not shown to beat the all-empty floor (issue 20), or saying that the
     sample cannot show it for any model. Silent when every model clears it. (The one-sided floor test
     can be significant with fewer subjects than the two-sided tests of :func:`resolution_note`.)"""
-    tested = [r for r in board["rows"] if bs.beats_floor(r) is not None]
+    tested = [r for r in board["rows"] if r.get("vs_floor") is not None]
     below = [r for r in tested if not bs.beats_floor(r)]
     if not below:
         return None
