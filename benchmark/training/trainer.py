@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from benchmark.core.config import TrainConfig
-from benchmark.training.callbacks import EpochHistory, ResumeCheckpoint, ResumeRandomState
+from benchmark.training.callbacks import CloseProcessGroup, EpochHistory, ResumeCheckpoint, ResumeRandomState
 from benchmark.training.checkpoint import (
     BEST,
     LAST,
@@ -116,7 +116,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         sync_batchnorm=gpu and cfg.world_size() > 1,
         limit_train_batches=cfg.limit_train_batches or 1.0,
         num_sanity_val_steps=0,
-        callbacks=[*checkpoint, EpochHistory(), ResumeRandomState(), *(callbacks or [])],
+        callbacks=[*checkpoint, EpochHistory(), ResumeRandomState(), CloseProcessGroup(), *(callbacks or [])],
         plugins=[SafeCheckpointIO()],
         logger=_logger(cfg, out_dir),
         log_every_n_steps=10,
