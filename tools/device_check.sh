@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 15 on a lent device machine, from the kit `python tools/devkit.py build`
+# wrote here (.devkit/, git-ignored, carried: run(command=..., carry=[".devkit"])).
+#
+#   tools/device_check.sh doctor      # `benchmark doctor` (<= 8 min on an H100) -> $OUT/doctor.{txt,json}
+#   tools/device_check.sh benchmark   # uns_positive.yaml on the rebuilt layout -> $OUT/uns-positive.md
+#   tools/device_check.sh doctor benchmark
+#
+# BENCH_ARGS adds options to the benchmark stage's `benchmark run` (a rehearsal on a CPU box:
+# BENCH_ARGS="--set image_size=32 --set epochs=1 --set precision=32 --set gpu_cache=false").
+#
+# Each stage writes what it printed to $OUT, so a stage killed at the call's limit still reports.
+# The packages go into .devkit/site once: a later call on the same warm machine reuses them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/device_out}
+KIT=.devkit
+SITE=$KIT/site
+mkdir -p "$OUT"
+
+if [ ! -d "$KIT/wheels" ]; then
+    echo "device_check: no $KIT here: run 'python tools/devkit.py build' and carry .devkit" >&2
+    exit 2
+fi
+if [ ! -f "$SITE/.complete" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$KIT"/wheels/*.whl \
+        && tar xJf "$KIT/ray.tar.xz" -C "$SITE" && touch "$SITE/.complete" || exit 2
+fi
+export PYTHONPATH="$PWD:$PWD/$SITE" PYTHONUNBUFFERED=1
+# No network there, and none may be tried (the CLI sets these too; Ray reads its own at import).
+export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline RAY_USAGE_STATS_ENABLED=0
+
+# Real frames for both stages. The doctor's own synthetic layout is LZW-compressed and so would need
+# imagecodecs, which the kit leaves behind; uns-positive rebuilt uncompressed serves it as well.
+DATA=/tmp/uns-positive
+[ -d $DATA/train ] || python3 tools/devkit.py layout --out $DATA || exit 2
+
+status=0
+for stage in "$@"; do
+    case $stage in
+        doctor)
+            nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia-smi.txt"
+            timeout 540 python3 -m benchmark doctor --data-dir $DATA --json "$OUT/doctor.json" 2>&1 | tee "$OUT/doctor.txt" || status=1
+            ;;
+        benchmark)
+            timeout 480 python3 -m benchmark run --config benchmark/configs/uns_positive.yaml \
+                --data-dir $DATA --results-dir /tmp/uns-positive-results --set logger=csv \
+                ${BENCH_ARGS:-} 2>&1 | tee "$OUT/uns-positive.txt" || status=1
+            cp /tmp/uns-positive-results/leaderboard.md "$OUT/uns-positive.md" 2>/dev/null || status=1
+            ;;
+        *)
+            echo "device_check: unknown stage '$stage' (doctor, benchmark)" >&2
+            exit 2
+            ;;
+    esac
+done
+exit $status
