@@ -128,6 +128,14 @@ def tracked_files() -> list[Path]:
 def build(shared: Path, kit: Path = KIT, python_version: str = PYTHON_VERSION) -> int:
     """Writes the kit; 1 when it and the working tree would not travel in one call. (Another
     ``python_version`` is for rehearsing the device here: tests/tools check it with 3.11.)"""
+    needed = (shared / "uns-positive" / "images", shared / "uns-sample" / "train_masks.csv")
+    absent = [str(p) for p in needed if not p.exists()]
+    if absent:
+        print(
+            f"devkit: not found: {', '.join(absent)} (--shared names the folder of uns-positive/)",
+            file=sys.stderr,
+        )
+        return 2
     if kit.exists():
         shutil.rmtree(kit)
     (kit / "wheels").mkdir(parents=True)
