@@ -43,6 +43,8 @@ def _imread(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except Exception as exc:  # tifffile raises many types for truncated/corrupt files
+        if "imagecodecs" in str(exc):  # an intact file this install cannot decode: not "corrupt"
+            raise DataError(path, f"{_one_line(exc)} to decode it (pip install imagecodecs)") from None
         raise DataError(path, f"corrupt or truncated tif ({type(exc).__name__}: {_one_line(exc)})") from None
     finally:
         warnings, _capture.messages = _capture.messages, None

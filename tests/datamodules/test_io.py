@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tifffile
@@ -84,3 +87,23 @@ def test_truncated_real_tif_is_one_error_and_silent(uns_sample, tmp_path, capfd,
         read_tif(tmp_path / "cut_mask.tif")
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_lzw_without_imagecodecs_says_so_not_corrupt(tmp_path):
+    """An intact LZW tif (as Kaggle ships them) in an install without imagecodecs: one line naming the
+    file and the missing package, not "corrupt" (seen on a bare GPU image)."""
+    path = tmp_path / "1_1.tif"
+    write_tif(path, np.full((4, 6), 7, np.uint8), lzw=True)
+    probe = (
+        "import sys; sys.modules['imagecodecs'] = None\n"  # as if not installed
+        "from datamodules.io import read_tif\n"
+        "from datamodules.errors import DataError\n"
+        "try:\n    read_tif(sys.argv[1])\nexcept DataError as e:\n    print(e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=600
+    )
+    line = done.stdout.strip()
+    assert done.returncode == 0 and line.startswith(str(path)), done.stderr[-2000:]
+    assert "requires the 'imagecodecs' package" in line and "pip install imagecodecs" in line
+    assert "corrupt" not in line and "\n" not in line
