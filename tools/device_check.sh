@@ -24,7 +24,8 @@ if [ ! -d "$KIT/wheels" ]; then
 fi
 if [ ! -f "$SITE/.complete" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$KIT"/wheels/*.whl \
-        && tar xJf "$KIT/ray.tar.xz" -C "$SITE" && touch "$SITE/.complete" || exit 2
+        && python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+            "$KIT/ray.tar.xz" "$SITE" && touch "$SITE/.complete" || exit 2  # no xz binary needed
 fi
 export PYTHONPATH="$PWD:$PWD/$SITE" PYTHONUNBUFFERED=1
 # No network there, and none may be tried (the CLI sets these too; Ray reads its own at import).
