@@ -30,11 +30,16 @@ BOUND_S = 600  # minutes, not seconds: the suite runs on busy 2-core machines
 # `benchmark run` whose training holds at the start of epoch NB_HOLD_EPOCH (the previous epoch's
 # last.ckpt is on disk) until the test's signal arrives; every epoch start is logged.
 HOLDING = """
-import os, sys, time
+import os, signal, sys, time
 from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 import benchmark.pipeline as pipeline
 from benchmark.cli import main
+
+# Ctrl-C as at a terminal. A test session started in the background by a non-interactive shell
+# (`make test &`) ignores SIGINT, every child inherits that, and Python then installs no
+# KeyboardInterrupt handler: the signal would vanish and the run hold for ten minutes.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 log, hold = Path(os.environ["NB_EPOCH_LOG"]), int(os.environ["NB_HOLD_EPOCH"])
 real_fit = pipeline.fit
