@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata as md
-import importlib.util
 import stat
 import sys
 import tarfile
@@ -22,11 +21,9 @@ from datamodules.io import read_tif
 from datamodules.rle import encode
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-_spec = importlib.util.spec_from_file_location("devkit", ROOT / "tools" / "devkit.py")
-devkit = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(devkit)
-from wheelhouse import normalise, pins  # noqa: E402  (tools/ is no package)
+sys.path.insert(0, str(ROOT / "tools"))  # tools/ is no package; devkit imports wheelhouse from there
+import devkit  # noqa: E402
+from wheelhouse import normalise, pins  # noqa: E402
 
 # The image's interpreter: markers are evaluated for it, not for the Python running the tests.
 IMAGE_ENV = {"python_version": "3.12", "python_full_version": "3.12.3", "extra": ""}

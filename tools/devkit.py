@@ -126,8 +126,8 @@ def tracked_files() -> list[Path]:
 
 
 def build(shared: Path, kit: Path = KIT, python_version: str = PYTHON_VERSION) -> int:
-    """Writes the kit; 1 when it and the working tree would not travel in one call. (Another
-    ``python_version`` is for rehearsing the device here: tests/tools check it with 3.11.)"""
+    """Writes the kit; 1 when it and the working tree would not travel in one call, 2 without the data.
+    (Another ``python_version`` rehearses the device on this box: a 3.11 kit in a 3.11 virtualenv.)"""
     needed = (shared / "uns-positive" / "images", shared / "uns-sample" / "train_masks.csv")
     absent = [str(p) for p in needed if not p.exists()]
     if absent:
