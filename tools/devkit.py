@@ -14,9 +14,13 @@ and a call may carry at most 64 MiB with the working tree. The kit (``.devkit/``
   ``layout`` rebuilds the Kaggle layout there UNCOMPRESSED, so imagecodecs (28 MB, only for LZW)
   stays behind; W&B (20 MB and a dozen dependencies) stays behind too: the check logs to CSV.
 
-Measured here: the kit is 55.2 MiB, the tracked tree 5.5 MiB. Rehearsed on this CPU box in a copy of
+Measured here: the kit is 55.1 MiB, the tracked tree 5.5 MiB. Rehearsed on this CPU box in a copy of
 the project's virtualenv without the kit's packages, W&B and imagecodecs (Python 3.11, so the kit
 was built with ``--python-version 3.11``): both stages of device_check.sh passed (doctor 18 OK).
+Rehearsed again against the image's own versions, in a Python 3.12 virtualenv holding torch==2.11.0
+(the cu130 wheel, seeing no GPU), torchvision==0.26.0, numpy==2.5.2, huggingface_hub==1.33.0,
+onnx==1.23.1 and Ray's needs that the image has (msgpack, protobuf, requests, click): device_check.sh
+doctor passed with this kit, and so did the whole test suite once the kit was installed there.
 """
 
 from __future__ import annotations
