@@ -43,19 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "override a config field, e.g. --set lr=3e-4 --set executor=ray (repeatable; keys listed below)",
     )
-    parser.add_argument(
-        "--executor",
-        choices=("local", "ray"),
-        default=None,
-        help="local: one run after another (the config's default); ray: each run a Ray task, as many at once "
-        "as gpus_per_run/cpus_per_run allow (local, saying why, without Ray or for DDP runs)",
-    )
-    parser.add_argument(
-        "--ray-address",
-        default=None,
-        help="join this Ray cluster (default: the config's ray_address, else $RAY_ADDRESS, else start a "
-        "local Ray with this machine's CPUs and GPUs)",
-    )
+    _add_execution_options(parser)
     parser.add_argument("--dry-run", action="store_true", help="list the grid and exit")
     parser.add_argument(
         "--print-config",
@@ -68,6 +56,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="refuse to start with less free space in --results-dir (default $NERVE_BENCH_MIN_FREE_GB or 1)",
+    )
+
+
+def _add_execution_options(parser: argparse.ArgumentParser) -> None:
+    """Where the runs execute; flags that win over the config's fields of the same name."""
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default=None,
+        help="local: one run after another (the config's default); ray: each run a Ray task, as many at once "
+        "as gpus_per_run/cpus_per_run allow (local, saying why, without Ray or for DDP runs)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster (default: the config's ray_address, else $RAY_ADDRESS, else start a "
+        "local Ray with this machine's CPUs and GPUs)",
     )
 
 

@@ -212,34 +212,20 @@ def finalize_run(
     best = out_dir / "checkpoints" / BEST
     module, ckpt = load_checkpoint_module(best)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    inner = inference.predict_loader(module, dm.inner_dataloader(), device, precision, keep_probs=True)
-    pp, selection_metrics = tune_on_inner(inner, cfg.tta)
-    n_inner = len(inner["index"])
-    del inner  # the 420x580 probabilities of the inner set; the outer pass needs only counts
-    outer = inference.predict_loader(module, dm.outer_dataloader(), device, precision, pp=pp)
+    pp, selection, outer = _select_and_predict(cfg, dm, module, int(ckpt.get("epoch", 0)), device, precision)
     metrics = scored(outer["counts"], outer["presence_prob"], outer["post_counts"])
     data = dataset_block(dm, data_dir)
-    store_in_checkpoint(
-        best,
-        ckpt,
-        {
-            "postprocess": pp.to_dict(),
-            "config": cfg.to_dict(),
-            "summary_metrics": metrics,
-            "selection_metrics": selection_metrics,
-            "data_hash": data["content_hash"],
-            "outer_indices": outer["index"].tolist(),
-        },
-    )
+    record = {
+        "postprocess": pp.to_dict(),
+        "config": cfg.to_dict(),
+        "summary_metrics": metrics,
+        "selection_metrics": selection["metrics"],
+        "data_hash": data["content_hash"],
+        "outer_indices": outer["index"].tolist(),
+    }
+    store_in_checkpoint(best, ckpt, record)
     _overlays(out_dir / OVERLAY_NAME, dm, module, outer, pp, device, precision)
     history = _final_history(out_dir / "checkpoints" / LAST, module.history)
-    selection = {
-        "metrics": selection_metrics,
-        "n_images": n_inner,
-        "subjects": _subjects(dm, dm.inner_indices),
-        "best_epoch": int(ckpt.get("epoch", 0)),
-        "select": cfg.select,
-    }
     summary = {
         **run_identity(cfg),
         "dataset": data,
@@ -248,10 +234,7 @@ def finalize_run(
         "train_time_s": float(sum(history["epoch_time_s"])),
         "metrics": metrics,
         "selection": selection,
-        "split": split_block(cfg, dm),
-        "global_batch": int(cfg.batch_size),
-        "world_size": int(world_size),
-        "per_image": per_image_block(dm, outer),
+        **_recipe_and_rows(cfg, dm, world_size, outer),
         "postprocess": pp.to_dict(),
         "cost": cost_block(cfg, module, history, device),
         "history": {k: history[k] for k in ("epoch", "train_loss", "val_loss", "val_kaggle_dice")},
@@ -261,6 +244,38 @@ def finalize_run(
     }
     write_summary(out_dir, summary)
     return to_jsonable(summary)
+
+
+def _select_and_predict(
+    cfg: TrainConfig,
+    dm: UltrasoundNerveDataModule,
+    module: Any,
+    best_epoch: int,
+    device: torch.device,
+    precision: str,
+) -> tuple[PostProcess, dict, dict]:
+    """Post-processing tuned on the inner set, then the outer fold predicted with it (counts only)."""
+    inner = inference.predict_loader(module, dm.inner_dataloader(), device, precision, keep_probs=True)
+    pp, selection_metrics = tune_on_inner(inner, cfg.tta)
+    selection = {
+        "metrics": selection_metrics,
+        "n_images": len(inner["index"]),
+        "subjects": _subjects(dm, dm.inner_indices),
+        "best_epoch": best_epoch,
+        "select": cfg.select,
+    }
+    del inner  # the 420x580 probabilities of the inner set; the outer pass needs only counts
+    return pp, selection, inference.predict_loader(module, dm.outer_dataloader(), device, precision, pp=pp)
+
+
+def _recipe_and_rows(cfg: TrainConfig, dm: UltrasoundNerveDataModule, world_size: int, outer: dict) -> dict:
+    """The split, the batch recipe and the outer fold's per-image rows of a summary."""
+    return {
+        "split": split_block(cfg, dm),
+        "global_batch": int(cfg.batch_size),
+        "world_size": int(world_size),
+        "per_image": per_image_block(dm, outer),
+    }
 
 
 def _final_history(last: Path, fallback: dict) -> dict:

@@ -87,9 +87,24 @@ def legend(board: dict[str, Any]) -> dict[str, str]:
     """One-line definition of every column (metric definitions come from benchmark.scoring.metrics)."""
     from benchmark.scoring.metrics import METRIC_DOCS
 
-    boot = f"{bs.N_SET} seeded subject-bootstrap resamples, studentised (bootstrap-t)"
-    few = f"fewer than {ranking.MIN_SUBJECTS} subjects tell nothing apart"
-    docs = {
+    docs = {**_ranking_docs(), **_comparison_docs()}
+    for key in ("sensitivity", "precision", "presence_accuracy"):
+        docs[key] = f"{METRIC_DOCS[key]} ({_POOLED})"
+    docs.update(_COST_DOCS)
+    docs["pixel_accuracy"] = PIXEL_ACCURACY_WARNING
+    return docs
+
+
+_BOOT = f"{bs.N_SET} seeded subject-bootstrap resamples, studentised (bootstrap-t)"
+_FEW = f"fewer than {ranking.MIN_SUBJECTS} subjects tell nothing apart"
+
+
+def _ranking_docs() -> dict[str, str]:
+    """The ranked columns: rank, its interval, the score and its CI."""
+    from benchmark.scoring.metrics import METRIC_DOCS
+
+    boot, few = _BOOT, _FEW
+    return {
         "rank": "position among complete models by out-of-fold Kaggle Dice (ties broken by model name)",
         "model": f"registry name; `{BASELINE}` predicts no nerve anywhere (the baseline); 'from truth': no "
         f"complete `{BASELINE}` runs, so its exact scores (1 on an empty truth, else 0) were computed",
@@ -105,6 +120,15 @@ def legend(board: dict[str, Any]) -> dict[str, str]:
         "ci": "[95% CI]: subject bootstrap (whole subjects resampled, image mean recomputed; expanded "
         "percentile interval, about as wide as a t interval when subjects are few); none when incomplete. "
         f"It covers the sampling of test subjects, not training randomness; {SIMULATED['ci']}",
+    }
+
+
+def _comparison_docs() -> dict[str, str]:
+    """The secondary scores and every comparison with the top model and the floor."""
+    from benchmark.scoring.metrics import METRIC_DOCS
+
+    boot, few = _BOOT, _FEW
+    return {
         "dice_positive": f"post-processed Dice over the images whose truth has a nerve, {_OOF}",
         "empty_correct": "share of empty-truth images predicted empty after post-processing (= their mean "
         f"Dice), {_OOF}",
@@ -144,8 +168,3 @@ def legend(board: dict[str, Any]) -> dict[str, str]:
         "selection_kaggle_dice": "inner-set Kaggle Dice after post-processing, mean over runs: the score "
         "the epoch and post-processing were chosen on (optimistic; not used for ranking)",
     }
-    for key in ("sensitivity", "precision", "presence_accuracy"):
-        docs[key] = f"{METRIC_DOCS[key]} ({_POOLED})"
-    docs.update(_COST_DOCS)
-    docs["pixel_accuracy"] = PIXEL_ACCURACY_WARNING
-    return docs

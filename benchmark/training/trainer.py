@@ -72,35 +72,8 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
     continues exactly where the killed one stopped.
     """
     from lightning import Trainer
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    ckpt_dir = str(out_dir / "checkpoints")
-    # Two callbacks: Lightning >= 2.5 writes save_last copies only when a top-k file is written,
-    # but resuming needs last.ckpt after every epoch (or every checkpoint_every_s). "last" selection
-    # monitors the epoch number (max = latest); a second monitor=None callback would share
-    # last.ckpt's callback state key.
-    select = "val/kaggle_dice" if cfg.select == "best" else "epoch"
-    checkpoint: list[ModelCheckpoint] = []
-    if overrides.get("enable_checkpointing", True):
-        checkpoint = [
-            ModelCheckpoint(
-                dirpath=ckpt_dir,
-                filename=Path(BEST).stem,
-                monitor=select,
-                mode="max",
-                save_top_k=1,
-                save_weights_only=True,  # scored, never resumed from: no optimiser moments (2/3 of it)
-                auto_insert_metric_name=False,
-                enable_version_counter=False,
-            ),
-            ResumeCheckpoint(
-                cfg.checkpoint_every_s,
-                dirpath=ckpt_dir,
-                filename=Path(LAST).stem,
-                auto_insert_metric_name=False,
-                enable_version_counter=False,
-            ),
-        ]
+    checkpoint = _checkpoints(cfg, out_dir) if overrides.get("enable_checkpointing", True) else []
     gpu = uses_gpu(cfg)
     kwargs = dict(
         max_epochs=cfg.epochs,
@@ -128,6 +101,37 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         kwargs["strategy"] = CompiledDDPStrategy()
     kwargs.update(overrides)
     return Trainer(**kwargs)
+
+
+def _checkpoints(cfg: TrainConfig, out_dir: Path) -> list:
+    """best.ckpt (the selected epoch, weights only) and last.ckpt (everything a resume needs)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt_dir = str(out_dir / "checkpoints")
+    # Two callbacks: Lightning >= 2.5 writes save_last copies only when a top-k file is written,
+    # but resuming needs last.ckpt after every epoch (or every checkpoint_every_s). "last" selection
+    # monitors the epoch number (max = latest); a second monitor=None callback would share
+    # last.ckpt's callback state key.
+    select = "val/kaggle_dice" if cfg.select == "best" else "epoch"
+    return [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename=Path(BEST).stem,
+            monitor=select,
+            mode="max",
+            save_top_k=1,
+            save_weights_only=True,  # scored, never resumed from: no optimiser moments (2/3 of it)
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        ResumeCheckpoint(
+            cfg.checkpoint_every_s,
+            dirpath=ckpt_dir,
+            filename=Path(LAST).stem,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+    ]
 
 
 class CompiledDDPStrategy(DDPStrategy):
