@@ -10,9 +10,10 @@ Global settings: a run's Trainer leaves process-wide switches behind (determinis
 under :func:`measurement_flags` (deterministic off, cudnn.benchmark on for the fixed input shape)
 and the caller's settings are restored afterwards.
 
-Peak memory: on CUDA it is the model's own weights and buffers plus the peak of tensor memory
-allocated *above the baseline* during the measurement (the counter is reset and the baseline
-read first), so whatever else the process holds (the run's GPU data cache, a previous model,
+Peak memory: on CUDA it is the model's own weights and buffers and its inputs plus the peak of
+tensor memory allocated *above the baseline* during the timed calls (the counter is reset and the
+baseline read first, after the warm-up in which cuDNN's autotuner allocates its candidates'
+workspaces), so whatever else the process holds (the run's GPU data cache, a previous model,
 optimizer state) is not counted; not the caching allocator's reserve or the CUDA context. On CPU
 there is no per-allocation counter, so it is the growth of the process' resident set
 (``resource.getrusage`` max RSS) during the measurement, which is 0 when the process had already
@@ -132,6 +133,25 @@ def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iter
     return times
 
 
+def timed_with_peak(
+    calls: list[Callable[[], object]], device: torch.device, warmup: int, iters: int
+) -> tuple[list[list[float]], float]:
+    """Each call's timed seconds (``time_calls``) and the peak memory increase (MiB) while they ran.
+
+    On CUDA every warm-up runs before the peak window opens: with ``cudnn.benchmark`` on, cuDNN's
+    autotuner allocates the workspace of each candidate algorithm while it tunes a shape, a one-off
+    that inference never needs again. On CPU the window includes the warm-up, since the resident
+    set's high-water mark moves only on the first allocations.
+    """
+    cuda = device.type == "cuda"
+    if cuda:
+        for fn in calls:
+            time_calls(fn, device, warmup, 0)
+    with peak_memory(device) as mem:
+        times = [time_calls(fn, device, 0 if cuda else warmup, iters) for fn in calls]
+    return times, mem["mb"]
+
+
 def measure_inference(
     model: nn.Module,
     input_shape: tuple[int, int],
@@ -167,13 +187,15 @@ def measure_inference(
         return call
 
     try:
-        with measurement_flags(), torch.inference_mode(), peak_memory(dev) as mem:
-            batch = torch.randn(batch_size, 1, h, w, device=dev)  # the inputs count as inference memory
-            batched = time_calls(run(batch), dev, warmup, iters)
-            latency = time_calls(run(batch[:1].clone()), dev, warmup, iters)
+        with measurement_flags(), torch.inference_mode():
+            inputs = (torch.randn(batch_size, 1, h, w, device=dev), torch.randn(1, 1, h, w, device=dev))
+            (batched, latency), mb = timed_with_peak([run(x) for x in inputs], dev, warmup, iters)
     finally:
         model.train(was_training)
-    peak = mem["mb"] + (weights_mb(model) if cuda else 0.0)
+    # On CUDA the inputs were allocated before the peak window: they count as inference memory too.
+    peak = mb + (
+        weights_mb(model) + sum(x.numel() * x.element_size() for x in inputs) / 2**20 if cuda else 0.0
+    )
     return {
         "infer_img_s": batch_size * len(batched) / max(sum(batched), 1e-9),
         "latency_ms": 1000.0 * max(statistics.median(latency), 1e-9),

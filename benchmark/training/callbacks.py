@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from benchmark.training.device import synchronize
 from benchmark.training.random_state import gather_per_rank, global_rng_state, own_rank, set_global_rng_state
 
 if TYPE_CHECKING:
@@ -81,6 +82,9 @@ class EpochHistory(Callback):
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            # The last steps' kernels may still be queued on a GPU: they are training time, not
+            # validation's (one wait per epoch; none on CPU).
+            synchronize(pl_module.device)
             self._t_train = time.perf_counter() - self._t0
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: SegModule) -> None:  # type: ignore[override]

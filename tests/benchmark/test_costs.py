@@ -124,6 +124,27 @@ def test_cuda_peak_memory_counts_only_the_increase_above_the_baseline(monkeypatc
     assert state["resets"] == 1 and mem["mb"] == pytest.approx(100.0)
 
 
+def test_cuda_peak_memory_leaves_out_the_autotuners_warm_up_workspace(monkeypatch):
+    """cuDNN's autotuner (cudnn.benchmark on) allocates every candidate algorithm's workspace on a
+    shape's first call: 600 MiB once, where each later call peaks at 100 MiB. The figure is 100."""
+    mib = 2**20
+    state = {"allocated": 1000 * mib, "peak": 1000 * mib, "calls": 0}
+    monkeypatch.setattr(
+        torch.cuda, "reset_peak_memory_stats", lambda d: state.update(peak=state["allocated"])
+    )
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: state["peak"])
+    monkeypatch.setattr(costs, "synchronize", lambda device: None)
+
+    def call():
+        state["calls"] += 1
+        extra = 600 if state["calls"] == 1 else 100
+        state["peak"] = max(state["peak"], state["allocated"] + extra * mib)
+
+    (times,), mb = costs.timed_with_peak([call], torch.device("cuda"), warmup=2, iters=3)
+    assert state["calls"] == 5 and len(times) == 3 and mb == pytest.approx(100.0)
+
+
 def test_weights_mb_counts_parameters_and_buffers():
     model = nn.BatchNorm2d(4)  # 8 parameters + 8 running stats (float32) + 1 int64 counter
     assert costs.weights_mb(model) == pytest.approx((16 * 4 + 8) / 2**20)

@@ -263,3 +263,22 @@ def test_empty_baseline_checkpoints_come_from_global_rank_zero_only(runs, tmp_pa
         "best.ckpt",
         "last.ckpt",
     ]
+
+
+def test_an_epochs_training_time_waits_for_the_gpu_work_still_queued(monkeypatch):
+    """The training clock stops at validation start, after a device sync: the last steps' kernels may
+    still be queued on a GPU, and they are training time (train_img_s), not validation's."""
+    from types import SimpleNamespace
+
+    from benchmark.training import callbacks
+
+    events: list = []
+    ticks = iter([10.0, 12.5])
+    monkeypatch.setattr(callbacks, "synchronize", lambda device: events.append(f"sync {device}"))
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: events.append("clock") or next(ticks))
+    trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"), sanity_checking=False)
+    module = SimpleNamespace(device=torch.device("cuda", 1))
+    history = callbacks.EpochHistory()
+    history.on_train_epoch_start(trainer, module)
+    history.on_validation_start(trainer, module)
+    assert events == ["clock", "sync cuda:1", "clock"] and history._t_train == 2.5
