@@ -112,8 +112,9 @@ class UNetDecoder(nn.Module):
 
 
 class GlobalAvgPool(nn.Module):
-    """Mean over H and W, keeping (B, C, 1, 1): ``AdaptiveAvgPool2d(1)`` without its CUDA backward,
-    which has no deterministic kernel (torch warns or stops under deterministic algorithms)."""
+    """Mean over H and W, keeping (B, C, 1, 1). ATen computes ``AdaptiveAvgPool2d(1)`` as this very
+    mean; spelled out so that no other output size slips in, whose CUDA backward has no deterministic
+    kernel (torch warns or stops under deterministic algorithms; tests/models/test_cuda_kernels.py)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(-2, -1), keepdim=True)

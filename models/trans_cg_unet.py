@@ -75,15 +75,25 @@ class TransformerLayer(nn.Module):
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, explicit: bool | None = None
 ) -> torch.Tensor:
-    """Scaled dot-product attention. Under deterministic algorithms on CUDA (``explicit=None``) the
-    explicit math form: the fused flash / memory-efficient backward kernels accumulate with atomics,
-    so a rerun would not be bit-identical (the bottleneck has a few hundred tokens: it is cheap)."""
+    """Scaled dot-product attention. For a backward pass under deterministic algorithms on CUDA
+    (``explicit=None``) the explicit math form: the fused flash / memory-efficient backward kernels
+    accumulate with atomics, so a rerun would not be bit-identical (the bottleneck has a few hundred
+    tokens: it is cheap). Without gradients the fused kernel, whose forward is deterministic: so
+    scoring picks the same kernel in the training process (deterministic on) and in a fresh
+    ``evaluate`` or ``predict`` process (off)."""
     if explicit is None:
-        explicit = q.is_cuda and torch.are_deterministic_algorithms_enabled()
+        explicit = needs_explicit_attention(
+            q.is_cuda, q.requires_grad, torch.are_deterministic_algorithms_enabled()
+        )
     if explicit:
         weights = torch.softmax((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5, dim=-1)
         return F.dropout(weights, p=dropout, training=dropout > 0) @ v
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+
+
+def needs_explicit_attention(cuda: bool, backward: bool, deterministic: bool) -> bool:
+    """Whether ``attention`` takes the explicit form: only for a CUDA backward under determinism."""
+    return cuda and backward and deterministic
 
 
 def bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
@@ -112,6 +122,7 @@ class TransformerBottleneck(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(dim, heads, dropout=dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.proj_out = nn.Conv2d(dim, channels, 1)
+        self._resize: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # not state: rebuilt on demand
 
     def position(self, h: int, w: int) -> torch.Tensor:
         """Positional embedding (1, dim, h, w) for an h x w token grid."""
@@ -119,9 +130,16 @@ class TransformerBottleneck(nn.Module):
             return self.pos_embed
         # Two small matrix products rather than F.interpolate: the bilinear kernel's CUDA backward
         # (into this parameter) has no deterministic implementation.
-        grid_h, grid_w = self.pos_embed.shape[-2:]
-        rows = bilinear_matrix(h, grid_h).to(self.pos_embed)
-        cols = bilinear_matrix(w, grid_w).to(self.pos_embed)
+        # Built once per grid, device and dtype: a copy from host memory every step would make the
+        # host wait for the GPU (pad mode's 28x38 grid at 448x608).
+        key = (h, w, self.pos_embed.device, self.pos_embed.dtype)
+        if key not in self._resize:
+            grid_h, grid_w = self.pos_embed.shape[-2:]
+            self._resize[key] = (
+                bilinear_matrix(h, grid_h).to(self.pos_embed),
+                bilinear_matrix(w, grid_w).to(self.pos_embed),
+            )
+        rows, cols = self._resize[key]
         return torch.einsum("hi,bdij,wj->bdhw", rows, self.pos_embed, cols)
 
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

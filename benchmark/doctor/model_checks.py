@@ -6,12 +6,19 @@ resume bit-identical here?" is answered per model and per box); then ``speed``'s
 plain loop vs ceiling, inference) and the suite's training rate with ``deterministic: false``
 beside ``true``: what the recipe's determinism costs. Each step is guarded on its own, so a model
 whose speed measurement fails still reports its fit.
+
+On a GPU the recipe's determinism is torch's warn mode (``training.trainer.determinism``): an op
+without a deterministic CUDA kernel warns instead of stopping the run. The fits record those
+warnings, so each model's row names the ops that make its reruns differ on this box.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +52,8 @@ def fit_twice(model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, 
     from benchmark.training.checkpoint import LAST
 
     cfg = train_config(model, s, dev)
-    with restore_global_torch_state():  # the Trainer's deterministic switch must not reach the timings
+    # The Trainer's deterministic switch must not reach the timings.
+    with restore_global_torch_state(), determinism_alerts() as ops:
         start = time.perf_counter()
         summary = fit(cfg, data_dir, work / "fit-a")
         seconds = time.perf_counter() - start
@@ -53,7 +61,38 @@ def fit_twice(model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, 
     equal, diff = compare_weights(
         work / "fit-a" / "checkpoints" / LAST, work / "fit-b" / "checkpoints" / LAST
     )
-    return {"fit_s": seconds, "outer_dice": outer_dice(summary), "bit_identical": equal, "max_abs_diff": diff}
+    return {
+        "fit_s": seconds,
+        "outer_dice": outer_dice(summary),
+        "bit_identical": equal,
+        "max_abs_diff": diff,
+        "nondeterministic_ops": ops,
+    }
+
+
+ALERT = " does not have a deterministic implementation"  # torch's words (ATen's alertNotDeterministic)
+
+
+def alerted_ops(messages: Iterable[str]) -> list[str]:
+    """The ops named by torch's determinism alerts among ``messages``, each once, sorted."""
+    return sorted({m.split(ALERT, 1)[0].strip() for m in messages if ALERT in m})
+
+
+@contextlib.contextmanager
+def determinism_alerts() -> Iterator[list[str]]:
+    """Yield a list that holds, once the block is over, the ops whose determinism alert (warn mode)
+    the block raised; every other warning of the block is issued again as it came."""
+    ops: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # an alert per op, even where a filter had shown it once
+        try:
+            yield ops
+        finally:
+            messages = [str(w.message) for w in caught]
+    ops.extend(alerted_ops(messages))
+    for w in caught:
+        if ALERT not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def train_again(cfg: TrainConfig, data_dir: Path, out_dir: Path) -> None:
@@ -102,6 +141,8 @@ def _detail(f: dict[str, Any]) -> str:
             else f"NOT bit-identical (max |diff| {f['max_abs_diff']:.1e})"
         )
         parts.append(f"fit {f['fit_s']:.1f} s, outer Dice {dice}; same-seed rerun {same}")
+        if f["nondeterministic_ops"]:
+            parts.append(f"no deterministic kernel: {', '.join(f['nondeterministic_ops'])}")
     if f.get("suite_train_img_s") is not None:
         parts.append(f"suite {f['suite_train_img_s']:.1f} img/s ({f['ratio_suite_vs_plain']:.2f}x plain)")
     elif "infer_img_s" in f:

@@ -84,6 +84,7 @@ MODEL_COLUMNS = (
     ("model", "model"),
     ("fit s", "fit_s"),
     ("rerun identical", "bit_identical"),
+    ("ops warned", "nondeterministic_ops"),
     ("suite img/s", "suite_train_img_s"),
     ("plain img/s", "plain_train_img_s"),
     ("ceiling img/s", "ceiling_train_img_s"),
@@ -96,11 +97,14 @@ MODEL_COLUMNS = (
 
 
 def fmt(value: Any) -> str:
-    """A figure for the table: text as is, yes/no, 2 decimals below 100, none above, '-' if absent."""
+    """A figure for the table: text as is, yes/no, a list comma-joined ('none' if empty), 2 decimals
+    below 100, none above, '-' if absent."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
     if isinstance(value, (int, float)):
         return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)

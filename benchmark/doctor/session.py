@@ -168,7 +168,8 @@ def format_report(report: dict[str, Any]) -> str:
             "suite: the benchmark's own training (Trainer, recipe precision and data path, deterministic "
             "on); plain: fp32 loop with tif-decoding DataLoader workers; ceiling: device-resident batches, "
             "no augmentation; det off/on: suite img/s with deterministic false over true; rerun identical: "
-            "a second fit with the same seed gives bit-identical weights.",
+            "a second fit with the same seed gives bit-identical weights; ops warned: ops without a "
+            "deterministic kernel here, which torch only warns about on a GPU (strict on CPU).",
         ]
     est = next((r for r in results if r.name == "estimate" and r.status != SKIP and r.figures), None)
     if est is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,7 @@ def test_doctor_on_cpu_runs_every_check_and_reports_figures(capsys):
     unet, empty = checks["model unet"]["figures"], checks["model empty"]["figures"]
     # Two fits with the same seed in one process on one CPU: bit-identical weights.
     assert unet["bit_identical"] is True and unet["max_abs_diff"] == 0.0
+    assert unet["nondeterministic_ops"] == []  # strict determinism on CPU: an alert would stop the fit
     for key in (
         "fit_s",
         "suite_train_img_s",
@@ -138,16 +140,45 @@ def test_tables_render_figures_and_gaps():
             "model": "unet",
             "fit_s": 12.345,
             "bit_identical": False,
+            "nondeterministic_ops": ["adaptive_avg_pool2d_backward_cuda", "put_"],
             "suite_train_img_s": 1234.0,
             "infer_img_s": None,
         },
     )
     table = report.models_table([row]).splitlines()
     cells = table[1].split()
-    assert table[0].startswith("model") and cells[:4] == ["unet", "12.35", "no", "1234"]
+    ops = "adaptive_avg_pool2d_backward_cuda,put_"
+    assert table[0].startswith("model") and cells[:5] == ["unet", "12.35", "no", ops, "1234"]
+    assert report.fmt([]) == "none"
     assert cells[-1] == "-"  # latency: not measured
     checks = report.checks_table([row, report.CheckResult("ddp", "SKIP", "1 GPU: needs two", 0.04)])
     assert checks.splitlines()[2].split(None, 3) == ["ddp", "SKIP", "0.0", "1 GPU: needs two"]
+
+
+def test_the_fits_record_which_ops_torch_warned_have_no_deterministic_kernel():
+    """On a GPU the recipe's determinism only warns. A real alert (``put_`` has no deterministic
+    kernel on any device) is recorded by op, once; any other warning is issued again as it came."""
+    from benchmark.doctor.model_checks import alerted_ops, determinism_alerts
+
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with pytest.warns(FutureWarning, match="unrelated"), determinism_alerts() as ops:
+            for _ in range(2):
+                torch.zeros(5).put_(torch.tensor([0]), torch.ones(1))
+            warnings.warn("unrelated", FutureWarning, stacklevel=1)
+            assert ops == []  # filled when the block ends
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    assert ops == ["put_"]
+    alert = "{} does not have a deterministic implementation, but you set ..."
+    assert alerted_ops([alert.format("b_cuda"), "other", alert.format("a"), alert.format("b_cuda")]) == [
+        "a",
+        "b_cuda",
+    ]
 
 
 def test_estimate_by_hand():

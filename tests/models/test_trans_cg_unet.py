@@ -130,3 +130,30 @@ def test_explicit_attention_equals_the_fused_kernel() -> None:
     torch.testing.assert_close(
         attention(q, k, v, 0.0, explicit=True), attention(q, k, v, 0.0, explicit=False)
     )
+
+
+def test_only_a_deterministic_cuda_backward_takes_the_explicit_attention() -> None:
+    """Scoring (no gradients) always takes the fused kernel, so a fresh `evaluate` process (determinism
+    off) and the training process (on) score with the same kernel; training on CUDA under
+    determinism takes the explicit form, whose backward has no atomics."""
+    from itertools import product
+
+    from models.trans_cg_unet import needs_explicit_attention
+
+    chosen = [flags for flags in product([False, True], repeat=3) if needs_explicit_attention(*flags)]
+    assert chosen == [(True, True, True)]
+
+
+def test_the_positional_resize_matrices_are_built_once_per_grid_device_and_dtype() -> None:
+    """Pad mode's 28x38 token grid: the resize matrices are made once (no host-to-device copy per
+    step), made again for another dtype, and the embedding still equals F.interpolate's."""
+    import torch.nn.functional as F
+
+    from models.trans_cg_unet import TransformerBottleneck
+
+    bottleneck = TransformerBottleneck(8, 16, 1, 2, pos_grid=16, dropout=0.0)
+    first = bottleneck.position(28, 38)
+    assert torch.equal(first, bottleneck.position(28, 38)) and len(bottleneck._resize) == 1
+    expected = F.interpolate(bottleneck.pos_embed, size=(28, 38), mode="bilinear", align_corners=False)
+    assert torch.allclose(first, expected, atol=1e-6)
+    assert bottleneck.double().position(28, 38).dtype == torch.float64 and len(bottleneck._resize) == 2
