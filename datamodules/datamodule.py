@@ -33,7 +33,7 @@ from datamodules.decoded_cache import load_train_shared
 from datamodules.errors import DataError
 from datamodules.kaggle import TrainSet
 from datamodules.samplers import TrainSampler
-from datamodules.splits import holdout_by_subject, inner_split, kfold_by_subject
+from datamodules.splits import nested_split
 from datamodules.targets import bbox, presence
 
 log = logging.getLogger(__name__)
@@ -188,24 +188,18 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         """(fit, inner, outer) indices, each sorted; only ``split_seed`` draws them."""
         cfg = self.config
         try:
-            if cfg.holdout_fraction is not None:
-                rest, outer = holdout_by_subject(subjects, cfg.holdout_fraction, cfg.split_seed)
-                self.outer_folds = np.ones(len(subjects), np.int64)
-                self.outer_folds[outer] = 0
-            else:
-                if not 0 <= cfg.fold < cfg.n_folds:
-                    raise ValueError(f"fold must be in 0..{cfg.n_folds - 1}, got {cfg.fold}")
-                self.outer_folds = kfold_by_subject(subjects, cfg.n_folds, cfg.split_seed, positive=positive)
-                rest, outer = (
-                    np.flatnonzero(self.outer_folds != cfg.fold),
-                    np.flatnonzero(self.outer_folds == cfg.fold),
-                )
-            fit_pos, inner_pos = inner_split(
-                subjects[rest], positive[rest], cfg.inner_fraction, cfg.split_seed
+            fit, inner, outer, self.outer_folds = nested_split(
+                subjects,
+                positive,
+                cfg.fold,
+                cfg.n_folds,
+                cfg.holdout_fraction,
+                cfg.inner_fraction,
+                cfg.split_seed,
             )
         except ValueError as exc:  # e.g. more folds than subjects: a data problem for the user
             raise DataError(self.data_dir, f"cannot split by subject: {exc}") from None
-        return np.sort(rest[fit_pos]), np.sort(rest[inner_pos]), np.sort(outer)
+        return fit, inner, outer
 
     def _clean(self, ts: TrainSet) -> None:
         """Drop the empty member of contradictory near-duplicate pairs from the fit part only.

@@ -222,7 +222,11 @@ def _check_test(data_dir: Path, shape: tuple[int, int]) -> int:
 
 def check_dataset(data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> dict:
     """Read and validate everything; the summary printed by ``data check --json``."""
-    train = load_train(data_dir, validate=True, shape=shape)
+    return dataset_summary(load_train(data_dir, validate=True, shape=shape), data_dir, shape)
+
+
+def dataset_summary(train: TrainSet, data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> dict:
+    """``check_dataset``'s summary of an already validated training set (the test images are read)."""
     n_positive = int(np.count_nonzero(train.masks.reshape(len(train), -1).any(axis=1)))
     return {
         "data_dir": str(data_dir),

@@ -235,3 +235,32 @@ def holdout_by_subject(
     is_val = np.zeros(unique.size, dtype=bool)
     is_val[order[:n_val_subjects]] = True
     return np.flatnonzero(~is_val[inverse]), np.flatnonzero(is_val[inverse])
+
+
+def nested_split(
+    subjects: np.ndarray,
+    positive: np.ndarray,
+    fold: int,
+    n_folds: int,
+    holdout_fraction: float | None,
+    inner_fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(fit, inner, outer, outer fold id per sample): a run's whole split, each index array sorted.
+
+    The outer fold is ``fold`` of :func:`kfold_by_subject` (or the hold-out set, fold 0, when
+    ``holdout_fraction`` is given); the rest is cut by :func:`inner_split` into the part that trains
+    and the inner set that selects. ValueError when the data cannot be split so.
+    """
+    subjects, positive = np.asarray(subjects), np.asarray(positive)
+    if holdout_fraction is not None:
+        rest, outer = holdout_by_subject(subjects, holdout_fraction, seed)
+        outer_folds = np.ones(len(subjects), np.int64)
+        outer_folds[outer] = 0
+    else:
+        if not 0 <= fold < n_folds:
+            raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
+        outer_folds = kfold_by_subject(subjects, n_folds, seed, positive=positive)
+        rest, outer = np.flatnonzero(outer_folds != fold), np.flatnonzero(outer_folds == fold)
+    fit_pos, inner_pos = inner_split(subjects[rest], positive[rest], inner_fraction, seed)
+    return np.sort(rest[fit_pos]), np.sort(rest[inner_pos]), np.sort(outer), outer_folds

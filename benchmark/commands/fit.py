@@ -113,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.data_dir is None:
         raise ConfigError("fit: --data-dir is required (a Kaggle layout holding train/)")
+    from benchmark.grid_checks import check_accelerator
     from benchmark.pipeline import fit
+
+    check_accelerator([cfg])
 
     out = args.out or Path("results") / "runs" / cfg.run_name()
     summary = fit(cfg, args.data_dir, out)

@@ -144,23 +144,23 @@ def _print_config(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark import fallback, ray_grid, runner
+    from benchmark import fallback, grid_checks, ray_grid, runner
 
     if args.print_config:
         return _print_config(args)
     bench, data_dir, grid = _load(args)
+    if ray_grid.choose(bench, grid)[0] == "local":
+        grid_checks.check_accelerator(grid)  # a Ray task checks on the node that runs it
     if args.dry_run:
         return _dry_run(grid, args.results_dir)
     from benchmark.core.preflight import check_results_dir, min_free_gb_default
-    from datamodules.kaggle import check_dataset
 
     min_free = min_free_gb_default() if args.min_free_gb is None else args.min_free_gb
     check_results_dir(args.results_dir, min_free)  # before any data generation or training
     runner.check_split_seed(args.results_dir, bench.train.split_seed)
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)
-    # Validates every file up front (one clear error, not 45 failed runs) and fingerprints the data.
-    data_hash = check_dataset(data_dir)["content_hash"]
+    data_hash = _check_data(grid, data_dir)
     start = time.perf_counter()
     outcomes = ray_grid.execute(bench, grid, data_dir, args.results_dir, data_hash=data_hash)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "skipped", "held")}
@@ -171,6 +171,18 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_report and runner.global_rank() == 0:
         _report(bench, args.results_dir)
     return _exit_status(outcomes, runner.missing_runs(grid, outcomes, args.results_dir))
+
+
+def _check_data(grid: list[TrainConfig], data_dir: Path) -> str:
+    """Validate every file and every run's split up front (one clear error, not 45 failed runs);
+    the data's fingerprint."""
+    from benchmark import grid_checks
+    from datamodules.kaggle import dataset_summary, load_train
+
+    train = load_train(data_dir, validate=True)
+    positive = train.masks.reshape(len(train), -1).any(axis=1)
+    grid_checks.check_splits(grid, data_dir, train.subjects, positive)
+    return dataset_summary(train, data_dir)["content_hash"]
 
 
 def _exit_status(outcomes: list, missing: list[str]) -> int:

@@ -1,0 +1,71 @@
+"""What can be checked of a grid against its data and this machine before the first run starts.
+
+A config that cannot work with the data (more folds than subjects, a fit part smaller than one
+global batch) or with the machine (a GPU recipe where no GPU is visible) would otherwise fail run
+after run, each with its own traceback, and the command would end with exit 1 after decoding the
+data and building a Trainer for every one of them. Checked here, it is one line and exit 2 (bad
+input), like a misspelt model. The runs still check for themselves (``datamodules.datamodule``):
+cleaning contradictory frames can shrink a fit part a little further.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.core.config import ConfigError, TrainConfig
+from datamodules.errors import DataError
+from datamodules.splits import nested_split
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_splits(grid: list[TrainConfig], data_dir: Path, subjects: np.ndarray, positive: np.ndarray) -> None:
+    """Every run's split exists and its fit part holds one global batch; DataError naming the run."""
+    seen: set[tuple] = set()
+    for cfg in grid:
+        key = (
+            cfg.fold,
+            cfg.n_folds,
+            cfg.holdout_fraction,
+            cfg.inner_fraction,
+            cfg.split_seed,
+            cfg.batch_size,
+        )
+        if key in seen:
+            continue
+        seen.add(key)
+        where = f"{cfg.model} fold {cfg.fold}"
+        try:
+            fit, *_ = nested_split(
+                subjects,
+                positive,
+                cfg.fold,
+                cfg.n_folds,
+                cfg.holdout_fraction,
+                cfg.inner_fraction,
+                cfg.split_seed,
+            )
+        except ValueError as exc:
+            raise DataError(data_dir, f"{where}: cannot split by subject: {exc}") from None
+        if len(fit) < cfg.batch_size:
+            raise DataError(
+                data_dir,
+                f"{where}: the fit part has {len(fit)} images, fewer than one global batch "
+                f"(batch_size={cfg.batch_size}); lower batch_size or use more data",
+            )
+
+
+def check_accelerator(grid: list[TrainConfig]) -> None:
+    """A run that asks for a GPU in a process that sees none: ConfigError (a Ray task is checked on
+    the node that runs it, so a GPU-less driver of a GPU cluster does not come here)."""
+    wants = next((c for c in grid if c.accelerator in GPU_ACCELERATORS), None)
+    if wants is None or torch.cuda.is_available():
+        return
+    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+    raise ConfigError(
+        f"accelerator={wants.accelerator} ({wants.model}): no CUDA GPU is visible to this process "
+        f"(torch {torch.__version__}, {build}); set accelerator: cpu or auto"
+    )

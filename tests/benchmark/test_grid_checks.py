@@ -1,0 +1,76 @@
+"""A grid that cannot work with its data or this machine stops before the first run: one line, exit 2,
+no run directory (it used to fail run after run, each with a traceback, and exit 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark import grid_checks
+from benchmark.cli import main
+from benchmark.core.config import ConfigError, TrainConfig
+from datamodules.errors import DataError
+
+SMOKE = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "smoke.yaml"
+
+
+def _run(synthetic_dir: Path, results: Path, *extra: str) -> list[str]:
+    return ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir", str(results),
+            "--models", "unet,empty", "--no-report", *extra]  # fmt: skip
+
+
+SPLIT = "unet fold 0: cannot split by subject: n_folds=7 is more than the 6 subjects; every fold needs one"
+BATCH = (
+    "unet fold 0: the fit part has 24 images, fewer than one global batch (batch_size=40); lower "
+    "batch_size or use more data"
+)
+
+
+@pytest.mark.parametrize(("setting", "words"), [("n_folds=7", SPLIT), ("batch_size=40", BATCH)])
+def test_a_split_the_data_cannot_give_stops_the_grid_before_any_run(
+    synthetic_dir: Path, tmp_path: Path, capsys, setting: str, words: str
+) -> None:
+    """6 subjects x 8 frames; with 3 folds, fold 0 holds 2 subjects and the inner set 1: 24 fit."""
+    results = tmp_path / "results"
+    assert main(_run(synthetic_dir, results, "--set", setting)) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {synthetic_dir}: {words}"]
+    assert not (results / "runs").exists()
+
+
+def test_a_gpu_recipe_where_no_gpu_is_visible_is_one_line_for_run_and_fit(
+    synthetic_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    results = tmp_path / "results"
+    assert main(_run(synthetic_dir, results, "--set", "accelerator=gpu", "--dry-run")) == 2
+    fit = ["fit", "--data-dir", str(synthetic_dir), "--out", str(results / "fit"), "--set", "accelerator=gpu"]
+    assert main(fit) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(
+        e.startswith("error: accelerator=gpu (unet): no CUDA GPU is visible") for e in err
+    )
+    assert not results.exists()
+
+
+def test_each_distinct_split_is_checked_once_and_a_feasible_grid_passes(monkeypatch) -> None:
+    subjects = np.repeat(np.arange(6), 8)
+    positive = np.tile([True, False], 24)
+    grid = [
+        TrainConfig(model=m, fold=f, n_folds=3, batch_size=4) for m in ("unet", "sk_unet") for f in (0, 1, 2)
+    ]
+    calls = []
+    real = grid_checks.nested_split
+    monkeypatch.setattr(grid_checks, "nested_split", lambda *a: calls.append(a[2]) or real(*a))
+    grid_checks.check_splits(grid, Path("data"), subjects, positive)
+    assert calls == [0, 1, 2]  # the second model shares the three splits
+    with pytest.raises(DataError, match="sk_unet fold 0: the fit part has"):
+        grid_checks.check_splits(
+            [TrainConfig(model="sk_unet", n_folds=3, batch_size=33)], Path("d"), subjects, positive
+        )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    grid_checks.check_accelerator(grid)  # accelerator auto / cpu: nothing to say
+    with pytest.raises(ConfigError, match="accelerator=cuda"):
+        grid_checks.check_accelerator([TrainConfig(accelerator="cuda")])
