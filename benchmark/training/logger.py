@@ -36,6 +36,17 @@ def wandb_run_id(run_name: str, group: str | None) -> str:
     return f"{run_name.replace('__', '-')}-{tag}"[:64]
 
 
+def csv_version(out_dir: Path) -> str:
+    """``csv``, or for a resumed run the first of ``csv-2``, ``csv-3``, ... not yet holding metrics:
+    Lightning's CSV writer deletes the ``metrics.csv`` it finds, which holds the earlier attempt's
+    epochs (summary.json's history is complete either way: it comes from the checkpoint)."""
+    version, attempt = "csv", 1
+    while (out_dir / version / "metrics.csv").exists():
+        attempt += 1
+        version = f"csv-{attempt}"
+    return version
+
+
 def lightning_logger(cfg: TrainConfig, run_name: str, out_dir: str | Path) -> Any:
     """The Lightning logger ``cfg.logger`` asks for: CSVLogger, WandbLogger or None."""
     out_dir = Path(out_dir)
@@ -44,7 +55,7 @@ def lightning_logger(cfg: TrainConfig, run_name: str, out_dir: str | Path) -> An
     if cfg.logger == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
-        return CSVLogger(save_dir=str(out_dir), name="", version="csv")
+        return CSVLogger(save_dir=str(out_dir), name="", version=csv_version(out_dir))
     wandb_env()
     from lightning.pytorch.loggers import WandbLogger
 

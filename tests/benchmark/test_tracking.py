@@ -53,6 +53,12 @@ def test_none_and_csv_loggers(tmp_path):
     csv.log_metrics({"loss": 1.0}, step=0)
     csv.save()
     assert (tmp_path / "csv" / "metrics.csv").is_file()
+    # A resumed run logs beside the killed attempt's file instead of deleting it (Lightning would).
+    again = run_logger.lightning_logger(TrainConfig(logger="csv"), "r", tmp_path)
+    again.log_metrics({"loss": 0.5}, step=1)
+    again.save()
+    first, second = ((tmp_path / d / "metrics.csv").read_text().splitlines() for d in ("csv", "csv-2"))
+    assert first == ["loss,step", "1.0,0"] and second == ["loss,step", "0.5,1"]
 
 
 @pytest.mark.slow
