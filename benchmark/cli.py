@@ -7,7 +7,7 @@ The exit status is what a scheduler or a ``make benchmark && upload`` script act
 "Exit codes"): 0 everything done; 1 a run failed or a runtime error (full disk, read-only
 directory, a failed DDP rank); 2 bad input (one line naming the file); 3 the leaderboard is
 incomplete because runs held by other processes are missing; 130 Ctrl-C; 143 SIGTERM; 138 SIGUSR1
-under SLURM (the job was requeued).
+under SLURM (the job was requeued); 141 the reader of the output went away (``| head``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ _MODULES = {"import": "import_"}  # a command named like a Python keyword lives 
 INTERRUPTED = "finished runs are kept; re-run the same command to resume"
 # 128 + the signal number, as a shell reports a command killed by it.
 EXIT_SIGINT, EXIT_SIGTERM, EXIT_REQUEUED = 130, 143, 128 + int(signal.SIGUSR1)
+EXIT_SIGPIPE = 128 + int(signal.SIGPIPE)
+DESCRIPTION = (
+    "nerve-bench: train, score and rank segmentation models on the Kaggle ultrasound nerve data, every "
+    "model the same way, on subject-grouped folds (README.md)"
+)
 
 
 class Terminated(BaseException):
@@ -101,7 +106,7 @@ def _on_requeue_signal(signum: int, frame: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nerve-bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="nerve-bench", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"benchmark.commands.{_MODULES.get(name, name)}")
@@ -183,7 +188,9 @@ def _run(args: argparse.Namespace) -> int:
     from benchmark.ddp_stop import GridStopped, end_job
 
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not as a second error at interpreter exit
+        return code
     except GridStopped as exc:  # a DDP rank failed: the job ends here, the finished runs stay
         print(f"error: {exc}", file=sys.stderr, flush=True)
         end_job()
@@ -191,6 +198,9 @@ def _run(args: argparse.Namespace) -> int:
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `run --dry-run | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_SIGPIPE
     except OSError as exc:  # read-only or full disk, a directory where a file goes: a runtime failure
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1

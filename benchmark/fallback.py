@@ -130,7 +130,7 @@ def resolve_data(
     out = synthetic_data_dir(bench, results_dir)
     why = "no --data-dir given" if data_dir is None else f"{data_dir} not found"
     say(
-        f"{why}: running the embedded CPU benchmark on synthetic data in {out} "
+        f"{why}: the grid is the embedded CPU benchmark on synthetic data in {out} "
         f"(the `synthetic:` section of the {bench.name} config)"
     )
     return fallback, ensure_synthetic(bench, out) if generate else out

@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.no_report and runner.global_rank() == 0:
         _report(bench, args.results_dir)
-    return _exit_status(outcomes, runner.missing_runs(grid, outcomes, args.results_dir))
+    return _exit_status(outcomes, runner.missing_runs(grid, outcomes, args.results_dir), args.results_dir)
 
 
 def _check_data(grid: list[TrainConfig], data_dir: Path) -> str:
@@ -185,7 +185,7 @@ def _check_data(grid: list[TrainConfig], data_dir: Path) -> str:
     return dataset_summary(train, data_dir)["content_hash"]
 
 
-def _exit_status(outcomes: list, missing: list[str]) -> int:
+def _exit_status(outcomes: list, missing: list[str], results_dir: Path) -> int:
     """1 when a run failed, 3 when runs held by other processes are still missing, else 0."""
     from benchmark import runner
 
@@ -193,7 +193,8 @@ def _exit_status(outcomes: list, missing: list[str]) -> int:
     for o in failed:
         runner.say(f"FAILED {o.run}: {o.error}")
     if failed:
-        runner.say(f"{len(failed)} of {len(outcomes)} runs failed (details in results runs/<run>/error.txt)")
+        where = results_dir / "runs" / "<run>" / "error.txt"
+        runner.say(f"{len(failed)} of {len(outcomes)} runs failed (details in {where})")
     if missing:
         shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
         runner.say(

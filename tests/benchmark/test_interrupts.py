@@ -240,3 +240,20 @@ def test_a_holder_that_dies_during_the_grid_leaves_its_run_to_be_taken_over(tmp_
     assert f"[1/2] skipped {grid[0].run_name()}: held by" in out
     assert f"[retry] {grid[0].run_name()}: its holder stopped without finishing it; taking it over" in out
     assert runner.missing_runs(grid, outcomes, tmp_path) == []
+
+
+@pytest.mark.parametrize("data", [False, True])
+def test_a_reader_that_closed_its_pipe_ends_the_command_quietly_with_141(data: bool, synthetic_dir, tmp_path):
+    """`run --dry-run | head -1`: the reader is gone before the first line (with and without the
+    fallback's flushed line), so the command stops as a shell reports SIGPIPE, with nothing on stderr
+    (it said "error: Broken pipe" and exited 1)."""
+    read, write = os.pipe()
+    os.close(read)
+    args = ["run", "--config", str(SMOKE), "--dry-run", "--results-dir", str(tmp_path / "r")]
+    args += ["--data-dir", str(synthetic_dir)] if data else []
+    try:
+        command = [sys.executable, "-m", "benchmark", *args]
+        done = subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True, timeout=600)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
