@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+KAGGLE_TEST_IMAGES = 5508  # test/1.tif .. test/5508.tif of the competition
 HELP = "predict test masks (and a Kaggle submission) with one checkpoint or an averaged ensemble"
 
 
@@ -48,4 +50,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         where = f"; submission {result['submission']}" if result["submission"] else ""
         print(f"{result['n_images']} masks ({result['n_positive']} non-empty) in {result['out_dir']}{where}")
+    if result["submission"] and result["n_images"] != KAGGLE_TEST_IMAGES:
+        print(
+            f"note: {result['submission']} holds {result['n_images']} rows; Kaggle scores a submission of "
+            f"all {KAGGLE_TEST_IMAGES} test images (--input the full test/ folder)",
+            file=sys.stderr,
+        )
     return 0

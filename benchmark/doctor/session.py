@@ -85,8 +85,16 @@ def estimate_check(ctx: Context) -> Finding:
     est = estimate.estimate(
         plan, rates, ctx.s.image_size, devices, ctx.decode_s_per_frame, tiny=bool(ctx.s.tiny)
     )
-    detail = f"full default benchmark here: about {estimate.clock(est['wall_s'])} wall time"
+    n_measured = len(plan.models) - len(est["missing"])
+    scope = (
+        "full default benchmark"
+        if not est["missing"]
+        else f"default benchmark's {n_measured} measured model(s)"
+    )
+    detail = f"{scope} here: about {estimate.clock(est['wall_s'])} wall time"
     detail += f" ({est['device_hours']:.1f} device-hours)"
+    if est["missing"]:
+        detail += f"; {len(est['missing'])} model(s) not measured, not counted"
     return Finding(detail, est)
 
 

@@ -107,12 +107,17 @@ def test_ensemble_postprocess_is_the_mean_of_tuned_parameters():
     assert predict.ensemble_postprocess(posts[:1]) == posts[0]
 
 
-def test_cli_ensemble_of_two_checkpoints(ckpts, synthetic_dir, tmp_path):
+def test_cli_ensemble_of_two_checkpoints(ckpts, synthetic_dir, tmp_path, capsys):
     out, sub = tmp_path / "masks", tmp_path / "sub.csv"
     both = f"{ckpts[0]},{ckpts[1]}"
     assert main(["predict", "--checkpoint", both, "--input", str(synthetic_dir), "--out", str(out),
                  "--submission", str(sub), "--tta"]) == 0  # fmt: skip
     _check_outputs(out, sub, [stem for stem, _ in predict.list_inputs(synthetic_dir)])
+    # 5 synthetic test images: a usable CSV, but not one Kaggle would score; the command says so.
+    assert capsys.readouterr().err == (
+        f"note: {sub} holds 5 rows; Kaggle scores a submission of all 5508 test images (--input the full "
+        "test/ folder)\n"
+    )
 
 
 def test_tta_follows_checkpoint_unless_forced(ckpts, tmp_path):
