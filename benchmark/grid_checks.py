@@ -17,7 +17,7 @@ import torch
 
 from benchmark.core.config import ConfigError, TrainConfig
 from datamodules.errors import DataError
-from datamodules.splits import nested_split
+from datamodules.splits import split_for
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 
@@ -39,15 +39,7 @@ def check_splits(grid: list[TrainConfig], data_dir: Path, subjects: np.ndarray, 
         seen.add(key)
         where = f"{cfg.model} fold {cfg.fold}"
         try:
-            fit, *_ = nested_split(
-                subjects,
-                positive,
-                cfg.fold,
-                cfg.n_folds,
-                cfg.holdout_fraction,
-                cfg.inner_fraction,
-                cfg.split_seed,
-            )
+            fit, *_ = split_for(cfg, subjects, positive)
         except ValueError as exc:
             raise DataError(data_dir, f"{where}: cannot split by subject: {exc}") from None
         if len(fit) < cfg.batch_size:

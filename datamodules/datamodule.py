@@ -33,7 +33,7 @@ from datamodules.decoded_cache import load_train_shared
 from datamodules.errors import DataError
 from datamodules.kaggle import TrainSet
 from datamodules.samplers import TrainSampler
-from datamodules.splits import nested_split
+from datamodules.splits import split_for
 from datamodules.targets import bbox, presence
 
 log = logging.getLogger(__name__)
@@ -188,15 +188,7 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         """(fit, inner, outer) indices, each sorted; only ``split_seed`` draws them."""
         cfg = self.config
         try:
-            fit, inner, outer, self.outer_folds = nested_split(
-                subjects,
-                positive,
-                cfg.fold,
-                cfg.n_folds,
-                cfg.holdout_fraction,
-                cfg.inner_fraction,
-                cfg.split_seed,
-            )
+            fit, inner, outer, self.outer_folds = split_for(cfg, subjects, positive)
         except ValueError as exc:  # e.g. more folds than subjects: a data problem for the user
             raise DataError(self.data_dir, f"cannot split by subject: {exc}") from None
         return fit, inner, outer

@@ -17,6 +17,8 @@ overall positive fraction), then best-improvement subject moves and swaps until 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 
@@ -264,3 +266,31 @@ def nested_split(
         rest, outer = np.flatnonzero(outer_folds != fold), np.flatnonzero(outer_folds == fold)
     fit_pos, inner_pos = inner_split(subjects[rest], positive[rest], inner_fraction, seed)
     return np.sort(rest[fit_pos]), np.sort(rest[inner_pos]), np.sort(outer), outer_folds
+
+
+class SplitFields(Protocol):
+    """The fields of a run's config that decide its split (DataConfig and TrainConfig have them)."""
+
+    @property
+    def fold(self) -> int: ...
+    @property
+    def n_folds(self) -> int: ...
+    @property
+    def holdout_fraction(self) -> float | None: ...
+    @property
+    def inner_fraction(self) -> float: ...
+    @property
+    def split_seed(self) -> int: ...
+
+
+def split_for(config: SplitFields, subjects: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`nested_split` with a run's split fields: (fit, inner, outer, outer fold ids)."""
+    return nested_split(
+        subjects,
+        positive,
+        config.fold,
+        config.n_folds,
+        config.holdout_fraction,
+        config.inner_fraction,
+        config.split_seed,
+    )

@@ -62,8 +62,8 @@ def test_each_distinct_split_is_checked_once_and_a_feasible_grid_passes(monkeypa
         TrainConfig(model=m, fold=f, n_folds=3, batch_size=4) for m in ("unet", "sk_unet") for f in (0, 1, 2)
     ]
     calls = []
-    real = grid_checks.nested_split
-    monkeypatch.setattr(grid_checks, "nested_split", lambda *a: calls.append(a[2]) or real(*a))
+    real = grid_checks.split_for
+    monkeypatch.setattr(grid_checks, "split_for", lambda cfg, *a: calls.append(cfg.fold) or real(cfg, *a))
     grid_checks.check_splits(grid, Path("data"), subjects, positive)
     assert calls == [0, 1, 2]  # the second model shares the three splits
     with pytest.raises(DataError, match="sk_unet fold 0: the fit part has"):
