@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -189,7 +190,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         code = int(args._run(args) or 0)
-        sys.stdout.flush()  # a closed pipe shows here, not as a second error at interpreter exit
+        if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
+            sys.stdout.flush()  # a closed pipe shows here, not as a second error at interpreter exit
         return code
     except GridStopped as exc:  # a DDP rank failed: the job ends here, the finished runs stay
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -198,12 +200,28 @@ def _run(args: argparse.Namespace) -> int:
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `run --dry-run | head -1`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():  # another pipe (a socket, a child's): a runtime failure
+            print(f"error: {os_error_line(exc)}", file=sys.stderr)
+            return 1
+        # `run --dry-run | head -1`: the reader has what it wanted; no second error at exit.
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
         return EXIT_SIGPIPE
     except OSError as exc:  # read-only or full disk, a directory where a file goes: a runtime failure
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reading end was closed (poll reports an error)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no stdout, no fd, or no poll on this platform
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from benchmark.core.config import ConfigError, TrainConfig
+from benchmark.reporting.leaderboard import BASELINE
 from datamodules.errors import DataError
 from datamodules.splits import split_for
 
@@ -26,14 +27,9 @@ def check_splits(grid: list[TrainConfig], data_dir: Path, subjects: np.ndarray, 
     """Every run's split exists and its fit part holds one global batch; DataError naming the run."""
     seen: set[tuple] = set()
     for cfg in grid:
-        key = (
-            cfg.fold,
-            cfg.n_folds,
-            cfg.holdout_fraction,
-            cfg.inner_fraction,
-            cfg.split_seed,
-            cfg.batch_size,
-        )
+        trains = cfg.model != BASELINE  # the baseline trains nothing: it has no batch to fill
+        split = (cfg.fold, cfg.n_folds, cfg.holdout_fraction, cfg.inner_fraction, cfg.split_seed)
+        key = (*split, cfg.batch_size if trains else None)
         if key in seen:
             continue
         seen.add(key)
@@ -42,7 +38,7 @@ def check_splits(grid: list[TrainConfig], data_dir: Path, subjects: np.ndarray, 
             fit, *_ = split_for(cfg, subjects, positive)
         except ValueError as exc:
             raise DataError(data_dir, f"{where}: cannot split by subject: {exc}") from None
-        if len(fit) < cfg.batch_size:
+        if trains and len(fit) < cfg.batch_size:
             raise DataError(
                 data_dir,
                 f"{where}: the fit part has {len(fit)} images, fewer than one global batch "
@@ -51,8 +47,9 @@ def check_splits(grid: list[TrainConfig], data_dir: Path, subjects: np.ndarray, 
 
 
 def check_accelerator(grid: list[TrainConfig]) -> None:
-    """A run that asks for a GPU in a process that sees none: ConfigError (a Ray task is checked on
-    the node that runs it, so a GPU-less driver of a GPU cluster does not come here)."""
+    """A run that asks for a GPU in a process that sees none: ConfigError. For the local executor
+    and ``fit``; the Ray executor checks its cluster instead (``ray_resources.task_options``), so a
+    GPU-less driver of a GPU cluster does not come here."""
     wants = next((c for c in grid if c.accelerator in GPU_ACCELERATORS), None)
     if wants is None or torch.cuda.is_available():
         return

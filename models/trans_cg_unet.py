@@ -135,10 +135,13 @@ class TransformerBottleneck(nn.Module):
         key = (h, w, self.pos_embed.device, self.pos_embed.dtype)
         if key not in self._resize:
             grid_h, grid_w = self.pos_embed.shape[-2:]
-            self._resize[key] = (
-                bilinear_matrix(h, grid_h).to(self.pos_embed),
-                bilinear_matrix(w, grid_w).to(self.pos_embed),
-            )
+            # Ordinary tensors even when first built while scoring: an inference tensor could not
+            # be saved for the backward of a later training step.
+            with torch.inference_mode(False):
+                self._resize[key] = (
+                    bilinear_matrix(h, grid_h).to(self.pos_embed),
+                    bilinear_matrix(w, grid_w).to(self.pos_embed),
+                )
         rows, cols = self._resize[key]
         return torch.einsum("hi,bdij,wj->bdhw", rows, self.pos_embed, cols)
 

@@ -149,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_config(args)
     bench, data_dir, grid = _load(args)
-    if ray_grid.choose(bench, grid)[0] == "local":
-        grid_checks.check_accelerator(grid)  # a Ray task checks on the node that runs it
-    if args.dry_run:
+    if args.dry_run:  # lists a GPU grid on a login node without a GPU too
         return _dry_run(grid, args.results_dir)
+    if ray_grid.choose(bench, grid)[0] == "local":
+        grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
     from benchmark.core.preflight import check_results_dir, min_free_gb_default
 
     min_free = min_free_gb_default() if args.min_free_gb is None else args.min_free_gb

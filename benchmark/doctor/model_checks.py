@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
@@ -46,6 +47,7 @@ def compare_weights(a: Path, b: Path) -> tuple[bool, float]:
 def fit_twice(model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, work: Path) -> dict[str, Any]:
     """A short fit of ``model`` and its training repeated with the same seed: the fit's time and Dice,
     and whether the two trained weights agree bit for bit."""
+    import benchmark.training.trainer  # noqa: F401 - its warning filters, before determinism_alerts
     from benchmark.pipeline import fit
     from benchmark.runner import outer_dice
     from benchmark.speed import restore_global_torch_state
@@ -80,19 +82,34 @@ def alerted_ops(messages: Iterable[str]) -> list[str]:
 
 @contextlib.contextmanager
 def determinism_alerts() -> Iterator[list[str]]:
-    """Yield a list that holds, once the block is over, the ops whose determinism alert (warn mode)
-    the block raised; every other warning of the block is issued again as it came."""
+    """Yield a list that holds, once the block is over (or has raised), the ops whose determinism
+    alert (warn mode) the block raised. Alerts are taken every time (a filter may have shown one
+    already) and not printed; every other warning goes through the filters and is shown as before.
+    The block must not import a module that installs warning filters: they are reset on exit."""
     ops: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")  # an alert per op, even where a filter had shown it once
+    messages: list[str] = []
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.filterwarnings("always", message=".*" + re.escape(ALERT))
+        shown = warnings.showwarning
+
+        def show(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            if ALERT in str(message):
+                messages.append(str(message))
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
         try:
             yield ops
         finally:
-            messages = [str(w.message) for w in caught]
-    ops.extend(alerted_ops(messages))
-    for w in caught:
-        if ALERT not in str(w.message):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            ops.extend(alerted_ops(messages))
 
 
 def train_again(cfg: TrainConfig, data_dir: Path, out_dir: Path) -> None:

@@ -15,9 +15,9 @@ tensor memory allocated *above the baseline* during the timed calls (the counter
 baseline read first, after the warm-up in which cuDNN's autotuner allocates its candidates'
 workspaces), so whatever else the process holds (the run's GPU data cache, a previous model,
 optimizer state) is not counted; not the caching allocator's reserve or the CUDA context. On CPU
-there is no per-allocation counter, so it is the growth of the process' resident set
-(``resource.getrusage`` max RSS) during the measurement, which is 0 when the process had already
-peaked earlier; it is an upper-bound-ish indicator, not an exact figure.
+there is no per-allocation counter, so it is the inputs plus the growth of the process' resident
+set (``resource.getrusage`` max RSS) during the measurement, which is 0 when the process had
+already peaked earlier; it is an upper-bound-ish indicator, not an exact figure.
 
 Exclusive device: a run packed beside others onto one GPU (or onto one node's CPUs) by the Ray
 executor measures its neighbours too. :func:`measured_exclusively` tells the two cases apart;
@@ -192,10 +192,9 @@ def measure_inference(
             (batched, latency), mb = timed_with_peak([run(x) for x in inputs], dev, warmup, iters)
     finally:
         model.train(was_training)
-    # On CUDA the inputs were allocated before the peak window: they count as inference memory too.
-    peak = mb + (
-        weights_mb(model) + sum(x.numel() * x.element_size() for x in inputs) / 2**20 if cuda else 0.0
-    )
+    # The inputs were allocated before the peak window: they count as inference memory too.
+    inputs_mb = sum(x.numel() * x.element_size() for x in inputs) / 2**20
+    peak = mb + inputs_mb + (weights_mb(model) if cuda else 0.0)
     return {
         "infer_img_s": batch_size * len(batched) / max(sum(batched), 1e-9),
         "latency_ms": 1000.0 * max(statistics.median(latency), 1e-9),

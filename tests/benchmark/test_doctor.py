@@ -157,28 +157,33 @@ def test_tables_render_figures_and_gaps():
 
 def test_the_fits_record_which_ops_torch_warned_have_no_deterministic_kernel():
     """On a GPU the recipe's determinism only warns. A real alert (``put_`` has no deterministic
-    kernel on any device) is recorded by op, once; any other warning is issued again as it came."""
+    kernel on any device) is recorded by op and not shown, even where it was shown once before and
+    when the block raises; any other warning is shown as it came, and the filters are as before."""
     from benchmark.doctor.model_checks import alerted_ops, determinism_alerts
 
     before = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
+    filters = list(warnings.filters)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        with pytest.warns(FutureWarning, match="unrelated"), determinism_alerts() as ops:
-            for _ in range(2):
-                torch.zeros(5).put_(torch.tensor([0]), torch.ones(1))
-            warnings.warn("unrelated", FutureWarning, stacklevel=1)
-            assert ops == []  # filled when the block ends
+        with pytest.warns(UserWarning, match="put_ does not have"):  # shown once, outside the block
+            torch.zeros(5).put_(torch.tensor([0]), torch.ones(1))
+        with warnings.catch_warnings(record=True) as shown, pytest.raises(ValueError, match="mid-fit"):
+            warnings.simplefilter("default")
+            with determinism_alerts() as ops:
+                for _ in range(2):
+                    torch.zeros(5).put_(torch.tensor([0]), torch.ones(1))
+                warnings.warn("unrelated", FutureWarning, stacklevel=1)
+                raise ValueError("mid-fit")
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-    assert ops == ["put_"]
+    assert ops == ["put_"] and [str(w.message) for w in shown] == ["unrelated"]
+    assert warnings.filters == filters
     alert = "{} does not have a deterministic implementation, but you set ..."
-    assert alerted_ops([alert.format("b_cuda"), "other", alert.format("a"), alert.format("b_cuda")]) == [
-        "a",
-        "b_cuda",
-    ]
+    messages = [alert.format("b_cuda"), "other", alert.format("a"), alert.format("b_cuda")]
+    assert alerted_ops(messages) == ["a", "b_cuda"]
 
 
 def test_estimate_by_hand():

@@ -45,7 +45,9 @@ def test_a_gpu_recipe_where_no_gpu_is_visible_is_one_line_for_run_and_fit(
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     results = tmp_path / "results"
-    assert main(_run(synthetic_dir, results, "--set", "accelerator=gpu", "--dry-run")) == 2
+    assert main(_run(synthetic_dir, results, "--set", "accelerator=gpu", "--dry-run")) == 0  # a login node
+    capsys.readouterr()
+    assert main(_run(synthetic_dir, results, "--set", "accelerator=gpu")) == 2
     fit = ["fit", "--data-dir", str(synthetic_dir), "--out", str(results / "fit"), "--set", "accelerator=gpu"]
     assert main(fit) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -66,6 +68,9 @@ def test_each_distinct_split_is_checked_once_and_a_feasible_grid_passes(monkeypa
     monkeypatch.setattr(grid_checks, "split_for", lambda cfg, *a: calls.append(cfg.fold) or real(cfg, *a))
     grid_checks.check_splits(grid, Path("data"), subjects, positive)
     assert calls == [0, 1, 2]  # the second model shares the three splits
+    baseline_first = [TrainConfig(model=m, n_folds=3, batch_size=33) for m in ("empty", "unet")]
+    with pytest.raises(DataError, match="^data: unet fold 0: the fit part has 24 images"):
+        grid_checks.check_splits(baseline_first, Path("data"), subjects, positive)  # empty: no batch
     with pytest.raises(DataError, match="sk_unet fold 0: the fit part has"):
         grid_checks.check_splits(
             [TrainConfig(model="sk_unet", n_folds=3, batch_size=33)], Path("d"), subjects, positive

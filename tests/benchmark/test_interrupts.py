@@ -257,3 +257,22 @@ def test_a_reader_that_closed_its_pipe_ends_the_command_quietly_with_141(data: b
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_broken_pipe_elsewhere_is_a_runtime_error_and_a_closed_stdout_is_no_error(capsys):
+    """Only standard output's own reader going away is the quiet 141: a broken socket or child pipe
+    is one error line and 1; a command started with stdout closed (`>&-`) still ends 0."""
+    from argparse import Namespace
+
+    from benchmark import cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe", "worker.sock")
+
+    assert cli._run(Namespace(_run=broken)) == 1
+    assert capsys.readouterr().err == "error: worker.sock: Broken pipe\n"
+    command = [sys.executable, "-m", "benchmark", "run", "--config", str(SMOKE), "--dry-run"]
+    done = subprocess.run(
+        command, preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True, timeout=600
+    )
+    assert (done.returncode, done.stderr) == (0, "")

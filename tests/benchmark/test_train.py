@@ -275,7 +275,8 @@ def test_an_epochs_training_time_waits_for_the_gpu_work_still_queued(monkeypatch
     events: list = []
     ticks = iter([10.0, 12.5])
     monkeypatch.setattr(callbacks, "synchronize", lambda device: events.append(f"sync {device}"))
-    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: events.append("clock") or next(ticks))
+    clock = SimpleNamespace(perf_counter=lambda: events.append("clock") or next(ticks))
+    monkeypatch.setattr(callbacks, "time", clock)  # this module's clock only
     trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"), sanity_checking=False)
     module = SimpleNamespace(device=torch.device("cuda", 1))
     history = callbacks.EpochHistory()

@@ -152,7 +152,10 @@ def test_the_positional_resize_matrices_are_built_once_per_grid_device_and_dtype
     from models.trans_cg_unet import TransformerBottleneck
 
     bottleneck = TransformerBottleneck(8, 16, 1, 2, pos_grid=16, dropout=0.0)
+    with torch.inference_mode():  # built first while scoring (a resume that validates first)
+        bottleneck.position(28, 38)
     first = bottleneck.position(28, 38)
+    first.sum().backward()  # the cached matrices are ordinary tensors: training can use them
     assert torch.equal(first, bottleneck.position(28, 38)) and len(bottleneck._resize) == 1
     expected = F.interpolate(bottleneck.pos_embed, size=(28, 38), mode="bilinear", align_corners=False)
     assert torch.allclose(first, expected, atol=1e-6)
