@@ -168,7 +168,7 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         # Decoded once per node and data version, memory-mapped by every run and DDP rank after that.
         ts = self.preloaded if self.preloaded is not None else load_train_shared(self.data_dir)
         self.stems, self.subjects = ts.stems, ts.subjects
-        self.positive = ts.masks.reshape(len(ts), -1).any(axis=1)
+        self.positive = ts.positive
         if self.with_split:
             self.fit_indices, self.inner_indices, self.outer_indices = self._split(
                 self.subjects, self.positive

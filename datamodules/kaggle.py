@@ -63,6 +63,11 @@ class TrainSet:
     def stems(self) -> list[str]:
         return [r.stem for r in self.records]
 
+    @property
+    def positive(self) -> np.ndarray:
+        """(N,) bool: whether each frame's mask shows a nerve."""
+        return np.asarray(self.masks.reshape(len(self.masks), -1).any(axis=1))
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -227,7 +232,7 @@ def check_dataset(data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -
 
 def dataset_summary(train: TrainSet, data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> dict:
     """``check_dataset``'s summary of an already validated training set (the test images are read)."""
-    n_positive = int(np.count_nonzero(train.masks.reshape(len(train), -1).any(axis=1)))
+    n_positive = int(np.count_nonzero(train.positive))
     return {
         "data_dir": str(data_dir),
         "n_train": len(train),

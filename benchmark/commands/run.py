@@ -180,8 +180,7 @@ def _check_data(grid: list[TrainConfig], data_dir: Path) -> str:
     from datamodules.kaggle import dataset_summary, load_train
 
     train = load_train(data_dir, validate=True)
-    positive = train.masks.reshape(len(train), -1).any(axis=1)
-    grid_checks.check_splits(grid, data_dir, train.subjects, positive)
+    grid_checks.check_splits(grid, data_dir, train.subjects, train.positive)
     return dataset_summary(train, data_dir)["content_hash"]
 
 
