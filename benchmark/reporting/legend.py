@@ -103,17 +103,16 @@ def _ranking_docs() -> dict[str, str]:
     """The ranked columns: rank, its interval, the score and its CI."""
     from benchmark.scoring.metrics import METRIC_DOCS
 
-    boot, few = _BOOT, _FEW
     return {
         "rank": "position among complete models by out-of-fold Kaggle Dice (ties broken by model name)",
         "model": f"registry name; `{BASELINE}` predicts no nerve anywhere (the baseline); 'from truth': no "
         f"complete `{BASELINE}` runs, so its exact scores (1 on an empty truth, else 0) were computed",
         "rank_ci": "simultaneous 95% confidence intervals for the ranks of all rows (Mogstad, Romano, "
         "Shaikh & Wilhelm, Rev. Econ. Stud. 2024): a pair of rows differs when its studentised difference "
-        f"exceeds the 95% point of the max over all pairs ({boot}); rank from 1 + (rows significantly "
+        f"exceeds the 95% point of the max over all pairs ({_BOOT}); rank from 1 + (rows significantly "
         "better) to the row count - (rows significantly worse); the floor is included. The top group is "
         "sharper (step-down), so a row can be outside it while its interval still reaches 1; "
-        f"{few}; {SIMULATED['rank_ci']}",
+        f"{_FEW}; {SIMULATED['rank_ci']}",
         "seeds": "number of training seeds (a complete model trained every outer fold once per seed)",
         "kaggle_dice": f"Kaggle Dice after post-processing, {_OOF}, mean over all images. "
         + METRIC_DOCS["kaggle_dice"],
@@ -127,7 +126,6 @@ def _comparison_docs() -> dict[str, str]:
     """The secondary scores and every comparison with the top model and the floor."""
     from benchmark.scoring.metrics import METRIC_DOCS
 
-    boot, few = _BOOT, _FEW
     return {
         "dice_positive": f"post-processed Dice over the images whose truth has a nerve, {_OOF}",
         "empty_correct": "share of empty-truth images predicted empty after post-processing (= their mean "
@@ -151,11 +149,11 @@ def _comparison_docs() -> dict[str, str]:
         "mde_vs_top": f"smallest true gap to the top that p_vs_top detects with {bs.POWER:.0%} probability "
         f"at alpha {bs.ALPHA}, for this board's subjects and the observed spread of this model's "
         "per-subject differences from the top (subjects resampled; the gap added to each subject in "
-        f"proportion to its images); n/a when {few}; 0 when the two differ by the same amount everywhere; "
+        f"proportion to its images); n/a when {_FEW}; 0 when the two differ by the same amount everywhere; "
         f"{SIMULATED['mde']}",
         "p_best_set": "model confidence set p-value (Hansen, Lunde & Nason, Econometrica 2011; range "
         "statistic: the max over the remaining pairs of studentised differences; the worst model removed "
-        f"while it rejects; {boot}): the smallest level at which this model leaves the set; none for the "
+        f"while it rejects; {_BOOT}): the smallest level at which this model leaves the set; none for the "
         "floor, which is not a contender",
         "top_group": f"`yes` when p_best_set >= {bs.ALPHA}: in the 95% confidence set for the best model; "
         f"`no`: worse than the best with 95% confidence; `floor`: the all-empty baseline, shown for "
