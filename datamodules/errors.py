@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -19,3 +20,38 @@ class DataError(NerveBenchError, ValueError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+class DataErrors(DataError):
+    """Several problems at once: a damaged copy of the data often has many bad files, and a user
+    should fix them all in one pass rather than meet them one run at a time.
+
+    One line per distinct problem, naming the first file that has it and how many more share it
+    (5,635 frames unreadable for one reason are one line, not 5,635), at most ``SHOWN`` lines.
+    """
+
+    SHOWN = 20
+
+    def __init__(self, where: str | Path, errors: Sequence[DataError]) -> None:
+        self.errors = list(errors)
+        groups: dict[str, list[DataError]] = {}
+        for err in self.errors:
+            groups.setdefault(err.problem, []).append(err)
+        lines = [_group_line(group) for group in list(groups.values())[: self.SHOWN]]
+        if len(groups) > self.SHOWN:
+            hidden = sum(len(g) for g in list(groups.values())[self.SHOWN :])
+            lines.append(f"... and {hidden} more, of {len(groups) - self.SHOWN} other kinds")
+        super().__init__(where, f"{len(self.errors)} problems:\n  " + "\n  ".join(lines))
+
+
+def _group_line(group: list[DataError]) -> str:
+    more = len(group) - 1
+    return str(group[0]) + (f" (and {more} more with the same problem)" if more else "")
+
+
+def raise_all(where: str | Path, errors: Sequence[DataError]) -> None:
+    """Raise nothing, the one error as it is, or every error together as :class:`DataErrors`."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise DataErrors(where, errors)

@@ -4,7 +4,8 @@ Layout: ``train/<subject>_<img>.tif`` + ``train/<subject>_<img>_mask.tif`` (and/
 ``train_masks.csv``), ``test/<id>.tif``. Images and masks are paired by file stem, never by
 position in sorted listings ("1_10.tif" sorts before "1_1_mask.tif", so positional pairing
 silently shifts masks). Files are read in a thread pool: LZW decoding releases the GIL, and the
-full set is 5,635 pairs.
+full set is 5,635 pairs. A damaged copy is reported whole: every bad file, a line per problem
+(``DataErrors``), not one per attempt.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.errors import DataError
+from datamodules.errors import DataError, DataErrors, raise_all
 from datamodules.rle import KAGGLE_SHAPE
 from datamodules.validate import (
     CsvRow,
@@ -89,68 +90,114 @@ def _tif_files(directory: Path) -> list[Path]:
     ]
 
 
-def _split_train_dir(train_dir: Path) -> tuple[dict[tuple[int, int], Path], dict[tuple[int, int], Path]]:
-    """Map (subject, img) -> image path and -> mask path, checking every file name."""
+def _split_train_dir(
+    train_dir: Path, errors: list[DataError]
+) -> tuple[dict[tuple[int, int], Path], dict[tuple[int, int], Path]]:
+    """Map (subject, img) -> image path and -> mask path; a bad file name goes to ``errors``."""
     images: dict[tuple[int, int], Path] = {}
     masks: dict[tuple[int, int], Path] = {}
     for path in sorted(_tif_files(train_dir)):
         is_mask = path.stem.endswith("_mask")
         match = _TRAIN_STEM.match(path.stem[: -len("_mask")] if is_mask else path.stem)
         if match is None:
-            raise DataError(path, "file name is not <subject>_<img>.tif or <subject>_<img>_mask.tif")
+            errors.append(DataError(path, "file name is not <subject>_<img>.tif or <subject>_<img>_mask.tif"))
+            continue
         key = (int(match[1]), int(match[2]))
         table = masks if is_mask else images
         if key in table:
-            raise DataError(path, f"duplicate of {table[key].name} (same subject {key[0]}, img {key[1]})")
+            errors.append(
+                DataError(path, f"duplicate of {table[key].name} (same subject {key[0]}, img {key[1]})")
+            )
+            continue
         table[key] = path
     return images, masks
 
 
-def scan_train(data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> list[TrainRecord]:
-    """Pair images with masks by stem and check train_masks.csv; reads no pixels."""
-    root = _require_dir(Path(data_dir))
-    train_dir = _require_dir(root / "train")
-    images, masks = _split_train_dir(train_dir)
-    if not images:
-        raise DataError(train_dir, "no training images (<subject>_<img>.tif) found")
-    for key, mask_path in masks.items():
-        if key not in images:
-            raise DataError(mask_path, f"mask has no matching image {key[0]}_{key[1]}.tif")
-    csv_path = root / CSV_NAME
-    rows: dict[tuple[int, int], CsvRow] = read_masks_csv(csv_path, shape) if csv_path.is_file() else {}
-    records = []
+def _read_csv_rows(
+    csv_path: Path, shape: tuple[int, int], errors: list[DataError]
+) -> dict[tuple[int, int], CsvRow]:
+    """``train_masks.csv``'s rows ({} without one); its problems go to ``errors``."""
+    if not csv_path.is_file():
+        return {}
+    try:
+        return read_masks_csv(csv_path, shape)
+    except DataErrors as exc:
+        errors.extend(exc.errors)
+    except DataError as exc:
+        errors.append(exc)
+    return {}
+
+
+def _record(key: tuple[int, int], images: dict, masks: dict, row: CsvRow | None) -> TrainRecord:
+    return TrainRecord(
+        stem=images[key].stem,
+        subject=key[0],
+        img=key[1],
+        image_path=images[key],
+        mask_path=masks.get(key),
+        rle=row.rle if row else None,
+        csv_line=row.line if row else None,
+    )
+
+
+def _pairing_errors(images: dict, masks: dict, rows: dict, csv_path: Path) -> list[DataError]:
+    """Masks without an image, images without a mask, csv-only masks whose runs are out of order."""
+    errors = [
+        DataError(path, f"mask has no matching image {key[0]}_{key[1]}.tif")
+        for key, path in masks.items()
+        if key not in images
+    ]
     for key in sorted(images):
         row = rows.get(key)
-        if key not in masks and row is None:
+        if key in masks:
+            continue
+        if row is None:
             where = f"no row in {CSV_NAME}" if csv_path.is_file() else f"no {CSV_NAME}"
-            raise DataError(images[key], f"has no mask: no {images[key].stem}_mask.tif and {where}")
-        if key not in masks and row is not None:  # csv-only: the row is the only truth
+            errors.append(DataError(images[key], f"has no mask: no {images[key].stem}_mask.tif and {where}"))
+            continue
+        try:  # csv-only: the row is the only truth
             check_runs_ordered(row.rle, csv_path, row.line, images[key].stem)
-        records.append(
-            TrainRecord(
-                stem=images[key].stem,
-                subject=key[0],
-                img=key[1],
-                image_path=images[key],
-                mask_path=masks.get(key),
-                rle=row.rle if row else None,
-                csv_line=row.line if row else None,
-            )
-        )
-    return records
+        except DataError as exc:
+            errors.append(exc)
+    return errors
 
 
-def _parallel_for(fn: Callable[[int, Any], object], items: Sequence[Any]) -> None:
-    """Run ``fn(i, item)`` over a thread pool; re-raise the first failure (in item order)."""
+def scan_train(data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> list[TrainRecord]:
+    """Pair images with masks by stem and check train_masks.csv; reads no pixels.
+
+    Every problem is reported at once (:class:`DataErrors`), in two stages so that one fault is not
+    echoed by another: file names and csv rows first, then the pairing of what they name.
+    """
+    root = _require_dir(Path(data_dir))
+    train_dir = _require_dir(root / "train")
+    csv_path = root / CSV_NAME
+    errors: list[DataError] = []
+    images, masks = _split_train_dir(train_dir, errors)
+    rows = _read_csv_rows(csv_path, shape, errors)
+    raise_all(root, errors)
+    if not images:
+        raise DataError(train_dir, "no training images (<subject>_<img>.tif) found")
+    raise_all(root, _pairing_errors(images, masks, rows, csv_path))
+    return [_record(key, images, masks, rows.get(key)) for key in sorted(images)]
+
+
+def _parallel_for(fn: Callable[[int, Any], object], items: Sequence[Any], where: Path) -> None:
+    """Run ``fn(i, item)`` over a thread pool. Every item's DataError is reported (in item order,
+    :func:`raise_all`); any other failure is re-raised at once."""
     workers = max(1, min(8, os.cpu_count() or 1, len(items)))
     pool = ThreadPoolExecutor(max_workers=workers)
+    errors: list[DataError] = []
     try:
         for future in [pool.submit(fn, i, item) for i, item in enumerate(items)]:
-            future.result()
+            try:
+                future.result()
+            except DataError as exc:
+                errors.append(exc)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    raise_all(where, errors)
 
 
 def _mask_of(rec: TrainRecord, csv_path: Path, shape: tuple[int, int], validate: bool) -> np.ndarray:
@@ -188,21 +235,26 @@ def load_train(
         images[i] = read_image(rec.image_path, shape)
         masks[i] = _mask_of(rec, csv_path, shape, validate)
 
-    _parallel_for(load_one, records)
+    _parallel_for(load_one, records, Path(data_dir))
     return TrainSet(records=records, images=images, masks=masks, mask_source=mask_source_of(records))
 
 
 def scan_test(data_dir: str | Path) -> list[tuple[int, Path]]:
-    """``test/<id>.tif`` files as (id, path), sorted by numeric id (2 before 10)."""
+    """``test/<id>.tif`` files as (id, path), sorted by numeric id (2 before 10); every bad name reported."""
     test_dir = _require_dir(_require_dir(Path(data_dir)) / "test")
     found: dict[int, Path] = {}
-    for path in _tif_files(test_dir):
+    errors: list[DataError] = []
+    for path in sorted(_tif_files(test_dir)):
         match = _TEST_STEM.match(path.stem)
         if match is None:
-            raise DataError(path, "file name is not <id>.tif")
-        if int(match[1]) in found:
-            raise DataError(path, f"duplicate of {found[int(match[1])].name} (same id {int(match[1])})")
-        found[int(match[1])] = path
+            errors.append(DataError(path, "file name is not <id>.tif"))
+        elif int(match[1]) in found:
+            errors.append(
+                DataError(path, f"duplicate of {found[int(match[1])].name} (same id {int(match[1])})")
+            )
+        else:
+            found[int(match[1])] = path
+    raise_all(test_dir, errors)
     return sorted(found.items())
 
 
@@ -221,7 +273,7 @@ def _check_test(data_dir: Path, shape: tuple[int, int]) -> int:
     if not (data_dir / "test").exists():
         return 0
     items = scan_test(data_dir)
-    _parallel_for(lambda i, item: read_image(item[1], shape), items)
+    _parallel_for(lambda i, item: read_image(item[1], shape), items, data_dir / "test")
     return len(items)
 
 

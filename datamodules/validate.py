@@ -1,7 +1,8 @@
 """Checks for the Kaggle layout files: ``train_masks.csv`` rows, image shapes, mask values.
 
 Every failure raises ``DataError(path, problem)`` with a one-line problem, so the CLI prints one
-line naming the file to fix (and, for the csv, the line number).
+line naming the file to fix (and, for the csv, the line number); several bad csv rows are reported
+together (``DataErrors``), a line each.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.errors import DataError
+from datamodules.errors import DataError, raise_all
 from datamodules.io import read_tif
 from datamodules.rle import RLEError, decode, parse_runs
 
@@ -93,32 +94,43 @@ def check_runs_ordered(rle: str, csv_path: Path, line: int, stem: str) -> None:
 
 
 def read_masks_csv(csv_path: Path, shape: tuple[int, int]) -> dict[tuple[int, int], CsvRow]:
-    """Parse and check every row of ``train_masks.csv``; keyed by (subject, img)."""
+    """Parse and check every row of ``train_masks.csv``; keyed by (subject, img). Every bad row is
+    reported (:class:`DataErrors`), not only the first; a bad header or an unreadable file stops."""
     rows: dict[tuple[int, int], CsvRow] = {}
+    errors: list[DataError] = []
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             _check_header(next(reader, None), csv_path)
             for record in reader:
-                line = reader.line_num
-                if not record or (len(record) == 1 and not record[0].strip()):
-                    continue  # blank line
-                if len(record) != 3:
-                    raise DataError(csv_path, f"line {line}: expected 3 columns, got {len(record)}")
-                key = (
-                    _parse_int(record[0], csv_path, line, "subject"),
-                    _parse_int(record[1], csv_path, line, "img"),
-                )
-                _check_rle(record[2], shape, csv_path, line)
-                if key in rows:
-                    raise DataError(
-                        csv_path,
-                        f"line {line}: duplicate row for {key[0]}_{key[1]} (first on line {rows[key].line})",
-                    )
-                rows[key] = CsvRow(line, record[2].strip())
+                try:
+                    _add_row(record, reader.line_num, rows, csv_path, shape)
+                except DataError as exc:
+                    errors.append(exc)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(csv_path, f"unreadable csv ({type(exc).__name__}: {_short(exc, 120)})") from None
+    raise_all(csv_path, errors)
     return rows
+
+
+def _add_row(
+    record: list[str], line: int, rows: dict[tuple[int, int], CsvRow], csv_path: Path, shape: tuple[int, int]
+) -> None:
+    """Check one csv record and add it to ``rows``; a blank line is skipped."""
+    if not record or (len(record) == 1 and not record[0].strip()):
+        return
+    if len(record) != 3:
+        raise DataError(csv_path, f"line {line}: expected 3 columns, got {len(record)}")
+    key = (
+        _parse_int(record[0], csv_path, line, "subject"),
+        _parse_int(record[1], csv_path, line, "img"),
+    )
+    _check_rle(record[2], shape, csv_path, line)
+    if key in rows:
+        raise DataError(
+            csv_path, f"line {line}: duplicate row for {key[0]}_{key[1]} (first on line {rows[key].line})"
+        )
+    rows[key] = CsvRow(line, record[2].strip())
 
 
 def check_shape(arr: np.ndarray, path: Path, shape: tuple[int, int], what: str = "image") -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from datamodules.errors import DataError
+from datamodules.errors import DataError, DataErrors
 from datamodules.io import write_tif
 from datamodules.kaggle import check_dataset, load_train
 from datamodules.rle import encode
@@ -144,6 +144,73 @@ def test_mask_tif_disagrees_with_csv(capsys, tiny):
     shifted = np.roll(tiny_masks()["1_1"], 3, axis=1)  # 40 rows x 3 columns move on each side
     write_csv(tiny, tiny_rows({"1_1": encode(shifted)}))
     assert_bad(capsys, tiny, "1_1_mask.tif", "disagrees with train_masks.csv line 2", "240 pixels differ")
+
+
+# --- a damaged copy is reported whole ------------------------------------------------------------
+
+
+def cli_lines(capsys: pytest.CaptureFixture, data_dir: Path) -> list[str]:
+    """`data check` of a directory with several problems: exit 2, no traceback, stderr's lines."""
+    rc = main(["data", "check", "--data-dir", str(data_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and "Traceback" not in err
+    return err.splitlines()
+
+
+def test_every_bad_file_is_named_in_one_pass(capsys, tiny):
+    (tiny / "train" / "2_1.tif").write_bytes(b"\x00" * 64)
+    write_tif(tiny / "train" / "1_2.tif", np.zeros((400, 580), np.uint8))
+    mask = tiny_masks()["1_1"] * 255
+    mask[0, :5] = 128
+    write_tif(tiny / "train" / "1_1_mask.tif", mask)
+    lines = cli_lines(capsys, tiny)
+    assert lines[0] == f"error: {tiny}: 3 problems:"
+    assert [line.split(": ")[0].strip() for line in lines[1:]] == [
+        str(tiny / "train" / name) for name in ("1_1_mask.tif", "1_2.tif", "2_1.tif")
+    ]  # in (subject, img) order, the image before its mask
+    assert "not binary" in lines[1] and "400x580" in lines[2] and "corrupt or truncated" in lines[3]
+    with pytest.raises(DataErrors) as info:
+        load_train(tiny)
+    assert [e.path.name for e in info.value.errors] == ["1_1_mask.tif", "1_2.tif", "2_1.tif"]
+
+
+def test_one_problem_shared_by_many_files_is_one_line(capsys, tiny):
+    for stem in ("1_1", "1_2", "2_1"):
+        (tiny / "train" / f"{stem}.tif").write_bytes(b"\x00" * 64)
+    (tiny / "train" / "9_1_mask.tif").write_bytes(b"")  # a pairing problem: reported after the names
+    lines = cli_lines(capsys, tiny)
+    assert lines == [f"error: {tiny / 'train' / '9_1_mask.tif'}: mask has no matching image 9_1.tif"]
+    (tiny / "train" / "9_1_mask.tif").unlink()
+    lines = cli_lines(capsys, tiny)
+    assert len(lines) == 2 and lines[0] == f"error: {tiny}: 3 problems:"
+    assert lines[1].startswith(f"  {tiny / 'train' / '1_1.tif'}: corrupt or truncated tif")
+    assert lines[1].endswith("(and 2 more with the same problem)")
+
+
+def test_every_bad_csv_row_and_file_name_together(capsys, tiny):
+    write_csv(tiny, [*tiny_rows({"1_2": "10 5 a"}), ["x", "3", ""], ["1", "1", ""]])
+    (tiny / "train" / "scan 7.tif").write_bytes(b"")
+    lines = cli_lines(capsys, tiny)
+    assert lines[0] == f"error: {tiny}: 4 problems:"
+    assert (
+        lines[1]
+        == f"  {tiny / 'train' / 'scan 7.tif'}: file name is not <subject>_<img>.tif or <subject>_<img>_mask.tif"
+    )
+    csv_path = tiny / "train_masks.csv"
+    assert lines[2:] == [
+        f"  {csv_path}: line 3: RLE has a non-integer token (invalid literal for int() with base 10: 'a')",
+        f"  {csv_path}: line 5: subject 'x' is not an integer",
+        f"  {csv_path}: line 6: duplicate row for 1_1 (first on line 2)",
+    ]
+
+
+def test_the_list_is_bounded():
+    errors = [DataError(f"train/{i}_1.tif", f"problem {i}") for i in range(DataErrors.SHOWN + 5)]
+    text = str(DataErrors("data", [*errors, DataError("train/0_2.tif", "problem 0")]))
+    lines = text.splitlines()
+    assert lines[0] == f"data: {DataErrors.SHOWN + 6} problems:"
+    assert lines[1] == "  train/0_1.tif: problem 0 (and 1 more with the same problem)"
+    assert len(lines) == DataErrors.SHOWN + 2 and lines[-1] == "  ... and 5 more, of 5 other kinds"
 
 
 # --- the summary ---------------------------------------------------------------------------------
