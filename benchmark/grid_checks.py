@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from benchmark.core.config import ConfigError, TrainConfig
-from benchmark.reporting.leaderboard import BASELINE
+from benchmark.core.model_kwargs import trains
 from datamodules.errors import DataError
 from datamodules.splits import split_for
 
@@ -24,24 +24,24 @@ GPU_ACCELERATORS = ("gpu", "cuda")
 
 
 def check_splits(grid: list[TrainConfig], data_dir: Path, subjects: np.ndarray, positive: np.ndarray) -> None:
-    """Every run's split exists and its fit part holds one global batch; DataError naming the run."""
-    seen: set[tuple] = set()
+    """Every run's split exists and, for a model with weights to train, its fit part holds one
+    global batch (the ``empty`` baseline, or a plugin's fixed rule, has no batch to fill); DataError
+    naming the run."""
+    fit_sizes: dict[tuple, int] = {}
     for cfg in grid:
-        trains = cfg.model != BASELINE  # the baseline trains nothing: it has no batch to fill
         split = (cfg.fold, cfg.n_folds, cfg.holdout_fraction, cfg.inner_fraction, cfg.split_seed)
-        key = (*split, cfg.batch_size if trains else None)
-        if key in seen:
-            continue
-        seen.add(key)
         where = f"{cfg.model} fold {cfg.fold}"
-        try:
-            fit, *_ = split_for(cfg, subjects, positive)
-        except ValueError as exc:
-            raise DataError(data_dir, f"{where}: cannot split by subject: {exc}") from None
-        if trains and len(fit) < cfg.batch_size:
+        if split not in fit_sizes:
+            try:
+                fit, *_ = split_for(cfg, subjects, positive)
+            except ValueError as exc:
+                raise DataError(data_dir, f"{where}: cannot split by subject: {exc}") from None
+            fit_sizes[split] = len(fit)
+        # whether the model trains is asked only of a run that would fail: it builds the model
+        if fit_sizes[split] < cfg.batch_size and trains(cfg):
             raise DataError(
                 data_dir,
-                f"{where}: the fit part has {len(fit)} images, fewer than one global batch "
+                f"{where}: the fit part has {fit_sizes[split]} images, fewer than one global batch "
                 f"(batch_size={cfg.batch_size}); lower batch_size or use more data",
             )
 

@@ -195,7 +195,7 @@ def measure_model(model: str, data_dir: Path, cache: GpuCache, s: SpeedSettings,
     """Every figure (a)-(e) for one model, as a RESULT_KEYS dict (training figures ``None`` when the
     model has nothing to train)."""
     from benchmark.training.device import resolve_precision
-    from benchmark.training.module import has_trainable_params
+    from models.info import has_trainable_params
 
     dev = resolve_device(s.device)
     precision = resolve_precision("auto", "gpu" if dev.type == "cuda" else "cpu")

@@ -22,6 +22,12 @@ import models  # noqa: F401  (registers every model)
 from models.registry import ModelError, create, get_info
 
 
+def has_trainable_params(model: nn.Module) -> bool:
+    """Whether training has anything to optimise: not the ``empty`` baseline (``trainable = False``),
+    not a model whose every parameter is frozen."""
+    return getattr(model, "trainable", True) and any(p.requires_grad for p in model.parameters())
+
+
 def count_params(model: nn.Module) -> int:
     """Number of parameters, trainable and frozen alike (the leaderboard's "params")."""
     return sum(p.numel() for p in model.parameters())

@@ -45,6 +45,23 @@ def build_models(configs: Iterable[TrainConfig]) -> None:
             ) from None
 
 
+def trains(cfg: TrainConfig) -> bool:
+    """Whether the run's model has weights to train (the ``empty`` baseline has none), from a build
+    on the meta device as in :func:`build_models`; a model that meta cannot build counts as trained."""
+    import torch
+
+    from models.info import has_trainable_params
+    from models.registry import create
+
+    try:
+        with torch.device("meta"):
+            return has_trainable_params(
+                create(cfg.model, in_channels=1, encoder_weights=None, **cfg.model_kwargs)
+            )
+    except NotImplementedError:
+        return True
+
+
 def check_pairs(pairs: Iterable[tuple[str, dict]]) -> None:
     import models  # noqa: F401 - registers every architecture
     from models.registry import check_kwargs

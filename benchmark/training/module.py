@@ -29,6 +29,7 @@ from benchmark.core.config import TrainConfig, apply_overrides
 from benchmark.scoring.kaggle_scores import KaggleScores
 from benchmark.training.callbacks import checkpoint_history, empty_history
 from datamodules import geometry
+from models.info import has_trainable_params
 
 LOGGED_METRICS = ("kaggle_dice", "dice_positive", "iou", "presence_accuracy")
 STAGES = ("train", "val")  # Lightning stage names; "val" is the inner selection set
@@ -39,10 +40,6 @@ def config_from_dict(config: dict | TrainConfig) -> TrainConfig:
     if isinstance(config, TrainConfig):
         return config
     return apply_overrides(TrainConfig(), dict(config))
-
-
-def has_trainable_params(model: torch.nn.Module) -> bool:
-    return getattr(model, "trainable", True) and any(p.requires_grad for p in model.parameters())
 
 
 class WarmupCosine:

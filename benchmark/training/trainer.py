@@ -24,7 +24,8 @@ from benchmark.training.checkpoint import (
     save_plain_checkpoint,
 )
 from benchmark.training.device import resolve_precision
-from benchmark.training.module import SegModule, has_trainable_params
+from benchmark.training.module import SegModule
+from models.info import has_trainable_params
 
 if TYPE_CHECKING:
     from lightning import Trainer

@@ -79,3 +79,43 @@ def test_each_distinct_split_is_checked_once_and_a_feasible_grid_passes(monkeypa
     grid_checks.check_accelerator(grid)  # accelerator auto / cpu: nothing to say
     with pytest.raises(ConfigError, match="accelerator=cuda"):
         grid_checks.check_accelerator([TrainConfig(accelerator="cuda")])
+
+
+class _FixedRule(torch.nn.Module):
+    """A plugin's rule with nothing to train, under a name that is not the baseline's."""
+
+    trainable = False
+
+    def __init__(self, in_channels: int = 1, encoder_weights: str | None = None) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1] * 0 + self.bias
+
+
+class _MetaRefuses(_FixedRule):
+    def __init__(self, in_channels: int = 1, encoder_weights: str | None = None) -> None:
+        raise NotImplementedError("an operation the meta device lacks")
+
+
+def test_the_batch_check_asks_the_model_whether_it_trains_not_its_name() -> None:
+    from models.registry import register, unregister
+
+    subjects, positive = np.repeat(np.arange(6), 8), np.tile([True, False], 24)
+    register("fixed_rule_test", paper="test")(_FixedRule)
+    register("meta_refuses_test", paper="test")(_MetaRefuses)
+    try:
+        grid_checks.check_splits(
+            [TrainConfig(model="fixed_rule_test", n_folds=3, batch_size=33)], Path("d"), subjects, positive
+        )  # 24 fit images, batch 33: nothing to train, so no batch to fill
+        with pytest.raises(DataError, match="meta_refuses_test fold 0: the fit part has 24 images"):
+            grid_checks.check_splits(  # unknown on meta: held to the batch like any trained model
+                [TrainConfig(model="meta_refuses_test", n_folds=3, batch_size=33)],
+                Path("d"),
+                subjects,
+                positive,
+            )
+    finally:
+        unregister("fixed_rule_test")
+        unregister("meta_refuses_test")

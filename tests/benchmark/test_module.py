@@ -19,9 +19,9 @@ from benchmark.training.module import (
     SegModule,
     WarmupCosine,
     config_from_dict,
-    has_trainable_params,
     set_schedule_length,
 )
+from models.info import has_trainable_params
 
 SMALL = {"model": "unet", "model_kwargs": {"base_width": 4, "depth": 2}, "image_size": 64}
 

@@ -192,10 +192,8 @@ def test_every_bad_csv_row_and_file_name_together(capsys, tiny):
     (tiny / "train" / "scan 7.tif").write_bytes(b"")
     lines = cli_lines(capsys, tiny)
     assert lines[0] == f"error: {tiny}: 4 problems:"
-    assert (
-        lines[1]
-        == f"  {tiny / 'train' / 'scan 7.tif'}: file name is not <subject>_<img>.tif or <subject>_<img>_mask.tif"
-    )
+    bad_name = "file name is not <subject>_<img>.tif or <subject>_<img>_mask.tif"
+    assert lines[1] == f"  {tiny / 'train' / 'scan 7.tif'}: {bad_name}"
     csv_path = tiny / "train_masks.csv"
     assert lines[2:] == [
         f"  {csv_path}: line 3: RLE has a non-integer token (invalid literal for int() with base 10: 'a')",
