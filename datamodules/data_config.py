@@ -10,6 +10,7 @@ augmentation switches are its ``augment`` and ``aug_*`` fields.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,16 @@ class DataConfig:
         for name, ok, requirement in checks:
             if not ok:
                 raise DataConfigError(f"{name}={getattr(self, name)!r} must be {requirement}")
+
+    def loader_workers(self) -> int:
+        """``num_workers`` capped at the CPUs this process may use (its affinity, as torch's own
+        warning counts them): more workers than CPUs only contend. The stream is a pure function of
+        (seed, epoch, sample), so the cap changes no batch, only who decodes it."""
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # no affinity on this platform (macOS)
+            cpus = os.cpu_count() or 1
+        return min(self.num_workers, cpus)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> DataConfig:

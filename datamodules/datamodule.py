@@ -251,7 +251,7 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Augmented training batches of ``batch_size / world_size`` samples (full global batches only)."""
         sampler = self.train_sampler()
-        workers = self.config.num_workers
+        workers = self.config.loader_workers()
         return DataLoader(
             self._dataset(self.fit_indices, train=True),
             batch_size=sampler.per_rank,
@@ -279,7 +279,7 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         """Un-augmented, in-order batches (with ``mask_orig``) of the given training-set indices."""
         self._require_setup()
         dataset = self._dataset(np.asarray(indices, np.int64), train=False)
-        workers = self.config.num_workers
+        workers = self.config.loader_workers()
         return DataLoader(
             dataset,
             batch_size=self.config.eval_batch_size,

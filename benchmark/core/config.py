@@ -77,7 +77,9 @@ class TrainConfig:
         16, "GLOBAL training batch per optimiser step, split evenly over devices x num_nodes"
     )
     eval_batch_size: int = _f(64, "batch per device for scoring (inner set, outer fold) and prediction")
-    num_workers: int = _f(0, "DataLoader worker processes (execution only, not hashed)")
+    num_workers: int = _f(
+        0, "DataLoader worker processes, at most the CPUs this process may use (execution only, not hashed)"
+    )
     lr: float = _f(1e-3, "peak AdamW learning rate")
     weight_decay: float = _f(1e-4, "AdamW weight decay")
     warmup_epochs: float = _f(1.0, "linear learning-rate warm-up in epochs (fractions allowed)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -125,6 +126,17 @@ def test_worker_processes_give_the_same_augmented_batches(synthetic_dir: Path) -
             assert torch.equal(x["index"], y["index"]) and torch.equal(x["image"], y["image"])
     unaugmented = plain.subset_dataloader(x["index"][:1].numpy()).dataset[0]["image"]
     assert not torch.equal(x["image"][0], unaugmented)  # augmentation was on: the check can fail
+
+
+def test_loader_workers_are_capped_at_the_cpus_this_process_may_use(synthetic_dir: Path, monkeypatch) -> None:
+    """default.yaml's 4 workers on a 2-CPU box: 2 (torch warns, and the extra two only contend)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [DataConfig(num_workers=n).loader_workers() for n in (0, 1, 2, 4, 64)] == [0, 1, 2, 2, 2]
+    dm = _dm(synthetic_dir, fold=1, n_folds=3, image_size=64, batch_size=4, num_workers=4)
+    assert dm.train_dataloader().num_workers == 2 and dm.inner_dataloader().num_workers == 2
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS: the CPU count instead
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert DataConfig(num_workers=4).loader_workers() == 3
 
 
 def test_cleaning_drops_training_contradictions(synthetic_dir: Path) -> None:
