@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", help="comma-separated seeds")
     add_set_option(
         parser,
-        "override a config field, e.g. --set lr=3e-4 --set executor=ray (repeatable; keys listed below)",
+        "override a config field, e.g. --set lr=3e-4 --set executor=ray (repeatable; keys listed below); "
+        "one model's entry: --set model_kwargs.unet='{base_width: 16}', --set model_train.unet='{lr: 0.003}'",
     )
     _add_execution_options(parser)
     parser.add_argument("--dry-run", action="store_true", help="list the grid and exit")

@@ -324,14 +324,41 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 
 
 def apply_benchmark_overrides(bench: BenchmarkConfig, overrides: dict[str, Any]) -> BenchmarkConfig:
-    """``run --set``: TrainConfig keys change ``train:``; grid keys (models, executor...) the rest."""
+    """``run --set``: TrainConfig keys change ``train:``; grid keys (models, executor...) the rest;
+    ``model_kwargs.MODEL`` / ``model_train.MODEL`` one model's entry of the per-model maps."""
+    overrides, per_model = _per_model_overrides(bench, overrides)
     train_keys = _names(TrainConfig)
     _check_keys(overrides, train_keys | _names(BenchmarkConfig) - {"train"}, "config key")
     train = apply_overrides(bench.train, {k: v for k, v in overrides.items() if k in train_keys})
-    changes = {k: v for k, v in overrides.items() if k not in train_keys}
+    changes = {k: v for k, v in overrides.items() if k not in train_keys} | per_model
     if "folds" not in changes and bench.folds == tuple(range(bench.train.n_folds)):
         changes["folds"] = tuple(range(train.n_folds))  # "every fold" stays so under --set n_folds=K
     return dataclasses.replace(bench, train=train, **changes)
+
+
+# `--set model_kwargs=...` is train:'s, for every model; `--set model_kwargs.unet=...` is one model's.
+PER_MODEL_MAPS = ("model_kwargs", "model_train")
+
+
+def _per_model_overrides(bench: BenchmarkConfig, overrides: dict[str, Any]) -> tuple[dict, dict]:
+    """Split ``--set FIELD.MODEL=MAPPING`` (replacing one model's entry) from the other keys."""
+    from models.registry import ModelError, get_info
+
+    plain: dict[str, Any] = {}
+    maps: dict[str, dict] = {}
+    for key, value in overrides.items():
+        field_name, dot, model = (part.strip() for part in key.partition("."))
+        if not dot:
+            plain[key] = value
+            continue
+        spelling = " or ".join(f"{m}.MODEL" for m in PER_MODEL_MAPS)
+        _require(field_name in PER_MODEL_MAPS and bool(model), f"--set {key}: a dotted key is {spelling}")
+        try:
+            get_info(model)
+        except ModelError as exc:
+            raise ConfigError(f"--set {key}: {exc}") from None
+        maps.setdefault(field_name, dict(getattr(bench, field_name)))[model] = coerce(key, value, dict)
+    return plain, maps
 
 
 def parse_set_args(pairs: list[str] | None) -> dict[str, Any]:

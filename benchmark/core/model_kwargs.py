@@ -71,7 +71,28 @@ def check_pairs(pairs: Iterable[tuple[str, dict]]) -> None:
         key = (name, json.dumps(kwargs, sort_keys=True, default=repr))
         if key not in seen:
             seen.add(key)
+            _refuse_model_names(name, kwargs)
             check_kwargs(name, kwargs)
+
+
+def _refuse_model_names(name: str, kwargs: dict) -> None:
+    """A per-model map given where every model's arguments go (``train:``'s ``model_kwargs``, or
+    ``--set model_kwargs=``) would read as "unknown argument unet"; say where it belongs."""
+    from models.registry import ModelError, get_info
+
+    def is_model(key: str) -> bool:
+        try:
+            return get_info(key) is not None
+        except ModelError:
+            return False
+
+    named = [k for k in kwargs if is_model(k)]
+    if named:
+        raise ConfigError(
+            f"model {name!r}: model_kwargs holds {', '.join(named)}, a model's name. train:'s model_kwargs "
+            f"(and --set model_kwargs=) go to every model; one model's go in the top-level "
+            f"model_kwargs: {{{named[0]}: {{...}}}}, or --set model_kwargs.{named[0]}='{{...}}'"
+        )
 
 
 def _grid_pairs(bench: BenchmarkConfig) -> Iterable[tuple[str, dict]]:

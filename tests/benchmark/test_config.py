@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,37 @@ def test_model_kwargs_typos_stop_everything_before_the_first_run(tmp_path, synth
     fit = ["fit", "--data-dir", str(synthetic_dir), "--out", str(results / "fit")]
     assert main([*fit, "--set", "model_kwargs={base_width: 4, dpeth: 2}"]) == 2
     assert "dpeth" in capsys.readouterr().err and not results.exists()
+
+
+def test_one_models_kwargs_and_recipe_by_dotted_set_key(tmp_path, synthetic_dir, capsys):
+    """`--set model_kwargs=` is train:'s, for every model; `--set model_kwargs.unet=` replaces unet's
+    entry of the top-level per-model map (and model_train.unet its recipe). A per-model map given as
+    the former used to read "unknown argument(s) unet"."""
+    bench = load_benchmark_config(CONFIGS / "smoke.yaml")
+    assert bench.model_kwargs["unet"] == {"base_width": 8, "depth": 3}
+    over = apply_benchmark_overrides(
+        bench, {"model_kwargs.unet": "{base_width: 4}", "model_train.sk_unet": "{lr: 0.01}"}
+    )
+    assert over.model_kwargs == {**bench.model_kwargs, "unet": {"base_width": 4}}
+    assert over.model_train == {"sk_unet": {"lr": 0.01}} and over.train == bench.train
+    grid = runner.build_grid(over, ["unet", "sk_unet"], [0])
+    assert grid[0].model_kwargs == {"base_width": 4} and grid[1].lr == 0.01 and grid[0].lr == bench.train.lr
+    for key, value, words in [
+        ("model_kwargs.uent", "{}", "--set model_kwargs.uent: unknown model 'uent'; did you mean 'unet'"),
+        ("lr.unet", "1", "--set lr.unet: a dotted key is model_kwargs.MODEL or model_train.MODEL"),
+        ("model_kwargs.unet", "3", "model_kwargs.unet='3' should be a mapping"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            apply_benchmark_overrides(bench, {key: value})
+    smoke = ["run", "--config", str(CONFIGS / "smoke.yaml"), "--data-dir", str(synthetic_dir),
+             "--results-dir", str(tmp_path / "r"), "--models", "unet", "--dry-run"]  # fmt: skip
+    assert main([*smoke, "--set", "model_kwargs={unet: {base_width: 4}}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: model 'unet': model_kwargs holds unet, a model's name. train:'s model_kwargs (and --set "
+        "model_kwargs=) go to every model; one model's go in the top-level model_kwargs: {unet: {...}}, or "
+        "--set model_kwargs.unet='{...}'"
+    ]
 
 
 def test_model_kwargs_of_smp_models_are_checked_without_building():
