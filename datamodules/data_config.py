@@ -20,6 +20,14 @@ from datamodules.errors import NerveBenchError
 RESIZE_MODES = ("resize", "pad")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a Slurm or container limit), else the count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform (macOS)
+        return os.cpu_count() or 1
+
+
 class DataConfigError(NerveBenchError, ValueError):
     """A data setting out of range (one line naming it)."""
 
@@ -97,11 +105,7 @@ class DataConfig:
         """``num_workers`` capped at the CPUs this process may use (its affinity, as torch's own
         warning counts them): more workers than CPUs only contend. The stream is a pure function of
         (seed, epoch, sample), so the cap changes no batch, only who decodes it."""
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # no affinity on this platform (macOS)
-            cpus = os.cpu_count() or 1
-        return min(self.num_workers, cpus)
+        return min(self.num_workers, usable_cpus())
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> DataConfig:

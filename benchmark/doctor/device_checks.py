@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from benchmark.doctor.report import Finding
+from benchmark.doctor.report import WARN, Finding
 
 if TYPE_CHECKING:
     from datamodules.gpu_augment import GpuBatchIterator, GpuCache
@@ -61,6 +61,43 @@ def device_info(dev: torch.device) -> Finding:
         build = f"CUDA {torch.version.cuda} build, no GPU visible" if torch.version.cuda else "CPU build"
         detail = f"{figures['name']}, {figures['memory_gib']} GiB RAM; torch {torch.__version__} ({build})"
     return Finding(detail, figures)
+
+
+# Load above this many runnable processes per usable CPU (plus one: the doctor itself) is other work.
+BUSY_LOAD_PER_CPU = 0.5
+# GPU memory in use before the doctor allocates anything, beyond its own CUDA context (~0.5 GiB).
+BUSY_GPU_GIB = 2.0
+BUSY_GPU_UTIL = 10  # percent, over the driver's last sample period
+
+
+def idle(dev: torch.device) -> Finding:
+    """Whether other work shares this box: rates measured beside it are low (a helper measured unet
+    at 1.4 img/s on a loaded 2-core box against 131-143 alone) and the estimate scales from them.
+    WARN, never FAIL: the checks still say whether the box works."""
+    from datamodules.data_config import usable_cpus
+
+    cpus, load = usable_cpus(), os.getloadavg()[0]
+    figures: dict[str, float | int | None] = {"load_1min": round(load, 2), "cpus": cpus}
+    busy = [f"load {load:.1f} on {cpus} CPU(s)"] if load > BUSY_LOAD_PER_CPU * cpus + 1 else []
+    detail = f"load {load:.1f} on {cpus} CPU(s)"
+    if dev.type == "cuda":
+        free, total = torch.cuda.mem_get_info(dev)
+        used, util = (total - free) / 2**30, _gpu_utilization(dev)
+        figures.update(gpu_used_gib=round(used, 2), gpu_util_percent=util)
+        detail += f"; {used:.1f} GiB of the GPU in use, utilisation {'-' if util is None else util}%"
+        busy += [f"{used:.1f} GiB of the GPU in use by others"] if used > BUSY_GPU_GIB else []
+        busy += [f"GPU {util}% busy"] if util is not None and util > BUSY_GPU_UTIL else []
+    if busy:
+        return Finding(f"busy: {'; '.join(busy)}: rates and the estimate may read low", figures, WARN)
+    return Finding(f"idle: {detail}", figures)
+
+
+def _gpu_utilization(dev: torch.device) -> int | None:
+    """The driver's utilisation figure (needs pynvml, from nvidia-ml-py); None without it."""
+    try:
+        return int(torch.cuda.utilization(dev))
+    except Exception:  # noqa: BLE001 - pynvml absent or the driver refuses: the figure is optional
+        return None
 
 
 def _net(channels: int = 8) -> nn.Module:

@@ -104,6 +104,7 @@ def _plan(ctx: Context) -> list[tuple[str, str, Callable[[], Finding]]]:
     batch = s.batch_size or 1
     checks = [
         ("device", "device", lambda: device_checks.device_info(dev)),
+        ("idle", "idle", lambda: device_checks.idle(dev)),
         ("data", "data", lambda: prepare_data(ctx)),
         ("bf16", "bf16", lambda: device_checks.bf16(dev)),
         ("compile", "compile", lambda: device_checks.compile_works(dev, s.compile_backend)),

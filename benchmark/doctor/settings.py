@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the CLI imports this module for --help: no torch import at 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CHECKS = (
     "device",
+    "idle",
     "data",
     "bf16",
     "compile",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def test_doctor_on_cpu_runs_every_check_and_reports_figures(capsys):
     checks = {c["name"]: c for c in rep["checks"]}
     expected = [
         "device",
+        "idle",
         "data",
         "bf16",
         "compile",
@@ -57,7 +59,8 @@ def test_doctor_on_cpu_runs_every_check_and_reports_figures(capsys):
     ]
     assert [c["name"] for c in rep["checks"]] == expected
     status = {n: c["status"] for n, c in checks.items()}
-    assert status == {**dict.fromkeys(expected, "OK"), "ray": "SKIP"}, {
+    assert status["idle"] in ("OK", "WARN")  # whatever else this machine runs: WARN, never FAIL
+    assert status == {**dict.fromkeys(expected, "OK"), "idle": status["idle"], "ray": "SKIP"}, {
         n: c["detail"] for n, c in checks.items()
     }
     unet, empty = checks["model unet"]["figures"], checks["model empty"]["figures"]
@@ -105,6 +108,42 @@ def test_a_failing_check_is_one_fail_row_and_the_others_still_run(monkeypatch):
     text = session.format_report(rep)
     assert "-- FAILED" in text and "bf16           FAIL" in text and "\n" not in checks["bf16"]["detail"]
     assert any(line.startswith("doctor: bf16 FAIL") for line in lines)
+
+
+def test_the_idle_check_warns_when_other_work_shares_the_box(monkeypatch):
+    """2 usable CPUs: a load above 0.5 x 2 + 1 = 2 is other work; on a GPU, 2 GiB in use before the
+    doctor allocates or more than 10% utilisation."""
+    monkeypatch.setattr("datamodules.data_config.usable_cpus", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 0.0, 0.0))
+    quiet = device_checks.idle(torch.device("cpu"))
+    assert (quiet.status, quiet.detail) == ("OK", "idle: load 1.9 on 2 CPU(s)")
+    assert quiet.figures == {"load_1min": 1.9, "cpus": 2}
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.1, 0.0, 0.0))
+    busy = device_checks.idle(torch.device("cpu"))
+    assert (busy.status, busy.detail) == (
+        "WARN",
+        "busy: load 2.1 on 2 CPU(s): rates and the estimate may read low",
+    )
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.0, 0.0))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (77 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "utilization", lambda dev: 35)
+    gpu = device_checks.idle(torch.device("cuda", 0))
+    assert (
+        gpu.status == "WARN" and gpu.figures["gpu_used_gib"] == 3.0 and gpu.figures["gpu_util_percent"] == 35
+    )
+    assert (
+        gpu.detail
+        == "busy: 3.0 GiB of the GPU in use by others; GPU 35% busy: rates and the estimate may read low"
+    )
+
+    def no_pynvml(dev):
+        raise ModuleNotFoundError("pynvml does not seem to be installed")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (79.5 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "utilization", no_pynvml)
+    alone = device_checks.idle(torch.device("cuda", 0))
+    assert alone.status == "OK" and alone.figures["gpu_util_percent"] is None
+    assert alone.detail == "idle: load 0.5 on 2 CPU(s); 0.5 GiB of the GPU in use, utilisation -%"
 
 
 def test_cli_rejects_bad_options_in_one_line(capsys):
