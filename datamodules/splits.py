@@ -150,10 +150,18 @@ def fold_indices(
     positive: np.ndarray | list | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, val_idx) for one fold of :func:`kfold_by_subject`, both sorted."""
+    _, rest, outer = _cut_fold(subjects, positive, fold, n_folds, seed)
+    return rest, outer
+
+
+def _cut_fold(
+    subjects: np.ndarray | list, positive: np.ndarray | list | None, fold: int, n_folds: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fold id per sample, the other folds' indices, this fold's indices); ValueError on a bad fold."""
     if not 0 <= fold < n_folds:
         raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
     folds = kfold_by_subject(subjects, n_folds, seed, positive)
-    return np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+    return folds, np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
 
 
 _INNER_CANDIDATES = 256  # seeded random subject sets scored for the inner split
@@ -260,10 +268,7 @@ def nested_split(
         outer_folds = np.ones(len(subjects), np.int64)
         outer_folds[outer] = 0
     else:
-        if not 0 <= fold < n_folds:
-            raise ValueError(f"fold must be in 0..{n_folds - 1}, got {fold}")
-        outer_folds = kfold_by_subject(subjects, n_folds, seed, positive=positive)
-        rest, outer = np.flatnonzero(outer_folds != fold), np.flatnonzero(outer_folds == fold)
+        outer_folds, rest, outer = _cut_fold(subjects, positive, fold, n_folds, seed)
     fit_pos, inner_pos = inner_split(subjects[rest], positive[rest], inner_fraction, seed)
     return np.sort(rest[fit_pos]), np.sort(rest[inner_pos]), np.sort(outer), outer_folds
 
