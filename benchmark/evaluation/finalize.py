@@ -215,15 +215,7 @@ def finalize_run(
     pp, selection, outer = _select_and_predict(cfg, dm, module, int(ckpt.get("epoch", 0)), device, precision)
     metrics = scored(outer["counts"], outer["presence_prob"], outer["post_counts"])
     data = dataset_block(dm, data_dir)
-    record = {
-        "postprocess": pp.to_dict(),
-        "config": cfg.to_dict(),
-        "summary_metrics": metrics,
-        "selection_metrics": selection["metrics"],
-        "data_hash": data["content_hash"],
-        "outer_indices": outer["index"].tolist(),
-    }
-    store_in_checkpoint(best, ckpt, record)
+    store_in_checkpoint(best, ckpt, _checkpoint_record(cfg, pp, metrics, selection, data, outer))
     _overlays(out_dir / OVERLAY_NAME, dm, module, outer, pp, device, precision)
     history = _final_history(out_dir / "checkpoints" / LAST, module.history)
     summary = {
@@ -234,7 +226,10 @@ def finalize_run(
         "train_time_s": float(sum(history["epoch_time_s"])),
         "metrics": metrics,
         "selection": selection,
-        **_recipe_and_rows(cfg, dm, world_size, outer),
+        "split": split_block(cfg, dm),
+        "global_batch": int(cfg.batch_size),
+        "world_size": int(world_size),
+        "per_image": per_image_block(dm, outer),
         "postprocess": pp.to_dict(),
         "cost": cost_block(cfg, module, history, device),
         "history": {k: history[k] for k in ("epoch", "train_loss", "val_loss", "val_kaggle_dice")},
@@ -268,13 +263,18 @@ def _select_and_predict(
     return pp, selection, inference.predict_loader(module, dm.outer_dataloader(), device, precision, pp=pp)
 
 
-def _recipe_and_rows(cfg: TrainConfig, dm: UltrasoundNerveDataModule, world_size: int, outer: dict) -> dict:
-    """The split, the batch recipe and the outer fold's per-image rows of a summary."""
+def _checkpoint_record(
+    cfg: TrainConfig, pp: PostProcess, metrics: dict, selection: dict, data: dict, outer: dict
+) -> dict:
+    """What ``best.ckpt`` carries of its scoring: the tuned post-processing that ``predict`` and
+    ``export`` apply, and the data hash and outer indices by which ``evaluate`` knows its fold."""
     return {
-        "split": split_block(cfg, dm),
-        "global_batch": int(cfg.batch_size),
-        "world_size": int(world_size),
-        "per_image": per_image_block(dm, outer),
+        "postprocess": pp.to_dict(),
+        "config": cfg.to_dict(),
+        "summary_metrics": metrics,
+        "selection_metrics": selection["metrics"],
+        "data_hash": data["content_hash"],
+        "outer_indices": outer["index"].tolist(),
     }
 
 
