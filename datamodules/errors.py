@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class NerveBenchError(Exception):
@@ -13,12 +16,15 @@ class NerveBenchError(Exception):
 class DataError(NerveBenchError, ValueError):
     """A dataset file or directory is missing or malformed.
 
-    The message always starts with the offending path, so a user knows which file to fix.
+    The message always starts with the offending path, so a user knows which file to fix. ``kind``
+    is the problem without what differs from file to file (a byte count, a line number, a shape):
+    :class:`DataErrors` groups by it. It defaults to the whole problem.
     """
 
-    def __init__(self, path: str | Path, problem: str) -> None:
+    def __init__(self, path: str | Path, problem: str, kind: str | None = None) -> None:
         self.path = Path(path)
         self.problem = problem
+        self.kind = kind or problem
         super().__init__(f"{path}: {problem}")
 
 
@@ -26,8 +32,8 @@ class DataErrors(DataError):
     """Several problems at once: a damaged copy of the data often has many bad files, and a user
     should fix them all in one pass rather than meet them one run at a time.
 
-    One line per distinct problem, naming the first file that has it and how many more share it
-    (5,635 frames unreadable for one reason are one line, not 5,635), at most ``SHOWN`` lines.
+    One line per kind of problem, naming the first file that has it and how many more share it
+    (5,635 truncated frames are one line, not 5,635), at most ``SHOWN`` lines.
     """
 
     SHOWN = 20
@@ -36,7 +42,7 @@ class DataErrors(DataError):
         self.errors = list(errors)
         groups: dict[str, list[DataError]] = {}
         for err in self.errors:
-            groups.setdefault(err.problem, []).append(err)
+            groups.setdefault(err.kind, []).append(err)
         lines = [_group_line(group) for group in list(groups.values())[: self.SHOWN]]
         if len(groups) > self.SHOWN:
             hidden = sum(len(g) for g in list(groups.values())[self.SHOWN :])
@@ -45,8 +51,9 @@ class DataErrors(DataError):
 
 
 def _group_line(group: list[DataError]) -> str:
-    more = len(group) - 1
-    return str(group[0]) + (f" (and {more} more with the same problem)" if more else "")
+    first, more = group[0], len(group) - 1
+    what = "with the same problem" if first.kind == first.problem else f"of this kind: {first.kind}"
+    return str(first) + (f" (and {more} more {what})" if more else "")
 
 
 def raise_all(where: str | Path, errors: Sequence[DataError]) -> None:
@@ -55,3 +62,15 @@ def raise_all(where: str | Path, errors: Sequence[DataError]) -> None:
         raise errors[0]
     if errors:
         raise DataErrors(where, errors)
+
+
+def collect(errors: list[DataError], fn: Callable[[], T]) -> T | None:
+    """``fn()``, or None with its DataError(s) added to ``errors``. The tracebacks are dropped: they
+    would keep every bad file's decoded pixels alive until the list is reported."""
+    try:
+        return fn()
+    except DataErrors as exc:
+        errors.extend(exc.errors)
+    except DataError as exc:
+        errors.append(exc.with_traceback(None))
+    return None

@@ -31,6 +31,9 @@ def _swallow_while_reading(record: logging.LogRecord) -> bool:
 logging.getLogger("tifffile").addFilter(_swallow_while_reading)
 
 
+TRUNCATED = "corrupt or truncated tif"
+
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
@@ -45,12 +48,14 @@ def _imread(path: Path) -> np.ndarray:
     except Exception as exc:  # tifffile raises many types for truncated/corrupt files
         if "imagecodecs" in str(exc):  # an intact file this install cannot decode: not "corrupt"
             raise DataError(path, f"{_one_line(exc)} to decode it (pip install imagecodecs)") from None
-        raise DataError(path, f"corrupt or truncated tif ({type(exc).__name__}: {_one_line(exc)})") from None
+        raise DataError(
+            path, f"corrupt or truncated tif ({type(exc).__name__}: {_one_line(exc)})", TRUNCATED
+        ) from None
     finally:
         warnings, _capture.messages = _capture.messages, None
     if warnings or arr.size == 0:
         detail = _one_line(warnings[0]) if warnings else "no image data"
-        raise DataError(path, f"corrupt or truncated tif ({detail})")
+        raise DataError(path, f"corrupt or truncated tif ({detail})", TRUNCATED)
     return arr
 
 
@@ -61,9 +66,9 @@ def read_tif(path: str | Path) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # tolerate RGB exports of grayscale frames
         arr = arr[..., 0]
     if arr.ndim != 2:
-        raise DataError(path, f"expected a 2-D grayscale image, got array of shape {arr.shape}")
+        raise DataError(path, f"expected a 2-D grayscale image, got array of shape {arr.shape}", "not 2-D")
     if arr.dtype != np.uint8:
-        raise DataError(path, f"expected uint8 pixels, got {arr.dtype}")
+        raise DataError(path, f"expected uint8 pixels, got {arr.dtype}", "not uint8")
     return arr
 
 

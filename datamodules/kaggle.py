@@ -16,12 +16,13 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from datamodules.errors import DataError, DataErrors, raise_all
+from datamodules.errors import DataError, collect, raise_all
 from datamodules.rle import KAGGLE_SHAPE
 from datamodules.validate import (
     CsvRow,
@@ -105,27 +106,11 @@ def _split_train_dir(
         key = (int(match[1]), int(match[2]))
         table = masks if is_mask else images
         if key in table:
-            errors.append(
-                DataError(path, f"duplicate of {table[key].name} (same subject {key[0]}, img {key[1]})")
-            )
+            problem = f"duplicate of {table[key].name} (same subject {key[0]}, img {key[1]})"
+            errors.append(DataError(path, problem, "duplicate file"))
             continue
         table[key] = path
     return images, masks
-
-
-def _read_csv_rows(
-    csv_path: Path, shape: tuple[int, int], errors: list[DataError]
-) -> dict[tuple[int, int], CsvRow]:
-    """``train_masks.csv``'s rows ({} without one); its problems go to ``errors``."""
-    if not csv_path.is_file():
-        return {}
-    try:
-        return read_masks_csv(csv_path, shape)
-    except DataErrors as exc:
-        errors.extend(exc.errors)
-    except DataError as exc:
-        errors.append(exc)
-    return {}
 
 
 def _record(key: tuple[int, int], images: dict, masks: dict, row: CsvRow | None) -> TrainRecord:
@@ -140,64 +125,81 @@ def _record(key: tuple[int, int], images: dict, masks: dict, row: CsvRow | None)
     )
 
 
-def _pairing_errors(images: dict, masks: dict, rows: dict, csv_path: Path) -> list[DataError]:
-    """Masks without an image, images without a mask, csv-only masks whose runs are out of order."""
-    errors = [
-        DataError(path, f"mask has no matching image {key[0]}_{key[1]}.tif")
+def _pair(images: dict, masks: dict, rows: dict, csv_path: Path, csv_ok: bool, errors: list) -> list[tuple]:
+    """The keys with an image and a usable mask. Problems go to ``errors``: a mask without its image,
+    an image without a mask (not when the csv itself is broken: its rows are the likelier fault),
+    a csv-only mask whose runs are out of order."""
+    errors += [
+        DataError(path, f"mask has no matching image {key[0]}_{key[1]}.tif", "mask has no matching image")
         for key, path in masks.items()
         if key not in images
     ]
+    usable = []
     for key in sorted(images):
         row = rows.get(key)
         if key in masks:
-            continue
-        if row is None:
+            usable.append(key)
+        elif row is None and csv_ok:
             where = f"no row in {CSV_NAME}" if csv_path.is_file() else f"no {CSV_NAME}"
-            errors.append(DataError(images[key], f"has no mask: no {images[key].stem}_mask.tif and {where}"))
-            continue
-        try:  # csv-only: the row is the only truth
-            check_runs_ordered(row.rle, csv_path, row.line, images[key].stem)
-        except DataError as exc:
-            errors.append(exc)
-    return errors
+            errors.append(
+                DataError(
+                    images[key], f"has no mask: no {images[key].stem}_mask.tif and {where}", "has no mask"
+                )
+            )
+        elif row is not None:  # csv-only: the row is the only truth
+            found = _attempt(partial(check_runs_ordered, row.rle, csv_path, row.line, images[key].stem))
+            errors += found
+            usable += [] if found else [key]
+    return usable
 
 
-def scan_train(data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> list[TrainRecord]:
-    """Pair images with masks by stem and check train_masks.csv; reads no pixels.
-
-    Every problem is reported at once (:class:`DataErrors`), in two stages so that one fault is not
-    echoed by another: file names and csv rows first, then the pairing of what they name.
-    """
+def _scan(data_dir: str | Path, shape: tuple[int, int], errors: list[DataError]) -> list[TrainRecord]:
+    """The records of every usable pair; every problem on the way goes to ``errors``."""
     root = _require_dir(Path(data_dir))
     train_dir = _require_dir(root / "train")
     csv_path = root / CSV_NAME
-    errors: list[DataError] = []
     images, masks = _split_train_dir(train_dir, errors)
-    rows = _read_csv_rows(csv_path, shape, errors)
-    raise_all(root, errors)
+    rows: dict[tuple[int, int], CsvRow] = {}
+    n_before = len(errors)
+    if csv_path.is_file():
+        rows = collect(errors, partial(read_masks_csv, csv_path, shape)) or {}
+    csv_ok = len(errors) == n_before
     if not images:
-        raise DataError(train_dir, "no training images (<subject>_<img>.tif) found")
-    raise_all(root, _pairing_errors(images, masks, rows, csv_path))
-    return [_record(key, images, masks, rows.get(key)) for key in sorted(images)]
+        errors.append(DataError(train_dir, "no training images (<subject>_<img>.tif) found"))
+        return []
+    usable = _pair(images, masks, rows, csv_path, csv_ok, errors)
+    return [_record(key, images, masks, rows.get(key)) for key in usable]
 
 
-def _parallel_for(fn: Callable[[int, Any], object], items: Sequence[Any], where: Path) -> None:
-    """Run ``fn(i, item)`` over a thread pool. Every item's DataError is reported (in item order,
-    :func:`raise_all`); any other failure is re-raised at once."""
+def scan_train(data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> list[TrainRecord]:
+    """Pair images with masks by stem and check train_masks.csv; reads no pixels. Every problem is
+    reported at once (:class:`DataErrors`)."""
+    errors: list[DataError] = []
+    records = _scan(data_dir, shape, errors)
+    raise_all(Path(data_dir), errors)
+    return records
+
+
+def _attempt(fn: Callable[[], object]) -> list[DataError]:
+    errors: list[DataError] = []
+    collect(errors, fn)
+    return errors
+
+
+def _read_all(fn: Callable[[int, Any], list[DataError]], items: Sequence[Any]) -> list[DataError]:
+    """``fn(i, item)`` over a thread pool; every item's DataErrors in item order. Any other failure
+    is re-raised at once."""
     workers = max(1, min(8, os.cpu_count() or 1, len(items)))
     pool = ThreadPoolExecutor(max_workers=workers)
     errors: list[DataError] = []
     try:
         for future in [pool.submit(fn, i, item) for i, item in enumerate(items)]:
-            try:
-                future.result()
-            except DataError as exc:
-                errors.append(exc)
+            errors += future.result()
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    raise_all(where, errors)
+    return errors
 
 
 def _mask_of(rec: TrainRecord, csv_path: Path, shape: tuple[int, int], validate: bool) -> np.ndarray:
@@ -225,37 +227,48 @@ def mask_source_of(records: Sequence[TrainRecord]) -> str:
 def load_train(
     data_dir: str | Path, validate: bool = True, shape: tuple[int, int] = KAGGLE_SHAPE
 ) -> TrainSet:
-    """Read every training pair. ``validate`` also checks mask values and tif-vs-csv agreement."""
-    records = scan_train(data_dir, shape)
+    """Read every training pair. ``validate`` also checks mask values and tif-vs-csv agreement.
+    Every problem, of names, csv rows, pairing and pixels, is reported at once."""
+    errors: list[DataError] = []
+    records = _scan(data_dir, shape, errors)
     csv_path = Path(data_dir) / CSV_NAME
     images = np.empty((len(records), *shape), dtype=np.uint8)
     masks = np.empty((len(records), *shape), dtype=np.uint8)
 
-    def load_one(i: int, rec: TrainRecord) -> None:
-        images[i] = read_image(rec.image_path, shape)
-        masks[i] = _mask_of(rec, csv_path, shape, validate)
+    def load_one(i: int, rec: TrainRecord) -> list[DataError]:
+        found: list[DataError] = []
+        image = collect(found, partial(read_image, rec.image_path, shape))
+        mask = collect(found, partial(_mask_of, rec, csv_path, shape, validate))
+        images[i] = image if image is not None else 0
+        masks[i] = mask if mask is not None else 0
+        return found
 
-    _parallel_for(load_one, records, Path(data_dir))
+    errors += _read_all(load_one, records)
+    raise_all(Path(data_dir), errors)
     return TrainSet(records=records, images=images, masks=masks, mask_source=mask_source_of(records))
 
 
-def scan_test(data_dir: str | Path) -> list[tuple[int, Path]]:
-    """``test/<id>.tif`` files as (id, path), sorted by numeric id (2 before 10); every bad name reported."""
+def _scan_test(data_dir: Path, errors: list[DataError]) -> list[tuple[int, Path]]:
     test_dir = _require_dir(_require_dir(Path(data_dir)) / "test")
     found: dict[int, Path] = {}
-    errors: list[DataError] = []
     for path in sorted(_tif_files(test_dir)):
         match = _TEST_STEM.match(path.stem)
         if match is None:
             errors.append(DataError(path, "file name is not <id>.tif"))
         elif int(match[1]) in found:
-            errors.append(
-                DataError(path, f"duplicate of {found[int(match[1])].name} (same id {int(match[1])})")
-            )
+            problem = f"duplicate of {found[int(match[1])].name} (same id {int(match[1])})"
+            errors.append(DataError(path, problem, "duplicate file"))
         else:
             found[int(match[1])] = path
-    raise_all(test_dir, errors)
     return sorted(found.items())
+
+
+def scan_test(data_dir: str | Path) -> list[tuple[int, Path]]:
+    """``test/<id>.tif`` files as (id, path), sorted by numeric id (2 before 10); every bad name reported."""
+    errors: list[DataError] = []
+    items = _scan_test(Path(data_dir), errors)
+    raise_all(Path(data_dir) / "test", errors)
+    return items
 
 
 def content_hash(train_set: TrainSet) -> str:
@@ -272,18 +285,29 @@ def _check_test(data_dir: Path, shape: tuple[int, int]) -> int:
     """Validate every test image without keeping them; test/ is optional for a check."""
     if not (data_dir / "test").exists():
         return 0
-    items = scan_test(data_dir)
-    _parallel_for(lambda i, item: read_image(item[1], shape), items, data_dir / "test")
+    errors: list[DataError] = []
+    items = _scan_test(data_dir, errors)
+    errors += _read_all(lambda i, item: _attempt(partial(read_image, item[1], shape)), items)
+    raise_all(data_dir / "test", errors)
     return len(items)
 
 
 def check_dataset(data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> dict:
-    """Read and validate everything; the summary printed by ``data check --json``."""
-    return dataset_summary(load_train(data_dir, validate=True, shape=shape), data_dir, shape)
+    """Read and validate everything, train/ and test/ alike, every problem reported together; the
+    summary printed by ``data check --json``."""
+    errors: list[DataError] = []
+    train = collect(errors, partial(load_train, data_dir, True, shape))
+    n_test = collect(errors, partial(_check_test, Path(data_dir), shape))
+    raise_all(Path(data_dir), errors)
+    assert train is not None and n_test is not None  # noqa: S101 - raise_all raised otherwise
+    return dataset_summary(train, data_dir, shape, n_test)
 
 
-def dataset_summary(train: TrainSet, data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE) -> dict:
-    """``check_dataset``'s summary of an already validated training set (the test images are read)."""
+def dataset_summary(
+    train: TrainSet, data_dir: str | Path, shape: tuple[int, int] = KAGGLE_SHAPE, n_test: int | None = None
+) -> dict:
+    """``check_dataset``'s summary of an already validated training set (the test images are read
+    unless their count ``n_test`` is given)."""
     n_positive = int(np.count_nonzero(train.positive))
     return {
         "data_dir": str(data_dir),
@@ -291,7 +315,7 @@ def dataset_summary(train: TrainSet, data_dir: str | Path, shape: tuple[int, int
         "n_subjects": int(np.unique(train.subjects).size),
         "n_positive": n_positive,
         "positive_fraction": round(n_positive / len(train), 6),
-        "n_test": _check_test(Path(data_dir), shape),
+        "n_test": _check_test(Path(data_dir), shape) if n_test is None else n_test,
         "image_size": [int(shape[0]), int(shape[1])],  # (H, W)
         "mask_source": train.mask_source,
         "content_hash": content_hash(train),

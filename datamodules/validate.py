@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from datamodules.errors import DataError, raise_all
+from datamodules.errors import DataError, collect, raise_all
 from datamodules.io import read_tif
 from datamodules.rle import RLEError, decode, parse_runs
 
@@ -27,6 +28,11 @@ def _short(text: object, limit: int = _SHOWN) -> str:
     return flat if len(flat) <= limit else f"{flat[: limit - 3]}..."
 
 
+def _rle_kind(exc: RLEError) -> str:
+    """An RLE problem without its particulars (the token, the count): what DataErrors groups by."""
+    return str(exc).split(" (", 1)[0].split(" at pixel", 1)[0]
+
+
 @dataclass(frozen=True)
 class CsvRow:
     line: int  # 1-based line in the csv file (the header is line 1)
@@ -37,7 +43,11 @@ def _parse_int(text: str, csv_path: Path, line: int, column: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
-        raise DataError(csv_path, f"line {line}: {column} {_short(text)!r} is not an integer") from None
+        raise DataError(
+            csv_path,
+            f"line {line}: {column} {_short(text)!r} is not an integer",
+            f"{column} is not an integer",
+        ) from None
 
 
 def _check_header(header: list[str] | None, csv_path: Path) -> None:
@@ -58,7 +68,7 @@ def _check_rle(rle: str, shape: tuple[int, int], csv_path: Path, line: int) -> N
     try:
         starts, lengths = parse_runs(rle)
     except RLEError as exc:
-        raise DataError(csv_path, f"line {line}: {_short(exc, 120)}") from None
+        raise DataError(csv_path, f"line {line}: {_short(exc, 120)}", _rle_kind(exc)) from None
     n_pixels = shape[0] * shape[1]
     if starts.size and int((starts + lengths).max()) > n_pixels:
         end = int((starts + lengths).max())
@@ -66,6 +76,7 @@ def _check_rle(rle: str, shape: tuple[int, int], csv_path: Path, line: int) -> N
             csv_path,
             f"line {line}: RLE run ends at pixel {end}, beyond the {shape[0]}x{shape[1]} image "
             f"({n_pixels} pixels)",
+            "RLE run ends beyond the image",
         )
 
 
@@ -78,7 +89,7 @@ def check_runs_ordered(rle: str, csv_path: Path, line: int, stem: str) -> None:
     try:
         starts, lengths = parse_runs(rle)
     except RLEError as exc:
-        raise DataError(csv_path, f"line {line}: {_short(exc, 120)}") from None
+        raise DataError(csv_path, f"line {line}: {_short(exc, 120)}", _rle_kind(exc)) from None
     bad = np.flatnonzero(starts[1:] < starts[:-1] + lengths[:-1])
     if not bad.size:
         return
@@ -90,7 +101,11 @@ def check_runs_ordered(rle: str, csv_path: Path, line: int, stem: str) -> None:
         what = f"run {k + 1} starts at pixel {s1}, before run {k} at {s0} (runs must be in increasing order)"
     else:
         what = f"run {k + 1} ({s1} {n1}) overlaps run {k} ({s0} {n0}, pixels {s0}-{s0 + n0 - 1})"
-    raise DataError(csv_path, f"line {line} ({stem}): RLE {what}; this mask has no tif to check it against")
+    raise DataError(
+        csv_path,
+        f"line {line} ({stem}): RLE {what}; this mask has no tif to check it against",
+        "RLE runs out of order or overlapping (no tif to check against)",
+    )
 
 
 def read_masks_csv(csv_path: Path, shape: tuple[int, int]) -> dict[tuple[int, int], CsvRow]:
@@ -103,10 +118,7 @@ def read_masks_csv(csv_path: Path, shape: tuple[int, int]) -> dict[tuple[int, in
             reader = csv.reader(fh)
             _check_header(next(reader, None), csv_path)
             for record in reader:
-                try:
-                    _add_row(record, reader.line_num, rows, csv_path, shape)
-                except DataError as exc:
-                    errors.append(exc)
+                collect(errors, partial(_add_row, record, reader.line_num, rows, csv_path, shape))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(csv_path, f"unreadable csv ({type(exc).__name__}: {_short(exc, 120)})") from None
     raise_all(csv_path, errors)
@@ -120,7 +132,7 @@ def _add_row(
     if not record or (len(record) == 1 and not record[0].strip()):
         return
     if len(record) != 3:
-        raise DataError(csv_path, f"line {line}: expected 3 columns, got {len(record)}")
+        raise DataError(csv_path, f"line {line}: expected 3 columns, got {len(record)}", "not 3 columns")
     key = (
         _parse_int(record[0], csv_path, line, "subject"),
         _parse_int(record[1], csv_path, line, "img"),
@@ -128,7 +140,9 @@ def _add_row(
     _check_rle(record[2], shape, csv_path, line)
     if key in rows:
         raise DataError(
-            csv_path, f"line {line}: duplicate row for {key[0]}_{key[1]} (first on line {rows[key].line})"
+            csv_path,
+            f"line {line}: duplicate row for {key[0]}_{key[1]} (first on line {rows[key].line})",
+            "duplicate row",
         )
     rows[key] = CsvRow(line, record[2].strip())
 
@@ -136,7 +150,9 @@ def _add_row(
 def check_shape(arr: np.ndarray, path: Path, shape: tuple[int, int], what: str = "image") -> None:
     if arr.shape != tuple(shape):
         raise DataError(
-            path, f"{what} is {arr.shape[0]}x{arr.shape[1]} (HxW), expected {shape[0]}x{shape[1]}"
+            path,
+            f"{what} is {arr.shape[0]}x{arr.shape[1]} (HxW), expected {shape[0]}x{shape[1]}",
+            f"{what} is not {shape[0]}x{shape[1]} (HxW)",
         )
 
 
@@ -155,7 +171,11 @@ def read_mask(path: Path, shape: tuple[int, int], validate: bool = True) -> np.n
         if top not in (0, 1, 255) or np.count_nonzero((arr != 0) & (arr != top)):
             values = np.unique(arr)
             shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
-            raise DataError(path, f"mask is not binary: values {{{shown}}}, expected {{0, 255}} or {{0, 1}}")
+            raise DataError(
+                path,
+                f"mask is not binary: values {{{shown}}}, expected {{0, 255}} or {{0, 1}}",
+                "mask is not binary",
+            )
     return (arr != 0).view(np.uint8)
 
 
@@ -163,7 +183,7 @@ def decode_row(row: CsvRow, csv_path: Path, shape: tuple[int, int]) -> np.ndarra
     try:
         return decode(row.rle, shape)
     except RLEError as exc:
-        raise DataError(csv_path, f"line {row.line}: {_short(exc, 120)}") from None
+        raise DataError(csv_path, f"line {row.line}: {_short(exc, 120)}", _rle_kind(exc)) from None
 
 
 def check_agree(
@@ -175,4 +195,5 @@ def check_agree(
             mask_path,
             f"disagrees with {csv_path.name} line {line}: {differ} pixels differ "
             f"({int(tif_mask.sum())} foreground in the tif, {int(csv_mask.sum())} in the csv)",
+            f"mask tif disagrees with {csv_path.name}",
         )

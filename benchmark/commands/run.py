@@ -178,11 +178,11 @@ def _check_data(grid: list[TrainConfig], data_dir: Path) -> str:
     """Validate every file and every run's split up front (one clear error, not 45 failed runs);
     the data's fingerprint."""
     from benchmark import grid_checks
-    from datamodules.kaggle import dataset_summary, load_train
+    from datamodules.kaggle import content_hash, load_train
 
     train = load_train(data_dir, validate=True)
     grid_checks.check_splits(grid, data_dir, train.subjects, train.positive)
-    return dataset_summary(train, data_dir)["content_hash"]
+    return content_hash(train)  # the test images play no part in a grid: not read here
 
 
 def _exit_status(outcomes: list, missing: list[str], results_dir: Path) -> int:

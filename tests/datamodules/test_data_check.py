@@ -158,33 +158,55 @@ def cli_lines(capsys: pytest.CaptureFixture, data_dir: Path) -> list[str]:
 
 
 def test_every_bad_file_is_named_in_one_pass(capsys, tiny):
+    """Names, pairing and pixels of train/ and test/ in one report; an image and its mask both bad
+    are two lines. It used to take one run per problem."""
     (tiny / "train" / "2_1.tif").write_bytes(b"\x00" * 64)
     write_tif(tiny / "train" / "1_2.tif", np.zeros((400, 580), np.uint8))
     mask = tiny_masks()["1_1"] * 255
     mask[0, :5] = 128
     write_tif(tiny / "train" / "1_1_mask.tif", mask)
+    (tiny / "train" / "2_1_mask.tif").write_bytes(b"\x00" * 70)
+    (tiny / "train" / "9_1_mask.tif").write_bytes(b"")
+    (tiny / "test" / "scan.tif").write_bytes(b"")
+    (tiny / "test" / "2.tif").write_bytes(b"\x00" * 64)
     lines = cli_lines(capsys, tiny)
-    assert lines[0] == f"error: {tiny}: 3 problems:"
-    assert [line.split(": ")[0].strip() for line in lines[1:]] == [
-        str(tiny / "train" / name) for name in ("1_1_mask.tif", "1_2.tif", "2_1.tif")
-    ]  # in (subject, img) order, the image before its mask
-    assert "not binary" in lines[1] and "400x580" in lines[2] and "corrupt or truncated" in lines[3]
+    assert lines[0] == f"error: {tiny}: 7 problems:"
+    named = [line.split(": ")[0].strip() for line in lines[1:]]
+    train, test = tiny / "train", tiny / "test"
+    assert named == [str(p) for p in (train / "9_1_mask.tif", train / "1_1_mask.tif", train / "1_2.tif",
+                                      train / "2_1.tif", test / "scan.tif")]  # fmt: skip
+    assert "no matching image" in lines[1] and "not binary" in lines[2] and "400x580" in lines[3]
+    # 2_1_mask.tif and test/2.tif: truncated too, at other lengths
+    assert lines[4].endswith("(and 2 more of this kind: corrupt or truncated tif)")
+    assert "not <id>.tif" in lines[5]
     with pytest.raises(DataErrors) as info:
-        load_train(tiny)
-    assert [e.path.name for e in info.value.errors] == ["1_1_mask.tif", "1_2.tif", "2_1.tif"]
+        load_train(tiny)  # train/ only
+    assert [e.path.name for e in info.value.errors] == [
+        "9_1_mask.tif", "1_1_mask.tif", "1_2.tif", "2_1.tif", "2_1_mask.tif"
+    ]  # fmt: skip
+    assert all(e.__traceback__ is None for e in info.value.errors)  # no decoded pixels kept alive
 
 
-def test_one_problem_shared_by_many_files_is_one_line(capsys, tiny):
-    for stem in ("1_1", "1_2", "2_1"):
-        (tiny / "train" / f"{stem}.tif").write_bytes(b"\x00" * 64)
-    (tiny / "train" / "9_1_mask.tif").write_bytes(b"")  # a pairing problem: reported after the names
-    lines = cli_lines(capsys, tiny)
-    assert lines == [f"error: {tiny / 'train' / '9_1_mask.tif'}: mask has no matching image 9_1.tif"]
-    (tiny / "train" / "9_1_mask.tif").unlink()
+def test_one_kind_of_problem_shared_by_many_files_is_one_line(capsys, tiny):
+    for n, stem in enumerate(("1_1", "1_2", "2_1")):  # truncated at different lengths
+        path = tiny / "train" / f"{stem}.tif"
+        path.write_bytes(path.read_bytes()[: 300 + 100 * n])
     lines = cli_lines(capsys, tiny)
     assert len(lines) == 2 and lines[0] == f"error: {tiny}: 3 problems:"
-    assert lines[1].startswith(f"  {tiny / 'train' / '1_1.tif'}: corrupt or truncated tif")
-    assert lines[1].endswith("(and 2 more with the same problem)")
+    assert lines[1].startswith(f"  {tiny / 'train' / '1_1.tif'}: corrupt or truncated tif (")
+    assert lines[1].endswith("(and 2 more of this kind: corrupt or truncated tif)")
+
+
+def test_a_broken_csv_is_not_echoed_as_images_without_masks(capsys, tiny):
+    for stem in ("1_1", "1_2", "2_1"):
+        (tiny / "train" / f"{stem}_mask.tif").unlink()  # the csv rows are now the only masks
+    write_csv(tiny, tiny_rows({"1_2": "10 5 a"}))
+    lines = cli_lines(capsys, tiny)
+    assert lines == [f"error: {tiny / 'train_masks.csv'}: line 3: RLE has a non-integer token "
+                     "(invalid literal for int() with base 10: 'a')"]  # fmt: skip
+    write_csv(tiny, [])  # a csv with a header and no rows is not broken: every image lacks a mask
+    lines = cli_lines(capsys, tiny)
+    assert lines[0] == f"error: {tiny}: 3 problems:" and "(and 2 more of this kind: has no mask)" in lines[1]
 
 
 def test_every_bad_csv_row_and_file_name_together(capsys, tiny):
@@ -207,7 +229,7 @@ def test_the_list_is_bounded():
     text = str(DataErrors("data", [*errors, DataError("train/0_2.tif", "problem 0")]))
     lines = text.splitlines()
     assert lines[0] == f"data: {DataErrors.SHOWN + 6} problems:"
-    assert lines[1] == "  train/0_1.tif: problem 0 (and 1 more with the same problem)"
+    assert lines[1] == "  train/0_1.tif: problem 0 (and 1 more with the same problem)"  # kind: the problem
     assert len(lines) == DataErrors.SHOWN + 2 and lines[-1] == "  ... and 5 more, of 5 other kinds"
 
 
