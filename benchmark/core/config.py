@@ -341,24 +341,33 @@ PER_MODEL_MAPS = ("model_kwargs", "model_train")
 
 
 def _per_model_overrides(bench: BenchmarkConfig, overrides: dict[str, Any]) -> tuple[dict, dict]:
-    """Split ``--set FIELD.MODEL=MAPPING`` (replacing one model's entry) from the other keys."""
-    from models.registry import ModelError, get_info
-
-    plain: dict[str, Any] = {}
+    """Split ``--set FIELD.MODEL=MAPPING`` (replacing one model's entry) from the other keys. The
+    entry goes into the map as the same ``--set`` gives it, else as the config has it."""
+    plain = {k: v for k, v in overrides.items() if "." not in k}
     maps: dict[str, dict] = {}
     for key, value in overrides.items():
         field_name, dot, model = (part.strip() for part in key.partition("."))
         if not dot:
-            plain[key] = value
             continue
         spelling = " or ".join(f"{m}.MODEL" for m in PER_MODEL_MAPS)
         _require(field_name in PER_MODEL_MAPS and bool(model), f"--set {key}: a dotted key is {spelling}")
-        try:
-            get_info(model)
-        except ModelError as exc:
-            raise ConfigError(f"--set {key}: {exc}") from None
-        maps.setdefault(field_name, dict(getattr(bench, field_name)))[model] = coerce(key, value, dict)
+        _check_model_name(key, model)
+        if field_name not in maps:  # a plain model_train= is the base; a plain model_kwargs= is train:'s
+            given = field_name == "model_train" and field_name in plain
+            maps[field_name] = (
+                coerce(field_name, plain.pop(field_name), dict) if given else dict(getattr(bench, field_name))
+            )
+        maps[field_name][model] = coerce(key, value, dict)
     return plain, maps
+
+
+def _check_model_name(key: str, model: str) -> None:
+    from models.registry import ModelError, get_info
+
+    try:
+        get_info(model)
+    except ModelError as exc:
+        raise ConfigError(f"--set {key}: {exc}") from None
 
 
 def parse_set_args(pairs: list[str] | None) -> dict[str, Any]:

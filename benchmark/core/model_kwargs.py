@@ -1,15 +1,19 @@
 """Model names and ``model_kwargs`` checked against the registry before any run starts.
 
 ``check_model_kwargs`` asks each factory's signature (cheap, nothing built); ``build_models`` then
-builds each distinct architecture once on the meta device, so a value the model itself refuses is
-one ConfigError naming the model, not a traceback in run 14 of 45."""
+builds each distinct architecture once on the meta device (the CPU where meta cannot), so a value
+the model itself refuses is one ConfigError naming the model, not a traceback in run 14 of 45."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from benchmark.core.config import BenchmarkConfig, ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_model_kwargs(configs: Iterable[TrainConfig]) -> None:
@@ -19,47 +23,47 @@ def check_model_kwargs(configs: Iterable[TrainConfig]) -> None:
 
 
 def build_models(configs: Iterable[TrainConfig]) -> None:
-    """Build each (model, kwargs) of the grid once, as its run will (without pretrained weights), on
-    the meta device where the architecture allows: no memory, no download. A value the model itself
+    """Build each (model, kwargs) of the grid once (:func:`build_model`): a value the model itself
     refuses (``base_width: -8``, an overflowing ``depth``) becomes one ConfigError before any run."""
+    seen = set()
+    for cfg in configs:
+        key = (cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True, default=repr))
+        if key not in seen:
+            seen.add(key)
+            build_model(cfg)
+
+
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The run's model as its run builds it, without pretrained weights: on the meta device (no
+    memory, no download), or on the CPU where meta lacks an operation its constructor uses
+    (``.item()``, ``.numpy()``). ConfigError naming the model when it refuses its kwargs."""
     import torch
 
     import models  # noqa: F401 - registers every architecture
     from models.registry import create
 
-    seen = set()
-    for cfg in configs:
-        key = (cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True, default=repr))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            with torch.device("meta"):
-                create(cfg.model, in_channels=1, encoder_weights=None, **cfg.model_kwargs)
-        except NotImplementedError:  # an operation the meta device lacks: the run itself will tell
-            continue
-        except Exception as exc:  # noqa: BLE001 - whatever the factory raises, the kwargs are at fault
-            text = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise ConfigError(
-                f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs}: cannot be built ({text})"
-            ) from None
-
-
-def trains(cfg: TrainConfig) -> bool:
-    """Whether the run's model has weights to train (the ``empty`` baseline has none), from a build
-    on the meta device as in :func:`build_models`; a model that meta cannot build counts as trained."""
-    import torch
-
-    from models.info import has_trainable_params
-    from models.registry import create
+    def make() -> torch.nn.Module:
+        return create(cfg.model, in_channels=1, encoder_weights=None, **cfg.model_kwargs)
 
     try:
         with torch.device("meta"):
-            return has_trainable_params(
-                create(cfg.model, in_channels=1, encoder_weights=None, **cfg.model_kwargs)
-            )
-    except NotImplementedError:
-        return True
+            return make()
+    except Exception:  # noqa: BLE001 - the CPU decides whether it is meta or the kwargs at fault
+        pass
+    try:
+        return make()
+    except Exception as exc:  # noqa: BLE001 - whatever the factory raises, the kwargs are at fault
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConfigError(
+            f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs}: cannot be built ({text})"
+        ) from None
+
+
+def trains(cfg: TrainConfig) -> bool:
+    """Whether the run's model has weights to train (the ``empty`` baseline has none)."""
+    from models.info import has_trainable_params
+
+    return has_trainable_params(build_model(cfg))
 
 
 def check_pairs(pairs: Iterable[tuple[str, dict]]) -> None:
@@ -89,9 +93,10 @@ def _refuse_model_names(name: str, kwargs: dict) -> None:
     named = [k for k in kwargs if is_model(k)]
     if named:
         raise ConfigError(
-            f"model {name!r}: model_kwargs holds {', '.join(named)}, a model's name. train:'s model_kwargs "
-            f"(and --set model_kwargs=) go to every model; one model's go in the top-level "
-            f"model_kwargs: {{{named[0]}: {{...}}}}, or --set model_kwargs.{named[0]}='{{...}}'"
+            f"model {name!r}: model_kwargs holds {', '.join(named)}, a model's name, not an argument of the "
+            f"model. These are every model's arguments (fit --set model_kwargs='{{base_width: 8}}'); one "
+            f"model's own go in a run config's top-level model_kwargs: {{{named[0]}: {{...}}}} or "
+            f"run --set model_kwargs.{named[0]}='{{...}}'"
         )
 
 

@@ -63,7 +63,7 @@ def device_info(dev: torch.device) -> Finding:
     return Finding(detail, figures)
 
 
-# Load above this many runnable processes per usable CPU (plus one: the doctor itself) is other work.
+# Host load above this many runnable processes per CPU (plus one: the doctor itself) is other work.
 BUSY_LOAD_PER_CPU = 0.5
 # GPU memory in use before the doctor allocates anything, beyond its own CUDA context (~0.5 GiB).
 BUSY_GPU_GIB = 2.0
@@ -73,23 +73,43 @@ BUSY_GPU_UTIL = 10  # percent, over the driver's last sample period
 def idle(dev: torch.device) -> Finding:
     """Whether other work shares this box: rates measured beside it are low (a helper measured unet
     at 1.4 img/s on a loaded 2-core box against 131-143 alone) and the estimate scales from them.
-    WARN, never FAIL: the checks still say whether the box works."""
-    from datamodules.data_config import usable_cpus
-
-    cpus, load = usable_cpus(), os.getloadavg()[0]
-    figures: dict[str, float | int | None] = {"load_1min": round(load, 2), "cpus": cpus}
-    busy = [f"load {load:.1f} on {cpus} CPU(s)"] if load > BUSY_LOAD_PER_CPU * cpus + 1 else []
-    detail = f"load {load:.1f} on {cpus} CPU(s)"
+    The load average is the host's, so it is set against the host's CPUs, not this process's share.
+    WARN, never FAIL: the checks still say whether the box works; a figure the platform lacks is '-'."""
+    cpus, load = os.cpu_count() or 1, _host_load()
+    figures: dict[str, float | int | None] = {"host_load_1min": load, "host_cpus": cpus}
+    detail = f"host load {_show(load, '.1f')} on {cpus} CPU(s)"
+    busy = [detail] if load is not None and load > BUSY_LOAD_PER_CPU * cpus + 1 else []
     if dev.type == "cuda":
-        free, total = torch.cuda.mem_get_info(dev)
-        used, util = (total - free) / 2**30, _gpu_utilization(dev)
-        figures.update(gpu_used_gib=round(used, 2), gpu_util_percent=util)
-        detail += f"; {used:.1f} GiB of the GPU in use, utilisation {'-' if util is None else util}%"
-        busy += [f"{used:.1f} GiB of the GPU in use by others"] if used > BUSY_GPU_GIB else []
-        busy += [f"GPU {util}% busy"] if util is not None and util > BUSY_GPU_UTIL else []
+        used, util = _gpu_in_use(dev), _gpu_utilization(dev)
+        figures.update(gpu_used_gib=used, gpu_util_percent=util)
+        detail += f"; {_show(used, '.1f')} GiB of the GPU in use, utilisation {_show(util)}%"
+        if used is not None and used > BUSY_GPU_GIB:
+            busy.append(f"{used:.1f} GiB of the GPU in use by others")
+        if util is not None and util > BUSY_GPU_UTIL:
+            busy.append(f"GPU {util}% busy")
     if busy:
         return Finding(f"busy: {'; '.join(busy)}: rates and the estimate may read low", figures, WARN)
     return Finding(f"idle: {detail}", figures)
+
+
+def _show(value: float | None, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _host_load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # no load average on this platform
+        return None
+
+
+def _gpu_in_use(dev: torch.device) -> float | None:
+    """GiB of the device's memory in use (by every process, this one's CUDA context included)."""
+    try:
+        free, total = torch.cuda.mem_get_info(dev)
+    except RuntimeError:
+        return None
+    return round((total - free) / 2**30, 2)
 
 
 def _gpu_utilization(dev: torch.device) -> int | None:

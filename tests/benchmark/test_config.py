@@ -262,6 +262,14 @@ def test_one_models_kwargs_and_recipe_by_dotted_set_key(tmp_path, synthetic_dir,
     )
     assert over.model_kwargs == {**bench.model_kwargs, "unet": {"base_width": 4}}
     assert over.model_train == {"sk_unet": {"lr": 0.01}} and over.train == bench.train
+    both = {
+        "model_train": "{unet: {lr: 0.5}}",
+        "model_train.sk_unet": "{lr: 0.01}",
+        "model_kwargs": "{depth: 2}",
+    }
+    mixed = apply_benchmark_overrides(bench, {**both, "model_kwargs.unet": "{}"})  # one --set, both forms
+    assert mixed.model_train == {"unet": {"lr": 0.5}, "sk_unet": {"lr": 0.01}}
+    assert mixed.train.model_kwargs == {"depth": 2} and mixed.model_kwargs["unet"] == {}
     grid = runner.build_grid(over, ["unet", "sk_unet"], [0])
     assert grid[0].model_kwargs == {"base_width": 4} and grid[1].lr == 0.01 and grid[0].lr == bench.train.lr
     for key, value, words in [
@@ -276,9 +284,9 @@ def test_one_models_kwargs_and_recipe_by_dotted_set_key(tmp_path, synthetic_dir,
     assert main([*smoke, "--set", "model_kwargs={unet: {base_width: 4}}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "error: model 'unet': model_kwargs holds unet, a model's name. train:'s model_kwargs (and --set "
-        "model_kwargs=) go to every model; one model's go in the top-level model_kwargs: {unet: {...}}, or "
-        "--set model_kwargs.unet='{...}'"
+        "error: model 'unet': model_kwargs holds unet, a model's name, not an argument of the model. These "
+        "are every model's arguments (fit --set model_kwargs='{base_width: 8}'); one model's own go in a run "
+        "config's top-level model_kwargs: {unet: {...}} or run --set model_kwargs.unet='{...}'"
     ]
 
 

@@ -12,6 +12,7 @@ import torch
 from benchmark import grid_checks
 from benchmark.cli import main
 from benchmark.core.config import ConfigError, TrainConfig
+from benchmark.core.model_kwargs import build_models
 from datamodules.errors import DataError
 
 SMOKE = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "smoke.yaml"
@@ -94,9 +95,16 @@ class _FixedRule(torch.nn.Module):
         return x[:, :1] * 0 + self.bias
 
 
-class _MetaRefuses(_FixedRule):
+class _MetaRefuses(torch.nn.Module):
+    """Trainable, but its constructor reads a value back, which the meta device cannot."""
+
     def __init__(self, in_channels: int = 1, encoder_weights: str | None = None) -> None:
-        raise NotImplementedError("an operation the meta device lacks")
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, 1, 1)
+        float(self.conv.weight.sum().item())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
 
 def test_the_batch_check_asks_the_model_whether_it_trains_not_its_name() -> None:
@@ -110,12 +118,17 @@ def test_the_batch_check_asks_the_model_whether_it_trains_not_its_name() -> None
             [TrainConfig(model="fixed_rule_test", n_folds=3, batch_size=33)], Path("d"), subjects, positive
         )  # 24 fit images, batch 33: nothing to train, so no batch to fill
         with pytest.raises(DataError, match="meta_refuses_test fold 0: the fit part has 24 images"):
-            grid_checks.check_splits(  # unknown on meta: held to the batch like any trained model
+            grid_checks.check_splits(  # built on the CPU instead: it trains, so it needs the batch
                 [TrainConfig(model="meta_refuses_test", n_folds=3, batch_size=33)],
                 Path("d"),
                 subjects,
                 positive,
             )
+        build_models([TrainConfig(model="meta_refuses_test")])  # was "cannot be built": meta's fault
+        with pytest.raises(
+            ConfigError, match="model 'fixed_rule_test' with model_kwargs {'width': 3}: cannot"
+        ):
+            build_models([TrainConfig(model="fixed_rule_test", model_kwargs={"width": 3})])
     finally:
         unregister("fixed_rule_test")
         unregister("meta_refuses_test")
