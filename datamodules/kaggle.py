@@ -271,6 +271,12 @@ def scan_test(data_dir: str | Path) -> list[tuple[int, Path]]:
     return items
 
 
+def frame_digests(images: np.ndarray) -> list[str]:
+    """16 hex of sha256 over each frame's pixels: the same frame in any copy of the data, whatever
+    its file name or position, so a checkpoint can tell its training frames apart anywhere."""
+    return [hashlib.sha256(np.ascontiguousarray(frame).tobytes()).hexdigest()[:16] for frame in images]
+
+
 def content_hash(train_set: TrainSet) -> str:
     """16 hex of sha256 over stems, image bytes and {0,1} mask bytes: labels leaderboards."""
     digest = hashlib.sha256()

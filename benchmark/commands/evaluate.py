@@ -23,16 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--all-images",
         action="store_true",
-        help="on the checkpoint's training data, score every image, including those it was trained "
-        "and selected on (not a held-out score)",
+        help="score every image, including those the checkpoint was trained and selected on (its own "
+        "training data, or frames of it in another copy): not a held-out score",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.evaluation.evaluate import ALL_WITH_TRAINING, evaluate, format_metrics
+    from benchmark.evaluation.evaluate import evaluate, format_metrics
 
     result = evaluate(args.checkpoint, args.data_dir, args.out, all_images=args.all_images)
-    print(result["note"], file=sys.stderr if result["scope"] == ALL_WITH_TRAINING else sys.stdout)
+    print(result["note"], file=sys.stderr if "warning:" in result["note"] else sys.stdout)
     print(f"{result['n_images']} images of {args.data_dir}, checkpoint {args.checkpoint}")
     print(format_metrics(result["metrics"]))
     empty = result["per_image"]["true_empty"]

@@ -6,7 +6,10 @@ outer-fold indices):
 - the checkpoint's own training data: only its outer fold, the images no decision saw; the rest
   trained or selected the checkpoint, so scoring them would report a training score;
 - the same data with ``all_images``: every image, with a warning that training images are included;
-- any other data (or a checkpoint without that record): every image.
+- any other data: every image but the frames identical to ones that trained or selected the
+  checkpoint (a subset or another copy of its data; ``all_images`` keeps them, with a warning), and
+  a warning when scored frames belong to subjects numbered like its training subjects;
+- a checkpoint without that record: every image, with a warning.
 """
 
 from __future__ import annotations
@@ -22,26 +25,29 @@ from benchmark.scoring import counts
 from benchmark.training.checkpoint import CKPT_KEY, load_checkpoint_module, postprocess_of
 from benchmark.training.device import eval_device, resolve_precision
 from benchmark.training.module import config_from_dict
+from datamodules.errors import NerveBenchError
 
 OUTER, ALL_WITH_TRAINING, ALL = "outer_fold", "all_images_including_training", "all_images"
+UNSEEN = "images_not_seen_in_training"  # other data, less the frames that trained or selected it
 
 
 def choose_images(
-    record: dict, data_hash: str, n_images: int, all_images: bool
+    record: dict,
+    data_hash: str,
+    n_images: int,
+    all_images: bool,
+    digests: list[str] | None = None,
+    subjects: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str, str]:
     """(indices to score, scope, one-line note) for data with ``data_hash`` and ``n_images`` frames.
 
-    ``record`` is the checkpoint's ``nerve_bench`` block (``data_hash``, ``outer_indices``).
+    ``record`` is the checkpoint's ``nerve_bench`` block (``data_hash``, ``outer_indices``,
+    ``seen_frames``, ``seen_subjects``); ``digests`` and ``subjects`` are the data's, per frame.
     """
-    every = np.arange(n_images, dtype=np.int64)
     outer = record.get("outer_indices")
     if record.get("data_hash") != data_hash or outer is None:
-        why = (
-            "not the checkpoint's training data"
-            if record.get("data_hash")
-            else "the checkpoint does not record its training data: training images may be included"
-        )
-        return every, ALL, f"scoring all {n_images} images ({why})"
+        return _other_data(record, n_images, all_images, digests, subjects)
+    every = np.arange(n_images, dtype=np.int64)
     outer = np.asarray(outer, dtype=np.int64)
     n_seen = n_images - len(outer)
     if all_images:
@@ -57,6 +63,59 @@ def choose_images(
     return outer, OUTER, note
 
 
+def _other_data(
+    record: dict, n_images: int, all_images: bool, digests: list[str] | None, subjects: np.ndarray | None
+) -> tuple[np.ndarray, str, str]:
+    """Another copy or subset of the data, or other data: the frames identical to ones that trained
+    or selected the checkpoint are left out (``--all-images``: kept, with a warning), and frames of
+    subjects numbered like its training subjects are pointed out."""
+    every = np.arange(n_images, dtype=np.int64)
+    if not record.get("data_hash"):
+        return (
+            every,
+            ALL,
+            f"scoring all {n_images} images (the checkpoint does not record its training data: "
+            "training images may be included)",
+        )
+    seen = set(record.get("seen_frames") or ())
+    hit = np.zeros(n_images, bool)
+    if seen and digests is not None:
+        hit = np.array([d in seen for d in digests], dtype=bool)
+    kept = every if all_images else every[~hit]
+    if not kept.size:
+        raise NerveBenchError(
+            f"every one of these {n_images} images trained or selected this checkpoint: there is no "
+            "held-out image to score (--all-images scores them anyway, as a training score)"
+        )
+    shared = _shared_subjects(record, subjects, kept)
+    if hit.any():
+        which = f"{int(hit.sum())} of these {n_images} images are frames that trained or selected it"
+        note = (
+            f"warning: --all-images: {which}; this is not a held-out score"
+            if all_images
+            else f"scoring {kept.size} of {n_images} images: {which} (--all-images: all)"
+        )
+        return kept, ALL_WITH_TRAINING if all_images else UNSEEN, note + shared
+    return kept, ALL, f"scoring all {n_images} images (not the checkpoint's training data)" + shared
+
+
+def _shared_subjects(record: dict, subjects: np.ndarray | None, kept: np.ndarray) -> str:
+    """A warning clause when scored frames belong to subjects numbered like the training subjects:
+    in a copy of the same data they are the same patients, so those frames are not held out."""
+    trained = set(record.get("seen_subjects") or ())
+    if subjects is None or not trained:
+        return ""
+    shared = sorted(trained & {int(s) for s in subjects[kept]})
+    if not shared:
+        return ""
+    n = int(np.isin(subjects[kept], shared).sum())
+    listed = ", ".join(map(str, shared[:8])) + (", ..." if len(shared) > 8 else "")
+    return (
+        f"; warning: {n} of the scored images belong to subjects numbered like ones that trained or "
+        f"selected it ({listed}): if this is the same data set, they are not held out"
+    )
+
+
 def evaluate(
     checkpoint: str | Path, data_dir: str | Path, out: str | Path | None = None, all_images: bool = False
 ) -> dict:
@@ -67,7 +126,7 @@ def evaluate(
     ``note``, the one line that says what was scored.
     """
     from datamodules.datamodule import UltrasoundNerveDataModule
-    from datamodules.kaggle import content_hash
+    from datamodules.kaggle import content_hash, frame_digests
 
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
@@ -81,7 +140,9 @@ def evaluate(
     dm = UltrasoundNerveDataModule.from_config_dict(data_dir, config, split=False)
     dm.setup()
     ts = dm.train_set
-    indices, scope, note = choose_images(ckpt.get(CKPT_KEY) or {}, content_hash(ts), len(ts), all_images)
+    record = ckpt.get(CKPT_KEY) or {}
+    digests = frame_digests(ts.images) if record.get("data_hash") != content_hash(ts) else None
+    indices, scope, note = choose_images(record, content_hash(ts), len(ts), all_images, digests, ts.subjects)
     device = eval_device()
     precision = resolve_precision(cfg.precision, device.type) if device.type == "cuda" else "32"
     rows = inference.predict_loader(module, dm.subset_dataloader(indices), device, precision, pp=pp)

@@ -26,6 +26,7 @@ from benchmark.training.callbacks import checkpoint_history
 from benchmark.training.checkpoint import BEST, LAST, load_checkpoint_module, store_in_checkpoint
 from benchmark.training.device import resolve_precision
 from benchmark.training.module import SegModule
+from datamodules.kaggle import frame_digests
 
 if TYPE_CHECKING:
     from benchmark.scoring.postprocess import PostProcess
@@ -215,7 +216,7 @@ def finalize_run(
     pp, selection, outer = _select_and_predict(cfg, dm, module, int(ckpt.get("epoch", 0)), device, precision)
     metrics = scored(outer["counts"], outer["presence_prob"], outer["post_counts"])
     data = dataset_block(dm, data_dir)
-    store_in_checkpoint(best, ckpt, _checkpoint_record(cfg, pp, metrics, selection, data, outer))
+    store_in_checkpoint(best, ckpt, _checkpoint_record(cfg, dm, pp, metrics, selection, data, outer))
     _overlays(out_dir / OVERLAY_NAME, dm, module, outer, pp, device, precision)
     history = _final_history(out_dir / "checkpoints" / LAST, module.history)
     summary = {
@@ -264,10 +265,18 @@ def _select_and_predict(
 
 
 def _checkpoint_record(
-    cfg: TrainConfig, pp: PostProcess, metrics: dict, selection: dict, data: dict, outer: dict
+    cfg: TrainConfig,
+    dm: UltrasoundNerveDataModule,
+    pp: PostProcess,
+    metrics: dict,
+    selection: dict,
+    data: dict,
+    outer: dict,
 ) -> dict:
     """What ``best.ckpt`` carries of its scoring: the tuned post-processing that ``predict`` and
-    ``export`` apply, and the data hash and outer indices by which ``evaluate`` knows its fold."""
+    ``export`` apply; the data hash and outer indices by which ``evaluate`` knows its fold; and the
+    frames and subjects that trained or selected it, by which ``evaluate`` knows them in other data."""
+    seen = np.concatenate([dm.fit_indices, dm.inner_indices])
     return {
         "postprocess": pp.to_dict(),
         "config": cfg.to_dict(),
@@ -275,6 +284,8 @@ def _checkpoint_record(
         "selection_metrics": selection["metrics"],
         "data_hash": data["content_hash"],
         "outer_indices": outer["index"].tolist(),
+        "seen_frames": sorted(frame_digests(dm.decoded.images[np.sort(seen)])),
+        "seen_subjects": _subjects(dm, seen),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from benchmark.cli import main
 from benchmark.evaluation.evaluate import evaluate
 from benchmark.pipeline import fit
 from datamodules.errors import NerveBenchError
+from datamodules.io import read_tif, write_tif
+from datamodules.synth import generate
 from tests.benchmark.fitting import EMPTY, PER_SUBJECT, SUBJECTS, UNET
 
 pytestmark = pytest.mark.slow
@@ -51,10 +54,68 @@ def test_all_images_scores_training_images_too_with_a_warning(fit_runs):
     assert np.mean(per["dice"]) == pytest.approx(result["metrics"]["post"]["kaggle_dice"])
 
 
-def test_other_data_is_scored_in_full(fit_runs, synthetic_dir):
-    result = evaluate(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", synthetic_dir)
+def test_other_data_is_scored_in_full(fit_runs, synthetic_dir, tmp_path):
+    other = tmp_path / "other"
+    generate(other, subjects=SUBJECTS, per_subject=8, n_test=1, seed=1)
+    result = evaluate(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", other)
     assert result["scope"] == "all_images" and result["n_images"] == 48  # another 6 x 8 dataset
-    assert "not the checkpoint's training data" in result["note"]
+    assert result["note"].startswith("scoring all 48 images (not the checkpoint's training data); warning: ")
+    assert "belong to subjects numbered like ones that trained or selected it" in result["note"]
+    # The session's 6 x 8 set has the same generator seed and shares frames with the checkpoint's
+    # data (1_1, 1_2, 1_4, ...): this test used to score all of it as other data; they are left out.
+    shared = evaluate(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", synthetic_dir)
+    n_seen = 48 - shared["n_images"]
+    assert shared["scope"] == "images_not_seen_in_training" and 0 < n_seen < 48
+    assert f"{n_seen} of these 48 images are frames that trained or selected it" in shared["note"]
+
+
+def _copy_without(src, dst, stems):
+    """A copy of a synthetic layout (masks as tifs and csv rows) without the frames ``stems``."""
+    shutil.copytree(src, dst)
+    for stem in stems:
+        for path in (dst / "train").glob(f"{stem}*.tif"):
+            if path.stem in (stem, f"{stem}_mask"):
+                path.unlink()
+    rows = (dst / "train_masks.csv").read_text().splitlines()
+    keep = [r for r in rows if "_".join(r.split(",")[:2]) not in stems]
+    (dst / "train_masks.csv").write_text("\n".join(keep) + "\n")
+    return dst
+
+
+def test_a_subset_of_its_data_is_scored_without_the_frames_that_trained_or_selected_it(fit_runs, tmp_path):
+    """One frame fewer: another content hash, so the outer-fold record no longer applies. The frames
+    that trained or selected the checkpoint are known by their pixels and left out (they used to be
+    scored as "not the checkpoint's training data")."""
+    ckpt = fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt"
+    outer_stems = fit_runs.unet["per_image"]["stem"]
+    subset = _copy_without(fit_runs.data, tmp_path / "subset", [outer_stems[0]])
+    result = evaluate(ckpt, subset)
+    assert result["scope"] == "images_not_seen_in_training" and result["n_images"] == 21
+    assert result["per_image"]["stem"] == outer_stems[1:]  # exactly the rest of the outer fold
+    which = "44 of these 65 images are frames that trained or selected it"
+    assert result["note"] == f"scoring 21 of 65 images: {which} (--all-images: all)"
+    every = evaluate(ckpt, subset, all_images=True)
+    assert every["scope"] == "all_images_including_training" and every["n_images"] == 65
+    assert every["note"].startswith("warning: --all-images: 44 of these 65 images are frames")
+    seen_only = _copy_without(fit_runs.data, tmp_path / "seen", outer_stems)
+    with pytest.raises(
+        NerveBenchError, match="every one of these 44 images trained or selected this checkpoint"
+    ):
+        evaluate(ckpt, seen_only)
+
+
+def test_frames_of_its_training_subjects_that_differ_are_scored_with_a_warning(fit_runs, tmp_path):
+    ckpt = fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt"
+    seen_subjects = fit_runs.unet["split"]["fit_subjects"] + fit_runs.unet["split"]["inner_subjects"]
+    changed = shutil.copytree(fit_runs.data, tmp_path / "changed")
+    frame = sorted((changed / "train").glob(f"{seen_subjects[0]}_*[0-9].tif"))[0]
+    write_tif(frame, 255 - read_tif(frame))  # a new frame of a training subject (a near-duplicate, say)
+    result = evaluate(ckpt, changed)
+    assert result["scope"] == "images_not_seen_in_training" and result["n_images"] == 23
+    assert result["note"].endswith(
+        "; warning: 1 of the scored images belong to subjects numbered like ones that trained or "
+        f"selected it ({seen_subjects[0]}): if this is the same data set, they are not held out"
+    )
 
 
 def test_empty_model_on_real_sample_scores_its_empty_masks_exactly(uns_sample, tmp_path):
