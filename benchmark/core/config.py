@@ -341,10 +341,17 @@ PER_MODEL_MAPS = ("model_kwargs", "model_train")
 
 
 def _per_model_overrides(bench: BenchmarkConfig, overrides: dict[str, Any]) -> tuple[dict, dict]:
-    """Split ``--set FIELD.MODEL=MAPPING`` (replacing one model's entry) from the other keys. The
-    entry goes into the map as the same ``--set`` gives it, else as the config has it."""
+    """Split ``--set FIELD.MODEL=MAPPING`` (replacing one model's entry) from the other keys.
+
+    ``--set`` is the last word, as in ``fit``: a plain ``model_kwargs=`` (``train:``'s) gives every
+    model exactly those arguments, so it sets the config's per-model entries aside; a plain
+    ``model_train=`` replaces that map. Dotted entries of the same ``--set`` then go on top."""
     plain = {k: v for k, v in overrides.items() if "." not in k}
     maps: dict[str, dict] = {}
+    if "model_kwargs" in plain:
+        maps["model_kwargs"] = {}
+    if "model_train" in plain:
+        maps["model_train"] = coerce("model_train", plain.pop("model_train"), dict)
     for key, value in overrides.items():
         field_name, dot, model = (part.strip() for part in key.partition("."))
         if not dot:
@@ -352,12 +359,7 @@ def _per_model_overrides(bench: BenchmarkConfig, overrides: dict[str, Any]) -> t
         spelling = " or ".join(f"{m}.MODEL" for m in PER_MODEL_MAPS)
         _require(field_name in PER_MODEL_MAPS and bool(model), f"--set {key}: a dotted key is {spelling}")
         _check_model_name(key, model)
-        if field_name not in maps:  # a plain model_train= is the base; a plain model_kwargs= is train:'s
-            given = field_name == "model_train" and field_name in plain
-            maps[field_name] = (
-                coerce(field_name, plain.pop(field_name), dict) if given else dict(getattr(bench, field_name))
-            )
-        maps[field_name][model] = coerce(key, value, dict)
+        maps.setdefault(field_name, dict(getattr(bench, field_name)))[model] = coerce(key, value, dict)
     return plain, maps
 
 

@@ -279,6 +279,14 @@ def test_one_models_kwargs_and_recipe_by_dotted_set_key(tmp_path, synthetic_dir,
     ]:
         with pytest.raises(ConfigError, match=re.escape(words)):
             apply_benchmark_overrides(bench, {key: value})
+    # A plain --set model_kwargs= is the last word for every model, as in fit: the same run.
+    last = apply_benchmark_overrides(bench, {"model_kwargs": "{base_width: 16}"})
+    assert last.model_kwargs == {} and runner.build_grid(last, ["unet"], [0])[0].model_kwargs == {
+        "base_width": 16
+    }
+    assert main(["fit", "--config", str(CONFIGS / "smoke.yaml"), "--model", "unet", "--print-config",
+                 "--set", "model_kwargs={base_width: 16}"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith(f"# {runner.build_grid(last, ['unet'], [0])[0].run_name()}:")
     smoke = ["run", "--config", str(CONFIGS / "smoke.yaml"), "--data-dir", str(synthetic_dir),
              "--results-dir", str(tmp_path / "r"), "--models", "unet", "--dry-run"]  # fmt: skip
     assert main([*smoke, "--set", "model_kwargs={unet: {base_width: 4}}"]) == 2
