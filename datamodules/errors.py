@@ -32,22 +32,34 @@ class DataErrors(DataError):
     """Several problems at once: a damaged copy of the data often has many bad files, and a user
     should fix them all in one pass rather than meet them one run at a time.
 
-    One line per kind of problem, naming the first file that has it and how many more share it
-    (5,635 truncated frames are one line, not 5,635), at most ``SHOWN`` lines.
+    Up to ``SHOWN`` problems, a line each. Beyond that a line per kind of problem, naming the first
+    file that has it and how many more share it (5,635 truncated frames are one line, not 5,635),
+    at most ``SHOWN`` lines; ``data check --json`` lists every one.
     """
 
     SHOWN = 20
 
     def __init__(self, where: str | Path, errors: Sequence[DataError]) -> None:
         self.errors = list(errors)
-        groups: dict[str, list[DataError]] = {}
-        for err in self.errors:
-            groups.setdefault(err.kind, []).append(err)
-        lines = [_group_line(group) for group in list(groups.values())[: self.SHOWN]]
-        if len(groups) > self.SHOWN:
-            hidden = sum(len(g) for g in list(groups.values())[self.SHOWN :])
-            lines.append(f"... and {hidden} more, of {len(groups) - self.SHOWN} other kinds")
+        if len(self.errors) <= self.SHOWN:
+            lines = [str(err) for err in self.errors]
+        else:
+            lines = _grouped(self.errors, self.SHOWN) + ["(data check --json lists every one)"]
         super().__init__(where, f"{len(self.errors)} problems:\n  " + "\n  ".join(lines))
+
+    def to_list(self) -> list[dict[str, str]]:
+        return [{"path": str(e.path), "problem": e.problem, "kind": e.kind} for e in self.errors]
+
+
+def _grouped(errors: list[DataError], shown: int) -> list[str]:
+    groups: dict[str, list[DataError]] = {}
+    for err in errors:
+        groups.setdefault(err.kind, []).append(err)
+    lines = [_group_line(group) for group in list(groups.values())[:shown]]
+    if len(groups) > shown:
+        hidden = sum(len(g) for g in list(groups.values())[shown:])
+        lines.append(f"... and {hidden} more, of {len(groups) - shown} other kinds")
+    return lines
 
 
 def _group_line(group: list[DataError]) -> str:

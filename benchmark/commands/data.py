@@ -45,9 +45,16 @@ def format_summary(info: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from datamodules.errors import DataError, DataErrors
     from datamodules.kaggle import check_dataset
 
     if args.data_command == "check":
-        info = check_dataset(args.data_dir)
-        print(json.dumps(info, sort_keys=True) if args.json else format_summary(info))
+        try:
+            info = check_dataset(args.data_dir)
+        except DataError as exc:
+            if args.json:  # every problem for a script, however many; the error line(s) on stderr
+                found = exc if isinstance(exc, DataErrors) else DataErrors(exc.path, [exc])
+                print(json.dumps({"ok": False, "data_dir": str(args.data_dir), "problems": found.to_list()}))
+            raise
+        print(json.dumps({"ok": True, **info}, sort_keys=True) if args.json else format_summary(info))
     return 0
