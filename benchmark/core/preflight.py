@@ -1,6 +1,6 @@
 """Checks before hours of training: the results directory exists or can be created, takes a file,
-and has room. Usage problems (a file where the directory goes, a read-only directory) raise
-NerveBenchError (exit 2); a full disk raises OSError ENOSPC naming the path (exit 1).
+and has room. Each is found before the first run, so each is NerveBenchError (exit 2), like a GPU
+recipe on a box without a GPU; a disk that fills up once work has begun is a runtime OSError (exit 1).
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ def _probe(directory: Path) -> None:
 def check_results_dir(results_dir: Path, min_free_gb: float) -> None:
     """Check that ``results_dir`` exists or can be created, is writable and has ``min_free_gb`` free.
 
-    A path that is not a writable directory is a usage problem (NerveBenchError, exit 2); a full
-    disk is a runtime one (OSError ENOSPC naming the path, exit 1).
+    Any problem is NerveBenchError naming the path (exit 2): nothing has started yet.
     """
     if results_dir.exists() and not results_dir.is_dir():
         raise NerveBenchError(f"{results_dir}: results directory is a file, not a directory")
@@ -53,14 +52,13 @@ def check_results_dir(results_dir: Path, min_free_gb: float) -> None:
         _probe(results_dir)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, "no space left on device", str(results_dir)) from None
+            raise NerveBenchError(f"{results_dir}: no space left on device") from None
         raise NerveBenchError(
             f"{results_dir}: results directory is not writable ({exc.strerror or exc})"
         ) from None
     free = shutil.disk_usage(results_dir).free
     if free < min_free_gb * 1e9:
-        raise OSError(
-            errno.ENOSPC,
-            f"only {free / 1e9:.2f} GB free, need {min_free_gb:g} GB (--min-free-gb, ${MIN_FREE_ENV})",
-            str(results_dir),
+        raise NerveBenchError(
+            f"{results_dir}: only {free / 1e9:.2f} GB free, need {min_free_gb:g} GB "
+            f"(--min-free-gb, ${MIN_FREE_ENV})"
         )

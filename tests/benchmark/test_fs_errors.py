@@ -77,28 +77,28 @@ def test_read_only_results_dir_is_exit_2_before_any_work(
     assert not list(results.iterdir())
 
 
-def test_too_little_free_space_is_exit_1_naming_the_path(
+def test_too_little_free_space_before_the_first_run_is_exit_2_naming_the_path(
     tmp_path, synthetic_dir, capsys, no_training, monkeypatch
 ):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**10, 10**10 - 3 * 10**8, 3 * 10**8))
     results = tmp_path / "results"
-    assert main(_run(synthetic_dir, results)) == 1
+    assert main(_run(synthetic_dir, results)) == 2  # found before the first run, like a missing GPU
     line = _one_error_line(capsys)
     assert line.startswith(f"error: {results}: only 0.30 GB free, need 1 GB (--min-free-gb")
-    assert main(_run(synthetic_dir, results, "--min-free-gb", "0.5")) == 1
+    assert main(_run(synthetic_dir, results, "--min-free-gb", "0.5")) == 2
     assert "need 0.5 GB" in _one_error_line(capsys)
     monkeypatch.setenv(preflight.MIN_FREE_ENV, "0.2")  # a smaller threshold lets the grid start
     monkeypatch.setattr(runner, "run_grid", lambda *a, **k: [runner.Outcome("r", "trained", 1.0)])
     assert main(_run(synthetic_dir, results)) == 0
 
 
-def test_full_disk_while_probing_is_exit_1(tmp_path, synthetic_dir, capsys, no_training, monkeypatch):
+def test_full_disk_while_probing_is_exit_2(tmp_path, synthetic_dir, capsys, no_training, monkeypatch):
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "write", full)
-    assert main(_run(synthetic_dir, tmp_path / "results")) == 1
+    assert main(_run(synthetic_dir, tmp_path / "results")) == 2  # before the first run
     monkeypatch.undo()
     assert _one_error_line(capsys) == f"error: {tmp_path / 'results'}: no space left on device"
 
