@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="benchmark YAML of the split (default: the config of the results directory's runs, else "
         "benchmark/configs/default.yaml)",
     )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite an earlier import of this name, fold and seed (refused without it)",
+    )
     add_set_option(parser, "override a config field (repeatable)")
 
 
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         sets=args.overrides,
         external=external,
         folds_file=args.folds_file,
+        replace=args.replace,
     )
     post = summary["metrics"]["post"]
     print(

@@ -115,8 +115,13 @@ def import_fold(
     external: dict[str, Any] | None = None,
     folds_file: Path | None = None,
     facts: dict[str, Any] | None = None,
+    replace: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """Read and check every mask of ``split``'s outer fold, score them, write the run summary."""
+    """Read and check every mask of ``split``'s outer fold, score them, write the run summary. An
+    earlier import of the same row, fold and seed is refused unless ``replace``."""
+    run_dir = board.results_dir / "runs" / split.cfg.run_name()
+    if not replace:
+        _refuse_overwrite(run_dir, split)
     if folds_file is not None:
         check_folds_file(folds_file, split, board.data_hash)
     pred = read_predictions(predictions, split.outer, split.cfg.fold)
@@ -126,8 +131,23 @@ def import_fold(
     }
     summary = entry.imported_summary(split, board.data_dir, pred, {**provenance, **(external or {})}, facts)
     _warn_other_board(summary, board.results_dir)
-    run_dir = board.results_dir / "runs" / split.cfg.run_name()
     return run_dir, entry.write_imported(run_dir, summary, split, pred)
+
+
+def _refuse_overwrite(run_dir: Path, split: Fold) -> None:
+    """A second import of a row's fold would silently replace the scores already on the board."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+        was = f"Kaggle Dice {old['metrics']['post']['kaggle_dice']:.4f}, from {old['external']['source']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        was = "unreadable"
+    raise ConfigError(
+        f"{path}: {split.cfg.model} fold {split.cfg.fold} seed {split.cfg.seed} is already imported "
+        f"({was}); --replace to overwrite it"
+    )
 
 
 def import_predictions(
@@ -142,7 +162,9 @@ def import_predictions(
     external: dict[str, Any] | None = None,
     folds_file: Path | None = None,
     facts: dict[str, Any] | None = None,
+    replace: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """`benchmark import`: check everything, score the masks, write ``runs/<run>/summary.json``."""
     board = open_board(name, data_dir, results_dir, config, sets)
-    return import_fold(board, board_fold(board, fold, seed), predictions, external, folds_file, facts)
+    split = board_fold(board, fold, seed)
+    return import_fold(board, split, predictions, external, folds_file, facts, replace)

@@ -205,7 +205,10 @@ def _import(
     ):
         return False
     facts = _facts(layout, settings, seed, k)
-    importer.import_fold(board, split, out, {**external, "nnunet": facts.pop("nnunet")}, facts=facts)
+    # replace: a rerun imports nnU-Net's own predictions of this fold again, the same files
+    importer.import_fold(
+        board, split, out, {**external, "nnunet": facts.pop("nnunet")}, facts=facts, replace=True
+    )
     return True
 
 

@@ -147,6 +147,27 @@ def test_perfect_masks_score_one_and_rank_as_external(setup, tmp_path, capsys) -
     assert "unknown" in (results / "leaderboard.csv").read_text()
 
 
+def test_a_second_import_of_a_fold_is_refused_without_replace(setup, tmp_path, capsys) -> None:
+    """It used to replace the scores on the board silently (Kaggle Dice 0.02 -> 0.52, no notice)."""
+    data, config, folds = setup
+    fold, results = folds[0], tmp_path / "results"
+    perfect = write_masks(tmp_path / "perfect", fold.outer, _truth(fold), "png")
+    empty = write_masks(tmp_path / "empty", fold.outer, [np.zeros_like(m) for m in _truth(fold)], "png")
+    assert main(_args(data, results, config, perfect)) == 0
+    (summary,) = (results / "runs").glob("outside__f0__s0__*/summary.json")
+    before = summary.read_bytes()
+    capsys.readouterr()
+    assert main(_args(data, results, config, empty)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"error: {summary}: outside fold 0 seed 0 is already imported "
+    )
+    assert f"(Kaggle Dice 1.0000, from {perfect.resolve()}); --replace to overwrite it" in err[0]
+    assert summary.read_bytes() == before
+    assert main([*_args(data, results, config, empty), "--replace"]) == 0
+    assert read_summary(summary.parent)["metrics"]["post"]["kaggle_dice"] < 1.0
+
+
 def test_round_trip_gives_the_runs_own_numbers(fit_runs, tmp_path) -> None:
     """Our unet's outer-fold post-processed masks, exported and imported, score exactly as its summary."""
     from benchmark.evaluation.inference import predict_loader
