@@ -206,7 +206,8 @@ def predict_dir(
 ) -> dict:
     """Predict every input tif, write ``<out>/<stem>.tif`` (uint8 {0,255}) and optional extras.
 
-    Returns ``{"n_images", "n_positive", "out_dir", "submission", "postprocess"}``.
+    Returns ``{"n_images", "n_positive", "out_dir", "submission", "postprocess", "other_masks"}``
+    (``other_masks``: tifs already in ``out_dir`` that this prediction did not write).
     """
     if not checkpoints:
         raise NerveBenchError("no checkpoint given")
@@ -234,10 +235,13 @@ def predict_dir(
             rows.append((stem, encode(mask)))
             n_positive += bool(mask.any())
     sub = write_submission(submission, rows) if submission else None
+    written = {stem for stem, _ in rows}
     return {
         "n_images": len(rows),
         "n_positive": n_positive,
         "out_dir": str(out),
         "submission": str(sub) if sub else None,
         "postprocess": post.to_dict(),
+        # mask tifs in --out that this prediction did not write: an earlier one's, left as they were
+        "other_masks": sorted(p.name for p in out.glob("*.tif") if p.stem not in written),
     }

@@ -50,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         where = f"; submission {result['submission']}" if result["submission"] else ""
         print(f"{result['n_images']} masks ({result['n_positive']} non-empty) in {result['out_dir']}{where}")
+    if result["other_masks"]:
+        shown = ", ".join(result["other_masks"][:3]) + (", ..." if len(result["other_masks"]) > 3 else "")
+        print(
+            f"warning: {result['out_dir']} also holds {len(result['other_masks'])} mask tif(s) this "
+            f"prediction did not write ({shown}): an earlier prediction's, left as they were",
+            file=sys.stderr,
+        )
     if result["submission"] and result["n_images"] != KAGGLE_TEST_IMAGES:
         print(
             f"note: {result['submission']} holds {result['n_images']} rows; Kaggle scores a submission of "

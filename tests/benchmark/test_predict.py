@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,17 @@ def test_cli_ensemble_of_two_checkpoints(ckpts, synthetic_dir, tmp_path, capsys)
     assert capsys.readouterr().err == (
         f"note: {sub} holds 5 rows; Kaggle scores a submission of all 5508 test images (--input the full "
         "test/ folder)\n"
+    )
+    # Again into the same folder, from 2 of the images: the other 3 masks are an earlier prediction's.
+    two = tmp_path / "two"
+    two.mkdir()
+    for path in sorted((synthetic_dir / "test").glob("*.tif"))[:2]:
+        shutil.copy(path, two / path.name)
+    assert main(["predict", "--checkpoint", str(ckpts[0]), "--input", str(two), "--out", str(out)]) == 0
+    others = sorted(p.name for p in (synthetic_dir / "test").glob("*.tif"))[2:]
+    assert capsys.readouterr().err == (
+        f"warning: {out} also holds 3 mask tif(s) this prediction did not write ({', '.join(others)}): an "
+        "earlier prediction's, left as they were\n"
     )
 
 
