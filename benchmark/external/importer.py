@@ -59,8 +59,24 @@ def check_folds_file(path: Path, fold: Fold, data_hash: str) -> None:
     mine = entries.get(fold.cfg.fold) or {}
     if doc.get("split_seed") != fold.cfg.split_seed or mine.get("outer") != fold.outer:
         raise DataError(
-            path, f"fold {fold.cfg.fold} of this file is not this benchmark's fold (split differs)"
+            path, f"fold {fold.cfg.fold} of this file is not this benchmark's fold ({_how_split(doc, fold)})"
         )
+
+
+def _how_split(doc: dict[str, Any], fold: Fold) -> str:
+    """What differs between the file's split and the board's, and the likely remedy."""
+    split = doc.get("split") if isinstance(doc.get("split"), dict) else {}
+    cfg = fold.cfg
+    ours = {"split_seed": cfg.split_seed, "n_folds": 1 if cfg.holdout_fraction is not None else cfg.n_folds,
+            "inner_fraction": cfg.inner_fraction, "holdout_fraction": cfg.holdout_fraction,
+            "clean_contradictory": cfg.clean_contradictory}  # fmt: skip
+    theirs = {"split_seed": doc.get("split_seed"), **{k: split.get(k) for k in list(ours)[1:]}}
+    differ = [f"{k} {theirs[k]} here, {ours[k]} on the board" for k in ours if theirs[k] != ours[k]]
+    return (
+        "; ".join(differ) + "; pass the folds file's config as --config"
+        if differ
+        else "the same split settings, other subjects: written by another version of nerve-bench?"
+    )
 
 
 def _warn_other_board(summary: dict[str, Any], results_dir: Path) -> None:
