@@ -30,7 +30,9 @@ class _DeprecatedFolds(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         print(
-            "warning: fit --folds is deprecated and goes in the next release; use --n-folds", file=sys.stderr
+            f"warning: fit --folds {values} sets the number of folds (n_folds={values}), not a fold id "
+            "(--fold, as `run --folds` lists); it is deprecated and goes in the next release: use --n-folds",
+            file=sys.stderr,
         )
         setattr(namespace, self.dest, values)
 

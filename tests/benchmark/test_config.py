@@ -228,6 +228,7 @@ def test_fit_folds_is_a_deprecated_alias_of_n_folds(capsys):
     assert main(["fit", "--folds", "3", "--print-config"]) == 0
     out, err = capsys.readouterr()
     assert "n_folds: 3" in out and "deprecated" in err and "--n-folds" in err and len(err.splitlines()) == 1
+    assert "sets the number of folds (n_folds=3), not a fold id" in err
     assert main(["fit", "--n-folds", "4", "--print-config"]) == 0
     out, err = capsys.readouterr()
     assert "n_folds: 4" in out and not err
