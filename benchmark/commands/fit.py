@@ -120,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
 
     check_accelerator([cfg])
 
+    from benchmark.core.summary import SUMMARY_NAME, is_complete
+
     out = args.out or Path("results") / "runs" / cfg.run_name()
+    if is_complete(out / SUMMARY_NAME, cfg.hash()):
+        print(f"{out} already holds this run, complete (config hash {cfg.hash()}): nothing trained")
     summary = fit(cfg, args.data_dir, out)
     if summary:  # empty on non-zero DDP ranks
         print_summary(summary, out)

@@ -183,7 +183,13 @@ def _per_image(ts: Any, rows: dict[str, Any]) -> dict[str, Any]:
 
 def format_metrics(metrics: dict[str, dict[str, float]]) -> str:
     """A small aligned table: one row per metric, raw and post-processed columns."""
-    names = list(metrics["post"])
+    from benchmark.scoring.metrics import METRIC_NAMES
+
+    # The canonical order (kaggle_dice first), whether the dict was just computed or read back from a
+    # summary.json written with sorted keys.
+    names = sorted(
+        metrics["post"], key=lambda n: (METRIC_NAMES.index(n) if n in METRIC_NAMES else len(METRIC_NAMES), n)
+    )
     width = max(len(n) for n in names)
     lines = [f"{'metric':<{width}}  {'raw':>8}  {'post':>8}"]
     for name in names:

@@ -177,3 +177,17 @@ def test_reported_config_hash_is_the_runs_even_for_compiled_runs(fit_runs, tmp_p
     result = evaluate(path, fit_runs.data)
     trained = config_from_dict(ckpt["hyper_parameters"]["config"]).hash()
     assert result["config_hash"] == trained and trained != fit_runs.unet["config_hash"]
+
+
+def test_fit_again_says_nothing_was_trained_and_prints_the_same_table(synthetic_dir, tmp_path, capsys):
+    """A finished run asked again: one line saying so, then the same results in the same order (they
+    used to come back without a word, their metrics in the alphabetical order of summary.json)."""
+    args = ["fit", "--model", "empty", "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "run"),
+            "--n-folds", "3", "--image-size", "64", "--set", "accelerator=cpu"]  # fmt: skip
+    assert main(args) == 0
+    first = capsys.readouterr().out.splitlines()
+    assert main(args) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert again[0].startswith(f"{tmp_path / 'run'} already holds this run, complete (config hash ")
+    assert again[0].endswith("): nothing trained") and again[1:] == first
+    assert first[1].split()[0] == "metric" and first[2].split()[0] == "kaggle_dice"
