@@ -50,10 +50,17 @@ def describe_row(name: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from models import list_models
     from models.plugins import plugin_problems
 
     rows = [describe_row(name) for name in _names(args.include)]
     print(json.dumps(rows, indent=2) if args.json else _table(rows))
+    outside = [n for n in list_models(extras=True) if n not in {r["name"] for r in rows}]
+    if outside and not args.json:
+        print(
+            f"also registered, outside the default set (each needs an optional extra; --include NAME "
+            f"describes it, models: in a config runs it): {', '.join(outside)}"
+        )
     if plugin_problems() and not args.json:
         print(f"{len(plugin_problems())} plugin(s) not loaded: see the warning line(s) on stderr")
     return 0
