@@ -125,7 +125,14 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("results") / "runs" / cfg.run_name()
     if is_complete(out / SUMMARY_NAME, cfg.hash()):
         print(f"{out} already holds this run, complete (config hash {cfg.hash()}): nothing trained")
-    summary = fit(cfg, args.data_dir, out)
+    try:
+        summary = fit(cfg, args.data_dir, out)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: name what resumes it, as run does
+            from benchmark.runner import interrupted_line
+
+            print(interrupted_line(cfg, out), file=sys.stderr)
+        raise
     if summary:  # empty on non-zero DDP ranks
         print_summary(summary, out)
     return 0

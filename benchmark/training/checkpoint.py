@@ -203,7 +203,8 @@ def resume_checkpoint(ckpt_dir: Path, cfg: TrainConfig) -> Path | None:
     if not last.is_file():
         return None
     try:
-        saved = dict(torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]["config"])
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        saved = dict(ckpt["hyper_parameters"]["config"])
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed from
         print(
             f"warning: {last}: unreadable ({load_problem(exc)}); restarting the run from scratch",
@@ -220,4 +221,9 @@ def resume_checkpoint(ckpt_dir: Path, cfg: TrainConfig) -> Path | None:
             f"{last}: checkpoint of a different config (hash {saved_hash} != {cfg.hash()});"
             " use another output directory or delete it"
         )
+    # Lightning's own word on resuming is a warning that the directory is not empty.
+    print(
+        f"resuming {cfg.run_name()} from {last} (after epoch {int(ckpt.get('epoch', 0)) + 1})",
+        file=sys.stderr,
+    )
     return last

@@ -276,3 +276,22 @@ def test_a_broken_pipe_elsewhere_is_a_runtime_error_and_a_closed_stdout_is_no_er
         command, preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True, timeout=600
     )
     assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_an_interrupted_fit_names_what_resumes_it(synthetic_dir, tmp_path, capsys, monkeypatch):
+    """`fit` said only the generic line; like `run` it now names the run and its checkpoint."""
+    from benchmark import pipeline
+
+    def interrupted(cfg, data_dir, out):
+        (out / "checkpoints").mkdir(parents=True)
+        (out / "checkpoints" / "last.ckpt").write_bytes(b"an epoch's state")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "fit", interrupted)
+    out = tmp_path / "run"
+    args = ["fit", "--model", "empty", "--data-dir", str(synthetic_dir), "--out", str(out), "--n-folds", "3"]
+    assert main(args) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("interrupted empty__f0__s0__") and err[0].endswith(
+        f": re-running the same command resumes from {out / 'checkpoints' / 'last.ckpt'}"
+    )

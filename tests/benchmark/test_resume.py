@@ -89,13 +89,16 @@ def test_sigkilled_run_resumes_bit_identical(synthetic_dir, tmp_path):
     _assert_identical(resumed, whole)
 
 
-def test_gpu_cache_run_resumes_bit_identical(synthetic_dir, tmp_path):
+def test_gpu_cache_run_resumes_bit_identical(synthetic_dir, tmp_path, capsys):
     cfg = dataclasses.replace(CFG, gpu_cache=True, epochs=2)
     whole = pipeline.fit(cfg, synthetic_dir, tmp_path / "whole")
     with pytest.raises(Stop):
         pipeline.fit(cfg, synthetic_dir, tmp_path / "stopped", callbacks=[StopAt(1)])
     counter = CountEpochs()
+    capsys.readouterr()
     resumed = pipeline.fit(cfg, synthetic_dir, tmp_path / "stopped", callbacks=[counter])
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert f"resuming {cfg.run_name()} from {last} (after epoch 1)\n" in capsys.readouterr().err
     assert counter.epochs == [1]
     _assert_identical(resumed, whole)
 
