@@ -139,10 +139,10 @@ def evaluate(
     config = {**cfg.to_dict(), "clean_contradictory": False}
     dm = UltrasoundNerveDataModule.from_config_dict(data_dir, config, split=False)
     dm.setup()
-    ts = dm.train_set
-    record = ckpt.get(CKPT_KEY) or {}
-    digests = frame_digests(ts.images) if record.get("data_hash") != content_hash(ts) else None
-    indices, scope, note = choose_images(record, content_hash(ts), len(ts), all_images, digests, ts.subjects)
+    ts, record = dm.decoded, ckpt.get(CKPT_KEY) or {}
+    data_hash = content_hash(ts)
+    digests = frame_digests(ts.images) if record.get("data_hash") != data_hash else None
+    indices, scope, note = choose_images(record, data_hash, len(ts), all_images, digests, ts.subjects)
     device = eval_device()
     precision = resolve_precision(cfg.precision, device.type) if device.type == "cuda" else "32"
     rows = inference.predict_loader(module, dm.subset_dataloader(indices), device, precision, pp=pp)

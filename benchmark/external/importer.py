@@ -65,7 +65,7 @@ def check_folds_file(path: Path, fold: Fold, data_hash: str) -> None:
 
 def _how_split(doc: dict[str, Any], fold: Fold) -> str:
     """What differs between the file's split and the board's, and the likely remedy."""
-    split = doc.get("split") if isinstance(doc.get("split"), dict) else {}
+    split: dict[str, Any] = doc["split"] if isinstance(doc.get("split"), dict) else {}
     cfg = fold.cfg
     ours = {"split_seed": cfg.split_seed, "n_folds": 1 if cfg.holdout_fraction is not None else cfg.n_folds,
             "inner_fraction": cfg.inner_fraction, "holdout_fraction": cfg.holdout_fraction,
