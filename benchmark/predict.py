@@ -194,6 +194,35 @@ def check_outputs(out_dir: Path, submission: Path | None) -> None:
         raise NerveBenchError(f"{submission.parent}: is a file; --submission needs a directory there")
 
 
+def _write_masks(
+    models: Sequence[LoadedModel],
+    inputs: list[tuple[str, Path]],
+    post: PostProcess,
+    out: Path,
+    overlays: bool,
+    batch_size: int,
+    dev: torch.device,
+) -> tuple[list[tuple[str, str]], int]:
+    """Predict ``inputs`` batch by batch, writing each mask tif (and overlay); (stem, RLE) rows and
+    the number of non-empty masks."""
+    from benchmark.scoring.postprocess import apply
+
+    if overlays:
+        (out / "overlays").mkdir(exist_ok=True)
+    rows, n_positive = [], 0
+    for chunk in _batches(inputs, batch_size):
+        images = np.stack([_read_checked(p) for _, p in chunk])
+        prob, presence = predict_probs(models, images, dev)
+        masks = np.asarray(apply(prob, post, presence_prob=presence), dtype=bool)
+        for (stem, _), image, mask in zip(chunk, images, masks):
+            write_mask(out / f"{stem}.tif", mask)
+            if overlays:
+                write_overlay(out / "overlays" / f"{stem}.png", image, mask)
+            rows.append((stem, encode(mask)))
+            n_positive += bool(mask.any())
+    return rows, n_positive
+
+
 def predict_dir(
     checkpoints: Sequence[str | Path],
     input_dir: str | Path,
@@ -211,8 +240,6 @@ def predict_dir(
     """
     if not checkpoints:
         raise NerveBenchError("no checkpoint given")
-    from benchmark.scoring.postprocess import apply
-
     out = Path(out_dir)
     check_outputs(out, Path(submission) if submission else None)
     dev = resolve_device(device)
@@ -221,19 +248,7 @@ def predict_dir(
     # Record the TTA actually used (forced or per checkpoint) in the reported parameters.
     post = replace(ensemble_postprocess([m.post for m in models]), tta=all(m.module.cfg.tta for m in models))
     out.mkdir(parents=True, exist_ok=True)
-    if overlays:
-        (out / "overlays").mkdir(exist_ok=True)
-    rows, n_positive = [], 0
-    for chunk in _batches(inputs, max(1, batch_size)):
-        images = np.stack([_read_checked(p) for _, p in chunk])
-        prob, presence = predict_probs(models, images, dev)
-        masks = np.asarray(apply(prob, post, presence_prob=presence), dtype=bool)
-        for (stem, _), image, mask in zip(chunk, images, masks):
-            write_mask(out / f"{stem}.tif", mask)
-            if overlays:
-                write_overlay(out / "overlays" / f"{stem}.png", image, mask)
-            rows.append((stem, encode(mask)))
-            n_positive += bool(mask.any())
+    rows, n_positive = _write_masks(models, inputs, post, out, overlays, max(1, batch_size), dev)
     sub = write_submission(submission, rows) if submission else None
     written = {stem for stem, _ in rows}
     return {

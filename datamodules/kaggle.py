@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -271,7 +271,7 @@ def scan_test(data_dir: str | Path) -> list[tuple[int, Path]]:
     return items
 
 
-def frame_digests(images: np.ndarray) -> list[str]:
+def frame_digests(images: Iterable[np.ndarray]) -> list[str]:
     """16 hex of sha256 over each frame's pixels: the same frame in any copy of the data, whatever
     its file name or position, so a checkpoint can tell its training frames apart anywhere."""
     return [hashlib.sha256(np.ascontiguousarray(frame).tobytes()).hexdigest()[:16] for frame in images]

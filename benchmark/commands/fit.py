@@ -128,9 +128,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = fit(cfg, args.data_dir, out)
     except BaseException as exc:
-        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: name what resumes it, as run does
-            from benchmark.runner import interrupted_line
+        from benchmark.runner import global_rank, interrupted_line
 
+        if not isinstance(exc, Exception) and global_rank() == 0:  # Ctrl-C, SIGTERM: as run says it
             print(interrupted_line(cfg, out), file=sys.stderr)
         raise
     if summary:  # empty on non-zero DDP ranks

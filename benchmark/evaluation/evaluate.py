@@ -6,9 +6,10 @@ outer-fold indices):
 - the checkpoint's own training data: only its outer fold, the images no decision saw; the rest
   trained or selected the checkpoint, so scoring them would report a training score;
 - the same data with ``all_images``: every image, with a warning that training images are included;
-- any other data: every image but the frames identical to ones that trained or selected the
-  checkpoint (a subset or another copy of its data; ``all_images`` keeps them, with a warning), and
-  a warning when scored frames belong to subjects numbered like its training subjects;
+- any other data: when a frame is identical to one outside the checkpoint's outer fold, the data is
+  a copy or subset of its own, and every frame of its fit and inner subjects is left out
+  (``all_images`` keeps them, with a warning); otherwise every image, with a warning when frames
+  belong to subjects numbered like its training subjects (a re-encoded copy);
 - a checkpoint without that record: every image, with a warning.
 """
 
@@ -28,7 +29,7 @@ from benchmark.training.module import config_from_dict
 from datamodules.errors import NerveBenchError
 
 OUTER, ALL_WITH_TRAINING, ALL = "outer_fold", "all_images_including_training", "all_images"
-UNSEEN = "images_not_seen_in_training"  # other data, less the frames that trained or selected it
+UNSEEN = "images_not_seen_in_training"  # a copy of its data, less the frames and subjects it saw
 
 
 def choose_images(
@@ -66,53 +67,53 @@ def choose_images(
 def _other_data(
     record: dict, n_images: int, all_images: bool, digests: list[str] | None, subjects: np.ndarray | None
 ) -> tuple[np.ndarray, str, str]:
-    """Another copy or subset of the data, or other data: the frames identical to ones that trained
-    or selected the checkpoint are left out (``--all-images``: kept, with a warning), and frames of
-    subjects numbered like its training subjects are pointed out."""
+    """Another copy or subset of the data, or other data. A frame identical to one outside the
+    checkpoint's outer fold proves a copy of its data: then every frame of those subjects is left out
+    (the subject, not the frame, is the unit of independence); ``--all-images`` keeps them, with a
+    warning. Without such a frame, frames of subjects numbered like its own are pointed out."""
     every = np.arange(n_images, dtype=np.int64)
-    if not record.get("data_hash"):
+    if "seen_frames" not in record or digests is None or subjects is None:
+        why = "does not record its training frames" if record.get("data_hash") else "records no training data"
         return (
             every,
             ALL,
-            f"scoring all {n_images} images (the checkpoint does not record its training data: "
-            "training images may be included)",
+            f"warning: scoring all {n_images} images: the checkpoint {why}, training images may be included",
         )
-    seen = set(record.get("seen_frames") or ())
-    hit = np.zeros(n_images, bool)
-    if seen and digests is not None:
-        hit = np.array([d in seen for d in digests], dtype=bool)
-    kept = every if all_images else every[~hit]
+    hit = np.array([d in set(record["seen_frames"]) for d in digests], dtype=bool)
+    if not hit.any():
+        return (
+            every,
+            ALL,
+            f"scoring all {n_images} images (not the checkpoint's training data)"
+            + _numbered_like(record, subjects),
+        )
+    same_subject = np.isin(subjects, list(record.get("seen_subjects") or ())) & ~hit
+    kept = every if all_images else every[~(hit | same_subject)]
+    which = f"{int(hit.sum())} of these {n_images} images are frames that trained or selected it" + (
+        f", {int(same_subject.sum())} more belong to its training subjects" if same_subject.any() else ""
+    )
+    if all_images:
+        return kept, ALL_WITH_TRAINING, f"warning: --all-images: {which}; this is not a held-out score"
     if not kept.size:
         raise NerveBenchError(
-            f"every one of these {n_images} images trained or selected this checkpoint: there is no "
-            "held-out image to score (--all-images scores them anyway, as a training score)"
+            f"every one of these {n_images} images trained or selected this checkpoint or is of its training "
+            "subjects: there is no held-out image to score (--all-images scores them anyway)"
         )
-    shared = _shared_subjects(record, subjects, kept)
-    if hit.any():
-        which = f"{int(hit.sum())} of these {n_images} images are frames that trained or selected it"
-        note = (
-            f"warning: --all-images: {which}; this is not a held-out score"
-            if all_images
-            else f"scoring {kept.size} of {n_images} images: {which} (--all-images: all)"
-        )
-        return kept, ALL_WITH_TRAINING if all_images else UNSEEN, note + shared
-    return kept, ALL, f"scoring all {n_images} images (not the checkpoint's training data)" + shared
+    return kept, UNSEEN, f"scoring {kept.size} of {n_images} images: {which} (--all-images: all)"
 
 
-def _shared_subjects(record: dict, subjects: np.ndarray | None, kept: np.ndarray) -> str:
-    """A warning clause when scored frames belong to subjects numbered like the training subjects:
-    in a copy of the same data they are the same patients, so those frames are not held out."""
+def _numbered_like(record: dict, subjects: np.ndarray) -> str:
+    """A warning clause when frames belong to subjects numbered like the training subjects: in a
+    re-encoded copy of the same data (no frame identical) they are the same patients."""
     trained = set(record.get("seen_subjects") or ())
-    if subjects is None or not trained:
-        return ""
-    shared = sorted(trained & {int(s) for s in subjects[kept]})
+    shared = sorted(trained & {int(s) for s in subjects})
     if not shared:
         return ""
-    n = int(np.isin(subjects[kept], shared).sum())
+    n = int(np.isin(subjects, shared).sum())
     listed = ", ".join(map(str, shared[:8])) + (", ..." if len(shared) > 8 else "")
     return (
-        f"; warning: {n} of the scored images belong to subjects numbered like ones that trained or "
-        f"selected it ({listed}): if this is the same data set, they are not held out"
+        f"; warning: {n} of them belong to subjects numbered like ones that trained or selected it "
+        f"({listed}): if this is the same data set re-encoded, they are not held out"
     )
 
 
@@ -122,7 +123,8 @@ def evaluate(
     """Score ``checkpoint`` on ``data_dir``'s training images (see the module doc for which ones).
 
     Returns (and writes to ``out`` as JSON) per-image rows and the mean metrics, raw and
-    post-processed, plus ``scope`` (outer_fold | all_images_including_training | all_images) and
+    post-processed, plus ``scope`` (outer_fold | images_not_seen_in_training |
+    all_images_including_training | all_images) and
     ``note``, the one line that says what was scored.
     """
     from datamodules.datamodule import UltrasoundNerveDataModule

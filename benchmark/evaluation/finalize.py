@@ -275,8 +275,10 @@ def _checkpoint_record(
 ) -> dict:
     """What ``best.ckpt`` carries of its scoring: the tuned post-processing that ``predict`` and
     ``export`` apply; the data hash and outer indices by which ``evaluate`` knows its fold; and the
-    frames and subjects that trained or selected it, by which ``evaluate`` knows them in other data."""
-    seen = np.concatenate([dm.fit_indices, dm.inner_indices])
+    frames and subjects outside its outer fold, by which ``evaluate`` knows them in other data."""
+    # Every frame outside the outer fold: fit and inner, and any frame cleaning set aside (its subject
+    # trained the model and its pixels nearly match a labelled training frame).
+    seen = np.setdiff1d(np.arange(len(dm.decoded)), dm.outer_indices)
     return {
         "postprocess": pp.to_dict(),
         "config": cfg.to_dict(),
@@ -284,7 +286,7 @@ def _checkpoint_record(
         "selection_metrics": selection["metrics"],
         "data_hash": data["content_hash"],
         "outer_indices": outer["index"].tolist(),
-        "seen_frames": sorted(frame_digests(dm.decoded.images[np.sort(seen)])),
+        "seen_frames": sorted(frame_digests(dm.decoded.images[i] for i in seen)),  # no copy of the set
         "seen_subjects": _subjects(dm, seen),
     }
 

@@ -68,8 +68,7 @@ def _how_split(doc: dict[str, Any], fold: Fold) -> str:
     split: dict[str, Any] = doc["split"] if isinstance(doc.get("split"), dict) else {}
     cfg = fold.cfg
     ours = {"split_seed": cfg.split_seed, "n_folds": 1 if cfg.holdout_fraction is not None else cfg.n_folds,
-            "inner_fraction": cfg.inner_fraction, "holdout_fraction": cfg.holdout_fraction,
-            "clean_contradictory": cfg.clean_contradictory}  # fmt: skip
+            "inner_fraction": cfg.inner_fraction, "holdout_fraction": cfg.holdout_fraction}  # fmt: skip
     theirs = {"split_seed": doc.get("split_seed"), **{k: split.get(k) for k in list(ours)[1:]}}
     differ = [f"{k} {theirs[k]} here, {ours[k]} on the board" for k in ours if theirs[k] != ours[k]]
     return (

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from benchmark.core.config import ConfigError, TrainConfig
 from benchmark.core.files import atomic_path
@@ -221,9 +222,10 @@ def resume_checkpoint(ckpt_dir: Path, cfg: TrainConfig) -> Path | None:
             f"{last}: checkpoint of a different config (hash {saved_hash} != {cfg.hash()});"
             " use another output directory or delete it"
         )
-    # Lightning's own word on resuming is a warning that the directory is not empty.
-    print(
-        f"resuming {cfg.run_name()} from {last} (after epoch {int(ckpt.get('epoch', 0)) + 1})",
-        file=sys.stderr,
-    )
+    # Lightning's own word on resuming is a warning that the directory is not empty. Rank 0 speaks.
+    if getattr(rank_zero_only, "rank", 0) == 0:  # set by Lightning from RANK at import
+        print(
+            f"resuming {cfg.run_name()} from {last} (after epoch {int(ckpt.get('epoch', 0)) + 1})",
+            file=sys.stderr,
+        )
     return last

@@ -62,11 +62,13 @@ def test_other_data_is_scored_in_full(fit_runs, synthetic_dir, tmp_path):
     assert result["note"].startswith("scoring all 48 images (not the checkpoint's training data); warning: ")
     assert "belong to subjects numbered like ones that trained or selected it" in result["note"]
     # The session's 6 x 8 set has the same generator seed and shares frames with the checkpoint's
-    # data (1_1, 1_2, 1_4, ...): this test used to score all of it as other data; they are left out.
+    # data (1_1, 1_2, 1_4, ...): a copy of the same patients. This test used to score all of it as
+    # other data; now only the frames of the checkpoint's outer-fold subjects are scored.
     shared = evaluate(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", synthetic_dir)
-    n_seen = 48 - shared["n_images"]
-    assert shared["scope"] == "images_not_seen_in_training" and 0 < n_seen < 48
-    assert f"{n_seen} of these 48 images are frames that trained or selected it" in shared["note"]
+    outer_subjects = set(fit_runs.unet["split"]["outer_subjects"])
+    assert shared["scope"] == "images_not_seen_in_training" and 0 < shared["n_images"] < 48
+    assert set(shared["per_image"]["subject"]) == outer_subjects
+    assert shared["n_images"] == 8 * len(outer_subjects)
 
 
 def _copy_without(src, dst, stems):
@@ -104,17 +106,42 @@ def test_a_subset_of_its_data_is_scored_without_the_frames_that_trained_or_selec
         evaluate(ckpt, seen_only)
 
 
-def test_frames_of_its_training_subjects_that_differ_are_scored_with_a_warning(fit_runs, tmp_path):
+def test_in_a_copy_of_its_data_a_changed_frame_of_a_training_subject_is_left_out(fit_runs, tmp_path):
+    """The subject is the unit of independence: once identical frames show the data is a copy of the
+    checkpoint's, a frame of a training subject that differs (a near-duplicate, a re-save) is left out
+    too; in data with no identical frame, subjects numbered like its own get a warning."""
     ckpt = fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt"
     seen_subjects = fit_runs.unet["split"]["fit_subjects"] + fit_runs.unet["split"]["inner_subjects"]
     changed = shutil.copytree(fit_runs.data, tmp_path / "changed")
     frame = sorted((changed / "train").glob(f"{seen_subjects[0]}_*[0-9].tif"))[0]
-    write_tif(frame, 255 - read_tif(frame))  # a new frame of a training subject (a near-duplicate, say)
+    write_tif(frame, 255 - read_tif(frame))
     result = evaluate(ckpt, changed)
-    assert result["scope"] == "images_not_seen_in_training" and result["n_images"] == 23
-    assert result["note"].endswith(
-        "; warning: 1 of the scored images belong to subjects numbered like ones that trained or "
-        f"selected it ({seen_subjects[0]}): if this is the same data set, they are not held out"
+    assert result["scope"] == "images_not_seen_in_training" and result["n_images"] == 22
+    assert result["per_image"]["stem"] == fit_runs.unet["per_image"]["stem"]  # exactly the outer fold
+    assert result["note"] == (
+        "scoring 22 of 66 images: 43 of these 66 images are frames that trained or selected it, 1 more "
+        "belong to its training subjects (--all-images: all)"
+    )
+    for path in set((changed / "train").glob("*[0-9].tif")) - {frame}:  # every other image re-encoded too
+        write_tif(path, 255 - read_tif(path))
+    renumbered = evaluate(ckpt, changed)
+    assert renumbered["scope"] == "all_images" and renumbered["n_images"] == 66
+    assert (
+        "; warning: 44 of them belong to subjects numbered like ones that trained or selected it"
+        in (renumbered["note"])
+    )
+
+
+def test_a_checkpoint_without_its_frame_record_says_training_images_may_be_included(fit_runs, tmp_path):
+    ckpt = torch.load(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", weights_only=True)
+    for key in ("seen_frames", "seen_subjects"):  # as written before the record existed
+        del ckpt["nerve_bench"][key]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    subset = _copy_without(fit_runs.data, tmp_path / "subset", fit_runs.unet["per_image"]["stem"][:1])
+    result = evaluate(tmp_path / "old.ckpt", subset)
+    assert result["scope"] == "all_images" and result["note"] == (
+        "warning: scoring all 65 images: the checkpoint does not record its training frames, training "
+        "images may be included"
     )
 
 

@@ -109,12 +109,12 @@ def test_other_data_missing_fold_and_taken_names(setup, tmp_path, capsys) -> Non
     assert capsys.readouterr().err.startswith(
         f"error: {tmp_path / 'bad.json'}: made on data with content hash x"
     )
-    five = tmp_path / "five.json"  # the default config's 5 folds; the board has 2
-    assert main(["folds", "--data-dir", str(data), "--out", str(five), "--set", "n_folds=3"]) == 0
+    three = tmp_path / "three.json"  # 3 folds; the board has 2
+    assert main(["folds", "--data-dir", str(data), "--out", str(three), "--set", "n_folds=3"]) == 0
     capsys.readouterr()
-    assert main(_args(data, results, config, pred) + ["--folds-file", str(five)]) == 2
+    assert main(_args(data, results, config, pred) + ["--folds-file", str(three)]) == 2
     assert capsys.readouterr().err == (
-        f"error: {five}: fold 0 of this file is not this benchmark's fold (n_folds 3 here, 2 on the board; "
+        f"error: {three}: fold 0 of this file is not this benchmark's fold (n_folds 3 here, 2 on the board; "
         "pass the folds file's config as --config)\n"
     )
     assert not results.exists()  # nothing written by any of the refused imports
