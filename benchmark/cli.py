@@ -38,6 +38,9 @@ COMMANDS: tuple[str, ...] = (
 COMMANDS += ("folds", "import", "nnunet")  # outside methods on the board (benchmark/external/)
 _MODULES = {"import": "import_"}  # a command named like a Python keyword lives in <name>_.py
 INTERRUPTED = "finished runs are kept; re-run the same command to resume"
+# Commands that train nothing: their outputs are replaced atomically, so there is nothing to resume.
+INTERRUPTED_OTHER = "no file was left half-written; re-run the same command"
+TRAINING_COMMANDS = ("run", "fit", "nnunet")
 # 128 + the signal number, as a shell reports a command killed by it.
 EXIT_SIGINT, EXIT_SIGTERM, EXIT_REQUEUED = 130, 143, 128 + int(signal.SIGUSR1)
 EXIT_SIGPIPE = 128 + int(signal.SIGPIPE)
@@ -237,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         code = interrupt_code(exc)
         if code is None:
             raise
-        print(f"interrupted{_interrupted_by(exc, code)}: {INTERRUPTED}", file=sys.stderr, flush=True)
+        what = INTERRUPTED if args.command in TRAINING_COMMANDS else INTERRUPTED_OTHER
+        print(f"interrupted{_interrupted_by(exc, code)}: {what}", file=sys.stderr, flush=True)
         return code
     finally:
         global _terminating

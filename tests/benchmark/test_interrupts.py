@@ -295,3 +295,15 @@ def test_an_interrupted_fit_names_what_resumes_it(synthetic_dir, tmp_path, capsy
     assert err[0].startswith("interrupted empty__f0__s0__") and err[0].endswith(
         f": re-running the same command resumes from {out / 'checkpoints' / 'last.ckpt'}"
     )
+
+
+def test_an_interrupted_command_that_trains_nothing_does_not_talk_of_runs(tmp_path, capsys, monkeypatch):
+    """`report` interrupted said "finished runs are kept; ... to resume", which it has none of."""
+    from benchmark.commands import report
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "run", interrupted)
+    assert main(["report", "--results", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "interrupted: no file was left half-written; re-run the same command\n"
