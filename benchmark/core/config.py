@@ -304,7 +304,7 @@ def _check_synthetic(bench: BenchmarkConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- overrides and files
-def _check_keys(keys: Iterable[Any], known: set[str], what: str, listed: bool = False) -> None:
+def check_keys(keys: Iterable[Any], known: set[str], what: str, listed: bool = False) -> None:
     for key in keys:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=3)
@@ -313,74 +313,14 @@ def _check_keys(keys: Iterable[Any], known: set[str], what: str, listed: bool = 
             raise ConfigError(f"unknown {what} {key!r}{hint}{allowed}")
 
 
-def _names(cls: type) -> set[str]:
+def field_names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """A copy of ``cfg`` with ``overrides`` parsed by type and validated (unknown keys get a suggestion)."""
-    _check_keys(overrides, _names(TrainConfig), "config key")
+    check_keys(overrides, field_names(TrainConfig), "config key")
     return dataclasses.replace(cfg, **overrides)
-
-
-def apply_benchmark_overrides(bench: BenchmarkConfig, overrides: dict[str, Any]) -> BenchmarkConfig:
-    """``run --set``: TrainConfig keys change ``train:``; grid keys (models, executor...) the rest;
-    ``model_kwargs.MODEL`` / ``model_train.MODEL`` one model's entry of the per-model maps."""
-    overrides, per_model = _per_model_overrides(bench, overrides)
-    train_keys = _names(TrainConfig)
-    _check_keys(overrides, train_keys | _names(BenchmarkConfig) - {"train"}, "config key")
-    train = apply_overrides(bench.train, {k: v for k, v in overrides.items() if k in train_keys})
-    changes = {k: v for k, v in overrides.items() if k not in train_keys} | per_model
-    if "folds" not in changes and bench.folds == tuple(range(bench.train.n_folds)):
-        changes["folds"] = tuple(range(train.n_folds))  # "every fold" stays so under --set n_folds=K
-    return dataclasses.replace(bench, train=train, **changes)
-
-
-# `--set model_kwargs=...` is train:'s, for every model; `--set model_kwargs.unet=...` is one model's.
-PER_MODEL_MAPS = ("model_kwargs", "model_train")
-
-
-def _per_model_overrides(bench: BenchmarkConfig, overrides: dict[str, Any]) -> tuple[dict, dict]:
-    """Split ``--set FIELD.MODEL=MAPPING`` (replacing one model's entry) from the other keys.
-
-    ``--set`` is the last word, as in ``fit``: a plain ``model_kwargs=`` (``train:``'s) gives every
-    model exactly those arguments, so it sets the config's per-model entries aside; a plain
-    ``model_train=`` replaces that map. Dotted entries of the same ``--set`` then go on top."""
-    plain = {k: v for k, v in overrides.items() if "." not in k}
-    maps: dict[str, dict] = {}
-    if "model_kwargs" in plain:
-        maps["model_kwargs"] = {}
-    if "model_train" in plain:
-        maps["model_train"] = coerce("model_train", plain.pop("model_train"), dict)
-    for key, value in overrides.items():
-        field_name, dot, model = (part.strip() for part in key.partition("."))
-        if not dot:
-            continue
-        spelling = " or ".join(f"{m}.MODEL" for m in PER_MODEL_MAPS)
-        _require(field_name in PER_MODEL_MAPS and bool(model), f"--set {key}: a dotted key is {spelling}")
-        _check_model_name(key, model)
-        maps.setdefault(field_name, dict(getattr(bench, field_name)))[model] = coerce(key, value, dict)
-    return plain, maps
-
-
-def _check_model_name(key: str, model: str) -> None:
-    from models.registry import ModelError, get_info
-
-    try:
-        get_info(model)
-    except ModelError as exc:
-        raise ConfigError(f"--set {key}: {exc}") from None
-
-
-def parse_set_args(pairs: list[str] | None) -> dict[str, Any]:
-    """Parse CLI ``--set key=value`` pairs (values stay text: the field's type parses them)."""
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = value
-    return out
 
 
 def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
@@ -400,7 +340,7 @@ def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
 
 
 def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
-    _check_keys(raw, _names(BenchmarkConfig) | {"base"}, "top-level key", listed=True)
+    check_keys(raw, field_names(BenchmarkConfig) | {"base"}, "top-level key", listed=True)
     _require(isinstance(raw.get("train") or {}, dict), "train: must be a mapping of TrainConfig fields")
     try:
         train = apply_overrides(TrainConfig(), raw.get("train") or {})

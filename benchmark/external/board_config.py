@@ -15,12 +15,11 @@ from typing import Any
 from benchmark.core.config import (
     ConfigError,
     TrainConfig,
-    apply_benchmark_overrides,
     apply_overrides,
     load_benchmark_config,
-    parse_set_args,
     resolve_devices,
 )
+from benchmark.core.overrides import apply_benchmark_overrides, parse_set_args
 from benchmark.core.summary import read_summary
 from datamodules.errors import DataError
 

@@ -17,7 +17,8 @@ import pytest
 
 from benchmark import ddp_stop, runner
 from benchmark.core import lock
-from benchmark.core.config import apply_benchmark_overrides, load_benchmark_config
+from benchmark.core.config import load_benchmark_config
+from benchmark.core.overrides import apply_benchmark_overrides
 from tests.benchmark.test_runner import SMOKE, fake_fit
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,8 @@ import pytest
 from benchmark import runner
 from benchmark.cli import EXIT_SIGINT, EXIT_SIGTERM, interrupt_code, main
 from benchmark.core import lock
-from benchmark.core.config import apply_benchmark_overrides, load_benchmark_config
+from benchmark.core.config import load_benchmark_config
+from benchmark.core.overrides import apply_benchmark_overrides
 from benchmark.core.summary import write_summary
 from tests.benchmark.summaries import make_summary
 from tests.benchmark.test_runner import SMOKE, fake_fit
