@@ -79,7 +79,8 @@ def _other_data(
             ALL,
             f"warning: scoring all {n_images} images: the checkpoint {why}, training images may be included",
         )
-    hit = np.array([d in set(record["seen_frames"]) for d in digests], dtype=bool)
+    seen = set(record["seen_frames"])  # built once, not once per frame
+    hit = np.array([d in seen for d in digests], dtype=bool)
     if not hit.any():
         return (
             every,
