@@ -23,17 +23,32 @@ from datamodules.splits import split_for
 GPU_ACCELERATORS = ("gpu", "cuda")
 
 
-def check_splits(grid: list[TrainConfig], data_dir: Path, subjects: np.ndarray, positive: np.ndarray) -> None:
+def check_splits(
+    grid: list[TrainConfig],
+    data_dir: Path,
+    subjects: np.ndarray,
+    positive: np.ndarray,
+    linked: np.ndarray | None = None,
+) -> None:
     """Every run's split exists and, for a model with weights to train, its fit part holds one
     global batch (the ``empty`` baseline, or a plugin's fixed rule, has no batch to fill); DataError
-    naming the run."""
+    naming the run. ``linked``: the per-frame units of ``TrainSet.units`` that ``link_subjects``
+    runs split by (default: the subjects)."""
     fit_sizes: dict[tuple, int] = {}
     for cfg in grid:
-        split = (cfg.fold, cfg.n_folds, cfg.holdout_fraction, cfg.inner_fraction, cfg.split_seed)
+        units = linked if cfg.link_subjects and linked is not None else subjects
+        split = (
+            cfg.fold,
+            cfg.n_folds,
+            cfg.holdout_fraction,
+            cfg.inner_fraction,
+            cfg.split_seed,
+            units is linked,
+        )
         where = f"{cfg.model} fold {cfg.fold}"
         if split not in fit_sizes:
             try:
-                fit, *_ = split_for(cfg, subjects, positive)
+                fit, *_ = split_for(cfg, units, positive)
             except ValueError as exc:
                 raise DataError(data_dir, f"{where}: cannot split by subject: {exc}") from None
             fit_sizes[split] = len(fit)

@@ -169,9 +169,11 @@ def run_task(
     images: Any,
     masks: Any,
     mask_source: str,
+    fingerprints: Any,
     fit: Callable | None = None,
 ) -> Outcome:
-    """One run inside a Ray worker: ``images``/``masks`` are the object store's read-only arrays."""
+    """One run inside a Ray worker: ``images``/``masks`` are the object store's read-only arrays,
+    ``fingerprints`` the driver's (computed once, not once per task)."""
     import ray
 
     from datamodules.kaggle import TrainSet
@@ -186,7 +188,7 @@ def run_task(
     # Validation wraps the read-only truth masks with torch.from_numpy, which warns; nothing writes
     # to them (a write would raise, never corrupt the shared copy).
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    train_set = TrainSet(records=records, images=images, masks=masks, mask_source=mask_source)
+    train_set = TrainSet(records, images, masks, mask_source, fingerprints)
     return runner.run_one(cfg, data_dir, results_dir, functools.partial(fit, preloaded=train_set))
 
 
@@ -198,7 +200,7 @@ def connect(address: str | None) -> tuple[Any, bool]:
     return ray_cluster.connect(address, env)
 
 
-def share_train_set(ray: Any, data_dir: Path, train_set: Any = None) -> tuple[Any, Any, Any, str]:
+def share_train_set(ray: Any, data_dir: Path, train_set: Any = None) -> tuple[Any, Any, Any, str, Any]:
     """Decode the training set once (unless given) and put it in the object store."""
     if train_set is None:
         from datamodules.kaggle import load_train
@@ -209,6 +211,7 @@ def share_train_set(ray: Any, data_dir: Path, train_set: Any = None) -> tuple[An
         ray.put(train_set.images),
         ray.put(train_set.masks),
         train_set.mask_source,
+        ray.put(train_set.fingerprints()),
     )
 
 

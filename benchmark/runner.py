@@ -276,18 +276,26 @@ def check_same_data(runs: Path, done: list[TrainConfig], data_dir: Path, current
             )
 
 
-def check_split_seed(results_dir: Path, split_seed: int) -> None:
-    """Refuse a results directory whose runs used another ``split_seed``: out-of-fold scores need one
-    fold assignment for the whole board (``seed`` may vary: it replicates initialisation only)."""
+def check_split_seed(results_dir: Path, split_seed: int, link_subjects: bool = True) -> None:
+    """Refuse a results directory whose runs used another ``split_seed`` or ``link_subjects``:
+    out-of-fold scores need one fold assignment for the whole board (``seed`` may vary: it replicates
+    initialisation only). Summaries from before ``link_subjects`` split by plain subjects."""
     for path in sorted((results_dir / "runs").glob("*/summary.json")):
         try:
-            saved = (read_summary(path).get("config") or {}).get("split_seed")
+            config = read_summary(path).get("config") or {}
         except DataError:
             continue  # unreadable or older summaries are reported by `report`, not here
+        saved, linked = config.get("split_seed"), bool(config.get("link_subjects", False))
         if saved is not None and int(saved) != int(split_seed):
             raise ConfigError(
                 f"{path.parent}: made with split_seed {saved}, but this benchmark uses {split_seed}; "
                 "one results directory holds one fold assignment (use another --results-dir)"
+            )
+        if saved is not None and linked != link_subjects:
+            raise ConfigError(
+                f"{path.parent}: made with link_subjects {str(linked).lower()}, but this benchmark uses "
+                f"{str(link_subjects).lower()}; one results directory holds one fold assignment (use "
+                "another --results-dir)"
             )
 
 

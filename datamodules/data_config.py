@@ -79,6 +79,7 @@ class DataConfig:
     holdout_fraction: float | None = None
     split_seed: int = 0
     inner_fraction: float = 0.15
+    link_subjects: bool = True  # subjects sharing a frame are one unit (datamodules.fingerprints)
     seed: int = 0
     image_size: int = 256
     resize_mode: str = "resize"

@@ -112,9 +112,10 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
     - ``fit_indices``: the rest, the images the weights are fitted on (``train_dataloader``).
 
     ``split=False`` skips the split (scoring a whole directory). After ``setup``: ``train_set``
-    (kaggle.TrainSet), ``stems``, ``subjects``, ``positive`` (per-frame bool: the mask has a
-    nerve), ``outer_folds`` (outer fold id per frame; in hold-out mode 0 = hold-out, 1 = rest),
-    the three index arrays, ``cached_images`` / ``cached_masks`` (uint8 (N, h, w) at network
+    (kaggle.TrainSet), ``stems``, ``subjects``, ``units`` and ``links`` (subjects that share frames
+    are one unit, ``link_subjects``), ``positive`` (per-frame bool: the mask has a nerve),
+    ``outer_folds`` (outer fold id per frame; in hold-out mode 0 = hold-out, 1 = rest), the three
+    index arrays, ``cached_images`` / ``cached_masks`` (uint8 (N, h, w) at network
     size, for the GPU cache), ``dropped_stems`` (fit frames removed by contradictory-label cleaning).
     """
 
@@ -136,6 +137,10 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         self.preloaded = preloaded
         self.stems: list[str] = []
         self.subjects = np.zeros(0, np.int64)
+        # Per frame, what the split keeps together and a CI resamples: the subject, or its linked
+        # unit when subjects share frames (link_subjects); links: (subject, subject, shared frames).
+        self.units = np.zeros(0, np.int64)
+        self.links: list[tuple[int, int, int]] = []
         self.positive = np.zeros(0, bool)
         self.outer_folds = np.zeros(0, np.int64)
         self.fit_indices = self.inner_indices = self.outer_indices = np.zeros(0, np.int64)
@@ -170,9 +175,9 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         self.stems, self.subjects = ts.stems, ts.subjects
         self.positive = ts.positive
         if self.with_split:
-            self.fit_indices, self.inner_indices, self.outer_indices = self._split(
-                self.subjects, self.positive
-            )
+            self.units, self.links = ts.units(self.config.link_subjects)
+            self._log_links()
+            self.fit_indices, self.inner_indices, self.outer_indices = self._split(self.units, self.positive)
         if self.config.clean_contradictory:
             self._clean(ts)
         mode, size = self.config.resize_mode, self.config.image_size
@@ -192,6 +197,16 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         except ValueError as exc:  # e.g. more folds than subjects: a data problem for the user
             raise DataError(self.data_dir, f"cannot split by subject: {exc}") from None
         return fit, inner, outer
+
+    def _log_links(self) -> None:
+        for low, high, shared in self.links:
+            log.info(
+                "link_subjects: subjects %d and %d share %d frames (identical or re-encoded): one unit in "
+                "the split and the CIs",
+                low,
+                high,
+                shared,
+            )
 
     def _clean(self, ts: TrainSet) -> None:
         """Drop the empty member of contradictory near-duplicate pairs from the fit part only.

@@ -3,9 +3,9 @@
 Decoding the 5,635 LZW tifs takes tens of seconds and 2.7 GB. Every run of a grid used to decode
 them again, and under DDP every rank held its own copy (8 ranks: ~22 GB of host memory). Here the
 first process to need a data set decodes and validates it once (:func:`datamodules.kaggle.load_train`)
-and writes ``images.npy`` / ``masks.npy`` plus its records into a node-local cache directory; every
-later run and every rank maps those files read-only, so the node's page cache holds ONE copy that
-all of them share.
+and writes ``images.npy`` / ``masks.npy``, the frame fingerprints and its records into a node-local
+cache directory; every later run and every rank maps those files read-only, so the node's page cache
+holds ONE copy that all of them share.
 
 The cache entry's name is a hash of the data directory's file listing (relative path, size and
 modification time of every file under ``train/`` and of ``train_masks.csv``): an edited, added or
@@ -29,7 +29,7 @@ import numpy as np
 from datamodules.kaggle import TrainRecord, TrainSet, load_train
 
 CACHE_ENV = "NERVE_BENCH_CACHE_DIR"
-_FORMAT = 1  # bump when the entry layout changes
+_FORMAT = 2  # bump when the entry layout changes (2: fingerprints.npy)
 
 
 def cache_root() -> Path:
@@ -90,11 +90,13 @@ def read_entry(entry: Path) -> TrainSet | None:
         meta = json.loads((entry / "records.json").read_text())
         images = np.load(entry / "images.npy", mmap_mode="r")
         masks = np.load(entry / "masks.npy", mmap_mode="r")
+        fingerprints = np.load(entry / "fingerprints.npy")
     except (OSError, ValueError):
         return None
-    if images.shape[0] != len(meta["records"]) or images.shape != masks.shape:
+    n = len(meta["records"])
+    if images.shape[0] != n or images.shape != masks.shape or len(fingerprints) != n:
         return None
-    return TrainSet(_records(meta["records"]), images, masks, meta["mask_source"])
+    return TrainSet(_records(meta["records"]), images, masks, meta["mask_source"], fingerprints)
 
 
 def write_entry(entry: Path, train_set: TrainSet) -> None:
@@ -104,6 +106,7 @@ def write_entry(entry: Path, train_set: TrainSet) -> None:
     try:
         np.save(tmp / "images.npy", np.ascontiguousarray(train_set.images))
         np.save(tmp / "masks.npy", np.ascontiguousarray(train_set.masks))
+        np.save(tmp / "fingerprints.npy", train_set.fingerprints())  # computed once per node, like the decode
         meta = {"records": _records_json(train_set.records), "mask_source": train_set.mask_source}
         (tmp / "records.json").write_text(json.dumps(meta))
         try:

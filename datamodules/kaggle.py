@@ -15,13 +15,14 @@ import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from datamodules import fingerprints as fingerprint
 from datamodules.errors import DataError, collect, raise_all
 from datamodules.rle import KAGGLE_SHAPE
 from datamodules.validate import (
@@ -56,6 +57,21 @@ class TrainSet:
     images: np.ndarray  # (N, H, W) uint8
     masks: np.ndarray  # (N, H, W) uint8 {0, 1}
     mask_source: str  # "tif", "csv" or "tif+csv"
+    frame_fingerprints: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def fingerprints(self) -> np.ndarray:
+        """(N, bytes) uint8 per-frame fingerprints (:mod:`datamodules.fingerprints`), computed once."""
+        if self.frame_fingerprints is None:
+            self.frame_fingerprints = fingerprint.fingerprints(self.images)
+        return self.frame_fingerprints
+
+    def units(self, link: bool = True) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """(unit per frame, links): what a split keeps together and a CI resamples. With ``link``,
+        subjects sharing a frame are one unit (:func:`fingerprints.linked_units`); else each subject."""
+        if not link:
+            return self.subjects, []
+        bits = fingerprint.bits_of(self.images.shape[1:])
+        return fingerprint.linked_units(self.subjects, self.fingerprints(), bits)
 
     @property
     def subjects(self) -> np.ndarray:
@@ -325,4 +341,6 @@ def dataset_summary(
         "image_size": [int(shape[0]), int(shape[1])],  # (H, W)
         "mask_source": train.mask_source,
         "content_hash": content_hash(train),
+        # subjects sharing frames: one unit in splits and CIs (link_subjects), the same patient
+        "linked_subjects": fingerprint.link_records(train.units()[1]),
     }

@@ -39,9 +39,22 @@ def format_summary(info: dict) -> str:
             f"image size      {w}x{h} (W x H), uint8 grayscale",
             f"mask source     {info['mask_source']}: {source}",
             f"content hash    {info['content_hash']}",
+            *_links(info.get("linked_subjects") or []),
             "OK: every file is readable and consistent",
         ]
     )
+
+
+def _links(linked: list[dict]) -> list[str]:
+    """One line per pair of subjects that share frames: the split keeps them together."""
+    lines = []
+    for link in linked:
+        (a, b), n = link["subjects"], link["shared_frames"]
+        lines.append(
+            f"linked subjects {a} and {b} share {n} frame{'s' if n != 1 else ''} (identical or re-encoded): "
+            "one unit in splits and CIs (link_subjects)"
+        )
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

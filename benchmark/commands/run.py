@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
 
     min_free = min_free_gb_default() if args.min_free_gb is None else args.min_free_gb
     check_results_dir(args.results_dir, min_free)  # before any data generation or training
-    runner.check_split_seed(args.results_dir, bench.train.split_seed)
+    runner.check_split_seed(args.results_dir, bench.train.split_seed, bench.train.link_subjects)
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)
     data_hash = _check_data(grid, data_dir)
@@ -183,7 +183,8 @@ def _check_data(grid: list[TrainConfig], data_dir: Path) -> str:
     from datamodules.kaggle import content_hash, load_train
 
     train = load_train(data_dir, validate=True)
-    grid_checks.check_splits(grid, data_dir, train.subjects, train.positive)
+    linked = train.units()[0] if any(cfg.link_subjects for cfg in grid) else None
+    grid_checks.check_splits(grid, data_dir, train.subjects, train.positive, linked)
     return content_hash(train)  # the test images play no part in a grid: not read here
 
 

@@ -67,6 +67,9 @@ class TrainConfig:
     holdout_fraction: float | None = _f(None, "one subject-grouped hold-out of this share instead of K-fold")
     split_seed: int = _f(0, "fold and inner-split assignment; fixed per benchmark, not varied by seed")
     inner_fraction: float = _f(0.15, "share of the outer-training subjects held out as inner selection set")
+    link_subjects: bool = _f(
+        True, "subjects sharing a frame (identical or re-encoded) are one unit in splits and CIs"
+    )
     select: str = _f("best", "checkpoint scored on the outer fold: best inner-set epoch, or last")
     seed: int = _f(0, "replicate seed: initialisation and augmentation only")
     epochs: int = _f(10, "training epochs")

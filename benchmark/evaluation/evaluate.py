@@ -6,10 +6,10 @@ outer-fold indices):
 - the checkpoint's own training data: only its outer fold, the images no decision saw; the rest
   trained or selected the checkpoint, so scoring them would report a training score;
 - the same data with ``all_images``: every image, with a warning that training images are included;
-- any other data: when a frame is identical to one outside the checkpoint's outer fold, the data is
-  a copy or subset of its own, and every frame of its fit and inner subjects is left out
-  (``all_images`` keeps them, with a warning); otherwise every image, with a warning when frames
-  belong to subjects numbered like its training subjects (a re-encoded copy);
+- any other data: when a frame is one outside the checkpoint's outer fold, identical or re-encoded
+  (its fingerprint, :mod:`datamodules.fingerprints`, within a few bits of one the checkpoint
+  recorded), the data is a copy or subset of its own, and every frame of its fit and inner subjects
+  is left out (``all_images`` keeps them, with a warning); otherwise every image;
 - a checkpoint without that record: every image, with a warning.
 """
 
@@ -37,17 +37,18 @@ def choose_images(
     data_hash: str,
     n_images: int,
     all_images: bool,
-    digests: list[str] | None = None,
+    hit: np.ndarray | None = None,
     subjects: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str, str]:
     """(indices to score, scope, one-line note) for data with ``data_hash`` and ``n_images`` frames.
 
     ``record`` is the checkpoint's ``nerve_bench`` block (``data_hash``, ``outer_indices``,
-    ``seen_frames``, ``seen_subjects``); ``digests`` and ``subjects`` are the data's, per frame.
+    ``seen_fingerprints``, ``seen_subjects``); ``hit`` (:func:`seen_hits`) and ``subjects`` are the
+    data's, per frame.
     """
     outer = record.get("outer_indices")
     if record.get("data_hash") != data_hash or outer is None:
-        return _other_data(record, n_images, all_images, digests, subjects)
+        return _other_data(record, n_images, all_images, hit, subjects)
     every = np.arange(n_images, dtype=np.int64)
     outer = np.asarray(outer, dtype=np.int64)
     n_seen = n_images - len(outer)
@@ -64,24 +65,49 @@ def choose_images(
     return outer, OUTER, note
 
 
+def seen_hits(record: dict, train_set: Any) -> np.ndarray | None:
+    """Per frame of ``train_set``: whether it is a frame that trained or selected the checkpoint,
+    identical or re-encoded (its fingerprint within ``NEAR_FRACTION`` of one the checkpoint recorded);
+    checkpoints written before fingerprints: identical pixels only. None: the checkpoint records no
+    frames."""
+    from datamodules import fingerprints as fingerprint
+    from datamodules.kaggle import frame_digests
+
+    if "seen_fingerprints" in record:
+        seen, mine = np.asarray(record["seen_fingerprints"], dtype=np.uint8), train_set.fingerprints()
+        hit = np.zeros(len(train_set), dtype=bool)
+        if seen.ndim == 2 and seen.shape[1] == mine.shape[1]:  # else frames of another size: no match
+            hit[fingerprint.near_pairs(mine, seen, fingerprint.bits_of(train_set.images.shape[1:]))[0]] = True
+        return hit
+    if "seen_frames" in record:
+        seen_digests = set(record["seen_frames"])  # built once, not once per frame
+        return np.array([d in seen_digests for d in frame_digests(train_set.images)], dtype=bool)
+    return None
+
+
 def _other_data(
-    record: dict, n_images: int, all_images: bool, digests: list[str] | None, subjects: np.ndarray | None
+    record: dict, n_images: int, all_images: bool, hit: np.ndarray | None, subjects: np.ndarray | None
 ) -> tuple[np.ndarray, str, str]:
-    """Another copy or subset of the data, or other data. A frame identical to one outside the
+    """Another copy or subset of the data, or other data. A frame that matches one outside the
     checkpoint's outer fold proves a copy of its data: then every frame of those subjects is left out
     (the subject, not the frame, is the unit of independence); ``--all-images`` keeps them, with a
-    warning. Without such a frame, frames of subjects numbered like its own are pointed out."""
+    warning."""
     every = np.arange(n_images, dtype=np.int64)
-    if "seen_frames" not in record or digests is None or subjects is None:
+    if hit is None or subjects is None:
         why = "does not record its training frames" if record.get("data_hash") else "records no training data"
         return (
             every,
             ALL,
             f"warning: scoring all {n_images} images: the checkpoint {why}, training images may be included",
         )
-    seen = set(record["seen_frames"])  # built once, not once per frame
-    hit = np.array([d in seen for d in digests], dtype=bool)
     if not hit.any():
+        if "seen_fingerprints" in record:
+            return (
+                every,
+                ALL,
+                f"scoring all {n_images} images: none is a frame that trained or selected the "
+                + ("checkpoint, identical or re-encoded"),
+            )
         return (
             every,
             ALL,
@@ -104,8 +130,9 @@ def _other_data(
 
 
 def _numbered_like(record: dict, subjects: np.ndarray) -> str:
-    """A warning clause when frames belong to subjects numbered like the training subjects: in a
-    re-encoded copy of the same data (no frame identical) they are the same patients."""
+    """A warning clause for a checkpoint that records identical frames only (written before
+    fingerprints): frames of subjects numbered like its training subjects may be the same patients,
+    re-encoded."""
     trained = set(record.get("seen_subjects") or ())
     shared = sorted(trained & {int(s) for s in subjects})
     if not shared:
@@ -129,7 +156,7 @@ def evaluate(
     ``note``, the one line that says what was scored.
     """
     from datamodules.datamodule import UltrasoundNerveDataModule
-    from datamodules.kaggle import content_hash, frame_digests
+    from datamodules.kaggle import content_hash
 
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
@@ -144,8 +171,8 @@ def evaluate(
     dm.setup()
     ts, record = dm.decoded, ckpt.get(CKPT_KEY) or {}
     data_hash = content_hash(ts)
-    digests = frame_digests(ts.images) if record.get("data_hash") != data_hash else None
-    indices, scope, note = choose_images(record, data_hash, len(ts), all_images, digests, ts.subjects)
+    hit = seen_hits(record, ts) if record.get("data_hash") != data_hash else None
+    indices, scope, note = choose_images(record, data_hash, len(ts), all_images, hit, ts.subjects)
     device = eval_device()
     precision = resolve_precision(cfg.precision, device.type) if device.type == "cuda" else "32"
     rows = inference.predict_loader(module, dm.subset_dataloader(indices), device, precision, pp=pp)

@@ -26,7 +26,7 @@ from benchmark.training.callbacks import checkpoint_history
 from benchmark.training.checkpoint import BEST, LAST, load_checkpoint_module, store_in_checkpoint
 from benchmark.training.device import resolve_precision
 from benchmark.training.module import SegModule
-from datamodules.kaggle import frame_digests
+from datamodules.fingerprints import link_records
 
 if TYPE_CHECKING:
     from benchmark.scoring.postprocess import PostProcess
@@ -160,6 +160,8 @@ def split_block(cfg: TrainConfig, dm: UltrasoundNerveDataModule) -> dict[str, An
         "fit_subjects": _subjects(dm, dm.fit_indices),
         "outer_indices": np.sort(np.asarray(dm.outer_indices, dtype=np.int64)).tolist(),
         "folds": fold_table(dm.subjects, dm.positive, dm.outer_folds),
+        "link_subjects": cfg.link_subjects,
+        "linked_subjects": link_records(dm.links),
     }
 
 
@@ -189,6 +191,7 @@ def per_image_block(dm: UltrasoundNerveDataModule, rows: dict[str, Any]) -> dict
         "index": idx,
         "stem": [dm.decoded.stems[i] for i in idx],
         "subject": dm.decoded.subjects[idx],
+        "unit": (dm.units if dm.units.size else dm.decoded.subjects)[idx],  # what a CI resamples
         "true_empty": raw["true_empty"],
         "dice_raw": raw["dice"],
         "dice": post["dice"],
@@ -286,7 +289,9 @@ def _checkpoint_record(
         "selection_metrics": selection["metrics"],
         "data_hash": data["content_hash"],
         "outer_indices": outer["index"].tolist(),
-        "seen_frames": sorted(frame_digests(dm.decoded.images[i] for i in seen)),  # no copy of the set
+        # near matches find them identical or re-encoded (datamodules.fingerprints); a tensor loads
+        # with weights_only
+        "seen_fingerprints": torch.from_numpy(np.ascontiguousarray(dm.decoded.fingerprints()[seen])),
         "seen_subjects": _subjects(dm, seen),
     }
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from benchmark.core.config import ConfigError, TrainConfig
 from datamodules.datamodule import UltrasoundNerveDataModule
+from datamodules.fingerprints import link_records
 from datamodules.kaggle import TrainSet, content_hash, load_train
 
 FOLDS_FORMAT = "nerve-bench folds 1"
@@ -99,6 +100,8 @@ def folds_document(cfg: TrainConfig, data_dir: Path) -> dict[str, Any]:
             "inner_fraction": cfg.inner_fraction,
             "holdout_fraction": cfg.holdout_fraction,
             "clean_contradictory": cfg.clean_contradictory,
+            "link_subjects": cfg.link_subjects,
+            "linked_subjects": link_records(train_set.units(cfg.link_subjects)[1]),
         },
         "parts": "train: the images a nerve-bench run fits its weights on; inner: the selection set it "
         "chooses its epoch and post-processing on; outer: the fold it is scored on once, never used "

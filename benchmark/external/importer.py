@@ -68,8 +68,10 @@ def _how_split(doc: dict[str, Any], fold: Fold) -> str:
     split: dict[str, Any] = doc["split"] if isinstance(doc.get("split"), dict) else {}
     cfg = fold.cfg
     ours = {"split_seed": cfg.split_seed, "n_folds": 1 if cfg.holdout_fraction is not None else cfg.n_folds,
-            "inner_fraction": cfg.inner_fraction, "holdout_fraction": cfg.holdout_fraction}  # fmt: skip
+            "inner_fraction": cfg.inner_fraction, "holdout_fraction": cfg.holdout_fraction,
+            "link_subjects": cfg.link_subjects}  # fmt: skip
     theirs = {"split_seed": doc.get("split_seed"), **{k: split.get(k) for k in list(ours)[1:]}}
+    theirs["link_subjects"] = split.get("link_subjects", False)  # files before link_subjects: not linked
     differ = [f"{k} {theirs[k]} here, {ours[k]} on the board" for k in ours if theirs[k] != ours[k]]
     return (
         "; ".join(differ) + "; pass the folds file's config as --config"
@@ -113,7 +115,7 @@ def open_board(
     data_hash = content_hash(train_set)
     check_same_data(results_dir, data_hash, data_dir)
     cfg = train_config(config, sets, results_dir)
-    check_split_seed(results_dir, cfg.split_seed)
+    check_split_seed(results_dir, cfg.split_seed, cfg.link_subjects)
     return Board(name, data_dir, results_dir, train_set, data_hash, cfg)
 
 

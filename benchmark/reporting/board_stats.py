@@ -33,7 +33,7 @@ def subject_totals(images: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.
     rows = []
     for im in images:
         at = np.searchsorted(im["index"], common)
-        _, totals, counts = stats.subject_totals(im["dice"][at], im["subject"][at])
+        _, totals, counts = stats.subject_totals(im["dice"][at], im["unit"][at])  # linked subjects: one
         rows.append(totals)
     return np.vstack(rows), counts.astype(np.float64)
 

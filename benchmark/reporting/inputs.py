@@ -74,6 +74,11 @@ def _per_image(per_image: Any) -> str | None:
         if not isinstance(values, list) or not all(_ITEM[kind](v) for v in values):
             return f"per_image.{key} should be a list of {_WORDS[kind]}, got {_shown(values)}"
         lengths[key] = len(values)
+    units = per_image.get("unit")  # optional: summaries written before link_subjects have none
+    if units is not None:
+        if not isinstance(units, list) or not all(_ITEM["id"](v) for v in units):
+            return f"per_image.unit should be a list of {_WORDS['id']}, got {_shown(units)}"
+        lengths["unit"] = len(units)
     if len(set(lengths.values())) > 1:
         return f"per_image lists differ in length ({', '.join(f'{k} {n}' for k, n in lengths.items())})"
     return None

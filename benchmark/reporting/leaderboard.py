@@ -144,14 +144,23 @@ def missing(
     return problems
 
 
+def _units(runs: list[dict[str, Any]]) -> np.ndarray:
+    """Per image, what a CI resamples: its unit (subjects that share frames are one, ``link_subjects``)
+    when every run records one, else its subject (summaries from before units, or a mixed board)."""
+    if all(len((s.get("per_image") or {}).get("unit") or []) == len(s["per_image"]["index"]) for s in runs):
+        return _per_image(runs, "unit")
+    return _per_image(runs, "subject")
+
+
 def oof_images(runs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Per image (sorted by index): subject, true_empty, and each score averaged over its seeds."""
+    """Per image (sorted by index): subject, unit, true_empty, and each score averaged over its seeds."""
     index = _per_image(runs, "index").astype(np.int64)
     uniq, first, inverse = np.unique(index, return_index=True, return_inverse=True)
     n_seeds = np.bincount(inverse, minlength=uniq.size)
     out = {
         "index": uniq,
         "subject": _per_image(runs, "subject")[first],
+        "unit": _units(runs)[first],
         "true_empty": _per_image(runs, "true_empty").astype(bool)[first],
         "n_seeds": n_seeds,
     }
@@ -167,9 +176,10 @@ def baseline_images(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def metric(images: dict[str, np.ndarray], source: str, empty: bool | None, with_ci: bool) -> dict[str, Any]:
-    """Mean over the selected images and, when asked and >= 2 subjects, the subject-bootstrap 95% CI."""
+    """Mean over the selected images and, when asked and >= 2 units, the subject-bootstrap 95% CI (it
+    resamples units: subjects, or subjects that share frames together)."""
     mask = np.ones(images["index"].size, bool) if empty is None else images["true_empty"] == empty
-    values, subjects = images[source][mask], images["subject"][mask]
+    values, subjects = images[source][mask], images["unit"][mask]
     out: dict[str, Any] = {"mean": None, "lo": None, "hi": None, "n_images": int(values.size)}
     if values.size == 0 or not np.isfinite(values).all():
         return out

@@ -73,7 +73,8 @@ def protocol(board: dict[str, Any]) -> list[str]:
         "about per-subject means.",
         "Frames of one patient are correlated, so the subject is the unit of independence: CIs, the top "
         "group and the rank intervals resample whole subjects; the paired test flips the sign of whole "
-        "subjects.",
+        "subjects. Subjects that share a frame, identical or re-encoded (`link_subjects`), are one patient: "
+        "the split keeps them together and every statistic counts them as one.",
         "The top group is a 95% confidence set for the best model (Hansen, Lunde & Nason's model "
         "confidence set, 2011): it allows for the top being picked on these same data, and holds every "
         "truly best model with probability at least 95%. Outside it: worse than the best, with 95% "

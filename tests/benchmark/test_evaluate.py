@@ -59,8 +59,11 @@ def test_other_data_is_scored_in_full(fit_runs, synthetic_dir, tmp_path):
     generate(other, subjects=SUBJECTS, per_subject=8, n_test=1, seed=1)
     result = evaluate(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", other)
     assert result["scope"] == "all_images" and result["n_images"] == 48  # another 6 x 8 dataset
-    assert result["note"].startswith("scoring all 48 images (not the checkpoint's training data); warning: ")
-    assert "belong to subjects numbered like ones that trained or selected it" in result["note"]
+    # Other patients numbered 1..6 like the checkpoint's own: no warning, as no frame matches.
+    assert result["note"] == (
+        "scoring all 48 images: none is a frame that trained or selected the checkpoint, identical or "
+        "re-encoded"
+    )
     # The session's 6 x 8 set has the same generator seed and shares frames with the checkpoint's
     # data (1_1, 1_2, 1_4, ...): a copy of the same patients. This test used to score all of it as
     # other data; now only the frames of the checkpoint's outer-fold subjects are scored.
@@ -107,9 +110,9 @@ def test_a_subset_of_its_data_is_scored_without_the_frames_that_trained_or_selec
 
 
 def test_in_a_copy_of_its_data_a_changed_frame_of_a_training_subject_is_left_out(fit_runs, tmp_path):
-    """The subject is the unit of independence: once identical frames show the data is a copy of the
-    checkpoint's, a frame of a training subject that differs (a near-duplicate, a re-save) is left out
-    too; in data with no identical frame, subjects numbered like its own get a warning."""
+    """The subject is the unit of independence: once matching frames show the data is a copy of the
+    checkpoint's, a frame of a training subject that matches nothing (here: inverted) is left out too.
+    A copy whose every frame was re-encoded (noise, another contrast) is still found frame by frame."""
     ckpt = fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt"
     seen_subjects = fit_runs.unet["split"]["fit_subjects"] + fit_runs.unet["split"]["inner_subjects"]
     changed = shutil.copytree(fit_runs.data, tmp_path / "changed")
@@ -122,19 +125,45 @@ def test_in_a_copy_of_its_data_a_changed_frame_of_a_training_subject_is_left_out
         "scoring 22 of 66 images: 43 of these 66 images are frames that trained or selected it, 1 more "
         "belong to its training subjects (--all-images: all)"
     )
-    for path in set((changed / "train").glob("*[0-9].tif")) - {frame}:  # every other image re-encoded too
+    recoded = shutil.copytree(fit_runs.data, tmp_path / "recoded")
+    rng = np.random.default_rng(0)
+    for path in sorted((recoded / "train").glob("*[0-9].tif")):
+        image = read_tif(path).astype(float)
+        write_tif(path, np.clip(0.9 * image + 12 + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8))
+    again = evaluate(ckpt, recoded)
+    assert again["scope"] == "images_not_seen_in_training"
+    assert again["per_image"]["stem"] == fit_runs.unet["per_image"]["stem"]  # exactly the outer fold
+    assert again["note"].startswith("scoring 22 of 66 images: 44 of these 66 images are frames that trained")
+
+
+def test_a_checkpoint_with_exact_digests_only_warns_about_subject_numbers(fit_runs, tmp_path):
+    """Checkpoints written before fingerprints record sha256 digests: identical frames only. On data
+    with none, frames of subjects numbered like its own get a warning (maybe a re-encoded copy)."""
+    from datamodules.kaggle import frame_digests, load_train
+
+    ckpt = torch.load(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", weights_only=True)
+    record = ckpt["nerve_bench"]
+    train = load_train(fit_runs.data)
+    seen = np.setdiff1d(np.arange(len(train)), record["outer_indices"])
+    record["seen_frames"] = sorted(frame_digests(train.images[seen]))
+    del record["seen_fingerprints"]
+    torch.save(ckpt, tmp_path / "digests.ckpt")
+    subset = _copy_without(fit_runs.data, tmp_path / "subset", fit_runs.unet["per_image"]["stem"][:1])
+    assert evaluate(tmp_path / "digests.ckpt", subset)["n_images"] == 21  # identical frames: found
+    inverted = shutil.copytree(fit_runs.data, tmp_path / "inverted")
+    for path in (inverted / "train").glob("*[0-9].tif"):
         write_tif(path, 255 - read_tif(path))
-    renumbered = evaluate(ckpt, changed)
-    assert renumbered["scope"] == "all_images" and renumbered["n_images"] == 66
+    result = evaluate(tmp_path / "digests.ckpt", inverted)
+    assert result["scope"] == "all_images" and result["n_images"] == 66
     assert (
         "; warning: 44 of them belong to subjects numbered like ones that trained or selected it"
-        in (renumbered["note"])
+        in (result["note"])
     )
 
 
 def test_a_checkpoint_without_its_frame_record_says_training_images_may_be_included(fit_runs, tmp_path):
     ckpt = torch.load(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", weights_only=True)
-    for key in ("seen_frames", "seen_subjects"):  # as written before the record existed
+    for key in ("seen_fingerprints", "seen_subjects"):  # as written before the record existed
         del ckpt["nerve_bench"][key]
     torch.save(ckpt, tmp_path / "old.ckpt")
     subset = _copy_without(fit_runs.data, tmp_path / "subset", fit_runs.unet["per_image"]["stem"][:1])

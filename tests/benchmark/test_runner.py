@@ -270,7 +270,15 @@ def test_results_dir_refuses_runs_with_another_split_seed(tmp_path):
     from benchmark.core.config import ConfigError
     from benchmark.core.summary import write_summary
 
-    write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": {"split_seed": 1}, "status": "complete"})
+    config = {"split_seed": 1, "link_subjects": True}
+    write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": config, "status": "complete"})
     runner.check_split_seed(tmp_path, 1)  # same split: fine
     with pytest.raises(ConfigError, match="split_seed 1, but this benchmark uses 0"):
         runner.check_split_seed(tmp_path, 0)
+    with pytest.raises(ConfigError, match="made with link_subjects true, but this benchmark uses false"):
+        runner.check_split_seed(tmp_path, 1, link_subjects=False)
+    # a summary written before link_subjects split by plain subjects: another fold assignment
+    write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": {"split_seed": 1}, "status": "complete"})
+    runner.check_split_seed(tmp_path, 1, link_subjects=False)
+    with pytest.raises(ConfigError, match="made with link_subjects false, but this benchmark uses true"):
+        runner.check_split_seed(tmp_path, 1)

@@ -26,6 +26,7 @@ def test_second_reader_maps_the_first_readers_copy(data: Path, tmp_path: Path) -
     assert len(entries) == 1 and {p.name for p in entries[0].iterdir()} == {
         "images.npy",
         "masks.npy",
+        "fingerprints.npy",
         "records.json",
     }
     second = dc.load_train_shared(data, root)
@@ -35,6 +36,9 @@ def test_second_reader_maps_the_first_readers_copy(data: Path, tmp_path: Path) -
         np.testing.assert_array_equal(ts.images, reference.images)
         np.testing.assert_array_equal(ts.masks, reference.masks)
         assert ts.records == reference.records and ts.mask_source == reference.mask_source
+        # the fingerprints come from the cache, computed once by the first reader
+        assert ts.frame_fingerprints is not None
+        np.testing.assert_array_equal(ts.frame_fingerprints, reference.fingerprints())
 
 
 def test_a_changed_file_is_decoded_again(data: Path, tmp_path: Path) -> None:
