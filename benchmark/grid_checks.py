@@ -10,6 +10,7 @@ cleaning contradictory frames can shrink a fit part a little further.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +48,7 @@ def check_splits(
         )
         where = f"{cfg.model} fold {cfg.fold}"
         if split not in fit_sizes:
-            try:
-                fit, *_ = split_for(cfg, units, positive)
-            except ValueError as exc:
-                raise DataError(data_dir, f"{where}: cannot split by subject: {exc}") from None
-            fit_sizes[split] = len(fit)
+            fit_sizes[split] = _fit_size(cfg, data_dir, units, positive, where)
         # whether the model trains is asked only of a run that would fail: it builds the model
         if fit_sizes[split] < cfg.batch_size and trains(cfg):
             raise DataError(
@@ -59,6 +56,24 @@ def check_splits(
                 f"{where}: the fit part has {fit_sizes[split]} images, fewer than one global batch "
                 f"(batch_size={cfg.batch_size}); lower batch_size or use more data",
             )
+
+
+def _fit_size(cfg: TrainConfig, data_dir: Path, units: np.ndarray, positive: np.ndarray, where: str) -> int:
+    """Images in the split's fit part; warns (once per split) when its inner selection set is larger,
+    which only few subjects produce: epochs and post-processing are then chosen on more images than
+    the weights are fitted on."""
+    try:
+        fit, inner, *_ = split_for(cfg, units, positive)
+    except ValueError as exc:
+        raise DataError(data_dir, f"{where}: cannot split by subject: {exc}") from None
+    if len(inner) > len(fit):
+        fold = "the hold-out split" if cfg.holdout_fraction is not None else f"fold {cfg.fold}"
+        print(
+            f"warning: {data_dir}: {fold}: the inner selection set ({len(inner)} images) is larger than "
+            f"the fit part ({len(fit)}); with so few subjects, use fewer folds or a smaller inner_fraction",
+            file=sys.stderr,
+        )
+    return len(fit)
 
 
 def check_accelerator(grid: list[TrainConfig]) -> None:

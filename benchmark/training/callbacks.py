@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -133,7 +134,40 @@ class ResumeRandomState(Callback):
             self._pending = None
 
 
-class ResumeCheckpoint(ModelCheckpoint):
+_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def _moved(path: str, old: str, new: str) -> str:
+    """``path`` of the old checkpoint directory, in the new one."""
+    if not path:
+        return path
+    return new + path[len(old) :] if path.startswith(old) else os.path.join(new, os.path.basename(path))
+
+
+class RelocatableCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint whose selection state survives a results directory that moved (or is
+    mounted elsewhere on another node). Lightning drops ``best_model_score`` and ``best_k_models``
+    when the saved ``dirpath`` differs, so the first epoch after such a resume replaced best.ckpt
+    whatever its score: epoch selection then depended on where the files live. Here the saved paths
+    are re-rooted in the new directory and the state is kept."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), str(self.dirpath or "")
+        if old and new and str(old) != new:
+            old = str(old)
+            state_dict = {
+                **state_dict,
+                "dirpath": new,
+                **{k: _moved(state_dict.get(k) or "", old, new) for k in _PATH_KEYS if k in state_dict},
+                "best_k_models": {
+                    _moved(path, old, new): score
+                    for path, score in (state_dict.get("best_k_models") or {}).items()
+                },
+            }
+        super().load_state_dict(state_dict)
+
+
+class ResumeCheckpoint(RelocatableCheckpoint):
     """``last.ckpt`` (monitor-less top-1) at most every ``every_s`` seconds, and after the final epoch."""
 
     def __init__(self, every_s: float, **kwargs: Any) -> None:

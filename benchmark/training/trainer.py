@@ -15,7 +15,13 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from benchmark.core.config import TrainConfig
-from benchmark.training.callbacks import CloseProcessGroup, EpochHistory, ResumeCheckpoint, ResumeRandomState
+from benchmark.training.callbacks import (
+    CloseProcessGroup,
+    EpochHistory,
+    RelocatableCheckpoint,
+    ResumeCheckpoint,
+    ResumeRandomState,
+)
 from benchmark.training.checkpoint import (
     BEST,
     LAST,
@@ -106,8 +112,6 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
 
 def _checkpoints(cfg: TrainConfig, out_dir: Path) -> list:
     """best.ckpt (the selected epoch, weights only) and last.ckpt (everything a resume needs)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     ckpt_dir = str(out_dir / "checkpoints")
     # Two callbacks: Lightning >= 2.5 writes save_last copies only when a top-k file is written,
     # but resuming needs last.ckpt after every epoch (or every checkpoint_every_s). "last" selection
@@ -115,7 +119,7 @@ def _checkpoints(cfg: TrainConfig, out_dir: Path) -> list:
     # last.ckpt's callback state key.
     select = "val/kaggle_dice" if cfg.select == "best" else "epoch"
     return [
-        ModelCheckpoint(
+        RelocatableCheckpoint(
             dirpath=ckpt_dir,
             filename=Path(BEST).stem,
             monitor=select,

@@ -132,3 +132,24 @@ def test_the_batch_check_asks_the_model_whether_it_trains_not_its_name() -> None
     finally:
         unregister("fixed_rule_test")
         unregister("meta_refuses_test")
+
+
+def test_an_inner_set_larger_than_the_fit_part_is_pointed_out_once(capsys) -> None:
+    """Few subjects of unequal size: one inner subject can outweigh the whole fit part."""
+    subjects = np.repeat([1, 2, 3, 4], [2, 2, 20, 20])
+    positive = np.tile([True, False], 22)
+    warned = 0
+    for seed in range(8):
+        grid = [TrainConfig(model=m, n_folds=2, split_seed=seed, batch_size=2) for m in ("unet", "sk_unet")]
+        fit, inner, *_ = grid_checks.split_for(grid[0], subjects, positive)
+        grid_checks.check_splits(grid, Path("data"), subjects, positive)
+        err = capsys.readouterr().err.splitlines()
+        if len(inner) > len(fit):
+            warned += 1
+            assert err == [
+                f"warning: data: fold 0: the inner selection set ({len(inner)} images) is larger than the "
+                f"fit part ({len(fit)}); with so few subjects, use fewer folds or a smaller inner_fraction"
+            ]  # once for the two models that share the split
+        else:
+            assert err == []
+    assert 0 < warned < 8

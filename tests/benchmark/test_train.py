@@ -283,3 +283,28 @@ def test_an_epochs_training_time_waits_for_the_gpu_work_still_queued(monkeypatch
     history.on_train_epoch_start(trainer, module)
     history.on_validation_start(trainer, module)
     assert events == ["clock", "sync cuda:1", "clock"] and history._t_train == 2.5
+
+
+class BestState(Callback):
+    """The best-epoch checkpoint's selection state as training (re)starts."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        best = next(cb for cb in trainer.checkpoint_callbacks if cb.monitor == "val/kaggle_dice")
+        self.score, self.paths = best.best_model_score, list(best.best_k_models)
+
+
+def test_a_run_resumed_in_a_moved_directory_keeps_its_best_epoch_so_far(runs, tmp_path):
+    """Lightning forgets the best score when the checkpoint directory changed, so the first epoch
+    after the resume replaced best.ckpt whatever its score. Moved results keep their selection."""
+    import shutil
+
+    cfg = dataclasses.replace(TINY, epochs=3)
+    with pytest.raises(Stop):
+        train.fit(cfg, runs.data, tmp_path / "a", callbacks=[StopAt(2)])
+    best_so_far = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    saved = next(v for k, v in best_so_far["callbacks"].items() if "val/kaggle_dice" in k)
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    state = BestState()
+    train.fit(cfg, runs.data, tmp_path / "b", callbacks=[state])
+    assert state.score is not None and float(state.score) == float(saved["best_model_score"])
+    assert state.paths == [str(tmp_path / "b" / "checkpoints" / "best.ckpt")]
