@@ -276,27 +276,45 @@ def check_same_data(runs: Path, done: list[TrainConfig], data_dir: Path, current
             )
 
 
-def check_split_seed(results_dir: Path, split_seed: int, link_subjects: bool = True) -> None:
-    """Refuse a results directory whose runs used another ``split_seed`` or ``link_subjects``:
-    out-of-fold scores need one fold assignment for the whole board (``seed`` may vary: it replicates
-    initialisation only). Summaries from before ``link_subjects`` split by plain subjects."""
-    for path in sorted((results_dir / "runs").glob("*/summary.json")):
-        try:
-            config = read_summary(path).get("config") or {}
-        except DataError:
-            continue  # unreadable or older summaries are reported by `report`, not here
-        saved, linked = config.get("split_seed"), bool(config.get("link_subjects", False))
+def check_split_seed(results_dir: Path, split_seed: int) -> None:
+    """Refuse a results directory whose runs used another ``split_seed``: out-of-fold scores need one
+    fold assignment for the whole board (``seed`` may vary: it replicates initialisation only)."""
+    for path, config in _saved_configs(results_dir):
+        saved = config.get("split_seed")
         if saved is not None and int(saved) != int(split_seed):
             raise ConfigError(
                 f"{path.parent}: made with split_seed {saved}, but this benchmark uses {split_seed}; "
                 "one results directory holds one fold assignment (use another --results-dir)"
             )
-        if saved is not None and linked != link_subjects:
+
+
+def check_link_subjects(results_dir: Path, link_subjects: bool, links: list) -> None:
+    """Refuse a results directory whose runs split this data with the other ``link_subjects``, when
+    the data has linked subjects (``links``): their folds differ. Without links both splits are the
+    same. Summaries from before the field split by plain subjects."""
+    if not links:
+        return
+    for path, config in _saved_configs(results_dir):
+        linked = bool(config.get("link_subjects", False))
+        if "split_seed" in config and linked != link_subjects:
+            pairs = ", ".join(f"{a}+{b}" for a, b, *_ in links)
             raise ConfigError(
                 f"{path.parent}: made with link_subjects {str(linked).lower()}, but this benchmark uses "
-                f"{str(link_subjects).lower()}; one results directory holds one fold assignment (use "
-                "another --results-dir)"
+                f"{str(link_subjects).lower()} and this data has linked subjects ({pairs}), so the folds "
+                "differ; one results directory holds one fold assignment (use another --results-dir)"
             )
+
+
+def _saved_configs(results_dir: Path) -> list[tuple[Path, dict]]:
+    """(summary path, its config) of every readable run; unreadable or older summaries are reported
+    by `report`, not here."""
+    found = []
+    for path in sorted((results_dir / "runs").glob("*/summary.json")):
+        try:
+            found.append((path, read_summary(path).get("config") or {}))
+        except DataError:
+            continue
+    return found
 
 
 def _announce(tag: str, outcome: Outcome, runs: Path) -> None:

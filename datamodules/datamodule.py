@@ -201,8 +201,8 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
     def _log_links(self) -> None:
         for low, high, shared in self.links:
             log.info(
-                "link_subjects: subjects %d and %d share %d frames (identical or re-encoded): one unit in "
-                "the split and the CIs",
+                "link_subjects: subjects %d and %d share %d pairs of frames (identical or re-encoded): "
+                "one unit in the split and the CIs",
                 low,
                 high,
                 shared,
@@ -215,7 +215,8 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         and raw runs.
         """
         idx = self.fit_indices
-        found = find_contradictions(ts.images[idx], ts.masks[idx], self.subjects[idx], self.clean_threshold)
+        # Compared within a unit: a contradictory copy may sit under the other number of a linked pair.
+        found = find_contradictions(ts.images[idx], ts.masks[idx], self.units[idx], self.clean_threshold)
         self.contradictions = [(int(idx[k]), int(idx[d]), dist) for k, d, dist in found]
         drop = {d for _, d, _ in self.contradictions}
         self.fit_indices = np.array([i for i in idx if i not in drop], np.int64)

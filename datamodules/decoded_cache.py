@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.fingerprints import VERSION as fingerprint_version
 from datamodules.kaggle import TrainRecord, TrainSet, load_train
 
 CACHE_ENV = "NERVE_BENCH_CACHE_DIR"
@@ -45,7 +46,7 @@ def cache_root() -> Path:
 def signature(data_dir: Path) -> str:
     """16 hex naming the data directory's training files as they are now (names, sizes, mtimes)."""
     data_dir = Path(data_dir).resolve()
-    entries = [str(data_dir), str(_FORMAT)]
+    entries = [str(data_dir), str(_FORMAT), f"fingerprints {fingerprint_version}"]
     files = sorted((data_dir / "train").glob("*")) + [data_dir / "train_masks.csv"]
     for path in files:
         if path.is_file():

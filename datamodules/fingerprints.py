@@ -7,11 +7,12 @@ ignore speckle, blur and compression; comparing with the median ignores any mono
 brightness or contrast. Two frames are the same picture when at most ``NEAR_FRACTION`` of their
 bits differ.
 
-Measured on real frames (uns-positive, 1,969 frames of 37 subjects; ../shared/data): a frame and
-its re-encoded copy (the Kaggle tif against the 256-px JPEG restored to 580 x 420, or JPEG quality
-20) differ in at most 8 of 609 bits; frames of different patients in at least 108. The Kaggle data
-itself holds one such pair of "subjects": 17 and 18 share 24 pairs of frames within 5%, two of them
-pixel-identical, while no other pair of subjects comes within 17%.
+Measured on real frames (uns-positive: the 1,969 nerve-positive frames of 37 of the 47 subjects,
+../shared/data; the full set is not here): a frame and its re-encoded copy (the Kaggle tif against
+the 256-px JPEG restored to 580 x 420, or JPEG quality 20) differ in at most 8 of 609 bits; frames
+of different patients in at least 108. The Kaggle data itself holds one such pair of "subjects":
+17 and 18 share 24 pairs of frames within 5%, two of them pixel-identical, while no other pair of
+subjects comes within 17% (among those frames).
 
 Uses: subjects that share a frame are one unit of independence when splitting and resampling
 (:func:`linked_units`), and ``evaluate`` finds a checkpoint's training frames in a re-encoded
@@ -26,6 +27,8 @@ import numpy as np
 GRID = (21, 29)  # (rows, cols) of blocks: 20 x 20 px on a 420 x 580 Kaggle frame
 NEAR_FRACTION = 0.05  # re-encoded copies <= 1.3% of bits apart, other patients' frames >= 17%
 MIN_SET_FRACTION = 0.125  # fewer set bits: a flat frame (most blocks at the median), matches anything
+MAX_TIED_FRACTION = 0.25  # this share of blocks equal to the median: a frame with a flat region, blanked
+VERSION = 1  # bump when a fingerprint changes: cached fingerprints of another version are not read
 _CHUNK = 256  # frames per step: bounds the temporary row sums at about 12 MB on Kaggle frames
 
 
@@ -63,7 +66,11 @@ def fingerprints(images: np.ndarray) -> np.ndarray:
         part = np.asarray(images[s : s + _CHUNK])
         sums = _block_sums(part, rows, cols, (gy, gx))
         means = (sums / area).reshape(len(part), -1)  # exact integer sums, one rounding each
-        above = means > np.median(means, axis=1, keepdims=True)
+        median = np.median(means, axis=1, keepdims=True)
+        above = means > median
+        # Many blocks AT the median (a black half, a flat border) leave only the flat region's shape:
+        # such a frame is left blank, uninformative, rather than matched to every frame of that shape.
+        above[(means == median).mean(axis=1) >= MAX_TIED_FRACTION] = False
         out[s : s + len(part)] = np.packbits(above, axis=1)
     return out
 
@@ -106,7 +113,7 @@ def linked_units(
 ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """(unit per frame, links): subjects that share a frame (within ``NEAR_FRACTION``) are one unit,
     named by its smallest subject id, transitively. ``links`` lists each linked pair of subjects once
-    as (smaller id, larger id, pairs of shared frames). Without links, units equal subjects."""
+    as (smaller id, larger id, matching pairs of their frames). Without links, units equal subjects."""
     subjects = np.asarray(subjects, dtype=np.int64)
     i, j = near_pairs(fps, fps, bits)
     cross = (i < j) & (subjects[i] != subjects[j])
@@ -129,5 +136,6 @@ def linked_units(
 
 
 def link_records(links: list[tuple[int, int, int]]) -> list[dict]:
-    """:func:`linked_units`' links as JSON rows: {"subjects": [a, b], "shared_frames": n}."""
+    """:func:`linked_units`' links as JSON rows: {"subjects": [a, b], "shared_frames": n}, n the
+    matching pairs of their frames."""
     return [{"subjects": [low, high], "shared_frames": shared} for low, high, shared in links]

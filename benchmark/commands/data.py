@@ -51,8 +51,8 @@ def _links(linked: list[dict]) -> list[str]:
     for link in linked:
         (a, b), n = link["subjects"], link["shared_frames"]
         lines.append(
-            f"linked subjects {a} and {b} share {n} frame{'s' if n != 1 else ''} (identical or re-encoded): "
-            "one unit in splits and CIs (link_subjects)"
+            f"linked subjects {a} and {b} share {n} pair{'s' if n != 1 else ''} of frames (identical or "
+            "re-encoded): one unit in splits and CIs (link_subjects)"
         )
     return lines
 

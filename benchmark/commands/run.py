@@ -160,10 +160,10 @@ def run(args: argparse.Namespace) -> int:
 
     min_free = min_free_gb_default() if args.min_free_gb is None else args.min_free_gb
     check_results_dir(args.results_dir, min_free)  # before any data generation or training
-    runner.check_split_seed(args.results_dir, bench.train.split_seed, bench.train.link_subjects)
+    runner.check_split_seed(args.results_dir, bench.train.split_seed)
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)
-    data_hash = _check_data(grid, data_dir)
+    data_hash = _check_data(grid, data_dir, args.results_dir)
     start = time.perf_counter()
     outcomes = ray_grid.execute(bench, grid, data_dir, args.results_dir, data_hash=data_hash)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "skipped", "held")}
@@ -176,15 +176,16 @@ def run(args: argparse.Namespace) -> int:
     return _exit_status(outcomes, runner.missing_runs(grid, outcomes, args.results_dir), args.results_dir)
 
 
-def _check_data(grid: list[TrainConfig], data_dir: Path) -> str:
+def _check_data(grid: list[TrainConfig], data_dir: Path, results_dir: Path) -> str:
     """Validate every file and every run's split up front (one clear error, not 45 failed runs);
     the data's fingerprint."""
-    from benchmark import grid_checks
+    from benchmark import grid_checks, runner
     from datamodules.kaggle import content_hash, load_train
 
     train = load_train(data_dir, validate=True)
-    linked = train.units()[0] if any(cfg.link_subjects for cfg in grid) else None
-    grid_checks.check_splits(grid, data_dir, train.subjects, train.positive, linked)
+    units, links = train.units()
+    runner.check_link_subjects(results_dir, any(c.link_subjects for c in grid), links)  # one split per board
+    grid_checks.check_splits(grid, data_dir, train.subjects, train.positive, units)
     return content_hash(train)  # the test images play no part in a grid: not read here
 
 

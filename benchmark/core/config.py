@@ -131,6 +131,8 @@ class TrainConfig:
     def hash(self) -> str:
         """Short content hash of everything that changes what the run computes."""
         payload = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+        if not self.link_subjects:  # off: the hash of runs made before the field existed (same split)
+            del payload["link_subjects"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def run_name(self) -> str:
@@ -258,6 +260,8 @@ def _check_per_model(where: str, kwargs: Any) -> None:
 
 # What a per-model recipe may not change: the grid's own axes and the architecture's kwargs.
 GRID_FIELDS = frozenset({"model", "fold", "seed", "model_kwargs", "model_recipe"})
+# One fold assignment per board: a model's own split would score other images per fold.
+SPLIT_FIELDS = frozenset({"n_folds", "holdout_fraction", "split_seed", "inner_fraction", "link_subjects"})
 
 
 def check_model_train(where: str, train: TrainConfig, per_model: Any) -> None:
@@ -269,6 +273,10 @@ def check_model_train(where: str, train: TrainConfig, per_model: Any) -> None:
     for model, overrides in per_model.items():
         grid = sorted(GRID_FIELDS & set(overrides))
         _require(not grid, f"{where}.{model}: {', '.join(grid)} cannot be set per model here")
+        split = sorted(SPLIT_FIELDS & set(overrides))
+        _require(
+            not split, f"{where}.{model}: {', '.join(split)} cannot differ per model: the board has one split"
+        )
         try:
             apply_overrides(train, overrides)
         except ConfigError as exc:

@@ -62,7 +62,19 @@ def choose_images(
         f"this is the checkpoint's training data: scoring only its outer fold, {len(outer)} of "
         f"{n_images} images (the other {n_seen} trained or selected it; --all-images: all)"
     )
-    return outer, OUTER, note
+    return outer, OUTER, note + _outer_matches(hit, outer)
+
+
+def _outer_matches(hit: np.ndarray | None, outer: np.ndarray) -> str:
+    """A warning clause when outer-fold frames match frames that trained or selected the checkpoint:
+    subjects that share frames split apart, as ``link_subjects: false`` (or an older version) does."""
+    n = 0 if hit is None else int(hit[outer].sum())
+    if not n:
+        return ""
+    return (
+        f"; warning: {n} of them match frames that trained or selected it (subjects that share frames "
+        "were split apart: link_subjects false), so this is not a fully held-out score"
+    )
 
 
 def seen_hits(record: dict, train_set: Any) -> np.ndarray | None:
@@ -114,7 +126,9 @@ def _other_data(
             f"scoring all {n_images} images (not the checkpoint's training data)"
             + _numbered_like(record, subjects),
         )
-    same_subject = np.isin(subjects, list(record.get("seen_subjects") or ())) & ~hit
+    # Training subjects by number (a copy keeps its numbers) and by matching frame (a renumbered one).
+    trained = set(record.get("seen_subjects") or ()) | {int(x) for x in subjects[hit]}
+    same_subject = np.isin(subjects, sorted(trained)) & ~hit
     kept = every if all_images else every[~(hit | same_subject)]
     which = f"{int(hit.sum())} of these {n_images} images are frames that trained or selected it" + (
         f", {int(same_subject.sum())} more belong to its training subjects" if same_subject.any() else ""
@@ -171,7 +185,7 @@ def evaluate(
     dm.setup()
     ts, record = dm.decoded, ckpt.get(CKPT_KEY) or {}
     data_hash = content_hash(ts)
-    hit = seen_hits(record, ts) if record.get("data_hash") != data_hash else None
+    hit = seen_hits(record, ts)
     indices, scope, note = choose_images(record, data_hash, len(ts), all_images, hit, ts.subjects)
     device = eval_device()
     precision = resolve_precision(cfg.precision, device.type) if device.type == "cuda" else "32"

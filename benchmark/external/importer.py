@@ -108,14 +108,15 @@ def open_board(
     name: str, data_dir: Path, results_dir: Path, config: Path | None = None, sets: list[str] | None = None
 ) -> Board:
     """Check the name, read and hash the data, check it against the results directory, pick the config."""
-    from benchmark.runner import check_split_seed
+    from benchmark.runner import check_link_subjects, check_split_seed
 
     check_name(name, results_dir)
     train_set = load_train(data_dir)
     data_hash = content_hash(train_set)
     check_same_data(results_dir, data_hash, data_dir)
     cfg = train_config(config, sets, results_dir)
-    check_split_seed(results_dir, cfg.split_seed, cfg.link_subjects)
+    check_split_seed(results_dir, cfg.split_seed)
+    check_link_subjects(results_dir, cfg.link_subjects, train_set.units()[1])
     return Board(name, data_dir, results_dir, train_set, data_hash, cfg)
 
 

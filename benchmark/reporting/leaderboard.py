@@ -63,6 +63,8 @@ def benchmark_hash(summary: dict[str, Any]) -> str:
     cfg = summary.get("config") or {}
     payload = {k: v for k, v in cfg.items() if k not in NOT_HASHED | _RUN_KEYS}
     payload.update(cfg.get("model_recipe") or {})  # a per-model recipe: the benchmark's shared values
+    if not payload.get("link_subjects", True):  # off, or before the field: one benchmark (same split)
+        payload.pop("link_subjects")
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -144,15 +146,16 @@ def missing(
     return problems
 
 
-def _units(runs: list[dict[str, Any]]) -> np.ndarray:
-    """Per image, what a CI resamples: its unit (subjects that share frames are one, ``link_subjects``)
-    when every run records one, else its subject (summaries from before units, or a mixed board)."""
-    if all(len((s.get("per_image") or {}).get("unit") or []) == len(s["per_image"]["index"]) for s in runs):
-        return _per_image(runs, "unit")
-    return _per_image(runs, "subject")
+def has_units(runs: list[dict[str, Any]]) -> bool:
+    """Whether every run records each image's unit (subjects that share frames are one,
+    ``link_subjects``); summaries written before units do not. Decided once per board, so that every
+    model's CIs and paired tests resample the same clusters."""
+    return all(
+        len((s.get("per_image") or {}).get("unit") or []) == len(s["per_image"]["index"]) for s in runs
+    )
 
 
-def oof_images(runs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+def oof_images(runs: list[dict[str, Any]], units: bool | None = None) -> dict[str, np.ndarray]:
     """Per image (sorted by index): subject, unit, true_empty, and each score averaged over its seeds."""
     index = _per_image(runs, "index").astype(np.int64)
     uniq, first, inverse = np.unique(index, return_index=True, return_inverse=True)
@@ -160,7 +163,10 @@ def oof_images(runs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     out = {
         "index": uniq,
         "subject": _per_image(runs, "subject")[first],
-        "unit": _units(runs)[first],
+        # what a CI resamples: the unit when the board records units (``has_units``), else the subject
+        "unit": _per_image(runs, "unit" if (has_units(runs) if units is None else units) else "subject")[
+            first
+        ],
         "true_empty": _per_image(runs, "true_empty").astype(bool)[first],
         "n_seeds": n_seeds,
     }
@@ -233,12 +239,13 @@ def model_row(
     k: int,
     images_expected: tuple[np.ndarray, str] | int,
     seeds: list[int] | None = None,
+    units: bool | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(row, out-of-fold images): completeness, OOF metrics (CIs and seed spread only when complete),
-    run means, cost."""
+    run means, cost. ``units``: resample units (the board's ``has_units``), else subjects."""
     runs = sorted(runs, key=lambda s: (int(s["seed"]), int(s["fold"])))
     problems = missing(runs, k, images_expected, seeds)
-    images = oof_images(runs)
+    images = oof_images(runs, units)
     if not all(np.isfinite(images[key]).all() for key in _IMAGE_VALUES):
         problems.append("per-image scores have missing values")
     seed_means, seed_sd = seed_spread(runs) if not problems else ([], None)
@@ -320,6 +327,8 @@ def header(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "folds": fold_table(runs),
         "split_seed": _split_values(runs, "split_seed"),
         "inner_fraction": _split_values(runs, "inner_fraction"),
+        "link_subjects": _split_values(runs, "link_subjects"),  # [null]: runs from before the field
+        "linked_subjects": _split_values(runs, "linked_subjects"),
         "select": sorted({str((s.get("selection") or {}).get("select", "unknown")) for s in runs}),
         "seeds": sorted({int(s["seed"]) for s in runs}),
         "global_batch": sorted({int(s["global_batch"]) for s in runs if s.get("global_batch") is not None}),
@@ -342,9 +351,9 @@ def _model_rows(kept: list[dict[str, Any]]) -> tuple[list[dict], dict[str, dict[
         by_model.setdefault(str(s["model"]), []).append(s)
     k, images_expected = n_folds(kept), expected(kept)
     seeds = sorted({int(s["seed"]) for s in kept})  # a model must have every seed of the benchmark
-    rows, images = [], {}
+    rows, images, units = [], {}, has_units(kept)
     for model in sorted(by_model):
-        row, images[model] = model_row(model, by_model[model], k, images_expected, seeds)
+        row, images[model] = model_row(model, by_model[model], k, images_expected, seeds, units)
         rows.append(row)
     complete = [r for r in rows if r["complete"]]
     if complete and not any(r["baseline"] for r in complete):

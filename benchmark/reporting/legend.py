@@ -73,8 +73,7 @@ def protocol(board: dict[str, Any]) -> list[str]:
         "about per-subject means.",
         "Frames of one patient are correlated, so the subject is the unit of independence: CIs, the top "
         "group and the rank intervals resample whole subjects; the paired test flips the sign of whole "
-        "subjects. Subjects that share a frame, identical or re-encoded (`link_subjects`), are one patient: "
-        "the split keeps them together and every statistic counts them as one.",
+        "subjects." + _linked(h),
         "The top group is a 95% confidence set for the best model (Hansen, Lunde & Nason's model "
         "confidence set, 2011): it allows for the top being picked on these same data, and holds every "
         "truly best model with probability at least 95%. Outside it: worse than the best, with 95% "
@@ -82,6 +81,19 @@ def protocol(board: dict[str, Any]) -> list[str]:
         "A model is incomplete, shown but neither ranked nor tested, unless for each seed its outer folds "
         "score exactly the data set's images (k-fold: all of them; hold-out: the hold-out set), each once.",
     ]
+
+
+def _linked(header: dict[str, Any]) -> str:
+    """The protocol's clause on linked subjects, for boards split with ``link_subjects`` on."""
+    if header.get("link_subjects") != [True]:
+        return ""
+    found = [link for links in header.get("linked_subjects") or [] for link in links or []]
+    pairs = ", ".join(" and ".join(map(str, link["subjects"])) for link in found)
+    return (
+        " Subjects that share a frame, identical or re-encoded, are one patient (`link_subjects`): the "
+        "split keeps them together and every statistic counts them as one"
+        + (f" (here: {pairs})." if pairs else "; this data set has none.")
+    )
 
 
 def legend(board: dict[str, Any]) -> dict[str, str]:

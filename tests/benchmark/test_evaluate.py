@@ -247,3 +247,36 @@ def test_fit_again_says_nothing_was_trained_and_prints_the_same_table(synthetic_
     assert again[0].startswith(f"{tmp_path / 'run'} already holds this run, complete (config hash ")
     assert again[0].endswith("): nothing trained") and again[1:] == first
     assert first[1].split()[0] == "metric" and first[2].split()[0] == "kaggle_dice"
+
+
+def test_subjects_of_matching_frames_count_as_training_subjects_whatever_their_number():
+    """A renumbered copy: frame 0 matches a frame the checkpoint saw (its subject 1); in this data
+    it belongs to subject 11, so all of subject 11 is left out, beside the numbers it recorded."""
+    from benchmark.evaluation.evaluate import UNSEEN, choose_images
+
+    record = {"data_hash": "a", "outer_indices": [4, 5], "seen_fingerprints": [[0]], "seen_subjects": [1, 2]}
+    subjects = np.array([11, 11, 12, 12, 2, 13])
+    hit = np.array([True, False, False, False, False, False])
+    kept, scope, note = choose_images(record, "b", 6, False, hit, subjects)
+    assert scope == UNSEEN and kept.tolist() == [2, 3, 5]  # 11 by its frame, 2 by its number
+    assert note == (
+        "scoring 3 of 6 images: 1 of these 6 images are frames that trained or selected it, 2 more belong "
+        "to its training subjects (--all-images: all)"
+    )
+
+
+def test_on_its_own_data_outer_frames_that_match_training_frames_are_pointed_out():
+    """An unlinked split (link_subjects false, or an older version) can score a frame whose copy
+    trained the checkpoint: the outer-fold score is then said not to be fully held out."""
+    from benchmark.evaluation.evaluate import OUTER, choose_images
+
+    record = {"data_hash": "a", "outer_indices": [3, 4, 5], "seen_fingerprints": [[0]], "seen_subjects": [1]}
+    hit = np.array([False, False, False, True, False, False])
+    kept, scope, note = choose_images(record, "a", 6, False, hit, np.array([1, 1, 1, 2, 2, 2]))
+    assert scope == OUTER and kept.tolist() == [3, 4, 5]
+    assert note.endswith(
+        "; warning: 1 of them match frames that trained or selected it (subjects that share frames were "
+        "split apart: link_subjects false), so this is not a fully held-out score"
+    )
+    clean = choose_images(record, "a", 6, False, np.zeros(6, bool), np.array([1, 1, 1, 2, 2, 2]))[2]
+    assert "warning" not in clean

@@ -18,6 +18,7 @@ from benchmark.reporting import board_stats as bs
 from benchmark.reporting import leaderboard as lb
 from benchmark.scoring import stats
 from datamodules.datamodule import UltrasoundNerveDataModule
+from datamodules.io import read_tif, write_tif
 from datamodules.synth import generate
 from tests.benchmark.summaries import SUBJECTS, empty_runs, model_runs
 
@@ -27,10 +28,13 @@ UNET_MEAN = [1.0, 0.7, 0.5, 0.7, 0.8, 1.0, 0.6, 0.5]  # per image, averaged over
 
 @pytest.fixture(scope="module")
 def shared_frame(tmp_path_factory) -> Path:
-    """6 synthetic subjects of 5 frames; subject 4's first image is subject 2's first (its own mask)."""
+    """6 synthetic subjects of 5 frames; subject 4's first image is subject 2's first re-encoded
+    (noise, another contrast; its own mask)."""
     out = tmp_path_factory.mktemp("linked")
     generate(out, subjects=6, per_subject=5, n_test=0, seed=0)
-    shutil.copyfile(out / "train" / "2_1.tif", out / "train" / "4_1.tif")
+    image = read_tif(out / "train" / "2_1.tif").astype(float)
+    noise = np.random.default_rng(0).normal(0, 6, image.shape)
+    write_tif(out / "train" / "4_1.tif", np.clip(0.9 * image + 12 + noise, 0, 255).astype(np.uint8))
     return out
 
 
@@ -73,7 +77,7 @@ def test_data_check_names_linked_subjects(shared_frame, capsys):
     assert main(["data", "check", "--data-dir", str(shared_frame)]) == 0
     out = capsys.readouterr().out
     assert (
-        "linked subjects 2 and 4 share 1 frame (identical or re-encoded): one unit in splits and CIs" in out
+        "linked subjects 2 and 4 share 1 pair of frames (identical or re-encoded): one unit in splits" in out
     )
 
 
@@ -106,7 +110,52 @@ def test_the_board_resamples_units_not_subjects():
     )
 
 
-def test_a_board_with_a_run_without_units_resamples_subjects():
+def test_a_board_with_a_run_without_units_resamples_subjects_for_every_model():
     runs = _with_units(model_runs("unet", UNET), {2: 1})
     del runs[0]["per_image"]["unit"]  # a summary written before units
     assert lb.oof_images(runs)["unit"].tolist() == SUBJECTS
+    # one model with units, one without: one choice for the board, so the paired tests line up
+    mixed = _with_units(model_runs("sk_unet", UNET), {4: 3}) + model_runs("unet", UNET) + empty_runs()
+    assert lb.has_units(mixed) is False
+    board = lb.build(mixed)
+    assert sorted(r["model"] for r in board["rows"]) == ["empty", "sk_unet", "unet"]
+
+
+def test_the_split_cannot_differ_per_model():
+    from benchmark.core.config import ConfigError, check_model_train
+
+    for field, value in (("link_subjects", False), ("split_seed", 3), ("n_folds", 3)):
+        with pytest.raises(
+            ConfigError, match=f"unet: {field} cannot differ per model: the board has one split"
+        ):
+            check_model_train("model_train", TrainConfig(), {"unet": {field: value}})
+
+
+def test_the_legend_names_linked_subjects_only_when_the_board_linked_them():
+    from benchmark.reporting.legend import protocol
+
+    pairs = [[{"subjects": [17, 18], "shared_frames": 24}]]
+    text = " ".join(protocol({"header": {"n_folds": 3, "link_subjects": [True], "linked_subjects": pairs}}))
+    assert "one patient (`link_subjects`)" in text and "(here: 17 and 18)." in text
+    for before in ([None], [False]):
+        assert "link_subjects" not in " ".join(protocol({"header": {"n_folds": 3, "link_subjects": before}}))
+
+
+def test_cleaning_compares_frames_across_linked_subjects(tmp_path):
+    """A labelled frame of subject 2 copied into subject 4 with an empty mask is a contradiction
+    that only a comparison within the linked unit finds."""
+    data = tmp_path / "data"
+    generate(data, subjects=10, per_subject=3, n_test=0, seed=0)
+    source = next(i for i in range(1, 4) if read_tif(data / "train" / f"2_{i}_mask.tif").any())
+    shutil.copyfile(data / "train" / f"2_{source}.tif", data / "train" / "4_1.tif")
+    write_tif(data / "train" / "4_1_mask.tif", np.zeros((420, 580), np.uint8))
+    rows = (data / "train_masks.csv").read_text().splitlines()
+    (data / "train_masks.csv").write_text(
+        "\n".join("4,1," if r.startswith("4,1,") else r for r in rows) + "\n"
+    )
+    for fold in range(3):
+        dm = _setup(data, fold=fold, n_folds=3, clean_contradictory=True)
+        if _side(dm, 2) == {"fit"}:
+            assert dm.dropped_stems == ["4_1"]
+            return
+    pytest.fail("subjects 2 and 4 were in the fit part of no fold")

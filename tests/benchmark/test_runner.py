@@ -265,7 +265,8 @@ def test_dry_run_lists_the_grid_and_bad_model_names_fail_fast(tmp_path, syntheti
 
 
 def test_results_dir_refuses_runs_with_another_split_seed(tmp_path):
-    """One results directory holds one fold assignment; `seed` may vary, `split_seed` may not."""
+    """One results directory holds one fold assignment; `seed` may vary, `split_seed` may not, nor
+    `link_subjects` where the data has linked subjects."""
     from benchmark import runner
     from benchmark.core.config import ConfigError
     from benchmark.core.summary import write_summary
@@ -275,10 +276,13 @@ def test_results_dir_refuses_runs_with_another_split_seed(tmp_path):
     runner.check_split_seed(tmp_path, 1)  # same split: fine
     with pytest.raises(ConfigError, match="split_seed 1, but this benchmark uses 0"):
         runner.check_split_seed(tmp_path, 0)
-    with pytest.raises(ConfigError, match="made with link_subjects true, but this benchmark uses false"):
-        runner.check_split_seed(tmp_path, 1, link_subjects=False)
-    # a summary written before link_subjects split by plain subjects: another fold assignment
+    links = [(17, 18, 24)]
+    runner.check_link_subjects(tmp_path, True, links)
+    runner.check_link_subjects(tmp_path, False, [])  # data without links: both splits are the same
+    with pytest.raises(ConfigError, match=r"link_subjects true, but this benchmark uses false .*\(17\+18\)"):
+        runner.check_link_subjects(tmp_path, False, links)
+    # a summary written before link_subjects split by plain subjects: another fold assignment here
     write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": {"split_seed": 1}, "status": "complete"})
-    runner.check_split_seed(tmp_path, 1, link_subjects=False)
+    runner.check_link_subjects(tmp_path, False, links)
     with pytest.raises(ConfigError, match="made with link_subjects false, but this benchmark uses true"):
-        runner.check_split_seed(tmp_path, 1)
+        runner.check_link_subjects(tmp_path, True, links)

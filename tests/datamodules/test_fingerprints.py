@@ -83,7 +83,8 @@ def test_a_noisy_recontrasted_copy_is_near_and_other_subjects_are_far(synthetic)
 def test_subjects_that_share_a_frame_are_one_unit_transitively(synthetic):
     images, subjects = synthetic  # 6 subjects of 4 frames
     images = images.copy()
-    images[4] = np.clip(images[1].astype(int) + 3, 0, 255)  # subject 2's first frame: subject 1's second
+    noise = np.random.default_rng(1).normal(0, 6, images.shape[1:])
+    images[4] = np.clip(0.9 * images[1] + 12 + noise, 0, 255)  # subject 2's first: 1's second, re-encoded
     images[13] = images[9]  # subject 4 shares a frame with subject 3
     images[8] = images[6]  # subject 3 shares one with subject 2: 1, 2, 3 and 4 are one unit
     units, links = fp.linked_units(subjects, fp.fingerprints(images), BITS)
@@ -143,7 +144,7 @@ def test_real_kaggle_subjects_17_and_18_are_one_patient():
     jpegs = sorted(
         p
         for p in (SHARED_DATA / "uns-positive" / "images").glob("*.jpg")
-        if p.stem.split("_")[0] in "17 18 19 20"
+        if p.stem.split("_")[0] in {"17", "18", "19", "20"}
     )
     images = np.stack([restore(p) for p in jpegs])
     subjects = np.array([int(p.stem.split("_")[0]) for p in jpegs])
@@ -166,3 +167,25 @@ def test_real_frames_are_found_again_after_jpeg_and_restoration(uns_sample: Path
     assert max(_distance(a[k], b[k]) for k in range(15)) <= 8  # measured: at most 4 of 609 bits
     i, j = fp.near_pairs(a, b, BITS)
     assert set(zip(i.tolist(), j.tolist(), strict=True)) >= {(k, k) for k in range(15)}
+
+
+def test_near_pairs_do_not_depend_on_the_chunk_size(synthetic):
+    images, _ = synthetic
+    noise = np.random.default_rng(2).normal(0, 6, images.shape)
+    a, b = fp.fingerprints(images), fp.fingerprints(np.clip(images + noise, 0, 255).astype(np.uint8))
+    whole = fp.near_pairs(a, b, BITS)
+    for chunk in (1, 3, 7):
+        got = fp.near_pairs(a, b, BITS, chunk=chunk)
+        np.testing.assert_array_equal(got[0], whole[0])
+        np.testing.assert_array_equal(got[1], whole[1])
+    assert set(whole[0].tolist()) == set(range(len(a)))  # every frame found its copy, in every chunking
+
+
+@pytest.mark.parametrize("rows_per_block", [257, 258])
+def test_block_sums_do_not_overflow_at_the_fast_paths_bound(rows_per_block):
+    """Equal blocks of up to 257 rows sum in uint16 (257 * 255 = 65535); 258 rows take the other path.
+    Pixels of 254 and 255 overflow a uint16 column sum from 258 rows on."""
+    frame = (254 + np.random.default_rng(5).integers(0, 2, (1, 21 * rows_per_block, 29))).astype(np.uint8)
+    means = frame[0].reshape(21, rows_per_block, 29).mean(axis=1).ravel()  # one pixel per block column
+    expected = (means > np.median(means)).astype(np.uint8)
+    np.testing.assert_array_equal(np.unpackbits(fp.fingerprints(frame)[0], count=609), expected)
