@@ -90,14 +90,18 @@ def execute(
     data_dir: Path,
     results_dir: Path,
     data_hash: str | None = None,
+    train_set: Any = None,
 ) -> list[Outcome]:
-    """Run ``grid`` with the config's executor: the local loop, or Ray tasks."""
+    """Run ``grid`` with the config's executor: the local loop (its runs map the node's decoded
+    cache), or Ray tasks (``train_set``, already decoded, goes to the object store; else it is read)."""
     executor, why = choose(bench, grid)
     if why:
         runner.say(why)
     if executor == "local":
         return runner.run_grid(grid, data_dir, results_dir, data_hash=data_hash)
-    return run_grid(grid, data_dir, results_dir, RaySettings.of(bench), data_hash=data_hash)
+    return run_grid(
+        grid, data_dir, results_dir, RaySettings.of(bench), data_hash=data_hash, train_set=train_set
+    )
 
 
 # ----------------------------------------------------------------------------- shared storage

@@ -163,9 +163,9 @@ def run(args: argparse.Namespace) -> int:
     runner.check_split_seed(args.results_dir, bench.train.split_seed)
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)
-    data_hash = _check_data(grid, data_dir, args.results_dir)
+    data_hash, train = _check_data(grid, data_dir, args.results_dir)
     start = time.perf_counter()
-    outcomes = ray_grid.execute(bench, grid, data_dir, args.results_dir, data_hash=data_hash)
+    outcomes = ray_grid.execute(bench, grid, data_dir, args.results_dir, data_hash=data_hash, train_set=train)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "skipped", "held")}
     runner.say(
         f"grid done in {runner.clock(time.perf_counter() - start)}: {counts['trained']} trained, "
@@ -176,17 +176,19 @@ def run(args: argparse.Namespace) -> int:
     return _exit_status(outcomes, runner.missing_runs(grid, outcomes, args.results_dir), args.results_dir)
 
 
-def _check_data(grid: list[TrainConfig], data_dir: Path, results_dir: Path) -> str:
+def _check_data(grid: list[TrainConfig], data_dir: Path, results_dir: Path) -> tuple[str, Any]:
     """Validate every file and every run's split up front (one clear error, not 45 failed runs);
-    the data's fingerprint."""
+    the data's content hash and the training set. It is decoded into the node's cache, which every
+    run then maps: the grid decodes the data once, not once here and again for the runs."""
     from benchmark import grid_checks, runner
-    from datamodules.kaggle import content_hash, load_train
+    from datamodules.decoded_cache import load_train_shared
+    from datamodules.kaggle import content_hash
 
-    train = load_train(data_dir, validate=True)
+    train = load_train_shared(data_dir)  # validated as it is decoded; a cached copy was validated then
     units, links = train.units()
     runner.check_link_subjects(results_dir, any(c.link_subjects for c in grid), links)  # one split per board
     grid_checks.check_splits(grid, data_dir, train.subjects, train.positive, units)
-    return content_hash(train)  # the test images play no part in a grid: not read here
+    return content_hash(train), train  # the test images play no part in a grid: not read here
 
 
 def _exit_status(outcomes: list, missing: list[str], results_dir: Path) -> int:

@@ -153,3 +153,31 @@ def test_an_inner_set_larger_than_the_fit_part_is_pointed_out_once(capsys) -> No
         else:
             assert err == []
     assert 0 < warned < 8
+
+
+def test_run_decodes_the_data_once_and_hands_it_to_the_executor(synthetic_dir, tmp_path, monkeypatch) -> None:
+    """The up-front check decodes into the node's cache, which the runs map; Ray gets the same set
+    (it used to be decoded twice: for the check, then for the cache or the object store)."""
+    from benchmark import ray_grid
+    from benchmark.cli import main
+    from datamodules import decoded_cache
+
+    calls, handed = [], {}
+    real = decoded_cache.load_train
+    monkeypatch.setattr(decoded_cache, "load_train", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setenv("NERVE_BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        ray_grid, "execute", lambda *a, train_set=None, **k: handed.update(train=train_set) or []
+    )
+    args = [
+        "run",
+        "--data-dir",
+        str(synthetic_dir),
+        "--results-dir",
+        str(tmp_path / "res"),
+        "--models",
+        "empty",
+    ]
+    main([*args, "--folds", "0", "--seeds", "0", "--no-report", "--set", "n_folds=3"])
+    assert len(calls) == 1 and isinstance(handed["train"].images, np.memmap)
+    assert handed["train"].frame_fingerprints is not None  # from the cache: computed once per node too
