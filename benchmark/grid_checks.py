@@ -48,7 +48,8 @@ def check_splits(
         )
         where = f"{cfg.model} fold {cfg.fold}"
         if split not in fit_sizes:
-            fit_sizes[split] = _fit_size(cfg, data_dir, units, positive, where)
+            merged = np.unique(units).size < np.unique(subjects).size  # the counts below are of units
+            fit_sizes[split] = _fit_size(cfg, data_dir, units, positive, where, merged)
         # whether the model trains is asked only of a run that would fail: it builds the model
         if fit_sizes[split] < cfg.batch_size and trains(cfg):
             raise DataError(
@@ -58,14 +59,17 @@ def check_splits(
             )
 
 
-def _fit_size(cfg: TrainConfig, data_dir: Path, units: np.ndarray, positive: np.ndarray, where: str) -> int:
+def _fit_size(
+    cfg: TrainConfig, data_dir: Path, units: np.ndarray, positive: np.ndarray, where: str, merged: bool
+) -> int:
     """Images in the split's fit part; warns (once per split) when its inner selection set is larger,
     which only few subjects produce: epochs and post-processing are then chosen on more images than
     the weights are fitted on."""
     try:
         fit, inner, *_ = split_for(cfg, units, positive)
     except ValueError as exc:
-        raise DataError(data_dir, f"{where}: cannot split by subject: {exc}") from None
+        once = " (subjects that share frames count once)" if merged else ""
+        raise DataError(data_dir, f"{where}: cannot split by subject: {exc}{once}") from None
     if len(inner) > len(fit):
         fold = "the hold-out split" if cfg.holdout_fraction is not None else f"fold {cfg.fold}"
         print(

@@ -298,8 +298,11 @@ def check_link_subjects(results_dir: Path, link_subjects: bool, links: list) -> 
         linked = bool(config.get("link_subjects", False))
         if "split_seed" in config and linked != link_subjects:
             pairs = ", ".join(f"{a}+{b}" for a, b, *_ in links)
+            made = f"with link_subjects {str(linked).lower()}"
+            if "link_subjects" not in config:
+                made = "before link_subjects (split by plain subjects)"
             raise ConfigError(
-                f"{path.parent}: made with link_subjects {str(linked).lower()}, but this benchmark uses "
+                f"{path.parent}: made {made}, but this benchmark uses link_subjects "
                 f"{str(link_subjects).lower()} and this data has linked subjects ({pairs}), so the folds "
                 "differ; one results directory holds one fold assignment (use another --results-dir)"
             )

@@ -31,6 +31,7 @@ from datamodules.cleaning import DEFAULT_THRESHOLD, find_contradictions
 from datamodules.data_config import DataConfig
 from datamodules.decoded_cache import load_train_shared
 from datamodules.errors import DataError
+from datamodules.fingerprints import counted_once, describe
 from datamodules.kaggle import TrainSet
 from datamodules.samplers import TrainSampler
 from datamodules.splits import split_for
@@ -138,9 +139,10 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         self.stems: list[str] = []
         self.subjects = np.zeros(0, np.int64)
         # Per frame, what the split keeps together and a CI resamples: the subject, or its linked
-        # unit when subjects share frames (link_subjects); links: (subject, subject, shared frames).
+        # unit when subjects share frames (link_subjects); links: the data's linked subjects (a, b,
+        # matching frames of a, of b), recorded whether or not the split links them.
         self.units = np.zeros(0, np.int64)
-        self.links: list[tuple[int, int, int]] = []
+        self.links: list[tuple[int, int, int, int]] = []
         self.positive = np.zeros(0, bool)
         self.outer_folds = np.zeros(0, np.int64)
         self.fit_indices = self.inner_indices = self.outer_indices = np.zeros(0, np.int64)
@@ -195,18 +197,16 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         try:
             fit, inner, outer, self.outer_folds = split_for(cfg, subjects, positive)
         except ValueError as exc:  # e.g. more folds than subjects: a data problem for the user
-            raise DataError(self.data_dir, f"cannot split by subject: {exc}") from None
+            links = self.links if self.config.link_subjects else []
+            raise DataError(self.data_dir, f"cannot split by subject: {exc}{counted_once(links)}") from None
         return fit, inner, outer
 
     def _log_links(self) -> None:
-        for low, high, shared in self.links:
-            log.info(
-                "link_subjects: subjects %d and %d share %d pairs of frames (identical or re-encoded): "
-                "one unit in the split and the CIs",
-                low,
-                high,
-                shared,
-            )
+        for link in self.links:
+            if self.config.link_subjects:
+                log.info("link_subjects: %s: one unit in the split and the CIs", describe(link))
+            else:
+                log.warning("%s, but link_subjects is false: the split may put them apart", describe(link))
 
     def _clean(self, ts: TrainSet) -> None:
         """Drop the empty member of contradictory near-duplicate pairs from the fit part only.

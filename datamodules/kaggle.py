@@ -65,13 +65,13 @@ class TrainSet:
             self.frame_fingerprints = fingerprint.fingerprints(self.images)
         return self.frame_fingerprints
 
-    def units(self, link: bool = True) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    def units(self, link: bool = True) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
         """(unit per frame, links): what a split keeps together and a CI resamples. With ``link``,
-        subjects sharing a frame are one unit (:func:`fingerprints.linked_units`); else each subject."""
-        if not link:
-            return self.subjects, []
+        subjects sharing a frame are one unit (:func:`fingerprints.linked_units`); else each subject.
+        ``links`` are the data's linked subjects either way."""
         bits = fingerprint.bits_of(self.images.shape[1:])
-        return fingerprint.linked_units(self.subjects, self.fingerprints(), bits)
+        units, links = fingerprint.linked_units(self.subjects, self.fingerprints(), bits)
+        return (units if link else self.subjects), links
 
     @property
     def subjects(self) -> np.ndarray:
@@ -341,6 +341,6 @@ def dataset_summary(
         "image_size": [int(shape[0]), int(shape[1])],  # (H, W)
         "mask_source": train.mask_source,
         "content_hash": content_hash(train),
-        # subjects sharing frames: one unit in splits and CIs (link_subjects), the same patient
+        # subjects sharing frames: the same patient, one unit in splits and CIs (link_subjects)
         "linked_subjects": fingerprint.link_records(train.units()[1]),
     }

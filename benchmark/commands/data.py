@@ -47,14 +47,13 @@ def format_summary(info: dict) -> str:
 
 def _links(linked: list[dict]) -> list[str]:
     """One line per pair of subjects that share frames: the split keeps them together."""
-    lines = []
-    for link in linked:
-        (a, b), n = link["subjects"], link["shared_frames"]
-        lines.append(
-            f"linked subjects {a} and {b} share {n} pair{'s' if n != 1 else ''} of frames (identical or "
-            "re-encoded): one unit in splits and CIs (link_subjects)"
-        )
-    return lines
+    from datamodules.fingerprints import describe
+
+    return [
+        f"linked          {describe([*link['subjects'], *link['matching_frames']])}: one unit in splits "
+        "and CIs (link_subjects)"
+        for link in linked
+    ]
 
 
 def run(args: argparse.Namespace) -> int:

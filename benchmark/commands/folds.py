@@ -30,8 +30,9 @@ def run(args: argparse.Namespace) -> int:
     doc = folds_document(train_config(args.config, args.overrides), args.data_dir)
     write_json_atomic(args.out, doc)
     sizes = ", ".join(f"{len(f['train'])}/{len(f['inner'])}/{len(f['outer'])}" for f in doc["folds"])
+    n = len(doc["folds"])
     print(
-        f"{len(doc['folds'])} folds (train/inner/outer images: {sizes}), split_seed {doc['split_seed']}, "
-        f"content hash {doc['content_hash']} -> {args.out}"
+        f"{n} fold{'s' if n != 1 else ''} (train/inner/outer images: {sizes}), "
+        f"split_seed {doc['split_seed']}, content hash {doc['content_hash']} -> {args.out}"
     )
     return 0

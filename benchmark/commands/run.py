@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         return _print_config(args)
     bench, data_dir, grid = _load(args)
     if args.dry_run:  # lists a GPU grid on a login node without a GPU too
+        runner.check_split_seed(args.results_dir, bench.train.split_seed)  # what the real run refuses first
         return _dry_run(grid, args.results_dir)
     if ray_grid.choose(bench, grid)[0] == "local":
         grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
@@ -182,11 +183,15 @@ def _check_data(grid: list[TrainConfig], data_dir: Path, results_dir: Path) -> t
     run then maps: the grid decodes the data once, not once here and again for the runs."""
     from benchmark import grid_checks, runner
     from datamodules.decoded_cache import load_train_shared
+    from datamodules.fingerprints import describe
     from datamodules.kaggle import content_hash
 
     train = load_train_shared(data_dir)  # validated as it is decoded; a cached copy was validated then
-    units, links = train.units()
-    runner.check_link_subjects(results_dir, any(c.link_subjects for c in grid), links)  # one split per board
+    linked = any(c.link_subjects for c in grid)  # one split per board: never set per model
+    units, links = train.units(linked)
+    runner.check_link_subjects(results_dir, linked, links)
+    for link in links if not linked else []:
+        runner.say(f"warning: {describe(link)}, but link_subjects is false: the split may put them apart")
     grid_checks.check_splits(grid, data_dir, train.subjects, train.positive, units)
     return content_hash(train), train  # the test images play no part in a grid: not read here
 

@@ -130,7 +130,7 @@ def _other_data(
     trained = set(record.get("seen_subjects") or ()) | {int(x) for x in subjects[hit]}
     same_subject = np.isin(subjects, sorted(trained)) & ~hit
     kept = every if all_images else every[~(hit | same_subject)]
-    which = f"{int(hit.sum())} of these {n_images} images are frames that trained or selected it" + (
+    which = f"{int(hit.sum())} of these {n_images} images match frames that trained or selected it" + (
         f", {int(same_subject.sum())} more belong to its training subjects" if same_subject.any() else ""
     )
     if all_images:
@@ -174,6 +174,13 @@ def evaluate(
 
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
+    if CKPT_KEY not in ckpt:  # scored as held out without knowing what trained it: refused
+        best = path.with_name("best.ckpt")
+        instead = str(best) if best.is_file() else "the run's best.ckpt"
+        raise NerveBenchError(
+            f"{path}: no scoring record (tuned post-processing, outer fold, training frames): a resume "
+            f"checkpoint such as last.ckpt; evaluate {instead}"
+        )
     # The run's own hash: the module was rebuilt for inference (no pretrained download, no compile),
     # and both fields are hashed, so module.cfg.hash() would not match the run's summary.
     trained_hash = config_from_dict(ckpt["hyper_parameters"]["config"]).hash()

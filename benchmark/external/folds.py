@@ -101,7 +101,7 @@ def folds_document(cfg: TrainConfig, data_dir: Path) -> dict[str, Any]:
             "holdout_fraction": cfg.holdout_fraction,
             "clean_contradictory": cfg.clean_contradictory,
             "link_subjects": cfg.link_subjects,
-            "linked_subjects": link_records(train_set.units(cfg.link_subjects)[1]),
+            "linked_subjects": link_records(train_set.units()[1]),  # the data's, linked or not
         },
         "parts": "train: the images a nerve-bench run fits its weights on; inner: the selection set it "
         "chooses its epoch and post-processing on; outer: the fold it is scored on once, never used "

@@ -63,6 +63,11 @@ def check_folds_file(path: Path, fold: Fold, data_hash: str) -> None:
         )
 
 
+def _yaml(value: Any) -> str:
+    """A value as the config would spell it (true, not True; null, not None)."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+
+
 def _how_split(doc: dict[str, Any], fold: Fold) -> str:
     """What differs between the file's split and the board's, and the likely remedy."""
     split: dict[str, Any] = doc["split"] if isinstance(doc.get("split"), dict) else {}
@@ -72,7 +77,9 @@ def _how_split(doc: dict[str, Any], fold: Fold) -> str:
             "link_subjects": cfg.link_subjects}  # fmt: skip
     theirs = {"split_seed": doc.get("split_seed"), **{k: split.get(k) for k in list(ours)[1:]}}
     theirs["link_subjects"] = split.get("link_subjects", False)  # files before link_subjects: not linked
-    differ = [f"{k} {theirs[k]} here, {ours[k]} on the board" for k in ours if theirs[k] != ours[k]]
+    differ = [
+        f"{k} {_yaml(theirs[k])} here, {_yaml(ours[k])} on the board" for k in ours if theirs[k] != ours[k]
+    ]
     return (
         "; ".join(differ) + "; pass the folds file's config as --config"
         if differ

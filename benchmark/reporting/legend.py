@@ -84,16 +84,40 @@ def protocol(board: dict[str, Any]) -> list[str]:
 
 
 def _linked(header: dict[str, Any]) -> str:
-    """The protocol's clause on linked subjects, for boards split with ``link_subjects`` on."""
-    if header.get("link_subjects") != [True]:
-        return ""
-    found = [link for links in header.get("linked_subjects") or [] for link in links or []]
-    pairs = ", ".join(" and ".join(map(str, link["subjects"])) for link in found)
-    return (
-        " Subjects that share a frame, identical or re-encoded, are one patient (`link_subjects`): the "
-        "split keeps them together and every statistic counts them as one"
-        + (f" (here: {pairs})." if pairs else "; this data set has none.")
+    """The protocol's clause on subjects that share frames: kept together on a linked board; a
+    warning on a board that split them apart (``link_subjects: false``); nothing for runs made
+    before the field."""
+    groups = _groups(
+        [link["subjects"] for links in header.get("linked_subjects") or [] for link in links or []]
     )
+    named = "; ".join(_listed(g) for g in groups)
+    if header.get("link_subjects") == [True]:
+        return (
+            " Subjects that share a frame, identical or re-encoded, are one patient (`link_subjects`): the "
+            "split keeps them together and every statistic counts them as one"
+            + (f" (here: {named})." if named else "; this data set has none.")
+        )
+    if named:
+        return (
+            f" Warning: subjects {named} share frames, identical or re-encoded, but were split as separate "
+            "subjects (`link_subjects: false`): a model may have been scored on copies of frames it trained "
+            "on."
+        )
+    return ""
+
+
+def _groups(pairs: list[list[int]]) -> list[list[int]]:
+    """Linked pairs joined into groups of subjects (1-5 and 5-7: one group 1, 5, 7)."""
+    groups: list[set[int]] = []
+    for pair in pairs:
+        touching = [g for g in groups if g & set(pair)]
+        merged = set(pair).union(*touching)
+        groups = [g for g in groups if g not in touching] + [merged]
+    return sorted(sorted(g) for g in groups)
+
+
+def _listed(ids: list[int]) -> str:
+    return " and ".join(map(str, ids)) if len(ids) <= 2 else ", ".join(map(str, ids[:-1])) + f" and {ids[-1]}"
 
 
 def legend(board: dict[str, Any]) -> dict[str, str]:

@@ -215,6 +215,13 @@ def _n_subjects(board: dict[str, Any]) -> int | None:
     return int(board["rows"][0]["vs_top"]["n_subjects"]) if board["rows"] else None
 
 
+def _counted_once(board: dict[str, Any]) -> str:
+    """' (subjects that share frames counted once)' on a board that linked some (``link_subjects``)."""
+    h = board.get("header") or {}
+    linked = h.get("link_subjects") == [True] and any(h.get("linked_subjects") or [])
+    return " (subjects that share frames counted once)" if linked else ""
+
+
 def resolution_note(board: dict[str, Any]) -> str | None:
     """Say so when too few subjects make any significant difference impossible, whatever the data.
 
@@ -241,7 +248,8 @@ def power_note(board: dict[str, Any]) -> str | None:
         return None
     span = f"{min(found):.3f}" if min(found) == max(found) else f"{min(found):.3f} to {max(found):.3f}"
     return (
-        f"Power: with these {n} subjects and the observed spread of per-subject differences, the paired "
+        f"Power: with these {n} subjects{_counted_once(board)} and the observed spread of per-subject "
+        "differences, the paired "
         f"test detects a true gap to the top of {span} (MDE column) with {bs.POWER:.0%} probability at "
         f"alpha {bs.ALPHA}. Smaller gaps are likely to go unseen: 'yes' in the top group is not evidence "
         "of equality."

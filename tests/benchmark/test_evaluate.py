@@ -97,11 +97,11 @@ def test_a_subset_of_its_data_is_scored_without_the_frames_that_trained_or_selec
     result = evaluate(ckpt, subset)
     assert result["scope"] == "images_not_seen_in_training" and result["n_images"] == 21
     assert result["per_image"]["stem"] == outer_stems[1:]  # exactly the rest of the outer fold
-    which = "44 of these 65 images are frames that trained or selected it"
+    which = "44 of these 65 images match frames that trained or selected it"
     assert result["note"] == f"scoring 21 of 65 images: {which} (--all-images: all)"
     every = evaluate(ckpt, subset, all_images=True)
     assert every["scope"] == "all_images_including_training" and every["n_images"] == 65
-    assert every["note"].startswith("warning: --all-images: 44 of these 65 images are frames")
+    assert every["note"].startswith("warning: --all-images: 44 of these 65 images match frames")
     seen_only = _copy_without(fit_runs.data, tmp_path / "seen", outer_stems)
     with pytest.raises(
         NerveBenchError, match="every one of these 44 images trained or selected this checkpoint"
@@ -122,7 +122,7 @@ def test_in_a_copy_of_its_data_a_changed_frame_of_a_training_subject_is_left_out
     assert result["scope"] == "images_not_seen_in_training" and result["n_images"] == 22
     assert result["per_image"]["stem"] == fit_runs.unet["per_image"]["stem"]  # exactly the outer fold
     assert result["note"] == (
-        "scoring 22 of 66 images: 43 of these 66 images are frames that trained or selected it, 1 more "
+        "scoring 22 of 66 images: 43 of these 66 images match frames that trained or selected it, 1 more "
         "belong to its training subjects (--all-images: all)"
     )
     recoded = shutil.copytree(fit_runs.data, tmp_path / "recoded")
@@ -133,7 +133,9 @@ def test_in_a_copy_of_its_data_a_changed_frame_of_a_training_subject_is_left_out
     again = evaluate(ckpt, recoded)
     assert again["scope"] == "images_not_seen_in_training"
     assert again["per_image"]["stem"] == fit_runs.unet["per_image"]["stem"]  # exactly the outer fold
-    assert again["note"].startswith("scoring 22 of 66 images: 44 of these 66 images are frames that trained")
+    assert again["note"].startswith(
+        "scoring 22 of 66 images: 44 of these 66 images match frames that trained"
+    )
 
 
 def test_a_checkpoint_with_exact_digests_only_warns_about_subject_numbers(fit_runs, tmp_path):
@@ -260,7 +262,7 @@ def test_subjects_of_matching_frames_count_as_training_subjects_whatever_their_n
     kept, scope, note = choose_images(record, "b", 6, False, hit, subjects)
     assert scope == UNSEEN and kept.tolist() == [2, 3, 5]  # 11 by its frame, 2 by its number
     assert note == (
-        "scoring 3 of 6 images: 1 of these 6 images are frames that trained or selected it, 2 more belong "
+        "scoring 3 of 6 images: 1 of these 6 images match frames that trained or selected it, 2 more belong "
         "to its training subjects (--all-images: all)"
     )
 
@@ -280,3 +282,11 @@ def test_on_its_own_data_outer_frames_that_match_training_frames_are_pointed_out
     )
     clean = choose_images(record, "a", 6, False, np.zeros(6, bool), np.array([1, 1, 1, 2, 2, 2]))[2]
     assert "warning" not in clean
+
+
+def test_a_resume_checkpoint_is_refused_with_the_checkpoint_to_evaluate(fit_runs, capsys):
+    """last.ckpt has no scoring record: scored, it would count training frames as held out."""
+    last = fit_runs.run_dir(UNET) / "checkpoints" / "last.ckpt"
+    with pytest.raises(NerveBenchError, match="no scoring record .* evaluate .*best.ckpt$"):
+        evaluate(last, fit_runs.data)
+    assert main(["evaluate", "--checkpoint", str(last), "--data-dir", str(fit_runs.data)]) == 2

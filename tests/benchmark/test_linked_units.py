@@ -54,11 +54,11 @@ def test_linked_subjects_stay_on_one_side_of_every_split(shared_frame):
     for fold in range(3):
         for seed in range(4):
             dm = _setup(shared_frame, fold=fold, n_folds=3, split_seed=seed)
-            assert dm.links == [(2, 4, 1)]
+            assert dm.links == [(2, 4, 1, 1)]
             assert dm.units.tolist() == [2 if s == 4 else int(s) for s in dm.subjects]
             assert _side(dm, 2) == _side(dm, 4) and len(_side(dm, 2)) == 1
             plain = _setup(shared_frame, fold=fold, n_folds=3, split_seed=seed, link_subjects=False)
-            assert plain.links == [] and plain.units.tolist() == plain.subjects.tolist()
+            assert plain.links == [(2, 4, 1, 1)] and plain.units.tolist() == plain.subjects.tolist()
             apart += _side(plain, 2) != _side(plain, 4)
     assert apart > 0  # unlinked, the same patient's frames did land on both sides of some split
 
@@ -68,16 +68,21 @@ def test_the_summary_records_the_link(shared_frame):
     dm = _setup(shared_frame, n_folds=3)
     split = finalize.split_block(cfg, dm)
     assert split["link_subjects"] is True
-    assert split["linked_subjects"] == [{"subjects": [2, 4], "shared_frames": 1}]
+    assert split["linked_subjects"] == [{"subjects": [2, 4], "matching_frames": [1, 1]}]
     doc = folds_document(cfg, shared_frame)
-    assert doc["split"]["linked_subjects"] == [{"subjects": [2, 4], "shared_frames": 1}]
+    assert doc["split"]["linked_subjects"] == [{"subjects": [2, 4], "matching_frames": [1, 1]}]
+    unlinked = folds_document(TrainConfig(n_folds=3, link_subjects=False), shared_frame)["split"]
+    assert (
+        unlinked["link_subjects"] is False and unlinked["linked_subjects"] == doc["split"]["linked_subjects"]
+    )
 
 
 def test_data_check_names_linked_subjects(shared_frame, capsys):
     assert main(["data", "check", "--data-dir", str(shared_frame)]) == 0
     out = capsys.readouterr().out
     assert (
-        "linked subjects 2 and 4 share 1 pair of frames (identical or re-encoded): one unit in splits" in out
+        "linked          subjects 2 and 4 share frames (1 of 2's and 1 of 4's match, identical or "
+        "re-encoded): one unit in splits and CIs (link_subjects)" in out
     )
 
 
@@ -134,11 +139,46 @@ def test_the_split_cannot_differ_per_model():
 def test_the_legend_names_linked_subjects_only_when_the_board_linked_them():
     from benchmark.reporting.legend import protocol
 
-    pairs = [[{"subjects": [17, 18], "shared_frames": 24}]]
+    pairs = [[{"subjects": [17, 18], "matching_frames": [12, 9]}]]
     text = " ".join(protocol({"header": {"n_folds": 3, "link_subjects": [True], "linked_subjects": pairs}}))
     assert "one patient (`link_subjects`)" in text and "(here: 17 and 18)." in text
     for before in ([None], [False]):
         assert "link_subjects" not in " ".join(protocol({"header": {"n_folds": 3, "link_subjects": before}}))
+    chain = [
+        [{"subjects": [1, 5], "matching_frames": [1, 1]}, {"subjects": [5, 7], "matching_frames": [2, 1]}]
+    ]
+    apart = " ".join(protocol({"header": {"n_folds": 3, "link_subjects": [False], "linked_subjects": chain}}))
+    assert (
+        "Warning: subjects 1, 5 and 7 share frames, identical or re-encoded, but were split as separate"
+        in apart
+    )
+
+
+def test_run_warns_when_the_data_has_linked_subjects_that_the_split_keeps_apart(
+    shared_frame, tmp_path, monkeypatch, capsys
+):
+    from benchmark import ray_grid
+
+    monkeypatch.setattr(ray_grid, "execute", lambda *a, **k: [])
+    args = ["run", "--data-dir", str(shared_frame), "--results-dir", str(tmp_path), "--models", "empty"]
+    main(
+        [
+            *args,
+            "--folds",
+            "0",
+            "--seeds",
+            "0",
+            "--no-report",
+            "--set",
+            "n_folds=3",
+            "--set",
+            "link_subjects=false",
+        ]
+    )
+    assert (
+        "warning: subjects 2 and 4 share frames (1 of 2's and 1 of 4's match, identical or re-encoded), but "
+        "link_subjects is false: the split may put them apart" in capsys.readouterr().out
+    )
 
 
 def test_cleaning_compares_frames_across_linked_subjects(tmp_path):

@@ -276,13 +276,27 @@ def test_results_dir_refuses_runs_with_another_split_seed(tmp_path):
     runner.check_split_seed(tmp_path, 1)  # same split: fine
     with pytest.raises(ConfigError, match="split_seed 1, but this benchmark uses 0"):
         runner.check_split_seed(tmp_path, 0)
-    links = [(17, 18, 24)]
+    links = [(17, 18, 12, 9)]
     runner.check_link_subjects(tmp_path, True, links)
     runner.check_link_subjects(tmp_path, False, [])  # data without links: both splits are the same
-    with pytest.raises(ConfigError, match=r"link_subjects true, but this benchmark uses false .*\(17\+18\)"):
+    with pytest.raises(
+        ConfigError, match=r"link_subjects true, but this benchmark uses link_subjects false .*\(17\+18\)"
+    ):
         runner.check_link_subjects(tmp_path, False, links)
     # a summary written before link_subjects split by plain subjects: another fold assignment here
     write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": {"split_seed": 1}, "status": "complete"})
     runner.check_link_subjects(tmp_path, False, links)
-    with pytest.raises(ConfigError, match="made with link_subjects false, but this benchmark uses true"):
+    before = (
+        r"made before link_subjects \(split by plain subjects\), but this benchmark uses link_subjects true"
+    )
+    with pytest.raises(ConfigError, match=before):
         runner.check_link_subjects(tmp_path, True, links)
+
+
+def test_a_dry_run_refuses_what_the_run_would_refuse(synthetic_dir, tmp_path, capsys):
+    from benchmark.core.summary import write_summary
+
+    write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": {"split_seed": 1}, "status": "complete"})
+    args = ["run", "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path), "--dry-run"]
+    assert main([*args, "--models", "empty"]) == 2
+    assert "made with split_seed 1, but this benchmark uses 0" in capsys.readouterr().err
