@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmark import ray_cluster, runner
 from benchmark.core.config import BenchmarkConfig, TrainConfig
 from benchmark.core.files import atomic_write
@@ -212,10 +214,12 @@ def share_train_set(ray: Any, data_dir: Path, train_set: Any = None) -> tuple[An
         train_set = load_train(data_dir)
     return (
         ray.put(train_set.records),
-        ray.put(train_set.images),
-        ray.put(train_set.masks),
+        # np.asarray: a memmap (the node's decoded cache) would be pickled whole, one private copy
+        # per task; a plain array goes in as one shared, zero-copy, read-only buffer
+        ray.put(np.asarray(train_set.images)),
+        ray.put(np.asarray(train_set.masks)),
         train_set.mask_source,
-        ray.put(train_set.fingerprints()),
+        ray.put(np.asarray(train_set.fingerprints())),
     )
 
 

@@ -165,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)
     data_hash, train = _check_data(grid, data_dir, args.results_dir)
+    if ray_grid.choose(bench, grid)[0] == "local":
+        train = None  # the runs map the node's cache: the driver keeps no copy for the whole grid
     start = time.perf_counter()
     outcomes = ray_grid.execute(bench, grid, data_dir, args.results_dir, data_hash=data_hash, train_set=train)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "skipped", "held")}
@@ -180,7 +182,10 @@ def run(args: argparse.Namespace) -> int:
 def _check_data(grid: list[TrainConfig], data_dir: Path, results_dir: Path) -> tuple[str, Any]:
     """Validate every file and every run's split up front (one clear error, not 45 failed runs);
     the data's content hash and the training set. It is decoded into the node's cache, which every
-    run then maps: the grid decodes the data once, not once here and again for the runs."""
+    run then maps: the grid decodes the data once, not once here and again for the runs. A warm
+    cache entry is trusted as it was validated: it is keyed on every file's path, size and
+    modification time, so an edit that keeps all three (``rsync -t`` of a same-size file) is not
+    seen."""
     from benchmark import grid_checks, runner
     from datamodules.decoded_cache import load_train_shared
     from datamodules.fingerprints import describe

@@ -176,10 +176,13 @@ def evaluate(
     module, ckpt = load_checkpoint_module(path)
     if CKPT_KEY not in ckpt:  # scored as held out without knowing what trained it: refused
         best = path.with_name("best.ckpt")
-        instead = str(best) if best.is_file() else "the run's best.ckpt"
+        if path.name == best.name:  # the record is written when the run ends
+            what = "the run has not finished; finish it (run the same command again), then evaluate it"
+        else:
+            instead = str(best) if best.is_file() else "the run's best.ckpt"
+            what = f"a resume checkpoint such as last.ckpt; evaluate {instead}"
         raise NerveBenchError(
-            f"{path}: no scoring record (tuned post-processing, outer fold, training frames): a resume "
-            f"checkpoint such as last.ckpt; evaluate {instead}"
+            f"{path}: no scoring record (tuned post-processing, outer fold, training frames): {what}"
         )
     # The run's own hash: the module was rebuilt for inference (no pretrained download, no compile),
     # and both fields are hashed, so module.cfg.hash() would not match the run's summary.

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import atexit
 import math
-import os
+import re
 import time
 from collections.abc import Mapping
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
@@ -138,10 +139,14 @@ _PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
 def _moved(path: str, old: str, new: str) -> str:
-    """``path`` of the old checkpoint directory, in the new one."""
+    """``path`` of the old checkpoint directory, in the new one (a path outside it, or of another
+    platform's separators: its file name, in the new one)."""
     if not path:
         return path
-    return new + path[len(old) :] if path.startswith(old) else os.path.join(new, os.path.basename(path))
+    try:
+        return str(Path(new) / PurePath(path).relative_to(old))
+    except ValueError:
+        return str(Path(new) / re.split(r"[\\/]", path)[-1])
 
 
 class RelocatableCheckpoint(ModelCheckpoint):
@@ -149,7 +154,16 @@ class RelocatableCheckpoint(ModelCheckpoint):
     mounted elsewhere on another node). Lightning drops ``best_model_score`` and ``best_k_models``
     when the saved ``dirpath`` differs, so the first epoch after such a resume replaced best.ckpt
     whatever its score: epoch selection then depended on where the files live. Here the saved paths
-    are re-rooted in the new directory and the state is kept."""
+    are re-rooted in the new directory and the state is kept.
+
+    Its state is saved under ModelCheckpoint's key, as before the class existed, so a resume
+    checkpoint written then still restores its best epoch."""
+
+    state_name = "ModelCheckpoint"  # the class name in the state key (Lightning uses the class's own)
+
+    @property
+    def state_key(self) -> str:
+        return self.state_name + super().state_key[len(type(self).__qualname__) :]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old, new = state_dict.get("dirpath"), str(self.dirpath or "")
@@ -169,6 +183,8 @@ class RelocatableCheckpoint(ModelCheckpoint):
 
 class ResumeCheckpoint(RelocatableCheckpoint):
     """``last.ckpt`` (monitor-less top-1) at most every ``every_s`` seconds, and after the final epoch."""
+
+    state_name = "ResumeCheckpoint"
 
     def __init__(self, every_s: float, **kwargs: Any) -> None:
         super().__init__(monitor=None, save_top_k=1, **kwargs)

@@ -156,19 +156,18 @@ def test_an_inner_set_larger_than_the_fit_part_is_pointed_out_once(capsys) -> No
 
 
 def test_run_decodes_the_data_once_and_hands_it_to_the_executor(synthetic_dir, tmp_path, monkeypatch) -> None:
-    """The up-front check decodes into the node's cache, which the runs map; Ray gets the same set
-    (it used to be decoded twice: for the check, then for the cache or the object store)."""
+    """The up-front check decodes into the node's cache, which the runs map; the Ray executor gets
+    the same set (it used to be decoded twice: for the check, then for the cache or the object
+    store); the local one gets none (its runs map the cache; the driver keeps no copy)."""
     from benchmark import ray_grid
     from benchmark.cli import main
     from datamodules import decoded_cache
 
-    calls, handed = [], {}
+    calls, handed = [], []
     real = decoded_cache.load_train
     monkeypatch.setattr(decoded_cache, "load_train", lambda *a, **k: calls.append(a) or real(*a, **k))
     monkeypatch.setenv("NERVE_BENCH_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(
-        ray_grid, "execute", lambda *a, train_set=None, **k: handed.update(train=train_set) or []
-    )
+    monkeypatch.setattr(ray_grid, "execute", lambda *a, train_set=None, **k: handed.append(train_set) or [])
     args = [
         "run",
         "--data-dir",
@@ -178,6 +177,31 @@ def test_run_decodes_the_data_once_and_hands_it_to_the_executor(synthetic_dir, t
         "--models",
         "empty",
     ]
-    main([*args, "--folds", "0", "--seeds", "0", "--no-report", "--set", "n_folds=3"])
-    assert len(calls) == 1 and isinstance(handed["train"].images, np.memmap)
-    assert handed["train"].frame_fingerprints is not None  # from the cache: computed once per node too
+    args += ["--folds", "0", "--seeds", "0", "--no-report", "--set", "n_folds=3"]
+    main(args)
+    monkeypatch.setattr(ray_grid, "choose", lambda *a: ("ray", ""))
+    main(args)
+    assert len(calls) == 1 and handed[0] is None  # decoded once for both invocations: the cache
+    assert isinstance(handed[1].images, np.memmap)
+    assert handed[1].frame_fingerprints is not None  # from the cache: computed once per node too
+
+
+def test_the_object_store_gets_plain_arrays_not_the_caches_memmaps(synthetic_dir, tmp_path) -> None:
+    """A memmap is pickled whole into the object store (a private copy per task); a plain array is
+    one shared, zero-copy, read-only buffer."""
+    from benchmark.ray_grid import share_train_set
+    from datamodules.decoded_cache import load_train_shared
+
+    class Store:
+        def __init__(self) -> None:
+            self.put_types: list[type] = []
+
+        def put(self, value):
+            self.put_types.append(type(value))
+            return value
+
+    train = load_train_shared(synthetic_dir, tmp_path / "cache")
+    assert isinstance(train.images, np.memmap)
+    store = Store()
+    share_train_set(store, synthetic_dir, train)
+    assert store.put_types[1:] == [np.ndarray, np.ndarray, np.ndarray]  # images, masks, fingerprints

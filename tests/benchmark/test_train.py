@@ -308,3 +308,39 @@ def test_a_run_resumed_in_a_moved_directory_keeps_its_best_epoch_so_far(runs, tm
     train.fit(cfg, runs.data, tmp_path / "b", callbacks=[state])
     assert state.score is not None and float(state.score) == float(saved["best_model_score"])
     assert state.paths == [str(tmp_path / "b" / "checkpoints" / "best.ckpt")]
+
+
+def test_checkpoint_state_keys_are_those_of_earlier_versions():
+    """Lightning keys a callback's saved state by its class name: the best-epoch callback keeps
+    ModelCheckpoint's, so a last.ckpt written before RelocatableCheckpoint still restores it."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from benchmark.training.callbacks import RelocatableCheckpoint, ResumeCheckpoint
+
+    kwargs = {"monitor": "val/kaggle_dice", "mode": "max", "save_top_k": 1}
+    assert RelocatableCheckpoint(**kwargs).state_key == ModelCheckpoint(**kwargs).state_key
+    assert ResumeCheckpoint(0.0).state_key.startswith("ResumeCheckpoint{")
+
+
+def test_saved_paths_are_re_rooted_in_the_moved_directory():
+    from benchmark.training.callbacks import RelocatableCheckpoint
+
+    def restored(old_dir: str, path: str) -> RelocatableCheckpoint:
+        cb = RelocatableCheckpoint(dirpath="/new/ckpt", monitor="val/kaggle_dice", mode="max")
+        score = torch.tensor(0.9)
+        state = {"dirpath": old_dir, "best_model_path": path, "best_model_score": score,
+                 "best_k_models": {path: score}, "kth_best_model_path": path, "kth_value": score,
+                 "last_model_path": "", "current_score": score}  # fmt: skip
+        cb.load_state_dict(state)
+        return cb
+
+    for old_dir, path in (
+        ("/old/run/ckpt", "/old/run/ckpt/best.ckpt"),
+        ("/old/run/ckpt", "/old/run/ckpt-x/best.ckpt"),  # shares a prefix, not the directory
+        ("C:\\runs\\ckpt", "C:\\runs\\ckpt\\best.ckpt"),  # written on Windows
+    ):
+        cb = restored(old_dir, path)
+        assert cb.best_model_path == "/new/ckpt/best.ckpt" and list(cb.best_k_models) == [
+            "/new/ckpt/best.ckpt"
+        ]
+        assert float(cb.best_model_score) == pytest.approx(0.9) and cb.last_model_path == ""
