@@ -1,4 +1,5 @@
-"""What can be checked of a grid against its data and this machine before the first run starts.
+"""What can be checked of a grid against its data, its results directory and this machine before
+the first run starts.
 
 A config that cannot work with the data (more folds than subjects, a fit part smaller than one
 global batch) or with the machine (a GPU recipe where no GPU is visible) would otherwise fail run
@@ -18,6 +19,7 @@ import torch
 
 from benchmark.core.config import ConfigError, TrainConfig
 from benchmark.core.model_kwargs import trains
+from benchmark.core.summary import read_summary
 from datamodules.errors import DataError
 from datamodules.splits import split_for
 
@@ -92,3 +94,47 @@ def check_accelerator(grid: list[TrainConfig]) -> None:
         f"accelerator={wants.accelerator} ({wants.model}): no CUDA GPU is visible to this process "
         f"(torch {torch.__version__}, {build}); set accelerator: cpu or auto"
     )
+
+
+def check_split_seed(results_dir: Path, split_seed: int) -> None:
+    """Refuse a results directory whose runs used another ``split_seed``: out-of-fold scores need one
+    fold assignment for the whole board (``seed`` may vary: it replicates initialisation only)."""
+    for path, config in _saved_configs(results_dir):
+        saved = config.get("split_seed")
+        if saved is not None and int(saved) != int(split_seed):
+            raise ConfigError(
+                f"{path.parent}: made with split_seed {saved}, but this benchmark uses {split_seed}; "
+                "one results directory holds one fold assignment (use another --results-dir)"
+            )
+
+
+def check_link_subjects(results_dir: Path, link_subjects: bool, links: list) -> None:
+    """Refuse a results directory whose runs split this data with the other ``link_subjects``, when
+    the data has linked subjects (``links``): their folds differ. Without links both splits are the
+    same. Summaries from before the field split by plain subjects."""
+    if not links:
+        return
+    for path, config in _saved_configs(results_dir):
+        linked = bool(config.get("link_subjects", False))
+        if "split_seed" in config and linked != link_subjects:
+            pairs = ", ".join(f"{a}+{b}" for a, b, *_ in links)
+            made = f"with link_subjects {str(linked).lower()}"
+            if "link_subjects" not in config:
+                made = "before link_subjects (split by plain subjects)"
+            raise ConfigError(
+                f"{path.parent}: made {made}, but this benchmark uses link_subjects "
+                f"{str(link_subjects).lower()} and this data has linked subjects ({pairs}), so the folds "
+                "differ; one results directory holds one fold assignment (use another --results-dir)"
+            )
+
+
+def _saved_configs(results_dir: Path) -> list[tuple[Path, dict]]:
+    """(summary path, its config) of every readable run; unreadable or older summaries are reported
+    by `report`, not here."""
+    found = []
+    for path in sorted((results_dir / "runs").glob("*/summary.json")):
+        try:
+            found.append((path, read_summary(path).get("config") or {}))
+        except DataError:
+            continue
+    return found

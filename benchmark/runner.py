@@ -38,7 +38,6 @@ from benchmark.core.config import (
 from benchmark.core.files import atomic_write
 from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, owner_id, read_lock
 from benchmark.core.summary import is_complete, read_summary
-from datamodules.errors import DataError
 
 LAST_CKPT = Path("checkpoints") / "last.ckpt"  # under a run directory (benchmark.training.trainer)
 
@@ -274,50 +273,6 @@ def check_same_data(runs: Path, done: list[TrainConfig], data_dir: Path, current
                 f"{runs / cfg.run_name()}: finished on data with content hash {saved}, but {data_dir} has "
                 f"{current}; use another --results-dir for this data set"
             )
-
-
-def check_split_seed(results_dir: Path, split_seed: int) -> None:
-    """Refuse a results directory whose runs used another ``split_seed``: out-of-fold scores need one
-    fold assignment for the whole board (``seed`` may vary: it replicates initialisation only)."""
-    for path, config in _saved_configs(results_dir):
-        saved = config.get("split_seed")
-        if saved is not None and int(saved) != int(split_seed):
-            raise ConfigError(
-                f"{path.parent}: made with split_seed {saved}, but this benchmark uses {split_seed}; "
-                "one results directory holds one fold assignment (use another --results-dir)"
-            )
-
-
-def check_link_subjects(results_dir: Path, link_subjects: bool, links: list) -> None:
-    """Refuse a results directory whose runs split this data with the other ``link_subjects``, when
-    the data has linked subjects (``links``): their folds differ. Without links both splits are the
-    same. Summaries from before the field split by plain subjects."""
-    if not links:
-        return
-    for path, config in _saved_configs(results_dir):
-        linked = bool(config.get("link_subjects", False))
-        if "split_seed" in config and linked != link_subjects:
-            pairs = ", ".join(f"{a}+{b}" for a, b, *_ in links)
-            made = f"with link_subjects {str(linked).lower()}"
-            if "link_subjects" not in config:
-                made = "before link_subjects (split by plain subjects)"
-            raise ConfigError(
-                f"{path.parent}: made {made}, but this benchmark uses link_subjects "
-                f"{str(link_subjects).lower()} and this data has linked subjects ({pairs}), so the folds "
-                "differ; one results directory holds one fold assignment (use another --results-dir)"
-            )
-
-
-def _saved_configs(results_dir: Path) -> list[tuple[Path, dict]]:
-    """(summary path, its config) of every readable run; unreadable or older summaries are reported
-    by `report`, not here."""
-    found = []
-    for path in sorted((results_dir / "runs").glob("*/summary.json")):
-        try:
-            found.append((path, read_summary(path).get("config") or {}))
-        except DataError:
-            continue
-    return found
 
 
 def _announce(tag: str, outcome: Outcome, runs: Path) -> None:

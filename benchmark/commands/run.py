@@ -153,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
         return _print_config(args)
     bench, data_dir, grid = _load(args)
     if args.dry_run:  # lists a GPU grid on a login node without a GPU too
-        runner.check_split_seed(args.results_dir, bench.train.split_seed)  # what the real run refuses first
+        grid_checks.check_split_seed(
+            args.results_dir, bench.train.split_seed
+        )  # what the real run refuses first
         return _dry_run(grid, args.results_dir)
     if ray_grid.choose(bench, grid)[0] == "local":
         grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
 
     min_free = min_free_gb_default() if args.min_free_gb is None else args.min_free_gb
     check_results_dir(args.results_dir, min_free)  # before any data generation or training
-    runner.check_split_seed(args.results_dir, bench.train.split_seed)
+    grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)
     data_hash, train = _check_data(grid, data_dir, args.results_dir)
@@ -194,7 +196,7 @@ def _check_data(grid: list[TrainConfig], data_dir: Path, results_dir: Path) -> t
     train = load_train_shared(data_dir)  # validated as it is decoded; a cached copy was validated then
     linked = any(c.link_subjects for c in grid)  # one split per board: never set per model
     units, links = train.units(linked)
-    runner.check_link_subjects(results_dir, linked, links)
+    grid_checks.check_link_subjects(results_dir, linked, links)
     for link in links if not linked else []:
         runner.say(f"warning: {describe(link)}, but link_subjects is false: the split may put them apart")
     grid_checks.check_splits(grid, data_dir, train.subjects, train.positive, units)

@@ -115,7 +115,7 @@ def open_board(
     name: str, data_dir: Path, results_dir: Path, config: Path | None = None, sets: list[str] | None = None
 ) -> Board:
     """Check the name, read and hash the data, check it against the results directory, pick the config."""
-    from benchmark.runner import check_link_subjects, check_split_seed
+    from benchmark.grid_checks import check_link_subjects, check_split_seed
 
     check_name(name, results_dir)
     train_set = load_train(data_dir)

@@ -267,30 +267,30 @@ def test_dry_run_lists_the_grid_and_bad_model_names_fail_fast(tmp_path, syntheti
 def test_results_dir_refuses_runs_with_another_split_seed(tmp_path):
     """One results directory holds one fold assignment; `seed` may vary, `split_seed` may not, nor
     `link_subjects` where the data has linked subjects."""
-    from benchmark import runner
+    from benchmark import grid_checks
     from benchmark.core.config import ConfigError
     from benchmark.core.summary import write_summary
 
     config = {"split_seed": 1, "link_subjects": True}
     write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": config, "status": "complete"})
-    runner.check_split_seed(tmp_path, 1)  # same split: fine
+    grid_checks.check_split_seed(tmp_path, 1)  # same split: fine
     with pytest.raises(ConfigError, match="split_seed 1, but this benchmark uses 0"):
-        runner.check_split_seed(tmp_path, 0)
+        grid_checks.check_split_seed(tmp_path, 0)
     links = [(17, 18, 12, 9)]
-    runner.check_link_subjects(tmp_path, True, links)
-    runner.check_link_subjects(tmp_path, False, [])  # data without links: both splits are the same
+    grid_checks.check_link_subjects(tmp_path, True, links)
+    grid_checks.check_link_subjects(tmp_path, False, [])  # data without links: both splits are the same
     with pytest.raises(
         ConfigError, match=r"link_subjects true, but this benchmark uses link_subjects false .*\(17\+18\)"
     ):
-        runner.check_link_subjects(tmp_path, False, links)
+        grid_checks.check_link_subjects(tmp_path, False, links)
     # a summary written before link_subjects split by plain subjects: another fold assignment here
     write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": {"split_seed": 1}, "status": "complete"})
-    runner.check_link_subjects(tmp_path, False, links)
+    grid_checks.check_link_subjects(tmp_path, False, links)
     before = (
         r"made before link_subjects \(split by plain subjects\), but this benchmark uses link_subjects true"
     )
     with pytest.raises(ConfigError, match=before):
-        runner.check_link_subjects(tmp_path, True, links)
+        grid_checks.check_link_subjects(tmp_path, True, links)
 
 
 def test_a_dry_run_refuses_what_the_run_would_refuse(synthetic_dir, tmp_path, capsys):
