@@ -128,22 +128,17 @@ def linked_units(
         links.append(
             (int(low), int(high), int(np.unique(lows[match]).size), int(np.unique(highs[match]).size))
         )
-    return _merge(subjects, found), links
+    unit_of = {s: group[0] for group in link_groups(found) for s in group}  # the smallest id names it
+    return np.array([unit_of.get(int(s), int(s)) for s in subjects], dtype=np.int64), links
 
 
-def _merge(subjects: np.ndarray, pairs: list[list[int]]) -> np.ndarray:
-    """Per frame, the smallest subject id of its group once every pair is joined (union-find)."""
-    root = {int(s): int(s) for s in np.unique(subjects)}
-
-    def find(s: int) -> int:
-        while root[s] != s:
-            s = root[s]
-        return s
-
-    for low, high in pairs:
-        keep, join = sorted((find(low), find(high)))
-        root[join] = keep  # the smaller id names the unit
-    return np.array([find(int(s)) for s in subjects], dtype=np.int64)
+def link_groups(pairs: list[list[int]]) -> list[list[int]]:
+    """Linked pairs of subjects joined transitively into groups, each sorted (1-5 and 5-7: 1, 5, 7)."""
+    groups: list[set[int]] = []
+    for pair in pairs:
+        touching = [g for g in groups if g & set(pair)]
+        groups = [g for g in groups if g not in touching] + [set(pair).union(*touching)]
+    return sorted(sorted(g) for g in groups)
 
 
 def link_records(links: list[tuple[int, int, int, int]]) -> list[dict]:

@@ -58,6 +58,7 @@ class TrainSet:
     masks: np.ndarray  # (N, H, W) uint8 {0, 1}
     mask_source: str  # "tif", "csv" or "tif+csv"
     frame_fingerprints: np.ndarray | None = field(default=None, repr=False, compare=False)
+    linked: tuple[np.ndarray, list] | None = field(default=None, repr=False, compare=False)
 
     def fingerprints(self) -> np.ndarray:
         """(N, bytes) uint8 per-frame fingerprints (:mod:`datamodules.fingerprints`), computed once."""
@@ -69,8 +70,10 @@ class TrainSet:
         """(unit per frame, links): what a split keeps together and a CI resamples. With ``link``,
         subjects sharing a frame are one unit (:func:`fingerprints.linked_units`); else each subject.
         ``links`` are the data's linked subjects either way."""
-        bits = fingerprint.bits_of(self.images.shape[1:])
-        units, links = fingerprint.linked_units(self.subjects, self.fingerprints(), bits)
+        if self.linked is None:  # all pairs of frames compared once per set, not once per split
+            bits = fingerprint.bits_of(self.images.shape[1:])
+            self.linked = fingerprint.linked_units(self.subjects, self.fingerprints(), bits)
+        units, links = self.linked
         return (units if link else self.subjects), links
 
     @property

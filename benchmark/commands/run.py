@@ -153,11 +153,10 @@ def run(args: argparse.Namespace) -> int:
         return _print_config(args)
     bench, data_dir, grid = _load(args)
     if args.dry_run:  # lists a GPU grid on a login node without a GPU too
-        grid_checks.check_split_seed(
-            args.results_dir, bench.train.split_seed
-        )  # what the real run refuses first
+        grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)  # as the run would
         return _dry_run(grid, args.results_dir)
-    if ray_grid.choose(bench, grid)[0] == "local":
+    local = ray_grid.choose(bench, grid)[0] == "local"
+    if local:
         grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
     from benchmark.core.preflight import check_results_dir, min_free_gb_default
 
@@ -167,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)
     data_hash, train = _check_data(grid, data_dir, args.results_dir)
-    if ray_grid.choose(bench, grid)[0] == "local":
+    if local:
         train = None  # the runs map the node's cache: the driver keeps no copy for the whole grid
     start = time.perf_counter()
     outcomes = ray_grid.execute(bench, grid, data_dir, args.results_dir, data_hash=data_hash, train_set=train)

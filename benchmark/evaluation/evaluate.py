@@ -114,12 +114,8 @@ def _other_data(
         )
     if not hit.any():
         if "seen_fingerprints" in record:
-            return (
-                every,
-                ALL,
-                f"scoring all {n_images} images: none is a frame that trained or selected the "
-                + ("checkpoint, identical or re-encoded"),
-            )
+            none = "none is a frame that trained or selected the checkpoint, identical or re-encoded"
+            return every, ALL, f"scoring all {n_images} images: {none}"
         return (
             every,
             ALL,

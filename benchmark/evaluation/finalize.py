@@ -191,7 +191,7 @@ def per_image_block(dm: UltrasoundNerveDataModule, rows: dict[str, Any]) -> dict
         "index": idx,
         "stem": [dm.decoded.stems[i] for i in idx],
         "subject": dm.decoded.subjects[idx],
-        "unit": (dm.units if dm.units.size else dm.decoded.subjects)[idx],  # what a CI resamples
+        "unit": dm.units[idx],  # what a CI resamples
         "true_empty": raw["true_empty"],
         "dice_raw": raw["dice"],
         "dice": post["dice"],

@@ -11,6 +11,7 @@ from typing import Any
 from benchmark.reporting import board_stats as bs
 from benchmark.reporting.leaderboard import BASELINE
 from benchmark.scoring import ranking
+from datamodules.fingerprints import link_groups
 
 PIXEL_ACCURACY_WARNING = (
     "Pixel accuracy is not reported as a ranking metric: an all-empty prediction already scores about "
@@ -87,7 +88,7 @@ def _linked(header: dict[str, Any]) -> str:
     """The protocol's clause on subjects that share frames: kept together on a linked board; a
     warning on a board that split them apart (``link_subjects: false``); nothing for runs made
     before the field."""
-    groups = _groups(
+    groups = link_groups(
         [link["subjects"] for links in header.get("linked_subjects") or [] for link in links or []]
     )
     named = "; ".join(_listed(g) for g in groups)
@@ -104,16 +105,6 @@ def _linked(header: dict[str, Any]) -> str:
             "on."
         )
     return ""
-
-
-def _groups(pairs: list[list[int]]) -> list[list[int]]:
-    """Linked pairs joined into groups of subjects (1-5 and 5-7: one group 1, 5, 7)."""
-    groups: list[set[int]] = []
-    for pair in pairs:
-        touching = [g for g in groups if g & set(pair)]
-        merged = set(pair).union(*touching)
-        groups = [g for g in groups if g not in touching] + [merged]
-    return sorted(sorted(g) for g in groups)
 
 
 def _listed(ids: list[int]) -> str:

@@ -199,3 +199,18 @@ def test_cleaning_compares_frames_across_linked_subjects(tmp_path):
             assert dm.dropped_stems == ["4_1"]
             return
     pytest.fail("subjects 2 and 4 were in the fit part of no fold")
+
+
+def test_a_training_set_compares_its_frames_once_for_every_split(shared_frame, monkeypatch):
+    """folds, import and every fold's DataModule ask the same set for its units: one all-pairs pass."""
+    from datamodules import fingerprints
+    from datamodules.kaggle import load_train
+
+    calls = []
+    real = fingerprints.linked_units
+    monkeypatch.setattr(fingerprints, "linked_units", lambda *a: calls.append(1) or real(*a))
+    train = load_train(shared_frame)
+    linked, links = train.units()
+    plain, same_links = train.units(link=False)
+    assert len(calls) == 1 and links == same_links == [(2, 4, 1, 1)]
+    assert plain.tolist() == train.subjects.tolist() and linked.tolist() != plain.tolist()
