@@ -21,6 +21,8 @@ import subprocess
 import sys
 from typing import Any
 
+from benchmark.core.files import os_error_line
+
 # Order here is the order in --help.
 COMMANDS: tuple[str, ...] = (
     "synth",
@@ -136,15 +138,6 @@ def offline_defaults() -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     wandb_env()
-
-
-def os_error_line(exc: OSError) -> str:
-    """``PATH: reason`` in one line (no traceback), naming both paths of a failed rename."""
-    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
-    if exc.filename is None:
-        return reason
-    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else f"{exc.filename}"
-    return f"{where}: {reason}"
 
 
 def interrupt_code(exc: BaseException) -> int | None:

@@ -12,7 +12,8 @@ Runs that need several devices (``devices > 1``) keep the local path (:func:`cho
   ``error.txt``) on its own run directory; the driver only prints progress, and the leaderboard is
   rebuilt from the summaries. A marker file holding a random token, read back by a task on every
   node, proves that the results directory is shared before anything trains.
-- Faults: a run that raises is a "failed" outcome and the others go on; a worker that dies is
+- Faults: a run that raises is a "failed" outcome and the others go on (one that ran out of space
+  stops the grid: :mod:`benchmark.core.preflight`); a worker that dies is
   retried once (``max_retries=1``) and resumes from ``last.ckpt``; killing the driver ends its
   tasks (Ray ties a job's workers to its driver) and leaves finished runs and checkpoints behind.
 - GPUs: a task that asks for GPUs gets a fresh worker process (``max_calls=1``, Ray's own default
@@ -42,6 +43,7 @@ import numpy as np
 from benchmark import ray_cluster, runner
 from benchmark.core.config import BenchmarkConfig, TrainConfig
 from benchmark.core.files import atomic_write
+from benchmark.core.preflight import stop_for_space
 from benchmark.core.summary import is_complete
 from benchmark.evaluation import deferred_costs
 from benchmark.ray_resources import RayExecutorError, RaySettings, exclusive_options, slots, task_options
@@ -303,6 +305,8 @@ def launch(
                 outcomes.append(collect(ray, ref, refs[ref], results_dir / "runs"))
                 for line in progress.update(outcomes[-1], len(pending), results_dir / "runs"):
                     runner.say(line)
+                if outcomes[-1].no_space:  # the runs in flight are cancelled below, their checkpoints kept
+                    raise stop_for_space(outcomes[-1].no_space, outcomes[-1].run)
     except BaseException:
         for ref in pending:  # a killed run keeps its last.ckpt; the next invocation resumes it
             ray.cancel(ref, force=True)

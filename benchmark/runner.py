@@ -6,9 +6,10 @@ stopped. Each run is claimed with a run lock (:mod:`benchmark.core.lock`) before
 commands on one results directory share the grid instead of training everything twice; a run held
 by another live process is skipped ("held"), and taken over at the end of the grid if its holder
 stopped meanwhile. One failing run is recorded in its ``error.txt`` (or, when that cannot be
-written, on stderr) and does not stop the others. An interrupt (Ctrl-C, SIGTERM) names the run in
-flight and the checkpoint it resumes from. The synthetic fallback (no data given) is
-:mod:`benchmark.fallback`.
+written, on stderr) and does not stop the others, unless it ran out of space (a full disk or
+quota): then the grid stops with one line (:mod:`benchmark.core.preflight`). An interrupt (Ctrl-C,
+SIGTERM) names the run in flight and the checkpoint it resumes from. The synthetic fallback (no data
+given) is :mod:`benchmark.fallback`.
 Under DDP every rank executes this loop (Lightning re-launches the command); rank 0 claims the runs
 and ranks > 0 follow its decisions; only rank 0 prints, writes error files and the report. A run
 that fails on any rank ends the DDP job (:mod:`benchmark.ddp_stop`): the other ranks could not go on.
@@ -35,8 +36,9 @@ from benchmark.core.config import (
     resolve_devices,
     with_model_recipe,
 )
-from benchmark.core.files import atomic_write
+from benchmark.core.files import atomic_write, os_error_line
 from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, owner_id, read_lock
+from benchmark.core.preflight import out_of_space, stop_for_space
 from benchmark.core.summary import is_complete, read_summary
 
 LAST_CKPT = Path("checkpoints") / "last.ckpt"  # under a run directory (benchmark.training.trainer)
@@ -49,6 +51,7 @@ class Outcome:
     seconds: float = 0.0
     error: str = ""
     dice: float | None = None  # outer-fold post-processed Kaggle Dice of a trained run
+    no_space: str = ""  # "PATH: reason" when it failed for want of space: the grid stops (preflight)
 
 
 def _env_rank(var: str) -> int:
@@ -190,7 +193,9 @@ def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -
     except Exception as exc:  # noqa: BLE001 - one run's failure must not lose the others
         if ddp:
             raise _ddp_failure(cfg, run_dir, exc) from None
-        return Outcome(cfg.run_name(), "failed", time.perf_counter() - start, _record_failure(run_dir, exc))
+        seconds, full = time.perf_counter() - start, out_of_space(exc)
+        where = "" if full is None else os_error_line(full)
+        return Outcome(cfg.run_name(), "failed", seconds, _record_failure(run_dir, exc), no_space=where)
     except BaseException:  # Ctrl-C, SIGTERM: the run's last checkpoint stays for the next invocation
         say(interrupted_line(cfg, run_dir))
         raise
@@ -324,6 +329,8 @@ def run_grid(
         if outcome.status in ("trained", "failed"):
             times.append(outcome.seconds)
         _announce(tag, outcome, runs)
+        if outcome.no_space:
+            raise stop_for_space(outcome.no_space, outcome.run)
         outcomes.append(outcome)
     if all(c.world_size() == 1 for c in todo):  # DDP ranks would have to agree on the retries
         retry_released(todo, outcomes, data_dir, results_dir, fit, stale_after_s)

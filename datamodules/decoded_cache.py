@@ -12,6 +12,11 @@ modification time of every file under ``train/`` and of ``train_masks.csv``): an
 removed file gives another entry, and a stale one is never read. Entries are written under a
 temporary name and renamed in, so a concurrent reader sees a complete entry or none. Where the
 cache cannot be written (no space, read-only), the data set is decoded in memory as before.
+
+Writing an entry prunes the ones no run will read again (:func:`prune`): earlier versions of the
+same data directory, entries of data directories that are gone, entries of earlier cache formats,
+and temporary directories a killed writer left. Before, the cache only grew: a development box held
+49 entries, 7.4 GB, seven of them 918 MB versions of one data directory.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +37,12 @@ from datamodules.fingerprints import VERSION as fingerprint_version
 from datamodules.kaggle import TrainRecord, TrainSet, load_train
 
 CACHE_ENV = "NERVE_BENCH_CACHE_DIR"
-_FORMAT = 2  # bump when the entry layout changes (2: fingerprints.npy)
+_FORMAT = 3  # bump when the entry layout changes (2: fingerprints.npy; 3: source.json)
+SOURCE = "source.json"  # the entry's data directory, read by prune
+ABANDONED_AFTER_S = 3600.0  # a temporary directory this old is a killed writer's, not a slow one's
+# What this module names in the cache root (an entry, or write_entry's temporary directory): prune
+# touches nothing else, so a root shared with other files ($NERVE_BENCH_CACHE_DIR) loses none of them.
+_OURS = re.compile(r"[0-9a-f]{16}|\.[0-9a-f]{16}\..+")
 
 
 def cache_root() -> Path:
@@ -100,11 +112,14 @@ def read_entry(entry: Path) -> TrainSet | None:
     return TrainSet(_records(meta["records"]), images, masks, meta["mask_source"], fingerprints)
 
 
-def write_entry(entry: Path, train_set: TrainSet) -> None:
-    """Write ``train_set`` as ``entry`` (temporary directory, then one rename)."""
+def write_entry(entry: Path, train_set: TrainSet, data_dir: Path | None = None) -> None:
+    """Write ``train_set`` as ``entry`` (temporary directory, then one rename); ``data_dir`` is
+    recorded for :func:`prune`."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
+        source = {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()), "format": _FORMAT}
+        (tmp / SOURCE).write_text(json.dumps(source))
         np.save(tmp / "images.npy", np.ascontiguousarray(train_set.images))
         np.save(tmp / "masks.npy", np.ascontiguousarray(train_set.masks))
         np.save(tmp / "fingerprints.npy", train_set.fingerprints())  # computed once per node, like the decode
@@ -130,7 +145,7 @@ def load_train_shared(data_dir: str | Path, root: Path | None = None) -> TrainSe
         return cached
     train_set = load_train(data_dir)
     try:
-        write_entry(entry, train_set)
+        write_entry(entry, train_set, data_dir)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         print(
@@ -138,4 +153,37 @@ def load_train_shared(data_dir: str | Path, root: Path | None = None) -> TrainSe
             file=sys.stderr,
         )
         return train_set
+    prune(entry, data_dir)
     return read_entry(entry) or train_set
+
+
+def _stale(path: Path, data_dir: Path, now: float) -> bool:
+    """Whether no run of this version reads the cache directory ``path`` again (see :func:`prune`)."""
+    if path.name.startswith("."):  # write_entry's temporary directory
+        return now - path.stat().st_mtime > ABANDONED_AFTER_S
+    try:
+        source = json.loads((path / SOURCE).read_text())
+    except FileNotFoundError:
+        return True  # an entry of an earlier cache format: its signature is never computed again
+    recorded = source.get("data_dir")
+    return recorded is not None and (recorded == str(data_dir) or not Path(recorded).is_dir())
+
+
+def prune(keep: Path, data_dir: str | Path) -> list[Path]:
+    """Remove the cache directories beside ``keep`` that no run reads again; returns them.
+
+    Those are: other versions of ``data_dir`` (a file changed since), entries whose data directory
+    is gone, entries of earlier formats, and temporary directories older than ``ABANDONED_AFTER_S``.
+    A process still mapping a removed entry keeps its pages (POSIX); anything unreadable is kept.
+    """
+    data_dir, now, removed = Path(data_dir).resolve(), time.time(), []
+    for path in sorted(keep.parent.iterdir()):
+        try:
+            ours = path != keep and _OURS.fullmatch(path.name) is not None and path.is_dir()
+            stale = ours and _stale(path, data_dir, now)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

@@ -116,8 +116,8 @@ class TrainConfig:
     progress_bar: bool = _f(True, "Lightning progress bar and model summary (not hashed)")
     checkpoint_every_s: float = _f(
         0.0,
-        "seconds between resume checkpoints (last.ckpt; the final epoch is always kept); 0: every"
-        " epoch (execution only, not hashed)",
+        "seconds between resume checkpoints (last.ckpt, deleted when the run finishes; the final"
+        " epoch is always written); 0: every epoch (execution only, not hashed)",
     )
 
     def __post_init__(self) -> None:

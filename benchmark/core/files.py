@@ -5,7 +5,8 @@ through :func:`atomic_write` or :func:`atomic_path`: the bytes go to a unique te
 same directory (same file system, so the rename is atomic), are flushed and fsynced, and then
 ``os.replace`` puts them in place; the directory is fsynced too so the rename survives a power cut.
 On any failure (a full disk, a kill between write and rename) the temporary file is removed and the
-previous file is left untouched.
+previous file is left untouched. :func:`os_error_line` is the one line a failed file operation
+becomes.
 """
 
 from __future__ import annotations
@@ -81,3 +82,12 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(payload)
     return path
+
+
+def os_error_line(exc: OSError) -> str:
+    """``PATH: reason`` in one line (no traceback), naming both paths of a failed rename."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    if exc.filename is None:
+        return reason
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else f"{exc.filename}"
+    return f"{where}: {reason}"

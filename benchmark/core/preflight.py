@@ -1,6 +1,10 @@
 """Checks before hours of training: the results directory exists or can be created, takes a file,
 and has room. Each is found before the first run, so each is NerveBenchError (exit 2), like a GPU
 recipe on a box without a GPU; a disk that fills up once work has begun is a runtime OSError (exit 1).
+
+A run that fails for want of space (a full disk or an exhausted quota, :func:`out_of_space`) stops
+the grid with :class:`OutOfSpace`: every later run would fail the same way, each after training
+until its first checkpoint write (an epoch or more of GPU time apiece), with a FAILED line each.
 """
 
 from __future__ import annotations
@@ -62,3 +66,35 @@ def check_results_dir(results_dir: Path, min_free_gb: float) -> None:
             f"{results_dir}: only {free / 1e9:.2f} GB free, need {min_free_gb:g} GB "
             f"(--min-free-gb, ${MIN_FREE_ENV})"
         )
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class OutOfSpace(OSError):
+    """The grid stopped because a run ran out of space; ``str`` is the one line the command prints."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def out_of_space(exc: BaseException) -> OSError | None:
+    """The out-of-space OSError that ``exc`` is or was raised from (Lightning and Ray re-raise), if any."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # a chain is short; a cycle must not hang the grid
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def stop_for_space(where: str, run: str) -> OutOfSpace:
+    """The error that ends the grid after ``run`` failed with ``where`` (``PATH: reason``)."""
+    return OutOfSpace(
+        errno.ENOSPC,
+        f"{where} (while {run} ran); the grid stops here, since every later run would fail the same "
+        "way: the finished runs and the checkpoints written so far are kept; free space, then re-run "
+        "the same command",
+    )

@@ -285,13 +285,16 @@ def test_on_its_own_data_outer_frames_that_match_training_frames_are_pointed_out
 
 
 def test_a_resume_checkpoint_is_refused_with_the_checkpoint_to_evaluate(fit_runs, tmp_path):
-    """last.ckpt has no scoring record: scored, it would count training frames as held out."""
-    last = fit_runs.run_dir(UNET) / "checkpoints" / "last.ckpt"
-    with pytest.raises(NerveBenchError, match="no scoring record .* evaluate .*best.ckpt$"):
-        evaluate(last, fit_runs.data)
-    assert main(["evaluate", "--checkpoint", str(last), "--data-dir", str(fit_runs.data)]) == 2
+    """last.ckpt has no scoring record: scored, it would count training frames as held out. (A
+    finished run has deleted its last.ckpt; one of an interrupted run is the same weights without
+    the record.)"""
     unfinished = torch.load(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", weights_only=True)
     del unfinished["nerve_bench"]  # best.ckpt gets its record when the run ends
     torch.save(unfinished, tmp_path / "best.ckpt")
+    torch.save(unfinished, tmp_path / "last.ckpt")
+    last = tmp_path / "last.ckpt"
+    with pytest.raises(NerveBenchError, match=f"no scoring record .* evaluate {tmp_path / 'best.ckpt'}$"):
+        evaluate(last, fit_runs.data)
+    assert main(["evaluate", "--checkpoint", str(last), "--data-dir", str(fit_runs.data)]) == 2
     with pytest.raises(NerveBenchError, match="the run has not finished; finish it"):
         evaluate(tmp_path / "best.ckpt", fit_runs.data)

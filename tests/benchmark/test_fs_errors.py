@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from benchmark import runner
-from benchmark.cli import main, os_error_line
+from benchmark.cli import main
 from benchmark.core import preflight
 from benchmark.core.config import load_benchmark_config
+from benchmark.core.files import os_error_line
 from tests.benchmark.test_runner import SMOKE, fake_fit
 
 
@@ -144,3 +145,53 @@ def test_csv_messages_never_echo_a_whole_rle(tmp_path, synthetic_dir, capsys):
     assert line.startswith(f"error: {csv_path}: line 2: subject '1 2 5 2") and len(line) < 100 + len(
         str(csv_path)
     )
+
+
+def test_a_run_out_of_space_ends_the_grid_with_one_line_and_exit_1(
+    tmp_path, synthetic_dir, monkeypatch, capsys
+):
+    """A full disk or quota fails every later run the same way, each after training until its first
+    checkpoint: the grid stops at the first, keeps what finished and says how to go on."""
+    import benchmark.pipeline as train
+
+    calls: list[str] = []
+    finish = fake_fit(calls)
+
+    def fill_up(cfg, data_dir, out_dir):
+        if calls:  # the second run: Lightning re-raises the write's OSError from its own error
+            calls.append(cfg.run_name())
+            full = OSError(errno.EDQUOT, "Disk quota exceeded", str(out_dir / "checkpoints" / "last.ckpt"))
+            raise RuntimeError("saving the checkpoint failed") from full
+        return finish(cfg, data_dir, out_dir)
+
+    monkeypatch.setattr(train, "fit", fill_up)
+    args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path),
+            "--models", "empty,unet,sk_unet"]  # fmt: skip
+    assert main(args) == 1
+    empty, unet = (
+        runner.build_grid(load_benchmark_config(SMOKE), models=[m])[0].run_name() for m in ("empty", "unet")
+    )
+    assert calls == [empty, unet]  # sk_unet never started
+    assert (tmp_path / "runs" / empty / "summary.json").is_file()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    where = tmp_path / "runs" / unet / "checkpoints" / "last.ckpt"
+    assert errors == [
+        f"error: {where}: Disk quota exceeded (while {unet} ran); the grid stops here, since every later "
+        "run would fail the same way: the finished runs and the checkpoints written so far are kept; "
+        "free space, then re-run the same command"
+    ]
+
+
+def test_out_of_space_is_found_through_the_exception_chain():
+    from benchmark.core.preflight import out_of_space
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/r/x")
+    try:
+        try:
+            raise full
+        except OSError:
+            raise ValueError("while handling") from None  # __context__ kept, __cause__ suppressed
+    except ValueError as wrapped:
+        assert out_of_space(wrapped) is full
+    assert out_of_space(RuntimeError("x")) is None
+    assert out_of_space(OSError(errno.EACCES, "Permission denied", "/r")) is None

@@ -26,6 +26,7 @@ from benchmark import ray_grid, runner
 from benchmark.cli import main
 from benchmark.core.config import load_benchmark_config
 from benchmark.core.lock import is_held
+from benchmark.core.preflight import OutOfSpace
 from benchmark.ray_resources import slots, task_options
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,3 +329,38 @@ class _threads:
         import torch
 
         torch.set_num_threads(self.old)
+
+
+def full_disk_fit(cfg, data_dir, out_dir, preloaded=None):
+    """Fold 1 finds the disk full (as Lightning reports a failed checkpoint write); the others record
+    their process and wait (2 minutes) to be in flight when it fails."""
+    if cfg.fold == 1:
+        try:
+            raise OSError(28, "No space left on device", str(Path(out_dir) / "checkpoints" / "last.ckpt"))
+        except OSError as exc:
+            raise RuntimeError("checkpoint write failed") from exc
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "pid").write_text(str(os.getpid()))
+    time.sleep(120)  # uncancelled, the grid would return after this, and the worker would live on
+    return {}
+
+
+def _gone(pid: int, within_s: float = 300.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_run_out_of_space_cancels_the_runs_in_flight_and_ends_the_grid(ray_cluster, data, tmp_path):
+    """Every later run would fail the same way after training until its first checkpoint."""
+    grid = smoke_grid(("unet",), folds=(0, 1, 2))
+    where = tmp_path / "runs" / grid[1].run_name() / "checkpoints" / "last.ckpt"
+    with pytest.raises(OutOfSpace, match=f"^{where}: No space left on device \\(while {grid[1].run_name()}"):
+        ray_grid.run_grid(grid, data, tmp_path, ONE_CPU, fit=full_disk_fit)
+    pids = [int(p.read_text()) for p in (tmp_path / "runs").glob("*/pid")]
+    assert pids and all(_gone(pid) for pid in pids)  # the runs in flight were cancelled, not waited for

@@ -140,7 +140,8 @@ def test_best_checkpoint_carries_the_tuned_postprocessing(runs):
     assert best["nerve_bench"]["data_hash"] == runs.unet["dataset"]["content_hash"]
     assert best["nerve_bench"]["outer_indices"] == runs.unet["per_image"]["index"]
     assert best["epoch"] == runs.unet["best_epoch"]
-    assert (ckpt_dir / "last.ckpt").is_file()
+    # The resume state (weights and optimiser moments) is deleted once the summary is written.
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.ckpt"]
 
 
 def test_overlays_hold_first_positives_and_negatives(runs):
@@ -185,7 +186,7 @@ def test_interrupted_run_resumes_from_last_checkpoint(runs, tmp_path):
 def test_checkpoint_of_another_config_is_refused(runs, tmp_path):
     ckpt_dir = tmp_path / "checkpoints"
     ckpt_dir.mkdir()
-    source = runs.run_dir(UNET) / "checkpoints" / "last.ckpt"
+    source = runs.run_dir(UNET) / "checkpoints" / "best.ckpt"  # same config record as its last.ckpt had
     (ckpt_dir / "last.ckpt").write_bytes(source.read_bytes())
     with pytest.raises(ConfigError, match="checkpoint of a different config"):
         train.fit(TINY, runs.data, tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ def test_second_reader_maps_the_first_readers_copy(data: Path, tmp_path: Path) -
         "masks.npy",
         "fingerprints.npy",
         "records.json",
+        "source.json",
     }
     second = dc.load_train_shared(data, root)
     reference = load_train(data)
@@ -50,7 +52,35 @@ def test_a_changed_file_is_decoded_again(data: Path, tmp_path: Path) -> None:
     os.utime(mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert dc.signature(data) != before
     dc.load_train_shared(data, root)
-    assert len(list(root.iterdir())) == 2  # a second entry; the stale one is never read
+    # A second entry, and the stale one (never read again) is removed: the cache used to only grow.
+    assert [p.name for p in root.iterdir()] == [dc.signature(data)]
+
+
+def test_writing_an_entry_prunes_what_no_run_reads_again(data: Path, tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    other = tmp_path / "other"
+    generate(other, subjects=1, per_subject=2, n_test=0, seed=1)
+    dc.load_train_shared(other, root)
+    kept = root / dc.signature(other)  # another data directory, still there
+    gone = tmp_path / "gone"
+    generate(gone, subjects=1, per_subject=2, n_test=0, seed=2)
+    dc.load_train_shared(gone, root)
+    gone_entry = root / dc.signature(gone)
+    shutil.rmtree(gone)
+    old_format = root / "0123456789abcdef"  # format 2 wrote no source.json
+    old_format.mkdir()
+    (old_format / "images.npy").write_bytes(b"0" * 100)
+    abandoned, fresh = root / ".fedcba9876543210.x1", root / ".fedcba9876543210.x2"
+    abandoned.mkdir(), fresh.mkdir()
+    hour_ago = abandoned.stat().st_mtime - dc.ABANDONED_AFTER_S - 1
+    os.utime(abandoned, (hour_ago, hour_ago))
+    foreign = root / "results"  # a shared $NERVE_BENCH_CACHE_DIR: not ours, never touched
+    foreign.mkdir()
+    dc.load_train_shared(data, root)
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [kept.name, dc.signature(data), fresh.name, foreign.name]
+    )
+    assert not gone_entry.exists() and not old_format.exists() and not abandoned.exists()
 
 
 def test_an_unwritable_cache_falls_back_to_memory(data: Path, tmp_path: Path, capsys) -> None:
