@@ -51,7 +51,7 @@ def fit_twice(model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, 
     from benchmark.pipeline import fit
     from benchmark.runner import outer_dice
     from benchmark.speed import restore_global_torch_state
-    from benchmark.training.checkpoint import LAST
+    from benchmark.training.checkpoint import BEST
 
     cfg = train_config(model, s, dev)
     # The Trainer's deterministic switch must not reach the timings.
@@ -60,8 +60,9 @@ def fit_twice(model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, 
         summary = fit(cfg, data_dir, work / "fit-a")
         seconds = time.perf_counter() - start
         train_again(cfg, data_dir, work / "fit-b")
+    # One epoch, so best.ckpt holds the trained weights (a finished fit deletes its last.ckpt).
     equal, diff = compare_weights(
-        work / "fit-a" / "checkpoints" / LAST, work / "fit-b" / "checkpoints" / LAST
+        work / "fit-a" / "checkpoints" / BEST, work / "fit-b" / "checkpoints" / BEST
     )
     return {
         "fit_s": seconds,
