@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-free-gb",
         type=float,
         default=None,
-        help="refuse to start with less free space in --results-dir (default $NERVE_BENCH_MIN_FREE_GB or 1)",
+        help="refuse to start with less free space in --results-dir (default $NERVE_BENCH_MIN_FREE_GB, else "
+        "1 and the room the runs left need: best.ckpt, summary, overlays, a resume checkpoint)",
     )
 
 
@@ -85,7 +86,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {**parse_set_args(args.overrides), **{k: v for k, v in flags.items() if v is not None}}
 
 
-def _load(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path, list[TrainConfig]]:
+def _load(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path, list[TrainConfig], dict[str, int]]:
     from benchmark import fallback, runner
     from benchmark.core.config import load_benchmark_config
     from benchmark.core.overrides import apply_benchmark_overrides
@@ -107,13 +108,23 @@ def _load(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path, list[TrainCo
     from benchmark.core.model_kwargs import build_models, check_model_kwargs
 
     check_model_kwargs(grid)  # a misspelt model or keyword argument fails here, not in run 14 of 45
-    build_models(grid)  # so does a value the model refuses (base_width: -8): each built once, on meta
-    return bench, data_dir, grid
+    sizes = build_models(grid)  # so does a value the model refuses (base_width: -8): each built once, on meta
+    return bench, data_dir, grid, sizes
 
 
-def _dry_run(grid: list[TrainConfig], results_dir: Path) -> int:
-    """List the grid and each run's state; reads only (no directory, data or lock is created)."""
+def _values_left(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) -> list[int]:
+    """Stored values (parameters and buffers) of each run not yet complete: what the grid will write."""
+    from benchmark.core.summary import is_complete
+
+    runs = results_dir / "runs"
+    return [sizes[c.run_name()] for c in grid if not is_complete(runs / c.run_name(), c.hash())]
+
+
+def _dry_run(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) -> int:
+    """List the grid and each run's state, then the room it needs; reads only (no directory, data or
+    lock is created)."""
     from benchmark.core.lock import is_held
+    from benchmark.core.preflight import free_bytes, grid_need_bytes
     from benchmark.core.summary import is_complete
 
     for i, cfg in enumerate(grid, start=1):
@@ -122,6 +133,11 @@ def _dry_run(grid: list[TrainConfig], results_dir: Path) -> int:
         state = " (complete)" if is_complete(run_dir, cfg.hash()) else ""
         state = f" (held by {holder.describe()})" if holder and not state else state
         print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
+    left = _values_left(grid, results_dir, sizes)
+    print(
+        f"disk: the {len(left)} run(s) left need about {grid_need_bytes(left) / 1e9:.2f} GB in {results_dir} "
+        f"({free_bytes(results_dir) / 1e9:.2f} GB free)"
+    )
     return 0
 
 
@@ -151,17 +167,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.print_config:
         return _print_config(args)
-    bench, data_dir, grid = _load(args)
+    bench, data_dir, grid, sizes = _load(args)
     if args.dry_run:  # lists a GPU grid on a login node without a GPU too
         grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)  # as the run would
-        return _dry_run(grid, args.results_dir)
+        return _dry_run(grid, args.results_dir, sizes)
     local = ray_grid.choose(bench, grid)[0] == "local"
     if local:
         grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
-    from benchmark.core.preflight import check_results_dir, min_free_gb_default
+    from benchmark.core.preflight import check_room
 
-    min_free = min_free_gb_default() if args.min_free_gb is None else args.min_free_gb
-    check_results_dir(args.results_dir, min_free)  # before any data generation or training
+    # before any data generation or training
+    check_room(args.results_dir, args.min_free_gb, _values_left(grid, args.results_dir, sizes))
     grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)

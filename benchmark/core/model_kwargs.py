@@ -22,15 +22,18 @@ def check_model_kwargs(configs: Iterable[TrainConfig]) -> None:
     check_pairs((cfg.model, cfg.model_kwargs) for cfg in configs)
 
 
-def build_models(configs: Iterable[TrainConfig]) -> None:
+def build_models(configs: Iterable[TrainConfig]) -> dict[str, int]:
     """Build each (model, kwargs) of the grid once (:func:`build_model`): a value the model itself
-    refuses (``base_width: -8``, an overflowing ``depth``) becomes one ConfigError before any run."""
-    seen = set()
+    refuses (``base_width: -8``, an overflowing ``depth``) becomes one ConfigError before any run.
+    Returns each run's number of stored values (parameters and buffers), by run name."""
+    sizes: dict[str, int] = {}
+    values: dict[tuple[str, str], int] = {}
     for cfg in configs:
         key = (cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True, default=repr))
-        if key not in seen:
-            seen.add(key)
-            build_model(cfg)
+        if key not in values:
+            values[key] = sum(t.numel() for t in build_model(cfg).state_dict().values())
+        sizes[cfg.run_name()] = values[key]
+    return sizes
 
 
 def build_model(cfg: TrainConfig) -> torch.nn.Module:

@@ -44,8 +44,46 @@ def _probe(directory: Path) -> None:
         os.unlink(name)
 
 
-def check_results_dir(results_dir: Path, min_free_gb: float) -> None:
-    """Check that ``results_dir`` exists or can be created, is writable and has ``min_free_gb`` free.
+# A finished run keeps best.ckpt (fp32 weights: bf16-mixed trains fp32 master weights), its summary
+# (~0.3 MB of per-image rows on the Kaggle set) and overlays.npz (downsampled, compressed: <1 MB).
+WEIGHT_BYTES = 4
+RUN_FILES_BYTES = 2_000_000
+# The run in flight also holds last.ckpt: the weights and AdamW's two moments, twice while a write
+# replaces the previous one (temporary file, then rename).
+RESUME_BYTES = 2 * 3 * WEIGHT_BYTES
+
+
+def grid_need_bytes(values: list[int]) -> int:
+    """What the runs left write, one at a time, given each one's stored values (parameters and
+    buffers): every one keeps best.ckpt, summary and overlays; the largest also needs room for its
+    resume checkpoint while it trains (deleted when it finishes). The Ray executor trains several at
+    once, each with its own resume checkpoint: 0.59 GB more per ResNet-34 U-Net in flight."""
+    if not values:
+        return 0
+    return sum(WEIGHT_BYTES * v + RUN_FILES_BYTES for v in values) + RESUME_BYTES * max(values)
+
+
+def check_room(results_dir: Path, min_free_gb: float | None, values_left: list[int]) -> None:
+    """:func:`check_results_dir` for a grid whose runs left store ``values_left`` values each: the
+    floor is ``min_free_gb`` (the flag), else ``$NERVE_BENCH_MIN_FREE_GB``, else 1 GB and the grid's
+    estimate; a floor the user gave decides alone (the estimate may not know a plugin's files)."""
+    decided = min_free_gb is not None or bool(os.environ.get(MIN_FREE_ENV, "").strip())
+    floor = min_free_gb if min_free_gb is not None else min_free_gb_default()
+    need = 0 if decided else grid_need_bytes(values_left)
+    check_results_dir(results_dir, floor, need, len(values_left))
+
+
+def free_bytes(path: Path) -> int:
+    """Free space where ``path`` is or would be created (its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_results_dir(results_dir: Path, min_free_gb: float, need_bytes: int = 0, runs: int = 0) -> None:
+    """Check that ``results_dir`` exists or can be created, is writable and has ``min_free_gb`` free,
+    and room for the ``need_bytes`` (:func:`grid_need_bytes`) of the ``runs`` left.
 
     Any problem is NerveBenchError naming the path (exit 2): nothing has started yet.
     """
@@ -65,6 +103,13 @@ def check_results_dir(results_dir: Path, min_free_gb: float) -> None:
         raise NerveBenchError(
             f"{results_dir}: only {free / 1e9:.2f} GB free, need {min_free_gb:g} GB "
             f"(--min-free-gb, ${MIN_FREE_ENV})"
+        )
+    if free < need_bytes:
+        raise NerveBenchError(
+            f"{results_dir}: only {free / 1e9:.2f} GB free, but the {runs} run(s) left need about "
+            f"{need_bytes / 1e9:.2f} GB (best.ckpt, summary and overlays each, and room for the resume "
+            "checkpoint of the run in flight); free space, use another --results-dir, or pass "
+            "--min-free-gb to decide yourself"
         )
 
 

@@ -94,6 +94,44 @@ def test_too_little_free_space_before_the_first_run_is_exit_2_naming_the_path(
     assert main(_run(synthetic_dir, results)) == 0
 
 
+def test_the_room_a_grid_needs_is_its_checkpoints_summaries_and_one_resume_state():
+    # best.ckpt 4 B per value + 2 MB of summary and overlays each; 2 x 12 B per value of the largest
+    assert preflight.grid_need_bytes([10, 20]) == (40 + 2_000_000) + (80 + 2_000_000) + 24 * 20
+    assert preflight.grid_need_bytes([]) == 0
+
+
+def test_a_grid_that_will_not_fit_is_refused_before_the_first_run(
+    tmp_path, synthetic_dir, capsys, no_training, monkeypatch
+):
+    """Two tiny runs need 7.4 MB (2 MB of files each, their weights, one resume state): 3.5 MB free
+    is refused once the 1 GB floor is out of the way."""
+    from benchmark.core.config import load_benchmark_config
+    from benchmark.core.model_kwargs import build_models
+
+    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    sizes = build_models(grid)
+    # The smoke U-Net (base_width 8, depth 3) stores 121,751 values; `empty` one buffer.
+    assert sizes == {grid[0].run_name(): 121_751, grid[1].run_name(): 1}
+    need = preflight.grid_need_bytes(list(sizes.values()))
+    assert need == 2 * 2_000_000 + 4 * (121_751 + 1) + 24 * 121_751
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight, "DEFAULT_MIN_FREE_GB", 0.0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**10, 10**10 - 3_500_000, 3_500_000))
+    results, args = tmp_path / "results", ["--models", "unet,empty"]
+    assert main([*_run(synthetic_dir, results), *args]) == 2
+    assert _one_error_line(capsys) == (
+        f"error: {results}: only 0.00 GB free, but the 2 run(s) left need about {need / 1e9:.2f} GB "
+        "(best.ckpt, summary and overlays each, and room for the resume checkpoint of the run in flight); "
+        "free space, use another --results-dir, or pass --min-free-gb to decide yourself"
+    )
+    monkeypatch.setattr(runner, "run_grid", lambda *a, **k: [runner.Outcome("r", "trained", 1.0)])
+    assert main([*_run(synthetic_dir, results), *args, "--min-free-gb", "0"]) == 0  # the user decides
+    capsys.readouterr()
+    assert main([*_run(synthetic_dir, results), *args, "--dry-run"]) == 0
+    disk = capsys.readouterr().out.strip().splitlines()[-1]
+    assert disk == f"disk: the 2 run(s) left need about {need / 1e9:.2f} GB in {results} (0.00 GB free)"
+
+
 def test_full_disk_while_probing_is_exit_2(tmp_path, synthetic_dir, capsys, no_training, monkeypatch):
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")

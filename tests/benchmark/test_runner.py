@@ -127,7 +127,8 @@ def test_dry_run_writes_nothing(tmp_path, capsys, monkeypatch):
     assert main(["run", "--config", str(SMOKE), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     smoke = load_benchmark_config(SMOKE)
-    assert "no --data-dir given" in lines[0] and len(lines) == 1 + len(smoke.models) * len(smoke.folds)
+    assert "no --data-dir given" in lines[0] and len(lines) == 2 + len(smoke.models) * len(smoke.folds)
+    assert lines[-1].startswith(f"disk: the {len(smoke.models)} run(s) left need about")
     assert main(["run", "--config", str(SMOKE), "--dry-run", "--results-dir", "elsewhere/new"]) == 0
     assert _tree(tmp_path) == before
 
@@ -258,7 +259,8 @@ def test_dry_run_lists_the_grid_and_bad_model_names_fail_fast(tmp_path, syntheti
     base = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path)]
     assert main([*base, "--dry-run", "--models", "unet,empty", "--seeds", "0,1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and lines[0].startswith("[1/4] unet fold 0 seed 0 -> unet__f0__s0__")
+    assert len(lines) == 5 and lines[0].startswith("[1/4] unet fold 0 seed 0 -> unet__f0__s0__")
+    assert lines[4].startswith(f"disk: the 4 run(s) left need about 0.01 GB in {tmp_path} (")
     assert not (tmp_path / "runs").exists()
     assert main([*base, "--dry-run", "--models", "unett"]) == 2
     assert "unknown model 'unett'" in capsys.readouterr().err
