@@ -14,14 +14,13 @@ beside 1.7 GiB of ``best.ckpt``).
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 from benchmark.core.config import TrainConfig
 from benchmark.core.summary import SUMMARY_NAME, is_complete, read_summary
 from benchmark.evaluation import finalize
-from benchmark.training.checkpoint import LAST
+from benchmark.training.checkpoint import drop_resume_state
 from benchmark.training.module import SegModule
 from benchmark.training.trainer import make_datamodule, train
 
@@ -52,6 +51,5 @@ def fit(
         return {}
     device, world_size = trainer.strategy.root_device, trainer.world_size
     summary = finalize.finalize_run(cfg, dm, data_dir, out_dir, device, world_size=world_size)
-    with contextlib.suppress(OSError):  # the summary is on disk; a leftover resume file only costs space
-        (out_dir / "checkpoints" / LAST).unlink(missing_ok=True)
+    drop_resume_state(out_dir)  # the summary is on disk
     return summary

@@ -43,7 +43,7 @@ import numpy as np
 from benchmark import ray_cluster, runner
 from benchmark.core.config import BenchmarkConfig, TrainConfig
 from benchmark.core.files import atomic_write
-from benchmark.core.preflight import stop_for_space
+from benchmark.core.preflight import OutOfSpace, stop_for_space
 from benchmark.core.summary import is_complete
 from benchmark.evaluation import deferred_costs
 from benchmark.ray_resources import RayExecutorError, RaySettings, exclusive_options, slots, task_options
@@ -307,11 +307,12 @@ def launch(
                     runner.say(line)
                 if outcomes[-1].no_space:  # the runs in flight are cancelled below, their checkpoints kept
                     raise stop_for_space(outcomes[-1].no_space, outcomes[-1].run)
-    except BaseException:
+    except BaseException as exc:
         for ref in pending:  # a killed run keeps its last.ckpt; the next invocation resumes it
             ray.cancel(ref, force=True)
         if pending:
-            runner.say(f"interrupted: {len(pending)} run(s) not finished resume from their last checkpoint")
+            why = "cancelled" if isinstance(exc, OutOfSpace) else "interrupted"
+            runner.say(f"{why}: {len(pending)} run(s) not finished resume from their last checkpoint")
         raise
     return outcomes
 

@@ -309,6 +309,11 @@ def run_grid(
     done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
     if done and data_hash is not None:
         check_same_data(runs, done, data_dir, data_hash)
+    if global_rank() == 0:  # resume state a finished run kept (an earlier version, a kill before it went)
+        from benchmark.training.checkpoint import drop_resume_state
+
+        for cfg in done:
+            drop_resume_state(runs / cfg.run_name())
     todo = [c for c in grid if c not in done]
     outcomes = [Outcome(c.run_name(), "skipped") for c in grid if c not in todo]
     if outcomes:
@@ -359,6 +364,8 @@ def retry_released(
         say(f"[retry] {outcome.run}: its holder stopped without finishing it; taking it over")
         outcomes[i] = run_one(cfg, data_dir, results_dir, fit, stale_after_s)
         _announce("[retry]", outcomes[i], results_dir / "runs")
+        if outcomes[i].no_space:
+            raise stop_for_space(outcomes[i].no_space, outcomes[i].run)
 
 
 def missing_runs(grid: list[TrainConfig], outcomes: list[Outcome], results_dir: Path) -> list[str]:

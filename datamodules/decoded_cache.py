@@ -14,13 +14,16 @@ temporary name and renamed in, so a concurrent reader sees a complete entry or n
 cache cannot be written (no space, read-only), the data set is decoded in memory as before.
 
 Writing an entry prunes the ones no run will read again (:func:`prune`): earlier versions of the
-same data directory, entries of data directories that are gone, entries of earlier cache formats,
-and temporary directories a killed writer left. Before, the cache only grew: a development box held
-49 entries, 7.4 GB, seven of them 918 MB versions of one data directory.
+same data directory written by this version of the suite, entries nobody has read for
+``UNUSED_AFTER_DAYS`` (another checkout's, a removed data directory's, an earlier format's), and
+temporary directories a killed writer left. Before, the cache only grew: a development box held 49
+entries, 7.4 GB, seven of them 918 MB versions of one data directory. The cache is node-local: a
+process that maps a removed entry keeps its pages on a local file system, not on NFS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,8 +41,10 @@ from datamodules.kaggle import TrainRecord, TrainSet, load_train
 
 CACHE_ENV = "NERVE_BENCH_CACHE_DIR"
 _FORMAT = 3  # bump when the entry layout changes (2: fingerprints.npy; 3: source.json)
-SOURCE = "source.json"  # the entry's data directory, read by prune
+SOURCE = "source.json"  # the entry's data directory and the versions that named it, read by prune
 ABANDONED_AFTER_S = 3600.0  # a temporary directory this old is a killed writer's, not a slow one's
+# An entry another checkout or version still uses is read (and touched) more often than this.
+UNUSED_AFTER_DAYS = 14.0
 # What this module names in the cache root (an entry, or write_entry's temporary directory): prune
 # touches nothing else, so a root shared with other files ($NERVE_BENCH_CACHE_DIR) loses none of them.
 _OURS = re.compile(r"[0-9a-f]{16}|\.[0-9a-f]{16}\..+")
@@ -109,6 +114,8 @@ def read_entry(entry: Path) -> TrainSet | None:
     n = len(meta["records"])
     if images.shape[0] != n or images.shape != masks.shape or len(fingerprints) != n:
         return None
+    with contextlib.suppress(OSError):  # last use, for prune's age rule (a read-only root is fine)
+        os.utime(entry)
     return TrainSet(_records(meta["records"]), images, masks, meta["mask_source"], fingerprints)
 
 
@@ -118,8 +125,7 @@ def write_entry(entry: Path, train_set: TrainSet, data_dir: Path | None = None) 
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        source = {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()), "format": _FORMAT}
-        (tmp / SOURCE).write_text(json.dumps(source))
+        (tmp / SOURCE).write_text(json.dumps(source_record(data_dir)))
         np.save(tmp / "images.npy", np.ascontiguousarray(train_set.images))
         np.save(tmp / "masks.npy", np.ascontiguousarray(train_set.masks))
         np.save(tmp / "fingerprints.npy", train_set.fingerprints())  # computed once per node, like the decode
@@ -157,30 +163,41 @@ def load_train_shared(data_dir: str | Path, root: Path | None = None) -> TrainSe
     return read_entry(entry) or train_set
 
 
-def _stale(path: Path, data_dir: Path, now: float) -> bool:
-    """Whether no run of this version reads the cache directory ``path`` again (see :func:`prune`)."""
+def source_record(data_dir: str | Path | None) -> dict:
+    """What names an entry besides its files: the data directory, the layout and fingerprint versions."""
+    where = None if data_dir is None else str(Path(data_dir).resolve())
+    return {"data_dir": where, "format": _FORMAT, "fingerprints": fingerprint_version}
+
+
+def _stale(path: Path, current: dict, now: float) -> bool:
+    """Whether no run reads the cache directory ``path`` again (see :func:`prune`)."""
+    age = now - path.stat().st_mtime
     if path.name.startswith("."):  # write_entry's temporary directory
-        return now - path.stat().st_mtime > ABANDONED_AFTER_S
+        return age > ABANDONED_AFTER_S
+    if not (path / "records.json").is_file():  # every format has it: not an entry of ours
+        return False
     try:
         source = json.loads((path / SOURCE).read_text())
     except FileNotFoundError:
-        return True  # an entry of an earlier cache format: its signature is never computed again
-    recorded = source.get("data_dir")
-    return recorded is not None and (recorded == str(data_dir) or not Path(recorded).is_dir())
+        source = {}  # format 2 or earlier
+    if source == current:  # this version's entry of this data directory, as its files were before
+        return True
+    return age > UNUSED_AFTER_DAYS * 86400
 
 
 def prune(keep: Path, data_dir: str | Path) -> list[Path]:
     """Remove the cache directories beside ``keep`` that no run reads again; returns them.
 
-    Those are: other versions of ``data_dir`` (a file changed since), entries whose data directory
-    is gone, entries of earlier formats, and temporary directories older than ``ABANDONED_AFTER_S``.
-    A process still mapping a removed entry keeps its pages (POSIX); anything unreadable is kept.
+    Those are: earlier versions of ``data_dir`` written by this version of the suite (a file changed
+    since: its signature is never computed again), entries unused for ``UNUSED_AFTER_DAYS`` (their
+    reads touch them), and temporary directories older than ``ABANDONED_AFTER_S``. Another
+    checkout's entry of the same data is kept while it is used: it is named by other versions.
     """
-    data_dir, now, removed = Path(data_dir).resolve(), time.time(), []
+    current, now, removed = source_record(data_dir), time.time(), []
     for path in sorted(keep.parent.iterdir()):
         try:
             ours = path != keep and _OURS.fullmatch(path.name) is not None and path.is_dir()
-            stale = ours and _stale(path, data_dir, now)
+            stale = ours and _stale(path, current, now)
         except (OSError, ValueError, AttributeError):
             continue
         if stale:

@@ -10,6 +10,7 @@ previous file intact. Problems with a checkpoint are one line naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,14 @@ def save_plain_checkpoint(module: SegModule, path: Path) -> None:
         HISTORY_CKPT_KEY: empty_history(),
     }
     save_torch(ckpt, path)
+
+
+def drop_resume_state(run_dir: Path) -> None:
+    """Delete a finished run's ``last.ckpt``: a finished run is never resumed, and with AdamW's two
+    moments it is three times ``best.ckpt``. (A run whose summary is later removed, or read by a
+    suite with another summary schema, then trains again instead of only being re-scored.)"""
+    with contextlib.suppress(OSError):  # a leftover only costs space
+        (Path(run_dir) / "checkpoints" / LAST).unlink(missing_ok=True)
 
 
 def save_torch(obj: Any, path: Path) -> None:

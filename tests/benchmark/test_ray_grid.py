@@ -332,9 +332,12 @@ class _threads:
 
 
 def full_disk_fit(cfg, data_dir, out_dir, preloaded=None):
-    """Fold 1 finds the disk full (as Lightning reports a failed checkpoint write); the others record
-    their process and wait (2 minutes) to be in flight when it fails."""
+    """Fold 1 finds the disk full (as Lightning reports a failed checkpoint write) once another run is
+    in flight; the others record their process and wait (2 minutes)."""
     if cfg.fold == 1:
+        deadline = time.monotonic() + 300  # until another run is in flight (workers start unevenly)
+        while not list(Path(out_dir).parent.glob("*/pid")) and time.monotonic() < deadline:
+            time.sleep(0.1)
         try:
             raise OSError(28, "No space left on device", str(Path(out_dir) / "checkpoints" / "last.ckpt"))
         except OSError as exc:

@@ -103,7 +103,9 @@ def test_gpu_cache_run_resumes_bit_identical(synthetic_dir, tmp_path, capsys):
     _assert_identical(resumed, whole)
 
 
-def test_checkpoint_every_s_spaces_resume_points_and_changes_nothing_else(synthetic_dir, tmp_path):
+def test_checkpoint_every_s_spaces_resume_points_and_changes_nothing_else(
+    synthetic_dir, tmp_path, monkeypatch
+):
     """One full write per epoch was a third of a CPU run; with checkpoint_every_s only the final epoch
     (and any epoch that ends the interval) writes last.ckpt. Same results and hash; a crash costs
     the epochs since the last write. best.ckpt holds no optimiser state (it is never resumed)."""
@@ -116,11 +118,19 @@ def test_checkpoint_every_s_spaces_resume_points_and_changes_nothing_else(synthe
     assert not (ckpts / "last.ckpt").exists() and (ckpts / "best.ckpt").is_file()
     best = torch.load(ckpts / "best.ckpt", weights_only=True)
     assert "optimizer_states" not in best and "state_dict" in best
-    counter = CountEpochs()
+    counter, at_the_end = CountEpochs(), []
+    scoring = pipeline.finalize.finalize_run
+
+    def finalize_run(*args, **kwargs):  # training is over: the final epoch's resume point is written
+        at_the_end.append(torch.load(ckpts / "last.ckpt", weights_only=True))
+        return scoring(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.finalize, "finalize_run", finalize_run)
     resumed = pipeline.fit(sparse, synthetic_dir, tmp_path / "sparse", callbacks=[counter])
     assert counter.epochs == [0, 1, 2]  # nothing to resume from: trained again from the start
-    # Every epoch is in the summary; the resume state went when the run finished.
-    assert resumed["history"]["epoch"] == [0, 1, 2] and not (ckpts / "last.ckpt").exists()
+    (last,) = at_the_end
+    assert last["epoch"] == 2 and last["nerve_bench_history"]["epoch"] == [0, 1, 2]
+    assert not (ckpts / "last.ckpt").exists()  # and it went once the summary was written
     _assert_identical(resumed, whole)
 
 

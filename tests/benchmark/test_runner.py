@@ -158,6 +158,20 @@ def test_failure_is_recorded_and_the_rest_continue(tmp_path, capsys):
     assert sorted(o.status for o in outcomes) == ["skipped", "skipped", "trained"]
 
 
+def test_a_finished_runs_leftover_resume_checkpoint_is_deleted(tmp_path):
+    """Finished runs of earlier versions kept last.ckpt (three times best.ckpt); the grid drops it."""
+    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
+    leftover = tmp_path / "runs" / grid[0].run_name() / "checkpoints" / "last.ckpt"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"resume state")
+    best = leftover.with_name("best.ckpt")
+    best.write_bytes(b"weights")
+    outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
+    assert [o.status for o in outcomes] == ["skipped", "skipped"]
+    assert not leftover.exists() and best.read_bytes() == b"weights"
+
+
 def test_each_finished_run_prints_name_seconds_and_outer_dice(tmp_path, capsys):
     grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,31 +57,51 @@ def test_a_changed_file_is_decoded_again(data: Path, tmp_path: Path) -> None:
     assert [p.name for p in root.iterdir()] == [dc.signature(data)]
 
 
+def _aged(path: Path, seconds: float) -> Path:
+    then = path.stat().st_mtime - seconds
+    os.utime(path, (then, then))
+    return path
+
+
+def _entry(root: Path, name: str, source: dict | None) -> Path:
+    """A complete-looking entry of another writer (records.json, and source.json unless format 2)."""
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "records.json").write_text("{}")
+    if source is not None:
+        (path / "source.json").write_text(json.dumps(source))
+    return path
+
+
 def test_writing_an_entry_prunes_what_no_run_reads_again(data: Path, tmp_path: Path) -> None:
     root = tmp_path / "cache"
     other = tmp_path / "other"
     generate(other, subjects=1, per_subject=2, n_test=0, seed=1)
     dc.load_train_shared(other, root)
-    kept = root / dc.signature(other)  # another data directory, still there
-    gone = tmp_path / "gone"
-    generate(gone, subjects=1, per_subject=2, n_test=0, seed=2)
-    dc.load_train_shared(gone, root)
-    gone_entry = root / dc.signature(gone)
-    shutil.rmtree(gone)
-    old_format = root / "0123456789abcdef"  # format 2 wrote no source.json
-    old_format.mkdir()
-    (old_format / "images.npy").write_bytes(b"0" * 100)
-    abandoned, fresh = root / ".fedcba9876543210.x1", root / ".fedcba9876543210.x2"
-    abandoned.mkdir(), fresh.mkdir()
-    hour_ago = abandoned.stat().st_mtime - dc.ABANDONED_AFTER_S - 1
-    os.utime(abandoned, (hour_ago, hour_ago))
-    foreign = root / "results"  # a shared $NERVE_BENCH_CACHE_DIR: not ours, never touched
+    live = root / dc.signature(other)  # another data directory's entry, in use
+    mine = dc.source_record(data)
+    earlier = _entry(root, "00000000000000aa", mine)  # this data, before a file changed: never read again
+    checkout = _entry(root, "00000000000000bb", {**mine, "fingerprints": "another checkout's"})
+    unused = _aged(_entry(root, "00000000000000cc", {**mine, "data_dir": "/gone"}), 15 * 86400)
+    format_2 = _entry(root, "00000000000000dd", None)  # recent: an older checkout may still use it
+    old_format_2 = _aged(_entry(root, "00000000000000ee", None), 15 * 86400)
+    foreign = root / "00000000000000ff"  # our kind of name, but no entry: never ours to remove
     foreign.mkdir()
+    _aged(foreign, 15 * 86400)
+    abandoned = root / ".fedcba9876543210.x1"
+    abandoned.mkdir()
+    _aged(abandoned, dc.ABANDONED_AFTER_S + 1)
+    fresh = root / ".fedcba9876543210.x2"  # a writer at work
+    fresh.mkdir()
+    named = root / "results"  # not a name of ours, in a shared $NERVE_BENCH_CACHE_DIR
+    named.mkdir()
     dc.load_train_shared(data, root)
-    assert sorted(p.name for p in root.iterdir()) == sorted(
-        [kept.name, dc.signature(data), fresh.name, foreign.name]
-    )
-    assert not gone_entry.exists() and not old_format.exists() and not abandoned.exists()
+    kept = {live, root / dc.signature(data), checkout, format_2, foreign, fresh, named}
+    assert set(root.iterdir()) == kept
+    assert not any(p.exists() for p in (earlier, unused, old_format_2, abandoned))
+    _aged(live, 15 * 86400)
+    dc.load_train_shared(other, root)  # a read touches its entry: in use again
+    assert time.time() - live.stat().st_mtime < 86400
 
 
 def test_an_unwritable_cache_falls_back_to_memory(data: Path, tmp_path: Path, capsys) -> None:
