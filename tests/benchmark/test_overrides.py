@@ -94,7 +94,7 @@ def test_set_overrides_the_synthetic_section_too(tmp_path, capsys, monkeypatch):
     args = ["run", "--config", str(CONFIGS / "default.yaml"), "--results-dir", str(tmp_path / "r"),
             "--models", "unet", "--folds", "0", "--dry-run"]  # fmt: skip
     assert main(args) == 0
-    plain = capsys.readouterr().out.strip().splitlines()[-2]  # the run's line; the last says the room it needs
+    plain = capsys.readouterr().out.strip().splitlines()[-2]  # the run's line; the last is the disk's
     assert main([*args, "--set", "image_size=32"]) == 0
     changed = capsys.readouterr().out.strip().splitlines()[-2]
     assert plain.split("-> ")[1] != changed.split("-> ")[1]
