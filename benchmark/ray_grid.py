@@ -336,6 +336,7 @@ def run_grid(
     done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
     if done and data_hash is not None:
         runner.check_same_data(runs, done, data_dir, data_hash)
+    runner.drop_kept_resume_state(runs, done)
     todo = [c for c in grid if c not in done]
     outcomes = [Outcome(c.run_name(), "skipped") for c in done]
     if done:

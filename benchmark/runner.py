@@ -280,6 +280,17 @@ def check_same_data(runs: Path, done: list[TrainConfig], data_dir: Path, current
             )
 
 
+def drop_kept_resume_state(runs: Path, done: list[TrainConfig]) -> None:
+    """The last.ckpt that complete runs still hold (written by an earlier version, or left by a kill
+    between the summary and its deletion): rank 0 deletes them, as a finishing run does."""
+    if global_rank() != 0:
+        return
+    from benchmark.training.checkpoint import drop_resume_state
+
+    for cfg in done:
+        drop_resume_state(runs / cfg.run_name())
+
+
 def _announce(tag: str, outcome: Outcome, runs: Path) -> None:
     if outcome.status == "trained":
         say(f"{tag} {finished_line(outcome.run, outcome.seconds, outcome.dice)}")
@@ -309,11 +320,7 @@ def run_grid(
     done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
     if done and data_hash is not None:
         check_same_data(runs, done, data_dir, data_hash)
-    if global_rank() == 0:  # resume state a finished run kept (an earlier version, a kill before it went)
-        from benchmark.training.checkpoint import drop_resume_state
-
-        for cfg in done:
-            drop_resume_state(runs / cfg.run_name())
+    drop_kept_resume_state(runs, done)
     todo = [c for c in grid if c not in done]
     outcomes = [Outcome(c.run_name(), "skipped") for c in grid if c not in todo]
     if outcomes:

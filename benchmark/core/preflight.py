@@ -108,8 +108,8 @@ def check_results_dir(results_dir: Path, min_free_gb: float, need_bytes: int = 0
         raise NerveBenchError(
             f"{results_dir}: only {free / 1e9:.2f} GB free, but the {runs} run(s) left need about "
             f"{need_bytes / 1e9:.2f} GB (best.ckpt, summary and overlays each, and room for the resume "
-            "checkpoint of the run in flight); free space, use another --results-dir, or pass "
-            "--min-free-gb to decide yourself"
+            "checkpoint of the run in flight); free space, use another --results-dir, or set "
+            f"--min-free-gb (or ${MIN_FREE_ENV}) to decide yourself"
         )
 
 

@@ -122,7 +122,8 @@ def test_a_grid_that_will_not_fit_is_refused_before_the_first_run(
     assert _one_error_line(capsys) == (
         f"error: {results}: only 0.00 GB free, but the 2 run(s) left need about {need / 1e9:.2f} GB "
         "(best.ckpt, summary and overlays each, and room for the resume checkpoint of the run in flight); "
-        "free space, use another --results-dir, or pass --min-free-gb to decide yourself"
+        "free space, use another --results-dir, or set --min-free-gb (or $NERVE_BENCH_MIN_FREE_GB) to decide "
+        "yourself"
     )
     monkeypatch.setattr(runner, "run_grid", lambda *a, **k: [runner.Outcome("r", "trained", 1.0)])
     assert main([*_run(synthetic_dir, results), *args, "--min-free-gb", "0"]) == 0  # the user decides

@@ -158,8 +158,12 @@ def test_failure_is_recorded_and_the_rest_continue(tmp_path, capsys):
     assert sorted(o.status for o in outcomes) == ["skipped", "skipped", "trained"]
 
 
-def test_a_finished_runs_leftover_resume_checkpoint_is_deleted(tmp_path):
-    """Finished runs of earlier versions kept last.ckpt (three times best.ckpt); the grid drops it."""
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_finished_runs_leftover_resume_checkpoint_is_deleted(tmp_path, executor):
+    """Finished runs of earlier versions kept last.ckpt (three times best.ckpt); either executor drops
+    it when it skips them (Ray is not started: nothing is left to train)."""
+    from benchmark import ray_grid
+
     grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
     leftover = tmp_path / "runs" / grid[0].run_name() / "checkpoints" / "last.ckpt"
@@ -167,7 +171,10 @@ def test_a_finished_runs_leftover_resume_checkpoint_is_deleted(tmp_path):
     leftover.write_bytes(b"resume state")
     best = leftover.with_name("best.ckpt")
     best.write_bytes(b"weights")
-    outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
+    if executor == "local":
+        outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
+    else:
+        outcomes = ray_grid.run_grid(grid, tmp_path, tmp_path, ray_grid.RaySettings(0.0, 1.0))
     assert [o.status for o in outcomes] == ["skipped", "skipped"]
     assert not leftover.exists() and best.read_bytes() == b"weights"
 
