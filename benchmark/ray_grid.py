@@ -95,16 +95,24 @@ def execute(
     results_dir: Path,
     data_hash: str | None = None,
     train_set: Any = None,
+    room: Callable[[int], None] | None = None,
 ) -> list[Outcome]:
     """Run ``grid`` with the config's executor: the local loop (its runs map the node's decoded
-    cache), or Ray tasks (``train_set``, already decoded, goes to the object store; else it is read)."""
+    cache), or Ray tasks (``train_set``, already decoded, goes to the object store; else it is read).
+    ``room(in_flight)`` checks the results directory's room for that many runs at a time (Ray)."""
     executor, why = choose(bench, grid)
     if why:
         runner.say(why)
     if executor == "local":
         return runner.run_grid(grid, data_dir, results_dir, data_hash=data_hash)
     return run_grid(
-        grid, data_dir, results_dir, RaySettings.of(bench), data_hash=data_hash, train_set=train_set
+        grid,
+        data_dir,
+        results_dir,
+        RaySettings.of(bench),
+        data_hash=data_hash,
+        train_set=train_set,
+        room=room,
     )
 
 
@@ -281,11 +289,14 @@ def launch(
     settings: RaySettings,
     fit: Callable | None,
     train_set: Any,
+    room: Callable[[int], None] | None = None,
 ) -> list[Outcome]:
     """Submit every run, then report each as it finishes; Ctrl-C cancels the rest (checkpoints stay)."""
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     options = task_options(nodes, settings, todo[0].accelerator)
     capacity = slots(nodes, options)
+    if room is not None and min(capacity, len(todo)) > 1:  # a resume checkpoint per run in flight
+        room(min(capacity, len(todo)))
     token = write_marker(results_dir)
     check_shared(ray, results_dir, token)
     shared = share_train_set(ray, data_dir, train_set)
@@ -325,6 +336,7 @@ def run_grid(
     fit: Callable | None = None,
     data_hash: str | None = None,
     train_set: Any = None,
+    room: Callable[[int], None] | None = None,
 ) -> list[Outcome]:
     """Like :func:`benchmark.runner.run_grid`, with the open runs as Ray tasks.
 
@@ -351,7 +363,7 @@ def run_grid(
             ray_cluster.sync_reaper(reaper)  # Ray's daemons are recorded before any task starts
         try:
             if todo:
-                outcomes += launch(ray, todo, data_dir, results_dir, settings, fit, train_set)
+                outcomes += launch(ray, todo, data_dir, results_dir, settings, fit, train_set, room)
             measure_deferred_costs(ray, grid, runs, settings)
             return outcomes
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,8 +177,12 @@ def run(args: argparse.Namespace) -> int:
         grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
     from benchmark.core.preflight import check_room
 
-    # before any data generation or training
-    check_room(args.results_dir, args.min_free_gb, _values_left(grid, args.results_dir, sizes))
+    # Before any data generation or training; the Ray executor checks again once it knows how many
+    # runs its cluster trains at a time.
+    room = functools.partial(
+        check_room, args.results_dir, args.min_free_gb, _values_left(grid, args.results_dir, sizes)
+    )
+    room()
     grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)
@@ -185,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
     if local:
         train = None  # the runs map the node's cache: the driver keeps no copy for the whole grid
     start = time.perf_counter()
-    outcomes = ray_grid.execute(bench, grid, data_dir, args.results_dir, data_hash=data_hash, train_set=train)
+    outcomes = ray_grid.execute(
+        bench, grid, data_dir, args.results_dir, data_hash=data_hash, train_set=train, room=room
+    )
     counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "skipped", "held")}
     runner.say(
         f"grid done in {runner.clock(time.perf_counter() - start)}: {counts['trained']} trained, "

@@ -53,24 +53,28 @@ RUN_FILES_BYTES = 2_000_000
 RESUME_BYTES = 2 * 3 * WEIGHT_BYTES
 
 
-def grid_need_bytes(values: list[int]) -> int:
-    """What the runs left write, one at a time, given each one's stored values (parameters and
-    buffers): every one keeps best.ckpt, summary and overlays; the largest also needs room for its
-    resume checkpoint while it trains (deleted when it finishes). The Ray executor trains several at
-    once, each with its own resume checkpoint: 0.59 GB more per ResNet-34 U-Net in flight."""
+def grid_need_bytes(values: list[int], in_flight: int = 1) -> int:
+    """What the runs left write, given each one's stored values (parameters and buffers): every one
+    keeps best.ckpt, summary and overlays, and each of the ``in_flight`` largest needs room for its
+    resume checkpoint while it trains (deleted when it finishes). The Ray executor trains several
+    at once: 0.59 GB more per ResNet-34 U-Net in flight."""
     if not values:
         return 0
-    return sum(WEIGHT_BYTES * v + RUN_FILES_BYTES for v in values) + RESUME_BYTES * max(values)
+    largest = sorted(values, reverse=True)[: max(in_flight, 1)]
+    return sum(WEIGHT_BYTES * v + RUN_FILES_BYTES for v in values) + RESUME_BYTES * sum(largest)
 
 
-def check_room(results_dir: Path, min_free_gb: float | None, values_left: list[int]) -> None:
-    """:func:`check_results_dir` for a grid whose runs left store ``values_left`` values each: the
-    floor is ``min_free_gb`` (the flag), else ``$NERVE_BENCH_MIN_FREE_GB``, else 1 GB and the grid's
-    estimate; a floor the user gave decides alone (the estimate may not know a plugin's files)."""
+def check_room(
+    results_dir: Path, min_free_gb: float | None, values_left: list[int], in_flight: int = 1
+) -> None:
+    """:func:`check_results_dir` for a grid whose runs left store ``values_left`` values each, up to
+    ``in_flight`` at a time: the floor is ``min_free_gb`` (the flag), else ``$NERVE_BENCH_MIN_FREE_GB``,
+    else 1 GB and the grid's estimate; a floor the user gave decides alone (the estimate may not know
+    a plugin's files)."""
     decided = min_free_gb is not None or bool(os.environ.get(MIN_FREE_ENV, "").strip())
     floor = min_free_gb if min_free_gb is not None else min_free_gb_default()
-    need = 0 if decided else grid_need_bytes(values_left)
-    check_results_dir(results_dir, floor, need, len(values_left))
+    need = 0 if decided else grid_need_bytes(values_left, in_flight)
+    check_results_dir(results_dir, floor, need, len(values_left), in_flight)
 
 
 def free_bytes(path: Path) -> int:
@@ -81,7 +85,9 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def check_results_dir(results_dir: Path, min_free_gb: float, need_bytes: int = 0, runs: int = 0) -> None:
+def check_results_dir(
+    results_dir: Path, min_free_gb: float, need_bytes: int = 0, runs: int = 0, in_flight: int = 1
+) -> None:
     """Check that ``results_dir`` exists or can be created, is writable and has ``min_free_gb`` free,
     and room for the ``need_bytes`` (:func:`grid_need_bytes`) of the ``runs`` left.
 
@@ -105,10 +111,11 @@ def check_results_dir(results_dir: Path, min_free_gb: float, need_bytes: int = 0
             f"(--min-free-gb, ${MIN_FREE_ENV})"
         )
     if free < need_bytes:
+        flying = "the run in flight" if in_flight <= 1 else f"each of the {in_flight} runs in flight"
         raise NerveBenchError(
             f"{results_dir}: only {free / 1e9:.2f} GB free, but the {runs} run(s) left need about "
             f"{need_bytes / 1e9:.2f} GB (best.ckpt, summary and overlays each, and room for the resume "
-            "checkpoint of the run in flight); free space, use another --results-dir, or set "
+            f"checkpoint of {flying}); free space, use another --results-dir, or set "
             f"--min-free-gb (or ${MIN_FREE_ENV}) to decide yourself"
         )
 

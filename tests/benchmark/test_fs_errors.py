@@ -98,6 +98,12 @@ def test_the_room_a_grid_needs_is_its_checkpoints_summaries_and_one_resume_state
     # best.ckpt 4 B per value + 2 MB of summary and overlays each; 2 x 12 B per value of the largest
     assert preflight.grid_need_bytes([10, 20]) == (40 + 2_000_000) + (80 + 2_000_000) + 24 * 20
     assert preflight.grid_need_bytes([]) == 0
+    # Ray trains several at once: a resume state for each of the largest runs in flight
+    sizes = [10, 30, 20]
+    assert preflight.grid_need_bytes(sizes, in_flight=2) == sum(4 * v + 2_000_000 for v in sizes) + 24 * (
+        30 + 20
+    )
+    assert preflight.grid_need_bytes(sizes, in_flight=5) == sum(4 * v + 2_000_000 for v in sizes) + 24 * 60
 
 
 def test_a_grid_that_will_not_fit_is_refused_before_the_first_run(

@@ -367,3 +367,21 @@ def test_a_run_out_of_space_cancels_the_runs_in_flight_and_ends_the_grid(ray_clu
         ray_grid.run_grid(grid, data, tmp_path, ONE_CPU, fit=full_disk_fit)
     pids = [int(p.read_text()) for p in (tmp_path / "runs").glob("*/pid")]
     assert pids and all(_gone(pid) for pid in pids)  # the runs in flight were cancelled, not waited for
+
+
+def test_the_room_check_counts_the_runs_the_cluster_trains_at_once(ray_cluster, data, tmp_path):
+    """2 CPUs, one per run: two resume checkpoints at a time. A refusal comes before any run starts."""
+    from datamodules.errors import NerveBenchError
+
+    asked: list[int] = []
+
+    def room(in_flight: int) -> None:
+        asked.append(in_flight)
+        raise NerveBenchError("results: too little room")
+
+    grid = smoke_grid(("unet",), folds=(0, 1, 2))
+    with pytest.raises(NerveBenchError, match="too little room"):
+        ray_grid.run_grid(grid, data, tmp_path, ONE_CPU, fit=full_disk_fit, room=room)
+    assert asked == [2] and not (tmp_path / "runs").exists()
+    one = ray_grid.run_grid(grid[:1], data, tmp_path / "one", ONE_CPU, fit=probe_fit, room=room)
+    assert asked == [2] and [o.status for o in one] == ["trained"]  # one run: the first check holds
