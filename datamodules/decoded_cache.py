@@ -134,10 +134,23 @@ def write_entry(entry: Path, train_set: TrainSet, data_dir: Path | None = None) 
         try:
             os.rename(tmp, entry)
         except OSError:
-            if read_entry(entry) is None:  # not another process's complete copy: a real failure
-                raise
+            if read_entry(entry) is not None:  # another process's complete copy
+                return
+            _remove(entry)  # an incomplete one (a removal killed half-way): replaced, not kept forever
+            os.rename(tmp, entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Rename ``path`` to a temporary name, then delete it: a removal killed half-way leaves a
+    temporary directory (pruned after an hour), never a broken entry under a name that is read."""
+    aside = path.with_name(f".{path.name.lstrip('.')}.removed-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def load_train_shared(data_dir: str | Path, root: Path | None = None) -> TrainSet:
@@ -201,6 +214,6 @@ def prune(keep: Path, data_dir: str | Path) -> list[Path]:
         except (OSError, ValueError, AttributeError):
             continue
         if stale:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
             removed.append(path)
     return removed

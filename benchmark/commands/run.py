@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from benchmark.commands import add_set_option
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from benchmark.core.config import BenchmarkConfig, TrainConfig
 
 EXIT_INCOMPLETE = 3  # runs held by other processes are missing from the leaderboard (README "Exit codes")
@@ -113,12 +115,30 @@ def _load(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path, list[TrainCo
     return bench, data_dir, grid, sizes
 
 
-def _values_left(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) -> list[int]:
-    """Stored values (parameters and buffers) of each run not yet complete: what the grid will write."""
+def _runs_left(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) -> tuple[list[int], int]:
+    """Stored values (parameters and buffers) of each run not yet complete, and the bytes their
+    checkpoints already hold (a resumed run replaces them): what the grid will still write."""
     from benchmark.core.summary import is_complete
 
     runs = results_dir / "runs"
-    return [sizes[c.run_name()] for c in grid if not is_complete(runs / c.run_name(), c.hash())]
+    left = [c for c in grid if not is_complete(runs / c.run_name(), c.hash())]
+    held = sum(p.stat().st_size for c in left for p in (runs / c.run_name() / "checkpoints").glob("*.ckpt"))
+    return [sizes[c.run_name()] for c in left], held
+
+
+def _room(args: argparse.Namespace, grid: list[TrainConfig], sizes: dict[str, int]) -> Callable[..., None]:
+    """The results directory's room check (``room(in_flight=1)``), made once here; the resume
+    checkpoints that complete runs still hold are deleted first, as the grid would."""
+    from benchmark import runner
+    from benchmark.core.preflight import check_room
+    from benchmark.core.summary import is_complete
+
+    runs = args.results_dir / "runs"
+    runner.drop_kept_resume_state(runs, [c for c in grid if is_complete(runs / c.run_name(), c.hash())])
+    values, held = _runs_left(grid, args.results_dir, sizes)
+    room = functools.partial(check_room, args.results_dir, args.min_free_gb, values, held_bytes=held)
+    room()
+    return room
 
 
 def _dry_run(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) -> int:
@@ -134,10 +154,12 @@ def _dry_run(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) 
         state = " (complete)" if is_complete(run_dir, cfg.hash()) else ""
         state = f" (held by {holder.describe()})" if holder and not state else state
         print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
-    left = _values_left(grid, results_dir, sizes)
+    left, held = _runs_left(grid, results_dir, sizes)
+    need = max(grid_need_bytes(left) - held, 0)
     print(
-        f"disk: the {len(left)} run(s) left need about {grid_need_bytes(left) / 1e9:.2f} GB in {results_dir} "
-        f"({free_bytes(results_dir) / 1e9:.2f} GB free)"
+        f"disk: the {len(left)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
+        f"({free_bytes(results_dir) / 1e9:.2f} GB free; one run at a time: Ray adds a resume checkpoint "
+        "per further run in flight)"
     )
     return 0
 
@@ -175,14 +197,9 @@ def run(args: argparse.Namespace) -> int:
     local = ray_grid.choose(bench, grid)[0] == "local"
     if local:
         grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
-    from benchmark.core.preflight import check_room
-
     # Before any data generation or training; the Ray executor checks again once it knows how many
     # runs its cluster trains at a time.
-    room = functools.partial(
-        check_room, args.results_dir, args.min_free_gb, _values_left(grid, args.results_dir, sizes)
-    )
-    room()
+    room = _room(args, grid, sizes)
     grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)

@@ -65,15 +65,19 @@ def grid_need_bytes(values: list[int], in_flight: int = 1) -> int:
 
 
 def check_room(
-    results_dir: Path, min_free_gb: float | None, values_left: list[int], in_flight: int = 1
+    results_dir: Path,
+    min_free_gb: float | None,
+    values_left: list[int],
+    in_flight: int = 1,
+    held_bytes: int = 0,
 ) -> None:
     """:func:`check_results_dir` for a grid whose runs left store ``values_left`` values each, up to
-    ``in_flight`` at a time: the floor is ``min_free_gb`` (the flag), else ``$NERVE_BENCH_MIN_FREE_GB``,
-    else 1 GB and the grid's estimate; a floor the user gave decides alone (the estimate may not know
-    a plugin's files)."""
+    ``in_flight`` at a time, and already hold ``held_bytes`` of checkpoints: the floor is
+    ``min_free_gb`` (the flag), else ``$NERVE_BENCH_MIN_FREE_GB``, else 1 GB and the grid's estimate;
+    a floor the user gave decides alone (the estimate may not know a plugin's files)."""
     decided = min_free_gb is not None or bool(os.environ.get(MIN_FREE_ENV, "").strip())
     floor = min_free_gb if min_free_gb is not None else min_free_gb_default()
-    need = 0 if decided else grid_need_bytes(values_left, in_flight)
+    need = 0 if decided else max(grid_need_bytes(values_left, in_flight) - held_bytes, 0)
     check_results_dir(results_dir, floor, need, len(values_left), in_flight)
 
 

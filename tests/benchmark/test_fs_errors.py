@@ -136,7 +136,36 @@ def test_a_grid_that_will_not_fit_is_refused_before_the_first_run(
     capsys.readouterr()
     assert main([*_run(synthetic_dir, results), *args, "--dry-run"]) == 0
     disk = capsys.readouterr().out.strip().splitlines()[-1]
-    assert disk == f"disk: the 2 run(s) left need about {need / 1e9:.2f} GB in {results} (0.00 GB free)"
+    assert disk == (
+        f"disk: the 2 run(s) left need about {need / 1e9:.2f} GB in {results} (0.00 GB free; one run at a "
+        "time: Ray adds a resume checkpoint per further run in flight)"
+    )
+
+
+def test_the_room_check_counts_what_runs_left_already_hold_and_frees_what_finished_runs_kept(
+    tmp_path, capsys, monkeypatch
+):
+    usage = namedtuple("usage", "total used free")
+    need = preflight.grid_need_bytes([1000, 2000])  # 4 MB of files, 12 kB of weights, one resume state
+    monkeypatch.setattr(preflight, "DEFAULT_MIN_FREE_GB", 0.0)  # the estimate alone
+    for free, refused in ((need - 500_000 - 1, True), (need - 500_000, False)):
+        monkeypatch.setattr(shutil, "disk_usage", lambda path, free=free: usage(10**10, 10**10 - free, free))
+        check = lambda: preflight.check_room(tmp_path, None, [1000, 2000], held_bytes=500_000)  # noqa: E731
+        if refused:
+            with pytest.raises(preflight.NerveBenchError, match="the 2 run"):
+                check()
+        else:
+            check()  # a resumed run replaces the checkpoints it holds: they count as room
+    # A finished run's leftover last.ckpt is deleted before the check, as the grid would delete it.
+    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["empty"])
+    results = tmp_path / "results"
+    runner.run_grid(grid, results, results, fit=fake_fit([]))
+    leftover = results / "runs" / grid[0].run_name() / "checkpoints" / "last.ckpt"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"resume state")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**10, 10**10, 0))
+    assert main(["run", "--config", str(SMOKE), "--results-dir", str(results), "--models", "unet,empty"]) == 2
+    assert not leftover.exists() and "need about" in _one_error_line(capsys)
 
 
 def test_full_disk_while_probing_is_exit_2(tmp_path, synthetic_dir, capsys, no_training, monkeypatch):
@@ -225,6 +254,21 @@ def test_a_run_out_of_space_ends_the_grid_with_one_line_and_exit_1(
         "run would fail the same way: the finished runs and the checkpoints written so far are kept; "
         "free space, then re-run the same command"
     ]
+
+
+def test_a_retried_run_out_of_space_also_ends_the_grid(tmp_path):
+    """A run held by a process that died is taken over at the end of the grid: the same stop."""
+    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+
+    def full(cfg, data_dir, out_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "summary.json"))
+
+    held = [runner.Outcome(c.run_name(), "held") for c in grid]  # no lock on disk: their holder is gone
+    with pytest.raises(
+        preflight.OutOfSpace, match=f"summary.json: No space left on device \\(while {grid[0].run_name()}"
+    ):
+        runner.retry_released(grid, held, tmp_path, tmp_path, full)
+    assert held[1].status == "held"  # the second was never started
 
 
 def test_out_of_space_is_found_through_the_exception_chain():

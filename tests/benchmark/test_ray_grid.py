@@ -359,7 +359,7 @@ def _gone(pid: int, within_s: float = 300.0) -> bool:
     return False
 
 
-def test_a_run_out_of_space_cancels_the_runs_in_flight_and_ends_the_grid(ray_cluster, data, tmp_path):
+def test_a_run_out_of_space_cancels_the_runs_in_flight_and_ends_the_grid(ray_cluster, data, tmp_path, capsys):
     """Every later run would fail the same way after training until its first checkpoint."""
     grid = smoke_grid(("unet",), folds=(0, 1, 2))
     where = tmp_path / "runs" / grid[1].run_name() / "checkpoints" / "last.ckpt"
@@ -367,6 +367,7 @@ def test_a_run_out_of_space_cancels_the_runs_in_flight_and_ends_the_grid(ray_clu
         ray_grid.run_grid(grid, data, tmp_path, ONE_CPU, fit=full_disk_fit)
     pids = [int(p.read_text()) for p in (tmp_path / "runs").glob("*/pid")]
     assert pids and all(_gone(pid) for pid in pids)  # the runs in flight were cancelled, not waited for
+    assert "cancelled: " in capsys.readouterr().out  # not "interrupted": nobody pressed Ctrl-C
 
 
 def test_the_room_check_counts_the_runs_the_cluster_trains_at_once(ray_cluster, data, tmp_path):

@@ -113,9 +113,14 @@ def test_an_unwritable_cache_falls_back_to_memory(data: Path, tmp_path: Path, ca
     assert err.count("\n") == 1 and "cannot cache the decoded data" in err and str(blocker) in err
 
 
-def test_an_incomplete_entry_is_not_read(data: Path, tmp_path: Path) -> None:
+def test_an_incomplete_entry_is_not_read_and_the_next_writer_replaces_it(data: Path, tmp_path: Path) -> None:
     root = tmp_path / "cache"
     entry = root / dc.signature(data)
     entry.mkdir(parents=True)
     (entry / "records.json").write_text("{}")  # a crash mid-write can never look like this: rename
     assert dc.read_entry(entry) is None
+    # A removal killed half-way could (before removals renamed first): the next reader replaces it,
+    # where the rename used to fail and every process decoded its own copy in memory.
+    ts = dc.load_train_shared(data, root)
+    assert isinstance(ts.images, np.memmap) and dc.read_entry(entry) is not None
+    assert [p.name for p in root.iterdir()] == [entry.name]  # the broken one went with it
