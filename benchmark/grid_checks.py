@@ -38,6 +38,7 @@ def check_splits(
     naming the run. ``linked``: the per-frame units of ``TrainSet.units`` that ``link_subjects``
     runs split by (default: the subjects)."""
     fit_sizes: dict[tuple, int] = {}
+    merged = linked is not None and np.unique(linked).size < np.unique(subjects).size  # counts of units
     for cfg in grid:
         units = linked if cfg.link_subjects and linked is not None else subjects
         split = (
@@ -50,8 +51,7 @@ def check_splits(
         )
         where = f"{cfg.model} fold {cfg.fold}"
         if split not in fit_sizes:
-            merged = np.unique(units).size < np.unique(subjects).size  # the counts below are of units
-            fit_sizes[split] = _fit_size(cfg, data_dir, units, positive, where, merged)
+            fit_sizes[split] = _fit_size(cfg, data_dir, units, positive, where, merged and units is linked)
         # whether the model trains is asked only of a run that would fail: it builds the model
         if fit_sizes[split] < cfg.batch_size and trains(cfg):
             raise DataError(

@@ -295,8 +295,9 @@ def launch(
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     options = task_options(nodes, settings, todo[0].accelerator)
     capacity = slots(nodes, options)
-    if room is not None and min(capacity, len(todo)) > 1:  # a resume checkpoint per run in flight
-        room(min(capacity, len(todo)))
+    in_flight = min(capacity, len(todo))
+    if room is not None and in_flight > 1:  # a resume checkpoint per run in flight
+        room(in_flight)
     token = write_marker(results_dir)
     check_shared(ray, results_dir, token)
     shared = share_train_set(ray, data_dir, train_set)

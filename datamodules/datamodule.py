@@ -31,7 +31,7 @@ from datamodules.cleaning import DEFAULT_THRESHOLD, find_contradictions
 from datamodules.data_config import DataConfig
 from datamodules.decoded_cache import load_train_shared
 from datamodules.errors import DataError
-from datamodules.fingerprints import counted_once, describe
+from datamodules.fingerprints import counted_once, describe, unlinked
 from datamodules.kaggle import TrainSet
 from datamodules.samplers import TrainSampler
 from datamodules.splits import split_for
@@ -206,7 +206,7 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
             if self.config.link_subjects:
                 log.info("link_subjects: %s: one unit in the split and the CIs", describe(link))
             else:
-                log.warning("%s, but link_subjects is false: the split may put them apart", describe(link))
+                log.warning("%s", unlinked(link))
 
     def _clean(self, ts: TrainSet) -> None:
         """Drop the empty member of contradictory near-duplicate pairs from the fit part only.

@@ -211,7 +211,7 @@ def prune(keep: Path, data_dir: str | Path) -> list[Path]:
         try:
             ours = path != keep and _OURS.fullmatch(path.name) is not None and path.is_dir()
             stale = ours and _stale(path, current, now)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):
             continue
         if stale:
             _remove(path)

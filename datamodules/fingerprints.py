@@ -157,6 +157,11 @@ def describe(link: tuple[int, int, int, int] | list) -> str:
     )
 
 
+def unlinked(link: tuple[int, int, int, int] | list) -> str:
+    """The warning for a linked pair that a split with ``link_subjects: false`` may put apart."""
+    return f"{describe(link)}, but link_subjects is false: the split may put them apart"
+
+
 def counted_once(links: list[tuple[int, int, int, int]]) -> str:
     """' (subjects that share frames count once: 17+18)' for messages that count units, else ''."""
     return (

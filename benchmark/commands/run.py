@@ -115,13 +115,19 @@ def _load(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path, list[TrainCo
     return bench, data_dir, grid, sizes
 
 
-def _runs_left(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) -> tuple[list[int], int]:
-    """Stored values (parameters and buffers) of each run not yet complete, and the bytes their
-    checkpoints already hold (a resumed run replaces them): what the grid will still write."""
+def _open_runs(grid: list[TrainConfig], results_dir: Path) -> list[TrainConfig]:
+    """The runs of ``grid`` not yet complete in ``results_dir``."""
     from benchmark.core.summary import is_complete
 
+    return [c for c in grid if not is_complete(results_dir / "runs" / c.run_name(), c.hash())]
+
+
+def _still_to_write(
+    left: list[TrainConfig], results_dir: Path, sizes: dict[str, int]
+) -> tuple[list[int], int]:
+    """Stored values (parameters and buffers) of each run ``left``, and the bytes their checkpoints
+    already hold (a resumed run replaces them): what the grid will still write."""
     runs = results_dir / "runs"
-    left = [c for c in grid if not is_complete(runs / c.run_name(), c.hash())]
     held = sum(p.stat().st_size for c in left for p in (runs / c.run_name() / "checkpoints").glob("*.ckpt"))
     return [sizes[c.run_name()] for c in left], held
 
@@ -131,11 +137,10 @@ def _room(args: argparse.Namespace, grid: list[TrainConfig], sizes: dict[str, in
     checkpoints that complete runs still hold are deleted first, as the grid would."""
     from benchmark import runner
     from benchmark.core.preflight import check_room
-    from benchmark.core.summary import is_complete
 
-    runs = args.results_dir / "runs"
-    runner.drop_kept_resume_state(runs, [c for c in grid if is_complete(runs / c.run_name(), c.hash())])
-    values, held = _runs_left(grid, args.results_dir, sizes)
+    left = _open_runs(grid, args.results_dir)
+    runner.drop_kept_resume_state(args.results_dir / "runs", [c for c in grid if c not in left])
+    values, held = _still_to_write(left, args.results_dir, sizes)
     room = functools.partial(check_room, args.results_dir, args.min_free_gb, values, held_bytes=held)
     room()
     return room
@@ -146,16 +151,15 @@ def _dry_run(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) 
     lock is created)."""
     from benchmark.core.lock import is_held
     from benchmark.core.preflight import free_bytes, grid_need_bytes
-    from benchmark.core.summary import is_complete
 
+    left = _open_runs(grid, results_dir)
     for i, cfg in enumerate(grid, start=1):
-        run_dir = results_dir / "runs" / cfg.run_name()
-        holder = is_held(run_dir)
-        state = " (complete)" if is_complete(run_dir, cfg.hash()) else ""
+        holder = is_held(results_dir / "runs" / cfg.run_name())
+        state = " (complete)" if cfg not in left else ""
         state = f" (held by {holder.describe()})" if holder and not state else state
         print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
-    left, held = _runs_left(grid, results_dir, sizes)
-    need = max(grid_need_bytes(left) - held, 0)
+    values, held = _still_to_write(left, results_dir, sizes)
+    need = max(grid_need_bytes(values) - held, 0)
     print(
         f"disk: the {len(left)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
         f"({free_bytes(results_dir) / 1e9:.2f} GB free; one run at a time: Ray adds a resume checkpoint "
@@ -229,7 +233,7 @@ def _check_data(grid: list[TrainConfig], data_dir: Path, results_dir: Path) -> t
     seen."""
     from benchmark import grid_checks, runner
     from datamodules.decoded_cache import load_train_shared
-    from datamodules.fingerprints import describe
+    from datamodules.fingerprints import unlinked
     from datamodules.kaggle import content_hash
 
     train = load_train_shared(data_dir)  # validated as it is decoded; a cached copy was validated then
@@ -237,7 +241,7 @@ def _check_data(grid: list[TrainConfig], data_dir: Path, results_dir: Path) -> t
     units, links = train.units(linked)
     grid_checks.check_link_subjects(results_dir, linked, links)
     for link in links if not linked else []:
-        runner.say(f"warning: {describe(link)}, but link_subjects is false: the split may put them apart")
+        runner.say(f"warning: {unlinked(link)}")
     grid_checks.check_splits(grid, data_dir, train.subjects, train.positive, units)
     return content_hash(train), train  # the test images play no part in a grid: not read here
 

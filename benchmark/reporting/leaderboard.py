@@ -157,6 +157,7 @@ def has_units(runs: list[dict[str, Any]]) -> bool:
 
 def oof_images(runs: list[dict[str, Any]], units: bool | None = None) -> dict[str, np.ndarray]:
     """Per image (sorted by index): subject, unit, true_empty, and each score averaged over its seeds."""
+    units = has_units(runs) if units is None else units
     index = _per_image(runs, "index").astype(np.int64)
     uniq, first, inverse = np.unique(index, return_index=True, return_inverse=True)
     n_seeds = np.bincount(inverse, minlength=uniq.size)
@@ -164,9 +165,7 @@ def oof_images(runs: list[dict[str, Any]], units: bool | None = None) -> dict[st
         "index": uniq,
         "subject": _per_image(runs, "subject")[first],
         # what a CI resamples: the unit when the board records units (``has_units``), else the subject
-        "unit": _per_image(runs, "unit" if (has_units(runs) if units is None else units) else "subject")[
-            first
-        ],
+        "unit": _per_image(runs, "unit" if units else "subject")[first],
         "true_empty": _per_image(runs, "true_empty").astype(bool)[first],
         "n_seeds": n_seeds,
     }
