@@ -19,7 +19,8 @@ from typing import Any
 
 from benchmark.core.config import BenchmarkConfig, ConfigError, apply_overrides
 from benchmark.core.files import atomic_write
-from benchmark.runner import global_rank, say
+from benchmark.core.ranks import global_rank
+from benchmark.runner import say
 from datamodules.errors import DataError
 
 SYNTHETIC_DIR = "_synthetic_data"

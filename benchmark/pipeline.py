@@ -9,7 +9,9 @@ A finished run directory holds ``checkpoints/best.ckpt``, ``summary.json`` and `
 is, and an interrupted run of the same config continues from ``checkpoints/last.ckpt``, which is
 deleted once the summary is written: a finished run is never resumed, and with the optimiser's two
 moments it is three times ``best.ckpt`` (the default grid's 40 trained runs kept 5.2 GiB of them
-beside 1.7 GiB of ``best.ckpt``).
+beside 1.7 GiB of ``best.ckpt``). Its per-epoch history stays in ``checkpoints/trained.json``: a
+finished run whose summary is removed is tuned and scored again from ``best.ckpt``, not trained
+again (a summary of an older schema is trained again: the recipe changed with the schema).
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmark.core.config import TrainConfig
+from benchmark.core.ranks import global_rank
 from benchmark.core.summary import SUMMARY_NAME, is_complete, read_summary
 from benchmark.evaluation import finalize
-from benchmark.training.checkpoint import drop_resume_state
+from benchmark.training.checkpoint import drop_resume_state, trained_history
+from benchmark.training.device import eval_device
 from benchmark.training.module import SegModule
 from benchmark.training.trainer import make_datamodule, train
 
@@ -45,11 +51,24 @@ def fit(
         return read_summary(out_dir / SUMMARY_NAME)
     seed_everything(cfg.seed, workers=True, verbose=False)
     dm = make_datamodule(cfg, data_dir, preloaded)
+    history = trained_history(out_dir, cfg.hash())
+    if history is not None:
+        return _score_again(cfg, dm, data_dir, out_dir, history)
     module = SegModule(cfg.to_dict())
     trainer = train(cfg, module, dm, out_dir, callbacks)
     if not trainer.is_global_zero:
         return {}
     device, world_size = trainer.strategy.root_device, trainer.world_size
     summary = finalize.finalize_run(cfg, dm, data_dir, out_dir, device, world_size=world_size)
-    drop_resume_state(out_dir)  # the summary is on disk
+    drop_resume_state(out_dir, cfg.hash())  # the summary is on disk
     return summary
+
+
+def _score_again(cfg: TrainConfig, dm: Any, data_dir: Path, out_dir: Path, history: dict) -> dict:
+    """A run that finished training but has no summary: tuned and scored from ``best.ckpt`` by global
+    rank 0 (under DDP the other ranks have nothing to do), on the device the run trained on."""
+    if global_rank() != 0:
+        return {}
+    dm.setup("fit")
+    device = torch.device("cpu") if cfg.accelerator == "cpu" else eval_device()
+    return finalize.finalize_run(cfg, dm, data_dir, out_dir, device, cfg.world_size(), history)

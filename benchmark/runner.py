@@ -39,6 +39,7 @@ from benchmark.core.config import (
 from benchmark.core.files import atomic_write, os_error_line
 from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, owner_id, read_lock
 from benchmark.core.preflight import out_of_space, stop_for_space
+from benchmark.core.ranks import env_rank, global_rank
 from benchmark.core.summary import is_complete, read_summary
 
 LAST_CKPT = Path("checkpoints") / "last.ckpt"  # under a run directory (benchmark.training.trainer)
@@ -52,23 +53,6 @@ class Outcome:
     error: str = ""
     dice: float | None = None  # outer-fold post-processed Kaggle Dice of a trained run
     no_space: str = ""  # "PATH: reason" when it failed for want of space: the grid stops (preflight)
-
-
-def _env_rank(var: str) -> int:
-    """A rank variable as exported (unset or not a number: 0)."""
-    value = os.environ.get(var) or "0"
-    return int(value) if value.isdigit() else 0
-
-
-def global_rank() -> int:
-    """This process's rank as torchrun/SLURM (RANK, SLURM_PROCID) or Lightning's launcher (LOCAL_RANK,
-    NODE_RANK) export it. Callers only test ``== 0``: every process off node 0 counts as non-zero,
-    so a node > 0 never claims runs or prints, even before Lightning has set its LOCAL_RANK."""
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    local, node = _env_rank("LOCAL_RANK"), _env_rank("NODE_RANK")
-    return local if node == 0 else node * 1024 + local
 
 
 def say(message: str) -> None:
@@ -161,7 +145,7 @@ def ddp_rank(cfg: TrainConfig) -> int:
     """This process's rank in the run's DDP world (for messages; :func:`global_rank` decides)."""
     if os.environ.get("RANK", "").isdigit():
         return int(os.environ["RANK"])
-    local, node = _env_rank("LOCAL_RANK"), _env_rank("NODE_RANK")
+    local, node = env_rank("LOCAL_RANK"), env_rank("NODE_RANK")
     return node * int(cfg.world_size() // max(cfg.num_nodes, 1)) + local
 
 
@@ -180,7 +164,12 @@ def _ddp_failure(cfg: TrainConfig, run_dir: Path, exc: BaseException) -> ddp_sto
 def interrupted_line(cfg: TrainConfig, run_dir: Path) -> str:
     """What an interrupt leaves of the run in flight: the checkpoint the next invocation resumes from."""
     last = run_dir / LAST_CKPT
-    then = f"resumes from {last}" if last.is_file() else "starts it again (no epoch had finished)"
+    if last.is_file():
+        then = f"resumes from {last}"
+    elif last.with_name("trained.json").is_file():  # training had finished: only scoring was left
+        then = f"scores it again from {last.with_name('best.ckpt')}"
+    else:
+        then = "starts it again (no epoch had finished)"
     return f"interrupted {cfg.run_name()}: re-running the same command {then}"
 
 
@@ -288,7 +277,7 @@ def drop_kept_resume_state(runs: Path, done: list[TrainConfig]) -> None:
     from benchmark.training.checkpoint import drop_resume_state
 
     for cfg in done:
-        drop_resume_state(runs / cfg.run_name())
+        drop_resume_state(runs / cfg.run_name(), cfg.hash())
 
 
 def _announce(tag: str, outcome: Outcome, runs: Path) -> None:

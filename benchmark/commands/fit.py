@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = fit(cfg, args.data_dir, out)
     except BaseException as exc:
-        from benchmark.runner import global_rank, interrupted_line
+        from benchmark.core.ranks import global_rank
+        from benchmark.runner import interrupted_line
 
         if not isinstance(exc, Exception) and global_rank() == 0:  # Ctrl-C, SIGTERM: as run says it
             print(interrupted_line(cfg, out), file=sys.stderr)

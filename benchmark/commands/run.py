@@ -191,6 +191,7 @@ def _print_config(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from benchmark import fallback, grid_checks, ray_grid, runner
+    from benchmark.core.ranks import global_rank
 
     if args.print_config:
         return _print_config(args)
@@ -219,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         f"grid done in {runner.clock(time.perf_counter() - start)}: {counts['trained']} trained, "
         f"{counts['skipped']} skipped, {counts['held']} held by another process"
     )
-    if not args.no_report and runner.global_rank() == 0:
+    if not args.no_report and global_rank() == 0:
         _report(bench, args.results_dir)
     return _exit_status(outcomes, runner.missing_runs(grid, outcomes, args.results_dir), args.results_dir)
 

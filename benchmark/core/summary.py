@@ -125,11 +125,14 @@ def git_sha(cwd: str | Path | None = None) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def device_name() -> str:
+def device_name(device: Any = None) -> str:
+    """The name of ``device`` (a torch.device or its string), or of the GPU when there is one. A CPU
+    run on a GPU box is named by its CPU."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+    cpu = device is not None and torch.device(device).type == "cpu"
+    if torch.cuda.is_available() and not cpu:
+        return torch.cuda.get_device_name(None if device is None else torch.device(device))
     return _cpu_model() or platform.processor() or platform.machine() or "cpu"
 
 
@@ -143,12 +146,13 @@ def _cpu_model() -> str:
     return f"{names[0]} ({os.cpu_count()} cores)" if names else ""
 
 
-def environment() -> dict[str, str]:
-    """Versions, device and git sha: what is needed to reproduce a number."""
+def environment(device: Any = None) -> dict[str, str]:
+    """Versions, device (``device``'s name, else the GPU's when there is one) and git sha: what is
+    needed to reproduce a number."""
     env = {key: package_version(dist) for key, dist in _PACKAGES.items()}
     env.update(
         python=platform.python_version(),
-        device=device_name(),
+        device=device_name(device),
         git_sha=git_sha(),
         platform=platform.platform(),
     )

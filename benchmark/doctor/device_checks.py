@@ -5,9 +5,11 @@ tolerance, so "works" means "computes the same thing", not only "does not raise"
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,8 +59,11 @@ def device_info(dev: torch.device) -> Finding:
             f"cuDNN {figures['cudnn']}"
         )
     else:
-        figures.update(name=device_name(), memory_gib=figures["host_memory_gib"], gpus=0)
-        build = f"CUDA {torch.version.cuda} build, no GPU visible" if torch.version.cuda else "CPU build"
+        figures.update(name=device_name(dev), memory_gib=figures["host_memory_gib"], gpus=0)
+        build = "CPU build"
+        if torch.version.cuda:
+            seen = "a GPU present, not used" if torch.cuda.is_available() else "no GPU visible"
+            build = f"CUDA {torch.version.cuda} build, {seen}"
         detail = f"{figures['name']}, {figures['memory_gib']} GiB RAM; torch {torch.__version__} ({build})"
     return Finding(detail, figures)
 
@@ -133,11 +138,26 @@ def _inputs(dev: torch.device, size: int = 32) -> torch.Tensor:
     return torch.randn(4, 1, size, size, generator=g).to(dev)
 
 
+@contextlib.contextmanager
+def _ieee_fp32() -> Iterator[None]:
+    """cuDNN runs fp32 convolutions in TF32 (10 mantissa bits) by default, and two kernels round
+    differently: a check comparing two fp32 paths runs without it, so its tolerance measures the
+    feature under test, not TF32 rounding (a 2-ulp change before a TF32 convolution moved the
+    compile check's output by 3e-4 in an emulation, over its 1e-4 tolerance)."""
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().float(), b.detach().float()
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
+@_ieee_fp32()
 def bf16(dev: torch.device) -> Finding:
     """A forward and backward pass under bf16 autocast agrees with fp32 within BF16_RTOL."""
     from benchmark.training.device import autocast
@@ -159,6 +179,7 @@ def bf16(dev: torch.device) -> Finding:
     )
 
 
+@_ieee_fp32()
 def compile_works(dev: torch.device, backend: str) -> Finding:
     """``torch.compile`` builds a conv net, and its forward and gradients match eager within COMPILE_ATOL."""
     torch.manual_seed(0)
@@ -183,6 +204,7 @@ def compile_works(dev: torch.device, backend: str) -> Finding:
     )
 
 
+@_ieee_fp32()
 def channels_last(dev: torch.device, model: str = "unet", kwargs: dict | None = None) -> Finding:
     """A registered model in channels_last gives the contiguous result (fp32, LAYOUT_ATOL)."""
     from models import create

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 import tempfile
 import time
@@ -135,6 +136,10 @@ def _model(ctx: Context, model: str, work: Path) -> Finding:
 def run_doctor(settings: DoctorSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every check; the report dict (``checks``, ``settings``, ``seconds``, ``ok``)."""
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    # A deterministic Trainer sets this (Lightning), but torch reads it once, at the process's first
+    # cuBLAS call, which the device checks make before any Trainer: every later deterministic fit
+    # would warn that cuBLAS is not deterministic.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     dev = resolve_device(settings.device)
     s = resolve(settings, dev)
     start = time.perf_counter()

@@ -207,11 +207,13 @@ def finalize_run(
     out_dir: Path,
     device: torch.device,
     world_size: int = 1,
+    history: dict | None = None,
 ) -> dict:
     """Tune on the inner set, score ``best.ckpt`` once on the outer fold, write the summary.
 
     ``world_size``: processes that trained the run (recorded; the global batch is ``batch_size``
-    whatever it is)
+    whatever it is). ``history``: the run's per-epoch history when its ``last.ckpt`` is gone
+    (``trained.json``); else it is read from ``last.ckpt``.
     """
     best = out_dir / "checkpoints" / BEST
     module, ckpt = load_checkpoint_module(best)
@@ -221,7 +223,8 @@ def finalize_run(
     data = dataset_block(dm, data_dir)
     store_in_checkpoint(best, ckpt, _checkpoint_record(cfg, dm, pp, metrics, selection, data, outer))
     _overlays(out_dir / OVERLAY_NAME, dm, module, outer, pp, device, precision)
-    history = _final_history(out_dir / "checkpoints" / LAST, module.history)
+    if history is None:
+        history = _final_history(out_dir / "checkpoints" / LAST, module.history)
     summary = {
         **run_identity(cfg),
         "dataset": data,
@@ -238,7 +241,7 @@ def finalize_run(
         "cost": cost_block(cfg, module, history, device),
         "history": {k: history[k] for k in ("epoch", "train_loss", "val_loss", "val_kaggle_dice")},
         "overlays": OVERLAY_NAME,
-        "environment": environment(),
+        "environment": environment(device),
         "status": "complete",
     }
     write_summary(out_dir, summary)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from benchmark.core.config import TrainConfig
 from benchmark.training.callbacks import (
@@ -106,6 +107,8 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
     )
     if cfg.compile and cfg.world_size() > 1:
         kwargs["strategy"] = CompiledDDPStrategy()
+        if kwargs["sync_batchnorm"]:
+            rank_zero_warn(COMPILE_SYNC_BN)
     kwargs.update(overrides)
     return Trainer(**kwargs)
 
@@ -137,6 +140,14 @@ def _checkpoints(cfg: TrainConfig, out_dir: Path) -> list:
             enable_version_counter=False,
         ),
     ]
+
+
+# Not measured here (no GPU has run it): read from pytorch/pytorch#161302 (open, 2025-08).
+COMPILE_SYNC_BN = (
+    "compile: true with DDP on several GPUs: torch.compile graph-breaks at every SyncBatchNorm "
+    "(pytorch/pytorch#161302), so the compiled model runs in pieces and may be no faster than eager; "
+    "measure it with `benchmark speed`, or set compile: false"
+)
 
 
 class CompiledDDPStrategy(DDPStrategy):

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +241,9 @@ def test_compile_under_ddp_compiles_the_wrapped_module(fit_runs, tmp_path):
     from benchmark.training.trainer import CompiledDDPStrategy
 
     cfg = dataclasses.replace(RECIPE, devices=2, compile=True)
-    assert isinstance(build_trainer(cfg, tmp_path / "t").strategy, CompiledDDPStrategy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no SyncBatchNorm on CPU: nothing to warn about
+        assert isinstance(build_trainer(cfg, tmp_path / "t").strategy, CompiledDDPStrategy)
     module = SegModule(cfg.to_dict())
     module.model = _initial()
     out = tmp_path / "compiled"
@@ -256,3 +259,15 @@ def test_compile_under_ddp_compiles_the_wrapped_module(fit_runs, tmp_path):
             np.testing.assert_allclose(
                 last["state_dict"][key].numpy(), one[key].numpy(), rtol=0, atol=WEIGHT_ATOL
             )
+
+
+def test_compile_with_sync_batchnorm_warns_that_dynamo_breaks_the_graph(tmp_path, monkeypatch):
+    """On GPUs a DDP run normalises over the global batch (SyncBatchNorm), which torch.compile does
+    not trace (pytorch/pytorch#161302): the run says so before it trains."""
+    from benchmark.training import trainer
+
+    monkeypatch.setattr(trainer, "uses_gpu", lambda cfg: True)
+    cfg = dataclasses.replace(RECIPE, devices=2, compile=True)
+    with pytest.warns(UserWarning, match=r"graph-breaks at every SyncBatchNorm \(pytorch/pytorch#161302\)"):
+        built = trainer.build_trainer(cfg, tmp_path, accelerator="cpu", benchmark=False, deterministic=True)
+    assert built.strategy._layer_sync is not None  # SyncBatchNorm at setup

@@ -277,3 +277,34 @@ def test_layout_is_the_same_bytes_with_or_without_processes(tmp_path, monkeypatc
     train = load_train(tmp_path / "serial")
     assert train.stems == ["1_1", "1_2", "1_3", "2_1", "2_2", "2_3"] and train.mask_source == "tif+csv"
     assert not any(p.name.startswith(".doctor-data-") for p in tmp_path.iterdir())  # temp parts removed
+
+
+def test_fp32_comparisons_run_without_tf32_and_restore_it(monkeypatch):
+    """cuDNN's default TF32 convolutions round two fp32 paths differently (beyond the 1e-4 tolerance
+    in an emulation): the compile and layout checks compare IEEE fp32, and leave the flag as found."""
+    seen = []
+
+    def spy(net, backend):
+        seen.append(torch.backends.cudnn.allow_tf32)
+        return net
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch, "compile", spy)
+    assert device_checks.compile_works(torch.device("cpu"), "eager").figures["max_abs_diff"] == 0.0
+    assert seen == [False] and torch.backends.cudnn.allow_tf32 is True
+
+
+def test_a_cpu_run_on_a_gpu_box_is_named_by_its_cpu(monkeypatch):
+    from benchmark.core import summary
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert summary.device_name() == summary.device_name("cuda") == "NVIDIA H100 80GB HBM3"
+    assert (
+        summary.environment(torch.device("cpu"))["device"]
+        == summary.device_name("cpu")
+        != "NVIDIA H100 80GB HBM3"
+    )
+    info = device_checks.device_info(torch.device("cpu"))
+    assert info.figures["name"] != "NVIDIA H100 80GB HBM3" and "a GPU present, not used" in info.detail

@@ -308,3 +308,20 @@ def test_an_interrupted_command_that_trains_nothing_does_not_talk_of_runs(tmp_pa
     monkeypatch.setattr(report, "run", interrupted)
     assert main(["report", "--results", str(tmp_path)]) == 130
     assert capsys.readouterr().err == "interrupted: no file was left half-written; re-run the same command\n"
+
+
+@pytest.mark.parametrize(
+    ("files", "then"),
+    [((), "starts it again (no epoch had finished)"), (("last.ckpt",), "resumes from {d}/last.ckpt"),
+     (("best.ckpt", "trained.json"), "scores it again from {d}/best.ckpt")],
+)  # fmt: skip
+def test_an_interrupt_says_what_the_next_invocation_does_with_the_run(tmp_path, files, then):
+    from benchmark.core.config import TrainConfig
+
+    cfg = TrainConfig(model="empty")
+    ckpts = tmp_path / cfg.run_name() / "checkpoints"
+    ckpts.mkdir(parents=True)
+    for name in files:
+        (ckpts / name).write_text("x")
+    line = runner.interrupted_line(cfg, tmp_path / cfg.run_name())
+    assert line == f"interrupted {cfg.run_name()}: re-running the same command {then.format(d=ckpts)}"

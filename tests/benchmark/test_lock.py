@@ -17,7 +17,7 @@ import pytest
 
 from benchmark import runner
 from benchmark.cli import main
-from benchmark.core import lock
+from benchmark.core import lock, ranks
 from benchmark.core.config import load_benchmark_config
 from tests.benchmark.test_runner import SMOKE, fake_fit
 
@@ -264,4 +264,4 @@ def test_global_rank_is_nonzero_off_node_zero(monkeypatch, env, rank):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
-    assert runner.global_rank() == rank
+    assert ranks.global_rank() == rank

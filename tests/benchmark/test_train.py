@@ -140,8 +140,9 @@ def test_best_checkpoint_carries_the_tuned_postprocessing(runs):
     assert best["nerve_bench"]["data_hash"] == runs.unet["dataset"]["content_hash"]
     assert best["nerve_bench"]["outer_indices"] == runs.unet["per_image"]["index"]
     assert best["epoch"] == runs.unet["best_epoch"]
-    # The resume state (weights and optimiser moments) is deleted once the summary is written.
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.ckpt"]
+    # The resume state (weights and optimiser moments) is deleted once the summary is written; its
+    # per-epoch history stays (a re-score needs it).
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.ckpt", "trained.json"]
 
 
 def test_overlays_hold_first_positives_and_negatives(runs):
@@ -162,6 +163,42 @@ def test_complete_run_is_not_retrained(runs, monkeypatch):
 
     monkeypatch.setattr(train, "train", boom)
     assert train.fit(UNET, runs.data, runs.run_dir(UNET)) == runs.unet
+
+
+def test_a_finished_run_whose_summary_is_removed_is_scored_again_not_trained(runs, tmp_path, monkeypatch):
+    """last.ckpt goes once the summary is written; trained.json keeps the whole history, so the run is
+    tuned and scored again from best.ckpt, with the same figures (same process, same CPU)."""
+    import shutil
+
+    first, out = runs.unet, tmp_path / "run"
+    shutil.copytree(runs.run_dir(UNET), out)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "trained.json"]
+    (out / "summary.json").unlink()
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    again = train.fit(UNET, runs.data, out)
+    assert again["history"] == first["history"] and again["epochs_run"] == first["epochs_run"] > 1
+    assert again["train_time_s"] == first["train_time_s"] and again["best_epoch"] == first["best_epoch"]
+    assert again["cost"]["train_img_s"] == first["cost"]["train_img_s"]
+    assert again["per_image"]["index"] == first["per_image"]["index"]
+    np.testing.assert_allclose(again["per_image"]["dice"], first["per_image"]["dice"], atol=1e-6)
+    assert json.loads((out / "summary.json").read_text())["status"] == "complete"
+    # Another config in this directory would overwrite a finished run: refused, as last.ckpt's is.
+    with pytest.raises(ConfigError, match="finished run of a different config"):
+        train.fit(TINY, runs.data, out)
+
+
+def test_a_finished_run_of_an_older_schema_is_trained_again(runs, tmp_path, monkeypatch):
+    """A schema bump changed the recipe for the same config hash: best.ckpt is not scored again."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(runs.run_dir(UNET), out)
+    record = json.loads((out / "checkpoints" / "trained.json").read_text())
+    (out / "checkpoints" / "trained.json").write_text(json.dumps({**record, "schema_version": 2}))
+    (out / "summary.json").unlink()
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained again"))
+    with pytest.raises(pytest.fail.Exception, match="trained again"):
+        train.fit(UNET, runs.data, out)
 
 
 class CountEpochs(Callback):
