@@ -6,12 +6,10 @@ numbers), the inner selection set (picks the epoch and tunes post-processing) an
 
 A finished run directory holds ``checkpoints/best.ckpt``, ``summary.json`` and ``overlays.npz``.
 ``fit`` is idempotent and resumable: a complete summary with the same config hash is returned as
-is, and an interrupted run of the same config continues from ``checkpoints/last.ckpt``, which is
-deleted once the summary is written: a finished run is never resumed, and with the optimiser's two
-moments it is three times ``best.ckpt`` (the default grid's 40 trained runs kept 5.2 GiB of them
-beside 1.7 GiB of ``best.ckpt``). Its per-epoch history stays in ``checkpoints/trained.json``: a
-finished run whose summary is removed is tuned and scored again from ``best.ckpt``, not trained
-again (a summary of an older schema is trained again: the recipe changed with the schema).
+is, and an interrupted run of the same config continues from ``checkpoints/last.ckpt``, which
+gives way to ``checkpoints/trained.json`` once the summary is written
+(:mod:`benchmark.training.finished`): a finished run whose summary is removed is tuned and scored
+again from ``best.ckpt``, not trained again.
 """
 
 from __future__ import annotations
@@ -19,16 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from benchmark.core.config import TrainConfig
+from benchmark.core.config import ConfigError, TrainConfig
 from benchmark.core.ranks import global_rank
 from benchmark.core.summary import SUMMARY_NAME, is_complete, read_summary
 from benchmark.evaluation import finalize
-from benchmark.training.checkpoint import drop_resume_state, trained_history
-from benchmark.training.device import eval_device
+from benchmark.training import finished
 from benchmark.training.module import SegModule
-from benchmark.training.trainer import make_datamodule, train
+from benchmark.training.trainer import build_trainer, make_datamodule, train
 
 
 def fit(
@@ -51,24 +46,34 @@ def fit(
         return read_summary(out_dir / SUMMARY_NAME)
     seed_everything(cfg.seed, workers=True, verbose=False)
     dm = make_datamodule(cfg, data_dir, preloaded)
-    history = trained_history(out_dir, cfg.hash())
-    if history is not None:
-        return _score_again(cfg, dm, data_dir, out_dir, history)
+    trained = finished.trained_record(out_dir, cfg.hash())
+    if trained is not None:
+        return _score_again(cfg, dm, data_dir, out_dir, trained)
+    if global_rank() == 0:
+        finished.forget(out_dir)  # from here on best.ckpt is this training's
     module = SegModule(cfg.to_dict())
     trainer = train(cfg, module, dm, out_dir, callbacks)
     if not trainer.is_global_zero:
         return {}
     device, world_size = trainer.strategy.root_device, trainer.world_size
     summary = finalize.finalize_run(cfg, dm, data_dir, out_dir, device, world_size=world_size)
-    drop_resume_state(out_dir, cfg.hash())  # the summary is on disk
+    finished.drop_resume_state(out_dir, cfg.hash(), finalize.training_facts(summary))  # summary on disk
     return summary
 
 
-def _score_again(cfg: TrainConfig, dm: Any, data_dir: Path, out_dir: Path, history: dict) -> dict:
+def _score_again(cfg: TrainConfig, dm: Any, data_dir: Path, out_dir: Path, trained: dict) -> dict:
     """A run that finished training but has no summary: tuned and scored from ``best.ckpt`` by global
-    rank 0 (under DDP the other ranks have nothing to do), on the device the run trained on."""
+    rank 0 (under DDP the other ranks have nothing to do), on its training data only. A Trainer is
+    built, not fitted: scoring runs on its device and under its global flags, as after a fit."""
+    from datamodules.kaggle import content_hash
+
     if global_rank() != 0:
         return {}
+    trainer = build_trainer(cfg, out_dir, logger=False, enable_checkpointing=False)
     dm.setup("fit")
-    device = torch.device("cpu") if cfg.accelerator == "cpu" else eval_device()
-    return finalize.finalize_run(cfg, dm, data_dir, out_dir, device, cfg.world_size(), history)
+    if content_hash(dm.decoded) != trained["data_hash"]:
+        raise ConfigError(
+            f"{out_dir}: trained on data with content hash {trained['data_hash']}, but {data_dir} has "
+            f"{content_hash(dm.decoded)}; use another output directory for this data set"
+        )
+    return finalize.finalize_run(cfg, dm, data_dir, out_dir, trainer.strategy.root_device, trained=trained)

@@ -53,7 +53,7 @@ MARKER_NAME = ".ray-shared-storage"  # in the results directory: the token every
 # Driver variables a worker on another machine also needs (W&B mode/key/dir, offline hub, lock timing).
 FORWARDED_ENV = ("WANDB_", "HF_", "NO_ALBUMENTATIONS_UPDATE", "PYTHONHASHSEED", "NERVE_BENCH_LOCK_STALE_S")
 # Inherited from `srun ray start` or a launcher: inside a one-process Ray task they would make
-# Lightning (and runner.global_rank) believe it is one rank of a multi-process job.
+# Lightning (and benchmark.core.ranks.global_rank) believe it is one rank of a multi-process job.
 LAUNCHER_ENV = (
     "RANK",
     "LOCAL_RANK",

@@ -41,6 +41,7 @@ from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, ow
 from benchmark.core.preflight import out_of_space, stop_for_space
 from benchmark.core.ranks import env_rank, global_rank
 from benchmark.core.summary import is_complete, read_summary
+from datamodules.errors import DataError
 
 LAST_CKPT = Path("checkpoints") / "last.ckpt"  # under a run directory (benchmark.training.trainer)
 
@@ -163,11 +164,14 @@ def _ddp_failure(cfg: TrainConfig, run_dir: Path, exc: BaseException) -> ddp_sto
 
 def interrupted_line(cfg: TrainConfig, run_dir: Path) -> str:
     """What an interrupt leaves of the run in flight: the checkpoint the next invocation resumes from."""
+    from benchmark.training.checkpoint import BEST
+    from benchmark.training.finished import TRAINED
+
     last = run_dir / LAST_CKPT
     if last.is_file():
         then = f"resumes from {last}"
-    elif last.with_name("trained.json").is_file():  # training had finished: only scoring was left
-        then = f"scores it again from {last.with_name('best.ckpt')}"
+    elif last.with_name(TRAINED).is_file():  # training had finished: only scoring was left
+        then = f"scores it again from {last.with_name(BEST)}"
     else:
         then = "starts it again (no epoch had finished)"
     return f"interrupted {cfg.run_name()}: re-running the same command {then}"
@@ -271,13 +275,19 @@ def check_same_data(runs: Path, done: list[TrainConfig], data_dir: Path, current
 
 def drop_kept_resume_state(runs: Path, done: list[TrainConfig]) -> None:
     """The last.ckpt that complete runs still hold (written by an earlier version, or left by a kill
-    between the summary and its deletion): rank 0 deletes them, as a finishing run does."""
+    between the summary and its deletion): rank 0 replaces them by trained.json, as a finishing run
+    does (:mod:`benchmark.training.finished`)."""
     if global_rank() != 0:
         return
-    from benchmark.training.checkpoint import drop_resume_state
+    from benchmark.evaluation.finalize import training_facts
+    from benchmark.training.finished import drop_resume_state
 
     for cfg in done:
-        drop_resume_state(runs / cfg.run_name(), cfg.hash())
+        run_dir = runs / cfg.run_name()
+        # A summary removed meanwhile, or without the facts (older): last.ckpt stays, resumable.
+        with contextlib.suppress(DataError, KeyError, TypeError):
+            if (run_dir / LAST_CKPT).is_file():
+                drop_resume_state(run_dir, cfg.hash(), training_facts(read_summary(run_dir)))
 
 
 def _announce(tag: str, outcome: Outcome, runs: Path) -> None:

@@ -207,13 +207,14 @@ def finalize_run(
     out_dir: Path,
     device: torch.device,
     world_size: int = 1,
-    history: dict | None = None,
+    trained: dict | None = None,
 ) -> dict:
     """Tune on the inner set, score ``best.ckpt`` once on the outer fold, write the summary.
 
     ``world_size``: processes that trained the run (recorded; the global batch is ``batch_size``
-    whatever it is). ``history``: the run's per-epoch history when its ``last.ckpt`` is gone
-    (``trained.json``); else it is read from ``last.ckpt``.
+    whatever it is). ``trained``: the record of a training that finished earlier
+    (:func:`benchmark.training.finished.trained_record`): its history, world size and environment are
+    the summary's, and the environment that scored it again is kept under "scored_again".
     """
     best = out_dir / "checkpoints" / BEST
     module, ckpt = load_checkpoint_module(best)
@@ -223,29 +224,51 @@ def finalize_run(
     data = dataset_block(dm, data_dir)
     store_in_checkpoint(best, ckpt, _checkpoint_record(cfg, dm, pp, metrics, selection, data, outer))
     _overlays(out_dir / OVERLAY_NAME, dm, module, outer, pp, device, precision)
-    if history is None:
-        history = _final_history(out_dir / "checkpoints" / LAST, module.history)
+    training = trained or {
+        "history": _final_history(out_dir / "checkpoints" / LAST, module.history),
+        "world_size": world_size,
+        "environment": environment(device),
+    }
     summary = {
         **run_identity(cfg),
         "dataset": data,
         "best_epoch": selection["best_epoch"],
-        "epochs_run": len(history["epoch"]),
-        "train_time_s": float(sum(history["epoch_time_s"])),
         "metrics": metrics,
         "selection": selection,
         "split": split_block(cfg, dm),
-        "global_batch": int(cfg.batch_size),
-        "world_size": int(world_size),
         "per_image": per_image_block(dm, outer),
         "postprocess": pp.to_dict(),
-        "cost": cost_block(cfg, module, history, device),
-        "history": {k: history[k] for k in ("epoch", "train_loss", "val_loss", "val_kaggle_dice")},
+        **_training_block(cfg, module, training, device),
         "overlays": OVERLAY_NAME,
-        "environment": environment(device),
         "status": "complete",
     }
+    if trained:
+        summary["scored_again"] = environment(device)
     write_summary(out_dir, summary)
     return to_jsonable(summary)
+
+
+def _training_block(cfg: TrainConfig, module: SegModule, training: dict, device: torch.device) -> dict:
+    """The summary's keys about the training: epochs, time, world, costs, history, environment."""
+    history = training["history"]
+    return {
+        "epochs_run": len(history["epoch"]),
+        "train_time_s": float(sum(history["epoch_time_s"])),
+        "global_batch": int(cfg.batch_size),
+        "world_size": int(training["world_size"]),
+        "cost": cost_block(cfg, module, history, device),
+        "history": {k: history[k] for k in ("epoch", "train_loss", "val_loss", "val_kaggle_dice")},
+        "environment": training["environment"],
+    }
+
+
+def training_facts(summary: dict) -> dict[str, Any]:
+    """What a summary says of its run's training, kept when its last.ckpt goes (``finished.FACTS``)."""
+    return {
+        "world_size": summary["world_size"],
+        "environment": summary["environment"],
+        "data_hash": summary["dataset"]["content_hash"],
+    }
 
 
 def _select_and_predict(

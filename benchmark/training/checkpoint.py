@@ -10,8 +10,6 @@ previous file intact. Problems with a checkpoint are one line naming the file.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +19,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from benchmark.core.config import SCHEMA_VERSION, ConfigError, TrainConfig
-from benchmark.core.files import atomic_path, atomic_write
-from benchmark.training.callbacks import HISTORY_CKPT_KEY, HISTORY_KEYS, checkpoint_history, empty_history
+from benchmark.core.config import ConfigError, TrainConfig
+from benchmark.core.files import atomic_path
+from benchmark.training.callbacks import HISTORY_CKPT_KEY, empty_history
 from benchmark.training.module import SegModule, config_from_dict
 from datamodules.errors import NerveBenchError
 from models.registry import ModelError
@@ -32,7 +30,6 @@ if TYPE_CHECKING:
     from benchmark.scoring.postprocess import PostProcess
 
 BEST, LAST = "best.ckpt", "last.ckpt"
-TRAINED = "trained.json"  # a finished run's history, kept when its last.ckpt is deleted
 
 CKPT_KEY = "nerve_bench"
 
@@ -73,53 +70,6 @@ def save_plain_checkpoint(module: SegModule, path: Path) -> None:
         HISTORY_CKPT_KEY: empty_history(),
     }
     save_torch(ckpt, path)
-
-
-def drop_resume_state(run_dir: Path, config_hash: str) -> None:
-    """Replace a finished run's ``last.ckpt`` by ``trained.json``: a finished run is never resumed, and
-    with AdamW's two moments ``last.ckpt`` is three times ``best.ckpt``. What a re-score needs of it,
-    the whole per-epoch history, stays in ``trained.json`` (:func:`trained_history`), so a run whose
-    summary is removed is scored again, not trained again.
-    Where the record cannot be written, ``last.ckpt`` stays; an unreadable one only costs space."""
-    last = Path(run_dir) / "checkpoints" / LAST
-    if not last.is_file():
-        return
-    try:
-        history = checkpoint_history(torch.load(last, map_location="cpu", weights_only=True, mmap=True))
-    except Exception:  # noqa: BLE001 - not a checkpoint it could resume from either
-        history = None
-    if history is not None:
-        record = {"schema_version": SCHEMA_VERSION, "config_hash": config_hash, "history": history}
-        try:
-            atomic_write(last.with_name(TRAINED), json.dumps(record))
-        except OSError:  # e.g. a full disk: the history stays in last.ckpt
-            return
-    with contextlib.suppress(OSError):
-        last.unlink(missing_ok=True)
-
-
-def trained_history(run_dir: Path, config_hash: str) -> dict[str, list] | None:
-    """The per-epoch history of the run in ``run_dir`` when it finished training (its ``trained.json``
-    and ``best.ckpt`` are there), else None. None as well for a run of another schema version: the
-    training recipe changed with it, for the same config hash. ConfigError when it is a finished run
-    of another config: training this one there would overwrite it, as ``last.ckpt`` of another config
-    is refused."""
-    path = Path(run_dir) / "checkpoints" / TRAINED
-    try:
-        record = json.loads(path.read_text())
-        saved, history = str(record["config_hash"]), dict(record["history"])
-        if record["schema_version"] != SCHEMA_VERSION:
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # none, or unreadable: there is nothing it could be scored from
-    if saved != config_hash:
-        raise ConfigError(
-            f"{path}: a finished run of a different config (hash {saved} != {config_hash});"
-            " use another output directory or delete it"
-        )
-    if not path.with_name(BEST).is_file():
-        return None
-    return {k: list(history.get(k, [])) for k in HISTORY_KEYS}
 
 
 def save_torch(obj: Any, path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.core.config import ConfigError, TrainConfig
+from benchmark.core.config import TrainConfig
 from benchmark.training import checkpoint
 from benchmark.training.checkpoint import (
     SafeCheckpointIO,
@@ -166,40 +166,3 @@ def test_predict_reports_a_weight_mismatch_in_one_line(ckpt):
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{ckpt}: ") and "mis-shaped keys" in message
     assert len(message) < 300
-
-
-def _finished_run(tmp_path: Path, history: dict) -> Path:
-    ckpt_dir = tmp_path / "run" / "checkpoints"
-    ckpt_dir.mkdir(parents=True)
-    torch.save({"weights": torch.zeros(3), "nerve_bench_history": history}, ckpt_dir / "last.ckpt")
-    (ckpt_dir / "best.ckpt").write_bytes(b"weights")
-    return ckpt_dir.parent
-
-
-def test_a_finished_runs_resume_state_becomes_its_history(tmp_path):
-    history = {"epoch": [0, 1], "train_loss": [0.9, 0.5], "val_loss": [0.8, float("nan")]}
-    run = _finished_run(tmp_path, history)
-    assert checkpoint.HISTORY_CKPT_KEY == "nerve_bench_history"
-    checkpoint.drop_resume_state(run, "abc")
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "trained.json"]
-    kept = checkpoint.trained_history(run, "abc")
-    assert kept is not None and kept["epoch"] == [0, 1] and kept["train_loss"] == [0.9, 0.5]
-    assert kept["val_loss"][1] != kept["val_loss"][1] and kept["epoch_time_s"] == []  # NaN kept; absent: []
-    with pytest.raises(ConfigError, match=r"trained.json: a finished run of a different config \(hash abc"):
-        checkpoint.trained_history(run, "other")
-    (run / "checkpoints" / "best.ckpt").unlink()
-    assert checkpoint.trained_history(run, "abc") is None  # nothing to score: trained again
-
-
-def test_without_room_for_the_history_the_resume_state_stays(tmp_path, monkeypatch):
-    run = _finished_run(tmp_path, {"epoch": [0]})
-
-    def full(path, data):
-        raise OSError(28, "No space left on device", str(path))
-
-    monkeypatch.setattr(checkpoint, "atomic_write", full)
-    checkpoint.drop_resume_state(run, "abc")
-    assert (run / "checkpoints" / "last.ckpt").is_file() and checkpoint.trained_history(run, "abc") is None
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
-    checkpoint.drop_resume_state(run, "abc")  # unreadable: it could not be resumed or scored either
-    assert not (run / "checkpoints" / "last.ckpt").exists()

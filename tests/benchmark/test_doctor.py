@@ -281,17 +281,28 @@ def test_layout_is_the_same_bytes_with_or_without_processes(tmp_path, monkeypatc
 
 def test_fp32_comparisons_run_without_tf32_and_restore_it(monkeypatch):
     """cuDNN's default TF32 convolutions round two fp32 paths differently (beyond the 1e-4 tolerance
-    in an emulation): the compile and layout checks compare IEEE fp32, and leave the flag as found."""
-    seen = []
+    in an emulation): the bf16, compile and layout checks compare IEEE fp32, and leave the flag as
+    found."""
+    import models
 
-    def spy(net, backend):
-        seen.append(torch.backends.cudnn.allow_tf32)
-        return net
+    seen, net, create = [], device_checks._net, models.create
+
+    def spy(make):
+        def made(*args, **kwargs):
+            seen.append(torch.backends.cudnn.allow_tf32)
+            return make(*args, **kwargs)
+
+        return made
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    monkeypatch.setattr(torch, "compile", spy)
-    assert device_checks.compile_works(torch.device("cpu"), "eager").figures["max_abs_diff"] == 0.0
-    assert seen == [False] and torch.backends.cudnn.allow_tf32 is True
+    monkeypatch.setattr(torch, "compile", lambda module, backend: module)
+    monkeypatch.setattr(device_checks, "_net", spy(net))
+    monkeypatch.setattr(models, "create", spy(create))
+    cpu = torch.device("cpu")
+    assert device_checks.compile_works(cpu, "eager").figures["max_abs_diff"] == 0.0
+    device_checks.bf16(cpu)
+    device_checks.channels_last(cpu)
+    assert seen == [False, False, False] and torch.backends.cudnn.allow_tf32 is True
 
 
 def test_a_cpu_run_on_a_gpu_box_is_named_by_its_cpu(monkeypatch):

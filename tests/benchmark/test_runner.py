@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark import fallback as fb
 from benchmark import runner
@@ -160,23 +161,32 @@ def test_failure_is_recorded_and_the_rest_continue(tmp_path, capsys):
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_finished_runs_leftover_resume_checkpoint_is_deleted(tmp_path, executor):
-    """Finished runs of earlier versions kept last.ckpt (three times best.ckpt); either executor drops
-    it when it skips them (Ray is not started: nothing is left to train)."""
+    """Finished runs of earlier versions kept last.ckpt (three times best.ckpt); either executor
+    replaces it by trained.json when it skips them (Ray is not started: nothing is left to train)."""
     from benchmark import ray_grid
 
     grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
     leftover = tmp_path / "runs" / grid[0].run_name() / "checkpoints" / "last.ckpt"
     leftover.parent.mkdir()
-    leftover.write_bytes(b"resume state")
+    torch.save({"nerve_bench_history": {"epoch": [0, 1]}, "optimizer_states": [{}]}, leftover)
     best = leftover.with_name("best.ckpt")
-    best.write_bytes(b"weights")
+    torch.save({"epoch": 1, "global_step": 6}, best)
+    weights = best.read_bytes()
     if executor == "local":
         outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
     else:
         outcomes = ray_grid.run_grid(grid, tmp_path, tmp_path, ray_grid.RaySettings(0.0, 1.0))
     assert [o.status for o in outcomes] == ["skipped", "skipped"]
-    assert not leftover.exists() and best.read_bytes() == b"weights"
+    assert not leftover.exists() and best.read_bytes() == weights
+    # What scoring it again would need stays, with the facts its summary gives.
+    record = json.loads(leftover.with_name("trained.json").read_text())
+    summary = json.loads((leftover.parent.parent / "summary.json").read_text())
+    assert record["history"]["epoch"] == [0, 1] and record["best"] == [1, 6]
+    assert (
+        record["data_hash"] == summary["dataset"]["content_hash"]
+        and record["world_size"] == summary["world_size"]
+    )
 
 
 def test_each_finished_run_prints_name_seconds_and_outer_dice(tmp_path, capsys):

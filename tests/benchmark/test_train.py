@@ -165,20 +165,32 @@ def test_complete_run_is_not_retrained(runs, monkeypatch):
     assert train.fit(UNET, runs.data, runs.run_dir(UNET)) == runs.unet
 
 
-def test_a_finished_run_whose_summary_is_removed_is_scored_again_not_trained(runs, tmp_path, monkeypatch):
-    """last.ckpt goes once the summary is written; trained.json keeps the whole history, so the run is
-    tuned and scored again from best.ckpt, with the same figures (same process, same CPU)."""
+def _copy_without_summary(runs, tmp_path):
     import shutil
 
-    first, out = runs.unet, tmp_path / "run"
+    out = tmp_path / "run"
     shutil.copytree(runs.run_dir(UNET), out)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "trained.json"]
     (out / "summary.json").unlink()
-    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    return out
+
+
+def _no_training(*args, **kwargs):
+    pytest.fail("a finished run was trained again")
+
+
+def test_a_finished_run_whose_summary_is_removed_is_scored_again_not_trained(runs, tmp_path, monkeypatch):
+    """last.ckpt goes once the summary is written; trained.json keeps the training's history, world
+    and environment, so the run is tuned and scored again from best.ckpt, with the same figures (same
+    process, same CPU)."""
+    first, out = runs.unet, _copy_without_summary(runs, tmp_path)
+    monkeypatch.setattr(train, "train", _no_training)
     again = train.fit(UNET, runs.data, out)
     assert again["history"] == first["history"] and again["epochs_run"] == first["epochs_run"] > 1
     assert again["train_time_s"] == first["train_time_s"] and again["best_epoch"] == first["best_epoch"]
     assert again["cost"]["train_img_s"] == first["cost"]["train_img_s"]
+    assert again["environment"] == first["environment"] and again["world_size"] == first["world_size"]
+    assert again["scored_again"]["device"] == first["environment"]["device"] and "scored_again" not in first
     assert again["per_image"]["index"] == first["per_image"]["index"]
     np.testing.assert_allclose(again["per_image"]["dice"], first["per_image"]["dice"], atol=1e-6)
     assert json.loads((out / "summary.json").read_text())["status"] == "complete"
@@ -187,18 +199,36 @@ def test_a_finished_run_whose_summary_is_removed_is_scored_again_not_trained(run
         train.fit(TINY, runs.data, out)
 
 
+def test_a_finished_run_is_scored_again_only_on_its_own_data_and_by_rank_zero(runs, tmp_path, monkeypatch):
+    out = _copy_without_summary(runs, tmp_path)
+    monkeypatch.setattr(train, "train", _no_training)
+    monkeypatch.setattr(train, "global_rank", lambda: 1)
+    assert train.fit(UNET, runs.data, out) == {} and not (out / "summary.json").exists()
+    monkeypatch.undo()
+    record = out / "checkpoints" / "trained.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "data_hash": "0123abcd"}))
+    with pytest.raises(ConfigError, match=rf"{out}: trained on data with content hash 0123abcd, but "):
+        train.fit(UNET, runs.data, out)
+
+
 def test_a_finished_run_of_an_older_schema_is_trained_again(runs, tmp_path, monkeypatch):
     """A schema bump changed the recipe for the same config hash: best.ckpt is not scored again."""
-    import shutil
-
-    out = tmp_path / "run"
-    shutil.copytree(runs.run_dir(UNET), out)
-    record = json.loads((out / "checkpoints" / "trained.json").read_text())
-    (out / "checkpoints" / "trained.json").write_text(json.dumps({**record, "schema_version": 2}))
-    (out / "summary.json").unlink()
+    out = _copy_without_summary(runs, tmp_path)
+    record = out / "checkpoints" / "trained.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "schema_version": 2}))
     monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained again"))
     with pytest.raises(pytest.fail.Exception, match="trained again"):
         train.fit(UNET, runs.data, out)
+
+
+def test_training_again_forgets_the_finished_training(runs, tmp_path):
+    """Without its best.ckpt the run trains again; the record goes first, so a kill mid-training
+    leaves a run that resumes, never a half-trained best.ckpt scored as the finished one."""
+    out = _copy_without_summary(runs, tmp_path)
+    (out / "checkpoints" / "best.ckpt").unlink()
+    with pytest.raises(Stop):
+        train.fit(UNET, runs.data, out, callbacks=[StopAt(1)])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 class CountEpochs(Callback):

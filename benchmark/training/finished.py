@@ -1,0 +1,102 @@
+"""A finished run's training, kept small: ``checkpoints/trained.json`` replaces ``last.ckpt``.
+
+A finished run is never resumed, and with AdamW's two moments ``last.ckpt`` is three times
+``best.ckpt`` (the default grid's 40 trained runs kept 5.2 GiB of them beside 1.7 GiB of
+``best.ckpt``). What scoring the run again needs of its training stays in ``trained.json``: the
+per-epoch history, the world size, environment and data it trained with, and which ``best.ckpt`` it
+selected (epoch and step). A run whose summary is removed is then tuned and scored again from
+``best.ckpt`` instead of trained again (``benchmark.pipeline``). The record counts only while it
+matches: this config and schema, no training under way (``last.ckpt``), and the same ``best.ckpt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.core.config import SCHEMA_VERSION, ConfigError
+from benchmark.core.files import atomic_write
+from benchmark.training.callbacks import HISTORY_KEYS, checkpoint_history
+from benchmark.training.checkpoint import BEST, LAST, load_problem
+
+TRAINED = "trained.json"
+# What the summary says of the training, kept in the record (finalize.training_facts writes them).
+FACTS = ("world_size", "environment", "data_hash")
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
+
+
+def _selected(best: dict) -> list[int]:
+    """Which best.ckpt: its epoch and global step (a retrain's best.ckpt differs in one or both)."""
+    return [int(best.get("epoch", -1)), int(best.get("global_step", -1))]
+
+
+def drop_resume_state(run_dir: Path, config_hash: str, facts: dict[str, Any]) -> None:
+    """Replace a finished run's ``last.ckpt`` by ``trained.json``. Where the record cannot be written
+    (a full disk), ``last.ckpt`` stays; an unreadable one is deleted, as it could not be resumed."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    last = ckpt_dir / LAST
+    if not last.is_file():
+        return
+    try:
+        history, selected = checkpoint_history(_load(last)), _selected(_load(ckpt_dir / BEST))
+        record = {"schema_version": SCHEMA_VERSION, "config_hash": config_hash, "history": history,
+                  "best": selected, **{k: facts[k] for k in FACTS}}  # fmt: skip
+    except Exception:  # noqa: BLE001 - unreadable checkpoints, or facts of an older summary: no record
+        record = None
+    if record is not None:
+        try:
+            atomic_write(ckpt_dir / TRAINED, json.dumps(record))
+        except OSError:
+            return
+    with contextlib.suppress(OSError):
+        last.unlink(missing_ok=True)
+
+
+def trained_record(run_dir: Path, config_hash: str) -> dict[str, Any] | None:
+    """The record of the finished training in ``run_dir``, or None: there is none, training is under
+    way again, its schema differs (the recipe changed with it, for the same config hash), or
+    ``best.ckpt`` is not the one it selected. ConfigError when it is a finished run of another config:
+    training this one there would overwrite it, as ``last.ckpt`` of another config is refused."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    try:
+        record = json.loads((ckpt_dir / TRAINED).read_text())
+        if (ckpt_dir / LAST).is_file() or record["schema_version"] != SCHEMA_VERSION:
+            return None
+        saved, history = str(record["config_hash"]), dict(record["history"])
+        facts = {k: record[k] for k in FACTS}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if saved != config_hash:
+        raise ConfigError(
+            f"{ckpt_dir / TRAINED}: a finished run of a different config (hash {saved} != {config_hash});"
+            " use another output directory or delete it"
+        )
+    if not _is_selected(ckpt_dir / BEST, record.get("best")):
+        return None
+    return {"history": {k: list(history.get(k, [])) for k in HISTORY_KEYS}, **facts}
+
+
+def _is_selected(best: Path, selected: Any) -> bool:
+    """Whether ``best`` is the checkpoint the finished training selected; an unreadable one is not,
+    with one warning line (the run trains again)."""
+    if not best.is_file():
+        return False
+    try:
+        return _selected(_load(best)) == selected
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be scored
+        print(f"warning: {best}: unreadable ({load_problem(exc)}); training the run again", file=sys.stderr)
+        return False
+
+
+def forget(run_dir: Path) -> None:
+    """Remove the record before the run trains again: from then on ``best.ckpt`` is the new training's."""
+    with contextlib.suppress(OSError):
+        (Path(run_dir) / "checkpoints" / TRAINED).unlink(missing_ok=True)
