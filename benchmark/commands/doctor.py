@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 HELP = "check this box end to end (device, every model, DDP, Ray) and estimate the full benchmark's time"
@@ -25,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend to check")
     parser.add_argument("--skip", default="", help=f"comma-separated checks to skip: {', '.join(CHECKS)}")
     parser.add_argument("--data-dir", type=Path, default=None, help="a Kaggle layout (default: synthetic)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no check after this many seconds (they are SKIP; the table and estimate still come)",
+    )
     parser.add_argument(
         "--json",
         nargs="?",
@@ -60,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             compile_backend=args.compile_backend,
             skip=_names(args.skip),
             data_dir=args.data_dir,
+            budget_s=args.budget_s,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -67,14 +75,26 @@ def run(args: argparse.Namespace) -> int:
         from benchmark.core.config import TrainConfig
 
         check_model_kwargs(TrainConfig(model=m) for m in settings.models)  # a typo: one line, exit 2
-    report = run_doctor(settings)
+    keep = _json_writer(args.json)
+    report = run_doctor(settings, after_each=keep)
     if args.json == "-":
         print(dumps(report), end="")
     else:
         print(format_report(report))
-    if args.json not in (None, "-"):
-        from benchmark.core.files import atomic_write
-
-        atomic_write(Path(args.json), dumps(report))
+    if keep is not None:
+        keep(report)
         print(f"doctor: figures written to {args.json}", file=sys.stderr)
     return exit_code(results_of(report))
+
+
+def _json_writer(path: str | None) -> Callable[[dict], None] | None:
+    """``--json PATH``: the report written there, atomically, after every check and at the end."""
+    if path in (None, "-"):
+        return None
+    from benchmark.core.files import atomic_write
+    from benchmark.core.summary import dumps
+
+    def keep(report: dict) -> None:
+        atomic_write(Path(str(path)), dumps(report))
+
+    return keep

@@ -133,8 +133,14 @@ def _model(ctx: Context, model: str, work: Path) -> Finding:
     return model_checks.model_check(model, ctx.s, ctx.dev, ctx.need_data(), ctx.cache, work)
 
 
-def run_doctor(settings: DoctorSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Every check; the report dict (``checks``, ``settings``, ``seconds``, ``ok``)."""
+def run_doctor(
+    settings: DoctorSettings,
+    progress: Callable[[str], None] | None = None,
+    after_each: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Every check; the report dict (``checks``, ``settings``, ``seconds``, ``ok``). ``after_each``
+    gets the report so far after every check (``--json PATH`` keeps it on disk, so a doctor killed
+    at a time limit still leaves the figures it measured)."""
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     # A deterministic Trainer sets this (Lightning), but torch reads it once, at the process's first
     # cuBLAS call, which the device checks make before any Trainer: every later deterministic fit
@@ -146,17 +152,34 @@ def run_doctor(settings: DoctorSettings, progress: Callable[[str], None] | None 
     with tempfile.TemporaryDirectory(prefix="nerve-bench-doctor-") as tmp:
         ctx = Context(dev, s, Path(tmp))
         for name, key, fn in _plan(ctx):
-            if key in s.skip:
-                ctx.results.append(CheckResult(name, SKIP, "--skip", 0.0))
+            why = _not_run(s, key, time.perf_counter() - start)
+            if why:
+                ctx.results.append(CheckResult(name, SKIP, why, 0.0))
                 continue
             say(f"doctor: {name} ...")
             with contextlib.redirect_stdout(sys.stderr):  # Lightning and runner chatter, not the table
                 result = run_check(name, fn)
             ctx.results.append(result)
             say(f"doctor: {name} {result.status} ({result.seconds:.1f} s) {result.detail}")
+            if after_each is not None:
+                after_each(_report(ctx, start))
+    return _report(ctx, start)
+
+
+def _not_run(s: DoctorSettings, key: str, elapsed: float) -> str:
+    """Why a check is skipped: ``--skip``, or ``--budget-s`` spent (the estimate, which only reads
+    the figures measured so far, always runs)."""
+    if key in s.skip:
+        return "--skip"
+    if s.budget_s is not None and elapsed > s.budget_s and key != "estimate":
+        return f"--budget-s {s.budget_s:g} spent ({elapsed:.0f} s)"
+    return ""
+
+
+def _report(ctx: Context, start: float) -> dict[str, Any]:
     return {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()},
-        "device": str(dev),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(ctx.s).items()},
+        "device": str(ctx.dev),
         "checks": [r.to_dict() for r in ctx.results],
         "seconds": time.perf_counter() - start,
         "ok": exit_code(ctx.results) == 0,

@@ -54,6 +54,7 @@ class DoctorSettings:
     compile_backend: str = "inductor"
     skip: tuple[str, ...] = ()
     data_dir: Path | None = None  # a Kaggle layout; None: synthetic data generated for the doctor
+    budget_s: float | None = None  # no check starts after this many seconds (the estimate excepted)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.skip) - set(CHECKS))
@@ -63,6 +64,8 @@ class DoctorSettings:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key.replace('_', '-')} must be at least 1, got {value}")
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise ValueError(f"budget-s must be positive, got {self.budget_s}")
         if self.image_size is not None and self.image_size % 32:
             raise ValueError(f"image-size must be a multiple of 32, got {self.image_size}")
 

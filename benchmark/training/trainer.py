@@ -99,7 +99,8 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         num_sanity_val_steps=0,
         callbacks=[*checkpoint, EpochHistory(), ResumeRandomState(), CloseProcessGroup(), *(callbacks or [])],
         plugins=[SafeCheckpointIO()],
-        logger=_logger(cfg, out_dir),
+        # Built only when not overridden: a W&B logger reads its environment and makes its directory.
+        logger=overrides["logger"] if "logger" in overrides else _logger(cfg, out_dir),
         log_every_n_steps=10,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=cfg.progress_bar,

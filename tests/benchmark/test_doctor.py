@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -319,3 +320,41 @@ def test_a_cpu_run_on_a_gpu_box_is_named_by_its_cpu(monkeypatch):
     )
     info = device_checks.device_info(torch.device("cpu"))
     assert info.figures["name"] != "NVIDIA H100 80GB HBM3" and "a GPU present, not used" in info.detail
+
+
+def test_a_spent_time_budget_skips_the_checks_left_and_still_reports(tmp_path, capsys, monkeypatch):
+    """On a lent GPU with a hard limit, --budget-s makes the doctor end with its table; --json PATH
+    holds the figures measured so far after every check (a kill loses only the check in flight)."""
+    kept = []
+    real = session.run_doctor
+
+    def spy(settings, progress=None, after_each=None):
+        def then_read(report):
+            after_each(report)  # the command's writer
+            kept.append([c["name"] for c in json.loads((tmp_path / "d.json").read_text())["checks"]])
+
+        return real(settings, progress, then_read)
+
+    monkeypatch.setattr(session, "run_doctor", spy)
+    monkeypatch.setattr(
+        device_checks, "device_info", lambda dev: (time.sleep(0.05), report.Finding("a box"))[1]
+    )
+    args = [
+        "doctor",
+        "--device",
+        "cpu",
+        "--models",
+        "unet",
+        "--budget-s",
+        "0.01",
+        "--json",
+        str(tmp_path / "d.json"),
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    rows = {c["name"]: c for c in json.loads((tmp_path / "d.json").read_text())["checks"]}
+    assert rows["device"]["status"] == "OK" and rows["idle"]["status"] == "SKIP"
+    assert rows["idle"]["detail"].startswith("--budget-s 0.01 spent (")
+    assert "budget" not in rows["estimate"]["detail"], rows["estimate"]  # it reads what was measured
+    assert kept[0] == ["device"] and "estimate" in kept[-1]  # written after each check that ran
+    assert "idle" in out and "SKIP" in out
