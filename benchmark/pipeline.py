@@ -63,17 +63,19 @@ def fit(
 
 def _score_again(cfg: TrainConfig, dm: Any, data_dir: Path, out_dir: Path, trained: dict) -> dict:
     """A run that finished training but has no summary: tuned and scored from ``best.ckpt`` by global
-    rank 0 (under DDP the other ranks have nothing to do), on its training data only. A Trainer is
-    built, not fitted: scoring runs on its device and under its global flags, as after a fit."""
+    rank 0 (under DDP the other ranks have nothing to do), on its training data only. Rank 0's
+    Trainer is built, not fitted: scoring runs on its device and under its global flags, as after a fit."""
     from datamodules.kaggle import content_hash
 
     if global_rank() != 0:
         return {}
-    trainer = build_trainer(cfg, out_dir, logger=False, enable_checkpointing=False)
+    one: dict[str, Any] = {"devices": 1, "num_nodes": 1, "strategy": "auto", "sync_batchnorm": False}
+    trainer = build_trainer(cfg, out_dir, None, logger=False, enable_checkpointing=False, **one)
     dm.setup("fit")
-    if content_hash(dm.decoded) != trained["data_hash"]:
+    data_hash = content_hash(dm.decoded)
+    if data_hash != trained["data_hash"]:
         raise ConfigError(
             f"{out_dir}: trained on data with content hash {trained['data_hash']}, but {data_dir} has "
-            f"{content_hash(dm.decoded)}; use another output directory for this data set"
+            f"{data_hash}; use another output directory for this data set"
         )
     return finalize.finalize_run(cfg, dm, data_dir, out_dir, trainer.strategy.root_device, trained=trained)

@@ -75,26 +75,40 @@ def run(args: argparse.Namespace) -> int:
         from benchmark.core.config import TrainConfig
 
         check_model_kwargs(TrainConfig(model=m) for m in settings.models)  # a typo: one line, exit 2
-    keep = _json_writer(args.json)
-    report = run_doctor(settings, after_each=keep)
+    report = run_doctor(settings, after_each=_json_writer(args.json))
     if args.json == "-":
         print(dumps(report), end="")
     else:
         print(format_report(report))
-    if keep is not None:
-        keep(report)
+    if args.json not in (None, "-"):
+        from benchmark.core.files import atomic_write
+
+        atomic_write(Path(args.json), dumps(report))
         print(f"doctor: figures written to {args.json}", file=sys.stderr)
-    return exit_code(results_of(report))
+    code = exit_code(results_of(report))
+    return 3 if code == 0 and not report["complete"] else code  # 3: as `run`, work left undone
 
 
 def _json_writer(path: str | None) -> Callable[[dict], None] | None:
-    """``--json PATH``: the report written there, atomically, after every check and at the end."""
+    """``--json PATH``: the report so far, written atomically before the first check (an unwritable
+    path is one line before any work) and after every check (a later failure: one warning, and the
+    checks go on; the final write at the end is tried again)."""
     if path in (None, "-"):
         return None
-    from benchmark.core.files import atomic_write
+    from benchmark.core.files import atomic_write, os_error_line
     from benchmark.core.summary import dumps
 
+    failed: list[OSError] = []
+
     def keep(report: dict) -> None:
-        atomic_write(Path(str(path)), dumps(report))
+        if failed:
+            return
+        try:
+            atomic_write(Path(str(path)), dumps(report))
+        except OSError as exc:
+            if not report["checks"]:
+                raise
+            failed.append(exc)
+            print(f"warning: {os_error_line(exc)}; the figures so far are not on disk", file=sys.stderr)
 
     return keep

@@ -47,6 +47,7 @@ class Context:
     cache: Any = None
     decode_s_per_frame: float | None = None
     results: list[CheckResult] = dataclasses.field(default_factory=list)
+    cut: list[str] = dataclasses.field(default_factory=list)  # checks --budget-s left out
 
     def need_data(self) -> Path:
         if self.data_dir is None:
@@ -138,9 +139,10 @@ def run_doctor(
     progress: Callable[[str], None] | None = None,
     after_each: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Every check; the report dict (``checks``, ``settings``, ``seconds``, ``ok``). ``after_each``
-    gets the report so far after every check (``--json PATH`` keeps it on disk, so a doctor killed
-    at a time limit still leaves the figures it measured)."""
+    """Every check; the report dict (``checks``, ``settings``, ``seconds``, ``ok``, ``complete``).
+    ``after_each`` gets the report so far before the first check and after every check
+    (``--json PATH`` keeps it on disk, so a doctor killed at a time limit still leaves the figures
+    it measured, and an unwritable path is found before any work)."""
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     # A deterministic Trainer sets this (Lightning), but torch reads it once, at the process's first
     # cuBLAS call, which the device checks make before any Trainer: every later deterministic fit
@@ -151,38 +153,48 @@ def run_doctor(
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nerve-bench-doctor-") as tmp:
         ctx = Context(dev, s, Path(tmp))
+        keep = after_each or (lambda report: None)
+        keep(_report(ctx, start, done=False))
+        longest = 0.0
         for name, key, fn in _plan(ctx):
-            why = _not_run(s, key, time.perf_counter() - start)
+            why = _not_run(s, key, time.perf_counter() - start, longest)
             if why:
                 ctx.results.append(CheckResult(name, SKIP, why, 0.0))
+                ctx.cut += [name] if why.startswith("--budget-s") else []
                 continue
             say(f"doctor: {name} ...")
             with contextlib.redirect_stdout(sys.stderr):  # Lightning and runner chatter, not the table
                 result = run_check(name, fn)
             ctx.results.append(result)
+            longest = max(longest, result.seconds)
             say(f"doctor: {name} {result.status} ({result.seconds:.1f} s) {result.detail}")
-            if after_each is not None:
-                after_each(_report(ctx, start))
-    return _report(ctx, start)
+            keep(_report(ctx, start, done=False))
+    return _report(ctx, start, done=True)
 
 
-def _not_run(s: DoctorSettings, key: str, elapsed: float) -> str:
-    """Why a check is skipped: ``--skip``, or ``--budget-s`` spent (the estimate, which only reads
-    the figures measured so far, always runs)."""
+def _not_run(s: DoctorSettings, key: str, elapsed: float, longest: float) -> str:
+    """Why a check is skipped: ``--skip``, or ``--budget-s``: at the pace of the longest check so far
+    it would end after the budget (the estimate, which only reads the figures measured, always runs)."""
     if key in s.skip:
         return "--skip"
-    if s.budget_s is not None and elapsed > s.budget_s and key != "estimate":
-        return f"--budget-s {s.budget_s:g} spent ({elapsed:.0f} s)"
+    if s.budget_s is not None and key != "estimate" and elapsed + longest > s.budget_s:
+        return (
+            f"--budget-s {s.budget_s:g}: no time left ({elapsed:.0f} s spent, longest check {longest:.0f} s)"
+        )
     return ""
 
 
-def _report(ctx: Context, start: float) -> dict[str, Any]:
+def _report(ctx: Context, start: float, done: bool) -> dict[str, Any]:
+    """The report so far; ``complete`` only once every check ran or was skipped for a reason other
+    than the time budget."""
     return {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(ctx.s).items()},
         "device": str(ctx.dev),
         "checks": [r.to_dict() for r in ctx.results],
         "seconds": time.perf_counter() - start,
         "ok": exit_code(ctx.results) == 0,
+        "complete": done and not ctx.cut,
+        "cut": list(ctx.cut),
     }
 
 
@@ -213,5 +225,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", "estimate assumes: " + "; ".join(est.figures["assumptions"])]
     counts = {k: sum(r.status == k for r in results) for k in ("OK", "WARN", "SKIP", FAIL)}
     verdict = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-    lines += ["", f"doctor: {verdict} in {report['seconds']:.0f} s" + (" -- FAILED" if counts[FAIL] else "")]
+    cut = report.get("cut") or []
+    incomplete = f" -- INCOMPLETE: --budget-s left out {', '.join(cut)}" if cut else ""
+    lines += [
+        "",
+        f"doctor: {verdict} in {report['seconds']:.0f} s"
+        + (" -- FAILED" if counts[FAIL] else "")
+        + incomplete,
+    ]
     return "\n".join(lines)

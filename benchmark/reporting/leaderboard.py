@@ -300,6 +300,14 @@ def _unique(runs: list[dict[str, Any]], block: str, key: str) -> list[str]:
     return sorted({str((s.get(block) or {}).get(key, "unknown")) for s in runs})
 
 
+def _scored_again(runs: list[dict[str, Any]]) -> list[str]:
+    """'N run(s) on DEVICE at SHA' for runs tuned and scored again after training, on another
+    machine or code version than ``environment`` (their inference columns were measured there)."""
+    found = [f"{(s['scored_again'] or {}).get('device')} at {(s['scored_again'] or {}).get('git_sha')}"
+             for s in runs if s.get("scored_again")]  # fmt: skip
+    return [f"{found.count(where)} run(s) on {where}" for where in sorted(set(found))]
+
+
 def _split_values(runs: list[dict[str, Any]], key: str) -> list[Any]:
     """One split setting as recorded (split block first, then the config), unique and sorted."""
     found = {json.dumps(_split(s).get(key, (s.get("config") or {}).get(key))) for s in runs}
@@ -335,6 +343,7 @@ def header(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "platform": _unique(runs, "environment", "platform"),
         "software": software,
         "git_sha": _unique(runs, "environment", "git_sha"),
+        "scored_again": _scored_again(runs),
         "benchmark_hash": sorted({benchmark_hash(s) for s in runs}),
         "n_runs": len(runs),
         "models": sorted({str(s["model"]) for s in runs}),

@@ -21,6 +21,7 @@ import torch
 
 from benchmark.core.config import SCHEMA_VERSION, ConfigError
 from benchmark.core.files import atomic_write
+from benchmark.core.ranks import global_rank
 from benchmark.training.callbacks import HISTORY_KEYS, checkpoint_history
 from benchmark.training.checkpoint import BEST, LAST, load_problem
 
@@ -45,11 +46,12 @@ def drop_resume_state(run_dir: Path, config_hash: str, facts: dict[str, Any]) ->
     last = ckpt_dir / LAST
     if not last.is_file():
         return
+    kept = {k: facts[k] for k in FACTS}  # a KeyError is the caller's: last.ckpt stays
     try:
         history, selected = checkpoint_history(_load(last)), _selected(_load(ckpt_dir / BEST))
         record = {"schema_version": SCHEMA_VERSION, "config_hash": config_hash, "history": history,
-                  "best": selected, **{k: facts[k] for k in FACTS}}  # fmt: skip
-    except Exception:  # noqa: BLE001 - unreadable checkpoints, or facts of an older summary: no record
+                  "best": selected, **kept}  # fmt: skip
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint: last.ckpt could not be resumed either
         record = None
     if record is not None:
         try:
@@ -92,7 +94,10 @@ def _is_selected(best: Path, selected: Any) -> bool:
     try:
         return _selected(_load(best)) == selected
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be scored
-        print(f"warning: {best}: unreadable ({load_problem(exc)}); training the run again", file=sys.stderr)
+        if global_rank() == 0:
+            print(
+                f"warning: {best}: unreadable ({load_problem(exc)}); training the run again", file=sys.stderr
+            )
         return False
 
 

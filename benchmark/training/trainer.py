@@ -108,9 +108,9 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
     )
     if cfg.compile and cfg.world_size() > 1:
         kwargs["strategy"] = CompiledDDPStrategy()
-        if kwargs["sync_batchnorm"]:
-            rank_zero_warn(COMPILE_SYNC_BN)
     kwargs.update(overrides)
+    if isinstance(kwargs.get("strategy"), CompiledDDPStrategy) and kwargs["sync_batchnorm"]:
+        rank_zero_warn(COMPILE_SYNC_BN)
     return Trainer(**kwargs)
 
 

@@ -323,8 +323,9 @@ def test_a_cpu_run_on_a_gpu_box_is_named_by_its_cpu(monkeypatch):
 
 
 def test_a_spent_time_budget_skips_the_checks_left_and_still_reports(tmp_path, capsys, monkeypatch):
-    """On a lent GPU with a hard limit, --budget-s makes the doctor end with its table; --json PATH
-    holds the figures measured so far after every check (a kill loses only the check in flight)."""
+    """On a lent GPU with a hard limit, --budget-s makes the doctor end with its table, marked
+    incomplete (exit 3, as `run` with work left); --json PATH holds the report before the first
+    check and after every check (a kill loses only the check in flight)."""
     kept = []
     real = session.run_doctor
 
@@ -350,11 +351,21 @@ def test_a_spent_time_budget_skips_the_checks_left_and_still_reports(tmp_path, c
         "--json",
         str(tmp_path / "d.json"),
     ]
-    assert main(args) == 0
+    assert main(args) == 3
     out = capsys.readouterr().out
-    rows = {c["name"]: c for c in json.loads((tmp_path / "d.json").read_text())["checks"]}
+    saved = json.loads((tmp_path / "d.json").read_text())
+    rows = {c["name"]: c for c in saved["checks"]}
     assert rows["device"]["status"] == "OK" and rows["idle"]["status"] == "SKIP"
-    assert rows["idle"]["detail"].startswith("--budget-s 0.01 spent (")
+    assert rows["idle"]["detail"].startswith("--budget-s 0.01: no time left (0 s spent, longest check 0 s")
     assert "budget" not in rows["estimate"]["detail"], rows["estimate"]  # it reads what was measured
-    assert kept[0] == ["device"] and "estimate" in kept[-1]  # written after each check that ran
-    assert "idle" in out and "SKIP" in out
+    assert (
+        saved["complete"] is False and saved["cut"][:2] == ["idle", "data"] and "estimate" not in saved["cut"]
+    )
+    assert kept[:2] == [[], ["device"]] and "estimate" in kept[-1]
+    assert "-- INCOMPLETE: --budget-s left out idle, data, " in out
+
+
+def test_an_unwritable_json_path_is_one_line_before_any_check(capsys):
+    assert main(["doctor", "--device", "cpu", "--json", "/proc/nerve-bench/doctor.json"]) == 1
+    err = capsys.readouterr().err
+    assert "doctor: device" not in err and err.count("\n") == 1 and "/proc/nerve-bench" in err

@@ -4,14 +4,19 @@ it matches (config, schema, no training under way, the same best.ckpt)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from benchmark import pipeline
 from benchmark.core.config import ConfigError
+from benchmark.evaluation import finalize
 from benchmark.training import finished
 from benchmark.training.callbacks import HISTORY_CKPT_KEY
+from tests.benchmark.fitting import TINY, UNET, Stop, StopAt
 
 FACTS = {"world_size": 2, "environment": {"device": "NVIDIA H100 80GB HBM3"}, "data_hash": "d1"}
 HISTORY = {"epoch": [0, 1], "train_loss": [0.9, 0.5], "val_loss": [0.8, float("nan")]}
@@ -84,3 +89,96 @@ def test_without_room_for_the_record_the_resume_state_stays(tmp_path, monkeypatc
     finished.drop_resume_state(run, "abc", FACTS)  # unreadable: it could not be resumed either
     assert not (run / "checkpoints" / "last.ckpt").exists()
     assert not (run / "checkpoints" / "trained.json").exists()
+
+
+def _copy_without_summary(fit_runs, tmp_path: Path, **record_changes) -> Path:
+    """The session's finished UNET run, copied, its summary removed (and its record changed)."""
+    out = tmp_path / "run"
+    shutil.copytree(fit_runs.run_dir(UNET), out)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "trained.json"]
+    (out / "summary.json").unlink()
+    record = out / "checkpoints" / "trained.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), **record_changes}))
+    return out
+
+
+def _no_training(*args, **kwargs):
+    pytest.fail("a finished run was trained again")
+
+
+@pytest.fixture
+def nondeterministic():
+    """A process that has not built a Trainer yet: torch's deterministic algorithms off."""
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(False)
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+@pytest.mark.slow
+def test_a_finished_run_whose_summary_is_removed_is_scored_again_not_trained(
+    fit_runs, tmp_path, monkeypatch, nondeterministic
+):
+    """The summary takes the training's history, world and environment from trained.json (here
+    another box's: 2 processes on an H100) and names the scoring machine under scored_again; it is
+    scored on rank 0's Trainer device under the Trainer's global flags, with the same figures (same
+    process, same CPU)."""
+    first = fit_runs.unet
+    trained_on = {**first["environment"], "device": "NVIDIA H100 80GB HBM3"}
+    out = _copy_without_summary(fit_runs, tmp_path, world_size=2, environment=trained_on)
+    seen, real = [], finalize.finalize_run
+
+    def spy(*args, **kwargs):
+        seen.append((str(args[4]), torch.are_deterministic_algorithms_enabled()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", _no_training)
+    monkeypatch.setattr(finalize, "finalize_run", spy)
+    again = pipeline.fit(UNET, fit_runs.data, out)
+    assert seen == [("cpu", True)]  # strict determinism on CPU, as a fit leaves it
+    assert again["world_size"] == 2 and again["environment"] == trained_on
+    assert again["scored_again"]["device"] == first["environment"]["device"] != trained_on["device"]
+    assert again["history"] == first["history"] and again["epochs_run"] == first["epochs_run"] > 1
+    assert again["train_time_s"] == first["train_time_s"] and again["best_epoch"] == first["best_epoch"]
+    assert again["cost"]["train_img_s"] == first["cost"]["train_img_s"]
+    assert again["per_image"]["index"] == first["per_image"]["index"]
+    np.testing.assert_allclose(again["per_image"]["dice"], first["per_image"]["dice"], atol=1e-6)
+    assert json.loads((out / "summary.json").read_text())["status"] == "complete"
+    # Another config in this directory would overwrite a finished run: refused, as last.ckpt's is.
+    with pytest.raises(ConfigError, match="finished run of a different config"):
+        pipeline.fit(TINY, fit_runs.data, out)
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_scored_again_on_its_own_data_by_rank_zero(fit_runs, tmp_path, monkeypatch):
+    out = _copy_without_summary(fit_runs, tmp_path)
+    monkeypatch.setattr(pipeline, "train", _no_training)
+    monkeypatch.setattr(pipeline, "global_rank", lambda: 1)
+    assert pipeline.fit(UNET, fit_runs.data, out) == {} and not (out / "summary.json").exists()
+    monkeypatch.undo()
+    out = _copy_without_summary(fit_runs, tmp_path / "other", data_hash="0123abcd")
+    with pytest.raises(ConfigError, match=rf"{out}: trained on data with content hash 0123abcd, but "):
+        pipeline.fit(UNET, fit_runs.data, out)
+
+
+@pytest.mark.slow
+def test_a_finished_run_of_an_older_schema_is_trained_again(fit_runs, tmp_path, monkeypatch):
+    """A schema bump changed the recipe for the same config hash: best.ckpt is not scored again."""
+    out = _copy_without_summary(fit_runs, tmp_path, schema_version=2)
+    monkeypatch.setattr(pipeline, "train", lambda *a, **k: pytest.fail("trained again"))
+    with pytest.raises(pytest.fail.Exception, match="trained again"):
+        pipeline.fit(UNET, fit_runs.data, out)
+
+
+@pytest.mark.slow
+def test_training_again_forgets_the_finished_training(fit_runs, tmp_path):
+    """Without its best.ckpt the run trains again; the record goes first, so a kill mid-training
+    leaves a run that resumes, never a half-trained best.ckpt scored as the finished one."""
+    out = _copy_without_summary(fit_runs, tmp_path)
+    (out / "checkpoints" / "best.ckpt").unlink()
+    with pytest.raises(Stop):
+        pipeline.fit(UNET, fit_runs.data, out, callbacks=[StopAt(1)])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
