@@ -259,7 +259,7 @@ class Progress:
 
 def describe(outcome: Outcome, runs: Path) -> str:
     if outcome.status == "trained":
-        return runner.finished_line(outcome.run, outcome.seconds, outcome.dice)
+        return runner.finished_line(outcome.run, outcome.seconds, outcome.dice, outcome.scored_again)
     if outcome.status == "skipped":
         return f"skipped {outcome.run}: completed by another process"
     if outcome.status == "held":

@@ -54,6 +54,7 @@ class Outcome:
     error: str = ""
     dice: float | None = None  # outer-fold post-processed Kaggle Dice of a trained run
     no_space: str = ""  # "PATH: reason" when it failed for want of space: the grid stops (preflight)
+    scored_again: bool = False  # trained earlier; only tuned and scored now (benchmark.training.finished)
 
 
 def say(message: str) -> None:
@@ -137,9 +138,10 @@ def outer_dice(summary: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def finished_line(run: str, seconds: float, dice: float | None) -> str:
+def finished_line(run: str, seconds: float, dice: float | None, scored_again: bool = False) -> str:
     """The one line printed per finished run, by every executor: name, seconds, outer Kaggle Dice."""
-    return f"done {run} in {seconds:.1f} s: outer Kaggle Dice {'n/a' if dice is None else f'{dice:.4f}'}"
+    how = " (scored again from best.ckpt: training had finished)" if scored_again else ""
+    return f"done {run} in {seconds:.1f} s{how}: outer Kaggle Dice {'n/a' if dice is None else f'{dice:.4f}'}"
 
 
 def ddp_rank(cfg: TrainConfig) -> int:
@@ -198,7 +200,10 @@ def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -
         (run_dir / "error.txt").unlink(missing_ok=True)
     if global_rank() == 0 and isinstance(summary, dict):
         _log_tracking(summary, run_dir)
-    return Outcome(cfg.run_name(), "trained", time.perf_counter() - start, dice=outer_dice(summary))
+    again = isinstance(summary, dict) and "scored_again" in summary
+    return Outcome(
+        cfg.run_name(), "trained", time.perf_counter() - start, dice=outer_dice(summary), scored_again=again
+    )
 
 
 def run_one(
@@ -292,7 +297,7 @@ def drop_kept_resume_state(runs: Path, done: list[TrainConfig]) -> None:
 
 def _announce(tag: str, outcome: Outcome, runs: Path) -> None:
     if outcome.status == "trained":
-        say(f"{tag} {finished_line(outcome.run, outcome.seconds, outcome.dice)}")
+        say(f"{tag} {finished_line(outcome.run, outcome.seconds, outcome.dice, outcome.scored_again)}")
     elif outcome.status == "held":
         say(f"{tag} skipped {outcome.run}: {outcome.error}")
     elif outcome.status == "skipped":

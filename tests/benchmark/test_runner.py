@@ -197,6 +197,23 @@ def test_each_finished_run_prints_name_seconds_and_outer_dice(tmp_path, capsys):
     for i, (line, o) in enumerate(zip(lines, outcomes), start=1):
         assert line == f"[{i}/2] done {o.run} in {o.seconds:.1f} s: outer Kaggle Dice 0.7500"
     assert runner.finished_line("r", 12.345, None) == "done r in 12.3 s: outer Kaggle Dice n/a"
+    again = "done r in 3.0 s (scored again from best.ckpt: training had finished): outer Kaggle Dice 0.5000"
+    assert runner.finished_line("r", 3.0, 0.5, scored_again=True) == again
+
+
+def test_a_run_scored_again_says_so(tmp_path, capsys):
+    fit = fake_fit([])
+
+    def scored_again(cfg, data_dir, out_dir):
+        return {**fit(cfg, data_dir, out_dir), "scored_again": {"device": "cpu"}}
+
+    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet"])[:1]
+    (outcome,) = runner.run_grid(grid, tmp_path, tmp_path, fit=scored_again)
+    assert outcome.status == "trained" and outcome.scored_again
+    assert (
+        "(scored again from best.ckpt: training had finished): outer Kaggle Dice 0.7500"
+        in capsys.readouterr().out
+    )
 
 
 def test_unwritable_error_txt_goes_to_the_log_and_the_grid_goes_on(tmp_path, capsys):
