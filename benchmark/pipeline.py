@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmark.core.config import ConfigError, TrainConfig
+from benchmark.core.config import TrainConfig
 from benchmark.core.ranks import global_rank
 from benchmark.core.summary import SUMMARY_NAME, is_complete, read_summary
 from benchmark.evaluation import finalize
@@ -65,17 +65,8 @@ def _score_again(cfg: TrainConfig, dm: Any, data_dir: Path, out_dir: Path, train
     """A run that finished training but has no summary: tuned and scored from ``best.ckpt`` by global
     rank 0 (under DDP the other ranks have nothing to do), on its training data only. Rank 0's
     Trainer is built, not fitted: scoring runs on its device and under its global flags, as after a fit."""
-    from datamodules.kaggle import content_hash
-
     if global_rank() != 0:
         return {}
     one: dict[str, Any] = {"devices": 1, "num_nodes": 1, "strategy": "auto", "sync_batchnorm": False}
     trainer = build_trainer(cfg, out_dir, None, logger=False, enable_checkpointing=False, **one)
-    dm.setup("fit")
-    data_hash = content_hash(dm.decoded)
-    if data_hash != trained["data_hash"]:
-        raise ConfigError(
-            f"{out_dir}: trained on data with content hash {trained['data_hash']}, but {data_dir} has "
-            f"{data_hash}; use another output directory for this data set"
-        )
     return finalize.finalize_run(cfg, dm, data_dir, out_dir, trainer.strategy.root_device, trained=trained)

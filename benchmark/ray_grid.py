@@ -245,7 +245,7 @@ class Progress:
 
     def update(self, outcome: Outcome, pending: int, runs: Path) -> list[str]:
         self.done += 1
-        if outcome.status in ("trained", "failed"):
+        if runner.paces(outcome):
             self.seconds.append(outcome.seconds)
         running = min(pending, self.slots)
         mean = sum(self.seconds) / len(self.seconds) if self.seconds else None
@@ -259,7 +259,7 @@ class Progress:
 
 def describe(outcome: Outcome, runs: Path) -> str:
     if outcome.status == "trained":
-        return runner.finished_line(outcome.run, outcome.seconds, outcome.dice, outcome.scored_again)
+        return runner.finished_line(outcome)
     if outcome.status == "skipped":
         return f"skipped {outcome.run}: completed by another process"
     if outcome.status == "held":

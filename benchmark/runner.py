@@ -138,10 +138,16 @@ def outer_dice(summary: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def finished_line(run: str, seconds: float, dice: float | None, scored_again: bool = False) -> str:
+def paces(outcome: Outcome) -> bool:
+    """Whether a run's time tells how long the runs left take (the ETA): not a skip, not a re-score."""
+    return outcome.status in ("trained", "failed") and not outcome.scored_again
+
+
+def finished_line(outcome: Outcome) -> str:
     """The one line printed per finished run, by every executor: name, seconds, outer Kaggle Dice."""
-    how = " (scored again from best.ckpt: training had finished)" if scored_again else ""
-    return f"done {run} in {seconds:.1f} s{how}: outer Kaggle Dice {'n/a' if dice is None else f'{dice:.4f}'}"
+    how = " (scored again from best.ckpt: training had finished)" if outcome.scored_again else ""
+    dice = "n/a" if outcome.dice is None else f"{outcome.dice:.4f}"
+    return f"done {outcome.run} in {outcome.seconds:.1f} s{how}: outer Kaggle Dice {dice}"
 
 
 def ddp_rank(cfg: TrainConfig) -> int:
@@ -173,7 +179,7 @@ def interrupted_line(cfg: TrainConfig, run_dir: Path) -> str:
     if last.is_file():
         then = f"resumes from {last}"
     elif last.with_name(TRAINED).is_file():  # training had finished: only scoring was left
-        then = f"scores it again from {last.with_name(BEST)}"
+        then = f"scores it again from {last.with_name(BEST)} (if the record still matches)"
     else:
         then = "starts it again (no epoch had finished)"
     return f"interrupted {cfg.run_name()}: re-running the same command {then}"
@@ -297,7 +303,7 @@ def drop_kept_resume_state(runs: Path, done: list[TrainConfig]) -> None:
 
 def _announce(tag: str, outcome: Outcome, runs: Path) -> None:
     if outcome.status == "trained":
-        say(f"{tag} {finished_line(outcome.run, outcome.seconds, outcome.dice, outcome.scored_again)}")
+        say(f"{tag} {finished_line(outcome)}")
     elif outcome.status == "held":
         say(f"{tag} skipped {outcome.run}: {outcome.error}")
     elif outcome.status == "skipped":
@@ -342,7 +348,7 @@ def run_grid(
             outcome = run_one(cfg, data_dir, results_dir, fit, stale_after_s)
         else:
             outcome = _follow_rank0(cfg, todo[i:], data_dir, runs, fit, stale_after_s)
-        if outcome.status in ("trained", "failed"):
+        if paces(outcome):
             times.append(outcome.seconds)
         _announce(tag, outcome, runs)
         if outcome.no_space:

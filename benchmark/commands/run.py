@@ -215,14 +215,23 @@ def run(args: argparse.Namespace) -> int:
     outcomes = ray_grid.execute(
         bench, grid, data_dir, args.results_dir, data_hash=data_hash, train_set=train, room=room
     )
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "skipped", "held")}
-    runner.say(
-        f"grid done in {runner.clock(time.perf_counter() - start)}: {counts['trained']} trained, "
-        f"{counts['skipped']} skipped, {counts['held']} held by another process"
-    )
+    runner.say(done_line(outcomes, time.perf_counter() - start))
     if not args.no_report and global_rank() == 0:
         _report(bench, args.results_dir)
     return _exit_status(outcomes, runner.missing_runs(grid, outcomes, args.results_dir), args.results_dir)
+
+
+def done_line(outcomes: list, seconds: float) -> str:
+    """The grid's last line: how many runs were trained, scored again, skipped and held."""
+    from benchmark import runner
+
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("trained", "skipped", "held")}
+    again = sum(o.scored_again for o in outcomes)
+    return (
+        f"grid done in {runner.clock(seconds)}: {counts['trained'] - again} trained, "
+        + (f"{again} scored again, " if again else "")
+        + f"{counts['skipped']} skipped, {counts['held']} held by another process"
+    )
 
 
 def _check_data(grid: list[TrainConfig], data_dir: Path, results_dir: Path) -> tuple[str, Any]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.core.config import SCHEMA_VERSION, TrainConfig
+from benchmark.core.config import SCHEMA_VERSION, ConfigError, TrainConfig
 from benchmark.core.files import atomic_path
 from benchmark.core.summary import environment, to_jsonable, write_summary
 from benchmark.evaluation import costs, inference
@@ -219,16 +219,19 @@ def finalize_run(
     best = out_dir / "checkpoints" / BEST
     module, ckpt = load_checkpoint_module(best)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
+    dm.setup("fit")  # a no-op after a fit; the empty baseline and a re-score set it up here
+    data = dataset_block(dm, data_dir)
+    if trained is not None:
+        _check_same_data(trained, data, out_dir, data_dir)
     pp, selection, outer = _select_and_predict(cfg, dm, module, int(ckpt.get("epoch", 0)), device, precision)
     metrics = scored(outer["counts"], outer["presence_prob"], outer["post_counts"])
-    data = dataset_block(dm, data_dir)
     store_in_checkpoint(best, ckpt, _checkpoint_record(cfg, dm, pp, metrics, selection, data, outer))
     _overlays(out_dir / OVERLAY_NAME, dm, module, outer, pp, device, precision)
-    training = trained or {
-        "history": _final_history(out_dir / "checkpoints" / LAST, module.history),
-        "world_size": world_size,
-        "environment": environment(device),
-    }
+    if trained is None:
+        history = _final_history(out_dir / "checkpoints" / LAST, module.history)
+        trained = {"history": history, "world_size": world_size, "environment": environment(device)}
+    else:
+        trained = {**trained, "scored_again": environment(device)}
     summary = {
         **run_identity(cfg),
         "dataset": data,
@@ -238,20 +241,21 @@ def finalize_run(
         "split": split_block(cfg, dm),
         "per_image": per_image_block(dm, outer),
         "postprocess": pp.to_dict(),
-        **_training_block(cfg, module, training, device),
+        **_training_block(cfg, module, trained, device),
         "overlays": OVERLAY_NAME,
         "status": "complete",
     }
-    if trained:
-        summary["scored_again"] = environment(device)
     write_summary(out_dir, summary)
     return to_jsonable(summary)
 
 
 def _training_block(cfg: TrainConfig, module: SegModule, training: dict, device: torch.device) -> dict:
-    """The summary's keys about the training: epochs, time, world, costs, history, environment."""
+    """The summary's keys about the training: epochs, time, world, costs, history, environment (and
+    the scoring machine's, when it was scored again)."""
     history = training["history"]
+    again = {"scored_again": training["scored_again"]} if "scored_again" in training else {}
     return {
+        **again,
         "epochs_run": len(history["epoch"]),
         "train_time_s": float(sum(history["epoch_time_s"])),
         "global_batch": int(cfg.batch_size),
@@ -260,6 +264,16 @@ def _training_block(cfg: TrainConfig, module: SegModule, training: dict, device:
         "history": {k: history[k] for k in ("epoch", "train_loss", "val_loss", "val_kaggle_dice")},
         "environment": training["environment"],
     }
+
+
+def _check_same_data(trained: dict, data: dict, out_dir: Path, data_dir: Path) -> None:
+    """A run trained earlier is scored again on its training data only: elsewhere its fold may hold
+    frames it trained on (the config hash does not cover the data)."""
+    if data["content_hash"] != trained["data_hash"]:
+        raise ConfigError(
+            f"{out_dir}: trained on data with content hash {trained['data_hash']}, but {data_dir} has "
+            f"{data['content_hash']}; use another output directory for this data set"
+        )
 
 
 def training_facts(summary: dict) -> dict[str, Any]:

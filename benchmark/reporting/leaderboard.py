@@ -303,7 +303,7 @@ def _unique(runs: list[dict[str, Any]], block: str, key: str) -> list[str]:
 def _scored_again(runs: list[dict[str, Any]]) -> list[str]:
     """'N run(s) on DEVICE at SHA' for runs tuned and scored again after training, on another
     machine or code version than ``environment`` (their inference columns were measured there)."""
-    found = [f"{(s['scored_again'] or {}).get('device')} at {(s['scored_again'] or {}).get('git_sha')}"
+    found = [f"{s['scored_again'].get('device')} at {s['scored_again'].get('git_sha')}"
              for s in runs if s.get("scored_again")]  # fmt: skip
     return [f"{found.count(where)} run(s) on {where}" for where in sorted(set(found))]
 

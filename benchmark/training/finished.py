@@ -26,7 +26,7 @@ from benchmark.training.callbacks import HISTORY_KEYS, checkpoint_history
 from benchmark.training.checkpoint import BEST, LAST, load_problem
 
 TRAINED = "trained.json"
-# What the summary says of the training, kept in the record (finalize.training_facts writes them).
+# What the summary says of the training, kept in the record (finalize.training_facts reads them).
 FACTS = ("world_size", "environment", "data_hash")
 
 
@@ -40,20 +40,25 @@ def _selected(best: dict) -> list[int]:
 
 
 def drop_resume_state(run_dir: Path, config_hash: str, facts: dict[str, Any]) -> None:
-    """Replace a finished run's ``last.ckpt`` by ``trained.json``. Where the record cannot be written
-    (a full disk), ``last.ckpt`` stays; an unreadable one is deleted, as it could not be resumed."""
+    """Replace a finished run's ``last.ckpt`` by ``trained.json``. Where no record can be made (a full
+    disk, an unreadable ``best.ckpt``), ``last.ckpt`` stays; an unreadable one is deleted, as it could
+    not be resumed either."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     last = ckpt_dir / LAST
     if not last.is_file():
         return
     kept = {k: facts[k] for k in FACTS}  # a KeyError is the caller's: last.ckpt stays
     try:
-        history, selected = checkpoint_history(_load(last)), _selected(_load(ckpt_dir / BEST))
+        history = checkpoint_history(_load(last))
+    except Exception:  # noqa: BLE001 - it could not be resumed either
+        history = None
+    if history is not None:
+        try:
+            selected = _selected(_load(ckpt_dir / BEST))
+        except Exception:  # noqa: BLE001 - the selected weights are gone: keep the final ones
+            return
         record = {"schema_version": SCHEMA_VERSION, "config_hash": config_hash, "history": history,
                   "best": selected, **kept}  # fmt: skip
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint: last.ckpt could not be resumed either
-        record = None
-    if record is not None:
         try:
             atomic_write(ckpt_dir / TRAINED, json.dumps(record))
         except OSError:

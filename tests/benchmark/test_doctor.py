@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import time
 import warnings
 from pathlib import Path
 
@@ -336,27 +335,23 @@ def test_a_spent_time_budget_skips_the_checks_left_and_still_reports(tmp_path, c
 
         return real(settings, progress, then_read)
 
+    now = [0.0]  # the session's clock: only the device check moves it, by 1 s
+
+    def slow_device(dev):
+        now[0] += 1.0
+        return report.Finding("a box")
+
     monkeypatch.setattr(session, "run_doctor", spy)
-    monkeypatch.setattr(
-        device_checks, "device_info", lambda dev: (time.sleep(0.05), report.Finding("a box"))[1]
-    )
-    args = [
-        "doctor",
-        "--device",
-        "cpu",
-        "--models",
-        "unet",
-        "--budget-s",
-        "0.01",
-        "--json",
-        str(tmp_path / "d.json"),
-    ]
+    monkeypatch.setattr(session, "clock", lambda: now[0])
+    monkeypatch.setattr(device_checks, "device_info", slow_device)
+    json_path = str(tmp_path / "d.json")
+    args = ["doctor", "--device", "cpu", "--models", "unet", "--budget-s", "0.5", "--json", json_path]
     assert main(args) == 3
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "d.json").read_text())
     rows = {c["name"]: c for c in saved["checks"]}
     assert rows["device"]["status"] == "OK" and rows["idle"]["status"] == "SKIP"
-    assert rows["idle"]["detail"].startswith("--budget-s 0.01: no time left (0 s spent, longest check 0 s")
+    assert rows["idle"]["detail"].startswith("--budget-s 0.5: no time left (1 s spent, longest check ")
     assert "budget" not in rows["estimate"]["detail"], rows["estimate"]  # it reads what was measured
     assert (
         saved["complete"] is False and saved["cut"][:2] == ["idle", "data"] and "estimate" not in saved["cut"]

@@ -85,6 +85,10 @@ def test_without_room_for_the_record_the_resume_state_stays(tmp_path, monkeypatc
     monkeypatch.setattr(finished, "atomic_write", full)
     finished.drop_resume_state(run, "abc", FACTS)
     assert (run / "checkpoints" / "last.ckpt").is_file() and finished.trained_record(run, "abc") is None
+    monkeypatch.undo()
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"PK\x03\x04 half a checkpoint")
+    finished.drop_resume_state(run, "abc", FACTS)  # the selected weights are gone: the final ones stay
+    assert (run / "checkpoints" / "last.ckpt").is_file() and finished.trained_record(run, "abc") is None
     (run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     finished.drop_resume_state(run, "abc", FACTS)  # unreadable: it could not be resumed either
     assert not (run / "checkpoints" / "last.ckpt").exists()

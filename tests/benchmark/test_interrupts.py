@@ -313,7 +313,7 @@ def test_an_interrupted_command_that_trains_nothing_does_not_talk_of_runs(tmp_pa
 @pytest.mark.parametrize(
     ("files", "then"),
     [((), "starts it again (no epoch had finished)"), (("last.ckpt",), "resumes from {d}/last.ckpt"),
-     (("best.ckpt", "trained.json"), "scores it again from {d}/best.ckpt")],
+     (("best.ckpt", "trained.json"), "scores it again from {d}/best.ckpt (if the record still matches)")],
 )  # fmt: skip
 def test_an_interrupt_says_what_the_next_invocation_does_with_the_run(tmp_path, files, then):
     from benchmark.core.config import TrainConfig

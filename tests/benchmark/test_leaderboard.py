@@ -383,20 +383,3 @@ def test_header_collects_split_seeds_batch_and_provenance():
     assert sk["run_means"]["selection_kaggle_dice"] == pytest.approx(0.9) and row(b, "unet")[
         "global_batch"
     ] == [32]
-
-
-def test_runs_scored_again_after_training_are_named_with_where():
-    """A run whose summary was removed is tuned and scored again from its trained.json: environment
-    stays the training's, and the header says where the scoring (and its inference columns) ran."""
-    unet = model_runs("unet", UNET)
-    for run in unet[:3]:
-        run["scored_again"] = {**run["environment"], "device": "NVIDIA H100 80GB HBM3", "git_sha": "def456"}
-    b = board(unet, empty_runs())
-    assert b["header"]["device"] == ["cpu"]
-    assert b["header"]["scored_again"] == ["3 run(s) on NVIDIA H100 80GB HBM3 at def456"]
-    assert (
-        "- **Scored again** (after training; inference columns measured there): 3 run(s) on NVIDIA H100"
-        in (tables.markdown(b))
-    )
-    assert board(model_runs("unet", UNET), empty_runs())["header"]["scored_again"] == []
-    assert "Scored again" not in tables.markdown(board(model_runs("unet", UNET), empty_runs()))

@@ -11,6 +11,8 @@ import pytest
 from benchmark.cli import main
 from benchmark.core.config import SCHEMA_VERSION
 from benchmark.core.summary import write_summary
+from benchmark.reporting import leaderboard as lb
+from benchmark.reporting import tables
 from benchmark.reporting.report import TABLES, build_report
 from datamodules.errors import DataError
 from tests.benchmark.summaries import empty_runs, make_summary, model_runs
@@ -298,3 +300,20 @@ def test_a_read_only_results_dir_names_the_leaderboard_not_a_temp_file(results, 
     assert main(["report", "--results", str(results), "--no-plots"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {results / 'leaderboard.md'}: Permission denied"]
+
+
+def test_runs_scored_again_after_training_are_named_with_where():
+    """A run whose summary was removed is tuned and scored again from its trained.json: environment
+    stays the training's, and the header says where the scoring (and its inference columns) ran."""
+    unet = model_runs("unet", UNET)
+    for run in unet[:3]:
+        run["scored_again"] = {**run["environment"], "device": "NVIDIA H100 80GB HBM3", "git_sha": "def456"}
+    b = lb.build(unet + empty_runs())
+    assert b["header"]["device"] == ["cpu"]
+    assert b["header"]["scored_again"] == ["3 run(s) on NVIDIA H100 80GB HBM3 at def456"]
+    assert (
+        "- **Scored again** (after training; inference columns measured there): 3 run(s) on NVIDIA H100"
+        in (tables.markdown(b))
+    )
+    assert lb.build(model_runs("unet", UNET) + empty_runs())["header"]["scored_again"] == []
+    assert "Scored again" not in tables.markdown(lb.build(model_runs("unet", UNET) + empty_runs()))

@@ -196,9 +196,12 @@ def test_each_finished_run_prints_name_seconds_and_outer_dice(tmp_path, capsys):
     assert [o.dice for o in outcomes] == [0.75, 0.75]  # mean of the fake per-image Dice [0.5, 1.0]
     for i, (line, o) in enumerate(zip(lines, outcomes), start=1):
         assert line == f"[{i}/2] done {o.run} in {o.seconds:.1f} s: outer Kaggle Dice 0.7500"
-    assert runner.finished_line("r", 12.345, None) == "done r in 12.3 s: outer Kaggle Dice n/a"
+    assert (
+        runner.finished_line(runner.Outcome("r", "trained", 12.345))
+        == "done r in 12.3 s: outer Kaggle Dice n/a"
+    )
     again = "done r in 3.0 s (scored again from best.ckpt: training had finished): outer Kaggle Dice 0.5000"
-    assert runner.finished_line("r", 3.0, 0.5, scored_again=True) == again
+    assert runner.finished_line(runner.Outcome("r", "trained", 3.0, dice=0.5, scored_again=True)) == again
 
 
 def test_a_run_scored_again_says_so(tmp_path, capsys):
@@ -350,3 +353,16 @@ def test_a_dry_run_refuses_what_the_run_would_refuse(synthetic_dir, tmp_path, ca
     args = ["run", "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path), "--dry-run"]
     assert main([*args, "--models", "empty"]) == 2
     assert "made with split_seed 1, but this benchmark uses 0" in capsys.readouterr().err
+
+
+def test_the_grid_line_counts_runs_scored_again_apart_from_trained_ones():
+    from benchmark.commands.run import done_line
+
+    outcomes = [runner.Outcome("a", "trained", 60.0), runner.Outcome("b", "trained", 2.0, scored_again=True),
+                runner.Outcome("c", "skipped"), runner.Outcome("d", "held")]  # fmt: skip
+    assert done_line(outcomes, 62.0) == (
+        "grid done in 1m02s: 1 trained, 1 scored again, 1 skipped, 1 held by another process"
+    )
+    assert (
+        done_line(outcomes[:1], 60.0) == "grid done in 1m00s: 1 trained, 0 skipped, 0 held by another process"
+    )
