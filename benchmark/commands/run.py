@@ -151,12 +151,16 @@ def _dry_run(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) 
     lock is created)."""
     from benchmark.core.lock import is_held
     from benchmark.core.preflight import free_bytes, grid_need_bytes
+    from benchmark.training.finished import trained_record
 
     left = _open_runs(grid, results_dir)
     for i, cfg in enumerate(grid, start=1):
-        holder = is_held(results_dir / "runs" / cfg.run_name())
+        run_dir = results_dir / "runs" / cfg.run_name()
+        holder = is_held(run_dir)
         state = " (complete)" if cfg not in left else ""
         state = f" (held by {holder.describe()})" if holder and not state else state
+        if not state and trained_record(run_dir, cfg.hash()) is not None:
+            state = " (trained: it is scored again from best.ckpt, not trained)"
         print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
     values, held = _still_to_write(left, results_dir, sizes)
     need = max(grid_need_bytes(values) - held, 0)

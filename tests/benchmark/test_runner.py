@@ -134,6 +134,24 @@ def test_dry_run_writes_nothing(tmp_path, capsys, monkeypatch):
     assert _tree(tmp_path) == before
 
 
+def test_a_dry_run_says_which_runs_are_only_scored_again(tmp_path, capsys, monkeypatch):
+    """A finished run whose summary is gone keeps trained.json: the dry run says it will not train."""
+    from benchmark.training import finished
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--config", str(SMOKE), "--dry-run"]) == 0
+    first = capsys.readouterr().out.splitlines()[1].split(" -> ")[1]
+    ckpts = tmp_path / "results" / "runs" / first / "checkpoints"
+    ckpts.mkdir(parents=True)
+    torch.save({"nerve_bench_history": {"epoch": [0]}}, ckpts / "last.ckpt")
+    torch.save({"epoch": 0, "global_step": 3}, ckpts / "best.ckpt")
+    finished.drop_resume_state(ckpts.parent, first.rsplit("__", 1)[1], {k: 1 for k in finished.FACTS})
+    assert main(["run", "--config", str(SMOKE), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith(f"-> {first} (trained: it is scored again from best.ckpt, not trained)")
+    assert not any("scored again" in line for line in lines[2:])
+
+
 def test_bad_synthetic_section_names_the_key():
     bench = load_benchmark_config(SMOKE)
     with pytest.raises(ConfigError, match="colour"):
