@@ -75,24 +75,23 @@ def run(args: argparse.Namespace) -> int:
         from benchmark.core.config import TrainConfig
 
         check_model_kwargs(TrainConfig(model=m) for m in settings.models)  # a typo: one line, exit 2
-    report = run_doctor(settings, after_each=_json_writer(args.json))
+    keep = _json_writer(args.json)
+    report = run_doctor(settings, after_each=keep)
     if args.json == "-":
         print(dumps(report), end="")
     else:
         print(format_report(report))
-    if args.json not in (None, "-"):
-        from benchmark.core.files import atomic_write
-
-        atomic_write(Path(args.json), dumps(report))
+    if keep is not None:
+        keep(report, final=True)
         print(f"doctor: figures written to {args.json}", file=sys.stderr)
     code = exit_code(results_of(report))
     return 3 if code == 0 and not report["complete"] else code  # 3: as `run`, work left undone
 
 
-def _json_writer(path: str | None) -> Callable[[dict], None] | None:
+def _json_writer(path: str | None) -> Callable[..., None] | None:
     """``--json PATH``: the report so far, written atomically before the first check (an unwritable
     path is one line before any work) and after every check (a later failure: one warning, and the
-    checks go on; the final write at the end is tried again)."""
+    checks go on); the ``final`` write at the end is tried again and raises."""
     if path in (None, "-"):
         return None
     from benchmark.core.files import atomic_write, os_error_line
@@ -100,13 +99,13 @@ def _json_writer(path: str | None) -> Callable[[dict], None] | None:
 
     failed: list[OSError] = []
 
-    def keep(report: dict) -> None:
-        if failed:
+    def keep(report: dict, final: bool = False) -> None:
+        if failed and not final:
             return
         try:
             atomic_write(Path(str(path)), dumps(report))
         except OSError as exc:
-            if not report["checks"]:
+            if final or not report["checks"]:
                 raise
             failed.append(exc)
             print(f"warning: {os_error_line(exc)}; the figures so far are not on disk", file=sys.stderr)

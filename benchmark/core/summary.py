@@ -130,9 +130,9 @@ def device_name(device: Any = None) -> str:
     run on a GPU box is named by its CPU."""
     import torch
 
-    cpu = device is not None and torch.device(device).type == "cpu"
-    if torch.cuda.is_available() and not cpu:
-        return torch.cuda.get_device_name(None if device is None else torch.device(device))
+    dev = None if device is None else torch.device(device)
+    if torch.cuda.is_available() and (dev is None or dev.type != "cpu"):
+        return torch.cuda.get_device_name(dev)
     return _cpu_model() or platform.processor() or platform.machine() or "cpu"
 
 

@@ -163,7 +163,8 @@ def run_doctor(
             why = _not_run(s, key, clock() - start, longest)
             if why:
                 ctx.results.append(CheckResult(name, SKIP, why, 0.0))
-                ctx.cut += [name] if why.startswith("--budget-s") else []
+                if why.startswith("--budget-s"):
+                    ctx.cut.append(name)
                 continue
             say(f"doctor: {name} ...")
             with contextlib.redirect_stdout(sys.stderr):  # Lightning and runner chatter, not the table

@@ -229,9 +229,9 @@ def finalize_run(
     _overlays(out_dir / OVERLAY_NAME, dm, module, outer, pp, device, precision)
     if trained is None:
         history = _final_history(out_dir / "checkpoints" / LAST, module.history)
-        trained = {"history": history, "world_size": world_size, "environment": environment(device)}
+        training = {"history": history, "world_size": world_size, "environment": environment(device)}
     else:
-        trained = {**trained, "scored_again": environment(device)}
+        training = {**trained, "scored_again": environment(device)}
     summary = {
         **run_identity(cfg),
         "dataset": data,
@@ -241,7 +241,7 @@ def finalize_run(
         "split": split_block(cfg, dm),
         "per_image": per_image_block(dm, outer),
         "postprocess": pp.to_dict(),
-        **_training_block(cfg, module, trained, device),
+        **_training_block(cfg, module, training, device),
         "overlays": OVERLAY_NAME,
         "status": "complete",
     }

@@ -140,7 +140,7 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
         f"- **Hardware**: {'; '.join(h['device'])} ({'; '.join(h['platform'])})",
         f"- **Software**: {soft}",
         f"- **Git**: `{'`, `'.join(h['git_sha'])}`",
-        *(_scored_again(h.get("scored_again") or [])),
+        *_scored_again(h.get("scored_again") or []),
         f"- **Benchmark config hash**: `{'`, `'.join(h['benchmark_hash'])}` (config without model, "
         "model_kwargs, fold, seed; per-run config hashes are in leaderboard.json)",
         f"- **Runs**: {h['n_runs']} over {len(h['models'])} models",
@@ -149,9 +149,9 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
 
 
 def _scored_again(where: list[str]) -> list[str]:
-    return [
-        f"- **Scored again** (after training; inference columns measured there): {'; '.join(where)}"
-    ] * bool(where)
+    if not where:
+        return []
+    return [f"- **Scored again** (after training; inference columns measured there): {'; '.join(where)}"]
 
 
 def _outer(h: dict[str, Any]) -> str:
