@@ -146,8 +146,8 @@ def _checkpoints(cfg: TrainConfig, out_dir: Path) -> list:
 # Not measured here (no GPU has run it): read from pytorch/pytorch#161302 (open, 2025-08).
 COMPILE_SYNC_BN = (
     "compile: true with DDP on several GPUs: torch.compile graph-breaks at every SyncBatchNorm "
-    "(pytorch/pytorch#161302), so the compiled model runs in pieces and may be no faster than eager; "
-    "measure it with `benchmark speed`, or set compile: false"
+    "(pytorch/pytorch#161302), so the compiled model runs in pieces and may be no faster than eager "
+    "(`speed` times one process: compare epoch times beside compile: false), or set compile: false"
 )
 
 
