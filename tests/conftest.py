@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,24 @@ if "NERVE_BENCH_CACHE_DIR" not in os.environ:  # the decoded-data cache: per ses
     atexit.register(shutil.rmtree, _CACHE, True)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist each of N workers gets cores // N threads, it and the processes it starts
+    (DDP ranks, Ray workers, CLI runs): torch's default of a thread per core in every worker
+    oversubscribes them (the 2-core suite took 498 s with 2 workers that way, 346 s split).
+    An OMP_NUM_THREADS the user set is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2 or os.environ.get("OMP_NUM_THREADS"):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:  # imported by a plugin before this file: set it there too
+        sys.modules["torch"].set_num_threads(threads)
+
+
+_share_the_cores()
 
 
 @pytest.fixture(scope="session")
