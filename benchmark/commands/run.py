@@ -124,12 +124,18 @@ def _open_runs(grid: list[TrainConfig], results_dir: Path) -> list[TrainConfig]:
 
 def _still_to_write(
     left: list[TrainConfig], results_dir: Path, sizes: dict[str, int]
-) -> tuple[list[int], int]:
-    """Stored values (parameters and buffers) of each run ``left``, and the bytes their checkpoints
-    already hold (a resumed run replaces them): what the grid will still write."""
-    runs = results_dir / "runs"
+) -> tuple[list[int], list[int], int]:
+    """Stored values (parameters and buffers) of each run ``left`` that trains and of each that is
+    only scored again (its training finished), and the bytes their checkpoints already hold (a
+    resumed run replaces them): what the grid will still write."""
+    from benchmark.training.finished import trained_record
+
+    runs, trains, scored_again = results_dir / "runs", [], []
+    for cfg in left:
+        finished = trained_record(runs / cfg.run_name(), cfg.hash()) is not None
+        (scored_again if finished else trains).append(sizes[cfg.run_name()])
     held = sum(p.stat().st_size for c in left for p in (runs / c.run_name() / "checkpoints").glob("*.ckpt"))
-    return [sizes[c.run_name()] for c in left], held
+    return trains, scored_again, held
 
 
 def _room(args: argparse.Namespace, grid: list[TrainConfig], sizes: dict[str, int]) -> Callable[..., None]:
@@ -140,8 +146,10 @@ def _room(args: argparse.Namespace, grid: list[TrainConfig], sizes: dict[str, in
 
     left = _open_runs(grid, args.results_dir)
     runner.drop_kept_resume_state(args.results_dir / "runs", [c for c in grid if c not in left])
-    values, held = _still_to_write(left, args.results_dir, sizes)
-    room = functools.partial(check_room, args.results_dir, args.min_free_gb, values, held_bytes=held)
+    values, scored_again, held = _still_to_write(left, args.results_dir, sizes)
+    room = functools.partial(
+        check_room, args.results_dir, args.min_free_gb, values, held_bytes=held, scored_again=scored_again
+    )
     room()
     return room
 
@@ -162,8 +170,8 @@ def _dry_run(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) 
         if not state and trained_record(run_dir, cfg.hash()) is not None:
             state = " (trained: it is scored again from best.ckpt, not trained)"
         print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
-    values, held = _still_to_write(left, results_dir, sizes)
-    need = max(grid_need_bytes(values) - held, 0)
+    values, scored_again, held = _still_to_write(left, results_dir, sizes)
+    need = max(grid_need_bytes(values, scored_again=scored_again) - held, 0)
     print(
         f"disk: the {len(left)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
         f"({free_bytes(results_dir) / 1e9:.2f} GB free; one run at a time: Ray adds a resume checkpoint "

@@ -13,6 +13,7 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from datamodules.errors import NerveBenchError
@@ -53,15 +54,15 @@ RUN_FILES_BYTES = 2_000_000
 RESUME_BYTES = 2 * 3 * WEIGHT_BYTES
 
 
-def grid_need_bytes(values: list[int], in_flight: int = 1) -> int:
+def grid_need_bytes(values: list[int], in_flight: int = 1, scored_again: Sequence[int] = ()) -> int:
     """What the runs left write, given each one's stored values (parameters and buffers): every one
-    keeps best.ckpt, summary and overlays, and each of the ``in_flight`` largest needs room for its
-    resume checkpoint while it trains (deleted when it finishes). The Ray executor trains several
-    at once: 0.59 GB more per ResNet-34 U-Net in flight."""
-    if not values:
-        return 0
+    keeps best.ckpt, summary and overlays, and each of the ``in_flight`` largest that train needs
+    room for its resume checkpoint while it trains (deleted when it finishes). The Ray executor
+    trains several at once: 0.59 GB more per ResNet-34 U-Net in flight. The runs ``scored_again``
+    from a finished training (``benchmark.training.finished``) train nothing: no resume checkpoint."""
     largest = sorted(values, reverse=True)[: max(in_flight, 1)]
-    return sum(WEIGHT_BYTES * v + RUN_FILES_BYTES for v in values) + RESUME_BYTES * sum(largest)
+    stored = sum(WEIGHT_BYTES * v + RUN_FILES_BYTES for v in [*values, *scored_again])
+    return stored + RESUME_BYTES * sum(largest)
 
 
 def check_room(
@@ -70,15 +71,18 @@ def check_room(
     values_left: list[int],
     in_flight: int = 1,
     held_bytes: int = 0,
+    scored_again: Sequence[int] = (),
 ) -> None:
-    """:func:`check_results_dir` for a grid whose runs left store ``values_left`` values each, up to
-    ``in_flight`` at a time, and already hold ``held_bytes`` of checkpoints: the floor is
-    ``min_free_gb`` (the flag), else ``$NERVE_BENCH_MIN_FREE_GB``, else 1 GB and the grid's estimate;
-    a floor the user gave decides alone (the estimate may not know a plugin's files)."""
+    """:func:`check_results_dir` for a grid whose runs left store ``values_left`` values each (and
+    those only ``scored_again``, :func:`grid_need_bytes`), up to ``in_flight`` at a time, and already
+    hold ``held_bytes`` of checkpoints: the floor is ``min_free_gb`` (the flag), else
+    ``$NERVE_BENCH_MIN_FREE_GB``, else 1 GB and the grid's estimate; a floor the user gave decides
+    alone (the estimate may not know a plugin's files)."""
     decided = min_free_gb is not None or bool(os.environ.get(MIN_FREE_ENV, "").strip())
     floor = min_free_gb if min_free_gb is not None else min_free_gb_default()
-    need = 0 if decided else max(grid_need_bytes(values_left, in_flight) - held_bytes, 0)
-    check_results_dir(results_dir, floor, need, len(values_left), in_flight)
+    need = grid_need_bytes(values_left, in_flight, scored_again)
+    need = 0 if decided else max(need - held_bytes, 0)
+    check_results_dir(results_dir, floor, need, len(values_left) + len(scored_again), in_flight)
 
 
 def free_bytes(path: Path) -> int:

@@ -106,6 +106,33 @@ def test_the_room_a_grid_needs_is_its_checkpoints_summaries_and_one_resume_state
     assert preflight.grid_need_bytes(sizes, in_flight=5) == sum(4 * v + 2_000_000 for v in sizes) + 24 * 60
 
 
+def test_a_run_only_scored_again_writes_its_files_but_needs_no_resume_checkpoint(
+    tmp_path, synthetic_dir, capsys
+):
+    # 10 values train, 20 are scored again: the resume reserve is the 10's (24 B per value), not the 20's
+    assert preflight.grid_need_bytes([10], scored_again=[20]) == (40 + 2_000_000) + (80 + 2_000_000) + 24 * 10
+    import torch
+
+    from benchmark.training.callbacks import HISTORY_CKPT_KEY
+    from benchmark.training.finished import drop_resume_state
+
+    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet"])  # 121,751 values
+    ckpt_dir = tmp_path / "runs" / grid[0].run_name() / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    history = {"epoch": [0], "train_loss": [0.9], "val_loss": [0.8]}
+    torch.save({HISTORY_CKPT_KEY: history, "epoch": 0, "global_step": 4}, ckpt_dir / "last.ckpt")
+    torch.save({"epoch": 0, "global_step": 4}, ckpt_dir / "best.ckpt")
+    facts = {"world_size": 1, "environment": {}, "data_hash": "d"}
+    drop_resume_state(ckpt_dir.parent, grid[0].hash(), facts)  # finished; its summary is gone
+    args = [*_run(synthetic_dir, tmp_path)[:-3], "--models", "unet", "--dry-run"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    need = 4 * 121_751 + 2_000_000 - (ckpt_dir / "best.ckpt").stat().st_size  # it holds best.ckpt
+    assert lines[0].endswith("(trained: it is scored again from best.ckpt, not trained)")
+    assert lines[-1].startswith(f"disk: the 1 run(s) left need about {need / 1e9:.2f} GB")
+    assert need / 1e9 < 0.0025 < (need + 24 * 121_751) / 1e9  # a resume checkpoint would show
+
+
 def test_a_grid_that_will_not_fit_is_refused_before_the_first_run(
     tmp_path, synthetic_dir, capsys, no_training, monkeypatch
 ):
