@@ -130,7 +130,9 @@ def _still_to_write(
     resumed run replaces them): what the grid will still write."""
     from benchmark.training.finished import trained_record
 
-    runs, trains, scored_again = results_dir / "runs", [], []
+    runs = results_dir / "runs"
+    trains: list[int] = []
+    scored_again: list[int] = []
     for cfg in left:
         finished = trained_record(runs / cfg.run_name(), cfg.hash()) is not None
         (scored_again if finished else trains).append(sizes[cfg.run_name()])
