@@ -9,8 +9,9 @@
 # BENCH_ARGS adds options to the benchmark stage's `benchmark run` (a rehearsal on a CPU box:
 # BENCH_ARGS="--set image_size=32 --set epochs=1 --set precision=32 --set gpu_cache=false").
 #
-# One stage per call (run's timeout_s=600): doctor is bounded at 540 s, the benchmark at 480 s, after
-# about half a minute of unpacking and layout on the first call. Each stage writes what it printed
+# One stage per call (run's timeout_s=600): doctor is bounded at 530 s, the benchmark at 480 s (each
+# then killed 15 s after its SIGTERM, should a C call ignore it), after about half a minute of
+# unpacking and layout on the first call. Each stage writes what it printed
 # to $OUT, so a stage killed at its bound still reports.
 # The packages and the layout go to /tmp once: a later call on the same warm machine reuses them.
 set -uo pipefail
@@ -43,15 +44,16 @@ for stage in "$@"; do
     case $stage in
         doctor)
             nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia-smi.txt"
-            # No check starts after 450 s, so the table comes before the hard limit; the JSON is
-            # rewritten after every check, so even a kill at 540 s leaves what was measured.
-            timeout 540 python3 -m benchmark doctor --data-dir $DATA --budget-s 450 --json "$OUT/doctor.json" 2>&1 \
+            # No check starts that would end after 440 s at the pace so far, so the table comes
+            # before the hard limit; the JSON is rewritten after every check, so even a kill at
+            # 530 s leaves what was measured.
+            timeout -k 15 530 python3 -m benchmark doctor --data-dir $DATA --budget-s 440 --json "$OUT/doctor.json" 2>&1 \
                 | tee "$OUT/doctor.txt"
-            code=${PIPESTATUS[0]}  # 1: a check failed; 3: --budget-s left checks out; 124: the timeout
+            code=${PIPESTATUS[0]}  # 1: a check failed; 3: --budget-s left checks out; 124 or 137: the timeout
             [ "$code" = 0 ] || status=$code
             ;;
         benchmark)
-            timeout 480 python3 -m benchmark run --config benchmark/configs/uns_positive.yaml \
+            timeout -k 15 480 python3 -m benchmark run --config benchmark/configs/uns_positive.yaml \
                 --data-dir $DATA --results-dir /tmp/uns-positive-results --set logger=csv \
                 ${BENCH_ARGS:-} 2>&1 | tee "$OUT/uns-positive.txt" || status=1
             cp /tmp/uns-positive-results/leaderboard.md "$OUT/uns-positive.md" 2>/dev/null || status=1

@@ -60,21 +60,27 @@ def prepare_data(ctx: Context) -> Finding:
     from benchmark.speed import build_cache
     from datamodules.kaggle import load_train
 
+    frames = per_subject(ctx.s.batch_size)
     if ctx.s.data_dir is not None:
         data, what = Path(ctx.s.data_dir), f"{ctx.s.data_dir}"
     else:
         from benchmark.doctor.data import generate_layout
 
-        frames = per_subject(ctx.s.batch_size)
         data = generate_layout(ctx.work / "data", SUBJECTS, frames)
         what = f"synthetic, {SUBJECTS} subjects x {frames} frames"
     start = time.perf_counter()
     n = len(load_train(data))
     ctx.decode_s_per_frame = (time.perf_counter() - start) / n
+    rate = 1 / ctx.decode_s_per_frame
+    what = f"{what}: {n} frames, decoded and validated at {rate:.0f} frames/s"
+    if ctx.s.data_dir is not None:  # the fits' share: what the synthetic layout would hold
+        from benchmark.doctor.data import first_subjects
+
+        data, k, m = first_subjects(data, ctx.work / "fit-data", SUBJECTS * frames, SUBJECTS)
+        what += f"; the fits use its first {k} subjects ({m} frames)"
     ctx.cache = build_cache(data, ctx.s.image_size, ctx.dev)
     ctx.data_dir = data
-    rate = 1 / ctx.decode_s_per_frame
-    return Finding(f"{what}: {n} frames, decoded and validated at {rate:.0f} frames/s", {"frames": n})
+    return Finding(what, {"frames": n})
 
 
 def estimate_check(ctx: Context) -> Finding:

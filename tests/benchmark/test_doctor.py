@@ -279,6 +279,29 @@ def test_layout_is_the_same_bytes_with_or_without_processes(tmp_path, monkeypatc
     assert not any(p.name.startswith(".doctor-data-") for p in tmp_path.iterdir())  # temp parts removed
 
 
+def test_the_fits_take_the_first_subjects_of_a_large_layout(synthetic_dir, tmp_path):
+    """So a doctor on the 5,635 Kaggle frames fits no more than on ~640 (6 subjects x 8 frames here)."""
+    import shutil
+
+    import numpy as np
+
+    from datamodules.kaggle import load_train
+
+    full = load_train(synthetic_dir)
+    assert data.first_subjects(synthetic_dir, tmp_path / "all", 1000, 2) == (synthetic_dir, 6, 48)
+    assert data.first_subjects(synthetic_dir, tmp_path / "four", 1, 4)[1:] == (4, 32)  # at least 4 subjects
+    csv_only = tmp_path / "csv-only"  # masks from train_masks.csv alone: its rows go along
+    shutil.copytree(synthetic_dir, csv_only)
+    for mask in (csv_only / "train").glob("*_mask.tif"):
+        mask.unlink()
+    for source, layout in (("tif+csv", synthetic_dir), ("csv", csv_only)):
+        out, subjects, frames = data.first_subjects(layout, tmp_path / f"cut-{source}", 20, 2)
+        assert (subjects, frames) == (3, 24) and out == tmp_path / f"cut-{source}"
+        cut = load_train(out)
+        assert cut.stems == full.stems[:24] and cut.mask_source == source
+        assert np.array_equal(cut.images, full.images[:24]) and np.array_equal(cut.masks, full.masks[:24])
+
+
 def test_fp32_comparisons_run_without_tf32_and_restore_it(monkeypatch):
     """cuDNN's default TF32 convolutions round two fp32 paths differently (beyond the 1e-4 tolerance
     in an emulation): the bf16, compile and layout checks compare IEEE fp32, and leave the flag as

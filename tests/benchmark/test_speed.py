@@ -48,6 +48,24 @@ def test_timed_loop_excludes_warmup():
     assert calls == [0, 1, 2, 3, 4] and rate > 0
 
 
+@pytest.mark.parametrize(("n_workers", "warmup"), [(0, 1), (2, 5)])
+def test_the_plain_loop_times_no_batch_its_workers_decoded_before_the_clock(
+    synthetic_dir, monkeypatch, n_workers, warmup
+):
+    """Its DataLoader starts prefetch_factor (2) x workers batches at once: on a GPU (8 workers) 16."""
+    seen = {}
+
+    def timed(step, batches, warmup, steps, dev):
+        seen.update(warmup=warmup, steps=steps)
+        return 1.0
+
+    monkeypatch.setattr(speed_loops, "timed_loop", timed)
+    s = speed.SpeedSettings(image_size=32, batch_size=2, steps=3, warmup=1, workers=n_workers,
+                            model_kwargs={"unet": {"base_width": 4, "depth": 2}})  # fmt: skip
+    speed_loops.plain_train_img_s("unet", synthetic_dir, s, torch.device("cpu"))
+    assert seen == {"warmup": warmup, "steps": 3}
+
+
 def test_suite_timer_counts_only_post_warmup_batches():
     timer = speed._timer_callback(warmup=2, steps=3)
     module = SimpleNamespace(device=torch.device("cpu"))
