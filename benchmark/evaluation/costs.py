@@ -55,18 +55,19 @@ def _max_rss_mb() -> float:
 
 @contextlib.contextmanager
 def kept_determinism_flags() -> Iterator[None]:
-    """The process-wide determinism switches (torch's and cuDNN's) as they were, after the block."""
+    """The process-wide switches a Trainer flips (torch's and cuDNN's determinism, cuDNN's TF32) as
+    they were, after the block."""
+    cudnn = torch.backends.cudnn
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
+        (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32),
     )
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved[2]
 
 
 @contextlib.contextmanager

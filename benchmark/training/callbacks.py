@@ -33,11 +33,18 @@ from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from benchmark.training.device import synchronize
-from benchmark.training.random_state import gather_per_rank, global_rng_state, own_rank, set_global_rng_state
+from benchmark.training.random_state import (
+    gather_per_rank,
+    global_rng_state,
+    own_rank,
+    rank_seed,
+    set_global_rng_state,
+)
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -117,10 +124,19 @@ class EpochHistory(Callback):
 
 
 class ResumeRandomState(Callback):
-    """Checkpoints every rank's global random state; restores it when training (re)starts from one."""
+    """Checkpoints every rank's global random state; restores it when training (re)starts from one.
 
-    def __init__(self) -> None:
+    Lightning seeds every DDP rank alike, so in-model randomness (trans_cg_unet's dropout) would
+    draw one mask for sample j of every rank's share of the batch, where one device draws a mask
+    per sample: rank r > 0 continues from a seed of its own (:func:`rank_seed`)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
         self._pending: Mapping[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.global_rank > 0:  # before a resume restores the saved state
+            torch.manual_seed(rank_seed(self.seed, trainer.global_rank))
 
     def state_dict(self) -> dict[str, Any]:
         return {"per_rank": gather_per_rank(global_rng_state())}  # collective: every rank saves

@@ -40,6 +40,13 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def set_conv_precision(precision: str) -> None:
+    """cuDNN runs float32 convolutions in TF32 (10-bit mantissas) unless told otherwise, so a "32"
+    recipe on a GPU would not be float32: off for it, torch's default (on) for the mixed ones,
+    whose convolutions run in 16 bits anyway. Global: set for each run, before its Trainer."""
+    torch.backends.cudnn.allow_tf32 = precision != "32"
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """ "auto" -> bf16-mixed on a GPU, 32-bit on CPU."""
     if precision != "auto":

@@ -154,7 +154,7 @@ class SegModule(LightningModule):
         # Everything stays on the device. The epoch mean is the MeanMetric's (logged once per epoch
         # by on_train_epoch_end), not a second average of the step values by Lightning.
         # Not on the progress bar: the bar reads its metrics with .item() after every batch.
-        self.loss_means["train_loss"].update(loss.detach(), n)
+        self.add_loss("train", loss, n)
         self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=n)
         for key, value in parts.items():
             self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=n)
@@ -188,7 +188,7 @@ class SegModule(LightningModule):
         self.scores[stage].update(prob, batch["mask_orig"], batch["index"], presence)
         if "mask" in batch:
             loss, _ = self._loss(out, batch)
-            self.loss_means[f"{stage}_loss"].update(loss.detach(), len(prob))
+            self.add_loss(stage, loss, len(prob))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -216,6 +216,13 @@ class SegModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
+
+    def add_loss(self, stage: str, loss: torch.Tensor, n: int) -> None:
+        """Count a batch's mean ``loss`` for each of its ``n`` images. Not ``update(loss, n)``: with
+        ``nan_strategy="disable"`` torchmetrics 1.9 replaces the weight by 1 (a short last batch
+        would count as a full one), and a Python weight becomes a host-to-device copy that waits
+        for the GPU on every step."""
+        self.loss_means[f"{stage}_loss"].update(loss.detach().expand(n))
 
     def epoch_loss(self, stage: str) -> float:
         """Mean loss per image of this stage's current epoch over all ranks (NaN before any batch)."""

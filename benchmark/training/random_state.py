@@ -47,6 +47,11 @@ def own_rank(states: list[Any]) -> Any:
     return states[_rank_world()[0] % len(states)] if states else None
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed of its own for DDP rank ``rank`` of a run seeded ``seed`` (a 32-bit SeedSequence draw)."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 def numpy_global_state() -> dict[str, Any]:
     """``np.random``'s legacy global MT19937 state as plain data."""
     state = np.random.get_state(legacy=False)

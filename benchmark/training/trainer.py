@@ -30,7 +30,7 @@ from benchmark.training.checkpoint import (
     resume_checkpoint,
     save_plain_checkpoint,
 )
-from benchmark.training.device import resolve_precision
+from benchmark.training.device import resolve_precision, set_conv_precision
 from benchmark.training.module import SegModule
 from models.info import has_trainable_params
 
@@ -83,12 +83,15 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
 
     checkpoint = _checkpoints(cfg, out_dir) if overrides.get("enable_checkpointing", True) else []
     gpu = uses_gpu(cfg)
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    if gpu:
+        set_conv_precision(precision)  # training and then scoring, in this process
     kwargs = dict(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        precision=resolve_precision(cfg.precision, cfg.accelerator),
+        precision=precision,
         deterministic=determinism(cfg, gpu),
         # cuDNN's autotuner picks kernels by timing, so it is on only when determinism is off.
         benchmark=gpu and not cfg.deterministic,
@@ -97,7 +100,13 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         sync_batchnorm=gpu and cfg.world_size() > 1,
         limit_train_batches=cfg.limit_train_batches or 1.0,
         num_sanity_val_steps=0,
-        callbacks=[*checkpoint, EpochHistory(), ResumeRandomState(), CloseProcessGroup(), *(callbacks or [])],
+        callbacks=[
+            *checkpoint,
+            EpochHistory(),
+            ResumeRandomState(cfg.seed),
+            CloseProcessGroup(),
+            *(callbacks or []),
+        ],
         plugins=[SafeCheckpointIO()],
         # Built only when not overridden: a W&B logger reads its environment and makes its directory.
         logger=overrides["logger"] if "logger" in overrides else _logger(cfg, out_dir),

@@ -271,3 +271,24 @@ def test_compile_with_sync_batchnorm_warns_that_dynamo_breaks_the_graph(tmp_path
     with pytest.warns(UserWarning, match=r"graph-breaks at every SyncBatchNorm \(pytorch/pytorch#161302\)"):
         built = trainer.build_trainer(cfg, tmp_path, accelerator="cpu", benchmark=False, deterministic=True)
     assert built.strategy._layer_sync is not None  # SyncBatchNorm at setup
+
+
+def test_a_float32_recipe_on_a_gpu_turns_off_cudnn_tf32_and_speed_restores_it(tmp_path, monkeypatch):
+    """cuDNN convolves float32 in TF32 by default: a "32" GPU run says float32 and must be it."""
+    from benchmark.speed import restore_global_torch_state
+    from benchmark.training import trainer
+
+    monkeypatch.setattr(trainer, "uses_gpu", lambda cfg: True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    with restore_global_torch_state():
+        trainer.build_trainer(dataclasses.replace(RECIPE, precision="32"), tmp_path, accelerator="cpu")
+        assert torch.backends.cudnn.allow_tf32 is False
+        trainer.build_trainer(
+            dataclasses.replace(RECIPE, precision="bf16-mixed"), tmp_path, accelerator="cpu"
+        )
+        assert torch.backends.cudnn.allow_tf32 is True  # convolutions run in bf16 there anyway
+        trainer.build_trainer(dataclasses.replace(RECIPE, precision="32"), tmp_path, accelerator="cpu")
+    assert torch.backends.cudnn.allow_tf32 is True  # as before the block
+    monkeypatch.setattr(trainer, "uses_gpu", lambda cfg: False)
+    trainer.build_trainer(dataclasses.replace(RECIPE, precision="32"), tmp_path, accelerator="cpu")
+    assert torch.backends.cudnn.allow_tf32 is True  # a CPU run leaves it alone

@@ -55,6 +55,18 @@ def test_hyperparameters_are_primitives_only():
         config_from_dict({"nope": 1})
 
 
+def test_the_epoch_loss_is_a_mean_per_image_with_no_host_scalar(monkeypatch):
+    module = small_module()
+    module.add_loss("train", torch.tensor(1.0), 1)  # a short last batch of one image
+    module.add_loss("train", torch.tensor(3.0), 3)
+    assert module.epoch_loss("train") == 2.5  # (1 + 3 x 3) / 4, not the batch means' 2.0
+    made = []
+    real = torch.as_tensor
+    monkeypatch.setattr(torch, "as_tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+    module.add_loss("val", torch.tensor(0.5), 4)
+    assert made == [] and module.epoch_loss("val") == 0.5  # no tensor from a Python number
+
+
 def test_predict_orig_maps_back_to_kaggle_size_with_max_prob_presence():
     module = small_module()
     with torch.no_grad():

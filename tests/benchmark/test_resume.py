@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from benchmark import pipeline
 from benchmark.training.callbacks import ResumeRandomState
 from benchmark.training.checkpoint import SafeCheckpointIO
+from benchmark.training.random_state import global_rng_state
 from benchmark.training.trainer import make_datamodule
 from tests.benchmark.fitting import TINY, Stop, StopAt
 
@@ -150,6 +151,26 @@ def test_global_random_streams_roundtrip_through_a_weights_only_checkpoint():
     again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
     assert expected[2] == again[2]
+
+
+def test_each_ddp_rank_draws_its_own_dropout_and_a_resume_restores_it():
+    from types import SimpleNamespace
+
+    def draws_on(rank: int) -> torch.Tensor:
+        torch.manual_seed(7)  # Lightning seeds every rank alike
+        ResumeRandomState(seed=7).setup(SimpleNamespace(global_rank=rank), None, "fit")
+        return torch.nn.functional.dropout(torch.ones(64), 0.5)
+
+    rank0, rank1 = draws_on(0), draws_on(1)
+    torch.manual_seed(7)
+    assert torch.equal(rank0, torch.nn.functional.dropout(torch.ones(64), 0.5))  # one device: unchanged
+    assert not torch.equal(rank0, rank1) and torch.equal(rank1, draws_on(1))  # its own, reproducible
+    callback = ResumeRandomState(seed=7)  # a resume: the saved state wins over the rank's seed
+    callback.load_state_dict({"per_rank": [global_rng_state()]})
+    expected = torch.rand(3)
+    callback.setup(SimpleNamespace(global_rank=1), None, "fit")
+    callback.on_train_start(None, None)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def _epoch(loader, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,6 +43,10 @@ def test_hard_gate_keeps_the_mask_when_presence_is_high() -> None:
     mask = torch.tensor([[[[3.0, -1.0]]]])
     torch.testing.assert_close(gate_mask(mask, torch.tensor([[2.0]]), "hard", 0.5), mask)
     assert (gate_mask(mask, torch.tensor([[-2.0]]), "hard", 0.5) == -20.0).all()
+    # A bf16 presence logit of -0.003 (autocast on a GPU) is below the 0.5 threshold, as in float32
+    # (its bf16 sigmoid rounds to 0.5).
+    near = torch.tensor([[-0.003]], dtype=torch.bfloat16)
+    assert (gate_mask(mask, near, "hard", 0.5) == -20.0).all()
 
 
 def test_soft_gate_multiplies_probabilities() -> None:
