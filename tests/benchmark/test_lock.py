@@ -223,7 +223,12 @@ def test_two_processes_on_one_results_dir_train_every_run_exactly_once(tmp_path,
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]  # fmt: skip
     results = [p.communicate(timeout=900) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    # The one that ends first may still see a run the other holds, unfinished: it says so and exits
+    # 3 (README "Exit codes"). Which one, if either, depends on the box's load.
+    codes = sorted(p.returncode for p in procs)
+    assert codes in ([0, 0], [0, 3]), [err[-2000:] for _, err in results]
+    for proc, (out, _) in zip(procs, results):
+        assert proc.returncode == 0 or "Re-run the same command to complete them" in out, out[-2000:]
     grid = {c.run_name() for c in runner.build_grid(load_benchmark_config(SMOKE), seeds=[0, 1])}
     trained = Counter(line.split()[1] for line in marker.read_text().splitlines())
     assert set(trained) == grid and set(trained.values()) == {1}, trained  # every run exactly once
