@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +35,36 @@ def _mem_gib() -> float:
     return pages * size / 2**30
 
 
+# DataLoader workers hand their batches over through /dev/shm. At the GPU sizes the plain loop keeps
+# 16 batches of 64 in flight (8 workers x prefetch 2; image and mask at 256x256 in float32: 0.5 GiB)
+# and the benchmark's scoring loaders a few hundred MiB more. A container's default is 64 MiB, where
+# a worker dies with a bus error. The CPU doctor's loaders decode in the process: no need there.
+SHM_NEED_GIB = 1.0
+
+
+def shm_need_gib(dev: torch.device) -> float:
+    return SHM_NEED_GIB if dev.type == "cuda" else 0.0
+
+
+def _shm_gib() -> float | None:
+    try:
+        return round(shutil.disk_usage("/dev/shm").total / 2**30, 2)
+    except OSError:  # none on this platform
+        return None
+
+
+def shm_problem(shm_gib: float | None, need_gib: float) -> str | None:
+    """What a too small /dev/shm will do, or None."""
+    if shm_gib is None or shm_gib >= need_gib:
+        return None
+    return (
+        f"/dev/shm holds {shm_gib:.2f} GiB, under the {need_gib:g} GiB the DataLoader workers need here "
+        "(a worker would die with a bus error): give the container more (docker run --shm-size=2g)"
+    )
+
+
 def device_info(dev: torch.device) -> Finding:
-    """Device name and memory, torch, CUDA and cuDNN versions."""
+    """Device name and memory, torch, CUDA and cuDNN versions; WARN when /dev/shm is too small."""
     from benchmark.core.summary import device_name
 
     figures = {
@@ -65,7 +94,9 @@ def device_info(dev: torch.device) -> Finding:
             seen = "a GPU present, not used" if torch.cuda.is_available() else "no GPU visible"
             build = f"CUDA {torch.version.cuda} build, {seen}"
         detail = f"{figures['name']}, {figures['memory_gib']} GiB RAM; torch {torch.__version__} ({build})"
-    return Finding(detail, figures)
+    figures["shm_gib"] = _shm_gib()
+    problem = shm_problem(figures["shm_gib"], shm_need_gib(dev))
+    return Finding(f"{detail}; {problem}", figures, WARN) if problem else Finding(detail, figures)
 
 
 # Host load above this many runnable processes per CPU (plus one: the doctor itself) is other work.

@@ -344,6 +344,22 @@ def test_a_cpu_run_on_a_gpu_box_is_named_by_its_cpu(monkeypatch):
     assert info.figures["name"] != "NVIDIA H100 80GB HBM3" and "a GPU present, not used" in info.detail
 
 
+def test_a_container_s_small_dev_shm_is_a_warning_with_the_remedy(monkeypatch):
+    """Docker's default 64 MiB /dev/shm kills DataLoader workers with a bus error."""
+    cpu = torch.device("cpu")
+    assert device_checks.shm_need_gib(torch.device("cuda")) == 1.0 and device_checks.shm_need_gib(cpu) == 0
+    assert device_checks.shm_problem(2.0, 1.0) is None and device_checks.shm_problem(None, 1.0) is None
+    monkeypatch.setattr(device_checks, "_shm_gib", lambda: 0.06)
+    info = device_checks.device_info(cpu)
+    assert info.status != report.WARN and info.figures["shm_gib"] == 0.06  # loaders in the process
+    monkeypatch.setattr(device_checks, "shm_need_gib", lambda dev: 1.0)  # as on a GPU
+    info = device_checks.device_info(cpu)
+    assert info.status == report.WARN and info.detail.endswith(
+        "; /dev/shm holds 0.06 GiB, under the 1 GiB the DataLoader workers need here (a worker would die "
+        "with a bus error): give the container more (docker run --shm-size=2g)"
+    )
+
+
 def test_a_spent_time_budget_skips_the_checks_left_and_still_reports(tmp_path, capsys, monkeypatch):
     """On a lent GPU with a hard limit, --budget-s makes the doctor end with its table, marked
     incomplete (exit 3, as `run` with work left); --json PATH holds the report before the first
