@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from benchmark.core.files import atomic_path, atomic_write
-from benchmark.training.device import autocast, resolve_device
+from benchmark.training.device import resolve_device, scoring_precision
 from datamodules import geometry
 from datamodules.errors import DataError, NerveBenchError
 from datamodules.io import read_tif, write_tif
@@ -118,7 +118,7 @@ def predict_probs(models: Sequence[LoadedModel], images: np.ndarray, device: tor
     prob_sum = torch.zeros((len(images), *KAGGLE_SHAPE), device=device)
     presence_sum = torch.zeros(len(images), device=device)
     for m in models:
-        with autocast(device, m.precision):
+        with scoring_precision(device, m.precision):
             prob, presence, _ = m.module.predict_orig(_network_input(images, m.module, device))
         prob_sum += prob.float()
         presence_sum += presence.float()

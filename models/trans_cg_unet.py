@@ -163,9 +163,8 @@ def gate_mask(mask: torch.Tensor, presence: torch.Tensor, gate: str, threshold: 
     if gate == "none":
         return mask
     if gate == "hard":
-        keep = (
-            torch.sigmoid(p.float()) >= threshold
-        )  # in float32: bf16 rounds logits down to -0.004 up to 0.5
+        # In float32: bf16 rounds the sigmoid of any logit above about -0.0039 up to 0.5.
+        keep = torch.sigmoid(p.float()) >= threshold
         return torch.where(keep, mask, torch.full_like(mask, EMPTY_LOGIT))
     # soft: logit(sigmoid(mask) * sigmoid(p)), in log space and float32 (stable under AMP)
     log_p = (F.logsigmoid(mask.float()) + F.logsigmoid(p.float())).clamp(max=-1e-6)

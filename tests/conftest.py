@@ -80,3 +80,10 @@ def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     site, _ = installed_example(tmp_path_factory.mktemp("example-plugin"))
     return site
+
+
+@pytest.fixture(autouse=True)
+def _no_sticky_ddp_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's launchers leave MASTER_PORT in the environment and reuse it: every later DDP test
+    in this worker would take the first one's port, which another worker may have picked meanwhile."""
+    monkeypatch.delenv("MASTER_PORT", raising=False)

@@ -83,10 +83,22 @@ def first_subjects(data_dir: Path, out: Path, min_frames: int, min_subjects: int
     (out / "train").mkdir(parents=True)
     for rec in kept:
         for path in (rec.image_path, rec.mask_path):
-            if path is not None:  # symlinks: the frames stay where they are
-                (out / "train" / path.name).symlink_to(path.resolve())
+            if path is not None:
+                _link(path.resolve(), out / "train" / path.name)
     rows = [[r.subject, r.img, r.rle] for r in kept if r.rle is not None]
     if rows:
         with open(out / CSV_NAME, "w", newline="") as fh:
             csv.writer(fh).writerows([["subject", "img", "pixels"], *rows])
     return out, len({r.subject for r in kept}), len(kept)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """A symbolic link (the frame stays where it is), else a hard link, else a copy: Windows without
+    the symlink privilege, or a file system that refuses links."""
+    for make in (dst.symlink_to, lambda target: os.link(target, dst)):
+        try:
+            make(src)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)

@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +73,16 @@ def prepare_data(ctx: Context) -> Finding:
     ctx.decode_s_per_frame = (time.perf_counter() - start) / n
     rate = 1 / ctx.decode_s_per_frame
     what = f"{what}: {n} frames, decoded and validated at {rate:.0f} frames/s"
-    if ctx.s.data_dir is not None:  # the fits' share: what the synthetic layout would hold
+    figures = {"frames": n}
+    if ctx.s.data_dir is not None:  # the fits' share: whole subjects, as many frames as synthetic
         from benchmark.doctor.data import first_subjects
 
         data, k, m = first_subjects(data, ctx.work / "fit-data", SUBJECTS * frames, SUBJECTS)
         what += f"; the fits use its first {k} subjects ({m} frames)"
+        figures.update(fit_subjects=k, fit_frames=m)
     ctx.cache = build_cache(data, ctx.s.image_size, ctx.dev)
     ctx.data_dir = data
-    return Finding(what, {"frames": n})
+    return Finding(what, figures)
 
 
 def estimate_check(ctx: Context) -> Finding:
@@ -140,6 +142,24 @@ def _model(ctx: Context, model: str, work: Path) -> Finding:
     return model_checks.model_check(model, ctx.s, ctx.dev, ctx.need_data(), ctx.cache, work)
 
 
+@contextlib.contextmanager
+def _decoded_cache_in(work: Path) -> Iterator[None]:
+    """The fits' decoded frames are cached under ``work`` and go with it: the doctor's layouts are
+    temporary, and their entries (~0.35 GB at the GPU sizes) would stay in the user's cache for the
+    14 days before it prunes them."""
+    from datamodules.decoded_cache import CACHE_ENV
+
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(work / "decoded-cache")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = old
+
+
 clock = time.perf_counter  # the session's clock (--budget-s, seconds); a test advances its own
 
 
@@ -160,7 +180,7 @@ def run_doctor(
     dev = resolve_device(settings.device)
     s = resolve(settings, dev)
     start = clock()
-    with tempfile.TemporaryDirectory(prefix="nerve-bench-doctor-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nerve-bench-doctor-") as tmp, _decoded_cache_in(Path(tmp)):
         ctx = Context(dev, s, Path(tmp))
         keep = after_each or (lambda report: None)
         keep(_report(ctx, start, done=False))

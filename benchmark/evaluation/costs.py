@@ -55,8 +55,8 @@ def _max_rss_mb() -> float:
 
 @contextlib.contextmanager
 def kept_determinism_flags() -> Iterator[None]:
-    """The process-wide switches a Trainer flips (torch's and cuDNN's determinism, cuDNN's TF32) as
-    they were, after the block."""
+    """The process-wide switches that building and running a Trainer flips (Lightning: torch's and
+    cuDNN's determinism; ``build_trainer``: cuDNN's TF32) as they were, after the block."""
     cudnn = torch.backends.cudnn
     saved = (
         torch.are_deterministic_algorithms_enabled(),

@@ -36,7 +36,7 @@ def predict_loader(
     the inputs of post-processing tuning (~0.24 MB per image each). ``presence_head`` says whether
     ``presence_prob`` comes from a presence head (else it is the maximum pixel probability).
     """
-    from benchmark.training.device import autocast
+    from benchmark.training.device import scoring_precision
 
     module.eval().to(device)
     index, counts, presence, probs, truths, post = [], [], [], [], [], []
@@ -44,7 +44,7 @@ def predict_loader(
     for batch in loader:
         image = batch["image"].to(device, non_blocking=True)
         truth = batch["mask_orig"].to(device, non_blocking=True)
-        with autocast(device, precision):
+        with scoring_precision(device, precision):
             prob, pres, raw = module.predict_orig(image)
         prob = prob.float()
         head = isinstance(raw, dict) and raw.get("presence") is not None

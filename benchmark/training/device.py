@@ -6,6 +6,7 @@ One home for these so training, evaluation, prediction and the speed command agr
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -45,6 +46,21 @@ def set_conv_precision(precision: str) -> None:
     recipe on a GPU would not be float32: off for it, torch's default (on) for the mixed ones,
     whose convolutions run in 16 bits anyway. Global: set for each run, before its Trainer."""
     torch.backends.cudnn.allow_tf32 = precision != "32"
+
+
+@contextlib.contextmanager
+def scoring_precision(device: torch.device, precision: str) -> Iterator[None]:
+    """:func:`autocast` for scoring, with float32 convolutions for a "32" recipe on a GPU (cuDNN's TF32
+    off, as :func:`set_conv_precision` trains it): ``evaluate`` and ``predict`` build no Trainer, and
+    a checkpoint scores there as its run scored it. The flag is as found afterwards."""
+    saved = torch.backends.cudnn.allow_tf32
+    if device.type == "cuda":
+        set_conv_precision(precision)
+    try:
+        with autocast(device, precision):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

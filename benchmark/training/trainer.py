@@ -82,6 +82,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
     from lightning import Trainer
 
     checkpoint = _checkpoints(cfg, out_dir) if overrides.get("enable_checkpointing", True) else []
+    own = [*checkpoint, EpochHistory(), ResumeRandomState(cfg.seed), CloseProcessGroup()]
     gpu = uses_gpu(cfg)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     if gpu:
@@ -100,13 +101,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         sync_batchnorm=gpu and cfg.world_size() > 1,
         limit_train_batches=cfg.limit_train_batches or 1.0,
         num_sanity_val_steps=0,
-        callbacks=[
-            *checkpoint,
-            EpochHistory(),
-            ResumeRandomState(cfg.seed),
-            CloseProcessGroup(),
-            *(callbacks or []),
-        ],
+        callbacks=[*own, *(callbacks or [])],
         plugins=[SafeCheckpointIO()],
         # Built only when not overridden: a W&B logger reads its environment and makes its directory.
         logger=overrides["logger"] if "logger" in overrides else _logger(cfg, out_dir),

@@ -292,3 +292,15 @@ def test_a_float32_recipe_on_a_gpu_turns_off_cudnn_tf32_and_speed_restores_it(tm
     monkeypatch.setattr(trainer, "uses_gpu", lambda cfg: False)
     trainer.build_trainer(dataclasses.replace(RECIPE, precision="32"), tmp_path, accelerator="cpu")
     assert torch.backends.cudnn.allow_tf32 is True  # a CPU run leaves it alone
+
+
+def test_evaluate_and_predict_score_a_float32_checkpoint_in_float32_on_a_gpu(monkeypatch):
+    """They build no Trainer: the scoring context turns TF32 off for a "32" recipe on CUDA only."""
+    from benchmark.training.device import scoring_precision
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    with scoring_precision(torch.device("cuda"), "32"):  # "32" autocasts nothing: no CUDA call
+        assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is True
+    with scoring_precision(torch.device("cpu"), "32"):
+        assert torch.backends.cudnn.allow_tf32 is True

@@ -36,9 +36,13 @@ CLI = [
 
 
 @pytest.mark.slow
-def test_doctor_on_cpu_runs_every_check_and_reports_figures(capsys):
+def test_doctor_on_cpu_runs_every_check_and_reports_figures(capsys, tmp_path, monkeypatch):
+    from datamodules.decoded_cache import CACHE_ENV
+
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # the user's decoded-data cache
     code = main(CLI)
+    assert not (tmp_path / "cache").exists()  # the doctor's temporary layouts leave no entry in it
     out = capsys.readouterr().out
     assert code == 0, out
     rep = json.loads(out)  # stdout holds nothing but the JSON
@@ -279,29 +283,6 @@ def test_layout_is_the_same_bytes_with_or_without_processes(tmp_path, monkeypatc
     assert not any(p.name.startswith(".doctor-data-") for p in tmp_path.iterdir())  # temp parts removed
 
 
-def test_the_fits_take_the_first_subjects_of_a_large_layout(synthetic_dir, tmp_path):
-    """So a doctor on the 5,635 Kaggle frames fits no more than on ~640 (6 subjects x 8 frames here)."""
-    import shutil
-
-    import numpy as np
-
-    from datamodules.kaggle import load_train
-
-    full = load_train(synthetic_dir)
-    assert data.first_subjects(synthetic_dir, tmp_path / "all", 1000, 2) == (synthetic_dir, 6, 48)
-    assert data.first_subjects(synthetic_dir, tmp_path / "four", 1, 4)[1:] == (4, 32)  # at least 4 subjects
-    csv_only = tmp_path / "csv-only"  # masks from train_masks.csv alone: its rows go along
-    shutil.copytree(synthetic_dir, csv_only)
-    for mask in (csv_only / "train").glob("*_mask.tif"):
-        mask.unlink()
-    for source, layout in (("tif+csv", synthetic_dir), ("csv", csv_only)):
-        out, subjects, frames = data.first_subjects(layout, tmp_path / f"cut-{source}", 20, 2)
-        assert (subjects, frames) == (3, 24) and out == tmp_path / f"cut-{source}"
-        cut = load_train(out)
-        assert cut.stems == full.stems[:24] and cut.mask_source == source
-        assert np.array_equal(cut.images, full.images[:24]) and np.array_equal(cut.masks, full.masks[:24])
-
-
 def test_fp32_comparisons_run_without_tf32_and_restore_it(monkeypatch):
     """cuDNN's default TF32 convolutions round two fp32 paths differently (beyond the 1e-4 tolerance
     in an emulation): the bf16, compile and layout checks compare IEEE fp32, and leave the flag as
@@ -342,22 +323,6 @@ def test_a_cpu_run_on_a_gpu_box_is_named_by_its_cpu(monkeypatch):
     )
     info = device_checks.device_info(torch.device("cpu"))
     assert info.figures["name"] != "NVIDIA H100 80GB HBM3" and "a GPU present, not used" in info.detail
-
-
-def test_a_container_s_small_dev_shm_is_a_warning_with_the_remedy(monkeypatch):
-    """Docker's default 64 MiB /dev/shm kills DataLoader workers with a bus error."""
-    cpu = torch.device("cpu")
-    assert device_checks.shm_need_gib(torch.device("cuda")) == 1.0 and device_checks.shm_need_gib(cpu) == 0
-    assert device_checks.shm_problem(2.0, 1.0) is None and device_checks.shm_problem(None, 1.0) is None
-    monkeypatch.setattr(device_checks, "_shm_gib", lambda: 0.06)
-    info = device_checks.device_info(cpu)
-    assert info.status != report.WARN and info.figures["shm_gib"] == 0.06  # loaders in the process
-    monkeypatch.setattr(device_checks, "shm_need_gib", lambda dev: 1.0)  # as on a GPU
-    info = device_checks.device_info(cpu)
-    assert info.status == report.WARN and info.detail.endswith(
-        "; /dev/shm holds 0.06 GiB, under the 1 GiB the DataLoader workers need here (a worker would die "
-        "with a bus error): give the container more (docker run --shm-size=2g)"
-    )
 
 
 def test_a_spent_time_budget_skips_the_checks_left_and_still_reports(tmp_path, capsys, monkeypatch):
