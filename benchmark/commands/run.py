@@ -122,20 +122,23 @@ def _open_runs(grid: list[TrainConfig], results_dir: Path) -> list[TrainConfig]:
     return [c for c in grid if not is_complete(results_dir / "runs" / c.run_name(), c.hash())]
 
 
-def _still_to_write(
-    left: list[TrainConfig], results_dir: Path, sizes: dict[str, int]
-) -> tuple[list[int], list[int], int]:
-    """Stored values (parameters and buffers) of each run ``left`` that trains and of each that is
-    only scored again (its training finished), and the bytes their checkpoints already hold (a
-    resumed run replaces them): what the grid will still write."""
+def _trained(left: list[TrainConfig], results_dir: Path) -> set[str]:
+    """The runs ``left`` whose training finished (``trained.json``): they are only scored again."""
     from benchmark.training.finished import trained_record
 
     runs = results_dir / "runs"
-    trains: list[int] = []
-    scored_again: list[int] = []
-    for cfg in left:
-        finished = trained_record(runs / cfg.run_name(), cfg.hash()) is not None
-        (scored_again if finished else trains).append(sizes[cfg.run_name()])
+    return {c.run_name() for c in left if trained_record(runs / c.run_name(), c.hash()) is not None}
+
+
+def _still_to_write(
+    left: list[TrainConfig], results_dir: Path, sizes: dict[str, int], trained: set[str]
+) -> tuple[list[int], list[int], int]:
+    """Stored values (parameters and buffers) of each run ``left`` that trains and of each that is
+    only scored again (``trained``), and the bytes their checkpoints already hold (a resumed run
+    replaces them): what the grid will still write."""
+    runs = results_dir / "runs"
+    trains = [sizes[c.run_name()] for c in left if c.run_name() not in trained]
+    scored_again = [sizes[c.run_name()] for c in left if c.run_name() in trained]
     held = sum(p.stat().st_size for c in left for p in (runs / c.run_name() / "checkpoints").glob("*.ckpt"))
     return trains, scored_again, held
 
@@ -148,7 +151,9 @@ def _room(args: argparse.Namespace, grid: list[TrainConfig], sizes: dict[str, in
 
     left = _open_runs(grid, args.results_dir)
     runner.drop_kept_resume_state(args.results_dir / "runs", [c for c in grid if c not in left])
-    values, scored_again, held = _still_to_write(left, args.results_dir, sizes)
+    values, scored_again, held = _still_to_write(
+        left, args.results_dir, sizes, _trained(left, args.results_dir)
+    )
     room = functools.partial(
         check_room, args.results_dir, args.min_free_gb, values, held_bytes=held, scored_again=scored_again
     )
@@ -161,18 +166,17 @@ def _dry_run(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) 
     lock is created)."""
     from benchmark.core.lock import is_held
     from benchmark.core.preflight import free_bytes, grid_need_bytes
-    from benchmark.training.finished import trained_record
 
     left = _open_runs(grid, results_dir)
+    trained = _trained(left, results_dir)
     for i, cfg in enumerate(grid, start=1):
-        run_dir = results_dir / "runs" / cfg.run_name()
-        holder = is_held(run_dir)
+        holder = is_held(results_dir / "runs" / cfg.run_name())
         state = " (complete)" if cfg not in left else ""
         state = f" (held by {holder.describe()})" if holder and not state else state
-        if not state and trained_record(run_dir, cfg.hash()) is not None:
+        if not state and cfg.run_name() in trained:
             state = " (trained: it is scored again from best.ckpt, not trained)"
         print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
-    values, scored_again, held = _still_to_write(left, results_dir, sizes)
+    values, scored_again, held = _still_to_write(left, results_dir, sizes, trained)
     need = max(grid_need_bytes(values, scored_again=scored_again) - held, 0)
     print(
         f"disk: the {len(left)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
