@@ -37,7 +37,13 @@ import torch
 from torch import nn
 
 from benchmark.core.config import TrainConfig
-from benchmark.training.device import autocast, resolve_device, resolve_precision, synchronize
+from benchmark.training.device import (
+    autocast,
+    kept_conv_precision,
+    resolve_device,
+    resolve_precision,
+    synchronize,
+)
 
 INFERENCE_KEYS = ("infer_img_s", "latency_ms", "peak_mem_mb")
 
@@ -57,17 +63,18 @@ def _max_rss_mb() -> float:
 def kept_determinism_flags() -> Iterator[None]:
     """The process-wide switches that building and running a Trainer flips (Lightning: torch's and
     cuDNN's determinism; ``build_trainer``: cuDNN's TF32) as they were, after the block."""
-    cudnn = torch.backends.cudnn
     saved = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
-        (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
     )
     try:
-        yield
+        with kept_conv_precision():
+            yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved[2]
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
 
 @contextlib.contextmanager

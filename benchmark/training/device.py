@@ -49,18 +49,24 @@ def set_conv_precision(precision: str) -> None:
 
 
 @contextlib.contextmanager
+def kept_conv_precision() -> Iterator[None]:
+    """cuDNN's TF32 switch for float32 convolutions, as found before the block, after it."""
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
 def scoring_precision(device: torch.device, precision: str) -> Iterator[None]:
     """:func:`autocast` for scoring, with float32 convolutions for a "32" recipe on a GPU (cuDNN's TF32
     off, as :func:`set_conv_precision` trains it): ``evaluate`` and ``predict`` build no Trainer, and
     a checkpoint scores there as its run scored it. The flag is as found afterwards."""
-    saved = torch.backends.cudnn.allow_tf32
-    if device.type == "cuda":
-        set_conv_precision(precision)
-    try:
-        with autocast(device, precision):
-            yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
+    with kept_conv_precision(), autocast(device, precision):
+        if device.type == "cuda":
+            set_conv_precision(precision)
+        yield
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
