@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
 def compare_weights(a: Path, b: Path) -> tuple[bool, float]:
     """(every tensor of the two checkpoints' state dicts bit-equal, the largest absolute difference)."""
-    sa = torch.load(a, map_location="cpu", weights_only=True)["state_dict"]
-    sb = torch.load(b, map_location="cpu", weights_only=True)["state_dict"]
+    from benchmark.training.checkpoint import load_plain
+
+    sa, sb = load_plain(a)["state_dict"], load_plain(b)["state_dict"]
     if sorted(sa) != sorted(sb):
         raise RuntimeError(f"{a} and {b} hold different tensors")
     equal = all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -23,7 +23,7 @@ from benchmark.core.summary import environment, to_jsonable, write_summary
 from benchmark.evaluation import costs, inference
 from benchmark.scoring import counts
 from benchmark.training.callbacks import checkpoint_history
-from benchmark.training.checkpoint import BEST, LAST, load_checkpoint_module, store_in_checkpoint
+from benchmark.training.checkpoint import BEST, LAST, load_checkpoint_module, load_plain, store_in_checkpoint
 from benchmark.training.device import resolve_precision
 from benchmark.training.module import SegModule
 from datamodules.fingerprints import link_records
@@ -340,7 +340,7 @@ def _final_history(last: Path, fallback: dict) -> dict:
     """The full per-epoch history lives in last.ckpt (best.ckpt stops at the best epoch)."""
     if not last.is_file():
         return fallback
-    saved = checkpoint_history(torch.load(last, map_location="cpu", weights_only=True))
+    saved = checkpoint_history(load_plain(last, mmap=True))  # the history, not the tensors
     return saved if saved["epoch"] else fallback
 
 

@@ -113,12 +113,18 @@ def load_problem(exc: BaseException) -> str:
     return f"empty, truncated or not a PyTorch file: {_first_line(exc, 80)}"
 
 
+def load_plain(path: Path, mmap: bool = False) -> Any:
+    """``torch.load`` onto the CPU of plain data only (``weights_only``: unpickling runs no code).
+    ``mmap`` leaves the tensors on disk, for a reader after the epoch or the history alone."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
 def read_checkpoint(path: Path) -> dict:
     """A nerve-bench checkpoint dict; NerveBenchError (one line naming the file) when missing or invalid."""
     if not path.is_file():
         raise NerveBenchError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_plain(path)
     except Exception as exc:  # truncated file, not a checkpoint, objects outside the weights-only allowlist
         raise NerveBenchError(f"{path}: not a readable checkpoint ({load_problem(exc)})") from None
     if (
@@ -204,7 +210,7 @@ def resume_checkpoint(ckpt_dir: Path, cfg: TrainConfig) -> Path | None:
     if not last.is_file():
         return None
     try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        ckpt = load_plain(last)
         saved = dict(ckpt["hyper_parameters"]["config"])
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be resumed from
         print(

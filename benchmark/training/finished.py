@@ -17,21 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmark.core.config import SCHEMA_VERSION, ConfigError
 from benchmark.core.files import atomic_write
 from benchmark.core.ranks import global_rank
 from benchmark.training.callbacks import HISTORY_KEYS, checkpoint_history
-from benchmark.training.checkpoint import BEST, LAST, load_problem
+from benchmark.training.checkpoint import BEST, LAST, load_plain, load_problem
 
 TRAINED = "trained.json"
 # What the summary says of the training, kept in the record (finalize.training_facts reads them).
 FACTS = ("world_size", "environment", "data_hash")
-
-
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
 
 
 def _selected(best: dict) -> list[int]:
@@ -49,12 +43,12 @@ def drop_resume_state(run_dir: Path, config_hash: str, facts: dict[str, Any]) ->
         return
     kept = {k: facts[k] for k in FACTS}  # a KeyError is the caller's: last.ckpt stays
     try:
-        history = checkpoint_history(_load(last))
+        history = checkpoint_history(load_plain(last, mmap=True))
     except Exception:  # noqa: BLE001 - it could not be resumed either
         history = None
     if history is not None:
         try:
-            selected = _selected(_load(ckpt_dir / BEST))
+            selected = _selected(load_plain(ckpt_dir / BEST, mmap=True))
         except Exception:  # noqa: BLE001 - the selected weights are gone: keep the final ones
             return
         record = {"schema_version": SCHEMA_VERSION, "config_hash": config_hash, "history": history,
@@ -97,7 +91,7 @@ def _is_selected(best: Path, selected: Any) -> bool:
     if not best.is_file():
         return False
     try:
-        return _selected(_load(best)) == selected
+        return _selected(load_plain(best, mmap=True)) == selected
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be scored
         if global_rank() == 0:
             print(
