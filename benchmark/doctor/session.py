@@ -1,7 +1,8 @@
 """One doctor session: every check in order, each guarded, then the report (tables or JSON).
 
 Order: the device and its features first (cheap, and they explain later failures), then the data,
-every model, the multi-process checks and the wall-time estimate from the measured rates. Work
+the first model, the multi-process checks (before the other models, so that ``--budget-s`` cuts a
+model rather than them) and the wall-time estimate from the measured rates. Work
 files live in a temporary directory that is removed afterwards; nothing is written elsewhere
 unless ``--json PATH`` asks for it.
 """
@@ -125,17 +126,16 @@ def _plan(ctx: Context) -> list[tuple[str, str, Callable[[], Finding]]]:
             lambda: device_checks.gpu_cache(dev, ctx.need_data(), s.image_size, batch),
         ),
     ]
-    for m in s.models:
-        tag = m.replace(":", "-")
-        checks.append(
-            (f"model {m}", "models", lambda m=m, tag=tag: _model(ctx, m, w / tag)),
-        )
-    checks += [
+    models = [(f"model {m}", "models", lambda m=m: _model(ctx, m, w / m.replace(":", "-"))) for m in s.models]
+    parallel = [
         ("ddp", "ddp", lambda: parallel_checks.ddp_step(s, dev, ctx.need_data(), w)),
         ("ray", "ray", lambda: parallel_checks.ray_grid_check(s, dev, ctx.need_data(), w)),
-        ("estimate", "estimate", lambda: estimate_check(ctx)),
     ]
-    return checks
+    # The multi-process paths right after the first model: the other models share its code path,
+    # so a --budget-s that runs out should cut a model's row, not the only DDP and Ray checks.
+    return (
+        checks + models[:1] + parallel + models[1:] + [("estimate", "estimate", lambda: estimate_check(ctx))]
+    )
 
 
 def _model(ctx: Context, model: str, work: Path) -> Finding:

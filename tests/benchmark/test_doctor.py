@@ -48,7 +48,7 @@ def test_doctor_on_cpu_runs_every_check_and_reports_figures(capsys, tmp_path, mo
     rep = json.loads(out)  # stdout holds nothing but the JSON
     checks = {c["name"]: c for c in rep["checks"]}
     expected = ["device", "idle", "data", "bf16", "compile", "channels_last", "gpu_cache",
-                "model unet", "model empty", "ddp", "ray", "estimate"]  # fmt: skip
+                "model unet", "ddp", "ray", "model empty", "estimate"]  # fmt: skip
     assert [c["name"] for c in rep["checks"]] == expected
     status = {n: c["status"] for n, c in checks.items()}
     assert status["idle"] in ("OK", "WARN")  # whatever else this machine runs: WARN, never FAIL
@@ -81,6 +81,13 @@ def test_doctor_on_cpu_runs_every_check_and_reports_figures(capsys, tmp_path, mo
     assert len(est["missing"]) == 7 and any("scaled by pixel count" in a for a in est["assumptions"])
     assert rep["ok"] is True and rep["settings"]["image_size"] == 64 and rep["settings"]["tiny"] is True
     assert torch.are_deterministic_algorithms_enabled() == deterministic_before
+
+
+def test_the_multi_process_checks_run_after_the_first_model_so_a_budget_cuts_a_model_first():
+    s = DoctorSettings(device="cpu", models=("unet", "empty", "sk_unet"))
+    ctx = session.Context(torch.device("cpu"), s, Path("unused"))
+    names = [name for name, _, _ in session._plan(ctx)]
+    assert names[-6:] == ["model unet", "ddp", "ray", "model empty", "model sk_unet", "estimate"]
 
 
 def test_a_failing_check_is_one_fail_row_and_the_others_still_run(monkeypatch):
