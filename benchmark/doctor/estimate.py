@@ -3,9 +3,11 @@
 The plan is ``default.yaml``'s: its models x folds x seeds, its epochs and image size, on all 5,635
 Kaggle training frames. Per run of a model: ``epochs`` passes over the fit part at the suite's
 measured training rate, one validation pass over the inner set per epoch and the final inner and
-outer passes at the measured inference rate, and decoding the data set once. Runs spread over the
-devices one per device (the Ray executor at ``gpus_per_run: 1``), so the wall time is the total over
-the number of devices, but never shorter than the longest run. The assumptions travel with the
+outer passes at the measured inference rate, and decoding the data set once; plus what the doctor's
+short fit of the model spent beyond those rates (set-up, finalize's tuning and scoring: a low and a
+high reading, :func:`overhead_s`). Runs spread over the devices one per device (the Ray executor at
+``gpus_per_run: 1``), so the wall time is the total over the number of devices, but never shorter
+than the longest run. The assumptions travel with the
 figure (``assumptions``), since a rate measured at a small size or on a tiny model scales poorly.
 """
 
@@ -55,6 +57,24 @@ def run_seconds(plan: Plan, train_img_s: float | None, infer_img_s: float, scale
     return scale * (train + validate + (inner + outer) / infer_img_s)
 
 
+def overhead_s(plan: Plan, figures: dict[str, Any]) -> tuple[float, float] | None:
+    """A run's time outside the measured rates as (low, high), from the doctor's short fit of its model
+    (:func:`benchmark.doctor.model_checks.phases`); None when no fit was measured.
+
+    The set-up and the Trainer's time around its epochs count once per run. Finalize's time beyond
+    its inference passes (tuning, post-processing at 420x580, costs, overlays, writes) counts once
+    (low), or grows with the frames scored (high): the doctor's fit scores a few hundred inner and
+    outer frames, a run of the plan a fold and an inner set of the Kaggle frames. Part of it is fixed
+    (costs, overlays), part per frame, and one fit cannot tell them apart."""
+    if figures.get("finalize_s") is None or not figures.get("scored_frames"):
+        return None
+    _, inner, outer = plan.split()
+    passes = figures["scored_frames"] / figures["infer_img_s"]
+    extra = max(figures["finalize_s"] - passes, 0.0)
+    once = figures["setup_s"] + figures["outside_epochs_s"]
+    return once + extra, once + extra * (inner + outer) / figures["scored_frames"]
+
+
 def estimate(
     plan: Plan,
     rates: dict[str, dict[str, Any]],
@@ -63,41 +83,68 @@ def estimate(
     decode_s_per_frame: float,
     tiny: bool = False,
 ) -> dict[str, Any]:
-    """Wall time of ``plan`` from per-model ``{"suite_train_img_s", "infer_img_s"}`` rates."""
+    """Wall time of ``plan`` from per-model ``{"suite_train_img_s", "infer_img_s"}`` rates, and each
+    model's fit phases where measured: ``wall_s`` counts the high reading of the per-run overhead,
+    ``wall_s_low`` the low one (:func:`overhead_s`)."""
     scale = (plan.image_size / measured_size) ** 2
-    per_run = {
-        m: run_seconds(plan, rates[m].get("suite_train_img_s"), rates[m]["infer_img_s"], scale)
-        for m in plan.models
-        if m in rates and rates[m].get("infer_img_s")
-    }
+    measured = [m for m in plan.models if m in rates and rates[m].get("infer_img_s")]
+    overhead = {m: overhead_s(plan, rates[m]) for m in measured}
+    per_run, per_run_low = {}, {}
+    for m in measured:
+        compute = run_seconds(plan, rates[m].get("suite_train_img_s"), rates[m]["infer_img_s"], scale)
+        low, high = overhead[m] or (0.0, 0.0)
+        per_run[m], per_run_low[m] = compute + high, compute + low
     missing = [m for m in plan.models if m not in per_run]
-    total = sum(per_run.values()) * plan.runs_per_model
     decode = decode_s_per_frame * plan.frames
-    wall = decode + max(total / max(devices, 1), max(per_run.values(), default=0.0))
-    assumptions = [
-        f"{len(per_run) * plan.runs_per_model} runs ({plan.runs_per_model} per model), "
+    wall, total = _wall(per_run, plan.runs_per_model, devices, decode)
+    wall_low, _ = _wall(per_run_low, plan.runs_per_model, devices, decode)
+    return {
+        "wall_s": wall,
+        "wall_s_low": wall_low,
+        "device_hours": total / 3600,
+        "per_run_s": per_run,
+        "overhead_s": {m: list(o) for m, o in overhead.items() if o is not None},
+        "missing": missing,
+        "assumptions": _assumptions(plan, len(per_run), devices, scale, measured_size, tiny)
+        + _gaps(missing, [m for m, o in overhead.items() if o is None]),
+    }
+
+
+def _wall(per_run: dict[str, float], runs_per_model: int, devices: int, decode: float) -> tuple[float, float]:
+    """(wall time, device seconds): the total over the devices, never shorter than the longest run."""
+    total = sum(per_run.values()) * runs_per_model
+    return decode + max(total / max(devices, 1), max(per_run.values(), default=0.0)), total
+
+
+def _assumptions(
+    plan: Plan, n_models: int, devices: int, scale: float, measured_size: int, tiny: bool
+) -> list[str]:
+    lines = [
+        f"{n_models * plan.runs_per_model} runs ({plan.runs_per_model} per model), "
         f"{plan.epochs} epochs at {plan.image_size}x{plan.image_size}, {plan.frames} frames",
         f"one run per device on {max(devices, 1)} device(s) (Ray, gpus_per_run: 1)",
         "training at the suite's measured rate (deterministic on, as in the recipe); validation and the "
         "final passes at the measured inference rate; the data decoded once",
+        "per run, what the short fit spent beyond those rates: set-up and the Trainer's time around its "
+        "epochs once; finalize's tuning, post-processing, costs and writes once (low) or growing with "
+        "the frames scored (high); per-epoch overheads (checkpoint writes, loader start) not counted",
     ]
     if scale != 1.0:
         kind = "tiny models" if tiny else "the full models"
-        assumptions.append(
+        lines.append(
             f"rates measured at {measured_size}x{measured_size} with {kind}, scaled by pixel count "
-            f"(x{scale:g}): a rough guide only"
+            f"(x{scale:g}), the per-run overhead not: a rough guide only"
         )
+    return lines
+
+
+def _gaps(missing: list[str], no_fit: list[str]) -> list[str]:
+    lines = []
     if missing:
-        assumptions.append(
-            f"leaves out {len(missing)} model(s) without a measured rate: {', '.join(missing)}"
-        )
-    return {
-        "wall_s": wall,
-        "device_hours": total / 3600,
-        "per_run_s": per_run,
-        "missing": missing,
-        "assumptions": assumptions,
-    }
+        lines.append(f"leaves out {len(missing)} model(s) without a measured rate: {', '.join(missing)}")
+    if no_fit:
+        lines.append(f"no per-run overhead for {', '.join(no_fit)}: their fit was not measured")
+    return lines
 
 
 def clock(seconds: float) -> str:

@@ -24,11 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from benchmark.doctor.report import FAIL, OK, WARN, Finding, one_line
 from benchmark.doctor.settings import DoctorSettings, model_kwargs, train_config
+from benchmark.training.device import synchronize
 
 if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
     from benchmark.core.config import TrainConfig
     from datamodules.gpu_augment import GpuCache
 
@@ -45,9 +49,24 @@ def compare_weights(a: Path, b: Path) -> tuple[bool, float]:
     return equal, max(diffs, default=0.0)
 
 
+class PhaseClock(Callback):
+    """When the Trainer's fit started and ended (no hook fires for a model with nothing to train)."""
+
+    def __init__(self) -> None:
+        self.fit_start: float | None = None
+        self.fit_end: float | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.fit_start = time.perf_counter()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        synchronize(pl_module.device)  # the last steps' kernels are the fit's, not scoring's
+        self.fit_end = time.perf_counter()
+
+
 def fit_twice(model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, work: Path) -> dict[str, Any]:
-    """A short fit of ``model`` and its training repeated with the same seed: the fit's time and Dice,
-    and whether the two trained weights agree bit for bit."""
+    """A short fit of ``model`` and its training repeated with the same seed: the fit's time, its
+    phases (:func:`phases`) and Dice, and whether the two trained weights agree bit for bit."""
     import benchmark.training.trainer  # noqa: F401 - its warning filters, before determinism_alerts
     from benchmark.pipeline import fit
     from benchmark.runner import outer_dice
@@ -55,22 +74,54 @@ def fit_twice(model: str, s: DoctorSettings, dev: torch.device, data_dir: Path, 
     from benchmark.training.checkpoint import BEST
 
     cfg = train_config(model, s, dev)
+    first, again = PhaseClock(), PhaseClock()
     # The Trainer's deterministic switch must not reach the timings.
     with restore_global_torch_state(), determinism_alerts() as ops:
         start = time.perf_counter()
-        summary = fit(cfg, data_dir, work / "fit-a")
-        seconds = time.perf_counter() - start
-        train_again(cfg, data_dir, work / "fit-b")
+        summary = fit(cfg, data_dir, work / "fit-a", callbacks=[first])
+        end = time.perf_counter()
+        train_again(cfg, data_dir, work / "fit-b", [again])
+        again_end = time.perf_counter()
     # One epoch, so best.ckpt holds the trained weights (a finished fit deletes its last.ckpt).
     equal, diff = compare_weights(
         work / "fit-a" / "checkpoints" / BEST, work / "fit-b" / "checkpoints" / BEST
     )
     return {
-        "fit_s": seconds,
+        "fit_s": end - start,
+        **phases(summary, (start, first.fit_start, first.fit_end, end), (end, again.fit_start, again_end)),
         "outer_dice": outer_dice(summary),
         "bit_identical": equal,
         "max_abs_diff": diff,
         "nondeterministic_ops": ops,
+    }
+
+
+def phases(
+    summary: dict[str, Any],
+    first: tuple[float, float | None, float | None, float],
+    again: tuple[float, float | None, float],
+) -> dict[str, Any]:
+    """Where a short fit's time went beyond its epochs, which the estimate takes from the measured rates.
+
+    ``first``: (call, fit start, fit end, return) of the fit; ``again``: (call, fit start, return) of
+    the training repeated. ``setup_s`` is the repeat's set-up (seeding, data from the warm decoded
+    cache, model, Trainer), as every run but a node's first has it; ``outside_epochs_s`` the Trainer's
+    time around its epochs (end-of-fit checkpoints); ``finalize_s`` selection, tuning and scoring of
+    the ``scored_frames`` inner and outer frames, costs, overlays and the summary. With nothing to
+    train no fit hook fires: the repeat is all set-up, and the fit's set-up is taken to be as long."""
+    call, fit_start, fit_end, done = first
+    again_call, again_start, again_done = again
+    setup = (again_start or again_done) - again_call
+    if fit_start is None or fit_end is None:
+        outside, finalize = 0.0, done - call - setup
+    else:
+        outside, finalize = fit_end - fit_start - float(summary["train_time_s"]), done - fit_end
+    data = summary["dataset"]
+    return {
+        "setup_s": setup,
+        "outside_epochs_s": max(outside, 0.0),
+        "finalize_s": max(finalize, 0.0),
+        "scored_frames": int(data["n_inner"]) + int(data["n_outer"]),
     }
 
 
@@ -114,7 +165,7 @@ def determinism_alerts() -> Iterator[list[str]]:
             ops.extend(alerted_ops(messages))
 
 
-def train_again(cfg: TrainConfig, data_dir: Path, out_dir: Path) -> None:
+def train_again(cfg: TrainConfig, data_dir: Path, out_dir: Path, callbacks: list | None = None) -> None:
     """``pipeline.fit`` up to the end of training (seeding, data, module, Trainer), without scoring:
     the weights are all a rerun is compared on, and scoring costs more than the short training."""
     from lightning import seed_everything
@@ -123,7 +174,7 @@ def train_again(cfg: TrainConfig, data_dir: Path, out_dir: Path) -> None:
     from benchmark.training.trainer import make_datamodule, train
 
     seed_everything(cfg.seed, workers=True, verbose=False)
-    train(cfg, SegModule(cfg.to_dict()), make_datamodule(cfg, data_dir), out_dir)
+    train(cfg, SegModule(cfg.to_dict()), make_datamodule(cfg, data_dir), out_dir, callbacks)
 
 
 def speed_figures(
@@ -159,7 +210,10 @@ def _detail(f: dict[str, Any]) -> str:
             if f["bit_identical"]
             else f"NOT bit-identical (max |diff| {f['max_abs_diff']:.1e})"
         )
-        parts.append(f"fit {f['fit_s']:.1f} s, outer Dice {dice}; same-seed rerun {same}")
+        parts.append(
+            f"fit {f['fit_s']:.1f} s (set-up {f['setup_s']:.1f} s, scoring {f['finalize_s']:.1f} s), "
+            f"outer Dice {dice}; same-seed rerun {same}"
+        )
         if f["nondeterministic_ops"]:
             parts.append(f"no deterministic kernel: {', '.join(f['nondeterministic_ops'])}")
     if f.get("suite_train_img_s") is not None:
