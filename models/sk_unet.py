@@ -9,7 +9,8 @@ fields), each with BatchNorm and ReLU. Their sum is globally average pooled, squ
 connected layer to C/2 with BatchNorm and ReLU, and expanded to one attention logit per branch and
 channel; a softmax across the two branches gives the weights of the branch mixture. Because the
 squeeze uses BatchNorm, training needs a batch of at least 2 (as in the paper): the training
-loaders never yield a final batch of 1, and a batch of 1 in train mode raises a ModelError.
+loaders never yield a final batch of 1, and a batch of 1 in train mode raises a ModelError, except
+under SyncBatchNorm (multi-GPU DDP), whose statistics cover the global batch.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ class SKConv(nn.Module):
         self.expand = nn.Conv2d(hidden, out_ch * len(self.branches), 1)
 
     def _weights(self, fused: torch.Tensor) -> torch.Tensor:
-        if self.training and fused.shape[0] < 2:
+        synced = any(isinstance(m, nn.SyncBatchNorm) for m in self.squeeze)
+        if self.training and fused.shape[0] < 2 and not synced:
             # The squeeze's BatchNorm sees one value per channel; say why instead of torch's message.
+            # SyncBatchNorm (multi-GPU DDP) pools the values of every rank: a per-rank batch of 1 works.
             raise ModelError(
                 "sk_unet needs training batches of at least 2: the SK squeeze uses BatchNorm "
                 "after global pooling (Byra et al. 2020); use batch_size >= 2 or eval mode"

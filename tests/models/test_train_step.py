@@ -77,3 +77,13 @@ def test_sk_unet_batch_of_one_is_a_clear_error() -> None:
     with pytest.raises(ModelError, match="batches of at least 2"):
         model(torch.randn(1, 1, 16, 16))
     assert model.eval()(torch.randn(1, 1, 16, 16)).shape == (1, 1, 16, 16)  # inference is fine
+
+
+def test_sk_unet_under_sync_batchnorm_leaves_a_per_rank_batch_of_one_to_torch() -> None:
+    """Multi-GPU DDP converts BatchNorm to SyncBatchNorm, whose statistics pool every rank's batch:
+    8 GPUs at a global batch of 8 give each rank 1 image, which must train. Outside a process group
+    (here) SyncBatchNorm falls back to plain batch norm, so torch's own error is what remains."""
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(models.create("sk_unet", base_width=4, depth=2))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        model(torch.randn(1, 1, 16, 16))
+    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 1, 16, 16)
