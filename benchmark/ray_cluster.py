@@ -37,6 +37,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmark.core.environ import environ
+
 PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")
 NO_PROXY_VARS = ("no_proxy", "NO_PROXY", "no_grpc_proxy")
 LOOPBACK = "127.0.0.1,localhost,::1"
@@ -54,18 +56,10 @@ def _closed_port() -> int:
 def offline_start() -> Iterator[dict[str, str]]:
     """While Ray's processes are started: HTTP(S) only to a dead loopback proxy, loopback exempt.
     Yields the user's own settings (empty when unset) for the tasks' runtime environment."""
-    names = PROXY_VARS + NO_PROXY_VARS
-    saved = {name: os.environ.get(name) for name in names}
     dead = f"http://127.0.0.1:{_closed_port()}"
-    os.environ.update({**dict.fromkeys(PROXY_VARS, dead), **dict.fromkeys(NO_PROXY_VARS, LOOPBACK)})
-    try:
+    values = {**dict.fromkeys(PROXY_VARS, dead), **dict.fromkeys(NO_PROXY_VARS, LOOPBACK)}
+    with environ(values) as saved:
         yield {name: value or "" for name, value in saved.items()}
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def connect(address: str | None, env: dict[str, str]) -> tuple[Any, bool]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from benchmark.core.environ import environ
 from benchmark.doctor import device_checks, estimate, model_checks, parallel_checks
 from benchmark.doctor.report import (
     FAIL,
@@ -150,15 +151,8 @@ def _decoded_cache_in(work: Path) -> Iterator[None]:
     14 days before it prunes them."""
     from datamodules.decoded_cache import CACHE_ENV
 
-    old = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(work / "decoded-cache")
-    try:
+    with environ({CACHE_ENV: str(work / "decoded-cache")}):
         yield
-    finally:
-        if old is None:
-            os.environ.pop(CACHE_ENV, None)
-        else:
-            os.environ[CACHE_ENV] = old
 
 
 clock = time.perf_counter  # the session's clock (--budget-s, seconds); a test advances its own

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmark.core.environ import environ
+
 FACTS = "nerve_bench_facts.json"
 
 
@@ -35,6 +37,13 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan(job: dict[str, Any]) -> None:
+    # nnU-Net's planner sets torch's thread count to nnUNet_n_proc_DA, and refuses 0
+    one = {"nnUNet_n_proc_DA": "1"} if os.environ.get("nnUNet_n_proc_DA") == "0" else {}
+    with environ(one):
+        _plan_and_preprocess(job)
+
+
+def _plan_and_preprocess(job: dict[str, Any]) -> None:
     from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints,
@@ -42,9 +51,6 @@ def plan(job: dict[str, Any]) -> None:
         preprocess,
     )
 
-    saved_da = os.environ.get("nnUNet_n_proc_DA")
-    if saved_da == "0":
-        os.environ["nnUNet_n_proc_DA"] = "1"  # the planner sets torch's thread count to it (0 is refused)
     n = int(job["num_processes"])
     # The raw dataset was written from validated data, so nnU-Net's integrity check (a pool) is skipped.
     extract_fingerprints([job["dataset_id"]], num_processes=n, check_dataset_integrity=False, clean=False)
@@ -55,8 +61,6 @@ def plan(job: dict[str, Any]) -> None:
         data["configurations"]["2d"] = _merge(data["configurations"]["2d"], job["plans_2d"])
         save_json(data, str(path), sort_keys=False)
     preprocess([job["dataset_id"]], plans_identifier=plans, configurations=("2d",), num_processes=(n,))
-    if saved_da is not None:
-        os.environ["nnUNet_n_proc_DA"] = saved_da
 
 
 def _seed(seed: int) -> None:
