@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,7 +162,9 @@ def _room(args: argparse.Namespace, grid: list[TrainConfig], sizes: dict[str, in
     return room
 
 
-def _dry_run(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) -> int:
+def _dry_run(
+    bench: BenchmarkConfig, grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]
+) -> int:
     """List the grid and each run's state, then the room it needs; reads only (no directory, data or
     lock is created)."""
     from benchmark.core.lock import is_held
@@ -177,13 +180,40 @@ def _dry_run(grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]) 
             state = " (trained: it is scored again from best.ckpt, not trained)"
         print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
     values, scored_again, held = _still_to_write(left, results_dir, sizes, trained)
-    need = max(grid_need_bytes(values, scored_again=scored_again) - held, 0)
+    in_flight, how = _in_flight_here(bench, grid)
+    need = max(grid_need_bytes(values, min(in_flight, len(values)), scored_again) - held, 0)
     print(
         f"disk: the {len(left)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
-        f"({free_bytes(results_dir) / 1e9:.2f} GB free; one run at a time: Ray adds a resume checkpoint "
-        "per further run in flight)"
+        f"({free_bytes(results_dir) / 1e9:.2f} GB free; {how})"
     )
     return 0
+
+
+def _in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig]) -> tuple[int, str]:
+    """How many runs train at once, as far as it is known without starting anything, and the words
+    for it: one for the local executor; for a Ray started here, this machine's CPUs and GPUs over
+    one run's share (the count the grid's own room check will use); for a Ray cluster, not known."""
+    from benchmark import ray_grid
+    from benchmark.ray_resources import RayExecutorError, RaySettings, slots, task_options
+
+    further = "Ray adds a resume checkpoint per further run in flight"
+    if ray_grid.choose(bench, grid)[0] != "ray":
+        return 1, "one run at a time"
+    settings = RaySettings.of(bench)
+    if settings.address:
+        return 1, f"counted one run at a time; on the Ray cluster at {settings.address}, {further}"
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    node = {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
+    try:
+        n = slots([node], task_options([node], settings, grid[0].accelerator))
+    except RayExecutorError:  # a GPU grid listed on a machine without one (a login node)
+        return 1, f"counted one run at a time: this machine has no GPU for a local Ray; {further}"
+    return n, (
+        f"a local Ray here trains up to {n} at a time ({node['CPU']:g} CPUs, {node['GPU']:g} GPUs), "
+        "each with its resume checkpoint"
+    )
 
 
 def _print_config(args: argparse.Namespace) -> int:
@@ -216,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     bench, data_dir, grid, sizes = _load(args)
     if args.dry_run:  # lists a GPU grid on a login node without a GPU too
         grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)  # as the run would
-        return _dry_run(grid, args.results_dir, sizes)
+        return _dry_run(bench, grid, args.results_dir, sizes)
     local = ray_grid.choose(bench, grid)[0] == "local"
     if local:
         grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself

@@ -11,6 +11,7 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark import runner
 from benchmark.cli import main
@@ -165,8 +166,36 @@ def test_a_grid_that_will_not_fit_is_refused_before_the_first_run(
     disk = capsys.readouterr().out.strip().splitlines()[-1]
     assert disk == (
         f"disk: the 2 run(s) left need about {need / 1e9:.2f} GB in {results} (0.00 GB free; one run at a "
-        "time: Ray adds a resume checkpoint per further run in flight)"
+        "time)"
     )
+
+
+def test_the_dry_run_counts_a_resume_checkpoint_per_run_a_local_ray_trains_at_once(
+    tmp_path, synthetic_dir, capsys, monkeypatch
+):
+    """Ray started here trains (CPUs // cpus_per_run) CPU runs at once, each holding a resume
+    checkpoint; a GPU grid listed where no GPU is, or a cluster elsewhere, counts one."""
+    pytest.importorskip("ray")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 10**12))  # other tests write
+    ray_cpu = ["--set", "executor=ray", "--set", "accelerator=cpu", "--set", "cpus_per_run=2"]
+    args = [*_run(synthetic_dir, tmp_path / "r")[:-3], "--models", "unet", "--folds", "0,1,2", "--dry-run"]
+    assert main([*args, *ray_cpu]) == 0
+    unet = 121_751  # the smoke U-Net's stored values: three runs, two in flight
+    need = preflight.grid_need_bytes([unet] * 3, in_flight=2)
+    assert need - preflight.grid_need_bytes([unet] * 3) == 24 * unet  # one resume checkpoint more
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"disk: the 3 run(s) left need about {need / 1e9:.2f} GB in {tmp_path / 'r'} "
+        "(1000.00 GB free; a local Ray here trains up to 2 at a time "
+        "(4 CPUs, 0 GPUs), each with its resume checkpoint)"
+    )
+    assert main([*args, "--set", "executor=ray", "--set", "accelerator=gpu"]) == 0
+    assert "this machine has no GPU for a local Ray" in capsys.readouterr().out
+    assert main([*args, *ray_cpu, "--set", "ray_address=10.0.0.1:6379"]) == 0
+    assert "on the Ray cluster at 10.0.0.1:6379, Ray adds" in capsys.readouterr().out
 
 
 def test_the_room_check_counts_what_runs_left_already_hold_and_frees_what_finished_runs_kept(
