@@ -128,13 +128,28 @@ def check_link_subjects(results_dir: Path, link_subjects: bool, links: list) -> 
             )
 
 
+def saved_links(results_dir: Path) -> list[tuple[int, int, int, int]]:
+    """The linked subjects of the data that the results directory's runs were split on, as their
+    summaries record them (found whatever their ``link_subjects``): what the dry run, which decodes
+    no data, checks ``link_subjects`` against."""
+    for _, summary in _saved_summaries(results_dir):
+        records = (summary.get("split") or {}).get("linked_subjects")
+        if records is not None:
+            return [(*r["subjects"], *r["matching_frames"]) for r in records]
+    return []
+
+
 def _saved_configs(results_dir: Path) -> list[tuple[Path, dict]]:
-    """(summary path, its config) of every readable run; unreadable or older summaries are reported
-    by `report`, not here."""
+    return [(path, summary.get("config") or {}) for path, summary in _saved_summaries(results_dir)]
+
+
+def _saved_summaries(results_dir: Path) -> list[tuple[Path, dict]]:
+    """(path, summary) of every readable run; unreadable or older summaries are reported by
+    `report`, not here."""
     found = []
     for path in sorted((results_dir / "runs").glob("*/summary.json")):
         try:
-            found.append((path, read_summary(path).get("config") or {}))
+            found.append((path, read_summary(path)))
         except DataError:
             continue
     return found

@@ -246,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
     bench, data_dir, grid, sizes = _load(args)
     if args.dry_run:  # lists a GPU grid on a login node without a GPU too
         grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)  # as the run would
+        linked = any(c.link_subjects for c in grid)
+        grid_checks.check_link_subjects(args.results_dir, linked, grid_checks.saved_links(args.results_dir))
         return _dry_run(bench, grid, args.results_dir, sizes)
     local = ray_grid.choose(bench, grid)[0] == "local"
     if local:

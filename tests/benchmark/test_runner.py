@@ -365,12 +365,23 @@ def test_results_dir_refuses_runs_with_another_split_seed(tmp_path):
 
 
 def test_a_dry_run_refuses_what_the_run_would_refuse(synthetic_dir, tmp_path, capsys):
+    """Another split_seed, or where the data has linked subjects another link_subjects."""
     from benchmark.core.summary import write_summary
 
     write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": {"split_seed": 1}, "status": "complete"})
     args = ["run", "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path), "--dry-run"]
     assert main([*args, "--models", "empty"]) == 2
     assert "made with split_seed 1, but this benchmark uses 0" in capsys.readouterr().err
+    # link_subjects: the dry run decodes no data; the summaries record the data's linked subjects
+    split = {"linked_subjects": [{"subjects": [17, 18], "matching_frames": [12, 9]}]}
+    summary = {"config": {"split_seed": 0, "link_subjects": True}, "split": split, "status": "complete"}
+    write_summary(tmp_path / "runs" / "unet__f0__s0__x", summary)
+    assert main([*args, "--models", "empty"]) == 0  # the default: link_subjects true
+    capsys.readouterr()
+    assert main([*args, "--models", "empty", "--set", "link_subjects=false"]) == 2
+    assert "this data has linked subjects (17+18), so the folds differ" in capsys.readouterr().err
+    write_summary(tmp_path / "runs" / "unet__f0__s0__x", {**summary, "split": {"linked_subjects": []}})
+    assert main([*args, "--models", "empty", "--set", "link_subjects=false"]) == 0  # no links: one split
 
 
 def test_the_grid_line_counts_runs_scored_again_apart_from_trained_ones():
