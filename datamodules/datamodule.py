@@ -262,7 +262,18 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
                 self.data_dir,
                 f"the fit part has {n} images, fewer than one global batch (batch_size={batch})",
             )
-        return TrainSampler(n, batch, self.config.seed, rank, world)
+        sampler = TrainSampler(n, batch, self.config.seed, rank, world)
+        sampler.set_epoch(self._fit_epoch())
+        return sampler
+
+    def _fit_epoch(self) -> int:
+        """The epoch a fit starts at: 0, or the resumed one. Lightning creates the loader's iterator
+        before it sets the sampler's epoch, and on a resume it does not create it again: loader
+        workers would already hold epoch 0's order (``FitLoop.setup_data``, Lightning 2.6)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:
         """Augmented training batches of ``batch_size / world_size`` samples (full global batches only)."""

@@ -104,6 +104,19 @@ def test_gpu_cache_run_resumes_bit_identical(synthetic_dir, tmp_path, capsys):
     _assert_identical(resumed, whole)
 
 
+def test_a_run_with_loader_workers_resumes_bit_identical(synthetic_dir, tmp_path):
+    """Lightning creates the loader's iterator before it sets the resumed epoch: a worker would
+    fetch epoch 0's order and augmentation for epoch 1 unless the loader starts at the epoch."""
+    cfg = dataclasses.replace(CFG, num_workers=1, epochs=2)
+    whole = pipeline.fit(cfg, synthetic_dir, tmp_path / "whole")
+    with pytest.raises(Stop):
+        pipeline.fit(cfg, synthetic_dir, tmp_path / "stopped", callbacks=[StopAt(1)])
+    counter = CountEpochs()
+    resumed = pipeline.fit(cfg, synthetic_dir, tmp_path / "stopped", callbacks=[counter])
+    assert counter.epochs == [1]
+    _assert_identical(resumed, whole)
+
+
 def test_checkpoint_every_s_spaces_resume_points_and_changes_nothing_else(
     synthetic_dir, tmp_path, monkeypatch
 ):

@@ -57,6 +57,13 @@ def test_train_batch_contract(dm: UltrasoundNerveDataModule) -> None:
     assert set(np.concatenate([x["index"].numpy() for x in batches])) == set(dm.fit_indices.tolist())
 
 
+def _trainer(world: int, rank: int, epoch: int = 0) -> SimpleNamespace:
+    """What the DataModule reads of an attached Trainer: ranks, and the epoch a fit starts at."""
+    progress = SimpleNamespace(current=SimpleNamespace(processed=epoch))
+    fit_loop = SimpleNamespace(epoch_progress=progress)
+    return SimpleNamespace(world_size=world, global_rank=rank, fit_loop=fit_loop)
+
+
 def _epoch(loader, epoch: int) -> list[list[int]]:
     loader.sampler.set_epoch(epoch)  # what Lightning does before every epoch
     return [b["index"].tolist() for b in loader]
@@ -66,6 +73,20 @@ def test_train_order_is_a_function_of_seed_and_epoch(dm: UltrasoundNerveDataModu
     first = _epoch(dm.train_dataloader(), 0)
     assert first == _epoch(dm.train_dataloader(), 0) and sorted(sum(first, [])) != sum(first, [])
     assert _epoch(dm.train_dataloader(), 1) != first  # a new permutation every epoch
+
+
+def test_a_resumed_fit_starts_at_its_epoch_with_loader_workers(synthetic_dir: Path) -> None:
+    """Lightning creates the loader's iterator before it sets the sampler's epoch (and not again on a
+    resume): workers fetch indices as soon as the iterator exists, so the loader must start at the
+    resumed epoch itself, here 3, not at 0."""
+    fields = {"fold": 1, "n_folds": 3, "image_size": 64, "batch_size": 4}
+    plain, workers = _dm(synthetic_dir, **fields), _dm(synthetic_dir, **fields, num_workers=1)
+    workers.trainer = _trainer(1, 0, epoch=3)
+    loader = workers.train_dataloader()
+    batches = iter(loader)  # FitLoop.setup_data
+    loader.sampler.set_epoch(3)  # FitLoop.on_advance_start, after it
+    assert [b["index"].tolist() for b in batches] == _epoch(plain.train_dataloader(), 3)
+    assert _epoch(plain.train_dataloader(), 3) != _epoch(plain.train_dataloader(), 0)
 
 
 def test_val_batches_and_mask_orig_match_disk(dm: UltrasoundNerveDataModule, synthetic_dir: Path) -> None:
@@ -190,7 +211,7 @@ def test_every_data_field_is_a_train_config_field() -> None:
 def _sizes(dm: UltrasoundNerveDataModule, world: int) -> list[list[int]]:
     sizes = []
     for rank in range(world):
-        dm.trainer = SimpleNamespace(world_size=world, global_rank=rank)
+        dm.trainer = _trainer(world, rank)
         try:
             sizes.append([len(b["index"]) for b in dm.train_dataloader()])
         finally:
@@ -219,7 +240,7 @@ def test_two_ranks_see_exactly_the_global_batches_of_one(synthetic_dir: Path) ->
     single = list(one.train_dataloader())
     shards = []
     for rank, dm in enumerate(two):
-        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        dm.trainer = _trainer(2, rank)
         shards.append(list(dm.train_dataloader()))
     for whole, a, b in zip(single, *shards, strict=True):
         assert torch.equal(whole["index"], torch.cat([a["index"], b["index"]]))

@@ -154,9 +154,9 @@ def _cpu_and_gpu_batches(
     out = []
     for cls in (UltrasoundNerveDataModule, GpuCachedDataModule):
         dm = cls.from_config_dict(data, cfg, preloaded=train_set)
-        dm.trainer = SimpleNamespace(
-            world_size=world, global_rank=rank, strategy=SimpleNamespace(root_device="cpu")
-        )
+        fit_loop = SimpleNamespace(epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=0)))
+        device = SimpleNamespace(root_device="cpu")
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=rank, strategy=device, fit_loop=fit_loop)
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(2)
         out.append(list(loader))
