@@ -42,6 +42,7 @@ from benchmark.training.device import (
     kept_conv_precision,
     resolve_device,
     resolve_precision,
+    set_conv_precision,
     synchronize,
 )
 
@@ -216,7 +217,12 @@ def run_inference_costs(model: nn.Module, cfg: TrainConfig, device: torch.device
 
     shape = input_shape(cfg.resize_mode, cfg.image_size)  # 448x608 in pad mode, not image_size²
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    measured = measure_inference(model, shape, None, device, precision=precision)
+    # As the run scores: a "32" recipe convolves in IEEE fp32 on a GPU. A fresh process (the deferred
+    # measurement's Ray worker) would otherwise time it with cuDNN's default TF32.
+    with kept_conv_precision():
+        if device.type == "cuda":
+            set_conv_precision(precision)
+        measured = measure_inference(model, shape, None, device, precision=precision)
     return {k: float(measured[k]) for k in INFERENCE_KEYS}
 
 

@@ -38,12 +38,14 @@ def measure_one(run_dir: Path, device: str = "auto") -> str:
     """Measure one pending run's inference columns on ``device`` and rewrite its summary; one line."""
     import torch
 
-    dev = resolve_device(device)
     summary = read_summary(run_dir)
     if ((summary.get("cost") or {}).get("measured") or {}).get("inference") != PENDING:
         return f"{run_dir.name}: inference costs already measured"
+    cfg = TrainConfig(**summary["config"])
+    # A CPU run is timed on the CPU, as it ran: Ray leaves the GPUs visible to a task without a share.
+    dev = resolve_device("cpu" if cfg.accelerator == "cpu" else device)
     module, _ = load_checkpoint_module(Path(run_dir) / "checkpoints" / BEST)
-    measured = run_inference_costs(module.model, TrainConfig(**summary["config"]), dev)
+    measured = run_inference_costs(module.model, cfg, dev)
     share = 1.0 if dev.type == "cuda" else None
     summary["cost"].update(measured)
     summary["cost"]["measured"] = {

@@ -145,6 +145,25 @@ def test_cuda_peak_memory_leaves_out_the_autotuners_warm_up_workspace(monkeypatc
     assert state["calls"] == 5 and len(times) == 3 and mb == pytest.approx(100.0)
 
 
+def test_a_32_bit_recipe_is_timed_in_ieee_fp32_on_a_gpu_and_the_flag_comes_back(monkeypatch):
+    """A fresh process (the deferred measurement's Ray worker) has cuDNN's default TF32 on; a "32"
+    run trained and scored with it off, so its inference is timed with it off too."""
+    from benchmark.core.config import TrainConfig
+
+    seen = []
+
+    def measure(*args, **kwargs):
+        seen.append((torch.backends.cudnn.allow_tf32, kwargs["precision"]))
+        return dict.fromkeys(costs.INFERENCE_KEYS, 1.0)
+
+    monkeypatch.setattr(costs, "measure_inference", measure)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    for precision, tf32 in (("32", False), ("bf16-mixed", True)):
+        cfg = TrainConfig(model="unet", accelerator="gpu", precision=precision)
+        costs.run_inference_costs(nn.Identity(), cfg, torch.device("cuda"))
+        assert seen[-1] == (tf32, precision) and torch.backends.cudnn.allow_tf32 is True
+
+
 def test_weights_mb_counts_parameters_and_buffers():
     model = nn.BatchNorm2d(4)  # 8 parameters + 8 running stats (float32) + 1 int64 counter
     assert costs.weights_mb(model) == pytest.approx((16 * 4 + 8) / 2**20)

@@ -61,6 +61,24 @@ def test_pending_inference_costs_are_filled_in_place(fit_runs, tmp_path):
     assert deferred_costs.measure_one(run, "cpu").endswith("already measured")
 
 
+def test_a_cpu_run_is_measured_on_the_cpu_where_a_gpu_is_visible(fit_runs, tmp_path, monkeypatch):
+    """Ray leaves the GPUs visible to a task without a GPU share: a CPU grid's deferred measurement
+    on a GPU node must still time its runs on the CPU, as they ran."""
+    run, _ = _pending_copy(fit_runs, tmp_path)
+    summary = read_summary(run)
+    write_summary(run, {**summary, "config": {**summary["config"], "accelerator": "cpu"}})
+    devices = []
+
+    def measured(model, cfg, dev):
+        devices.append(dev.type)
+        return dict.fromkeys(costs.INFERENCE_KEYS, 1.0)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(deferred_costs, "run_inference_costs", measured)
+    assert deferred_costs.measure_one(run, "auto").endswith("img/s on cpu")
+    assert devices == ["cpu"] and read_summary(run)["cost"]["measured"]["device_share"] is None
+
+
 def test_exclusive_task_options_hold_a_whole_device():
     settings = ray_grid.RaySettings(gpus_per_run=0.5, cpus_per_run=2.0)
     gpu_box = [{"CPU": 16.0, "GPU": 2.0}]
