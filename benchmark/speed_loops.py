@@ -121,21 +121,25 @@ def fresh_model(
 def plain_train_img_s(model: str, data_dir: Path, s: SpeedSettings, dev: torch.device) -> float:
     """(b) img/s of a plain fp32 loop whose DataLoader decodes and augments every sample."""
     dataset, n = TifDataset(data_dir, s.image_size), workers(s, dev)
+    prefetch = 2 if n > 0 else None  # the DataLoader's default
+    # The workers decode prefetch x n batches ahead from the start (16 on a GPU): a timed window
+    # that began on those would count work done before the clock, so none is timed.
+    warmup = max(s.warmup, (prefetch or 0) * n + 1)
+    # One epoch holds every batch drawn: at a new epoch the workers get their indices only then and
+    # each builds a whole batch before the first arrives, a stall no timed window may cross.
+    sampler = torch.utils.data.RandomSampler(dataset, num_samples=(warmup + s.steps) * s.batch_size)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=s.batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= s.batch_size,
+        sampler=sampler,
         num_workers=n,
+        prefetch_factor=prefetch,
         pin_memory=dev.type == "cuda",
         persistent_workers=n > 0,
     )
     net = fresh_model(model, dev, channels_last=False, kwargs=s.model_kwargs.get(model))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     step = _train_step(net, opt, dev, "32", channels_last=False)
-    # The workers decode prefetch_factor x n batches ahead from the start (16 on a GPU): a timed
-    # window that began on those would count work done before the clock, so none is timed.
-    warmup = max(s.warmup, (loader.prefetch_factor or 0) * n + 1)
     return timed_loop(step, _cycle(lambda _: loader), warmup, s.steps, dev)
 
 

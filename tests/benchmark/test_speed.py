@@ -52,7 +52,8 @@ def test_timed_loop_excludes_warmup():
 def test_the_plain_loop_times_no_batch_its_workers_decoded_before_the_clock(
     synthetic_dir, monkeypatch, n_workers, warmup
 ):
-    """Its DataLoader starts prefetch_factor (2) x workers batches at once: on a GPU (8 workers) 16."""
+    """Its DataLoader starts prefetch_factor (2) x workers batches at once: on a GPU (8 workers) 16;
+    and the batches drawn lie in one epoch of the loader, whatever the data set's size."""
     seen = {}
 
     def timed(step, batches, warmup, steps, dev):
@@ -60,10 +61,15 @@ def test_the_plain_loop_times_no_batch_its_workers_decoded_before_the_clock(
         return 1.0
 
     monkeypatch.setattr(speed_loops, "timed_loop", timed)
-    s = speed.SpeedSettings(image_size=32, batch_size=2, steps=3, warmup=1, workers=n_workers,
+    monkeypatch.setattr(speed_loops, "_cycle", lambda make_epoch: seen.update(first=make_epoch(0)))
+    # 48 frames: 3 batches of 16 per pass over the data, fewer than the loop draws
+    s = speed.SpeedSettings(image_size=32, batch_size=16, steps=3, warmup=1, workers=n_workers,
                             model_kwargs={"unet": {"base_width": 4, "depth": 2}})  # fmt: skip
     speed_loops.plain_train_img_s("unet", synthetic_dir, s, torch.device("cpu"))
+    first = seen.pop("first")
     assert seen == {"warmup": warmup, "steps": 3}
+    # One loader epoch holds every batch drawn: no epoch restart (a pipeline stall) in the window.
+    assert len(first) == warmup + 3 and len(first.dataset) == 48
 
 
 def test_suite_timer_counts_only_post_warmup_batches():
