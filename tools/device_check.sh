@@ -26,6 +26,7 @@ if [ ! -d "$KIT/wheels" ]; then
     exit 2
 fi
 if [ ! -f "$SITE/.complete" ]; then
+    rm -rf "$SITE"  # a call killed while installing: pip --target skips what is there, half-written or not
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$KIT"/wheels/*.whl \
         && python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
             "$KIT/ray.tar.xz" "$SITE" && touch "$SITE/.complete" || exit 2  # no xz binary needed
@@ -37,7 +38,10 @@ export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline RAY_USAGE_
 # Real frames for both stages. The doctor's own synthetic layout is LZW-compressed and so would need
 # imagecodecs, which the kit leaves behind; uns-positive rebuilt uncompressed serves it as well.
 DATA=/tmp/uns-positive
-[ -d $DATA/train ] || python3 tools/devkit.py layout --out $DATA || exit 2
+if [ ! -f $DATA.complete ]; then  # built aside and renamed: a call killed halfway leaves no partial layout
+    rm -rf $DATA $DATA.part
+    python3 tools/devkit.py layout --out $DATA.part && mv $DATA.part $DATA && touch $DATA.complete || exit 2
+fi
 
 status=0
 for stage in "$@"; do
