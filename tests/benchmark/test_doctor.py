@@ -403,6 +403,13 @@ def test_a_spent_time_budget_skips_the_checks_left_and_still_reports(tmp_path, c
     assert "-- INCOMPLETE: --budget-s left out idle, data, " in out
 
 
+def test_the_budget_paces_a_model_by_the_models_not_by_a_longer_one_off_check():
+    assert session._pace({}, "models") == 0.0
+    assert session._pace({"data": 5.0, "models": 20.0, "ray": 80.0}, "models") == 20.0
+    assert session._pace({"data": 5.0, "ray": 80.0}, "models") == 80.0  # no model yet: the longest
+    assert session._pace({"data": 5.0, "models": 20.0, "ray": 80.0}, "ddp") == 80.0
+
+
 def test_an_unwritable_json_path_is_one_line_before_any_check(capsys):
     assert main(["doctor", "--device", "cpu", "--json", "/proc/nerve-bench/doctor.json"]) == 1
     err = capsys.readouterr().err
