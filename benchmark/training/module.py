@@ -103,9 +103,12 @@ class SegModule(LightningModule):
         return state
 
     def _net(self) -> torch.nn.Module:
-        trainer = self._trainer
-        outside = trainer is not None and getattr(trainer.strategy, "compiles_wrapped_model", False)
-        if not self.cfg.compile or outside:  # under DDP the strategy compiles the wrapped module
+        """The model, compiled when the recipe says so. Under DDP too: a frame dynamo compiles inside
+        DDP's forward gets its DDPOptimizer, which splits the graph at the gradient buckets so the
+        all-reduce overlaps the backward (``torch._dynamo.convert_frame``: the active DDP module).
+        Compiling the DDP wrapper instead would trace Lightning's step, logging and metrics with it,
+        and recompile at every step (dynamo guards on the metrics' update counts)."""
+        if not self.cfg.compile:
             return self.model
         if self.__dict__.get("_compiled") is None:
             # Kept out of the module tree so checkpoints hold the plain model's keys.

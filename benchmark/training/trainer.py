@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from benchmark.core.config import TrainConfig
@@ -110,10 +109,8 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
         enable_model_summary=cfg.progress_bar,
         default_root_dir=str(out_dir),
     )
-    if cfg.compile and cfg.world_size() > 1:
-        kwargs["strategy"] = CompiledDDPStrategy()
     kwargs.update(overrides)
-    if isinstance(kwargs.get("strategy"), CompiledDDPStrategy) and kwargs["sync_batchnorm"]:
+    if cfg.compile and kwargs["sync_batchnorm"]:
         rank_zero_warn(COMPILE_SYNC_BN)
     return Trainer(**kwargs)
 
@@ -153,26 +150,6 @@ COMPILE_SYNC_BN = (
     "(pytorch/pytorch#161302), so the compiled model runs in pieces and may be no faster than eager "
     "(`speed` times one process: compare epoch times beside compile: false), or set compile: false"
 )
-
-
-class CompiledDDPStrategy(DDPStrategy):
-    """DDP that compiles the DDP-WRAPPED module (``compile: true`` on several processes).
-
-    Compiling the inner model inside DDP hides the buckets from dynamo: the backward is one compiled
-    graph, every gradient is ready only at its end, and the all-reduce no longer overlaps compute.
-    Compiling the DDP module lets dynamo's DDPOptimizer split the graph at bucket boundaries
-    (``torch._dynamo.config.optimize_ddp``), so communication overlaps the backward pass again.
-    """
-
-    compiles_wrapped_model = True  # SegModule then leaves its inner model uncompiled
-
-    def __init__(self, *args: Any, compile_backend: str = "inductor", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.compile_backend = compile_backend
-
-    def configure_ddp(self) -> None:
-        super().configure_ddp()  # wraps in DDP and registers the communication hooks first
-        self.model = torch.compile(self.model, backend=self.compile_backend)
 
 
 def uses_gpu(cfg: TrainConfig) -> bool:
