@@ -7,17 +7,21 @@
   instead of being ignored (a pooled batch Dice would let a few large nerves dominate).
 * GIoU (Rezatofighi et al., "Generalized Intersection over Union", CVPR 2019) in plain torch:
   torchvision's compiled ops are not relied on. Box losses follow DETR (Carion et al., ECCV 2020):
-  L1 + (1 - GIoU), on images that contain a nerve only.
+  L1 + (1 - GIoU), on images that contain a nerve only, normalised by the positives of the whole
+  global batch under DDP (as DETR normalises by the boxes over all processes).
 
 Everything is computed in float32, so the losses are stable under bf16/fp16 autocast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
+
+# A count of this process -> (its sum over the DDP processes, their number); on the device.
+WorldSum = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
 
 DEFAULT_WEIGHTS = {"bce": 1.0, "dice": 1.0, "presence": 0.5, "bbox": 0.5}
 _BOX_EPS = 1e-7
@@ -80,11 +84,18 @@ def giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return iou - (hull - union) / hull.clamp(min=_BOX_EPS)
 
 
-def bbox_loss(pred: torch.Tensor, target: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+def bbox_loss(
+    pred: torch.Tensor, target: torch.Tensor, positive: torch.Tensor, world_sum: WorldSum | None = None
+) -> torch.Tensor:
     """Mean over positive images of L1 (mean over the 4 coordinates) + (1 - GIoU).
 
     Returns 0 (still attached to the graph, so DDP sees every parameter used) when no image is
     positive. Masked rather than indexed: no data-dependent shape, so no host synchronisation.
+
+    Under DDP, ``world_sum`` gives (the count summed over the processes, their number): the mean is
+    then over the positives of the whole global batch, times the number of processes since DDP
+    averages their gradients. A mean per process would weigh a positive image by how many others
+    its process happened to hold, so 8 GPUs would train another recipe than 1.
     """
     _same_shape("bbox", pred, target)
     keep = positive.reshape(-1).bool()
@@ -93,7 +104,10 @@ def bbox_loss(pred: torch.Tensor, target: torch.Tensor, positive: torch.Tensor) 
     p, t = pred.float(), target.float()
     per_box = (p - t).abs().mean(dim=1) + 1.0 - giou(p, t)  # finite: giou clamps its denominators
     per_box = torch.where(keep, per_box, torch.zeros_like(per_box))
-    return per_box.sum() / keep.sum().clamp(min=1)
+    if world_sum is None:
+        return per_box.sum() / keep.sum().clamp(min=1)
+    total, world = world_sum(keep.sum().float())
+    return per_box.sum() * world / total.clamp(min=1)
 
 
 def _split_outputs(outputs: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,13 +129,14 @@ def loss_terms(
     outputs: torch.Tensor | Mapping[str, torch.Tensor],
     batch: Mapping[str, torch.Tensor],
     weights: Mapping[str, float] | None = None,
+    world_sum: WorldSum | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of every loss the model's outputs allow; parts are the unweighted values,
     detached 0-dim tensors left on the device (training logs them without a host sync).
 
     ``weights`` keys: bce, dice, presence, bbox (missing ones take the TrainConfig defaults).
     The presence and box terms apply only when the model returns those heads; the box term
-    uses ``batch["presence"] > 0.5`` as the positive flag.
+    uses ``batch["presence"] > 0.5`` as the positive flag; ``world_sum``: see :func:`bbox_loss`.
     """
     out, w = _split_outputs(outputs), _weights(weights)
     for key in ("mask",) + tuple(k for k in ("presence", "bbox") if k in out):
@@ -133,6 +148,6 @@ def loss_terms(
         terms["presence"] = presence_loss(out["presence"], batch["presence"])
     if "bbox" in out:
         positive = batch["presence"] > 0.5 if "presence" in batch else batch["mask"].flatten(1).amax(1) > 0.5
-        terms["bbox"] = bbox_loss(out["bbox"], batch["bbox"], positive)
+        terms["bbox"] = bbox_loss(out["bbox"], batch["bbox"], positive, world_sum)
     loss = sum((w[k] * v for k, v in terms.items()), start=bce.new_zeros(()))  # 0 + x == x exactly
     return loss, {k: v.detach() for k, v in terms.items()}

@@ -19,7 +19,7 @@ checkpoint rebuilds its module with ``SegModule.load_from_checkpoint`` and nothi
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning import LightningModule
@@ -30,6 +30,9 @@ from benchmark.scoring.kaggle_scores import KaggleScores
 from benchmark.training.callbacks import checkpoint_history, empty_history
 from datamodules import geometry
 from models.info import has_trainable_params
+
+if TYPE_CHECKING:
+    from benchmark.training.losses import WorldSum
 
 LOGGED_METRICS = ("kaggle_dice", "dice_positive", "iou", "presence_accuracy")
 STAGES = ("train", "val")  # Lightning stage names; "val" is the inner selection set
@@ -139,7 +142,9 @@ class SegModule(LightningModule):
         return prob, presence.float(), out
 
     # -- training --------------------------------------------------------------------------------
-    def _loss(self, out: Any, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _loss(
+        self, out: Any, batch: dict, world_sum: WorldSum | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from benchmark.training.losses import loss_terms
 
         cfg = self.cfg
@@ -149,11 +154,25 @@ class SegModule(LightningModule):
             "presence": cfg.presence_weight,
             "bbox": cfg.bbox_weight,
         }
-        return loss_terms(out, batch, weights)
+        return loss_terms(out, batch, weights, world_sum)
+
+    def _world_sum(self) -> WorldSum | None:
+        """Sums over the DDP processes for the losses normalised by a data-dependent count (the box
+        loss), or None on one process. A bare all-reduce: Lightning's ``strategy.reduce`` adds a
+        barrier, which on NCCL would make the host wait for the GPU at every step."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1 or not torch.distributed.is_initialized():
+            return None
+
+        def world_sum(count: torch.Tensor) -> tuple[torch.Tensor, int]:
+            torch.distributed.all_reduce(count)  # queued on the device's stream: no host wait
+            return count, world
+
+        return world_sum
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         n = batch["image"].shape[0]
-        loss, parts = self._loss(self(batch["image"]), batch)
+        loss, parts = self._loss(self(batch["image"]), batch, self._world_sum())
         # Everything stays on the device. The epoch mean is the MeanMetric's (logged once per epoch
         # by on_train_epoch_end), not a second average of the step values by Lightning.
         # Not on the progress bar: the bar reads its metrics with .item() after every batch.

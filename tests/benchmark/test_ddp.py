@@ -164,9 +164,9 @@ def test_ddp_two_processes_equal_one_within_float_tolerance(fit_runs, tmp_path):
     assert logged_two == pytest.approx(two["metrics"]["kaggle_dice"])
 
 
-def _initial() -> torch.nn.Module:
+def _initial(net: type[torch.nn.Module] | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
-    return PlainNet()
+    return (net or PlainNet)()
 
 
 class PlainNet(torch.nn.Module):
@@ -182,6 +182,19 @@ class PlainNet(torch.nn.Module):
         return self.net(x)
 
 
+class BoxNet(torch.nn.Module):
+    """PlainNet with presence and box heads (as trans_cg_unet has), still without BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plain, self.box = PlainNet(), torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mask = self.plain(x)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+        return {"mask": mask, "presence": mask.flatten(1).amax(1), "bbox": self.box(pooled).sigmoid()}
+
+
 # Augmentation on (every switch), shuffled global batches of 4, two epochs of 6 steps.
 RECIPE = dataclasses.replace(UNET, epochs=2, batch_size=4, lr=1e-2, warmup_epochs=0.0, aug_elastic=True)
 # Float tolerance for weights after 12 AdamW steps: the gradient all-reduce sums two half-batch
@@ -189,10 +202,12 @@ RECIPE = dataclasses.replace(UNET, epochs=2, batch_size=4, lr=1e-2, warmup_epoch
 WEIGHT_ATOL, LOSS_RTOL = 1e-4, 1e-4
 
 
-def _train(data: Path, out: Path, devices: int, gpu_cache: bool) -> tuple[dict, list[float]]:
+def _train(
+    data: Path, out: Path, devices: int, gpu_cache: bool, net: type[torch.nn.Module] | None = None
+) -> tuple[dict, list[float]]:
     cfg = dataclasses.replace(RECIPE, devices=devices, gpu_cache=gpu_cache)
     module = SegModule(cfg.to_dict())
-    module.model = _initial()  # replaces the registry model before training (pickled to the ranks)
+    module.model = _initial(net)  # replaces the registry model before training (pickled to the ranks)
     strategy = {"strategy": "ddp_spawn"} if devices > 1 else {}
     trainer = build_trainer(cfg, out, **strategy)
     trainer.fit(module, datamodule=make_datamodule(cfg, data))
@@ -217,6 +232,18 @@ def test_two_processes_train_the_one_process_recipe(fit_runs, tmp_path, gpu_cach
             )
             moved = max(moved, float((one[key] - start[key[6:]]).abs().max()))
     assert moved > 100 * WEIGHT_ATOL  # training moved the weights far beyond the tolerance
+
+
+def test_the_box_loss_is_the_global_batchs_mean_on_two_processes(fit_runs, tmp_path):
+    """The box loss averages over the positive images: under DDP over those of the whole global
+    batch (an all-reduce of the count), not of each process's half, whose positives differ."""
+    one, loss_one = _train(fit_runs.data, tmp_path / "one", 1, False, BoxNet)
+    two, loss_two = _train(fit_runs.data, tmp_path / "two", 2, False, BoxNet)
+    np.testing.assert_allclose(loss_two, loss_one, rtol=LOSS_RTOL)
+    start = _initial(BoxNet).state_dict()
+    assert float((one["model.box.weight"] - start["box.weight"]).abs().max()) > 100 * WEIGHT_ATOL
+    for key in ("model.box.weight", "model.box.bias"):
+        np.testing.assert_allclose(two[key].numpy(), one[key].numpy(), rtol=0, atol=WEIGHT_ATOL, err_msg=key)
 
 
 class CompileCheaply(Callback):

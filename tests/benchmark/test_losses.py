@@ -65,6 +65,21 @@ def test_bbox_loss_hand_value_and_ignores_negatives():
     assert float(losses.bbox_loss(other, target, positive)) == float(losses.bbox_loss(pred, target, positive))
 
 
+def test_bbox_loss_under_ddp_averages_over_the_global_batchs_positives():
+    """Ranks holding 3 and 1 of 4 positives: with the counts summed, the mean of the two ranks'
+    losses (what DDP's gradient average takes) is the one-process loss; per rank it is not."""
+    torch.manual_seed(0)
+    pred, target = torch.rand(8, 4), torch.rand(8, 4)
+    positive = torch.tensor([1, 1, 1, 0, 1, 0, 0, 0], dtype=torch.bool)
+    whole = losses.bbox_loss(pred, target, positive)
+    halves = [slice(0, 4), slice(4, 8)]
+    counts = [positive[h].sum().float() for h in halves]
+    per_rank = [losses.bbox_loss(pred[h], target[h], positive[h]) for h in halves]
+    ddp = [losses.bbox_loss(pred[h], target[h], positive[h], lambda c: (sum(counts), 2)) for h in halves]
+    assert float(sum(ddp) / 2) == pytest.approx(float(whole), rel=1e-6)
+    assert float(sum(per_rank) / 2) != pytest.approx(float(whole), rel=1e-2)
+
+
 def test_bbox_loss_without_positives_is_zero_with_graph():
     pred = torch.rand(3, 4, requires_grad=True)
     loss = losses.bbox_loss(pred, torch.zeros(3, 4), torch.zeros(3, dtype=torch.bool))
