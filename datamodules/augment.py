@@ -37,6 +37,7 @@ def build_train_transform(aug: AugmentConfig) -> A.Compose:
         steps.append(
             A.Affine(
                 scale=(0.9, 1.1),
+                keep_ratio=True,  # one scale for both axes: a similarity, as the GPU path draws it
                 rotate=(-10, 10),
                 translate_percent=(-0.06, 0.06),
                 interpolation=cv2.INTER_LINEAR,

@@ -15,7 +15,8 @@ API (``datamodules.gpu_data.GpuCachedDataModule`` wires it in for ``fit``)::
 any such iterable as a train loader, and calls ``sampler.set_epoch`` before every epoch). The
 order is the :class:`datamodules.samplers.TrainSampler`'s (full global batches, this rank's
 slice), and every random number of a sample's augmentation comes from its (seed, epoch, index)
-key through :func:`datamodules.stream.uniform`: the same draws on 1 GPU or 8, on CPU or CUDA.
+key through :func:`datamodules.stream.uniform`: the same uniform draws on 1 GPU or 8, on CPU or
+CUDA (what is computed from them, through log, cos and the blur, agrees to rounding, not bit for bit).
 Batches are the DataModule's training dicts: ``image`` (B,1,h,w) float32 normalised like the
 DataModule, ``mask`` (B,1,h,w) float32 {0,1}, ``presence`` (B,), ``bbox`` (B,4) and ``index``
 (B,) int64, all on the device (targets recomputed from the augmented mask).
@@ -24,7 +25,8 @@ Every switch of :class:`datamodules.data_config.AugmentConfig` acts here as in
 ``datamodules.augment`` (same magnitudes and probabilities, not bit for bit: reflection here mirrors
 about pixel edges, OpenCV's REFLECT_101 about centres): horizontal flip; a random similarity
 transform (rotation/scale/translation) and an elastic displacement (Simard et al., ICDAR 2003:
-uniform noise smoothed by a Gaussian of ``ELASTIC_SIGMA`` px, times ``ELASTIC_ALPHA`` px), both
+Gaussian noise scaled to [-1, 1], smoothed by a Gaussian of ``ELASTIC_SIGMA`` px, times
+``ELASTIC_ALPHA`` px, as albumentations draws it), both
 sampled through ONE grid for image (bilinear) and mask (nearest) so they stay aligned (Jaderberg
 et al., "Spatial Transformer Networks", NeurIPS 2015); brightness/contrast; additive Gaussian noise.
 """
@@ -55,7 +57,7 @@ NOISE_STD = (0.02, 0.06)  # fraction of 255
 PADDING = "reflection"  # like the CPU pipeline's reflect border, for image and mask alike
 # One independent draw stream per random quantity of a sample (datamodules.stream.uniform).
 (FLIP, AFFINE, ANGLE, SCALE, SHIFT_X, SHIFT_Y, ELASTIC, ELASTIC_X, ELASTIC_Y, CONTRAST, ALPHA, BETA,
- NOISE, NOISE_STD_DRAW, NOISE_U1, NOISE_U2) = range(16)  # fmt: skip
+ NOISE, NOISE_STD_DRAW, NOISE_U1, NOISE_U2, ELASTIC_X2, ELASTIC_Y2) = range(18)  # fmt: skip
 
 
 class Draws:
@@ -74,9 +76,11 @@ class Draws:
         """(B, h, w) uniforms in (0, 1), one per pixel."""
         return stream.uniform(self.keys, stream_id, shape[0] * shape[1]).view(-1, *shape)
 
-    def normal_field(self, shape: tuple[int, int]) -> torch.Tensor:
+    def normal_field(
+        self, shape: tuple[int, int], streams: tuple[int, int] = (NOISE_U1, NOISE_U2)
+    ) -> torch.Tensor:
         """(B, h, w) standard normals (Box-Muller on two per-pixel uniform fields)."""
-        u1, u2 = self.field(NOISE_U1, shape), self.field(NOISE_U2, shape)
+        u1, u2 = self.field(streams[0], shape), self.field(streams[1], shape)
         return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
 
 
@@ -104,26 +108,38 @@ def _random_theta(d: Draws, hw: tuple[int, int]) -> torch.Tensor:
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, 1, h, w), reflect-padded, radius 3 sigma."""
-    radius = max(1, int(3 * sigma))
+    """Separable Gaussian blur of (B, 1, h, w), edge-replicated, radius 4 sigma: OpenCV's
+    ``GaussianBlur`` with an automatic kernel on float input, as albumentations' elastic field has it.
+    Its convolutions run in IEEE fp32 (cuDNN's TF32 off), so the field is the same on CPU and GPU
+    up to rounding."""
+    radius = max(1, int(4 * sigma))
     taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
     kernel = kernel / kernel.sum()
-    pad_h, pad_w = min(radius, x.shape[-2] - 1), min(radius, x.shape[-1] - 1)
-    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect")
-    x = F.conv2d(x, kernel[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect")
-    return F.conv2d(x, kernel[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1))
+    saved = torch.backends.cudnn.allow_tf32  # the only cuDNN flag touched (flags() would reset all)
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
 
 
 def elastic_offsets(d: Draws, hw: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w, 2) grid offsets in normalised coordinates; zero where the coin says no."""
+    """(B, h, w, 2) grid offsets in normalised coordinates; zero where the coin says no.
+
+    As albumentations 2 draws them (``ElasticTransform``'s default ``noise_distribution="gaussian"``):
+    standard normal noise for x and y, divided by its largest absolute value over both fields of
+    the sample, blurred by a Gaussian of ``ELASTIC_SIGMA`` px and times ``ELASTIC_ALPHA`` px."""
     h, w = hw
     on = d.coin(ELASTIC).float().view(-1, 1, 1)
+    noise = torch.stack(
+        [d.normal_field(hw, (ELASTIC_X, ELASTIC_X2)), d.normal_field(hw, (ELASTIC_Y, ELASTIC_Y2))], 1
+    )  # (B, 2, h, w)
+    noise = noise / noise.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)  # no host sync
     fields = []
-    for stream_id, size in ((ELASTIC_X, w), (ELASTIC_Y, h)):
-        noise = d.field(stream_id, hw).unsqueeze(1) * 2.0 - 1.0
-        pixels = _gaussian_blur(noise, ELASTIC_SIGMA)[:, 0] * ELASTIC_ALPHA
+    for axis, size in ((0, w), (1, h)):
+        pixels = _gaussian_blur(noise[:, axis : axis + 1], ELASTIC_SIGMA)[:, 0] * ELASTIC_ALPHA
         fields.append(pixels * (2.0 / size) * on)  # pixels -> the grid's [-1, 1] units
     return torch.stack(fields, dim=-1)
 

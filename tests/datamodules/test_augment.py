@@ -88,3 +88,20 @@ def test_transforms_draw_independently() -> None:
     flips, brights = np.array(flips), np.array(brights)
     assert 0.35 < flips.mean() < 0.65 and 0.35 < brights.mean() < 0.65
     assert 0.13 < (flips & brights).mean() < 0.37  # independent: ~0.25; all-or-nothing: ~0.5
+
+
+def test_the_affine_scales_both_axes_alike_as_the_gpu_path_does() -> None:
+    """A random similarity (one scale): a disc stays a disc, its second moments isotropic whatever
+    the rotation. Independent x and y scales in [0.9, 1.1] would make ellipses of axis ratio up to
+    1.22 (moment ratio 1.49)."""
+    size = 96
+    yy, xx = np.mgrid[0:size, 0:size]
+    disc = ((xx - 47.5) ** 2 + (yy - 47.5) ** 2 <= 20**2).astype(np.uint8)
+    transform = build_train_transform(AugmentConfig.only("affine", p=1.0))
+    ratios = []
+    for key in range(8):
+        _, mask = augment_sample(transform, disc * 255, disc, key)
+        y, x = np.nonzero(mask)
+        eig = np.linalg.eigvalsh(np.cov(np.stack([x, y]).astype(float)))
+        ratios.append(eig[1] / eig[0])
+    assert max(ratios) < 1.04, ratios
