@@ -8,8 +8,8 @@ by another live process is skipped ("held"), and taken over at the end of the gr
 stopped meanwhile. One failing run is recorded in its ``error.txt`` (or, when that cannot be
 written, on stderr) and does not stop the others, unless it ran out of space (a full disk or
 quota): then the grid stops with one line (:mod:`benchmark.core.preflight`). An interrupt (Ctrl-C,
-SIGTERM) names the run in flight and the checkpoint it resumes from. The synthetic fallback (no data
-given) is :mod:`benchmark.fallback`.
+SIGTERM) names the run in flight and the checkpoint it resumes from. Each run frees the device memory
+and compiled graphs it leaves in the process. The synthetic fallback is :mod:`benchmark.fallback`.
 Under DDP every rank executes this loop (Lightning re-launches the command); rank 0 claims the runs
 and ranks > 0 follow its decisions; only rank 0 prints, writes error files and the report. A run
 that fails on any rank ends the DDP job (:mod:`benchmark.ddp_stop`): the other ranks could not go on.
@@ -186,6 +186,8 @@ def interrupted_line(cfg: TrainConfig, run_dir: Path) -> str:
 
 
 def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -> Outcome:
+    from benchmark.training.device import release_run_memory
+
     start, ddp = time.perf_counter(), cfg.world_size() > 1
     if ddp and global_rank() == 0:
         ddp_stop.WATCHER.start(run_dir.parent)
@@ -202,6 +204,7 @@ def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -
         raise
     finally:
         ddp_stop.WATCHER.stop()
+        release_run_memory(cfg.compile)  # the next run of this process starts from a clean device
     with contextlib.suppress(OSError):  # a stale error.txt is cosmetic; the summary is what counts
         (run_dir / "error.txt").unlink(missing_ok=True)
     if global_rank() == 0 and isinstance(summary, dict):
