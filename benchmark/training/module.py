@@ -179,7 +179,8 @@ class SegModule(LightningModule):
         self.add_loss("train", loss, n)
         self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=n)
         for key, value in parts.items():
-            self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=n)
+            # sync_dist: the epoch mean over every process (one reduction per epoch, not per step)
+            self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def configure_optimizers(self) -> Any:
