@@ -28,7 +28,6 @@ training figures (``None``), only inference.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import math
 import tempfile
@@ -41,10 +40,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from benchmark.core.environ import environ
 from benchmark.evaluation.costs import kept_determinism_flags, measure_inference
 from benchmark.speed_loops import ceiling_train_img_s, fresh_model, plain_train_img_s, rate
 from benchmark.speed_loops import workers as loader_workers
-from benchmark.training.device import resolve_device, synchronize
+from benchmark.training.device import release_run_memory, resolve_device, synchronize
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -116,10 +116,10 @@ def synthetic_data(out: Path, batch_size: int) -> Path:
 def build_cache(data_dir: Path, size: int, dev: torch.device) -> GpuCache:
     """The training images and masks resized to ``size`` x ``size``, held on ``dev`` (for (c))."""
     from datamodules import geometry
+    from datamodules.decoded_cache import load_train_shared
     from datamodules.gpu_augment import GpuCache
-    from datamodules.kaggle import load_train
 
-    train = load_train(data_dir)
+    train = load_train_shared(data_dir)  # the node's decoded copy: decoded once, not at every call
     images = np.stack([geometry.prepare(im, "resize", size) for im in train.images])
     masks = np.stack([geometry.prepare(m, "resize", size, is_mask=True) for m in train.masks])
     return GpuCache(images, masks, dev)
@@ -234,17 +234,21 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def run_speed(models: list[str], settings: SpeedSettings, data_dir: str | Path | None = None) -> list[dict]:
-    """Measure every model on ``data_dir`` (a Kaggle layout), or on synthetic data made in a temp dir."""
+    """Measure every model on ``data_dir`` (a Kaggle layout), or on synthetic data made in a temp dir,
+    whose decoded frames are cached there too: in the user's cache the entry of a layout that is
+    gone would stay for the 14 days before it is pruned."""
+    from datamodules.decoded_cache import CACHE_ENV
+
     with tempfile.TemporaryDirectory(prefix="nerve-bench-speed-") as tmp:
         work = Path(tmp)
-        data = Path(data_dir) if data_dir else synthetic_data(work / "data", settings.batch_size)
-        cache = build_cache(data, settings.image_size, resolve_device(settings.device))
-        rows = []
-        for model in models:
-            rows.append(measure_model(model, data, cache, settings, work))
-            gc.collect()  # free the previous model's device memory before the next one
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        own = {} if data_dir else {CACHE_ENV: str(work / "decoded-cache")}
+        with environ(own):
+            data = Path(data_dir) if data_dir else synthetic_data(work / "data", settings.batch_size)
+            cache = build_cache(data, settings.image_size, resolve_device(settings.device))
+            rows = []
+            for model in models:
+                rows.append(measure_model(model, data, cache, settings, work))
+                release_run_memory(compiled=False)  # the previous model's device memory
         return rows
 
 
