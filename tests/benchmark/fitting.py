@@ -19,7 +19,8 @@ from benchmark.core.config import TrainConfig
 SUBJECTS, PER_SUBJECT = 6, 11
 FAST = {"image_size": 64, "batch_size": 4, "eval_batch_size": 4, "n_folds": 3, "logger": "none",
         "progress_bar": False, "warmup_epochs": 0.5}  # fmt: skip
-UNET = TrainConfig(model="unet", model_kwargs={"base_width": 8}, epochs=10, lr=2e-2, **FAST)
+# lr 1e-2: at 2e-2 one seed collapsed to near-empty predictions on one thread (Dice 0.55), not on two.
+UNET = TrainConfig(model="unet", model_kwargs={"base_width": 8}, epochs=10, lr=1e-2, **FAST)
 EMPTY = TrainConfig(model="empty", epochs=1, **FAST)
 TINY = TrainConfig(model="unet", model_kwargs={"base_width": 4, "depth": 2}, epochs=2, lr=1e-2, **FAST)
 
