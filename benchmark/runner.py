@@ -204,7 +204,8 @@ def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -
         raise
     finally:
         ddp_stop.WATCHER.stop()
-        release_run_memory(cfg.compile)  # the next run of this process starts from a clean device
+        with contextlib.suppress(Exception):  # a sticky CUDA error must not replace the run's outcome
+            release_run_memory(cfg.compile)  # the next run of this process starts from a clean device
     with contextlib.suppress(OSError):  # a stale error.txt is cosmetic; the summary is what counts
         (run_dir / "error.txt").unlink(missing_ok=True)
     if global_rank() == 0 and isinstance(summary, dict):

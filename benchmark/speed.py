@@ -248,7 +248,7 @@ def run_speed(models: list[str], settings: SpeedSettings, data_dir: str | Path |
             rows = []
             for model in models:
                 rows.append(measure_model(model, data, cache, settings, work))
-                release_run_memory(compiled=False)  # the previous model's device memory
+                release_run_memory(settings.compile)  # its device memory and compiled graphs
         return rows
 
 

@@ -191,10 +191,13 @@ def _dry_run(
 
 def _in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig]) -> tuple[int, str]:
     """How many runs train at once, as far as it is known without starting anything, and the words
-    for it: one for the local executor; for a Ray started here, this machine's CPUs and GPUs over
-    one run's share (the count the grid's own room check will use); for a Ray cluster, not known."""
+    for it: one for the local executor; for a Ray started here, this machine's CPUs (all of them, as
+    Ray counts them) and GPUs over one run's share, as the grid's own room check will count them; a
+    configuration that Ray would refuse is refused here too; for a Ray cluster, not known."""
+    import torch
+
     from benchmark import ray_grid
-    from benchmark.ray_resources import RayExecutorError, RaySettings, slots, task_options
+    from benchmark.ray_resources import RaySettings, slots, task_options
 
     further = "Ray adds a resume checkpoint per further run in flight"
     if ray_grid.choose(bench, grid)[0] != "ray":
@@ -202,14 +205,11 @@ def _in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig]) -> tuple[in
     settings = RaySettings.of(bench)
     if settings.address:
         return 1, f"counted one run at a time; on the Ray cluster at {settings.address}, {further}"
-    import torch
-
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    node = {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
-    try:
-        n = slots([node], task_options([node], settings, grid[0].accelerator))
-    except RayExecutorError:  # a GPU grid listed on a machine without one (a login node)
+    node = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    if grid[0].accelerator != "cpu" and settings.gpus_per_run > 0 and not node["GPU"]:
+        # a GPU grid listed on a machine without one (a login node): its Ray will run elsewhere
         return 1, f"counted one run at a time: this machine has no GPU for a local Ray; {further}"
+    n = slots([node], task_options([node], settings, grid[0].accelerator))
     return n, (
         f"a local Ray here trains up to {n} at a time ({node['CPU']:g} CPUs, {node['GPU']:g} GPUs), "
         "each with its resume checkpoint"

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 
 from benchmark.doctor.report import FAIL, OK, WARN, Finding, one_line
 from benchmark.doctor.settings import DoctorSettings, model_kwargs, train_config
-from benchmark.training.device import synchronize
+from benchmark.training.device import release_run_memory
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -60,7 +60,7 @@ class PhaseClock(Callback):
         self.fit_start = time.perf_counter()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        synchronize(pl_module.device)  # the last steps' kernels are the fit's, not scoring's
+        # Lightning has moved the module to the CPU by now, which waited for the GPU's last steps.
         self.fit_end = time.perf_counter()
 
 
@@ -239,16 +239,8 @@ def model_check(
         except Exception as exc:  # noqa: BLE001 - the other step still reports
             problems.append(f"{name}: {one_line(exc)}")
         finally:
-            _free(dev)
+            release_run_memory(compiled=False)
     if problems:
         return Finding("; ".join(problems), figures, FAIL)
     status = OK if figures.get("bit_identical", True) else WARN
     return Finding(_detail(figures), figures, status)
-
-
-def _free(dev: torch.device) -> None:
-    import gc
-
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()

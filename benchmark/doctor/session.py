@@ -103,8 +103,8 @@ def estimate_check(ctx: Context) -> Finding:
         if not est["missing"]
         else f"default benchmark's {n_measured} measured model(s)"
     )
-    low, high = estimate.clock(est["wall_s_low"]), estimate.clock(est["wall_s"])
-    detail = f"{scope} here: about {low if low == high else f'{low} to {high}'} wall time"
+    low, high = estimate.clock(est["wall_s"]), estimate.clock(est["wall_s_high"])
+    detail = f"{scope} here: about {low} wall time" + ("" if low == high else f" (at most {high})")
     detail += f" ({est['device_hours']:.1f} device-hours)"
     if est["missing"]:
         detail += f"; {len(est['missing'])} model(s) not measured, not counted"

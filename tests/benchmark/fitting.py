@@ -38,14 +38,23 @@ class Runs:
 
 def build_runs(factory: pytest.TempPathFactory) -> Runs:
     """A synthetic dataset plus fitted `unet` and `empty` runs on fold 0."""
+    import torch
+
     from benchmark.pipeline import fit
     from datamodules.synth import generate
 
     data = factory.mktemp("fit_data")
     generate(data, subjects=SUBJECTS, per_subject=PER_SUBJECT, n_test=1, seed=0)
     root = factory.mktemp("fit_runs")
-    unet = fit(UNET, data, root / UNET.run_name())
-    empty = fit(EMPTY, data, root / EMPTY.run_name())
+    # One thread: the same float order, so the same weights, however many cores and test workers
+    # (a tiny model on tiny data can learn or collapse with the order of its sums).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        unet = fit(UNET, data, root / UNET.run_name())
+        empty = fit(EMPTY, data, root / EMPTY.run_name())
+    finally:
+        torch.set_num_threads(threads)
     return Runs(data, root, unet, empty)
 
 

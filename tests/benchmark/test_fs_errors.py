@@ -176,7 +176,7 @@ def test_the_dry_run_counts_a_resume_checkpoint_per_run_a_local_ray_trains_at_on
     """Ray started here trains (CPUs // cpus_per_run) CPU runs at once, each holding a resume
     checkpoint; a GPU grid listed where no GPU is, or a cluster elsewhere, counts one."""
     pytest.importorskip("ray")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # as Ray counts them
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     usage = namedtuple("usage", "total used free")
@@ -196,6 +196,8 @@ def test_the_dry_run_counts_a_resume_checkpoint_per_run_a_local_ray_trains_at_on
     assert "this machine has no GPU for a local Ray" in capsys.readouterr().out
     assert main([*args, *ray_cpu, "--set", "ray_address=10.0.0.1:6379"]) == 0
     assert "on the Ray cluster at 10.0.0.1:6379, Ray adds" in capsys.readouterr().out
+    assert main([*args, *ray_cpu, "--set", "cpus_per_run=8"]) == 2  # refused, as the run refuses it
+    assert "no Ray node has 8 CPUs and 0 GPUs free for one run" in _one_error_line(capsys)
 
 
 def test_the_room_check_counts_what_runs_left_already_hold_and_frees_what_finished_runs_kept(
