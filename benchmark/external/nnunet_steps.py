@@ -171,12 +171,16 @@ def main(argv: list[str]) -> int:
         plan(job["plan"])
     import torch
 
+    from benchmark.training.device import release_run_memory
+
     for fold in job["folds"]:
         device = torch.device(fold["device"])
-        if device.type == "cuda":
-            torch.set_num_threads(1)  # as nnUNetv2_train does on a GPU
+        if device.type == "cuda":  # as nnUNetv2_train does on a GPU (nnunetv2/run/run_training.py)
+            torch.set_num_threads(1)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
         train(fold, device)
         predict(fold, device)
+        release_run_memory(compiled=True)  # nnU-Net compiles its network: a clean cache per fold
         print(f"nerve-bench: fold {fold['fold']} seed {fold['seed']} trained and predicted", flush=True)
     return 0
 

@@ -101,3 +101,34 @@ def test_tiny_nnunet_run_lands_a_ranked_row(tmp_path: Path) -> None:
         (0, 0, "skipped"),
         (1, 0, "skipped"),
     ]
+
+
+@pytest.mark.skipif(not HAS_NNUNET, reason="nnU-Net not installed (pip install -e .[nnunet])")
+def test_a_gpu_fold_trains_with_the_cudnn_flags_nnunetv2_train_sets(tmp_path: Path, monkeypatch) -> None:
+    """nnUNetv2_train turns cuDNN's autotuner on (and determinism off) before run_training; the child
+    calls run_training itself, so it must too, or only folds after the first prediction (whose
+    predictor sets it) would train with it."""
+    import nnunetv2.run.run_training as nnunet_run
+    import torch
+
+    from benchmark.external import nnunet_steps
+
+    seen = {}
+
+    class Trainer:
+        output_folder = str(tmp_path)
+
+        def run_training(self) -> None:
+            seen.update(benchmark=torch.backends.cudnn.benchmark, det=torch.backends.cudnn.deterministic)
+
+    for flag in ("benchmark", "deterministic", "allow_tf32"):  # restored after the test
+        monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(nnunet_steps, "_trainer", lambda job, device: Trainer())
+    monkeypatch.setattr(nnunet_steps, "_facts", lambda trainer: {})
+    monkeypatch.setattr(nnunet_steps, "predict", lambda job, device: None)
+    monkeypatch.setattr(nnunet_run, "maybe_load_checkpoint", lambda *a, **k: None)
+    job = {"folds": [{"fold": 0, "seed": 0, "device": "cuda", "validate": False}]}
+    assert nnunet_steps.main([json.dumps(job)]) == 0
+    assert seen == {"benchmark": True, "det": False}
