@@ -78,8 +78,12 @@ def list_inputs(input_dir: str | Path) -> list[tuple[str, Path]]:
 
 def load_model(path: str | Path, device: torch.device, tta: bool | None = None) -> LoadedModel:
     """Rebuild a checkpoint's SegModule from its config and weights, ready for inference."""
-    from benchmark.training.checkpoint import postprocess_of, read_checkpoint, rebuild_module
-    from benchmark.training.device import resolve_precision
+    from benchmark.training.checkpoint import (
+        postprocess_of,
+        read_checkpoint,
+        rebuild_module,
+        scoring_precision_of,
+    )
 
     path = Path(path)
     ckpt = read_checkpoint(path)
@@ -88,8 +92,7 @@ def load_model(path: str | Path, device: torch.device, tta: bool | None = None) 
     # The weights come from the state dict: never download pretrained encoders, never compile.
     config.update(encoder_weights=None, compile=False, tta=post.tta if tta is None else tta)
     module = rebuild_module(path, config, ckpt["state_dict"])  # one line (with key counts) on a mismatch
-    precision = resolve_precision(module.cfg.precision, device.type)
-    return LoadedModel(path, module.to(device).eval(), post, precision if device.type == "cuda" else "32")
+    return LoadedModel(path, module.to(device).eval(), post, scoring_precision_of(ckpt, device))
 
 
 def ensemble_postprocess(posts: Sequence[PostProcess]) -> PostProcess:

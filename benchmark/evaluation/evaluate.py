@@ -23,8 +23,13 @@ import numpy as np
 from benchmark.core.summary import to_jsonable, write_json_atomic
 from benchmark.evaluation import inference
 from benchmark.scoring import counts
-from benchmark.training.checkpoint import CKPT_KEY, load_checkpoint_module, postprocess_of
-from benchmark.training.device import eval_device, resolve_precision
+from benchmark.training.checkpoint import (
+    CKPT_KEY,
+    load_checkpoint_module,
+    postprocess_of,
+    scoring_precision_of,
+)
+from benchmark.training.device import eval_device
 from benchmark.training.module import config_from_dict
 from datamodules.errors import NerveBenchError
 
@@ -194,7 +199,7 @@ def evaluate(
     hit = seen_hits(record, ts)
     indices, scope, note = choose_images(record, data_hash, len(ts), all_images, hit, ts.subjects)
     device = eval_device()
-    precision = resolve_precision(cfg.precision, device.type) if device.type == "cuda" else "32"
+    precision = scoring_precision_of(ckpt, device)
     rows = inference.predict_loader(module, dm.subset_dataloader(indices), device, precision, pp=pp)
     result = {
         "checkpoint": str(path),

@@ -225,7 +225,8 @@ def finalize_run(
         _check_same_data(trained, data, out_dir, data_dir)
     pp, selection, outer = _select_and_predict(cfg, dm, module, int(ckpt.get("epoch", 0)), device, precision)
     metrics = scored(outer["counts"], outer["presence_prob"], outer["post_counts"])
-    store_in_checkpoint(best, ckpt, _checkpoint_record(cfg, dm, pp, metrics, selection, data, outer))
+    record = _checkpoint_record(cfg, dm, pp, metrics, selection, data, outer)
+    store_in_checkpoint(best, ckpt, {**record, "precision": precision})
     _overlays(out_dir / OVERLAY_NAME, dm, module, outer, pp, device, precision)
     if trained is None:
         history = _final_history(out_dir / "checkpoints" / LAST, module.history)

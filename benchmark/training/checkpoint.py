@@ -194,6 +194,19 @@ def postprocess_of(path: Path, ckpt: dict) -> PostProcess:
         raise NerveBenchError(f"{path}: bad stored post-processing ({exc})") from None
 
 
+def scoring_precision_of(ckpt: dict, device: torch.device) -> str:
+    """The precision ``evaluate`` and ``predict`` score a checkpoint in on ``device``: on a GPU, the
+    one its run was scored in (finalize records it: "auto" is resolved by the run's accelerator, so
+    a CPU-trained run stays float32 on a GPU); float32 on a CPU, as CPU runs score. A checkpoint from
+    before the record: the recipe's precision resolved for a GPU."""
+    from benchmark.training.device import resolve_precision
+
+    if device.type != "cuda":
+        return "32"
+    recorded = (ckpt.get(CKPT_KEY) or {}).get("precision")
+    return recorded or resolve_precision(ckpt["hyper_parameters"]["config"].get("precision", "auto"), "gpu")
+
+
 def store_in_checkpoint(path: Path, ckpt: dict, extra: dict) -> None:
     """Add the ``nerve_bench`` block (post-processing, config, metrics) to a checkpoint, atomically."""
     ckpt[CKPT_KEY] = extra

@@ -166,3 +166,31 @@ def test_predict_reports_a_weight_mismatch_in_one_line(ckpt):
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{ckpt}: ") and "mis-shaped keys" in message
     assert len(message) < 300
+
+
+def test_a_checkpoint_is_scored_again_in_the_precision_its_run_was_scored_in(fit_runs, monkeypatch):
+    """evaluate and predict score on a GPU in the precision finalize recorded ("auto" resolved by
+    the run's accelerator: a CPU run stays float32), and in float32 on a CPU; a checkpoint from
+    before the record takes the recipe's precision resolved for a GPU."""
+    from benchmark.evaluation import evaluate as ev
+    from benchmark.training.checkpoint import CKPT_KEY, load_plain, scoring_precision_of
+    from tests.benchmark.fitting import UNET
+
+    best = fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt"
+    ckpt = load_plain(best)
+    assert ckpt[CKPT_KEY]["precision"] == "32"  # trained and scored on this CPU (precision auto)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert scoring_precision_of(ckpt, cuda) == "32" and scoring_precision_of(ckpt, cpu) == "32"
+    older = {**ckpt, CKPT_KEY: {k: v for k, v in ckpt[CKPT_KEY].items() if k != "precision"}}
+    assert scoring_precision_of(older, cuda) == "bf16-mixed" and scoring_precision_of(older, cpu) == "32"
+    seen = []
+
+    def predict_loader(module, loader, device, precision, **kwargs):
+        seen.append(precision)
+        raise RuntimeError("enough")
+
+    monkeypatch.setattr(ev, "eval_device", lambda: cuda)
+    monkeypatch.setattr(ev.inference, "predict_loader", predict_loader)
+    with pytest.raises(RuntimeError, match="enough"):
+        ev.evaluate(best, fit_runs.data)
+    assert seen == ["32"]  # a GPU scores it in float32, as its run was scored (bf16 before)
