@@ -385,7 +385,9 @@ def onnx_inference(
     batched = time_calls(call(batch.numpy()), cpu, warmup, iters)
     single = time_calls(call(batch[:1].numpy()), cpu, warmup, iters)
     return {
-        "onnx_provider": provider.removesuffix("ExecutionProvider").lower(),
+        # what runs the session, not what was asked for: onnxruntime falls back to its CPU provider
+        # when the CUDA one does not load (and the pinned build has none)
+        "onnx_provider": sess.get_providers()[0].removesuffix("ExecutionProvider").lower(),
         "onnx_infer_img_s": batch_size * len(batched) / max(sum(batched), 1e-9),
         "onnx_latency_ms": 1000.0 * max(float(np.median(single)), 1e-9),
     }

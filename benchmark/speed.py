@@ -224,7 +224,11 @@ def measure_model(model: str, data_dir: Path, cache: GpuCache, s: SpeedSettings,
         from benchmark.export import onnx_inference
 
         onnx = onnx_inference(net, (s.image_size, s.image_size), s.batch_size, dev)
-        row.update(onnx, ratio_onnx_vs_torch=onnx["onnx_infer_img_s"] / infer["infer_img_s"])
+        # a ratio of onnxruntime on the CPU to torch on a GPU would compare the devices, not runtimes
+        same = onnx["onnx_provider"] == dev.type
+        row.update(
+            onnx, ratio_onnx_vs_torch=onnx["onnx_infer_img_s"] / infer["infer_img_s"] if same else None
+        )
     return row
 
 

@@ -3,6 +3,7 @@ tolerance on real frames; the tuned post-processing lands in the metadata; failu
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +204,18 @@ def test_onnx_speed_figures_beside_torch() -> None:
     assert table[0].split()[-4:] == ["onnx", "latency", "ms", "onnx/torch"]
     assert table[1].split()[-4:-2] == ["cpu", speed.fmt(row["onnx_infer_img_s"])]
     assert table[1].split()[-1] == "1.25"
+
+
+def test_the_onnx_row_names_the_provider_that_ran_not_the_one_asked_for(monkeypatch) -> None:
+    """onnxruntime falls back to its CPU provider when the CUDA one cannot load (the pinned build has
+    none): the row says cpu, and speed then gives no onnx/torch ratio against torch on a GPU."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    model = models.create("unet", **SMALL["unet"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnxruntime's own fallback warning
+        row = export.onnx_inference(model, (64, 64), 2, torch.device("cuda"), warmup=1, iters=1)
+    assert row["onnx_provider"] == "cpu"
