@@ -104,7 +104,7 @@ def estimate_check(ctx: Context) -> Finding:
         else f"default benchmark's {n_measured} measured model(s)"
     )
     low, high = estimate.clock(est["wall_s"]), estimate.clock(est["wall_s_high"])
-    detail = f"{scope} here: about {low} wall time" + ("" if low == high else f" (at most {high})")
+    detail = f"{scope} here: about {low} wall time" + ("" if low == high else f", at most {high}")
     detail += f" ({est['device_hours']:.1f} device-hours)"
     if est["missing"]:
         detail += f"; {len(est['missing'])} model(s) not measured, not counted"
@@ -248,7 +248,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"steps after {s['warmup']} warm-up ({'tiny' if s['tiny'] else 'full'} models):",
             models_table(models),
             "suite: the benchmark's own training (Trainer, recipe precision and data path, deterministic "
-            "on); plain: fp32 loop with tif-decoding DataLoader workers; ceiling: device-resident batches, "
+            "on); plain: PyTorch-default fp32 loop (TF32 convolutions on a GPU) with tif-decoding DataLoader "
+            "workers; ceiling: device-resident batches, "
             "no augmentation; det off/on: suite img/s with deterministic false over true; rerun identical: "
             "a second fit with the same seed gives bit-identical weights; ops warned: ops without a "
             "deterministic kernel here, which torch only warns about on a GPU (strict on CPU).",
