@@ -77,9 +77,20 @@ def connect(address: str | None, env: dict[str, str]) -> tuple[Any, bool]:
         runtime_env = {"env_vars": env} if env else None
         ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env=runtime_env)
         return ray, True
+    import torch
+
     with offline_start() as user_proxy:
         runtime_env = {"env_vars": {**env, **user_proxy}}
-        ray.init(log_to_driver=False, logging_level="ERROR", include_dashboard=False, runtime_env=runtime_env)
+        # The GPUs torch sees: Ray counts them through NVML alone, and finds none where NVML does not
+        # load (some containers) although CUDA works, and a GPU grid would then be refused.
+        gpus = torch.cuda.device_count()
+        ray.init(
+            log_to_driver=False,
+            logging_level="ERROR",
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            num_gpus=gpus,
+        )
     return ray, True
 
 

@@ -90,3 +90,19 @@ def test_the_offline_start_points_http_at_a_dead_loopback_port_and_restores_it(m
             assert probe.connect_ex(("127.0.0.1", port)) != 0  # refused: nothing leaves, nothing waits
     assert user["https_proxy"] == "http://proxy.example:3128" and user["http_proxy"] == ""
     assert os.environ["https_proxy"] == "http://proxy.example:3128" and "http_proxy" not in os.environ
+
+
+def test_a_local_ray_declares_the_gpus_torch_sees(monkeypatch):
+    """Ray counts GPUs through NVML only: where NVML does not load but CUDA works it would declare
+    none, and a GPU grid would be refused. The local start declares torch's count."""
+    import ray
+    import torch
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for name in ("RAY_USAGE_STATS_ENABLED", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):  # connect sets them
+        monkeypatch.setenv(name, "0")
+    assert ray_cluster.connect(None, {"A": "1"}) == (ray, True)
+    assert seen["num_gpus"] == 2 and seen["runtime_env"]["env_vars"]["A"] == "1"
