@@ -62,11 +62,20 @@ def kept_conv_precision() -> Iterator[None]:
 def scoring_precision(device: torch.device, precision: str) -> Iterator[None]:
     """:func:`autocast` for scoring, with float32 convolutions for a "32" recipe on a GPU (cuDNN's TF32
     off, as :func:`set_conv_precision` trains it): ``evaluate`` and ``predict`` build no Trainer, and
-    a checkpoint scores there as its run scored it. The flag is as found afterwards."""
-    with kept_conv_precision(), autocast(device, precision):
-        if device.type == "cuda":
-            set_conv_precision(precision)
-        yield
+    a checkpoint scores there as its run scored it. On a GPU also cuDNN's deterministic algorithms
+    and no autotuner, whatever the process set: finalize (in the training process, under the
+    recipe's flags), ``evaluate`` and ``predict`` (fresh processes) then convolve alike, and a bf16
+    pixel near the threshold cannot flip between them. Every flag is as found afterwards."""
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    try:
+        with kept_conv_precision(), autocast(device, precision):
+            if device.type == "cuda":
+                set_conv_precision(precision)
+                cudnn.deterministic, cudnn.benchmark = True, False
+            yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

@@ -192,3 +192,21 @@ def test_a_ray_task_on_a_gpu_share_is_not_exclusive(monkeypatch):
     ]:
         monkeypatch.setitem(sys.modules, "ray", fake_ray(assigned))
         assert costs.measured_exclusively() == expected, assigned
+
+
+def test_scoring_on_a_gpu_convolves_alike_in_every_process_and_puts_the_flags_back(monkeypatch):
+    """finalize scores under the training process's flags (an autotuner when the recipe is not
+    deterministic), evaluate and predict in fresh processes: on a GPU scoring pins cuDNN to its
+    deterministic algorithms without the autotuner (and IEEE fp32 for a "32" recipe) in all three."""
+    cudnn = torch.backends.cudnn
+    for flag, value in (("deterministic", False), ("benchmark", True), ("allow_tf32", True)):
+        monkeypatch.setattr(cudnn, flag, value)
+    flags = lambda: (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32)  # noqa: E731
+    with device.scoring_precision(torch.device("cuda"), "32"):
+        assert flags() == (True, False, False)
+    assert flags() == (False, True, True)
+    with pytest.raises(RuntimeError), device.scoring_precision(torch.device("cuda"), "32"):
+        raise RuntimeError("scoring failed")
+    assert flags() == (False, True, True)  # put back however the block ends
+    with device.scoring_precision(torch.device("cpu"), "32"):
+        assert flags() == (False, True, True)  # the CPU has no cuDNN to pin
