@@ -19,6 +19,7 @@ are quantised to that form first (``to_u8``), so both give identical masks at an
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,22 @@ def _presence_scores(max_prob: np.ndarray, presence_prob: np.ndarray | None, sou
     return max_prob
 
 
+def threshold_cut(threshold: float) -> int:
+    """The largest uint8 value that stays background: for every integer p, :func:`apply`'s
+    ``p > threshold * 255`` (compared in float64) is ``p > threshold_cut(threshold)``, which a device
+    compares exactly in integers."""
+    return math.floor(threshold * 255.0)
+
+
+def kept(
+    area: np.ndarray, max_prob: np.ndarray, presence_prob: np.ndarray | None, params: PostProcess
+) -> np.ndarray:
+    """(N,) bool: which images keep their thresholded mask (its area at least ``min_area``, the gate's
+    score at least ``presence_tau``); ``max_prob`` is the image's largest uint8 value / 255."""
+    score = _presence_scores(max_prob, presence_prob, params.presence_source)
+    return ~((area < params.min_area) | (score < params.presence_tau))
+
+
 def apply(prob: np.ndarray, params: PostProcess, presence_prob: np.ndarray | None = None) -> np.ndarray:
     """(N,H,W) probabilities -> (N,H,W) bool masks by threshold, min-area and presence rules."""
     prob = np.asarray(prob)
@@ -120,8 +137,7 @@ def apply(prob: np.ndarray, params: PostProcess, presence_prob: np.ndarray | Non
         area = np.count_nonzero(mask, axis=(1, 2))
         max_prob = p.reshape(mask.shape[0], -1).max(axis=1) / 255.0
         pres = None if presence_prob is None else presence_prob[sl]
-        score = _presence_scores(max_prob, pres, params.presence_source)
-        mask[(area < params.min_area) | (score < params.presence_tau)] = False
+        mask[~kept(area, max_prob, pres, params)] = False
     return out
 
 

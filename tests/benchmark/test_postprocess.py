@@ -134,3 +134,29 @@ def test_float_and_uint8_probabilities_give_identical_masks(threshold):
     pp = PostProcess(threshold=threshold, min_area=0, presence_tau=0.0)
     assert np.array_equal(apply(prob, pp), apply(u8, pp))
     assert np.array_equal(to_u8(prob), u8)
+
+
+def test_the_device_path_gives_the_counts_of_apply_for_every_uint8_threshold():
+    """inference.post_counts keeps the maps on a GPU (an integer cut, areas and maxima to the host
+    for the gate): its counts equal apply()'s masks counted on the host, for every threshold
+    k/255 (whose float64 product with 255 may land a hair below or above k), float or uint8 input,
+    min-area and both gate sources."""
+    from benchmark.evaluation.inference import post_counts
+    from benchmark.scoring.counts import confusion_counts_torch
+
+    rng = np.random.default_rng(0)
+    prob = rng.random((12, 9, 11)).astype(np.float32) ** 3  # many low values, a few high
+    prob[3] = 0.0  # an empty image
+    truth = torch.from_numpy(rng.random((12, 9, 11)) > 0.8)
+    presence = rng.random(12).astype(np.float32)
+    exact = {k / 255 for k in range(255)}  # k / 255 * 255 == k in float64 for every k
+    below = {float(np.nextafter(k / 255, 0)) for k in range(1, 255)}  # a hair under: p >= k is kept
+    thresholds = sorted(exact | below | {0.2, 0.35, 0.5 + 1e-9})  # all in [0, 1)
+    for i, threshold in enumerate(thresholds):
+        pp = PostProcess(threshold=threshold, min_area=i % 7, presence_tau=(i % 5) / 5,
+                         presence_source="presence" if i % 2 else "max_prob")  # fmt: skip
+        for probs in (prob, to_u8(prob)):
+            want = confusion_counts_torch(torch.from_numpy(apply(probs, pp, presence)), truth)
+            for on_device in (True, False):  # the GPU's path, run here on CPU tensors; numpy's
+                got = post_counts(torch.from_numpy(probs), torch.from_numpy(presence), truth, pp, on_device)
+                assert torch.equal(got, want), (threshold, pp, on_device)
