@@ -18,7 +18,6 @@ that fails on any rank ends the DDP job (:mod:`benchmark.ddp_stop`): the other r
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 import time
@@ -29,13 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import ddp_stop
-from benchmark.core.config import (
-    BenchmarkConfig,
-    ConfigError,
-    TrainConfig,
-    resolve_devices,
-    with_model_recipe,
-)
+from benchmark.core.config import ConfigError, TrainConfig
 from benchmark.core.files import atomic_write, os_error_line
 from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, owner_id, read_lock
 from benchmark.core.preflight import out_of_space, stop_for_space
@@ -60,43 +53,6 @@ class Outcome:
 def say(message: str) -> None:
     if global_rank() == 0:
         print(message, flush=True)
-
-
-def parse_list(text: str | None, kind: type = str) -> list | None:
-    if text is None:
-        return None
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    try:
-        return [kind(t) for t in items]
-    except ValueError:
-        raise ConfigError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
-
-
-def build_grid(
-    bench: BenchmarkConfig,
-    models: Sequence[str] | None = None,
-    folds: Sequence[int] | None = None,
-    seeds: Sequence[int] | None = None,
-) -> list[TrainConfig]:
-    """Every (model, fold, seed) TrainConfig, in model-major order; subsets override the config's.
-
-    ``devices: auto`` becomes the device count each run will use, so run hashes tell 1 GPU from 8.
-    """
-    grid, train = [], resolve_devices(bench.train, bench.run_gpus())
-    for model in models or bench.models:
-        kwargs = {**bench.train.model_kwargs, **bench.model_kwargs.get(model, {})}
-        recipe = with_model_recipe(train, bench.model_train, model)  # the config's per-model recipe
-        for fold in bench.folds if folds is None else folds:
-            for seed in bench.seeds if seeds is None else seeds:
-                try:
-                    grid.append(
-                        dataclasses.replace(
-                            recipe, model=model, model_kwargs=kwargs, fold=int(fold), seed=int(seed)
-                        )
-                    )
-                except ConfigError as exc:
-                    raise ConfigError(f"{bench.name}: {model} fold {fold} seed {seed}: {exc}") from None
-    return grid
 
 
 def clock(seconds: float) -> str:

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from benchmark.external.nnunet import NnUNetError, run_nnunet, settings_from
-    from benchmark.runner import parse_list
+    from benchmark.grid_configs import parse_list
 
     folds, seeds = parse_list(args.folds, int), parse_list(args.seeds, int)
     settings = settings_from(

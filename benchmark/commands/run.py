@@ -91,7 +91,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path, list[TrainConfig], dict[str, int]]:
-    from benchmark import fallback, runner
+    from benchmark import fallback, grid_configs
     from benchmark.core.config import load_benchmark_config
     from benchmark.core.overrides import apply_benchmark_overrides
 
@@ -103,11 +103,11 @@ def _load(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path, list[TrainCo
     if bench.train.logger == "wandb":  # one W&B group per invocation (not part of the config hash)
         group = f"{bench.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         bench = dataclasses.replace(bench, train=dataclasses.replace(bench.train, wandb_group=group))
-    grid = runner.build_grid(
+    grid = grid_configs.build_grid(
         bench,
-        runner.parse_list(args.models),
-        runner.parse_list(args.folds, int),
-        runner.parse_list(args.seeds, int),
+        grid_configs.parse_list(args.models),
+        grid_configs.parse_list(args.folds, int),
+        grid_configs.parse_list(args.seeds, int),
     )
     from benchmark.core.model_kwargs import build_models, check_model_kwargs
 
@@ -218,7 +218,7 @@ def _in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig]) -> tuple[in
 
 def _print_config(args: argparse.Namespace) -> int:
     """The benchmark as this command would run it, as YAML that ``--config`` reads back; writes nothing."""
-    from benchmark import runner
+    from benchmark import grid_configs
     from benchmark.core.config import load_benchmark_config
     from benchmark.core.config_text import to_yaml
     from benchmark.core.model_kwargs import check_model_kwargs
@@ -226,12 +226,12 @@ def _print_config(args: argparse.Namespace) -> int:
 
     bench = apply_benchmark_overrides(load_benchmark_config(args.config), _overrides(args))
     picked = {
-        "models": runner.parse_list(args.models),
-        "folds": runner.parse_list(args.folds, int),
-        "seeds": runner.parse_list(args.seeds, int),
+        "models": grid_configs.parse_list(args.models),
+        "folds": grid_configs.parse_list(args.folds, int),
+        "seeds": grid_configs.parse_list(args.seeds, int),
     }
     bench = dataclasses.replace(bench, **{k: v for k, v in picked.items() if v is not None})
-    check_model_kwargs(runner.build_grid(bench))
+    check_model_kwargs(grid_configs.build_grid(bench))
     header = f"# {args.config} resolved (base:, --set and flags applied); usable as --config"
     print(f"{header}\n{to_yaml(bench)}", end="")
     return 0

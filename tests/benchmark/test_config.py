@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark import runner
+from benchmark import grid_configs
 from benchmark.cli import main
 from benchmark.core.config import (
     NOT_HASHED,
@@ -151,14 +151,14 @@ def test_gpu_yaml_hashes_like_default_except_the_execution_fields_it_names():
     assert differing == set(raw["train"]) == {"num_workers", "logger"}
     assert differing <= NOT_HASHED  # so every run hash is shared
     assert gpu.train.hash() == default.train.hash()
-    assert [c.run_name() for c in runner.build_grid(gpu)] == [
-        c.run_name() for c in runner.build_grid(default)
+    assert [c.run_name() for c in grid_configs.build_grid(gpu)] == [
+        c.run_name() for c in grid_configs.build_grid(default)
     ]
     assert (gpu.models, gpu.folds, gpu.seeds) == (default.models, default.folds, default.seeds)
     assert gpu.synthetic == {} and default.synthetic  # gpu.yaml keeps its old "no CPU fallback"
     # One single-GPU run per GPU through Ray: every run's devices resolve to 1, whatever the box.
     assert (gpu.executor, gpu.gpus_per_run, default.executor) == ("ray", 1.0, "local")
-    assert {c.devices for c in runner.build_grid(gpu)} == {1}
+    assert {c.devices for c in grid_configs.build_grid(gpu)} == {1}
 
 
 def test_the_device_count_is_execution_not_recipe(monkeypatch):
@@ -178,11 +178,11 @@ def test_the_device_count_is_execution_not_recipe(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    assert {c.devices for c in runner.build_grid(bench)} == {8} and bench.train.world_size() == 8
+    assert {c.devices for c in grid_configs.build_grid(bench)} == {8} and bench.train.world_size() == 8
     ray = dataclasses.replace(bench, executor="ray", gpus_per_run=0.5)
-    assert {c.devices for c in runner.build_grid(ray)} == {1}  # Ray shows a task only its share
+    assert {c.devices for c in grid_configs.build_grid(ray)} == {1}  # Ray shows a task only its share
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    assert {c.devices for c in runner.build_grid(bench)} == {1}
+    assert {c.devices for c in grid_configs.build_grid(bench)} == {1}
 
 
 def test_every_field_has_a_one_line_help_shown_by_help(capsys):
@@ -254,8 +254,8 @@ def test_run_print_config_round_trips_and_touches_nothing(config, tmp_path, caps
     )
     expected = dataclasses.replace(expected, models=("unet", "empty"), folds=(0, 2))
     assert loaded == expected
-    assert [c.run_name() for c in runner.build_grid(loaded)] == [
-        c.run_name() for c in runner.build_grid(expected)
+    assert [c.run_name() for c in grid_configs.build_grid(loaded)] == [
+        c.run_name() for c in grid_configs.build_grid(expected)
     ]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import ddp_stop, runner
+from benchmark import ddp_stop, grid_configs, runner
 from benchmark.core import lock
 from benchmark.core.config import load_benchmark_config
 from benchmark.core.overrides import apply_benchmark_overrides
@@ -81,7 +81,7 @@ def test_a_failure_on_rank_1_ends_the_job_with_one_line_and_keeps_finished_runs(
         out, err = proc.communicate()
         pytest.fail(f"the DDP job hung after one rank failed:\n{out[-2000:]}\n{err[-2000:]}")
     bench = apply_benchmark_overrides(load_benchmark_config(SMOKE), {"devices": "2"})
-    grid = runner.build_grid(bench, seeds=[0, 1, 2])
+    grid = grid_configs.build_grid(bench, seeds=[0, 1, 2])
     runs = [results / "runs" / c.run_name() for c in grid]
     assert proc.returncode == 1, err[-3000:]
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -101,7 +101,7 @@ def test_a_failure_on_rank_0_stops_the_grid_and_names_run_and_rank(tmp_path, mon
     """In-process: rank 0 (this process) fails its second run of a 2-device grid."""
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "sk_unet", "empty"])
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "sk_unet", "empty"])
     grid = [dataclasses.replace(c, devices=2) for c in grid]
     calls: list[str] = []
     with pytest.raises(ddp_stop.GridStopped) as stopped:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import runner
+from benchmark import grid_configs, runner
 from benchmark.cli import main
 from benchmark.core import preflight
 from benchmark.core.config import load_benchmark_config
@@ -117,7 +117,7 @@ def test_a_run_only_scored_again_writes_its_files_but_needs_no_resume_checkpoint
     from benchmark.training.callbacks import HISTORY_CKPT_KEY
     from benchmark.training.finished import drop_resume_state
 
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet"])  # 121,751 values
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet"])  # 121,751 values
     ckpt_dir = tmp_path / "runs" / grid[0].run_name() / "checkpoints"
     ckpt_dir.mkdir(parents=True)
     history = {"epoch": [0], "train_loss": [0.9], "val_loss": [0.8]}
@@ -142,7 +142,7 @@ def test_a_grid_that_will_not_fit_is_refused_before_the_first_run(
     from benchmark.core.config import load_benchmark_config
     from benchmark.core.model_kwargs import build_models
 
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     sizes = build_models(grid)
     # The smoke U-Net (base_width 8, depth 3) stores 121,751 values; `empty` one buffer.
     assert sizes == {grid[0].run_name(): 121_751, grid[1].run_name(): 1}
@@ -215,7 +215,7 @@ def test_the_room_check_counts_what_runs_left_already_hold_and_frees_what_finish
         else:
             check()  # a resumed run replaces the checkpoints it holds: they count as room
     # A finished run's leftover last.ckpt is deleted before the check, as the grid would delete it.
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["empty"])
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["empty"])
     results = tmp_path / "results"
     runner.run_grid(grid, results, results, fit=fake_fit([]))
     leftover = results / "runs" / grid[0].run_name() / "checkpoints" / "last.ckpt"
@@ -237,7 +237,7 @@ def test_full_disk_while_probing_is_exit_2(tmp_path, synthetic_dir, capsys, no_t
 
 
 def test_a_run_dir_that_cannot_be_created_fails_that_run_only(tmp_path, capsys):
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / grid[0].run_name()).write_text("in the way")
     outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
@@ -301,7 +301,8 @@ def test_a_run_out_of_space_ends_the_grid_with_one_line_and_exit_1(
             "--models", "empty,unet,sk_unet"]  # fmt: skip
     assert main(args) == 1
     empty, unet = (
-        runner.build_grid(load_benchmark_config(SMOKE), models=[m])[0].run_name() for m in ("empty", "unet")
+        grid_configs.build_grid(load_benchmark_config(SMOKE), models=[m])[0].run_name()
+        for m in ("empty", "unet")
     )
     assert calls == [empty, unet]  # sk_unet never started
     assert (tmp_path / "runs" / empty / "summary.json").is_file()
@@ -316,7 +317,7 @@ def test_a_run_out_of_space_ends_the_grid_with_one_line_and_exit_1(
 
 def test_a_retried_run_out_of_space_also_ends_the_grid(tmp_path):
     """A run held by a process that died is taken over at the end of the grid: the same stop."""
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
 
     def full(cfg, data_dir, out_dir):
         raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "summary.json"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import runner
+from benchmark import grid_configs, runner
 from benchmark.cli import EXIT_SIGINT, EXIT_SIGTERM, interrupt_code, main
 from benchmark.core import lock
 from benchmark.core.config import load_benchmark_config
@@ -98,7 +98,7 @@ def _interrupt(tmp_path: Path, data: Path, hold: int, sig: int) -> tuple[int, st
 @pytest.mark.slow
 def test_sigterm_is_143_ctrl_c_is_130_and_the_run_in_flight_resumes(tmp_path, synthetic_dir):
     bench = apply_benchmark_overrides(load_benchmark_config(SMOKE), {"epochs": "3"})
-    grid = runner.build_grid(bench, models=["empty", "unet"])
+    grid = grid_configs.build_grid(bench, models=["empty", "unet"])
     empty, unet = (tmp_path / "res" / "runs" / c.run_name() for c in grid)
     last = unet / "checkpoints" / "last.ckpt"
     # SIGTERM (SLURM, Kubernetes, docker stop) while epoch 1 trains: it used to exit 0, silently.
@@ -196,7 +196,7 @@ def test_a_run_left_to_another_process_is_named_and_the_exit_status_is_3(
 
     calls: list[str] = []
     monkeypatch.setattr(pipeline, "fit", _fit_on(check_dataset(synthetic_dir)["content_hash"], calls))
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     held = tmp_path / "res" / "runs" / grid[0].run_name()
     args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir",
             str(tmp_path / "res"), "--models", "unet,empty", "--no-report", "--min-free-gb", "0"]  # fmt: skip
@@ -221,7 +221,7 @@ def test_a_run_left_to_another_process_is_named_and_the_exit_status_is_3(
 
 def test_a_holder_that_dies_during_the_grid_leaves_its_run_to_be_taken_over(tmp_path, capsys):
     """Process A skips a run held by B; B is killed while A trains; A takes the run over at the end."""
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     holder, calls = _holder(), []
     _hold(tmp_path / "runs" / grid[0].run_name(), holder.pid)
     train = fake_fit(calls)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import runner
+from benchmark import grid_configs, runner
 from benchmark.cli import main
 from benchmark.core import lock, ranks
 from benchmark.core.config import load_benchmark_config
@@ -163,7 +163,9 @@ def test_ddp_follower_makes_rank0s_decision(tmp_path):
 
 
 def test_runner_skips_a_held_run_and_takes_over_a_stale_one(tmp_path, capsys):
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty", "sk_unet"], folds=[0])
+    grid = grid_configs.build_grid(
+        load_benchmark_config(SMOKE), models=["unet", "empty", "sk_unet"], folds=[0]
+    )
     runs = tmp_path / "runs"
     _write_lock(runs / grid[0].run_name(), "other-host", 1, time.time())
     _write_lock(runs / grid[2].run_name(), "other-host", 1, time.time() - 1000)
@@ -229,7 +231,7 @@ def test_two_processes_on_one_results_dir_train_every_run_exactly_once(tmp_path,
     assert codes in ([0, 0], [0, 3]), [err[-2000:] for _, err in results]
     for proc, (out, _) in zip(procs, results):
         assert proc.returncode == 0 or "Re-run the same command to complete them" in out, out[-2000:]
-    grid = {c.run_name() for c in runner.build_grid(load_benchmark_config(SMOKE), seeds=[0, 1])}
+    grid = {c.run_name() for c in grid_configs.build_grid(load_benchmark_config(SMOKE), seeds=[0, 1])}
     trained = Counter(line.split()[1] for line in marker.read_text().splitlines())
     assert set(trained) == grid and set(trained.values()) == {1}, trained  # every run exactly once
     pids = Counter(line.split()[0] for line in marker.read_text().splitlines())
@@ -245,7 +247,9 @@ def test_two_processes_on_one_results_dir_train_every_run_exactly_once(tmp_path,
 
 
 def test_ddp_rank_above_zero_trains_exactly_the_runs_rank0_holds(tmp_path, monkeypatch, capsys):
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty", "sk_unet"], folds=[0])
+    grid = grid_configs.build_grid(
+        load_benchmark_config(SMOKE), models=["unet", "empty", "sk_unet"], folds=[0]
+    )
     runs = tmp_path / "runs"
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv(lock.OWNER_ENV, lock.owner_id())  # this test process plays rank 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import runner
+from benchmark import grid_configs
 from benchmark.cli import main
 from benchmark.core.config import ConfigError, load_benchmark_config
 from benchmark.core.overrides import apply_benchmark_overrides
@@ -59,7 +59,7 @@ def test_one_models_kwargs_and_recipe_by_dotted_set_key(tmp_path, synthetic_dir,
     mixed = apply_benchmark_overrides(bench, {**both, "model_kwargs.unet": "{}"})  # one --set, both forms
     assert mixed.model_train == {"unet": {"lr": 0.5}, "sk_unet": {"lr": 0.01}}
     assert mixed.train.model_kwargs == {"depth": 2} and mixed.model_kwargs["unet"] == {}
-    grid = runner.build_grid(over, ["unet", "sk_unet"], [0])
+    grid = grid_configs.build_grid(over, ["unet", "sk_unet"], [0])
     assert grid[0].model_kwargs == {"base_width": 4} and grid[1].lr == 0.01 and grid[0].lr == bench.train.lr
     for key, value, words in [
         ("model_kwargs.uent", "{}", "--set model_kwargs.uent: unknown model 'uent'; did you mean 'unet'"),
@@ -70,12 +70,14 @@ def test_one_models_kwargs_and_recipe_by_dotted_set_key(tmp_path, synthetic_dir,
             apply_benchmark_overrides(bench, {key: value})
     # A plain --set model_kwargs= is the last word for every model, as in fit: the same run.
     last = apply_benchmark_overrides(bench, {"model_kwargs": "{base_width: 16}"})
-    assert last.model_kwargs == {} and runner.build_grid(last, ["unet"], [0])[0].model_kwargs == {
+    assert last.model_kwargs == {} and grid_configs.build_grid(last, ["unet"], [0])[0].model_kwargs == {
         "base_width": 16
     }
     assert main(["fit", "--config", str(CONFIGS / "smoke.yaml"), "--model", "unet", "--print-config",
                  "--set", "model_kwargs={base_width: 16}"]) == 0  # fmt: skip
-    assert capsys.readouterr().out.startswith(f"# {runner.build_grid(last, ['unet'], [0])[0].run_name()}:")
+    assert capsys.readouterr().out.startswith(
+        f"# {grid_configs.build_grid(last, ['unet'], [0])[0].run_name()}:"
+    )
     smoke = ["run", "--config", str(CONFIGS / "smoke.yaml"), "--data-dir", str(synthetic_dir),
              "--results-dir", str(tmp_path / "r"), "--models", "unet", "--dry-run"]  # fmt: skip
     assert main([*smoke, "--set", "model_kwargs={unet: {base_width: 4}}"]) == 2
@@ -102,5 +104,5 @@ def test_set_overrides_the_synthetic_section_too(tmp_path, capsys, monkeypatch):
     from benchmark.fallback import synthetic_benchmark
 
     bench = synthetic_benchmark(load_benchmark_config(CONFIGS / "default.yaml"))
-    expect = runner.build_grid(apply_benchmark_overrides(bench, {"image_size": "32"}), ["unet"], [0])[0]
+    expect = grid_configs.build_grid(apply_benchmark_overrides(bench, {"image_size": "32"}), ["unet"], [0])[0]
     assert changed.endswith(expect.run_name()) and expect.image_size == 32

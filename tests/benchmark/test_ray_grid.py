@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from benchmark import fallback as fb
-from benchmark import ray_grid, runner
+from benchmark import grid_configs, ray_grid, runner
 from benchmark.cli import main
 from benchmark.core.config import load_benchmark_config
 from benchmark.core.lock import is_held
@@ -42,7 +42,7 @@ def smoke_grid(models: tuple[str, ...], epochs: int = 1, folds=(0,)) -> list:
     train = dataclasses.replace(bench.train, epochs=epochs, wandb_group="smoke-ray-test")
     kwargs = {m: dict(TINY) for m in ("unet", "attention_unet", "sk_unet")}
     bench = dataclasses.replace(bench, models=models, folds=tuple(folds), train=train, model_kwargs=kwargs)
-    return runner.build_grid(bench)
+    return grid_configs.build_grid(bench)
 
 
 def epoch_log(results: Path) -> list[str]:

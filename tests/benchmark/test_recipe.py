@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark import fallback, runner
+from benchmark import fallback, grid_configs
 from benchmark.core.config import ConfigError, load_benchmark_config
 from benchmark.reporting import leaderboard, recipe, tables
 from tests.benchmark.summaries import make_summary
@@ -22,9 +22,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_a_per_model_recipe_reaches_that_models_runs_only_and_changes_their_hash(tmp_path):
-    plain = runner.build_grid(load_benchmark_config(CONFIGS / "default.yaml"))
+    plain = grid_configs.build_grid(load_benchmark_config(CONFIGS / "default.yaml"))
     bench = load_benchmark_config(write(tmp_path, "model_train:\n  unet_vgg16: {lr: 0.003, epochs: 3}\n"))
-    grid = runner.build_grid(bench)
+    grid = grid_configs.build_grid(bench)
     changed = {(c.model, c.lr, c.epochs) for c in grid if c.model == "unet_vgg16"}
     assert changed == {("unet_vgg16", 0.003, 3)}
     others = {(c.run_name(), c.hash()) for c in grid if c.model != "unet_vgg16"}
@@ -36,7 +36,7 @@ def test_a_per_model_recipe_reaches_that_models_runs_only_and_changes_their_hash
 def test_the_synthetic_fallback_has_its_own_per_model_recipe(tmp_path):
     text = "model_train:\n  unet: {lr: 0.01}\nsynthetic:\n  model_train:\n    unet_vgg16: {lr: 0.002}\n"
     syn = fallback.synthetic_benchmark(load_benchmark_config(write(tmp_path, text)))
-    lrs = {c.model: c.lr for c in runner.build_grid(syn)}
+    lrs = {c.model: c.lr for c in grid_configs.build_grid(syn)}
     assert lrs["unet_vgg16"] == 0.002 and lrs["unet"] == 0.001  # the section replaces, as model_kwargs does
 
 
@@ -106,7 +106,7 @@ def test_fit_with_the_config_reproduces_the_grid_run_of_that_model(tmp_path, cap
     from benchmark.cli import main
 
     path = write(tmp_path, "model_train:\n  unet_vgg16: {lr: 0.003}\n")
-    grid = {c.model: c for c in runner.build_grid(load_benchmark_config(path))}
+    grid = {c.model: c for c in grid_configs.build_grid(load_benchmark_config(path))}
     for model in ("unet_vgg16", "unet"):
         assert main(["fit", "--config", str(path), "--model", model, "--fold", "0", "--print-config"]) == 0
         shown = yaml.safe_load(capsys.readouterr().out)["train"]

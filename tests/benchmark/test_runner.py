@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmark import fallback as fb
-from benchmark import runner
+from benchmark import grid_configs, runner
 from benchmark.cli import main
 from benchmark.core.config import ConfigError, load_benchmark_config
 from benchmark.core.summary import write_summary
@@ -40,7 +40,7 @@ def fake_fit(calls, fail=(), interrupt_at=None):
 def test_grid_order_subsets_and_per_model_kwargs():
     bench = load_benchmark_config(SMOKE)
     bench = dataclasses.replace(bench, folds=(0, 1), seeds=(0, 7))
-    grid = runner.build_grid(bench)
+    grid = grid_configs.build_grid(bench)
     assert len(grid) == len(bench.models) * 2 * 2
     assert [(c.model, c.fold, c.seed) for c in grid[:4]] == [
         ("unet", 0, 0),
@@ -49,13 +49,13 @@ def test_grid_order_subsets_and_per_model_kwargs():
         ("unet", 1, 7),
     ]
     assert grid[0].model_kwargs == {"base_width": 8, "depth": 3} and grid[-1].model_kwargs == {}
-    sub = runner.build_grid(bench, models=["empty"], folds=[2], seeds=[3])
+    sub = grid_configs.build_grid(bench, models=["empty"], folds=[2], seeds=[3])
     assert [(c.model, c.fold, c.seed) for c in sub] == [("empty", 2, 3)]
     with pytest.raises(ConfigError, match="fold=5"):
-        runner.build_grid(bench, folds=[5])
-    assert runner.parse_list("0, 1,", int) == [0, 1] and runner.parse_list(None) is None
+        grid_configs.build_grid(bench, folds=[5])
+    assert grid_configs.parse_list("0, 1,", int) == [0, 1] and grid_configs.parse_list(None) is None
     with pytest.raises(ConfigError, match="comma-separated"):
-        runner.parse_list("a,b", int)
+        grid_configs.parse_list("a,b", int)
 
 
 def test_synthetic_fallback_is_announced_and_generated_once(tmp_path, capsys, monkeypatch):
@@ -163,7 +163,7 @@ def test_bad_synthetic_section_names_the_key():
 def test_failure_is_recorded_and_the_rest_continue(tmp_path, capsys):
     bench = dataclasses.replace(load_benchmark_config(SMOKE), models=("unet", "boom", "empty"))
     calls = []
-    grid = runner.build_grid(bench)
+    grid = grid_configs.build_grid(bench)
     outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls, fail={"boom"}))
     assert [o.status for o in outcomes] == ["trained", "failed", "trained"]
     err = tmp_path / "runs" / outcomes[1].run / "error.txt"
@@ -172,7 +172,7 @@ def test_failure_is_recorded_and_the_rest_continue(tmp_path, capsys):
     assert "[1/3] unet fold 0 seed 0 | elapsed" in out and "ETA" in out and "FAILED" in out
     # second invocation: only the failed run is attempted again; it now succeeds and error.txt goes
     calls.clear()
-    outcomes = runner.run_grid(runner.build_grid(bench), tmp_path, tmp_path, fit=fake_fit(calls))
+    outcomes = runner.run_grid(grid_configs.build_grid(bench), tmp_path, tmp_path, fit=fake_fit(calls))
     assert calls == [outcomes[-1].run] and not err.exists()
     assert sorted(o.status for o in outcomes) == ["skipped", "skipped", "trained"]
 
@@ -183,7 +183,7 @@ def test_a_finished_runs_leftover_resume_checkpoint_is_deleted(tmp_path, executo
     replaces it by trained.json when it skips them (Ray is not started: nothing is left to train)."""
     from benchmark import ray_grid
 
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
     leftover = tmp_path / "runs" / grid[0].run_name() / "checkpoints" / "last.ckpt"
     leftover.parent.mkdir()
@@ -208,7 +208,7 @@ def test_a_finished_runs_leftover_resume_checkpoint_is_deleted(tmp_path, executo
 
 
 def test_each_finished_run_prints_name_seconds_and_outer_dice(tmp_path, capsys):
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit([]))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if " done " in ln]
     assert [o.dice for o in outcomes] == [0.75, 0.75]  # mean of the fake per-image Dice [0.5, 1.0]
@@ -228,7 +228,7 @@ def test_a_run_scored_again_says_so(tmp_path, capsys):
     def scored_again(cfg, data_dir, out_dir):
         return {**fit(cfg, data_dir, out_dir), "scored_again": {"device": "cpu"}}
 
-    grid = runner.build_grid(load_benchmark_config(SMOKE), models=["unet"])[:1]
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet"])[:1]
     (outcome,) = runner.run_grid(grid, tmp_path, tmp_path, fit=scored_again)
     assert outcome.status == "trained" and outcome.scored_again
     assert (
@@ -239,7 +239,7 @@ def test_a_run_scored_again_says_so(tmp_path, capsys):
 
 def test_unwritable_error_txt_goes_to_the_log_and_the_grid_goes_on(tmp_path, capsys):
     bench = dataclasses.replace(load_benchmark_config(SMOKE), models=("boom", "unet", "empty"))
-    grid = runner.build_grid(bench)
+    grid = grid_configs.build_grid(bench)
     (tmp_path / "runs" / grid[0].run_name() / "error.txt").mkdir(parents=True)  # cannot become a file
     calls = []
     outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls, fail={"boom"}))
@@ -251,7 +251,7 @@ def test_unwritable_error_txt_goes_to_the_log_and_the_grid_goes_on(tmp_path, cap
 
 
 def test_interrupted_grid_resumes_without_retraining(tmp_path):
-    grid = runner.build_grid(load_benchmark_config(SMOKE))
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE))
     calls = []
     with pytest.raises(KeyboardInterrupt):
         runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls, interrupt_at=2))
