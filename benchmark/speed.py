@@ -41,10 +41,10 @@ import numpy as np
 import torch
 
 from benchmark.core.environ import environ
-from benchmark.evaluation.costs import kept_determinism_flags, measure_inference
+from benchmark.evaluation.costs import measure_inference
 from benchmark.speed_loops import ceiling_train_img_s, fresh_model, plain_train_img_s, rate
 from benchmark.speed_loops import workers as loader_workers
-from benchmark.training.device import release_run_memory, resolve_device, synchronize
+from benchmark.training.device import kept_determinism_flags, release_run_memory, resolve_device, synchronize
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

@@ -40,6 +40,7 @@ from benchmark.core.config import TrainConfig
 from benchmark.training.device import (
     autocast,
     kept_conv_precision,
+    kept_determinism_flags,
     resolve_device,
     resolve_precision,
     set_conv_precision,
@@ -58,24 +59,6 @@ def _max_rss_mb() -> float:
     """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-
-
-@contextlib.contextmanager
-def kept_determinism_flags() -> Iterator[None]:
-    """The process-wide switches that building and running a Trainer flips (Lightning: torch's and
-    cuDNN's determinism; ``build_trainer``: cuDNN's TF32) as they were, after the block."""
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-    )
-    try:
-        with kept_conv_precision():
-            yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
 
 @contextlib.contextmanager

@@ -59,6 +59,24 @@ def kept_conv_precision() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def kept_determinism_flags() -> Iterator[None]:
+    """The process-wide switches that building and running a Trainer flips (Lightning: torch's and
+    cuDNN's determinism; ``build_trainer``: cuDNN's TF32) as they were, after the block."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    try:
+        with kept_conv_precision():
+            yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+
+
+@contextlib.contextmanager
 def scoring_precision(device: torch.device, precision: str) -> Iterator[None]:
     """:func:`autocast` for scoring, with float32 convolutions for a "32" recipe on a GPU (cuDNN's TF32
     off, as :func:`set_conv_precision` trains it): ``evaluate`` and ``predict`` build no Trainer, and
@@ -66,16 +84,11 @@ def scoring_precision(device: torch.device, precision: str) -> Iterator[None]:
     and no autotuner, whatever the process set: finalize (in the training process, under the
     recipe's flags), ``evaluate`` and ``predict`` (fresh processes) then convolve alike, and a bf16
     pixel near the threshold cannot flip between them. Every flag is as found afterwards."""
-    cudnn = torch.backends.cudnn
-    saved = cudnn.deterministic, cudnn.benchmark
-    try:
-        with kept_conv_precision(), autocast(device, precision):
-            if device.type == "cuda":
-                set_conv_precision(precision)
-                cudnn.deterministic, cudnn.benchmark = True, False
-            yield
-    finally:
-        cudnn.deterministic, cudnn.benchmark = saved
+    with kept_determinism_flags(), autocast(device, precision):
+        if device.type == "cuda":
+            set_conv_precision(precision)
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        yield
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
