@@ -3,8 +3,8 @@
 Decoding tifs and running albumentations on CPU workers caps throughput long before a GPU is
 busy (the Kaggle set is ~5.6k frames; at 256x256 its images and masks are ~740 MB as uint8, so
 they fit on any training GPU). With ``TrainConfig.gpu_cache`` the suite keeps the network-size
-images and masks on the device and augments whole batches there. Everything here is device-agnostic and runs
-(slowly) on CPU, which is how it is tested.
+images and masks on the device and augments whole batches there. Everything here is
+device-agnostic and runs (slowly) on CPU, which is how it is tested.
 
 API (``datamodules.gpu_data.GpuCachedDataModule`` wires it in for ``fit``)::
 

@@ -7,8 +7,8 @@ outer passes at the measured inference rate, and decoding the data set once; plu
 short fit of the model spent beyond those rates (set-up, finalize's tuning and scoring: a low and a
 high reading, :func:`overhead_s`). Runs spread over the devices one per device (the Ray executor at
 ``gpus_per_run: 1``), so the wall time is the total over the number of devices, but never shorter
-than the longest run. The assumptions travel with the
-figure (``assumptions``), since a rate measured at a small size or on a tiny model scales poorly.
+than the longest run. The assumptions travel with the figure (``assumptions``), since a rate
+measured at a small size or on a tiny model scales poorly.
 """
 
 from __future__ import annotations

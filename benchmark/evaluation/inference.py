@@ -92,7 +92,7 @@ def post_counts(
     mask = u8 > postprocess.threshold_cut(pp.threshold)
     area = mask.sum(dim=(1, 2)).cpu().numpy()
     max_prob = u8.flatten(1).amax(dim=1).cpu().numpy() / 255.0
-    pres = None if presence is None else presence.cpu().numpy().astype(np.float64).reshape(-1)
+    pres = None if presence is None else presence.float().cpu().numpy().astype(np.float64).reshape(-1)
     keep = torch.from_numpy(postprocess.kept(area, max_prob, pres, pp)).to(mask.device)
     return confusion_counts_torch(mask & keep[:, None, None], truth.to(mask.device)).cpu()
 
