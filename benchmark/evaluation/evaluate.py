@@ -175,16 +175,7 @@ def evaluate(
 
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
-    if CKPT_KEY not in ckpt:  # scored as held out without knowing what trained it: refused
-        best = path.with_name("best.ckpt")
-        if path.name == best.name:  # the record is written when the run ends
-            what = "the run has not finished; finish it (run the same command again), then evaluate it"
-        else:
-            instead = str(best) if best.is_file() else "the run's best.ckpt"
-            what = f"a resume checkpoint such as last.ckpt; evaluate {instead}"
-        raise NerveBenchError(
-            f"{path}: no scoring record (tuned post-processing, outer fold, training frames): {what}"
-        )
+    _require_record(path, ckpt)
     # The run's own hash: the module was rebuilt for inference (no pretrained download, no compile),
     # and both fields are hashed, so module.cfg.hash() would not match the run's summary.
     trained_hash = config_from_dict(ckpt["hyper_parameters"]["config"]).hash()
@@ -219,6 +210,22 @@ def evaluate(
     if out is not None:
         write_json_atomic(out, result)
     return to_jsonable(result)
+
+
+def _require_record(path: Path, ckpt: dict) -> None:
+    """Refuse a checkpoint without the scoring record: scored as held out without knowing what
+    trained it, training frames could be reported as unseen."""
+    if CKPT_KEY in ckpt:
+        return
+    best = path.with_name("best.ckpt")
+    if path.name == best.name:  # the record is written when the run ends
+        what = "the run has not finished; finish it (run the same command again), then evaluate it"
+    else:
+        instead = str(best) if best.is_file() else "the run's best.ckpt"
+        what = f"a resume checkpoint such as last.ckpt; evaluate {instead}"
+    raise NerveBenchError(
+        f"{path}: no scoring record (tuned post-processing, outer fold, training frames): {what}"
+    )
 
 
 def _per_image(ts: Any, rows: dict[str, Any]) -> dict[str, Any]:
