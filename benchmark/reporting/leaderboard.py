@@ -181,15 +181,15 @@ def baseline_images(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def metric(images: dict[str, np.ndarray], source: str, empty: bool | None, with_ci: bool) -> dict[str, Any]:
-    """Mean over the selected images and, when asked and >= 2 units, the subject-bootstrap 95% CI (it
-    resamples units: subjects, or subjects that share frames together)."""
+    """Mean over the selected images and, when asked and from ``MIN_CI_UNITS`` units, the subject-bootstrap
+    95% CI (it resamples units: subjects, or subjects that share frames together)."""
     mask = np.ones(images["index"].size, bool) if empty is None else images["true_empty"] == empty
     values, subjects = images[source][mask], images["unit"][mask]
     out: dict[str, Any] = {"mean": None, "lo": None, "hi": None, "n_images": int(values.size)}
     if values.size == 0 or not np.isfinite(values).all():
         return out
     out["mean"] = float(values.mean())
-    if with_ci and np.unique(subjects).size >= 2:
+    if with_ci and np.unique(subjects).size >= board_stats.MIN_CI_UNITS:
         _, lo, hi = stats.subject_bootstrap_ci(
             values, subjects, n_boot=board_stats.N_BOOT, alpha=board_stats.ALPHA, seed=board_stats.SEED
         )

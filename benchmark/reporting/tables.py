@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from benchmark.reporting import board_stats as bs
-from benchmark.reporting import recipe
+from benchmark.reporting.cells import fmt, fmt_ci, fmt_p
 from benchmark.reporting.leaderboard import COST, OOF_METRICS, RUN_MEANS
 from benchmark.reporting.legend import PIXEL_ACCURACY_WARNING, legend, protocol
-from benchmark.scoring import ranking
+from benchmark.reporting.notes import notes
 
 SYNTHETIC_NOTE = (
     "> **SYNTHETIC DATA.** These numbers come from the generated stand-in data set (CPU fallback), "
@@ -29,24 +29,6 @@ _COST_TITLES = {
     "train_img_s": ("Train img/s", 1.0, 1), "infer_img_s": ("Infer img/s", 1.0, 1),
     "latency_ms": ("Latency b=1 (ms)", 1.0, 2), "peak_mem_mb": ("Peak mem (MiB)", 1.0, 0),
 }  # fmt: skip
-
-
-def fmt(value: float | None, decimals: int = 3, scale: float = 1.0) -> str:
-    return "n/a" if value is None else f"{value * scale:.{decimals}f}"
-
-
-def fmt_ci(m: dict[str, Any], decimals: int = 3) -> str:
-    if m["mean"] is None:
-        return "n/a"
-    if m["lo"] is None:
-        return f"{m['mean']:.{decimals}f}"
-    return f"{m['mean']:.{decimals}f} [{m['lo']:.{decimals}f}, {m['hi']:.{decimals}f}]"
-
-
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "n/a"
-    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
 def name(row: dict[str, Any]) -> str:
@@ -91,6 +73,7 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     columns += ["diff_vs_top", "p_vs_top", "mde_vs_top", "p_best_set", "in_best_set", "n_subjects_tested"]
     columns += ["rank_ci_lo", "rank_ci_hi", "seed_sd"]
     columns += [key for key, *_ in RUN_MEANS] + list(COST) + ["external", "diff_vs_floor", "p_vs_floor"]
+    columns += ["p_vs_top_unadjusted"]
     rows = []
     for r in board["rows"] + board.get("incomplete", []):
         ranked = "rank" in r
@@ -110,7 +93,7 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         line += [fmt_cost(r, k, 0 if k == "params" else 6) for k in COST]
         line.append(r.get("external") or "")
         floor = r.get("vs_floor") or {}
-        line += [fmt(floor.get("diff"), 6), fmt(floor.get("p_holm"), 6)]
+        line += [fmt(floor.get("diff"), 6), fmt(floor.get("p_holm"), 6), fmt(test.get("p_unadjusted"), 6)]
         rows.append(line)
     return columns, rows
 
@@ -216,99 +199,6 @@ def _cost_table(board: dict[str, Any]) -> list[str]:
         for r in board["rows"] + board["incomplete"]
     ]
     return _table(["Model", *[_COST_TITLES[k][0] for k in COST]], body)
-
-
-def _n_subjects(board: dict[str, Any]) -> int | None:
-    return int(board["rows"][0]["vs_top"]["n_subjects"]) if board["rows"] else None
-
-
-def _counted_once(board: dict[str, Any]) -> str:
-    """' (subjects that share frames counted once)' on a board that linked some (``link_subjects``)."""
-    h = board.get("header") or {}
-    linked = h.get("link_subjects") == [True] and any(h.get("linked_subjects") or [])
-    return " (subjects that share frames counted once)" if linked else ""
-
-
-def resolution_note(board: dict[str, Any]) -> str | None:
-    """Say so when too few subjects make any significant difference impossible, whatever the data.
-
-    With n subjects no sign-flip p can go below 2 / 2^n, >= 0.05 for n < ranking.MIN_SUBJECTS = 6,
-    where the set keeps every model and the rank intervals span the board. The reader must see that
-    this is a limit of the sample, not evidence that the models are equal.
-    """
-    n = _n_subjects(board)
-    if n is None or len(board["rows"]) < 2 or n >= ranking.MIN_SUBJECTS:
-        return None
-    return (
-        f"With {n} subject{'s' if n > 1 else ''} no gap to the top can be significant here: the "
-        f"smallest possible two-sided sign-flip p is 2/2^{n} = {2.0 / 2**n:.4f} >= {bs.ALPHA}, and a "
-        "bootstrap of so few subjects tells nothing apart. Every model is in the top group by lack of "
-        "subjects, not by merit."
-    )
-
-
-def power_note(board: dict[str, Any]) -> str | None:
-    """What the board could have seen: the range of the rows' detectable gaps to the top."""
-    n, mde = _n_subjects(board), [r["vs_top"]["mde"] for r in board["rows"][1:] if not r["baseline"]]
-    found = [m for m in mde if m]  # None: nothing detectable; 0: no spread, any gap would show
-    if not mde or not found:
-        return None
-    span = f"{min(found):.3f}" if min(found) == max(found) else f"{min(found):.3f} to {max(found):.3f}"
-    return (
-        f"Power: with these {n} subjects{_counted_once(board)} and the observed spread of per-subject "
-        "differences, the paired "
-        f"test detects a true gap to the top of {span} (MDE column) with {bs.POWER:.0%} probability at "
-        f"alpha {bs.ALPHA}. Smaller gaps are likely to go unseen: 'yes' in the top group is not evidence "
-        "of equality."
-    )
-
-
-def floor_note(board: dict[str, Any]) -> str | None:
-    """One line naming the models not shown to beat the all-empty floor (issue 20), or saying that the
-    sample cannot show it for any model. Silent when every model clears it. (The one-sided floor test
-    can be significant with fewer subjects than the two-sided tests of :func:`resolution_note`.)"""
-    tested = [r for r in board["rows"] if r.get("vs_floor") is not None]
-    below = [r for r in tested if not bs.beats_floor(r)]
-    if not below:
-        return None
-    n = _n_subjects(board) or 0
-    limit = bs.floor_resolution(n, len(tested))
-    if limit >= bs.ALPHA:
-        return (
-            f"With {n} subject{'s' if n > 1 else ''} and {len(tested)} model{'s' if len(tested) > 1 else ''} "
-            "no model can be shown to beat the all-empty "
-            "floor: the smallest Holm-adjusted one-sided sign-flip p is at best "
-            f"{len(tested)}/2^{n} = {limit:.4f} >= {bs.ALPHA}. A limit of the sample, not of the models."
-        )
-    parts = [f"{r['model']} ({r['vs_floor']['diff']:+.3f}, p {fmt_p(r['vs_floor']['p_holm'])})"
-             for r in below]  # fmt: skip
-    return (
-        "Not shown to beat the all-empty floor (gap to it; one-sided paired sign-flip p, Holm over the "
-        f"models): {', '.join(parts)}. A model that has not learned where (or whether) the nerve is "
-        "within its budget scores like predicting nothing."
-    )
-
-
-def seeds_note(board: dict[str, Any]) -> str:
-    seeds = board["header"]["seeds"]
-    if len(seeds) < 2:
-        return (
-            "One seed: the CIs, p-values, rank intervals and the top group cover the sampling of test "
-            "subjects only, not training randomness (initialisation, augmentation)."
-        )
-    return (
-        f"{len(seeds)} seeds: every image is averaged over them first; the CIs and tests still resample "
-        "subjects only. Seed SD is the spread of the per-seed means: the training randomness, which adds "
-        f"about Seed SD / sqrt({len(seeds)}) to the uncertainty of a seed-averaged score."
-    )
-
-
-def notes(board: dict[str, Any]) -> list[str]:
-    """The notes printed under the accuracy table."""
-    found = [resolution_note(board), floor_note(board), power_note(board)]
-    found.append(seeds_note(board) if board["rows"] else None)
-    found.append(recipe.note(board["header"].get("recipe") or {"per_model": {}}))
-    return [n for n in found if n]
 
 
 def console(board: dict[str, Any]) -> str:

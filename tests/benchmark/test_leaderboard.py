@@ -13,7 +13,7 @@ import pytest
 
 from benchmark.reporting import board_stats as bs
 from benchmark.reporting import leaderboard as lb
-from benchmark.reporting import tables
+from benchmark.reporting import notes, tables
 from benchmark.scoring import ranking, stats
 from tests.benchmark.summaries import EMPTY, SUBJECTS, empty_runs, fold_rows, make_summary, model_runs
 
@@ -48,7 +48,12 @@ def test_seeds_are_averaged_per_image_before_the_mean():
     assert m["iou"]["mean"] == pytest.approx(iou.mean())
 
 
-def test_ci_is_the_subject_bootstrap_of_the_seed_averaged_images():
+def test_ci_is_the_subject_bootstrap_of_the_seed_averaged_images(monkeypatch):
+    few = board(model_runs("unet", UNET), empty_runs())  # 4 subjects: below the floor, no CI and a note
+    assert row(few, "unet")["metrics"]["kaggle_dice"]["lo"] is None and "0.725 |" in tables.markdown(few)
+    assert notes.ci_note(few).startswith("No CIs: a subject-bootstrap interval from 4 subjects covers")
+    assert notes.ci_note(board(twelve_subject_runs("a", [0.9] * 12))) is None
+    monkeypatch.setattr(bs, "MIN_CI_UNITS", 2)  # the computation itself, on the hand-sized data
     m = row(board(model_runs("unet", UNET), empty_runs()), "unet")["metrics"]
     _, lo, hi = stats.subject_bootstrap_ci(np.array(UNET_MEAN), SUBJECTS, n_boot=bs.N_BOOT, seed=bs.SEED)
     assert (m["kaggle_dice"]["lo"], m["kaggle_dice"]["hi"]) == (pytest.approx(lo), pytest.approx(hi))
@@ -67,19 +72,21 @@ def test_ranking_paired_sign_flip_on_four_subjects():
     assert sk["metrics"]["kaggle_dice"]["mean"] == pytest.approx(0.675)
     assert empty["metrics"]["kaggle_dice"]["mean"] == pytest.approx(0.5) and not empty["derived"]
     # sk - unet per-subject TOTALS (2 images each): (-0.3, 0, -0.3, +0.2); |sum| >= 0.4 in 8 of 16 patterns
-    assert sk["vs_top"]["p"] == pytest.approx(0.5) and sk["vs_top"]["diff"] == pytest.approx(-0.05)
+    assert sk["vs_top"]["p_unadjusted"] == pytest.approx(0.5) and sk["vs_top"]["diff"] == pytest.approx(-0.05)
     # empty - unet totals: (-0.7, -0.2, -0.8, -0.1): only the two all-equal signs reach it
-    assert empty["vs_top"]["p"] == pytest.approx(2 / 16) and empty["vs_top"]["n_subjects"] == 4
-    # 4 subjects cannot reach p < 0.05 (2/2^4): everyone is in the set, every rank interval is [1, 3]
+    assert empty["vs_top"]["p_unadjusted"] == pytest.approx(2 / 16) and empty["vs_top"]["n_subjects"] == 4
+    # 4 subjects cannot reach p < 0.05 (2/2^4): the corrected p is 1, everyone is in the set, every
+    # rank interval is [1, 3]
+    assert sk["vs_top"]["p"] == empty["vs_top"]["p"] == 1.0
     assert [r["p_best"] for r in b["rows"]] == [1.0, 1.0, None]  # the floor is not a contender
     assert [r["top_group"] for r in b["rows"]] == [True, True, None]
     assert [r["rank_ci"] for r in b["rows"]] == [[1, 3]] * 3 and sk["vs_top"]["mde"] is None
     assert unet["vs_top"]["p"] is None and [r["rank"] for r in b["rows"]] == [1, 2, 3]
     # ... and the board says that this is the sample's limit, not the models' equality
-    note = tables.resolution_note(b)
+    note = notes.resolution_note(b)
     assert "With 4 subjects" in note and "2/2^4 = 0.1250" in note
     assert "**Note**: With 4 subjects" in tables.markdown(b) and "Note: With 4 subjects" in tables.console(b)
-    assert tables.power_note(b) is None  # nothing is detectable, so no power line
+    assert notes.power_note(b) is None  # nothing is detectable, so no power line
 
 
 def twelve_subject_runs(model, per_subject):
@@ -105,7 +112,7 @@ def test_the_floor_note_names_models_not_shown_to_beat_predicting_nothing():
     assert floor["weak"] == pytest.approx({"diff": 0.075, "p": 1 / 8, "p_holm": 1 / 8})
     assert rows["empty"]["vs_floor"] is None and bs.beats_floor(rows["empty"]) is None
     assert [bs.beats_floor(rows[m]) for m in models] == [True, False, False]  # edge: only Holm stops it
-    note = tables.floor_note(b)
+    note = notes.floor_note(b)
     assert note is not None and note.startswith("Not shown to beat the all-empty floor")
     assert "edge (+0.125, p 0.0625), weak (+0.075, p 0.1250)" in note and "good" not in note
     assert f"**Note**: {note}" in tables.markdown(b)
@@ -113,7 +120,7 @@ def test_the_floor_note_names_models_not_shown_to_beat_predicting_nothing():
     edge = dict(zip(columns, next(line for line in lines if line[1] == "edge")))
     assert (edge["diff_vs_floor"], edge["p_vs_floor"]) == ("0.125000", "0.062500")
     clear = board(twelve_subject_runs("good", models["good"]))
-    assert tables.floor_note(clear) is None  # every model above the floor: no line
+    assert notes.floor_note(clear) is None  # every model above the floor: no line
 
 
 def test_the_floor_note_blames_the_sample_when_no_model_could_clear_it():
@@ -123,9 +130,9 @@ def test_the_floor_note_blames_the_sample_when_no_model_could_clear_it():
     runs = [model_runs(m, {0: [0.9] * 6}, subjects=subjects, empty=[False] * 6, fold_of=fold_of)
             for m in ("a", "b", "c", "d")]  # fmt: skip
     b = board(*runs)
-    assert tables.resolution_note(b) is None and bs.floor_resolution(6, 4) == pytest.approx(0.0625)
+    assert notes.resolution_note(b) is None and bs.floor_resolution(6, 4) == pytest.approx(0.0625)
     assert all(r["vs_floor"]["p_holm"] == pytest.approx(4 / 64) for r in b["rows"] if not r["baseline"])
-    assert tables.floor_note(b) == (
+    assert notes.floor_note(b) == (
         "With 6 subjects and 4 models no model can be shown to beat the all-empty floor: the smallest "
         "Holm-adjusted one-sided sign-flip p is at best 4/2^6 = 0.0625 >= 0.05. A limit of the sample, "
         "not of the models."
@@ -134,7 +141,7 @@ def test_the_floor_note_blames_the_sample_when_no_model_could_clear_it():
     # (p = 1/32) the floor can be beaten although no gap to the top can be significant
     five = board(model_runs("a", {0: [0.9] * 5}, subjects=[1, 2, 3, 4, 5], empty=[False] * 5,
                             fold_of=[0, 0, 0, 1, 1]))  # fmt: skip
-    assert tables.resolution_note(five) is not None and bs.beats_floor(five["rows"][0]) is True
+    assert notes.resolution_note(five) is not None and bs.beats_floor(five["rows"][0]) is True
     assert bs.floor_resolution(25, 2) == pytest.approx(2 / (2 * (1 + bs.N_PERM)))  # Monte Carlo's limit
 
 
@@ -147,8 +154,8 @@ def test_a_model_below_the_floor_gets_p_one_and_is_named():
     noisy = row(b, "noisy")
     assert noisy["vs_floor"] == pytest.approx({"diff": -0.5, "p": 1.0, "p_holm": 1.0})
     assert bs.beats_floor(noisy) is False and noisy["rank"] == 2  # the floor ranks first here
-    assert noisy["vs_top"]["p"] == pytest.approx(2 / 4096)  # two-sided: significant, but below
-    assert "noisy (-0.500, p 1.0000)" in tables.floor_note(b)
+    assert noisy["vs_top"]["p_unadjusted"] == pytest.approx(2 / 4096)  # two-sided: significant, but below
+    assert "noisy (-0.500, p 1.0000)" in notes.floor_note(b)
 
 
 def test_top_group_is_the_confidence_set_for_the_best():
@@ -159,12 +166,18 @@ def test_top_group_is_the_confidence_set_for_the_best():
     b = board(*(twelve_subject_runs(m, v) for m, v in models.items()))
     rows = {r["model"]: r for r in b["rows"]}
     assert [r["model"] for r in b["rows"]] == ["top", "twin", "mid", "bad", "empty"]
-    # exact sign flips over 2^12 patterns: |sum| reached by k <= 2 or k >= 10 equal signs
-    assert rows["mid"]["vs_top"]["p"] == pytest.approx(2 * (1 + 12 + 66) / 4096)
-    assert rows["bad"]["vs_top"]["p"] == pytest.approx(2 / 4096) and rows["twin"]["vs_top"]["p"] == 1.0
-    # the set and the rank intervals are ranking's, on the per-subject totals of the ranked rows
+    # plain p: exact sign flips over 2^12 patterns, |sum| reached by k <= 2 or k >= 10 equal signs
+    unadjusted = {m: rows[m]["vs_top"]["p_unadjusted"] for m in ("mid", "bad", "twin")}
+    assert unadjusted == pytest.approx({"mid": 2 * (1 + 12 + 66) / 4096, "bad": 2 / 4096, "twin": 1.0})
+    # the set, the rank intervals and the corrected p are ranking's, on the ranked rows' totals
     totals = np.array([top, twin, mid, [0.5] * 12, [0.0] * 12])
     pairs = ranking.Pairs.compare(totals, np.ones(12), ranking.Resamples.draw(12, bs.N_SET, bs.SEED))
+    corrected = ranking.simultaneous_pvalues(pairs)[:4].tolist()  # pairs (top, row 1..4)
+    assert [rows[m]["vs_top"]["p"] for m in ("twin", "mid", "bad", "empty")] == pytest.approx(corrected)
+    # an exact gap is the most extreme the bootstrap can be; mid's plain p (0.039) does not survive
+    assert (
+        rows["bad"]["vs_top"]["p"] == pytest.approx(1 / (1 + bs.N_SET)) and rows["mid"]["vs_top"]["p"] > 0.05
+    )
     contenders = ranking.best_set(pairs, [0, 1, 2, 3])
     assert [rows[m]["p_best"] for m in ("top", "twin", "mid", "bad")] == pytest.approx(contenders.tolist())
     lo, hi = ranking.rank_intervals(pairs)
@@ -174,9 +187,12 @@ def test_top_group_is_the_confidence_set_for_the_best():
     assert rows["top"]["p_best"] == 1.0 and rows["twin"]["top_group"] and rows["twin"]["p_best"] > 0.5
     assert rows["empty"]["p_best"] is None and rows["empty"]["top_group"] is None  # the floor: no contender
     assert rows["bad"]["rank_ci"] == [2, 4] and rows["empty"]["rank_ci"] == [3, 5]
-    assert tables.resolution_note(b) is None  # 12 subjects can reach p < 0.05: no caveat
-    # a constant gap has no spread: any true gap would be seen; mid and twin need about 0.04-0.05
-    assert rows["bad"]["vs_top"]["mde"] == 0.0 and 0.02 < rows["mid"]["vs_top"]["mde"] < 0.1
+    assert notes.resolution_note(b) is None  # 12 subjects can reach p < 0.05: no caveat
+    # a constant gap has no spread: any true gap would be seen. mid and bad differ alike on 10 of the
+    # 12 subjects, so 11% of resamples move that pair's gap without any spread (unbounded): the max
+    # over all pairs has no finite 95% point, and the corrected test can detect no gap with spread
+    assert rows["bad"]["vs_top"]["mde"] == 0.0 and rows["mid"]["vs_top"]["mde"] is None
+    assert ranking.simultaneous_critical(pairs) == float("inf") and rows["mid"]["vs_top"]["p"] > 0.1
     # no `empty` runs: the baseline is derived from the truth (all positive -> Dice 0), still ranked
     assert rows["empty"]["derived"] and rows["empty"]["metrics"]["kaggle_dice"]["mean"] == 0.0
 
@@ -195,7 +211,11 @@ def test_the_test_and_the_rank_measure_the_same_thing():
     rows = {r["model"]: r for r in b["rows"]}
     assert rows["b"]["rank"] == 2 and rows["b"]["vs_top"]["diff"] == pytest.approx(-97.25 / 1055)
     # totals of b - a: -100 once and +0.25 eleven times: every sign pattern is at least as extreme
-    assert rows["b"]["vs_top"]["p"] == 1.0 and rows["b"]["top_group"]
+    assert (
+        rows["b"]["vs_top"]["p_unadjusted"] == 1.0
+        and rows["b"]["vs_top"]["p"] > 0.05
+        and rows["b"]["top_group"]
+    )
     means = np.array([-0.1] + [0.05] * 11)  # what the old test used
     assert stats.sign_flip_pvalue(means) == pytest.approx(0.033, abs=0.001)
 
@@ -347,7 +367,7 @@ def test_one_subject_or_identical_models_give_a_defined_board_without_warnings()
     ] is None
     assert "With 1 subject no gap to the top" in text
     a, b2 = same["rows"][:2]
-    assert b2["vs_top"] == {"diff": 0.0, "p": 1.0, "n_subjects": 12, "mde": 0.0}
+    assert b2["vs_top"] == {"diff": 0.0, "p": 1.0, "p_unadjusted": 1.0, "n_subjects": 12, "mde": 0.0}
     assert a["p_best"] == b2["p_best"] == 1.0 and a["rank_ci"] == b2["rank_ci"] == [1, 2]
 
 

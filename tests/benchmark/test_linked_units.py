@@ -92,7 +92,8 @@ def _with_units(runs: list[dict], merge: dict[int, int]) -> list[dict]:
     return runs
 
 
-def test_the_board_resamples_units_not_subjects():
+def test_the_board_resamples_units_not_subjects(monkeypatch):
+    monkeypatch.setattr(bs, "MIN_CI_UNITS", 2)  # the toy set has 4 subjects: CIs from 2 units here
     merge = {4: 3}  # the toy set's subjects 3 and 4 are one patient: 3 units
     board = lb.build(_with_units(model_runs("unet", UNET), merge) + _with_units(empty_runs(), merge))
     unet = next(r for r in board["rows"] if r["model"] == "unet")

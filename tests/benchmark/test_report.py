@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +66,13 @@ def test_markdown_has_protocol_header_folds_ranks_and_incomplete(results):
     assert "| 0 | 1, 2 | 4 | 0.500 |" in md and "| 1 | 3, 4 | 4 | 0.500 |" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit() and "[" in line]
     assert [r.split(" | ")[1] for r in rows] == ["unet", "empty (baseline)"]
-    assert rows[0].startswith("| 1 | unet | [1, 2] | 2 | 0.725 [") and rows[0].endswith(
+    assert rows[0].startswith("| 1 | unet | [1, 2] | 2 | 0.725 | ") and rows[0].endswith(
         "| - | n/a | - | 1.0000 | yes |"
     )
-    # empty - unet per subject all negative: exact sign-flip p = 2/16; the floor is not in the set
-    assert rows[1].startswith("| 2 | empty (baseline) | [1, 2] | 2 | 0.500 [0.500, 0.500] |")
-    assert rows[1].endswith("| -0.225 | 0.1250 | n/a | n/a | floor |")
+    # 4 subjects: no CI (note), no corrected p below 1; the floor is not in the set
+    assert rows[1].startswith("| 2 | empty (baseline) | [1, 2] | 2 | 0.500 | 0.000 |")
+    assert "**Note**: No CIs: a subject-bootstrap interval from 4 subjects" in md
+    assert rows[1].endswith("| -0.225 | 1.0000 | n/a | n/a | floor |")  # 4 subjects: nothing to tell
     assert "| Seed SD |" in md and "| Δ vs top | p vs top | MDE 80% | Set p | Top group |" in md
     assert "| sk_unet | 3 | seed 1: fold 1 missing | 0.675 (8 images) |" in md
     assert "| sk_unet | n/a | n/a | 10.3 | n/a |" in md  # missing cost -> n/a, train time kept
@@ -84,7 +86,13 @@ def test_json_csv_and_tex_agree(results):
     assert [r["model"] for r in board["rows"]] == ["unet", "empty"]
     assert [r["model"] for r in board["incomplete"]] == ["sk_unet"]
     assert board["rows"][0]["metrics"]["kaggle_dice"]["mean"] == 0.725 and "kaggle_dice" in board["legend"]
-    assert board["rows"][1]["vs_top"] == {"diff": -0.225, "n_subjects": 4, "p": 0.125, "mde": None}
+    assert board["rows"][1]["vs_top"] == {
+        "diff": -0.225,
+        "n_subjects": 4,
+        "p": 1.0,
+        "p_unadjusted": 0.125,
+        "mde": None,
+    }
     assert board["rows"][1]["p_best"] is None and board["rows"][0]["rank_ci"] == [1, 2]
     assert board["header"]["statistics"]["n_set"] == 10000 and board["rows"][0]["seed_sd"] > 0
     lines = (results / "leaderboard.csv").read_text().splitlines()
@@ -94,15 +102,15 @@ def test_json_csv_and_tex_agree(results):
         "rank_ci_lo", "rank_ci_hi", "seed_sd",
     ]  # fmt: skip
     assert lines[1].startswith("1,unet,false,false,ranked,,4,2,8,0.725000,")
-    assert lines[2].startswith("2,empty,true,false,ranked,,4,2,8,0.500000,0.500000,0.500000,")
-    assert ",-0.225000,0.125000,n/a,n/a,,4,1,2,0.000000," in lines[2]
+    assert lines[2].startswith("2,empty,true,false,ranked,,4,2,8,0.500000,n/a,n/a,")
+    assert ",-0.225000,1.000000,n/a,n/a,,4,1,2,0.000000," in lines[2] and ",n/a,n/a,0.125000," in lines[2]
     assert lines[3].startswith(
         ",sk_unet,false,false,incomplete,seed 1: fold 1 missing,3,2,8,0.675000,n/a,n/a,"
     )
     tex = (results / "leaderboard.tex").read_text()
     assert (
         "\\toprule" in tex
-        and "1 & \\textbf{unet} & {[}1, 2{]} & 0.725 {[}" in tex
+        and "1 & \\textbf{unet} & {[}1, 2{]} & 0.725 & " in tex  # no CI from 4 subjects
         and "2 & empty (baseline) & {[}1, 2{]} &" in tex  # the floor is never in the bold top group
     )
     assert "sk\\_unet" not in tex and "% 1 incomplete model(s) not shown" in tex
@@ -317,3 +325,13 @@ def test_runs_scored_again_after_training_are_named_with_where():
     )
     assert lb.build(model_runs("unet", UNET) + empty_runs())["header"]["scored_again"] == []
     assert "Scored again" not in tables.markdown(lb.build(model_runs("unet", UNET) + empty_runs()))
+
+
+def test_the_committed_example_is_what_its_runs_give(tmp_path):
+    """results/example (linked from the README) is rebuilt from its own summaries to the same bytes:
+    a change to the board's statistics or words that is not carried into the example fails here."""
+    example = Path(__file__).resolve().parents[2] / "results" / "example"
+    shutil.copytree(example / "runs", tmp_path / "runs")
+    build_report(tmp_path)  # with the plots: the report id covers what they draw
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "leaderboard.tex"):
+        assert (tmp_path / name).read_bytes() == (example / name).read_bytes(), f"{name}: run make report"

@@ -212,12 +212,75 @@ def test_detectable_difference_hand_cases_and_scaling():
     w = np.arange(5, 25, dtype=float)
     d = np.random.default_rng(2).normal(0, 0.05, 20) * w
     boot = ranking.Resamples.draw(20, 2000, 0)
-    (mde,) = ranking.detectable_differences(d[None], w, resamples=boot)
+    (mde,) = ranking.detectable_differences(d[None], w, 2.5, resamples=boot)
     # the spread scales the answer exactly: residuals c r and gap c delta give the same statistics
-    (half,) = ranking.detectable_differences(d[None] / 2, w, resamples=boot)
-    assert 0.0 < mde < 1.0 and half == pytest.approx(mde / 2, rel=1e-6)
+    (half,) = ranking.detectable_differences(d[None] / 2, w, 2.5, resamples=boot)
+    assert 0.0 < mde < 1.0 and half == pytest.approx(mde / 2, abs=2**-23)  # the bisection's step
     # a shift of the observed gap does not change the spread, so neither the MDE
-    assert ranking.detectable_differences((d + 0.03 * w)[None], w, resamples=boot) == pytest.approx([mde])
-    assert ranking.detectable_differences((0.02 * w)[None], w, resamples=boot) == [0.0]  # no spread
-    assert ranking.detectable_differences(d[None, :5], w[:5]) == [None]  # too few subjects
-    assert ranking.detectable_differences((d * 1e3)[None], w, resamples=boot) == [None]  # beyond Dice's range
+    assert ranking.detectable_differences((d + 0.03 * w)[None], w, 2.5, resamples=boot) == pytest.approx(
+        [mde]
+    )
+    (stricter,) = ranking.detectable_differences(d[None], w, 3.5, resamples=boot)
+    assert stricter > mde  # a higher bar (more pairs on the board) needs a bigger gap
+    assert ranking.detectable_differences(d[None], w, float("inf"), resamples=boot) == [None]
+    assert ranking.detectable_differences((0.02 * w)[None], w, 2.5, resamples=boot) == [0.0]  # no spread
+    assert ranking.detectable_differences(d[None, :5], w[:5], 2.5) == [None]  # too few subjects
+    assert ranking.detectable_differences((d * 1e3)[None], w, 2.5, resamples=boot) == [None]  # beyond Dice
+
+
+def _power_by_hand(d: np.ndarray, w: np.ndarray, gap: float, critical: float, counts: np.ndarray) -> float:
+    """Each resample's studentised gap computed directly, as Pairs does for an observed pair."""
+    n = w.size
+    resid = (d - d.sum() / w.sum() * w) * np.sqrt(n / (n - 1))
+    hits = 0
+    for sign in (1.0, -1.0):
+        for c in counts.astype(int):
+            x, cw = np.repeat(sign * resid + gap * w, c), np.repeat(w, c)
+            mean = x.sum() / cw.sum()
+            hits += abs(x.sum()) > critical * np.sqrt(((x - mean * cw) ** 2).sum())
+    return hits / (2 * len(counts))
+
+
+def test_detectable_difference_reaches_the_power_on_its_own_resamples():
+    """At the MDE the resampled data reach the stated power against the critical value; a little
+    below it they do not (the power curve's algebra against a direct computation)."""
+    w = np.arange(5, 17, dtype=float)
+    d = np.random.default_rng(5).normal(0, 0.05, 12) * w
+    boot = ranking.Resamples.draw(12, 300, 1)
+    (mde,) = ranking.detectable_differences(d[None], w, 2.5, resamples=boot)
+    assert (
+        _power_by_hand(d, w, mde, 2.5, boot.counts)
+        >= 0.8
+        > _power_by_hand(d, w, mde * 0.98, 2.5, boot.counts)
+    )
+
+
+def test_simultaneous_critical_is_where_the_corrected_p_crosses_alpha():
+    """p < alpha exactly when |z| exceeds the critical value: with B = 999 resamples, p < 0.05 needs
+    fewer than 49 null maxima at or above |z|."""
+    maxima = np.random.default_rng(4).exponential(1.0, size=999)
+    z = np.linspace(-8, 8, 2001)
+    null = np.repeat(maxima[:, None], z.size, 1)
+    pairs = ranking.Pairs(np.zeros(z.size, int), np.ones(z.size, int), z, null, np.zeros(2), 40)
+    critical = ranking.simultaneous_critical(pairs, 0.05)
+    assert critical == np.sort(maxima)[999 - 49]
+    assert ((ranking.simultaneous_pvalues(pairs) < 0.05) == (np.abs(z) > critical)).all()
+    few = ranking.Pairs(pairs.first, pairs.second, z, pairs.null, pairs.sums, 5)  # below MIN_SUBJECTS
+    assert (ranking.simultaneous_pvalues(few) == 1.0).all()
+
+
+def test_a_resample_without_spread_counts_the_same_whatever_the_rounding():
+    """Issue 17's counter-example (one subject of ~1,000 frames 0.1 worse, 11 small ones better) in
+    two spellings: one whose flat resamples cancel to exactly 0 in floating point (powers of two),
+    one that leaves rounding. A resample without the big subject moves the gap without any spread;
+    both spellings must count it alike (they gave p = 0.002 and 0.35 when flatness was absolute)."""
+    p = []
+    for big, small, frames, heavy in ((0.1, 0.05, 5.0, 1000.0), (0.125, 0.125, 4.0, 1024.0)):
+        w = np.array([heavy] + [frames] * 11)
+        d = np.array([-big * heavy] + [small * frames] * 11)
+        pairs = ranking.Pairs.compare(
+            np.vstack([np.full(12, 50.0), 50.0 + d]), w, ranking.Resamples.draw(12, 4000, 0)
+        )
+        p.append(float(ranking.simultaneous_pvalues(pairs)[0]))
+    # (11/12)^12 = 0.35 of the resamples lack the big subject: at least that share is as extreme
+    assert p[0] == pytest.approx(p[1], abs=0.02) and min(p) > 0.3

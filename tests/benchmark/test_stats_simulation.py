@@ -90,12 +90,14 @@ def test_subject_bootstrap_covers_the_image_weighted_truth():
         f"subject bootstrap 95% CI, 20-47 subjects: coverage {coverage:.3f} (mean width "
         f"{widths.mean():.3f}); bootstrapping the subject-weighted mean instead: {wrong.mean():.3f}"
     )
-    assert 0.93 <= coverage <= 0.99
+    # 0.94: the plain percentile interval (no small-sample expansion) reaches only about 0.935
+    assert 0.94 <= coverage <= 0.99
     assert wrong.mean() < 0.85  # the simulation sees the difference between the two weightings
 
 
 def test_worst_case_ten_subjects():
-    # 10 subjects: the expanded interval must still cover 90%, the exact sign-flip keep its level.
+    # 10 subjects: the expanded interval must still cover 92% (the plain percentile one: about 0.907),
+    # the exact sign-flip keep its level.
     rng, reps = np.random.default_rng(60), 800
     covered, rejected = np.empty(reps, bool), np.empty(reps, bool)
     for i in range(reps):
@@ -105,7 +107,26 @@ def test_worst_case_ten_subjects():
         rejected[i] = stats.sign_flip_pvalue(np.subtract(*sim.totals(dice[1:], subjects, 10))) < 0.05
     rate = float(rejected.mean())
     print(f"10 subjects: coverage {covered.mean():.3f}, exact sign-flip false positives {rate:.4f}")
-    assert covered.mean() >= 0.90 and rate <= 0.05 + 2 * _se(rate, reps)
+    assert covered.mean() >= 0.92 and rate <= 0.05 + 2 * _se(rate, reps)
+
+
+def test_too_few_subjects_for_a_95_ci():
+    """Why the board shows no CI below board_stats.MIN_CI_UNITS: from a handful of subjects no
+    percentile interval can hold 95% (the truth lies outside the range of n subject means with
+    probability about 2^(1 - n)), and the small-sample expansion does not make up for it."""
+    rng, reps, coverage = np.random.default_rng(23), 800, {}
+    for n in (2, 4, 6):
+        hits = []
+        for i in range(reps):
+            dice, subjects, _ = sim.draw(rng, [BASE], n, _icc(rng))
+            _, lo, hi = stats.subject_bootstrap_ci(dice[0], subjects, n_boot=1000, seed=i)
+            hits.append(lo <= TARGET <= hi)
+        coverage[n] = float(np.mean(hits))
+    print(
+        "subject bootstrap 95% CI coverage, "
+        + ", ".join(f"{n} subjects {c:.3f}" for n, c in coverage.items())
+    )
+    assert coverage[2] < 0.6 and coverage[4] < 0.92 and coverage[6] < 0.95
 
 
 def test_per_image_methods_fail_on_clustered_frames():
@@ -123,14 +144,17 @@ def test_per_image_methods_fail_on_clustered_frames():
     assert rate > 0.15
 
 
-def _holm_vs_top_excludes(per_subject: np.ndarray, rng: np.random.Generator, n_flips: int = 1000) -> bool:
-    """The replaced rule: Holm over sign-flip tests of each model against the OBSERVED top (the
-    top picked by the image mean, as the board did)."""
+def _vs_top_excludes(
+    per_subject: np.ndarray, rng: np.random.Generator, n_flips: int = 1000
+) -> tuple[bool, bool]:
+    """The replaced rules: sign-flip tests of each model against the OBSERVED top (the top picked by
+    the image mean, as the board did), (any p < 0.05 alone, any after Holm over the models)."""
     top = int(np.argmax(per_subject[0].sum(axis=1)))
     diffs = np.delete(per_subject[1], top, axis=0) - per_subject[1][top]
     signs = 1.0 - 2.0 * rng.integers(0, 2, size=(n_flips, diffs.shape[1]))
     extreme = (np.abs(signs @ diffs.T) >= np.abs(diffs.sum(axis=1)) - 1e-9).sum(axis=0)
-    return min(stats.holm(((1 + extreme) / (1 + n_flips)).tolist())) < 0.05
+    p = ((1 + extreme) / (1 + n_flips)).tolist()
+    return min(p) < 0.05, min(stats.holm(p)) < 0.05
 
 
 def _best_set(models, n, rng, seed, n_boot=1000):
@@ -140,23 +164,32 @@ def _best_set(models, n, rng, seed, n_boot=1000):
     return ranking.best_set(pairs), totals, sizes, pairs
 
 
-def test_top_group_is_a_95_confidence_set_for_the_best():
-    """5 equal models (equal image-weighted means, unequal size dependence), 10-47 subjects."""
+def test_top_group_and_p_vs_top_keep_their_error_rate_for_the_best():
+    """5 equal models (equal image-weighted means, unequal size dependence), 10-47 subjects: the set
+    drops one, or a simultaneous p (the board's p vs top, every pair) calls one different, at most
+    alpha of the time; a per-pair test against the observed top does far more often, with Holm too."""
     equal = [sim.matched(s, TARGET) for s in SLOPES]
     rng, reps = np.random.default_rng(41), 1000
-    excluded, old, picked = np.empty(reps, bool), np.empty(reps, bool), np.empty(reps, bool)
+    excluded, some_pair, vs_top = np.empty(reps, bool), np.empty(reps, bool), np.empty(reps, bool)
+    old, raw, picked = np.empty(reps, bool), np.empty(reps, bool), np.empty(reps, bool)
     for i in range(reps):
-        p, totals, sizes, _ = _best_set(equal, int(rng.integers(10, 48)), rng, i)
+        p, totals, sizes, pairs = _best_set(equal, int(rng.integers(10, 48)), rng, i)
         excluded[i] = (p < 0.05).any()
-        old[i] = _holm_vs_top_excludes((totals, totals / sizes), rng)  # the old board: subject means
-        picked[i] = _holm_vs_top_excludes((totals, totals), rng)  # the top's selection alone
-    rate, old_rate = float(excluded.mean()), float(old.mean())
+        simultaneous, top = ranking.simultaneous_pvalues(pairs), int(np.argmax(totals.sum(axis=1)))
+        some_pair[i] = (simultaneous < 0.05).any()
+        vs_top[i] = (simultaneous[(pairs.first == top) | (pairs.second == top)] < 0.05).any()
+        old[i] = _vs_top_excludes((totals, totals / sizes), rng)[1]  # the old board: subject means
+        raw[i], picked[i] = _vs_top_excludes((totals, totals), rng)  # the top's selection alone
+    rate, pair_rate, old_rate = float(excluded.mean()), float(some_pair.mean()), float(old.mean())
     print(
-        f"5 equal models: the set excludes one in {rate:.4f} (se {_se(rate, reps):.4f}); the old top group "
-        f"(Holm vs the observed top on subject means) {old_rate:.4f}, on totals {picked.mean():.4f}"
+        f"5 equal models: the set excludes one in {rate:.4f} (se {_se(rate, reps):.4f}); some simultaneous "
+        f"p < 0.05 in {pair_rate:.4f}, against the observed top {vs_top.mean():.4f}; per-pair sign flips "
+        f"against the observed top {raw.mean():.4f}, Holm over them {picked.mean():.4f}; the old top "
+        f"group (Holm vs the observed top on subject means) {old_rate:.4f}"
     )
     assert 0.015 <= rate <= 0.05 + 2 * _se(rate, reps)
-    assert old_rate > 0.05 + 2 * _se(old_rate, reps)  # the old rule is over its error rate
+    assert pair_rate <= 0.05 + 2 * _se(pair_rate, reps)  # per-pair critical values: about 0.3
+    assert raw.mean() > 0.15 and old_rate > 0.05 + 2 * _se(old_rate, reps)  # the old rules are over it
 
 
 @pytest.mark.parametrize("gap,least", [(0.05, 0.95), (0.03, 0.6)])
@@ -191,6 +224,14 @@ def test_rank_intervals_cover_every_true_rank():
     assert rate >= 0.95 - 2 * _se(rate, reps) and widths.mean() < 4.5  # informative, not [1, 5]
 
 
+def _simultaneous_p(dice: np.ndarray, subjects: np.ndarray, sizes: np.ndarray, seed: int) -> float:
+    """The board's p vs top for two models: the studentised gap against its own bootstrap-t null."""
+    pairs = ranking.Pairs.compare(
+        sim.totals(dice, subjects, 40), sizes, ranking.Resamples.draw(40, 1000, seed)
+    )
+    return float(ranking.simultaneous_pvalues(pairs)[0])
+
+
 def test_detectable_difference_has_the_stated_power():
     """The board's MDE from one data set; a fresh one whose true gap is that MDE is detected ~80%."""
     a, b = sim.matched(SLOPES[0], TARGET), sim.matched(SLOPES[-1], TARGET)
@@ -198,22 +239,18 @@ def test_detectable_difference_has_the_stated_power():
     mdes, detected = np.empty(reps), np.empty(reps, bool)
     for i in range(reps):
         dice, subjects, sizes = sim.draw(rng, [a, b], 40, _icc(rng))
-        diff = np.subtract(*sim.totals(dice, subjects, 40))
+        totals, boot = sim.totals(dice, subjects, 40), ranking.Resamples.draw(40, 1000, i)
+        critical = ranking.simultaneous_critical(ranking.Pairs.compare(totals, sizes, boot))
         (mdes[i],) = ranking.detectable_differences(
-            diff[None], sizes, resamples=ranking.Resamples.draw(40, 1000, i)
+            np.subtract(*totals)[None], sizes, critical, resamples=boot
         )
-        dice, subjects, _ = sim.draw(rng, [a, sim.matched(SLOPES[-1], TARGET - mdes[i])], 40, _icc(rng))
-        detected[i] = (
-            stats.sign_flip_pvalue(np.subtract(*sim.totals(dice, subjects, 40)), 1000, seed=i) < 0.05
-        )
+        dice, subjects, sizes = sim.draw(rng, [a, sim.matched(SLOPES[-1], TARGET - mdes[i])], 40, _icc(rng))
+        detected[i] = _simultaneous_p(dice, subjects, sizes, i) < 0.05
     power = {}
     for gap in (0.02, 0.05):
         worse = sim.matched(SLOPES[-1], TARGET - gap)
-        hits = [
-            stats.sign_flip_pvalue(np.subtract(*sim.totals(d, s, 40)), 1000, seed=i) < 0.05
-            for i, (d, s, _) in enumerate(sim.draw(rng, [a, worse], 40, _icc(rng)) for _ in range(200))
-        ]
-        power[gap] = float(np.mean(hits))
+        draws = (sim.draw(rng, [a, worse], 40, _icc(rng)) for _ in range(200))
+        power[gap] = float(np.mean([_simultaneous_p(*draw, i) < 0.05 for i, draw in enumerate(draws)]))
     print(
         f"MDE at 80% power, 40 subjects: median {np.median(mdes):.4f} (IQR {np.quantile(mdes, 0.25):.4f}-"
         f"{np.quantile(mdes, 0.75):.4f}); a true gap of that size detected {detected.mean():.3f}; "

@@ -1,0 +1,117 @@
+"""The notes printed under the leaderboard's accuracy table: what the sample cannot show (too few
+subjects for a test or a CI), which models do not clear the all-empty floor, what the board could
+have detected, and what the seeds cover. Each is one line or None, a pure function of the board.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmark.reporting import board_stats as bs
+from benchmark.reporting import recipe
+from benchmark.reporting.cells import fmt_p
+from benchmark.scoring import ranking
+
+
+def n_subjects(board: dict[str, Any]) -> int | None:
+    return int(board["rows"][0]["vs_top"]["n_subjects"]) if board["rows"] else None
+
+
+def _counted_once(board: dict[str, Any]) -> str:
+    """' (subjects that share frames counted once)' on a board that linked some (``link_subjects``)."""
+    h = board.get("header") or {}
+    linked = h.get("link_subjects") == [True] and any(h.get("linked_subjects") or [])
+    return " (subjects that share frames counted once)" if linked else ""
+
+
+def resolution_note(board: dict[str, Any]) -> str | None:
+    """Say so when too few subjects make any significant difference impossible, whatever the data.
+
+    With n subjects no sign-flip p can go below 2 / 2^n, >= 0.05 for n < ranking.MIN_SUBJECTS = 6,
+    where the set keeps every model and the rank intervals span the board. The reader must see that
+    this is a limit of the sample, not evidence that the models are equal.
+    """
+    n = n_subjects(board)
+    if n is None or len(board["rows"]) < 2 or n >= ranking.MIN_SUBJECTS:
+        return None
+    return (
+        f"With {n} subject{'s' if n > 1 else ''} no gap to the top can be significant here: the "
+        f"smallest possible two-sided sign-flip p is 2/2^{n} = {2.0 / 2**n:.4f} >= {bs.ALPHA}, and a "
+        "bootstrap of so few subjects tells nothing apart. Every model is in the top group by lack of "
+        "subjects, not by merit."
+    )
+
+
+def ci_note(board: dict[str, Any]) -> str | None:
+    """Say why the board prints no CIs: too few subjects for a subject bootstrap to hold 95%."""
+    n = n_subjects(board)
+    if n is None or n >= bs.MIN_CI_UNITS:
+        return None
+    return (
+        f"No CIs: a subject-bootstrap interval from {n} subject{'s' if n > 1 else ''}{_counted_once(board)} "
+        "covers the truth less often than it claims (simulated: 93% with 6 subjects, 87% with 4, 47% with "
+        f"2), so intervals are shown from {bs.MIN_CI_UNITS} subjects on (94% or more)."
+    )
+
+
+def power_note(board: dict[str, Any]) -> str | None:
+    """What the board could have seen: the range of the rows' detectable gaps to the top."""
+    n, mde = n_subjects(board), [r["vs_top"]["mde"] for r in board["rows"][1:] if not r["baseline"]]
+    found = [m for m in mde if m]  # None: nothing detectable; 0: no spread, any gap would show
+    if not mde or not found:
+        return None
+    span = f"{min(found):.3f}" if min(found) == max(found) else f"{min(found):.3f} to {max(found):.3f}"
+    return (
+        f"Power: with these {n} subjects{_counted_once(board)} and the observed spread of per-subject "
+        f"differences, p vs top detects a true gap to the top of {span} (MDE column) with {bs.POWER:.0%} "
+        f"probability at alpha {bs.ALPHA}. Smaller gaps are likely to go unseen: 'yes' in the top group is "
+        "not evidence of equality."
+    )
+
+
+def floor_note(board: dict[str, Any]) -> str | None:
+    """One line naming the models not shown to beat the all-empty floor (issue 20), or saying that the
+    sample cannot show it for any model. Silent when every model clears it. (The one-sided floor test
+    can be significant with fewer subjects than the two-sided tests of :func:`resolution_note`.)"""
+    tested = [r for r in board["rows"] if r.get("vs_floor") is not None]
+    below = [r for r in tested if not bs.beats_floor(r)]
+    if not below:
+        return None
+    n = n_subjects(board) or 0
+    limit = bs.floor_resolution(n, len(tested))
+    if limit >= bs.ALPHA:
+        return (
+            f"With {n} subject{'s' if n > 1 else ''} and {len(tested)} model{'s' if len(tested) > 1 else ''} "
+            "no model can be shown to beat the all-empty "
+            "floor: the smallest Holm-adjusted one-sided sign-flip p is at best "
+            f"{len(tested)}/2^{n} = {limit:.4f} >= {bs.ALPHA}. A limit of the sample, not of the models."
+        )
+    parts = [f"{r['model']} ({r['vs_floor']['diff']:+.3f}, p {fmt_p(r['vs_floor']['p_holm'])})"
+             for r in below]  # fmt: skip
+    return (
+        "Not shown to beat the all-empty floor (gap to it; one-sided paired sign-flip p, Holm over the "
+        f"models): {', '.join(parts)}. A model that has not learned where (or whether) the nerve is "
+        "within its budget scores like predicting nothing."
+    )
+
+
+def seeds_note(board: dict[str, Any]) -> str:
+    seeds = board["header"]["seeds"]
+    if len(seeds) < 2:
+        return (
+            "One seed: the CIs, p-values, rank intervals and the top group cover the sampling of test "
+            "subjects only, not training randomness (initialisation, augmentation)."
+        )
+    return (
+        f"{len(seeds)} seeds: every image is averaged over them first; the CIs and tests still resample "
+        "subjects only. Seed SD is the spread of the per-seed means: the training randomness, which adds "
+        f"about Seed SD / sqrt({len(seeds)}) to the uncertainty of a seed-averaged score."
+    )
+
+
+def notes(board: dict[str, Any]) -> list[str]:
+    """The notes printed under the accuracy table."""
+    found = [resolution_note(board), ci_note(board), floor_note(board), power_note(board)]
+    found.append(seeds_note(board) if board["rows"] else None)
+    found.append(recipe.note(board["header"].get("recipe") or {"per_model": {}}))
+    return [n for n in found if n]
