@@ -7,8 +7,11 @@ of its own outer fold (``split.outer_indices``); scoring an image outside it is 
 image may have been trained on. Counting images instead would let "image 99 instead of 11" pass.
 
 Summaries written before ``outer_indices`` existed still carry ``dataset.n_train``, so k-fold boards
-get the full check; a hold-out board whose summaries do not name the hold-out set falls back to
-counting the images against the fold table (and duplicates), as before.
+get the full check. A hold-out board whose summaries do not name the hold-out set checks every seed
+against the image set that most (model, seed) pairs score, when that set has the fold table's size
+(``agreed_index``): two models that each score 12 images, but different ones, are not both ranked
+(the board's tests would silently use only the images they share). Otherwise it counts the images
+against the fold table (and duplicates).
 """
 
 from __future__ import annotations
@@ -52,6 +55,21 @@ def expected_index(runs: list[dict[str, Any]]) -> tuple[np.ndarray, str] | None:
         return None
     n = sizes.pop()
     return np.arange(n, dtype=np.int64), f"the data set's images 0..{n - 1}"
+
+
+def agreed_index(runs: list[dict[str, Any]], count: int) -> tuple[np.ndarray, str] | None:
+    """The image set that most (model, seed) pairs score together, when it has ``count`` images; ties
+    go to the smaller set in sort order. None when no such set exists."""
+    scored: dict[tuple[str, int], set[int]] = {}
+    for s in runs:
+        scored.setdefault((str(s.get("model")), int(s.get("seed", 0))), set()).update(_index(s))
+    tally = Counter(tuple(sorted(v)) for v in scored.values())
+    if not tally:
+        return None
+    chosen = min(tally, key=lambda t: (-tally[t], t))
+    if len(chosen) != count:
+        return None
+    return np.asarray(chosen, dtype=np.int64), "the images the other models score"
 
 
 def _grouped(owners: dict[int, list[str]], images: list[int]) -> dict[tuple[str, ...], list[int]]:

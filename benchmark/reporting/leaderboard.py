@@ -124,9 +124,14 @@ def expected_images(runs: list[dict[str, Any]]) -> int:
 
 
 def expected(runs: list[dict[str, Any]]) -> tuple[np.ndarray, str] | int:
-    """What each seed's folds must score: the exact index set when the split records it, else a count."""
+    """What each seed's folds must score: the exact index set when the split records it, else the set
+    most models agree on (of the fold table's size), else a count."""
     found = completeness.expected_index(runs)
-    return expected_images(runs) if found is None else found
+    if found is not None:
+        return found
+    count = expected_images(runs)
+    agreed = completeness.agreed_index(runs, count)
+    return count if agreed is None else agreed
 
 
 def missing(

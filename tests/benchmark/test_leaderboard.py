@@ -315,7 +315,7 @@ def test_a_wrong_index_makes_the_model_incomplete_and_is_named():
 
 def test_summaries_without_outer_indices():
     """k-fold boards need only dataset.n_train (in every schema-2 summary); a hold-out board whose
-    summaries do not name the hold-out set falls back to counting images."""
+    summaries do not name the hold-out set checks the image set most models score, else counts."""
     runs = [_strip(s) for s in model_runs("unet", UNET)]
     assert lb.expected(runs)[0].tolist() == list(range(8))
     wrong = [_with_index(runs[0], [0, 1, 2, 9]), *runs[1:]]
@@ -325,7 +325,16 @@ def test_summaries_without_outer_indices():
                             empty=EMPTY[:4], folds=fold_rows(), n_folds=1, mode="holdout"))
         for seed in (0, 1)
     ]  # fmt: skip
-    assert lb.expected(holdout) == 4  # the fold table's row 0
+    assert lb.expected(holdout)[0].tolist() == [0, 1, 2, 3]  # what both seeds score: the table's 4
+    # another model scoring 4 images too, but another one: not ranked on images the others lack
+    other = _strip(make_summary("sk_unet", 0, 0, UNET[0][:4], index=[0, 1, 2, 9], subjects=SUBJECTS[:4],
+                                empty=EMPTY[:4], folds=fold_rows(), n_folds=1, mode="holdout"))  # fmt: skip
+    problems = lb.missing([other], 1, lb.expected([*holdout, other]))
+    assert problems == [
+        f"seed 0: image 9 scored by {other['run']} is not in the images the other models score",
+        "seed 0: image 3 not scored by any fold",
+    ]
+    assert lb.expected(holdout[:1] + [{**holdout[1], "per_image": {"index": [0, 1]}}]) == 4  # no agreed set
     assert lb.expected([*holdout[:1], make_summary("unet", 0, 2, [1.0], n_folds=1, mode="holdout")])[
         0
     ].tolist() == [0]
