@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.core.files import atomic_write
 from benchmark.core.summary import read_summary
 from benchmark.external import importer
 from benchmark.external.folds import Fold, check_fold, fold_ids
@@ -129,7 +130,10 @@ def _plan_job(layout: Layout, settings: NnUNetSettings) -> dict[str, Any] | None
     marker = _plan_marker(layout, settings)
     wanted = {"planner": settings.planner, "plans_2d": settings.plans_2d}
     if marker.is_file():
-        saved = json.loads(marker.read_text())
+        try:
+            saved = json.loads(marker.read_text())
+        except ValueError:
+            raise DataError(marker, "unreadable plan record; delete it to plan again") from None
         if saved != wanted:
             raise DataError(marker, f"planned with {saved}, not {wanted}; use another --results-dir")
         return None
@@ -184,10 +188,16 @@ def _fold_job(layout: Layout, settings: NnUNetSettings, split: Fold, seed: int) 
     }
 
 
-def _facts(layout: Layout, settings: NnUNetSettings, seed: int, fold: int) -> dict[str, Any]:
-    facts = json.loads((layout.fold_dir(settings.plans, seed, fold) / FACTS).read_text())
+def _facts(layout: Layout, settings: NnUNetSettings, seed: int, fold: int) -> dict[str, Any] | None:
+    """What the fold's training recorded, or None when its record is absent or unreadable (then the
+    fold is trained again: nnU-Net resumes from its own checkpoints and only writes the record)."""
+    try:
+        facts = json.loads((layout.fold_dir(settings.plans, seed, fold) / FACTS).read_text())
+        cost = {"params": facts["params"], "train_img_s": facts["train_img_s"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
     return {
-        "cost": {"params": facts["params"], "train_img_s": facts["train_img_s"]},
+        "cost": cost,
         "train_time_s": facts["train_time_s"],
         "epochs_run": facts["epochs_run"],
         "nnunet": facts,
@@ -200,11 +210,9 @@ def _import(
     """Import a fold nnU-Net finished (facts written, every outer image predicted); False if it did not."""
     seed, k = split.cfg.seed, split.cfg.fold
     out = layout.predictions(settings.plans, seed, k)
-    if not (layout.fold_dir(settings.plans, seed, k) / FACTS).is_file() or not all(
-        (out / f"{s}.png").is_file() for s in split.outer
-    ):
-        return False
     facts = _facts(layout, settings, seed, k)
+    if facts is None or not all((out / f"{s}.png").is_file() for s in split.outer):
+        return False
     # replace: a rerun imports nnU-Net's own predictions of this fold again, the same files
     importer.import_fold(
         board, split, out, {**external, "nnunet": facts.pop("nnunet")}, facts=facts, replace=True
@@ -233,9 +241,10 @@ def run_seed(
         job = {"plan": plan, "folds": [_fold_job(layout, settings, s, seed) for s in todo]}
         code = _work(layout, seed, settings.device, job, log)
         if plan and code == 0:
-            _plan_marker(layout, settings).write_text(
+            atomic_write(
+                _plan_marker(layout, settings),
                 json.dumps({"planner": settings.planner, "plans_2d": settings.plans_2d}, sort_keys=True)
-                + "\n"
+                + "\n",
             )
         for split in todo:  # what finished is imported even when a later fold failed
             status[split.cfg.fold] = (

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core.environ import environ
+from benchmark.core.files import atomic_write
 
 FACTS = "nerve_bench_facts.json"
 
@@ -126,7 +127,8 @@ def train(job: dict[str, Any], device: Any) -> None:
     if job.get("validate") and not (Path(trainer.output_folder) / "validation" / "summary.json").is_file():
         trainer.perform_actual_validation(False)  # nnU-Net's own validation, on our inner set
     facts = _facts(trainer)
-    (Path(trainer.output_folder) / FACTS).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
+    # atomic: the parent reads "facts written" as "this fold trained"
+    atomic_write(Path(trainer.output_folder) / FACTS, json.dumps(facts, indent=2, sort_keys=True) + "\n")
 
 
 def _drop_unreadable(out: Path) -> None:

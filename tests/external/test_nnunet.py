@@ -132,3 +132,29 @@ def test_a_gpu_fold_trains_with_the_cudnn_flags_nnunetv2_train_sets(tmp_path: Pa
     job = {"folds": [{"fold": 0, "seed": 0, "device": "cuda", "validate": False}]}
     assert nnunet_steps.main([json.dumps(job)]) == 0
     assert seen == {"benchmark": True, "det": False}
+
+
+def test_a_torn_fold_record_trains_the_fold_again_and_a_torn_plan_record_is_one_line(tmp_path: Path) -> None:
+    """The fold record (facts) is what makes a fold count as trained, the plan record what makes a
+    planning count as done. Both are written atomically; one found torn or edited anyway means
+    "train that fold again" (nnU-Net resumes from its checkpoint and rewrites the record) or one line
+    naming the file, never a traceback."""
+    from types import SimpleNamespace
+
+    from benchmark.external import nnunet
+    from benchmark.external.nnunet_steps import FACTS
+    from datamodules.errors import DataError
+
+    layout = SimpleNamespace(fold_dir=lambda plans, seed, fold: tmp_path, preprocessed=tmp_path)
+    settings = SimpleNamespace(plans="p", planner="default", plans_2d=None)
+    assert nnunet._facts(layout, settings, 0, 0) is None  # absent
+    (tmp_path / FACTS).write_text('{"params": 12, "train_img_s"')  # torn mid-write
+    assert nnunet._facts(layout, settings, 0, 0) is None
+    (tmp_path / FACTS).write_text('{"params": 12}')  # edited: a field gone
+    assert nnunet._facts(layout, settings, 0, 0) is None
+    facts = {"params": 12, "train_img_s": 3.0, "train_time_s": 4.0, "epochs_run": 1}
+    (tmp_path / FACTS).write_text(json.dumps(facts))
+    assert nnunet._facts(layout, settings, 0, 0)["cost"] == {"params": 12, "train_img_s": 3.0}
+    (tmp_path / "p.nerve_bench.json").write_text('{"planner": ')
+    with pytest.raises(DataError, match="p.nerve_bench.json.*unreadable plan record; delete it"):
+        nnunet._plan_job(layout, settings)
