@@ -22,6 +22,7 @@ from benchmark.core.files import atomic_path
 from benchmark.core.summary import environment, to_jsonable, write_summary
 from benchmark.evaluation import costs, inference
 from benchmark.scoring import counts
+from benchmark.scoring.post_counts import postprocess_counts
 from benchmark.training.callbacks import checkpoint_history
 from benchmark.training.checkpoint import BEST, LAST, load_checkpoint_module, load_plain, store_in_checkpoint
 from benchmark.training.device import resolve_precision
@@ -171,8 +172,8 @@ def tune_on_inner(inner: dict[str, Any], tta: bool) -> tuple[Any, dict[str, dict
 
     head = inner["presence_prob"] if inner["presence_head"] else None  # else the gate uses max prob
     pp, _ = postprocess.tune(inner["prob_u8"], inner["truth"], head, tta=tta)
-    post_counts = inference.postprocess_counts(inner["prob_u8"], inner["truth"], head, pp)
-    return pp, scored(inner["counts"], inner["presence_prob"], post_counts)
+    post = postprocess_counts(inner["prob_u8"], inner["truth"], head, pp)
+    return pp, scored(inner["counts"], inner["presence_prob"], post)
 
 
 def scored(raw_counts: np.ndarray, presence_prob: np.ndarray, post_counts: np.ndarray) -> dict[str, dict]:

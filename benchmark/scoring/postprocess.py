@@ -80,7 +80,7 @@ def to_u8(prob: np.ndarray) -> np.ndarray:
     otherwise a threshold such as 0.35 (89.25 in uint8 units) would cut pixels with p in
     (0.349, 0.351) differently at tuning and at evaluation time. Half rounds *down* so that p = 0.5
     stays background at threshold 0.5, like the raw metric's strict ``p > 0.5``.
-    ``benchmark.evaluation.inference`` quantises with the same formula in torch (float32, the
+    ``benchmark.scoring.post_counts`` quantises with the same formula in torch (float32, the
     same two IEEE operations, so the same bytes).
     """
     prob = np.asarray(prob)

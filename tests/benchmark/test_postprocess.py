@@ -137,12 +137,12 @@ def test_float_and_uint8_probabilities_give_identical_masks(threshold):
 
 
 def test_the_device_path_gives_the_counts_of_apply_for_every_uint8_threshold():
-    """inference.post_counts keeps the maps on a GPU (an integer cut, areas and maxima to the host
+    """post_counts keeps the maps on a GPU (an integer cut, areas and maxima to the host
     for the gate): its counts equal apply()'s masks counted on the host, for every threshold
     k/255 (whose float64 product with 255 may land a hair below or above k), float or uint8 input,
     min-area and both gate sources."""
-    from benchmark.evaluation.inference import post_counts
     from benchmark.scoring.counts import confusion_counts_torch
+    from benchmark.scoring.post_counts import post_counts
 
     rng = np.random.default_rng(0)
     prob = rng.random((12, 9, 11)).astype(np.float32) ** 3  # many low values, a few high
