@@ -78,6 +78,8 @@ class SpeedSettings:
             raise ValueError("steps, warmup and batch_size must be at least 1")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"--workers must be 0 or more, got {self.workers}")
 
 
 def _suite_config(model: str, s: SpeedSettings, dev: torch.device) -> TrainConfig:

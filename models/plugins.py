@@ -85,10 +85,6 @@ def load_plugins() -> list[Plugin]:
     return loaded
 
 
-def loaded_plugins() -> list[Plugin]:
-    return list(_LOADED.values())
-
-
 def failed_plugins() -> dict[tuple[str, str], str]:
     """(distribution, entry-point name) -> the warning line, for every plugin that failed to load."""
     return dict(_PROBLEMS)

@@ -178,6 +178,10 @@ def get_info(name: str) -> ModelInfo:
         factory = _bind(entry.factory, name)
         return ModelInfo(name, factory, entry.paper(name), entry.check, entry.package)
     close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.5)
+    if ":" in name:  # a mistyped prefix ("smpx:unet:resnet34"): suggest the prefix, the rest kept
+        close[:0] = [
+            f"{p}:{name.split(':', 1)[1]}" for p in difflib.get_close_matches(prefix, list(_PREFIXES), n=1)
+        ]
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     known = ", ".join(list(_MODELS) + [f"{p}:<arch>:<encoder>" for p in _PREFIXES])
     raise ModelError(f"unknown model {name!r}{hint} (known: {known})")

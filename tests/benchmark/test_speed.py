@@ -127,3 +127,5 @@ def test_format_table_and_bad_settings(capsys):
     ]
     assert main(["speed", "--steps", "0"]) == 2
     assert "steps" in capsys.readouterr().err
+    assert main(["speed", "--workers", "-1"]) == 2  # named as the flag the user typed
+    assert "--workers must be 0 or more, got -1" in capsys.readouterr().err

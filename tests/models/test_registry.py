@@ -24,6 +24,8 @@ def test_duplicate_registration_is_rejected() -> None:
 def test_unknown_name_suggests_close_match() -> None:
     with pytest.raises(ModelError, match="did you mean 'unet_resnet34'"):
         models.create("unet_resnet43")
+    with pytest.raises(ModelError, match="did you mean 'smp:unet:resnet34'"):  # a mistyped prefix
+        models.create("smpx:unet:resnet34")
 
 
 def test_unknown_argument_lists_accepted_ones() -> None:
