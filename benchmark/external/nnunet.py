@@ -193,15 +193,14 @@ def _facts(layout: Layout, settings: NnUNetSettings, seed: int, fold: int) -> di
     fold is trained again: nnU-Net resumes from its own checkpoints and only writes the record)."""
     try:
         facts = json.loads((layout.fold_dir(settings.plans, seed, fold) / FACTS).read_text())
-        cost = {"params": facts["params"], "train_img_s": facts["train_img_s"]}
+        return {
+            "cost": {"params": facts["params"], "train_img_s": facts["train_img_s"]},
+            "train_time_s": facts["train_time_s"],
+            "epochs_run": facts["epochs_run"],
+            "nnunet": facts,
+        }
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return {
-        "cost": cost,
-        "train_time_s": facts["train_time_s"],
-        "epochs_run": facts["epochs_run"],
-        "nnunet": facts,
-    }
 
 
 def _import(

@@ -73,11 +73,11 @@ def rank_rows(rows: list[dict[str, Any]], images: dict[str, dict[str, np.ndarray
     contenders = [i for i, r in enumerate(ranked) if not r["baseline"]]
     p_best = dict(zip(contenders, ranking.best_set(pairs, contenders).tolist()))
     power_boot = ranking.Resamples(boot.counts[:N_BOOT])  # enough for a power curve; 5x cheaper
-    critical = ranking.simultaneous_critical(pairs, ALPHA)
+    # pairs (0, i) come first in the pair order (upper triangle, row 0): the top against row i
+    critical = ranking.simultaneous_criticals(pairs, ALPHA)[: len(ranked) - 1]
     mde = [None] + ranking.detectable_differences(
         totals[1:] - totals[0], weights, critical, POWER, power_boot
     )
-    # pairs (0, i) come first in the pair order (upper triangle, row 0): the top against row i
     p_top = [None] + ranking.simultaneous_pvalues(pairs)[: len(ranked) - 1].tolist()
     vs_floor = floor_tests(ranked, totals, weights)
     for i, row in enumerate(ranked):

@@ -9,14 +9,17 @@ empty ones). Frames of one patient are correlated, so the unit of independence i
 Statistics (issue 17), all on the ranked quantity, the image-weighted mean, through per-subject
 TOTALS with the image counts fixed:
 * 95% CIs resample subjects and recompute the image mean (``stats.subject_bootstrap_ci``);
-* ``p vs top``: paired sign-flip test of the per-subject totals of (model - top);
+* ``p vs top``: the studentised gap to the top, corrected over every pair of rows and for the top
+  being picked on the same data (``ranking.simultaneous_pvalues``); the plain paired sign-flip test
+  of the per-subject totals is kept as ``p_unadjusted``;
 * the top group is the 95% model confidence set for the best (``ranking.best_set``), which accounts
   for the top being picked on the same data; the all-empty floor is shown but is not a contender;
 * simultaneous 95% intervals for every row's rank (``ranking.rank_intervals``), and the smallest gap
-  to the top that the paired test detects with 80% power (``ranking.detectable_differences``);
+  to the top that p vs top detects with 80% power (``ranking.detectable_differences``);
 * with two or more seeds, the SD of the per-seed out-of-fold means (training randomness, which
   the subject resampling does not see).
-One subject bootstrap (``ranking.Resamples``) serves the set, the rank intervals and the power.
+One subject bootstrap (``ranking.Resamples``) serves the set, the rank intervals, p vs top and the
+power.
 A model whose folds do not score exactly the expected images once per seed
 (``benchmark.reporting.completeness``) is shown as incomplete and not ranked.
 The statistics live in ``benchmark.reporting.board_stats``, rendering in ``benchmark.reporting.tables``.

@@ -43,10 +43,22 @@ def resolution_note(board: dict[str, Any]) -> str | None:
 
 
 def ci_note(board: dict[str, Any]) -> str | None:
-    """Say why the board prints no CIs: too few subjects for a subject bootstrap to hold 95%."""
+    """Say why the board prints no CIs, or none in some columns: too few subjects for a subject
+    bootstrap to hold 95% (a column of some images only, such as dice_positive, may have fewer)."""
     n = n_subjects(board)
-    if n is None or n >= bs.MIN_CI_UNITS:
+    if n is None:
         return None
+    if n >= bs.MIN_CI_UNITS:
+        short = sorted({k for r in board["rows"] for k, m in r["metrics"].items() if m["mean"] is not None
+                        and m["lo"] is None})  # fmt: skip
+        return (
+            None
+            if not short
+            else (
+                f"No CI in {', '.join(short)}: the images these columns average come from fewer than "
+                f"{bs.MIN_CI_UNITS} subjects, too few for a subject-bootstrap interval to hold 95%."
+            )
+        )
     return (
         f"No CIs: a subject-bootstrap interval from {n} subject{'s' if n > 1 else ''}{_counted_once(board)} "
         "covers the truth less often than it claims (simulated: 93% with 6 subjects, 87% with 4, 47% with "

@@ -267,7 +267,7 @@ def latex(board: dict[str, Any]) -> str:
     lines = [
         "% nerve-bench leaderboard, written by `python -m benchmark report` (needs \\usepackage{booktabs}).",
         f"% Out-of-fold means over images; [95% CI] by subject bootstrap ({bs.N_BOOT} resamples);",
-        "% p: paired sign-flip test of per-subject totals vs the top; set p: model confidence set p-value;",
+        "% p: vs the top, corrected over all pairs and the top's pick; set p: model confidence set p-value;",
         f"% bold: in the 95% confidence set for the best model (set p >= {bs.ALPHA}).",
         "\\begin{tabular}{rlc" + "l" * len(keys) + "rrr}",
         "\\toprule",

@@ -18,19 +18,27 @@ effects depend on subject size). The subject is the unit of independence.
   strongly on subject size (the all-pairs max excluded one of 5 equal models 7% of the time with
   10-20 subjects); the bootstrap-t held its level (2-5%), and a bootstrap with the observed scale
   kept fixed (no per-resample studentising) did not (26% with 10 subjects).
+* Each pair is first judged against its own bootstrap-t null (``Pairs.marginal``), and the
+  familywise step compares the smallest of those p-values with the smallest in every resample
+  (min-p; Westfall & Young, "Resampling-Based Multiple Testing", 1993, ch. 2). A max over the raw
+  statistics (max-t) was used first: one pair whose resamples often move without any spread (two
+  models equal on most subjects; unbounded statistics) then set a floor under every p on the
+  board, so a model equal to the floor on 45 of 47 subjects left no other pair testable.
+  A resample without spread counts as unbounded when its gap moved, 0 when it did not (an observed
+  constant gap is infinite, more extreme still); flatness is judged relative to the sum of squares,
+  as the expanded variance cancels to rounding, rarely to 0.
 * ``best_set``: p-values of the model confidence set (Hansen, Lunde & Nason, "The Model Confidence
-  Set", Econometrica 79(2), 2011, 453-497) with their range statistic T_R = max_{j,k} |z_jk| and
-  elimination rule e_R = argmax_j max_k z_kj: each step tests "every remaining model has the same
-  image-weighted mean" against the bootstrap-t max over the remaining pairs, removes the worst if
-  it rejects, and repeats; a model's p-value is the running maximum of the step p-values up to its
-  removal (1 for the last). {m : p_m >= alpha} contains every best model with probability >= 1 -
-  alpha. It is not always the top rows: a small but consistent gap can be significant where a larger,
-  noisier one is not.
-* ``simultaneous_pvalues``: each pair's p-value against the bootstrap-t max over ALL pairs (single-step
-  max-t; Westfall & Young, "Resampling-Based Multiple Testing", 1993): the familywise error stays
-  at alpha whichever pairs are read, so also a model against a top picked on the same data (a
-  per-pair test against the observed top called some model of 5 equal ones worse in 28% of data
-  sets of 10-47 subjects, Holm over those tests in 8.5%).
+  Set", Econometrica 79(2), 2011, 453-497) with the min-p form of their range statistic (the
+  smallest marginal p over the remaining pairs) and the elimination rule "the model most
+  significantly beaten": each step tests "every remaining model has the same image-weighted mean",
+  removes the worst if it rejects, and repeats; a model's p-value is the running maximum of the
+  step p-values up to its removal (1 for the last). {m : p_m >= alpha} contains every best model
+  with probability >= 1 - alpha. It is not always the top rows: a small but consistent gap can be
+  significant where a larger, noisier one is not.
+* ``simultaneous_pvalues``: each pair's p-value corrected over ALL pairs (single-step min-p): the
+  familywise error stays at alpha whichever pairs are read, so also a model against a top picked
+  on the same data (a per-pair test against the observed top called some model of 5 equal ones
+  worse in 28% of data sets of 10-47 subjects, Holm over those tests in 8.5%).
 * ``rank_intervals``: simultaneous (1 - alpha) intervals for every model's rank (Mogstad, Romano,
   Shaikh & Wilhelm, "Inference for Ranks with Applications to Mobility across Neighborhoods and
   Academic Achievement across Countries", Rev. Econ. Stud. 91(1), 2024, simultaneous
@@ -42,7 +50,7 @@ effects depend on subject size). The subject is the unit of independence.
   given power, for these subjects' sizes and the observed spread of their per-subject
   differences: subjects are resampled (a bootstrap power analysis), the gap is added to each
   subject's centred differences in proportion to its image count, and the resample's studentised
-  gap is held against the board's simultaneous critical value.
+  gap is held against that pair's simultaneous critical value.
 
 With fewer than ``MIN_SUBJECTS`` subjects no sign-flip p can go below 0.05 (2 / 2^5 = 0.0625) and a
 bootstrap of so few subjects says nothing: every model stays in the set, every rank interval is
@@ -53,6 +61,7 @@ simulation; every draw is seeded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -154,16 +163,37 @@ class Pairs:
             studentised = _ratio(moved, np.sqrt(np.where(flat, 1.0, var_b)), size[q])
             unbounded = np.where(moved > _TOL * (1.0 + size[q]), _UNBOUNDED, 0.0)
             null[:, q] = np.where(flat, unbounded, studentised)
+        # The observed pair is flat by the resamples' rule: a constant gap with rounding-level noise
+        # must not read as an extreme but finite z against resamples that count as unbounded.
+        se = np.where(se**2 <= 1e-10 * (d**2).sum(axis=1), 0.0, se)
         return cls(first, second, _ratio(gap * w.sum(), se, size), null, t.sum(axis=1), n)
 
-    def pvalues(self, null_max: np.ndarray, observed: np.ndarray) -> np.ndarray:
-        """(1 + #{null_max >= |observed|}) / (1 + B) for each observed value (Phipson & Smyth 2010)."""
-        ranked = np.sort(null_max)
-        stat = np.abs(observed)
-        finite = np.isfinite(stat)
-        threshold = np.where(finite, stat - _TOL * (1.0 + np.where(finite, stat, 0.0)), stat)
-        above = ranked.size - np.searchsorted(ranked, threshold, side="left")
-        return (1.0 + above) / (1.0 + ranked.size)
+    @cached_property
+    def marginal(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each pair's own bootstrap p-values: (P,) of the observed |z|, (1 + #{null >= |z|}) / (1 + B)
+        (Phipson & Smyth 2010), and (B, P) of every resample's value, #{null >= it} / B (itself
+        included), which the familywise step compares them with."""
+        b = self.null.shape[0]
+        observed, resampled = np.empty(self.z.size), np.empty(self.null.shape)
+        for q in range(self.z.size):
+            ranked = np.sort(self.null[:, q])
+            observed[q] = (1.0 + _at_or_above(ranked, np.abs(self.z[q : q + 1]))[0]) / (1.0 + b)
+            resampled[:, q] = _at_or_above(ranked, self.null[:, q]) / b
+        return observed, resampled
+
+    def familywise(self, live: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Westfall-Young min-p over the ``live`` pairs: (1 + #{resamples whose smallest marginal p over
+        them is <= p}) / (1 + B), for each marginal p in ``p``."""
+        smallest = np.sort(self.marginal[1][:, live].min(axis=1))
+        count = np.searchsorted(smallest, np.asarray(p) * (1.0 + 1e-12), side="right")
+        return (1.0 + count) / (1.0 + smallest.size)
+
+
+def _at_or_above(ranked: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """How many of the sorted ``ranked`` are >= each value (equal up to rounding counts as equal)."""
+    finite = np.isfinite(values)
+    threshold = np.where(finite, values - _TOL * (1.0 + np.where(finite, np.abs(values), 0.0)), values)
+    return ranked.size - np.searchsorted(ranked, threshold, side="left")
 
 
 def _worst(beaten: np.ndarray, sums: np.ndarray, alive: np.ndarray) -> int:
@@ -187,15 +217,15 @@ def best_set(pairs: Pairs, members: list[int] | None = None) -> np.ndarray:
     p = np.ones(k)
     if len(members) < 2 or pairs.n_subjects < MIN_SUBJECTS:
         return p[members]
+    observed = pairs.marginal[0]
+    strength = np.where(pairs.z > 0, 1.0, -1.0) * (1.0 - observed)  # > 0: first beats second
     beaten_by = np.full((k, k), -np.inf)  # [o, m]: how significantly o beats m
-    beaten_by[pairs.first, pairs.second], beaten_by[pairs.second, pairs.first] = pairs.z, -pairs.z
+    beaten_by[pairs.first, pairs.second], beaten_by[pairs.second, pairs.first] = strength, -strength
     running = 0.0
     for _ in range(len(members) - 1):
         live = np.flatnonzero(alive[pairs.first] & alive[pairs.second])
-        stat = np.abs(pairs.z[live]).max()
-        step = (
-            1.0 if stat == 0 else float(pairs.pvalues(pairs.null[:, live].max(axis=1), np.array([stat]))[0])
-        )
+        stat = observed[live].min()
+        step = 1.0 if stat >= 1.0 else float(pairs.familywise(live, np.array([stat]))[0])
         running = max(running, step)
         worst = _worst(np.where(alive[:, None], beaten_by, -np.inf).max(axis=0), pairs.sums, alive)
         p[worst], alive[worst] = running, False
@@ -203,27 +233,32 @@ def best_set(pairs: Pairs, members: list[int] | None = None) -> np.ndarray:
 
 
 def simultaneous_pvalues(pairs: Pairs) -> np.ndarray:
-    """(P,) p-value of every pair against the bootstrap-t max over ALL pairs (single-step max-t).
+    """(P,) p-value of every pair, corrected over ALL pairs (single-step Westfall-Young min-p).
 
     Together they hold the familywise error at alpha whichever pairs are read, so also a model's
-    pair with a top that was picked on the same data. Ones with fewer than MIN_SUBJECTS subjects.
+    pair with a top that was picked on the same data. Each pair is first judged against its own
+    bootstrap null, so a pair whose resamples often move without spread (models equal on most
+    subjects) weakens only its own verdict. Ones with fewer than MIN_SUBJECTS subjects.
     """
     if pairs.n_subjects < MIN_SUBJECTS or pairs.z.size == 0:
         return np.ones(pairs.z.size)
-    return pairs.pvalues(pairs.null.max(axis=1), pairs.z)
+    return pairs.familywise(np.arange(pairs.z.size), pairs.marginal[0])
 
 
-def simultaneous_critical(pairs: Pairs, alpha: float = 0.05) -> float:
-    """The |z| a pair must exceed for a simultaneous p below ``alpha``: the (1 - alpha) quantile of the
-    bootstrap-t max over all pairs (inf when the bootstrap cannot reach alpha, or when that many
-    resamples move some pair's gap without spread: then only a gap without spread is significant)."""
-    if pairs.z.size == 0:
-        return float("inf")
-    null = np.sort(pairs.null.max(axis=1))
-    # p < alpha  <=>  #{null >= |z|} < alpha (1 + B) - 1: |z| above the null's k-th largest value
-    k = int(np.ceil(alpha * (1 + null.size) - 1))
-    critical = float(null[null.size - k]) if 1 <= k <= null.size else float("inf")
-    return critical if critical < _UNBOUNDED else float("inf")
+def simultaneous_criticals(pairs: Pairs, alpha: float = 0.05) -> np.ndarray:
+    """(P,) the |z| each pair must exceed for a simultaneous p below ``alpha`` (inf: no finite gap
+    with spread can; only a constant gap can)."""
+    b, out = pairs.null.shape[0], np.full(pairs.z.size, np.inf)
+    k = int(np.ceil(alpha * (1 + b) - 1))  # p < alpha <=> fewer than k resampled minima <= the pair's p
+    if pairs.z.size == 0 or not 1 <= k <= b:
+        return out
+    smallest = np.sort(pairs.marginal[1].min(axis=1))
+    # the pair's p below the k-th smallest minimum <=> fewer than j of its own resamples >= |z|
+    j = int(np.ceil(smallest[k - 1] * (1 + b) - 1 - 1e-9))
+    if j < 1:
+        return out
+    ranked = np.sort(pairs.null, axis=0)[b - min(j, b)]  # |z| above a pair's j-th largest value
+    return np.where(ranked < _UNBOUNDED, ranked if j <= b else 0.0, np.inf)
 
 
 def rank_intervals(pairs: Pairs, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
@@ -245,10 +280,10 @@ def rank_intervals(pairs: Pairs, alpha: float = 0.05) -> tuple[np.ndarray, np.nd
     return lo, hi
 
 
-def _power_curve(resid: np.ndarray, w: np.ndarray, critical: float, boot: Resamples):
+def _power_curve(resid: np.ndarray, w: np.ndarray, critical: np.ndarray, boot: Resamples):
     """power(gaps) per row: share of subject resamples, shifted by gap * w, whose studentised gap
-    (the pair statistic z of :class:`Pairs`) exceeds ``critical`` in size. Averaged over the residuals'
-    two signs, so the direction of the gap does not matter."""
+    (the pair statistic z of :class:`Pairs`) exceeds the row's ``critical`` in size. Averaged over
+    the residuals' two signs, so the direction of the gap does not matter."""
     size, sq = boot.sums(w)[:, None], boot.sums(w * w)[:, None]
     sums, rr, rw = (boot.sums(x.T) for x in (resid, resid * resid, resid * w))  # (B, rows)
 
@@ -268,17 +303,17 @@ def _power_curve(resid: np.ndarray, w: np.ndarray, critical: float, boot: Resamp
 def detectable_differences(
     diffs: np.ndarray,
     weights: np.ndarray,
-    critical: float,
+    critical: float | np.ndarray,
     power: float = 0.8,
     resamples: Resamples | None = None,
     seed: int = 0,
 ) -> list[float | None]:
     """Per row of ``diffs`` (comparisons x subjects: per-subject totals of per-image differences),
-    the smallest true image-weighted gap whose studentised difference exceeds ``critical`` (the
-    board's: :func:`simultaneous_critical`) with probability ``power``; ``weights`` are the subjects'
-    image counts.
+    the smallest true image-weighted gap whose studentised difference exceeds the row's ``critical``
+    (one for all rows or one per row; the board's: :func:`simultaneous_criticals`) with probability
+    ``power``; ``weights`` are the subjects' image counts.
 
-    None with fewer than MIN_SUBJECTS subjects, an infinite ``critical``, or when no gap up to 1 (the
+    None with fewer than MIN_SUBJECTS subjects, an infinite critical value, or when no gap up to 1 (the
     whole Dice range) reaches that power; 0 when a row's differences have no spread at all. The gap
     is found by bisection (all rows at once) on a power curve that is monotone in practice.
     """
@@ -290,11 +325,12 @@ def detectable_differences(
     resid = (d - np.outer(d.sum(axis=1) / w.sum(), w)) * np.sqrt(w.size / (w.size - 1))
     flat = np.sqrt((resid**2).sum(axis=1)) <= 1e-12 * (1.0 + np.abs(d).sum(axis=1))
     out: list[float | None] = [0.0 if f else None for f in flat]
-    rows = np.flatnonzero(~flat)
-    if rows.size == 0 or not np.isfinite(critical):
+    bar = np.broadcast_to(np.asarray(critical, dtype=np.float64), (d.shape[0],))
+    rows = np.flatnonzero(~flat & np.isfinite(bar))
+    if rows.size == 0:
         return out
     boot = Resamples.draw(w.size, seed=seed) if resamples is None else resamples
-    curve = _power_curve(resid[rows], w, critical, boot)
+    curve = _power_curve(resid[rows], w, bar[rows], boot)
     reach = curve(np.ones(rows.size)) >= power
     low, high = np.zeros(rows.size), np.ones(rows.size)
     for _ in range(24):  # 2^-24: far below any printed decimal

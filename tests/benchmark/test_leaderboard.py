@@ -192,7 +192,7 @@ def test_top_group_is_the_confidence_set_for_the_best():
     # 12 subjects, so 11% of resamples move that pair's gap without any spread (unbounded): the max
     # over all pairs has no finite 95% point, and the corrected test can detect no gap with spread
     assert rows["bad"]["vs_top"]["mde"] == 0.0 and rows["mid"]["vs_top"]["mde"] is None
-    assert ranking.simultaneous_critical(pairs) == float("inf") and rows["mid"]["vs_top"]["p"] > 0.1
+    assert ranking.simultaneous_criticals(pairs)[1] == float("inf") and rows["mid"]["vs_top"]["p"] > 0.1
     # no `empty` runs: the baseline is derived from the truth (all positive -> Dice 0), still ranked
     assert rows["empty"]["derived"] and rows["empty"]["metrics"]["kaggle_dice"]["mean"] == 0.0
 
@@ -412,3 +412,19 @@ def test_header_collects_split_seeds_batch_and_provenance():
     assert sk["run_means"]["selection_kaggle_dice"] == pytest.approx(0.9) and row(b, "unet")[
         "global_batch"
     ] == [32]
+
+
+def test_a_column_from_few_subjects_gets_no_ci_and_a_note():
+    """12 subjects, but nerve-positive frames in 5 of them: dice_positive averages images of 5
+    subjects, too few for a 95% interval, while the headline has its CI."""
+    subjects = [s for s in range(1, 13) for _ in range(2)]
+    empty = [not (s <= 5 and i == 0) for s in range(1, 13) for i in range(2)]
+    dice = [0.8 if not e else 1.0 for e in empty]
+    runs = model_runs("a", {0: dice}, subjects=subjects, empty=empty, fold_of=[int(s > 6) for s in subjects])
+    b = board(runs)
+    m = row(b, "a")["metrics"]
+    assert m["kaggle_dice"]["lo"] is not None and m["dice_positive"]["lo"] is None
+    assert notes.ci_note(b) == (
+        "No CI in dice_positive: the images these columns average come from fewer than 10 subjects, too "
+        "few for a subject-bootstrap interval to hold 95%."
+    )

@@ -255,18 +255,42 @@ def test_detectable_difference_reaches_the_power_on_its_own_resamples():
     )
 
 
-def test_simultaneous_critical_is_where_the_corrected_p_crosses_alpha():
-    """p < alpha exactly when |z| exceeds the critical value: with B = 999 resamples, p < 0.05 needs
-    fewer than 49 null maxima at or above |z|."""
-    maxima = np.random.default_rng(4).exponential(1.0, size=999)
-    z = np.linspace(-8, 8, 2001)
-    null = np.repeat(maxima[:, None], z.size, 1)
-    pairs = ranking.Pairs(np.zeros(z.size, int), np.ones(z.size, int), z, null, np.zeros(2), 40)
-    critical = ranking.simultaneous_critical(pairs, 0.05)
-    assert critical == np.sort(maxima)[999 - 49]
-    assert ((ranking.simultaneous_pvalues(pairs) < 0.05) == (np.abs(z) > critical)).all()
-    few = ranking.Pairs(pairs.first, pairs.second, z, pairs.null, pairs.sums, 5)  # below MIN_SUBJECTS
+def test_simultaneous_criticals_are_where_the_corrected_p_crosses_alpha():
+    """p < alpha exactly when a pair's |z| exceeds its own critical value, pairs with different nulls
+    (one heavy-tailed, one with unbounded resamples) included."""
+    rng = np.random.default_rng(4)
+    null = np.column_stack(
+        [rng.exponential(1.0, 999), rng.standard_cauchy(999) ** 2, rng.exponential(2.0, 999)]
+    )
+    null[:120, 2] = np.finfo(np.float64).max  # 12% of one pair's resamples without spread
+    z = rng.uniform(-12, 12, size=(400, 3))
+    for row in z:
+        pairs = ranking.Pairs(np.zeros(3, int), np.ones(3, int), row, null, np.zeros(2), 40)
+        critical = ranking.simultaneous_criticals(pairs, 0.05)
+        assert ((ranking.simultaneous_pvalues(pairs) < 0.05) == (np.abs(row) > critical)).all()
+    assert np.isinf(critical[2]) and np.isfinite(critical[:2]).all()  # only that pair is untestable
+    few = ranking.Pairs(pairs.first, pairs.second, row, null, pairs.sums, 5)  # below MIN_SUBJECTS
     assert (ranking.simultaneous_pvalues(few) == 1.0).all()
+
+
+def test_a_pair_without_spread_in_its_resamples_leaves_the_other_pairs_testable():
+    """A weak model equal to the floor on 45 of 47 subjects: 13% of the resamples show that pair no
+    difference at all while its gap is not 0 (unbounded). Under the max over raw statistics that
+    put every p on the board above 0.05; judged pair by pair first, the clear gaps stay clear."""
+    rng = np.random.default_rng(0)
+    w = rng.integers(60, 180, 47).astype(float)
+    a, b = 0.7 * w + rng.normal(0, 0.05, 47) * w, 0.7 * w + rng.normal(-0.04, 0.05, 47) * w
+    c, floor = 0.7 * w + rng.normal(-0.1, 0.05, 47) * w, 0.55 * w + rng.normal(0, 0.02, 47) * w
+    weak = floor.copy()
+    weak[:2] += 0.2 * w[:2]
+    pairs = ranking.Pairs.compare(np.vstack([a, b, c, weak, floor]), w, ranking.Resamples.draw(47, 4000, 0))
+    assert (pairs.null[:, 9] == np.finfo(np.float64).max).mean() > 0.1  # weak vs floor: unbounded
+    p = ranking.simultaneous_pvalues(pairs)
+    assert (p[:9] < 0.01).all() and p[9] > 0.5  # every pair tells apart but weak vs floor (z 1.5)
+    assert np.isinf(ranking.simultaneous_criticals(pairs)[9]) and ranking.simultaneous_criticals(pairs)[0] < 4
+    lo, hi = ranking.rank_intervals(pairs)
+    assert lo.tolist() == [1, 2, 3, 4, 4] and hi.tolist() == [1, 2, 3, 5, 5]
+    assert (ranking.best_set(pairs)[1:] < 0.001).all()  # the best alone in the set
 
 
 def test_a_resample_without_spread_counts_the_same_whatever_the_rounding():

@@ -240,7 +240,7 @@ def test_detectable_difference_has_the_stated_power():
     for i in range(reps):
         dice, subjects, sizes = sim.draw(rng, [a, b], 40, _icc(rng))
         totals, boot = sim.totals(dice, subjects, 40), ranking.Resamples.draw(40, 1000, i)
-        critical = ranking.simultaneous_critical(ranking.Pairs.compare(totals, sizes, boot))
+        critical = ranking.simultaneous_criticals(ranking.Pairs.compare(totals, sizes, boot))
         (mdes[i],) = ranking.detectable_differences(
             np.subtract(*totals)[None], sizes, critical, resamples=boot
         )

@@ -152,6 +152,8 @@ def test_a_torn_fold_record_trains_the_fold_again_and_a_torn_plan_record_is_one_
     assert nnunet._facts(layout, settings, 0, 0) is None
     (tmp_path / FACTS).write_text('{"params": 12}')  # edited: a field gone
     assert nnunet._facts(layout, settings, 0, 0) is None
+    (tmp_path / FACTS).write_text('{"params": 12, "train_img_s": 3.0}')  # the cost kept, the rest gone
+    assert nnunet._facts(layout, settings, 0, 0) is None
     facts = {"params": 12, "train_img_s": 3.0, "train_time_s": 4.0, "epochs_run": 1}
     (tmp_path / FACTS).write_text(json.dumps(facts))
     assert nnunet._facts(layout, settings, 0, 0)["cost"] == {"params": 12, "train_img_s": 3.0}
