@@ -55,25 +55,47 @@ class LoadedModel:
     precision: str
 
 
-def list_inputs(input_dir: str | Path) -> list[tuple[str, Path]]:
+def list_inputs(input_dir: str | Path, kaggle_ids: bool = False) -> list[tuple[str, Path]]:
     """(stem, path) of the tifs to predict: ``DIR/test/*.tif`` when DIR has test/, else ``DIR/*.tif``.
 
-    ``*_mask.tif`` files are skipped; numeric stems sort numerically, then the rest by name.
+    ``*_mask.tif`` and hidden files (``._2.tif`` from macOS, as ``data check`` skips them) are skipped;
+    numeric stems sort numerically, then the rest by name. Two names of one number (``01``, ``1``)
+    are refused, and with ``kaggle_ids`` (a submission is written) so is any name that is not a number.
     """
     root = Path(input_dir)
     if not root.is_dir():
         raise DataError(root, "input directory not found")
     folder = root / "test" if (root / "test").is_dir() else root
     paths = [
-        p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.stem.endswith("_mask")
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in (".tif", ".tiff")
+        and not p.stem.endswith("_mask")
+        and not p.name.startswith(".")
     ]
     if not paths:
         raise DataError(folder, "no .tif images to predict")
+    _check_ids(folder, paths, kaggle_ids)
 
     def key(p: Path) -> tuple:
         return (0, int(p.stem), "") if _NUMERIC.match(p.stem) else (1, 0, p.stem)
 
     return [(p.stem, p) for p in sorted(paths, key=key)]
+
+
+def _check_ids(folder: Path, paths: list[Path], kaggle_ids: bool) -> None:
+    """One submission row per test id: no number named twice; with ``kaggle_ids`` only numbers."""
+    seen: dict[int, str] = {}
+    for p in sorted(paths):
+        if not _NUMERIC.match(p.stem):
+            if kaggle_ids:
+                raise DataError(p, "not a Kaggle test id (a number such as 1.tif); a submission needs those")
+            continue
+        if int(p.stem) in seen:
+            raise DataError(
+                folder, f"{seen[int(p.stem)]} and {p.name} are both test id {int(p.stem)}; keep one"
+            )
+        seen[int(p.stem)] = p.name
 
 
 def load_model(path: str | Path, device: torch.device, tta: bool | None = None) -> LoadedModel:
@@ -246,7 +268,7 @@ def predict_dir(
     out = Path(out_dir)
     check_outputs(out, Path(submission) if submission else None)
     dev = resolve_device(device)
-    inputs = list_inputs(input_dir)
+    inputs = list_inputs(input_dir, kaggle_ids=submission is not None)
     models = [load_model(c, dev, tta) for c in checkpoints]
     # Record the TTA actually used (forced or per checkpoint) in the reported parameters.
     post = replace(ensemble_postprocess([m.post for m in models]), tta=all(m.module.cfg.tta for m in models))

@@ -64,6 +64,10 @@ def read_tif(path: str | Path) -> np.ndarray:
     path = Path(path)
     arr = _imread(path)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # tolerate RGB exports of grayscale frames
+        if not ((arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all()):
+            # a mask painted in green would otherwise read as empty (its red channel)
+            raise DataError(path, "colour image: its red, green and blue channels differ; expected grayscale",
+                            "colour")  # fmt: skip
         arr = arr[..., 0]
     if arr.ndim != 2:
         raise DataError(path, f"expected a 2-D grayscale image, got array of shape {arr.shape}", "not 2-D")

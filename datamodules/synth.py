@@ -224,7 +224,9 @@ def render(anat: Anatomy, draws: Draws, positive: bool) -> tuple[np.ndarray, np.
     return np.clip(log(img * 2.0 + 1.0) * scale, 0.0, 255.0).astype(np.uint8), mask
 
 
-def _check_args(out_dir: Path, subjects: int, per_subject: int, n_test: int, frac: float) -> None:
+def _check_args(out_dir: Path, subjects: int, per_subject: int, n_test: int, frac: float, seed: int) -> None:
+    if seed < 0:
+        raise DataError(out_dir, f"seed must be 0 or more, got {seed}")
     if subjects < 1 or per_subject < 1 or n_test < 0:
         raise DataError(
             out_dir,
@@ -261,7 +263,7 @@ def generate(
 ) -> dict:
     """Write a synthetic dataset in the full Kaggle layout and return a summary dict."""
     out = Path(out_dir)
-    _check_args(out, subjects, per_subject, n_test, positive_fraction)
+    _check_args(out, subjects, per_subject, n_test, positive_fraction, seed)
     (out / "train").mkdir(parents=True, exist_ok=True)
     (out / "test").mkdir(parents=True, exist_ok=True)
     rows, n_pos = [], 0

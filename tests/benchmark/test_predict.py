@@ -144,7 +144,13 @@ def test_tta_follows_checkpoint_unless_forced(ckpts, tmp_path):
 def test_any_stem_and_mask_files_skipped(tmp_path):
     for name in ("10.tif", "2.tif", "b.tif", "a.tif", "3_mask.tif"):
         write_tif(tmp_path / name, np.zeros((420, 580), np.uint8))
+    write_tif(tmp_path / "._2.tif", np.zeros((1, 1), np.uint8))  # macOS metadata: skipped, as data check does
     assert [s for s, _ in predict.list_inputs(tmp_path)] == ["2", "10", "a", "b"]
+    with pytest.raises(DataError, match=r"a.tif: not a Kaggle test id \(a number such as 1.tif\)"):
+        predict.list_inputs(tmp_path, kaggle_ids=True)  # a submission row needs a numeric id
+    write_tif(tmp_path / "02.tif", np.zeros((420, 580), np.uint8))
+    with pytest.raises(DataError, match="02.tif and 2.tif are both test id 2; keep one"):
+        predict.list_inputs(tmp_path)
 
 
 def test_bad_inputs_are_clear_errors(ckpts, synthetic_dir, tmp_path, capsys):

@@ -56,11 +56,21 @@ def test_wrong_dtype_and_rank(tmp_path):
         read_tif(tmp_path / "stack.tif")
 
 
-def test_rgb_export_reads_first_channel(tmp_path):
-    rgb = np.zeros((4, 5, 3), np.uint8)
-    rgb[..., 0] = 7
+def test_rgb_export_of_a_grayscale_frame_reads_as_one_channel(tmp_path):
+    rgb = np.full((4, 5, 3), 7, np.uint8)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
     np.testing.assert_array_equal(read_tif(tmp_path / "rgb.tif"), np.full((4, 5), 7, np.uint8))
+
+
+def test_a_colour_tif_is_refused_not_read_as_its_red_channel(tmp_path):
+    """A mask painted green has an empty red channel: read as channel 0 it was a silent empty label."""
+    green = np.zeros((4, 5, 3), np.uint8)
+    green[1:3, 1:3, 1] = 255
+    tifffile.imwrite(tmp_path / "1_1_mask.tif", green, photometric="rgb")
+    with pytest.raises(
+        DataError, match=r"1_1_mask.tif: colour image: its red, green and blue channels differ"
+    ):
+        read_tif(tmp_path / "1_1_mask.tif")
 
 
 def test_real_lzw_originals(uns_sample):

@@ -122,6 +122,8 @@ def test_bad_arguments_raise_data_error(tmp_path: Path, synthetic_dir: Path) -> 
         generate(tmp_path / "x", positive_fraction=1.5)
     with pytest.raises(DataError, match="subjects >= 1"):
         generate(tmp_path / "y", subjects=0)
+    with pytest.raises(DataError, match="seed must be 0 or more, got -1"):  # numpy's SeedSequence raised
+        generate(tmp_path / "z", seed=-1)
 
 
 def test_cli_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
