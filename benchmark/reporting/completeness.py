@@ -8,7 +8,7 @@ image may have been trained on. Counting images instead would let "image 99 inst
 
 Summaries written before ``outer_indices`` existed still carry ``dataset.n_train``, so k-fold boards
 get the full check. A hold-out board whose summaries do not name the hold-out set checks every seed
-against the image set that most (model, seed) pairs score, when that set has the fold table's size
+against the image set that most models score (named by whose it is), when it has the fold table's size
 (``agreed_index``): two models that each score 12 images, but different ones, are not both ranked
 (the board's tests would silently use only the images they share). Otherwise it counts the images
 against the fold table (and duplicates).
@@ -58,18 +58,23 @@ def expected_index(runs: list[dict[str, Any]]) -> tuple[np.ndarray, str] | None:
 
 
 def agreed_index(runs: list[dict[str, Any]], count: int) -> tuple[np.ndarray, str] | None:
-    """The image set that most (model, seed) pairs score together, when it has ``count`` images; ties
-    go to the smaller set in sort order. None when no such set exists."""
+    """The image set that most models score (a model votes once for each set one of its seeds
+    scores; ties: the smaller set in sort order), when it has ``count`` images; else None. Its name
+    says whose set it is, since a model off it may be the right one when few models vote."""
     scored: dict[tuple[str, int], set[int]] = {}
     for s in runs:
         scored.setdefault((str(s.get("model")), int(s.get("seed", 0))), set()).update(_index(s))
-    tally = Counter(tuple(sorted(v)) for v in scored.values())
-    if not tally:
+    voters: dict[tuple[int, ...], set[str]] = {}
+    for (model, _), images in scored.items():
+        voters.setdefault(tuple(sorted(images)), set()).add(model)
+    if not voters:
         return None
-    chosen = min(tally, key=lambda t: (-tally[t], t))
+    chosen = min(voters, key=lambda t: (-len(voters[t]), t))
     if len(chosen) != count:
         return None
-    return np.asarray(chosen, dtype=np.int64), "the images the other models score"
+    names = sorted(voters[chosen])
+    who = ", ".join(names[:LISTED]) + (f" and {len(names) - LISTED} more" if len(names) > LISTED else "")
+    return np.asarray(chosen, dtype=np.int64), f"the images {who} score{'s' if len(names) == 1 else ''}"
 
 
 def _grouped(owners: dict[int, list[str]], images: list[int]) -> dict[tuple[str, ...], list[int]]:

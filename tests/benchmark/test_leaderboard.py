@@ -331,7 +331,7 @@ def test_summaries_without_outer_indices():
                                 empty=EMPTY[:4], folds=fold_rows(), n_folds=1, mode="holdout"))  # fmt: skip
     problems = lb.missing([other], 1, lb.expected([*holdout, other]))
     assert problems == [
-        f"seed 0: image 9 scored by {other['run']} is not in the images the other models score",
+        f"seed 0: image 9 scored by {other['run']} is not in the images unet scores",
         "seed 0: image 3 not scored by any fold",
     ]
     assert lb.expected(holdout[:1] + [{**holdout[1], "per_image": {"index": [0, 1]}}]) == 4  # no agreed set
