@@ -8,8 +8,10 @@ cache directory; every later run and every rank maps those files read-only, so t
 holds ONE copy that all of them share.
 
 The cache entry's name is a hash of the data directory's file listing (relative path, size and
-modification time of every file under ``train/`` and of ``train_masks.csv``): an edited, added or
-removed file gives another entry, and a stale one is never read. Entries are written under a
+modification time of every file under ``train/`` and of ``train_masks.csv``, and the decoding rule's
+``io.DECODE_VERSION``): an edited, added or removed file, or a changed decoder, gives another entry,
+and a stale one is never read. (A file rewritten at the same size with its modification time put
+back is not seen; reading every file to hash it would cost what the cache saves.) Entries are written under a
 temporary name and renamed in, so a concurrent reader sees a complete entry or none. Where the
 cache cannot be written (no space, read-only), the data set is decoded in memory as before.
 
@@ -37,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.fingerprints import VERSION as fingerprint_version
+from datamodules.io import DECODE_VERSION
 from datamodules.kaggle import TrainRecord, TrainSet, load_train
 
 CACHE_ENV = "NERVE_BENCH_CACHE_DIR"
@@ -63,7 +66,7 @@ def cache_root() -> Path:
 def signature(data_dir: Path) -> str:
     """16 hex naming the data directory's training files as they are now (names, sizes, mtimes)."""
     data_dir = Path(data_dir).resolve()
-    entries = [str(data_dir), str(_FORMAT), f"fingerprints {fingerprint_version}"]
+    entries = [str(data_dir), str(_FORMAT), f"fingerprints {fingerprint_version}", f"decode {DECODE_VERSION}"]
     files = sorted((data_dir / "train").glob("*")) + [data_dir / "train_masks.csv"]
     for path in files:
         if path.is_file():

@@ -57,6 +57,13 @@ def test_a_changed_file_is_decoded_again(data: Path, tmp_path: Path) -> None:
     assert [p.name for p in root.iterdir()] == [dc.signature(data)]
 
 
+def test_a_change_to_decoding_is_not_hidden_by_the_cache(data: Path, monkeypatch) -> None:
+    """Entries decoded under an older rule (a colour mask read as its red channel) are not served."""
+    before = dc.signature(data)
+    monkeypatch.setattr(dc, "DECODE_VERSION", dc.DECODE_VERSION + 1)
+    assert dc.signature(data) != before
+
+
 def _aged(path: Path, seconds: float) -> Path:
     then = path.stat().st_mtime - seconds
     os.utime(path, (then, then))
