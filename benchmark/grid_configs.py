@@ -34,7 +34,8 @@ def build_grid(
 ) -> list[TrainConfig]:
     """Every (model, fold, seed) TrainConfig, in model-major order; subsets override the config's.
 
-    ``devices: auto`` becomes the device count each run will use, so run hashes tell 1 GPU from 8.
+    ``devices: auto`` becomes the device count each run will use (recorded; not hashed, since the global
+    batch, steps and augmentation stream are the same on 1 GPU or 8).
     """
     grid, train = [], resolve_devices(bench.train, bench.run_gpus())
     for model in models or bench.models:
