@@ -133,11 +133,25 @@ class TrainConfig:
         payload = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
         if not self.link_subjects:  # off: the hash of runs made before the field existed (same split)
             del payload["link_subjects"]
+        if self.world_size() > 1 and not self.trains_on_gpu():
+            # CPU DDP has no SyncBatchNorm: each process normalises its slice of the global batch,
+            # another recipe than one process's (on GPUs SyncBatchNorm keeps it the same)
+            payload["cpu_processes"] = self.world_size()
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def run_name(self) -> str:
         safe = self.model.replace(":", "-").replace("/", "-")
         return f"{safe}__f{self.fold}__s{self.seed}__{self.hash()}"
+
+    def trains_on_gpu(self) -> bool:
+        """Whether the run trains on CUDA devices (``accelerator: auto`` resolved on this machine)."""
+        if self.accelerator in ("gpu", "cuda"):
+            return True
+        if self.accelerator == "cpu":
+            return False
+        import torch
+
+        return bool(torch.cuda.is_available())
 
     def world_size(self) -> int:
         """Processes of this run's DDP world (devices x nodes), ``devices: auto`` resolved on this machine."""

@@ -11,7 +11,6 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from benchmark.core.config import TrainConfig
@@ -154,7 +153,7 @@ COMPILE_SYNC_BN = (
 
 def uses_gpu(cfg: TrainConfig) -> bool:
     """Whether the run trains on CUDA devices."""
-    return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    return cfg.trains_on_gpu()
 
 
 def determinism(cfg: TrainConfig, gpu: bool) -> bool | str:

@@ -173,6 +173,14 @@ def test_the_device_count_is_execution_not_recipe(monkeypatch):
     with pytest.raises(ConfigError, match="not divisible by the 6"):
         TrainConfig(devices=3, num_nodes=2, batch_size=8)
     assert resolve_devices(dataclasses.replace(auto, accelerator="cpu")).devices == 1
+    # CPU DDP has no SyncBatchNorm, so 2 CPU processes train another recipe than 1: another hash
+    cpu = TrainConfig(devices=1, accelerator="cpu", batch_size=8)
+    assert (
+        cpu.hash()
+        == dataclasses.replace(cpu, devices="auto").hash()
+        != dataclasses.replace(cpu, devices=2).hash()
+    )
+    assert dataclasses.replace(auto, devices=2).hash() == auto.hash()  # on GPUs it is the same recipe
     assert dataclasses.replace(eight, num_nodes=2, batch_size=32).world_size() == 16
     bench = load_benchmark_config(CONFIGS / "default.yaml")  # devices: auto, accelerator: auto
     import torch
