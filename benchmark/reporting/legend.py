@@ -43,12 +43,12 @@ _OOF = "out-of-fold (each image's score averaged over seeds first)"
 SIMULATED = {
     "ci": "in simulation it covered the exact image-weighted truth in 95.2% of data sets of 20-47 subjects "
     "and 94.0% with 10; bootstrapping the subject-weighted mean instead covered 63.2%",
-    "p": "in simulation with 5 equal models and 10-47 subjects some row's p vs top was below 0.05 in 3.8% "
+    "p": "in simulation with 5 equal models and 10-47 subjects some row's p vs top was below 0.05 in 2.6% "
     "of data sets, where per-pair tests against the observed top reached 28.3% (Holm over them 8.5%)",
-    "set": "in simulation it dropped one of 5 equal models in 4.0% of data sets of 10-47 subjects (the Holm "
+    "set": "in simulation it dropped one of 5 equal models in 2.7% of data sets of 10-47 subjects (the Holm "
     "rule it replaces: 16.2%), and was the better model alone in 100% of data sets with 40 subjects when "
-    "that model was 0.05 better (80% at 0.03)",
-    "rank_ci": "in simulation all 5 true ranks were covered together in 100% of data sets, 2.8 ranks long "
+    "that model was 0.05 better (78% at 0.03)",
+    "rank_ci": "in simulation all 5 true ranks were covered together in 100% of data sets, 2.9 ranks long "
     "on average",
     "mde": "in simulation a new data set whose true gap was the stated one was detected 74.3% of the time",
 }
@@ -167,8 +167,8 @@ def _comparison_docs() -> dict[str, str]:
         "ranked, image-weighted quantity)",
         "p_vs_top": "p-value of 'same image-weighted mean as the top model', corrected for every pair of "
         "rows and for the top being picked on these data: the pair's studentised gap (delta-method "
-        f"standard error over subjects) is judged against its own resamples ({_BOOT}), and that p against "
-        "the smallest such p over all pairs in each resample (single-step min-p, Westfall & Young), so a "
+        f"standard error over subjects) is judged against its own resamples ({_BOOT}), and that p is "
+        "multiplied by the number of pairs of rows (Bonferroni, valid whatever their dependence), so a "
         "pair of near-identical models weakens only its own verdict; "
         f"{SIMULATED['p']}. leaderboard.json and .csv also give the plain paired sign-flip p "
         "(p_vs_top_unadjusted; per-subject totals of the per-image differences with signs flipped, "
@@ -186,8 +186,8 @@ def _comparison_docs() -> dict[str, str]:
         "subjects for many rows); 0 when the two differ by the same amount everywhere; "
         f"{SIMULATED['mde']}",
         "p_best_set": "model confidence set p-value (Hansen, Lunde & Nason, Econometrica 2011; range "
-        "statistic in min-p form: the smallest p over the remaining pairs, each pair judged as for "
-        "p_vs_top; the worst model removed "
+        "each step: the smallest p over the remaining pairs, each judged as for p_vs_top, times their "
+        "number; the worst model removed "
         f"while it rejects; {_BOOT}): the smallest level at which this model leaves the set; none for the "
         "floor, which is not a contender",
         "top_group": f"`yes` when p_best_set >= {bs.ALPHA}: in the 95% confidence set for the best model; "

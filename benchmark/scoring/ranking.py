@@ -18,27 +18,29 @@ effects depend on subject size). The subject is the unit of independence.
   strongly on subject size (the all-pairs max excluded one of 5 equal models 7% of the time with
   10-20 subjects); the bootstrap-t held its level (2-5%), and a bootstrap with the observed scale
   kept fixed (no per-resample studentising) did not (26% with 10 subjects).
-* Each pair is first judged against its own bootstrap-t null (``Pairs.marginal``), and the
-  familywise step compares the smallest of those p-values with the smallest in every resample
-  (min-p; Westfall & Young, "Resampling-Based Multiple Testing", 1993, ch. 2). A max over the raw
-  statistics (max-t) was used first: one pair whose resamples often move without any spread (two
-  models equal on most subjects; unbounded statistics) then set a floor under every p on the
-  board, so a model equal to the floor on 45 of 47 subjects left no other pair testable.
+* Each pair is judged against its own bootstrap-t null (``Pairs.marginal``), and the correction
+  over pairs is Bonferroni's. Two resampling corrections were tried first and failed: a max over
+  the raw statistics (max-t) let one pair whose resamples often move without any spread (two
+  models equal on most subjects; unbounded statistics) set a floor under every p on the board, so
+  a model equal to the floor on 45 of 47 subjects left no other pair testable; a min over the
+  pairs' own p-values (Westfall-Young min-p) fixed that, but with few subjects the resamples tie
+  the pairs together more than the data do, and it called some of 8 equal models different in
+  9.7% of data sets of 6 subjects (17% with 12 models). Bonferroni holds whatever the pairs'
+  dependence (1.1-2.9% there).
   A resample without spread counts as unbounded when its gap moved, 0 when it did not (an observed
   constant gap is infinite, more extreme still); flatness is judged relative to the sum of squares,
   as the expanded variance cancels to rounding, rarely to 0.
 * ``best_set``: p-values of the model confidence set (Hansen, Lunde & Nason, "The Model Confidence
-  Set", Econometrica 79(2), 2011, 453-497) with the min-p form of their range statistic (the
-  smallest marginal p over the remaining pairs) and the elimination rule "the model most
-  significantly beaten": each step tests "every remaining model has the same image-weighted mean",
-  removes the worst if it rejects, and repeats; a model's p-value is the running maximum of the
-  step p-values up to its removal (1 for the last). {m : p_m >= alpha} contains every best model
-  with probability >= 1 - alpha. It is not always the top rows: a small but consistent gap can be
-  significant where a larger, noisier one is not.
-* ``simultaneous_pvalues``: each pair's p-value corrected over ALL pairs (single-step min-p): the
-  familywise error stays at alpha whichever pairs are read, so also a model against a top picked
-  on the same data (a per-pair test against the observed top called some model of 5 equal ones
-  worse in 28% of data sets of 10-47 subjects, Holm over those tests in 8.5%).
+  Set", Econometrica 79(2), 2011, 453-497). Each step tests "every remaining model has the same
+  image-weighted mean" by the smallest own p over the remaining pairs, Bonferroni-corrected for
+  their number, removes the model most significantly beaten if it rejects, and repeats; a
+  model's p-value is the running maximum of the step p-values up to its removal (1 for the last).
+  {m : p_m >= alpha} contains every best model with probability >= 1 - alpha. It is not always
+  the top rows: a small but consistent gap can be significant where a larger, noisier one is not.
+* ``simultaneous_pvalues``: each pair's own p corrected over ALL pairs (Bonferroni): the familywise
+  error stays at alpha whichever pairs are read, so also a model against a top picked on the same
+  data (a per-pair test against the observed top called some model of 5 equal ones worse in 28%
+  of data sets of 10-47 subjects, Holm over those tests in 8.5%).
 * ``rank_intervals``: simultaneous (1 - alpha) intervals for every model's rank (Mogstad, Romano,
   Shaikh & Wilhelm, "Inference for Ranks with Applications to Mobility across Neighborhoods and
   Academic Achievement across Countries", Rev. Econ. Stud. 91(1), 2024, simultaneous
@@ -169,24 +171,15 @@ class Pairs:
         return cls(first, second, _ratio(gap * w.sum(), se, size), null, t.sum(axis=1), n)
 
     @cached_property
-    def marginal(self) -> tuple[np.ndarray, np.ndarray]:
-        """Each pair's own bootstrap p-values: (P,) of the observed |z|, (1 + #{null >= |z|}) / (1 + B)
-        (Phipson & Smyth 2010), and (B, P) of every resample's value, #{null >= it} / B (itself
-        included), which the familywise step compares them with."""
+    def marginal(self) -> np.ndarray:
+        """(P,) each pair's own bootstrap-t p-value, (1 + #{null >= |z|}) / (1 + B) (Phipson & Smyth
+        2010): its observed |z| against its own resamples."""
         b = self.null.shape[0]
-        observed, resampled = np.empty(self.z.size), np.empty(self.null.shape)
+        observed = np.empty(self.z.size)
         for q in range(self.z.size):
             ranked = np.sort(self.null[:, q])
             observed[q] = (1.0 + _at_or_above(ranked, np.abs(self.z[q : q + 1]))[0]) / (1.0 + b)
-            resampled[:, q] = _at_or_above(ranked, self.null[:, q]) / b
-        return observed, resampled
-
-    def familywise(self, live: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """Westfall-Young min-p over the ``live`` pairs: (1 + #{resamples whose smallest marginal p over
-        them is <= p}) / (1 + B), for each marginal p in ``p``."""
-        smallest = np.sort(self.marginal[1][:, live].min(axis=1))
-        count = np.searchsorted(smallest, np.asarray(p) * (1.0 + 1e-12), side="right")
-        return (1.0 + count) / (1.0 + smallest.size)
+        return observed
 
 
 def _at_or_above(ranked: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -217,15 +210,14 @@ def best_set(pairs: Pairs, members: list[int] | None = None) -> np.ndarray:
     p = np.ones(k)
     if len(members) < 2 or pairs.n_subjects < MIN_SUBJECTS:
         return p[members]
-    observed = pairs.marginal[0]
+    observed = pairs.marginal
     strength = np.where(pairs.z > 0, 1.0, -1.0) * (1.0 - observed)  # > 0: first beats second
     beaten_by = np.full((k, k), -np.inf)  # [o, m]: how significantly o beats m
     beaten_by[pairs.first, pairs.second], beaten_by[pairs.second, pairs.first] = strength, -strength
     running = 0.0
     for _ in range(len(members) - 1):
         live = np.flatnonzero(alive[pairs.first] & alive[pairs.second])
-        stat = observed[live].min()
-        step = 1.0 if stat >= 1.0 else float(pairs.familywise(live, np.array([stat]))[0])
+        step = min(1.0, live.size * float(observed[live].min()))  # Bonferroni over the remaining pairs
         running = max(running, step)
         worst = _worst(np.where(alive[:, None], beaten_by, -np.inf).max(axis=0), pairs.sums, alive)
         p[worst], alive[worst] = running, False
@@ -233,32 +225,29 @@ def best_set(pairs: Pairs, members: list[int] | None = None) -> np.ndarray:
 
 
 def simultaneous_pvalues(pairs: Pairs) -> np.ndarray:
-    """(P,) p-value of every pair, corrected over ALL pairs (single-step Westfall-Young min-p).
+    """(P,) p-value of every pair, corrected over ALL pairs: its own bootstrap-t p times the number
+    of pairs (Bonferroni), at most 1.
 
     Together they hold the familywise error at alpha whichever pairs are read, so also a model's
-    pair with a top that was picked on the same data. Each pair is first judged against its own
-    bootstrap null, so a pair whose resamples often move without spread (models equal on most
-    subjects) weakens only its own verdict. Ones with fewer than MIN_SUBJECTS subjects.
+    pair with a top that was picked on the same data, and whatever the pairs' dependence. A pair
+    whose resamples often move without spread (models equal on most subjects) weakens only its own
+    verdict. Ones with fewer than MIN_SUBJECTS subjects.
     """
     if pairs.n_subjects < MIN_SUBJECTS or pairs.z.size == 0:
         return np.ones(pairs.z.size)
-    return pairs.familywise(np.arange(pairs.z.size), pairs.marginal[0])
+    return np.minimum(1.0, pairs.z.size * pairs.marginal)
 
 
 def simultaneous_criticals(pairs: Pairs, alpha: float = 0.05) -> np.ndarray:
-    """(P,) the |z| each pair must exceed for a simultaneous p below ``alpha`` (inf: no finite gap
-    with spread can; only a constant gap can)."""
+    """(P,) the |z| each pair must exceed for a simultaneous p below ``alpha`` (inf: none can, or
+    only a constant gap can)."""
     b, out = pairs.null.shape[0], np.full(pairs.z.size, np.inf)
-    k = int(np.ceil(alpha * (1 + b) - 1))  # p < alpha <=> fewer than k resampled minima <= the pair's p
-    if pairs.z.size == 0 or not 1 <= k <= b:
+    # P (1 + A) / (1 + B) < alpha  <=>  A <= j - 1: fewer than j of the pair's resamples >= |z|
+    j = int(np.ceil(alpha * (1 + b) / max(pairs.z.size, 1) - 1 - 1e-9))
+    if pairs.z.size == 0 or not 1 <= j <= b:
         return out
-    smallest = np.sort(pairs.marginal[1].min(axis=1))
-    # the pair's p below the k-th smallest minimum <=> fewer than j of its own resamples >= |z|
-    j = int(np.ceil(smallest[k - 1] * (1 + b) - 1 - 1e-9))
-    if j < 1:
-        return out
-    ranked = np.sort(pairs.null, axis=0)[b - min(j, b)]  # |z| above a pair's j-th largest value
-    return np.where(ranked < _UNBOUNDED, ranked if j <= b else 0.0, np.inf)
+    ranked = np.sort(pairs.null, axis=0)[b - j]  # |z| above the pair's j-th largest resample
+    return np.where(ranked < _UNBOUNDED, ranked, np.inf)
 
 
 def rank_intervals(pairs: Pairs, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

@@ -185,7 +185,7 @@ def test_best_set_hand_cases():
     with np.errstate(all="raise"):
         same = ranking.Pairs.compare(np.vstack([base, base, base - 0.3]), np.ones(8), boot)
         p = ranking.best_set(same)
-    assert p[:2].tolist() == [1.0, 1.0] and p[2] == pytest.approx(1 / 2001)
+    assert p[:2].tolist() == [1.0, 1.0] and p[2] == pytest.approx(3 / 2001)  # Bonferroni over 3 pairs
     assert ranking.best_set(same, [0, 1]).tolist() == [1.0, 1.0]  # the family can leave a row out
     # fewer than MIN_SUBJECTS subjects: every p is 1, however clear the gap
     few = ranking.Pairs.compare(np.vstack([base[:5], base[:5] - 0.3]), np.ones(5), ranking.Resamples.draw(5))
@@ -290,7 +290,7 @@ def test_a_pair_without_spread_in_its_resamples_leaves_the_other_pairs_testable(
     assert np.isinf(ranking.simultaneous_criticals(pairs)[9]) and ranking.simultaneous_criticals(pairs)[0] < 4
     lo, hi = ranking.rank_intervals(pairs)
     assert lo.tolist() == [1, 2, 3, 4, 4] and hi.tolist() == [1, 2, 3, 5, 5]
-    assert (ranking.best_set(pairs)[1:] < 0.001).all()  # the best alone in the set
+    assert (ranking.best_set(pairs)[1:] < 0.005).all()  # the best alone in the set
 
 
 def test_a_resample_without_spread_counts_the_same_whatever_the_rounding():
