@@ -122,3 +122,21 @@ def model_runs(
 def empty_runs(seeds=(0,), **kwargs) -> list[dict]:
     """The `empty` baseline's runs: Dice 1 on an empty truth, 0 elsewhere."""
     return model_runs("empty", {s: [1.0 if e else 0.0 for e in EMPTY] for s in seeds}, **kwargs)
+
+
+# Hand-made per-image Dice of two models on the toy set, per training seed (leaderboard tests).
+UNET = {0: [1.0, 0.8, 1.0, 0.6, 0.7, 1.0, 0.5, 0.0], 1: [1.0, 0.6, 0.0, 0.8, 0.9, 1.0, 0.7, 1.0]}
+UNET_MEAN = [1.0, 0.7, 0.5, 0.7, 0.8, 1.0, 0.6, 0.5]  # per image, averaged over the two seeds
+SK = {0: [1.0, 0.4, 1.0, 0.2, 0.5, 1.0, 0.3, 1.0], 1: [1.0, 0.4, 1.0, 0.2, 0.5, 1.0, 0.3, 1.0]}
+
+
+def board(*groups):
+    """The leaderboard of these groups of summaries."""
+    from benchmark.reporting import leaderboard
+
+    return leaderboard.build([s for g in groups for s in g])
+
+
+def row(b, model):
+    """A model's row, ranked or incomplete."""
+    return next(r for r in b["rows"] + b["incomplete"] if r["model"] == model)

@@ -20,10 +20,7 @@ from benchmark.scoring import stats
 from datamodules.datamodule import UltrasoundNerveDataModule
 from datamodules.io import read_tif, write_tif
 from datamodules.synth import generate
-from tests.benchmark.summaries import SUBJECTS, empty_runs, model_runs
-
-UNET = {0: [1.0, 0.8, 1.0, 0.6, 0.7, 1.0, 0.5, 0.0], 1: [1.0, 0.6, 0.0, 0.8, 0.9, 1.0, 0.7, 1.0]}
-UNET_MEAN = [1.0, 0.7, 0.5, 0.7, 0.8, 1.0, 0.6, 0.5]  # per image, averaged over the two seeds
+from tests.benchmark.summaries import SUBJECTS, UNET, UNET_MEAN, empty_runs, model_runs
 
 
 @pytest.fixture(scope="module")
