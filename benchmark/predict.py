@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from benchmark.scoring.postprocess import PostProcess
     from benchmark.training.module import SegModule
 
-_NUMERIC = re.compile(r"^\d+$")
+_NUMERIC = re.compile(r"[0-9]+\Z")  # ASCII digits only: "\d" also takes other scripts' digits
 _MEANED = ("threshold", "min_area", "presence_tau")
 
 

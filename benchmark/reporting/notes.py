@@ -25,14 +25,20 @@ def _counted_once(board: dict[str, Any]) -> str:
 
 
 def resolution_note(board: dict[str, Any]) -> str | None:
-    """Say so when too few subjects make any significant difference impossible, whatever the data.
+    """Say so when too few subjects, or too many rows, make any significant difference impossible.
 
     With n subjects no sign-flip p can go below 2 / 2^n, >= 0.05 for n < ranking.MIN_SUBJECTS = 6,
     where the set keeps every model and the rank intervals span the board. The reader must see that
     this is a limit of the sample, not evidence that the models are equal.
     """
-    n = n_subjects(board)
-    if n is None or len(board["rows"]) < 2 or n >= ranking.MIN_SUBJECTS:
+    n, k = n_subjects(board), len(board["rows"])
+    pairs = k * (k - 1) // 2
+    if n is not None and n >= ranking.MIN_SUBJECTS and pairs / (1 + bs.N_SET) >= bs.ALPHA:
+        return (  # Bonferroni over the pairs: the smallest corrected p is pairs / (1 + resamples)
+            f"With {k} rows ({pairs} pairs) no gap can be significant here: the smallest corrected p is "
+            f"{pairs}/{1 + bs.N_SET} >= {bs.ALPHA}. Rank fewer models on one board."
+        )
+    if n is None or k < 2 or n >= ranking.MIN_SUBJECTS:
         return None
     return (
         f"With {n} subject{'s' if n > 1 else ''} no gap to the top can be significant here: the "

@@ -303,3 +303,17 @@ def test_a_column_from_few_subjects_gets_no_ci_and_a_note():
         "No CI in dice_positive: the images these columns average come from fewer than 10 subjects, too "
         "few for a subject-bootstrap interval to hold 95%."
     )
+
+
+def test_a_board_with_too_many_pairs_for_its_resamples_says_so(monkeypatch):
+    """Bonferroni over the pairs: the smallest corrected p is pairs / (1 + resamples). With 20
+    resamples, 3 rows (3 pairs) can reach no p below 0.05 (3/21), and the board says why."""
+    monkeypatch.setattr(bs, "N_SET", 20)
+    b = board(*(twelve_subject_runs(m, [0.9 - 0.1 * i] * 12) for i, m in enumerate(("a", "b"))))
+    assert notes.resolution_note(b) == (
+        "With 3 rows (3 pairs) no gap can be significant here: the smallest corrected p is 3/21 >= 0.05. "
+        "Rank fewer models on one board."
+    )
+    assert all(r["vs_top"]["p"] is None or r["vs_top"]["p"] >= 0.05 for r in b["rows"])
+    monkeypatch.setattr(bs, "N_SET", 10_000)
+    assert notes.resolution_note(board(twelve_subject_runs("a", [0.9] * 12))) is None

@@ -146,6 +146,9 @@ def test_any_stem_and_mask_files_skipped(tmp_path):
         write_tif(tmp_path / name, np.zeros((420, 580), np.uint8))
     write_tif(tmp_path / "._2.tif", np.zeros((1, 1), np.uint8))  # macOS metadata: skipped, as data check does
     assert [s for s, _ in predict.list_inputs(tmp_path)] == ["2", "10", "a", "b"]
+    write_tif(tmp_path / "\u0661.tif", np.zeros((420, 580), np.uint8))  # an Arabic-Indic one: not id 1
+    assert [s for s, _ in predict.list_inputs(tmp_path)][:2] == ["2", "10"]
+    (tmp_path / "\u0661.tif").unlink()
     with pytest.raises(DataError, match=r"a.tif: not a Kaggle test id \(a number such as 1.tif\)"):
         predict.list_inputs(tmp_path, kaggle_ids=True)  # a submission row needs a numeric id
     write_tif(tmp_path / "02.tif", np.zeros((420, 580), np.uint8))
