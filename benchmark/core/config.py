@@ -145,13 +145,7 @@ class TrainConfig:
 
     def trains_on_gpu(self) -> bool:
         """Whether the run trains on CUDA devices (``accelerator: auto`` resolved on this machine)."""
-        if self.accelerator in ("gpu", "cuda"):
-            return True
-        if self.accelerator == "cpu":
-            return False
-        import torch
-
-        return bool(torch.cuda.is_available())
+        return accelerator_is_gpu(self.accelerator)
 
     def world_size(self) -> int:
         """Processes of this run's DDP world (devices x nodes), ``devices: auto`` resolved on this machine."""
@@ -377,6 +371,18 @@ def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
 
 
 # ----------------------------------------------------------------------------- devices
+def accelerator_is_gpu(accelerator: str) -> bool:
+    """Whether ``accelerator`` (a config's, or a device type) means CUDA devices; ``auto`` resolved on
+    this machine (torch imported only then)."""
+    if accelerator in ("gpu", "cuda"):
+        return True
+    if accelerator != "auto":
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def resolve_devices(cfg: TrainConfig, gpus: int | None = None) -> TrainConfig:
     """``devices: auto`` replaced by the count a run will use (checked against the global batch).
     ``gpus``: the GPUs the run sees (default: this machine's); CPU runs use one."""

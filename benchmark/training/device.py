@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
+from benchmark.core.config import accelerator_is_gpu
 from datamodules.errors import NerveBenchError
 
 _PRECISIONS = ("32", "bf16-mixed", "16-mixed")
@@ -95,8 +96,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     """ "auto" -> bf16-mixed on a GPU, 32-bit on CPU."""
     if precision != "auto":
         return precision
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if gpu else "32"
+    return "bf16-mixed" if accelerator_is_gpu(accelerator) else "32"
 
 
 def eval_device() -> torch.device:
