@@ -91,11 +91,10 @@ def _check_ids(folder: Path, paths: list[Path], kaggle_ids: bool) -> None:
             if kaggle_ids:
                 raise DataError(p, "not a Kaggle test id (a number such as 1.tif); a submission needs those")
             continue
-        if int(p.stem) in seen:
-            raise DataError(
-                folder, f"{seen[int(p.stem)]} and {p.name} are both test id {int(p.stem)}; keep one"
-            )
-        seen[int(p.stem)] = p.name
+        test_id = int(p.stem)
+        if test_id in seen:
+            raise DataError(folder, f"{seen[test_id]} and {p.name} are both test id {test_id}; keep one")
+        seen[test_id] = p.name
 
 
 def load_model(path: str | Path, device: torch.device, tta: bool | None = None) -> LoadedModel:

@@ -54,21 +54,20 @@ def ci_note(board: dict[str, Any]) -> str | None:
     n = n_subjects(board)
     if n is None:
         return None
-    if n >= bs.MIN_CI_UNITS:
-        short = sorted({k for r in board["rows"] for k, m in r["metrics"].items() if m["mean"] is not None
-                        and m["lo"] is None})  # fmt: skip
+    if n < bs.MIN_CI_UNITS:
+        who = f"{n} subject{'s' if n > 1 else ''}{_counted_once(board)}"
         return (
-            None
-            if not short
-            else (
-                f"No CI in {', '.join(short)}: the images these columns average come from fewer than "
-                f"{bs.MIN_CI_UNITS} subjects, too few for a subject-bootstrap interval to hold 95%."
-            )
+            f"No CIs: a subject-bootstrap interval from {who} covers the truth less often than it claims "
+            "(simulated: 93% with 6 subjects, 87% with 4, 47% with 2), so intervals are shown from "
+            f"{bs.MIN_CI_UNITS} subjects on (94% or more)."
         )
+    metrics = [(key, m) for r in board["rows"] for key, m in r["metrics"].items()]
+    short = sorted({key for key, m in metrics if m["mean"] is not None and m["lo"] is None})
+    if not short:
+        return None
     return (
-        f"No CIs: a subject-bootstrap interval from {n} subject{'s' if n > 1 else ''}{_counted_once(board)} "
-        "covers the truth less often than it claims (simulated: 93% with 6 subjects, 87% with 4, 47% with "
-        f"2), so intervals are shown from {bs.MIN_CI_UNITS} subjects on (94% or more)."
+        f"No CI in {', '.join(short)}: the images these columns average come from fewer than "
+        f"{bs.MIN_CI_UNITS} subjects, too few for a subject-bootstrap interval to hold 95%."
     )
 
 
