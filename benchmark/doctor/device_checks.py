@@ -175,10 +175,9 @@ def _ieee_fp32() -> Iterator[None]:
     differently: a check comparing two fp32 paths runs without it, so its tolerance measures the
     feature under test, not TF32 rounding (a 2-ulp change before a TF32 convolution moved the
     compile check's output by 3e-4 in an emulation, over its 1e-4 tolerance)."""
-    from benchmark.training.device import kept_conv_precision, set_conv_precision
+    from benchmark.training.device import kept_conv_precision
 
-    with kept_conv_precision():
-        set_conv_precision("32")
+    with kept_conv_precision("32"):
         yield
 
 

@@ -43,7 +43,6 @@ from benchmark.training.device import (
     kept_determinism_flags,
     resolve_device,
     resolve_precision,
-    set_conv_precision,
     synchronize,
 )
 
@@ -202,9 +201,7 @@ def run_inference_costs(model: nn.Module, cfg: TrainConfig, device: torch.device
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     # As the run scores: a "32" recipe convolves in IEEE fp32 on a GPU. A fresh process (the deferred
     # measurement's Ray worker) would otherwise time it with cuDNN's default TF32.
-    with kept_conv_precision():
-        if device.type == "cuda":
-            set_conv_precision(precision)
+    with kept_conv_precision(precision if device.type == "cuda" else None):
         measured = measure_inference(model, shape, None, device, precision=precision)
     return {k: float(measured[k]) for k in INFERENCE_KEYS}
 

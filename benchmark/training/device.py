@@ -50,10 +50,13 @@ def set_conv_precision(precision: str) -> None:
 
 
 @contextlib.contextmanager
-def kept_conv_precision() -> Iterator[None]:
-    """cuDNN's TF32 switch for float32 convolutions, as found before the block, after it."""
+def kept_conv_precision(precision: str | None = None) -> Iterator[None]:
+    """cuDNN's TF32 switch for float32 convolutions, as found before the block, after it; inside,
+    set for ``precision`` (:func:`set_conv_precision`) when one is given."""
     saved = torch.backends.cudnn.allow_tf32
     try:
+        if precision is not None:
+            set_conv_precision(precision)
         yield
     finally:
         torch.backends.cudnn.allow_tf32 = saved
