@@ -1,7 +1,8 @@
 """`evaluate`: score a checkpoint on a directory's training images, with its tuned post-processing.
 
 On the checkpoint's own training data only its outer fold is scored (the rest trained or selected
-it); ``--all-images`` scores everything with a warning; any other data is scored in full.
+it); ``--all-images`` scores everything with a warning; on any other data every image but the frames
+that trained or selected the checkpoint (found by fingerprint) and the rest of their subjects.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 HELP = (
     "score a checkpoint on --data-dir's training images (raw and post-processed metrics): only its "
-    "outer fold on its own training data, every image on other data"
+    "outer fold on its own training data; on other data every image but the frames it trained or was "
+    "selected on (by fingerprint) and the rest of their subjects"
 )
 
 

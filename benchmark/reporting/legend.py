@@ -170,22 +170,24 @@ def _comparison_docs() -> dict[str, str]:
         f"standard error over subjects) is judged against its own resamples ({_BOOT}), and that p is "
         "multiplied by the number of pairs of rows (Bonferroni, valid whatever their dependence), so a "
         "pair of near-identical models weakens only its own verdict; "
-        f"{SIMULATED['p']}. leaderboard.json and .csv also give the plain paired sign-flip p "
-        "(p_vs_top_unadjusted; per-subject totals of the per-image differences with signs flipped, "
+        f"{SIMULATED['p']}. leaderboard.csv and .json also give the plain paired sign-flip p "
+        "(p_vs_top_unadjusted; in the JSON rows[].vs_top.p_unadjusted; per-subject totals of the "
+        "per-image differences with signs flipped, "
         f"exact for n <= {bs.EXACT_MAX} subjects, else {bs.N_PERM} seeded flips), valid only for a "
         "comparison chosen before the board was seen",
         "diff_vs_floor": "this model's mean post-processed Dice minus the all-empty floor's, over all images "
         "(the floor's own row and boards without it: n/a)",
         "p_vs_floor": "one-sided paired sign-flip p-value of 'no better than the floor' (per-subject totals "
         "as for p_vs_top; half the two-sided p for a positive gap, 1 otherwise), Holm-adjusted over the "
-        f"models; {bs.ALPHA} or more: not shown to beat predicting nothing (a note says so)",
+        f"models; {bs.ALPHA} or more: not shown to beat predicting nothing (a note says so). In the JSON "
+        "rows[].vs_floor.p_holm (.p: before Holm; .diff: diff_vs_floor)",
         "mde_vs_top": f"smallest true gap to the top that p_vs_top detects with {bs.POWER:.0%} probability "
         f"at alpha {bs.ALPHA}, for this board's subjects and the observed spread of this model's "
         "per-subject differences from the top (subjects resampled; the gap added to each subject in "
         f"proportion to its images); n/a when {_FEW} or when no gap within Dice's range would be seen (few "
         "subjects for many rows); 0 when the two differ by the same amount everywhere; "
         f"{SIMULATED['mde']}",
-        "p_best_set": "model confidence set p-value (Hansen, Lunde & Nason, Econometrica 2011; range "
+        "p_best_set": "model confidence set p-value (Hansen, Lunde & Nason, Econometrica 2011; "
         "each step: the smallest p over the remaining pairs, each judged as for p_vs_top, times their "
         "number; the worst model removed "
         f"while it rejects; {_BOOT}): the smallest level at which this model leaves the set; none for the "

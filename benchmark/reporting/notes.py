@@ -41,10 +41,10 @@ def resolution_note(board: dict[str, Any]) -> str | None:
     if n is None or k < 2 or n >= ranking.MIN_SUBJECTS:
         return None
     return (
-        f"With {n} subject{'s' if n > 1 else ''} no gap to the top can be significant here: the "
-        f"smallest possible two-sided sign-flip p is 2/2^{n} = {2.0 / 2**n:.4f} >= {bs.ALPHA}, and a "
-        "bootstrap of so few subjects tells nothing apart. Every model is in the top group by lack of "
-        "subjects, not by merit."
+        f"With {n} subject{'s' if n > 1 else ''} no gap to the top can be significant here: p vs top "
+        f"needs {ranking.MIN_SUBJECTS} subjects (a bootstrap of fewer tells nothing apart; even an exact "
+        f"paired sign-flip p cannot go below 2/2^{n} = {2.0 / 2**n:.4f} >= {bs.ALPHA}). Every model is "
+        "in the top group by lack of subjects, not by merit."
     )
 
 

@@ -161,7 +161,7 @@ def _accuracy_table(board: dict[str, Any]) -> list[str]:
     spread = several_seeds(board)
     head = ["Rank", "Model", "Rank 95% CI", "Seeds", *[TITLES[k] for k in keys]]
     head += ["Seed SD"] if spread else []
-    head += ["Δ vs top", "p vs top", "MDE 80%", "Set p", "Top group"]
+    head += ["Δ vs top", "p vs top", "MDE 80%", "Set p", "Top group", "p vs floor"]
     body = []
     for r in board["rows"]:
         test, first = r["vs_top"], r["rank"] == 1
@@ -173,7 +173,8 @@ def _accuracy_table(board: dict[str, Any]) -> list[str]:
             fmt_p(test["p"]),
             "-" if first else fmt(test["mde"]),
         ]
-        cells += [fmt_p(r["p_best"]), top_mark(r)]
+        floor = r.get("vs_floor")  # None: the floor itself, or a board without it
+        cells += [fmt_p(r["p_best"]), top_mark(r), "-" if floor is None else fmt_p(floor["p_holm"])]
         body.append(cells)
     return _table(head, body)
 

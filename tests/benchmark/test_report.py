@@ -66,14 +66,15 @@ def test_markdown_has_protocol_header_folds_ranks_and_incomplete(results):
     assert "| 0 | 1, 2 | 4 | 0.500 |" in md and "| 1 | 3, 4 | 4 | 0.500 |" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit() and "[" in line]
     assert [r.split(" | ")[1] for r in rows] == ["unet", "empty (baseline)"]
+    # p vs floor: 4 subjects all above it, so the exact one-sided sign-flip p is 1/2^4 (one model: no Holm)
     assert rows[0].startswith("| 1 | unet | [1, 2] | 2 | 0.725 | ") and rows[0].endswith(
-        "| - | n/a | - | 1.0000 | yes |"
+        "| - | n/a | - | 1.0000 | yes | 0.0625 |"
     )
     # 4 subjects: no CI (note), no corrected p below 1; the floor is not in the set
     assert rows[1].startswith("| 2 | empty (baseline) | [1, 2] | 2 | 0.500 | 0.000 |")
     assert "**Note**: No CIs: a subject-bootstrap interval from 4 subjects" in md
-    assert rows[1].endswith("| -0.225 | 1.0000 | n/a | n/a | floor |")  # 4 subjects: nothing to tell
-    assert "| Seed SD |" in md and "| Δ vs top | p vs top | MDE 80% | Set p | Top group |" in md
+    assert rows[1].endswith("| -0.225 | 1.0000 | n/a | n/a | floor | - |")  # 4 subjects: nothing to tell
+    assert "| Seed SD |" in md and "| Δ vs top | p vs top | MDE 80% | Set p | Top group | p vs floor |" in md
     assert "| sk_unet | 3 | seed 1: fold 1 missing | 0.675 (8 images) |" in md
     assert "| sk_unet | n/a | n/a | 10.3 | n/a |" in md  # missing cost -> n/a, train time kept
     assert "per-subject totals of the per-image differences" in md and "trainable + frozen" in md
