@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmark.core.config import BenchmarkConfig, ConfigError, apply_overrides
+from benchmark.core.config import BenchmarkConfig, ConfigError, apply_overrides, every_fold
 from benchmark.core.files import atomic_write
 from benchmark.core.ranks import global_rank
 from benchmark.runner import say
@@ -26,36 +26,44 @@ from datamodules.errors import DataError
 SYNTHETIC_DIR = "_synthetic_data"
 # The README's data path (the Makefile's DATA default): the only path that may be absent.
 DEFAULT_DATA_DIR = Path("data/ultrasound-nerve-segmentation")
-_SYNTH_KEYS = {"generator", "folds", "seeds", "train", "model_kwargs", "model_train"}
-_GENERATOR_KEYS = {"subjects", "per_subject", "n_test", "seed", "positive_fraction"}
 
 
 def _synthetic_section(bench: BenchmarkConfig, source: str) -> dict[str, Any]:
-    syn = bench.synthetic
-    if not syn:
-        raise ConfigError(f"{source}: no `synthetic:` section to fall back to")
-    unknown = set(syn) - _SYNTH_KEYS
-    bad_gen = set(syn.get("generator") or {}) - _GENERATOR_KEYS
-    if unknown or bad_gen:
-        allowed = f"allowed {sorted(_SYNTH_KEYS)} and generator: {sorted(_GENERATOR_KEYS)}"
-        raise ConfigError(f"{source}: unknown synthetic keys {sorted(unknown | bad_gen)}; {allowed}")
-    return syn
+    """The config's ``synthetic:`` section (checked when the config was read)."""
+    if not bench.synthetic:
+        raise ConfigError(
+            f"{source}: no data to run on: give --data-dir (the Kaggle layout: train/, test/), or use a "
+            "config with a `synthetic:` section to fall back to (benchmark/configs/default.yaml)"
+        )
+    return bench.synthetic
 
 
 def synthetic_benchmark(bench: BenchmarkConfig, source: str = "config") -> BenchmarkConfig:
     """The CPU-sized fallback: ``synthetic.train`` overrides, optional ``folds``/``seeds``, and
-    ``model_kwargs``/``model_train`` replacing the main ones when given."""
+    ``model_kwargs``/``model_train`` replacing the main ones when given. Its own ``synthetic:`` keeps
+    only the generator, so it falls back to itself unchanged (``run --print-config`` prints it)."""
     syn = _synthetic_section(bench, source)
     try:
         train = apply_overrides(bench.train, syn.get("train") or {})
     except ConfigError as exc:
         raise ConfigError(f"{source}: synthetic.train: {exc}") from None
-    folds = tuple(int(f) for f in syn.get("folds", [f for f in bench.folds if f < train.n_folds]))
+    if train.holdout_fraction is not None:  # one hold-out set: the section's folds collapse to it
+        folds = every_fold(train)
+    elif "folds" in syn:
+        folds = tuple(int(f) for f in syn["folds"])
+    else:
+        folds = tuple(f for f in bench.folds if f in every_fold(train))
     seeds = tuple(int(s) for s in syn.get("seeds", bench.seeds))
     kwargs = {str(k): dict(v) for k, v in (syn.get("model_kwargs") or bench.model_kwargs).items()}
     recipes = {str(k): dict(v) for k, v in (syn.get("model_train") or bench.model_train).items()}
     return dataclasses.replace(
-        bench, train=train, folds=folds, seeds=seeds, model_kwargs=kwargs, model_train=recipes
+        bench,
+        train=train,
+        folds=folds,
+        seeds=seeds,
+        model_kwargs=kwargs,
+        model_train=recipes,
+        synthetic={"generator": dict(syn.get("generator") or {})},
     )
 
 
@@ -113,11 +121,16 @@ def uses_synthetic(data_dir: Path | None) -> bool:
 
 
 def resolve_data(
-    bench: BenchmarkConfig, data_dir: Path | None, results_dir: Path, generate: bool = True
+    bench: BenchmarkConfig,
+    data_dir: Path | None,
+    results_dir: Path,
+    generate: bool = True,
+    source: str = "config",
 ) -> tuple[BenchmarkConfig, Path]:
     """The benchmark and data directory to run: ``data_dir`` (it must hold ``train/``; DataError naming
-    it otherwise) or, per :func:`uses_synthetic`, the config's synthetic fallback, announced once.
-    ``generate=False`` (``--dry-run``) only names the fallback directory and writes nothing."""
+    it otherwise) or, per :func:`uses_synthetic`, the synthetic fallback of the config (the file
+    ``source``), announced once. ``generate=False`` (``--dry-run``) only names the fallback directory
+    and writes nothing."""
     if not uses_synthetic(data_dir):
         path = DEFAULT_DATA_DIR if data_dir is None else data_dir
         if not path.is_dir():
@@ -127,7 +140,7 @@ def resolve_data(
                 path, "no train/ directory (expected the Kaggle layout: train/, test/, train_masks.csv)"
             )
         return bench, path
-    fallback = synthetic_benchmark(bench)
+    fallback = synthetic_benchmark(bench, source)
     out = synthetic_data_dir(bench, results_dir)
     why = "no --data-dir given" if data_dir is None else f"{data_dir} not found"
     say(

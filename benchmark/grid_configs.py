@@ -37,7 +37,12 @@ def build_grid(
     ``devices: auto`` becomes the device count each run will use (recorded; not hashed, since the global
     batch, steps and augmentation stream are the same on 1 GPU or 8).
     """
-    grid, train = [], resolve_devices(bench.train, bench.run_gpus())
+    try:
+        grid, train = [], resolve_devices(bench.train, bench.run_gpus())
+    except ConfigError as exc:  # the world size came from gpus_per_run, not from devices
+        raise ConfigError(
+            f"{exc} (devices: auto is gpus_per_run={bench.gpus_per_run:g} GPUs per run)"
+        ) from None
     for model in models or bench.models:
         kwargs = {**bench.train.model_kwargs, **bench.model_kwargs.get(model, {})}
         recipe = with_model_recipe(train, bench.model_train, model)  # the config's per-model recipe

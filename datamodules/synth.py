@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,16 +225,38 @@ def render(anat: Anatomy, draws: Draws, positive: bool) -> tuple[np.ndarray, np.
     return np.clip(log(img * 2.0 + 1.0) * scale, 0.0, 255.0).astype(np.uint8), mask
 
 
+# The generator's parameters: type and allowed range (a config's synthetic.generator is checked too).
+PARAMETERS = {
+    "subjects": (int, lambda v: v >= 1, ">= 1"),
+    "per_subject": (int, lambda v: v >= 1, ">= 1"),
+    "n_test": (int, lambda v: v >= 0, "0 or more"),
+    "seed": (int, lambda v: v >= 0, "0 or more"),
+    "positive_fraction": (float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+}
+
+
+def parameter_problem(params: dict) -> str | None:
+    """What is wrong with :func:`generate`'s keyword arguments ``params`` (absent ones keep their
+    defaults), in words; None when nothing is."""
+    unknown = sorted(set(params) - set(PARAMETERS))
+    if unknown:
+        return f"unknown generator parameter(s) {unknown} (known: {', '.join(PARAMETERS)})"
+    for key, value in params.items():
+        kind, ok, allowed = PARAMETERS[key]
+        if isinstance(value, bool) or not isinstance(
+            value, numbers.Real if kind is float else numbers.Integral
+        ):
+            return f"{key}={value!r} should be {'a number' if kind is float else 'an integer'}"
+        if not ok(value):
+            return f"{key} must be {allowed}, got {value}"
+    return None
+
+
 def _check_args(out_dir: Path, subjects: int, per_subject: int, n_test: int, frac: float, seed: int) -> None:
-    if seed < 0:
-        raise DataError(out_dir, f"seed must be 0 or more, got {seed}")
-    if subjects < 1 or per_subject < 1 or n_test < 0:
-        raise DataError(
-            out_dir,
-            f"need subjects >= 1, per_subject >= 1, n_test >= 0 (got {subjects}, {per_subject}, {n_test})",
-        )
-    if not 0.0 <= frac <= 1.0:
-        raise DataError(out_dir, f"positive_fraction={frac} is outside [0, 1]")
+    args = dict(subjects=subjects, per_subject=per_subject, n_test=n_test, seed=seed, positive_fraction=frac)
+    problem = parameter_problem(args)
+    if problem:
+        raise DataError(out_dir, problem)
     for sub in ("train", "test"):
         if (out_dir / sub).is_dir() and any((out_dir / sub).iterdir()):
             raise DataError(out_dir / sub, "already exists and is not empty; choose a new output directory")

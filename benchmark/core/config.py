@@ -250,20 +250,30 @@ def _check_grid(bench: BenchmarkConfig) -> None:
         values = getattr(bench, key)
         twice = sorted({v for v in values if values.count(v) > 1})
         _require(bool(values) and not twice, f"{key}={list(values)} must be non-empty, without repeats")
-    top = bench.train.n_folds - 1
-    _require(all(0 <= f <= top for f in bench.folds), f"folds={list(bench.folds)} must lie in 0..{top}")
+    top = 0 if bench.train.holdout_fraction is not None else bench.train.n_folds - 1
+    why = " (holdout_fraction: one hold-out set, fold 0)" if bench.train.holdout_fraction is not None else ""
+    _require(all(0 <= f <= top for f in bench.folds), f"folds={list(bench.folds)} must lie in 0..{top}{why}")
     _require(all(map(_is_seed, bench.seeds)), f"seeds={list(bench.seeds)} must lie in 0 .. 2**32-1")
     _require(all(m.strip() for m in bench.models), "models may not contain an empty name")
     for key in ("gpus_per_run", "cpus_per_run"):
         _require(getattr(bench, key) > 0, f"{key}={getattr(bench, key)} must be > 0")
-    _check_per_model("model_kwargs", bench.model_kwargs)
+    whole = bench.gpus_per_run <= 1 or bench.gpus_per_run.is_integer()  # Ray's rule for a task's GPUs
+    _require(
+        whole, f"gpus_per_run={bench.gpus_per_run:g}: a share of one GPU (<= 1) or whole GPUs (2, 3 ...)"
+    )
+    check_per_model("model_kwargs", bench.model_kwargs)
     check_model_train("model_train", bench.train, bench.model_train)
-    _check_synthetic(bench)
+    from benchmark.core.synthetic_section import check_synthetic  # it builds on this module
+
+    check_synthetic(bench)
 
 
-def _check_per_model(where: str, kwargs: Any) -> None:
+def check_per_model(where: str, kwargs: Any) -> None:
     ok = isinstance(kwargs, dict) and all(isinstance(v, dict) for v in kwargs.values())
     _require(ok, f"{where} must map model names to mappings of keyword arguments")
+    for model, args in kwargs.items():
+        for key in (k for k in args if not isinstance(k, str)):
+            raise ConfigError(f"{where}.{model}: {key!r} is not a name (keys are argument or field names)")
 
 
 # What a per-model recipe may not change: the grid's own axes and the architecture's kwargs.
@@ -277,7 +287,7 @@ def check_model_train(where: str, train: TrainConfig, per_model: Any) -> None:
 
     A model's own recipe is stated in the config, recorded in each run's config (so it is hashed)
     and listed under the board; it is never a special case in code (issue 20)."""
-    _check_per_model(where, per_model)
+    check_per_model(where, per_model)
     for model, overrides in per_model.items():
         grid = sorted(GRID_FIELDS & set(overrides))
         _require(not grid, f"{where}.{model}: {', '.join(grid)} cannot be set per model here")
@@ -303,31 +313,17 @@ def with_model_recipe(train: TrainConfig, per_model: dict, model: str) -> TrainC
     return dataclasses.replace(apply_overrides(train, overrides), model_recipe=shared)
 
 
-def _check_synthetic(bench: BenchmarkConfig) -> None:
-    """The fallback's overrides are checked up front too, not only when a run falls back to it."""
-    syn = bench.synthetic
-    if syn.get("train") is not None:
-        _require(isinstance(syn["train"], dict), "synthetic.train must be a mapping of TrainConfig fields")
-        try:
-            apply_overrides(bench.train, syn["train"])
-        except ConfigError as exc:
-            raise ConfigError(f"synthetic.train: {exc}") from None
-    for key in ("folds", "seeds"):
-        if key in syn:
-            coerce(f"synthetic.{key}", syn[key], tuple[int, ...])
-    if syn.get("model_kwargs") is not None:
-        _check_per_model("synthetic.model_kwargs", syn["model_kwargs"])
-    if syn.get("model_train") is not None:
-        train = apply_overrides(bench.train, syn.get("train") or {})
-        check_model_train("synthetic.model_train", train, syn["model_train"])
-
-
 # ----------------------------------------------------------------------------- overrides and files
-def check_keys(keys: Iterable[Any], known: set[str], what: str, listed: bool = False) -> None:
+def check_keys(
+    keys: Iterable[Any], known: set[str], what: str, listed: bool = False, train_only: Iterable[str] = ()
+) -> None:
+    """ConfigError for the first key not ``known``, with close matches; a key of ``train_only`` is
+    said to belong under ``train:``."""
     for key in keys:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint += f" ({key} is a TrainConfig field: set it under train:)" if key in train_only else ""
             allowed = f" (allowed: {', '.join(sorted(known))})" if listed else ""
             raise ConfigError(f"unknown {what} {key!r}{hint}{allowed}")
 
@@ -359,15 +355,24 @@ def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
 
 
 def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
-    check_keys(raw, field_names(BenchmarkConfig) | {"base"}, "top-level key", listed=True)
-    _require(isinstance(raw.get("train") or {}, dict), "train: must be a mapping of TrainConfig fields")
+    train_only = field_names(TrainConfig) - field_names(BenchmarkConfig)
+    check_keys(
+        raw, field_names(BenchmarkConfig) | {"base"}, "top-level key", listed=True, train_only=train_only
+    )
+    given = {} if raw.get("train") is None else raw["train"]
+    _require(isinstance(given, dict), "train: must be a mapping of TrainConfig fields")
     try:
-        train = apply_overrides(TrainConfig(), raw.get("train") or {})
+        train = apply_overrides(TrainConfig(), given)
     except ConfigError as exc:
         raise ConfigError(f"train: {exc}") from None
-    values = {"name": name, "models": (train.model,), "folds": tuple(range(train.n_folds)), "seeds": (0,)}
+    values = {"name": name, "models": (train.model,), "folds": every_fold(train), "seeds": (0,)}
     values.update({k: v for k, v in raw.items() if k != "train" and v is not None})  # null: the default
     return BenchmarkConfig(train=train, **values)
+
+
+def every_fold(train: TrainConfig) -> tuple[int, ...]:
+    """The outer folds of ``train``'s split: 0 .. n_folds - 1, or fold 0 alone for a hold-out split."""
+    return (0,) if train.holdout_fraction is not None else tuple(range(train.n_folds))
 
 
 # ----------------------------------------------------------------------------- devices

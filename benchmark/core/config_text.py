@@ -11,14 +11,21 @@ from typing import Any
 import yaml
 
 from benchmark.core.config import BenchmarkConfig, TrainConfig, field_types
-from benchmark.core.parsing import type_name
+from benchmark.core.parsing import EXPONENT_FLOAT, type_name
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes a string that our loader would read as a number (``wandb_project: "1e5"``)."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
 
 
 def to_yaml(cfg: TrainConfig | BenchmarkConfig) -> str:
     """``--print-config``: YAML that ``load_benchmark_config`` (``--config``) reads back to the same
     config; a TrainConfig is written as the ``train:`` section of a one-model benchmark."""
     data = dataclasses.asdict(cfg) if isinstance(cfg, BenchmarkConfig) else {"train": cfg.to_dict()}
-    return yaml.safe_dump(_plain(data), sort_keys=False, default_flow_style=None, width=100)
+    return yaml.dump(_plain(data), Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=100)
 
 
 def _plain(value: Any) -> Any:

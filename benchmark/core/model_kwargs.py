@@ -111,5 +111,30 @@ def _grid_pairs(bench: BenchmarkConfig) -> Iterable[tuple[str, dict]]:
 
 
 def check_benchmark_models(bench: BenchmarkConfig) -> None:
-    """Every model of a benchmark's grid and of its synthetic fallback, with its kwargs."""
+    """Every model of a benchmark's grid and of its synthetic fallback, with its kwargs; then
+    :func:`check_model_entries`."""
     check_pairs(_grid_pairs(bench))
+    check_model_entries(bench)
+
+
+def check_model_entries(bench: BenchmarkConfig) -> None:
+    """Every model named by a per-model entry (model_kwargs, model_train, and the synthetic
+    section's) exists, and its own model_kwargs fit it, whether or not it is in this grid (``--models``
+    may pick it): a misspelt name would otherwise leave its entry unused without a word."""
+    from models.registry import ModelError, get_info
+
+    syn = bench.synthetic
+    entries = {
+        "model_kwargs": bench.model_kwargs,
+        "model_train": bench.model_train,
+        "synthetic.model_kwargs": syn.get("model_kwargs") or {},
+        "synthetic.model_train": syn.get("model_train") or {},
+    }
+    for where, per_model in entries.items():
+        for model in per_model:
+            try:
+                get_info(model)
+            except ModelError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        if where.endswith("model_kwargs"):
+            check_pairs(per_model.items())

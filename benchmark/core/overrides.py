@@ -10,7 +10,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from benchmark.core.config import BenchmarkConfig, TrainConfig, apply_overrides, check_keys, field_names
+from benchmark.core.config import (
+    BenchmarkConfig,
+    TrainConfig,
+    apply_overrides,
+    check_keys,
+    every_fold,
+    field_names,
+)
+from benchmark.core.model_kwargs import check_model_entries
 from benchmark.core.parsing import ConfigError, coerce
 
 
@@ -22,9 +30,13 @@ def apply_benchmark_overrides(bench: BenchmarkConfig, overrides: dict[str, Any])
     check_keys(overrides, train_keys | field_names(BenchmarkConfig) - {"train"}, "config key")
     train = apply_overrides(bench.train, {k: v for k, v in overrides.items() if k in train_keys})
     changes = {k: v for k, v in overrides.items() if k not in train_keys} | per_model
-    if "folds" not in changes and bench.folds == tuple(range(bench.train.n_folds)):
-        changes["folds"] = tuple(range(train.n_folds))  # "every fold" stays so under --set n_folds=K
-    return dataclasses.replace(bench, train=train, **changes)
+    if "folds" not in changes and bench.folds == every_fold(bench.train):
+        changes["folds"] = every_fold(
+            train
+        )  # "every fold" stays so under --set n_folds=K or holdout_fraction
+    bench = dataclasses.replace(bench, train=train, **changes)
+    check_model_entries(bench)  # a model named by --set exists, and its entry's kwargs fit it
+    return bench
 
 
 # `--set model_kwargs=...` is train:'s, for every model; `--set model_kwargs.unet=...` is one model's.

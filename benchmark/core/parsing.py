@@ -29,14 +29,42 @@ class ConfigError(NerveBenchError):
     """An unknown key, a wrong type or an invalid value in a config or override."""
 
 
+# YAML 1.2 floats without a dot (``3e-4``), which YAML 1.1 reads as strings; config_text quotes
+# strings of this form so that a printed config reads back to the same values.
+EXPONENT_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$")
+
+
+# Dates, and YAML 1.1's yes/no/on/off booleans: `augment: yes` would be true in a file but an error
+# in --set, and `logger: off` a boolean; only true/false are booleans (added back below).
+_DROPPED = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML's YAML 1.1, plus YAML 1.2 floats without a dot (``3e-4``), which 1.1 reads as strings."""
+    """PyYAML's YAML 1.1 with YAML 1.2's scalars: :data:`EXPONENT_FLOAT` floats, true/false the only
+    booleans, no timestamps (no config field is a date: ``seed: 2024-01-01`` stays text and is refused
+    by type, not parsed into a date or a traceback); and a repeated key refused (PyYAML would keep the
+    last one silently)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in _DROPPED]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key if isinstance(key, typing.Hashable) else id(key_node))
+        return super().construct_mapping(node, deep=deep)
 
 
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$"),
-    list("-+0123456789."),
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 
 
@@ -48,6 +76,9 @@ def load_yaml(text: str, source: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         raise ConfigError(f"{where}: invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    except (ValueError, RecursionError) as exc:  # a value the constructor refuses; nesting too deep
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ConfigError(f"{source}: invalid YAML ({why})") from None
 
 
 def _scalar(value: Any, tp: type) -> Any:
@@ -87,7 +118,8 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str):
             value = load_yaml(value, name) if value.lstrip().startswith("[") else value.split(",")
         items = value if isinstance(value, (list, tuple)) else [value]
-        return tuple(coerce(name, v, args[0]) for v in items if not (isinstance(v, str) and not v.strip()))
+        items = [v.strip() if isinstance(v, str) else v for v in items]  # "unet, sk_unet"
+        return tuple(coerce(name, v, args[0]) for v in items if v != "")
     elif tp is dict:
         parsed = load_yaml(value, name) if isinstance(value, str) else value
         if isinstance(parsed, dict):

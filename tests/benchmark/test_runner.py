@@ -156,7 +156,7 @@ def test_bad_synthetic_section_names_the_key():
     bench = load_benchmark_config(SMOKE)
     with pytest.raises(ConfigError, match="colour"):
         fb.synthetic_benchmark(dataclasses.replace(bench, synthetic={"generator": {"colour": 1}}))
-    with pytest.raises(ConfigError, match="no `synthetic:` section"):
+    with pytest.raises(ConfigError, match="config: no data to run on: give --data-dir"):
         fb.synthetic_benchmark(dataclasses.replace(bench, synthetic={}))
 
 

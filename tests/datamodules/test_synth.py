@@ -120,7 +120,7 @@ def test_bad_arguments_raise_data_error(tmp_path: Path, synthetic_dir: Path) -> 
         generate(synthetic_dir)
     with pytest.raises(DataError, match="positive_fraction"):
         generate(tmp_path / "x", positive_fraction=1.5)
-    with pytest.raises(DataError, match="subjects >= 1"):
+    with pytest.raises(DataError, match="subjects must be >= 1, got 0"):
         generate(tmp_path / "y", subjects=0)
     with pytest.raises(DataError, match="seed must be 0 or more, got -1"):  # numpy's SeedSequence raised
         generate(tmp_path / "z", seed=-1)

@@ -1,0 +1,46 @@
+"""A benchmark config's ``synthetic:`` section (the embedded CPU fallback), checked when the config
+is read, with the file's name: not first when a run falls back to it, and not ignored when a
+``--data-dir`` makes it unused.
+
+The section may hold ``generator`` (:func:`datamodules.synth.generate`'s parameters), ``train``
+(TrainConfig fields over ``train:``), ``folds``, ``seeds``, ``model_kwargs`` and ``model_train``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from benchmark.core.config import ConfigError, apply_overrides, check_model_train, check_per_model
+from benchmark.core.parsing import coerce
+from datamodules.synth import parameter_problem
+
+if TYPE_CHECKING:
+    from benchmark.core.config import BenchmarkConfig
+
+KEYS = ("generator", "train", "folds", "seeds", "model_kwargs", "model_train")
+
+
+def check_synthetic(bench: BenchmarkConfig) -> None:
+    """ConfigError naming the ``synthetic.`` key at fault; nothing for an empty section."""
+    syn = bench.synthetic
+    unknown = sorted(str(k) for k in set(syn) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"synthetic: unknown key(s) {unknown} (known: {', '.join(KEYS)})")
+    generator = syn.get("generator") or {}
+    problem = parameter_problem(generator) if isinstance(generator, dict) else "must be a mapping"
+    if problem:
+        raise ConfigError(f"synthetic.generator: {problem}")
+    train = {} if syn.get("train") is None else syn["train"]
+    if not isinstance(train, dict):
+        raise ConfigError("synthetic.train must be a mapping of TrainConfig fields")
+    try:
+        trained = apply_overrides(bench.train, train)
+    except ConfigError as exc:
+        raise ConfigError(f"synthetic.train: {exc}") from None
+    for key in ("folds", "seeds"):
+        if key in syn:
+            coerce(f"synthetic.{key}", syn[key], tuple[int, ...])
+    if syn.get("model_kwargs") is not None:
+        check_per_model("synthetic.model_kwargs", syn["model_kwargs"])
+    if syn.get("model_train") is not None:
+        check_model_train("synthetic.model_train", trained, syn["model_train"])

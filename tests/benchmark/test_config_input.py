@@ -1,0 +1,170 @@
+"""Bad or surprising config input is one line naming the file and the problem, never a traceback or a
+silent default; and ``run --print-config`` prints the benchmark the same command runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.core.config import ConfigError, load_benchmark_config
+from benchmark.core.config_text import to_yaml
+from benchmark.core.overrides import apply_benchmark_overrides
+from benchmark.core.parsing import load_yaml
+
+CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs"
+
+
+def child(tmp_path: Path, text: str, base: str = "smoke.yaml") -> Path:
+    path = tmp_path / "child.yaml"
+    path.write_text(f"base: {CONFIGS / base}\n{text}")
+    return path
+
+
+def refused(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """The one line ``argv`` exits 2 with."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def dry_run_names(capsys: pytest.CaptureFixture, argv: list[str]) -> list[str]:
+    assert main([*argv, "--dry-run"]) == 0
+    return [line.split(" -> ")[1] for line in capsys.readouterr().out.splitlines() if " -> " in line]
+
+
+def test_yaml_scalars_are_yaml_12_and_a_repeated_key_is_refused():
+    # A date is text (no field is a date), yes/off are text (only true/false are booleans), 3e-4 a float.
+    assert load_yaml("a: 2024-13-45\nb: yes\nc: off\nd: true\ne: 3e-4\n", "f.yaml") == {
+        "a": "2024-13-45", "b": "yes", "c": "off", "d": True, "e": 3e-4}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^f.yaml:3: invalid YAML \(key 'train' appears twice"):
+        load_yaml("train: {epochs: 3}\nmodels: [unet]\ntrain: {batch_size: 8}\n", "f.yaml")
+    with pytest.raises(ConfigError, match=r"^f.yaml: invalid YAML \(nested too deeply\)"):
+        load_yaml("a: " + "[" * 5000, "f.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("train: {seed: 2024-13-45}\n", "train: seed='2024-13-45' should be an integer"),
+        ("train: {augment: yes}\n", "train: augment='yes' should be true or false"),
+        ("train: []\n", "train: must be a mapping of TrainConfig fields"),
+        (
+            "epochs: 3\n",
+            "unknown top-level key 'epochs' (epochs is a TrainConfig field: set it under train:)",
+        ),
+        ("model_kwargs: {unet: {1: 2}}\n", "model_kwargs.unet: 1 is not a name"),
+        (
+            "model_kwargs: {sk_unet_typo: {base_width: 2}}\n",
+            "model_kwargs: unknown model 'sk_unet_typo'; did",
+        ),
+        ("model_train: {unte: {epochs: 2}}\n", "model_train: unknown model 'unte'; did you mean 'unet'"),
+        ("model_kwargs: {sk_unet: {bogus: 4}}\n", "model 'sk_unet': unknown argument(s) bogus"),
+        ("synthetic: {trian: {}}\n", "synthetic: unknown key(s) ['trian']"),
+        ("synthetic: {generator: {subjects: many}}\n", "synthetic.generator: subjects='many' should be an"),
+        ("synthetic: {generator: {seed: 2024-01-01}}\n", "synthetic.generator: seed='2024-01-01' should be"),
+        ("synthetic: {generator: {subjects: -3}}\n", "synthetic.generator: subjects must be >= 1, got -3"),
+        ("gpus_per_run: 1.5\n", "gpus_per_run=1.5: a share of one GPU (<= 1) or whole GPUs"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_file(tmp_path, capsys, text, words):
+    path = child(tmp_path, text, base="default.yaml")
+    data = tmp_path / "data"  # a given --data-dir: the synthetic section is checked all the same
+    (data / "train").mkdir(parents=True)
+    err = refused(capsys, ["run", "--config", str(path), "--data-dir", str(data), "--dry-run"])
+    assert err.startswith(f"error: {path}: ") and words in err, err
+
+
+def test_print_config_under_the_synthetic_fallback_is_the_run(tmp_path, capsys, monkeypatch):
+    """The fallback's section replaces train: fields and --set replaces them again: the printed file,
+    run without data, lists the same runs (it listed others: synthetic.train's epochs won there)."""
+    monkeypatch.chdir(tmp_path)  # no data/ultrasound-nerve-segmentation here: the fallback applies
+    argv = ["run", "--set", "epochs=1", "--models", "unet", "--results-dir", str(tmp_path / "r")]
+    assert main([*argv, "--print-config"]) == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    assert "# no --data-dir: the synthetic fallback's recipe" in printed.read_text()
+    names = dry_run_names(capsys, argv)
+    assert len(names) == 3 and dry_run_names(capsys, ["run", "--config", str(printed)]) == names
+    again = tmp_path / "again.yaml"  # and printing the printed file gives it back
+    assert main(["run", "--config", str(printed), "--print-config"]) == 0
+    again.write_text(capsys.readouterr().out)
+    assert load_benchmark_config(again) == load_benchmark_config(printed)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--folds", "", "folds=[] must be non-empty, without repeats"),
+        ("--folds", ",", "folds=[] must be non-empty"),
+        ("--models", "", "models=[] must be non-empty"),
+        ("--folds", "0,0", "folds=[0, 0] must be non-empty, without repeats"),
+        ("--models", "unet,unet", "models=['unet', 'unet']"),
+        ("--seeds", "3,3", "seeds=[3, 3]"),
+    ],
+)
+def test_an_empty_or_repeated_subset_is_refused_not_an_empty_or_doubled_grid(
+    tmp_path, capsys, flag, value, words
+):
+    # It trained nothing and exited 0, ran every model, or listed a run twice.
+    for mode in ("--dry-run", "--print-config"):
+        argv = [
+            "run",
+            "--config",
+            str(CONFIGS / "smoke.yaml"),
+            "--results-dir",
+            str(tmp_path),
+            flag,
+            value,
+            mode,
+        ]
+        assert words in refused(capsys, argv)
+
+
+def test_a_hold_out_split_runs_fold_0_once(tmp_path, capsys, monkeypatch):
+    """Fold is meaningless under one hold-out set: folds 0, 1 and 2 were three identical trainings."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--set", "holdout_fraction=0.2", "--models", "unet", "--results-dir", str(tmp_path)]
+    assert [n.split("__")[1] for n in dry_run_names(capsys, argv)] == ["f0"]
+    bench = load_benchmark_config(CONFIGS / "default.yaml")
+    assert apply_benchmark_overrides(bench, {"holdout_fraction": "0.2"}).folds == (0,)
+    assert "folds=[1] must lie in 0..0 (holdout_fraction" in refused(
+        capsys, [*argv, "--folds", "1", "--dry-run"]
+    )
+
+
+def test_per_model_entries_of_models_outside_the_grid_are_still_checked(capsys):
+    smoke = str(CONFIGS / "smoke.yaml")
+    base = ["run", "--config", smoke, "--models", "unet", "--print-config"]
+    assert "unknown argument(s) bogus" in refused(capsys, [*base, "--set", "model_kwargs.sk_unet={bogus: 4}"])
+    assert main([*base, "--set", "model_kwargs={base_width: 4}"]) == 0  # every model's, but only unet runs
+    assert "models: [unet]" in capsys.readouterr().out
+    assert main([*base[:-3], "--print-config", "--set", "models=unet, sk_unet"]) == 0  # not ' sk_unet'
+    assert "models: [unet, sk_unet]" in capsys.readouterr().out
+
+
+def test_gpus_per_run_and_the_world_it_makes_are_named(tmp_path, capsys):
+    gpu = ["run", "--config", str(CONFIGS / "gpu.yaml"), "--data-dir", str(tmp_path), "--dry-run"]
+    (tmp_path / "train").mkdir()
+    err = refused(capsys, [*gpu, "--set", "gpus_per_run=3"])
+    assert "not divisible by the 3 training processes" in err and "gpus_per_run=3 GPUs per run" in err
+
+
+def test_a_text_that_reads_as_a_number_is_quoted_when_printed(tmp_path):
+    bench = apply_benchmark_overrides(
+        load_benchmark_config(CONFIGS / "smoke.yaml"), {"wandb_project": "1e5", "name": "1E10"}
+    )
+    path = tmp_path / "p.yaml"
+    path.write_text(to_yaml(bench))
+    loaded = load_benchmark_config(path)
+    assert (loaded.train.wandb_project, loaded.name) == ("1e5", "1E10") and loaded == bench
+
+
+def test_run_finds_its_default_config_from_any_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--print-config"]) == 0
+    assert "name: default" in capsys.readouterr().out
+    err = refused(capsys, ["run", "--config", str(CONFIGS / "gpu.yaml"), "--dry-run"])
+    assert err.startswith(f"error: {CONFIGS / 'gpu.yaml'}: no data to run on: give --data-dir")
