@@ -141,6 +141,17 @@ def interrupted_line(cfg: TrainConfig, run_dir: Path) -> str:
     return f"interrupted {cfg.run_name()}: re-running the same command {then}"
 
 
+def interrupt_behind(exc: BaseException) -> BaseException | None:
+    """The interrupt (Ctrl-C, SIGTERM: not an ``Exception``) that ``exc`` was raised while handling, if
+    any. A SIGTERM sent to the process group (``timeout``, systemd, a batch system) also kills the
+    loader workers, and the loader's "worker killed by signal" error replaces the signal's exception."""
+    seen, visited = exc.__context__, {id(exc)}
+    while seen is not None and isinstance(seen, Exception) and id(seen) not in visited:
+        visited.add(id(seen))
+        seen = seen.__context__
+    return None if seen is None or isinstance(seen, Exception) else seen
+
+
 def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -> Outcome:
     from benchmark.training.device import release_run_memory
 
@@ -150,6 +161,10 @@ def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -
     try:
         summary = fit(cfg, data_dir, run_dir)
     except Exception as exc:  # noqa: BLE001 - one run's failure must not lose the others
+        interrupt = interrupt_behind(exc)
+        if interrupt is not None:  # not this run's failure: the command was told to stop
+            say(interrupted_line(cfg, run_dir))
+            raise interrupt from None
         if ddp:
             raise _ddp_failure(cfg, run_dir, exc) from None
         seconds, full = time.perf_counter() - start, out_of_space(exc)
