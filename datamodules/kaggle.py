@@ -144,10 +144,13 @@ def _record(key: tuple[int, int], images: dict, masks: dict, row: CsvRow | None)
     )
 
 
-def _pair(images: dict, masks: dict, rows: dict, csv_path: Path, csv_ok: bool, errors: list) -> list[tuple]:
+def _pair(
+    images: dict, masks: dict, rows: dict, csv_path: Path, bad: set | None, errors: list
+) -> list[tuple]:
     """The keys with an image and a usable mask. Problems go to ``errors``: a mask without its image,
-    an image without a mask (not when the csv itself is broken: its rows are the likelier fault),
-    a csv-only mask whose runs are out of order."""
+    an image without a mask (not one whose csv row is reported bad, the likelier fault, and none at
+    all when ``bad`` is None: a bad row whose key is unreadable, or an unreadable csv, may be any
+    image's), a csv-only mask whose runs are out of order."""
     errors += [
         DataError(path, f"mask has no matching image {key[0]}_{key[1]}.tif", "mask has no matching image")
         for key, path in masks.items()
@@ -158,7 +161,7 @@ def _pair(images: dict, masks: dict, rows: dict, csv_path: Path, csv_ok: bool, e
         row = rows.get(key)
         if key in masks:
             usable.append(key)
-        elif row is None and csv_ok:
+        elif row is None and bad is not None and key not in bad:
             where = f"no row in {CSV_NAME}" if csv_path.is_file() else f"no {CSV_NAME}"
             errors.append(
                 DataError(
@@ -179,14 +182,13 @@ def _scan(data_dir: str | Path, shape: tuple[int, int], errors: list[DataError])
     csv_path = root / CSV_NAME
     images, masks = _split_train_dir(train_dir, errors)
     rows: dict[tuple[int, int], CsvRow] = {}
-    n_before = len(errors)
+    bad: set[tuple[int, int]] | None = set()
     if csv_path.is_file():
-        rows = collect(errors, partial(read_masks_csv, csv_path, shape)) or {}
-    csv_ok = len(errors) == n_before
+        rows, bad = collect(errors, partial(read_masks_csv, csv_path, shape, errors)) or ({}, None)
     if not images:
         errors.append(DataError(train_dir, "no training images (<subject>_<img>.tif) found"))
         return []
-    usable = _pair(images, masks, rows, csv_path, csv_ok, errors)
+    usable = _pair(images, masks, rows, csv_path, bad, errors)
     return [_record(key, images, masks, rows.get(key)) for key in usable]
 
 

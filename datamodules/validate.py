@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from datamodules.errors import DataError, collect, raise_all
+from datamodules.errors import DataError
 from datamodules.io import read_tif
 from datamodules.rle import RLEError, decode, parse_runs
 
@@ -108,27 +107,46 @@ def check_runs_ordered(rle: str, csv_path: Path, line: int, stem: str) -> None:
     )
 
 
-def read_masks_csv(csv_path: Path, shape: tuple[int, int]) -> dict[tuple[int, int], CsvRow]:
-    """Parse and check every row of ``train_masks.csv``; keyed by (subject, img). Every bad row is
-    reported (:class:`DataErrors`), not only the first; a bad header or an unreadable file stops."""
+def read_masks_csv(
+    csv_path: Path, shape: tuple[int, int], errors: list[DataError]
+) -> tuple[dict[tuple[int, int], CsvRow], set[tuple[int, int]] | None]:
+    """Parse and check every row of ``train_masks.csv``: the good rows keyed by (subject, img), and
+    the keys of the bad ones (None when a bad row's key itself is unreadable: it may be any image's).
+    Every bad row goes to ``errors`` and the good rows are kept, so the other checks still run on
+    them; a bad header or an unreadable file raises."""
     rows: dict[tuple[int, int], CsvRow] = {}
-    errors: list[DataError] = []
+    bad: set[tuple[int, int]] | None = set()
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             _check_header(next(reader, None), csv_path)
             for record in reader:
-                collect(errors, partial(_add_row, record, reader.line_num, rows, csv_path, shape))
+                try:
+                    _add_row(record, reader.line_num, rows, csv_path, shape)
+                except _BadRow as exc:  # its key was read: only that image has no usable row
+                    errors.append(exc.error)
+                    bad = None if bad is None else bad | {exc.key}
+                except DataError as exc:
+                    errors.append(exc.with_traceback(None))
+                    bad = None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(csv_path, f"unreadable csv ({type(exc).__name__}: {_short(exc, 120)})") from None
-    raise_all(csv_path, errors)
-    return rows
+    return rows, bad
+
+
+class _BadRow(Exception):
+    """A csv row whose key was read but whose mask is unusable: the DataError, and the key."""
+
+    def __init__(self, error: DataError, key: tuple[int, int]) -> None:
+        super().__init__(str(error))
+        self.error, self.key = error, key
 
 
 def _add_row(
     record: list[str], line: int, rows: dict[tuple[int, int], CsvRow], csv_path: Path, shape: tuple[int, int]
 ) -> None:
-    """Check one csv record and add it to ``rows``; a blank line is skipped."""
+    """Check one csv record and add it to ``rows``; a blank line is skipped. A row whose key was read
+    but whose runs are bad (or repeated) raises :class:`_BadRow`, any other bad row a DataError."""
     if not record or (len(record) == 1 and not record[0].strip()):
         return
     if len(record) != 3:
@@ -137,13 +155,16 @@ def _add_row(
         _parse_int(record[0], csv_path, line, "subject"),
         _parse_int(record[1], csv_path, line, "img"),
     )
-    _check_rle(record[2], shape, csv_path, line)
-    if key in rows:
-        raise DataError(
-            csv_path,
-            f"line {line}: duplicate row for {key[0]}_{key[1]} (first on line {rows[key].line})",
-            "duplicate row",
-        )
+    try:
+        _check_rle(record[2], shape, csv_path, line)
+        if key in rows:
+            raise DataError(
+                csv_path,
+                f"line {line}: duplicate row for {key[0]}_{key[1]} (first on line {rows[key].line})",
+                "duplicate row",
+            )
+    except DataError as exc:
+        raise _BadRow(exc.with_traceback(None), key) from None
     rows[key] = CsvRow(line, record[2].strip())
 
 

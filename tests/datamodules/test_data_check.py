@@ -218,6 +218,21 @@ def test_a_broken_csv_is_not_echoed_as_images_without_masks(capsys, tiny):
     assert lines[0] == f"error: {tiny}: 3 problems:" and all("has no mask" in line for line in lines[1:])
 
 
+def test_a_bad_csv_row_does_not_hide_the_other_rows_problems(capsys, tiny):
+    """One out-of-range row used to drop every row, so a mask tif disagreeing with its row and an
+    image with neither mask nor row went unreported until the row was mended (a second attempt)."""
+    (tiny / "train" / "2_1_mask.tif").unlink()
+    write_csv(tiny, [r for r in tiny_rows({"1_2": "243590 20", "1_1": ""}) if r[:2] != ["2", "1"]])
+    lines = cli_lines(capsys, tiny)
+    assert lines[0] == f"error: {tiny}: 3 problems:"
+    assert f"  {tiny / 'train_masks.csv'}: line 3: RLE run ends at pixel 243609" in lines[1]
+    assert (
+        lines[2]
+        == f"  {tiny / 'train' / '2_1.tif'}: has no mask: no 2_1_mask.tif and no row in train_masks.csv"
+    )
+    assert lines[3].startswith(f"  {tiny / 'train' / '1_1_mask.tif'}: disagrees with train_masks.csv line 2")
+
+
 def test_every_bad_csv_row_and_file_name_together(capsys, tiny):
     write_csv(tiny, [*tiny_rows({"1_2": "10 5 a"}), ["x", "3", ""], ["1", "1", ""]])
     (tiny / "train" / "scan 7.tif").write_bytes(b"")
