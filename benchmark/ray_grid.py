@@ -347,8 +347,8 @@ def run_grid(
     data_dir, results_dir = Path(data_dir).resolve(), Path(results_dir).resolve()  # the same on every node
     runs = results_dir / "runs"
     done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
-    if done and data_hash is not None:
-        runner.check_same_data(runs, done, data_dir, data_hash)
+    if data_hash is not None:
+        runner.check_same_data(runs, data_dir, data_hash)
     runner.drop_kept_resume_state(runs, done)
     todo = [c for c in grid if c not in done]
     outcomes = [Outcome(c.run_name(), "skipped") for c in done]

@@ -248,14 +248,19 @@ def _log_tracking(summary: dict[str, Any], run_dir: Path) -> None:
         say(f"warning: W&B summary for {run_dir.name} failed: {exc}")
 
 
-def check_same_data(runs: Path, done: list[TrainConfig], data_dir: Path, current: str) -> None:
-    """Refuse to skip runs that were computed on other data (the config hash does not cover the data)."""
-    for cfg in done:
-        saved = (read_summary(runs / cfg.run_name()).get("dataset") or {}).get("content_hash")
+def check_same_data(runs: Path, data_dir: Path, current: str) -> None:
+    """Refuse a results directory any of whose runs was made on other data: a run of this grid would
+    be skipped as complete (the config hash does not cover the data), any other would share the
+    board with runs of another data set."""
+    for path in sorted(runs.glob("*/summary.json")):
+        try:
+            saved = (read_summary(path).get("dataset") or {}).get("content_hash")
+        except DataError:  # unreadable or older: `report` names it
+            continue
         if saved != current:
             raise ConfigError(
-                f"{runs / cfg.run_name()}: finished on data with content hash {saved}, but {data_dir} has "
-                f"{current}; use another --results-dir for this data set"
+                f"{path.parent}: made on data with content hash {saved}, but {data_dir} has "
+                f"{current}; one results directory holds one data set (use another --results-dir)"
             )
 
 
@@ -303,8 +308,8 @@ def run_grid(
         from benchmark.pipeline import fit
     runs = results_dir / "runs"
     done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
-    if done and data_hash is not None:
-        check_same_data(runs, done, data_dir, data_hash)
+    if data_hash is not None:
+        check_same_data(runs, data_dir, data_hash)
     drop_kept_resume_state(runs, done)
     todo = [c for c in grid if c not in done]
     outcomes = [Outcome(c.run_name(), "skipped") for c in grid if c not in todo]
