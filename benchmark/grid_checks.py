@@ -96,6 +96,21 @@ def check_accelerator(grid: list[TrainConfig]) -> None:
     )
 
 
+def gpu_recipe_on_cpu(grid: list[TrainConfig]) -> str | None:
+    """A warning when runs of a GPU recipe (mixed precision, the GPU data cache) will train on the
+    CPU (``accelerator: auto`` and no GPU visible): said, not refused, as the recipe is the config's;
+    the local executor's (a Ray cluster's workers may have the GPUs its driver lacks)."""
+    slow = [c for c in grid if c.accelerator == "auto" and (c.precision.endswith("-mixed") or c.gpu_cache)]
+    if not slow or torch.cuda.is_available():
+        return None
+    parts = sorted({slow[0].precision} - {"32"} | ({"gpu_cache"} if slow[0].gpu_cache else set()))
+    return (
+        f"warning: no GPU is visible, so {len(slow)} run(s) of a GPU recipe ({', '.join(parts)}) train "
+        "on the CPU, many times slower (`benchmark doctor` estimates it); a CPU recipe is --set "
+        "precision=32 --set gpu_cache=false, another recipe and so another board"
+    )
+
+
 def check_split_seed(results_dir: Path, split_seed: int) -> None:
     """Refuse a results directory whose runs used another ``split_seed``: out-of-fold scores need one
     fold assignment for the whole board (``seed`` may vary: it replicates initialisation only)."""

@@ -263,10 +263,13 @@ def run(args: argparse.Namespace) -> int:
         grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)  # as the run would
         linked = any(c.link_subjects for c in grid)
         grid_checks.check_link_subjects(args.results_dir, linked, grid_checks.saved_links(args.results_dir))
+        if ray_grid.choose(bench, grid)[0] == "local":
+            _warn_gpu_recipe_on_cpu(grid)
         return _dry_run(bench, grid, args.results_dir, sizes)
     local = ray_grid.choose(bench, grid)[0] == "local"
     if local:
         grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
+        _warn_gpu_recipe_on_cpu(grid)
     # Before any data generation or training; the Ray executor checks again once it knows how many
     # runs its cluster trains at a time.
     room = _room(args, grid, sizes)
@@ -284,6 +287,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_report and global_rank() == 0:
         _report(bench, args.results_dir)
     return _exit_status(outcomes, runner.missing_runs(grid, outcomes, args.results_dir), args.results_dir)
+
+
+def _warn_gpu_recipe_on_cpu(grid: list[TrainConfig]) -> None:
+    from benchmark import grid_checks, runner
+
+    warning = grid_checks.gpu_recipe_on_cpu(grid)
+    if warning:
+        runner.say(warning)
 
 
 def done_line(outcomes: list, seconds: float) -> str:

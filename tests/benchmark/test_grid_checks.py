@@ -205,3 +205,17 @@ def test_the_object_store_gets_plain_arrays_not_the_caches_memmaps(synthetic_dir
     store = Store()
     share_train_set(store, synthetic_dir, train)
     assert store.put_types[1:] == [np.ndarray, np.ndarray, np.ndarray]  # images, masks, fingerprints
+
+
+def test_a_gpu_recipe_that_will_train_on_the_cpu_is_said(monkeypatch):
+    """default.yaml on real data and no GPU trained 45 bf16 runs with the GPU data cache on the CPU
+    without a word."""
+    gpu_recipe = TrainConfig(accelerator="auto", precision="bf16-mixed", gpu_cache=True)
+    cpu_recipe = TrainConfig(accelerator="auto", precision="32", gpu_cache=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    warning = grid_checks.gpu_recipe_on_cpu([gpu_recipe, cpu_recipe, gpu_recipe])
+    assert warning is not None and warning.startswith("warning: no GPU is visible, so 2 run(s) of a GPU ")
+    assert "(bf16-mixed, gpu_cache)" in warning and "--set precision=32 --set gpu_cache=false" in warning
+    assert grid_checks.gpu_recipe_on_cpu([cpu_recipe]) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert grid_checks.gpu_recipe_on_cpu([gpu_recipe]) is None
