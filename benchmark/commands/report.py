@@ -10,13 +10,23 @@ HELP = "rebuild leaderboard.{md,csv,json,tex} and plots/*.png from RESULTS/runs/
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=Path("results"), help="results directory")
+    parser.add_argument(
+        "--results",
+        "--results-dir",
+        dest="results",
+        type=Path,
+        default=Path("results"),
+        help="results directory",
+    )
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
 
 
 def run(args: argparse.Namespace) -> int:
     from benchmark.reporting.report import build_report
+    from datamodules.errors import DataError
 
+    if not args.results.is_dir():
+        raise DataError(args.results, "results directory not found (it holds runs/<run>/summary.json)")
     try:
         board = build_report(args.results, plots=not args.no_plots)
     except OSError as exc:  # read-only directory, full disk: one line, the old files stay whole

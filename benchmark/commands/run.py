@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import os
 import time
 from pathlib import Path
@@ -63,11 +64,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", action="store_true", help="skip rebuilding the leaderboard")
     parser.add_argument(
         "--min-free-gb",
-        type=float,
+        type=_gigabytes,
         default=None,
         help="refuse to start with less free space in --results-dir (default $NERVE_BENCH_MIN_FREE_GB, else "
         "1 and the room the runs left need: best.ckpt, summary, overlays, a resume checkpoint)",
     )
+
+
+def _gigabytes(text: str) -> float:
+    """``--min-free-gb``: a number of GB >= 0, as ``$NERVE_BENCH_MIN_FREE_GB`` (not -5, not nan)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of GB >= 0, got {text!r}")
+    return value
 
 
 def _add_execution_options(parser: argparse.ArgumentParser) -> None:

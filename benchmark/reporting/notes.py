@@ -128,7 +128,15 @@ def seeds_note(board: dict[str, Any]) -> str:
 
 def notes(board: dict[str, Any]) -> list[str]:
     """The notes printed under the accuracy table."""
-    found = [resolution_note(board), ci_note(board), floor_note(board), power_note(board)]
+    empty = (
+        None
+        if board["rows"]
+        else (
+            "No model is ranked yet: a model is ranked once each of its seeds has a run of every outer fold "
+            "(the incomplete ones are listed with what they miss)."
+        )
+    )
+    found = [empty, resolution_note(board), ci_note(board), floor_note(board), power_note(board)]
     found.append(seeds_note(board) if board["rows"] else None)
     found.append(recipe.note(board["header"].get("recipe") or {"per_model": {}}))
     return [n for n in found if n]

@@ -168,3 +168,11 @@ def test_run_finds_its_default_config_from_any_directory(tmp_path, capsys, monke
     assert "name: default" in capsys.readouterr().out
     err = refused(capsys, ["run", "--config", str(CONFIGS / "gpu.yaml"), "--dry-run"])
     assert err.startswith(f"error: {CONFIGS / 'gpu.yaml'}: no data to run on: give --data-dir")
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "inf", "lots"])
+def test_min_free_gb_is_a_number_of_gb_as_its_environment_variable(capsys, value):
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one error line, exit 2
+        main(["run", "--min-free-gb", value, "--dry-run"])
+    assert exit_info.value.code == 2
+    assert f"--min-free-gb: expected a number of GB >= 0, got '{value}'" in capsys.readouterr().err

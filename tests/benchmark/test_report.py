@@ -336,3 +336,21 @@ def test_the_committed_example_is_what_its_runs_give(tmp_path):
     build_report(tmp_path)  # with the plots: the report id covers what they draw
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "leaderboard.tex"):
         assert (tmp_path / name).read_bytes() == (example / name).read_bytes(), f"{name}: run make report"
+
+
+def test_a_board_with_no_complete_model_says_why_its_table_is_empty(tmp_path):
+    """It printed an accuracy table header with no rows and no word why."""
+    board = lb.build(model_runs("unet", {0: [1.0] * 8}, skip=[(1, 0)]))
+    assert board["rows"] == [] and [r["model"] for r in board["incomplete"]] == ["unet"]
+    text = tables.console(board)
+    assert "Note: No model is ranked yet: a model is ranked once each of its seeds has a run of every" in text
+    assert "| unet | 1 | seed 0: fold 1 missing |" in text
+    assert "No model is ranked yet" not in tables.console(lb.build(model_runs("unet", {0: [1.0] * 8})))
+
+
+def test_report_takes_results_dir_as_the_other_commands_and_names_a_missing_one(tmp_path, capsys):
+    assert main(["report", "--results-dir", str(tmp_path / "none")]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path / 'none'}: results directory not found (it holds runs/<run>/summary.json)\n"
+    )
