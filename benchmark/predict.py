@@ -26,6 +26,7 @@ import io
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ import torch
 from benchmark.core.files import atomic_path, atomic_write
 from benchmark.training.device import resolve_device, scoring_precision
 from datamodules import geometry
-from datamodules.errors import DataError, NerveBenchError
+from datamodules.errors import DataError, NerveBenchError, collect, raise_all
 from datamodules.io import read_tif, write_tif
 from datamodules.rle import KAGGLE_SHAPE, encode
 
@@ -228,22 +229,29 @@ def _write_masks(
     dev: torch.device,
 ) -> tuple[list[tuple[str, str]], int]:
     """Predict ``inputs`` batch by batch, writing each mask tif (and overlay); (stem, RLE) rows and
-    the number of non-empty masks."""
+    the number of non-empty masks. An unreadable input is skipped and, after the rest are written,
+    every one is reported at once (:class:`DataErrors`): a damaged copy is named whole, not a file
+    per attempt, and the submission, which needs every image, is not written."""
     from benchmark.scoring.postprocess import apply
 
     if overlays:
         (out / "overlays").mkdir(exist_ok=True)
-    rows, n_positive = [], 0
+    rows, n_positive, errors = [], 0, []
     for chunk in _batches(inputs, batch_size):
-        images = np.stack([_read_checked(p) for _, p in chunk])
+        read = [(stem, collect(errors, partial(_read_checked, path))) for stem, path in chunk]
+        good = [(stem, image) for stem, image in read if image is not None]
+        if not good:
+            continue
+        images = np.stack([image for _, image in good])
         prob, presence = predict_probs(models, images, dev)
         masks = np.asarray(apply(prob, post, presence_prob=presence), dtype=bool)
-        for (stem, _), image, mask in zip(chunk, images, masks):
+        for (stem, _), image, mask in zip(good, images, masks):
             write_mask(out / f"{stem}.tif", mask)
             if overlays:
                 write_overlay(out / "overlays" / f"{stem}.png", image, mask)
             rows.append((stem, encode(mask)))
             n_positive += bool(mask.any())
+    raise_all(inputs[0][1].parent, errors)
     return rows, n_positive
 
 

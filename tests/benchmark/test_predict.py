@@ -184,6 +184,28 @@ def test_bad_inputs_are_clear_errors(ckpts, synthetic_dir, tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+def test_every_damaged_input_is_named_at_once_and_the_good_ones_predicted(
+    ckpts, synthetic_dir, tmp_path, capsys
+):
+    """Only the first bad file was named: a damaged copy took an attempt per file."""
+    inputs = tmp_path / "in"
+    shutil.copytree(synthetic_dir / "test", inputs)
+    good = sorted(p.stem for p in inputs.glob("*.tif"))
+    (inputs / "90.tif").write_bytes(b"")
+    (inputs / "91.tif").write_bytes((inputs / f"{good[0]}.tif").read_bytes()[:300])
+    write_tif(inputs / "92.tif", np.zeros((100, 100), np.uint8))
+    out, sub = tmp_path / "o", tmp_path / "sub.csv"
+    argv = ["predict", "--checkpoint", str(ckpts[0]), "--input", str(inputs), "--out", str(out)]
+    assert main([*argv, "--submission", str(sub)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"error: {inputs}: 3 problems:"
+    assert [line.split(": ")[0].strip() for line in lines[1:]] == [
+        str(inputs / f"{n}.tif") for n in (90, 91, 92)
+    ]
+    assert "expected a 580x420 image" in lines[3]
+    assert not sub.exists() and sorted(p.stem for p in out.glob("*.tif")) == good  # the rest are written
+
+
 @pytest.mark.slow
 def test_checkpoint_written_by_fit(synthetic_dir, tmp_path):
     """The real format: best.ckpt of a 1-epoch fit, with its tuned post-processing applied as stored."""
