@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,21 @@ def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     site, _ = installed_example(tmp_path_factory.mktemp("example-plugin"))
     return site
+
+
+@pytest.fixture
+def nondeterministic() -> Iterator[None]:
+    """A process that has not built a Trainer yet: torch's deterministic algorithms off, whatever an
+    earlier test in this worker left on, so a check that a Trainer's switch does not leak can fail."""
+    import torch  # not at the top: _share_the_cores sets OMP_NUM_THREADS before torch loads
+
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(False)
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 @pytest.fixture(autouse=True)

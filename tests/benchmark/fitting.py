@@ -7,6 +7,8 @@ Nested split of the 6 x 11 frames with 3 folds: 22 outer (2 subjects), 11 inner 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,25 +38,33 @@ class Runs:
         return self.root / cfg.run_name()
 
 
-def build_runs(factory: pytest.TempPathFactory) -> Runs:
-    """A synthetic dataset plus fitted `unet` and `empty` runs on fold 0."""
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the block, as :func:`build_runs` trains and scores the runs: the same
+    float order, so the same weights however many cores and test workers (a tiny model on tiny data
+    can learn or collapse with the order of its sums), and a re-score of a run in this block
+    reproduces its figures, where another thread count may flip a pixel near the threshold."""
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def build_runs(factory: pytest.TempPathFactory) -> Runs:
+    """A synthetic dataset plus fitted `unet` and `empty` runs on fold 0."""
     from benchmark.pipeline import fit
     from datamodules.synth import generate
 
     data = factory.mktemp("fit_data")
     generate(data, subjects=SUBJECTS, per_subject=PER_SUBJECT, n_test=1, seed=0)
     root = factory.mktemp("fit_runs")
-    # One thread: the same float order, so the same weights, however many cores and test workers
-    # (a tiny model on tiny data can learn or collapse with the order of its sums).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         unet = fit(UNET, data, root / UNET.run_name())
         empty = fit(EMPTY, data, root / EMPTY.run_name())
-    finally:
-        torch.set_num_threads(threads)
     return Runs(data, root, unet, empty)
 
 

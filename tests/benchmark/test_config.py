@@ -279,35 +279,49 @@ def test_fit_print_config_round_trips(tmp_path, capsys):
     assert load_benchmark_config(printed).train.lr == 3e-4
 
 
-# One --set per declared type: int, float (YAML 1.1 reads 3e-4 as a string), bool, str, optional
-# None, int | str, dict; the rest makes one tiny CPU step of each shipped config.
-SETS = ["model=unet", f"model_kwargs={TINY_UNET}", "lr=3e-4", "epochs=1", "limit_train_batches=1",
-        "augment=false", "channels_last=false", "gpu_cache=false", "precision=32", "accelerator=cpu",
-        "devices=1", "holdout_fraction=none", "encoder_weights=null", "image_size=64", "batch_size=4",
-        "eval_batch_size=8", "num_workers=0", "warmup_epochs=0", "logger=none",
-        "progress_bar=false"]  # fmt: skip
+# Only what makes one step cheap, so each shipped config keeps what is its own (augment, gpu_cache,
+# channels_last, n_folds, its models' kwargs): otherwise default, gpu and uns_positive would all fit
+# the same config. Between them and the per-config sets below, one --set per declared type: int,
+# float (YAML 1.1 reads 3e-4 as a string), bool, str, optional None, int | str, dict.
+SETS = ["model=unet", "lr=3e-4", "epochs=1", "limit_train_batches=1", "devices=1", "holdout_fraction=none",
+        "encoder_weights=null", "image_size=64", "batch_size=4", "eval_batch_size=8", "num_workers=0",
+        "warmup_epochs=0", "logger=none", "progress_bar=false"]  # fmt: skip
+CPU_SETS = ["accelerator=cpu", "precision=32"]  # for a config that asks for a GPU (or whatever is there)
+
+
+@pytest.fixture(scope="module")
+def fold_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 subjects x 3 frames: enough subjects for uns_positive's 10 subject-grouped folds (< 1 s)."""
+    from datamodules.synth import generate
+
+    out = tmp_path_factory.mktemp("ten-folds")
+    generate(out, subjects=12, per_subject=3, n_test=1, seed=0)
+    return out
 
 
 @pytest.mark.parametrize("config", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_every_shipped_config_fits_one_step(config, synthetic_dir, tmp_path):
+def test_every_shipped_config_fits_one_step(config, fold_dir, tmp_path):
+    bench = load_benchmark_config(config)
+    own = bench.train
+    sets = list(SETS)
+    if own.accelerator != "cpu" or own.precision != "32":
+        sets += CPU_SETS
+    kwargs = {**own.model_kwargs, **bench.model_kwargs.get("unet", {})}
+    if not kwargs:  # the full-width unet: a tiny one instead (a config's own kwargs are kept)
+        sets.append(f"model_kwargs={TINY_UNET}")
+        kwargs = {"base_width": 4, "depth": 2}
     out = tmp_path / "run"
-    argv = [
-        "fit",
-        "--config",
-        str(config),
-        "--data-dir",
-        str(synthetic_dir),
-        "--out",
-        str(out),
-        "--n-folds",
-        "3",
-    ]
-    assert main([*argv, *(a for s in SETS for a in ("--set", s))]) == 0
+    argv = ["fit", "--config", str(config), "--data-dir", str(fold_dir), "--out", str(out)]
+    assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
     summary = json.loads((out / "summary.json").read_text())
     cfg = summary["config"]
-    assert (cfg["lr"], cfg["model_kwargs"], cfg["augment"], cfg["holdout_fraction"]) == (
-        3e-4, {"base_width": 4, "depth": 2}, False, None)  # fmt: skip
-    assert (cfg["devices"], cfg["n_folds"], cfg["precision"]) == (1, 3, "32") and summary["epochs_run"] == 1
+    assert (cfg["lr"], cfg["model_kwargs"], cfg["holdout_fraction"], cfg["image_size"]) == (
+        3e-4, kwargs, None, 64)  # fmt: skip
+    assert (cfg["devices"], cfg["precision"], cfg["accelerator"]) == (1, "32", "cpu")
+    assert summary["epochs_run"] == 1
+    # The config's own recipe reached the run: these are what the shipped configs differ in.
+    mine = ("augment", "gpu_cache", "channels_last", "n_folds", "deterministic", "select")
+    assert {k: cfg[k] for k in mine} == {k: getattr(own, k) for k in mine}
     assert summary["config_hash"] == apply_overrides(TrainConfig(), cfg).hash()
 
 
@@ -326,6 +340,8 @@ def test_a_value_the_model_refuses_fails_before_the_grid(tmp_path, capsys, monke
     import benchmark.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "fit", lambda *a, **k: pytest.fail("training started"))
+    # No --data-dir: the default one is relative to the working directory, never the checkout's data.
+    monkeypatch.chdir(tmp_path)
     text = f"base: {CONFIGS / 'smoke.yaml'}\nmodels: [empty, sk_unet]\n"
     text += "model_kwargs: {sk_unet: {base_width: -8}}\n"
     args = [

@@ -152,6 +152,10 @@ def test_slurms_requeue_signal_requeues_the_job_and_stops_like_sigterm(tmp_path,
         raise AssertionError("the signal did not stop the run")
 
     monkeypatch.setattr(pipeline, "fit", signalled)
+    # No --data-dir: the default data/ultrasound-nerve-segmentation is relative to the working
+    # directory, which must not be a checkout holding (part of) the Kaggle data, so the smoke
+    # config's synthetic fallback runs whatever the repository holds.
+    monkeypatch.chdir(tmp_path)
     args = ["run", "--config", str(SMOKE), "--results-dir", str(tmp_path / "res"), "--models", "empty",
             "--no-report", "--min-free-gb", "0"]  # fmt: skip
     assert main(args) == 138

@@ -113,7 +113,9 @@ def test_a_ray_and_wandb_smoke_run_makes_no_connection_off_the_machine(tmp_path)
     ]
     if strace is not None:
         cmd = [*strace, "-o", str(trace), *cmd]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    # Not the repository: its data/ultrasound-nerve-segmentation (the default --data-dir) would be
+    # used instead of the smoke config's synthetic fallback; PYTHONPATH finds the package.
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ray: 2 runs" in proc.stdout  # the Ray executor really ran the grid
     assert len(list(results.glob("runs/*/summary.json"))) == 2

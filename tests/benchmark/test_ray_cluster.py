@@ -15,28 +15,33 @@ from pathlib import Path
 from benchmark import ray_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-BOUND_S = 120.0
+BOUND_S = 600.0  # a bound on each wait, never a timing: a loaded box may take minutes
+# The driver's processes live far longer than any wait, so an agent the reaper misses is still alive
+# when the wait for its death gives up (it cannot pass by the agent simply ending); the test kills them.
+LIFE_S = 6 * BOUND_S
 
 # A driver that starts the reaper, then a raylet-like child whose own child (an agent) survives the
 # raylet's death: re-parented to init, as Ray's agents are when the driver is killed.
+# argv: the file to write the pids to, and LIFE_S.
 DRIVER = """
 import subprocess, sys, time
 from pathlib import Path
 from benchmark import ray_cluster
 
-sleep = [sys.executable, "-c", "import time; time.sleep(600)"]
+life = float(sys.argv[2])
+sleep = [sys.executable, "-c", f"import time; time.sleep({life})"]
 older = subprocess.Popen(sleep)  # started before Ray: not Ray's, never reaped
 reaper = ray_cluster.start_reaper()
 raylet_code = (
     "import subprocess, sys, time; "
-    "agent = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
-    "print(agent.pid, flush=True); time.sleep(600)"
+    f"agent = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep({life})']); "
+    f"print(agent.pid, flush=True); time.sleep({life})"
 )
 raylet = subprocess.Popen([sys.executable, "-c", raylet_code], stdout=subprocess.PIPE, text=True)
 agent = int(raylet.stdout.readline())
 ray_cluster.sync_reaper(reaper)
 Path(sys.argv[1]).write_text(f"{older.pid} {raylet.pid} {agent} {reaper.pid}")
-time.sleep(600)
+time.sleep(life)
 """
 
 
@@ -58,7 +63,7 @@ def _wait(done, what: str) -> None:
 def test_a_killed_driver_takes_what_it_started_with_it(tmp_path):
     ready = tmp_path / "pids"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(ready)], cwd=ROOT, env=env)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(ready), str(LIFE_S)], cwd=ROOT, env=env)
     older = raylet = agent = reaper = 0
     try:
         _wait(lambda: ready.exists() or driver.poll() is not None, "the driver")
@@ -70,6 +75,8 @@ def test_a_killed_driver_takes_what_it_started_with_it(tmp_path):
         _wait(lambda: not _alive(reaper), "the reaper to finish")
         assert _alive(older)  # what the driver ran before Ray is not Ray's
     finally:
+        driver.kill()  # a wait that gave up first: the driver would outlive the test by LIFE_S
+        driver.wait()
         for pid in (older, raylet, agent):
             if pid:
                 with contextlib.suppress(OSError):

@@ -100,14 +100,17 @@ def probe_fit(cfg, data_dir, out_dir, preloaded=None):
 def ray_cluster():
     """A real local Ray for this module with 2 CPUs and 2 declared (fake) GPUs, its session in a temp
     directory of its own; the executor reuses it and does not shut it down."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray = pytest.importorskip("ray")
-    temp = tempfile.mkdtemp(prefix="nb-ray-", dir="/tmp")  # short: Ray's socket paths live under it
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             _temp_dir=temp)  # fmt: skip
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as env:  # the user's setting is back after the module
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        ray = pytest.importorskip("ray")
+        temp = tempfile.mkdtemp(prefix="nb-ray-", dir="/tmp")  # short: Ray's socket paths live under it
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _temp_dir=temp)  # fmt: skip
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -331,20 +334,39 @@ class _threads:
         torch.set_num_threads(self.old)
 
 
+RELEASE = "release"  # in the results directory: the test is over, a run still waiting may end
+BOUND_S = 600.0  # a bound on waiting for another process's event, never a timing
+
+
+def _poll(done, within_s: float = BOUND_S) -> bool:
+    deadline = time.monotonic() + within_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def full_disk_fit(cfg, data_dir, out_dir, preloaded=None):
     """Fold 1 finds the disk full (as Lightning reports a failed checkpoint write) once another run is
-    in flight; the others record their process and wait (2 minutes)."""
+    in flight. One other run records its process and stays in flight until the test releases it (so
+    only a cancellation ends it early: no fixed sleep to race); any further one returns at once, so
+    fold 1 gets one of the two CPUs whatever order Ray starts the runs in."""
+    results = Path(out_dir).parent.parent
     if cfg.fold == 1:
-        deadline = time.monotonic() + 300  # until another run is in flight (workers start unevenly)
-        while not list(Path(out_dir).parent.glob("*/pid")) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _poll(lambda: list(Path(out_dir).parent.glob("*/pid")))  # workers start unevenly
         try:
             raise OSError(28, "No space left on device", str(Path(out_dir) / "checkpoints" / "last.ckpt"))
         except OSError as exc:
             raise RuntimeError("checkpoint write failed") from exc
+    try:  # the first of the others to start is the one in flight (O_EXCL: exactly one)
+        os.close(os.open(results / "in-flight", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return {}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "pid").write_text(str(os.getpid()))
-    time.sleep(120)  # uncancelled, the grid would return after this, and the worker would live on
+    # Uncancelled, the grid would return only after this, and the worker would live on.
+    _poll(lambda: (results / RELEASE).exists())
     return {}
 
 
@@ -363,11 +385,16 @@ def test_a_run_out_of_space_cancels_the_runs_in_flight_and_ends_the_grid(ray_clu
     """Every later run would fail the same way after training until its first checkpoint."""
     grid = smoke_grid(("unet",), folds=(0, 1, 2))
     where = tmp_path / "runs" / grid[1].run_name() / "checkpoints" / "last.ckpt"
-    with pytest.raises(OutOfSpace, match=f"^{where}: No space left on device \\(while {grid[1].run_name()}"):
-        ray_grid.run_grid(grid, data, tmp_path, ONE_CPU, fit=full_disk_fit)
-    pids = [int(p.read_text()) for p in (tmp_path / "runs").glob("*/pid")]
-    assert pids and all(_gone(pid) for pid in pids)  # the runs in flight were cancelled, not waited for
-    assert "cancelled: " in capsys.readouterr().out  # not "interrupted": nobody pressed Ctrl-C
+    try:
+        with pytest.raises(
+            OutOfSpace, match=f"^{where}: No space left on device \\(while {grid[1].run_name()}"
+        ):
+            ray_grid.run_grid(grid, data, tmp_path, ONE_CPU, fit=full_disk_fit)
+        pids = [int(p.read_text()) for p in (tmp_path / "runs").glob("*/pid")]
+        assert len(pids) == 1 and _gone(pids[0])  # the run in flight was cancelled, not waited for
+        assert "cancelled: " in capsys.readouterr().out  # not "interrupted": nobody pressed Ctrl-C
+    finally:
+        (tmp_path / RELEASE).touch()  # an uncancelled run ends now, not holding a CPU for the next test
 
 
 def test_the_room_check_counts_the_runs_the_cluster_trains_at_once(ray_cluster, data, tmp_path):

@@ -4,6 +4,7 @@ name), honours the model contract on small inputs."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,13 @@ from models.info import count_params
 from tests.plugin_site import EXAMPLE_MODEL, activate
 
 HAS_NNUNET = importlib.util.find_spec("dynamic_network_architectures") is not None
-# nnU-Net's networks (the optional extra) are outside the default set; a 32x32 patch keeps them cheap.
-EXTRAS = ["nnunet_plain", "nnunet_resenc"] if HAS_NNUNET else []
+# The optional extras' models (registered with default=False, e.g. nnU-Net's networks) come from the
+# registry, so a new one is checked too; they are registered even when their extra is missing.
+EXTRAS = [name for name in models.list_models(extras=True) if name not in models.list_models()]
 NAMES = models.list_models() + ["smp:unet:tu-resnet18", EXAMPLE_MODEL] + EXTRAS
+NEEDS_NNUNET = pytest.mark.skipif(not HAS_NNUNET, reason="the nnunet extra is not installed")
+CASES = [pytest.param(name, marks=NEEDS_NNUNET if name.startswith("nnunet") else ()) for name in NAMES]
+# A 32x32 patch keeps nnU-Net's networks cheap.
 KWARGS = {"nnunet_plain": {"patch_size": 32}, "nnunet_resenc": {"patch_size": 32}}
 # timm ResNets zero-init the last BatchNorm of each residual block, so at initialisation the
 # residual branches before it get exactly zero gradient; require most tensors to move instead.
@@ -30,11 +35,14 @@ def _mask(out: torch.Tensor | dict) -> torch.Tensor:
     return out["mask"] if isinstance(out, dict) else out
 
 
-def _check_output(name: str, out: torch.Tensor | dict, shape: tuple[int, ...]) -> None:
+def _check_output(name: str, out: torch.Tensor | dict, shape: tuple[int, ...], presence: bool) -> None:
     b, _, h, w = shape
+    # The presence logit is there exactly when the head was asked for (the losses key on it).
+    has_presence = isinstance(out, dict) and "presence" in out
+    assert has_presence == presence, f"{name}: presence_head={presence}, output presence: {has_presence}"
     if isinstance(out, dict):
         assert "mask" in out, name
-        if "presence" in out:
+        if presence:
             assert out["presence"].shape == (b, 1)
         if "bbox" in out:
             assert out["bbox"].shape == (b, 4)
@@ -76,15 +84,18 @@ def registered(name: str, request: pytest.FixtureRequest, monkeypatch: pytest.Mo
         yield
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_model_contract(name: str, registered: object) -> None:
+# Both heads: presence_head=True adds the image-level head (trans_cg_unet's default, where it also gates
+# the mask), and every parameter of it must be trained through the outputs like the rest.
+@pytest.mark.parametrize("presence", [False, True], ids=["mask", "presence"])
+@pytest.mark.parametrize("name", CASES)
+def test_model_contract(name: str, presence: bool, registered: object) -> None:
     torch.manual_seed(0)
     model = models.create(
-        name, in_channels=1, encoder_weights=None, presence_head=False, **KWARGS.get(name, {})
+        name, in_channels=1, encoder_weights=None, presence_head=presence, **KWARGS.get(name, {})
     )
     shape = (2, 1, 64, 64)
     out = model(torch.randn(shape))
-    _check_output(name, out, shape)
+    _check_output(name, out, shape, presence)
     if name == "empty":
         assert count_params(model) == 1 and not any(p.requires_grad for p in model.parameters())
         assert not (torch.sigmoid(_mask(out)) > 0.5).any()
@@ -94,15 +105,17 @@ def test_model_contract(name: str, registered: object) -> None:
     model.eval()
     shape = (2, 1, 64, 96)  # non-square, a multiple of 32
     with torch.no_grad():
-        _check_output(name, model(torch.randn(shape)), shape)
+        _check_output(name, model(torch.randn(shape)), shape, presence)
 
 
 @pytest.mark.parametrize("name", ["unet_mobilenet_v2", "trans_cg_unet", "empty"])
 @pytest.mark.parametrize("shape", [(1, 1, 128, 128), (1, 1, 256, 256), (1, 1, 448, 608)])
 def test_cheap_models_at_benchmark_sizes(name: str, shape: tuple[int, ...]) -> None:
     model = models.create(name).eval()
+    # Built with its defaults: whether it has the presence head is the factory's default.
+    presence = inspect.signature(models.get_info(name).factory).parameters["presence_head"].default
     with torch.no_grad():
-        _check_output(name, model(torch.randn(shape)), shape)
+        _check_output(name, model(torch.randn(shape)), shape, presence)
 
 
 @pytest.mark.skipif(not HAS_NNUNET, reason="the nnunet extra is not installed")
