@@ -1,17 +1,19 @@
 """Predicted masks of an outside method: one binary 420x580 tif or png per outer-fold image, by stem.
 
-Everything is checked before anything is scored or written, and each problem is one line naming
-the file: a missing or extra image, two files for one stem, a wrong shape, a non-binary mask.
+Everything is checked before anything is scored or written, and every problem is reported at once,
+a line naming the file each: a missing or extra image, two files for one stem, a wrong shape, a
+non-binary mask.
 Files other than .tif/.tiff/.png (nnU-Net writes its json files beside its masks) are ignored.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from datamodules.errors import DataError
+from datamodules.errors import DataError, collect, raise_all
 from datamodules.io import read_tif
 from datamodules.rle import KAGGLE_SHAPE
 
@@ -19,8 +21,9 @@ MASK_SUFFIXES = (".tif", ".tiff", ".png")
 BINARY_LEVELS = ((0, 1), (0, 255))  # a mask uses one of these pairs (or one value of it)
 
 
-def list_masks(folder: Path) -> dict[str, Path]:
-    """Stem -> mask file in ``folder``; DataError on a missing folder or two files for one stem."""
+def list_masks(folder: Path, errors: list[DataError]) -> dict[str, Path]:
+    """Stem -> mask file in ``folder``; DataError on a missing folder; a second file for one stem
+    goes to ``errors``."""
     if not folder.is_dir():
         raise DataError(folder, "predictions directory not found")
     found: dict[str, Path] = {}
@@ -29,24 +32,32 @@ def list_masks(folder: Path) -> dict[str, Path]:
             continue
         stem = path.stem.removesuffix("_mask")
         if stem in found:
-            raise DataError(path, f"a second prediction for image {stem} (also {found[stem].name})")
+            errors.append(DataError(path, f"a second prediction for image {stem} (also {found[stem].name})"))
+            continue
         found[stem] = path
     return found
 
 
-def match_stems(found: dict[str, Path], stems: list[str], folder: Path, fold: int) -> list[Path]:
-    """The files of ``stems`` in order; DataError for the first missing or extra one."""
+def match_stems(
+    found: dict[str, Path], stems: list[str], folder: Path, fold: int, errors: list[DataError]
+) -> list[Path]:
+    """The files of ``stems`` that are there, in order; extra files and missing stems go to
+    ``errors`` (a line each kind, with the first file and a count)."""
     extra = sorted(set(found) - set(stems))
     if extra:
         more = f" ({len(extra)} such files)" if len(extra) > 1 else ""
-        raise DataError(found[extra[0]], f"not an image of outer fold {fold}: an extra prediction{more}")
+        errors.append(
+            DataError(found[extra[0]], f"not an image of outer fold {fold}: an extra prediction{more}")
+        )
     absent = [s for s in stems if s not in found]
     if absent:
         more = f"; {len(absent)} of the fold's {len(stems)} images have none" if len(absent) > 1 else ""
-        raise DataError(
-            folder, f"no prediction for outer-fold image {absent[0]} ({absent[0]}.png or .tif){more}"
+        errors.append(
+            DataError(
+                folder, f"no prediction for outer-fold image {absent[0]} ({absent[0]}.png or .tif){more}"
+            )
         )
-    return [found[s] for s in stems]
+    return [found[s] for s in stems if s in found]
 
 
 def _read(path: Path) -> np.ndarray:
@@ -75,6 +86,11 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def read_predictions(folder: Path, stems: list[str], fold: int) -> np.ndarray:
-    """(N, 420, 580) bool masks for ``stems`` (in that order), every file checked first."""
-    paths = match_stems(list_masks(folder), stems, folder, fold)
-    return np.stack([read_mask(p) for p in paths]) if paths else np.zeros((0, *KAGGLE_SHAPE), bool)
+    """(N, 420, 580) bool masks for ``stems`` (in that order), every file checked first: all the
+    problems at once (:class:`DataErrors`), so a damaged folder is mended in one attempt."""
+    errors: list[DataError] = []
+    paths = match_stems(list_masks(folder, errors), stems, folder, fold, errors)
+    masks = [collect(errors, partial(read_mask, p)) for p in paths]
+    raise_all(folder, errors)
+    read = [m for m in masks if m is not None]  # all of them: any problem was raised above
+    return np.stack(read) if read else np.zeros((0, *KAGGLE_SHAPE), bool)

@@ -84,6 +84,19 @@ def test_bad_masks_are_one_line_and_write_nothing(case, setup, tmp_path, capsys)
     assert not results.exists()
 
 
+def test_every_bad_mask_is_named_in_one_attempt(setup, tmp_path, capsys) -> None:
+    """Only the first problem was named: a folder with five took five attempts to mend."""
+    data, config, (fold, other) = setup
+    pred = write_masks(tmp_path / "pred", fold.outer, _truth(fold))
+    cases = ["twice", "extra", "missing", "shape", "binary"]  # the order they are checked in
+    expected = [_bad(case, pred, fold, other) for case in cases]
+    assert main(_args(data, tmp_path / "results", config, pred)) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"error: {pred}: 5 problems:" and len(lines) == 6
+    assert all(line.strip().startswith(text) for line, text in zip(lines[1:], expected)), lines
+    assert not (tmp_path / "results").exists()
+
+
 def test_other_data_missing_fold_and_taken_names(setup, tmp_path, capsys) -> None:
     data, config, (fold, _) = setup
     pred = write_masks(tmp_path / "pred", fold.outer, _truth(fold))
