@@ -37,11 +37,12 @@ def wandb_run_id(run_name: str, group: str | None) -> str:
 
 
 def csv_version(out_dir: Path) -> str:
-    """``csv``, or for a resumed run the first of ``csv-2``, ``csv-3``, ... not yet holding metrics:
-    Lightning's CSV writer deletes the ``metrics.csv`` it finds, which holds the earlier attempt's
-    epochs (summary.json's history is complete either way: it comes from the checkpoint)."""
+    """``csv``, or for a resumed run the first of ``csv-2``, ``csv-3``, ... still empty: Lightning's
+    CSV writer deletes the ``metrics.csv`` it finds, which holds the earlier attempt's epochs
+    (summary.json's history is complete either way: it comes from the checkpoint), and warns of
+    that for any file it finds."""
     version, attempt = "csv", 1
-    while (out_dir / version / "metrics.csv").exists():
+    while (out_dir / version).is_dir() and any((out_dir / version).iterdir()):
         attempt += 1
         version = f"csv-{attempt}"
     return version

@@ -37,8 +37,15 @@ if TYPE_CHECKING:
 
     from datamodules.datamodule import UltrasoundNerveDataModule
 
-# Lightning notices that repeat for every run of a 45-run grid and say nothing about the run.
-for _pattern in (".*treespec.*", ".*smaller than the logging interval.*", ".*litlogger.*"):
+# Lightning notices that repeat for every run of a 45-run grid and say nothing about the run; and,
+# on a resume, that the run's own checkpoint directory is not empty (it holds what is resumed).
+_NOTICES = (
+    ".*treespec.*",
+    ".*smaller than the logging interval.*",
+    ".*litlogger.*",
+    "Checkpoint directory .* exists and is not empty",
+)
+for _pattern in _NOTICES:
     warnings.filterwarnings("ignore", message=_pattern)
 # Lightning's per-Trainer notices ("GPU available", "TPU available", its litlogger tip, the
 # limit_train_batches echo) print four lines for every one of a grid's runs and say nothing about the

@@ -59,6 +59,11 @@ def test_none_and_csv_loggers(tmp_path):
     again.save()
     first, second = ((tmp_path / d / "metrics.csv").read_text().splitlines() for d in ("csv", "csv-2"))
     assert first == ["loss,step", "1.0,0"] and second == ["loss,step", "0.5,1"]
+    # An attempt killed before its first metrics left only hparams.yaml: not reused either, so
+    # Lightning has nothing to warn about deleting.
+    (tmp_path / "csv-3").mkdir()
+    (tmp_path / "csv-3" / "hparams.yaml").write_text("{}\n")
+    assert run_logger.lightning_logger(TrainConfig(logger="csv"), "r", tmp_path).version == "csv-4"
 
 
 @pytest.mark.slow
