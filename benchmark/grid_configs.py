@@ -11,9 +11,9 @@ from benchmark.core.config import (
     BenchmarkConfig,
     ConfigError,
     TrainConfig,
-    resolve_devices,
     with_model_recipe,
 )
+from benchmark.core.world import resolve_devices
 
 
 def parse_list(text: str | None, kind: type = str) -> list | None:

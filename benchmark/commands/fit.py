@@ -79,11 +79,11 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         TrainConfig,
         apply_overrides,
         load_benchmark_config,
-        resolve_devices,
         with_model_recipe,
     )
     from benchmark.core.model_kwargs import check_model_kwargs
     from benchmark.core.overrides import parse_set_args
+    from benchmark.core.world import resolve_devices
 
     bench = load_benchmark_config(args.config) if args.config else None
     base = bench.train if bench else TrainConfig()

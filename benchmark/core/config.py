@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core.parsing import ConfigError, coerce, read_config
+from benchmark.core.world import accelerator_is_gpu, resolve_devices
 
 # 2: nested protocol (outer "metrics", inner "selection", "split", "global_batch");
 # 3: batch_size is the global batch and the training stream is box-independent (datamodules.stream).
@@ -343,9 +344,15 @@ def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
     from models.registry import ModelError
 
     path = Path(path)
-    raw = read_config(path)
+    files: list[tuple[Path, dict]] = []
+    raw = read_config(path, files=files)
     from benchmark.core.model_kwargs import check_benchmark_models
 
+    for source, own in files:  # a misspelt key is named in its own file, not in the one built on it
+        try:
+            _check_file_keys(own)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     try:
         bench = _benchmark_from(raw, path.stem)
         check_benchmark_models(bench)
@@ -354,11 +361,21 @@ def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
     return bench
 
 
-def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
+def _check_file_keys(raw: dict[str, Any]) -> None:
+    """The top-level keys of one config file (or of its base chain merged), and its ``train:`` keys."""
     train_only = field_names(TrainConfig) - field_names(BenchmarkConfig)
     check_keys(
         raw, field_names(BenchmarkConfig) | {"base"}, "top-level key", listed=True, train_only=train_only
     )
+    if isinstance(raw.get("train"), dict):
+        try:
+            check_keys(raw["train"], field_names(TrainConfig), "config key")
+        except ConfigError as exc:
+            raise ConfigError(f"train: {exc}") from None
+
+
+def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
+    _check_file_keys(raw)
     given = {} if raw.get("train") is None else raw["train"]
     _require(isinstance(given, dict), "train: must be a mapping of TrainConfig fields")
     try:
@@ -373,30 +390,3 @@ def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
 def every_fold(train: TrainConfig) -> tuple[int, ...]:
     """The outer folds of ``train``'s split: 0 .. n_folds - 1, or fold 0 alone for a hold-out split."""
     return (0,) if train.holdout_fraction is not None else tuple(range(train.n_folds))
-
-
-# ----------------------------------------------------------------------------- devices
-def accelerator_is_gpu(accelerator: str) -> bool:
-    """Whether ``accelerator`` (a config's, or a device type) means CUDA devices; ``auto`` resolved on
-    this machine (torch imported only then)."""
-    if accelerator in ("gpu", "cuda"):
-        return True
-    if accelerator != "auto":
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-def resolve_devices(cfg: TrainConfig, gpus: int | None = None) -> TrainConfig:
-    """``devices: auto`` replaced by the count a run will use (checked against the global batch).
-    ``gpus``: the GPUs the run sees (default: this machine's); CPU runs use one."""
-    if cfg.devices != "auto":
-        return cfg
-    if cfg.accelerator == "cpu":
-        return dataclasses.replace(cfg, devices=1)
-    if gpus is None:
-        import torch
-
-        gpus = torch.cuda.device_count()
-    return dataclasses.replace(cfg, devices=max(1, gpus))

@@ -158,9 +158,12 @@ def type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
-def read_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_config(
+    path: str | Path, _chain: tuple[Path, ...] = (), files: list[tuple[Path, dict]] | None = None
+) -> dict[str, Any]:
     """The mapping in ``path`` over its ``base:`` chain (relative to the file; mappings merge recursively,
-    lists and scalars replace; a cycle is refused)."""
+    lists and scalars replace; a cycle is refused). ``files`` receives each file of the chain with its
+    own mapping, base first, so a problem can be named in the file that has it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -179,11 +182,14 @@ def read_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, An
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(raw).__name__}")
     base = raw.pop("base", None)
-    if base is None:
-        return raw
-    if not isinstance(base, str) or not (path.parent / base).is_file():
+    if base is not None and (not isinstance(base, str) or not (path.parent / base).is_file()):
         raise ConfigError(f"{path}: base: {base!r} not found (the path is relative to {path.parent})")
-    return merge(read_config(path.parent / base, (*_chain, path.resolve())), raw)
+    merged = (
+        raw if base is None else merge(read_config(path.parent / base, (*_chain, path.resolve()), files), raw)
+    )
+    if files is not None:
+        files.append((path, raw))
+    return merged
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

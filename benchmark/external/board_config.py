@@ -17,10 +17,10 @@ from benchmark.core.config import (
     TrainConfig,
     apply_overrides,
     load_benchmark_config,
-    resolve_devices,
 )
 from benchmark.core.overrides import apply_benchmark_overrides, parse_set_args
 from benchmark.core.summary import read_summary
+from benchmark.core.world import resolve_devices
 from datamodules.errors import DataError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-from benchmark.core.config import accelerator_is_gpu
+from benchmark.core.world import accelerator_is_gpu
 from datamodules.errors import NerveBenchError
 
 _PRECISIONS = ("32", "bf16-mixed", "16-mixed")

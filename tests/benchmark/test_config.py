@@ -18,9 +18,9 @@ from benchmark.core.config import (
     TrainConfig,
     apply_overrides,
     load_benchmark_config,
-    resolve_devices,
 )
 from benchmark.core.overrides import apply_benchmark_overrides
+from benchmark.core.world import resolve_devices
 from models.registry import ModelError, check_kwargs
 from tests.benchmark.oracles import field_help
 

@@ -176,3 +176,18 @@ def test_min_free_gb_is_a_number_of_gb_as_its_environment_variable(capsys, value
         main(["run", "--min-free-gb", value, "--dry-run"])
     assert exit_info.value.code == 2
     assert f"--min-free-gb: expected a number of GB >= 0, got '{value}'" in capsys.readouterr().err
+
+
+def test_a_misspelt_key_in_a_base_file_is_named_in_that_file(tmp_path):
+    """It was reported against the file built on it, which does not hold the key."""
+    base = tmp_path / "base.yaml"
+    base.write_text(f"base: {CONFIGS / 'smoke.yaml'}\ntrain: {{epoch: 3}}\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("base: base.yaml\nmodels: [unet]\n")
+    with pytest.raises(
+        ConfigError, match=rf"^{base}: train: unknown config key 'epoch'; did you mean epochs"
+    ):
+        load_benchmark_config(top)
+    base.write_text(f"base: {CONFIGS / 'smoke.yaml'}\nseed: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{base}: unknown top-level key 'seed'; did you mean seeds"):
+        load_benchmark_config(top)
