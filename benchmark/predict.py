@@ -236,7 +236,9 @@ def _write_masks(
 
     if overlays:
         (out / "overlays").mkdir(exist_ok=True)
-    rows, n_positive, errors = [], 0, []
+    rows: list[tuple[str, str]] = []
+    errors: list[DataError] = []
+    n_positive = 0
     for chunk in _batches(inputs, batch_size):
         read = [(stem, collect(errors, partial(_read_checked, path))) for stem, path in chunk]
         good = [(stem, image) for stem, image in read if image is not None]
