@@ -70,15 +70,3 @@ def train_config(config: Path | None, sets: list[str] | None, results_dir: Path 
     if summaries:
         return _from_board(summaries, overrides, results_dir / "runs")
     return _from_file(DEFAULT_CONFIG, overrides)
-
-
-def check_same_data(results_dir: Path, content_hash: str, data_dir: Path) -> None:
-    """Refuse a results directory whose complete runs were made on other data (one line, exit 2)."""
-    for path, summary in complete_summaries(results_dir):
-        saved = (summary.get("dataset") or {}).get("content_hash")
-        if saved != content_hash:
-            raise DataError(
-                data_dir,
-                f"data content hash {content_hash}, but {path} was made on data with content hash {saved}; "
-                "use the data the board was made on, or another --results-dir",
-            )

@@ -16,9 +16,10 @@ from typing import Any
 
 from benchmark.core.config import ConfigError, TrainConfig
 from benchmark.external import entry
-from benchmark.external.board_config import check_same_data, complete_summaries, train_config
+from benchmark.external.board_config import complete_summaries, train_config
 from benchmark.external.folds import FOLDS_FORMAT, Fold, check_fold, split_fold
 from benchmark.external.masks import read_predictions
+from benchmark.runner import check_same_data
 from datamodules.errors import DataError
 from datamodules.kaggle import TrainSet, content_hash, load_train
 
@@ -120,7 +121,7 @@ def open_board(
     check_name(name, results_dir)
     train_set = load_train(data_dir)
     data_hash = content_hash(train_set)
-    check_same_data(results_dir, data_hash, data_dir)
+    check_same_data(results_dir / "runs", data_dir, data_hash)  # one data set per results directory
     cfg = train_config(config, sets, results_dir)
     check_split_seed(results_dir, cfg.split_seed)
     check_link_subjects(results_dir, cfg.link_subjects, train_set.units()[1])

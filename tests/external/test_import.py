@@ -106,11 +106,9 @@ def test_other_data_missing_fold_and_taken_names(setup, tmp_path, capsys) -> Non
     assert main(_args(data, results, config, pred)) == 2
     assert sorted(p.name for p in (results / "runs").iterdir()) == [other["run"]]  # nothing new
     err = capsys.readouterr().err
-    assert (
-        err.startswith(f"error: {data}: data content hash ")
-        and "0123456789abcdef" in err
-        and err.count("\n") == 1
-    )
+    run = results / "runs" / other["run"]
+    assert err.startswith(f"error: {run}: made on data with content hash 0123456789abcdef, but {data} has ")
+    assert err.count("\n") == 1
     shutil.rmtree(results)
     assert main(_args(data, results, config, pred, fold=2)) == 2
     assert capsys.readouterr().err == "error: fold 2 does not exist: the split has folds 0..1\n"
