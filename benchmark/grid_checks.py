@@ -103,7 +103,8 @@ def gpu_recipe_on_cpu(grid: list[TrainConfig]) -> str | None:
     slow = [c for c in grid if c.accelerator == "auto" and (c.precision.endswith("-mixed") or c.gpu_cache)]
     if not slow or torch.cuda.is_available():
         return None
-    parts = sorted({slow[0].precision} - {"32"} | ({"gpu_cache"} if slow[0].gpu_cache else set()))
+    mixed = {c.precision for c in slow if c.precision.endswith("-mixed")}
+    parts = sorted(mixed | ({"gpu_cache"} if any(c.gpu_cache for c in slow) else set()))
     return (
         f"warning: no GPU is visible, so {len(slow)} run(s) of a GPU recipe ({', '.join(parts)}) train "
         "on the CPU, many times slower (`benchmark doctor` estimates it); a CPU recipe is --set "

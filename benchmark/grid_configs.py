@@ -39,7 +39,10 @@ def build_grid(
     """
     try:
         grid, train = [], resolve_devices(bench.train, bench.run_gpus())
-    except ConfigError as exc:  # the world size came from gpus_per_run, not from devices
+    except ConfigError as exc:
+        if bench.run_gpus() is None:  # the local executor: devices: auto is this machine's GPUs
+            raise
+        # Ray: the world size came from gpus_per_run, not from devices
         raise ConfigError(
             f"{exc} (devices: auto is gpus_per_run={bench.gpus_per_run:g} GPUs per run)"
         ) from None

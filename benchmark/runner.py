@@ -142,14 +142,19 @@ def interrupted_line(cfg: TrainConfig, run_dir: Path) -> str:
 
 
 def interrupt_behind(exc: BaseException) -> BaseException | None:
-    """The interrupt (Ctrl-C, SIGTERM: not an ``Exception``) that ``exc`` was raised while handling, if
-    any. A SIGTERM sent to the process group (``timeout``, systemd, a batch system) also kills the
-    loader workers, and the loader's "worker killed by signal" error replaces the signal's exception."""
+    """The interrupt (Ctrl-C, SIGTERM, SLURM's requeue signal: :func:`benchmark.cli.interrupt_code`)
+    that ``exc`` was raised while handling, if any. A SIGTERM sent to the process group (``timeout``,
+    systemd, a batch system) also kills the loader workers, and the loader's "worker killed by signal"
+    error replaces the signal's exception."""
+    from benchmark.cli import interrupt_code  # the one list of what counts as an interrupt
+
     seen, visited = exc.__context__, {id(exc)}
-    while seen is not None and isinstance(seen, Exception) and id(seen) not in visited:
+    while seen is not None and id(seen) not in visited:
+        if not isinstance(seen, Exception) and interrupt_code(seen) is not None:
+            return seen
         visited.add(id(seen))
         seen = seen.__context__
-    return None if seen is None or isinstance(seen, Exception) else seen
+    return None
 
 
 def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -> Outcome:
@@ -251,13 +256,15 @@ def _log_tracking(summary: dict[str, Any], run_dir: Path) -> None:
 def check_same_data(runs: Path, data_dir: Path, current: str) -> None:
     """Refuse a results directory any of whose runs was made on other data: a run of this grid would
     be skipped as complete (the config hash does not cover the data), any other would share the
-    board with runs of another data set."""
+    board with runs of another data set. The synthetic fallback's runs are let be (the README's
+    first `make benchmark` before the download): the board leaves them out with a note."""
     for path in sorted(runs.glob("*/summary.json")):
         try:
-            saved = (read_summary(path).get("dataset") or {}).get("content_hash")
+            dataset = read_summary(path).get("dataset") or {}
         except DataError:  # unreadable or older: `report` names it
             continue
-        if saved != current:
+        saved = dataset.get("content_hash")
+        if saved != current and not dataset.get("synthetic"):
             raise ConfigError(
                 f"{path.parent}: made on data with content hash {saved}, but {data_dir} has "
                 f"{current}; one results directory holds one data set (use another --results-dir)"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import math
 import os
 import time
 from pathlib import Path
@@ -72,12 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _gigabytes(text: str) -> float:
-    """``--min-free-gb``: a number of GB >= 0, as ``$NERVE_BENCH_MIN_FREE_GB`` (not -5, not nan)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
+    """``--min-free-gb``: a number of GB >= 0, read as ``$NERVE_BENCH_MIN_FREE_GB`` is."""
+    from benchmark.core.preflight import gigabytes
+
+    value = gigabytes(text)
+    if value is None:
         raise argparse.ArgumentTypeError(f"expected a number of GB >= 0, got {text!r}")
     return value
 

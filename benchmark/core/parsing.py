@@ -34,16 +34,18 @@ class ConfigError(NerveBenchError):
 EXPONENT_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$")
 
 
-# Dates, and YAML 1.1's yes/no/on/off booleans: `augment: yes` would be true in a file but an error
-# in --set, and `logger: off` a boolean; only true/false are booleans (added back below).
+# Dates, and YAML 1.1's booleans (true/false are added back below; yes/no/on/off are refused).
 _DROPPED = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")
+_WORD_BOOL = "tag:nerve-bench,2026:yaml11-bool"
 
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's YAML 1.1 with YAML 1.2's scalars: :data:`EXPONENT_FLOAT` floats, true/false the only
     booleans, no timestamps (no config field is a date: ``seed: 2024-01-01`` stays text and is refused
-    by type, not parsed into a date or a traceback); and a repeated key refused (PyYAML would keep the
-    last one silently)."""
+    by type, not parsed into a date or a traceback). Refused, naming the line: a repeated key
+    (PyYAML would keep the last one silently), and an unquoted yes/no/on/off, which YAML 1.1 reads as
+    a boolean and YAML 1.2 as text, so ``presence_head: no`` in model_kwargs (never type-checked here)
+    would be the text "no", which a factory takes as true."""
 
     yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag not in _DROPPED]
@@ -53,6 +55,8 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`, expanded by PyYAML below
+                continue
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, typing.Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -66,6 +70,18 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+_Loader.add_implicit_resolver(
+    _WORD_BOOL, re.compile(r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$"), list("yYnNoO")
+)
+
+
+def _refuse_word_bool(loader: yaml.SafeLoader, node: yaml.Node) -> None:
+    raise yaml.constructor.ConstructorError(
+        None, None, f"{node.value}: write true or false (or quote it as text)", node.start_mark
+    )
+
+
+_Loader.add_constructor(_WORD_BOOL, _refuse_word_bool)
 
 
 def load_yaml(text: str, source: str) -> Any:

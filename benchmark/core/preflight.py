@@ -10,6 +10,7 @@ until its first checkpoint write (an epoch or more of GPU time apiece), with a F
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 import tempfile
@@ -22,14 +23,21 @@ MIN_FREE_ENV = "NERVE_BENCH_MIN_FREE_GB"
 DEFAULT_MIN_FREE_GB = 1.0
 
 
+def gigabytes(text: str) -> float | None:
+    """``text`` as a finite number of GB >= 0 (``--min-free-gb``, ``$NERVE_BENCH_MIN_FREE_GB``), or
+    None: not -5, nan or inf."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value < math.inf else None
+
+
 def min_free_gb_default() -> float:
     """``$NERVE_BENCH_MIN_FREE_GB``, else 1 GB: room for checkpoints and summaries of a few runs."""
     text = os.environ.get(MIN_FREE_ENV, "").strip()
-    try:
-        value = float(text) if text else DEFAULT_MIN_FREE_GB
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
+    value = gigabytes(text) if text else DEFAULT_MIN_FREE_GB
+    if value is None:
         raise NerveBenchError(f"{MIN_FREE_ENV}={text!r}: expected a number of GB >= 0")
     return value
 

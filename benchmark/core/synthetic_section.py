@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from benchmark.core.config import ConfigError, apply_overrides, check_model_train, check_per_model
+from benchmark.core.config import ConfigError, apply_overrides, check_model_train, check_per_model, every_fold
 from benchmark.core.parsing import coerce
 from datamodules.synth import parameter_problem
 
@@ -40,6 +40,13 @@ def check_synthetic(bench: BenchmarkConfig) -> None:
     for key in ("folds", "seeds"):
         if key in syn:
             coerce(f"synthetic.{key}", syn[key], tuple[int, ...])
+    if trained.holdout_fraction is None:  # a hold-out split collapses the section's folds to 0
+        folds = set(coerce("synthetic.folds", syn.get("folds", ()), tuple[int, ...]))
+        outside = sorted(folds - set(every_fold(trained)))
+        if outside:
+            raise ConfigError(
+                f"synthetic.folds: {outside} outside its split's folds {list(every_fold(trained))}"
+            )
     if syn.get("model_kwargs") is not None:
         check_per_model("synthetic.model_kwargs", syn["model_kwargs"])
     if syn.get("model_train") is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.core.config import ConfigError, TrainConfig
+from benchmark.core.config import ConfigError, TrainConfig, every_fold
 from datamodules.datamodule import UltrasoundNerveDataModule
 from datamodules.fingerprints import link_records
 from datamodules.kaggle import TrainSet, content_hash, load_train
@@ -46,7 +46,7 @@ class Fold:
 
 def fold_ids(cfg: TrainConfig) -> list[int]:
     """The outer folds of the config's split (hold-out mode has one: fold 0)."""
-    return [0] if cfg.holdout_fraction is not None else list(range(cfg.n_folds))
+    return list(every_fold(cfg))
 
 
 def check_fold(cfg: TrainConfig, fold: int) -> None:

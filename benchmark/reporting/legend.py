@@ -53,6 +53,15 @@ SIMULATED = {
     "mde": "in simulation a new data set whose true gap was the stated one was detected 74.3% of the time",
 }
 _POOLED = "outer folds, post-processed, mean over runs (a pooled metric has no per-image value); no CI"
+# The columns about the runs behind a row, after the comparisons.
+_RUN_DOCS = {
+    "missing": "what keeps an incomplete model off the ranking (absent folds; images scored twice, not "
+    "scored, outside the data set or outside the run's own outer fold, named with the run and index)",
+    "external": "(external): trained outside nerve-bench on the same folds (`benchmark import` / "
+    "`benchmark nnunet`) and scored by the same code from its masks; its provenance is listed",
+    "selection_kaggle_dice": "inner-set Kaggle Dice after post-processing, mean over runs: the score "
+    "the epoch and post-processing were chosen on (optimistic; not used for ranking)",
+}
 
 
 def protocol(board: dict[str, Any]) -> list[str]:
@@ -115,7 +124,7 @@ def legend(board: dict[str, Any]) -> dict[str, str]:
     """One-line definition of every column (metric definitions come from benchmark.scoring.metrics)."""
     from benchmark.scoring.metrics import METRIC_DOCS
 
-    docs = {**_ranking_docs(), **_comparison_docs()}
+    docs = {**_ranking_docs(), **_comparison_docs(), **_RUN_DOCS}
     for key in ("sensitivity", "precision", "presence_accuracy"):
         docs[key] = f"{METRIC_DOCS[key]} ({_POOLED})"
     docs.update(_COST_DOCS)
@@ -196,10 +205,4 @@ def _comparison_docs() -> dict[str, str]:
         f"`no`: worse than the best with 95% confidence; `floor`: the all-empty baseline, shown for "
         f"reference only. Not always the top rows: a small but consistent gap can be significant where a "
         f"larger, noisier one is not; {SIMULATED['set']}",
-        "missing": "what keeps an incomplete model off the ranking (absent folds; images scored twice, not "
-        "scored, outside the data set or outside the run's own outer fold, named with the run and index)",
-        "external": "(external): trained outside nerve-bench on the same folds (`benchmark import` / "
-        "`benchmark nnunet`) and scored by the same code from its masks; its provenance is listed",
-        "selection_kaggle_dice": "inner-set Kaggle Dice after post-processing, mean over runs: the score "
-        "the epoch and post-processing were chosen on (optimistic; not used for ranking)",
     }

@@ -40,6 +40,7 @@ def _per_image(dice, index, subjects, empty) -> dict:
 def make_summary(
     model, fold, seed, dice, *, empty=None, index=None, subjects=None, folds=None, extra=None, cost=True,
     n_folds=5, content="c0ffee", selection=0.9, global_batch=16, mode="kfold", outer_indices=None,
+    synthetic=True,
 ):  # fmt: skip
     """A schema-2 summary whose outer-fold per-image Dice is ``dice`` (metrics derived from it exactly).
 
@@ -71,7 +72,7 @@ def make_summary(
         "n_folds": n_folds, "seed": seed, "config": cfg.to_dict(), "config_hash": cfg.hash(),
         "dataset": {"name": "synth", "n_train": sum(f["n_images"] for f in folds), "n_subjects": 4,
                     "n_fit": 2 * len(dice) - 1 - fold, "n_inner": 1 + fold, "n_outer": len(dice),
-                    "content_hash": content, "synthetic": True},  # fit/inner sizes differ per run
+                    "content_hash": content, "synthetic": synthetic},  # fit/inner sizes differ per run
         "best_epoch": 1, "epochs_run": 2, "train_time_s": 10.0 + fold,
         "metrics": {"raw": {"kaggle_dice": float(np.mean(dice)) - 0.1}, "post": post},
         "selection": {"metrics": {"raw": {"kaggle_dice": selection - 0.1},

@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from benchmark import grid_configs
 from benchmark.cli import main
 from benchmark.core.config import ConfigError, load_benchmark_config
 from benchmark.core.config_text import to_yaml
 from benchmark.core.overrides import apply_benchmark_overrides
 from benchmark.core.parsing import load_yaml
+from datamodules.errors import NerveBenchError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs"
 
@@ -36,9 +39,16 @@ def dry_run_names(capsys: pytest.CaptureFixture, argv: list[str]) -> list[str]:
 
 
 def test_yaml_scalars_are_yaml_12_and_a_repeated_key_is_refused():
-    # A date is text (no field is a date), yes/off are text (only true/false are booleans), 3e-4 a float.
-    assert load_yaml("a: 2024-13-45\nb: yes\nc: off\nd: true\ne: 3e-4\n", "f.yaml") == {
-        "a": "2024-13-45", "b": "yes", "c": "off", "d": True, "e": 3e-4}  # fmt: skip
+    # A date is text (no field is a date), 3e-4 a float, true/false the booleans; merge keys still work.
+    assert load_yaml("a: 2024-13-45\nb: 'yes'\nd: true\ne: 3e-4\n", "f.yaml") == {
+        "a": "2024-13-45", "b": "yes", "d": True, "e": 3e-4}  # fmt: skip
+    merged = load_yaml("base: &b {x: 1, y: 2}\nc: {<<: *b, x: 3}\n", "f.yaml")
+    assert merged["c"] == {"x": 3, "y": 2}
+    # yes/no/on/off: YAML 1.1 booleans, YAML 1.2 text; as text `presence_head: no` in model_kwargs
+    # (not type-checked) reached the factory as "no", a true value, and built the head.
+    for word in ("yes", "no", "off", "On"):
+        with pytest.raises(ConfigError, match=rf"^f.yaml:2: invalid YAML \({word}: write true or false"):
+            load_yaml(f"models: [unet]\nmodel_kwargs: {{unet: {{presence_head: {word}}}}}\n", "f.yaml")
     with pytest.raises(ConfigError, match=r"^f.yaml:3: invalid YAML \(key 'train' appears twice"):
         load_yaml("train: {epochs: 3}\nmodels: [unet]\ntrain: {batch_size: 8}\n", "f.yaml")
     with pytest.raises(ConfigError, match=r"^f.yaml: invalid YAML \(nested too deeply\)"):
@@ -49,7 +59,7 @@ def test_yaml_scalars_are_yaml_12_and_a_repeated_key_is_refused():
     ("text", "words"),
     [
         ("train: {seed: 2024-13-45}\n", "train: seed='2024-13-45' should be an integer"),
-        ("train: {augment: yes}\n", "train: augment='yes' should be true or false"),
+        ("train: {augment: yes}\n", "invalid YAML (yes: write true or false (or quote it as text))"),
         ("train: []\n", "train: must be a mapping of TrainConfig fields"),
         (
             "epochs: 3\n",
@@ -63,6 +73,7 @@ def test_yaml_scalars_are_yaml_12_and_a_repeated_key_is_refused():
         ("model_train: {unte: {epochs: 2}}\n", "model_train: unknown model 'unte'; did you mean 'unet'"),
         ("model_kwargs: {sk_unet: {bogus: 4}}\n", "model 'sk_unet': unknown argument(s) bogus"),
         ("synthetic: {trian: {}}\n", "synthetic: unknown key(s) ['trian']"),
+        ("synthetic: {folds: [0, 5]}\n", "synthetic.folds: [5] outside its split's folds [0, 1, 2]"),
         ("synthetic: {generator: {subjects: many}}\n", "synthetic.generator: subjects='many' should be an"),
         ("synthetic: {generator: {seed: 2024-01-01}}\n", "synthetic.generator: seed='2024-01-01' should be"),
         ("synthetic: {generator: {subjects: -3}}\n", "synthetic.generator: subjects must be >= 1, got -3"),
@@ -74,7 +85,7 @@ def test_a_bad_value_is_one_line_naming_the_file(tmp_path, capsys, text, words):
     data = tmp_path / "data"  # a given --data-dir: the synthetic section is checked all the same
     (data / "train").mkdir(parents=True)
     err = refused(capsys, ["run", "--config", str(path), "--data-dir", str(data), "--dry-run"])
-    assert err.startswith(f"error: {path}: ") and words in err, err
+    assert err.startswith((f"error: {path}: ", f"error: {path}:2: ")) and words in err, err  # :2: the line
 
 
 def test_print_config_under_the_synthetic_fallback_is_the_run(tmp_path, capsys, monkeypatch):
@@ -145,11 +156,15 @@ def test_per_model_entries_of_models_outside_the_grid_are_still_checked(capsys):
     assert "models: [unet, sk_unet]" in capsys.readouterr().out
 
 
-def test_gpus_per_run_and_the_world_it_makes_are_named(tmp_path, capsys):
+def test_gpus_per_run_and_the_world_it_makes_are_named(tmp_path, capsys, monkeypatch):
     gpu = ["run", "--config", str(CONFIGS / "gpu.yaml"), "--data-dir", str(tmp_path), "--dry-run"]
     (tmp_path / "train").mkdir()
     err = refused(capsys, [*gpu, "--set", "gpus_per_run=3"])
     assert "not divisible by the 3 training processes" in err and "gpus_per_run=3 GPUs per run" in err
+    # The local executor: devices: auto is this machine's GPUs, and gpus_per_run plays no part.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    with pytest.raises(ConfigError, match=r"by the 3 training processes \(devices x num_nodes\); [^(]*$"):
+        grid_configs.build_grid(load_benchmark_config(CONFIGS / "default.yaml"))
 
 
 def test_a_text_that_reads_as_a_number_is_quoted_when_printed(tmp_path):
@@ -191,3 +206,13 @@ def test_a_misspelt_key_in_a_base_file_is_named_in_that_file(tmp_path):
     base.write_text(f"base: {CONFIGS / 'smoke.yaml'}\nseed: 3\n")
     with pytest.raises(ConfigError, match=rf"^{base}: unknown top-level key 'seed'; did you mean seeds"):
         load_benchmark_config(top)
+
+
+def test_the_free_space_variable_is_read_as_the_flag(monkeypatch):
+    from benchmark.core import preflight
+
+    for text, value in [("2.5", 2.5), ("0", 0.0), ("inf", None), ("-1", None), ("nan", None), ("abc", None)]:
+        assert preflight.gigabytes(text) == value, text
+    monkeypatch.setenv(preflight.MIN_FREE_ENV, "inf")  # it was taken: a floor no disk can meet
+    with pytest.raises(NerveBenchError, match="NERVE_BENCH_MIN_FREE_GB='inf': expected a number of GB >= 0"):
+        preflight.min_free_gb_default()

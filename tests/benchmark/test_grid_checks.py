@@ -217,5 +217,10 @@ def test_a_gpu_recipe_that_will_train_on_the_cpu_is_said(monkeypatch):
     assert warning is not None and warning.startswith("warning: no GPU is visible, so 2 run(s) of a GPU ")
     assert "(bf16-mixed, gpu_cache)" in warning and "--set precision=32 --set gpu_cache=false" in warning
     assert grid_checks.gpu_recipe_on_cpu([cpu_recipe]) is None
+    cached, mixed = (
+        TrainConfig(accelerator="auto", precision="auto", gpu_cache=True),
+        TrainConfig(accelerator="auto", precision="16-mixed", gpu_cache=False),
+    )  # every run's part is named, and "auto" is none
+    assert "GPU recipe (16-mixed, gpu_cache)" in (grid_checks.gpu_recipe_on_cpu([cached, mixed]) or "")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert grid_checks.gpu_recipe_on_cpu([gpu_recipe]) is None

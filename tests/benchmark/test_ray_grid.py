@@ -23,11 +23,9 @@ import pytest
 
 from benchmark import fallback as fb
 from benchmark import grid_configs, ray_grid, runner
-from benchmark.cli import main
 from benchmark.core.config import load_benchmark_config
 from benchmark.core.lock import is_held
 from benchmark.core.preflight import OutOfSpace
-from benchmark.ray_resources import slots, task_options
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "benchmark" / "configs" / "smoke.yaml"
@@ -132,52 +130,6 @@ def _board(results: Path) -> dict:
     from benchmark.reporting.report import load_summaries
 
     return leaderboard.build([s for _, s in load_summaries(results)])
-
-
-# ----------------------------------------------------------------------------- without Ray tasks
-def test_executor_choice_and_resources(monkeypatch):
-    bench = load_benchmark_config(SMOKE)
-    grid = smoke_grid(("unet",))
-    assert ray_grid.choose(bench, grid) == ("local", "")
-    ray_bench = dataclasses.replace(bench, executor="ray")
-    assert ray_grid.choose(ray_bench, grid) == ("ray", "")
-    ddp = [dataclasses.replace(grid[0], devices=2)]
-    executor, why = ray_grid.choose(ray_bench, ddp)
-    assert executor == "local" and "DDP" in why and "\n" not in why
-    real = ray_grid.importlib.util.find_spec
-    monkeypatch.setattr(ray_grid.importlib.util, "find_spec", lambda n: None if n == "ray" else real(n))
-    executor, why = ray_grid.choose(ray_bench, grid)
-    assert executor == "local" and "not installed" in why
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    assert ray_grid.RaySettings.of(ray_bench).address == "10.0.0.1:6379"
-    assert (
-        ray_grid.RaySettings.of(dataclasses.replace(ray_bench, ray_address="head:6379")).address
-        == "head:6379"
-    )
-    # an 8-GPU, 64-CPU box: quarter GPUs with 4 CPUs each -> 16 at once (CPU-bound), with 1 CPU -> 32
-    box = [{"CPU": 64.0, "GPU": 8.0}]
-    quarter = task_options(box, ray_grid.RaySettings(0.25, 4.0), "auto")
-    assert quarter["num_gpus"] == 0.25 and quarter["max_retries"] == 1 and slots(box, quarter) == 16
-    assert slots(box, task_options(box, ray_grid.RaySettings(0.25, 1.0), "auto")) == 32
-    assert slots(box * 2, task_options(box, ray_grid.RaySettings(1.0, 1.0), "auto")) == 16
-    assert quarter["max_calls"] == 1  # a GPU task gets a fresh worker: no CUDA context left on a GPU
-    cpu_only = [{"CPU": 2.0}]
-    cpu = task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), "cpu")
-    assert cpu["num_gpus"] == 0 and "max_calls" not in cpu  # CPU workers may be reused
-    for accelerator in ("auto", "gpu"):  # the GPU recipe must not silently train on CPU
-        with pytest.raises(ray_grid.RayExecutorError, match="declares no GPU; set accelerator: cpu"):
-            task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), accelerator)
-    with pytest.raises(ray_grid.RayExecutorError, match="lower cpus_per_run"):
-        slots(cpu_only, task_options(cpu_only, ray_grid.RaySettings(1.0, 4.0), "cpu"))
-
-
-def test_cli_flags_set_the_executor(capsys, monkeypatch):
-    assert (
-        main(["run", "--config", str(SMOKE), "--executor", "ray", "--ray-address", "h:1", "--print-config"])
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "executor: ray" in out and "ray_address: h:1" in out
 
 
 # ----------------------------------------------------------------------------- on a real local Ray

@@ -177,45 +177,6 @@ def test_failure_is_recorded_and_the_rest_continue(tmp_path, capsys):
     assert sorted(o.status for o in outcomes) == ["skipped", "skipped", "trained"]
 
 
-def test_a_results_directory_holds_one_data_set_whatever_the_grid(tmp_path):
-    """Runs of another model on other data were only left off the board with a note, and the new runs
-    trained beside them; only a run of this very grid was refused."""
-    bench = load_benchmark_config(SMOKE)
-    first = grid_configs.build_grid(dataclasses.replace(bench, models=("unet",), folds=(0,)))
-    runner.run_grid(first, tmp_path, tmp_path, fit=fake_fit([]), data_hash="c0ffee")  # make_summary's
-    other = grid_configs.build_grid(dataclasses.replace(bench, models=("empty",), folds=(0,)))
-    calls = []
-    with pytest.raises(ConfigError, match=rf"{first[0].run_name()}: made on data with content hash c0ffee, "):
-        runner.run_grid(other, tmp_path, tmp_path, fit=fake_fit(calls), data_hash="0ther")
-    assert calls == []
-    assert [
-        o.status for o in runner.run_grid(other, tmp_path, tmp_path, fit=fake_fit(calls), data_hash="c0ffee")
-    ] == ["trained"]
-
-
-def test_a_signal_that_a_loader_error_replaced_stops_the_grid_not_only_the_run(tmp_path, capsys):
-    """SIGTERM to the process group kills the loader workers too; the loader's "worker killed by
-    signal" RuntimeError, raised while the SIGTERM's exception unwinds, was counted as the run's
-    failure and the grid went on (measured: exit 1 and the next run trained, not 143)."""
-    from benchmark.cli import Terminated
-
-    bench = dataclasses.replace(load_benchmark_config(SMOKE), models=("unet", "empty"))
-    calls = []
-
-    def fit(cfg, data_dir, out_dir):
-        calls.append(cfg.model)
-        try:
-            raise Terminated
-        except Terminated:
-            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.") from None
-
-    with pytest.raises(Terminated):
-        runner.run_grid(grid_configs.build_grid(bench), tmp_path, tmp_path, fit=fit)
-    assert calls == ["unet"] and not list(tmp_path.glob("runs/*/error.txt"))
-    assert "interrupted unet__f0__s0__" in capsys.readouterr().out
-    assert runner.interrupt_behind(RuntimeError("plain")) is None  # a run's own error stays its failure
-
-
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_finished_runs_leftover_resume_checkpoint_is_deleted(tmp_path, executor):
     """Finished runs of earlier versions kept last.ckpt (three times best.ckpt); either executor

@@ -101,7 +101,7 @@ def test_other_data_missing_fold_and_taken_names(setup, tmp_path, capsys) -> Non
     data, config, (fold, _) = setup
     pred = write_masks(tmp_path / "pred", fold.outer, _truth(fold))
     results = tmp_path / "results"
-    other = make_summary("unet", 0, 0, [1.0], content="0123456789abcdef")
+    other = make_summary("unet", 0, 0, [1.0], content="0123456789abcdef", synthetic=False)
     write_summary(results / "runs" / other["run"], other)
     assert main(_args(data, results, config, pred)) == 2
     assert sorted(p.name for p in (results / "runs").iterdir()) == [other["run"]]  # nothing new

@@ -1,0 +1,99 @@
+"""What refuses or stops a grid rather than one run (benchmark/runner.py): a results directory of
+other data, and a signal whose exception a loader error replaced."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from benchmark import grid_configs, runner
+from benchmark.cli import Terminated
+from benchmark.core.config import ConfigError, load_benchmark_config
+from benchmark.core.summary import write_summary
+from tests.benchmark.summaries import make_summary
+
+SMOKE = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "smoke.yaml"
+
+
+def fit_on(content: str, synthetic: bool, calls: list[str]):
+    """A stand-in for pipeline.fit writing a complete summary of data with this content hash."""
+
+    def fit(cfg, data_dir, out_dir):
+        calls.append(cfg.model)
+        kwargs = {"n_folds": cfg.n_folds, "content": content, "synthetic": synthetic}
+        summary = make_summary(cfg.model, cfg.fold, cfg.seed, [0.5, 1.0], **kwargs)
+        summary.update(run=cfg.run_name(), config=cfg.to_dict(), config_hash=cfg.hash())
+        write_summary(out_dir, summary)
+        return summary
+
+    return fit
+
+
+def grid_of(model: str, fold: int = 0) -> list:
+    return grid_configs.build_grid(
+        dataclasses.replace(load_benchmark_config(SMOKE), models=(model,), folds=(fold,))
+    )
+
+
+def test_a_results_directory_holds_one_data_set_whatever_the_grid(tmp_path):
+    """Runs of another model on other data were only left off the board with a note, and the new runs
+    trained beside them; only a run of this very grid was refused."""
+    first = grid_of("unet")
+    runner.run_grid(first, tmp_path, tmp_path, fit=fit_on("real-a", False, []), data_hash="real-a")
+    calls: list[str] = []
+    with pytest.raises(ConfigError, match=rf"{first[0].run_name()}: made on data with content hash real-a, "):
+        runner.run_grid(
+            grid_of("empty"), tmp_path, tmp_path, fit=fit_on("real-b", False, calls), data_hash="real-b"
+        )
+    assert calls == []
+    again = runner.run_grid(
+        grid_of("empty"), tmp_path, tmp_path, fit=fit_on("real-a", False, calls), data_hash="real-a"
+    )
+    assert [o.status for o in again] == ["trained"]
+
+
+def test_the_synthetic_fallbacks_runs_do_not_block_the_real_data(tmp_path):
+    """The README's first `make benchmark` (no data: the synthetic fallback) and the next one after the
+    download share results/: the synthetic runs stay, off the board, and the real grid trains."""
+    runner.run_grid(grid_of("unet", 1), tmp_path, tmp_path, fit=fit_on("synth", True, []), data_hash="synth")
+    calls: list[str] = []
+    outcomes = runner.run_grid(
+        grid_of("unet"), tmp_path, tmp_path, fit=fit_on("real", False, calls), data_hash="real"
+    )
+    assert [o.status for o in outcomes] == ["trained"] and calls == ["unet"]
+
+
+def test_a_signal_that_a_loader_error_replaced_stops_the_grid_not_only_the_run(tmp_path, capsys):
+    """SIGTERM to the process group kills the loader workers too; the loader's "worker killed by
+    signal" RuntimeError, raised while the SIGTERM's exception unwinds, was counted as the run's
+    failure and the grid went on (measured: exit 1 and the next run trained, not 143)."""
+    bench = dataclasses.replace(load_benchmark_config(SMOKE), models=("unet", "empty"))
+    calls = []
+
+    def fit(cfg, data_dir, out_dir):
+        calls.append(cfg.model)
+        try:
+            raise Terminated
+        except Terminated:
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.") from None
+
+    with pytest.raises(Terminated):
+        runner.run_grid(grid_configs.build_grid(bench), tmp_path, tmp_path, fit=fit)
+    assert calls == ["unet"] and not list(tmp_path.glob("runs/*/error.txt"))
+    assert "interrupted unet__f0__s0__" in capsys.readouterr().out
+
+
+def test_only_an_interrupt_behind_an_error_is_one():
+    """A run's own error stays its failure, also one raised while a generator closed (GeneratorExit
+    is not an Exception either, but no one asked the command to stop)."""
+    assert runner.interrupt_behind(RuntimeError("plain")) is None
+    for cause, stops in [(GeneratorExit(), False), (KeyboardInterrupt(), True), (Terminated(), True)]:
+        try:
+            try:
+                raise cause
+            except BaseException:  # noqa: BLE001 - the cause under test
+                raise RuntimeError("while handling it") from None
+        except RuntimeError as exc:
+            assert (runner.interrupt_behind(exc) is cause) == stops, cause
