@@ -136,9 +136,10 @@ def resolve_data(
         if not path.is_dir():
             raise DataError(path, "data directory not found (--data-dir / DATA): expected the Kaggle layout")
         if not (path / "train").is_dir():
-            raise DataError(
-                path, "no train/ directory (expected the Kaggle layout: train/, test/, train_masks.csv)"
-            )
+            from datamodules.kaggle import parent_hint
+
+            layout = "expected the Kaggle layout: train/, test/, train_masks.csv"
+            raise DataError(path, f"no train/ directory ({layout}){parent_hint(path)}")
         return bench, path
     fallback = synthetic_benchmark(bench, source)
     out = synthetic_data_dir(bench, results_dir)

@@ -93,10 +93,26 @@ class TrainSet:
         return len(self.records)
 
 
+def parent_hint(data_dir: Path) -> str:
+    """A hint when ``data_dir`` is itself a Kaggle ``train/`` or ``test/`` folder (its tifs are
+    here, no ``train/`` below): the data directory is its parent. Else ""."""
+    if (
+        data_dir.name in ("train", "test")
+        and not (data_dir / "train").exists()
+        and any(data_dir.glob("*.tif"))
+    ):
+        return (
+            f"; {data_dir} holds the {data_dir.name}/ images themselves: give its parent, {data_dir.parent}"
+        )
+    return ""
+
+
 def _require_dir(path: Path) -> Path:
     if not path.exists():
         raise DataError(
-            path, "directory not found (expected the Kaggle layout: train/, test/, train_masks.csv)"
+            path,
+            "directory not found (expected the Kaggle layout: train/, test/, train_masks.csv)"
+            + parent_hint(path.parent),
         )
     if not path.is_dir():
         raise DataError(path, "is not a directory")
