@@ -46,6 +46,8 @@ def _package(ep: EntryPoint) -> str:
 
 def _problem(exc: BaseException) -> str:
     """The exception as one line (an ImportError's text already names the missing module)."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) while loading (an argparse error at import does)"
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
 
@@ -76,7 +78,9 @@ def load_plugins() -> list[Plugin]:
             continue
         try:
             plugin = Plugin(key, package, f"{ep.name} = {ep.value}", _load(ep, package))
-        except Exception as exc:  # noqa: BLE001 - any plugin failure: one line, the zoo stays up
+        # Any plugin failure: one line, the zoo stays up. SystemExit too: a plugin that parses the
+        # command line or exits at import would otherwise end every command that loads the models.
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
             _PROBLEMS[key] = f"model plugin {ep.name!r} ({package}) not loaded: {_problem(exc)}"
             print(f"warning: {_PROBLEMS[key]}", file=sys.stderr)
             continue

@@ -72,7 +72,8 @@ def test_example_plugin_runs_through_the_smoke_grid_onto_the_board(
 
 
 def _broken_site(site: Path) -> None:
-    """Three broken plugins: one does not import, one takes a built-in name, one's function raises."""
+    """Four broken plugins: one does not import, one takes a built-in name, one's function raises, one
+    exits while it is imported."""
     write_dist_info(site, "missing-plugin", "1.0", {"missing": "no_such_module_for_nerve_bench"})
     write_dist_info(site, "clash-plugin", "1.0", {"clash": "nb_clash_models"})
     (site / "nb_clash_models.py").write_text(
@@ -82,6 +83,9 @@ def _broken_site(site: Path) -> None:
     )
     write_dist_info(site, "raising-plugin", "1.0", {"boom": "nb_boom_models:register_all"})
     (site / "nb_boom_models.py").write_text("def register_all():\n    raise RuntimeError('no GPU found')\n")
+    # A script-like module: its argparse error at import ended every command that loads the models.
+    write_dist_info(site, "script-plugin", "1.0", {"script": "nb_script_models"})
+    (site / "nb_script_models.py").write_text("import sys\nsys.exit(2)\n")
 
 
 def test_broken_plugins_get_one_line_each_and_the_rest_loads(
@@ -104,6 +108,8 @@ def test_broken_plugins_get_one_line_each_and_the_rest_loads(
         "warning: model plugin 'missing' (missing-plugin) not loaded: ModuleNotFoundError: "
         "No module named 'no_such_module_for_nerve_bench'",
         "warning: model plugin 'boom' (raising-plugin) not loaded: RuntimeError: no GPU found",
+        "warning: model plugin 'script' (script-plugin) not loaded: it called sys.exit(2) while loading "
+        "(an argparse error at import does)",
     ]
     assert models.list_models() == builtin
 
@@ -117,7 +123,7 @@ def test_a_fresh_process_warns_once_and_loads_the_zoo(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().split(",") == models.list_models(BUILTIN)
     warnings = done.stderr.strip().splitlines()
-    assert len(warnings) == 3 and all(w.startswith("warning: model plugin '") for w in warnings)
+    assert len(warnings) == 4 and all(w.startswith("warning: model plugin '") for w in warnings)
 
 
 def test_registration_inside_a_failing_block_is_rolled_back() -> None:
