@@ -81,7 +81,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         load_benchmark_config,
         with_model_recipe,
     )
-    from benchmark.core.model_kwargs import check_model_kwargs
+    from benchmark.core.model_kwargs import build_models, check_model_kwargs
     from benchmark.core.overrides import parse_set_args
     from benchmark.core.world import resolve_devices
 
@@ -99,6 +99,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         )
     cfg = resolve_devices(cfg)
     check_model_kwargs([cfg])
+    build_models([cfg])  # a value the model refuses, or outputs off the contract: one line, not a traceback
     return cfg
 
 

@@ -50,16 +50,65 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
 
     try:
         with torch.device("meta"):
-            return make()
+            model = make()
+        check_contract(cfg, model)  # on meta: no memory, no compute
+        return model
+    except ConfigError:
+        raise
     except Exception:  # noqa: BLE001 - the CPU decides whether it is meta or the kwargs at fault
         pass
     try:
-        return make()
+        model = make()
     except Exception as exc:  # noqa: BLE001 - whatever the factory raises, the kwargs are at fault
         text = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ConfigError(
             f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs}: cannot be built ({text})"
         ) from None
+    _check_trains(cfg, model)
+    return model
+
+
+def check_contract(cfg: TrainConfig, model: torch.nn.Module) -> None:
+    """What the run will need of a model built on the meta device, before any run: something to train
+    (or ``trainable = False``, as the ``empty`` baseline), and outputs of the contract for a batch of
+    the run's input size (mask logits of the input's size, alone or as a dict's ``mask``; a
+    ``presence`` entry when ``presence_head`` is asked for). A forward pass meta cannot run is left to
+    the run. ConfigError naming the model and its package (docs/adding-a-model.md)."""
+    import torch
+
+    from datamodules.geometry import input_shape
+
+    _check_trains(cfg, model)
+    h, w = input_shape(cfg.resize_mode, cfg.image_size)
+    try:
+        with torch.no_grad():
+            out = model(torch.empty(2, 1, h, w, device="meta"))
+    except Exception:  # noqa: BLE001 - an operation meta lacks: the run's first batch checks instead
+        return
+    mask = out.get("mask") if isinstance(out, dict) else out
+    problem = None
+    if not isinstance(mask, torch.Tensor):
+        problem = "returns neither mask logits nor a dict with a 'mask' entry"
+    elif tuple(mask.shape) != (2, 1, h, w):
+        problem = f"returns mask logits of shape {tuple(mask.shape)} for a (2, 1, {h}, {w}) input"
+    elif cfg.model_kwargs.get("presence_head") and not (isinstance(out, dict) and "presence" in out):
+        problem = "was asked for presence_head but returns no 'presence' entry"
+    if problem:
+        raise ConfigError(f"{_named(cfg)} {problem} (the model contract: docs/adding-a-model.md)")
+
+
+def _check_trains(cfg: TrainConfig, model: torch.nn.Module) -> None:
+    if getattr(model, "trainable", True) and not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(
+            f"{_named(cfg)} has no parameter to train (all frozen?); a model that trains nothing "
+            "says so with trainable = False, as the empty baseline does"
+        )
+
+
+def _named(cfg: TrainConfig) -> str:
+    from models.registry import get_info
+
+    return f"model {cfg.model!r} ({get_info(cfg.model).package})"
 
 
 def trains(cfg: TrainConfig) -> bool:

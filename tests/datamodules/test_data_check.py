@@ -69,7 +69,8 @@ def test_missing_train_directory(capsys, tiny):
 def test_the_train_folder_itself_is_pointed_at_its_parent(capsys, tiny):
     line = assert_bad(capsys, tiny / "train", "train", "directory not found")
     assert line.endswith(f"; {tiny / 'train'} holds the train/ images themselves: give its parent, {tiny}")
-    assert main(["run", "--data-dir", str(tiny / "train"), "--dry-run", "--results-dir", str(tiny / "r")]) == 2
+    run = ["run", "--data-dir", str(tiny / "train"), "--dry-run", "--results-dir", str(tiny / "r")]
+    assert main(run) == 2
     assert capsys.readouterr().err.endswith(f"give its parent, {tiny}\n")
 
 
