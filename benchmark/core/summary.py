@@ -113,6 +113,19 @@ def package_version(dist: str) -> str:
         return "unknown"
 
 
+def model_source(name: str) -> dict[str, str] | None:
+    """Where model ``name`` comes from: the package that registered it, that package's version and
+    the paper it cites; what makes a plugin's row traceable to its code. None when not registered
+    (an imported outside method's name)."""
+    from models.registry import ModelError, get_info
+
+    try:
+        info = get_info(name)
+    except ModelError:
+        return None
+    return {"package": info.package, "version": package_version(info.package), "paper": info.paper}
+
+
 def git_sha(cwd: str | Path | None = None) -> str:
     """HEAD of the repository holding this package (or ``cwd``); "unknown" outside git."""
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent

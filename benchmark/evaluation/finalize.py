@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from benchmark.core.config import SCHEMA_VERSION, ConfigError, TrainConfig
 from benchmark.core.files import atomic_path
-from benchmark.core.summary import environment, to_jsonable, write_summary
+from benchmark.core.summary import environment, model_source, to_jsonable, write_summary
 from benchmark.evaluation import costs, inference
 from benchmark.scoring import counts
 from benchmark.scoring.post_counts import postprocess_counts
@@ -236,6 +236,7 @@ def finalize_run(
         training = {**trained, "scored_again": environment(device)}
     summary = {
         **run_identity(cfg),
+        "model_source": model_source(cfg.model),
         "dataset": data,
         "best_epoch": selection["best_epoch"],
         "metrics": metrics,

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.core.config import NOT_HASHED
-from benchmark.reporting import board_stats, completeness, recipe
+from benchmark.reporting import board_stats, completeness, recipe, sources
 from benchmark.scoring import stats
 
 BASELINE = "empty"
@@ -356,6 +356,7 @@ def header(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "n_runs": len(runs),
         "models": sorted({str(s["model"]) for s in runs}),
         "recipe": recipe.differences(runs),
+        "model_sources": sources.model_sources(runs),
         "statistics": board_stats.settings(),
     }
 

@@ -13,6 +13,7 @@ from benchmark.reporting.cells import fmt, fmt_ci, fmt_p
 from benchmark.reporting.leaderboard import COST, OOF_METRICS, RUN_MEANS
 from benchmark.reporting.legend import PIXEL_ACCURACY_WARNING, legend, protocol
 from benchmark.reporting.notes import notes
+from benchmark.reporting.sources import source_lines
 
 SYNTHETIC_NOTE = (
     "> **SYNTHETIC DATA.** These numbers come from the generated stand-in data set (CPU fallback), "
@@ -236,6 +237,12 @@ def markdown(board: dict[str, Any]) -> str:
         lines += ["", "## Incomplete (not ranked, not tested)", ""] + _incomplete_table(board)
     lines += ["", "## Selection and pooled metrics (mean over runs; not used for ranking)", ""]
     lines += _run_means_table(board) + ["", "## Cost", ""] + _cost_table(board)
+    made_by = source_lines(h)
+    lines += (
+        ["", "## Models (paper; the package that registered each, and its version)", "", *made_by]
+        if made_by
+        else []
+    )
     lines += ["", "## Protocol", ""] + [f"- {line}" for line in protocol(board)]
     docs = legend(board)
     shown = [k for k in docs if k != "pixel_accuracy" and (k != "seed_sd" or several_seeds(board))]

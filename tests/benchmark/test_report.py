@@ -354,3 +354,15 @@ def test_report_takes_results_dir_as_the_other_commands_and_names_a_missing_one(
         capsys.readouterr().err
         == f"error: {tmp_path / 'none'}: results directory not found (it holds runs/<run>/summary.json)\n"
     )
+
+
+def test_the_board_names_where_each_models_code_came_from():
+    """A plugin's row could not be traced to its code: no package or version in the summaries."""
+    runs = model_runs("unet", {0: [1.0] * 8})
+    for i, run in enumerate(runs):
+        version = "1.3" if i == 0 else "1.2"  # one fold made with another version: both are shown
+        run["model_source"] = {"package": "my-plugin", "version": version, "paper": "Me et al. 2026"}
+    md = tables.markdown(lb.build(runs))
+    assert "## Models (paper; the package that registered each, and its version)" in md
+    assert "- `unet`: Me et al. 2026 (my-plugin 1.2; my-plugin 1.3)" in md
+    assert "## Models" not in tables.markdown(lb.build(model_runs("unet", {0: [1.0] * 8})))  # older runs

@@ -63,6 +63,8 @@ def test_summary_follows_the_schema(runs):
     assert s["status"] == "complete" and s["schema_version"] == 3
     assert s["config"] == UNET.to_dict() and s["config_hash"] == UNET.hash() and s["run"] == UNET.run_name()
     assert (s["model"], s["fold"], s["n_folds"], s["seed"]) == ("unet", 0, 3, 0)
+    source = s["model_source"]  # which code made the row: the registering package, its version, paper
+    assert source["package"] == "nerve-bench" and "Ronneberger" in source["paper"] and source["version"]
     ds = s["dataset"]
     sizes = (ds["n_train"], ds["n_subjects"], ds["n_fit"], ds["n_inner"], ds["n_outer"], ds["synthetic"])
     assert sizes == (66, 6, 33, 11, 22, False)
