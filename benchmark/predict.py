@@ -113,7 +113,7 @@ def load_model(path: str | Path, device: torch.device, tta: bool | None = None) 
     config = dict(ckpt["hyper_parameters"]["config"])
     # The weights come from the state dict: never download pretrained encoders, never compile.
     config.update(encoder_weights=None, compile=False, tta=post.tta if tta is None else tta)
-    module = rebuild_module(path, config, ckpt["state_dict"])  # one line (with key counts) on a mismatch
+    module = rebuild_module(path, config, ckpt)  # one line (with key counts) on a mismatch
     return LoadedModel(path, module.to(device).eval(), post, scoring_precision_of(ckpt, device))
 
 

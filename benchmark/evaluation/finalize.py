@@ -328,6 +328,7 @@ def _checkpoint_record(
     return {
         "postprocess": pp.to_dict(),
         "config": cfg.to_dict(),
+        "model_source": model_source(cfg.model),  # the package to install where it is loaded again
         "summary_metrics": metrics,
         "selection_metrics": selection["metrics"],
         "data_hash": data["content_hash"],

@@ -155,14 +155,23 @@ def check_state_dict(path: Path, module: torch.nn.Module, state_dict: dict[str, 
         )
 
 
-def rebuild_module(path: Path, config: dict[str, Any], state_dict: dict[str, Any]) -> SegModule:
-    """``SegModule(config)`` with the checkpoint's weights; one line naming ``path`` when impossible."""
+def rebuild_module(path: Path, config: dict[str, Any], ckpt: dict[str, Any]) -> SegModule:
+    """``SegModule(config)`` with the checkpoint's weights; one line naming ``path`` when impossible
+    (for a model no longer registered, the package that registered it when the run was scored)."""
+    source = (ckpt.get(CKPT_KEY) or {}).get("model_source")
     try:
         module = SegModule(config)
-    except (ConfigError, ModelError, RuntimeError, TypeError, ValueError) as exc:
+    except ModelError as exc:
+        if not isinstance(source, dict) or not str(exc).startswith("unknown model"):
+            raise NerveBenchError(f"{path}: cannot rebuild the model ({_first_line(exc, 240)})") from None
+        raise NerveBenchError(
+            f"{path}: cannot rebuild the model: {config.get('model')!r} was registered by "
+            f"{source.get('package')} {source.get('version')}, which is not installed here"
+        ) from None
+    except (ConfigError, RuntimeError, TypeError, ValueError) as exc:
         raise NerveBenchError(f"{path}: cannot rebuild the model ({_first_line(exc, 240)})") from None
-    check_state_dict(path, module, state_dict)
-    module.load_state_dict(state_dict)
+    check_state_dict(path, module, ckpt["state_dict"])
+    module.load_state_dict(ckpt["state_dict"])
     return module
 
 
@@ -175,7 +184,7 @@ def load_checkpoint_module(path: Path, for_inference: bool = True) -> tuple[SegM
     config = dict(ckpt["hyper_parameters"]["config"])
     if for_inference:
         config.update(encoder_weights=None, compile=False)
-    module = rebuild_module(path, config, ckpt["state_dict"])
+    module = rebuild_module(path, config, ckpt)
     module.on_load_checkpoint(ckpt)
     return module.eval(), ckpt
 

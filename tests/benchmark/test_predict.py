@@ -175,6 +175,16 @@ def test_bad_inputs_are_clear_errors(ckpts, synthetic_dir, tmp_path, capsys):
     torch.save(wrong, junk)
     with pytest.raises(NerveBenchError, match="junk.ckpt: cannot rebuild the model"):
         predict.load_model(junk, CPU)
+    gone = {
+        **wrong,
+        "hyper_parameters": {"config": {**wrong["hyper_parameters"]["config"], "model": "gone_net"}},
+    }
+    gone["nerve_bench"] = {**wrong["nerve_bench"], "model_source": {"package": "my-plugin", "version": "1.0"}}
+    torch.save(gone, junk)  # a plugin's checkpoint where the plugin is not installed: not "did you mean"
+    with pytest.raises(
+        NerveBenchError, match="'gone_net' was registered by my-plugin 1.0, which is not installed"
+    ):
+        predict.load_model(junk, CPU)
     wrong["nerve_bench"]["postprocess"]["thresh"] = 0.5
     torch.save(wrong, junk)
     with pytest.raises(NerveBenchError, match="junk.ckpt: bad stored post-processing"):
