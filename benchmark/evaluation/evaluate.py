@@ -165,10 +165,9 @@ def evaluate(
 ) -> dict:
     """Score ``checkpoint`` on ``data_dir``'s training images (see the module doc for which ones).
 
-    Returns (and writes to ``out`` as JSON) per-image rows and the mean metrics, raw and
-    post-processed, plus ``scope`` (outer_fold | images_not_seen_in_training |
-    all_images_including_training | all_images) and
-    ``note``, the one line that says what was scored.
+    Returns (and writes to ``out`` as JSON) per-image rows and the mean metrics, raw and post-processed,
+    ``scope`` (outer_fold | images_not_seen_in_training | all_images_including_training | all_images)
+    and ``note``, the one line that says what was scored.
     """
     from datamodules.datamodule import UltrasoundNerveDataModule
     from datamodules.kaggle import content_hash
