@@ -348,7 +348,7 @@ def run_grid(
     runs = results_dir / "runs"
     done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
     if data_hash is not None:
-        runner.check_same_data(runs, data_dir, data_hash)
+        runner.check_same_data(runs, data_dir, data_hash, [c.run_name() for c in grid])
     runner.drop_kept_resume_state(runs, done)
     todo = [c for c in grid if c not in done]
     outcomes = [Outcome(c.run_name(), "skipped") for c in done]

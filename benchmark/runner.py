@@ -151,10 +151,18 @@ def interrupt_behind(exc: BaseException) -> BaseException | None:
     seen, visited = exc.__context__, {id(exc)}
     while seen is not None and id(seen) not in visited:
         if not isinstance(seen, Exception) and interrupt_code(seen) is not None:
-            return seen
+            return _unwrapped(seen)
         visited.add(id(seen))
         seen = seen.__context__
     return None
+
+
+def _unwrapped(interrupt: BaseException) -> BaseException:
+    """The interrupt itself, not Lightning's ``sys.exit(1)`` around a Ctrl-C: re-raised inside an
+    ``except``, the SystemExit's context would become the loader error and the Ctrl-C be lost."""
+    while type(interrupt) is SystemExit and interrupt.__context__ is not None:
+        interrupt = interrupt.__context__
+    return interrupt
 
 
 def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -> Outcome:
@@ -253,18 +261,18 @@ def _log_tracking(summary: dict[str, Any], run_dir: Path) -> None:
         say(f"warning: W&B summary for {run_dir.name} failed: {exc}")
 
 
-def check_same_data(runs: Path, data_dir: Path, current: str) -> None:
-    """Refuse a results directory any of whose runs was made on other data: a run of this grid would
-    be skipped as complete (the config hash does not cover the data), any other would share the
-    board with runs of another data set. The synthetic fallback's runs are let be (the README's
-    first `make benchmark` before the download): the board leaves them out with a note."""
+def check_same_data(runs: Path, data_dir: Path, current: str, grid: Sequence[str] = ()) -> None:
+    """Refuse a results directory any of whose runs was made on other data: a run of this grid (run
+    names ``grid``) would be skipped as complete (the config hash does not cover the data), any other
+    would share the board with runs of another data set. Other runs of the synthetic fallback are let
+    be (the README's first `make benchmark` before the download): the board prefers the real runs."""
     for path in sorted(runs.glob("*/summary.json")):
         try:
             dataset = read_summary(path).get("dataset") or {}
         except DataError:  # unreadable or older: `report` names it
             continue
         saved = dataset.get("content_hash")
-        if saved != current and not dataset.get("synthetic"):
+        if saved != current and (path.parent.name in grid or not dataset.get("synthetic")):
             raise ConfigError(
                 f"{path.parent}: made on data with content hash {saved}, but {data_dir} has "
                 f"{current}; one results directory holds one data set (use another --results-dir)"
@@ -316,7 +324,7 @@ def run_grid(
     runs = results_dir / "runs"
     done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
     if data_hash is not None:
-        check_same_data(runs, data_dir, data_hash)
+        check_same_data(runs, data_dir, data_hash, [c.run_name() for c in grid])
     drop_kept_resume_state(runs, done)
     todo = [c for c in grid if c not in done]
     outcomes = [Outcome(c.run_name(), "skipped") for c in grid if c not in todo]

@@ -236,7 +236,8 @@ def finalize_run(
         training = {**trained, "scored_again": environment(device)}
     summary = {
         **run_identity(cfg),
-        "model_source": model_source(cfg.model),
+        # the code that trained it: kept from the training when it is only scored again
+        "model_source": training.get("model_source") or model_source(cfg.model),
         "dataset": data,
         "best_epoch": selection["best_epoch"],
         "metrics": metrics,
@@ -285,6 +286,7 @@ def training_facts(summary: dict) -> dict[str, Any]:
         "world_size": summary["world_size"],
         "environment": summary["environment"],
         "data_hash": summary["dataset"]["content_hash"],
+        "model_source": summary.get("model_source"),
     }
 
 

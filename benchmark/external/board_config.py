@@ -60,13 +60,18 @@ def _from_board(summaries: list[dict[str, Any]], overrides: dict[str, Any], wher
         ) from None
 
 
-def train_config(config: Path | None, sets: list[str] | None, results_dir: Path | None = None) -> TrainConfig:
-    """The benchmark's TrainConfig: ``--config`` (+ ``--set``), else the results directory's board, else
-    the default config."""
+def train_config(
+    config: Path | None, sets: list[str] | None, results_dir: Path | None = None, data_hash: str | None = None
+) -> TrainConfig:
+    """The benchmark's TrainConfig: ``--config`` (+ ``--set``), else the results directory's board (of
+    the data ``data_hash`` when given: not the synthetic fallback's runs beside it), else the default
+    config."""
     overrides = parse_set_args(sets)
     if config is not None:
         return _from_file(config, overrides)
     summaries = [s for _, s in complete_summaries(results_dir)]
+    if data_hash is not None:
+        summaries = [s for s in summaries if (s.get("dataset") or {}).get("content_hash") == data_hash]
     if summaries:
         return _from_board(summaries, overrides, results_dir / "runs")
     return _from_file(DEFAULT_CONFIG, overrides)

@@ -122,7 +122,7 @@ def open_board(
     train_set = load_train(data_dir)
     data_hash = content_hash(train_set)
     check_same_data(results_dir / "runs", data_dir, data_hash)  # one data set per results directory
-    cfg = train_config(config, sets, results_dir)
+    cfg = train_config(config, sets, results_dir, data_hash)
     check_split_seed(results_dir, cfg.split_seed)
     check_link_subjects(results_dir, cfg.link_subjects, train_set.units()[1])
     return Board(name, data_dir, results_dir, train_set, data_hash, cfg)

@@ -76,7 +76,8 @@ def _key(summary: dict[str, Any]) -> tuple[str, str]:
 
 
 def select_runs(summaries: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
-    """Keep complete runs of the most common (benchmark config, dataset); return (kept, ignored).
+    """Keep complete runs of the most common (benchmark config, dataset), real data first; return
+    (kept, ignored).
 
     Runs left over from an older config or another dataset would otherwise be averaged together.
     Ties between groups go to the lexicographically smaller key, so the choice is deterministic.
@@ -85,7 +86,9 @@ def select_runs(summaries: list[dict[str, Any]]) -> tuple[list[dict], list[dict]
     if not complete:
         return [], sorted(summaries, key=lambda s: str(s.get("run")))
     counts = Counter(_key(s) for s in complete)
-    best = min(counts, key=lambda k: (-counts[k], k))
+    # Real data before the synthetic fallback's runs (a first `make benchmark` before the download).
+    synthetic = {_key(s) for s in complete if (s.get("dataset") or {}).get("synthetic")}
+    best = min(counts, key=lambda k: (k in synthetic, -counts[k], k))
     kept = sorted((s for s in complete if _key(s) == best), key=lambda s: s["run"])
     kept_ids = {id(s) for s in kept}
     ignored = sorted((s for s in summaries if id(s) not in kept_ids), key=lambda s: str(s.get("run")))

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from benchmark.core.config import ConfigError, TrainConfig
 from benchmark.core.files import atomic_path
+from benchmark.core.summary import package_version
 from benchmark.training.callbacks import HISTORY_CKPT_KEY, empty_history
 from benchmark.training.module import SegModule, config_from_dict
 from datamodules.errors import NerveBenchError
@@ -164,10 +165,14 @@ def rebuild_module(path: Path, config: dict[str, Any], ckpt: dict[str, Any]) -> 
     except ModelError as exc:
         if not isinstance(source, dict) or not str(exc).startswith("unknown model"):
             raise NerveBenchError(f"{path}: cannot rebuild the model ({_first_line(exc, 240)})") from None
-        raise NerveBenchError(
-            f"{path}: cannot rebuild the model: {config.get('model')!r} was registered by "
-            f"{source.get('package')} {source.get('version')}, which is not installed here"
-        ) from None
+        made = f"{config.get('model')!r} was registered by {source.get('package')} {source.get('version')}"
+        here = package_version(str(source.get("package")))
+        why = (
+            "which is not installed here"
+            if here == "unknown"
+            else f"and {here}, installed here, has no such model"
+        )
+        raise NerveBenchError(f"{path}: cannot rebuild the model: {made}, {why}") from None
     except (ConfigError, RuntimeError, TypeError, ValueError) as exc:
         raise NerveBenchError(f"{path}: cannot rebuild the model ({_first_line(exc, 240)})") from None
     check_state_dict(path, module, ckpt["state_dict"])

@@ -42,6 +42,8 @@ def drop_resume_state(run_dir: Path, config_hash: str, facts: dict[str, Any]) ->
     if not last.is_file():
         return
     kept = {k: facts[k] for k in FACTS}  # a KeyError is the caller's: last.ckpt stays
+    if facts.get("model_source"):  # the code that trained it (summaries before the field have none)
+        kept["model_source"] = facts["model_source"]
     try:
         history = checkpoint_history(load_plain(last, mmap=True))
     except Exception:  # noqa: BLE001 - it could not be resumed either
@@ -73,6 +75,7 @@ def trained_record(run_dir: Path, config_hash: str) -> dict[str, Any] | None:
             return None
         saved, history = str(record["config_hash"]), dict(record["history"])
         facts = {k: record[k] for k in FACTS}
+        facts |= {"model_source": record["model_source"]} if record.get("model_source") else {}
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if saved != config_hash:

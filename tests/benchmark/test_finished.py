@@ -120,7 +120,12 @@ def test_a_finished_run_whose_summary_is_removed_is_scored_again_not_trained(
     process, same CPU)."""
     first = fit_runs.unet
     trained_on = {**first["environment"], "device": "NVIDIA H100 80GB HBM3"}
-    out = _copy_without_summary(fit_runs, tmp_path, world_size=2, environment=trained_on)
+    assert (
+        json.loads((fit_runs.run_dir(UNET) / "checkpoints" / "trained.json").read_text())["model_source"]
+        == (first["model_source"])
+    )
+    source = {**first["model_source"], "version": "0.0.1"}  # the code that trained it, not today's
+    out = _copy_without_summary(fit_runs, tmp_path, world_size=2, environment=trained_on, model_source=source)
     seen, real = [], finalize.finalize_run
 
     def spy(*args, **kwargs):
@@ -132,7 +137,7 @@ def test_a_finished_run_whose_summary_is_removed_is_scored_again_not_trained(
     with one_thread():  # as fit_runs scored it: the same figures need the same float order
         again = pipeline.fit(UNET, fit_runs.data, out)
     assert seen == [("cpu", True)]  # strict determinism on CPU, as a fit leaves it
-    assert again["world_size"] == 2 and again["environment"] == trained_on
+    assert again["world_size"] == 2 and again["environment"] == trained_on and again["model_source"] == source
     assert again["scored_again"]["device"] == first["environment"]["device"] != trained_on["device"]
     assert again["history"] == first["history"] and again["epochs_run"] == first["epochs_run"] > 1
     assert again["train_time_s"] == first["train_time_s"] and again["best_epoch"] == first["best_epoch"]

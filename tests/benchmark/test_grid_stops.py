@@ -56,13 +56,25 @@ def test_a_results_directory_holds_one_data_set_whatever_the_grid(tmp_path):
 
 def test_the_synthetic_fallbacks_runs_do_not_block_the_real_data(tmp_path):
     """The README's first `make benchmark` (no data: the synthetic fallback) and the next one after the
-    download share results/: the synthetic runs stay, off the board, and the real grid trains."""
-    runner.run_grid(grid_of("unet", 1), tmp_path, tmp_path, fit=fit_on("synth", True, []), data_hash="synth")
+    download share results/: the synthetic runs stay, the real grid trains, and the board is the
+    real one even while it has fewer runs."""
+    from benchmark.reporting import leaderboard
+    from benchmark.reporting.report import load_summaries
+
+    for fold in (1, 2):
+        synth = fit_on("synth", True, [])
+        runner.run_grid(grid_of("unet", fold), tmp_path, tmp_path, fit=synth, data_hash="synth")
     calls: list[str] = []
-    outcomes = runner.run_grid(
-        grid_of("unet"), tmp_path, tmp_path, fit=fit_on("real", False, calls), data_hash="real"
-    )
+    real = fit_on("real", False, calls)
+    outcomes = runner.run_grid(grid_of("unet"), tmp_path, tmp_path, fit=real, data_hash="real")
     assert [o.status for o in outcomes] == ["trained"] and calls == ["unet"]
+    kept, ignored = leaderboard.select_runs([s for _, s in load_summaries(tmp_path)])
+    assert [s["dataset"]["content_hash"] for s in kept] == ["real"] and len(ignored) == 2
+    # A synthetic run of this very grid (the same run name: the fallback changed no hashed field) is
+    # not skipped as complete on the real data: refused, as any run of other data is.
+    with pytest.raises(ConfigError, match=r"__f1__s0__\w+: made on data with content hash synth, "):
+        runner.run_grid(grid_of("unet", 1), tmp_path, tmp_path, fit=real, data_hash="real")
+    assert calls == ["unet"]
 
 
 def test_a_signal_that_a_loader_error_replaced_stops_the_grid_not_only_the_run(tmp_path, capsys):
@@ -89,6 +101,9 @@ def test_only_an_interrupt_behind_an_error_is_one():
     """A run's own error stays its failure, also one raised while a generator closed (GeneratorExit
     is not an Exception either, but no one asked the command to stop)."""
     assert runner.interrupt_behind(RuntimeError("plain")) is None
+    wrapped = SystemExit(1)  # Lightning's sys.exit(1) around a Ctrl-C: the Ctrl-C itself is re-raised
+    wrapped.__context__ = ctrl_c = KeyboardInterrupt()
+    assert runner.interrupt_behind(_raised_while_handling(wrapped)) is ctrl_c
     for cause, stops in [(GeneratorExit(), False), (KeyboardInterrupt(), True), (Terminated(), True)]:
         try:
             try:
@@ -97,3 +112,13 @@ def test_only_an_interrupt_behind_an_error_is_one():
                 raise RuntimeError("while handling it") from None
         except RuntimeError as exc:
             assert (runner.interrupt_behind(exc) is cause) == stops, cause
+
+
+def _raised_while_handling(cause: BaseException) -> RuntimeError:
+    try:
+        try:
+            raise cause
+        except BaseException:  # noqa: BLE001 - the cause under test
+            raise RuntimeError("while handling it") from None
+    except RuntimeError as exc:
+        return exc

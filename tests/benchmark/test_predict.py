@@ -185,6 +185,12 @@ def test_bad_inputs_are_clear_errors(ckpts, synthetic_dir, tmp_path, capsys):
         NerveBenchError, match="'gone_net' was registered by my-plugin 1.0, which is not installed"
     ):
         predict.load_model(junk, CPU)
+    gone["nerve_bench"]["model_source"] = {"package": "nerve-bench", "version": "0.0.1"}  # renamed since
+    torch.save(gone, junk)
+    with pytest.raises(
+        NerveBenchError, match=r"by nerve-bench 0.0.1, and [\w.+]+, installed here, has no such"
+    ):
+        predict.load_model(junk, CPU)
     wrong["nerve_bench"]["postprocess"]["thresh"] = 0.5
     torch.save(wrong, junk)
     with pytest.raises(NerveBenchError, match="junk.ckpt: bad stored post-processing"):
