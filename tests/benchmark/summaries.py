@@ -37,6 +37,17 @@ def _per_image(dice, index, subjects, empty) -> dict:
             "iou": [d / (2 - d) for d in dice], "presence_prob": [0.5] * len(dice)}  # fmt: skip
 
 
+def _post_metrics(dice: list[float], empty: list[bool]) -> dict:
+    """The post-processed outer-fold metrics of per-image ``dice`` (the pooled ones fixed)."""
+    positives = [d for d, e in zip(dice, empty) if not e]
+    return {
+        "kaggle_dice": float(np.mean(dice)),
+        "dice_positive": float(np.mean(positives)) if positives else None,
+        "iou": float(np.mean([d / (2 - d) for d in dice])),
+        "sensitivity": 0.5, "precision": 0.25, "f1": 1 / 3, "presence_accuracy": 0.75, "pixel_accuracy": 0.98,
+    }  # fmt: skip
+
+
 def make_summary(
     model, fold, seed, dice, *, empty=None, index=None, subjects=None, folds=None, extra=None, cost=True,
     n_folds=5, content="c0ffee", selection=0.9, global_batch=16, mode="kfold", outer_indices=None,
@@ -58,14 +69,7 @@ def make_summary(
     subjects = [1] * len(dice) if subjects is None else list(subjects)
     folds = [{"fold": f, "subjects": [1], "n_images": len(dice), "positive_fraction": 0.5}
              for f in range(n_folds)] if folds is None else folds  # fmt: skip
-    positives = [d for d, e in zip(dice, empty) if not e]
-    post = {
-        "kaggle_dice": float(np.mean(dice)),
-        "dice_positive": float(np.mean(positives)) if positives else None,
-        "iou": float(np.mean([d / (2 - d) for d in dice])),
-        "sensitivity": 0.5, "precision": 0.25, "f1": 1 / 3, "presence_accuracy": 0.75, "pixel_accuracy": 0.98,
-    }  # fmt: skip
-    post.update(extra or {})
+    post = {**_post_metrics(dice, empty), **(extra or {})}
     outer = sorted(set(subjects))
     return {
         "schema_version": SCHEMA_VERSION, "run": cfg.run_name(), "model": model, "fold": fold,
