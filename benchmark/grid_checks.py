@@ -12,6 +12,7 @@ cleaning contradictory frames can shrink a fit part a little further.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,21 @@ def check_split_seed(results_dir: Path, split_seed: int) -> None:
             raise ConfigError(
                 f"{path.parent}: made with split_seed {saved}, but this benchmark uses {split_seed}; "
                 "one results directory holds one fold assignment (use another --results-dir)"
+            )
+
+
+def check_same_data(results_dir: Path, data_dir: Path, current: str, grid: Sequence[str] = ()) -> None:
+    """Refuse a results directory any of whose runs was made on other data: a run of this grid (run
+    names ``grid``) would be skipped as complete (the config hash does not cover the data), any other
+    would share the board with runs of another data set. Other runs of the synthetic fallback are let
+    be (the README's first `make benchmark` before the download): the board prefers the real runs."""
+    for path, summary in _saved_summaries(results_dir):
+        dataset = summary.get("dataset") or {}
+        saved = dataset.get("content_hash")
+        if saved != current and (path.parent.name in grid or not dataset.get("synthetic")):
+            raise ConfigError(
+                f"{path.parent}: made on data with content hash {saved}, but {data_dir} has "
+                f"{current}; one results directory holds one data set (use another --results-dir)"
             )
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark import ray_cluster, runner
+from benchmark import grid_checks, ray_cluster, runner
 from benchmark.core.config import BenchmarkConfig, TrainConfig
 from benchmark.core.files import atomic_write
 from benchmark.core.preflight import OutOfSpace, stop_for_space
@@ -348,7 +348,7 @@ def run_grid(
     runs = results_dir / "runs"
     done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
     if data_hash is not None:
-        runner.check_same_data(runs, data_dir, data_hash, [c.run_name() for c in grid])
+        grid_checks.check_same_data(results_dir, data_dir, data_hash, [c.run_name() for c in grid])
     runner.drop_kept_resume_state(runs, done)
     todo = [c for c in grid if c not in done]
     outcomes = [Outcome(c.run_name(), "skipped") for c in done]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import ddp_stop
-from benchmark.core.config import ConfigError, TrainConfig
+from benchmark.core.config import TrainConfig
 from benchmark.core.files import atomic_write, os_error_line
 from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, owner_id, read_lock
 from benchmark.core.preflight import out_of_space, stop_for_space
@@ -261,24 +261,6 @@ def _log_tracking(summary: dict[str, Any], run_dir: Path) -> None:
         say(f"warning: W&B summary for {run_dir.name} failed: {exc}")
 
 
-def check_same_data(runs: Path, data_dir: Path, current: str, grid: Sequence[str] = ()) -> None:
-    """Refuse a results directory any of whose runs was made on other data: a run of this grid (run
-    names ``grid``) would be skipped as complete (the config hash does not cover the data), any other
-    would share the board with runs of another data set. Other runs of the synthetic fallback are let
-    be (the README's first `make benchmark` before the download): the board prefers the real runs."""
-    for path in sorted(runs.glob("*/summary.json")):
-        try:
-            dataset = read_summary(path).get("dataset") or {}
-        except DataError:  # unreadable or older: `report` names it
-            continue
-        saved = dataset.get("content_hash")
-        if saved != current and (path.parent.name in grid or not dataset.get("synthetic")):
-            raise ConfigError(
-                f"{path.parent}: made on data with content hash {saved}, but {data_dir} has "
-                f"{current}; one results directory holds one data set (use another --results-dir)"
-            )
-
-
 def drop_kept_resume_state(runs: Path, done: list[TrainConfig]) -> None:
     """The last.ckpt that complete runs still hold (written by an earlier version, or left by a kill
     between the summary and its deletion): rank 0 replaces them by trained.json, as a finishing run
@@ -324,7 +306,9 @@ def run_grid(
     runs = results_dir / "runs"
     done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
     if data_hash is not None:
-        check_same_data(runs, data_dir, data_hash, [c.run_name() for c in grid])
+        from benchmark.grid_checks import check_same_data  # torch and the split code: not for `say`
+
+        check_same_data(results_dir, data_dir, data_hash, [c.run_name() for c in grid])
     drop_kept_resume_state(runs, done)
     todo = [c for c in grid if c not in done]
     outcomes = [Outcome(c.run_name(), "skipped") for c in grid if c not in todo]

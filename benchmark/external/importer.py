@@ -19,7 +19,6 @@ from benchmark.external import entry
 from benchmark.external.board_config import complete_summaries, train_config
 from benchmark.external.folds import FOLDS_FORMAT, Fold, check_fold, split_fold
 from benchmark.external.masks import read_predictions
-from benchmark.runner import check_same_data
 from datamodules.errors import DataError
 from datamodules.kaggle import TrainSet, content_hash, load_train
 
@@ -116,12 +115,12 @@ def open_board(
     name: str, data_dir: Path, results_dir: Path, config: Path | None = None, sets: list[str] | None = None
 ) -> Board:
     """Check the name, read and hash the data, check it against the results directory, pick the config."""
-    from benchmark.grid_checks import check_link_subjects, check_split_seed
+    from benchmark.grid_checks import check_link_subjects, check_same_data, check_split_seed
 
     check_name(name, results_dir)
     train_set = load_train(data_dir)
     data_hash = content_hash(train_set)
-    check_same_data(results_dir / "runs", data_dir, data_hash)  # one data set per results directory
+    check_same_data(results_dir, data_dir, data_hash)  # one data set per results directory
     cfg = train_config(config, sets, results_dir, data_hash)
     check_split_seed(results_dir, cfg.split_seed)
     check_link_subjects(results_dir, cfg.link_subjects, train_set.units()[1])
