@@ -125,7 +125,8 @@ def read_masks_csv(
                     _add_row(record, reader.line_num, rows, csv_path, shape)
                 except _BadRow as exc:  # its key was read: only that image has no usable row
                     errors.append(exc.error)
-                    bad = None if bad is None else bad | {exc.key}
+                    if bad is not None:
+                        bad.add(exc.key)
                 except DataError as exc:
                     errors.append(exc.with_traceback(None))
                     bad = None

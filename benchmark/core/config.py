@@ -362,7 +362,7 @@ def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
 
 
 def _check_file_keys(raw: dict[str, Any]) -> None:
-    """The top-level keys of one config file (or of its base chain merged), and its ``train:`` keys."""
+    """The top-level keys of one config file, and its ``train:`` keys."""
     train_only = field_names(TrainConfig) - field_names(BenchmarkConfig)
     check_keys(
         raw, field_names(BenchmarkConfig) | {"base"}, "top-level key", listed=True, train_only=train_only
@@ -375,7 +375,7 @@ def _check_file_keys(raw: dict[str, Any]) -> None:
 
 
 def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
-    _check_file_keys(raw)
+    """The benchmark of the merged mapping ``raw``, whose keys each file of its chain had checked."""
     given = {} if raw.get("train") is None else raw["train"]
     _require(isinstance(given, dict), "train: must be a mapping of TrainConfig fields")
     try:

@@ -30,10 +30,9 @@ def apply_benchmark_overrides(bench: BenchmarkConfig, overrides: dict[str, Any])
     check_keys(overrides, train_keys | field_names(BenchmarkConfig) - {"train"}, "config key")
     train = apply_overrides(bench.train, {k: v for k, v in overrides.items() if k in train_keys})
     changes = {k: v for k, v in overrides.items() if k not in train_keys} | per_model
+    # "every fold" stays so under --set n_folds=K or holdout_fraction
     if "folds" not in changes and bench.folds == every_fold(bench.train):
-        changes["folds"] = every_fold(
-            train
-        )  # "every fold" stays so under --set n_folds=K or holdout_fraction
+        changes["folds"] = every_fold(train)
     bench = dataclasses.replace(bench, train=train, **changes)
     check_model_entries(bench)  # a model named by --set exists, and its entry's kwargs fit it
     return bench

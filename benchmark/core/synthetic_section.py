@@ -37,12 +37,10 @@ def check_synthetic(bench: BenchmarkConfig) -> None:
         trained = apply_overrides(bench.train, train)
     except ConfigError as exc:
         raise ConfigError(f"synthetic.train: {exc}") from None
-    for key in ("folds", "seeds"):
-        if key in syn:
-            coerce(f"synthetic.{key}", syn[key], tuple[int, ...])
+    coerce("synthetic.seeds", syn.get("seeds", ()), tuple[int, ...])
+    folds = coerce("synthetic.folds", syn.get("folds", ()), tuple[int, ...])
     if trained.holdout_fraction is None:  # a hold-out split collapses the section's folds to 0
-        folds = set(coerce("synthetic.folds", syn.get("folds", ()), tuple[int, ...]))
-        outside = sorted(folds - set(every_fold(trained)))
+        outside = sorted(set(folds) - set(every_fold(trained)))
         if outside:
             raise ConfigError(
                 f"synthetic.folds: {outside} outside its split's folds {list(every_fold(trained))}"
