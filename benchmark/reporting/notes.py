@@ -17,6 +17,11 @@ def n_subjects(board: dict[str, Any]) -> int | None:
     return int(board["rows"][0]["vs_top"]["n_subjects"]) if board["rows"] else None
 
 
+def _counted(n: int, word: str) -> str:
+    """``1 subject``, ``4 subjects``."""
+    return f"{n} {word}{'s' if n > 1 else ''}"
+
+
 def _counted_once(board: dict[str, Any]) -> str:
     """' (subjects that share frames counted once)' on a board that linked some (``link_subjects``)."""
     h = board.get("header") or {}
@@ -41,7 +46,7 @@ def resolution_note(board: dict[str, Any]) -> str | None:
     if n is None or k < 2 or n >= ranking.MIN_SUBJECTS:
         return None
     return (
-        f"With {n} subject{'s' if n > 1 else ''} no gap to the top can be significant here: p vs top "
+        f"With {_counted(n, 'subject')} no gap to the top can be significant here: p vs top "
         f"needs {ranking.MIN_SUBJECTS} subjects (a bootstrap of fewer tells nothing apart; even an exact "
         f"paired sign-flip p cannot go below 2/2^{n} = {2.0 / 2**n:.4f} >= {bs.ALPHA}). Every model is "
         "in the top group by lack of subjects, not by merit."
@@ -55,7 +60,7 @@ def ci_note(board: dict[str, Any]) -> str | None:
     if n is None:
         return None
     if n < bs.MIN_CI_UNITS:
-        who = f"{n} subject{'s' if n > 1 else ''}{_counted_once(board)}"
+        who = f"{_counted(n, 'subject')}{_counted_once(board)}"
         return (
             f"No CIs: a subject-bootstrap interval from {who} covers the truth less often than it claims "
             "(simulated: 93% with 6 subjects, 87% with 4, 47% with 2), so intervals are shown from "
@@ -98,7 +103,7 @@ def floor_note(board: dict[str, Any]) -> str | None:
     limit = bs.floor_resolution(n, len(tested))
     if limit >= bs.ALPHA:
         return (
-            f"With {n} subject{'s' if n > 1 else ''} and {len(tested)} model{'s' if len(tested) > 1 else ''} "
+            f"With {_counted(n, 'subject')} and {_counted(len(tested), 'model')} "
             "no model can be shown to beat the all-empty "
             "floor: the smallest Holm-adjusted one-sided sign-flip p is at best "
             f"{len(tested)}/2^{n} = {limit:.4f} >= {bs.ALPHA}. A limit of the sample, not of the models."
