@@ -105,13 +105,7 @@ def test_only_an_interrupt_behind_an_error_is_one():
     wrapped.__context__ = ctrl_c = KeyboardInterrupt()
     assert runner.interrupt_behind(_raised_while_handling(wrapped)) is ctrl_c
     for cause, stops in [(GeneratorExit(), False), (KeyboardInterrupt(), True), (Terminated(), True)]:
-        try:
-            try:
-                raise cause
-            except BaseException:  # noqa: BLE001 - the cause under test
-                raise RuntimeError("while handling it") from None
-        except RuntimeError as exc:
-            assert (runner.interrupt_behind(exc) is cause) == stops, cause
+        assert (runner.interrupt_behind(_raised_while_handling(cause)) is cause) == stops, cause
 
 
 def _raised_while_handling(cause: BaseException) -> RuntimeError:
