@@ -223,7 +223,7 @@ def simultaneous_pvalues(pairs: Pairs) -> np.ndarray:
     Together they hold the familywise error at alpha whichever pairs are read, so also a model's
     pair with a top that was picked on the same data, and whatever the pairs' dependence. A pair
     whose resamples often move without spread (models equal on most subjects) weakens only its own
-    verdict. Ones with fewer than MIN_SUBJECTS subjects.
+    verdict. All ones with fewer than MIN_SUBJECTS subjects.
     """
     if pairs.n_subjects < MIN_SUBJECTS or pairs.z.size == 0:
         return np.ones(pairs.z.size)
