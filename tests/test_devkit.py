@@ -136,3 +136,57 @@ def test_layout_rebuilds_uncompressed_pairs_of_exactly_the_kit_images(tmp_path):
         assert read_tif(train / f"{stem}.tif").shape == (420, 580)
     with (tmp_path / "layout" / "train_masks.csv").open() as f:
         assert [(r["subject"], r["img"]) for r in csv.DictReader(f)] == [("1", "1"), ("1", "2")]
+
+
+def _fake_kit(kit: Path, python: str, wheels: list[str]) -> None:
+    (kit / "wheels").mkdir(parents=True)
+    for name in wheels:
+        (kit / "wheels" / name).write_bytes(b"w")
+    (kit / "ray.tar.xz").write_bytes(b"r")
+    (kit / devkit.PYTHON_FILE).write_text(python + "\n")
+
+
+def test_check_refuses_a_kit_whose_wheels_or_size_would_fail_on_the_device(tmp_path, capsys, monkeypatch):
+    """A kit built for another Python (a rehearsal's 3.11) fails at pip on the device after a
+    machine start: `devkit check` says so here, before the call."""
+    monkeypatch.setattr(devkit, "travelling_files", lambda: [])
+    fits = ["albucore-0.0.24-py3-none-any.whl", "pydantic_core-2.33.2-cp312-cp312-manylinux_2_28_x86_64.whl"]
+    _fake_kit(tmp_path / "ok", "3.12", [*fits, "simsimd-6.5.0-cp37-abi3-manylinux_2_28_x86_64.whl"])
+    assert devkit.check(tmp_path / "ok") == 0 and "ready for Python 3.12" in capsys.readouterr().out
+    _fake_kit(tmp_path / "old", "3.12", [*fits, "rpds_py-0.27.0-cp311-cp311-manylinux_2_28_x86_64.whl"])
+    assert devkit.check(tmp_path / "old") == 1
+    assert capsys.readouterr().err == (
+        "devkit: rpds_py-0.27.0-cp311-cp311-manylinux_2_28_x86_64.whl: built for cp311,"
+        " the kit is for Python 3.12\n"
+    )
+    (tmp_path / "ok" / "big").write_bytes(b"\0" * (devkit.LIMIT_MIB << 20))
+    assert devkit.check(tmp_path / "ok") == 1 and "over the 64 MiB" in capsys.readouterr().err
+    assert devkit.check(tmp_path / "absent") == 1 and "incomplete" in capsys.readouterr().err
+
+
+def test_the_travelling_files_include_untracked_ones_git_does_not_ignore(tmp_path, monkeypatch):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("ignored.txt\n")
+    for name in ("stray.out", "ignored.txt"):
+        (tmp_path / name).write_text("x")
+    monkeypatch.setattr(devkit, "ROOT", tmp_path)
+    assert sorted(p.name for p in devkit.travelling_files()) == [".gitignore", "stray.out"]
+
+
+def test_device_check_stops_in_seconds_on_a_kit_for_another_python(tmp_path):
+    """No install, no layout, no GPU minute spent: one line and exit 2."""
+    import shutil
+    import subprocess
+
+    (tmp_path / "tools").mkdir()
+    shutil.copy(ROOT / "tools" / "device_check.sh", tmp_path / "tools")
+    _fake_kit(tmp_path / ".devkit", "2.7", [])
+    done = subprocess.run(
+        ["bash", str(tmp_path / "tools" / "device_check.sh"), "doctor"],
+        capture_output=True, text=True, timeout=300,
+        env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")},
+    )  # fmt: skip
+    assert done.returncode == 2 and not (tmp_path / "out" / "doctor.txt").exists()
+    assert done.stderr.startswith("device_check: the kit is for Python 2.7, python3 here is 3.")

@@ -9,10 +9,15 @@
 # BENCH_ARGS adds options to the benchmark stage's `benchmark run` (a rehearsal on a CPU box:
 # BENCH_ARGS="--set image_size=32 --set epochs=1 --set precision=32 --set gpu_cache=false").
 #
-# One stage per call (run's timeout_s=600): doctor is bounded at 530 s, the benchmark at 480 s (each
-# then killed 15 s after its SIGTERM, should a C call ignore it), after about half a minute of
-# unpacking and layout on the first call. Each stage writes what it printed
-# to $OUT, so a stage killed at its bound still reports.
+# One stage per call (run's timeout_s=600): doctor is bounded at DOCTOR_TIMEOUT_S=530 s (no check
+# starts after DOCTOR_BUDGET_S=440 s), the benchmark at BENCH_TIMEOUT_S=480 s (each then killed 15 s
+# after its SIGTERM, should a C call ignore it), after about half a minute of unpacking and layout on
+# the first call. Each stage writes what it printed to $OUT, so a stage killed at its bound still
+# reports (`benchmark doctor --show doctor.json` prints the table of what was measured).
+# A session's 15 device minutes hold one machine start and the doctor call, not a second full stage:
+# size BENCH_TIMEOUT_S (and BENCH_ARGS' epochs) to what is left.
+# Before any of that, in seconds: the kit's Python against python3 here, and an import of every
+# package the stages load, so a kit that cannot work costs no minutes of GPU time.
 # The packages and the layout go to /tmp once: a later call on the same warm machine reuses them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +30,12 @@ if [ ! -d "$KIT/wheels" ]; then
     echo "device_check: no $KIT here: run 'python tools/devkit.py build' and carry .devkit" >&2
     exit 2
 fi
+want=$(cat "$KIT/python.txt" 2>/dev/null)
+have=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ "$want" != "$have" ]; then
+    echo "device_check: the kit is for Python ${want:-unknown}, python3 here is $have: rebuild it with --python-version $have" >&2
+    exit 2
+fi
 if [ ! -f "$SITE/.complete" ]; then
     rm -rf "$SITE"  # a call killed while installing: pip --target skips what is there, half-written or not
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$KIT"/wheels/*.whl \
@@ -34,6 +45,9 @@ fi
 export PYTHONPATH="$PWD:$SITE" PYTHONUNBUFFERED=1
 # No network there, and none may be tried (the CLI sets these too; Ray reads its own at import).
 export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline RAY_USAGE_STATS_ENABLED=0
+
+python3 -c 'import segmentation_models_pytorch, albumentations, ray, lightning, benchmark.cli, models; models.list_models()' \
+    || { echo "device_check: the kit's packages do not import here (above)" >&2; exit 2; }
 
 # Real frames for both stages. The doctor's own synthetic layout is LZW-compressed and so would need
 # imagecodecs, which the kit leaves behind; uns-positive rebuilt uncompressed serves it as well.
@@ -51,13 +65,14 @@ for stage in "$@"; do
             # No check starts that would end after 440 s at the pace so far, so the table comes
             # before the hard limit; the JSON is rewritten after every check, so even a kill at
             # 530 s leaves what was measured.
-            timeout -k 15 530 python3 -m benchmark doctor --data-dir $DATA --budget-s 440 --json "$OUT/doctor.json" 2>&1 \
+            timeout -k 15 "${DOCTOR_TIMEOUT_S:-530}" python3 -m benchmark doctor --data-dir $DATA \
+                --budget-s "${DOCTOR_BUDGET_S:-440}" --json "$OUT/doctor.json" 2>&1 \
                 | tee "$OUT/doctor.txt"
             code=${PIPESTATUS[0]}  # 1: a check failed; 3: --budget-s left checks out; 124 or 137: the timeout
             [ "$code" = 0 ] || status=$code
             ;;
         benchmark)
-            timeout -k 15 480 python3 -m benchmark run --config benchmark/configs/uns_positive.yaml \
+            timeout -k 15 "${BENCH_TIMEOUT_S:-480}" python3 -m benchmark run --config benchmark/configs/uns_positive.yaml \
                 --data-dir $DATA --results-dir /tmp/uns-positive-results --set logger=csv \
                 ${BENCH_ARGS:-} 2>&1 | tee "$OUT/uns-positive.txt" || status=1
             cp /tmp/uns-positive-results/leaderboard.md "$OUT/uns-positive.md" 2>/dev/null || status=1

@@ -58,6 +58,7 @@ RAY_LIBRARIES = ("rllib", "data", "serve", "tune", "train", "llm", "air")
 RAY_DROP = tuple(f"ray/{d}" for d in ("jars", "dashboard/client/build", *RAY_LIBRARIES))
 RAY_BINARIES = ("ray/_raylet.so", "ray/core/src/ray/gcs/gcs_server", "ray/core/src/ray/raylet/raylet")
 PYTHON_VERSION, PLATFORM = "3.12", "manylinux_2_28_x86_64"  # the image's python3
+PYTHON_FILE = "python.txt"  # the Python the kit's wheels are for, checked before the device installs them
 
 
 def image_packages(path: Path = IMAGE) -> set[str]:
@@ -124,9 +125,43 @@ def tree_mib(paths: list[Path]) -> float:
     return sum(p.stat().st_size for p in paths if p.is_file()) / 2**20
 
 
-def tracked_files() -> list[Path]:
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+def travelling_files() -> list[Path]:
+    """What a device call sends besides the kit: tracked files and untracked ones git does not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout  # fmt: skip
     return [ROOT / p for p in listed.decode().split("\0") if p]
+
+
+def wheel_problems(kit: Path) -> list[str]:
+    """Wheels the kit's recorded Python cannot install: a compiled tag for another interpreter."""
+    version = (kit / PYTHON_FILE).read_text().strip()
+    tag = "cp" + version.replace(".", "")
+    bad = []
+    for wheel in sorted((kit / "wheels").glob("*.whl")):
+        python_tag, abi = wheel.stem.split("-")[-3:-1]
+        if abi != "none" and tag not in python_tag.split(".") and abi != "abi3":
+            bad.append(f"{wheel.name}: built for {python_tag}, the kit is for Python {version}")
+    return bad
+
+
+def check(kit: Path = KIT) -> int:
+    """(Here, before a device call.) 0 when the kit is complete, its wheels fit its Python, and it
+    travels with the working tree within the limit; else one line per problem and 1."""
+    if not (kit / PYTHON_FILE).is_file() or not (kit / "ray.tar.xz").is_file():
+        print(f"devkit: {kit} is incomplete: run 'python tools/devkit.py build'", file=sys.stderr)
+        return 1
+    problems = wheel_problems(kit)
+    total = tree_mib(list(kit.rglob("*"))) + tree_mib(travelling_files())
+    if total > LIMIT_MIB - 1:
+        problems.append(f"kit and working tree are {total:.1f} MiB, over the {LIMIT_MIB} MiB a call carries")
+    for line in problems:
+        print(f"devkit: {line}", file=sys.stderr)
+    if not problems:
+        version = (kit / PYTHON_FILE).read_text().strip()
+        print(f"devkit: ready for Python {version}: {total:.1f} MiB travel with the working tree")
+    return 1 if problems else 0
 
 
 def build(shared: Path, kit: Path = KIT, python_version: str = PYTHON_VERSION) -> int:
@@ -148,7 +183,8 @@ def build(shared: Path, kit: Path = KIT, python_version: str = PYTHON_VERSION) -
         subprocess.run(download_command(["ray"], Path(tmp), python_version), check=True)
         repack_ray(next(Path(tmp).glob("ray-*.whl")), kit / "ray.tar.xz")
     images = copy_data(shared, kit / "data")
-    kit_mib, tree = tree_mib(list(kit.rglob("*"))), tree_mib(tracked_files())
+    (kit / PYTHON_FILE).write_text(python_version + "\n")  # device_check.sh compares its python3
+    kit_mib, tree = tree_mib(list(kit.rglob("*"))), tree_mib(travelling_files())
     print(f"devkit: {kit} {kit_mib:.1f} MiB ({images} images) + working tree {tree:.1f} MiB")
     if kit_mib + tree > LIMIT_MIB - 2:  # untracked files travel too: leave a little room
         print(f"devkit: over the {LIMIT_MIB} MiB a device call carries", file=sys.stderr)
@@ -184,11 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
     b.add_argument("--out", type=Path, default=KIT)
     b.add_argument("--python-version", default=PYTHON_VERSION, help="the device's python3 (3.12)")
+    c = sub.add_parser("check", help="(here, before a call) the kit complete, its wheels' Python, the size")
+    c.add_argument("--kit", type=Path, default=KIT)
     lay = sub.add_parser("layout", help="(on the device) rebuild uns-positive from the kit, uncompressed")
     lay.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.cmd == "build":
         return build(args.shared, args.out, args.python_version)
+    if args.cmd == "check":
+        return check(args.kit)
     return layout(KIT, args.out)
 
 

@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start no check after this many seconds (they are SKIP; the table and estimate still come)",
     )
     parser.add_argument(
+        "--show",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="print the tables of a report --json wrote (also of a doctor killed midway), run nothing",
+    )
+    parser.add_argument(
         "--json",
         nargs="?",
         const="-",
@@ -46,6 +53,26 @@ def _names(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in (text or "").split(",") if t.strip())
 
 
+def show(path: Path) -> int:
+    """The tables of a saved report, and its exit code (3: cut short, by --budget-s or a kill)."""
+    import json
+
+    from benchmark.core.config import ConfigError
+    from benchmark.core.files import os_error_line
+    from benchmark.doctor.report import exit_code
+    from benchmark.doctor.session import format_report, results_of
+
+    try:
+        report = json.loads(path.read_text())
+        text, code = format_report(report), exit_code(results_of(report))
+    except OSError as exc:
+        raise ConfigError(os_error_line(exc)) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a doctor report ({type(exc).__name__}: {exc})") from None
+    print(text)
+    return 3 if code == 0 and not report["complete"] else code
+
+
 def run(args: argparse.Namespace) -> int:
     from benchmark.core.config import ConfigError
     from benchmark.core.model_kwargs import check_model_kwargs
@@ -54,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.doctor.session import format_report, results_of, run_doctor
     from benchmark.doctor.settings import DoctorSettings
 
+    if args.show is not None:
+        return show(args.show)
     try:
         settings = DoctorSettings(
             device=args.device,

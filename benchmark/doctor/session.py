@@ -227,6 +227,7 @@ def _report(ctx: Context, start: float, done: bool) -> dict[str, Any]:
         "seconds": clock() - start,
         "ok": exit_code(ctx.results) == 0,
         "complete": done and not ctx.cut,
+        "finished": done,  # false in the copies --json keeps while checks run (a killed doctor's last)
         "cut": list(ctx.cut),
     }
 
@@ -261,6 +262,9 @@ def format_report(report: dict[str, Any]) -> str:
     verdict = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
     cut = report.get("cut") or []
     incomplete = f" -- INCOMPLETE: --budget-s left out {', '.join(cut)}" if cut else ""
+    if not report.get("finished", True):
+        last = results[-1].name if results else "none"
+        incomplete += f" -- INCOMPLETE: stopped after check '{last}' (the report it kept while running)"
     lines += [
         "",
         f"doctor: {verdict} in {report['seconds']:.0f} s"

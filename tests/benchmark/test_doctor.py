@@ -311,6 +311,8 @@ def test_a_spent_time_budget_skips_the_checks_left_and_still_reports(tmp_path, c
         def then_read(report):
             after_each(report)  # the command's writer
             kept.append([c["name"] for c in json.loads((tmp_path / "d.json").read_text())["checks"]])
+            if kept[-1] == ["device"]:  # what a doctor killed during its second check leaves
+                (tmp_path / "killed.json").write_text((tmp_path / "d.json").read_text())
 
         return real(settings, progress, then_read)
 
@@ -337,6 +339,18 @@ def test_a_spent_time_budget_skips_the_checks_left_and_still_reports(tmp_path, c
     )
     assert kept[:2] == [[], ["device"]] and "estimate" in kept[-1]
     assert "-- INCOMPLETE: --budget-s left out idle, data, " in out
+    # --show prints a saved report's tables again, runs nothing, and says where a killed one stopped
+    assert main(["doctor", "--show", json_path]) == 3 and capsys.readouterr().out == out
+    assert main(["doctor", "--show", str(tmp_path / "killed.json")]) == 3
+    shown = capsys.readouterr().out
+    assert "device" in shown and "idle" not in shown
+    kept_line = "-- INCOMPLETE: stopped after check 'device' (the report it kept while running)"
+    assert shown.rstrip().endswith(kept_line)
+    (tmp_path / "bad.json").write_text('{"checks": 1}')
+    for path in (tmp_path / "bad.json", tmp_path / "absent.json"):
+        assert main(["doctor", "--show", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(path) in err, err
 
 
 def test_the_budget_paces_a_model_by_the_models_not_by_a_longer_one_off_check():
