@@ -46,7 +46,7 @@ from benchmark.core.files import atomic_write
 from benchmark.core.preflight import OutOfSpace, stop_for_space
 from benchmark.core.summary import is_complete
 from benchmark.evaluation import deferred_costs
-from benchmark.ray_resources import RayExecutorError, RaySettings, exclusive_options, slots, task_options
+from benchmark.ray_resources import RayExecutorError, RaySettings, exclusive_options, grid_tasks
 from benchmark.runner import Outcome
 
 MARKER_NAME = ".ray-shared-storage"  # in the results directory: the token every node must read back
@@ -293,21 +293,18 @@ def launch(
 ) -> list[Outcome]:
     """Submit every run, then report each as it finishes; Ctrl-C cancels the rest (checkpoints stay)."""
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    options = task_options(nodes, settings, todo[0].accelerator)
-    capacity = slots(nodes, options)
-    in_flight = min(capacity, len(todo))
-    if room is not None and in_flight > 1:  # a resume checkpoint per run in flight
-        room(in_flight)
+    # each run's own accelerator: a model_train entry may set one, and a CPU run must hold no GPU
+    by_accelerator, capacity, words = grid_tasks(nodes, settings, [c.accelerator for c in todo])
+    if room is not None and min(capacity, len(todo)) > 1:  # a resume checkpoint per run in flight
+        room(min(capacity, len(todo)))
     token = write_marker(results_dir)
     check_shared(ray, results_dir, token)
     shared = share_train_set(ray, data_dir, train_set)
-    # max_calls is a property of the remote function (Ray refuses it in .options()).
-    per_call = {k: v for k, v in options.items() if k != "max_calls"}
-    task = ray.remote(max_calls=options.get("max_calls", 0))(run_task).options(**per_call)
-    refs = {task.remote(cfg, data_dir, results_dir, token, *shared, fit): cfg for cfg in todo}
+    tasks = {acc: remote_task(ray, options) for acc, options in by_accelerator.items()}
+    refs = {tasks[cfg.accelerator].remote(cfg, data_dir, results_dir, token, *shared, fit): cfg for cfg in todo}
     runner.say(
-        f"ray: {len(todo)} runs, up to {capacity} at a time ({options['num_cpus']:g} CPU, "
-        f"{options['num_gpus']:g} GPU each); worker logs in {ray_cluster.logs_dir(ray)}"
+        f"ray: {len(todo)} runs, up to {capacity} at a time ({words}); "
+        f"worker logs in {ray_cluster.logs_dir(ray)}"
     )
     progress, pending, outcomes = Progress(len(todo), capacity), list(refs), []
     try:
@@ -327,6 +324,13 @@ def launch(
             runner.say(f"{why}: {len(pending)} run(s) not finished resume from their last checkpoint")
         raise
     return outcomes
+
+
+def remote_task(ray: Any, options: dict[str, Any]) -> Any:
+    """``run_task`` as a Ray task with ``options`` (max_calls is the remote function's: Ray refuses it
+    in ``.options()``)."""
+    per_call = {k: v for k, v in options.items() if k != "max_calls"}
+    return ray.remote(max_calls=options.get("max_calls", 0))(run_task).options(**per_call)
 
 
 def run_grid(
@@ -378,11 +382,13 @@ def run_grid(
 def measure_deferred_costs(ray: Any, grid: list[TrainConfig], runs: Path, settings: RaySettings) -> None:
     """After every task: the inference columns of runs that shared a device (``deferred_costs``),
     measured in one task that has a device to itself; a failure leaves them pending, never lost."""
-    pending = [runs / c.run_name() for c in grid if deferred_costs.is_pending(runs / c.run_name())]
-    if not pending:
+    waiting = [c for c in grid if deferred_costs.is_pending(runs / c.run_name())]
+    if not waiting:
         return
+    pending = [runs / c.run_name() for c in waiting]
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    options = exclusive_options(nodes, settings, grid[0].accelerator)
+    gpu_runs = [c.accelerator for c in waiting if c.accelerator != "cpu"]  # any: the task holds a GPU
+    options = exclusive_options(nodes, settings, gpu_runs[0] if gpu_runs else "cpu")
     runner.say(f"ray: inference costs of {len(pending)} run(s) that shared a device, measured on a whole one")
     task = ray.remote(**options)(deferred_costs.measure_pending)  # max_calls: a fresh worker, CUDA freed
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +76,22 @@ def slots(nodes: list[dict[str, float]], options: dict[str, Any]) -> int:
             "lower cpus_per_run / gpus_per_run"
         )
     return total
+
+
+def grid_tasks(
+    nodes: list[dict[str, float]], settings: RaySettings, accelerators: Iterable[str]
+) -> tuple[dict[str, dict[str, Any]], int, str]:
+    """Per accelerator among the runs' (``model_train`` may set one per model): the options of its
+    runs, each checked as :func:`task_options` does; the runs in flight at most (each accelerator's
+    runs up to what the cluster holds of them, summed); and the words for the options."""
+    counts = Counter(accelerators)
+    by = {acc: task_options(nodes, settings, acc) for acc in sorted(counts)}
+    capacity = sum(min(counts[acc], slots(nodes, options)) for acc, options in by.items())
+    words = "; ".join(
+        (f"{acc} runs: " if len(by) > 1 else "") + f"{o['num_cpus']:g} CPU, {o['num_gpus']:g} GPU each"
+        for acc, o in by.items()
+    )
+    return by, capacity, words
 
 
 def exclusive_options(

@@ -225,7 +225,7 @@ def _in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig]) -> tuple[in
     import torch
 
     from benchmark import ray_grid
-    from benchmark.ray_resources import RaySettings, slots, task_options
+    from benchmark.ray_resources import RaySettings, grid_tasks
 
     further = "Ray adds a resume checkpoint per further run in flight"
     if ray_grid.choose(bench, grid)[0] != "ray":
@@ -234,10 +234,10 @@ def _in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig]) -> tuple[in
     if settings.address:
         return 1, f"counted one run at a time; on the Ray cluster at {settings.address}, {further}"
     node = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-    if grid[0].accelerator != "cpu" and settings.gpus_per_run > 0 and not node["GPU"]:
+    if any(c.accelerator != "cpu" for c in grid) and settings.gpus_per_run > 0 and not node["GPU"]:
         # a GPU grid listed on a machine without one (a login node): its Ray will run elsewhere
         return 1, f"counted one run at a time: this machine has no GPU for a local Ray; {further}"
-    n = slots([node], task_options([node], settings, grid[0].accelerator))
+    n = grid_tasks([node], settings, [c.accelerator for c in grid])[1]
     return n, (
         f"a local Ray here trains up to {n} at a time ({node['CPU']:g} CPUs, {node['GPU']:g} GPUs), "
         "each with its resume checkpoint"

@@ -12,7 +12,7 @@ import pytest
 from benchmark import grid_configs, ray_grid
 from benchmark.cli import main
 from benchmark.core.config import load_benchmark_config
-from benchmark.ray_resources import slots, task_options
+from benchmark.ray_resources import grid_tasks, slots, task_options
 
 SMOKE = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "smoke.yaml"
 
@@ -51,6 +51,18 @@ def test_executor_choice_and_resources(monkeypatch):
             task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), accelerator)
     with pytest.raises(ray_grid.RayExecutorError, match="lower cpus_per_run"):
         slots(cpu_only, task_options(cpu_only, ray_grid.RaySettings(1.0, 4.0), "cpu"))
+
+
+def test_each_run_gets_the_options_of_its_own_accelerator():
+    """A model_train entry may set a model's accelerator: its runs hold no GPU beside GPU runs, and a
+    GPU run on a cluster without GPUs is refused before any task, whichever run comes first."""
+    box, settings = [{"CPU": 8.0, "GPU": 2.0}], ray_grid.RaySettings(1.0, 1.0)
+    by, capacity, words = grid_tasks(box, settings, ["cpu", "auto", "auto", "auto", "cpu"])
+    assert by["cpu"]["num_gpus"] == 0 and by["auto"]["num_gpus"] == 1.0 and by["auto"]["max_calls"] == 1
+    assert capacity == 2 + 2 and words == "auto runs: 1 CPU, 1 GPU each; cpu runs: 1 CPU, 0 GPU each"
+    assert grid_tasks(box, settings, ["auto"] * 3)[1:] == (2, "1 CPU, 1 GPU each")
+    with pytest.raises(ray_grid.RayExecutorError, match="accelerator=gpu with gpus_per_run=1, but the Ray"):
+        grid_tasks([{"CPU": 8.0}], settings, ["cpu", "gpu"])
 
 
 def test_cli_flags_set_the_executor(capsys, monkeypatch):

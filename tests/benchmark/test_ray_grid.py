@@ -186,16 +186,23 @@ def test_ray_grid_matches_local_and_reads_only_shared_arrays(ray_cluster, data, 
 
 def test_gpu_tasks_get_fresh_workers_and_exactly_their_gpu(ray_cluster, data, tmp_path, capsys):
     """Ray's fake GPUs (``num_gpus=2``): 4 one-GPU runs never share a worker process, each sees only
-    the GPU Ray gave it; CPU runs see no GPU at all (Ray left CUDA_VISIBLE_DEVICES as inherited)."""
+    the GPU Ray gave it; CPU runs see no GPU at all (Ray left CUDA_VISIBLE_DEVICES as inherited),
+    also beside GPU runs in one grid (a model_train entry's accelerator: cpu), whichever comes first."""
     grid = smoke_grid(("unet",), folds=(0, 1, 2))
     gpu = [dataclasses.replace(c, accelerator="gpu", seed=s) for c in grid[:1] for s in range(4)]
+    mixed = [dataclasses.replace(grid[0], accelerator="cpu", seed=4), *gpu]
     settings = ray_grid.RaySettings(gpus_per_run=1.0, cpus_per_run=0.5)
-    outcomes = ray_grid.run_grid(gpu, data, tmp_path / "gpu", settings, fit=probe_fit)
-    assert [o.status for o in outcomes] == ["trained"] * 4
-    probes = [json.loads(p.read_text()) for p in (tmp_path / "gpu" / "runs").glob("*/probe.json")]
-    assert len({p["pid"] for p in probes}) == 4  # max_calls=1: one worker process per GPU task
-    assert all(p["visible"] == str(p["ids"][0]) and p["visible"] in ("0", "1") for p in probes), probes
-    assert ray_cluster._private.worker._global_node.get_logs_dir_path() in capsys.readouterr().out
+    outcomes = ray_grid.run_grid(mixed, data, tmp_path / "gpu", settings, fit=probe_fit)
+    assert [o.status for o in outcomes] == ["trained"] * 5
+    out = capsys.readouterr().out
+    assert "(cpu runs: 0.5 CPU, 0 GPU each; gpu runs: 0.5 CPU, 1 GPU each)" in out
+    assert ray_cluster._private.worker._global_node.get_logs_dir_path() in out
+    runs = tmp_path / "gpu" / "runs"
+    probes = {c.seed: json.loads((runs / c.run_name() / "probe.json").read_text()) for c in mixed}
+    cpu_run = probes.pop(4)
+    assert cpu_run["visible"] == "" and cpu_run["ids"] == [] and len(probes) == 4
+    assert len({p["pid"] for p in probes.values()}) == 4  # max_calls=1: one worker process per GPU task
+    assert all(p["visible"] == str(p["ids"][0]) and p["visible"] in ("0", "1") for p in probes.values()), probes
     outcomes = ray_grid.run_grid(grid, data, tmp_path / "cpu", ONE_CPU, fit=probe_fit)
     probes = [json.loads(p.read_text()) for p in (tmp_path / "cpu" / "runs").glob("*/probe.json")]
     assert len(probes) == 3 and all(p["visible"] == "" and p["ids"] == [] for p in probes), probes
