@@ -301,7 +301,8 @@ def launch(
     check_shared(ray, results_dir, token)
     shared = share_train_set(ray, data_dir, train_set)
     tasks = {acc: remote_task(ray, options) for acc, options in by_accelerator.items()}
-    refs = {tasks[cfg.accelerator].remote(cfg, data_dir, results_dir, token, *shared, fit): cfg for cfg in todo}
+    args = (data_dir, results_dir, token, *shared, fit)
+    refs = {tasks[cfg.accelerator].remote(cfg, *args): cfg for cfg in todo}
     runner.say(
         f"ray: {len(todo)} runs, up to {capacity} at a time ({words}); "
         f"worker logs in {ray_cluster.logs_dir(ray)}"
