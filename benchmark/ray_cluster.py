@@ -62,6 +62,20 @@ def offline_start() -> Iterator[dict[str, str]]:
         yield {name: value or "" for name, value in saved.items()}
 
 
+@contextlib.contextmanager
+def our_signal_handlers() -> Iterator[None]:
+    """``ray.init`` replaces the driver's SIGTERM handler with its own ``sys.exit(15)`` and, in C++,
+    a failure-signal handler that aborts (exit 134): the CLI's handlers are put back after it, so an
+    interrupt stops the grid as it does without Ray (143 / 130 / 138, runs in flight named)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
+
+
 def connect(address: str | None, env: dict[str, str]) -> tuple[Any, bool]:
     """Ray, initialised: joined at ``address``, already initialised in this process (a test, a
     notebook), or a new local instance (see the module docstring). ``env``: variables the tasks
@@ -75,11 +89,12 @@ def connect(address: str | None, env: dict[str, str]) -> tuple[Any, bool]:
         return ray, False
     if address is not None:
         runtime_env = {"env_vars": env} if env else None
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env=runtime_env)
+        with our_signal_handlers():
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env=runtime_env)
         return ray, True
     import torch
 
-    with offline_start() as user_proxy:
+    with offline_start() as user_proxy, our_signal_handlers():
         runtime_env = {"env_vars": {**env, **user_proxy}}
         # The GPUs torch sees: Ray counts them through NVML alone, and finds none where NVML does not
         # load (some containers) although CUDA works, and a GPU grid would then be refused.

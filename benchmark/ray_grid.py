@@ -320,11 +320,20 @@ def launch(
     except BaseException as exc:
         for ref in pending:  # a killed run keeps its last.ckpt; the next invocation resumes it
             ray.cancel(ref, force=True)
-        if pending:
-            why = "cancelled" if isinstance(exc, OutOfSpace) else "interrupted"
-            runner.say(f"{why}: {len(pending)} run(s) not finished resume from their last checkpoint")
+        say_unfinished([refs[ref] for ref in pending], results_dir / "runs", isinstance(exc, OutOfSpace))
         raise
     return outcomes
+
+
+def say_unfinished(cfgs: list[TrainConfig], runs: Path, cancelled: bool) -> None:
+    """Each run stopped in flight with what the next invocation resumes it from; the count of the
+    runs that had not started."""
+    started = [c for c in cfgs if (runs / c.run_name()).is_dir()]
+    for cfg in started:
+        line = runner.interrupted_line(cfg, runs / cfg.run_name())
+        runner.say(line.replace("interrupted", "cancelled", 1) if cancelled else line)
+    if len(cfgs) > len(started):
+        runner.say(f"{len(cfgs) - len(started)} run(s) had not started: the next invocation trains them")
 
 
 def remote_task(ray: Any, options: dict[str, Any]) -> Any:

@@ -329,3 +329,31 @@ def test_an_interrupt_says_what_the_next_invocation_does_with_the_run(tmp_path, 
         (ckpts / name).write_text("x")
     line = runner.interrupted_line(cfg, tmp_path / cfg.run_name())
     assert line == f"interrupted {cfg.run_name()}: re-running the same command {then.format(d=ckpts)}"
+
+
+RAY_SIGTERM = """
+import os, signal, time
+from benchmark import cli, ray_cluster
+
+signal.signal(signal.SIGTERM, cli._on_sigterm)  # as main() installs it
+ray, started = ray_cluster.connect(None, {})
+try:
+    print("handler kept" if signal.getsignal(signal.SIGTERM) is cli._on_sigterm else "handler replaced")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+except cli.Terminated:
+    print("Terminated raised")
+finally:
+    ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_starting_ray_keeps_the_clis_sigterm_handler():
+    """ray.init installs its own SIGTERM handlers (Python's sys.exit(15) and a C++ one that aborts:
+    exit 134): a Ray grid's driver then ignored the CLI's 143 and its lines."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", RAY_SIGTERM], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=BOUND_S)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:2] == ["handler kept", "Terminated raised"], done.stdout

@@ -349,9 +349,11 @@ def test_a_run_out_of_space_cancels_the_runs_in_flight_and_ends_the_grid(ray_clu
             OutOfSpace, match=f"^{where}: No space left on device \\(while {grid[1].run_name()}"
         ):
             ray_grid.run_grid(grid, data, tmp_path, ONE_CPU, fit=full_disk_fit)
-        pids = [int(p.read_text()) for p in (tmp_path / "runs").glob("*/pid")]
-        assert len(pids) == 1 and _gone(pids[0])  # the run in flight was cancelled, not waited for
-        assert "cancelled: " in capsys.readouterr().out  # not "interrupted": nobody pressed Ctrl-C
+        in_flight = list((tmp_path / "runs").glob("*/pid"))
+        assert len(in_flight) == 1 and _gone(int(in_flight[0].read_text()))  # cancelled, not waited for
+        out = capsys.readouterr().out  # each run stopped is named; not "interrupted": nobody pressed Ctrl-C
+        then = "re-running the same command starts it again (no epoch had finished)"
+        assert f"cancelled {in_flight[0].parent.name}: {then}" in out and "interrupted" not in out, out
     finally:
         (tmp_path / RELEASE).touch()  # an uncancelled run ends now, not holding a CPU for the next test
 
