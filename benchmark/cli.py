@@ -21,6 +21,7 @@ import subprocess
 import sys
 from typing import Any
 
+from benchmark.core import stop
 from benchmark.core.files import os_error_line
 
 # Order here is the order in --help.
@@ -83,7 +84,8 @@ def _first_signal(signum: int) -> bool:
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     if _first_signal(signum):
-        raise Terminated
+        stop.request(exc := Terminated())  # raised again at a safe point if a finalizer drops it
+        raise exc
 
 
 def slurm_job() -> str | None:
@@ -100,7 +102,8 @@ def _on_requeue_signal(signum: int, frame: Any) -> None:
         return
     job = slurm_job() or "?"
     if os.environ.get("SLURM_PROCID", "0") != "0":
-        raise Requeued(job, "is requeued by rank 0")
+        stop.request(exc := Requeued(job, "is requeued by rank 0"))
+        raise exc
     try:
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
         outcome = (
@@ -108,7 +111,8 @@ def _on_requeue_signal(signum: int, frame: Any) -> None:
         )
     except (OSError, subprocess.SubprocessError) as exc:
         outcome = f"NOT requeued ({exc})"
-    raise Requeued(job, outcome)
+    stop.request(requeued := Requeued(job, outcome))
+    raise requeued
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         handlers[signal.SIGUSR1] = _on_requeue_signal
     previous = _install(handlers)
     try:
-        return _run(args)
+        status = _run(args)
+        stop.raise_pending()  # a signal whose exception a finalizer dropped: the status still says so
+        return status
     except (KeyboardInterrupt, Terminated, SystemExit) as exc:
         code = interrupt_code(exc)
         if code is None:
@@ -239,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         global _terminating
         _terminating = False
+        stop.clear()
         _install(previous)
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from benchmark import grid_checks, ray_cluster, runner
+from benchmark.core import stop
 from benchmark.core.config import BenchmarkConfig, TrainConfig
 from benchmark.core.files import atomic_write
 from benchmark.core.preflight import OutOfSpace, stop_for_space
@@ -310,6 +311,7 @@ def launch(
     progress, pending, outcomes = Progress(len(todo), capacity), list(refs), []
     try:
         while pending:
+            stop.raise_pending()  # a SIGTERM that a finalizer swallowed
             ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
             for ref in ready:
                 outcomes.append(collect(ray, ref, refs[ref], results_dir / "runs"))

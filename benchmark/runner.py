@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import ddp_stop
+from benchmark.core import stop
 from benchmark.core.config import TrainConfig
 from benchmark.core.files import atomic_write, os_error_line
 from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, owner_id, read_lock
@@ -319,6 +320,7 @@ def run_grid(
     start = time.perf_counter()
     times: list[float] = []
     for i, cfg in enumerate(todo, start=1):
+        stop.raise_pending()  # a SIGTERM a finalizer swallowed during the last run stops the grid here
         elapsed = time.perf_counter() - start
         eta = clock(sum(times) / len(times) * (len(todo) - i + 1)) if times else "?"
         tag = f"[{i}/{len(todo)}]"

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from benchmark.core import stop
 from benchmark.training.device import synchronize
 from benchmark.training.random_state import (
     gather_per_rank,
@@ -243,3 +244,14 @@ class CloseProcessGroup(Callback):
         if dist.is_available() and dist.is_initialized():
             atexit.unregister(destroy_process_group)  # one registration, however many runs
             atexit.register(destroy_process_group)
+
+
+class StopRequested(Callback):
+    """A stop signal whose exception a finalizer dropped (:mod:`benchmark.core.stop`) is raised at the
+    next batch, where the handler's own would have stopped the run: it keeps its last checkpoint."""
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        stop.raise_pending()
+
+    def on_validation_batch_end(self, *args: Any) -> None:
+        stop.raise_pending()

@@ -20,6 +20,7 @@ from benchmark.training.callbacks import (
     RelocatableCheckpoint,
     ResumeCheckpoint,
     ResumeRandomState,
+    StopRequested,
 )
 from benchmark.training.checkpoint import (
     BEST,
@@ -87,7 +88,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
     from lightning import Trainer
 
     checkpoint = _checkpoints(cfg, out_dir) if overrides.get("enable_checkpointing", True) else []
-    own = [*checkpoint, EpochHistory(), ResumeRandomState(cfg.seed), CloseProcessGroup()]
+    own = [*checkpoint, EpochHistory(), ResumeRandomState(cfg.seed), CloseProcessGroup(), StopRequested()]
     gpu = uses_gpu(cfg)
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     if gpu:

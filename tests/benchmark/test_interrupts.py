@@ -357,3 +357,42 @@ def test_starting_ray_keeps_the_clis_sigterm_handler():
                           text=True, timeout=BOUND_S)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n")[:2] == ["handler kept", "Terminated raised"], done.stdout
+
+
+class _SwallowsSigterm:
+    """A finalizer during which SIGTERM lands: Python drops the handler's exception ("Exception
+    ignored in ...") and the code around goes on."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception
+def test_a_sigterm_a_finalizer_swallowed_still_stops_the_grid_with_143(tmp_path, capsys, monkeypatch):
+    import benchmark.pipeline as pipeline
+    from benchmark.core import stop
+    from benchmark.training.callbacks import StopRequested
+
+    calls = []
+
+    def fit(cfg, data_dir, out_dir):
+        calls.append(cfg.model)
+        _SwallowsSigterm()  # collected at once
+        return fake_fit(cfg, data_dir, out_dir)
+
+    monkeypatch.setattr(pipeline, "fit", fit)
+    monkeypatch.chdir(tmp_path)  # the smoke config's synthetic fallback (see the requeue test)
+    args = ["run", "--config", str(SMOKE), "--results-dir", str(tmp_path / "res"), "--models", "empty,unet",
+            "--no-report", "--min-free-gb", "0"]  # fmt: skip
+    assert main(args) == EXIT_SIGTERM
+    assert calls == ["empty"]  # it stopped before the next run, not after the grid, and not with 0
+    assert "interrupted by SIGTERM: finished runs are kept" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    # the command's end and a training batch are the other places a dropped stop is raised again
+    monkeypatch.setattr("benchmark.commands.models._table", lambda rows: _SwallowsSigterm() and "")
+    assert main(["models"]) == EXIT_SIGTERM and "interrupted by SIGTERM" in capsys.readouterr().err
+    stop.request(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        StopRequested().on_train_batch_end(None, None, None, None, 0)
+    stop.clear()
+    StopRequested().on_train_batch_end(None, None, None, None, 0)  # nothing pending: nothing raised
