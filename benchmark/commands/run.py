@@ -294,9 +294,12 @@ def run(args: argparse.Namespace) -> int:
         bench, grid, data_dir, args.results_dir, data_hash=data_hash, train_set=train, room=room
     )
     runner.say(done_line(outcomes, time.perf_counter() - start))
+    # Before the board: a held run that another process finishes while the board is built would
+    # be missing from the board this command printed, yet not from the exit status.
+    missing = runner.missing_runs(grid, outcomes, args.results_dir)
     if not args.no_report and global_rank() == 0:
         _report(bench, args.results_dir)
-    return _exit_status(outcomes, runner.missing_runs(grid, outcomes, args.results_dir), args.results_dir)
+    return _exit_status(outcomes, missing, args.results_dir)
 
 
 def _warn_gpu_recipe_on_cpu(grid: list[TrainConfig]) -> None:

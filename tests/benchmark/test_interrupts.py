@@ -223,6 +223,35 @@ def test_a_run_left_to_another_process_is_named_and_the_exit_status_is_3(
     assert calls == [grid[1].run_name(), grid[0].run_name()]
 
 
+def test_a_held_run_finished_while_the_board_is_built_still_makes_the_status_3(
+    tmp_path, synthetic_dir, monkeypatch
+):
+    """The status describes the board this command wrote: the run was not on it."""
+    import benchmark.commands.run as run_command
+    import benchmark.pipeline as pipeline
+    from datamodules.kaggle import check_dataset
+
+    finish, calls = _fit_on(check_dataset(synthetic_dir)["content_hash"], []), []
+    monkeypatch.setattr(pipeline, "fit", finish)
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    held = tmp_path / "res" / "runs" / grid[0].run_name()
+
+    def report(bench, results_dir):  # the holder finishes its run while this board is built
+        calls.append("report")
+        finish(grid[0], synthetic_dir, held)
+
+    monkeypatch.setattr(run_command, "_report", report)
+    args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir",
+            str(tmp_path / "res"), "--models", "unet,empty", "--min-free-gb", "0"]  # fmt: skip
+    holder = _holder()
+    try:
+        _hold(held, holder.pid)
+        assert main(args) == 3 and calls == ["report"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_holder_that_dies_during_the_grid_leaves_its_run_to_be_taken_over(tmp_path, capsys):
     """Process A skips a run held by B; B is killed while A trains; A takes the run over at the end."""
     grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
