@@ -45,6 +45,9 @@ def check_name(name: str, results_dir: Path) -> None:
             raise ConfigError(f"--name {name!r}: {path} is a run of that name trained by nerve-bench")
 
 
+FOLDS_UNCHECKED = "not checked"  # no --folds-file: the method's training split is its author's word
+
+
 def check_folds_file(path: Path, fold: Fold, data_hash: str) -> None:
     """The folds file the outside method trained on must be this split of this data."""
     try:
@@ -61,6 +64,41 @@ def check_folds_file(path: Path, fold: Fold, data_hash: str) -> None:
         raise DataError(
             path, f"fold {fold.cfg.fold} of this file is not this benchmark's fold ({_how_split(doc, fold)})"
         )
+    outer = set(fold.outer)
+    for part, ours in (("train", fold.train), ("inner", fold.inner)):
+        theirs = mine.get(part)
+        seen = outer & set(theirs) if isinstance(theirs, list) else set()
+        if seen:  # trained or tuned on what is scored: never on the board
+            raise DataError(path, f"fold {fold.cfg.fold}'s {part} set holds {len(seen)} of its outer images")
+        if theirs != ours:
+            raise DataError(path, f"fold {fold.cfg.fold}'s {part} set is not this benchmark's (edited?)")
+
+
+def _earlier_imports(run_dir: Path) -> list[dict[str, Any]]:
+    """The imports a --replace overwrites (the one on disk and those it replaced): source and Dice."""
+    try:
+        old = json.loads((run_dir / "summary.json").read_text())
+        ext = old["external"]
+        this = {"source": ext.get("source"), "kaggle_dice": old["metrics"]["post"]["kaggle_dice"]}
+        earlier = list(ext.get("replaced") or [])
+        return earlier if earlier[-1:] == [this] else [*earlier, this]  # a rerun of the same files: once
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError):
+        return [{"source": "an unreadable summary.json", "kaggle_dice": None}]
+
+
+def _on_the_board(external: dict[str, Any], kaggle_dice: float) -> dict[str, Any]:
+    """``external`` with its provenance saying what the board cannot check: a training split taken on
+    the author's word, and earlier imports of other masks (each printed its outer-fold score)."""
+    text = str(external.get("provenance") or "external")
+    if external.get("folds") == FOLDS_UNCHECKED:
+        text += "; training split not checked (imported without --folds-file)"
+    other = [e for e in external.get("replaced") or [] if e.get("kaggle_dice") != kaggle_dice]
+    if other:
+        scores = ", ".join("?" if e["kaggle_dice"] is None else f"{e['kaggle_dice']:.4f}" for e in other)
+        text += f"; replaced {len(other)} earlier import(s) of other masks (outer-fold Kaggle Dice {scores})"
+    return {**external, "provenance": text}
 
 
 def _yaml(value: Any) -> str:
@@ -147,14 +185,19 @@ def import_fold(
     run_dir = board.results_dir / "runs" / split.cfg.run_name()
     if not replace:
         _refuse_overwrite(run_dir, split)
+    folds = FOLDS_UNCHECKED
     if folds_file is not None:
         check_folds_file(folds_file, split, board.data_hash)
+        folds = f"checked against {folds_file.resolve()}"
     pred = read_predictions(predictions, split.outer, split.cfg.fold)
     provenance = {
         "source": str(predictions.resolve()),
         "provenance": f"predictions imported from {predictions}",
+        "folds": folds,
     }
-    summary = entry.imported_summary(split, board.data_dir, pred, {**provenance, **(external or {})}, facts)
+    external = {**provenance, **(external or {}), "replaced": _earlier_imports(run_dir) if replace else []}
+    summary = entry.imported_summary(split, board.data_dir, pred, external, facts)
+    summary["external"] = _on_the_board(external, summary["metrics"]["post"]["kaggle_dice"])
     _warn_other_board(summary, board.results_dir)
     return run_dir, entry.write_imported(run_dir, summary, split, pred)
 

@@ -275,6 +275,7 @@ def run_nnunet(
         "source": f"nnU-Net v{version} ({layout.work})",
         "provenance": provenance(settings, version),
         "recipe": settings.recipe(),
+        "folds": "nerve-bench's own (splits_final.json written from `benchmark folds`)",
     }
     done = []
     for seed in settings.seeds:

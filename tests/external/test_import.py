@@ -128,6 +128,19 @@ def test_other_data_missing_fold_and_taken_names(setup, tmp_path, capsys) -> Non
         f"error: {three}: fold 0 of this file is not this benchmark's fold (n_folds 3 here, 2 on the board; "
         "pass the folds file's config as --config)\n"
     )
+    good = tmp_path / "good.json"  # this split, then edited: trained on the outer fold, or re-split
+    assert main(["folds", "--data-dir", str(data), "--config", str(config), "--out", str(good)]) == 0
+    doc = json.loads(good.read_text())
+    for part, edit, why in (
+        ("train", lambda f: f["train"] + f["outer"][:2], "fold 0's train set holds 2 of its outer images"),
+        ("inner", lambda f: f["inner"][1:], "fold 0's inner set is not this benchmark's (edited?)"),
+    ):
+        edited = json.loads(json.dumps(doc))
+        edited["folds"][0][part] = edit(edited["folds"][0])
+        (tmp_path / "edited.json").write_text(json.dumps(edited))
+        capsys.readouterr()
+        assert main(_args(data, results, config, pred) + ["--folds-file", str(tmp_path / "edited.json")]) == 2
+        assert capsys.readouterr().err == f"error: {tmp_path / 'edited.json'}: {why}\n"
     assert not results.exists()  # nothing written by any of the refused imports
 
 
@@ -143,6 +156,7 @@ def test_perfect_masks_score_one_and_rank_as_external(setup, tmp_path, capsys) -
     runs = sorted((results / "runs").glob("perfect__f*"))
     summary = read_summary(runs[0])
     assert missing_keys(summary) == [] and summary["external"]["provenance"] == "the truth itself"
+    assert summary["external"]["folds"] == f"checked against {folds_file.resolve()}"
     assert summary["metrics"]["post"]["kaggle_dice"] == 1.0 and set(summary["per_image"]["dice"]) == {1.0}
     assert summary["cost"] == dict.fromkeys(summary["cost"]) and summary["postprocess"] is None
     assert (runs[0] / "overlays.npz").is_file()
@@ -184,7 +198,22 @@ def test_a_second_import_of_a_fold_is_refused_without_replace(setup, tmp_path, c
     assert f"(Kaggle Dice 1.0000, from {perfect.resolve()}); --replace to overwrite it" in err[0]
     assert summary.read_bytes() == before
     assert main([*_args(data, results, config, empty), "--replace"]) == 0
-    assert read_summary(summary.parent)["metrics"]["post"]["kaggle_dice"] < 1.0
+    replaced = read_summary(summary.parent)
+    low = replaced["metrics"]["post"]["kaggle_dice"]
+    assert low < 1.0 and replaced["external"]["replaced"] == [
+        {"source": str(perfect.resolve()), "kaggle_dice": 1.0}
+    ]
+    # the board says what it cannot check, and that scores of other masks were seen and replaced
+    assert replaced["external"]["provenance"] == (
+        f"predictions imported from {empty}; training split not checked (imported without --folds-file); "
+        "replaced 1 earlier import(s) of other masks (outer-fold Kaggle Dice 1.0000)"
+    )
+    assert main([*_args(data, results, config, perfect), "--replace"]) == 0
+    again = read_summary(summary.parent)["external"]
+    assert [e["kaggle_dice"] for e in again["replaced"]] == [1.0, low]
+    assert again["provenance"].endswith(
+        f"replaced 1 earlier import(s) of other masks (outer-fold Kaggle Dice {low:.4f})"
+    )
 
 
 def test_round_trip_gives_the_runs_own_numbers(fit_runs, tmp_path) -> None:
