@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -100,6 +101,18 @@ def require_extra() -> str:
     from importlib.metadata import version
 
     return version("nnunetv2")
+
+
+def _check_device(device: str) -> None:
+    """Before the conversion and planning (minutes on the full set): nnU-Net asks CUDA only to train."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+        raise NerveBenchError(
+            f"--device cuda, but no CUDA GPU is visible (torch {torch.__version__}, {build});"
+            " use --device cpu"
+        )
 
 
 def provenance(settings: NnUNetSettings, version: str) -> str:
@@ -203,6 +216,25 @@ def _facts(layout: Layout, settings: NnUNetSettings, seed: int, fold: int) -> di
         return None
 
 
+RECIPE = "nerve_bench_recipe.json"  # in a fold's folder: the recipe its checkpoints and masks belong to
+
+
+def _begin_fold(layout: Layout, settings: NnUNetSettings, seed: int, fold: int) -> None:
+    """A fold begun or finished under another recipe (epochs, plans, TTA) starts afresh: nnU-Net would
+    resume from its checkpoints and reuse its masks, under the new recipe's name on the board."""
+    fold_dir, out = (
+        layout.fold_dir(settings.plans, seed, fold),
+        layout.predictions(settings.plans, seed, fold),
+    )
+    want = json.dumps(settings.recipe(), sort_keys=True) + "\n"
+    marker = fold_dir / RECIPE
+    if fold_dir.exists() and (not marker.is_file() or marker.read_text() != want):
+        shutil.rmtree(fold_dir)
+        shutil.rmtree(out, ignore_errors=True)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(marker, want)
+
+
 def _import(
     board: importer.Board, layout: Layout, settings: NnUNetSettings, split: Fold, external: dict
 ) -> bool:
@@ -231,6 +263,8 @@ def run_seed(
     splits = [importer.board_fold(board, k, seed) for k in folds]
     todo = [s for s in splits if not _done(board.results_dir / "runs" / s.cfg.run_name(), external["recipe"])]
     status = {s.cfg.fold: "skipped" for s in splits if s not in todo}
+    for split in todo:
+        _begin_fold(layout, settings, seed, split.cfg.fold)
     for split in [s for s in todo if _import(board, layout, settings, s, external)]:  # finished, not imported
         status[split.cfg.fold] = "imported"
         todo.remove(split)
@@ -264,6 +298,7 @@ def run_nnunet(
 ) -> list[tuple[int, int, str]]:
     """Every step above; returns (fold, seed, "imported" | "skipped") per run."""
     version = require_extra()
+    _check_device(settings.device)
     board = importer.open_board(settings.row, data_dir, results_dir, config, sets)
     folds = list(settings.folds) if settings.folds is not None else fold_ids(board.cfg)
     for k in folds:

@@ -47,6 +47,21 @@ def test_missing_extra_is_one_line(synthetic_dir: Path, tmp_path: Path, monkeypa
         models.create("nnunet_plain")
 
 
+@pytest.mark.skipif(not HAS_NNUNET, reason="the nnunet extra is not installed")
+def test_the_default_cuda_device_without_a_gpu_is_one_line_before_any_work(
+    synthetic_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """It converted, fingerprinted, planned and preprocessed (minutes) before nnU-Net's CUDA assert."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["nnunet", "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device cuda, but no CUDA GPU is visible (torch ") and err.count("\n") == 1
+    assert err.endswith("; use --device cpu\n") and not (tmp_path / "r").exists()
+
+
 TINY_PLANS = {
     "batch_size": 2,
     "patch_size": [128, 128],
@@ -160,3 +175,33 @@ def test_a_torn_fold_record_trains_the_fold_again_and_a_torn_plan_record_is_one_
     (tmp_path / "p.nerve_bench.json").write_text('{"planner": ')
     with pytest.raises(DataError, match="p.nerve_bench.json.*unreadable plan record; delete it"):
         nnunet._plan_job(layout, settings)
+
+
+def test_a_fold_begun_under_another_recipe_starts_afresh(tmp_path: Path) -> None:
+    """Folds 0,1 at 1 epoch, killed after fold 0: a rerun at 3 epochs imported fold 0's 1-epoch masks
+    under the 3-epoch label (nnU-Net resumes from its checkpoint_final and skips existing masks)."""
+    from types import SimpleNamespace
+
+    from benchmark.external import nnunet
+
+    layout = SimpleNamespace(
+        fold_dir=lambda plans, seed, fold: tmp_path / "fold",
+        predictions=lambda plans, seed, fold: tmp_path / "pred",
+    )
+    one, three = nnunet.NnUNetSettings(epochs=1), nnunet.NnUNetSettings(epochs=3)
+    nnunet._begin_fold(layout, one, 0, 0)
+    for made in ("fold/checkpoint_final.pth", "pred/1_1.png"):
+        (tmp_path / made).parent.mkdir(exist_ok=True)
+        (tmp_path / made).write_text("x")
+    nnunet._begin_fold(layout, one, 0, 0)  # the same recipe: resumed, nothing removed
+    assert (tmp_path / "fold" / "checkpoint_final.pth").is_file() and (
+        tmp_path / "pred" / "1_1.png"
+    ).is_file()
+    nnunet._begin_fold(layout, three, 0, 0)
+    assert sorted(p.name for p in (tmp_path / "fold").iterdir()) == [nnunet.RECIPE]
+    assert not (tmp_path / "pred").exists()
+    assert json.loads((tmp_path / "fold" / nnunet.RECIPE).read_text())["epochs"] == 3
+    (tmp_path / "fold" / nnunet.RECIPE).unlink()  # a fold of an older nerve-bench: no record, no trust
+    (tmp_path / "fold" / "checkpoint_final.pth").write_text("x")
+    nnunet._begin_fold(layout, three, 0, 0)
+    assert not (tmp_path / "fold" / "checkpoint_final.pth").exists()
