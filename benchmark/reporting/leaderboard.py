@@ -350,6 +350,7 @@ def header(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "select": sorted({str((s.get("selection") or {}).get("select", "unknown")) for s in runs}),
         "seeds": sorted({int(s["seed"]) for s in runs}),
         "global_batch": sorted({int(s["global_batch"]) for s in runs if s.get("global_batch") is not None}),
+        "world_size": sorted({int(s["world_size"]) for s in runs if s.get("world_size") is not None}),
         "device": _unique(runs, "environment", "device"),
         "platform": _unique(runs, "environment", "platform"),
         "software": software,

@@ -121,7 +121,7 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
         f"- **Seeds**: {join(h['seeds'])}",
         f"- **Global batch**: {join(h['global_batch'])} (images per optimiser step on any number of "
         "devices; each of N devices takes 1/N)",
-        f"- **Hardware**: {'; '.join(h['device'])} ({'; '.join(h['platform'])})",
+        f"- **Hardware**: {'; '.join(h['device'])} ({'; '.join(h['platform'])}); {_devices(h)}",
         f"- **Software**: {soft}",
         f"- **Git**: `{'`, `'.join(h['git_sha'])}`",
         *_scored_again(h.get("scored_again") or []),
@@ -130,6 +130,18 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
         f"- **Runs**: {h['n_runs']} over {len(h['models'])} models",
     ]
     return lines
+
+
+def _devices(h: dict[str, Any]) -> str:
+    """Devices (DDP processes) per run: the training cost columns are per run, so they compare
+    between rows only at one count (the accuracy does not depend on it: one global batch)."""
+    sizes = h.get("world_size") or []
+    if len(sizes) <= 1:
+        return f"{sizes[0] if sizes else 'n/a'} device(s) per run"
+    return (
+        f"{', '.join(map(str, sizes))} devices per run in different runs: the training time and img/s "
+        "columns compare only between runs of one count"
+    )
 
 
 def _scored_again(where: list[str]) -> list[str]:

@@ -63,6 +63,7 @@ def test_markdown_has_protocol_header_folds_ranks_and_incomplete(results):
     md = (results / "leaderboard.md").read_text()
     assert "SYNTHETIC DATA" in md and "content hash `c0ffee`" in md and "`abc123`" in md
     assert "- **Split**: 2 outer folds by subject, split_seed 0;" in md and "- **Global batch**: 16" in md
+    assert "; 1 device(s) per run\n" in md
     assert "| 0 | 1, 2 | 4 | 0.500 |" in md and "| 1 | 3, 4 | 4 | 0.500 |" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit() and "[" in line]
     assert [r.split(" | ")[1] for r in rows] == ["unet", "empty (baseline)"]
@@ -366,3 +367,16 @@ def test_the_board_names_where_each_models_code_came_from():
     assert "## Models (paper; the package that registered each, and its version)" in md
     assert "- `unet`: Me et al. 2026 (my-plugin 1.2; my-plugin 1.3)" in md
     assert "## Models" not in tables.markdown(lb.build(model_runs("unet", {0: [1.0] * 8})))  # older runs
+
+
+def test_runs_on_several_device_counts_are_said_under_hardware():
+    """The accuracy is the same recipe on any count (one global batch); the training cost is per run."""
+    from benchmark.reporting.tables import markdown
+
+    runs = [make_summary("unet", f, 0, [0.5, 1.0]) for f in (0, 1)]
+    runs[1]["world_size"] = 8
+    (hardware,) = [line for line in markdown(lb.build(runs)).splitlines() if "**Hardware**" in line]
+    assert hardware.endswith(
+        "; 1, 8 devices per run in different runs: the training time and img/s columns compare only "
+        "between runs of one count"
+    )
