@@ -9,10 +9,12 @@ Ensembling rule (several checkpoints, e.g. the K fold models of one architecture
 foreground probabilities and the presence probabilities are AVERAGED over checkpoints, then ONE
 post-processing is applied whose numeric parameters (threshold, min_area, presence_tau) are the
 means of the checkpoints' validation-tuned parameters (min_area rounded); non-numeric fields come
-from the first checkpoint. Averaging keeps the probabilities on the scale every threshold was
-tuned on, and for a single checkpoint the rule is exactly its own tuned post-processing. Averaging
-probabilities before thresholding is the usual fold ensemble (it reduces variance; cf.
-Lakshminarayanan et al., "Deep Ensembles", NeurIPS 2017).
+from the first checkpoint. Checkpoints whose presence gates score different things (a presence
+head's probability, the maximum pixel probability) are refused together: their mean and the mean
+of their tuned cut-offs would compare nothing tuned. Averaging keeps the probabilities on the
+scale every threshold was tuned on, and for a single checkpoint the rule is exactly its own tuned
+post-processing. Averaging probabilities before thresholding is the usual fold ensemble (it
+reduces variance; cf. Lakshminarayanan et al., "Deep Ensembles", NeurIPS 2017).
 
 TTA: ``tta=None`` follows each checkpoint (the ``tta`` its post-processing was tuned with);
 True/False forces horizontal-flip averaging on or off for every checkpoint.
@@ -120,6 +122,12 @@ def load_model(path: str | Path, device: torch.device, tta: bool | None = None) 
 def ensemble_postprocess(posts: Sequence[PostProcess]) -> PostProcess:
     """One PostProcess for averaged probabilities: the mean of the numeric tuned parameters."""
     first = posts[0]
+    sources = sorted({p.presence_source for p in posts})
+    if len(sources) > 1:
+        raise NerveBenchError(
+            f"these checkpoints gate presence on different scores ({' and '.join(sources)}): their mean "
+            "has no tuned cut-off; ensemble checkpoints of one kind (e.g. one architecture's folds)"
+        )
     names = {f.name for f in fields(first)}
     changes: dict[str, Any] = {}
     for name in _MEANED:
@@ -278,6 +286,8 @@ def predict_dir(
     check_outputs(out, Path(submission) if submission else None)
     dev = resolve_device(device)
     inputs = list_inputs(input_dir, kaggle_ids=submission is not None)
+    if out.resolve() == inputs[0][1].parent.resolve():  # each mask would replace its own image
+        raise NerveBenchError(f"{out}: --out is the folder of the images to predict; give another folder")
     models = [load_model(c, dev, tta) for c in checkpoints]
     # Record the TTA actually used (forced or per checkpoint) in the reported parameters.
     post = replace(ensemble_postprocess([m.post for m in models]), tta=all(m.module.cfg.tta for m in models))

@@ -46,8 +46,13 @@ def _one_line(text: object) -> str:
 def _imread(path: Path) -> np.ndarray:
     _capture.messages = []
     try:
-        # maxworkers=1: callers parallelise over files; tifffile's own pool would oversubscribe.
-        arr = tifffile.imread(path, maxworkers=1)
+        with tifffile.TiffFile(path) as tif:
+            if len(tif.pages) > 1:  # imread would return the first page alone, without a word
+                raise DataError(path, f"{len(tif.pages)} pages; expected one image per file", "multi-page")
+            # maxworkers=1: callers parallelise over files; tifffile's own pool would oversubscribe.
+            arr = tif.asarray(maxworkers=1)
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except Exception as exc:  # tifffile raises many types for truncated/corrupt files

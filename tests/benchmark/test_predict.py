@@ -100,12 +100,17 @@ def test_ensemble_averages_probabilities(ckpts, synthetic_dir):
 
 
 def test_ensemble_postprocess_is_the_mean_of_tuned_parameters():
-    posts = [PostProcess(0.4, 100, 0.2, "presence", True), PostProcess(0.6, 251, 0.4, "max_prob", False)]
+    posts = [PostProcess(0.4, 100, 0.2, "presence", True), PostProcess(0.6, 251, 0.4, "presence", False)]
     merged = predict.ensemble_postprocess(posts)
     assert merged.threshold == pytest.approx(0.5) and merged.presence_tau == pytest.approx(0.3)
     assert merged.min_area == 176 and isinstance(merged.min_area, int)  # round(175.5) = 176
-    assert merged.presence_source == "presence"
+    assert merged.presence_source == "presence" and merged.tta is True  # the first checkpoint's
     assert predict.ensemble_postprocess(posts[:1]) == posts[0]
+    # a presence head's probability and a maximum pixel probability: no mean of them was tuned
+    mixed = [posts[0], PostProcess(0.6, 251, 0.4, "max_prob", False)]
+    for order in (mixed, mixed[::-1]):  # it depended on which checkpoint came first
+        with pytest.raises(predict.NerveBenchError, match=r"different scores \(max_prob and presence\)"):
+            predict.ensemble_postprocess(order)
 
 
 def test_cli_ensemble_of_two_checkpoints(ckpts, synthetic_dir, tmp_path, capsys):
@@ -293,6 +298,9 @@ def test_unusable_output_paths_are_one_line(ckpts, synthetic_dir, tmp_path, caps
          f"error: {tmp_path / 'a_file'}: is a file; --submission needs a directory there"),
         (["--out", str(tmp_path / "a_file" / "o")], 1,
          f"error: {tmp_path / 'a_file' / 'o'}: Not a directory"),
+        (["--out", str(synthetic_dir / "test")], 2,  # the masks would have replaced the images
+         f"error: {synthetic_dir / 'test'}: --out is the folder of the images to predict;"
+         " give another folder"),
     ]  # fmt: skip
     for extra, code, line in cases:
         assert main([*base, *extra]) == code

@@ -51,9 +51,22 @@ def test_wrong_dtype_and_rank(tmp_path):
     tifffile.imwrite(tmp_path / "u16.tif", np.zeros((4, 4), np.uint16))
     with pytest.raises(DataError, match="u16.tif: expected uint8 pixels, got uint16"):
         read_tif(tmp_path / "u16.tif")
+    two = np.zeros((5, 6, 2), np.uint8)
+    tifffile.imwrite(tmp_path / "two.tif", two, photometric="minisblack", planarconfig="contig")
+    with pytest.raises(
+        DataError, match=r"two.tif: expected a 2-D grayscale image, got array of shape \(5, 6, 2\)"
+    ):
+        read_tif(tmp_path / "two.tif")
+
+
+def test_a_file_of_several_pages_is_refused_not_read_as_its_first(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 5, 6), np.uint8))
-    with pytest.raises(DataError, match=r"stack.tif: expected a 2-D grayscale image"):
-        read_tif(tmp_path / "stack.tif")
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:  # two pages written apart: two series
+        tif.write(np.zeros((5, 6), np.uint8))
+        tif.write(np.ones((5, 6), np.uint8))
+    for name in ("stack.tif", "pages.tif"):
+        with pytest.raises(DataError, match=f"{name}: 2 pages; expected one image per file$"):
+            read_tif(tmp_path / name)
 
 
 def test_rgb_export_of_a_grayscale_frame_reads_as_one_channel(tmp_path):
