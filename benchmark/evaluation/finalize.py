@@ -219,7 +219,9 @@ def finalize_run(
     """
     best = out_dir / "checkpoints" / BEST
     module, ckpt = load_checkpoint_module(best)
-    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    # On a CPU in float32 whatever the recipe trained in, as evaluate and predict score there
+    # (checkpoint.scoring_precision_of): bf16 autocast on a CPU moved pixels near the threshold.
+    precision = resolve_precision(cfg.precision, cfg.accelerator) if device.type == "cuda" else "32"
     dm.setup("fit")  # a no-op after a fit; the empty baseline and a re-score set it up here
     data = dataset_block(dm, data_dir)
     if trained is not None:
