@@ -6,7 +6,7 @@ the batch dimension is dynamic, H and W are the checkpoint's (``input_shape`` in
 Outputs, named after the model's heads: ``mask`` (B, 1, H, W) foreground probability, and for models
 that have them ``presence`` (B, 1) presence probability and ``bbox`` (B, 4). With ``tta`` the
 horizontally flipped input is averaged in inside the graph, as predict does. Outside the graph, and
-described by the metadata (``read_metadata``): resizing in and out of the network size, the
+described by the metadata (``onnx_metadata``): resizing in and out of the network size, the
 normalisation, the gate's fallback score (the maximum pixel probability, for models without a
 presence head) and the tuned post-processing (threshold, min_area, presence_tau, presence_source).
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import re
 import tempfile
 import warnings
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmark.onnx_metadata import INPUT, encode, metadata
 from datamodules.errors import DataError, NerveBenchError
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 TOLERANCE = 1e-4  # max |p_onnxruntime - p_torch| over every pixel of every output, fp32
 PARITY_FRAMES = 4
 OPSET = 18
-INPUT = "image"
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
@@ -247,56 +246,6 @@ def network_inputs(frames: np.ndarray, resize_mode: str, image_size: int) -> tor
     return normalise(batch[:, None])
 
 
-# -- metadata ----------------------------------------------------------------------------------------
-def metadata(cfg: Any, post: Any, names: list[str], package: str) -> dict[str, Any]:
-    """What a consumer of the file needs besides the graph: pre- and post-processing, provenance."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from datamodules import geometry
-    from datamodules.datamodule import MEAN, STD
-
-    try:
-        suite = version("nerve-bench")
-    except PackageNotFoundError:  # a checkout used without `pip install -e .`
-        suite = "unknown"
-    return {
-        "producer": "nerve-bench",
-        "nerve_bench_version": suite,
-        "torch": torch.__version__,
-        "model": cfg.model,
-        "model_kwargs": cfg.model_kwargs,
-        "package": package,
-        "input": INPUT,
-        "input_shape": list(geometry.input_shape(cfg.resize_mode, cfg.image_size)),
-        "resize_mode": cfg.resize_mode,
-        "image_size": cfg.image_size,
-        "mean": MEAN,
-        "std": STD,
-        "normalisation": "(x / 255 - mean) / std on the prepared uint8 frame",
-        "outputs": names,
-        "tta_in_graph": post.tta,
-        **post.to_dict(),
-    }
-
-
-def _encode(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``metadata_props`` of an exported file, JSON values decoded (strings stay strings)."""
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
-
-
 # -- the whole export ------------------------------------------------------------------------------
 def export_graph(
     graph: nn.Module,
@@ -320,7 +269,7 @@ def export_graph(
     check_parity(diffs, tolerance, label, frames)
     written = {**meta, "parity_inputs": frames, "parity_tolerance": tolerance, "parity_max_abs_diff": diffs}
     for key, value in written.items():
-        program.model.metadata_props[key] = _encode(value)
+        program.model.metadata_props[key] = encode(value)
     with atomic_path(out) as tmp:
         program.save(tmp, external_data=False)
     return written
@@ -334,12 +283,16 @@ def export_checkpoint(
     tolerance: float = TOLERANCE,
 ) -> dict[str, Any]:
     """Export a checkpoint's model with its tuned post-processing; the written metadata."""
-    from benchmark.training.checkpoint import load_checkpoint_module, postprocess_of
+    from benchmark.training.checkpoint import load_checkpoint_module, postprocess_of, tuned_in
     from models.registry import get_info
 
     require_onnx()
     if frames < 1:
         raise ExportError(f"--frames must be at least 1, got {frames}")
+    if not tolerance > 0 or tolerance == float("inf"):  # nan too: before the work, not as "parity failed"
+        raise ExportError(f"--tolerance must be a positive number, got {tolerance}")
+    if Path(out).is_dir():
+        raise ExportError(f"{out}: --out is a directory; expected the path of the .onnx file")
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
     post = postprocess_of(path, ckpt)
@@ -349,7 +302,8 @@ def export_checkpoint(
     graph = ProbabilityGraph(module.model.float().eval(), tta=post.tta)
     with torch.no_grad():
         names = list(graph(images[:1]))
-    meta = {**metadata(cfg, post, names, get_info(cfg.model).package), "checkpoint": path.name}
+    meta = metadata(cfg, post, names, get_info(cfg.model).package, tuned_in(ckpt))
+    meta["checkpoint"] = path.name
     return export_graph(graph, images, out, meta, f"{path} ({cfg.model})", source, tolerance)
 
 

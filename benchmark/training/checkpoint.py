@@ -221,6 +221,11 @@ def scoring_precision_of(ckpt: dict, device: torch.device) -> str:
     return recorded or resolve_precision(ckpt["hyper_parameters"]["config"].get("precision", "auto"), "gpu")
 
 
+def tuned_in(ckpt: dict) -> str:
+    """The precision a checkpoint's post-processing was tuned in, as finalize recorded it."""
+    return str((ckpt.get(CKPT_KEY) or {}).get("precision") or "unknown (a checkpoint from before the record)")
+
+
 def store_in_checkpoint(path: Path, ckpt: dict, extra: dict) -> None:
     """Add the ``nerve_bench`` block (post-processing, config, metrics) to a checkpoint, atomically."""
     ckpt[CKPT_KEY] = extra

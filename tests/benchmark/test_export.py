@@ -17,6 +17,7 @@ import models  # noqa: E402
 from benchmark import export  # noqa: E402
 from benchmark.cli import main  # noqa: E402
 from benchmark.core.config import TrainConfig  # noqa: E402
+from benchmark.onnx_metadata import read_metadata  # noqa: E402
 from benchmark.scoring.postprocess import PostProcess  # noqa: E402
 from benchmark.training.checkpoint import read_checkpoint, save_plain_checkpoint, store_in_checkpoint  # noqa: E402
 from benchmark.training.module import SegModule  # noqa: E402
@@ -90,7 +91,7 @@ def test_export_command_stores_the_tuned_postprocessing(
     out = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--data-dir", str(data)]) == 0
     assert "max |p_onnx - p_torch|" in capsys.readouterr().out
-    meta = export.read_metadata(out)
+    meta = read_metadata(out)
     assert {k: meta[k] for k in post.to_dict()} == post.to_dict()
     assert (meta["resize_mode"], meta["image_size"], meta["input_shape"]) == ("resize", 64, [64, 64])
     assert (meta["mean"], meta["std"]) == (0.37, 0.23)
@@ -109,6 +110,27 @@ def test_export_command_stores_the_tuned_postprocessing(
     with torch.no_grad():
         _, presence, _ = module.eval().predict_orig(images)
     np.testing.assert_allclose(got["presence"][:, 0], presence.numpy(), atol=export.TOLERANCE)
+    _a_consumer_following_the_metadata_gets_predicts_masks(meta, got)
+
+
+def _a_consumer_following_the_metadata_gets_predicts_masks(meta: dict, got: dict) -> None:
+    """The rules in words, applied to the file's outputs, give postprocess.apply's masks."""
+    import torch.nn.functional as F
+
+    from benchmark.scoring.postprocess import apply
+
+    assert meta["postprocess_rule"].startswith("on the 420x580 mask probabilities p: u8 = ceil(p*255 - 0.5)")
+    assert meta["restore"].startswith("bilinear resize") and meta["postprocess_tuned_in"].startswith(
+        "unknown"
+    )
+    p = F.interpolate(torch.from_numpy(got["mask"]), size=(420, 580), mode="bilinear", align_corners=False)
+    p = p[:, 0].numpy()
+    u8 = np.ceil(p * np.float32(255) - np.float32(0.5)).astype(np.uint8)
+    masks = u8 > meta["threshold"] * 255
+    score = got["presence"][:, 0]  # presence_source "presence"
+    masks[(masks.sum(axis=(1, 2)) < meta["min_area"]) | (score < meta["presence_tau"])] = False
+    post = PostProcess(**{k: meta[k] for k in PostProcess().to_dict()})
+    assert np.array_equal(masks, apply(p, post, presence_prob=score))
 
 
 class _ExportOnlyDrift(torch.nn.Module):
@@ -185,6 +207,18 @@ def test_unreadable_checkpoint_and_missing_frames_are_one_line(
     args = ["export", "--checkpoint", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "m.onnx")]
     assert main(args) == 2
     assert "bad.ckpt: not a readable checkpoint" in capsys.readouterr().err
+    # bad arguments are refused before the checkpoint is even read, not after the export's work
+    (tmp_path / "a_dir").mkdir()
+    for extra, line in (
+        (
+            ["--out", str(tmp_path / "a_dir")],
+            f"{tmp_path / 'a_dir'}: --out is a directory; expected the path",
+        ),
+        (["--out", str(tmp_path / "m.onnx"), "--tolerance", "nan"], "--tolerance must be a positive number"),
+        (["--out", str(tmp_path / "m.onnx"), "--tolerance", "-1"], "--tolerance must be a positive number"),
+    ):
+        assert main(["export", "--checkpoint", str(tmp_path / "bad.ckpt"), *extra]) == 2
+        assert line in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     with pytest.raises(export.DataError, match="no .tif frames for the parity check"):
         export.read_frames(tmp_path / "empty", 2)
