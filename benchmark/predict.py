@@ -58,6 +58,11 @@ class LoadedModel:
     precision: str
 
 
+def _id_key(stem: str) -> tuple:
+    """Numeric ids in numeric order (Kaggle's), then the other names by name."""
+    return (0, int(stem), "") if _NUMERIC.match(stem) else (1, 0, stem)
+
+
 def list_inputs(input_dir: str | Path, kaggle_ids: bool = False) -> list[tuple[str, Path]]:
     """(stem, path) of the tifs to predict: ``DIR/test/*.tif`` when DIR has test/, else ``DIR/*.tif``.
 
@@ -79,11 +84,7 @@ def list_inputs(input_dir: str | Path, kaggle_ids: bool = False) -> list[tuple[s
     if not paths:
         raise DataError(folder, "no .tif images to predict")
     _check_ids(folder, paths, kaggle_ids)
-
-    def key(p: Path) -> tuple:
-        return (0, int(p.stem), "") if _NUMERIC.match(p.stem) else (1, 0, p.stem)
-
-    return [(p.stem, p) for p in sorted(paths, key=key)]
+    return [(p.stem, p) for p in sorted(paths, key=lambda p: _id_key(p.stem))]
 
 
 def _check_ids(folder: Path, paths: list[Path], kaggle_ids: bool) -> None:
@@ -195,6 +196,31 @@ def write_submission(path: str | Path, rows: list[tuple[str, str]]) -> Path:
         return atomic_write(path, text.getvalue())
 
 
+def sample_mismatch(input_dir: str | Path, ids: list[str]) -> str | None:
+    """How the submission's image ids differ from ``sample_submission.csv`` beside the test folder
+    (Kaggle refuses a submission whose ids are not its sample's); None when they agree or it is absent."""
+    root = Path(input_dir)
+    near = [root, *([root.parent] if root.name == "test" else [])]  # --input DIR or DIR/test
+    found = [d / "sample_submission.csv" for d in near if (d / "sample_submission.csv").is_file()]
+    if not found:
+        return None
+    sample = found[0]
+    try:
+        with sample.open(newline="") as f:
+            expected = [row[0].strip() for row in list(csv.reader(f))[1:] if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return f"{sample}: unreadable ({exc}); the ids were not checked"
+    missing, extra = (
+        sorted(set(expected) - set(ids), key=_id_key),
+        sorted(set(ids) - set(expected), key=_id_key),
+    )
+    if not missing and not extra:
+        return None if ids == expected else f"its ids are {sample.name}'s in another order"
+    parts = [f"{len(found)} {what} ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''})"
+             for what, found in (("missing", missing), ("not in it", extra)) if found]  # fmt: skip
+    return f"its image ids differ from {sample}: {'; '.join(parts)}"
+
+
 def write_mask(path: Path, mask: np.ndarray) -> None:
     """A uint8 {0,255} tif, atomically: an interrupted run never leaves a truncated mask behind."""
     with _naming(path), atomic_path(path) as tmp:
@@ -277,8 +303,10 @@ def predict_dir(
 ) -> dict:
     """Predict every input tif, write ``<out>/<stem>.tif`` (uint8 {0,255}) and optional extras.
 
-    Returns ``{"n_images", "n_positive", "out_dir", "submission", "postprocess", "other_masks"}``
-    (``other_masks``: tifs already in ``out_dir`` that this prediction did not write).
+    Returns ``{"n_images", "n_positive", "out_dir", "submission", "postprocess", "other_masks",
+    "sample_mismatch"}``
+    (``other_masks``: tifs already in ``out_dir`` that this prediction did not write;
+    ``sample_mismatch``: :func:`sample_mismatch` of the submission).
     """
     if not checkpoints:
         raise NerveBenchError("no checkpoint given")
@@ -294,6 +322,7 @@ def predict_dir(
     out.mkdir(parents=True, exist_ok=True)
     rows, n_positive = _write_masks(models, inputs, post, out, overlays, max(1, batch_size), dev)
     sub = write_submission(submission, rows) if submission else None
+    mismatch = sample_mismatch(input_dir, [stem for stem, _ in rows]) if submission else None
     written = {stem for stem, _ in rows}
     return {
         "n_images": len(rows),
@@ -303,4 +332,5 @@ def predict_dir(
         "postprocess": post.to_dict(),
         # mask tifs in --out that this prediction did not write: an earlier one's, left as they were
         "other_masks": sorted(p.name for p in out.glob("*.tif") if p.stem not in written),
+        "sample_mismatch": mismatch,  # the submission's ids against sample_submission.csv beside test/
     }

@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
             f"prediction did not write ({shown}): an earlier prediction's, left as they were",
             file=sys.stderr,
         )
-    if result["submission"] and result["n_images"] != KAGGLE_TEST_IMAGES:
+    if result["sample_mismatch"]:
+        print(f"warning: {result['submission']}: {result['sample_mismatch']}", file=sys.stderr)
+    elif result["submission"] and result["n_images"] != KAGGLE_TEST_IMAGES:
         print(
             f"note: {result['submission']} holds {result['n_images']} rows; Kaggle scores a submission of "
             f"all {KAGGLE_TEST_IMAGES} test images (--input the full test/ folder)",

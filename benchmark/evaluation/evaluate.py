@@ -172,6 +172,8 @@ def evaluate(
     from datamodules.datamodule import UltrasoundNerveDataModule
     from datamodules.kaggle import content_hash
 
+    if out is not None and Path(out).is_dir():  # before the scoring, not after it
+        raise NerveBenchError(f"{out}: --out is a directory; expected the path of a .json file")
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
     _require_record(path, ckpt)

@@ -306,3 +306,33 @@ def test_unusable_output_paths_are_one_line(ckpts, synthetic_dir, tmp_path, caps
         assert main([*base, *extra]) == code
         assert capsys.readouterr().err.strip() == line
     assert not (tmp_path / "o").exists()
+
+
+def test_a_submission_whose_ids_are_not_the_samples_is_named(ckpts, synthetic_dir, tmp_path, capsys):
+    """Kaggle refuses it; the ids of test/ were never compared with sample_submission.csv."""
+    root = tmp_path / "root"
+    (root / "test").mkdir(parents=True)
+    for name in ("1.tif", "3.tif"):
+        shutil.copy(synthetic_dir / "test" / "1.tif", root / "test" / name)
+    (root / "sample_submission.csv").write_text("img,pixels\n1,\n2,\n")
+    sub = tmp_path / "sub.csv"
+    args = ["predict", "--checkpoint", str(ckpts[0]), "--input", str(root), "--out", str(tmp_path / "o")]
+    assert main([*args, "--submission", str(sub)]) == 0  # the masks and the CSV are still written
+    assert capsys.readouterr().err == (
+        f"warning: {sub}: its image ids differ from {root / 'sample_submission.csv'}: 1 missing (2); "
+        "1 not in it (3)\n"
+    )
+    assert predict.sample_mismatch(root, ["2", "1"]) == "its ids are sample_submission.csv's in another order"
+    assert predict.sample_mismatch(root, ["1", "2"]) is None
+    assert predict.sample_mismatch(tmp_path, ["9"]) is None  # no sample_submission.csv there
+    assert "1 missing (2)" in str(predict.sample_mismatch(root / "test", ["1"]))  # --input DIR/test
+
+
+def test_evaluate_refuses_a_directory_out_before_scoring(tmp_path, capsys):
+    (tmp_path / "a_dir").mkdir()
+    args = ["evaluate", "--checkpoint", str(tmp_path / "absent.ckpt"), "--data-dir", str(tmp_path)]
+    assert main([*args, "--out", str(tmp_path / "a_dir")]) == 2  # not the checkpoint's error: first
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path / 'a_dir'}: --out is a directory; expected the path of a .json file\n"
+    )
