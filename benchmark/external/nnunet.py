@@ -18,17 +18,21 @@ nnU-Net runs in child processes (:mod:`benchmark.external.nnunet_steps`) whose o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmark.core.files import atomic_write
+from benchmark.core.lock import LOCK_NAME, claim
 from benchmark.core.summary import read_summary
 from benchmark.external import importer
 from benchmark.external.folds import Fold, check_fold, fold_ids
@@ -45,6 +49,7 @@ from datamodules.errors import DataError, NerveBenchError
 
 INSTALL_HINT = "nnU-Net is not installed: `pip install -e .[nnunet]` or `make install` (see README, nnU-Net)"
 DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 1000, 250  # nnUNetTrainer's own
+SETUP_POLL_S = 5.0  # how often a process waiting for another's conversion and planning looks again
 
 
 class NnUNetError(RuntimeError):
@@ -159,6 +164,34 @@ def _plan_job(layout: Layout, settings: NnUNetSettings) -> dict[str, Any] | None
     }
 
 
+@contextlib.contextmanager
+def _setting_up(layout: Layout, say: Any) -> Iterator[None]:
+    """One process at a time converts the data and plans, the others wait for it: machines sharing
+    the results directory (`--folds` spread over them) planned into one folder at once, and one
+    crashed in nnU-Net's preprocessing while the other trained on files rewritten under it."""
+    folder, waiting = layout.work / "setup", False
+    while (held := claim(folder)) is None:
+        if not waiting:
+            say(f"waiting for the process holding {folder / LOCK_NAME} (converting the data or planning)")
+            waiting = True
+        time.sleep(SETUP_POLL_S)
+    with held:
+        yield
+
+
+def _plan(layout: Layout, settings: NnUNetSettings) -> None:
+    """nnU-Net's fingerprint, plans and preprocessing, unless these plans were made already."""
+    plan = _plan_job(layout, settings)
+    if plan is None:
+        return
+    log = layout.log(f"{settings.plans}_plan")
+    code = _work(layout, 0, settings.device, {"plan": plan, "folds": []}, log)
+    if code != 0:
+        raise NnUNetError(f"nnU-Net planning failed (exit {code}); its output is in {log}")
+    record = {"planner": settings.planner, "plans_2d": settings.plans_2d}
+    atomic_write(_plan_marker(layout, settings), json.dumps(record, sort_keys=True) + "\n")
+
+
 def _plan_marker(layout: Layout, settings: NnUNetSettings) -> Path:
     return layout.preprocessed / f"{settings.plans}.nerve_bench.json"
 
@@ -268,17 +301,10 @@ def run_seed(
     for split in [s for s in todo if _import(board, layout, settings, s, external)]:  # finished, not imported
         status[split.cfg.fold] = "imported"
         todo.remove(split)
-    plan = _plan_job(layout, settings)
-    if todo or plan:
+    if todo:
         log = layout.log(f"{settings.plans}_seed{seed}")
-        job = {"plan": plan, "folds": [_fold_job(layout, settings, s, seed) for s in todo]}
+        job = {"plan": None, "folds": [_fold_job(layout, settings, s, seed) for s in todo]}
         code = _work(layout, seed, settings.device, job, log)
-        if plan and code == 0:
-            atomic_write(
-                _plan_marker(layout, settings),
-                json.dumps({"planner": settings.planner, "plans_2d": settings.plans_2d}, sort_keys=True)
-                + "\n",
-            )
         for split in todo:  # what finished is imported even when a later fold failed
             status[split.cfg.fold] = (
                 "imported" if _import(board, layout, settings, split, external) else "failed"
@@ -305,7 +331,9 @@ def run_nnunet(
         check_fold(board.cfg, k)
     every = [importer.board_fold(board, k, 0) for k in fold_ids(board.cfg)]
     layout = Layout(results_dir.resolve() / "nnunet")
-    convert(layout, board.train_set, every, source_stamp(board.data_hash, every))
+    with _setting_up(layout, say):
+        convert(layout, board.train_set, every, source_stamp(board.data_hash, every))
+        _plan(layout, settings)
     external = {
         "source": f"nnU-Net v{version} ({layout.work})",
         "provenance": provenance(settings, version),

@@ -205,3 +205,25 @@ def test_a_fold_begun_under_another_recipe_starts_afresh(tmp_path: Path) -> None
     (tmp_path / "fold" / "checkpoint_final.pth").write_text("x")
     nnunet._begin_fold(layout, three, 0, 0)
     assert not (tmp_path / "fold" / "checkpoint_final.pth").exists()
+
+
+def test_a_second_process_waits_for_the_first_ones_conversion_and_planning(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Two `nnunet --folds` on one results directory planned into one folder at once; one crashed."""
+    import threading
+    from types import SimpleNamespace
+
+    from benchmark.core.lock import LOCK_NAME, claim
+    from benchmark.external import nnunet
+
+    monkeypatch.setattr(nnunet, "SETUP_POLL_S", 0.05)
+    first = claim(tmp_path / "setup")  # the other process, converting or planning
+    assert first is not None
+    said: list[str] = []
+    threading.Timer(0.5, first.release).start()
+    with nnunet._setting_up(SimpleNamespace(work=tmp_path), said.append):
+        held = tmp_path / "setup" / LOCK_NAME
+        assert said == [f"waiting for the process holding {held} (converting the data or planning)"]
+        assert claim(tmp_path / "setup") is None  # now this one holds it
+    assert not (tmp_path / "setup" / LOCK_NAME).exists()
