@@ -225,6 +225,7 @@ def _stdout_reader_gone() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop.clear()  # a stop an earlier command of this process kept (a signal in its clean-up) is not ours
     offline_defaults()
     args = build_parser().parse_args(argv)
     handlers: dict[int, Any] = {signal.SIGTERM: _on_sigterm}
@@ -244,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     finally:
         global _terminating
-        _terminating = False
         stop.clear()
+        _terminating = False
         _install(previous)
 
 

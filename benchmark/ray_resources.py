@@ -86,7 +86,13 @@ def grid_tasks(
     runs up to what the cluster holds of them, summed); and the words for the options."""
     counts = Counter(accelerators)
     by = {acc: task_options(nodes, settings, acc) for acc in sorted(counts)}
-    capacity = sum(min(counts[acc], slots(nodes, options)) for acc, options in by.items())
+    # GPU runs and CPU runs ask for the same CPUs (cpus_per_run): the GPU runs take the places the
+    # GPUs allow, the CPU runs what CPU places are left.
+    gpu = [acc for acc, o in by.items() if o["num_gpus"]]
+    on_gpus = min(sum(counts[a] for a in gpu), slots(nodes, by[gpu[0]])) if gpu else 0
+    cpu = [acc for acc in by if acc not in gpu]
+    cpu_slots = slots(nodes, by[cpu[0]]) - on_gpus if cpu else 0
+    capacity = on_gpus + min(sum(counts[a] for a in cpu), max(cpu_slots, 0))
     words = "; ".join(
         (f"{acc} runs: " if len(by) > 1 else "") + f"{o['num_cpus']:g} CPU, {o['num_gpus']:g} GPU each"
         for acc, o in by.items()

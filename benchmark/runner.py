@@ -359,6 +359,7 @@ def retry_released(
             or is_held(results_dir / "runs" / outcome.run, stale_after_s)
         ):
             continue
+        stop.raise_pending()  # a SIGTERM a finalizer swallowed: no run is taken over after it
         say(f"[retry] {outcome.run}: its holder stopped without finishing it; taking it over")
         outcomes[i] = run_one(cfg, data_dir, results_dir, fit, stale_after_s)
         _announce("[retry]", outcomes[i], results_dir / "runs")

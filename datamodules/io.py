@@ -18,8 +18,8 @@ from datamodules.errors import DataError
 
 # What a file decodes to, as a version: the decoded-data cache keys its entries by it, so a change
 # here is not hidden by entries decoded under the old rule (2: a colour tif is refused, where 1
-# read its red channel).
-DECODE_VERSION = 2
+# read its red channel; 3: a tif of several pages is refused, where 2 read its first).
+DECODE_VERSION = 3
 
 _capture = threading.local()  # per thread: warnings tifffile logged during the current read_tif
 

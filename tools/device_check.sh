@@ -10,7 +10,7 @@
 # BENCH_ARGS="--set image_size=32 --set epochs=1 --set precision=32 --set gpu_cache=false").
 #
 # One stage per call (run's timeout_s=600): doctor is bounded at DOCTOR_TIMEOUT_S=530 s (no check
-# starts after DOCTOR_BUDGET_S=440 s), the benchmark at BENCH_TIMEOUT_S=480 s (each then killed 15 s
+# starts after DOCTOR_BUDGET_S, by default 90 s less, the time its slowest check takes), the benchmark at BENCH_TIMEOUT_S=480 s (each then killed 15 s
 # after its SIGTERM, should a C call ignore it), after about half a minute of unpacking and layout on
 # the first call. Each stage writes what it printed to $OUT, so a stage killed at its bound still
 # reports (`benchmark doctor --show doctor.json` prints the table of what was measured).
@@ -66,7 +66,7 @@ for stage in "$@"; do
             # before the hard limit; the JSON is rewritten after every check, so even a kill at
             # 530 s leaves what was measured.
             timeout -k 15 "${DOCTOR_TIMEOUT_S:-530}" python3 -m benchmark doctor --data-dir $DATA \
-                --budget-s "${DOCTOR_BUDGET_S:-440}" --json "$OUT/doctor.json" 2>&1 \
+                --budget-s "${DOCTOR_BUDGET_S:-$(( ${DOCTOR_TIMEOUT_S:-530} - 90 ))}" --json "$OUT/doctor.json" 2>&1 \
                 | tee "$OUT/doctor.txt"
             code=${PIPESTATUS[0]}  # 1: a check failed; 3: --budget-s left checks out; 124 or 137: the timeout
             [ "$code" = 0 ] || status=$code

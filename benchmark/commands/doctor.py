@@ -64,13 +64,13 @@ def show(path: Path) -> int:
 
     try:
         report = json.loads(path.read_text())
-        text, code = format_report(report), exit_code(results_of(report))
+        text, code, complete = format_report(report), exit_code(results_of(report)), report["complete"]
     except OSError as exc:
         raise ConfigError(os_error_line(exc)) from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: not a doctor report ({type(exc).__name__}: {exc})") from None
     print(text)
-    return 3 if code == 0 and not report["complete"] else code
+    return 3 if code == 0 and not complete else code
 
 
 def run(args: argparse.Namespace) -> int:

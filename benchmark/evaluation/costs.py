@@ -42,7 +42,7 @@ from benchmark.training.device import (
     kept_conv_precision,
     kept_determinism_flags,
     resolve_device,
-    resolve_precision,
+    run_scoring_precision,
     synchronize,
 )
 
@@ -198,7 +198,7 @@ def run_inference_costs(model: nn.Module, cfg: TrainConfig, device: torch.device
     from datamodules.geometry import input_shape
 
     shape = input_shape(cfg.resize_mode, cfg.image_size)  # 448x608 in pad mode, not image_size²
-    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    precision = run_scoring_precision(cfg.precision, cfg.accelerator, device)
     # As the run scores: a "32" recipe convolves in IEEE fp32 on a GPU. A fresh process (the deferred
     # measurement's Ray worker) would otherwise time it with cuDNN's default TF32.
     with kept_conv_precision(precision if device.type == "cuda" else None):

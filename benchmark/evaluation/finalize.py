@@ -25,7 +25,7 @@ from benchmark.scoring import counts
 from benchmark.scoring.post_counts import postprocess_counts
 from benchmark.training.callbacks import checkpoint_history
 from benchmark.training.checkpoint import BEST, LAST, load_checkpoint_module, load_plain, store_in_checkpoint
-from benchmark.training.device import resolve_precision
+from benchmark.training.device import run_scoring_precision
 from benchmark.training.module import SegModule
 from datamodules.fingerprints import link_records
 
@@ -219,9 +219,7 @@ def finalize_run(
     """
     best = out_dir / "checkpoints" / BEST
     module, ckpt = load_checkpoint_module(best)
-    # On a CPU in float32 whatever the recipe trained in, as evaluate and predict score there
-    # (checkpoint.scoring_precision_of): bf16 autocast on a CPU moved pixels near the threshold.
-    precision = resolve_precision(cfg.precision, cfg.accelerator) if device.type == "cuda" else "32"
+    precision = run_scoring_precision(cfg.precision, cfg.accelerator, device)
     dm.setup("fit")  # a no-op after a fit; the empty baseline and a re-score set it up here
     data = dataset_block(dm, data_dir)
     if trained is not None:

@@ -71,7 +71,9 @@ def check_folds_file(path: Path, fold: Fold, data_hash: str) -> None:
         if seen:  # trained or tuned on what is scored: never on the board
             raise DataError(path, f"fold {fold.cfg.fold}'s {part} set holds {len(seen)} of its outer images")
         if theirs != ours:
-            raise DataError(path, f"fold {fold.cfg.fold}'s {part} set is not this benchmark's (edited?)")
+            raise DataError(
+                path, f"fold {fold.cfg.fold}'s {part} set is not this benchmark's ({_how_split(doc, fold)})"
+            )
 
 
 def _earlier_imports(run_dir: Path) -> list[dict[str, Any]]:
@@ -112,7 +114,7 @@ def _how_split(doc: dict[str, Any], fold: Fold) -> str:
     cfg = fold.cfg
     ours = {"split_seed": cfg.split_seed, "n_folds": 1 if cfg.holdout_fraction is not None else cfg.n_folds,
             "inner_fraction": cfg.inner_fraction, "holdout_fraction": cfg.holdout_fraction,
-            "link_subjects": cfg.link_subjects}  # fmt: skip
+            "link_subjects": cfg.link_subjects, "clean_contradictory": cfg.clean_contradictory}  # fmt: skip
     theirs = {"split_seed": doc.get("split_seed"), **{k: split.get(k) for k in list(ours)[1:]}}
     theirs["link_subjects"] = split.get("link_subjects", False)  # files before link_subjects: not linked
     differ = [
@@ -121,7 +123,7 @@ def _how_split(doc: dict[str, Any], fold: Fold) -> str:
     return (
         "; ".join(differ) + "; pass the folds file's config as --config"
         if differ
-        else "the same split settings, other subjects: written by another version of nerve-bench?"
+        else "the same split settings, other images: edited, or written by another version of nerve-bench?"
     )
 
 

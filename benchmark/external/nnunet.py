@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import importlib
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -253,17 +252,23 @@ RECIPE = "nerve_bench_recipe.json"  # in a fold's folder: the recipe its checkpo
 
 
 def _begin_fold(layout: Layout, settings: NnUNetSettings, seed: int, fold: int) -> None:
-    """A fold begun or finished under another recipe (epochs, plans, TTA) starts afresh: nnU-Net would
-    resume from its checkpoints and reuse its masks, under the new recipe's name on the board."""
-    fold_dir, out = (
-        layout.fold_dir(settings.plans, seed, fold),
-        layout.predictions(settings.plans, seed, fold),
-    )
+    """Record the recipe a fold's checkpoints and masks belong to; refuse a fold of another one. nnU-Net
+    would resume from its checkpoints and reuse its masks, and the board would show them under this
+    recipe's name (a rerun with other --epochs did). A fold from before the record is taken as this
+    recipe's unless its training record says another number of epochs."""
+    fold_dir = layout.fold_dir(settings.plans, seed, fold)
     want = json.dumps(settings.recipe(), sort_keys=True) + "\n"
     marker = fold_dir / RECIPE
-    if fold_dir.exists() and (not marker.is_file() or marker.read_text() != want):
-        shutil.rmtree(fold_dir)
-        shutil.rmtree(out, ignore_errors=True)
+    if marker.is_file() and marker.read_text() != want:
+        saved = marker.read_text().strip()
+        raise DataError(fold_dir, f"begun with nnU-Net settings {saved}, not {want.strip()}; "
+                        "use another --results-dir, or delete this folder to train it again")  # fmt: skip
+    if not marker.is_file() and fold_dir.is_dir():
+        facts = _facts(layout, settings, seed, fold)
+        epochs = None if facts is None else facts["epochs_run"]
+        if epochs is not None and epochs != settings.epochs:
+            raise DataError(fold_dir, f"trained for {epochs} epochs, not {settings.epochs}; use another "
+                            "--results-dir, or delete this folder to train it again")  # fmt: skip
     fold_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(marker, want)
 

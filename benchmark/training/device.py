@@ -102,6 +102,13 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if accelerator_is_gpu(accelerator) else "32"
 
 
+def run_scoring_precision(precision: str, accelerator: str, device: torch.device) -> str:
+    """The precision a run is scored (and its inference timed) in on ``device``: the recipe's on a
+    GPU, float32 on a CPU whatever it trained in, as evaluate and predict score it there
+    (``checkpoint.scoring_precision_of``): bf16 autocast on a CPU moves pixels near the threshold."""
+    return resolve_precision(precision, accelerator) if device.type == "cuda" else "32"
+
+
 def eval_device() -> torch.device:
     """The device for single-process scoring (evaluate, finalize): the GPU when there is one."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -347,7 +347,8 @@ def test_a_spent_time_budget_skips_the_checks_left_and_still_reports(tmp_path, c
     kept_line = "-- INCOMPLETE: stopped after check 'device' (the report it kept while running)"
     assert shown.rstrip().endswith(kept_line)
     (tmp_path / "bad.json").write_text('{"checks": 1}')
-    for path in (tmp_path / "bad.json", tmp_path / "absent.json"):
+    (tmp_path / "short.json").write_text('{"settings": {}, "device": "cpu", "checks": [], "seconds": 1}')
+    for path in (tmp_path / "bad.json", tmp_path / "short.json", tmp_path / "absent.json"):
         assert main(["doctor", "--show", str(path)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and str(path) in err, err

@@ -425,3 +425,33 @@ def test_a_sigterm_a_finalizer_swallowed_still_stops_the_grid_with_143(tmp_path,
         StopRequested().on_train_batch_end(None, None, None, None, 0)
     stop.clear()
     StopRequested().on_train_batch_end(None, None, None, None, 0)  # nothing pending: nothing raised
+
+
+def test_a_stop_kept_by_an_earlier_command_is_not_the_next_ones(capsys):
+    """A signal landing in a command's clean-up, in a process that runs several (a notebook, a test)."""
+    from benchmark.cli import Terminated
+    from benchmark.core import stop
+
+    stop.request(Terminated())
+    assert main(["models"]) == 0 and "interrupted" not in capsys.readouterr().err
+
+
+def test_our_signal_handlers_let_ray_start_outside_the_main_thread():
+    """signal.signal raises there; ray.init itself only skips its handler."""
+    import threading
+
+    from benchmark.ray_cluster import our_signal_handlers
+
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with our_signal_handlers():
+                pass
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join(BOUND_S)
+    assert failed == []

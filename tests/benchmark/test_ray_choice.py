@@ -61,6 +61,8 @@ def test_each_run_gets_the_options_of_its_own_accelerator():
     assert by["cpu"]["num_gpus"] == 0 and by["auto"]["num_gpus"] == 1.0 and by["auto"]["max_calls"] == 1
     assert capacity == 2 + 2 and words == "auto runs: 1 CPU, 1 GPU each; cpu runs: 1 CPU, 0 GPU each"
     assert grid_tasks(box, settings, ["auto"] * 3)[1:] == (2, "1 CPU, 1 GPU each")
+    # both kinds share the node's CPUs: 8 CPUs at 4 each hold two runs, whatever their kind
+    assert grid_tasks(box, ray_grid.RaySettings(1.0, 4.0), ["cpu", "cpu", "auto", "auto"])[1] == 2
     with pytest.raises(ray_grid.RayExecutorError, match="accelerator=gpu with gpus_per_run=1, but the Ray"):
         grid_tasks([{"CPU": 8.0}], settings, ["cpu", "gpu"])
 

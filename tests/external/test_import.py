@@ -133,7 +133,12 @@ def test_other_data_missing_fold_and_taken_names(setup, tmp_path, capsys) -> Non
     doc = json.loads(good.read_text())
     for part, edit, why in (
         ("train", lambda f: f["train"] + f["outer"][:2], "fold 0's train set holds 2 of its outer images"),
-        ("inner", lambda f: f["inner"][1:], "fold 0's inner set is not this benchmark's (edited?)"),
+        (
+            "inner",
+            lambda f: f["inner"][1:],
+            "fold 0's inner set is not this benchmark's (the same split "
+            "settings, other images: edited, or written by another version of nerve-bench?)",
+        ),
     ):
         edited = json.loads(json.dumps(doc))
         edited["folds"][0][part] = edit(edited["folds"][0])
@@ -141,6 +146,14 @@ def test_other_data_missing_fold_and_taken_names(setup, tmp_path, capsys) -> Non
         capsys.readouterr()
         assert main(_args(data, results, config, pred) + ["--folds-file", str(tmp_path / "edited.json")]) == 2
         assert capsys.readouterr().err == f"error: {tmp_path / 'edited.json'}: {why}\n"
+    other = tmp_path / "other.json"  # this split's outer folds, another inner_fraction: the cause is named
+    assert main(["folds", "--data-dir", str(data), "--config", str(config), "--out", str(other),
+                 "--set", "inner_fraction=0.6"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(_args(data, results, config, pred) + ["--folds-file", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "fold 0's train set is not this benchmark's (inner_fraction 0.6 here, " in err, err
+    assert err.endswith("on the board; pass the folds file's config as --config)\n")
     assert not results.exists()  # nothing written by any of the refused imports
 
 

@@ -177,34 +177,36 @@ def test_a_torn_fold_record_trains_the_fold_again_and_a_torn_plan_record_is_one_
         nnunet._plan_job(layout, settings)
 
 
-def test_a_fold_begun_under_another_recipe_starts_afresh(tmp_path: Path) -> None:
+def test_a_fold_begun_under_another_recipe_is_refused_not_relabelled(tmp_path: Path) -> None:
     """Folds 0,1 at 1 epoch, killed after fold 0: a rerun at 3 epochs imported fold 0's 1-epoch masks
     under the 3-epoch label (nnU-Net resumes from its checkpoint_final and skips existing masks)."""
     from types import SimpleNamespace
 
     from benchmark.external import nnunet
+    from benchmark.external.nnunet_steps import FACTS
+    from datamodules.errors import DataError
 
+    fold = tmp_path / "fold"
     layout = SimpleNamespace(
-        fold_dir=lambda plans, seed, fold: tmp_path / "fold",
-        predictions=lambda plans, seed, fold: tmp_path / "pred",
+        fold_dir=lambda plans, seed, k: fold, predictions=lambda plans, seed, k: tmp_path
     )
     one, three = nnunet.NnUNetSettings(epochs=1), nnunet.NnUNetSettings(epochs=3)
     nnunet._begin_fold(layout, one, 0, 0)
-    for made in ("fold/checkpoint_final.pth", "pred/1_1.png"):
-        (tmp_path / made).parent.mkdir(exist_ok=True)
-        (tmp_path / made).write_text("x")
-    nnunet._begin_fold(layout, one, 0, 0)  # the same recipe: resumed, nothing removed
-    assert (tmp_path / "fold" / "checkpoint_final.pth").is_file() and (
-        tmp_path / "pred" / "1_1.png"
-    ).is_file()
-    nnunet._begin_fold(layout, three, 0, 0)
-    assert sorted(p.name for p in (tmp_path / "fold").iterdir()) == [nnunet.RECIPE]
-    assert not (tmp_path / "pred").exists()
-    assert json.loads((tmp_path / "fold" / nnunet.RECIPE).read_text())["epochs"] == 3
-    (tmp_path / "fold" / nnunet.RECIPE).unlink()  # a fold of an older nerve-bench: no record, no trust
-    (tmp_path / "fold" / "checkpoint_final.pth").write_text("x")
-    nnunet._begin_fold(layout, three, 0, 0)
-    assert not (tmp_path / "fold" / "checkpoint_final.pth").exists()
+    (fold / "checkpoint_final.pth").write_text("x")
+    nnunet._begin_fold(layout, one, 0, 0)  # the same recipe: resumed, nothing touched
+    with pytest.raises(
+        DataError, match=r"fold: begun with nnU-Net settings .*\"epochs\": 1.*, not .*\"epochs\": 3"
+    ):
+        nnunet._begin_fold(layout, three, 0, 0)
+    assert (fold / "checkpoint_final.pth").is_file()  # hours of training are never deleted
+    # a fold of an older nerve-bench (no record): its own training record decides
+    (fold / nnunet.RECIPE).unlink()
+    facts = {"params": 1, "train_img_s": 1.0, "train_time_s": 1.0, "epochs_run": 1}
+    (fold / FACTS).write_text(json.dumps(facts))
+    with pytest.raises(DataError, match="fold: trained for 1 epochs, not 3; use another --results-dir"):
+        nnunet._begin_fold(layout, three, 0, 0)
+    nnunet._begin_fold(layout, one, 0, 0)  # adopted: its record is written
+    assert json.loads((fold / nnunet.RECIPE).read_text())["epochs"] == 1
 
 
 def test_a_second_process_waits_for_the_first_ones_conversion_and_planning(
