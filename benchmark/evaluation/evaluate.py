@@ -169,7 +169,6 @@ def evaluate(
     ``scope`` (outer_fold | images_not_seen_in_training | all_images_including_training | all_images)
     and ``note``, the one line that says what was scored.
     """
-    from datamodules.datamodule import UltrasoundNerveDataModule
     from datamodules.kaggle import content_hash
 
     if out is not None and Path(out).is_dir():  # before the scoring, not after it
@@ -182,10 +181,7 @@ def evaluate(
     trained_hash = config_from_dict(ckpt["hyper_parameters"]["config"]).hash()
     pp = postprocess_of(path, ckpt)
     cfg = module.cfg
-    # No split (any directory of any size can be scored), no cleaning, no GPU cache.
-    config = {**cfg.to_dict(), "clean_contradictory": False}
-    dm = UltrasoundNerveDataModule.from_config_dict(data_dir, config, split=False)
-    dm.setup()
+    dm = _scoring_data(cfg.to_dict(), data_dir)
     ts, record = dm.decoded, ckpt.get(CKPT_KEY) or {}
     data_hash = content_hash(ts)
     hit = seen_hits(record, ts)
@@ -211,6 +207,17 @@ def evaluate(
     if out is not None:
         write_json_atomic(out, result)
     return to_jsonable(result)
+
+
+def _scoring_data(config: dict, data_dir: str | Path) -> Any:
+    """The DataModule of the images to score: no split (any directory of any size can be scored), no
+    cleaning, no GPU cache."""
+    from datamodules.datamodule import UltrasoundNerveDataModule
+
+    config = {**config, "clean_contradictory": False}
+    dm = UltrasoundNerveDataModule.from_config_dict(data_dir, config, split=False)
+    dm.setup()
+    return dm
 
 
 def _require_record(path: Path, ckpt: dict) -> None:

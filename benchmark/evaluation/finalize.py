@@ -201,6 +201,17 @@ def per_image_block(dm: UltrasoundNerveDataModule, rows: dict[str, Any]) -> dict
     }
 
 
+def _training_record(
+    out_dir: Path, module: Any, world_size: int, trained: dict | None, device: torch.device
+) -> dict[str, Any]:
+    """The training's history, world and environment: this process's, or the record of a training
+    that finished earlier (then the environment scoring it again goes under "scored_again")."""
+    if trained is not None:
+        return {**trained, "scored_again": environment(device)}
+    history = _final_history(out_dir / "checkpoints" / LAST, module.history)
+    return {"history": history, "world_size": world_size, "environment": environment(device)}
+
+
 def finalize_run(
     cfg: TrainConfig,
     dm: UltrasoundNerveDataModule,
@@ -229,11 +240,7 @@ def finalize_run(
     record = _checkpoint_record(cfg, dm, pp, metrics, selection, data, outer)
     store_in_checkpoint(best, ckpt, {**record, "precision": precision})
     _overlays(out_dir / OVERLAY_NAME, dm, module, outer, pp, device, precision)
-    if trained is None:
-        history = _final_history(out_dir / "checkpoints" / LAST, module.history)
-        training = {"history": history, "world_size": world_size, "environment": environment(device)}
-    else:
-        training = {**trained, "scored_again": environment(device)}
+    training = _training_record(out_dir, module, world_size, trained, device)
     summary = {
         **run_identity(cfg),
         # the code that trained it: kept from the training when it is only scored again

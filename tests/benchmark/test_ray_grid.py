@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from benchmark import fallback as fb
-from benchmark import grid_configs, ray_grid, runner
+from benchmark import grid_configs, ray_grid, ray_storage, runner
 from benchmark.core.config import load_benchmark_config
 from benchmark.core.lock import is_held
 from benchmark.core.preflight import OutOfSpace
@@ -134,10 +134,10 @@ def _board(results: Path) -> dict:
 
 # ----------------------------------------------------------------------------- on a real local Ray
 def test_unshared_results_directory_fails_in_one_line(ray_cluster, tmp_path):
-    token = ray_grid.write_marker(tmp_path)
-    ray_grid.check_shared(ray_cluster, tmp_path, token)  # this node sees the marker
+    token = ray_storage.write_marker(tmp_path)
+    ray_storage.check_shared(ray_cluster, tmp_path, token)  # this node sees the marker
     with pytest.raises(ray_grid.RayExecutorError) as err:
-        ray_grid.check_shared(ray_cluster, tmp_path / "elsewhere", token)
+        ray_storage.check_shared(ray_cluster, tmp_path / "elsewhere", token)
     message = str(err.value)
     assert "not shared with Ray node" in message and "elsewhere" in message and "\n" not in message
 
