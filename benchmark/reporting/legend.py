@@ -25,7 +25,8 @@ _COST_DOCS = {
     "train_img_s": "training throughput during the run itself, images per second, mean over runs: under the "
     "recipe's settings (deterministic algorithms as configured) and on the share of the device the run had "
     "(runs packed onto one GPU by Ray, gpus_per_run < 1, report their share's rate; the run's summary.json "
-    "says which: cost.measured.device_share)",
+    "says which: cost.measured.device_share); an external row's is the method's own figure (nnU-Net's: its "
+    "training patches per second at its own patch size, one whole frame per patch under its default plans)",
     "infer_img_s": "inference throughput on random inputs at the network input size, batch 32 on GPU and 4 "
     "on CPU, images per second, mean over runs; every inference column is measured with PyTorch's speed "
     "settings restored (deterministic algorithms off, cudnn.benchmark on, not training's) on a device no "
