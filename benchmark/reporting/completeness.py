@@ -1,4 +1,5 @@
 """Is a model complete? Each seed's outer folds must score exactly the expected images, each once.
+Also the split's fold table as its runs recorded it (``fold_table``, ``n_folds``).
 
 The expected set comes from the split, not from the runs being checked: in k-fold mode every image
 of the data set (indices 0..n_train-1, ``dataset.n_train``); in hold-out mode the hold-out set
@@ -16,6 +17,7 @@ against the fold table (and duplicates).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -26,6 +28,24 @@ LISTED = 3  # indices named per problem; the rest are counted
 
 def _split(summary: dict[str, Any]) -> dict[str, Any]:
     return summary.get("split") or {}
+
+
+def n_folds(runs: list[dict[str, Any]]) -> int:
+    """K, the number of outer folds (one value per benchmark: n_folds is part of its hash)."""
+    return max(int(_split(s).get("n_folds") or s.get("n_folds") or 1) for s in runs)
+
+
+def fold_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The split's fold table (fold, subjects, n_images, positive_fraction) as recorded by the runs,
+    with each fold's inner selection set (``inner``: subjects, images; what its epoch and
+    post-processing were chosen on) where its runs agree on one."""
+    tables = sorted({json.dumps(_split(s).get("folds") or [], sort_keys=True) for s in runs})
+    table: list[dict[str, Any]] = max((json.loads(t) for t in tables), key=len, default=[])
+    for entry in table:
+        sel = [s.get("selection") or {} for s in runs if s.get("fold") == entry["fold"]]
+        sets = {json.dumps([sorted(x["subjects"]), x.get("n_images")]) for x in sel if x.get("subjects")}
+        entry["inner"] = json.loads(sets.pop()) if len(sets) == 1 else None
+    return table
 
 
 def _index(summary: dict[str, Any]) -> list[int]:

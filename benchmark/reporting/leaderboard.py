@@ -99,17 +99,6 @@ def _split(summary: dict[str, Any]) -> dict[str, Any]:
     return summary.get("split") or {}
 
 
-def n_folds(runs: list[dict[str, Any]]) -> int:
-    """K, the number of outer folds (one value per benchmark: n_folds is part of its hash)."""
-    return max(int(_split(s).get("n_folds") or s.get("n_folds") or 1) for s in runs)
-
-
-def fold_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The split's fold table (fold, subjects, n_images, positive_fraction) as recorded by the runs."""
-    tables = sorted({json.dumps(_split(s).get("folds") or [], sort_keys=True) for s in runs})
-    return max((json.loads(t) for t in tables), key=len, default=[])
-
-
 def _per_image(runs: list[dict[str, Any]], key: str) -> np.ndarray:
     parts = [(s.get("per_image") or {}).get(key) or [] for s in runs]
     if key in _IMAGE_VALUES:
@@ -123,7 +112,7 @@ def expected_images(runs: list[dict[str, Any]]) -> int:
 
     In hold-out mode K = 1 and the table's second row is the training rest, which is never scored.
     """
-    table, k = fold_table(runs), n_folds(runs)
+    table, k = completeness.fold_table(runs), completeness.n_folds(runs)
     if table:
         return int(sum(int(row["n_images"]) for row in table if int(row["fold"]) < k))
     return int(np.unique(_per_image(runs, "index")).size)
@@ -340,9 +329,9 @@ def header(runs: list[dict[str, Any]]) -> dict[str, Any]:
     software = {k: _unique(runs, "environment", k) for k in ("python", "torch", "lightning", "smp", "timm")}
     return {
         "datasets": [json.loads(d) for d in datasets],
-        "n_folds": n_folds(runs) if runs else None,
+        "n_folds": completeness.n_folds(runs) if runs else None,
         "mode": _split_values(runs, "mode"),
-        "folds": fold_table(runs),
+        "folds": completeness.fold_table(runs),
         "split_seed": _split_values(runs, "split_seed"),
         "inner_fraction": _split_values(runs, "inner_fraction"),
         "link_subjects": _split_values(runs, "link_subjects"),  # [null]: runs from before the field
@@ -370,7 +359,7 @@ def _model_rows(kept: list[dict[str, Any]]) -> tuple[list[dict], dict[str, dict[
     by_model: dict[str, list[dict]] = {}
     for s in kept:
         by_model.setdefault(str(s["model"]), []).append(s)
-    k, images_expected = n_folds(kept), expected(kept)
+    k, images_expected = completeness.n_folds(kept), expected(kept)
     seeds = sorted({int(s["seed"]) for s in kept})  # a model must have every seed of the benchmark
     rows, images, units = [], {}, has_units(kept)
     for model in sorted(by_model):

@@ -163,10 +163,17 @@ def _fold_table(h: dict[str, Any]) -> list[str]:
             ", ".join(str(s) for s in f["subjects"]),
             str(f["n_images"]),
             fmt(f.get("positive_fraction")),
+            _inner(f.get("inner")),
         ]
         for f in h["folds"]
     ]
-    return _table(["Fold", "Subjects", "Images", "Positive fraction"], body) if body else ["(no fold table)"]
+    head = ["Fold", "Subjects", "Images", "Positive fraction", "Selected on (inner subjects: images)"]
+    return _table(head, body) if body else ["(no fold table)"]
+
+
+def _inner(inner: list | None) -> str:
+    """A fold's inner selection set: every decision of its runs was made on these few images."""
+    return "n/a" if not inner else f"{', '.join(str(s) for s in inner[0])}: {inner[1]}"
 
 
 def _accuracy_table(board: dict[str, Any]) -> list[str]:

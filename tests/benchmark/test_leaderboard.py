@@ -274,9 +274,9 @@ def test_header_collects_split_seeds_batch_and_provenance():
         and h["global_batch"] == [16, 32]
     )
     assert h["folds"] == [
-        {"fold": 0, "subjects": [1, 2], "n_images": 4, "positive_fraction": 0.5},
-        {"fold": 1, "subjects": [3, 4], "n_images": 4, "positive_fraction": 0.5},
-    ]
+        {"fold": 0, "subjects": [1, 2], "n_images": 4, "positive_fraction": 0.5, "inner": [[99], 2]},
+        {"fold": 1, "subjects": [3, 4], "n_images": 4, "positive_fraction": 0.5, "inner": [[99], 2]},
+    ]  # inner: every run of the fold chose its epoch and post-processing on subject 99's 2 images
     assert h["device"] == ["cpu"] and h["git_sha"] == ["abc123"] and h["n_runs"] == 10
     assert h["datasets"][0]["content_hash"] == "c0ffee" and len(h["benchmark_hash"]) == 1
     # one data set, although each run's fit/inner/outer counts differ (it was listed once per fold)
