@@ -37,13 +37,16 @@ def n_folds(runs: list[dict[str, Any]]) -> int:
 
 def fold_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The split's fold table (fold, subjects, n_images, positive_fraction) as recorded by the runs,
-    with each fold's inner selection set (``inner``: subjects, images; what its epoch and
-    post-processing were chosen on) where its runs agree on one."""
+    with each fold's inner selection set (``inner``: ``{"subjects", "n_images"}``, on which the
+    nerve-bench runs of the fold chose their epoch and post-processing) where they agree on one.
+    Imported runs record the same set but made their choices outside nerve-bench: not counted."""
     tables = sorted({json.dumps(_split(s).get("folds") or [], sort_keys=True) for s in runs})
     table: list[dict[str, Any]] = max((json.loads(t) for t in tables), key=len, default=[])
+    ours = [s for s in runs if not s.get("external")]
     for entry in table:
-        sel = [s.get("selection") or {} for s in runs if s.get("fold") == entry["fold"]]
-        sets = {json.dumps([sorted(x["subjects"]), x.get("n_images")]) for x in sel if x.get("subjects")}
+        sel = [s.get("selection") or {} for s in ours if s.get("fold") == entry["fold"]]
+        sets = {json.dumps({"subjects": sorted(x["subjects"]), "n_images": x.get("n_images")}, sort_keys=True)
+                for x in sel if x.get("subjects")}  # fmt: skip
         entry["inner"] = json.loads(sets.pop()) if len(sets) == 1 else None
     return table
 

@@ -85,9 +85,13 @@ def _per_image(per_image: Any) -> str | None:
 
 
 def _selection(selection: dict[str, Any]) -> str | None:
-    metrics = selection.get("metrics")
+    metrics, subjects = selection.get("metrics"), selection.get("subjects")
     if metrics is not None and not isinstance(metrics, dict):
         return f"selection.metrics should be a mapping, got {_shown(metrics)}"
+    if subjects is not None and not (isinstance(subjects, list) and all(_is_int(v) for v in subjects)):
+        return f"selection.subjects should be a list of subject ids, got {_shown(subjects)}"
+    if not (selection.get("n_images") is None or _is_int(selection["n_images"])):
+        return f"selection.n_images should be an integer, got {_shown(selection['n_images'])}"
     return _metric_blocks(metrics, "selection.metrics")
 
 

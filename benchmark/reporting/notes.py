@@ -83,55 +83,69 @@ def _floor_lead(board: dict[str, Any]) -> float | None:
 
 
 def power_note(board: dict[str, Any]) -> str | None:
-    """What the board could have seen: the rows' detectable gaps to the top, how many have none (a
-    gap that would put a model below the all-empty floor counts as none), and where the MDE's 80% was
-    checked: a review measured 39-50% at 8 subjects and 9 rows."""
+    """What the board could have seen: the range of the rows' detectable gaps to the top, how many
+    rows have none above the floor (an MDE larger than the top's lead over the floor would put the
+    model below it), and where the MDE's 80% was checked (a review measured 39-50% at 8 subjects and
+    9 rows)."""
     contenders = [r for r in board["rows"][1:] if not r["baseline"]]
-    if not contenders or (n_subjects(board) or 0) < ranking.MIN_SUBJECTS:  # resolution_note says why
-        return None
     lead = _floor_lead(board)
-    usable = [r["vs_top"]["mde"] for r in contenders if r["vs_top"]["mde"] is not None]
-    usable = [m for m in usable if lead is None or m <= lead]  # 0: no spread, any gap would show
+    if not contenders or (n_subjects(board) or 0) < ranking.MIN_SUBJECTS or (lead is not None and lead <= 0):
+        return None  # resolution_note says why below MIN_SUBJECTS; a floor on top leaves nothing above it
+    mdes = [r["vs_top"]["mde"] for r in contenders]
+    usable = [m for m in mdes if m is not None and (lead is None or m <= lead)]
     none = len(contenders) - len(usable)
-    where = f"with these {board['rows'][0]['vs_top']['n_subjects']} subjects{_counted_once(board)}"
-    if usable:
-        low, high = min(usable), max(usable)
-        span = f"{low:.3f}" if low == high else f"{low:.3f} to {high:.3f}"
-        seen = f"p vs top detects a true gap to the top of {span} (MDE column)"
-        seen += f"; for {none} of the {len(contenders)} others no gap above the floor is" if none else ""
-    else:
-        seen = "p vs top detects no gap to the top that would leave a model above the floor"
+    found = [m for m in usable if m > 0]  # 0: no spread in the differences, any gap would show
+    span = (
+        ""
+        if not found
+        else f"{min(found):.3f}" + (f" to {max(found):.3f}" if min(found) < max(found) else "")
+    )
+    what = (
+        f"a true gap to the top of {span} (MDE column)"
+        if found
+        else "any true gap (no spread in the differences)"
+    )
+    if not usable:
+        what = "no gap to the top that would leave a model above the floor"
+    rest = (
+        f"; for {none} of the {len(contenders)} rows only a gap that would put the model below the floor"
+        if none and usable
+        else ""
+    )
     return (
-        f"Power: {where} and the observed spread of per-subject differences, {seen} detectable with "
-        f"{bs.POWER:.0%} probability at alpha {bs.ALPHA} (an approximation checked in simulation at 40 "
-        "subjects and 2 models; with fewer subjects and more rows it detects less often than it states). "
-        "Smaller gaps are likely to go unseen: 'yes' in the top group is not evidence of equality."
+        f"Power: with these {n_subjects(board)} subjects{_counted_once(board)} and the observed spread of "
+        f"per-subject differences, p vs top would detect, with {bs.POWER:.0%} probability at alpha "
+        f"{bs.ALPHA}, {what}{rest} (an approximation checked in simulation at 40 subjects and 2 models; "
+        "with fewer subjects and more rows it detects less often than it states). Smaller gaps are likely "
+        "to go unseen: 'yes' in the top group is not evidence of equality."
     )
 
 
 def tests_disagree_note(board: dict[str, Any]) -> str | None:
-    """Say so when p vs top cannot separate even the floor from the top, or when a model the floor test
-    puts above the floor has a rank interval reaching the floor's rank: two different tests, and the
-    corrected two-sided bootstrap-t behind p vs top and the rank intervals has far less power on few
-    subjects than the exact one-sided floor test."""
+    """Say so when p vs top and p vs floor disagree: the top shown above the floor while p vs top
+    cannot separate the two, or a model shown above the floor with the floor's rank inside its rank
+    interval. Two different tests: the two-sided bootstrap-t behind p vs top and the rank intervals,
+    corrected over every pair, has less power on few subjects than the one-sided floor test."""
     floor = next((r for r in board["rows"] if r["baseline"]), None)
     n = n_subjects(board) or 0
-    if floor is None or floor["vs_top"]["p"] is None or n < ranking.MIN_SUBJECTS:
-        return None
+    if floor is None or floor["vs_top"]["p"] is None or n < ranking.MIN_SUBJECTS or resolution_note(board):
+        return None  # a row-count limit or no subjects to test: resolution_note says so instead
     above = [r["model"] for r in board["rows"] if bs.beats_floor(r) and r["rank_ci"][1] >= floor["rank"]]
-    if floor["vs_top"]["p"] < bs.ALPHA and not above:
+    unseparated = floor["vs_top"]["p"] >= bs.ALPHA and bool(bs.beats_floor(board["rows"][0]))
+    if not unseparated and not above:
         return None
-    p_floor = fmt_p(floor["vs_top"]["p"])
     first = (
-        f"Not even the all-empty floor is separated from the top by p vs top (p {p_floor})"
-        if floor["vs_top"]["p"] >= bs.ALPHA
+        f"Shown above the floor by p vs floor, the top is not separated from it by p vs top (p "
+        f"{fmt_p(floor['vs_top']['p'])})"
+        if unseparated
         else "Shown above the floor by p vs floor, yet with the floor's rank in their rank interval: "
         + ", ".join(above)
     )
+    exact = "exact, " if n <= bs.EXACT_MAX else ""
     return (
         f"{first}. With {_counted(n, 'subject')}, p vs top and the rank intervals (two-sided, corrected "
-        "over all pairs) have far less power than p vs floor (one-sided, exact, Holm over the models "
-        "only): where they disagree, the rank intervals and the top group say little."
+        f"over all pairs) have less power than p vs floor (one-sided, {exact}Holm over the models only): "
+        "where they disagree, the rank intervals and the top group say little."
     )
 
 

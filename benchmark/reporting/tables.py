@@ -171,9 +171,10 @@ def _fold_table(h: dict[str, Any]) -> list[str]:
     return _table(head, body) if body else ["(no fold table)"]
 
 
-def _inner(inner: list | None) -> str:
-    """A fold's inner selection set: every decision of its runs was made on these few images."""
-    return "n/a" if not inner else f"{', '.join(str(s) for s in inner[0])}: {inner[1]}"
+def _inner(inner: dict | None) -> str:
+    """A fold's inner selection set: the epoch and post-processing of its nerve-bench runs were
+    chosen on these few images."""
+    return "-" if not inner else f"{', '.join(str(s) for s in inner['subjects'])}: {inner['n_images']}"
 
 
 def _accuracy_table(board: dict[str, Any]) -> list[str]:

@@ -274,8 +274,14 @@ def test_header_collects_split_seeds_batch_and_provenance():
         and h["global_batch"] == [16, 32]
     )
     assert h["folds"] == [
-        {"fold": 0, "subjects": [1, 2], "n_images": 4, "positive_fraction": 0.5, "inner": [[99], 2]},
-        {"fold": 1, "subjects": [3, 4], "n_images": 4, "positive_fraction": 0.5, "inner": [[99], 2]},
+        {
+            "fold": k,
+            "subjects": [2 * k + 1, 2 * k + 2],
+            "n_images": 4,
+            "positive_fraction": 0.5,
+            "inner": {"subjects": [99], "n_images": 2},
+        }
+        for k in (0, 1)
     ]  # inner: every run of the fold chose its epoch and post-processing on subject 99's 2 images
     assert h["device"] == ["cpu"] and h["git_sha"] == ["abc123"] and h["n_runs"] == 10
     assert h["datasets"][0]["content_hash"] == "c0ffee" and len(h["benchmark_hash"]) == 1
@@ -331,15 +337,22 @@ def test_the_power_note_counts_rows_with_nothing_detectable_and_says_where_the_m
     rows = [_row("top", 1, 0.0, None, None, [1, 3], floor_p=0.01), _row("a", 2, -0.05, 1.0, 0.287, [1, 4]),
             _row("b", 3, -0.1, 1.0, None, [1, 4]), _row("c", 4, -0.2, 1.0, 0.6, [1, 4]),
             _row("empty", 5, -0.45, 0.02, None, [4, 5], baseline=True)]  # fmt: skip
-    note = notes.power_note({"rows": rows, "header": {}})
-    # c's MDE (0.6) exceeds the top's lead over the floor (0.45): no gap above the floor is detectable
-    assert "detects a true gap to the top of 0.287 (MDE column); for 2 of the 3 others no gap above" in note
-    assert "checked in simulation at 40 subjects and 2 models; with fewer subjects and more rows" in note
+    board = {"rows": rows, "header": {}}
+    # c's MDE (0.6) exceeds the top's lead over the floor (0.45): only a gap below the floor shows
+    assert (
+        "would detect, with 80% probability at alpha 0.05, a true gap to the top of 0.287 (MDE column); "
+        "for 2 of the 3 rows only a gap that would put the model below the floor (an approximation "
+        "checked in simulation at 40 subjects and 2 models; with fewer subjects and more rows"
+    ) in notes.power_note(board)
+    rows[3]["vs_top"]["mde"] = 0.0  # no spread: any gap shows, and 0 is not part of the range
+    assert "top of 0.287 (MDE column); for 1 of the 3 rows only" in notes.power_note(board)
     for r in rows[1:4]:
         r["vs_top"]["mde"] = None
-    assert "p vs top detects no gap to the top that would leave a model above the floor detectable" in (
-        notes.power_note({"rows": rows, "header": {}})
+    assert "alpha 0.05, no gap to the top that would leave a model above the floor (an" in notes.power_note(
+        board
     )
+    rows[4]["vs_top"]["diff"] = 0.1  # the floor above the top: nothing to say about gaps above it
+    assert notes.power_note(board) is None
 
 
 def test_a_note_says_when_p_vs_top_and_p_vs_floor_disagree():
@@ -350,9 +363,12 @@ def test_a_note_says_when_p_vs_top_and_p_vs_floor_disagree():
     assert note.startswith(
         "Shown above the floor by p vs floor, yet with the floor's rank in their rank interval: a."
     )
+    assert "(one-sided, exact, Holm over the models only)" in note  # 8 subjects: all 2^8 flips
     rows[1]["rank_ci"] = [1, 2]
     assert notes.tests_disagree_note({"rows": rows, "header": {}}) is None  # they agree
     rows[2]["vs_top"]["p"] = 0.3
     assert notes.tests_disagree_note({"rows": rows, "header": {}}).startswith(
-        "Not even the all-empty floor is separated from the top by p vs top (p 0.3000). With 8 subjects"
+        "Shown above the floor by p vs floor, the top is not separated from it by p vs top (p 0.3000). With 8"
     )
+    rows[0]["vs_floor"]["p_holm"] = 0.2  # neither test separates them: no disagreement to report
+    assert notes.tests_disagree_note({"rows": rows, "header": {}}) is None

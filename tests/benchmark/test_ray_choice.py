@@ -12,7 +12,7 @@ import pytest
 from benchmark import grid_configs, ray_grid
 from benchmark.cli import main
 from benchmark.core.config import load_benchmark_config
-from benchmark.ray_resources import grid_tasks, slots, task_options
+from benchmark.ray_resources import RayExecutorError, grid_tasks, slots, task_options
 
 SMOKE = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "smoke.yaml"
 
@@ -47,9 +47,9 @@ def test_executor_choice_and_resources(monkeypatch):
     cpu = task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), "cpu")
     assert cpu["num_gpus"] == 0 and "max_calls" not in cpu  # CPU workers may be reused
     for accelerator in ("auto", "gpu"):  # the GPU recipe must not silently train on CPU
-        with pytest.raises(ray_grid.RayExecutorError, match="declares no GPU; set accelerator: cpu"):
+        with pytest.raises(RayExecutorError, match="declares no GPU; set accelerator: cpu"):
             task_options(cpu_only, ray_grid.RaySettings(1.0, 1.0), accelerator)
-    with pytest.raises(ray_grid.RayExecutorError, match="lower cpus_per_run"):
+    with pytest.raises(RayExecutorError, match="lower cpus_per_run"):
         slots(cpu_only, task_options(cpu_only, ray_grid.RaySettings(1.0, 4.0), "cpu"))
 
 
@@ -63,7 +63,7 @@ def test_each_run_gets_the_options_of_its_own_accelerator():
     assert grid_tasks(box, settings, ["auto"] * 3)[1:] == (2, "1 CPU, 1 GPU each")
     # both kinds share the node's CPUs: 8 CPUs at 4 each hold two runs, whatever their kind
     assert grid_tasks(box, ray_grid.RaySettings(1.0, 4.0), ["cpu", "cpu", "auto", "auto"])[1] == 2
-    with pytest.raises(ray_grid.RayExecutorError, match="accelerator=gpu with gpus_per_run=1, but the Ray"):
+    with pytest.raises(RayExecutorError, match="accelerator=gpu with gpus_per_run=1, but the Ray"):
         grid_tasks([{"CPU": 8.0}], settings, ["cpu", "gpu"])
 
 

@@ -26,6 +26,7 @@ from benchmark import grid_configs, ray_grid, ray_storage, runner
 from benchmark.core.config import load_benchmark_config
 from benchmark.core.lock import is_held
 from benchmark.core.preflight import OutOfSpace
+from benchmark.ray_resources import RayExecutorError
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "benchmark" / "configs" / "smoke.yaml"
@@ -136,7 +137,7 @@ def _board(results: Path) -> dict:
 def test_unshared_results_directory_fails_in_one_line(ray_cluster, tmp_path):
     token = ray_storage.write_marker(tmp_path)
     ray_storage.check_shared(ray_cluster, tmp_path, token)  # this node sees the marker
-    with pytest.raises(ray_grid.RayExecutorError) as err:
+    with pytest.raises(RayExecutorError) as err:
         ray_storage.check_shared(ray_cluster, tmp_path / "elsewhere", token)
     message = str(err.value)
     assert "not shared with Ray node" in message and "elsewhere" in message and "\n" not in message

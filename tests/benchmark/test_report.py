@@ -192,7 +192,9 @@ PER_IMAGE_DAMAGE = [
 ]
 NESTED_DAMAGE = [("metrics", {"post": "x"}), ("metrics", {"post": {"kaggle_dice": "high"}}),
                  ("split", {"n_folds": "two"}), ("split", {"folds": [{"fold": "a"}]}),
-                 ("selection", {"metrics": 3}), ("cost", {"params": 1, "measured": "gpu"})]  # fmt: skip
+                 ("selection", {"metrics": 3}), ("cost", {"params": 1, "measured": "gpu"}),
+                 ("selection", {"subjects": 5}), ("selection", {"subjects": [1, "a"]}),
+                 ("selection", {"subjects": [1], "n_images": "ten"})]  # fmt: skip
 
 
 def _damage(results: Path, run: str, edit) -> Path:
