@@ -85,6 +85,8 @@ def rank_rows(rows: list[dict[str, Any]], images: dict[str, dict[str, np.ndarray
         row["rank"], row["rank_ci"] = i + 1, [int(lo[i]), int(hi[i])]
         top = {"diff": 0.0, "p": None, "p_unadjusted": None, "n_subjects": int(weights.size), "mde": None}
         row["vs_top"] = top if i == 0 else vs_top(totals[i] - totals[0], weights, p_top[i], mde[i])
+        # below MIN_SUBJECTS p vs top and Set p are 1 without a test: say so to a reader of the JSON
+        row["vs_top"]["tested"] = bool(weights.size >= ranking.MIN_SUBJECTS)
         row["p_best"] = p_best.get(i)
         row["top_group"] = None if i not in p_best else bool(p_best[i] >= ALPHA)
     return ranked

@@ -85,9 +85,10 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             m = r["metrics"][key]
             line += [fmt(m["mean"], 6), fmt(m["lo"], 6), fmt(m["hi"], 6)]
         test = r.get("vs_top") or {}
-        line += [fmt(test.get("diff"), 6), fmt(test.get("p"), 6), fmt(test.get("mde"), 6)]
+        tested = test.get("tested", True)  # False: too few subjects, the 1.0 p-values were not computed
+        line += [fmt(test.get("diff"), 6), fmt(test.get("p"), 6) if tested else "", fmt(test.get("mde"), 6)]
         group = "" if not ranked or r["top_group"] is None else str(r["top_group"]).lower()
-        line += [fmt(r.get("p_best"), 6), group, str(test.get("n_subjects", ""))]
+        line += [fmt(r.get("p_best"), 6) if tested else "", group, str(test.get("n_subjects", ""))]
         rank_ci = r.get("rank_ci") or ["", ""]
         line += [str(rank_ci[0]), str(rank_ci[1]), fmt(r.get("seed_sd"), 6)]
         line += [fmt(r["run_means"][key], 6) for key, *_ in RUN_MEANS]

@@ -251,7 +251,8 @@ def test_one_subject_or_identical_models_give_a_defined_board_without_warnings()
     ] is None
     assert "With 1 subject no gap to the top" in text
     a, b2 = same["rows"][:2]
-    assert b2["vs_top"] == {"diff": 0.0, "p": 1.0, "p_unadjusted": 1.0, "n_subjects": 12, "mde": 0.0}
+    assert b2["vs_top"] == {"diff": 0.0, "p": 1.0, "p_unadjusted": 1.0, "n_subjects": 12, "mde": 0.0,
+                            "tested": True}  # fmt: skip
     assert a["p_best"] == b2["p_best"] == 1.0 and a["rank_ci"] == b2["rank_ci"] == [1, 2]
 
 
