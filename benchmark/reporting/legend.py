@@ -31,7 +31,8 @@ _COST_DOCS = {
     "on CPU, images per second from 5 timed calls after 2 warm-up ones on GPU (2 after 1 on CPU: a rough "
     "figure there; speed measures properly), mean over runs; every inference column is measured with "
     "PyTorch's speed settings restored (deterministic algorithms off, cudnn.benchmark on, not training's) "
-    "on a device no other run shares: runs that trained on a shared GPU are measured again on a whole one after the grid",
+    "on a device no other run shares: runs that trained on a shared GPU are measured again on a whole one "
+    "after the grid",
     "latency_ms": "batch-1 inference latency, milliseconds (median of timed calls), mean over runs; "
     "measured like infer_img_s",
     "peak_mem_mb": "the model's weights plus the peak CUDA memory allocated above the baseline during "
