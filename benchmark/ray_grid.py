@@ -38,12 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmark import grid_checks, ray_cluster, runner
+from benchmark import ray_cluster, runner
 from benchmark.core import stop
 from benchmark.core.config import BenchmarkConfig, TrainConfig
 from benchmark.core.files import atomic_write
 from benchmark.core.preflight import OutOfSpace, stop_for_space
-from benchmark.core.summary import is_complete
 from benchmark.evaluation import deferred_costs
 from benchmark.ray_resources import RaySettings, exclusive_options, grid_tasks
 from benchmark.ray_storage import check_shared, read_marker, write_marker
@@ -252,8 +251,8 @@ def launch(
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     # each run's own accelerator: a model_train entry may set one, and a CPU run must hold no GPU
     by_accelerator, capacity, words = grid_tasks(nodes, settings, [c.accelerator for c in todo])
-    if room is not None and min(capacity, len(todo)) > 1:  # a resume checkpoint per run in flight
-        room(min(capacity, len(todo)))
+    if room is not None and capacity > 1:  # a resume checkpoint per run in flight (capacity <= runs)
+        room(capacity)
     token = write_marker(results_dir)
     check_shared(ray, results_dir, token)
     shared = share_train_set(ray, data_dir, train_set)
@@ -318,14 +317,7 @@ def run_grid(
     """
     data_dir, results_dir = Path(data_dir).resolve(), Path(results_dir).resolve()  # the same on every node
     runs = results_dir / "runs"
-    done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
-    if data_hash is not None:
-        grid_checks.check_same_data(results_dir, data_dir, data_hash, [c.run_name() for c in grid])
-    runner.drop_kept_resume_state(runs, done)
-    todo = [c for c in grid if c not in done]
-    outcomes = [Outcome(c.run_name(), "skipped") for c in done]
-    if done:
-        runner.say(f"{len(done)}/{len(grid)} runs already complete (skipped)")
+    todo, outcomes = runner.open_grid(grid, data_dir, results_dir, data_hash)
     pending = [c for c in grid if deferred_costs.is_pending(runs / c.run_name())]
     if not todo and not pending:
         return outcomes

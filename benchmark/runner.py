@@ -292,6 +292,24 @@ def _announce(tag: str, outcome: Outcome, runs: Path) -> None:
         say(f"{tag} FAILED {outcome.run}: {outcome.error}{see}")
 
 
+def open_grid(
+    grid: list[TrainConfig], data_dir: Path, results_dir: Path, data_hash: str | None
+) -> tuple[list[TrainConfig], list[Outcome]]:
+    """Before a grid's first run (either executor): the results directory checked against the data
+    (``data_hash``), the complete runs' resume state dropped and said; the runs left to train, and
+    the complete ones as "skipped" outcomes."""
+    runs = results_dir / "runs"
+    done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
+    if data_hash is not None:
+        from benchmark.grid_checks import check_same_data  # torch and the split code: not for `say`
+
+        check_same_data(results_dir, data_dir, data_hash, [c.run_name() for c in grid])
+    drop_kept_resume_state(runs, done)
+    if done:
+        say(f"{len(done)}/{len(grid)} runs already complete (skipped)")
+    return [c for c in grid if c not in done], [Outcome(c.run_name(), "skipped") for c in done]
+
+
 def run_grid(
     grid: list[TrainConfig],
     data_dir: Path,
@@ -305,16 +323,7 @@ def run_grid(
     if fit is None:
         from benchmark.pipeline import fit
     runs = results_dir / "runs"
-    done = [c for c in grid if is_complete(runs / c.run_name(), c.hash())]
-    if data_hash is not None:
-        from benchmark.grid_checks import check_same_data  # torch and the split code: not for `say`
-
-        check_same_data(results_dir, data_dir, data_hash, [c.run_name() for c in grid])
-    drop_kept_resume_state(runs, done)
-    todo = [c for c in grid if c not in done]
-    outcomes = [Outcome(c.run_name(), "skipped") for c in grid if c not in todo]
-    if outcomes:
-        say(f"{len(outcomes)}/{len(grid)} runs already complete (skipped)")
+    todo, outcomes = open_grid(grid, data_dir, results_dir, data_hash)
     if global_rank() == 0:
         os.environ[OWNER_ENV] = owner_id()  # inherited by the DDP ranks Lightning launches
     start = time.perf_counter()
