@@ -21,6 +21,7 @@ import torch
 from benchmark.core.config import ConfigError, TrainConfig
 from benchmark.core.model_kwargs import trains
 from benchmark.core.summary import read_summary
+from benchmark.core.world import torch_build
 from datamodules.errors import DataError
 from datamodules.splits import split_for
 
@@ -90,10 +91,9 @@ def check_accelerator(grid: list[TrainConfig]) -> None:
     wants = next((c for c in grid if c.accelerator in GPU_ACCELERATORS), None)
     if wants is None or torch.cuda.is_available():
         return
-    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
     raise ConfigError(
         f"accelerator={wants.accelerator} ({wants.model}): no CUDA GPU is visible to this process "
-        f"(torch {torch.__version__}, {build}); set accelerator: cpu or auto"
+        f"({torch_build()}); set accelerator: cpu or auto"
     )
 
 

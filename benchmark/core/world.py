@@ -34,3 +34,12 @@ def resolve_devices(cfg: TrainConfig, gpus: int | None = None) -> TrainConfig:
 
         gpus = torch.cuda.device_count()
     return dataclasses.replace(cfg, devices=max(1, gpus))
+
+
+def torch_build() -> str:
+    """This torch and its build, for a line saying that no GPU is visible: ``torch 2.13.0+cpu, a
+    CPU-only build`` or ``torch 2.11.0+cu130, CUDA 13.0 build``."""
+    import torch
+
+    build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+    return f"torch {torch.__version__}, {build}"

@@ -111,11 +111,11 @@ def _check_device(device: str) -> None:
     """Before the conversion and planning (minutes on the full set): nnU-Net asks CUDA only to train."""
     import torch
 
+    from benchmark.core.world import torch_build
+
     if device == "cuda" and not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
         raise NerveBenchError(
-            f"--device cuda, but no CUDA GPU is visible (torch {torch.__version__}, {build});"
-            " use --device cpu"
+            f"--device cuda, but no CUDA GPU is visible ({torch_build()}); use --device cpu"
         )
 
 
