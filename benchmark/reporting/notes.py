@@ -76,9 +76,14 @@ def ci_note(board: dict[str, Any]) -> str | None:
     )
 
 
+def _floor_row(board: dict[str, Any]) -> dict[str, Any] | None:
+    """The all-empty floor's ranked row (None on a board without one)."""
+    return next((r for r in board["rows"] if r["baseline"]), None)
+
+
 def _floor_lead(board: dict[str, Any]) -> float | None:
     """How far the top row is above the all-empty floor's row (None without a floor row)."""
-    floor = next((r for r in board["rows"] if r["baseline"]), None)
+    floor = _floor_row(board)
     return None if floor is None else -float(floor["vs_top"]["diff"])
 
 
@@ -95,18 +100,13 @@ def power_note(board: dict[str, Any]) -> str | None:
     usable = [m for m in mdes if m is not None and (lead is None or m <= lead)]
     none = len(contenders) - len(usable)
     found = [m for m in usable if m > 0]  # 0: no spread in the differences, any gap would show
-    span = (
-        ""
-        if not found
-        else f"{min(found):.3f}" + (f" to {max(found):.3f}" if min(found) < max(found) else "")
-    )
-    what = (
-        f"a true gap to the top of {span} (MDE column)"
-        if found
-        else "any true gap (no spread in the differences)"
-    )
     if not usable:
         what = "no gap to the top that would leave a model above the floor"
+    elif not found:
+        what = "any true gap (no spread in the differences)"
+    else:
+        span = f"{min(found):.3f}" + (f" to {max(found):.3f}" if min(found) < max(found) else "")
+        what = f"a true gap to the top of {span} (MDE column)"
     rest = (
         f"; for {none} of the {len(contenders)} rows only a gap that would put the model below the floor"
         if none and usable
@@ -126,8 +126,7 @@ def tests_disagree_note(board: dict[str, Any]) -> str | None:
     cannot separate the two, or a model shown above the floor with the floor's rank inside its rank
     interval. Two different tests: the two-sided bootstrap-t behind p vs top and the rank intervals,
     corrected over every pair, has less power on few subjects than the one-sided floor test."""
-    floor = next((r for r in board["rows"] if r["baseline"]), None)
-    n = n_subjects(board) or 0
+    floor, n = _floor_row(board), n_subjects(board) or 0
     if floor is None or floor["vs_top"]["p"] is None or n < ranking.MIN_SUBJECTS or resolution_note(board):
         return None  # a row-count limit or no subjects to test: resolution_note says so instead
     above = [r["model"] for r in board["rows"] if bs.beats_floor(r) and r["rank_ci"][1] >= floor["rank"]]
