@@ -24,6 +24,7 @@ POSTPROCESS_RULE = (
 def _geometry(resize_mode: str) -> dict[str, str]:
     """The frame's way in (to the network size) and the probabilities' way out (to 420x580)."""
     from datamodules import geometry
+    from datamodules.rle import KAGGLE_SHAPE
 
     if resize_mode == "resize":
         return {
@@ -32,11 +33,11 @@ def _geometry(resize_mode: str) -> dict[str, str]:
             "restore": "bilinear resize of the probabilities to 420x580 (half-pixel centres: torch "
             "align_corners=False), in float32",
         }
-    top, left = geometry.pad_offsets()
+    (top, left), (h, w) = geometry.pad_offsets(), KAGGLE_SHAPE
     return {
         "prepare": f"reflect padding of the 420x580 frame to input_shape, the frame at row {top}, column "
         f"{left} (numpy.pad mode='reflect')",
-        "restore": f"the crop rows {top}..{top + 419}, columns {left}..{left + 579} of the probabilities",
+        "restore": f"the crop rows {top}..{top + h - 1}, columns {left}..{left + w - 1} of the probabilities",
     }
 
 

@@ -216,8 +216,8 @@ def sample_mismatch(input_dir: str | Path, ids: list[str]) -> str | None:
     )
     if not missing and not extra:
         return None if ids == expected else f"its ids are {sample.name}'s in another order"
-    parts = [f"{len(found)} {what} ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''})"
-             for what, found in (("missing", missing), ("not in it", extra)) if found]  # fmt: skip
+    parts = [f"{len(ids_)} {what} ({', '.join(ids_[:5])}{', ...' if len(ids_) > 5 else ''})"
+             for what, ids_ in (("missing", missing), ("not in it", extra)) if ids_]  # fmt: skip
     return f"its image ids differ from {sample}: {'; '.join(parts)}"
 
 
