@@ -251,7 +251,7 @@ def _check_grid(bench: BenchmarkConfig) -> None:
         values = getattr(bench, key)
         twice = sorted({v for v in values if values.count(v) > 1})
         _require(bool(values) and not twice, f"{key}={list(values)} must be non-empty, without repeats")
-    top = 0 if bench.train.holdout_fraction is not None else bench.train.n_folds - 1
+    top = every_fold(bench.train)[-1]
     why = " (holdout_fraction: one hold-out set, fold 0)" if bench.train.holdout_fraction is not None else ""
     _require(all(0 <= f <= top for f in bench.folds), f"folds={list(bench.folds)} must lie in 0..{top}{why}")
     _require(all(map(_is_seed, bench.seeds)), f"seeds={list(bench.seeds)} must lie in 0 .. 2**32-1")
