@@ -145,3 +145,19 @@ def board(*groups):
 def row(b, model):
     """A model's row, ranked or incomplete."""
     return next(r for r in b["rows"] + b["incomplete"] if r["model"] == model)
+
+
+def summary_fit(content: str, calls: list, synthetic: bool = True, key=lambda cfg: cfg.run_name()):
+    """A stand-in for pipeline.fit writing a complete summary of data with this content hash (of the
+    synthetic fallback when ``synthetic``); each call's ``key(cfg)`` goes to ``calls``."""
+    from benchmark.core.summary import write_summary
+
+    def fit(cfg, data_dir, out_dir):
+        calls.append(key(cfg))
+        kwargs = {"n_folds": cfg.n_folds, "content": content, "synthetic": synthetic}
+        summary = make_summary(cfg.model, cfg.fold, cfg.seed, [0.5, 1.0], **kwargs)
+        summary.update(run=cfg.run_name(), config=cfg.to_dict(), config_hash=cfg.hash())
+        write_summary(out_dir, summary)
+        return summary
+
+    return fit

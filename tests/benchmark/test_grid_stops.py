@@ -11,24 +11,14 @@ import pytest
 from benchmark import grid_configs, runner
 from benchmark.cli import Terminated
 from benchmark.core.config import ConfigError, load_benchmark_config
-from benchmark.core.summary import write_summary
-from tests.benchmark.summaries import make_summary
+from tests.benchmark.summaries import summary_fit
 
 SMOKE = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "smoke.yaml"
 
 
 def fit_on(content: str, synthetic: bool, calls: list[str]):
-    """A stand-in for pipeline.fit writing a complete summary of data with this content hash."""
-
-    def fit(cfg, data_dir, out_dir):
-        calls.append(cfg.model)
-        kwargs = {"n_folds": cfg.n_folds, "content": content, "synthetic": synthetic}
-        summary = make_summary(cfg.model, cfg.fold, cfg.seed, [0.5, 1.0], **kwargs)
-        summary.update(run=cfg.run_name(), config=cfg.to_dict(), config_hash=cfg.hash())
-        write_summary(out_dir, summary)
-        return summary
-
-    return fit
+    """:func:`summary_fit`, each call recorded by its model's name."""
+    return summary_fit(content, calls, synthetic, key=lambda cfg: cfg.model)
 
 
 def grid_of(model: str, fold: int = 0) -> list:

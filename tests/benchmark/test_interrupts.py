@@ -21,8 +21,7 @@ from benchmark.cli import EXIT_SIGINT, EXIT_SIGTERM, interrupt_code, main
 from benchmark.core import lock
 from benchmark.core.config import load_benchmark_config
 from benchmark.core.overrides import apply_benchmark_overrides
-from benchmark.core.summary import write_summary
-from tests.benchmark.summaries import make_summary
+from tests.benchmark.summaries import summary_fit
 from tests.benchmark.test_runner import SMOKE, fake_fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,21 +176,6 @@ def _hold(run_dir: Path, pid: int) -> None:
     (run_dir / lock.LOCK_NAME).write_text(json.dumps(info))
 
 
-def _fit_on(content: str, calls: list[str]):
-    """A stand-in for pipeline.fit writing a complete summary of data with this content hash."""
-
-    def fit(cfg, data_dir, out_dir):
-        calls.append(cfg.run_name())
-        summary = make_summary(
-            cfg.model, cfg.fold, cfg.seed, [0.5, 1.0], n_folds=cfg.n_folds, content=content
-        )
-        summary.update(run=cfg.run_name(), config=cfg.to_dict(), config_hash=cfg.hash())
-        write_summary(out_dir, summary)
-        return summary
-
-    return fit
-
-
 def test_a_run_left_to_another_process_is_named_and_the_exit_status_is_3(
     tmp_path, synthetic_dir, capsys, monkeypatch
 ):
@@ -199,7 +183,7 @@ def test_a_run_left_to_another_process_is_named_and_the_exit_status_is_3(
     from datamodules.kaggle import check_dataset
 
     calls: list[str] = []
-    monkeypatch.setattr(pipeline, "fit", _fit_on(check_dataset(synthetic_dir)["content_hash"], calls))
+    monkeypatch.setattr(pipeline, "fit", summary_fit(check_dataset(synthetic_dir)["content_hash"], calls))
     grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     held = tmp_path / "res" / "runs" / grid[0].run_name()
     args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir",
@@ -231,7 +215,7 @@ def test_a_held_run_finished_while_the_board_is_built_still_makes_the_status_3(
     import benchmark.pipeline as pipeline
     from datamodules.kaggle import check_dataset
 
-    finish, calls = _fit_on(check_dataset(synthetic_dir)["content_hash"], []), []
+    finish, calls = summary_fit(check_dataset(synthetic_dir)["content_hash"], []), []
     monkeypatch.setattr(pipeline, "fit", finish)
     grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     held = tmp_path / "res" / "runs" / grid[0].run_name()
