@@ -89,18 +89,17 @@ def choose(bench: BenchmarkConfig, grid: list[TrainConfig]) -> tuple[str, str]:
 def execute(
     bench: BenchmarkConfig,
     grid: list[TrainConfig],
+    executor: str,
     data_dir: Path,
     results_dir: Path,
     data_hash: str | None = None,
     train_set: Any = None,
     room: Callable[[int], None] | None = None,
 ) -> list[Outcome]:
-    """Run ``grid`` with the config's executor: the local loop (its runs map the node's decoded
-    cache), or Ray tasks (``train_set``, already decoded, goes to the object store; else it is read).
-    ``room(in_flight)`` checks the results directory's room for that many runs at a time (Ray)."""
-    executor, why = choose(bench, grid)
-    if why:
-        runner.say(why)
+    """Run ``grid`` with ``executor`` (as :func:`choose` picked it): the local loop (its runs map
+    the node's decoded cache), or Ray tasks (``train_set``, already decoded, goes to the object
+    store; else it is read). ``room(in_flight)`` checks the results directory's room for that many
+    runs at a time (Ray)."""
     if executor == "local":
         return runner.run_grid(grid, data_dir, results_dir, data_hash=data_hash)
     return run_grid(

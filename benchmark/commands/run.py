@@ -191,7 +191,7 @@ def _room(args: argparse.Namespace, grid: list[TrainConfig], sizes: dict[str, in
 
 
 def _dry_run(
-    bench: BenchmarkConfig, grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int]
+    bench: BenchmarkConfig, grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int], executor: str
 ) -> int:
     """List the grid and each run's state, then the room it needs; reads only (no directory, data or
     lock is created)."""
@@ -208,7 +208,7 @@ def _dry_run(
             state = " (trained: it is scored again from best.ckpt, not trained)"
         print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
     values, scored_again, held = _still_to_write(left, results_dir, sizes, trained)
-    in_flight, how = _in_flight_here(bench, grid)
+    in_flight, how = _in_flight_here(bench, grid, executor)
     need = max(grid_need_bytes(values, min(in_flight, len(values)), scored_again) - held, 0)
     print(
         f"disk: the {len(left)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
@@ -217,18 +217,17 @@ def _dry_run(
     return 0
 
 
-def _in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig]) -> tuple[int, str]:
+def _in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig], executor: str) -> tuple[int, str]:
     """How many runs train at once, as far as it is known without starting anything, and the words
     for it: one for the local executor; for a Ray started here, this machine's CPUs (all of them, as
     Ray counts them) and GPUs over one run's share, as the grid's own room check will count them; a
     configuration that Ray would refuse is refused here too; for a Ray cluster, not known."""
     import torch
 
-    from benchmark import ray_grid
     from benchmark.ray_resources import RaySettings, grid_tasks
 
     further = "Ray adds a resume checkpoint per further run in flight"
-    if ray_grid.choose(bench, grid)[0] != "ray":
+    if executor != "ray":
         return 1, "one run at a time"
     settings = RaySettings.of(bench)
     if settings.address:
@@ -269,17 +268,19 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_config(args)
     bench, data_dir, grid, sizes = _load(args)
-    if args.dry_run:  # lists a GPU grid on a login node without a GPU too
+    executor, why = ray_grid.choose(bench, grid)
+    if why:  # the dry run too: it lists what the run would do
+        runner.say(why)
+    local = executor == "local"
+    if local and not args.dry_run:  # a dry run lists a GPU grid on a login node without a GPU too
+        grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
+    if local:
+        _warn_gpu_recipe_on_cpu(grid)
+    if args.dry_run:
         grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)  # as the run would
         linked = any(c.link_subjects for c in grid)
         grid_checks.check_link_subjects(args.results_dir, linked, grid_checks.saved_links(args.results_dir))
-        if ray_grid.choose(bench, grid)[0] == "local":
-            _warn_gpu_recipe_on_cpu(grid)
-        return _dry_run(bench, grid, args.results_dir, sizes)
-    local = ray_grid.choose(bench, grid)[0] == "local"
-    if local:
-        grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
-        _warn_gpu_recipe_on_cpu(grid)
+        return _dry_run(bench, grid, args.results_dir, sizes, executor)
     # Before any data generation or training; the Ray executor checks again once it knows how many
     # runs its cluster trains at a time.
     room = _room(args, grid, sizes)
@@ -291,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
         train = None  # the runs map the node's cache: the driver keeps no copy for the whole grid
     start = time.perf_counter()
     outcomes = ray_grid.execute(
-        bench, grid, data_dir, args.results_dir, data_hash=data_hash, train_set=train, room=room
+        bench, grid, executor, data_dir, args.results_dir, data_hash=data_hash, train_set=train, room=room
     )
     runner.say(done_line(outcomes, time.perf_counter() - start))
     # Before the board: a held run that another process finishes while the board is built would

@@ -74,3 +74,13 @@ def test_cli_flags_set_the_executor(capsys, monkeypatch):
     )
     out = capsys.readouterr().out
     assert "executor: ray" in out and "ray_address: h:1" in out
+
+
+def test_a_dry_run_says_when_ray_is_not_used(capsys, tmp_path):
+    """The dry run lists what the run would do, the executor included: Ray asked for, DDP runs."""
+    argv = ["run", "--config", str(SMOKE), "--executor", "ray", "--models", "unet", "--dry-run"]
+    argv += ["--results-dir", str(tmp_path / "r"), "--set", "devices=2", "--set", "accelerator=cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "executor ray: 1 run(s) span 2 devices (DDP); running the grid locally" in out
+    assert "disk: the 1 run(s) left" in out and "one run at a time" in out
