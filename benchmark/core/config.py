@@ -134,11 +134,18 @@ class TrainConfig:
         payload = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
         if not self.link_subjects:  # off: the hash of runs made before the field existed (same split)
             del payload["link_subjects"]
-        if self.world_size() > 1 and not self.trains_on_gpu():
-            # CPU DDP has no SyncBatchNorm: each process normalises its slice of the global batch,
-            # another recipe than one process's (on GPUs SyncBatchNorm keeps it the same)
-            payload["cpu_processes"] = self.world_size()
+        payload.update(self.box_recipe())
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def box_recipe(self) -> dict[str, int]:
+        """What this machine makes of the recipe beyond the config's values: ``cpu_processes`` for a
+        CPU DDP run. It has no SyncBatchNorm (torch's needs a GPU), so each process normalises its
+        slice of the global batch, and DDP keeps rank 0's running statistics: another recipe than
+        one process's (on GPUs SyncBatchNorm keeps it the same). Hashed, and kept in the summary
+        so that the board does not rank such runs beside single-process ones."""
+        if self.world_size() > 1 and not self.trains_on_gpu():
+            return {"cpu_processes": self.world_size()}
+        return {}
 
     def run_name(self) -> str:
         safe = self.model.replace(":", "-").replace("/", "-")

@@ -116,6 +116,7 @@ def run_identity(cfg: TrainConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "config_hash": cfg.hash(),
+        **cfg.box_recipe(),  # cpu_processes: the board keeps such runs apart (leaderboard.benchmark_hash)
     }
 
 

@@ -66,6 +66,8 @@ def benchmark_hash(summary: dict[str, Any]) -> str:
     cfg = summary.get("config") or {}
     payload = {k: v for k, v in cfg.items() if k not in NOT_HASHED | _RUN_KEYS}
     payload.update(cfg.get("model_recipe") or {})  # a per-model recipe: the benchmark's shared values
+    if summary.get("cpu_processes"):  # CPU DDP: another recipe (TrainConfig.box_recipe)
+        payload["cpu_processes"] = summary["cpu_processes"]
     if not payload.get("link_subjects", True):  # off, or before the field: one benchmark (same split)
         payload.pop("link_subjects")
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

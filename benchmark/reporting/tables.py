@@ -135,7 +135,8 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
 
 def _devices(h: dict[str, Any]) -> str:
     """Devices (DDP processes) per run: the training cost columns are per run, so they compare
-    between rows only at one count (the accuracy does not depend on it: one global batch)."""
+    between rows only at one count (the recipe does not depend on it on GPUs: one global batch, one
+    sample stream, SyncBatchNorm; CPU DDP runs are another benchmark, ``cpu_processes``)."""
     sizes = h.get("world_size") or []
     if len(sizes) <= 1:
         return f"{sizes[0] if sizes else 'n/a'} device(s) per run"

@@ -265,6 +265,23 @@ def test_other_benchmarks_and_unfinished_runs_are_left_out():
     assert {s["run"] for s in ignored} == {other_data["run"], failed["run"]}
 
 
+def test_runs_of_several_cpu_processes_are_another_benchmark():
+    """CPU DDP normalises per process (no SyncBatchNorm): its runs carry cpu_processes, which the
+    run hash has, and the board must keep them apart too, not rank them beside one process's."""
+    from benchmark.core.config import TrainConfig
+    from benchmark.evaluation.finalize import run_identity
+
+    cpu = TrainConfig(model="unet", accelerator="cpu", batch_size=8)
+    assert "cpu_processes" not in run_identity(cpu)
+    assert run_identity(cpu.__class__(**{**cpu.to_dict(), "devices": 2}))["cpu_processes"] == 2
+    current = model_runs("unet", UNET)
+    ddp = {**model_runs("sk_unet", SK)[0], "cpu_processes": 2}
+    assert lb.benchmark_hash(ddp) != lb.benchmark_hash({**ddp, "cpu_processes": None})
+    assert lb.benchmark_hash({**ddp, "cpu_processes": None}) == lb.benchmark_hash(current[0])
+    kept, ignored = lb.select_runs(current + [ddp])
+    assert [s["run"] for s in kept] == sorted(s["run"] for s in current) and ignored == [ddp]
+
+
 def test_header_collects_split_seeds_batch_and_provenance():
     b = board(model_runs("unet", UNET, global_batch=32), empty_runs(), model_runs("sk_unet", SK, cost=False))
     h = b["header"]
