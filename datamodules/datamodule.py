@@ -33,7 +33,7 @@ from datamodules.decoded_cache import load_train_shared
 from datamodules.errors import DataError
 from datamodules.fingerprints import counted_once, describe, unlinked
 from datamodules.kaggle import TrainSet
-from datamodules.samplers import TrainSampler
+from datamodules.samplers import EvalSampler, TrainSampler
 from datamodules.splits import split_for
 from datamodules.targets import bbox, presence
 
@@ -289,8 +289,13 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        """Lightning's validation loader is the inner selection set (epoch selection, tuning)."""
-        return self.inner_dataloader()
+        """Lightning's validation loader is the inner selection set (epoch selection, tuning);
+        under DDP each process takes its unpadded share (:class:`datamodules.samplers.EvalSampler`)."""
+        self._require_setup()
+        rank, world = self._rank_world()
+        if world == 1:
+            return self.inner_dataloader()
+        return self.subset_dataloader(self.inner_indices, EvalSampler(len(self.inner_indices), rank, world))
 
     def inner_dataloader(self) -> DataLoader:
         """The inner selection set: what epoch selection and post-processing tuning see."""
@@ -302,14 +307,16 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
         self._require_setup()
         return self.subset_dataloader(self.outer_indices)
 
-    def subset_dataloader(self, indices: np.ndarray) -> DataLoader:
-        """Un-augmented, in-order batches (with ``mask_orig``) of the given training-set indices."""
+    def subset_dataloader(self, indices: np.ndarray, sampler: EvalSampler | None = None) -> DataLoader:
+        """Un-augmented, in-order batches (with ``mask_orig``) of the given training-set indices
+        (``sampler``: this process's share of them)."""
         self._require_setup()
         dataset = self._dataset(np.asarray(indices, np.int64), train=False)
         workers = self.config.loader_workers()
         return DataLoader(
             dataset,
             batch_size=self.config.eval_batch_size,
+            sampler=sampler,
             shuffle=False,
             num_workers=workers,
             persistent_workers=workers > 0,

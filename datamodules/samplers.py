@@ -45,3 +45,25 @@ class TrainSampler(DistributedSampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = int(self.epoch)
         return iter([(int(p), epoch) for p in self.positions()])
+
+
+class EvalSampler(DistributedSampler):
+    """This rank's strided share ``rank, rank + world, ...`` of an evaluation set, unpadded.
+
+    Lightning's own DistributedSampler pads the ranks to equal length by repeating images: the
+    scores drop repeats by index (``KaggleScores``), but a loss mean would count them, so the
+    validation loss would depend on the number of processes. Ranks may therefore hold one image
+    more than others. Only a rank that would hold none (fewer images than processes) gets one
+    repeat: every rank must run a forward pass, the first of which broadcasts DDP's buffers.
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
+        own = list(range(rank, n, world_size))
+        self.own = own if own or n == 0 else [rank % n]
+
+    def __len__(self) -> int:
+        return len(self.own)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.own)

@@ -10,12 +10,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmark.core.config import TrainConfig
 from datamodules.data_config import AugmentConfig, DataConfig, DataConfigError
 from datamodules.datamodule import MEAN, STD, UltrasoundNerveDataModule
 from datamodules.errors import DataError
 from datamodules.io import read_tif
+from datamodules.samplers import EvalSampler
 
 
 def _dm(data: Path, **fields) -> UltrasoundNerveDataModule:
@@ -283,3 +286,18 @@ def test_without_split_every_image_is_still_loadable(tmp_path: Path) -> None:
         1,
         2,
     ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 40), world=st.integers(1, 9))
+def test_eval_shares_cover_the_set_once_without_padding(n, world):
+    """Each image on exactly one rank (Lightning's sampler repeats images to even out the ranks);
+    only a rank that would hold none, with fewer images than ranks, gets one repeat."""
+    shares = [list(EvalSampler(n, rank, world)) for rank in range(world)]
+    assert all(len(s) == len(EvalSampler(n, r, world)) for r, s in enumerate(shares))
+    if n >= world:
+        assert sorted(i for s in shares for i in s) == list(range(n))
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    elif n:
+        assert all(len(s) == 1 for s in shares) and {s[0] for s in shares} == set(range(n))
+    assert EvalSampler(7, 1, 2).own == [1, 3, 5] and EvalSampler(2, 3, 4).own == [1]
