@@ -119,11 +119,20 @@ def _require_dir(path: Path) -> Path:
     return path
 
 
-def _tif_files(directory: Path) -> list[Path]:
-    """The ``*.tif`` files of a directory; other files (README, .DS_Store, ._x.tif) are ignored."""
-    return [
-        p for p in directory.iterdir() if p.suffix == ".tif" and not p.name.startswith(".") and p.is_file()
-    ]
+def _tif_files(directory: Path, errors: list[DataError]) -> list[Path]:
+    """The ``*.tif`` files of a directory; other files (README, .DS_Store, ._x.tif) are ignored,
+    except a tif under another extension (``.TIF``, ``.tiff``): read as nothing, a converted copy
+    would quietly lose those frames, so each is a problem naming the file."""
+    found = []
+    for p in directory.iterdir():
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if p.suffix == ".tif":
+            found.append(p)
+        elif p.suffix.lower() in (".tif", ".tiff"):
+            problem = f"extension {p.suffix}: the layout reads .tif only; rename it"
+            errors.append(DataError(p, problem, "not .tif"))
+    return found
 
 
 def _split_train_dir(
@@ -132,7 +141,7 @@ def _split_train_dir(
     """Map (subject, img) -> image path and -> mask path; a bad file name goes to ``errors``."""
     images: dict[tuple[int, int], Path] = {}
     masks: dict[tuple[int, int], Path] = {}
-    for path in sorted(_tif_files(train_dir)):
+    for path in sorted(_tif_files(train_dir, errors)):
         is_mask = path.stem.endswith("_mask")
         match = _TRAIN_STEM.match(path.stem[: -len("_mask")] if is_mask else path.stem)
         if match is None:
@@ -288,7 +297,7 @@ def load_train(
 def _scan_test(data_dir: Path, errors: list[DataError]) -> list[tuple[int, Path]]:
     test_dir = _require_dir(_require_dir(Path(data_dir)) / "test")
     found: dict[int, Path] = {}
-    for path in sorted(_tif_files(test_dir)):
+    for path in sorted(_tif_files(test_dir, errors)):
         match = _TEST_STEM.match(path.stem)
         if match is None:
             errors.append(DataError(path, "file name is not <id>.tif"))

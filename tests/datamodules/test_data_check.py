@@ -86,6 +86,14 @@ def test_image_without_mask_or_csv_row(capsys, tiny):
     assert_bad(capsys, tiny, "1_2.tif", "has no mask", "no row in train_masks.csv")
 
 
+@pytest.mark.parametrize("old,new,loader", [("train/2_1.tif", "train/2_3.TIF", load_train),
+                                             ("test/2.tif", "test/7.tiff", check_dataset)])  # fmt: skip
+def test_a_tif_under_another_extension_is_named_not_skipped(capsys, tiny, old, new, loader):
+    """A frame saved as .TIF or .tiff was read as nothing: the data set lost it without a word."""
+    (tiny / new).write_bytes((tiny / old).read_bytes())
+    assert_bad(capsys, tiny, Path(new).name, "the layout reads .tif only; rename it", loader=loader)
+
+
 @pytest.mark.parametrize("name", ["2_1.tif", "1_1_mask.tif"])
 def test_truncated_tif(capsys, tiny, name):
     path = tiny / "train" / name
