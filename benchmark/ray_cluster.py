@@ -44,6 +44,7 @@ PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")
 NO_PROXY_VARS = ("no_proxy", "NO_PROXY", "no_grpc_proxy")
 LOOPBACK = "127.0.0.1,localhost,::1"
 REAP_POLL_S = 0.5
+CONNECT_TIMEOUT_S = 15.0  # a cluster's head answers in milliseconds; a dropped SYN is retried for 2 min
 
 
 def _closed_port() -> int:
@@ -92,6 +93,7 @@ def connect(address: str | None, env: dict[str, str]) -> tuple[Any, bool]:
     if ray.is_initialized():
         return ray, False
     if address is not None:
+        check_reachable(address)
         runtime_env = {"env_vars": env} if env else None
         with our_signal_handlers():
             ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env=runtime_env)
@@ -111,6 +113,33 @@ def connect(address: str | None, env: dict[str, str]) -> tuple[Any, bool]:
             num_gpus=gpus,
         )
     return ray, True
+
+
+def endpoint(address: str) -> tuple[str, int] | None:
+    """The (host, port) a cluster address names, or None where Ray finds the cluster itself
+    (``auto``, ``local``) or the form is not host:port."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse, in one line, a cluster address where nothing answers: ``ray.init`` would retry it
+    for minutes on end (over 3 measured, printing a warning every few seconds)."""
+    from benchmark.ray_resources import RayExecutorError  # here: the reaper imports this module bare
+
+    where = endpoint(address)
+    if where is None:
+        return
+    try:
+        socket.create_connection(where, timeout=timeout_s).close()
+    except OSError as exc:
+        raise RayExecutorError(
+            f"Ray cluster at {address}: nothing answers there within {timeout_s:g} s "
+            f"({exc.strerror or exc}); start it (`ray start --head --disable-usage-stats`) or fix "
+            "ray_address / $RAY_ADDRESS"
+        ) from None
 
 
 def logs_dir(ray: Any) -> str:

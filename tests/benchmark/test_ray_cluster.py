@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from benchmark import ray_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +28,8 @@ LIFE_S = 6 * BOUND_S
 DRIVER = """
 import subprocess, sys, time
 from pathlib import Path
+import pytest
+
 from benchmark import ray_cluster
 
 life = float(sys.argv[2])
@@ -113,3 +117,24 @@ def test_a_local_ray_declares_the_gpus_torch_sees(monkeypatch):
         monkeypatch.setenv(name, "0")
     assert ray_cluster.connect(None, {"A": "1"}) == (ray, True)
     assert seen["num_gpus"] == 2 and seen["runtime_env"]["env_vars"]["A"] == "1"
+
+
+def test_a_cluster_address_where_nothing_answers_is_one_line(monkeypatch, tmp_path, capsys):
+    """ray.init retried such an address for over 3 minutes, a warning every few seconds."""
+    import socket
+
+    import ray
+
+    from benchmark.cli import main
+
+    monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail("ray.init was called"))
+    with socket.create_server(("127.0.0.1", 0)) as bound:  # a port nothing listens on once released
+        closed = f"127.0.0.1:{bound.getsockname()[1]}"
+    smoke = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "smoke.yaml"
+    argv = ["run", "--config", str(smoke), "--models", "empty", "--folds", "0", "--executor", "ray"]
+    assert main([*argv, "--ray-address", closed, "--results-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"Ray cluster at {closed}: nothing answers there within 15 s" in err[0]
+    with socket.create_server(("127.0.0.1", 0)) as server:  # something answers: Ray's turn
+        ray_cluster.check_reachable(f"ray://127.0.0.1:{server.getsockname()[1]}")
+    assert ray_cluster.endpoint("auto") is None and ray_cluster.endpoint("[::1]:6379") == ("::1", 6379)
