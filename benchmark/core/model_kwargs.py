@@ -29,7 +29,7 @@ def build_models(configs: Iterable[TrainConfig]) -> dict[str, int]:
     sizes: dict[str, int] = {}
     values: dict[tuple[str, str], int] = {}
     for cfg in configs:
-        key = (cfg.model, json.dumps(cfg.model_kwargs, sort_keys=True, default=repr))
+        key = (cfg.model, json.dumps([cfg.model_kwargs, cfg.encoder_weights], sort_keys=True, default=repr))
         if key not in values:
             values[key] = sum(t.numel() for t in build_model(cfg).state_dict().values())
         sizes[cfg.run_name()] = values[key]
@@ -37,16 +37,17 @@ def build_models(configs: Iterable[TrainConfig]) -> dict[str, int]:
 
 
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    """The run's model as its run builds it, without pretrained weights: on the meta device (no
-    memory, no download), or on the CPU where meta lacks an operation its constructor uses
-    (``.item()``, ``.numpy()``). ConfigError naming the model when it refuses its kwargs."""
+    """The run's model as its run builds it: on the meta device (no memory), or on the CPU where
+    meta lacks an operation its constructor uses (``.item()``, ``.numpy()``). ConfigError naming
+    the model when it refuses its kwargs or ``encoder_weights`` (a model trained from scratch, or
+    weights not in the local cache: never downloaded; cached ones are read, as the run will)."""
     import torch
 
     import models  # noqa: F401 - registers every architecture
     from models.registry import create
 
     def make() -> torch.nn.Module:
-        return create(cfg.model, in_channels=1, encoder_weights=None, **cfg.model_kwargs)
+        return create(cfg.model, in_channels=1, encoder_weights=cfg.encoder_weights, **cfg.model_kwargs)
 
     try:
         with torch.device("meta"):
@@ -60,9 +61,10 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     try:
         model = make()
     except Exception as exc:  # noqa: BLE001 - whatever the factory raises, the kwargs are at fault
-        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        text = " ".join(str(exc).split())[:400] or type(exc).__name__
+        weights = f" and encoder_weights {cfg.encoder_weights!r}" if cfg.encoder_weights else ""
         raise ConfigError(
-            f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs}: cannot be built ({text})"
+            f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs}{weights}: cannot be built ({text})"
         ) from None
     _check_trains(cfg, model)
     return model
