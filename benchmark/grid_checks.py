@@ -98,18 +98,20 @@ def check_accelerator(grid: list[TrainConfig]) -> None:
 
 
 def gpu_recipe_on_cpu(grid: list[TrainConfig]) -> str | None:
-    """A warning when runs of a GPU recipe (mixed precision, the GPU data cache) will train on the
-    CPU (``accelerator: auto`` and no GPU visible): said, not refused, as the recipe is the config's;
-    the local executor's (a Ray cluster's workers may have the GPUs its driver lacks)."""
+    """The problem when runs of a GPU recipe (mixed precision, the GPU data cache) would train on
+    the CPU (``accelerator: auto`` and no GPU visible), else None: ``run`` refuses it, as the Ray
+    executor refuses it on a cluster without GPUs (45 such runs take weeks on a CPU), and a dry run
+    says it. The local executor's (a Ray cluster's workers may have the GPUs its driver lacks)."""
     slow = [c for c in grid if c.accelerator == "auto" and (c.precision.endswith("-mixed") or c.gpu_cache)]
     if not slow or torch.cuda.is_available():
         return None
     mixed = {c.precision for c in slow if c.precision.endswith("-mixed")}
     parts = sorted(mixed | ({"gpu_cache"} if any(c.gpu_cache for c in slow) else set()))
     return (
-        f"warning: no GPU is visible, so {len(slow)} run(s) of a GPU recipe ({', '.join(parts)}) train "
-        "on the CPU, many times slower (`benchmark doctor` estimates it); a CPU recipe is --set "
-        "precision=32 --set gpu_cache=false, another recipe and so another board"
+        f"no GPU is visible ({torch_build()}) for {len(slow)} run(s) of a GPU recipe ({', '.join(parts)}) "
+        "with accelerator: auto; on the CPU they take many times longer (`benchmark doctor` estimates "
+        "it). Run on a GPU box; or --set accelerator=cpu to train this recipe on the CPU anyway; or a "
+        "CPU recipe, --set precision=32 --set gpu_cache=false (another recipe, so another board)"
     )
 
 

@@ -260,6 +260,7 @@ def _print_config(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from benchmark import fallback, grid_checks, ray_grid, runner
+    from benchmark.core.config import ConfigError
     from benchmark.core.ranks import global_rank
     from benchmark.external.board_config import DEFAULT_CONFIG
 
@@ -274,8 +275,11 @@ def run(args: argparse.Namespace) -> int:
     local = executor == "local"
     if local and not args.dry_run:  # a dry run lists a GPU grid on a login node without a GPU too
         grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
-    if local:
-        _warn_gpu_recipe_on_cpu(grid)
+    slow = grid_checks.gpu_recipe_on_cpu(grid) if local else None
+    if slow and not args.dry_run:
+        raise ConfigError(slow)
+    if slow:
+        runner.say(f"warning: {slow}")
     if args.dry_run:
         grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)  # as the run would
         linked = any(c.link_subjects for c in grid)
@@ -301,14 +305,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_report and global_rank() == 0:
         _report(bench, args.results_dir)
     return _exit_status(outcomes, missing, args.results_dir)
-
-
-def _warn_gpu_recipe_on_cpu(grid: list[TrainConfig]) -> None:
-    from benchmark import grid_checks, runner
-
-    warning = grid_checks.gpu_recipe_on_cpu(grid)
-    if warning:
-        runner.say(warning)
 
 
 def done_line(outcomes: list, seconds: float) -> str:

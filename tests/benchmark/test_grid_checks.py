@@ -3,6 +3,7 @@ no run directory (it used to fail run after run, each with a traceback, and exit
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +178,7 @@ def test_run_decodes_the_data_once_and_hands_it_to_the_executor(synthetic_dir, t
         "--models",
         "empty",
     ]
-    args += ["--folds", "0", "--seeds", "0", "--no-report", "--set", "n_folds=3"]
+    args += ["--folds", "0", "--seeds", "0", "--no-report", "--set", "n_folds=3", "--set", "accelerator=cpu"]
     main(args)
     monkeypatch.setattr(ray_grid, "choose", lambda *a: ("ray", ""))
     main(args)
@@ -207,15 +208,32 @@ def test_the_object_store_gets_plain_arrays_not_the_caches_memmaps(synthetic_dir
     assert store.put_types[1:] == [np.ndarray, np.ndarray, np.ndarray]  # images, masks, fingerprints
 
 
-def test_a_gpu_recipe_that_will_train_on_the_cpu_is_said(monkeypatch):
+def test_a_gpu_recipe_that_would_train_on_the_cpu_is_refused(monkeypatch, tmp_path, capsys, synthetic_dir):
     """default.yaml on real data and no GPU trained 45 bf16 runs with the GPU data cache on the CPU
-    without a word."""
+    (weeks), first without a word, then after a warning; the Ray executor refused it already."""
     gpu_recipe = TrainConfig(accelerator="auto", precision="bf16-mixed", gpu_cache=True)
     cpu_recipe = TrainConfig(accelerator="auto", precision="32", gpu_cache=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    warning = grid_checks.gpu_recipe_on_cpu([gpu_recipe, cpu_recipe, gpu_recipe])
-    assert warning is not None and warning.startswith("warning: no GPU is visible, so 2 run(s) of a GPU ")
-    assert "(bf16-mixed, gpu_cache)" in warning and "--set precision=32 --set gpu_cache=false" in warning
+    problem = grid_checks.gpu_recipe_on_cpu([gpu_recipe, cpu_recipe, gpu_recipe])
+    assert problem is not None and problem.startswith("no GPU is visible (torch ")
+    assert "for 2 run(s) of a GPU recipe (bf16-mixed, gpu_cache)" in problem
+    assert "--set accelerator=cpu" in problem and "--set precision=32 --set gpu_cache=false" in problem
+    assert grid_checks.gpu_recipe_on_cpu([dataclasses.replace(gpu_recipe, accelerator="cpu")]) is None
+    argv = [
+        "run",
+        "--data-dir",
+        str(synthetic_dir),
+        "--models",
+        "empty",
+        "--results-dir",
+        str(tmp_path / "r"),
+    ]
+    assert main(argv) == 2 and not (tmp_path / "r").exists()  # before anything is written
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"error: {grid_checks.gpu_recipe_on_cpu([gpu_recipe])}".replace(
+        "for 1 run(s)", "for 5 run(s)"
+    )
+    assert main([*argv, "--dry-run"]) == 0 and "warning: no GPU is visible" in capsys.readouterr().out
     assert grid_checks.gpu_recipe_on_cpu([cpu_recipe]) is None
     cached, mixed = (
         TrainConfig(accelerator="auto", precision="auto", gpu_cache=True),

@@ -171,6 +171,8 @@ def test_run_warns_when_the_data_has_linked_subjects_that_the_split_keeps_apart(
             "n_folds=3",
             "--set",
             "link_subjects=false",
+            "--set",
+            "accelerator=cpu",  # default.yaml's GPU recipe, on purpose on this CPU
         ]
     )
     assert (
