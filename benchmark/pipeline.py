@@ -14,10 +14,11 @@ again from ``best.ckpt``, not trained again.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from benchmark.core.config import TrainConfig
+from benchmark.core.config import ConfigError, TrainConfig
 from benchmark.core.ranks import global_rank
 from benchmark.core.summary import SUMMARY_NAME, is_complete, read_summary
 from benchmark.evaluation import finalize
@@ -44,6 +45,7 @@ def fit(
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     if is_complete(out_dir / SUMMARY_NAME, cfg.hash()):
         return read_summary(out_dir / SUMMARY_NAME)
+    refuse_another_run(out_dir / SUMMARY_NAME, cfg.hash())
     seed_everything(cfg.seed, workers=True, verbose=False)
     dm = make_datamodule(cfg, data_dir, preloaded)
     trained = finished.trained_record(out_dir, cfg.hash())
@@ -59,6 +61,22 @@ def fit(
     summary = finalize.finalize_run(cfg, dm, data_dir, out_dir, device, world_size=world_size)
     finished.drop_resume_state(out_dir, cfg.hash(), finalize.training_facts(summary))  # summary on disk
     return summary
+
+
+def refuse_another_run(summary_path: Path, config_hash: str) -> None:
+    """ConfigError when ``summary_path`` is the finished run of another config (an imported run,
+    another model, an older recipe): training here would overwrite it, as a ``trained.json`` or
+    ``last.ckpt`` of another config is refused. A summary that cannot be read is not a finished run."""
+    try:
+        saved = json.loads(summary_path.read_text())
+        other = saved.get("status") == "complete" and str(saved.get("config_hash")) != config_hash
+    except (OSError, ValueError, AttributeError):
+        return
+    if other:
+        raise ConfigError(
+            f"{summary_path}: the finished run {saved.get('run')!r} of another config (hash "
+            f"{saved.get('config_hash')} != {config_hash}); use another output directory or delete it"
+        )
 
 
 def _score_again(cfg: TrainConfig, dm: Any, data_dir: Path, out_dir: Path, trained: dict) -> dict:

@@ -180,3 +180,20 @@ def test_training_again_forgets_the_finished_training(fit_runs, tmp_path):
     with pytest.raises(Stop):
         pipeline.fit(UNET, fit_runs.data, out, callbacks=[StopAt(1)])
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_finished_run_of_another_config_is_never_overwritten(tmp_path, monkeypatch):
+    """`fit --out` into an imported run's directory trained there and replaced its summary (Dice
+    1.0 gone, exit 0): a complete summary of another config hash is refused like trained.json."""
+    out = tmp_path / "runs" / "oracle__f0__s0__60ca50d43edd"
+    out.mkdir(parents=True)
+    text = json.dumps({"status": "complete", "config_hash": "60ca50d43edd", "run": out.name})
+    (out / "summary.json").write_text(text)
+    monkeypatch.setattr(pipeline, "train", lambda *a, **k: pytest.fail("trained over it"))
+    with pytest.raises(ConfigError, match=r"summary.json: the finished run 'oracle__f0__s0__60ca50d43edd'"):
+        pipeline.fit(UNET, tmp_path / "no-data-needed", out)
+    assert (out / "summary.json").read_text() == text
+    (out / "summary.json").write_text(json.dumps({"status": "running", "config_hash": "60ca50d43edd"}))
+    pipeline.refuse_another_run(out / "summary.json", UNET.hash())  # not finished: resumed or trained
+    (out / "summary.json").write_text("{not json")
+    pipeline.refuse_another_run(out / "summary.json", UNET.hash())
