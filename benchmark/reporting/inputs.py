@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 OVERLAY_KEYS = ("stem", "image", "truth", "pred")
-PER_IMAGE_LISTS = {"index": "int", "subject": "id", "true_empty": "bool", "dice": "num", "dice_raw": "num",
-                   "iou": "num"}  # fmt: skip
+PER_IMAGE_LISTS = {"index": "int", "subject": "id", "true_empty": "bool", "dice": "score",
+                   "dice_raw": "score", "iou": "score"}  # fmt: skip
 
 
 def _is_int(v: Any) -> bool:
@@ -33,10 +33,17 @@ def _is_num(v: Any) -> bool:
 _ITEM: dict[str, Callable[[Any], bool]] = {
     "int": _is_int,
     "num": lambda v: v is None or _is_num(v),
+    "score": lambda v: v is None or (_is_num(v) and 0 <= v <= 1),  # Dice, IoU: 2.0 once ranked first
     "bool": lambda v: isinstance(v, bool) or v in (0, 1),
     "id": lambda v: isinstance(v, str) or _is_int(v),
 }
-_WORDS = {"int": "integers", "num": "numbers or null", "bool": "booleans", "id": "integers or strings"}
+_WORDS = {
+    "int": "integers",
+    "num": "numbers or null",
+    "score": "numbers in [0, 1] or null",
+    "bool": "booleans",
+    "id": "integers or strings",
+}
 # Top-level fields: (key, check, what it must be); None is allowed where the report has a default.
 _FIELDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("run", lambda v: isinstance(v, str) and bool(v), "a non-empty string"),

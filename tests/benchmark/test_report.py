@@ -239,6 +239,18 @@ def test_damage_inside_a_block_is_one_line_too(results, capsys, key, value):
     assert code == 0 and len(warnings) == 1 and warnings[0].startswith(f"warning: {path}: "), warnings
 
 
+@pytest.mark.parametrize("key", ["dice", "dice_raw", "iou"])
+def test_a_score_outside_zero_and_one_is_damage(results, capsys, key):
+    """Every Dice of a run set to 5.0 (a hand edit, a bug elsewhere) ranked its model first at 2.0."""
+    run = model_runs("unet", UNET)[0]["run"]
+    path = _damage(results, run, lambda s: s["per_image"].__setitem__(key, [5.0] * len(s["per_image"][key])))
+    code, warnings = _report_lines(results, capsys)
+    assert code == 0 and warnings == [
+        f"warning: {path}: per_image.{key} should be a list of numbers in [0, 1] or null, "
+        "got [5.0, 5.0, 5.0, 5.0] (run left out of the report)"
+    ]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "foreign", "pickled", "misshapen", "bitrot"])
 def test_a_damaged_overlays_file_is_one_line_and_the_rest_is_reported(results, capsys, damage):
     run = model_runs("unet", UNET)[0]["run"]
