@@ -3,8 +3,9 @@ overlays.npz.
 
 A summary whose fields lack the types the leaderboard and the plots rely on (a hand edit such as
 ``"per_image": "x"`` or ``"fold": "zero"``), or an overlays.npz that is truncated, foreign or
-damaged, makes its run *unreadable*: :func:`run_problem` names the file and the problem in one line,
-the report leaves the run out (its model then shows as incomplete) and goes on with the rest. This
+damaged: a summary makes its run *unreadable*: :func:`run_problem` names the file and the problem in
+one line, the report leaves the run out (its model then shows as incomplete) and goes on with the
+rest. Overlays feed one figure only: a damaged one is named and left out of it, its run kept. This
 is a check of structure and types, not a second schema: fields the report does not read are free.
 """
 
@@ -196,13 +197,14 @@ def overlay_problem(path: Path) -> str | None:
 
 
 def run_problem(run_dir: Path, summary: dict[str, Any]) -> str | None:
-    """``PATH: problem`` when the run cannot be reported (its summary or its overlays), else None."""
+    """``PATH: problem`` when the run cannot be reported (its summary), else None."""
     problem = summary_problem(summary)
-    if problem:
-        return f"{run_dir / 'summary.json'}: {problem}"
-    overlays = run_dir / str(summary.get("overlays") or "overlays.npz")
-    problem = overlay_problem(overlays)
-    return f"{overlays}: {problem}" if problem else None
+    return f"{run_dir / 'summary.json'}: {problem}" if problem else None
+
+
+def overlays_of(run_dir: Path, summary: dict[str, Any]) -> Path:
+    """The run's overlays.npz (named in its summary)."""
+    return run_dir / str(summary.get("overlays") or "overlays.npz")
 
 
 def _shown(value: Any) -> str:

@@ -34,7 +34,7 @@ from benchmark.core.files import atomic_path
 from benchmark.core.lock import claim, read_lock
 from benchmark.core.summary import SUMMARY_NAME, read_summary
 from benchmark.reporting import leaderboard as lb
-from benchmark.reporting.inputs import run_problem
+from benchmark.reporting.inputs import overlay_problem, overlays_of, run_problem
 from benchmark.reporting.tables import csv_table, latex, legend, markdown
 from datamodules.errors import DataError
 
@@ -159,11 +159,15 @@ def _overlay_panels(chosen: dict[str, tuple[Path, dict]], order: list[str]) -> l
     """Overlays of the same outer-fold images (stems shown by every model) in leaderboard order."""
     loaded = {}
     for model in order:
-        run_dir, summary = chosen[model]
-        path = run_dir / str(summary.get("overlays") or "overlays.npz")
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as data:
-                loaded[model] = {k: data[k] for k in ("stem", "image", "truth", "pred")}
+        path = overlays_of(*chosen[model])
+        if not path.is_file():
+            continue
+        problem = overlay_problem(path)
+        if problem:  # the run stays on the board: only this figure lacks it
+            print(f"warning: {path}: {problem} (left out of the overlay figure)", file=sys.stderr)
+            continue
+        with np.load(path, allow_pickle=False) as data:
+            loaded[model] = {k: data[k] for k in ("stem", "image", "truth", "pred")}
     if not loaded:
         return []
     shared = set.intersection(*({str(s) for s in p["stem"]} for p in loaded.values()))

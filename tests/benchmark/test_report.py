@@ -273,9 +273,13 @@ def test_a_damaged_overlays_file_is_one_line_and_the_rest_is_reported(results, c
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert "Traceback" not in err and len(warnings) == 1 and warnings[0].startswith(f"warning: {npz}: ")
+    assert warnings[0].endswith("(left out of the overlay figure)")
     board = json.loads((results / "leaderboard.json").read_text())
-    assert "unet" in [r["model"] for r in board["incomplete"]]
+    # The figure's file only: the run was left out of the board, which `run` called complete
+    assert "unet" in [r["model"] for r in board["rows"]] and not board["unreadable_runs"]
     assert all((results / name).stat().st_size > 0 for name in TABLES + PLOTS)
+    assert main(["report", "--results", str(results), "--no-plots"]) == 0
+    assert "warning" not in capsys.readouterr().err  # no figure, nothing of the file read
 
 
 def test_one_report_is_one_set_and_its_own_stale_temp_files_go(results, monkeypatch):
