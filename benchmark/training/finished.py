@@ -74,6 +74,7 @@ def trained_record(run_dir: Path, config_hash: str) -> dict[str, Any] | None:
         if (ckpt_dir / LAST).is_file() or record["schema_version"] != SCHEMA_VERSION:
             return None
         saved, history = str(record["config_hash"]), dict(record["history"])
+        history = {k: list(history.get(k, [])) for k in HISTORY_KEYS}  # a damaged record is none
         facts = {k: record[k] for k in FACTS}
         facts |= {"model_source": record["model_source"]} if record.get("model_source") else {}
     except (OSError, ValueError, KeyError, TypeError):
@@ -85,7 +86,7 @@ def trained_record(run_dir: Path, config_hash: str) -> dict[str, Any] | None:
         )
     if not _is_selected(ckpt_dir / BEST, record.get("best")):
         return None
-    return {"history": {k: list(history.get(k, [])) for k in HISTORY_KEYS}, **facts}
+    return {"history": history, **facts}
 
 
 def _is_selected(best: Path, selected: Any) -> bool:
