@@ -26,6 +26,9 @@ def apply_benchmark_overrides(bench: BenchmarkConfig, overrides: dict[str, Any])
     """``run --set``: TrainConfig keys change ``train:``; grid keys (models, executor...) the rest;
     ``model_kwargs.MODEL`` / ``model_train.MODEL`` one model's entry of the per-model maps."""
     overrides, per_model = _per_model_overrides(bench, overrides)
+    for key, flag in GRID_AXES.items():  # the grid sets them per run: --set would be shown, then ignored
+        if key in overrides:
+            raise ConfigError(f"--set {key}: each run's {key} is the grid's; use {flag}")
     train_keys = field_names(TrainConfig)
     check_keys(overrides, train_keys | field_names(BenchmarkConfig) - {"train"}, "config key")
     train = apply_overrides(bench.train, {k: v for k, v in overrides.items() if k in train_keys})
@@ -38,6 +41,8 @@ def apply_benchmark_overrides(bench: BenchmarkConfig, overrides: dict[str, Any])
     return bench
 
 
+# TrainConfig fields that the grid sets for each run, and the flag that chooses them.
+GRID_AXES = {"model": "--models", "fold": "--folds", "seed": "--seeds", "model_recipe": "model_train"}
 # `--set model_kwargs=...` is train:'s, for every model; `--set model_kwargs.unet=...` is one model's.
 PER_MODEL_MAPS = ("model_kwargs", "model_train")
 

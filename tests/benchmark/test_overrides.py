@@ -27,7 +27,11 @@ def test_benchmark_values_are_typed_and_validated():
     bad = [({"folds": "0,3"}, "folds=[0, 3] must lie in 0..2"), ({"seeds": "1,1"}, "seeds=[1, 1] must be"),
            ({"models": "[]"}, "models=[] must be non-empty"), ({"executor": "slurm"}, "executor='slurm'"),
            ({"gpus_per_run": "0"}, "gpus_per_run=0.0 must be > 0"), ({"cpus_per_run": "-1"}, "cpus_per_run"),
-           ({"seeds": "a"}, "seeds='a' should be an integer")]  # fmt: skip
+           ({"seeds": "a"}, "seeds='a' should be an integer"),
+           # the grid's axes: --set fold=1 was shown by --print-config, then every fold ran
+           ({"fold": "1"}, "--set fold: each run's fold is the grid's; use --folds"),
+           ({"seed": "5"}, "use --seeds"), ({"model": "sk_unet"}, "use --models"),
+           ({"model_recipe": "{lr: 1}"}, "use model_train")]  # fmt: skip
     for override, message in bad:
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             apply_benchmark_overrides(bench, override)
