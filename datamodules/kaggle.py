@@ -121,15 +121,17 @@ def _require_dir(path: Path) -> Path:
 
 def _tif_files(directory: Path, errors: list[DataError]) -> list[Path]:
     """The ``*.tif`` files of a directory; other files (README, .DS_Store, ._x.tif) are ignored,
-    except a tif under another extension (``.TIF``, ``.tiff``): read as nothing, a converted copy
-    would quietly lose those frames, so each is a problem naming the file."""
+    except a tif under another extension (``.TIF``, ``.tiff``) or a tif name that is no file: read
+    as nothing, those frames would quietly be lost, so each is a problem naming the file."""
     found = []
     for p in directory.iterdir():
-        if p.name.startswith(".") or not p.is_file():
+        if p.name.startswith(".") or p.suffix.lower() not in (".tif", ".tiff"):
             continue
-        if p.suffix == ".tif":
+        if not p.is_file():  # a frame as a directory or a link to nothing would vanish from the set
+            errors.append(DataError(p, "not a readable file (a directory or a broken link)", "not a file"))
+        elif p.suffix == ".tif":
             found.append(p)
-        elif p.suffix.lower() in (".tif", ".tiff"):
+        else:
             problem = f"extension {p.suffix}: the layout reads .tif only; rename it"
             errors.append(DataError(p, problem, "not .tif"))
     return found
@@ -210,6 +212,8 @@ def _scan(data_dir: str | Path, shape: tuple[int, int], errors: list[DataError])
     bad: set[tuple[int, int]] | None = set()
     if csv_path.is_file():
         rows, bad = collect(errors, partial(read_masks_csv, csv_path, shape, errors)) or ({}, None)
+    elif csv_path.exists() or csv_path.is_symlink():  # a directory, a broken link: not "no csv"
+        errors.append(DataError(csv_path, "not a readable file (a directory or a broken link)"))
     if not images:
         errors.append(DataError(train_dir, "no training images (<subject>_<img>.tif) found"))
         return []

@@ -94,6 +94,25 @@ def test_a_tif_under_another_extension_is_named_not_skipped(capsys, tiny, old, n
     assert_bad(capsys, tiny, Path(new).name, "the layout reads .tif only; rename it", loader=loader)
 
 
+@pytest.mark.parametrize("kind", ["directory", "broken link"])
+def test_a_tif_name_or_the_csv_that_is_no_file_is_named(capsys, tiny, kind):
+    """A frame as a directory or a dangling link was skipped, and `data check` said OK."""
+    (tiny / "train" / "2_1.tif").unlink()
+    (tiny / "train" / "2_1_mask.tif").unlink()
+    make = (lambda p: p.mkdir()) if kind == "directory" else (lambda p: p.symlink_to(tiny / "gone.tif"))
+    make(tiny / "train" / "2_1.tif")
+    assert_bad(capsys, tiny, "2_1.tif", "not a readable file (a directory or a broken link)")
+    frame = tiny / "train" / "2_1.tif"
+    if kind == "directory":
+        frame.rmdir()
+    else:
+        frame.unlink()
+    csv = tiny / "train_masks.csv"
+    csv.unlink(missing_ok=True)
+    make(csv)
+    assert_bad(capsys, tiny, "train_masks.csv", "not a readable file")
+
+
 @pytest.mark.parametrize("name", ["2_1.tif", "1_1_mask.tif"])
 def test_truncated_tif(capsys, tiny, name):
     path = tiny / "train" / name
