@@ -114,7 +114,8 @@ def _configured(args: argparse.Namespace) -> BenchmarkConfig:
     from benchmark.core.overrides import apply_benchmark_overrides
 
     bench = apply_benchmark_overrides(load_benchmark_config(args.config), _overrides(args))
-    if fallback.uses_synthetic(args.data_dir):
+    # --print-config of a config with no fallback shows the config itself; a run says it needs data
+    if fallback.uses_synthetic(args.data_dir) and (bench.synthetic or not args.print_config):
         bench = fallback.synthetic_benchmark(bench, str(args.config))
         bench = apply_benchmark_overrides(bench, _overrides(args))
     picked = {
@@ -252,8 +253,10 @@ def _print_config(args: argparse.Namespace) -> int:
     bench = _configured(args)
     check_model_kwargs(grid_configs.build_grid(bench))
     header = f"# {args.config} resolved (base:, --set and flags applied); usable as --config"
-    if fallback.uses_synthetic(args.data_dir):
+    if fallback.uses_synthetic(args.data_dir) and bench.synthetic:
         header += "\n# no --data-dir: the synthetic fallback's recipe, as it runs without one"
+    elif fallback.uses_synthetic(args.data_dir):
+        header += "\n# no --data-dir, and this config has no synthetic: fallback: run needs --data-dir"
     print(f"{header}\n{to_yaml(bench)}", end="")
     return 0
 

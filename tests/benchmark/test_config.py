@@ -381,3 +381,16 @@ def test_encoder_weights_a_model_cannot_take_fail_before_the_grid(tmp_path, caps
         and err[0].startswith(f"error: model '{model}' with model_kwargs")
         and fragment in err[0]
     )
+
+
+def test_print_config_of_a_config_without_a_fallback_needs_no_data(tmp_path, capsys, monkeypatch):
+    """gpu.yaml's header says `--print-config` shows the resolved config: it stopped with 'no data
+    to run on'. It prints the config and says a run needs --data-dir; the run still refuses."""
+    monkeypatch.chdir(tmp_path)  # no data/ultrasound-nerve-segmentation here
+    assert main(["run", "--config", str(CONFIGS / "gpu.yaml"), "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "# no --data-dir, and this config has no synthetic: fallback: run needs --data-dir\n" in out
+    assert "name: gpu\n" in out and "executor: ray\n" in out
+    assert load_benchmark_config(write(tmp_path / "printed.yaml", out)).name == "gpu"
+    assert main(["run", "--config", str(CONFIGS / "gpu.yaml"), "--dry-run"]) == 2
+    assert "no data to run on: give --data-dir" in capsys.readouterr().err
