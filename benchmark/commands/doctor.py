@@ -123,6 +123,7 @@ def _json_writer(path: str | None) -> Callable[..., None] | None:
     checks go on); the ``final`` write at the end is tried again and raises."""
     if path in (None, "-"):
         return None
+    from benchmark.core.config import ConfigError
     from benchmark.core.files import atomic_write, os_error_line
     from benchmark.core.summary import dumps
 
@@ -134,7 +135,9 @@ def _json_writer(path: str | None) -> Callable[..., None] | None:
         try:
             atomic_write(Path(str(path)), dumps(report))
         except OSError as exc:
-            if final or not report["checks"]:
+            if not final and not report["checks"]:  # before any work: the path given is at fault
+                raise ConfigError(f"--json: {os_error_line(exc)}") from None
+            if final:
                 raise
             failed.append(exc)
             print(f"warning: {os_error_line(exc)}; the figures so far are not on disk", file=sys.stderr)

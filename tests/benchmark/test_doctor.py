@@ -361,7 +361,11 @@ def test_the_budget_paces_a_model_by_the_models_not_by_a_longer_one_off_check():
     assert session._pace({"data": 5.0, "models": 20.0, "ray": 80.0}, "ddp") == 80.0
 
 
-def test_an_unwritable_json_path_is_one_line_before_any_check(capsys):
-    assert main(["doctor", "--device", "cpu", "--json", "/proc/nerve-bench/doctor.json"]) == 1
-    err = capsys.readouterr().err
-    assert "doctor: device" not in err and err.count("\n") == 1 and "/proc/nerve-bench" in err
+def test_an_unwritable_json_path_is_one_line_before_any_check(capsys, tmp_path):
+    """The path given is at fault, before any work: a usage problem, exit 2 (as `run --results-dir`)."""
+    (tmp_path / "a-file").write_text("")
+    for where in ("/proc/nerve-bench/doctor.json", str(tmp_path / "a-file" / "doctor.json")):
+        assert main(["doctor", "--device", "cpu", "--json", where]) == 2
+        err = capsys.readouterr().err
+        assert "doctor: device" not in err and err.count("\n") == 1 and err.startswith("error: --json: ")
+        assert str(Path(where).parent) in err
