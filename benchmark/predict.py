@@ -320,7 +320,7 @@ def predict_dir(
     # Record the TTA actually used (forced or per checkpoint) in the reported parameters.
     post = replace(ensemble_postprocess([m.post for m in models]), tta=all(m.module.cfg.tta for m in models))
     out.mkdir(parents=True, exist_ok=True)
-    rows, n_positive = _write_masks(models, inputs, post, out, overlays, max(1, batch_size), dev)
+    rows, n_positive = _write_masks(models, inputs, post, out, overlays, batch_size, dev)
     sub = write_submission(submission, rows) if submission else None
     mismatch = sample_mismatch(input_dir, [stem for stem, _ in rows]) if submission else None
     written = {stem for stem, _ in rows}

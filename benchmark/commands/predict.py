@@ -32,9 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark.core.config import ConfigError
     from benchmark.predict import predict_dir
 
-    checkpoints = [c.strip() for c in args.checkpoint.split(",") if c.strip()]
+    if args.batch_size < 1:  # it was made 1 without a word
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    checkpoints = [c.strip() for c in args.checkpoint.split(",")]
+    if not all(checkpoints):  # "a.ckpt,,": a path lost in the typing, not one checkpoint fewer
+        raise ConfigError(f"--checkpoint {args.checkpoint!r}: an empty entry between commas")
     result = predict_dir(
         checkpoints,
         args.input,

@@ -128,14 +128,13 @@ def read_checkpoint(path: Path) -> dict:
         ckpt = load_plain(path)
     except Exception as exc:  # truncated file, not a checkpoint, objects outside the weights-only allowlist
         raise NerveBenchError(f"{path}: not a readable checkpoint ({load_problem(exc)})") from None
-    if (
-        not isinstance(ckpt, dict)
-        or "state_dict" not in ckpt
-        or "config" not in ckpt.get("hyper_parameters", {})
-    ):
+    hyper = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hyper, dict) or "state_dict" not in ckpt or not isinstance(hyper.get("config"), dict):
         raise NerveBenchError(
-            f"{path}: not a nerve-bench checkpoint (no state_dict / hyper_parameters.config)"
+            f"{path}: not a nerve-bench checkpoint (no state_dict / hyper_parameters.config mapping)"
         )
+    if not isinstance(ckpt.get(CKPT_KEY) or {}, dict):
+        raise NerveBenchError(f"{path}: damaged checkpoint ({CKPT_KEY} is not a mapping)")
     return ckpt
 
 
@@ -204,7 +203,7 @@ def postprocess_of(path: Path, ckpt: dict) -> PostProcess:
         return PostProcess(tta=bool(ckpt["hyper_parameters"]["config"].get("tta", False)))
     try:
         return PostProcess.from_dict(saved)
-    except (ConfigError, TypeError) as exc:
+    except (ConfigError, TypeError, ValueError) as exc:
         raise NerveBenchError(f"{path}: bad stored post-processing ({exc})") from None
 
 

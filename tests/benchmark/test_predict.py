@@ -200,9 +200,37 @@ def test_bad_inputs_are_clear_errors(ckpts, synthetic_dir, tmp_path, capsys):
     torch.save(wrong, junk)
     with pytest.raises(NerveBenchError, match="junk.ckpt: bad stored post-processing"):
         predict.load_model(junk, CPU)
+    del wrong["nerve_bench"]["postprocess"]["thresh"]
+    for damage, message in (  # tracebacks before (ValueError, AttributeError)
+        ({"nerve_bench": {**wrong["nerve_bench"], "postprocess": {"threshold": "x"}}}, "bad stored post-pro"),
+        ({"hyper_parameters": {"config": "str"}}, "not a nerve-bench checkpoint"),
+        ({"nerve_bench": "str"}, r"damaged checkpoint \(nerve_bench is not a mapping\)"),
+    ):
+        torch.save({**wrong, **damage}, junk)
+        with pytest.raises(NerveBenchError, match=f"junk.ckpt: {message}"):
+            predict.load_model(junk, CPU)
     assert main(["predict", "--checkpoint", str(tmp_path / "nope.ckpt"), "--input", str(bad),
                  "--out", str(tmp_path / "o")]) == 2  # fmt: skip
     assert "checkpoint not found" in capsys.readouterr().err
+    # clamped to 1, and an entry lost between commas, without a word before
+    for flags, line in (
+        (["--batch-size", "0"], "error: --batch-size must be at least 1, got 0"),
+        (
+            ["--checkpoint", f"{ckpts[0]},,"],
+            f"error: --checkpoint '{ckpts[0]},,': an empty entry between commas",
+        ),
+    ):
+        argv = [
+            "predict",
+            "--checkpoint",
+            str(ckpts[0]),
+            "--input",
+            str(synthetic_dir),
+            "--out",
+            str(tmp_path / "q"),
+        ]
+        assert main([*argv, *flags]) == 2 and not (tmp_path / "q").exists()
+        assert capsys.readouterr().err.splitlines() == [line]
 
 
 def test_every_damaged_input_is_named_at_once_and_the_good_ones_predicted(
