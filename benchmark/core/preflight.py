@@ -111,6 +111,9 @@ def check_results_dir(
     """
     if results_dir.exists() and not results_dir.is_dir():
         raise NerveBenchError(f"{results_dir}: results directory is a file, not a directory")
+    runs_dir = results_dir / "runs"  # every run's directory goes there: a file in its place fails each
+    if (runs_dir.exists() or runs_dir.is_symlink()) and not runs_dir.is_dir():
+        raise NerveBenchError(f"{runs_dir}: not a directory (each run's directory goes there); move it away")
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
         _probe(results_dir)

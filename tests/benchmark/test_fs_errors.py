@@ -52,6 +52,13 @@ def test_results_dir_that_is_a_file_or_under_a_file_is_exit_2(tmp_path, syntheti
     assert main(_run(synthetic_dir, tmp_path / "file" / "results")) == 2
     line = _one_error_line(capsys)
     assert line.startswith(f"error: {tmp_path / 'file' / 'results'}: results directory is not writable")
+    # its runs/ a file: each run failed in turn (exit 1), pointing at an error.txt that cannot exist
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "runs").write_text("x")
+    assert main(_run(synthetic_dir, tmp_path / "res")) == 2
+    assert _one_error_line(capsys) == f"error: {tmp_path / 'res' / 'runs'}: not a directory (each run's " + (
+        "directory goes there); move it away"
+    )
 
 
 def test_read_only_results_dir_is_exit_2_before_any_work(
