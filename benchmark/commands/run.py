@@ -195,9 +195,14 @@ def _dry_run(
     bench: BenchmarkConfig, grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int], executor: str
 ) -> int:
     """List the grid and each run's state, then the room it needs; reads only (no directory, data or
-    lock is created)."""
+    lock is created). The results directory's split checks first, as the run would."""
+    from benchmark import grid_checks
     from benchmark.core.lock import is_held
     from benchmark.core.preflight import free_bytes, grid_need_bytes
+
+    grid_checks.check_split_seed(results_dir, bench.train.split_seed)
+    linked = any(c.link_subjects for c in grid)
+    grid_checks.check_link_subjects(results_dir, linked, grid_checks.saved_links(results_dir))
 
     left = _open_runs(grid, results_dir)
     trained = _trained(left, results_dir)
@@ -261,9 +266,30 @@ def _print_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _executor(bench: BenchmarkConfig, grid: list[TrainConfig], dry_run: bool) -> str:
+    """The executor of ``grid``, with its checks of this machine: why Ray is not used, a GPU run
+    without a GPU, a GPU recipe that would train on the CPU (refused; a dry run, which lists a GPU
+    grid on a login node without a GPU too, warns). The Ray executor checks its cluster itself."""
+    from benchmark import grid_checks, ray_grid, runner
+    from benchmark.core.config import ConfigError
+
+    executor, why = ray_grid.choose(bench, grid)
+    if why:
+        runner.say(why)
+    if executor != "local":
+        return executor
+    if not dry_run:
+        grid_checks.check_accelerator(grid)
+    slow = grid_checks.gpu_recipe_on_cpu(grid)
+    if slow and not dry_run:
+        raise ConfigError(slow)
+    if slow:
+        runner.say(f"warning: {slow}")
+    return executor
+
+
 def run(args: argparse.Namespace) -> int:
     from benchmark import fallback, grid_checks, ray_grid, runner
-    from benchmark.core.config import ConfigError
     from benchmark.core.ranks import global_rank
     from benchmark.external.board_config import DEFAULT_CONFIG
 
@@ -272,21 +298,9 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_config(args)
     bench, data_dir, grid, sizes = _load(args)
-    executor, why = ray_grid.choose(bench, grid)
-    if why:  # the dry run too: it lists what the run would do
-        runner.say(why)
+    executor = _executor(bench, grid, args.dry_run)
     local = executor == "local"
-    if local and not args.dry_run:  # a dry run lists a GPU grid on a login node without a GPU too
-        grid_checks.check_accelerator(grid)  # the Ray executor checks its cluster's GPUs itself
-    slow = grid_checks.gpu_recipe_on_cpu(grid) if local else None
-    if slow and not args.dry_run:
-        raise ConfigError(slow)
-    if slow:
-        runner.say(f"warning: {slow}")
     if args.dry_run:
-        grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)  # as the run would
-        linked = any(c.link_subjects for c in grid)
-        grid_checks.check_link_subjects(args.results_dir, linked, grid_checks.saved_links(args.results_dir))
         return _dry_run(bench, grid, args.results_dir, sizes, executor)
     # Before any data generation or training; the Ray executor checks again once it knows how many
     # runs its cluster trains at a time.
