@@ -98,10 +98,11 @@ def check_accelerator(grid: list[TrainConfig]) -> None:
 
 
 def gpu_recipe_on_cpu(grid: list[TrainConfig]) -> str | None:
-    """The problem when runs of a GPU recipe (mixed precision, the GPU data cache) would train on
-    the CPU (``accelerator: auto`` and no GPU visible), else None: ``run`` refuses it, as the Ray
-    executor refuses it on a cluster without GPUs (45 such runs take weeks on a CPU), and a dry run
-    says it. The local executor's (a Ray cluster's workers may have the GPUs its driver lacks)."""
+    """The problem when the runs ``grid`` will train are of a GPU recipe (mixed precision, the GPU
+    data cache) and would train on the CPU (``accelerator: auto`` and no GPU visible), else None:
+    ``run`` refuses it, as the Ray executor refuses it on a cluster without GPUs (45 such runs take
+    weeks on a CPU), and a dry run says it. The local executor's (a Ray cluster's workers may have
+    the GPUs its driver lacks)."""
     slow = [c for c in grid if c.accelerator == "auto" and (c.precision.endswith("-mixed") or c.gpu_cache)]
     if not slow or torch.cuda.is_available():
         return None
@@ -110,8 +111,8 @@ def gpu_recipe_on_cpu(grid: list[TrainConfig]) -> str | None:
     return (
         f"no GPU is visible ({torch_build()}) for {len(slow)} run(s) of a GPU recipe ({', '.join(parts)}) "
         "with accelerator: auto; on the CPU they take many times longer (`benchmark doctor` estimates "
-        "it). Run on a GPU box; or --set accelerator=cpu to train this recipe on the CPU anyway; or a "
-        "CPU recipe, --set precision=32 --set gpu_cache=false (another recipe, so another board)"
+        "it). Run on a GPU box; or --set accelerator=cpu to train it on the CPU anyway; or a CPU "
+        "recipe, --set precision=32 --set gpu_cache=false (either is another run hash, so another board)"
     )
 
 

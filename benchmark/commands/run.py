@@ -266,12 +266,15 @@ def _print_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _executor(bench: BenchmarkConfig, grid: list[TrainConfig], dry_run: bool) -> str:
+def _executor(bench: BenchmarkConfig, grid: list[TrainConfig], results_dir: Path, dry_run: bool) -> str:
     """The executor of ``grid``, with its checks of this machine: why Ray is not used, a GPU run
     without a GPU, a GPU recipe that would train on the CPU (refused; a dry run, which lists a GPU
-    grid on a login node without a GPU too, warns). The Ray executor checks its cluster itself."""
+    grid on a login node without a GPU too, warns). The Ray executor checks its cluster itself.
+    Only runs that will train count: not the ``empty`` baseline, nor runs complete or only to be
+    scored again (a GPU box's grid finished on a CPU box)."""
     from benchmark import grid_checks, ray_grid, runner
     from benchmark.core.config import ConfigError
+    from benchmark.core.model_kwargs import trains
 
     executor, why = ray_grid.choose(bench, grid)
     if why:
@@ -280,7 +283,9 @@ def _executor(bench: BenchmarkConfig, grid: list[TrainConfig], dry_run: bool) ->
         return executor
     if not dry_run:
         grid_checks.check_accelerator(grid)
-    slow = grid_checks.gpu_recipe_on_cpu(grid)
+    left = _open_runs(grid, results_dir)
+    scored_again = _trained(left, results_dir)
+    slow = grid_checks.gpu_recipe_on_cpu([c for c in left if c.run_name() not in scored_again and trains(c)])
     if slow and not dry_run:
         raise ConfigError(slow)
     if slow:
@@ -298,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_config(args)
     bench, data_dir, grid, sizes = _load(args)
-    executor = _executor(bench, grid, args.dry_run)
+    executor = _executor(bench, grid, args.results_dir, args.dry_run)
     local = executor == "local"
     if args.dry_run:
         return _dry_run(bench, grid, args.results_dir, sizes, executor)

@@ -7,6 +7,7 @@ the model itself refuses is one ConfigError naming the model, not a traceback in
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -40,7 +41,8 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     """The run's model as its run builds it: on the meta device (no memory), or on the CPU where
     meta lacks an operation its constructor uses (``.item()``, ``.numpy()``). ConfigError naming
     the model when it refuses its kwargs or ``encoder_weights`` (a model trained from scratch, or
-    weights not in the local cache: never downloaded; cached ones are read, as the run will)."""
+    weights not in the local cache while offline, as the CLI runs unless told otherwise; cached
+    ones are read, as the run will read them)."""
     import torch
 
     import models  # noqa: F401 - registers every architecture
@@ -50,7 +52,9 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
         return create(cfg.model, in_channels=1, encoder_weights=cfg.encoder_weights, **cfg.model_kwargs)
 
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            # pretrained weights loaded into meta parameters: one no-op warning per tensor (216 for resnet34)
+            warnings.filterwarnings("ignore", message=r".*non-meta parameter .* meta parameter")
             model = make()
         check_contract(cfg, model)  # on meta: no memory, no compute
         return model

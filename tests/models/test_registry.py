@@ -212,3 +212,33 @@ def test_duplicate_names_name_the_owner_package() -> None:
     with pytest.raises(ModelError, match=r"'trans_cg_unet' is already registered \(by nerve-bench\)"):
         registry.register("trans_cg_unet")(lambda **kw: torch.nn.Identity())
     assert models.get_info("smp:unet:resnet18").package == models.BUILTIN
+
+
+def test_the_grid_check_reads_cached_weights_into_meta_without_a_warning_per_tensor(
+    cold_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the first run each model is built on meta with its encoder_weights: torch warned once
+    per loaded tensor that the copy is a no-op (432 stderr lines for resnet34 at every command)."""
+    import warnings
+
+    import segmentation_models_pytorch as smp
+    from safetensors.torch import save_file
+
+    from benchmark.core.config import TrainConfig
+    from benchmark.core.model_kwargs import build_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", _no_network)
+    entry = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
+    repo_dir = cold_cache / "hf" / "hub" / ("models--" + entry["repo_id"].replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / entry["revision"]
+    snapshot.mkdir(parents=True)
+    encoder = smp.encoders.get_encoder("resnet18", in_channels=3, weights=None)
+    save_file(
+        {k: v.contiguous() for k, v in encoder.state_dict().items()}, str(snapshot / "model.safetensors")
+    )
+    (snapshot / "config.json").write_text("{}")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model = build_model(TrainConfig(model="smp:unet:resnet18", encoder_weights="imagenet"))
+    assert next(model.parameters()).is_meta and not [str(w.message)[:80] for w in seen]
