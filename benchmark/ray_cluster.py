@@ -119,14 +119,15 @@ def endpoint(address: str) -> tuple[str, int] | None:
     """The (host, port) a cluster address names, or None where Ray finds the cluster itself
     (``auto``, ``local``) or the form is not host:port."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return None
+    if not host or not port.isdigit() or (":" in host and not host.startswith("[")):
+        return None  # no port, or a bare IPv6 address (its port would need brackets)
     return host.strip("[]"), int(port)
 
 
 def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Refuse, in one line, a cluster address where nothing answers: ``ray.init`` would retry it
-    for minutes on end (over 3 measured, printing a warning every few seconds)."""
+    """Refuse, in one line, a cluster address where nothing answers (``timeout_s`` per address its
+    host resolves to) or whose host does not resolve: ``ray.init`` would retry it for minutes on
+    end (over 3 measured, printing a warning every few seconds)."""
     from benchmark.ray_resources import RayExecutorError  # here: the reaper imports this module bare
 
     where = endpoint(address)
@@ -134,6 +135,10 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         return
     try:
         socket.create_connection(where, timeout=timeout_s).close()
+    except socket.gaierror as exc:
+        raise RayExecutorError(
+            f"Ray cluster at {address}: cannot resolve {where[0]} ({exc.strerror})"
+        ) from None
     except OSError as exc:
         raise RayExecutorError(
             f"Ray cluster at {address}: nothing answers there within {timeout_s:g} s "

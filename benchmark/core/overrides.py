@@ -28,7 +28,7 @@ def apply_benchmark_overrides(bench: BenchmarkConfig, overrides: dict[str, Any])
     overrides, per_model = _per_model_overrides(bench, overrides)
     for key, flag in GRID_AXES.items():  # the grid sets them per run: --set would be shown, then ignored
         if key in overrides:
-            raise ConfigError(f"--set {key}: each run's {key} is the grid's; use {flag}")
+            raise ConfigError(f"--set {key}: a grid axis, not a recipe field (run: {flag})")
     train_keys = field_names(TrainConfig)
     check_keys(overrides, train_keys | field_names(BenchmarkConfig) - {"train"}, "config key")
     train = apply_overrides(bench.train, {k: v for k, v in overrides.items() if k in train_keys})

@@ -74,7 +74,9 @@ def trained_record(run_dir: Path, config_hash: str) -> dict[str, Any] | None:
         if (ckpt_dir / LAST).is_file() or record["schema_version"] != SCHEMA_VERSION:
             return None
         saved, history = str(record["config_hash"]), dict(record["history"])
-        history = {k: list(history.get(k, [])) for k in HISTORY_KEYS}  # a damaged record is none
+        history = {k: history.get(k, []) for k in HISTORY_KEYS}
+        if not all(isinstance(v, list) for v in history.values()):
+            raise TypeError("history values must be lists")  # a damaged record is none
         facts = {k: record[k] for k in FACTS}
         facts |= {"model_source": record["model_source"]} if record.get("model_source") else {}
     except (OSError, ValueError, KeyError, TypeError):

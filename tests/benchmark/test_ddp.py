@@ -45,7 +45,9 @@ from tests.benchmark.fitting import PER_SUBJECT, SUBJECTS, TINY, UNET
 pytestmark = pytest.mark.slow
 
 # One subject per outer fold: PER_SUBJECT (odd) outer images, and an inner set of one subject (odd).
-DDP_CFG = dataclasses.replace(UNET, n_folds=SUBJECTS, fold=2)
+# eval_batch_size 5: the 2 ranks' shares of the 11 inner images (6 and 5) take 2 and 1 batches, so
+# no collective may run per validation step (unpadded shares, EvalSampler)
+DDP_CFG = dataclasses.replace(UNET, n_folds=SUBJECTS, fold=2, eval_batch_size=5)
 ROW_KEYS = ("index", "counts", "presence_prob", "dice", "iou", "true_empty")
 # Real-model tolerances across batch compositions: probabilities to 1e-5; a pixel whose probability
 # sits within float noise of 0.5 may flip, so per-image counts may differ by a few boundary pixels.

@@ -69,7 +69,7 @@ def test_the_record_does_not_count_while_training_is_under_way_or_after_a_schema
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "schema_version": record["schema_version"] - 1}))
     assert finished.trained_record(run, "abc") is None  # the recipe changed with the schema
-    for history in ({"epoch": [0, 1], "train_loss": 5}, [1, 2]):  # damaged: none, not a traceback
+    for history in ({"epoch": [0, 1], "train_loss": 5}, [1, 2], {"epoch": "01"}):  # damaged: none
         path.write_text(json.dumps({**record, "history": history}))
         assert finished.trained_record(run, "abc") is None
     path.write_text(json.dumps(record))

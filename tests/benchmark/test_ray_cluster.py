@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import ray_cluster
+from benchmark.ray_resources import RayExecutorError
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUND_S = 600.0  # a bound on each wait, never a timing: a loaded box may take minutes
@@ -138,3 +139,11 @@ def test_a_cluster_address_where_nothing_answers_is_one_line(monkeypatch, tmp_pa
     with socket.create_server(("127.0.0.1", 0)) as server:  # something answers: Ray's turn
         ray_cluster.check_reachable(f"ray://127.0.0.1:{server.getsockname()[1]}")
     assert ray_cluster.endpoint("auto") is None and ray_cluster.endpoint("[::1]:6379") == ("::1", 6379)
+    assert ray_cluster.endpoint("::1") is None  # a bare IPv6 address: no port to read
+
+    def unresolvable(*args, **kwargs):  # no resolver is asked: a test touches no network
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unresolvable)
+    with pytest.raises(RayExecutorError, match=r"at no-such-host:6379: cannot resolve no-such-host \(Name"):
+        ray_cluster.check_reachable("no-such-host:6379")
