@@ -150,7 +150,10 @@ def test_a_finished_run_whose_summary_is_removed_is_scored_again_not_trained(
     np.testing.assert_allclose(again["per_image"]["dice"], first["per_image"]["dice"], atol=1e-6)
     assert json.loads((out / "summary.json").read_text())["status"] == "complete"
     # Another config in this directory would overwrite a finished run: refused, as last.ckpt's is.
-    with pytest.raises(ConfigError, match="finished run of a different config"):
+    with pytest.raises(ConfigError, match=r"summary.json: the finished run '.*' of another config"):
+        pipeline.fit(TINY, fit_runs.data, out)
+    (out / "summary.json").unlink()  # its record of the training says so too
+    with pytest.raises(ConfigError, match=r"trained.json: a finished run of a different config"):
         pipeline.fit(TINY, fit_runs.data, out)
 
 
