@@ -11,6 +11,7 @@ previous file intact. Problems with a checkpoint are one line naming the file.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,8 +117,12 @@ def load_problem(exc: BaseException) -> str:
 
 def load_plain(path: Path, mmap: bool = False) -> Any:
     """``torch.load`` onto the CPU of plain data only (``weights_only``: unpickling runs no code).
-    ``mmap`` leaves the tensors on disk, for a reader after the epoch or the history alone."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    ``mmap`` leaves the tensors on disk, for a reader after the epoch or the history alone. A file
+    pickled by something else than torch.save gets torch's two-line protocol warning no more: it
+    is read or refused (one line) all the same."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -136,6 +136,20 @@ def test_a_random_file_is_one_line(tmp_path):
     assert "empty, truncated or not a PyTorch file" in _one_line_error(junk)
 
 
+def test_a_plain_pickle_is_one_line_without_torchs_protocol_warning(tmp_path):
+    """A file pickled by pickle.dump, not torch.save: torch printed two warning lines first."""
+    import pickle
+    import warnings
+
+    path = tmp_path / "pickled.ckpt"
+    path.write_bytes(pickle.dumps({"weights": 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(NerveBenchError, match=r"pickled.ckpt: not a readable checkpoint \(refused by"):
+            read_checkpoint(path)
+    assert not [str(w.message)[:60] for w in seen]
+
+
 def test_an_unknown_model_names_the_checkpoint(ckpt):
     saved = torch.load(ckpt, weights_only=True)
     saved["hyper_parameters"]["config"].update(model="unet_v9", model_kwargs={})
