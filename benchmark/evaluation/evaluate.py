@@ -185,7 +185,10 @@ def evaluate(
     ts, record = dm.decoded, ckpt.get(CKPT_KEY) or {}
     data_hash = content_hash(ts)
     hit = seen_hits(record, ts)
-    indices, scope, note = choose_images(record, data_hash, len(ts), all_images, hit, ts.subjects)
+    try:
+        indices, scope, note = choose_images(record, data_hash, len(ts), all_images, hit, ts.subjects)
+    except NerveBenchError as exc:  # nothing held out: name the data it looked at
+        raise NerveBenchError(f"{data_dir}: {exc}") from None
     device = eval_device()
     precision = scoring_precision_of(ckpt, device)
     rows = inference.predict_loader(module, dm.subset_dataloader(indices), device, precision, pp=pp)

@@ -267,6 +267,19 @@ def test_subjects_of_matching_frames_count_as_training_subjects_whatever_their_n
     )
 
 
+def test_data_of_training_subjects_only_has_nothing_to_score(fit_runs, tmp_path):
+    """Every frame of the data trained or selected the checkpoint: one line naming the data."""
+    ckpt = fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt"
+    outer = set(json.loads((fit_runs.run_dir(UNET) / "summary.json").read_text())["split"]["outer_subjects"])
+    copy = tmp_path / "seen"
+    shutil.copytree(fit_runs.data, copy)
+    for tif in (copy / "train").glob("*.tif"):
+        if int(tif.name.split("_")[0]) in outer:
+            tif.unlink()
+    with pytest.raises(NerveBenchError, match=rf"^{copy}: every one of these \d+ images trained or selected"):
+        evaluate(ckpt, copy)
+
+
 def test_on_its_own_data_outer_frames_that_match_training_frames_are_pointed_out():
     """An unlinked split (link_subjects false, or an older version) can score a frame whose copy
     trained the checkpoint: the outer-fold score is then said not to be fully held out."""
