@@ -221,6 +221,7 @@ def test_the_grid_check_reads_cached_weights_into_meta_without_a_warning_per_ten
     per loaded tensor that the copy is a no-op (432 stderr lines for resnet34 at every command)."""
     import warnings
 
+    import huggingface_hub.constants
     import segmentation_models_pytorch as smp
     from safetensors.torch import save_file
 
@@ -229,6 +230,9 @@ def test_the_grid_check_reads_cached_weights_into_meta_without_a_warning_per_ten
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(socket, "create_connection", _no_network)
+    # huggingface_hub read its cache path and offline flag when first imported (an earlier test)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cold_cache / "hf" / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     entry = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
     repo_dir = cold_cache / "hf" / "hub" / ("models--" + entry["repo_id"].replace("/", "--"))
     snapshot = repo_dir / "snapshots" / entry["revision"]
