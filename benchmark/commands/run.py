@@ -267,11 +267,9 @@ def _print_config(args: argparse.Namespace) -> int:
 
 
 def _executor(bench: BenchmarkConfig, grid: list[TrainConfig], results_dir: Path, dry_run: bool) -> str:
-    """The executor of ``grid``, with its checks of this machine: why Ray is not used, a GPU run
-    without a GPU, a GPU recipe that would train on the CPU (refused; a dry run, which lists a GPU
-    grid on a login node without a GPU too, warns). The Ray executor checks its cluster itself.
-    Only runs that will train count: not the ``empty`` baseline, nor runs complete or only to be
-    scored again (a GPU box's grid finished on a CPU box)."""
+    """The executor of ``grid`` and its checks of this machine (Ray checks its cluster itself): why
+    Ray is not used, a GPU run without a GPU, a GPU recipe that the runs left to train would train
+    on the CPU (refused; a dry run, which lists a GPU grid on a GPU-less login node too, warns)."""
     from benchmark import grid_checks, ray_grid, runner
     from benchmark.core.config import ConfigError
     from benchmark.core.model_kwargs import trains

@@ -169,8 +169,6 @@ def evaluate(
     ``scope`` (outer_fold | images_not_seen_in_training | all_images_including_training | all_images)
     and ``note``, the one line that says what was scored.
     """
-    from datamodules.kaggle import content_hash
-
     if out is not None and Path(out).is_dir():  # before the scoring, not after it
         raise NerveBenchError(f"{out}: --out is a directory; expected the path of a .json file")
     path = Path(checkpoint)
@@ -183,12 +181,7 @@ def evaluate(
     cfg = module.cfg
     dm = _scoring_data(cfg.to_dict(), data_dir)
     ts, record = dm.decoded, ckpt.get(CKPT_KEY) or {}
-    data_hash = content_hash(ts)
-    hit = seen_hits(record, ts)
-    try:
-        indices, scope, note = choose_images(record, data_hash, len(ts), all_images, hit, ts.subjects)
-    except NerveBenchError as exc:  # nothing held out: name the data it looked at
-        raise NerveBenchError(f"{data_dir}: {exc}") from None
+    indices, scope, note = _images_of(record, ts, data_dir, all_images)
     device = eval_device()
     precision = scoring_precision_of(ckpt, device)
     rows = inference.predict_loader(module, dm.subset_dataloader(indices), device, precision, pp=pp)
@@ -210,6 +203,17 @@ def evaluate(
     if out is not None:
         write_json_atomic(out, result)
     return to_jsonable(result)
+
+
+def _images_of(record: dict, ts: Any, data_dir: str | Path, all_images: bool) -> tuple[np.ndarray, str, str]:
+    """:func:`choose_images` for the decoded set ``ts`` of ``data_dir``; nothing held out names the data."""
+    from datamodules.kaggle import content_hash
+
+    hit = seen_hits(record, ts)
+    try:
+        return choose_images(record, content_hash(ts), len(ts), all_images, hit, ts.subjects)
+    except NerveBenchError as exc:
+        raise NerveBenchError(f"{data_dir}: {exc}") from None
 
 
 def _scoring_data(config: dict, data_dir: str | Path) -> Any:
