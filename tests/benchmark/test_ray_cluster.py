@@ -137,7 +137,14 @@ def test_a_cluster_address_where_nothing_answers_is_one_line(monkeypatch, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"Ray cluster at {closed}: nothing answers there within 15 s" in err[0]
     with socket.create_server(("127.0.0.1", 0)) as server:  # something answers: Ray's turn
-        ray_cluster.check_reachable(f"ray://127.0.0.1:{server.getsockname()[1]}")
+        ray_cluster.check_reachable(f"ray://127.0.0.1:{server.getsockname()[1]}")  # a Ray Client port
+
+        def no_gcs(address):  # what Ray's client raised after 40 s against this silent port
+            raise RuntimeError("Timed out while waiting for GCS to become available.")
+
+        monkeypatch.setattr(ray._raylet, "GcsClient", no_gcs)
+        with pytest.raises(RayExecutorError, match=r"something answers there, but no Ray GCS \(Timed out"):
+            ray_cluster.check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
     assert ray_cluster.endpoint("auto") is None and ray_cluster.endpoint("[::1]:6379") == ("::1", 6379)
     assert ray_cluster.endpoint("::1") is None  # a bare IPv6 address: no port to read
 
