@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,8 +11,6 @@ from typing import TYPE_CHECKING, Any
 from benchmark.commands import add_set_option
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from benchmark.core.config import BenchmarkConfig, TrainConfig
 
 EXIT_INCOMPLETE = 3  # runs held by other processes are missing from the leaderboard (README "Exit codes")
@@ -145,110 +141,6 @@ def _load(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path, list[TrainCo
     return bench, data_dir, grid, sizes
 
 
-def _open_runs(grid: list[TrainConfig], results_dir: Path) -> list[TrainConfig]:
-    """The runs of ``grid`` not yet complete in ``results_dir``."""
-    from benchmark.core.summary import is_complete
-
-    return [c for c in grid if not is_complete(results_dir / "runs" / c.run_name(), c.hash())]
-
-
-def _trained(left: list[TrainConfig], results_dir: Path) -> set[str]:
-    """The runs ``left`` whose training finished (``trained.json``): they are only scored again."""
-    from benchmark.training.finished import trained_record
-
-    runs = results_dir / "runs"
-    return {c.run_name() for c in left if trained_record(runs / c.run_name(), c.hash()) is not None}
-
-
-def _still_to_write(
-    left: list[TrainConfig], results_dir: Path, sizes: dict[str, int], trained: set[str]
-) -> tuple[list[int], list[int], int]:
-    """Stored values (parameters and buffers) of each run ``left`` that trains and of each that is
-    only scored again (``trained``), and the bytes their checkpoints already hold (a resumed run
-    replaces them): what the grid will still write."""
-    runs = results_dir / "runs"
-    trains = [sizes[c.run_name()] for c in left if c.run_name() not in trained]
-    scored_again = [sizes[c.run_name()] for c in left if c.run_name() in trained]
-    held = sum(p.stat().st_size for c in left for p in (runs / c.run_name() / "checkpoints").glob("*.ckpt"))
-    return trains, scored_again, held
-
-
-def _room(args: argparse.Namespace, grid: list[TrainConfig], sizes: dict[str, int]) -> Callable[..., None]:
-    """The results directory's room check (``room(in_flight=1)``), made once here; the resume
-    checkpoints that complete runs still hold are deleted first, as the grid would."""
-    from benchmark import runner
-    from benchmark.core.preflight import check_room
-
-    left = _open_runs(grid, args.results_dir)
-    runner.drop_kept_resume_state(args.results_dir / "runs", [c for c in grid if c not in left])
-    values, scored_again, held = _still_to_write(
-        left, args.results_dir, sizes, _trained(left, args.results_dir)
-    )
-    room = functools.partial(
-        check_room, args.results_dir, args.min_free_gb, values, held_bytes=held, scored_again=scored_again
-    )
-    room()
-    return room
-
-
-def _dry_run(
-    bench: BenchmarkConfig, grid: list[TrainConfig], results_dir: Path, sizes: dict[str, int], executor: str
-) -> int:
-    """List the grid and each run's state, then the room it needs; reads only (no directory, data or
-    lock is created). The results directory's split checks first, as the run would."""
-    from benchmark import grid_checks
-    from benchmark.core.lock import is_held
-    from benchmark.core.preflight import free_bytes, grid_need_bytes
-
-    grid_checks.check_split_seed(results_dir, bench.train.split_seed)
-    linked = any(c.link_subjects for c in grid)
-    grid_checks.check_link_subjects(results_dir, linked, grid_checks.saved_links(results_dir))
-
-    left = _open_runs(grid, results_dir)
-    trained = _trained(left, results_dir)
-    for i, cfg in enumerate(grid, start=1):
-        holder = is_held(results_dir / "runs" / cfg.run_name())
-        state = " (complete)" if cfg not in left else ""
-        state = f" (held by {holder.describe()})" if holder and not state else state
-        if not state and cfg.run_name() in trained:
-            state = " (trained: it is scored again from best.ckpt, not trained)"
-        print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
-    values, scored_again, held = _still_to_write(left, results_dir, sizes, trained)
-    in_flight, how = _in_flight_here(bench, grid, executor)
-    need = max(grid_need_bytes(values, min(in_flight, len(values)), scored_again) - held, 0)
-    print(
-        f"disk: the {len(left)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
-        f"({free_bytes(results_dir) / 1e9:.2f} GB free; {how})"
-    )
-    return 0
-
-
-def _in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig], executor: str) -> tuple[int, str]:
-    """How many runs train at once, as far as it is known without starting anything, and the words
-    for it: one for the local executor; for a Ray started here, this machine's CPUs (all of them, as
-    Ray counts them) and GPUs over one run's share, as the grid's own room check will count them; a
-    configuration that Ray would refuse is refused here too; for a Ray cluster, not known."""
-    import torch
-
-    from benchmark.ray_resources import RaySettings, grid_tasks
-
-    further = "Ray adds a resume checkpoint per further run in flight"
-    if executor != "ray":
-        return 1, "one run at a time"
-    settings = RaySettings.of(bench)
-    if settings.address:
-        return 1, f"counted one run at a time; on the Ray cluster at {settings.address}, {further}"
-    node = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-    if any(c.accelerator != "cpu" for c in grid) and settings.gpus_per_run > 0 and not node["GPU"]:
-        # a GPU grid listed on a machine without one (a login node): its Ray will run elsewhere
-        return 1, f"counted one run at a time: this machine has no GPU for a local Ray; {further}"
-    n = grid_tasks([node], settings, [c.accelerator for c in grid])[1]
-    return n, (
-        f"a local Ray here trains up to {n} at a time ({node['CPU']:g} CPUs, {node['GPU']:g} GPUs), "
-        "each with its resume checkpoint"
-    )
-
-
 def _print_config(args: argparse.Namespace) -> int:
     """The benchmark as this command would run it, as YAML that ``--config`` reads back; writes nothing."""
     from benchmark import fallback, grid_configs
@@ -266,7 +158,9 @@ def _print_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _executor(bench: BenchmarkConfig, grid: list[TrainConfig], results_dir: Path, dry_run: bool) -> str:
+def _executor(
+    bench: BenchmarkConfig, grid: list[TrainConfig], to_train: list[TrainConfig], dry_run: bool
+) -> str:
     """The executor of ``grid`` and its checks of this machine (Ray checks its cluster itself): why
     Ray is not used, a GPU run without a GPU, a GPU recipe that the runs left to train would train
     on the CPU (refused; a dry run, which lists a GPU grid on a GPU-less login node too, warns)."""
@@ -281,9 +175,7 @@ def _executor(bench: BenchmarkConfig, grid: list[TrainConfig], results_dir: Path
         return executor
     if not dry_run:
         grid_checks.check_accelerator(grid)
-    left = _open_runs(grid, results_dir)
-    scored_again = _trained(left, results_dir)
-    slow = grid_checks.gpu_recipe_on_cpu([c for c in left if c.run_name() not in scored_again and trains(c)])
+    slow = grid_checks.gpu_recipe_on_cpu([c for c in to_train if trains(c)])
     if slow and not dry_run:
         raise ConfigError(slow)
     if slow:
@@ -292,7 +184,7 @@ def _executor(bench: BenchmarkConfig, grid: list[TrainConfig], results_dir: Path
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark import fallback, grid_checks, ray_grid, runner
+    from benchmark import fallback, grid_checks, grid_left, ray_grid, runner
     from benchmark.core.ranks import global_rank
     from benchmark.external.board_config import DEFAULT_CONFIG
 
@@ -301,13 +193,14 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_config(args)
     bench, data_dir, grid, sizes = _load(args)
-    executor = _executor(bench, grid, args.results_dir, args.dry_run)
+    left = grid_left.left_of(grid, args.results_dir)
+    executor = _executor(bench, grid, left.to_train(), args.dry_run)
     local = executor == "local"
     if args.dry_run:
-        return _dry_run(bench, grid, args.results_dir, sizes, executor)
+        return grid_left.dry_run(bench, grid, left, args.results_dir, sizes, executor)
     # Before any data generation or training; the Ray executor checks again once it knows how many
     # runs its cluster trains at a time.
-    room = _room(args, grid, sizes)
+    room = grid_left.room_check(grid, left, args.results_dir, args.min_free_gb, sizes)
     grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)
