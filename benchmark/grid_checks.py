@@ -98,13 +98,22 @@ def check_accelerator(grid: list[TrainConfig]) -> None:
 
 
 def gpu_recipe_on_cpu(grid: list[TrainConfig]) -> str | None:
-    """The problem when the runs ``grid`` will train are of a GPU recipe (mixed precision, the GPU
-    data cache) and would train on the CPU (``accelerator: auto`` and no GPU visible), else None:
-    ``run`` refuses it, as the Ray executor refuses it on a cluster without GPUs (45 such runs take
-    weeks on a CPU), and a dry run says it. The local executor's (a Ray cluster's workers may have
-    the GPUs its driver lacks)."""
+    """The problem when the runs ``grid`` will train (those with weights) are of a GPU recipe
+    (mixed precision, the GPU data cache) and would train on the CPU (``accelerator: auto`` and no
+    GPU visible), else None: ``run`` refuses it, as the Ray executor refuses it on a cluster without
+    GPUs (45 such runs take weeks on a CPU), and a dry run says it. The local executor's (a Ray
+    cluster's workers may have the GPUs its driver lacks)."""
     slow = [c for c in grid if c.accelerator == "auto" and (c.precision.endswith("-mixed") or c.gpu_cache)]
     if not slow or torch.cuda.is_available():
+        return None
+
+    def arch(c: TrainConfig) -> tuple:
+        return c.model, repr(c.model_kwargs), c.encoder_weights
+
+    # asked last, once per architecture: it builds the model (the empty floor trains nothing)
+    trained = {arch(c) for c in {arch(c): c for c in slow}.values() if trains(c)}
+    slow = [c for c in slow if arch(c) in trained]
+    if not slow:
         return None
     mixed = {c.precision for c in slow if c.precision.endswith("-mixed")}
     parts = sorted(mixed | ({"gpu_cache"} if any(c.gpu_cache for c in slow) else set()))

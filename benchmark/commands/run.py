@@ -166,7 +166,6 @@ def _executor(
     on the CPU (refused; a dry run, which lists a GPU grid on a GPU-less login node too, warns)."""
     from benchmark import grid_checks, ray_grid, runner
     from benchmark.core.config import ConfigError
-    from benchmark.core.model_kwargs import trains
 
     executor, why = ray_grid.choose(bench, grid)
     if why:
@@ -175,7 +174,7 @@ def _executor(
         return executor
     if not dry_run:
         grid_checks.check_accelerator(grid)
-    slow = grid_checks.gpu_recipe_on_cpu([c for c in to_train if trains(c)])
+    slow = grid_checks.gpu_recipe_on_cpu(to_train)
     if slow and not dry_run:
         raise ConfigError(slow)
     if slow:
