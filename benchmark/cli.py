@@ -172,19 +172,6 @@ def _interrupted_by(exc: BaseException, code: int) -> str:
     return " by SIGTERM" if code == EXIT_SIGTERM else ""
 
 
-def _install(handlers: dict[int, Any]) -> dict[int, Any]:
-    """Install signal handlers; returns the previous ones (none outside the main thread)."""
-    previous = {}
-    for signum, handler in handlers.items():
-        if handler is None:  # installed outside Python: nothing to restore
-            continue
-        try:
-            previous[signum] = signal.signal(signum, handler)
-        except ValueError:  # not the main thread (an embedding caller): signals keep their handlers
-            break
-    return previous
-
-
 def _run(args: argparse.Namespace) -> int:
     from benchmark.ddp_stop import GridStopped, end_job
 
@@ -231,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[int, Any] = {signal.SIGTERM: _on_sigterm}
     if os.environ.get("SLURM_JOB_ID"):  # README "Exit codes": #SBATCH --signal=USR1@120 requeues
         handlers[signal.SIGUSR1] = _on_requeue_signal
-    previous = _install(handlers)
+    previous = stop.install(handlers)
     try:
         status = _run(args)
         stop.raise_pending()  # a signal whose exception a finalizer dropped: the status still says so
@@ -247,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         global _terminating
         stop.clear()
         _terminating = False
-        _install(previous)
+        stop.install(previous)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,17 +67,15 @@ def offline_start() -> Iterator[dict[str, str]]:
 def our_signal_handlers() -> Iterator[None]:
     """``ray.init`` replaces the driver's SIGTERM handler with its own ``sys.exit(15)`` and, in C++,
     a failure-signal handler that aborts (exit 134): the CLI's handlers are put back after it, so an
-    interrupt stops the grid as it does without Ray (143 / 130 / 138, runs in flight named)."""
-    if threading.current_thread() is not threading.main_thread():  # Ray sets none there either
-        yield
-        return
+    interrupt stops the grid as it does without Ray (143 / 130 / 138, runs in flight named). Outside
+    the main thread nothing is put back (Ray sets none there either)."""
+    from benchmark.core import stop
+
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     try:
         yield
     finally:
-        for sig, handler in saved.items():
-            if handler is not None:  # None: set outside Python, nothing to put back
-                signal.signal(sig, handler)
+        stop.install(saved)
 
 
 def connect(address: str | None, env: dict[str, str]) -> tuple[Any, bool]:

@@ -12,7 +12,24 @@ clears the record, so nothing is raised twice.
 
 from __future__ import annotations
 
+import signal
+from typing import Any
+
 _pending: BaseException | None = None
+
+
+def install(handlers: dict[int, Any]) -> dict[int, Any]:
+    """Install signal handlers; returns the previous ones (none outside the main thread). A handler
+    of None was installed outside Python: there is nothing to put back."""
+    previous = {}
+    for signum, handler in handlers.items():
+        if handler is None:
+            continue
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread (an embedding caller): signals keep their handlers
+            break
+    return previous
 
 
 def request(exc: BaseException) -> None:
