@@ -217,12 +217,12 @@ def scoring_precision_of(ckpt: dict, device: torch.device) -> str:
     one its run was scored in (finalize records it: "auto" is resolved by the run's accelerator, so
     a CPU-trained run stays float32 on a GPU); float32 on a CPU, as CPU runs score. A checkpoint from
     before the record: the recipe's precision resolved for a GPU."""
-    from benchmark.training.device import resolve_precision
+    from benchmark.training.device import run_scoring_precision
 
-    if device.type != "cuda":
-        return "32"
     recorded = (ckpt.get(CKPT_KEY) or {}).get("precision")
-    return recorded or resolve_precision(ckpt["hyper_parameters"]["config"].get("precision", "auto"), "gpu")
+    if recorded and device.type == "cuda":
+        return str(recorded)
+    return run_scoring_precision(ckpt["hyper_parameters"]["config"].get("precision", "auto"), "gpu", device)
 
 
 def tuned_in(ckpt: dict) -> str:
