@@ -84,8 +84,7 @@ def _first_signal(signum: int) -> bool:
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     if _first_signal(signum):
-        stop.request(exc := Terminated())  # raised again at a safe point if a finalizer drops it
-        raise exc
+        raise stop.request(Terminated())  # raised again at a safe point if a finalizer drops it
 
 
 def slurm_job() -> str | None:
@@ -102,8 +101,7 @@ def _on_requeue_signal(signum: int, frame: Any) -> None:
         return
     job = slurm_job() or "?"
     if os.environ.get("SLURM_PROCID", "0") != "0":
-        stop.request(exc := Requeued(job, "is requeued by rank 0"))
-        raise exc
+        raise stop.request(Requeued(job, "is requeued by rank 0"))
     try:
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
         outcome = (
@@ -111,8 +109,7 @@ def _on_requeue_signal(signum: int, frame: Any) -> None:
         )
     except (OSError, subprocess.SubprocessError) as exc:
         outcome = f"NOT requeued ({exc})"
-    stop.request(requeued := Requeued(job, outcome))
-    raise requeued
+    raise stop.request(Requeued(job, outcome))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,9 @@ clears the record, so nothing is raised twice.
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 _pending: BaseException | None = None
 
@@ -32,11 +34,13 @@ def install(handlers: dict[int, Any]) -> dict[int, Any]:
     return previous
 
 
-def request(exc: BaseException) -> None:
-    """Record ``exc`` (the first signal's; a later one does not replace it)."""
+def request(exc: E) -> E:
+    """Record ``exc`` (the first signal's; a later one does not replace it) and return it, for the
+    handler to raise."""
     global _pending
     if _pending is None:
         _pending = exc
+    return exc
 
 
 def raise_pending() -> None:
