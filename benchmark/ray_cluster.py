@@ -143,14 +143,16 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
             "ray_address / $RAY_ADDRESS"
         ) from None
     if not address.startswith("ray://"):  # ray:// is the Ray Client server, not the GCS
-        _check_gcs(address, RayExecutorError)
+        _check_gcs(address)
 
 
-def _check_gcs(address: str, error: type[Exception]) -> None:
+def _check_gcs(address: str) -> None:
     """Something answers at ``address``: it must be a Ray GCS. ``ray.init`` retries anything else
     for minutes on end; Ray's own client (as ``ray healthcheck`` makes it) gives up after its
     timeout (40 s measured against a port that accepts and says nothing)."""
     import ray
+
+    from benchmark.ray_resources import RayExecutorError
 
     client = getattr(getattr(ray, "_raylet", None), "GcsClient", None)
     if client is None:  # another Ray's internals: ray.init decides
@@ -159,7 +161,7 @@ def _check_gcs(address: str, error: type[Exception]) -> None:
         client(address=address)
     except Exception as exc:  # noqa: BLE001 - Ray's RpcError and whatever its client raises
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise error(
+        raise RayExecutorError(
             f"Ray cluster at {address}: something answers there, but no Ray GCS ({first}); give the "
             "address `ray start --head` printed (its GCS port, 6379 by default)"
         ) from None
