@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.core.config import TrainConfig
+from benchmark.reporting.inputs import overlay_problem, overlays_of
 from benchmark.training.logger import wandb_env, wandb_mode, wandb_run_id
 
 # Metrics logged as the run's final summary (post-processed unless prefixed raw/).
@@ -85,7 +86,8 @@ def log_run_summary(summary: dict[str, Any], run_dir: str | Path) -> None:
         final[f"cost/{key}"] = value
     final = {k: v for k, v in final.items() if v is not None}
     run.summary.update(final)
-    images = overlay_images(run_dir / summary.get("overlays", "overlays.npz"))
+    overlays = overlays_of(run_dir, summary)
+    images = [] if overlay_problem(overlays) else overlay_images(overlays)  # report names a damaged one
     if images:
         run.log({"val/overlays": images})
     wandb.finish()
