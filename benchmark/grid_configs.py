@@ -13,7 +13,7 @@ from benchmark.core.config import (
     TrainConfig,
     with_model_recipe,
 )
-from benchmark.core.world import resolve_devices
+from benchmark.core.world import resolve_auto_precision, resolve_devices
 
 
 def parse_list(text: str | None, kind: type = str) -> list | None:
@@ -35,7 +35,8 @@ def build_grid(
     """Every (model, fold, seed) TrainConfig, in model-major order; subsets override the config's.
 
     ``devices: auto`` becomes the device count each run will use (recorded; not hashed, since the global
-    batch, steps and augmentation stream are the same on 1 GPU or 8).
+    batch, steps and augmentation stream are the same on 1 GPU or 8); ``precision: auto`` the precision
+    it trains in (hashed: bf16 on a GPU box and 32 on a CPU box are two recipes).
     """
     try:
         grid, train = [], resolve_devices(bench.train, bench.run_gpus())
@@ -49,6 +50,7 @@ def build_grid(
     for model in models or bench.models:
         kwargs = {**bench.train.model_kwargs, **bench.model_kwargs.get(model, {})}
         recipe = with_model_recipe(train, bench.model_train, model)  # the config's per-model recipe
+        recipe = resolve_auto_precision(recipe, bench.run_gpus())  # by its own accelerator
         for fold in bench.folds if folds is None else folds:
             for seed in bench.seeds if seeds is None else seeds:
                 try:

@@ -73,7 +73,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
     With ``--config`` the benchmark's ``model_kwargs`` and ``model_train`` for the chosen model apply
     too (unless ``--set`` replaces them), so ``fit`` reproduces the run of a ``run`` grid.
-    ``devices: auto`` is resolved to this machine's count, so the run hash records the world size.
+    ``devices: auto`` is resolved to this machine's count, so the run hash records the world size, and
+    ``precision: auto`` to the precision the run trains in here.
     """
     from benchmark.core.config import (
         TrainConfig,
@@ -83,7 +84,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     )
     from benchmark.core.model_kwargs import build_models, check_model_kwargs
     from benchmark.core.overrides import parse_set_args
-    from benchmark.core.world import resolve_devices
+    from benchmark.core.world import resolve_auto_precision, resolve_devices
 
     bench = load_benchmark_config(args.config) if args.config else None
     base = bench.train if bench else TrainConfig()
@@ -97,7 +98,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         cfg = apply_overrides(
             cfg, {"model_kwargs": {**base.model_kwargs, **bench.model_kwargs.get(cfg.model, {})}}
         )
-    cfg = resolve_devices(cfg)
+    cfg = resolve_auto_precision(resolve_devices(cfg))
     check_model_kwargs([cfg])
     build_models([cfg])  # a value the model refuses, or outputs off the contract: one line, not a traceback
     return cfg

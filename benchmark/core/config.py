@@ -100,7 +100,7 @@ class TrainConfig:
     aug_noise: bool = _f(True, "augmentation: random Gaussian noise")
     clean_contradictory: bool = _f(False, "drop empty-mask fit frames that near-duplicate a labelled frame")
     encoder_weights: str | None = _f(None, "pretrained encoder weights, e.g. imagenet; null: random init")
-    precision: str = _f("auto", "auto (bf16-mixed on GPU, 32 on CPU), 32, bf16-mixed or 16-mixed")
+    precision: str = _f("auto", "auto (per run: bf16-mixed on GPU, 32 on CPU), 32, bf16-mixed or 16-mixed")
     accelerator: str = _f("auto", "auto, cpu, gpu or cuda")
     devices: int | str = _f(
         1, "devices per node; auto: every visible GPU with DDP (execution only, not hashed)"

@@ -1,5 +1,6 @@
-"""A run's world on this machine: whether its accelerator means CUDA devices, and how many devices
-``devices: auto`` gives it. Imports torch only when asked about this machine."""
+"""A run's world on this machine: whether its accelerator means CUDA devices, how many devices
+``devices: auto`` gives it, and the precision ``precision: auto`` trains in. Imports torch only when
+asked about this machine."""
 
 from __future__ import annotations
 
@@ -34,6 +35,17 @@ def resolve_devices(cfg: TrainConfig, gpus: int | None = None) -> TrainConfig:
 
         gpus = torch.cuda.device_count()
     return dataclasses.replace(cfg, devices=max(1, gpus))
+
+
+def resolve_auto_precision(cfg: TrainConfig, gpus: int | None = None) -> TrainConfig:
+    """``precision: auto`` replaced by what the run trains in: bf16-mixed on a GPU, else 32. ``gpus``:
+    the GPUs a Ray task gets (None: this machine decides, by the accelerator). Resolved before the run
+    is named, so that its hash and the board record the precision it used: runs of one config made on
+    a GPU box and on a CPU box would otherwise share a hash and a board with different recipes."""
+    if cfg.precision != "auto":
+        return cfg
+    on_gpu = accelerator_is_gpu(cfg.accelerator) if gpus is None else cfg.accelerator != "cpu" and gpus > 0
+    return dataclasses.replace(cfg, precision="bf16-mixed" if on_gpu else "32")
 
 
 def torch_build() -> str:

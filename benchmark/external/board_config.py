@@ -20,7 +20,7 @@ from benchmark.core.config import (
 )
 from benchmark.core.overrides import apply_benchmark_overrides, parse_set_args
 from benchmark.core.summary import read_summary
-from benchmark.core.world import resolve_devices
+from benchmark.core.world import resolve_auto_precision, resolve_devices
 from datamodules.errors import DataError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -43,7 +43,7 @@ def complete_summaries(results_dir: Path | None) -> list[tuple[Path, dict[str, A
 
 def _from_file(config: Path, overrides: dict[str, Any]) -> TrainConfig:
     bench = apply_benchmark_overrides(load_benchmark_config(config), overrides)
-    return resolve_devices(bench.train, bench.run_gpus())
+    return resolve_auto_precision(resolve_devices(bench.train, bench.run_gpus()), bench.run_gpus())
 
 
 def _from_board(summaries: list[dict[str, Any]], overrides: dict[str, Any], where: Path) -> TrainConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "benchmark" / "configs"
 
 
 def write(tmp_path: Path, text: str) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "bench.yaml"
     path.write_text(f"base: {CONFIGS / 'default.yaml'}\n{text}")
     return path
@@ -111,3 +113,31 @@ def test_fit_with_the_config_reproduces_the_grid_run_of_that_model(tmp_path, cap
         assert main(["fit", "--config", str(path), "--model", model, "--fold", "0", "--print-config"]) == 0
         shown = yaml.safe_load(capsys.readouterr().out)["train"]
         assert shown["lr"] == grid[model].lr and shown["model_recipe"] == grid[model].model_recipe
+
+
+def test_precision_auto_is_named_by_what_each_run_trains_in(tmp_path, monkeypatch):
+    """``precision: auto`` is bf16 on a GPU box and 32 on a CPU box: two recipes, so each run records
+    (and hashes) the precision it trains in, as if the config had said so; a Ray task by its GPU share."""
+    import torch
+
+    from benchmark.external.board_config import train_config
+
+    text = "train:\n  precision: auto\n  gpu_cache: false\nmodel_train:\n  unet: {accelerator: cpu}\n"
+    path = write(tmp_path, text)
+    bench = load_benchmark_config(path)
+    explicit = {
+        p: grid_configs.build_grid(load_benchmark_config(write(tmp_path / p, text.replace("auto", p))))
+        for p in ("bf16-mixed", "32")
+    }
+    precisions = {c.model: c.precision for c in grid_configs.build_grid(bench)}
+    assert precisions["unet"] == precisions["unet_vgg16"] == "32"  # this CPU box
+    assert [c.hash() for c in grid_configs.build_grid(bench)] == [c.hash() for c in explicit["32"]]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu_box = {c.model: c for c in grid_configs.build_grid(bench)}
+    assert gpu_box["unet"].precision == "32" and gpu_box["unet_vgg16"].precision == "bf16-mixed"
+    assert gpu_box["unet_vgg16"].hash() == {c.model: c for c in explicit["bf16-mixed"]}["unet_vgg16"].hash()
+    assert train_config(path, None).precision == "bf16-mixed"  # an import joins the runs' board
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a Ray head node without a GPU
+    ray = grid_configs.build_grid(dataclasses.replace(bench, executor="ray", gpus_per_run=0.5))
+    ray_precision = {c.model: c.precision for c in ray}
+    assert (ray_precision["unet"], ray_precision["unet_vgg16"]) == ("32", "bf16-mixed")
