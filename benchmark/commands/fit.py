@@ -117,16 +117,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.data_dir is None:
         raise ConfigError("fit: --data-dir is required (a Kaggle layout holding train/)")
-    from benchmark.grid_checks import check_accelerator
+    from benchmark.core.summary import SUMMARY_NAME, is_complete
+    from benchmark.grid_checks import check_accelerator, gpu_recipe_on_cpu
     from benchmark.pipeline import fit
 
     check_accelerator([cfg])
-
-    from benchmark.core.summary import SUMMARY_NAME, is_complete
-
     out = args.out or Path("results") / "runs" / cfg.run_name()
     if is_complete(out / SUMMARY_NAME, cfg.hash()):
         print(f"{out} already holds this run, complete (config hash {cfg.hash()}): nothing trained")
+    elif slow := gpu_recipe_on_cpu([cfg]):  # as run refuses it: hours on a CPU for one run
+        raise ConfigError(slow)
     try:
         summary = fit(cfg, args.data_dir, out)
     except BaseException as exc:

@@ -242,3 +242,20 @@ def test_a_gpu_recipe_that_would_train_on_the_cpu_is_refused(monkeypatch, tmp_pa
     assert "GPU recipe (16-mixed, gpu_cache)" in (grid_checks.gpu_recipe_on_cpu([cached, mixed]) or "")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert grid_checks.gpu_recipe_on_cpu([gpu_recipe]) is None
+
+
+def test_fit_refuses_a_gpu_recipe_that_would_train_on_the_cpu(monkeypatch, tmp_path, capsys, synthetic_dir):
+    """`fit --config default.yaml` on a CPU box trained one bf16 run with the GPU cache on the CPU
+    (hours) while `run` refused the same recipe; a finished run is still reported, not refused."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    default = Path(grid_checks.__file__).parent / "configs" / "default.yaml"
+    out = tmp_path / "run"
+    argv = ["fit", "--config", str(default), "--model", "unet", "--data-dir", str(synthetic_dir)]
+    assert main([*argv, "--out", str(out)]) == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no GPU is visible" in err[0] and "for 1 run(s) of a GPU recipe" in err[0]
+    monkeypatch.setattr("benchmark.pipeline.fit", lambda *a, **k: {})  # training is not the point
+    cpu = ["--set", "precision=32", "--set", "gpu_cache=false"]
+    assert main([*argv, *cpu, "--out", str(out)]) == 0
+    monkeypatch.setattr("benchmark.core.summary.is_complete", lambda *a: True)  # scored again only
+    assert main([*argv, "--out", str(out)]) == 0 and "nothing trained" in capsys.readouterr().out
