@@ -1,7 +1,7 @@
 """Model names and ``model_kwargs`` checked against the registry before any run starts.
 
-``check_model_kwargs`` asks each factory's signature (cheap, nothing built); ``build_models`` then
-builds each distinct architecture once on the meta device (the CPU where meta cannot), so a value
+``check_model_kwargs`` asks each factory's signature (cheap, nothing built); ``build_models`` asks it
+too, then builds each distinct architecture once on the meta device (the CPU where meta cannot), so a value
 the model itself refuses is one ConfigError naming the model, not a traceback in run 14 of 45."""
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ def check_model_kwargs(configs: Iterable[TrainConfig]) -> None:
 
 
 def build_models(configs: Iterable[TrainConfig]) -> dict[str, int]:
-    """Build each (model, kwargs) of the grid once (:func:`build_model`): a value the model itself
-    refuses (``base_width: -8``, an overflowing ``depth``) becomes one ConfigError before any run.
-    Returns each run's number of stored values (parameters and buffers), by run name."""
+    """Check every run's model name and kwargs (:func:`check_model_kwargs`), then build each (model,
+    kwargs) of the grid once (:func:`build_model`): a value the model itself refuses (``base_width:
+    -8``, an overflowing ``depth``) becomes one ConfigError before any run. Returns each run's number
+    of stored values (parameters and buffers), by run name."""
+    configs = list(configs)
+    check_model_kwargs(configs)  # a misspelt model or keyword: one line, before anything is built
     sizes: dict[str, int] = {}
     values: dict[tuple[str, str], int] = {}
     for cfg in configs:

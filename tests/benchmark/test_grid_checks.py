@@ -13,8 +13,9 @@ import torch
 from benchmark import grid_checks
 from benchmark.cli import main
 from benchmark.core.config import ConfigError, TrainConfig
-from benchmark.core.model_kwargs import build_models
+from benchmark.core.model_kwargs import build_model, build_models
 from datamodules.errors import DataError
+from models.registry import ModelError
 
 SMOKE = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "smoke.yaml"
 
@@ -129,7 +130,9 @@ def test_the_batch_check_asks_the_model_whether_it_trains_not_its_name() -> None
         with pytest.raises(
             ConfigError, match="model 'fixed_rule_test' with model_kwargs {'width': 3}: cannot"
         ):
-            build_models([TrainConfig(model="fixed_rule_test", model_kwargs={"width": 3})])
+            build_model(TrainConfig(model="fixed_rule_test", model_kwargs={"width": 3}))
+        with pytest.raises(ModelError, match="'fixed_rule_test': unknown argument.s. width"):
+            build_models([TrainConfig(model="fixed_rule_test", model_kwargs={"width": 3})])  # by signature
     finally:
         unregister("fixed_rule_test")
         unregister("meta_refuses_test")
