@@ -38,14 +38,30 @@ def resolve_devices(cfg: TrainConfig, gpus: int | None = None) -> TrainConfig:
 
 
 def resolve_auto_precision(cfg: TrainConfig, gpus: int | None = None) -> TrainConfig:
-    """``precision: auto`` replaced by what the run trains in: bf16-mixed on a GPU, else 32. ``gpus``:
+    """``precision: auto`` replaced by what the run trains in (:func:`auto_precision`). ``gpus``:
     the GPUs a Ray task gets (None: this machine decides, by the accelerator). Resolved before the run
     is named, so that its hash and the board record the precision it used: runs of one config made on
     a GPU box and on a CPU box would otherwise share a hash and a board with different recipes."""
     if cfg.precision != "auto":
         return cfg
-    on_gpu = accelerator_is_gpu(cfg.accelerator) if gpus is None else cfg.accelerator != "cpu" and gpus > 0
-    return dataclasses.replace(cfg, precision="bf16-mixed" if on_gpu else "32")
+    if gpus is None:
+        return dataclasses.replace(cfg, precision=auto_precision(accelerator_is_gpu(cfg.accelerator)))
+    # a Ray driver need not see its tasks' GPUs, so it cannot ask their compute capability
+    return dataclasses.replace(cfg, precision="bf16-mixed" if cfg.accelerator != "cpu" and gpus > 0 else "32")
+
+
+def auto_precision(on_gpu: bool) -> str:
+    """What ``precision: auto`` trains in: 32 on a CPU; on this machine's GPU, bf16-mixed from
+    compute capability 8.0 (Ampere) on, 16-mixed before it. torch emulates bf16 on older GPUs
+    (``is_bf16_supported()`` says True there), but cuDNN has no bf16 convolution before 8.0, so every
+    convolution would take the slow fallback kernel."""
+    if not on_gpu:
+        return "32"
+    import torch
+
+    if not torch.cuda.is_available():  # accelerator: gpu with none visible, refused before training
+        return "bf16-mixed"
+    return "bf16-mixed" if torch.cuda.get_device_capability() >= (8, 0) else "16-mixed"
 
 
 def torch_build() -> str:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-from benchmark.core.world import accelerator_is_gpu
+from benchmark.core.world import accelerator_is_gpu, auto_precision
 from datamodules.errors import NerveBenchError
 
 _PRECISIONS = ("32", "bf16-mixed", "16-mixed")
@@ -96,10 +96,11 @@ def scoring_precision(device: torch.device, precision: str) -> Iterator[None]:
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """ "auto" -> bf16-mixed on a GPU, 32-bit on CPU."""
+    """ "auto" -> ``world.auto_precision``: bf16-mixed on an Ampere or later GPU, 16-mixed on an older
+    one, 32-bit on CPU."""
     if precision != "auto":
         return precision
-    return "bf16-mixed" if accelerator_is_gpu(accelerator) else "32"
+    return auto_precision(accelerator_is_gpu(accelerator))
 
 
 def run_scoring_precision(precision: str, accelerator: str, device: torch.device) -> str:

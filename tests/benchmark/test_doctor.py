@@ -157,6 +157,22 @@ def test_the_idle_check_warns_when_other_work_shares_the_box(monkeypatch):
     )
 
 
+def test_the_bf16_check_fails_a_gpu_without_native_bf16(monkeypatch):
+    """torch's is_bf16_supported() is True on a V100 or T4 (emulated), so the check passed there while
+    every bf16 convolution would skip cuDNN; the check asks the device's compute capability."""
+    seen = []
+
+    def capability(device=None):
+        seen.append(device)
+        return (7, 0)
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    with pytest.raises(RuntimeError, match=r"compute capability 7\.0: no native bf16 before 8\.0"):
+        device_checks.bf16(torch.device("cuda", 1))
+    assert seen[0] == torch.device("cuda", 1)  # the device under test, not the current one
+
+
 def test_cli_rejects_bad_options_in_one_line(capsys):
     assert main(["doctor", "--skip", "nothing"]) == 2
     assert main(["doctor", "--image-size", "50"]) == 2

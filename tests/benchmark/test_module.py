@@ -40,10 +40,18 @@ def test_warmup_cosine_hand_computed():
     assert WarmupCosine(0, 4, True)(0) == 1.0
 
 
-def test_resolve_precision():
+def test_resolve_precision(monkeypatch):
+    """auto: bf16 where the GPU has it natively (8.0 on); torch emulates it before (is_bf16_supported
+    is True on a V100 or T4), where cuDNN has no bf16 convolution: 16-mixed there."""
     assert resolve_precision("auto", "cpu") == "32"
+    assert resolve_precision("auto", "gpu") == "bf16-mixed"  # none visible: refused before it trains
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert resolve_precision("auto", "gpu") == "bf16-mixed"
     assert resolve_precision("auto", "cuda") == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert resolve_precision("auto", "cuda") == "16-mixed"
+    assert resolve_precision("bf16-mixed", "cuda") == "bf16-mixed"  # asked for: as asked
     assert resolve_precision("16-mixed", "cpu") == "16-mixed"
 
 

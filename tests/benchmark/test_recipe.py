@@ -133,6 +133,7 @@ def test_precision_auto_is_named_by_what_each_run_trains_in(tmp_path, monkeypatc
     assert precisions["unet"] == precisions["unet_vgg16"] == "32"  # this CPU box
     assert [c.hash() for c in grid_configs.build_grid(bench)] == [c.hash() for c in explicit["32"]]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     gpu_box = {c.model: c for c in grid_configs.build_grid(bench)}
     assert gpu_box["unet"].precision == "32" and gpu_box["unet_vgg16"].precision == "bf16-mixed"
     assert gpu_box["unet_vgg16"].hash() == {c.model: c for c in explicit["bf16-mixed"]}["unet_vgg16"].hash()
