@@ -17,6 +17,8 @@ its previous write, and always after the final epoch. On the CPU benchmark an ep
 and a full checkpoint (weights and AdamW moments: 290 MB for the ResNet-34 U-Net) about one, so one
 write per epoch was a third of a run's time; a kill then costs at most ``every_s`` of training.
 
+``ConvPrecision`` sets cuDNN's TF32 switch for the recipe in every rank (spawned ones included).
+
 ``CloseProcessGroup`` destroys a DDP process group when its process exits. Lightning does so only
 for NCCL; a gloo group left to interpreter shutdown kills the process with SIGABRT ("terminate
 called without an active exception") in about 1 exit in 10 (measured: 4 of 40 two-process gloo runs
@@ -38,7 +40,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from benchmark.core import stop
-from benchmark.training.device import synchronize
+from benchmark.training.device import set_conv_precision, synchronize
 from benchmark.training.random_state import (
     gather_per_rank,
     global_rng_state,
@@ -255,3 +257,16 @@ class StopRequested(Callback):
 
     def on_validation_batch_end(self, *args: Any) -> None:
         stop.raise_pending()
+
+
+class ConvPrecision(Callback):
+    """cuDNN's TF32 switch for float32 convolutions (:func:`set_conv_precision`) set for the run's
+    precision in every process that trains it: ``build_trainer`` sets it in its own process, but the
+    ranks that ``ddp_spawn`` starts get only Lightning's snapshot of the determinism flags, so a "32"
+    recipe would train its ranks in TF32."""
+
+    def __init__(self, precision: str) -> None:
+        self.precision = precision
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        set_conv_precision(self.precision)

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from benchmark.core.config import TrainConfig
 from benchmark.training.callbacks import (
     CloseProcessGroup,
+    ConvPrecision,
     EpochHistory,
     RelocatableCheckpoint,
     ResumeCheckpoint,
@@ -93,6 +94,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list | None = None
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     if gpu:
         set_conv_precision(precision)  # training and then scoring, in this process
+        own.append(ConvPrecision(precision))  # and in the ranks ddp_spawn starts
     kwargs = dict(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from lightning import Trainer
 from lightning.pytorch.callbacks import Callback
 
-from benchmark.training.callbacks import CloseProcessGroup, checkpoint_history
+from benchmark.training.callbacks import CloseProcessGroup, ConvPrecision, checkpoint_history
 from benchmark.training.checkpoint import load_checkpoint_module
 from benchmark.training.module import SegModule
 from benchmark.training.trainer import build_trainer, make_datamodule
@@ -330,7 +331,16 @@ def test_a_float32_recipe_on_a_gpu_turns_off_cudnn_tf32_and_speed_restores_it(tm
     monkeypatch.setattr(trainer, "uses_gpu", lambda cfg: True)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     with restore_global_torch_state():
-        trainer.build_trainer(dataclasses.replace(RECIPE, precision="32"), tmp_path, accelerator="cpu")
+        built = trainer.build_trainer(
+            dataclasses.replace(RECIPE, precision="32"), tmp_path, accelerator="cpu"
+        )
+        assert torch.backends.cudnn.allow_tf32 is False
+        # a rank ddp_spawn starts unpickles the Trainer with torch's defaults (TF32 on): setup sets it
+        (rank_side,) = [
+            c for c in pickle.loads(pickle.dumps(built.callbacks)) if isinstance(c, ConvPrecision)
+        ]
+        torch.backends.cudnn.allow_tf32 = True
+        rank_side.setup(built, None, "fit")
         assert torch.backends.cudnn.allow_tf32 is False
         trainer.build_trainer(
             dataclasses.replace(RECIPE, precision="bf16-mixed"), tmp_path, accelerator="cpu"
