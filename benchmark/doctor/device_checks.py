@@ -246,17 +246,25 @@ def channels_last(dev: torch.device, model: str = "unet", kwargs: dict | None = 
     torch.manual_seed(0)
     net = create(model, in_channels=1, **(kwargs or {"base_width": 8, "depth": 2})).to(dev).eval()
     x = _inputs(dev, 64)
+    # the layout of the first convolution's features: a 1-channel output is channels_last either way
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d) and m.out_channels > 1)
+    seen: list[bool] = []
     with torch.no_grad():
         ref = net(x)
         net = net.to(memory_format=torch.channels_last)
+        hook = conv.register_forward_hook(
+            lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last))
+        )
         out = net(x.contiguous(memory_format=torch.channels_last))
+        hook.remove()
     ref, out = (t["mask"] if isinstance(t, dict) else t for t in (ref, out))
     diff = float((out - ref).abs().max())
     if diff > LAYOUT_ATOL:
         raise RuntimeError(f"{model} in channels_last differs from contiguous by {diff:.3g}")
-    layout = "channels_last" if out.is_contiguous(memory_format=torch.channels_last) else "contiguous"
+    layout = "channels_last" if seen[0] else "contiguous"
     return Finding(
-        f"{model} forward matches contiguous to {diff:.1e} (output {layout})", {"max_abs_diff": diff}
+        f"{model} forward matches contiguous to {diff:.1e} (features {layout})",
+        {"max_abs_diff": diff, "features_channels_last": seen[0]},
     )
 
 

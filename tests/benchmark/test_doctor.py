@@ -107,6 +107,9 @@ def test_a_failing_check_is_one_fail_row_and_the_others_still_run(monkeypatch):
     assert checks["bf16"]["status"] == "FAIL"
     assert checks["bf16"]["detail"] == "RuntimeError: no bf16 here second line of the message"
     assert checks["channels_last"]["status"] == "OK"  # ran after the failure
+    # the first convolution's features, not the 1-channel output (channels_last whatever the layout)
+    assert checks["channels_last"]["detail"].endswith("(features channels_last)")
+    assert checks["channels_last"]["figures"]["features_channels_last"] is True
     assert checks["device"]["status"] == "OK" and checks["model unet"]["status"] == "SKIP"
     assert rep["ok"] is False and report.exit_code(session.results_of(rep)) == 1
     text = session.format_report(rep)
