@@ -25,6 +25,7 @@ from benchmark.evaluation import finalize
 from benchmark.training import finished
 from benchmark.training.module import SegModule
 from benchmark.training.trainer import build_trainer, make_datamodule, train
+from models.info import has_trainable_params
 
 
 def fit(
@@ -57,7 +58,9 @@ def fit(
     trainer = train(cfg, module, dm, out_dir, callbacks)
     if not trainer.is_global_zero:
         return {}
-    device, world_size = trainer.strategy.root_device, trainer.world_size
+    # the floor fits nothing, so no DDP process was started: one process, whatever devices says
+    world_size = trainer.world_size if has_trainable_params(module.model) else 1
+    device = trainer.strategy.root_device
     summary = finalize.finalize_run(cfg, dm, data_dir, out_dir, device, world_size=world_size)
     finished.drop_resume_state(out_dir, cfg.hash(), finalize.training_facts(summary))  # summary on disk
     return summary

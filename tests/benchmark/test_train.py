@@ -269,6 +269,9 @@ def test_empty_baseline_checkpoints_come_from_global_rank_zero_only(runs, tmp_pa
         "best.ckpt",
         "last.ckpt",
     ]
+    # nothing to fit, so no DDP processes start: the floor is one process whatever devices says
+    summary = train.fit(dataclasses.replace(EMPTY, devices=2), runs.data, tmp_path / "devices2")
+    assert summary["world_size"] == 1 and summary["cpu_processes"] == 2  # the board: its DDP peers'
 
 
 def test_an_epochs_training_time_waits_for_the_gpu_work_still_queued(monkeypatch):
