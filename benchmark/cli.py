@@ -132,12 +132,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def offline_defaults() -> None:
     """Nothing leaves the machine unless the user asks (README "Network"), set before any library
-    reads it: no albumentations version check, the Hugging Face hub from its cache only, and W&B
-    offline without telemetry unless a key or a mode is given (:func:`wandb_env`)."""
+    reads it: no albumentations version check, the Hugging Face hub from its cache only, no
+    onnxruntime telemetry (it queues device id, OS, CPU and memory in ~/.cache/Microsoft for upload),
+    and W&B offline without telemetry unless a key or a mode is given (:func:`wandb_env`)."""
     from benchmark.training.logger import wandb_env
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     wandb_env()
 
 

@@ -124,3 +124,42 @@ def test_a_ray_and_wandb_smoke_run_makes_no_connection_off_the_machine(tmp_path)
     if strace is None:
         pytest.skip("strace cannot trace here: only the driver's audit hook was checked (it passed)")
     assert _off_machine(trace.read_text()) == []
+
+
+ORT_SESSION = """
+import sys
+
+from benchmark.cli import offline_defaults
+
+if sys.argv[1] == "cli":
+    offline_defaults()  # as every command starts
+import numpy as np
+import onnxruntime
+from onnx import TensorProto, helper
+
+io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", io[:1], io[1:])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+print(session.run(None, {"x": np.ones(1, np.float32)})[0][0])
+"""
+
+
+def test_onnxruntime_queues_no_telemetry_under_the_cli(tmp_path):
+    """export and speed --runtime onnx run onnxruntime, which queued a Microsoft telemetry event
+    (device id, OS, CPU, memory) in ~/.cache/Microsoft/DeveloperTools/.onnxruntime for upload."""
+    pytest.importorskip("onnxruntime")
+    script = tmp_path / "ort.py"
+    script.write_text(ORT_SESSION)
+    queued = {}
+    for mode in ("bare", "cli"):
+        home = tmp_path / mode
+        env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+        env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), PYTHONPATH=str(ROOT))
+        proc = subprocess.run(
+            [sys.executable, str(script), mode], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0 and proc.stdout.strip() == "1.0", proc.stderr[-2000:]
+        queued[mode] = sorted(p.name for p in home.rglob("*"))
+    assert "onnxruntime.db" in queued["bare"]  # what the library does by itself: the test can fail
+    assert queued["cli"] == []
