@@ -178,8 +178,8 @@ def _executor(
     slow = grid_checks.gpu_recipe_on_cpu(to_train)
     if slow and not dry_run:
         raise ConfigError(slow)
-    if slow:
-        runner.say(f"warning: {slow}")
+    if slow:  # a GPU-less login node lists a GPU grid, but says what the run would do here
+        runner.say(f"warning: run without --dry-run refuses this on this machine (exit 2): {slow}")
     return executor
 
 

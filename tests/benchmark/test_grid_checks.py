@@ -230,7 +230,8 @@ def test_a_gpu_recipe_that_would_train_on_the_cpu_is_refused(monkeypatch, tmp_pa
         "for 5 run(s)",  # unet's 5 folds: the floor trains nothing
     )
     assert main([*argv, "--models", "unet", "--dry-run"]) == 0
-    assert "warning: no GPU is visible" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "warning: run without --dry-run refuses this on this machine (exit 2): no GPU is visible" in shown
     # Nothing left to train (the floor; a GPU box's finished grid scored on a CPU box): no refusal
     from benchmark import ray_grid
 
