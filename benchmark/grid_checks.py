@@ -75,13 +75,17 @@ def _fit_size(
         once = " (subjects that share frames count once)" if merged else ""
         raise DataError(data_dir, f"{where}: cannot split by subject: {exc}{once}") from None
     if len(inner) > len(fit):
-        fold = "the hold-out split" if cfg.holdout_fraction is not None else f"fold {cfg.fold}"
-        print(
-            f"warning: {data_dir}: {fold}: the inner selection set ({len(inner)} images) is larger than "
-            f"the fit part ({len(fit)}); with so few subjects, use fewer folds or a smaller inner_fraction",
-            file=sys.stderr,
-        )
+        print(inner_larger(data_dir, cfg, cfg.fold, len(inner), len(fit)), file=sys.stderr)
     return len(fit)
+
+
+def inner_larger(data_dir: Path, cfg: TrainConfig, fold: int, n_inner: int, n_fit: int) -> str:
+    """The warning for a split whose inner selection set outnumbers its fit part (``run`` and ``folds``)."""
+    where = "the hold-out split" if cfg.holdout_fraction is not None else f"fold {fold}"
+    return (
+        f"warning: {data_dir}: {where}: the inner selection set ({n_inner} images) is larger than "
+        f"the fit part ({n_fit}); with so few subjects, use fewer folds or a smaller inner_fraction"
+    )
 
 
 def check_accelerator(grid: list[TrainConfig]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from benchmark.commands import add_set_option
@@ -26,9 +27,17 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.core.summary import write_json_atomic
     from benchmark.external.board_config import train_config
     from benchmark.external.folds import folds_document
+    from benchmark.grid_checks import inner_larger
 
-    doc = folds_document(train_config(args.config, args.overrides), args.data_dir)
+    cfg = train_config(args.config, args.overrides)
+    doc = folds_document(cfg, args.data_dir)
     write_json_atomic(args.out, doc)
+    for fold in doc["folds"]:  # as run warns: epochs and post-processing chosen on more than is fitted
+        if len(fold["inner"]) > len(fold["train"]):
+            print(
+                inner_larger(args.data_dir, cfg, fold["fold"], len(fold["inner"]), len(fold["train"])),
+                file=sys.stderr,
+            )
     sizes = ", ".join(f"{len(f['train'])}/{len(f['inner'])}/{len(f['outer'])}" for f in doc["folds"])
     n = len(doc["folds"])
     print(

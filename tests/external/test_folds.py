@@ -70,3 +70,21 @@ def test_folds_match_a_real_run(fit_runs) -> None:
     assert np.unique([s.split("_")[0] for s in entry["inner"]]).tolist() == [
         str(s) for s in entry["inner_subjects"]
     ]
+
+
+def test_folds_warns_where_the_inner_set_outnumbers_the_training_part(
+    synthetic_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """`run` warned of such a split and `folds` wrote it without a word, for an outside method to train."""
+    argv = ["folds", "--data-dir", str(synthetic_dir), "--config", str(two_fold_config(tmp_path))]
+    assert main([*argv, "--out", str(tmp_path / "a.json")]) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*argv, "--set", "inner_fraction=0.8", "--out", str(tmp_path / "b.json")]) == 0
+    doc, err = json.loads((tmp_path / "b.json").read_text()), capsys.readouterr().err.splitlines()
+    larger = [f for f in doc["folds"] if len(f["inner"]) > len(f["train"])]
+    assert larger and err == [
+        f"warning: {synthetic_dir}: fold {f['fold']}: the inner selection set ({len(f['inner'])} images) is "
+        f"larger than the fit part ({len(f['train'])}); with so few subjects, use fewer folds or a smaller "
+        "inner_fraction"
+        for f in larger
+    ]
