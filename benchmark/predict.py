@@ -196,6 +196,9 @@ def write_submission(path: str | Path, rows: list[tuple[str, str]]) -> Path:
         return atomic_write(path, text.getvalue())
 
 
+IDS_DIFFER = "its image ids differ from"  # sample_mismatch's words for a file Kaggle refuses
+
+
 def sample_mismatch(input_dir: str | Path, ids: list[str]) -> str | None:
     """How the submission's image ids differ from ``sample_submission.csv`` beside the test folder
     (Kaggle refuses a submission whose ids are not its sample's); None when they agree or it is absent."""
@@ -218,7 +221,7 @@ def sample_mismatch(input_dir: str | Path, ids: list[str]) -> str | None:
         return None if ids == expected else f"its ids are {sample.name}'s in another order"
     parts = [f"{len(ids_)} {what} ({', '.join(ids_[:5])}{', ...' if len(ids_) > 5 else ''})"
              for what, ids_ in (("missing", missing), ("not in it", extra)) if ids_]  # fmt: skip
-    return f"its image ids differ from {sample}: {'; '.join(parts)}"
+    return f"{IDS_DIFFER} {sample}: {'; '.join(parts)}"
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
@@ -304,9 +307,10 @@ def predict_dir(
     """Predict every input tif, write ``<out>/<stem>.tif`` (uint8 {0,255}) and optional extras.
 
     Returns ``{"n_images", "n_positive", "out_dir", "submission", "postprocess", "other_masks",
-    "sample_mismatch"}``
+    "sample_mismatch", "kaggle_refuses"}``
     (``other_masks``: tifs already in ``out_dir`` that this prediction did not write;
-    ``sample_mismatch``: :func:`sample_mismatch` of the submission).
+    ``sample_mismatch``: :func:`sample_mismatch` of the submission; ``kaggle_refuses``: its ids
+    are not the sample's).
     """
     if not checkpoints:
         raise NerveBenchError("no checkpoint given")
@@ -333,4 +337,5 @@ def predict_dir(
         # mask tifs in --out that this prediction did not write: an earlier one's, left as they were
         "other_masks": sorted(p.name for p in out.glob("*.tif") if p.stem not in written),
         "sample_mismatch": mismatch,  # the submission's ids against sample_submission.csv beside test/
+        "kaggle_refuses": bool(mismatch and mismatch.startswith(IDS_DIFFER)),  # not an order, not unread
     }

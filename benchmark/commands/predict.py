@@ -7,6 +7,7 @@ import json
 import sys
 
 KAGGLE_TEST_IMAGES = 5508  # test/1.tif .. test/5508.tif of the competition
+EXIT_REFUSED_SUBMISSION = 3  # as run's "incomplete": the files are written, the deliverable is not usable
 HELP = "predict test masks (and a Kaggle submission) with one checkpoint or an averaged ensemble"
 
 
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         where = f"; submission {result['submission']}" if result["submission"] else ""
+        if result["kaggle_refuses"]:
+            where += " (NOT one Kaggle accepts: its ids are not sample_submission.csv's)"
         print(f"{result['n_images']} masks ({result['n_positive']} non-empty) in {result['out_dir']}{where}")
     if result["other_masks"]:
         shown = ", ".join(result["other_masks"][:3]) + (", ..." if len(result["other_masks"]) > 3 else "")
@@ -70,4 +73,5 @@ def run(args: argparse.Namespace) -> int:
             f"all {KAGGLE_TEST_IMAGES} test images (--input the full test/ folder)",
             file=sys.stderr,
         )
-    return 0
+    # written all the same (finished work is kept), but `predict && kaggle submit` must not go on
+    return EXIT_REFUSED_SUBMISSION if result["kaggle_refuses"] else 0

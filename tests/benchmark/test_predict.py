@@ -84,7 +84,7 @@ def test_uns_sample_submission(ckpts, uns_sample, tmp_path):
     out, sub = tmp_path / "masks", tmp_path / "sub.csv"
     code = main(["predict", "--checkpoint", str(ckpts[0]), "--input", str(uns_sample / "test"),
                  "--out", str(out), "--submission", str(sub), "--batch-size", "16"])  # fmt: skip
-    assert code == 0
+    assert code == 3  # written, but 25 of the sample submission's 5,508 ids: Kaggle refuses it
     _check_outputs(out, sub, [str(i) for i in range(1, 26)])
 
 
@@ -345,15 +345,22 @@ def test_a_submission_whose_ids_are_not_the_samples_is_named(ckpts, synthetic_di
     (root / "sample_submission.csv").write_text("img,pixels\n1,\n2,\n")
     sub = tmp_path / "sub.csv"
     args = ["predict", "--checkpoint", str(ckpts[0]), "--input", str(root), "--out", str(tmp_path / "o")]
-    assert main([*args, "--submission", str(sub)]) == 0  # the masks and the CSV are still written
-    assert capsys.readouterr().err == (
+    # the masks and the CSV are still written, but `predict && kaggle submit` stops (exit 3)
+    assert main([*args, "--submission", str(sub)]) == 3 and sub.is_file()
+    out, err = capsys.readouterr()
+    assert err == (
         f"warning: {sub}: its image ids differ from {root / 'sample_submission.csv'}: 1 missing (2); "
         "1 not in it (3)\n"
+    )
+    assert out.strip().endswith(
+        f"submission {sub} (NOT one Kaggle accepts: its ids are not sample_submission.csv's)"
     )
     assert predict.sample_mismatch(root, ["2", "1"]) == "its ids are sample_submission.csv's in another order"
     assert predict.sample_mismatch(root, ["1", "2"]) is None
     assert predict.sample_mismatch(tmp_path, ["9"]) is None  # no sample_submission.csv there
     assert "1 missing (2)" in str(predict.sample_mismatch(root / "test", ["1"]))  # --input DIR/test
+    (root / "sample_submission.csv").write_text("img,pixels\n3,\n1,\n")  # the same ids in another order
+    assert main([*args, "--submission", str(sub)]) == 0 and "another order" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_directory_out_before_scoring(tmp_path, capsys):
