@@ -28,9 +28,11 @@ without it, 0 of 80 with it), which turned finished CPU DDP runs into failed exi
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import re
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
@@ -74,6 +76,28 @@ def checkpoint_history(ckpt: Mapping[str, Any]) -> dict[str, list]:
     """The history stored in a checkpoint dict (empty lists where it has none)."""
     saved = ckpt.get(HISTORY_CKPT_KEY) or {}
     return {k: list(saved.get(k, [])) for k in HISTORY_KEYS}
+
+
+# At import: every process that runs one of our Trainers imports this module, the ranks that
+# ddp_spawn starts included (they unpickle these callbacks before Lightning sets up the group).
+# Lightning notices that repeat for every run of a 45-run grid and say nothing about the run; on a
+# resume, that the run's own checkpoint directory is not empty (it holds what is resumed); and under
+# DDP, that an epoch value is logged without sync_dist: ours are reduced over the ranks already (a
+# MeanMetric, the scores' Metric).
+_NOTICES = (
+    ".*treespec.*",
+    ".*smaller than the logging interval.*",
+    ".*litlogger.*",
+    "Checkpoint directory .* exists and is not empty",
+    r"It is recommended to use `self\.log\(.*sync_dist=True\)`",
+)
+for _pattern in _NOTICES:
+    warnings.filterwarnings("ignore", message=_pattern)
+# Lightning's per-Trainer notices ("GPU available", "TPU available", its litlogger tip, the
+# limit_train_batches echo, a DDP group's banner) print lines for every one of a grid's runs and say
+# nothing about the run; its warnings and errors still show.
+for _logger in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.distributed"):
+    logging.getLogger(_logger).setLevel(logging.WARNING)
 
 
 class EpochHistory(Callback):

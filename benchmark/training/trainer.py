@@ -6,8 +6,6 @@ chains the two.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,21 +36,6 @@ if TYPE_CHECKING:
     from lightning import Trainer
 
     from datamodules.datamodule import UltrasoundNerveDataModule
-
-# Lightning notices that repeat for every run of a 45-run grid and say nothing about the run; and,
-# on a resume, that the run's own checkpoint directory is not empty (it holds what is resumed).
-_NOTICES = (
-    ".*treespec.*",
-    ".*smaller than the logging interval.*",
-    ".*litlogger.*",
-    "Checkpoint directory .* exists and is not empty",
-)
-for _pattern in _NOTICES:
-    warnings.filterwarnings("ignore", message=_pattern)
-# Lightning's per-Trainer notices ("GPU available", "TPU available", its litlogger tip, the
-# limit_train_batches echo) print four lines for every one of a grid's runs and say nothing about the
-# run; its warnings and errors still show.
-logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def make_datamodule(
