@@ -131,7 +131,11 @@ def _other_data(
     trained = set(record.get("seen_subjects") or ()) | {int(x) for x in subjects[hit]}
     same_subject = np.isin(subjects, sorted(trained)) & ~hit
     kept = every if all_images else every[~(hit | same_subject)]
-    which = f"{int(hit.sum())} of these {n_images} images match frames that trained or selected it" + (
+    # several images may match one frame: consecutive frames of a scan are near-identical
+    seen = record.get("seen_fingerprints", record.get("seen_frames"))  # a tensor in a checkpoint
+    n_seen = 0 if seen is None else len(seen)
+    frames = "the frame" if n_seen == 1 else f"one of the {n_seen} frames"
+    which = f"{int(hit.sum())} of these {n_images} images match {frames} that trained or selected it" + (
         f", {int(same_subject.sum())} more belong to its training subjects" if same_subject.any() else ""
     )
     if all_images:

@@ -97,11 +97,11 @@ def test_a_subset_of_its_data_is_scored_without_the_frames_that_trained_or_selec
     result = evaluate(ckpt, subset)
     assert result["scope"] == "images_not_seen_in_training" and result["n_images"] == 21
     assert result["per_image"]["stem"] == outer_stems[1:]  # exactly the rest of the outer fold
-    which = "44 of these 65 images match frames that trained or selected it"
+    which = "44 of these 65 images match one of the 44 frames that trained or selected it"
     assert result["note"] == f"scoring 21 of 65 images: {which} (--all-images: all)"
     every = evaluate(ckpt, subset, all_images=True)
     assert every["scope"] == "all_images_including_training" and every["n_images"] == 65
-    assert every["note"].startswith("warning: --all-images: 44 of these 65 images match frames")
+    assert every["note"].startswith("warning: --all-images: 44 of these 65 images match one of the 44 frames")
     seen_only = _copy_without(fit_runs.data, tmp_path / "seen", outer_stems)
     with pytest.raises(
         NerveBenchError, match="every one of these 44 images trained or selected this checkpoint"
@@ -122,8 +122,8 @@ def test_in_a_copy_of_its_data_a_changed_frame_of_a_training_subject_is_left_out
     assert result["scope"] == "images_not_seen_in_training" and result["n_images"] == 22
     assert result["per_image"]["stem"] == fit_runs.unet["per_image"]["stem"]  # exactly the outer fold
     assert result["note"] == (
-        "scoring 22 of 66 images: 43 of these 66 images match frames that trained or selected it, 1 more "
-        "belong to its training subjects (--all-images: all)"
+        "scoring 22 of 66 images: 43 of these 66 images match one of the 44 frames that trained or selected "
+        "it, 1 more belong to its training subjects (--all-images: all)"
     )
     recoded = shutil.copytree(fit_runs.data, tmp_path / "recoded")
     rng = np.random.default_rng(0)
@@ -134,7 +134,7 @@ def test_in_a_copy_of_its_data_a_changed_frame_of_a_training_subject_is_left_out
     assert again["scope"] == "images_not_seen_in_training"
     assert again["per_image"]["stem"] == fit_runs.unet["per_image"]["stem"]  # exactly the outer fold
     assert again["note"].startswith(
-        "scoring 22 of 66 images: 44 of these 66 images match frames that trained"
+        "scoring 22 of 66 images: 44 of these 66 images match one of the 44 frames that trained"
     )
 
 
@@ -262,8 +262,8 @@ def test_subjects_of_matching_frames_count_as_training_subjects_whatever_their_n
     kept, scope, note = choose_images(record, "b", 6, False, hit, subjects)
     assert scope == UNSEEN and kept.tolist() == [2, 3, 5]  # 11 by its frame, 2 by its number
     assert note == (
-        "scoring 3 of 6 images: 1 of these 6 images match frames that trained or selected it, 2 more belong "
-        "to its training subjects (--all-images: all)"
+        "scoring 3 of 6 images: 1 of these 6 images match the frame that trained or selected it, 2 more "
+        "belong to its training subjects (--all-images: all)"
     )
 
 
