@@ -11,6 +11,7 @@ cleaning contradictory frames can shrink a fit part a little further.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,6 +100,40 @@ def check_accelerator(grid: list[TrainConfig]) -> None:
         f"accelerator={wants.accelerator} ({wants.model}): no CUDA GPU is visible to this process "
         f"({torch_build()}); set accelerator: cpu or auto"
     )
+
+
+def check_launcher(grid: list[TrainConfig]) -> None:
+    """A DDP run whose processes an outside launcher starts (srun, torchrun) needs as many as the run
+    spans (devices x num_nodes): Lightning takes its world from the launcher, so an ``sbatch
+    --ntasks=1`` job with ``devices: 8`` trained on one GPU without a word, and a torchrun world of
+    another size failed at the first fit. ConfigError before any run, as Lightning detects them."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    ddp = next((c for c in grid if c.world_size() > 1), None)
+    if ddp is None:
+        return
+    if SLURMEnvironment.detect():
+        started, by, fix = (
+            int(os.environ.get("SLURM_NTASKS", "1")),
+            "SLURM (SLURM_NTASKS)",
+            (
+                f"srun --ntasks-per-node={ddp.devices} on {ddp.num_nodes} node(s), or `srun --job-name="
+                "interactive` to let Lightning start them on one node"
+            ),
+        )
+    elif TorchElasticEnvironment.detect():
+        started, by, fix = (
+            int(os.environ.get("WORLD_SIZE", "1")),
+            "torchrun (WORLD_SIZE)",
+            (f"torchrun --nproc-per-node {ddp.devices} on {ddp.num_nodes} node(s)"),
+        )
+    else:
+        return
+    if started != ddp.world_size():
+        raise ConfigError(
+            f"{by} started {started} process(es), but {ddp.model} spans {ddp.world_size()} (devices "
+            f"{ddp.devices} x num_nodes {ddp.num_nodes}): start {fix}, or set devices and num_nodes to match"
+        )
 
 
 def gpu_recipe_on_cpu(grid: list[TrainConfig]) -> str | None:

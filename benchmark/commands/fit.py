@@ -117,10 +117,11 @@ def run(args: argparse.Namespace) -> int:
     if args.data_dir is None:
         raise ConfigError("fit: --data-dir is required (a Kaggle layout holding train/)")
     from benchmark.core.summary import SUMMARY_NAME, is_complete
-    from benchmark.grid_checks import check_accelerator, gpu_recipe_on_cpu
+    from benchmark.grid_checks import check_accelerator, check_launcher, gpu_recipe_on_cpu
     from benchmark.pipeline import fit
 
     check_accelerator([cfg])
+    check_launcher([cfg])
     out = args.out or Path("results") / "runs" / cfg.run_name()
     if is_complete(out / SUMMARY_NAME, cfg.hash()):
         print(f"{out} already holds this run, complete (config hash {cfg.hash()}): nothing trained")

@@ -175,6 +175,7 @@ def _executor(
         return executor
     if not dry_run:
         grid_checks.check_accelerator(grid)
+        grid_checks.check_launcher(grid)
     slow = grid_checks.gpu_recipe_on_cpu(to_train)
     if slow and not dry_run:
         raise ConfigError(slow)

@@ -263,3 +263,32 @@ def test_fit_refuses_a_gpu_recipe_that_would_train_on_the_cpu(monkeypatch, tmp_p
     assert main([*argv, *cpu, "--out", str(out)]) == 0
     monkeypatch.setattr("benchmark.core.summary.is_complete", lambda *a: True)  # scored again only
     assert main([*argv, "--out", str(out)]) == 0 and "nothing trained" in capsys.readouterr().out
+
+
+def test_a_ddp_run_needs_as_many_processes_as_its_outside_launcher_started(monkeypatch):
+    """An `sbatch --ntasks=1` job with devices: 2 trained on one device without a word (Lightning
+    takes its world from SLURM), and a torchrun world of another size failed at the first fit."""
+    for var in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    ddp = [TrainConfig(accelerator="cpu", devices=2, batch_size=8), TrainConfig(accelerator="cpu")]
+    grid_checks.check_launcher(ddp)  # Lightning's own launcher starts the processes
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "bench")
+    with pytest.raises(
+        ConfigError, match=r"^SLURM \(SLURM_NTASKS\) started 1 process\(es\), but unet spans 2 "
+    ):
+        grid_checks.check_launcher(ddp)
+    grid_checks.check_launcher(ddp[1:])  # one process: nothing to start
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    grid_checks.check_launcher(ddp)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # Lightning starts the processes itself
+    grid_checks.check_launcher(ddp)
+    monkeypatch.delenv("SLURM_NTASKS")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "bench")
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    with pytest.raises(
+        ConfigError, match=r"^torchrun \(WORLD_SIZE\) started 16 process\(es\), but unet spans 2"
+    ):
+        grid_checks.check_launcher(ddp)
