@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import ddp_stop
-from benchmark.core import stop
+from benchmark.core import rank0, stop
 from benchmark.core.config import TrainConfig
 from benchmark.core.files import atomic_write, os_error_line
 from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, owner_id, read_lock
@@ -236,18 +236,17 @@ def run_one(
 
 
 def _follow_rank0(
-    cfg: TrainConfig,
-    later: Sequence[TrainConfig],
-    data_dir: Path,
-    runs: Path,
-    fit: Callable,
-    stale: float | None,
+    cfg: TrainConfig, later: Sequence[TrainConfig], data_dir: Path, runs: Path, fit: Callable
 ) -> Outcome:
-    """A DDP rank > 0 trains exactly the runs its rank 0 claimed (``$NERVE_BENCH_LOCK_OWNER``, which
-    Lightning's launcher passes on); without an owner (e.g. torchrun) it trains every open run."""
-    run_dir, owner = runs / cfg.run_name(), os.environ.get(OWNER_ENV)
-    if owner and not follow(
-        run_dir, owner, [runs / c.run_name() for c in later], lambda: is_complete(run_dir, cfg.hash()), stale
+    """A DDP rank > 0 trains exactly the runs its rank 0 claimed (``$NERVE_BENCH_LOCK_OWNER``: passed
+    on by Lightning's launcher, or read from rank 0's record, ``rank0.follower_owner``)."""
+    run_dir, owner = runs / cfg.run_name(), os.environ[OWNER_ENV]
+    if not follow(
+        run_dir,
+        owner,
+        [runs / c.run_name() for c in later],
+        lambda: is_complete(run_dir, cfg.hash()),
+        lambda: rank0.ended(runs.parent, owner),
     ):
         return Outcome(cfg.run_name(), "skipped")
     return _train_one(cfg, data_dir, run_dir, fit)
@@ -322,10 +321,35 @@ def run_grid(
     ``[i/N] ... elapsed, ETA`` before each run and one :func:`finished_line` after it."""
     if fit is None:
         from benchmark.pipeline import fit
-    runs = results_dir / "runs"
+    since = time.time()
     todo, outcomes = open_grid(grid, data_dir, results_dir, data_hash)
+    record = None
     if global_rank() == 0:
         os.environ[OWNER_ENV] = owner_id()  # inherited by the DDP ranks Lightning launches
+        if any(c.world_size() > 1 for c in grid):  # and read by those srun or torchrun started
+            record = rank0.publish(results_dir, os.environ[OWNER_ENV])
+    elif todo:
+        rank0.follower_owner(results_dir, since)
+    try:
+        _run_todo(todo, outcomes, data_dir, results_dir, fit, stale_after_s)
+    finally:
+        if record is not None:
+            rank0.withdraw(record)
+    if all(c.world_size() == 1 for c in todo):  # DDP ranks would have to agree on the retries
+        retry_released(todo, outcomes, data_dir, results_dir, fit, stale_after_s)
+    return outcomes
+
+
+def _run_todo(
+    todo: list[TrainConfig],
+    outcomes: list[Outcome],
+    data_dir: Path,
+    results_dir: Path,
+    fit: Callable,
+    stale_after_s: float | None,
+) -> None:
+    """The grid loop: rank 0 claims and trains each run, ranks > 0 follow it; ``outcomes`` grows."""
+    runs = results_dir / "runs"
     start = time.perf_counter()
     times: list[float] = []
     for i, cfg in enumerate(todo, start=1):
@@ -337,16 +361,13 @@ def run_grid(
         if global_rank() == 0:
             outcome = run_one(cfg, data_dir, results_dir, fit, stale_after_s)
         else:
-            outcome = _follow_rank0(cfg, todo[i:], data_dir, runs, fit, stale_after_s)
+            outcome = _follow_rank0(cfg, todo[i:], data_dir, runs, fit)
         if paces(outcome):
             times.append(outcome.seconds)
         _announce(tag, outcome, runs)
         if outcome.no_space:
             raise stop_for_space(outcome.no_space, outcome.run)
         outcomes.append(outcome)
-    if all(c.world_size() == 1 for c in todo):  # DDP ranks would have to agree on the retries
-        retry_released(todo, outcomes, data_dir, results_dir, fit, stale_after_s)
-    return outcomes
 
 
 def retry_released(

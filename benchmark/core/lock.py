@@ -257,13 +257,16 @@ def follow(
     owner: str,
     later: Sequence[str | Path],
     done: Callable[[], bool],
-    stale_after_s: float | None = None,
+    ended: Callable[[], bool] = lambda: False,
     poll_s: float = 0.2,
 ) -> bool:
     """For DDP ranks > 0, which must make rank 0's decision: True once ``owner`` (rank 0's
     ``host:pid``) holds ``run_dir``; False once rank 0 cannot train it here: the run is ``done()``,
-    another live process holds it, rank 0 holds one of the ``later`` runs, or rank 0 is gone."""
-    limit = stale_after_default() if stale_after_s is None else stale_after_s
+    rank 0 holds one of the ``later`` runs, its grid loop has ``ended()``, or it is gone.
+
+    A run that another process holds is not judged here: rank 0 judges whether that holder is stale
+    (and takes the run over) or alive (and moves on), and a rank judging it too, a moment apart, could
+    decide the other way at the limit (a heartbeat 299.5 s old here, 301 s old there)."""
     host, _, pid = owner.rpartition(":")
     while True:
         if done():
@@ -271,10 +274,8 @@ def follow(
         info = read_lock(run_dir)
         if info is not None and f"{info.host}:{info.pid}" == owner:
             return True
-        if info is not None and stale_reason(info, limit) is None:
-            return False
         if any((i := read_lock(d)) is not None and f"{i.host}:{i.pid}" == owner for d in later):
             return False
-        if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        if ended() or host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
             return False
         time.sleep(poll_s)

@@ -17,7 +17,7 @@ import pytest
 
 from benchmark import grid_configs, runner
 from benchmark.cli import main
-from benchmark.core import lock, ranks
+from benchmark.core import lock, rank0, ranks
 from benchmark.core.config import load_benchmark_config
 from tests.benchmark.test_runner import SMOKE, fake_fit
 
@@ -153,8 +153,14 @@ def test_ddp_follower_makes_rank0s_decision(tmp_path):
     mine, other, later = tmp_path / "mine", tmp_path / "other", tmp_path / "later"
     with lock.claim(mine):
         assert lock.follow(mine, owner, [later], lambda: False, poll_s=0.01) is True
-    _write_lock(other, "other-host", 1, time.time())  # another live process has it
-    assert lock.follow(other, owner, [later], lambda: False, poll_s=0.01) is False
+    # Another process has it: rank 0 judges that holder (stale or alive), so the rank waits for rank
+    # 0's decision (here: its grid loop ends after 5 looks) instead of judging it a moment apart
+    _write_lock(other, "other-host", 1, time.time())
+    looks = []
+    assert (
+        lock.follow(other, owner, [later], lambda: False, lambda: looks.append(1) or len(looks) == 5) is False
+    )
+    assert len(looks) == 5
     assert lock.follow(tmp_path / "done", owner, [later], lambda: True, poll_s=0.01) is False
     with lock.claim(later):  # rank 0 already moved on to a later run
         assert lock.follow(tmp_path / "free", owner, [later], lambda: False, poll_s=0.01) is False
@@ -253,11 +259,14 @@ def test_ddp_rank_above_zero_trains_exactly_the_runs_rank0_holds(tmp_path, monke
     runs = tmp_path / "runs"
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv(lock.OWNER_ENV, lock.owner_id())  # this test process plays rank 0
+    monkeypatch.delenv(rank0.GRID_ENV, raising=False)
+    rank0.withdraw(rank0.publish(tmp_path, lock.owner_id()))  # its grid loop has ended
     _write_lock(runs / grid[2].run_name(), "other-host", 1, time.time())
     calls = []
     with lock.claim(runs / grid[1].run_name()):
         outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls))
-    # run 0: rank 0 already holds a later run; run 1: rank 0 holds it; run 2: another job has it
+    # run 0: rank 0 already holds a later run; run 1: rank 0 holds it; run 2: another job has it,
+    # and rank 0 ended its loop without taking it over
     assert [o.status for o in outcomes] == ["skipped", "trained", "skipped"] and calls == [grid[1].run_name()]
     assert capsys.readouterr().out == ""  # ranks > 0 print nothing
     assert lock.read_lock(runs / grid[2].run_name()).host == "other-host"  # followers never claim
@@ -266,7 +275,9 @@ def test_ddp_rank_above_zero_trains_exactly_the_runs_rank0_holds(tmp_path, monke
 @pytest.mark.parametrize(
     ("env", "rank"),
     [({}, 0), ({"RANK": "3"}, 3), ({"LOCAL_RANK": "1"}, 1), ({"NODE_RANK": "1"}, 1024),
-     ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, 1024), ({"SLURM_PROCID": "0", "LOCAL_RANK": "0"}, 0)],
+     ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, 1024), ({"SLURM_PROCID": "0", "LOCAL_RANK": "0"}, 0),
+     ({"SLURM_PROCID": "5"}, 5),  # an srun task
+     ({"SLURM_PROCID": "0", "LOCAL_RANK": "2"}, 2)],  # a rank Lightning started inside srun --pty
 )  # fmt: skip
 def test_global_rank_is_nonzero_off_node_zero(monkeypatch, env, rank):
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
