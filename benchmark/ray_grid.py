@@ -45,7 +45,7 @@ from benchmark.core.files import atomic_write
 from benchmark.core.preflight import OutOfSpace, stop_for_space
 from benchmark.evaluation import deferred_costs
 from benchmark.ray_resources import RaySettings, exclusive_options, grid_tasks
-from benchmark.ray_storage import check_shared, read_marker, write_marker
+from benchmark.ray_storage import read_marker, shared_marker
 from benchmark.runner import Outcome
 
 # Driver variables a worker on another machine also needs (W&B mode/key/dir, offline hub, lock timing).
@@ -252,17 +252,21 @@ def launch(
     by_accelerator, capacity, words = grid_tasks(nodes, settings, [c.accelerator for c in todo])
     if room is not None and capacity > 1:  # a resume checkpoint per run in flight (capacity <= runs)
         room(capacity)
-    token = write_marker(results_dir)
-    check_shared(ray, results_dir, token)
-    shared = share_train_set(ray, data_dir, train_set)
-    tasks = {acc: remote_task(ray, options) for acc, options in by_accelerator.items()}
-    args = (data_dir, results_dir, token, *shared, fit)
-    refs = {tasks[cfg.accelerator].remote(cfg, *args): cfg for cfg in todo}
-    runner.say(
-        f"ray: {len(todo)} runs, up to {capacity} at a time ({words}); "
-        f"worker logs in {ray_cluster.logs_dir(ray)}"
-    )
-    progress, pending, outcomes = Progress(len(todo), capacity), list(refs), []
+    with shared_marker(ray, results_dir) as token:  # this driver's, removed when its grid ends
+        shared = share_train_set(ray, data_dir, train_set)
+        tasks = {acc: remote_task(ray, options) for acc, options in by_accelerator.items()}
+        args = (data_dir, results_dir, token, *shared, fit)
+        refs = {tasks[cfg.accelerator].remote(cfg, *args): cfg for cfg in todo}
+        runner.say(
+            f"ray: {len(todo)} runs, up to {capacity} at a time ({words}); "
+            f"worker logs in {ray_cluster.logs_dir(ray)}"
+        )
+        return _collect_all(ray, refs, results_dir, capacity)
+
+
+def _collect_all(ray: Any, refs: dict[Any, TrainConfig], results_dir: Path, capacity: int) -> list[Outcome]:
+    """Each run's outcome as it finishes; an interrupt cancels the rest (their checkpoints stay)."""
+    progress, pending, outcomes = Progress(len(refs), capacity), list(refs), []
     try:
         while pending:
             stop.raise_pending()  # a SIGTERM that a finalizer swallowed

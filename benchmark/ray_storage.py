@@ -4,37 +4,57 @@ here by the driver is read back by a probe task pinned to each alive node, else 
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from benchmark.core.files import atomic_write
 from benchmark.ray_resources import RayExecutorError
 
-MARKER_NAME = ".ray-shared-storage"  # in the results directory: the token every node must read back
+MARKER_NAME = ".ray-shared-storage"  # in the results directory: MARKER_NAME-<token>, holding the token
+KEEP_S = 7 * 86400.0  # a killed driver's marker is pruned by a later one after a week
+
+
+def marker_path(results_dir: Path, token: str) -> Path:
+    """One marker per driver: two grids (two Ray clusters) on one results directory each keep their
+    own; with one file the second driver's token failed every task the first had not started."""
+    return results_dir / f"{MARKER_NAME}-{token}"
 
 
 def write_marker(results_dir: Path) -> str:
-    """Write a fresh random token into the results directory's marker file; returns the token."""
+    """Write a fresh random token into this driver's marker file; returns the token."""
     token = secrets.token_hex(16)
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(results_dir / MARKER_NAME, token)
+    for old in results_dir.glob(f"{MARKER_NAME}*"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > KEEP_S:
+                old.unlink()
+    atomic_write(marker_path(results_dir, token), token)
     return token
+
+
+def remove_marker(results_dir: Path, token: str) -> None:
+    """The driver's grid has ended: its marker goes."""
+    with contextlib.suppress(OSError):
+        marker_path(results_dir, token).unlink(missing_ok=True)
 
 
 def read_marker(results_dir: Path, token: str) -> str:
     """The one-line problem when this node cannot read ``token`` back from the marker, else ""."""
+    path = marker_path(results_dir, token)
     try:
-        found = (results_dir / MARKER_NAME).read_text().strip()
+        found = path.read_text().strip()
     except OSError as exc:
         found = f"cannot read it: {exc.strerror or exc}"
     if found == token:
         return ""
-    seen = "it holds another token" if len(found) == len(token) else found
     return (
         f"{results_dir}: results directory is not shared with Ray node {socket.gethostname()} "
-        f"({MARKER_NAME}: {seen}); put --results-dir on storage every node mounts at the same path"
+        f"({path.name}: {found}); put --results-dir on storage every node mounts at the same path"
     )
 
 
@@ -54,3 +74,14 @@ def check_shared(ray: Any, results_dir: Path, token: str) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more node(s))" if len(problems) > 1 else ""
         raise RayExecutorError(problems[0] + more)
+
+
+@contextlib.contextmanager
+def shared_marker(ray: Any, results_dir: Path) -> Iterator[str]:
+    """This driver's marker, checked on every node (:func:`check_shared`), removed when the block ends."""
+    token = write_marker(results_dir)
+    try:
+        check_shared(ray, results_dir, token)
+        yield token
+    finally:
+        remove_marker(results_dir, token)

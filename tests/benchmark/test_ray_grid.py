@@ -143,6 +143,16 @@ def test_unshared_results_directory_fails_in_one_line(ray_cluster, tmp_path):
     assert "not shared with Ray node" in message and "elsewhere" in message and "\n" not in message
 
 
+def test_two_drivers_on_one_results_directory_keep_their_own_markers(ray_cluster, tmp_path):
+    """With one marker file the second driver's token failed every task the first had not started."""
+    first = ray_storage.write_marker(tmp_path)
+    with ray_storage.shared_marker(ray_cluster, tmp_path) as second:
+        assert ray_storage.read_marker(tmp_path, first) == ray_storage.read_marker(tmp_path, second) == ""
+    assert ray_storage.read_marker(tmp_path, first) == ""  # the second driver's end leaves it
+    assert not ray_storage.marker_path(tmp_path, second).exists()
+    assert "cannot read it" in ray_storage.read_marker(tmp_path, second)
+
+
 def test_ray_grid_matches_local_and_reads_only_shared_arrays(ray_cluster, data, tmp_path, capsys):
     from datamodules.kaggle import load_train
 
