@@ -12,7 +12,9 @@ modification time of every file under ``train/`` and of ``train_masks.csv``, and
 ``io.DECODE_VERSION``): an edited, added or removed file, or a changed decoder, gives another entry,
 and a stale one is never read. (A file rewritten at the same size with its modification time put
 back is not seen; reading every file to hash it would cost what the cache saves.) Entries are written under a
-temporary name and renamed in, so a concurrent reader sees a complete entry or none. Where the
+temporary name and renamed in, so a concurrent reader sees a complete entry or none; processes that
+miss it together take turns (an ``flock`` on ``.<entry>.lock``), so one decodes and the others read
+its entry. Where the
 cache cannot be written (no space, read-only), the data set is decoded in memory as before.
 
 Writing an entry prunes the ones no run will read again (:func:`prune`): earlier versions of the
@@ -34,6 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +168,36 @@ def load_train_shared(data_dir: str | Path, root: Path | None = None) -> TrainSe
     cached = read_entry(entry)
     if cached is not None:
         return cached
+    with _decoding(entry):
+        return _decode_into(entry, data_dir)
+
+
+@contextlib.contextmanager
+def _decoding(entry: Path) -> Iterator[None]:
+    """One process of the node decodes an entry at a time: the ranks srun or torchrun start at once
+    each decoded the whole set (8 ranks: 8 x 2.7 GB of memory and of temporary files) before one
+    rename won. An exclusive ``flock`` beside the entry, released with its holder, even a killed one;
+    without a writable cache (or ``fcntl``) each process decodes, as before."""
+    try:
+        import fcntl
+
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(entry.parent / f".{entry.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # the lock goes with the descriptor
+
+
+def _decode_into(entry: Path, data_dir: Path) -> TrainSet:
+    """The entry another process wrote while this one waited, else this one's decode, written."""
+    cached = read_entry(entry)
+    if cached is not None:
+        return cached
     train_set = load_train(data_dir)
     try:
         write_entry(entry, train_set, data_dir)
@@ -218,5 +251,7 @@ def prune(keep: Path, data_dir: str | Path) -> list[Path]:
             continue
         if stale:
             _remove(path)
+            with contextlib.suppress(OSError):  # its decoding lock (:func:`_decoding`)
+                (path.parent / f".{path.name}.lock").unlink(missing_ok=True)
             removed.append(path)
     return removed

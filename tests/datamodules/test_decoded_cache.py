@@ -24,7 +24,8 @@ def data(tmp_path: Path) -> Path:
 def test_second_reader_maps_the_first_readers_copy(data: Path, tmp_path: Path) -> None:
     root = tmp_path / "cache"
     first = dc.load_train_shared(data, root)
-    entries = list(root.iterdir())
+    entries = [p for p in root.iterdir() if p.is_dir()]
+    assert {p.name for p in root.iterdir()} == {entries[0].name, f".{entries[0].name}.lock"}  # and its flock
     assert len(entries) == 1 and {p.name for p in entries[0].iterdir()} == {
         "images.npy",
         "masks.npy",
@@ -54,7 +55,7 @@ def test_a_changed_file_is_decoded_again(data: Path, tmp_path: Path) -> None:
     assert dc.signature(data) != before
     dc.load_train_shared(data, root)
     # A second entry, and the stale one (never read again) is removed: the cache used to only grow.
-    assert [p.name for p in root.iterdir()] == [dc.signature(data)]
+    assert sorted(p.name for p in root.iterdir()) == [f".{dc.signature(data)}.lock", dc.signature(data)]
 
 
 def test_a_change_to_decoding_is_not_hidden_by_the_cache(data: Path, monkeypatch) -> None:
@@ -104,7 +105,8 @@ def test_writing_an_entry_prunes_what_no_run_reads_again(data: Path, tmp_path: P
     named.mkdir()
     dc.load_train_shared(data, root)
     kept = {live, root / dc.signature(data), checkout, format_2, foreign, fresh, named}
-    assert set(root.iterdir()) == kept
+    locks = {root / f".{p.name}.lock" for p in (live, root / dc.signature(data))}  # the decoders' flocks
+    assert set(root.iterdir()) == kept | locks
     assert not any(p.exists() for p in (earlier, unused, old_format_2, abandoned))
     _aged(live, 15 * 86400)
     dc.load_train_shared(other, root)  # a read touches its entry: in use again
@@ -130,4 +132,50 @@ def test_an_incomplete_entry_is_not_read_and_the_next_writer_replaces_it(data: P
     # where the rename used to fail and every process decoded its own copy in memory.
     ts = dc.load_train_shared(data, root)
     assert isinstance(ts.images, np.memmap) and dc.read_entry(entry) is not None
-    assert [p.name for p in root.iterdir()] == [entry.name]  # the broken one went with it
+    assert sorted(p.name for p in root.iterdir()) == [
+        f".{entry.name}.lock",
+        entry.name,
+    ]  # the broken one went
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+from datamodules import decoded_cache as dc
+
+real = dc.load_train
+
+
+def counted(data_dir):
+    with open(sys.argv[3], "a") as log:
+        log.write("decode\\n")
+    time.sleep(3)  # both processes are in here at once unless one waits for the other
+    return real(data_dir)
+
+
+dc.load_train = counted
+ts = dc.load_train_shared(Path(sys.argv[1]), Path(sys.argv[2]))
+print(len(ts), type(ts.images).__name__)
+"""
+
+
+def test_processes_that_start_together_decode_once(data: Path, tmp_path: Path) -> None:
+    """The ranks srun or torchrun start at once each decoded the whole set before one rename won."""
+    import subprocess
+    import sys
+
+    script, log, root = tmp_path / "racer.py", tmp_path / "decodes.log", tmp_path / "cache"
+    script.write_text(RACER)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(data), str(root), str(log)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0].split() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outs == [["6", "memmap"]] * 2
+    assert log.read_text().splitlines() == ["decode"]
