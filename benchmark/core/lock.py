@@ -1,12 +1,14 @@
 """Run locks: at most one process trains a run directory at a time, on one machine or many sharing a disk.
 
 A run is claimed by creating ``<run_dir>/run.lock`` with ``O_CREAT | O_EXCL`` (atomic on local file
-systems and on NFSv3+), holding JSON ``{"host", "pid", "start", "heartbeat", "token"}``. While the
+systems and on NFSv3+), holding JSON ``{"host", "pid", "start", "heartbeat", "token", "pids"}``. While the
 lock is held a daemon thread rewrites it in place every ``heartbeat_s`` seconds (``pwrite`` on the
 open descriptor: the file keeps its inode, so a holder never overwrites another process's lock).
 
-A lock is *stale*, and may be taken over, when its pid is gone on this host or its heartbeat is
-older than ``stale_after_s`` (other hosts, hung machines). Takeovers are serialised by a second
+A lock is *stale*, and may be taken over, when its pid is gone on this host, in this pid namespace
+(``pids``: containers on one node may share a hostname), or its heartbeat is older than
+``stale_after_s`` (other hosts, hung machines; the heartbeat is the holder's clock, so nodes must
+agree on the time to well within that). Takeovers are serialised by a second
 ``O_EXCL`` file, ``run.lock.takeover``: its holder re-reads the lock and deletes it only if it is still
 the stale file that was judged, then every contender competes through ``O_EXCL`` again, so racing
 takeovers end with exactly one holder and a lock claimed meanwhile is never deleted.
@@ -43,11 +45,24 @@ class LockInfo:
     start: float
     heartbeat: float
     token: str
+    pids: str = ""  # the holder's pid space (:func:`pid_space`); "" in locks written before it
 
     def describe(self, now: float | None = None) -> str:
         age = (time.time() if now is None else now) - self.heartbeat
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.start))
         return f"{self.host}:{self.pid} (started {started}, heartbeat {age:.0f} s ago)"
+
+
+def pid_space() -> str:
+    """This process's boot and pid namespace: two containers on one node can share a hostname
+    (``--net=host``, ``hostNetwork``) but not their pids, and a live holder in the other one looked
+    gone (its pid absent here), so its run was taken over and trained twice at once."""
+    parts = []
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return "/".join(parts)
 
 
 def stale_after_default() -> float:
@@ -80,6 +95,7 @@ def _parse(path: Path) -> LockInfo | None:
             float(data["start"]),
             float(data["heartbeat"]),
             str(data["token"]),
+            str(data.get("pids", "")),
         )
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return LockInfo("?", 0, mtime, mtime, "")
@@ -103,8 +119,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def stale_reason(info: LockInfo, stale_after_s: float, now: float | None = None) -> str | None:
-    """Why ``info`` may be taken over, or None while its holder counts as alive."""
-    if info.host == socket.gethostname() and not _pid_alive(info.pid):
+    """Why ``info`` may be taken over, or None while its holder counts as alive. Its pid is asked
+    only in the pid space it lives in (an older lock's: on its host); elsewhere the heartbeat decides."""
+    here = info.host == socket.gethostname() and (not info.pids or info.pids == pid_space())
+    if here and not _pid_alive(info.pid):
         return f"holder {info.host}:{info.pid} is gone"
     age = (time.time() if now is None else now) - info.heartbeat
     if age > stale_after_s:
@@ -174,7 +192,7 @@ def _create(path: Path, heartbeat_s: float) -> RunLock | None:
     except FileExistsError:
         return None
     now = time.time()
-    info = LockInfo(socket.gethostname(), os.getpid(), now, now, secrets.token_hex(8))
+    info = LockInfo(socket.gethostname(), os.getpid(), now, now, secrets.token_hex(8), pid_space())
     try:
         os.pwrite(fd, json.dumps(asdict(info), sort_keys=True).encode().ljust(_SIZE), 0)
         os.fsync(fd)
@@ -207,7 +225,7 @@ def _remove_stale(path: Path, judged: LockInfo, stale_after_s: float) -> bool:
         return False
     try:
         now = time.time()
-        info = LockInfo(socket.gethostname(), os.getpid(), now, now, secrets.token_hex(8))
+        info = LockInfo(socket.gethostname(), os.getpid(), now, now, secrets.token_hex(8), pid_space())
         os.write(fd, json.dumps(asdict(info)).encode())
         current = _parse(path)
         if current is not None and current.token == judged.token and stale_reason(current, stale_after_s):

@@ -24,10 +24,14 @@ from tests.benchmark.test_runner import SMOKE, fake_fit
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _write_lock(run_dir: Path, host: str, pid: int, heartbeat: float, token: str = "old") -> Path:
+def _write_lock(
+    run_dir: Path, host: str, pid: int, heartbeat: float, token: str = "old", pids: str | None = None
+) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / lock.LOCK_NAME
     info = {"host": host, "pid": pid, "start": heartbeat, "heartbeat": heartbeat, "token": token}
+    if pids is not None:  # absent: a lock written before the field
+        info["pids"] = pids
     path.write_text(json.dumps(info))
     return path
 
@@ -59,6 +63,19 @@ def test_lock_of_a_dead_pid_on_this_host_is_taken_over(tmp_path):
     taken = lock.claim(tmp_path, stale_after_s=3600)
     assert taken is not None and f"{pid} is gone" in taken.took_over
     assert lock.read_lock(tmp_path).pid == os.getpid()
+    taken.release()
+
+
+def test_a_pid_is_asked_only_in_its_own_pid_space(tmp_path):
+    """Two containers on one node may share the hostname but not their pids: a live holder in the
+    other one looked gone, and its run was taken over and trained twice at once."""
+    pid, host = _dead_pid(), socket.gethostname()
+    _write_lock(tmp_path / "other", host, pid, time.time(), pids="another-boot/4026531836")
+    assert lock.claim(tmp_path / "other", stale_after_s=3600) is None  # its fresh heartbeat decides
+    _write_lock(tmp_path / "mine", host, pid, time.time(), pids=lock.pid_space())
+    taken = lock.claim(tmp_path / "mine", stale_after_s=3600)
+    assert taken is not None and f"{pid} is gone" in taken.took_over
+    assert lock.read_lock(tmp_path / "mine").pids == lock.pid_space() != ""
     taken.release()
 
 
