@@ -34,15 +34,12 @@ from typing import Any
 
 from benchmark.core.files import atomic_write
 from benchmark.core.lock import OWNER_ENV
+from benchmark.core.rank0 import GridStopped
 
 NOTE_PREFIX = ".ddp-failed-"
 POLL_S = 0.5
 WAIT_S = 120.0  # a failed rank > 0 waits this long for rank 0 to end the job
 CLOCK_SKEW_S = 300.0  # nodes' clocks may differ; a note older than the watcher by more is another job's
-
-
-class GridStopped(RuntimeError):
-    """A DDP run failed on one rank: the job ends here (exit status 1), finished runs are kept."""
 
 
 def job_keys() -> set[str]:

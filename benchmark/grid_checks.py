@@ -103,37 +103,34 @@ def check_accelerator(grid: list[TrainConfig]) -> None:
 
 
 def check_launcher(grid: list[TrainConfig]) -> None:
-    """A DDP run whose processes an outside launcher starts (srun, torchrun) needs as many as the run
-    spans (devices x num_nodes): Lightning takes its world from the launcher, so an ``sbatch
-    --ntasks=1`` job with ``devices: 8`` trained on one GPU without a word, and a torchrun world of
-    another size failed at the first fit. ConfigError before any run, as Lightning detects them."""
+    """Processes an outside launcher starts (srun, torchrun) must be the ones the runs span (devices x
+    num_nodes): Lightning takes its world from the launcher, so an ``sbatch --ntasks=1`` job with
+    ``devices: 8`` trained on one GPU without a word, and a torchrun world of another size failed
+    at the first fit. ConfigError before any run, as Lightning detects the launcher."""
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
-    ddp = next((c for c in grid if c.world_size() > 1), None)
-    if ddp is None:
-        return
     if SLURMEnvironment.detect():
-        started, by, fix = (
-            int(os.environ.get("SLURM_NTASKS", "1")),
-            "SLURM (SLURM_NTASKS)",
-            (
-                f"srun --ntasks-per-node={ddp.devices} on {ddp.num_nodes} node(s), or `srun --job-name="
-                "interactive` to let Lightning start them on one node"
-            ),
-        )
+        started, by = int(os.environ.get("SLURM_NTASKS", "1")), "SLURM (SLURM_NTASKS)"
     elif TorchElasticEnvironment.detect():
-        started, by, fix = (
-            int(os.environ.get("WORLD_SIZE", "1")),
-            "torchrun (WORLD_SIZE)",
-            (f"torchrun --nproc-per-node {ddp.devices} on {ddp.num_nodes} node(s)"),
-        )
+        started, by = int(os.environ.get("WORLD_SIZE", "1")), "torchrun (WORLD_SIZE)"
     else:
         return
-    if started != ddp.world_size():
+    ddp = next((c for c in grid if c.world_size() > 1), None)
+    if ddp is None and started > 1:  # every rank would wait for a rank 0 that never trains with it
+        raise ConfigError(f"{by} started {started} processes, but every run is one process: start one")
+    if ddp is not None and started != ddp.world_size():
         raise ConfigError(
             f"{by} started {started} process(es), but {ddp.model} spans {ddp.world_size()} (devices "
-            f"{ddp.devices} x num_nodes {ddp.num_nodes}): start {fix}, or set devices and num_nodes to match"
+            f"{ddp.devices} x num_nodes {ddp.num_nodes}): start one per device on each node, or set "
+            "devices and num_nodes to match"
         )
+    if (
+        ddp is not None
+        and by.startswith("torchrun")
+        and os.environ.get("TORCHELASTIC_RUN_ID") in ("", "none")
+    ):
+        # ranks > 0 find rank 0 by the launch's name: a relaunch would find the last one's rank 0
+        raise ConfigError("torchrun: give each launch its own --rdzv-id (e.g. $SLURM_JOB_ID or $(date +%s))")
 
 
 def gpu_recipe_on_cpu(grid: list[TrainConfig]) -> str | None:

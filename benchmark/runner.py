@@ -31,7 +31,7 @@ from benchmark import ddp_stop
 from benchmark.core import rank0, stop
 from benchmark.core.config import TrainConfig
 from benchmark.core.files import atomic_write, os_error_line
-from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, owner_id, read_lock
+from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, read_lock
 from benchmark.core.preflight import out_of_space, stop_for_space
 from benchmark.core.ranks import env_rank, global_rank
 from benchmark.core.summary import is_complete, read_summary
@@ -194,7 +194,12 @@ def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -
     with contextlib.suppress(OSError):  # a stale error.txt is cosmetic; the summary is what counts
         (run_dir / "error.txt").unlink(missing_ok=True)
     if global_rank() == 0 and isinstance(summary, dict):
-        _log_tracking(summary, run_dir)
+        from benchmark.reporting.tracking import log_run_summary
+
+        try:
+            log_run_summary(summary, run_dir)
+        except Exception as exc:  # noqa: BLE001 - tracking is optional; the result is on disk
+            say(f"warning: W&B summary for {run_dir.name} failed: {exc}")
     again = isinstance(summary, dict) and "scored_again" in summary
     return Outcome(
         cfg.run_name(), "trained", time.perf_counter() - start, dice=outer_dice(summary), scored_again=again
@@ -250,15 +255,6 @@ def _follow_rank0(
     ):
         return Outcome(cfg.run_name(), "skipped")
     return _train_one(cfg, data_dir, run_dir, fit)
-
-
-def _log_tracking(summary: dict[str, Any], run_dir: Path) -> None:
-    from benchmark.reporting.tracking import log_run_summary
-
-    try:
-        log_run_summary(summary, run_dir)
-    except Exception as exc:  # noqa: BLE001 - tracking is optional; the result is on disk
-        say(f"warning: W&B summary for {run_dir.name} failed: {exc}")
 
 
 def drop_kept_resume_state(runs: Path, done: list[TrainConfig]) -> None:
@@ -323,18 +319,11 @@ def run_grid(
         from benchmark.pipeline import fit
     since = time.time()
     todo, outcomes = open_grid(grid, data_dir, results_dir, data_hash)
-    record = None
-    if global_rank() == 0:
-        os.environ[OWNER_ENV] = owner_id()  # inherited by the DDP ranks Lightning launches
-        if any(c.world_size() > 1 for c in grid):  # and read by those srun or torchrun started
-            record = rank0.publish(results_dir, os.environ[OWNER_ENV])
-    elif todo:
-        rank0.follower_owner(results_dir, since)
+    record = rank0.start(results_dir, since, any(c.world_size() > 1 for c in grid), bool(todo))
     try:
         _run_todo(todo, outcomes, data_dir, results_dir, fit, stale_after_s)
     finally:
-        if record is not None:
-            rank0.withdraw(record)
+        rank0.withdraw(record)
     if all(c.world_size() == 1 for c in todo):  # DDP ranks would have to agree on the retries
         retry_released(todo, outcomes, data_dir, results_dir, fit, stale_after_s)
     return outcomes
@@ -349,9 +338,7 @@ def _run_todo(
     stale_after_s: float | None,
 ) -> None:
     """The grid loop: rank 0 claims and trains each run, ranks > 0 follow it; ``outcomes`` grows."""
-    runs = results_dir / "runs"
-    start = time.perf_counter()
-    times: list[float] = []
+    runs, start, times = results_dir / "runs", time.perf_counter(), list[float]()
     for i, cfg in enumerate(todo, start=1):
         stop.raise_pending()  # a SIGTERM a finalizer swallowed during the last run stops the grid here
         elapsed = time.perf_counter() - start

@@ -36,7 +36,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -168,36 +167,47 @@ def load_train_shared(data_dir: str | Path, root: Path | None = None) -> TrainSe
     cached = read_entry(entry)
     if cached is not None:
         return cached
-    with _decoding(entry):
+    fd = _turn(entry)
+    try:
+        cached = read_entry(entry)  # written by the process whose turn came first
+        if cached is not None:
+            return cached
         return _decode_into(entry, data_dir)
+    finally:
+        if fd is not None:
+            os.close(fd)  # the lock goes with the descriptor
 
 
-@contextlib.contextmanager
-def _decoding(entry: Path) -> Iterator[None]:
-    """One process of the node decodes an entry at a time: the ranks srun or torchrun start at once
-    each decoded the whole set (8 ranks: 8 x 2.7 GB of memory and of temporary files) before one
-    rename won. An exclusive ``flock`` beside the entry, released with its holder, even a killed one;
-    without a writable cache (or ``fcntl``) each process decodes, as before."""
+def _turn(entry: Path) -> int | None:
+    """This process's turn at decoding ``entry``: the ranks srun or torchrun start at once each
+    decoded the whole set (8 ranks: 8 x 2.7 GB of memory and of temporary files) before one rename
+    won. An exclusive ``flock`` on ``.<entry>.lock``, released with its descriptor (a killed
+    holder's too); returns it, or None: no lock where the cache or the file system has none (each
+    process decodes, as before), and none after a wait that left no entry (the process before this
+    one could not write it: the others decode side by side, not one after another)."""
     try:
         import fcntl
 
         entry.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(entry.parent / f".{entry.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
     except (ImportError, OSError):
-        yield
-        return
+        return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # the lock goes with the descriptor
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd  # nobody decodes it: this process does
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another does: its entry, once it has written it
+        if entry.is_dir():
+            return fd
+    except OSError:  # ENOLCK (NFS without locks), ENOSYS (Lustre -o noflock): decode without
+        pass
+    os.close(fd)
+    return None
 
 
 def _decode_into(entry: Path, data_dir: Path) -> TrainSet:
-    """The entry another process wrote while this one waited, else this one's decode, written."""
-    cached = read_entry(entry)
-    if cached is not None:
-        return cached
+    """This process's decode, written as ``entry`` where the cache allows."""
     train_set = load_train(data_dir)
     try:
         write_entry(entry, train_set, data_dir)

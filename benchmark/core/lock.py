@@ -106,7 +106,7 @@ def read_lock(run_dir: str | Path) -> LockInfo | None:
     return _parse(Path(run_dir) / LOCK_NAME)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return True  # unknown holder: only the heartbeat can tell
     try:
@@ -122,7 +122,7 @@ def stale_reason(info: LockInfo, stale_after_s: float, now: float | None = None)
     """Why ``info`` may be taken over, or None while its holder counts as alive. Its pid is asked
     only in the pid space it lives in (an older lock's: on its host); elsewhere the heartbeat decides."""
     here = info.host == socket.gethostname() and (not info.pids or info.pids == pid_space())
-    if here and not _pid_alive(info.pid):
+    if here and not pid_alive(info.pid):
         return f"holder {info.host}:{info.pid} is gone"
     age = (time.time() if now is None else now) - info.heartbeat
     if age > stale_after_s:
@@ -280,12 +280,12 @@ def follow(
 ) -> bool:
     """For DDP ranks > 0, which must make rank 0's decision: True once ``owner`` (rank 0's
     ``host:pid``) holds ``run_dir``; False once rank 0 cannot train it here: the run is ``done()``,
-    rank 0 holds one of the ``later`` runs, its grid loop has ``ended()``, or it is gone.
+    rank 0 holds one of the ``later`` runs, or its grid loop has ``ended()`` (which raises when rank 0
+    died: :func:`benchmark.core.rank0.ended`).
 
     A run that another process holds is not judged here: rank 0 judges whether that holder is stale
     (and takes the run over) or alive (and moves on), and a rank judging it too, a moment apart, could
     decide the other way at the limit (a heartbeat 299.5 s old here, 301 s old there)."""
-    host, _, pid = owner.rpartition(":")
     while True:
         if done():
             return False
@@ -294,6 +294,6 @@ def follow(
             return True
         if any((i := read_lock(d)) is not None and f"{i.host}:{i.pid}" == owner for d in later):
             return False
-        if ended() or host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        if ended():
             return False
         time.sleep(poll_s)

@@ -20,12 +20,22 @@ import contextlib
 import json
 import os
 import re
+import socket
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.core.files import atomic_write
-from benchmark.core.lock import OWNER_ENV
+from benchmark.core.lock import OWNER_ENV, owner_id, pid_alive, pid_space, stale_after_default
+from benchmark.core.ranks import global_rank
 from datamodules.errors import NerveBenchError
+
+
+class GridStopped(RuntimeError):
+    """A DDP run failed on one rank, or rank 0 died: the job ends here (exit status 1), finished runs
+    are kept (``benchmark.ddp_stop`` raises it for failed runs)."""
+
 
 GRID_DIR = ".grid"
 GRID_ENV = "NERVE_BENCH_GRID"  # the record's name, for the ranks Lightning's launcher starts
@@ -33,51 +43,86 @@ GRID_ENV = "NERVE_BENCH_GRID"  # the record's name, for the ranks Lightning's la
 # started by hand on each node: the nodes may start minutes apart, and rank 0 writes its record
 # once it has checked the data, before any process group exists).
 FRESH_S = 1800.0
-KEEP_S = 7 * 86400.0  # ended launches' records are pruned after a week
+BEAT_S = 30.0  # rank 0 rewrites its record this often; a rank judges it gone by lock's stale limit
+KEEP_S = 7 * 86400.0  # records not rewritten for a week (ended or killed launches') are pruned
 WAIT_S = 1800.0  # rank 0 decodes and checks the data first; NCCL's own timeout is 30 minutes too
 _SLURM = ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT")
 _ELASTIC = ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")
 
 
 def launch_key() -> str | None:
-    """What every rank of this launch shares and the next launch does not (None: no outside
-    launcher): SLURM's job, step and restart count; torchrun's run id, address and restart count."""
-    env = os.environ
-    if env.get("SLURM_JOB_ID"):
-        parts = ["slurm", *(env.get(k) or "0" for k in _SLURM)]
-    elif env.get("TORCHELASTIC_RUN_ID") or env.get("MASTER_ADDR"):
-        parts = ["elastic", *(env.get(k) or "0" for k in _ELASTIC)]
+    """What every rank of this launch shares and the next launch does not, as Lightning detects the
+    launcher (None: Lightning's own): SLURM's job, step and restart count; torchrun's run id,
+    address and restart count (``check_launcher`` refuses a static rendezvous's run id "none")."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if SLURMEnvironment.detect():
+        parts = ["slurm", *(os.environ.get(k) or "0" for k in _SLURM)]
+    elif TorchElasticEnvironment.detect():
+        parts = ["elastic", *(os.environ.get(k) or "0" for k in _ELASTIC)]
     else:
         return None
     return re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts))
+
+
+@dataclass
+class Record:
+    """Rank 0's record while its grid loop runs: rewritten every ``BEAT_S`` by a daemon thread."""
+
+    path: Path
+    body: dict
+    done: threading.Event
+
+    def beat(self) -> None:
+        while not self.done.wait(BEAT_S):
+            with contextlib.suppress(OSError):  # a missed beat is only late; BEAT_S << the stale limit
+                atomic_write(self.path, json.dumps({**self.body, "beat": time.time()}))
+
+
+def start(results_dir: Path, since: float, ddp: bool, follows: bool) -> Record | None:
+    """Before the grid loop. Rank 0: its ``host:pid`` in ``OWNER_ENV`` (the ranks Lightning starts
+    inherit it) and, for a ``ddp`` grid, in its record (for those srun or torchrun start); returns the
+    record. A rank > 0 that ``follows`` runs: rank 0's identity (:func:`follower_owner`)."""
+    if global_rank() == 0:
+        os.environ[OWNER_ENV] = owner_id()
+        return publish(results_dir, os.environ[OWNER_ENV]) if ddp else None
+    if follows:
+        follower_owner(results_dir, since)
+    return None
 
 
 def record_path(results_dir: Path, key: str) -> Path:
     return Path(results_dir) / GRID_DIR / f"{key}.json"
 
 
-def publish(results_dir: Path, owner: str) -> Path:
+def publish(results_dir: Path, owner: str) -> Record:
     """Rank 0, before its first run: its ``owner`` (``host:pid``) under this launch's name, which
-    ``GRID_ENV`` passes to the ranks Lightning starts. Returns the record's path (:func:`withdraw`)."""
+    ``GRID_ENV`` passes to the ranks Lightning starts, kept fresh until :func:`withdraw`."""
     key = os.environ.get(GRID_ENV) or launch_key() or re.sub(r"[^A-Za-z0-9._-]", "_", f"local-{owner}")
     os.environ[GRID_ENV] = key
     path = record_path(results_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for old in path.parent.glob("*.json"):  # earlier launches' records
+    for old in path.parent.glob("*.json"):  # earlier launches' (a live one is rewritten every BEAT_S)
         with contextlib.suppress(OSError):
             if time.time() - old.stat().st_mtime > KEEP_S:
                 old.unlink()
-    atomic_write(path, json.dumps({"owner": owner, "start": time.time(), "ended": False}))
-    return path
+    now = time.time()
+    record = Record(
+        path, {"owner": owner, "pids": pid_space(), "start": now, "ended": False}, threading.Event()
+    )
+    atomic_write(path, json.dumps({**record.body, "beat": now}))
+    threading.Thread(target=record.beat, name="grid-record", daemon=True).start()
+    return record
 
 
-def withdraw(path: Path) -> None:
+def withdraw(record: Record | None) -> None:
     """Rank 0's grid loop has ended: ranks waiting for it to claim a run stop waiting. The record
     stays (marked), so a rank that reaches its loop only now still learns rank 0's decision."""
-    record = _read(path)
-    if record is not None:
-        with contextlib.suppress(OSError):
-            atomic_write(path, json.dumps({**record, "ended": True}))
+    if record is None:
+        return
+    record.done.set()
+    with contextlib.suppress(OSError):
+        atomic_write(record.path, json.dumps({**record.body, "beat": time.time(), "ended": True}))
 
 
 def _read(path: Path) -> dict | None:
@@ -98,7 +143,8 @@ def follower_owner(results_dir: Path, since: float) -> str:
 
 def wait_for_owner(results_dir: Path, since: float, wait_s: float = WAIT_S, poll_s: float = 0.5) -> str:
     """A rank > 0 of an outside launcher: rank 0's ``host:pid`` from this launch's record, written no
-    earlier than ``FRESH_S`` before ``since`` (this rank's start; an older one is an earlier launch's)."""
+    earlier than ``FRESH_S`` before ``since`` (this rank's start) and not ended: an earlier launch's
+    under the same name is not this rank 0."""
     key = os.environ.get(GRID_ENV) or launch_key()
     if key is None:
         raise NerveBenchError("a DDP rank > 0 without its rank 0's identity: start it with torchrun or srun")
@@ -106,16 +152,28 @@ def wait_for_owner(results_dir: Path, since: float, wait_s: float = WAIT_S, poll
     path, deadline = record_path(results_dir, key), time.monotonic() + wait_s
     while time.monotonic() < deadline:
         record = _read(path)
-        if record is not None and float(record.get("start") or 0) >= since - FRESH_S:
+        if (
+            record is not None
+            and not record.get("ended")
+            and float(record.get("start") or 0) >= since - FRESH_S
+        ):
             return record["owner"]
         time.sleep(poll_s)
     raise NerveBenchError(f"{path}: rank 0 of this launch wrote no record within {wait_s:.0f} s")
 
 
 def ended(results_dir: Path, owner: str) -> bool:
-    """Whether rank 0 (``owner``) has left its grid loop: its record says so, is gone, or is another's."""
+    """Whether rank 0 (``owner``) has left its grid loop: its record says so, is gone, or is another's.
+    GridStopped when rank 0 is dead: its record not rewritten within the lock stale limit, or
+    its pid gone here (same host and pid space), so that a rank does not wait for it forever."""
     key = os.environ.get(GRID_ENV)
-    if key is None:
-        return False
-    record = _read(record_path(results_dir, key))
-    return record is None or record["owner"] != owner or record.get("ended") is True
+    record = None if key is None else _read(record_path(results_dir, key))
+    if record is None or record["owner"] != owner or record.get("ended") is True:
+        return key is not None
+    age, limit = time.time() - float(record.get("beat") or 0), stale_after_default()
+    host, _, pid = owner.rpartition(":")
+    here = host == socket.gethostname() and record.get("pids") == pid_space()
+    if age > limit or here and pid.isdigit() and not pid_alive(int(pid)):
+        why = f"its record not rewritten for {age:.0f} s" if age > limit else "its process is gone"
+        raise GridStopped(f"rank 0 ({owner}) stopped without ending its grid: {why}")
+    return False

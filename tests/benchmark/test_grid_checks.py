@@ -282,6 +282,8 @@ def test_a_ddp_run_needs_as_many_processes_as_its_outside_launcher_started(monke
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
     monkeypatch.setenv("SLURM_NTASKS", "2")
     grid_checks.check_launcher(ddp)
+    with pytest.raises(ConfigError, match=r"started 2 processes, but every run is one process"):
+        grid_checks.check_launcher(ddp[1:])  # its rank 1 waited for a rank 0 that never came
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # Lightning starts the processes itself
     grid_checks.check_launcher(ddp)
@@ -291,4 +293,9 @@ def test_a_ddp_run_needs_as_many_processes_as_its_outside_launcher_started(monke
     with pytest.raises(
         ConfigError, match=r"^torchrun \(WORLD_SIZE\) started 16 process\(es\), but unet spans 2"
     ):
+        grid_checks.check_launcher(ddp)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    grid_checks.check_launcher(ddp)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # a static rendezvous: every launch alike
+    with pytest.raises(ConfigError, match=r"^torchrun: give each launch its own --rdzv-id"):
         grid_checks.check_launcher(ddp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -15,8 +16,9 @@ from tests.benchmark.test_lock import _write_lock
 from tests.benchmark.test_runner import SMOKE, fake_fit
 
 LAUNCH = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "SLURM_JOB_ID", "SLURM_STEP_ID",
-          "SLURM_RESTART_COUNT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR",
-          "MASTER_PORT", lock.OWNER_ENV, rank0.GRID_ENV)  # fmt: skip
+          "SLURM_RESTART_COUNT", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NAME",
+          "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT",
+          lock.OWNER_ENV, rank0.GRID_ENV)  # fmt: skip
 
 
 @pytest.fixture
@@ -24,7 +26,9 @@ def srun(monkeypatch):
     """This process as task 1 of an srun step: nothing inherited from rank 0."""
     for var in LAUNCH:
         monkeypatch.delenv(var, raising=False)
-    for var, value in {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1"}.items():
+    step = {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
+            "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "bench"}  # fmt: skip
+    for var, value in step.items():
         monkeypatch.setenv(var, value)
     return monkeypatch
 
@@ -33,12 +37,13 @@ def test_launch_keys_name_one_launch(srun):
     assert rank0.launch_key() == "slurm-77-0-0"
     srun.setenv("SLURM_RESTART_COUNT", "2")  # a requeued job is another launch
     assert rank0.launch_key() == "slurm-77-0-2"
-    for var in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT", "SLURM_PROCID"):
-        srun.delenv(var)
+    srun.setenv("SLURM_JOB_NAME", "interactive")  # Lightning starts the ranks: its own names them
     assert rank0.launch_key() is None
+    srun.delenv("SLURM_NTASKS")
+    srun.setenv("TORCHELASTIC_RUN_ID", "job5")
     srun.setenv("MASTER_ADDR", "node/7")
     srun.setenv("MASTER_PORT", "29500")
-    assert rank0.launch_key() == "elastic-0-node_7-29500-0"  # a file name
+    assert rank0.launch_key() == "elastic-job5-node_7-29500-0"  # a file name
 
 
 def test_an_srun_rank_trains_exactly_the_runs_its_rank0_holds(srun, tmp_path, capsys):
@@ -50,28 +55,71 @@ def test_an_srun_rank_trains_exactly_the_runs_its_rank0_holds(srun, tmp_path, ca
     runs, owner = tmp_path / "runs", lock.owner_id()  # this test process also plays rank 0
     record = rank0.publish(tmp_path, owner)
     srun.delenv(rank0.GRID_ENV)  # rank 0's process set it, not this one's
-    assert record == tmp_path / ".grid" / "slurm-77-0-0.json"
+    assert record.path == tmp_path / ".grid" / "slurm-77-0-0.json"
     _write_lock(runs / grid[2].run_name(), "other-host", 1, time.time())
-    calls = []
+    calls, train = [], None
+
+    def fit(cfg, data_dir, out_dir):
+        rank0.withdraw(record)  # meanwhile rank 0 ends its loop without taking run 2 over
+        return train(cfg, data_dir, out_dir)
+
+    train = fake_fit(calls)
     with lock.claim(runs / grid[1].run_name()):
-        rank0.withdraw(record)  # rank 0 ends its loop without taking run 2 over
-        outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls))
+        outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fit)
     assert [o.status for o in outcomes] == ["skipped", "trained", "skipped"] and calls == [grid[1].run_name()]
     assert capsys.readouterr().out == ""  # ranks > 0 print nothing
 
 
 def test_a_record_of_an_earlier_launch_is_not_rank0s(srun, tmp_path):
+    """Too old, or ended: a relaunch under the same name (torchrun's static rendezvous) followed the
+    last launch's rank 0 and skipped every run while the new rank 0 waited in a collective."""
     path = rank0.record_path(tmp_path, "slurm-77-0-0")
     path.parent.mkdir()
-    path.write_text(json.dumps({"owner": "gone:1", "start": time.time() - rank0.FRESH_S - 60}))
-    with pytest.raises(
-        NerveBenchError, match="slurm-77-0-0.json: rank 0 of this launch wrote no record within"
+    for record in (
+        {"owner": "gone:1", "start": time.time() - rank0.FRESH_S - 60},
+        {"owner": "last:1", "start": time.time() - 5, "ended": True},
     ):
-        rank0.wait_for_owner(tmp_path, time.time(), wait_s=0.05, poll_s=0.01)
-    path.write_text(json.dumps({"owner": "node0:12", "start": time.time() - 5, "ended": False}))
+        path.write_text(json.dumps(record))
+        with pytest.raises(NerveBenchError, match="slurm-77-0-0.json: rank 0 of this launch wrote no record"):
+            rank0.wait_for_owner(tmp_path, time.time(), wait_s=0.05, poll_s=0.01)
+    now = time.time()
+    path.write_text(json.dumps({"owner": "node0:12", "start": now - 5, "beat": now, "ended": False}))
     assert rank0.follower_owner(tmp_path, time.time()) == "node0:12"
     assert rank0.ended(tmp_path, "node0:12") is False and rank0.ended(tmp_path, "node0:13") is True
-    rank0.withdraw(path)
-    assert rank0.ended(tmp_path, "node0:12") is True and json.loads(path.read_text())["owner"] == "node0:12"
+    path.write_text(json.dumps({"owner": "node0:12", "start": now - 5, "beat": now, "ended": True}))
+    assert rank0.ended(tmp_path, "node0:12") is True
     path.unlink()
     assert rank0.ended(tmp_path, "node0:12") is True  # gone: nothing left to wait for
+
+
+def test_a_rank_stops_waiting_for_a_rank0_that_died(srun, tmp_path):
+    """A rank 0 killed between runs (while it scored one alone) never marks its record ended: the
+    other nodes' ranks waited for it forever. Its record is rewritten every BEAT_S while it lives."""
+    from tests.benchmark.test_lock import _dead_pid
+
+    record = rank0.publish(tmp_path, lock.owner_id())
+    assert rank0.ended(tmp_path, lock.owner_id()) is False  # alive, beating
+    body = json.loads(record.path.read_text())
+    record.done.set()  # the beat stops, as in a killed process
+    record.path.write_text(json.dumps({**body, "beat": time.time() - 3600}))  # another node's view
+    with pytest.raises(
+        rank0.GridStopped,
+        match=r"rank 0 \(.*\) stopped without ending its grid: its record not rewritten for 3600 s",
+    ):
+        rank0.ended(tmp_path, lock.owner_id())
+    dead = f"{socket.gethostname()}:{_dead_pid()}"  # on this host, in this pid space: asked directly
+    record.path.write_text(json.dumps({**body, "owner": dead, "beat": time.time()}))
+    with pytest.raises(rank0.GridStopped, match="its process is gone"):
+        rank0.ended(tmp_path, dead)
+
+
+def test_a_live_record_is_rewritten_and_marked_ended_at_the_end(srun, tmp_path, monkeypatch):
+    monkeypatch.setattr(rank0, "BEAT_S", 0.05)
+    record = rank0.publish(tmp_path, "node0:12")
+    first = json.loads(record.path.read_text())["beat"]
+    deadline = time.time() + 60
+    while json.loads(record.path.read_text())["beat"] == first and time.time() < deadline:
+        time.sleep(0.02)
+    assert json.loads(record.path.read_text())["beat"] > first  # beating
+    rank0.withdraw(record)
+    assert json.loads(record.path.read_text())["ended"] is True and record.done.is_set()

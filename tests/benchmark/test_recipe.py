@@ -122,6 +122,7 @@ def test_precision_auto_is_named_by_what_each_run_trains_in(tmp_path, monkeypatc
 
     from benchmark.external.board_config import train_config
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU box, on any machine
     text = "train:\n  precision: auto\n  gpu_cache: false\nmodel_train:\n  unet: {accelerator: cpu}\n"
     path = write(tmp_path, text)
     bench = load_benchmark_config(path)

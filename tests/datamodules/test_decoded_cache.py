@@ -179,3 +179,16 @@ def test_processes_that_start_together_decode_once(data: Path, tmp_path: Path) -
     outs = [p.communicate(timeout=600)[0].split() for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and outs == [["6", "memmap"]] * 2
     assert log.read_text().splitlines() == ["decode"]
+
+
+def test_a_file_system_without_locks_still_decodes(data: Path, tmp_path: Path, monkeypatch) -> None:
+    """NFS mounted without lock support (ENOLCK) or Lustre without flock (ENOSYS): decoded, not failed."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ts = dc.load_train_shared(data, tmp_path / "cache")
+    assert len(ts) == 6 and isinstance(ts.images, np.memmap)  # cached all the same
