@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,12 @@ def ensure_synthetic(bench: BenchmarkConfig, out_dir: Path) -> Path:
     from datamodules.synth import generate
 
     params = _generator_params(bench)
-    if _stamp_matches(out_dir, params) or global_rank() != 0:
+    if global_rank() != 0:  # rank 0 generates it; ranks srun or torchrun start beside it wait for it
+        deadline = time.monotonic() + 600
+        while not _stamp_matches(out_dir, params) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return out_dir
+    if _stamp_matches(out_dir, params):
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

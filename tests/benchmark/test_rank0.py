@@ -123,3 +123,51 @@ def test_a_live_record_is_rewritten_and_marked_ended_at_the_end(srun, tmp_path, 
     assert json.loads(record.path.read_text())["beat"] > first  # beating
     rank0.withdraw(record)
     assert json.loads(record.path.read_text())["ended"] is True and record.done.is_set()
+
+
+def test_two_srun_tasks_skip_the_run_another_job_holds_together(tmp_path):
+    """Two processes as srun starts them (SLURM_PROCID 0 and 1, nothing inherited), gloo DDP: rank
+    0 skips the run another job holds and rank 1 with it; rank 1 used to train it alone, and wait in
+    its collective for a rank 0 that never came. Also: rank 1 waits for rank 0's synthetic data."""
+    import os
+    import random
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    results = tmp_path / "res"
+    from benchmark import fallback
+    from benchmark.core.overrides import apply_benchmark_overrides
+
+    bench = fallback.synthetic_benchmark(load_benchmark_config(SMOKE), str(SMOKE))  # no --data-dir
+    bench = apply_benchmark_overrides(bench, {"devices": 2})
+    grid = grid_configs.build_grid(bench, models=["unet", "empty"], folds=[0])
+    held = lock.claim(results / "runs" / grid[0].run_name())  # another job's, alive
+    job = str(random.randrange(1000, 9000))  # SLURM's port is 10000 + the job id's last 4 digits
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH}
+    env.update(SLURM_JOB_ID=job, SLURM_STEP_ID="0", SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2",
+               SLURM_NNODES="1", SLURM_NODELIST="localhost", SLURM_JOB_NAME="bench", SLURM_NODEID="0",
+               OMP_NUM_THREADS="1", PYTHONPATH=str(root))  # fmt: skip
+    argv = [sys.executable, "-m", "benchmark", "run", "--config", str(SMOKE), "--models", "unet,empty",
+            "--folds", "0", "--results-dir", str(results), "--set", "devices=2", "--no-report"]  # fmt: skip
+    try:
+        procs = [
+            subprocess.Popen(
+                argv,
+                cwd=tmp_path,
+                env={**env, "SLURM_PROCID": r, "SLURM_LOCALID": r},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+            for r in ("0", "1")
+        ]
+        outs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        held.release()
+    assert [p.returncode for p in procs] == [3, 0], outs  # rank 0: incomplete, the held run named
+    assert "1 trained, 0 skipped, 1 held by another process" in outs[0]
+    assert not (results / "runs" / grid[0].run_name() / "summary.json").exists()
+    assert (results / "runs" / grid[1].run_name() / "summary.json").is_file()
+    assert json.loads(next((results / rank0.GRID_DIR).glob("slurm-*.json")).read_text())["ended"] is True
