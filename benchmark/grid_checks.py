@@ -109,7 +109,8 @@ def check_launcher(grid: list[TrainConfig]) -> None:
     at the first fit. ConfigError before any run, as Lightning detects the launcher."""
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
-    if SLURMEnvironment.detect():
+    slurm = SLURMEnvironment.detect()
+    if slurm:
         started, by = int(os.environ.get("SLURM_NTASKS", "1")), "SLURM (SLURM_NTASKS)"
     elif TorchElasticEnvironment.detect():
         started, by = int(os.environ.get("WORLD_SIZE", "1")), "torchrun (WORLD_SIZE)"
@@ -124,11 +125,7 @@ def check_launcher(grid: list[TrainConfig]) -> None:
             f"{ddp.devices} x num_nodes {ddp.num_nodes}): start one per device on each node, or set "
             "devices and num_nodes to match"
         )
-    if (
-        ddp is not None
-        and by.startswith("torchrun")
-        and os.environ.get("TORCHELASTIC_RUN_ID") in ("", "none")
-    ):
+    if ddp is not None and not slurm and os.environ.get("TORCHELASTIC_RUN_ID") in ("", "none"):
         # ranks > 0 find rank 0 by the launch's name: a relaunch would find the last one's rank 0
         raise ConfigError("torchrun: give each launch its own --rdzv-id (e.g. $SLURM_JOB_ID or $(date +%s))")
 

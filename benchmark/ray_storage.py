@@ -7,12 +7,11 @@ from __future__ import annotations
 import contextlib
 import secrets
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmark.core.files import atomic_write
+from benchmark.core.files import atomic_write, remove_older_than
 from benchmark.ray_resources import RayExecutorError
 
 MARKER_NAME = ".ray-shared-storage"  # in the results directory: MARKER_NAME-<token>, holding the token
@@ -29,10 +28,7 @@ def write_marker(results_dir: Path) -> str:
     """Write a fresh random token into this driver's marker file; returns the token."""
     token = secrets.token_hex(16)
     results_dir.mkdir(parents=True, exist_ok=True)
-    for old in results_dir.glob(f"{MARKER_NAME}*"):
-        with contextlib.suppress(OSError):
-            if time.time() - old.stat().st_mtime > KEEP_S:
-                old.unlink()
+    remove_older_than(results_dir.glob(f"{MARKER_NAME}*"), KEEP_S)
     atomic_write(marker_path(results_dir, token), token)
     return token
 

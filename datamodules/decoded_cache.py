@@ -189,7 +189,7 @@ def _turn(entry: Path) -> int | None:
         import fcntl
 
         entry.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(entry.parent / f".{entry.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        fd = os.open(_lock_path(entry), os.O_CREAT | os.O_RDWR, 0o644)
     except (ImportError, OSError):
         return None
     try:
@@ -204,6 +204,10 @@ def _turn(entry: Path) -> int | None:
         pass
     os.close(fd)
     return None
+
+
+def _lock_path(entry: Path) -> Path:
+    return entry.parent / f".{entry.name}.lock"
 
 
 def _decode_into(entry: Path, data_dir: Path) -> TrainSet:
@@ -261,7 +265,7 @@ def prune(keep: Path, data_dir: str | Path) -> list[Path]:
             continue
         if stale:
             _remove(path)
-            with contextlib.suppress(OSError):  # its decoding lock (:func:`_decoding`)
-                (path.parent / f".{path.name}.lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # its decoding lock (:func:`_turn`)
+                _lock_path(path).unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -6,7 +6,7 @@ same directory (same file system, so the rename is atomic), are flushed and fsyn
 ``os.replace`` puts them in place; the directory is fsynced too so the rename survives a power cut.
 On any failure (a full disk, a kill between write and rename) the temporary file is removed and the
 previous file is left untouched. :func:`os_error_line` is the one line a failed file operation
-becomes.
+becomes; :func:`remove_older_than` prunes what killed writers left.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -91,3 +92,13 @@ def os_error_line(exc: OSError) -> str:
         return reason
     where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else f"{exc.filename}"
     return f"{where}: {reason}"
+
+
+def remove_older_than(paths: Iterable[Path], seconds: float) -> None:
+    """Delete each of ``paths`` not modified for ``seconds`` (what killed or ended writers left
+    behind); one that cannot be read or deleted is left."""
+    now = time.time()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > seconds:
+                path.unlink()

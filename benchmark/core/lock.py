@@ -118,11 +118,16 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def gone_here(host: str, pid: int, pids: str) -> bool:
+    """Whether process ``pid`` of ``host`` is known to be gone: it lived on this host, in this pid space
+    (``pids``; "" in records written before it: the host decides), and its pid is absent."""
+    return host == socket.gethostname() and (not pids or pids == pid_space()) and not pid_alive(pid)
+
+
 def stale_reason(info: LockInfo, stale_after_s: float, now: float | None = None) -> str | None:
     """Why ``info`` may be taken over, or None while its holder counts as alive. Its pid is asked
     only in the pid space it lives in (an older lock's: on its host); elsewhere the heartbeat decides."""
-    here = info.host == socket.gethostname() and (not info.pids or info.pids == pid_space())
-    if here and not pid_alive(info.pid):
+    if gone_here(info.host, info.pid, info.pids):
         return f"holder {info.host}:{info.pid} is gone"
     age = (time.time() if now is None else now) - info.heartbeat
     if age > stale_after_s:

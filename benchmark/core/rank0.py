@@ -20,14 +20,13 @@ import contextlib
 import json
 import os
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.core.files import atomic_write
-from benchmark.core.lock import OWNER_ENV, owner_id, pid_alive, pid_space, stale_after_default
+from benchmark.core.files import atomic_write, remove_older_than
+from benchmark.core.lock import OWNER_ENV, gone_here, owner_id, pid_space, stale_after_default
 from benchmark.core.ranks import global_rank
 from datamodules.errors import NerveBenchError
 
@@ -62,7 +61,11 @@ def launch_key() -> str | None:
         parts = ["elastic", *(os.environ.get(k) or "0" for k in _ELASTIC)]
     else:
         return None
-    return re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts))
+    return _file_name("-".join(parts))
+
+
+def _file_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 @dataclass
@@ -98,14 +101,11 @@ def record_path(results_dir: Path, key: str) -> Path:
 def publish(results_dir: Path, owner: str) -> Record:
     """Rank 0, before its first run: its ``owner`` (``host:pid``) under this launch's name, which
     ``GRID_ENV`` passes to the ranks Lightning starts, kept fresh until :func:`withdraw`."""
-    key = os.environ.get(GRID_ENV) or launch_key() or re.sub(r"[^A-Za-z0-9._-]", "_", f"local-{owner}")
+    key = os.environ.get(GRID_ENV) or launch_key() or _file_name(f"local-{owner}")
     os.environ[GRID_ENV] = key
     path = record_path(results_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for old in path.parent.glob("*.json"):  # earlier launches' (a live one is rewritten every BEAT_S)
-        with contextlib.suppress(OSError):
-            if time.time() - old.stat().st_mtime > KEEP_S:
-                old.unlink()
+    remove_older_than(path.parent.glob("*.json"), KEEP_S)  # earlier launches' (a live one beats)
     now = time.time()
     record = Record(
         path, {"owner": owner, "pids": pid_space(), "start": now, "ended": False}, threading.Event()
@@ -172,8 +172,7 @@ def ended(results_dir: Path, owner: str) -> bool:
         return key is not None
     age, limit = time.time() - float(record.get("beat") or 0), stale_after_default()
     host, _, pid = owner.rpartition(":")
-    here = host == socket.gethostname() and record.get("pids") == pid_space()
-    if age > limit or here and pid.isdigit() and not pid_alive(int(pid)):
+    if age > limit or pid.isdigit() and gone_here(host, int(pid), str(record.get("pids") or "")):
         why = f"its record not rewritten for {age:.0f} s" if age > limit else "its process is gone"
         raise GridStopped(f"rank 0 ({owner}) stopped without ending its grid: {why}")
     return False
