@@ -141,22 +141,50 @@ def follower_owner(results_dir: Path, since: float) -> str:
     return owner
 
 
-def wait_for_owner(results_dir: Path, since: float, wait_s: float = WAIT_S, poll_s: float = 0.5) -> str:
-    """A rank > 0 of an outside launcher: rank 0's ``host:pid`` from this launch's record, written no
-    earlier than ``FRESH_S`` before ``since`` (this rank's start) and not ended: an earlier launch's
-    under the same name is not this rank 0."""
+def process_start() -> float:
+    """When this process began, as the wall clock read then (Linux: /proc; elsewhere, when this
+    module was imported, which is later: the safe side for :func:`_this_launch`)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        lines = Path("/proc/stat").read_text().splitlines()
+        boot = next(int(line.split()[1]) for line in lines if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+    return boot + 1.0 + ticks / os.sysconf("SC_CLK_TCK")  # + 1: btime is truncated to the second
+
+
+_IMPORTED = time.time()
+
+
+def _this_launch(record: dict, since: float, born: float) -> bool:
+    """Whether ``record`` is this launch's rank 0's. One that ended (rank 0 found nothing to train, or
+    trained it all, before this rank came) is, if it ended after this process began: an earlier
+    launch under the same name (torchrun relaunched with the same ``--rdzv-id``) had ended before
+    this one was started. One still beating is, if written no earlier than ``FRESH_S`` before
+    ``since``: a killed launch's stops beating, but only the stale limit tells it from a slow one."""
+    if record.get("ended") is True:
+        return float(record.get("beat") or 0) >= born
+    return float(record.get("start") or 0) >= since - FRESH_S
+
+
+def wait_for_owner(
+    results_dir: Path,
+    since: float,
+    wait_s: float | None = None,
+    poll_s: float = 0.5,
+    born: float | None = None,
+) -> str:
+    """A rank > 0 of an outside launcher: rank 0's ``host:pid`` from this launch's record
+    (:func:`_this_launch`; ``since``: this rank's grid start, ``born``: its process start)."""
     key = os.environ.get(GRID_ENV) or launch_key()
     if key is None:
         raise NerveBenchError("a DDP rank > 0 without its rank 0's identity: start it with torchrun or srun")
     os.environ[GRID_ENV] = key
+    born, wait_s = process_start() if born is None else born, WAIT_S if wait_s is None else wait_s
     path, deadline = record_path(results_dir, key), time.monotonic() + wait_s
     while time.monotonic() < deadline:
         record = _read(path)
-        if (
-            record is not None
-            and not record.get("ended")
-            and float(record.get("start") or 0) >= since - FRESH_S
-        ):
+        if record is not None and _this_launch(record, since, born):
             return record["owner"]
         time.sleep(poll_s)
     raise NerveBenchError(f"{path}: rank 0 of this launch wrote no record within {wait_s:.0f} s")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -12,7 +15,7 @@ from benchmark import grid_configs, runner
 from benchmark.core import lock, rank0
 from benchmark.core.config import load_benchmark_config
 from datamodules.errors import NerveBenchError
-from tests.benchmark.test_lock import _write_lock
+from tests.benchmark.test_lock import ROOT, _write_lock
 from tests.benchmark.test_runner import SMOKE, fake_fit
 
 LAUNCH = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "SLURM_JOB_ID", "SLURM_STEP_ID",
@@ -71,17 +74,19 @@ def test_an_srun_rank_trains_exactly_the_runs_its_rank0_holds(srun, tmp_path, ca
 
 
 def test_a_record_of_an_earlier_launch_is_not_rank0s(srun, tmp_path):
-    """Too old, or ended: a relaunch under the same name (torchrun's static rendezvous) followed the
-    last launch's rank 0 and skipped every run while the new rank 0 waited in a collective."""
+    """Too old, or ended before this process began: a relaunch under the same name (torchrun with
+    the same --rdzv-id) followed the last launch's rank 0 and skipped every run while the new rank 0
+    waited in a collective."""
     path = rank0.record_path(tmp_path, "slurm-77-0-0")
     path.parent.mkdir()
+    now = time.time()
     for record in (
-        {"owner": "gone:1", "start": time.time() - rank0.FRESH_S - 60},
-        {"owner": "last:1", "start": time.time() - 5, "ended": True},
+        {"owner": "gone:1", "start": now - rank0.FRESH_S - 60, "beat": now},
+        {"owner": "last:1", "start": now - 5, "beat": now - 2, "ended": True},
     ):
         path.write_text(json.dumps(record))
         with pytest.raises(NerveBenchError, match="slurm-77-0-0.json: rank 0 of this launch wrote no record"):
-            rank0.wait_for_owner(tmp_path, time.time(), wait_s=0.05, poll_s=0.01)
+            rank0.wait_for_owner(tmp_path, now, wait_s=0.05, poll_s=0.01, born=now - 1)
     now = time.time()
     path.write_text(json.dumps({"owner": "node0:12", "start": now - 5, "beat": now, "ended": False}))
     assert rank0.follower_owner(tmp_path, time.time()) == "node0:12"
@@ -90,6 +95,30 @@ def test_a_record_of_an_earlier_launch_is_not_rank0s(srun, tmp_path):
     assert rank0.ended(tmp_path, "node0:12") is True
     path.unlink()
     assert rank0.ended(tmp_path, "node0:12") is True  # gone: nothing left to wait for
+
+
+def test_a_rank_that_comes_after_its_rank0_ended_skips_its_runs(srun, tmp_path, monkeypatch):
+    """This rank listed a run that another job finished before rank 0 looked: rank 0 found nothing to
+    train and ended its record at once, which this rank ignored as an earlier launch's; it waited
+    the full 30 minutes for a rank 0 and then failed the job."""
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet"], folds=[0])
+    record = rank0.publish(tmp_path, "node0:12")
+    rank0.withdraw(record)  # rank 0's grid loop: nothing to do
+    srun.delenv(rank0.GRID_ENV)
+    monkeypatch.setattr(rank0, "WAIT_S", 20.0)  # fails here, not after 30 minutes, if ignored
+    assert rank0.process_start() < time.time() - 1  # the test process began long before the record
+    calls: list[str] = []
+    outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls))
+    assert [o.status for o in outcomes] == ["skipped"] and calls == []
+
+
+def test_process_start_is_this_processs(tmp_path):
+    """Read from /proc: a child started now began after this test's clock read, within a minute."""
+    before = time.time()
+    script = "from benchmark.core import rank0; print(rank0.process_start())"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert before - 0.5 <= float(out.stdout) <= time.time() + 1.0, out.stderr[-2000:]
 
 
 def test_a_rank_stops_waiting_for_a_rank0_that_died(srun, tmp_path):
