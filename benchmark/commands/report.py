@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+EXIT_INCOMPLETE = 3  # as `run`'s: the board misses runs (README "Exit codes")
 HELP = "rebuild leaderboard.{md,csv,json,tex} and plots/*.png from RESULTS/runs/*/summary.json"
 
 
@@ -22,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.reporting.report import build_report
+    """0, or 3 when runs were left out (damaged summaries), 1 when the files could not be written."""
+    from benchmark.reporting.report import build_report, left_out_line
     from datamodules.errors import DataError
 
     if not args.results.is_dir():
@@ -36,4 +38,7 @@ def run(args: argparse.Namespace) -> int:
         f"leaderboard: {len(board['rows'])} ranked and {len(board['incomplete'])} incomplete models "
         f"from {board['header']['n_runs']} runs -> {args.results / 'leaderboard.md'}"
     )
-    return 0
+    left_out = left_out_line(board)
+    if left_out:
+        print(left_out, file=sys.stderr)
+    return EXIT_INCOMPLETE if left_out else 0

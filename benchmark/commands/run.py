@@ -216,9 +216,11 @@ def run(args: argparse.Namespace) -> int:
     # Before the board: a held run that another process finishes while the board is built would
     # be missing from the board this command printed, yet not from the exit status.
     missing = runner.missing_runs(grid, outcomes, args.results_dir)
+    board = 0
     if not args.no_report and global_rank() == 0:
-        _report(bench, args.results_dir)
-    return _exit_status(outcomes, missing, args.results_dir)
+        board = _report(bench, args.results_dir, missing)
+    codes = (_exit_status(outcomes, missing, args.results_dir), board)
+    return 1 if 1 in codes else max(codes)
 
 
 def done_line(outcomes: list, seconds: float) -> str:
@@ -276,8 +278,11 @@ def _exit_status(outcomes: list, missing: list[str], results_dir: Path) -> int:
     return 1 if failed else EXIT_INCOMPLETE if missing else 0
 
 
-def _report(bench: BenchmarkConfig, results_dir: Path) -> None:
-    from benchmark.reporting.report import build_report
+def _report(bench: BenchmarkConfig, results_dir: Path, missing: list[str]) -> int:
+    """The board's part of the exit status: 0 when rebuilt whole, 3 when it left out runs whose summary
+    is damaged, 1 when none was written (a full disk, summaries of another schema version), unless
+    runs held by other processes are ``missing`` (no board yet: the 3 of those says it)."""
+    from benchmark.reporting.report import build_report, left_out_line
     from benchmark.reporting.tables import console
     from benchmark.reporting.tracking import log_leaderboard
     from datamodules.errors import DataError
@@ -286,13 +291,17 @@ def _report(bench: BenchmarkConfig, results_dir: Path) -> None:
         board = build_report(results_dir)
     except DataError as exc:
         print(f"no leaderboard: {exc}")
-        return
+        return 0 if missing else 1
     except OSError as exc:  # a full disk or a read-only directory while writing the report
         print(f"no leaderboard: {exc.filename or results_dir}: {exc.strerror or exc}")
-        return
+        return 1
     print(console(board))
     print(f"leaderboard: {results_dir / 'leaderboard.md'} (plots in {results_dir / 'plots'})")
     try:
         log_leaderboard(board, bench.train, results_dir, results_dir / "plots" / "leaderboard.png")
     except Exception as exc:  # noqa: BLE001 - tracking is optional
         print(f"warning: W&B leaderboard upload failed: {exc}")
+    left_out = left_out_line(board)
+    if left_out:
+        print(left_out)
+    return EXIT_INCOMPLETE if left_out else 0

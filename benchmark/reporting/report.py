@@ -282,6 +282,19 @@ def write_report(
     return report_id
 
 
+def left_out_line(board: dict[str, Any]) -> str | None:
+    """The last line of a report that left out runs whose summary is damaged (each named above in a
+    warning): such a board is incomplete, and the command exits 3 as for runs still missing."""
+    n = len(board.get("unreadable_runs") or [])
+    if not n:
+        return None
+    return (
+        f"incomplete: {n} run(s) left out of the leaderboard, their summary.json damaged (named above). "
+        "Repair it, or delete it: `run` then scores a trained run again from its best.ckpt (an imported "
+        "method is imported again)"
+    )
+
+
 def build_report(results_dir: str | Path, plots: bool = True) -> dict[str, Any]:
     """Rebuild every leaderboard file from the run summaries; returns the leaderboard dict."""
     results_dir = Path(results_dir)

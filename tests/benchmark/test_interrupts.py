@@ -5,6 +5,7 @@ subprocesses wait on events (a file appearing) with bounds of minutes, never on 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import benchmark.reporting.report as report_module
 from benchmark import grid_configs, runner
 from benchmark.cli import EXIT_SIGINT, EXIT_SIGTERM, interrupt_code, main
 from benchmark.core import lock
@@ -207,6 +209,36 @@ def test_a_run_left_to_another_process_is_named_and_the_exit_status_is_3(
     assert calls == [grid[1].run_name(), grid[0].run_name()]
 
 
+def test_a_run_the_board_leaves_out_makes_the_status_3(tmp_path, synthetic_dir, capsys, monkeypatch):
+    """A complete run whose summary is damaged (a Dice of 5.0) is left out of the board with a warning:
+    `run` skipped it as complete and exited 0, as if the board held every run of the grid."""
+    import benchmark.pipeline as pipeline
+    from datamodules.kaggle import check_dataset
+
+    monkeypatch.setattr(pipeline, "fit", summary_fit(check_dataset(synthetic_dir)["content_hash"], []))
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
+    args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir",
+            str(tmp_path / "res"), "--models", "unet,empty", "--min-free-gb", "0"]  # fmt: skip
+    assert main(args) == 0
+    path = tmp_path / "res" / "runs" / grid[0].run_name() / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["per_image"]["dice"] = [5.0] * len(summary["per_image"]["dice"])
+    path.write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(args) == 3
+    out, err = capsys.readouterr()
+    assert f"warning: {path}: per_image.dice should be" in err
+    assert out.splitlines()[-1].startswith("incomplete: 1 run(s) left out of the leaderboard")
+    path.unlink()  # scored again from what the fake fit left; the disk then fills while the board is written
+    monkeypatch.setattr(report_module, "build_report", _disk_full)
+    assert main(args) == 1  # exit 0 said "the leaderboard was rebuilt"
+    assert f"no leaderboard: {tmp_path}: No space left on device" in capsys.readouterr().out
+
+
+def _disk_full(results_dir, plots=True):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(results_dir.parent))
+
+
 def test_a_held_run_finished_while_the_board_is_built_still_makes_the_status_3(
     tmp_path, synthetic_dir, monkeypatch
 ):
@@ -220,9 +252,10 @@ def test_a_held_run_finished_while_the_board_is_built_still_makes_the_status_3(
     grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     held = tmp_path / "res" / "runs" / grid[0].run_name()
 
-    def report(bench, results_dir):  # the holder finishes its run while this board is built
+    def report(bench, results_dir, missing):  # the holder finishes its run while this board is built
         calls.append("report")
         finish(grid[0], synthetic_dir, held)
+        return 0
 
     monkeypatch.setattr(run_command, "_report", report)
     args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir",
