@@ -68,10 +68,10 @@ def room_check(
 
 def dry_run(
     bench: BenchmarkConfig, grid: list[TrainConfig], left: Left, results_dir: Path, sizes: dict[str, int],
-    executor: str,
+    executor: str, data_dir: Path,
 ) -> int:  # fmt: skip
     """List the grid and each run's state, then the room it needs; reads only (no directory, data or
-    lock is created). The results directory's split checks first, as the run would."""
+    lock is created). The results directory's checks first, as the run would make them."""
     from benchmark import grid_checks
     from benchmark.core.lock import is_held
     from benchmark.core.preflight import free_bytes, grid_need_bytes
@@ -79,6 +79,7 @@ def dry_run(
     grid_checks.check_split_seed(results_dir, bench.train.split_seed)
     linked = any(c.link_subjects for c in grid)
     grid_checks.check_link_subjects(results_dir, linked, grid_checks.saved_links(results_dir))
+    same_data_checked = _check_same_data(grid, results_dir, data_dir)
     for i, cfg in enumerate(grid, start=1):
         holder = is_held(results_dir / "runs" / cfg.run_name())
         state = " (complete)" if cfg not in left.runs else ""
@@ -93,7 +94,25 @@ def dry_run(
         f"disk: the {len(left.runs)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
         f"({free_bytes(results_dir) / 1e9:.2f} GB free; {how})"
     )
+    if not same_data_checked:
+        print(
+            f"data: {data_dir} is not decoded on this node yet: run checks that the results directory's "
+            "runs were made on it"
+        )
     return 0
+
+
+def _check_same_data(grid: list[TrainConfig], results_dir: Path, data_dir: Path) -> bool:
+    """The run's refusal of results made on other data (exit 2), where this node's decoded copy of
+    ``data_dir`` knows its content hash: the listing called such runs complete. False when it could
+    not check a results directory that holds runs (the data not decoded here yet)."""
+    from benchmark import grid_checks
+    from datamodules.decoded_cache import known_content_hash
+
+    known = known_content_hash(data_dir)
+    if known is not None:
+        grid_checks.check_same_data(results_dir, data_dir, known, [c.run_name() for c in grid])
+    return known is not None or not any((results_dir / "runs").glob("*/summary.json"))
 
 
 def in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig], executor: str) -> tuple[int, str]:

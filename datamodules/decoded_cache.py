@@ -42,7 +42,7 @@ import numpy as np
 
 from datamodules.fingerprints import VERSION as fingerprint_version
 from datamodules.io import DECODE_VERSION
-from datamodules.kaggle import TrainRecord, TrainSet, load_train
+from datamodules.kaggle import TrainRecord, TrainSet, content_hash, load_train
 
 CACHE_ENV = "NERVE_BENCH_CACHE_DIR"
 _FORMAT = 3  # bump when the entry layout changes (2: fingerprints.npy; 3: source.json)
@@ -121,7 +121,21 @@ def read_entry(entry: Path) -> TrainSet | None:
         return None
     with contextlib.suppress(OSError):  # last use, for prune's age rule (a read-only root is fine)
         os.utime(entry)
-    return TrainSet(_records(meta["records"]), images, masks, meta["mask_source"], fingerprints)
+    digest = meta.get("content_hash")  # entries written before it was kept: computed when asked
+    return TrainSet(
+        _records(meta["records"]), images, masks, meta["mask_source"], fingerprints, digest=digest
+    )
+
+
+def known_content_hash(data_dir: str | Path, root: Path | None = None) -> str | None:
+    """The content hash of ``data_dir``'s training set as decoded into this node's cache, or None when
+    no entry of its current files holds one; reads no image (``run --dry-run``)."""
+    try:
+        meta = json.loads(((root or cache_root()) / signature(Path(data_dir)) / "records.json").read_text())
+    except (OSError, ValueError):
+        return None
+    found = meta.get("content_hash") if isinstance(meta, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def write_entry(entry: Path, train_set: TrainSet, data_dir: Path | None = None) -> None:
@@ -134,7 +148,11 @@ def write_entry(entry: Path, train_set: TrainSet, data_dir: Path | None = None) 
         np.save(tmp / "images.npy", np.ascontiguousarray(train_set.images))
         np.save(tmp / "masks.npy", np.ascontiguousarray(train_set.masks))
         np.save(tmp / "fingerprints.npy", train_set.fingerprints())  # computed once per node, like the decode
-        meta = {"records": _records_json(train_set.records), "mask_source": train_set.mask_source}
+        meta = {
+            "records": _records_json(train_set.records),
+            "mask_source": train_set.mask_source,
+            "content_hash": content_hash(train_set),  # what every run's summary and check asks for
+        }
         (tmp / "records.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, entry)

@@ -59,6 +59,7 @@ class TrainSet:
     mask_source: str  # "tif", "csv" or "tif+csv"
     frame_fingerprints: np.ndarray | None = field(default=None, repr=False, compare=False)
     linked: tuple[np.ndarray, list] | None = field(default=None, repr=False, compare=False)
+    digest: str | None = field(default=None, repr=False, compare=False)  # content_hash of a read-only set
 
     def fingerprints(self) -> np.ndarray:
         """(N, bytes) uint8 per-frame fingerprints (:mod:`datamodules.fingerprints`), computed once."""
@@ -328,7 +329,11 @@ def frame_digests(images: Iterable[np.ndarray]) -> list[str]:
 
 
 def content_hash(train_set: TrainSet) -> str:
-    """16 hex of sha256 over stems, image bytes and {0,1} mask bytes: labels leaderboards."""
+    """16 hex of sha256 over stems, image bytes and {0,1} mask bytes: labels leaderboards. Seconds for
+    the full data, so the node's decoded copy keeps it (``digest``: its arrays are read-only); a
+    writable set is hashed as it is now, every time."""
+    if train_set.digest is not None:
+        return train_set.digest
     digest = hashlib.sha256()
     for i, stem in enumerate(train_set.stems):
         digest.update(stem.encode() + b"\0")

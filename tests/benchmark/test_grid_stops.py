@@ -106,3 +106,33 @@ def _raised_while_handling(cause: BaseException) -> RuntimeError:
             raise RuntimeError("while handling it") from None
     except RuntimeError as exc:
         return exc
+
+
+def test_a_dry_run_refuses_results_of_other_data_as_the_run_does(
+    tmp_path, synthetic_dir, capsys, monkeypatch
+):
+    """It listed them as complete and exited 0, while `run` refused the directory (exit 2); it decodes
+    no data, so it checks where this node's decoded copy knows the content hash, and says so if not."""
+    import benchmark.pipeline as pipeline
+    from benchmark.cli import main
+    from datamodules.decoded_cache import CACHE_ENV, known_content_hash, load_train_shared
+    from datamodules.kaggle import content_hash, load_train
+
+    results = tmp_path / "res"
+    monkeypatch.setattr(pipeline, "fit", summary_fit("0123456789abcdef", [], synthetic=False))
+    run = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir", str(results),
+           "--models", "unet", "--folds", "0", "--no-report", "--min-free-gb", "0"]  # fmt: skip
+    assert main(run) == 0  # a complete run, its summary of other data (the hash in the fake fit)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "fresh-cache"))  # another node: nothing decoded
+    capsys.readouterr()
+    assert main([*run, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "(complete)" in out and f"data: {synthetic_dir} is not decoded on this node yet" in out
+    decoded = load_train_shared(synthetic_dir)
+    assert (
+        known_content_hash(synthetic_dir) == content_hash(decoded) == content_hash(load_train(synthetic_dir))
+    )
+    assert main([*run, "--dry-run"]) == 2
+    out, err = capsys.readouterr()
+    assert "made on data with content hash 0123456789abcdef, but" in err and "(complete)" not in out
+    assert main(run) == 2 and "made on data with content hash 0123456789abcdef" in capsys.readouterr().err

@@ -367,14 +367,18 @@ def test_results_dir_refuses_runs_with_another_split_seed(tmp_path):
 def test_a_dry_run_refuses_what_the_run_would_refuse(synthetic_dir, tmp_path, capsys):
     """Another split_seed, or where the data has linked subjects another link_subjects."""
     from benchmark.core.summary import write_summary
+    from datamodules.decoded_cache import load_train_shared
 
-    write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": {"split_seed": 1}, "status": "complete"})
+    load_train_shared(synthetic_dir)  # decoded on this node: the dry run checks the data hash too
+    # Of the synthetic fallback: let be beside this data
+    synthetic = {"dataset": {"synthetic": True, "content_hash": "x"}, "status": "complete"}
+    write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": {"split_seed": 1}, **synthetic})
     args = ["run", "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path), "--dry-run"]
     assert main([*args, "--models", "empty"]) == 2
     assert "made with split_seed 1, but this benchmark uses 0" in capsys.readouterr().err
     # link_subjects: the dry run decodes no data; the summaries record the data's linked subjects
     split = {"linked_subjects": [{"subjects": [17, 18], "matching_frames": [12, 9]}]}
-    summary = {"config": {"split_seed": 0, "link_subjects": True}, "split": split, "status": "complete"}
+    summary = {"config": {"split_seed": 0, "link_subjects": True}, "split": split, **synthetic}
     write_summary(tmp_path / "runs" / "unet__f0__s0__x", summary)
     assert main([*args, "--models", "empty"]) == 0  # the default: link_subjects true
     capsys.readouterr()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from datamodules import decoded_cache as dc
-from datamodules.kaggle import load_train
+from datamodules.kaggle import content_hash, load_train
 from datamodules.synth import generate
 
 
@@ -43,6 +43,23 @@ def test_second_reader_maps_the_first_readers_copy(data: Path, tmp_path: Path) -
         # the fingerprints come from the cache, computed once by the first reader
         assert ts.frame_fingerprints is not None
         np.testing.assert_array_equal(ts.frame_fingerprints, reference.fingerprints())
+
+
+def test_the_content_hash_is_kept_with_the_entry(data: Path, tmp_path: Path) -> None:
+    """Hashed once per node (every run's summary and `run`'s check ask for it); `run --dry-run`
+    reads it without an image; an entry written before it was kept is hashed when asked."""
+    root = tmp_path / "cache"
+    expected = content_hash(load_train(data))
+    assert dc.known_content_hash(data, root) is None  # nothing decoded yet
+    assert dc.load_train_shared(data, root).digest == expected
+    assert dc.known_content_hash(data, root) == expected == dc.load_train_shared(data, root).digest
+    records = root / dc.signature(data) / "records.json"
+    meta = json.loads(records.read_text())
+    del meta["content_hash"]
+    records.write_text(json.dumps(meta))
+    assert dc.known_content_hash(data, root) is None
+    older = dc.load_train_shared(data, root)
+    assert older.digest is None and content_hash(older) == expected
 
 
 def test_a_changed_file_is_decoded_again(data: Path, tmp_path: Path) -> None:
