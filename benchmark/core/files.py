@@ -12,6 +12,7 @@ becomes; :func:`remove_older_than` prunes what killed writers left.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import time
@@ -41,7 +42,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     an open handle on it, since it appends ".npz" to a name).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # pathlib says "File exists" of a file where its folder belongs
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", exc.filename) from exc
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # a read-only directory: name the file the user asked for, not the temp name

@@ -29,6 +29,14 @@ def test_failure_mid_write_keeps_the_previous_file_and_names_the_path(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["board.md"]
 
 
+def test_a_file_where_the_folder_belongs_is_named_as_such(tmp_path):
+    """`report` said "error: results/plots: File exists" when plots/ was a file."""
+    (tmp_path / "plots").write_text("")
+    with pytest.raises(NotADirectoryError) as info:
+        atomic_write(tmp_path / "plots" / "leaderboard.png", b"png")
+    assert (info.value.filename, info.value.strerror) == (str(tmp_path / "plots"), "a file, not a folder")
+
+
 def test_files_get_umask_permissions_not_mkstemps_0600(tmp_path):
     atomic_write(tmp_path / "x.txt", "x")
     # What any ordinary file gets here (0o644 under umask 022), not the module's own reading of the umask.
