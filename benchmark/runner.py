@@ -24,6 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -245,16 +246,16 @@ def _follow_rank0(
 ) -> Outcome:
     """A DDP rank > 0 trains exactly the runs its rank 0 claimed (``$NERVE_BENCH_LOCK_OWNER``: passed
     on by Lightning's launcher, or read from rank 0's record, ``rank0.follower_owner``)."""
-    run_dir, owner = runs / cfg.run_name(), os.environ[OWNER_ENV]
-    if not follow(
-        run_dir,
-        owner,
-        [runs / c.run_name() for c in later],
-        lambda: is_complete(run_dir, cfg.hash()),
-        lambda: rank0.ended(runs.parent, owner),
-    ):
-        return Outcome(cfg.run_name(), "skipped")
-    return _train_one(cfg, data_dir, run_dir, fit)
+    run_dir, later_dirs = runs / cfg.run_name(), [runs / c.run_name() for c in later]
+    while True:
+        owner = os.environ[OWNER_ENV]
+        done, ended = partial(is_complete, run_dir, cfg.hash()), partial(rank0.ended, runs.parent, owner)
+        try:
+            claimed = follow(run_dir, owner, later_dirs, done, ended)
+        except rank0.OwnerChanged as changed:  # the record read first was a killed launch's
+            os.environ[OWNER_ENV] = changed.owner
+            continue
+        return _train_one(cfg, data_dir, run_dir, fit) if claimed else Outcome(cfg.run_name(), "skipped")
 
 
 def drop_kept_resume_state(runs: Path, done: list[TrainConfig]) -> None:

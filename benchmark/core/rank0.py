@@ -36,6 +36,17 @@ class GridStopped(RuntimeError):
     are kept (``benchmark.ddp_stop`` raises it for failed runs)."""
 
 
+class OwnerChanged(Exception):
+    """This launch's record now names another rank 0 (``owner``) than the one this rank read: that was
+    a killed launch's record under the same name (torchrun relaunched with the same ``--rdzv-id``
+    within ``FRESH_S``), and this launch's rank 0 has written its own. The rank follows the new one;
+    it used to take the change for the end of the grid and skip every run while rank 0 trained."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
+
+
 GRID_DIR = ".grid"
 GRID_ENV = "NERVE_BENCH_GRID"  # the record's name, for the ranks Lightning's launcher starts
 # A record written this long before a rank reached its grid loop is an earlier launch's (torchrun
@@ -191,13 +202,16 @@ def wait_for_owner(
 
 
 def ended(results_dir: Path, owner: str) -> bool:
-    """Whether rank 0 (``owner``) has left its grid loop: its record says so, is gone, or is another's.
-    GridStopped when rank 0 is dead: its record not rewritten within the lock stale limit, or
-    its pid gone here (same host and pid space), so that a rank does not wait for it forever."""
+    """Whether rank 0 (``owner``) has left its grid loop: its record says so, or is gone. OwnerChanged
+    when it names another rank 0. GridStopped when rank 0 is dead: its record not rewritten within
+    the lock stale limit, or its pid gone here (same host and pid space), so that a rank does not
+    wait for it forever."""
     key = os.environ.get(GRID_ENV)
     record = None if key is None else _read(record_path(results_dir, key))
-    if record is None or record["owner"] != owner or record.get("ended") is True:
+    if record is None or record.get("ended") is True:
         return key is not None
+    if record["owner"] != owner:
+        raise OwnerChanged(record["owner"])
     age, limit = time.time() - float(record.get("beat") or 0), stale_after_default()
     host, _, pid = owner.rpartition(":")
     if age > limit or pid.isdigit() and gone_here(host, int(pid), str(record.get("pids") or "")):

@@ -90,7 +90,10 @@ def test_a_record_of_an_earlier_launch_is_not_rank0s(srun, tmp_path):
     now = time.time()
     path.write_text(json.dumps({"owner": "node0:12", "start": now - 5, "beat": now, "ended": False}))
     assert rank0.follower_owner(tmp_path, time.time()) == "node0:12"
-    assert rank0.ended(tmp_path, "node0:12") is False and rank0.ended(tmp_path, "node0:13") is True
+    assert rank0.ended(tmp_path, "node0:12") is False
+    with pytest.raises(rank0.OwnerChanged) as changed:  # node0:13's record was a killed launch's
+        rank0.ended(tmp_path, "node0:13")
+    assert changed.value.owner == "node0:12"
     path.write_text(json.dumps({"owner": "node0:12", "start": now - 5, "beat": now, "ended": True}))
     assert rank0.ended(tmp_path, "node0:12") is True
     path.unlink()
@@ -110,6 +113,23 @@ def test_a_rank_that_comes_after_its_rank0_ended_skips_its_runs(srun, tmp_path, 
     calls: list[str] = []
     outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls))
     assert [o.status for o in outcomes] == ["skipped"] and calls == []
+
+
+def test_a_rank_that_read_a_killed_launchs_record_follows_this_launchs_rank0(srun, tmp_path):
+    """torchrun relaunched under the same --rdzv-id minutes after a kill -9: this rank read the killed
+    rank 0's record before the new rank 0 wrote its own, took the change of owner for the end of the
+    grid and skipped the run that rank 0 then trained alone (a hang until the NCCL timeout)."""
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet"], folds=[0])
+    record = rank0.publish(tmp_path, lock.owner_id())  # this launch's rank 0: this test process
+    srun.setenv(lock.OWNER_ENV, "deadhost:1")  # what this rank read first: the killed launch's owner
+    calls: list[str] = []
+    try:
+        with lock.claim(tmp_path / "runs" / grid[0].run_name()):
+            outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls))
+    finally:
+        rank0.withdraw(record)
+    assert [o.status for o in outcomes] == ["trained"] and calls == [grid[0].run_name()]
+    assert os.environ[lock.OWNER_ENV] == lock.owner_id()
 
 
 def test_process_start_is_this_processs(tmp_path):
