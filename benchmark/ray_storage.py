@@ -5,8 +5,10 @@ here by the driver is read back by a probe task pinned to each alive node, else 
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from benchmark.ray_resources import RayExecutorError
 
 MARKER_NAME = ".ray-shared-storage"  # in the results directory: MARKER_NAME-<token>, holding the token
 KEEP_S = 7 * 86400.0  # a killed driver's marker is pruned by a later one after a week
+TOUCH_S = 3600.0  # a live driver touches its marker this often, so a grid of over a week keeps it
 
 
 def marker_path(results_dir: Path, token: str) -> Path:
@@ -75,9 +78,19 @@ def check_shared(ray: Any, results_dir: Path, token: str) -> None:
 @contextlib.contextmanager
 def shared_marker(ray: Any, results_dir: Path) -> Iterator[str]:
     """This driver's marker, checked on every node (:func:`check_shared`), removed when the block ends."""
-    token = write_marker(results_dir)
+    token, done = write_marker(results_dir), threading.Event()
+    threading.Thread(target=_keep_fresh, args=(marker_path(results_dir, token), done), daemon=True).start()
     try:
         check_shared(ray, results_dir, token)
         yield token
     finally:
+        done.set()
         remove_marker(results_dir, token)
+
+
+def _keep_fresh(path: Path, done: threading.Event) -> None:
+    """A later driver prunes markers older than ``KEEP_S`` (killed drivers'); a live one's grid of
+    over a week lost its marker that way, and every task it had not started failed as not shared."""
+    while not done.wait(TOUCH_S):
+        with contextlib.suppress(OSError):
+            os.utime(path)
