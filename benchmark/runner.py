@@ -252,8 +252,8 @@ def _follow_rank0(
         done, ended = partial(is_complete, run_dir, cfg.hash()), partial(rank0.ended, runs.parent, owner)
         try:
             claimed = follow(run_dir, owner, later_dirs, done, ended)
-        except rank0.OwnerChanged as changed:  # the record read first was a killed launch's
-            os.environ[OWNER_ENV] = changed.owner
+        except rank0.OwnerChanged as changed:  # the record read first was not this launch's
+            rank0.adopt(runs.parent, changed.owner)
             continue
         return _train_one(cfg, data_dir, run_dir, fit) if claimed else Outcome(cfg.run_name(), "skipped")
 
@@ -318,9 +318,8 @@ def run_grid(
     ``[i/N] ... elapsed, ETA`` before each run and one :func:`finished_line` after it."""
     if fit is None:
         from benchmark.pipeline import fit
-    since = time.time()
     todo, outcomes = open_grid(grid, data_dir, results_dir, data_hash)
-    record = rank0.start(results_dir, since, any(c.world_size() > 1 for c in grid), bool(todo))
+    record = rank0.start(results_dir, any(c.world_size() > 1 for c in grid), bool(todo))
     try:
         _run_todo(todo, outcomes, data_dir, results_dir, fit, stale_after_s)
     finally:

@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.core.files import atomic_write, remove_older_than
@@ -37,10 +37,10 @@ class GridStopped(RuntimeError):
 
 
 class OwnerChanged(Exception):
-    """This launch's record now names another rank 0 (``owner``) than the one this rank read: that was
-    a killed launch's record under the same name (torchrun relaunched with the same ``--rdzv-id``
-    within ``FRESH_S``), and this launch's rank 0 has written its own. The rank follows the new one;
-    it used to take the change for the end of the grid and skip every run while rank 0 trained."""
+    """This launch's record now names another rank 0 (``owner``) than the one this rank read, which
+    :func:`_this_launch` should have ruled out (a clock far off between nodes): the rank follows the
+    new one, once (:func:`adopt`); it used to take the change for the end of the grid and skip every
+    run while rank 0 trained."""
 
     def __init__(self, owner: str) -> None:
         super().__init__(owner)
@@ -49,10 +49,6 @@ class OwnerChanged(Exception):
 
 GRID_DIR = ".grid"
 GRID_ENV = "NERVE_BENCH_GRID"  # the record's name, for the ranks Lightning's launcher starts
-# A record written this long before a rank reached its grid loop is an earlier launch's (torchrun
-# started by hand on each node: the nodes may start minutes apart, and rank 0 writes its record
-# once it has checked the data, before any process group exists).
-FRESH_S = 1800.0
 BEAT_S = 30.0  # rank 0 rewrites its record this often; a rank judges it gone by lock's stale limit
 KEEP_S = 7 * 86400.0  # records not rewritten for a week (ended or killed launches') are pruned
 WAIT_S = 1800.0  # rank 0 decodes and checks the data first; NCCL's own timeout is 30 minutes too
@@ -85,15 +81,19 @@ class Record:
 
     path: Path
     body: dict
-    done: threading.Event
+    done: threading.Event = field(default_factory=threading.Event)
+    writing: threading.Lock = field(default_factory=threading.Lock)  # a beat never follows the end
 
     def beat(self) -> None:
         while not self.done.wait(BEAT_S):
-            with contextlib.suppress(OSError):  # a missed beat is only late; BEAT_S << the stale limit
-                atomic_write(self.path, json.dumps({**self.body, "beat": time.time()}))
+            with self.writing:
+                if self.done.is_set():
+                    return
+                with contextlib.suppress(OSError):  # a missed beat is only late; BEAT_S << stale limit
+                    atomic_write(self.path, json.dumps({**self.body, "beat": time.time()}))
 
 
-def start(results_dir: Path, since: float, ddp: bool, follows: bool) -> Record | None:
+def start(results_dir: Path, ddp: bool, follows: bool) -> Record | None:
     """Before the grid loop. Rank 0: its ``host:pid`` in ``OWNER_ENV`` (the ranks Lightning starts
     inherit it) and, for a ``ddp`` grid, in its record (for those srun or torchrun start); returns the
     record. A rank > 0 that ``follows`` runs: rank 0's identity (:func:`follower_owner`)."""
@@ -101,7 +101,7 @@ def start(results_dir: Path, since: float, ddp: bool, follows: bool) -> Record |
         os.environ[OWNER_ENV] = owner_id()
         return publish(results_dir, os.environ[OWNER_ENV]) if ddp else None
     if follows:
-        follower_owner(results_dir, since)
+        follower_owner(results_dir)
     return None
 
 
@@ -118,9 +118,7 @@ def publish(results_dir: Path, owner: str) -> Record:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_older_than(path.parent.glob("*.json"), KEEP_S)  # earlier launches' (a live one beats)
     now = time.time()
-    record = Record(
-        path, {"owner": owner, "pids": pid_space(), "start": now, "ended": False}, threading.Event()
-    )
+    record = Record(path, {"owner": owner, "pids": pid_space(), "start": now, "ended": False})
     atomic_write(path, json.dumps({**record.body, "beat": now}))
     threading.Thread(target=record.beat, name="grid-record", daemon=True).start()
     return record
@@ -131,9 +129,10 @@ def withdraw(record: Record | None) -> None:
     stays (marked), so a rank that reaches its loop only now still learns rank 0's decision."""
     if record is None:
         return
-    record.done.set()
-    with contextlib.suppress(OSError):
-        atomic_write(record.path, json.dumps({**record.body, "beat": time.time(), "ended": True}))
+    with record.writing:  # after a beat in flight, never before it: it would mark the record live again
+        record.done.set()
+        with contextlib.suppress(OSError):
+            atomic_write(record.path, json.dumps({**record.body, "beat": time.time(), "ended": True}))
 
 
 def _read(path: Path) -> dict | None:
@@ -144,10 +143,10 @@ def _read(path: Path) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("owner"), str) else None
 
 
-def follower_owner(results_dir: Path, since: float) -> str:
+def follower_owner(results_dir: Path) -> str:
     """Rank 0's ``host:pid`` for a rank > 0: inherited from Lightning's launcher, else (srun,
     torchrun) read from rank 0's record of this launch; kept in ``OWNER_ENV`` (``ddp_stop`` reads it)."""
-    owner = os.environ.get(OWNER_ENV) or wait_for_owner(results_dir, since)
+    owner = os.environ.get(OWNER_ENV) or wait_for_owner(results_dir)
     os.environ[OWNER_ENV] = owner
     return owner
 
@@ -167,26 +166,22 @@ def process_start() -> float:
 _IMPORTED = time.time()
 
 
-def _this_launch(record: dict, since: float, born: float) -> bool:
-    """Whether ``record`` is this launch's rank 0's. One that ended (rank 0 found nothing to train, or
-    trained it all, before this rank came) is, if it ended after this process began: an earlier
-    launch under the same name (torchrun relaunched with the same ``--rdzv-id``) had ended before
-    this one was started. One still beating is, if written no earlier than ``FRESH_S`` before
-    ``since``: a killed launch's stops beating, but only the stale limit tells it from a slow one."""
-    if record.get("ended") is True:
-        return float(record.get("beat") or 0) >= born
-    return float(record.get("start") or 0) >= since - FRESH_S
+def _this_launch(key: str, record: dict, born: float) -> bool:
+    """Whether ``record`` (under ``key``) is this launch's rank 0's. SLURM's name is one launch's (job,
+    step, restart count). torchrun's can be an earlier launch's (relaunched with the same
+    ``--rdzv-id``), whose rank 0, ended or killed, last wrote it before this process began, while
+    this launch's rank 0 writes it every ``BEAT_S``: it is this launch's once written since then."""
+    return key.startswith("slurm-") or float(record.get("beat") or 0) >= born
 
 
 def wait_for_owner(
     results_dir: Path,
-    since: float,
     wait_s: float | None = None,
     poll_s: float = 0.5,
     born: float | None = None,
 ) -> str:
     """A rank > 0 of an outside launcher: rank 0's ``host:pid`` from this launch's record
-    (:func:`_this_launch`; ``since``: this rank's grid start, ``born``: its process start)."""
+    (:func:`_this_launch`; ``born``: this process's start)."""
     key = os.environ.get(GRID_ENV) or launch_key()
     if key is None:
         raise NerveBenchError("a DDP rank > 0 without its rank 0's identity: start it with torchrun or srun")
@@ -195,10 +190,26 @@ def wait_for_owner(
     path, deadline = record_path(results_dir, key), time.monotonic() + wait_s
     while time.monotonic() < deadline:
         record = _read(path)
-        if record is not None and _this_launch(record, since, born):
+        if record is not None and _this_launch(key, record, born):
             return record["owner"]
         time.sleep(poll_s)
     raise NerveBenchError(f"{path}: rank 0 of this launch wrote no record within {wait_s:.0f} s")
+
+
+_ADOPTED: list[str] = []  # the rank 0 this process switched to on an OwnerChanged: one at most
+
+
+def adopt(results_dir: Path, owner: str) -> None:
+    """Follow ``owner``, the rank 0 this launch's record now names (:class:`OwnerChanged`), once: a
+    second change means two launches rewrite one record, and neither rank 0 can be followed."""
+    if _ADOPTED:
+        path = record_path(results_dir, os.environ.get(GRID_ENV) or "?")
+        raise GridStopped(
+            f"{path}: names rank 0 {_ADOPTED[0]}, then {owner}: two launches share this name "
+            "(give each torchrun its own --rdzv-id)"
+        )
+    _ADOPTED.append(owner)
+    os.environ[OWNER_ENV] = owner
 
 
 def ended(results_dir: Path, owner: str) -> bool:

@@ -26,9 +26,12 @@ LAUNCH = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "SLURM_JOB_ID", "SL
 
 @pytest.fixture
 def srun(monkeypatch):
-    """This process as task 1 of an srun step: nothing inherited from rank 0."""
+    """This process as task 1 of an srun step: nothing inherited from rank 0. Each variable is set,
+    then removed, so that teardown removes what the code under test writes to os.environ too."""
     for var in LAUNCH:
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    monkeypatch.setattr(rank0, "_ADOPTED", [])
     step = {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_NTASKS": "2",
             "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "bench"}  # fmt: skip
     for var, value in step.items():
@@ -74,24 +77,29 @@ def test_an_srun_rank_trains_exactly_the_runs_its_rank0_holds(srun, tmp_path, ca
 
 
 def test_a_record_of_an_earlier_launch_is_not_rank0s(srun, tmp_path):
-    """Too old, or ended before this process began: a relaunch under the same name (torchrun with
-    the same --rdzv-id) followed the last launch's rank 0 and skipped every run while the new rank 0
-    waited in a collective."""
-    path = rank0.record_path(tmp_path, "slurm-77-0-0")
+    """torchrun relaunched with the same --rdzv-id: a record last written before this process began
+    is the last launch's, killed (a lock of it still on a run: this rank trained that run alone) or
+    ended (this rank skipped every run while the new rank 0 waited in a collective)."""
+    srun.setenv(rank0.GRID_ENV, "elastic-job5-node0-29500-0")
+    path = rank0.record_path(tmp_path, "elastic-job5-node0-29500-0")
     path.parent.mkdir()
     now = time.time()
     for record in (
-        {"owner": "gone:1", "start": now - rank0.FRESH_S - 60, "beat": now},
+        {"owner": "killed:1", "start": now - 600, "beat": now - 30},
         {"owner": "last:1", "start": now - 5, "beat": now - 2, "ended": True},
     ):
         path.write_text(json.dumps(record))
-        with pytest.raises(NerveBenchError, match="slurm-77-0-0.json: rank 0 of this launch wrote no record"):
-            rank0.wait_for_owner(tmp_path, now, wait_s=0.05, poll_s=0.01, born=now - 1)
+        with pytest.raises(NerveBenchError, match="0-29500-0.json: rank 0 of this launch wrote no record"):
+            rank0.wait_for_owner(tmp_path, wait_s=0.05, poll_s=0.01, born=now - 1)
+        srun.setenv(rank0.GRID_ENV, "slurm-77-0-0")  # SLURM's names are one launch's: taken as it is
+        rank0.record_path(tmp_path, "slurm-77-0-0").write_text(json.dumps(record))
+        assert rank0.wait_for_owner(tmp_path, wait_s=0.05, poll_s=0.01, born=now - 1) == record["owner"]
+        srun.setenv(rank0.GRID_ENV, "elastic-job5-node0-29500-0")
     now = time.time()
     path.write_text(json.dumps({"owner": "node0:12", "start": now - 5, "beat": now, "ended": False}))
-    assert rank0.follower_owner(tmp_path, time.time()) == "node0:12"
+    assert rank0.follower_owner(tmp_path) == "node0:12"
     assert rank0.ended(tmp_path, "node0:12") is False
-    with pytest.raises(rank0.OwnerChanged) as changed:  # node0:13's record was a killed launch's
+    with pytest.raises(rank0.OwnerChanged) as changed:  # node0:13 was not this launch's rank 0
         rank0.ended(tmp_path, "node0:13")
     assert changed.value.owner == "node0:12"
     path.write_text(json.dumps({"owner": "node0:12", "start": now - 5, "beat": now, "ended": True}))
@@ -100,25 +108,25 @@ def test_a_record_of_an_earlier_launch_is_not_rank0s(srun, tmp_path):
     assert rank0.ended(tmp_path, "node0:12") is True  # gone: nothing left to wait for
 
 
-def test_a_rank_that_comes_after_its_rank0_ended_skips_its_runs(srun, tmp_path, monkeypatch):
+@pytest.mark.parametrize("launch", ["slurm-77-0-0", "elastic-job5-node0-29500-0"])
+def test_a_rank_that_comes_after_its_rank0_ended_skips_its_runs(srun, tmp_path, launch):
     """This rank listed a run that another job finished before rank 0 looked: rank 0 found nothing to
     train and ended its record at once, which this rank ignored as an earlier launch's; it waited
     the full 30 minutes for a rank 0 and then failed the job."""
     grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet"], folds=[0])
-    record = rank0.publish(tmp_path, "node0:12")
-    rank0.withdraw(record)  # rank 0's grid loop: nothing to do
-    srun.delenv(rank0.GRID_ENV)
-    monkeypatch.setattr(rank0, "WAIT_S", 20.0)  # fails here, not after 30 minutes, if ignored
-    assert rank0.process_start() < time.time() - 1  # the test process began long before the record
+    srun.setattr(rank0, "process_start", lambda: time.time() - 60)  # this rank began before rank 0's end
+    srun.setenv(rank0.GRID_ENV, launch)
+    rank0.withdraw(rank0.publish(tmp_path, "node0:12"))  # rank 0's grid loop: nothing to do
+    srun.setattr(rank0, "WAIT_S", 20.0)  # fails here, not after 30 minutes, if ignored
     calls: list[str] = []
     outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fake_fit(calls))
     assert [o.status for o in outcomes] == ["skipped"] and calls == []
 
 
-def test_a_rank_that_read_a_killed_launchs_record_follows_this_launchs_rank0(srun, tmp_path):
-    """torchrun relaunched under the same --rdzv-id minutes after a kill -9: this rank read the killed
-    rank 0's record before the new rank 0 wrote its own, took the change of owner for the end of the
-    grid and skipped the run that rank 0 then trained alone (a hang until the NCCL timeout)."""
+def test_a_rank_that_read_another_rank0_follows_this_launchs_once_it_writes(srun, tmp_path):
+    """Should a rank read another launch's record (a clock far off between nodes), it took the change
+    of owner for the end of the grid and skipped the run that rank 0 then trained alone (a hang until
+    the NCCL timeout)."""
     grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet"], folds=[0])
     record = rank0.publish(tmp_path, lock.owner_id())  # this launch's rank 0: this test process
     srun.setenv(lock.OWNER_ENV, "deadhost:1")  # what this rank read first: the killed launch's owner
@@ -130,15 +138,34 @@ def test_a_rank_that_read_a_killed_launchs_record_follows_this_launchs_rank0(sru
         rank0.withdraw(record)
     assert [o.status for o in outcomes] == ["trained"] and calls == [grid[0].run_name()]
     assert os.environ[lock.OWNER_ENV] == lock.owner_id()
+    with pytest.raises(rank0.GridStopped, match=r"slurm-77-0-0.json: names rank 0 .*, then other:2: two"):
+        rank0.adopt(tmp_path, "other:2")  # a second change: two launches rewrite one record
 
 
 def test_process_start_is_this_processs(tmp_path):
-    """Read from /proc: a child started now began after this test's clock read, within a minute."""
+    """Read from /proc: a child began after this test's clock read, and before it imported rank0 (2.5 s
+    later, which is the fallback's answer: a broken parse fell back to it unseen)."""
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("no /proc: process_start is the import time here")
     before = time.time()
-    script = "from benchmark.core import rank0; print(rank0.process_start())"
+    script = "import time; time.sleep(2.5); from benchmark.core import rank0 as r; print(r.process_start(), "
+    script += "r._IMPORTED)"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert before - 0.5 <= float(out.stdout) <= time.time() + 1.0, out.stderr[-2000:]
+    began, imported = map(float, out.stdout.split())
+    assert before - 0.5 <= began < imported - 1.0, out.stderr[-2000:]
+
+
+def test_no_beat_lands_after_the_end(srun, tmp_path):
+    """withdraw marked the record ended while a beat could still be writing: the beat landed after it,
+    the record read as live again, and the other ranks waited 5 minutes and stopped with exit 1."""
+    srun.setattr(rank0, "BEAT_S", 0.0)  # beats back to back
+    for _ in range(100):
+        record = rank0.publish(tmp_path, "node0:12")
+        time.sleep(0.002)
+        rank0.withdraw(record)
+        time.sleep(0.005)
+        assert json.loads(record.path.read_text())["ended"] is True
 
 
 def test_a_rank_stops_waiting_for_a_rank0_that_died(srun, tmp_path):
