@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_INCOMPLETE = 3  # as `run`'s: the board misses runs (README "Exit codes")
+EXIT_BAD_INPUT = 2  # damaged summaries, left out of the board it wrote (README "Exit codes")
 HELP = "rebuild leaderboard.{md,csv,json,tex} and plots/*.png from RESULTS/runs/*/summary.json"
 
 
@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0, or 3 when runs were left out (damaged summaries), 1 when the files could not be written."""
+    """0; 2 when runs were left out (damaged summaries), as when none is readable; 1 when the files
+    could not be written."""
     from benchmark.reporting.report import build_report, left_out_line
     from datamodules.errors import DataError
 
@@ -41,4 +42,4 @@ def run(args: argparse.Namespace) -> int:
     left_out = left_out_line(board)
     if left_out:
         print(left_out, file=sys.stderr)
-    return EXIT_INCOMPLETE if left_out else 0
+    return EXIT_BAD_INPUT if left_out else 0

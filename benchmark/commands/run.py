@@ -279,9 +279,10 @@ def _exit_status(outcomes: list, missing: list[str], results_dir: Path) -> int:
 
 
 def _report(bench: BenchmarkConfig, results_dir: Path, missing: list[str]) -> int:
-    """The board's part of the exit status: 0 when rebuilt whole, 3 when it left out runs whose summary
-    is damaged, 1 when none was written (a full disk, summaries of another schema version), unless
-    runs held by other processes are ``missing`` (no board yet: the 3 of those says it)."""
+    """The board's part of the exit status: 0 when rebuilt whole; 1 when it left out runs whose summary
+    is damaged (a re-run skips them as complete: exit 3 would loop) or none was written (a full disk,
+    summaries of another schema version), unless runs held by other processes are ``missing`` (no
+    board yet: the 3 of those says it)."""
     from benchmark.reporting.report import build_report, left_out_line
     from benchmark.reporting.tables import console
     from benchmark.reporting.tracking import log_leaderboard
@@ -304,4 +305,4 @@ def _report(bench: BenchmarkConfig, results_dir: Path, missing: list[str]) -> in
     left_out = left_out_line(board)
     if left_out:
         print(left_out)
-    return EXIT_INCOMPLETE if left_out else 0
+    return 1 if left_out else 0

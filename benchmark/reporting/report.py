@@ -282,16 +282,21 @@ def write_report(
     return report_id
 
 
+REPAIR = (
+    "a re-run does not repair them: repair or delete each (`run` then scores a trained run again from "
+    "its best.ckpt; an imported method is imported again)"
+)
+
+
 def left_out_line(board: dict[str, Any]) -> str | None:
     """The last line of a report that left out runs whose summary is damaged (each named above in a
-    warning): such a board is incomplete, and the command exits 3 as for runs still missing."""
+    warning). Not "incomplete" (exit 3: run the same command again), which would loop forever: `run`
+    skips a damaged summary as complete. `run` exits 1 for it, `report` 2 (bad input)."""
     n = len(board.get("unreadable_runs") or [])
     if not n:
         return None
     return (
-        f"incomplete: {n} run(s) left out of the leaderboard, their summary.json damaged (named above). "
-        "Repair it, or delete it: `run` then scores a trained run again from its best.ckpt (an imported "
-        "method is imported again)"
+        f"error: {n} run(s) left out of the leaderboard, their summary.json damaged (named above); {REPAIR}"
     )
 
 
@@ -301,7 +306,10 @@ def build_report(results_dir: str | Path, plots: bool = True) -> dict[str, Any]:
     loaded, unreadable = scan_runs(results_dir)
     board = lb.build([s for _, s in loaded])
     if not board["rows"] and not board["incomplete"]:
-        raise DataError(results_dir / "runs", "no complete run summaries to build a leaderboard from")
+        damaged = f"; {len(unreadable)} damaged, named above: {REPAIR}" if unreadable else ""
+        raise DataError(
+            results_dir / "runs", f"no complete run summaries to build a leaderboard from{damaged}"
+        )
     if board["ignored_runs"]:
         print(
             f"note: {len(board['ignored_runs'])} run(s) from another config/dataset or unfinished "

@@ -209,9 +209,10 @@ def test_a_run_left_to_another_process_is_named_and_the_exit_status_is_3(
     assert calls == [grid[1].run_name(), grid[0].run_name()]
 
 
-def test_a_run_the_board_leaves_out_makes_the_status_3(tmp_path, synthetic_dir, capsys, monkeypatch):
+def test_a_run_the_board_leaves_out_makes_the_status_1(tmp_path, synthetic_dir, capsys, monkeypatch):
     """A complete run whose summary is damaged (a Dice of 5.0) is left out of the board with a warning:
-    `run` skipped it as complete and exited 0, as if the board held every run of the grid."""
+    `run` skipped it as complete and exited 0, as if the board held every run of the grid. Not 3 (run
+    it again): the next run skips it again."""
     import benchmark.pipeline as pipeline
     from datamodules.kaggle import check_dataset
 
@@ -220,19 +221,30 @@ def test_a_run_the_board_leaves_out_makes_the_status_3(tmp_path, synthetic_dir, 
     args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir",
             str(tmp_path / "res"), "--models", "unet,empty", "--min-free-gb", "0"]  # fmt: skip
     assert main(args) == 0
-    path = tmp_path / "res" / "runs" / grid[0].run_name() / "summary.json"
-    summary = json.loads(path.read_text())
-    summary["per_image"]["dice"] = [5.0] * len(summary["per_image"]["dice"])
-    path.write_text(json.dumps(summary))
+    path, other = (tmp_path / "res" / "runs" / c.run_name() / "summary.json" for c in grid)
+    _dice_of_5(path)
     capsys.readouterr()
-    assert main(args) == 3
+    assert main(args) == 1 and main(args) == 1  # the same again: a re-run does not repair it
     out, err = capsys.readouterr()
     assert f"warning: {path}: per_image.dice should be" in err
-    assert out.splitlines()[-1].startswith("incomplete: 1 run(s) left out of the leaderboard")
+    assert out.splitlines()[-1].startswith("error: 1 run(s) left out of the leaderboard")
+    assert "a re-run does not repair them" in out
+    kept = other.read_text()
+    _dice_of_5(other)  # every run damaged: no board at all, the same status
+    assert main(args) == 1
+    assert "no complete run summaries to build a leaderboard from; 2 damaged" in capsys.readouterr().out
+    assert main(["report", "--results", str(tmp_path / "res")]) == 2
+    other.write_text(kept)
     path.unlink()  # scored again from what the fake fit left; the disk then fills while the board is written
     monkeypatch.setattr(report_module, "build_report", _disk_full)
     assert main(args) == 1  # exit 0 said "the leaderboard was rebuilt"
     assert f"no leaderboard: {tmp_path}: No space left on device" in capsys.readouterr().out
+
+
+def _dice_of_5(path: Path) -> None:
+    summary = json.loads(path.read_text())
+    summary["per_image"]["dice"] = [5.0] * len(summary["per_image"]["dice"])
+    path.write_text(json.dumps(summary))
 
 
 def _disk_full(results_dir, plots=True):

@@ -52,8 +52,8 @@ def _report_lines(results: Path, capsys) -> tuple[int, list[str]]:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
-    # The board misses a run: exit 3, as `run` for runs still missing, and the last line says why.
-    assert err.splitlines()[-1].startswith(f"incomplete: {len(warnings)} run(s) left out of the leaderboard")
+    # The board misses a run that a re-run would skip again: exit 2 (bad input), the last line says so
+    assert err.splitlines()[-1].startswith(f"error: {len(warnings)} run(s) left out of the leaderboard")
     return code, warnings
 
 
@@ -62,7 +62,7 @@ def test_a_hand_edited_summary_is_one_line_and_its_run_is_left_out(results, caps
     run = model_runs("unet", UNET)[0]["run"]
     path = _damage(results, run, lambda s: s.__setitem__(key, value))
     code, warnings = _report_lines(results, capsys)
-    assert code == 3 and len(warnings) == 1, warnings
+    assert code == 2 and len(warnings) == 1, warnings
     assert warnings[0].startswith(f"warning: {path}: {key}") and " should be " in warnings[0]
     board = json.loads((results / "leaderboard.json").read_text())
     assert "unet" in [r["model"] for r in board["incomplete"]]  # it lost a fold: incomplete, not ranked
@@ -79,7 +79,7 @@ def test_damage_inside_a_block_is_one_line_too(results, capsys, key, value):
     else:
         path = _damage(results, run, lambda s: s.__setitem__(key, {**(s[key] or {}), **value}))
     code, warnings = _report_lines(results, capsys)
-    assert code == 3 and len(warnings) == 1 and warnings[0].startswith(f"warning: {path}: "), warnings
+    assert code == 2 and len(warnings) == 1 and warnings[0].startswith(f"warning: {path}: "), warnings
 
 
 @pytest.mark.parametrize("key", ["dice", "dice_raw", "iou"])
@@ -88,7 +88,7 @@ def test_a_score_outside_zero_and_one_is_damage(results, capsys, key):
     run = model_runs("unet", UNET)[0]["run"]
     path = _damage(results, run, lambda s: s["per_image"].__setitem__(key, [5.0] * len(s["per_image"][key])))
     code, warnings = _report_lines(results, capsys)
-    assert code == 3 and warnings == [
+    assert code == 2 and warnings == [
         f"warning: {path}: per_image.{key} should be a list of numbers in [0, 1] or null, "
         "got [5.0, 5.0, 5.0, 5.0] (run left out of the report)"
     ]
