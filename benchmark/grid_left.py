@@ -96,8 +96,8 @@ def dry_run(
     )
     if not same_data_checked:
         print(
-            f"data: {data_dir} is not decoded on this node yet: run checks that the results directory's "
-            "runs were made on it"
+            f"data: this node's decoded copy of {data_dir} is not there yet (run makes it): run checks "
+            "that the results directory's runs were made on this data"
         )
     return 0
 

@@ -141,10 +141,11 @@ def run_task(
     masks: Any,
     mask_source: str,
     fingerprints: Any,
+    digest: str | None,
     fit: Callable | None = None,
 ) -> Outcome:
     """One run inside a Ray worker: ``images``/``masks`` are the object store's read-only arrays,
-    ``fingerprints`` the driver's (computed once, not once per task)."""
+    ``fingerprints`` and ``digest`` (the content hash) the driver's (computed once, not per task)."""
     import ray
 
     from datamodules.kaggle import TrainSet
@@ -159,7 +160,7 @@ def run_task(
     # Validation wraps the read-only truth masks with torch.from_numpy, which warns; nothing writes
     # to them (a write would raise, never corrupt the shared copy).
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    train_set = TrainSet(records, images, masks, mask_source, fingerprints)
+    train_set = TrainSet(records, images, masks, mask_source, fingerprints, digest=digest)
     return runner.run_one(cfg, data_dir, results_dir, functools.partial(fit, preloaded=train_set))
 
 
@@ -171,11 +172,12 @@ def connect(address: str | None) -> tuple[Any, bool]:
     return ray_cluster.connect(address, env)
 
 
-def share_train_set(ray: Any, data_dir: Path, train_set: Any = None) -> tuple[Any, Any, Any, str, Any]:
-    """Decode the training set once (unless given) and put it in the object store."""
-    if train_set is None:
-        from datamodules.kaggle import load_train
+def share_train_set(ray: Any, data_dir: Path, train_set: Any = None) -> tuple[Any, Any, Any, str, Any, str]:
+    """Decode the training set once (unless given) and put it in the object store, with its
+    fingerprints and content hash."""
+    from datamodules.kaggle import content_hash, load_train
 
+    if train_set is None:
         train_set = load_train(data_dir)
     return (
         ray.put(train_set.records),
@@ -185,6 +187,7 @@ def share_train_set(ray: Any, data_dir: Path, train_set: Any = None) -> tuple[An
         ray.put(np.asarray(train_set.masks)),
         train_set.mask_source,
         ray.put(np.asarray(train_set.fingerprints())),
+        content_hash(train_set),  # the task's arrays are read-only: it cannot go stale there
     )
 
 

@@ -45,7 +45,9 @@ from datamodules.io import DECODE_VERSION
 from datamodules.kaggle import TrainRecord, TrainSet, content_hash, load_train
 
 CACHE_ENV = "NERVE_BENCH_CACHE_DIR"
-_FORMAT = 3  # bump when the entry layout changes (2: fingerprints.npy; 3: source.json)
+# bump when the entry layout changes (2: fingerprints.npy; 3: source.json; 4: the content hash, which
+# `run --dry-run` reads: an entry without it is decoded again once, not hashed at every run)
+_FORMAT = 4
 SOURCE = "source.json"  # the entry's data directory and the versions that named it, read by prune
 ABANDONED_AFTER_S = 3600.0  # a temporary directory this old is a killed writer's, not a slow one's
 # An entry another checkout or version still uses is read (and touched) more often than this.
@@ -121,7 +123,7 @@ def read_entry(entry: Path) -> TrainSet | None:
         return None
     with contextlib.suppress(OSError):  # last use, for prune's age rule (a read-only root is fine)
         os.utime(entry)
-    digest = meta.get("content_hash")  # entries written before it was kept: computed when asked
+    digest = meta.get("content_hash") if isinstance(meta.get("content_hash"), str) else None
     return TrainSet(
         _records(meta["records"]), images, masks, meta["mask_source"], fingerprints, digest=digest
     )

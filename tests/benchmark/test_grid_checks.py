@@ -207,8 +207,9 @@ def test_the_object_store_gets_plain_arrays_not_the_caches_memmaps(synthetic_dir
     train = load_train_shared(synthetic_dir, tmp_path / "cache")
     assert isinstance(train.images, np.memmap)
     store = Store()
-    share_train_set(store, synthetic_dir, train)
+    shared = share_train_set(store, synthetic_dir, train)
     assert store.put_types[1:] == [np.ndarray, np.ndarray, np.ndarray]  # images, masks, fingerprints
+    assert shared[-1] == train.digest is not None  # the content hash, hashed once for every task
 
 
 def test_a_gpu_recipe_that_would_train_on_the_cpu_is_refused(monkeypatch, tmp_path, capsys, synthetic_dir):

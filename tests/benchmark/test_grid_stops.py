@@ -127,7 +127,7 @@ def test_a_dry_run_refuses_results_of_other_data_as_the_run_does(
     capsys.readouterr()
     assert main([*run, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "(complete)" in out and f"data: {synthetic_dir} is not decoded on this node yet" in out
+    assert "(complete)" in out and f"data: this node's decoded copy of {synthetic_dir} is not there" in out
     decoded = load_train_shared(synthetic_dir)
     assert (
         known_content_hash(synthetic_dir) == content_hash(decoded) == content_hash(load_train(synthetic_dir))

@@ -156,7 +156,8 @@ def test_onnxruntime_queues_no_telemetry_under_the_cli(tmp_path):
         home = tmp_path / mode
         # A bare environment: onnxruntime keeps quiet where it sees a CI marker (CI, GITHUB_ACTIONS,
         # JENKINS_URL, ...), as on the CI machine, and a user's box has none.
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "PYTHONPATH": str(ROOT)}
+        env = {k: os.environ[k] for k in ("PATH", "LD_LIBRARY_PATH", "TMPDIR") if k in os.environ}
+        env.update(HOME=str(home), PYTHONPATH=str(ROOT))
         env.update(XDG_CACHE_HOME=str(home / ".cache"), OMP_NUM_THREADS="1")
         proc = subprocess.run(
             [sys.executable, str(script), mode], env=env, capture_output=True, text=True, timeout=600

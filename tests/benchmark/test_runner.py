@@ -369,8 +369,7 @@ def test_a_dry_run_refuses_what_the_run_would_refuse(synthetic_dir, tmp_path, ca
     from benchmark.core.summary import write_summary
     from datamodules.decoded_cache import load_train_shared
 
-    load_train_shared(synthetic_dir)  # decoded on this node: the dry run checks the data hash too
-    # Of the synthetic fallback: let be beside this data
+    load_train_shared(synthetic_dir)  # decoded here: the dry run checks the data hash (synthetic: let be)
     synthetic = {"dataset": {"synthetic": True, "content_hash": "x"}, "status": "complete"}
     write_summary(tmp_path / "runs" / "unet__f0__s0__x", {"config": {"split_seed": 1}, **synthetic})
     args = ["run", "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path), "--dry-run"]
