@@ -158,6 +158,15 @@ def check_state_dict(path: Path, module: torch.nn.Module, state_dict: dict[str, 
             f"{path}: cannot rebuild the model: its weights do not fit ({len(missing)} missing, "
             f"{len(unexpected)} unexpected, {len(shapes)} mis-shaped keys; first: {first})"
         )
+    # NaN weights (a diverged run's, a damaged file's) give NaN probabilities, which threshold to
+    # empty masks: predict wrote an all-empty submission and exited 0, evaluate died in a traceback.
+    floats = {k: t for k, t in state_dict.items() if torch.is_tensor(t) and t.is_floating_point()}
+    bad = [k for k, t in floats.items() if not t.isfinite().all()]
+    if bad:
+        raise NerveBenchError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or inf (first: {bad[0]}): a diverged run's "
+            "or a damaged checkpoint"
+        )
 
 
 def rebuild_module(path: Path, config: dict[str, Any], ckpt: dict[str, Any]) -> SegModule:

@@ -128,6 +128,23 @@ def test_missing_and_unexpected_keys_are_counted(ckpt):
     assert f"(1 missing, 1 unexpected, 0 mis-shaped keys; first: {first})" in _one_line_error(ckpt)
 
 
+def test_nan_weights_are_one_line_for_predict_and_evaluate(ckpt, tmp_path, synthetic_dir):
+    """A diverged run's weights: predict thresholded the NaN probabilities to empty masks, wrote an
+    all-empty submission and exited 0; evaluate died in a traceback."""
+    from benchmark.cli import main
+
+    saved = torch.load(ckpt, weights_only=True)
+    last = list(saved["state_dict"])[-1]
+    saved["state_dict"][last] = torch.full_like(saved["state_dict"][last], float("nan"))
+    torch.save(saved, ckpt)
+    assert f"1 weight tensor(s) hold NaN or inf (first: {last})" in _one_line_error(ckpt)
+    out, sub = tmp_path / "masks", tmp_path / "sub.csv"
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(synthetic_dir), "--out", str(out),
+                 "--submission", str(sub)]) == 2  # fmt: skip
+    assert not sub.exists()
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data-dir", str(synthetic_dir)]) == 2
+
+
 def test_a_random_file_is_one_line(tmp_path):
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(bytes(range(256)) * 20)
