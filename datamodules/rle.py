@@ -27,15 +27,23 @@ def encode(mask: np.ndarray) -> str:
     return " ".join(f"{s + 1} {n}" for s, n in zip(starts.tolist(), lengths.tolist()))
 
 
+_LARGEST = 2**40
+
+
 def parse_runs(pixels: str) -> tuple[np.ndarray, np.ndarray]:
     """Parse ``"s1 n1 s2 n2 ..."`` into (0-indexed starts, lengths); raises RLEError."""
     text = "" if pixels is None else str(pixels).strip()
     if not text or text.lower() == "nan":
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     try:
-        values = np.array([int(v) for v in text.split()], dtype=np.int64)
+        numbers = [int(v) for v in text.split()]
     except ValueError as exc:
         raise RLEError(f"RLE has a non-integer token ({exc})") from None
+    # Far beyond any image, yet summed without overflow: 2**63 - 1 twice wrapped negative and passed
+    # the range checks, a larger one was an OverflowError traceback.
+    if any(abs(v) > _LARGEST for v in numbers):
+        raise RLEError(f"RLE has a value beyond any image ({max(numbers, key=abs)})")
+    values = np.array(numbers, dtype=np.int64)
     if values.size % 2:
         raise RLEError(f"RLE has an odd number of values ({values.size})")
     starts, lengths = values[0::2] - 1, values[1::2]

@@ -79,6 +79,9 @@ def test_round_trip_random_masks(mask):
         ("0 2", "start below 1"),
         ("3 0", "non-positive length"),
         ("5 3", "beyond the 2x3 image"),  # run covers pixels 5..7 of 6
+        # int64's largest twice wrapped negative and passed; a larger value was an OverflowError
+        ("9223372036854775807 9223372036854775807", r"beyond any image \(9223372036854775807\)"),
+        ("1 99999999999999999999", r"beyond any image \(99999999999999999999\)"),
     ],
 )
 def test_decode_errors(text, message):
