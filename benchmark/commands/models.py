@@ -63,4 +63,4 @@ def run(args: argparse.Namespace) -> int:
         )
     if plugin_problems() and not args.json:
         print(f"{len(plugin_problems())} plugin(s) not loaded: see the warning line(s) on stderr")
-    return 0
+    return 1 if plugin_problems() else 0  # an installed plugin is missing from the list

@@ -48,16 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark.core.config import ConfigError
     from benchmark.external.nnunet import NnUNetError, run_nnunet, settings_from
     from benchmark.grid_configs import parse_list
 
     folds, seeds = parse_list(args.folds, int), parse_list(args.seeds, int)
+    for flag, given in (("--folds", folds), ("--seeds", seeds)):
+        if given == []:  # "" trained every fold, where run refuses it
+            raise ConfigError(f"{flag}: no value given (leave the flag out for all of them)")
     settings = settings_from(
         planner=args.planner,
         epochs=args.epochs,
         device=args.device,
-        folds=tuple(folds) if folds else None,
-        seeds=tuple(seeds) if seeds else None,
+        folds=None if folds is None else tuple(folds),
+        seeds=None if seeds is None else tuple(seeds),
     )
     try:
         done = run_nnunet(args.data_dir, args.results_dir, settings, args.config, args.overrides)

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.speed import SpeedSettings, format_table, run_speed
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:  # measured nothing and exited 0
+        raise ConfigError(f"--models {args.models!r}: no model named")
     try:
         settings = SpeedSettings(
             image_size=args.image_size,

@@ -129,3 +129,5 @@ def test_format_table_and_bad_settings(capsys):
     assert "steps" in capsys.readouterr().err
     assert main(["speed", "--workers", "-1"]) == 2  # named as the flag the user typed
     assert "--workers must be 0 or more, got -1" in capsys.readouterr().err
+    assert main(["speed", "--models", ","]) == 2  # measured nothing and exited 0
+    assert "error: --models ',': no model named" in capsys.readouterr().err

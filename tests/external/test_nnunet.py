@@ -60,6 +60,9 @@ def test_the_default_cuda_device_without_a_gpu_is_one_line_before_any_work(
     err = capsys.readouterr().err
     assert err.startswith("error: --device cuda, but no CUDA GPU is visible (torch ") and err.count("\n") == 1
     assert err.endswith("; use --device cpu\n") and not (tmp_path / "r").exists()
+    for flag in ("--folds", "--seeds"):  # "" trained every fold, where run refuses it
+        assert main([*args, "--device", "cpu", flag, ""]) == 2 and not (tmp_path / "r").exists()
+        assert f"error: {flag}: no value given" in capsys.readouterr().err
 
 
 TINY_PLANS = {

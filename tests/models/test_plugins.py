@@ -124,6 +124,10 @@ def test_a_fresh_process_warns_once_and_loads_the_zoo(tmp_path: Path) -> None:
     assert done.stdout.strip().split(",") == models.list_models(BUILTIN)
     warnings = done.stderr.strip().splitlines()
     assert len(warnings) == 4 and all(w.startswith("warning: model plugin '") for w in warnings)
+    # `models` lists the zoo and the installed plugins: four missing from its list is not a success
+    listed = [sys.executable, "-m", "benchmark", "models"]
+    done = subprocess.run(listed, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and done.stdout.splitlines()[-1].startswith("4 plugin(s) not loaded")
 
 
 def test_registration_inside_a_failing_block_is_rolled_back() -> None:
