@@ -68,14 +68,19 @@ def room_check(
 
 def dry_run(
     bench: BenchmarkConfig, grid: list[TrainConfig], left: Left, results_dir: Path, sizes: dict[str, int],
-    executor: str, data_dir: Path,
+    executor: str, data_dir: Path, min_free_gb: float | None,
 ) -> int:  # fmt: skip
     """List the grid and each run's state, then the room it needs; reads only (no directory, data or
     lock is created). The results directory's checks first, as the run would make them."""
     from benchmark import grid_checks
     from benchmark.core.lock import is_held
-    from benchmark.core.preflight import free_bytes, grid_need_bytes
+    from benchmark.core.preflight import check_room, free_bytes, grid_need_bytes
 
+    values, scored_again, held = still_to_write(left, results_dir, sizes)
+    in_flight, how = in_flight_here(bench, grid, executor)
+    in_flight = min(in_flight, len(values))
+    # what run refuses first (a file in its place, not writable, short of space), nothing created
+    check_room(results_dir, min_free_gb, values, in_flight, held, scored_again, probe=False)
     grid_checks.check_split_seed(results_dir, bench.train.split_seed)
     linked = any(c.link_subjects for c in grid)
     grid_checks.check_link_subjects(results_dir, linked, grid_checks.saved_links(results_dir))
@@ -87,9 +92,7 @@ def dry_run(
         if not state and cfg.run_name() in left.scored_again:
             state = " (trained: it is scored again from best.ckpt, not trained)"
         print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
-    values, scored_again, held = still_to_write(left, results_dir, sizes)
-    in_flight, how = in_flight_here(bench, grid, executor)
-    need = max(grid_need_bytes(values, min(in_flight, len(values)), scored_again) - held, 0)
+    need = max(grid_need_bytes(values, in_flight, scored_again) - held, 0)
     print(
         f"disk: the {len(left.runs)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
         f"({free_bytes(results_dir) / 1e9:.2f} GB free; {how})"

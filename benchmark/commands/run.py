@@ -198,7 +198,9 @@ def run(args: argparse.Namespace) -> int:
     executor = _executor(bench, grid, left.to_train(), args.dry_run)
     local = executor == "local"
     if args.dry_run:
-        return grid_left.dry_run(bench, grid, left, args.results_dir, sizes, executor, data_dir)
+        return grid_left.dry_run(
+            bench, grid, left, args.results_dir, sizes, executor, data_dir, args.min_free_gb
+        )
     # Before any data generation or training; the Ray executor checks again once it knows how many
     # runs its cluster trains at a time.
     room = grid_left.room_check(grid, left, args.results_dir, args.min_free_gb, sizes)

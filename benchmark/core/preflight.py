@@ -80,6 +80,7 @@ def check_room(
     in_flight: int = 1,
     held_bytes: int = 0,
     scored_again: Sequence[int] = (),
+    probe: bool = True,
 ) -> None:
     """:func:`check_results_dir` for a grid whose runs left store ``values_left`` values each (and
     those only ``scored_again``, :func:`grid_need_bytes`), up to ``in_flight`` at a time, and already
@@ -90,31 +91,28 @@ def check_room(
     floor = min_free_gb if min_free_gb is not None else min_free_gb_default()
     need = grid_need_bytes(values_left, in_flight, scored_again)
     need = 0 if decided else max(need - held_bytes, 0)
-    check_results_dir(results_dir, floor, need, len(values_left) + len(scored_again), in_flight)
+    check_results_dir(results_dir, floor, need, len(values_left) + len(scored_again), in_flight, probe)
 
 
 def free_bytes(path: Path) -> int:
     """Free space where ``path`` is or would be created (its nearest existing parent)."""
+    return shutil.disk_usage(_nearest_existing(path)).free
+
+
+def _nearest_existing(path: Path) -> Path:
     path = Path(path).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
-    return shutil.disk_usage(path).free
+    return path
 
 
-def check_results_dir(
-    results_dir: Path, min_free_gb: float, need_bytes: int = 0, runs: int = 0, in_flight: int = 1
-) -> None:
-    """Check that ``results_dir`` exists or can be created, is writable and has ``min_free_gb`` free,
-    and room for the ``need_bytes`` (:func:`grid_need_bytes`) of the ``runs`` left.
-
-    Any problem is NerveBenchError naming the path (exit 2): nothing has started yet.
-    """
-    if results_dir.exists() and not results_dir.is_dir():
-        raise NerveBenchError(f"{results_dir}: results directory is a file, not a directory")
-    runs_dir = results_dir / "runs"  # every run's directory goes there: a file in its place fails each
-    if (runs_dir.exists() or runs_dir.is_symlink()) and not runs_dir.is_dir():
-        raise NerveBenchError(f"{runs_dir}: not a directory (each run's directory goes there); move it away")
+def _writable(results_dir: Path, probe: bool) -> None:
     try:
+        if not probe:
+            where = _nearest_existing(results_dir)
+            if not os.access(where, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(where))
+            return
         results_dir.mkdir(parents=True, exist_ok=True)
         _probe(results_dir)
     except OSError as exc:
@@ -123,7 +121,30 @@ def check_results_dir(
         raise NerveBenchError(
             f"{results_dir}: results directory is not writable ({exc.strerror or exc})"
         ) from None
-    free = shutil.disk_usage(results_dir).free
+
+
+def check_results_dir(
+    results_dir: Path,
+    min_free_gb: float,
+    need_bytes: int = 0,
+    runs: int = 0,
+    in_flight: int = 1,
+    probe: bool = True,
+) -> None:
+    """Check that ``results_dir`` exists or can be created, is writable and has ``min_free_gb`` free,
+    and room for the ``need_bytes`` (:func:`grid_need_bytes`) of the ``runs`` left. Without ``probe``
+    (``run --dry-run``) nothing is created: the permission bits of it, or of its nearest existing
+    parent, stand in for a written file.
+
+    Any problem is NerveBenchError naming the path (exit 2): nothing has started yet.
+    """
+    if results_dir.exists() and not results_dir.is_dir():
+        raise NerveBenchError(f"{results_dir}: results directory is a file, not a directory")
+    runs_dir = results_dir / "runs"  # every run's directory goes there: a file in its place fails each
+    if (runs_dir.exists() or runs_dir.is_symlink()) and not runs_dir.is_dir():
+        raise NerveBenchError(f"{runs_dir}: not a directory (each run's directory goes there); move it away")
+    _writable(results_dir, probe)
+    free = free_bytes(results_dir)
     if free < min_free_gb * 1e9:
         raise NerveBenchError(
             f"{results_dir}: only {free / 1e9:.2f} GB free, need {min_free_gb:g} GB "

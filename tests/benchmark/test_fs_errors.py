@@ -169,7 +169,9 @@ def test_a_grid_that_will_not_fit_is_refused_before_the_first_run(
     monkeypatch.setattr(runner, "run_grid", lambda *a, **k: [runner.Outcome("r", "trained", 1.0)])
     assert main([*_run(synthetic_dir, results), *args, "--min-free-gb", "0"]) == 0  # the user decides
     capsys.readouterr()
-    assert main([*_run(synthetic_dir, results), *args, "--dry-run"]) == 0
+    assert main([*_run(synthetic_dir, results), *args, "--dry-run"]) == 2  # as the run: it exited 0
+    assert _one_error_line(capsys).startswith(f"error: {results}: only 0.00 GB free, but the 2 run(s) left")
+    assert main([*_run(synthetic_dir, results), *args, "--dry-run", "--min-free-gb", "0"]) == 0
     disk = capsys.readouterr().out.strip().splitlines()[-1]
     assert disk == (
         f"disk: the 2 run(s) left need about {need / 1e9:.2f} GB in {results} (0.00 GB free; one run at a "

@@ -136,3 +136,28 @@ def test_a_dry_run_refuses_results_of_other_data_as_the_run_does(
     out, err = capsys.readouterr()
     assert "made on data with content hash 0123456789abcdef, but" in err and "(complete)" not in out
     assert main(run) == 2 and "made on data with content hash 0123456789abcdef" in capsys.readouterr().err
+
+
+def test_a_dry_run_checks_the_results_directory_as_the_run_does(tmp_path, synthetic_dir, capsys):
+    """It exited 0 where run refuses (exit 2) a results directory short of space, and 1 with an ENOTDIR
+    where it is a file; it still creates nothing."""
+    from benchmark.cli import main
+
+    def dry(results: Path, *more: str) -> tuple[int, str]:
+        code = main(["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir",
+                     str(results), "--models", "unet", "--dry-run", *more])  # fmt: skip
+        return code, capsys.readouterr().err
+
+    fresh = tmp_path / "new" / "results"
+    assert dry(fresh)[0] == 0 and not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("")
+    assert dry(tmp_path / "file") == (
+        2,
+        f"error: {tmp_path / 'file'}: results directory is a file, not a directory\n",
+    )
+    (tmp_path / "r" / "runs").parent.mkdir()
+    (tmp_path / "r" / "runs").write_text("")
+    code, err = dry(tmp_path / "r")
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'r' / 'runs'}: not a directory")
+    code, err = dry(fresh, "--min-free-gb", "1e9")
+    assert code == 2 and " GB free, need 1e+09 GB (--min-free-gb" in err and not (tmp_path / "new").exists()
