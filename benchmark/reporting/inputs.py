@@ -147,12 +147,28 @@ def _nested(summary: dict[str, Any]) -> str | None:
     )
 
 
+def _consistent(summary: dict[str, Any]) -> str | None:
+    """What the types allow but no run writes: a fold outside its split, a fold or seed other than its
+    config's, an outer fold of no image. The board showed such a run's model as missing a fold, with
+    no warning, while `run` skipped the run as complete and exited 0."""
+    fold, config = summary["fold"], summary.get("config") or {}
+    n_folds = summary.get("n_folds") or (summary.get("split") or {}).get("n_folds")
+    if n_folds is not None and not 0 <= fold < n_folds:
+        return f"fold {fold} is outside its split of {n_folds} folds"
+    for key in ("fold", "seed"):
+        if key in config and config[key] != summary[key]:
+            return f"{key} {summary[key]} is not its config's {_shown(config[key])}"
+    if not summary["per_image"]["dice"]:
+        return "per_image holds no image (an outer fold always has some)"
+    return None
+
+
 def summary_problem(summary: dict[str, Any]) -> str | None:
     """Why the report cannot use this (schema-valid JSON) summary, or None."""
     for key, check, what in _FIELDS:
         if not check(summary.get(key)):
             return f"{key} should be {what}, got {_shown(summary.get(key))}"
-    return _nested(summary)
+    return _nested(summary) or _consistent(summary)
 
 
 def _header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:

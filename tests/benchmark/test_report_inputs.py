@@ -94,6 +94,27 @@ def test_a_score_outside_zero_and_one_is_damage(results, capsys, key):
     ]
 
 
+INCONSISTENT = {
+    "fold outside the split": (lambda s: s.update(fold=99), "fold 99 is outside its split of 2 folds"),
+    "fold not the config's": (lambda s: s.update(fold=(s["fold"] + 1) % 2), "fold 1 is not its config's 0"),
+    "seed not the config's": (lambda s: s.update(seed=-1), "seed -1 is not its config's 0"),
+    "no image": (
+        lambda s: s["per_image"].update({k: [] for k in s["per_image"]}),
+        "per_image holds no image (an outer fold always has some)",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", INCONSISTENT)
+def test_a_summary_no_run_writes_is_one_line_too(results, capsys, damage):
+    """The board showed its model as missing a fold without a word, and `run` exited 0 (it skips the
+    run as complete)."""
+    edit, problem = INCONSISTENT[damage]
+    path = _damage(results, model_runs("unet", UNET)[0]["run"], edit)
+    code, warnings = _report_lines(results, capsys)
+    assert code == 2 and warnings == [f"warning: {path}: {problem} (run left out of the report)"]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "foreign", "pickled", "misshapen", "bitrot"])
 def test_a_damaged_overlays_file_is_one_line_and_the_rest_is_reported(results, capsys, damage):
     run = model_runs("unet", UNET)[0]["run"]
