@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmark.core.files import check_output_file
 from benchmark.onnx_metadata import INPUT, encode, metadata
 from datamodules.errors import DataError, NerveBenchError
 
@@ -291,8 +292,7 @@ def export_checkpoint(
         raise ExportError(f"--frames must be at least 1, got {frames}")
     if not tolerance > 0 or tolerance == float("inf"):  # nan too: before the work, not as "parity failed"
         raise ExportError(f"--tolerance must be a positive number, got {tolerance}")
-    if Path(out).is_dir():
-        raise ExportError(f"{out}: --out is a directory; expected the path of the .onnx file")
+    check_output_file(out, "--out", "the path of the .onnx file")
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
     post = postprocess_of(path, ckpt)

@@ -24,11 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark.core.files import check_output_file
     from benchmark.core.summary import write_json_atomic
     from benchmark.external.board_config import train_config
     from benchmark.external.folds import folds_document
     from benchmark.grid_checks import inner_larger
 
+    check_output_file(args.out, "--out", "the path of a .json file")
     cfg = train_config(args.config, args.overrides)
     doc = folds_document(cfg, args.data_dir)
     write_json_atomic(args.out, doc)

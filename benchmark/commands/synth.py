@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "write a synthetic ultrasound dataset in the Kaggle layout"
 
@@ -26,8 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from datamodules.errors import NerveBenchError
     from datamodules.synth import generate
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # was "Not a directory" at train/, exit 1
+        raise NerveBenchError(f"{args.out}: --out is a file; expected a directory for the data set")
     s = generate(
         args.out,
         subjects=args.subjects,

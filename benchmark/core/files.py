@@ -80,6 +80,27 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
+def check_output_file(path: str | Path, flag: str, expected: str) -> None:
+    """Before the work (exit 2): ``path`` can become a file: it is not a folder, and no file stands
+    where one of its folders goes; found at the write, the work was done and lost (exit 1)."""
+    from datamodules.errors import NerveBenchError
+
+    path = Path(path)
+    if path.is_dir():
+        raise NerveBenchError(f"{path}: {flag} is a directory; expected {expected}")
+    blocked = file_in_the_way(path.parent)
+    if blocked is not None:
+        raise NerveBenchError(f"{blocked}: a file, not a folder; {flag} {path} needs a folder there")
+
+
+def file_in_the_way(folder: str | Path) -> Path | None:
+    """The file that stands where ``folder`` or one of its parents goes, if any."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return None if folder.is_dir() else folder
+
+
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` (text as UTF-8) to ``path`` atomically and durably; returns ``path``."""
     path = Path(path)

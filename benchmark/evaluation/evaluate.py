@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.core.files import check_output_file
 from benchmark.core.summary import to_jsonable, write_json_atomic
 from benchmark.evaluation import inference
 from benchmark.scoring import counts
@@ -173,8 +174,8 @@ def evaluate(
     ``scope`` (outer_fold | images_not_seen_in_training | all_images_including_training | all_images)
     and ``note``, the one line that says what was scored.
     """
-    if out is not None and Path(out).is_dir():  # before the scoring, not after it
-        raise NerveBenchError(f"{out}: --out is a directory; expected the path of a .json file")
+    if out is not None:
+        check_output_file(out, "--out", "the path of a .json file")
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
     _require_record(path, ckpt)

@@ -323,9 +323,11 @@ def test_unusable_output_paths_are_one_line(ckpts, synthetic_dir, tmp_path, caps
         (["--out", str(tmp_path / "a_file")], 2,
          f"error: {tmp_path / 'a_file'}: --out is a file; expected a directory for the mask tifs"),
         (["--out", str(tmp_path / "o"), "--submission", str(tmp_path / "a_file" / "s.csv")], 2,
-         f"error: {tmp_path / 'a_file'}: is a file; --submission needs a directory there"),
-        (["--out", str(tmp_path / "a_file" / "o")], 1,
-         f"error: {tmp_path / 'a_file' / 'o'}: Not a directory"),
+         f"error: {tmp_path / 'a_file'}: a file, not a folder; --submission {tmp_path / 'a_file' / 's.csv'} "
+         "needs a folder there"),
+        (["--out", str(tmp_path / "a_file" / "o")], 2,  # found at the first mask written: exit 1
+         f"error: {tmp_path / 'a_file'}: a file, not a folder; --out {tmp_path / 'a_file' / 'o'} needs a "
+         "folder there"),
         (["--out", str(synthetic_dir / "test")], 2,  # the masks would have replaced the images
          f"error: {synthetic_dir / 'test'}: --out is the folder of the images to predict;"
          " give another folder"),

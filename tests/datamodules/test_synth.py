@@ -134,6 +134,12 @@ def test_cli_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert (tmp_path / "d" / "train" / "1_2_mask.tif").is_file()
     assert main(argv) == 2  # second run into the same directory is refused with a clear error
     assert "not empty" in capsys.readouterr().err
+    (tmp_path / "f").write_text("")
+    assert main([*argv[:1], "--out", str(tmp_path / "f"), *argv[3:]]) == 2  # it was "Not a directory", exit 1
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path / 'f'}: --out is a file; expected a directory for the data set\n"
+    )
 
 
 def test_small_set_bytes_and_content_hash_are_pinned(tmp_path: Path) -> None:

@@ -88,3 +88,11 @@ def test_folds_warns_where_the_inner_set_outnumbers_the_training_part(
         "inner_fraction"
         for f in larger
     ]
+    # An --out it cannot write is refused before the split is computed (exit 2), not after it (exit 1)
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path}: --out is a directory; expected the path of a .json file\n"
+    )
+    assert main([*argv, "--out", str(tmp_path / "a.json" / "c.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'a.json'}: a file, not a folder; --out ")
