@@ -128,7 +128,7 @@ def test_missing_and_unexpected_keys_are_counted(ckpt):
     assert f"(1 missing, 1 unexpected, 0 mis-shaped keys; first: {first})" in _one_line_error(ckpt)
 
 
-def test_nan_weights_are_one_line_for_predict_and_evaluate(ckpt, tmp_path, synthetic_dir):
+def test_nan_weights_are_one_line_for_predict_and_evaluate(ckpt, tmp_path, synthetic_dir, capsys):
     """A diverged run's weights: predict thresholded the NaN probabilities to empty masks, wrote an
     all-empty submission and exited 0; evaluate died in a traceback."""
     from benchmark.cli import main
@@ -137,12 +137,17 @@ def test_nan_weights_are_one_line_for_predict_and_evaluate(ckpt, tmp_path, synth
     last = list(saved["state_dict"])[-1]
     saved["state_dict"][last] = torch.full_like(saved["state_dict"][last], float("nan"))
     torch.save(saved, ckpt)
-    assert f"1 weight tensor(s) hold NaN or inf (first: {last})" in _one_line_error(ckpt)
+    line = f"error: {ckpt}: 1 weight tensor(s) hold NaN (first: {last}): a diverged run's or a damaged "
+    line += "checkpoint\n"
     out, sub = tmp_path / "masks", tmp_path / "sub.csv"
     assert main(["predict", "--checkpoint", str(ckpt), "--input", str(synthetic_dir), "--out", str(out),
                  "--submission", str(sub)]) == 2  # fmt: skip
-    assert not sub.exists()
+    assert not sub.exists() and capsys.readouterr().err.endswith(line)  # after "no tuned post-processing"
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data-dir", str(synthetic_dir)]) == 2
+    assert capsys.readouterr().err == line  # before its "no scoring record" refusal of this file
+    saved["state_dict"][last] = torch.full_like(saved["state_dict"][last], float("-inf"))
+    torch.save(saved, ckpt)  # an infinite weight can be meant: the empty floor's logit -inf
+    assert load_checkpoint_module(ckpt)[0] is not None
 
 
 def test_a_random_file_is_one_line(tmp_path):
