@@ -50,6 +50,10 @@ class OwnerChanged(Exception):
 GRID_DIR = ".grid"
 GRID_ENV = "NERVE_BENCH_GRID"  # the record's name, for the ranks Lightning's launcher starts
 BEAT_S = 30.0  # rank 0 rewrites its record this often; a rank judges it gone by lock's stale limit
+# The ranks of one launch start together (srun starts every task at once, torchrun after the
+# rendezvous); rank 0 writes its record after its data checks. A rank started more than this after
+# its rank 0 (a container slow to start on one node) waits WAIT_S and stops.
+SKEW_S = 300.0
 KEEP_S = 7 * 86400.0  # records not rewritten for a week (ended or killed launches') are pruned
 WAIT_S = 1800.0  # rank 0 decodes and checks the data first; NCCL's own timeout is 30 minutes too
 _SLURM = ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT")
@@ -166,12 +170,14 @@ def process_start() -> float:
 _IMPORTED = time.time()
 
 
-def _this_launch(key: str, record: dict, born: float) -> bool:
-    """Whether ``record`` (under ``key``) is this launch's rank 0's. SLURM's name is one launch's (job,
-    step, restart count). torchrun's can be an earlier launch's (relaunched with the same
-    ``--rdzv-id``), whose rank 0, ended or killed, last wrote it before this process began, while
-    this launch's rank 0 writes it every ``BEAT_S``: it is this launch's once written since then."""
-    return key.startswith("slurm-") or float(record.get("beat") or 0) >= born
+def _this_launch(record: dict, born: float) -> bool:
+    """Whether ``record`` is this launch's rank 0's: written since this process began (``born``; this
+    launch's rank 0 rewrites it every ``BEAT_S``, and ends it after this rank began), by a rank 0
+    that started at most ``SKEW_S`` before it. A record name can be an earlier launch's: torchrun
+    relaunched with the same ``--rdzv-id``, or two `benchmark run` in one srun step (one job, step
+    and restart count); that rank 0, ended or killed, last wrote it before this process began, or,
+    still scoring its last run, began long before."""
+    return float(record.get("beat") or 0) >= born and float(record.get("start") or 0) >= born - SKEW_S
 
 
 def wait_for_owner(
@@ -190,7 +196,7 @@ def wait_for_owner(
     path, deadline = record_path(results_dir, key), time.monotonic() + wait_s
     while time.monotonic() < deadline:
         record = _read(path)
-        if record is not None and _this_launch(key, record, born):
+        if record is not None and _this_launch(record, born):
             return record["owner"]
         time.sleep(poll_s)
     raise NerveBenchError(f"{path}: rank 0 of this launch wrote no record within {wait_s:.0f} s")

@@ -76,25 +76,24 @@ def test_an_srun_rank_trains_exactly_the_runs_its_rank0_holds(srun, tmp_path, ca
     assert capsys.readouterr().out == ""  # ranks > 0 print nothing
 
 
-def test_a_record_of_an_earlier_launch_is_not_rank0s(srun, tmp_path):
-    """torchrun relaunched with the same --rdzv-id: a record last written before this process began
-    is the last launch's, killed (a lock of it still on a run: this rank trained that run alone) or
-    ended (this rank skipped every run while the new rank 0 waited in a collective)."""
-    srun.setenv(rank0.GRID_ENV, "elastic-job5-node0-29500-0")
-    path = rank0.record_path(tmp_path, "elastic-job5-node0-29500-0")
+@pytest.mark.parametrize("launch", ["slurm-77-0-0", "elastic-job5-node0-29500-0"])
+def test_a_record_of_an_earlier_launch_is_not_rank0s(srun, tmp_path, launch):
+    """A name can be an earlier launch's: torchrun relaunched with the same --rdzv-id, or two
+    `benchmark run` in one srun step. Its rank 0 killed (its lock still on a run: this rank trained
+    that run alone), ended (this rank skipped every run while the new rank 0 waited in a collective),
+    or still scoring its last run (it began long before this rank)."""
+    srun.setenv(rank0.GRID_ENV, launch)
+    path = rank0.record_path(tmp_path, launch)
     path.parent.mkdir()
     now = time.time()
     for record in (
         {"owner": "killed:1", "start": now - 600, "beat": now - 30},
-        {"owner": "last:1", "start": now - 5, "beat": now - 2, "ended": True},
+        {"owner": "ended:1", "start": now - 5, "beat": now - 2, "ended": True},
+        {"owner": "scoring:1", "start": now - rank0.SKEW_S - 60, "beat": now},
     ):
         path.write_text(json.dumps(record))
-        with pytest.raises(NerveBenchError, match="0-29500-0.json: rank 0 of this launch wrote no record"):
+        with pytest.raises(NerveBenchError, match=f"{launch}.json: rank 0 of this launch wrote no record"):
             rank0.wait_for_owner(tmp_path, wait_s=0.05, poll_s=0.01, born=now - 1)
-        srun.setenv(rank0.GRID_ENV, "slurm-77-0-0")  # SLURM's names are one launch's: taken as it is
-        rank0.record_path(tmp_path, "slurm-77-0-0").write_text(json.dumps(record))
-        assert rank0.wait_for_owner(tmp_path, wait_s=0.05, poll_s=0.01, born=now - 1) == record["owner"]
-        srun.setenv(rank0.GRID_ENV, "elastic-job5-node0-29500-0")
     now = time.time()
     path.write_text(json.dumps({"owner": "node0:12", "start": now - 5, "beat": now, "ended": False}))
     assert rank0.follower_owner(tmp_path) == "node0:12"
