@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.core.config import BenchmarkConfig, TrainConfig
+from benchmark.runner import LAST_CKPT
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,13 @@ def dry_run(
     from benchmark.core.preflight import check_room, free_bytes, grid_need_bytes
 
     values, scored_again, held = still_to_write(left, results_dir, sizes)
+    # What run refuses first (a file in its place, not writable, short of space), nothing created:
+    # one run in flight, as run checks before Ray counts its own; the resume checkpoints that
+    # complete runs still hold count as free, as run deletes them first.
+    kept = sum(_size(results_dir / "runs" / c.run_name() / LAST_CKPT) for c in grid if c not in left.runs)
+    check_room(results_dir, min_free_gb, values, 1, held + kept, scored_again, probe=False)
     in_flight, how = in_flight_here(bench, grid, executor)
     in_flight = min(in_flight, len(values))
-    # what run refuses first (a file in its place, not writable, short of space), nothing created
-    check_room(results_dir, min_free_gb, values, in_flight, held, scored_again, probe=False)
     grid_checks.check_split_seed(results_dir, bench.train.split_seed)
     linked = any(c.link_subjects for c in grid)
     grid_checks.check_link_subjects(results_dir, linked, grid_checks.saved_links(results_dir))
@@ -103,6 +107,10 @@ def dry_run(
             "that the results directory's runs were made on this data"
         )
     return 0
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
 
 
 def _check_same_data(grid: list[TrainConfig], results_dir: Path, data_dir: Path) -> bool:

@@ -42,7 +42,7 @@ def parse_runs(pixels: str) -> tuple[np.ndarray, np.ndarray]:
     # Far beyond any image, yet summed without overflow: 2**63 - 1 twice wrapped negative and passed
     # the range checks, a larger one was an OverflowError traceback.
     if any(abs(v) > _LARGEST for v in numbers):
-        raise RLEError(f"RLE has a value beyond any image ({max(numbers, key=abs)})")
+        raise RLEError(f"RLE has a value beyond any image ({str(max(numbers, key=abs))[:24]})")
     values = np.array(numbers, dtype=np.int64)
     if values.size % 2:
         raise RLEError(f"RLE has an odd number of values ({values.size})")

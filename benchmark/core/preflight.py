@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmark.core.files import file_in_the_way
 from datamodules.errors import NerveBenchError
 
 MIN_FREE_ENV = "NERVE_BENCH_MIN_FREE_GB"
@@ -108,10 +109,11 @@ def _nearest_existing(path: Path) -> Path:
 
 def _writable(results_dir: Path, probe: bool) -> None:
     try:
-        if not probe:
-            where = _nearest_existing(results_dir)
-            if not os.access(where, os.W_OK | os.X_OK):
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(where))
+        if not probe:  # what mkdir and a write would meet: a file on the way, else the permission bits
+            if file_in_the_way(results_dir) is not None:
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            if not os.access(_nearest_existing(results_dir), os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
             return
         results_dir.mkdir(parents=True, exist_ok=True)
         _probe(results_dir)

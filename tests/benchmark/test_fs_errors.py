@@ -43,19 +43,25 @@ def no_training(monkeypatch):
     monkeypatch.setattr(pipeline, "fit", _must_not_train)
 
 
-def test_results_dir_that_is_a_file_or_under_a_file_is_exit_2(tmp_path, synthetic_dir, capsys, no_training):
+@pytest.mark.parametrize("dry", [(), ("--dry-run",)], ids=["run", "dry-run"])
+def test_results_dir_that_is_a_file_or_under_a_file_is_exit_2(
+    tmp_path, synthetic_dir, capsys, no_training, dry
+):
+    """The dry run says what the run says (it exited 0, or 1 with an ENOTDIR, or "Permission denied")."""
     (tmp_path / "file").write_text("x")
-    assert main(_run(synthetic_dir, tmp_path / "file")) == 2
+    assert main(_run(synthetic_dir, tmp_path / "file", *dry)) == 2
     assert (
         _one_error_line(capsys) == f"error: {tmp_path / 'file'}: results directory is a file, not a directory"
     )
-    assert main(_run(synthetic_dir, tmp_path / "file" / "results")) == 2
+    assert main(_run(synthetic_dir, tmp_path / "file" / "results", *dry)) == 2
     line = _one_error_line(capsys)
-    assert line.startswith(f"error: {tmp_path / 'file' / 'results'}: results directory is not writable")
+    assert (
+        line == f"error: {tmp_path / 'file' / 'results'}: results directory is not writable (Not a directory)"
+    )
     # its runs/ a file: each run failed in turn (exit 1), pointing at an error.txt that cannot exist
     (tmp_path / "res").mkdir()
     (tmp_path / "res" / "runs").write_text("x")
-    assert main(_run(synthetic_dir, tmp_path / "res")) == 2
+    assert main(_run(synthetic_dir, tmp_path / "res", *dry)) == 2
     assert _one_error_line(capsys) == f"error: {tmp_path / 'res' / 'runs'}: not a directory (each run's " + (
         "directory goes there); move it away"
     )

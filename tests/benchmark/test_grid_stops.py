@@ -161,3 +161,33 @@ def test_a_dry_run_checks_the_results_directory_as_the_run_does(tmp_path, synthe
     assert code == 2 and err.startswith(f"error: {tmp_path / 'r' / 'runs'}: not a directory")
     code, err = dry(fresh, "--min-free-gb", "1e9")
     assert code == 2 and " GB free, need 1e+09 GB (--min-free-gb" in err and not (tmp_path / "new").exists()
+
+
+def test_a_dry_run_counts_the_resume_checkpoints_run_deletes_first_as_room(
+    tmp_path, synthetic_dir, capsys, monkeypatch
+):
+    """run deletes the last.ckpt that complete runs still hold before it measures the room; the dry
+    run deletes nothing, so it refused (exit 2) a directory that run accepts."""
+    import shutil
+    from collections import namedtuple
+
+    import benchmark.pipeline as pipeline
+    from benchmark.cli import main
+    from benchmark.core import preflight
+    from datamodules.kaggle import check_dataset
+
+    monkeypatch.setattr(pipeline, "fit", summary_fit(check_dataset(synthetic_dir)["content_hash"], []))
+    results = tmp_path / "res"
+    args = ["run", "--config", str(SMOKE), "--data-dir", str(synthetic_dir), "--results-dir", str(results),
+            "--folds", "0", "--no-report"]  # fmt: skip
+    assert main([*args, "--models", "unet", "--min-free-gb", "0"]) == 0
+    kept = next((results / "runs").iterdir()) / runner.LAST_CKPT
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_bytes(b"\0" * 3_000_000)  # an earlier version's resume state beside a complete run
+    monkeypatch.setattr(preflight, "DEFAULT_MIN_FREE_GB", 0.0)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**10, 10**10 - 1_500_000, 1_500_000))
+    dry = [*args, "--models", "unet,empty", "--dry-run"]
+    assert main(dry) == 0, capsys.readouterr().err  # empty's 2 MB fit in 1.5 MB free + the 3 MB run frees
+    kept.unlink()
+    assert main(dry) == 2 and "only 0.00 GB free, but the 1 run(s) left need" in capsys.readouterr().err

@@ -140,6 +140,8 @@ def test_cli_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         capsys.readouterr().err
         == f"error: {tmp_path / 'f'}: --out is a file; expected a directory for the data set\n"
     )
+    assert main([*argv[:1], "--out", str(tmp_path / "f" / "d"), *argv[3:]]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'f'}: a file, not a folder; --out ")
 
 
 def test_small_set_bytes_and_content_hash_are_pinned(tmp_path: Path) -> None:
