@@ -96,7 +96,7 @@ def dry_run(
         if not state and cfg.run_name() in left.scored_again:
             state = " (trained: it is scored again from best.ckpt, not trained)"
         print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
-    need = max(grid_need_bytes(values, in_flight, scored_again) - held, 0)
+    need = max(grid_need_bytes(values, in_flight, scored_again) - held - kept, 0)
     print(
         f"disk: the {len(left.runs)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
         f"({free_bytes(results_dir) / 1e9:.2f} GB free; {how})"
