@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if settings.data_dir is not None and not settings.data_dir.is_dir():  # was a FAIL check: exit 1
+        raise ConfigError(f"{settings.data_dir}: --data-dir is not a directory (a Kaggle layout: train/)")
     if settings.models:
         from benchmark.core.config import TrainConfig
 

@@ -174,12 +174,14 @@ def test_the_bf16_check_fails_a_gpu_without_native_bf16(monkeypatch):
     assert seen[0] == torch.device("cuda", 1)  # the device under test, not the current one
 
 
-def test_cli_rejects_bad_options_in_one_line(capsys):
+def test_cli_rejects_bad_options_in_one_line(capsys, tmp_path):
     assert main(["doctor", "--skip", "nothing"]) == 2
     assert main(["doctor", "--image-size", "50"]) == 2
     assert main(["doctor", "--models", "no_such_model"]) == 2
+    assert main(["doctor", "--data-dir", str(tmp_path / "missing")]) == 2  # a FAIL check, exit 1, at the end
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and "nothing" in err[0] and "multiple of 32" in err[1] and "no_such_model" in err[2]
+    assert len(err) == 4 and "nothing" in err[0] and "multiple of 32" in err[1] and "no_such_model" in err[2]
+    assert err[3] == f"error: {tmp_path / 'missing'}: --data-dir is not a directory (a Kaggle layout: train/)"
 
 
 def test_run_check_verdicts():
