@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from benchmark.core.files import atomic_path, atomic_write, check_output_file, file_in_the_way
+from benchmark.core.files import atomic_path, atomic_write, check_output_dir, check_output_file
 from benchmark.training.device import resolve_device, scoring_precision
 from datamodules import geometry
 from datamodules.errors import DataError, NerveBenchError, collect, raise_all
@@ -246,11 +246,7 @@ def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
 
 def check_outputs(out_dir: Path, submission: Path | None) -> None:
     """Refuse unusable output paths before loading models and predicting (one line, exit 2)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NerveBenchError(f"{out_dir}: --out is a file; expected a directory for the mask tifs")
-    blocked = file_in_the_way(out_dir)  # found at the first mask written: exit 1 after the models loaded
-    if blocked is not None:
-        raise NerveBenchError(f"{blocked}: a file, not a folder; --out {out_dir} needs a folder there")
+    check_output_dir(out_dir, "--out", "a directory for the mask tifs")  # not at the first mask written
     if submission is None:
         return
     check_output_file(submission, "--submission", "a .csv file path")

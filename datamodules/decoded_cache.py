@@ -123,10 +123,16 @@ def read_entry(entry: Path) -> TrainSet | None:
         return None
     with contextlib.suppress(OSError):  # last use, for prune's age rule (a read-only root is fine)
         os.utime(entry)
-    digest = meta.get("content_hash") if isinstance(meta.get("content_hash"), str) else None
+    digest = _content_hash_of(meta)
     return TrainSet(
         _records(meta["records"]), images, masks, meta["mask_source"], fingerprints, digest=digest
     )
+
+
+def _content_hash_of(meta: object) -> str | None:
+    """The content hash an entry's records.json keeps (None: an entry from before it was kept)."""
+    found = meta.get("content_hash") if isinstance(meta, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def known_content_hash(data_dir: str | Path, root: Path | None = None) -> str | None:
@@ -136,8 +142,7 @@ def known_content_hash(data_dir: str | Path, root: Path | None = None) -> str | 
         meta = json.loads(((root or cache_root()) / signature(Path(data_dir)) / "records.json").read_text())
     except (OSError, ValueError):
         return None
-    found = meta.get("content_hash") if isinstance(meta, dict) else None
-    return found if isinstance(found, str) else None
+    return _content_hash_of(meta)
 
 
 def write_entry(entry: Path, train_set: TrainSet, data_dir: Path | None = None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 HELP = "write a synthetic ultrasound dataset in the Kaggle layout"
 
@@ -27,15 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.core.files import file_in_the_way
-    from datamodules.errors import NerveBenchError
+    from benchmark.core.files import check_output_dir
     from datamodules.synth import generate
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():  # was "Not a directory" at train/, exit 1
-        raise NerveBenchError(f"{args.out}: --out is a file; expected a directory for the data set")
-    blocked = file_in_the_way(args.out)
-    if blocked is not None:
-        raise NerveBenchError(f"{blocked}: a file, not a folder; --out {args.out} needs a folder there")
+    check_output_dir(args.out, "--out", "a directory for the data set")  # was "Not a directory", exit 1
     s = generate(
         args.out,
         subjects=args.subjects,

@@ -93,12 +93,31 @@ def check_output_file(path: str | Path, flag: str, expected: str) -> None:
         raise NerveBenchError(f"{blocked}: a file, not a folder; {flag} {path} needs a folder there")
 
 
+def check_output_dir(path: str | Path, flag: str, expected: str) -> None:
+    """Before the work (exit 2): ``path`` can be or become a folder: neither it nor one of its
+    parents is a file; found at the first write, the work was done and lost (exit 1)."""
+    from datamodules.errors import NerveBenchError
+
+    path = Path(path)
+    blocked = file_in_the_way(path)
+    if blocked == path:
+        raise NerveBenchError(f"{path}: {flag} is a file; expected {expected}")
+    if blocked is not None:
+        raise NerveBenchError(f"{blocked}: a file, not a folder; {flag} {path} needs a folder there")
+
+
+def nearest_existing(path: str | Path) -> Path:
+    """``path``, or the nearest of its parents that exists."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def file_in_the_way(folder: str | Path) -> Path | None:
     """The file that stands where ``folder`` or one of its parents goes, if any."""
-    folder = Path(folder)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return None if folder.is_dir() else folder
+    found = nearest_existing(folder)
+    return None if found.is_dir() else found
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:

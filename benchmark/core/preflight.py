@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmark.core.files import file_in_the_way
+from benchmark.core.files import file_in_the_way, nearest_existing
 from datamodules.errors import NerveBenchError
 
 MIN_FREE_ENV = "NERVE_BENCH_MIN_FREE_GB"
@@ -97,14 +97,7 @@ def check_room(
 
 def free_bytes(path: Path) -> int:
     """Free space where ``path`` is or would be created (its nearest existing parent)."""
-    return shutil.disk_usage(_nearest_existing(path)).free
-
-
-def _nearest_existing(path: Path) -> Path:
-    path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 def _writable(results_dir: Path, probe: bool) -> None:
@@ -112,7 +105,7 @@ def _writable(results_dir: Path, probe: bool) -> None:
         if not probe:  # what mkdir and a write would meet: a file on the way, else the permission bits
             if file_in_the_way(results_dir) is not None:
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-            if not os.access(_nearest_existing(results_dir), os.W_OK | os.X_OK):
+            if not os.access(nearest_existing(results_dir), os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
             return
         results_dir.mkdir(parents=True, exist_ok=True)
