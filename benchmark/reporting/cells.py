@@ -18,7 +18,11 @@ def fmt_ci(m: dict[str, Any], decimals: int = 3) -> str:
     return f"{m['mean']:.{decimals}f} [{m['lo']:.{decimals}f}, {m['hi']:.{decimals}f}]"
 
 
-def fmt_p(p: float | None) -> str:
+def fmt_p(p: float | None, tested: bool = True) -> str:
+    """A p-value as the tables print it; ``untested`` where too few subjects left it uncomputed (its
+    stored 1.0 is no result)."""
     if p is None:
         return "n/a"
+    if not tested:
+        return "untested"
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"

@@ -10,14 +10,15 @@ Statistics (issue 17), all on the ranked quantity, the image-weighted mean, thro
 TOTALS with the image counts fixed:
 * 95% CIs resample subjects and recompute the image mean (``stats.subject_bootstrap_ci``);
 * ``p vs top``: the studentised gap to the top, corrected over every pair of rows and for the top
-  being picked on the same data (``ranking.simultaneous_pvalues``); the plain paired sign-flip test
-  of the per-subject totals is kept as ``p_unadjusted``;
+  being picked on the same data (``ranking.simultaneous_pvalues``); the pair's own p before that
+  correction is kept as ``p_unadjusted``;
+* with two or more seeds, each model's seeds are drawn in every resample of the CIs and tests, so
+  they cover training randomness (``benchmark.scoring.seed_draws``), and the SD of the per-seed
+  out-of-fold means is shown;
 * the top group is the 95% model confidence set for the best (``ranking.best_set``), which accounts
   for the top being picked on the same data; the all-empty floor is shown but is not a contender;
 * simultaneous 95% intervals for every row's rank (``ranking.rank_intervals``), and the smallest gap
-  to the top that p vs top detects with 80% power (``ranking.detectable_differences``);
-* with two or more seeds, the SD of the per-seed out-of-fold means (training randomness, which
-  the subject resampling does not see).
+  to the top that p vs top detects with 80% power (``ranking.detectable_differences``).
 One subject bootstrap (``ranking.Resamples``) serves the set, the rank intervals, p vs top and the
 power.
 A model whose folds do not score exactly the expected images once per seed
@@ -171,15 +172,27 @@ def oof_images(runs: list[dict[str, Any]], units: bool | None = None) -> dict[st
         "true_empty": _per_image(runs, "true_empty").astype(bool)[first],
         "n_seeds": n_seeds,
     }
-    for key in _IMAGE_VALUES:
+    for key in _IMAGE_VALUES:  # each seed's scores too: the CIs and tests draw seeds from them
         out[key] = np.bincount(inverse, weights=_per_image(runs, key), minlength=uniq.size) / n_seeds
+        out[f"seeds_{key}"] = by_seed(runs, uniq, key)
+    return out
+
+
+def by_seed(runs: list[dict[str, Any]], index: np.ndarray, key: str) -> np.ndarray:
+    """(seeds, images): each seed's ``key`` score of every image in the sorted ``index`` (NaN where
+    that seed scored none: an incomplete model, which is not tested)."""
+    seeds = sorted({int(s["seed"]) for s in runs})
+    out = np.full((len(seeds), index.size), np.nan)
+    for row, mine in enumerate([s for s in runs if int(s["seed"]) == seed] for seed in seeds):
+        out[row, np.searchsorted(index, _per_image(mine, "index").astype(np.int64))] = _per_image(mine, key)
     return out
 
 
 def baseline_images(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What the all-empty prediction scores on these images: 1 on an empty truth, 0 elsewhere (exact)."""
     score = images["true_empty"].astype(float)
-    return {**images, "dice": score, "dice_raw": score.copy(), "iou": score.copy()}
+    seeds = {f"seeds_{key}": score[None] for key in _IMAGE_VALUES}  # exact: no training, one "seed"
+    return {**images, "dice": score, "dice_raw": score.copy(), "iou": score.copy(), **seeds}
 
 
 def metric(images: dict[str, np.ndarray], source: str, empty: bool | None, with_ci: bool) -> dict[str, Any]:
@@ -192,8 +205,9 @@ def metric(images: dict[str, np.ndarray], source: str, empty: bool | None, with_
         return out
     out["mean"] = float(values.mean())
     if with_ci and np.unique(subjects).size >= board_stats.MIN_CI_UNITS:
+        seeds = images[f"seeds_{source}"][:, mask] if f"seeds_{source}" in images else None  # drawn too
         _, lo, hi = stats.subject_bootstrap_ci(
-            values, subjects, n_boot=board_stats.N_BOOT, alpha=board_stats.ALPHA, seed=board_stats.SEED
+            values, subjects, board_stats.N_BOOT, board_stats.ALPHA, board_stats.SEED, seeds
         )
         out["lo"], out["hi"] = float(lo), float(hi)
     return out
@@ -227,10 +241,9 @@ def external_provenance(runs: list[dict[str, Any]]) -> str | None:
     return "; ".join(texts) or None
 
 
-def seed_spread(runs: list[dict[str, Any]]) -> tuple[list[float], float | None]:
+def seed_spread(images: dict[str, np.ndarray]) -> tuple[list[float], float | None]:
     """(per-seed out-of-fold mean Kaggle Dice, their SD with ddof 1; None with fewer than 2 seeds)."""
-    seeds = sorted({int(s["seed"]) for s in runs})
-    means = [float(np.mean(_per_image([s for s in runs if int(s["seed"]) == e], "dice"))) for e in seeds]
+    means = images["seeds_dice"].mean(axis=1).tolist()
     return means, float(np.std(means, ddof=1)) if len(means) >= 2 else None
 
 
@@ -249,7 +262,7 @@ def model_row(
     images = oof_images(runs, units)
     if not all(np.isfinite(images[key]).all() for key in _IMAGE_VALUES):
         problems.append("per-image scores have missing values")
-    seed_means, seed_sd = seed_spread(runs) if not problems else ([], None)
+    seed_means, seed_sd = seed_spread(images) if not problems else ([], None)
     return {
         "model": model,
         "baseline": model == BASELINE,

@@ -55,6 +55,12 @@ SIMULATED = {
     "100% of data sets, 2.9 ranks long on average",
     "mde": "in simulation (40 subjects, 2 models) a new data set whose true gap was the stated one was "
     "detected 74.3% of the time; with fewer subjects and more rows it is detected less often",
+    "seeds": "in simulation (2 equal architectures, 47 subjects, 5 folds x 3 seeds, each run shifting its "
+    "fold by SD 0.04) they were called different in 3.3% of data sets, 35.3% with the trained networks "
+    "held fixed, and the CI covered the truth in 95.0%",
+    "floor": "in simulation a model with the floor's exact mean was said to clear it in 3.8% of data sets of "
+    "40 subjects (some one of 3 such models: 2.9%), and in 4.8% of 47 subjects when it failed badly on "
+    "10% of them (a sign-flip test: 11.7%)",
 }
 _POOLED = "outer folds, post-processed, mean over runs (a pooled metric has no per-image value); no CI"
 # The columns about the runs behind a row, after the comparisons.
@@ -160,7 +166,8 @@ def _ranking_docs() -> dict[str, str]:
         "ci": "[95% CI]: subject bootstrap (whole subjects resampled, image mean recomputed; expanded "
         "percentile interval, about as wide as a t interval when subjects are few); none when incomplete "
         f"or with fewer than {bs.MIN_CI_UNITS} subjects, where no bootstrap interval holds 95%. "
-        f"It covers the sampling of test subjects, not training randomness; {SIMULATED['ci']}",
+        "It covers the sampling of test subjects and, with two or more seeds (drawn with the subjects), "
+        f"training randomness; {SIMULATED['ci']}",
     }
 
 
@@ -175,7 +182,8 @@ def _comparison_docs() -> dict[str, str]:
         "iou": f"mean image IoU after post-processing, {_OOF}. " + METRIC_DOCS["iou"],
         "raw_kaggle_dice": f"Kaggle Dice at threshold 0.5 without post-processing, {_OOF}",
         "seed_sd": "(two or more seeds) standard deviation, ddof 1, of the model's per-seed out-of-fold mean "
-        "Kaggle Dice: the training randomness, which no CI or test here includes",
+        "Kaggle Dice: the training randomness, which the CIs and tests include by drawing each model's "
+        "seeds with the subjects (with one seed none of them can)",
         "diff_vs_top": "this model's mean post-processed Dice minus the top model's, over all images (the "
         "ranked, image-weighted quantity)",
         "p_vs_top": "p-value of 'same image-weighted mean as the top model', corrected for every pair of "
@@ -183,16 +191,21 @@ def _comparison_docs() -> dict[str, str]:
         f"standard error over subjects) is judged against its own resamples ({_BOOT}), and that p is "
         "multiplied by the number of pairs of rows (Bonferroni, valid whatever their dependence), so a "
         "pair of near-identical models weakens only its own verdict; "
-        f"{SIMULATED['p']}. leaderboard.csv and .json also give the plain paired sign-flip p "
-        "(p_vs_top_unadjusted; in the JSON rows[].vs_top.p_unadjusted; per-subject totals of the "
-        "per-image differences with signs flipped, "
-        f"exact for n <= {bs.EXACT_MAX} subjects, else {bs.N_PERM} seeded flips), valid only for a "
-        "comparison chosen before the board was seen",
+        f"{SIMULATED['p']}. With two or more seeds each model's seeds are drawn inside every subject "
+        "resample and their variance joins the standard error, so the test covers training randomness "
+        f"too; {SIMULATED['seeds']}. leaderboard.csv and .json also give the pair's own p before the "
+        "Bonferroni factor (p_vs_top_unadjusted; in the JSON rows[].vs_top.p_unadjusted), valid only for "
+        "a comparison chosen before the board was seen. `untested` (here and in p_best_set): "
+        f"fewer than {ranking.MIN_SUBJECTS} subjects, where no test is computed (the CSV leaves it blank)",
         "diff_vs_floor": "this model's mean post-processed Dice minus the all-empty floor's, over all images "
         "(the floor's own row and boards without it: n/a)",
-        "p_vs_floor": "one-sided paired sign-flip p-value of 'no better than the floor' (per-subject totals "
-        "as for p_vs_top; half the two-sided p for a positive gap, 1 otherwise), Holm-adjusted over the "
-        f"models; {bs.ALPHA} or more: not shown to beat predicting nothing (a note says so). In the JSON "
+        "p_vs_floor": "one-sided p-value of 'no better than the floor', Holm-adjusted over the models: from "
+        f"{bs.FLOOR_BOOT_MIN} subjects the pair's bootstrap-t (its studentised gap against its own "
+        "resamples, seeds drawn as for p_vs_top), below that the exact paired sign flip of the per-subject "
+        "totals of the seed-averaged differences (half the two-sided p for a positive gap, 1 otherwise; "
+        "a bootstrap of fewer subjects is erratic); "
+        f"{SIMULATED['floor']}; {bs.ALPHA} or more: not shown to beat predicting nothing (a note says so). "
+        "In the JSON "
         "rows[].vs_floor.p_holm (.p: before Holm; .diff: diff_vs_floor)",
         "mde_vs_top": f"smallest true gap to the top that p_vs_top detects with {bs.POWER:.0%} probability "
         f"at alpha {bs.ALPHA}, for this board's subjects and the observed spread of this model's "

@@ -140,7 +140,7 @@ def tests_disagree_note(board: dict[str, Any]) -> str | None:
         else "Shown above the floor by p vs floor, yet with the floor's rank in their rank interval: "
         + ", ".join(above)
     )
-    exact = "exact, " if n <= bs.EXACT_MAX else ""
+    exact = "exact, " if n < bs.FLOOR_BOOT_MIN else ""
     return (
         f"{first}. With {_counted(n, 'subject')}, p vs top and the rank intervals (two-sided, corrected "
         f"over all pairs) have less power than p vs floor (one-sided, {exact}Holm over the models only): "
@@ -168,23 +168,31 @@ def floor_note(board: dict[str, Any]) -> str | None:
     parts = [f"{r['model']} ({r['vs_floor']['diff']:+.3f}, p {fmt_p(r['vs_floor']['p_holm'])})"
              for r in below]  # fmt: skip
     return (
-        "Not shown to beat the all-empty floor (gap to it; one-sided paired sign-flip p, Holm over the "
+        f"Not shown to beat the all-empty floor (gap to it; one-sided {floor_method(n)} p, Holm over the "
         f"models): {', '.join(parts)}. A model that has not learned where (or whether) the nerve is "
         "within its budget scores like predicting nothing."
     )
+
+
+def floor_method(n: int) -> str:
+    """The floor test's name for a board of n subjects (``board_stats.floor_tests``)."""
+    return "paired sign-flip" if n < bs.FLOOR_BOOT_MIN else "bootstrap-t"
 
 
 def seeds_note(board: dict[str, Any]) -> str:
     seeds = board["header"]["seeds"]
     if len(seeds) < 2:
         return (
-            "One seed: the CIs, p-values, rank intervals and the top group cover the sampling of test "
-            "subjects only, not training randomness (initialisation, augmentation)."
+            "One seed: the CIs, p-values, rank intervals and the top group are about these trained "
+            "networks. They cover the sampling of test subjects, not training randomness (initialisation, "
+            "augmentation), which one seed cannot measure; with two or more seeds (`seeds: [0, 1, 2]`) "
+            "they cover both."
         )
     return (
-        f"{len(seeds)} seeds: every image is averaged over them first; the CIs and tests still resample "
-        "subjects only. Seed SD is the spread of the per-seed means: the training randomness, which adds "
-        f"about Seed SD / sqrt({len(seeds)}) to the uncertainty of a seed-averaged score."
+        f"{len(seeds)} seeds: every image is averaged over them. The CIs and tests draw each model's "
+        "seeds (all outer folds of a seed together) inside every subject resample, and the seeds' "
+        "variance joins each test's standard error, so they cover training randomness as well as the "
+        f"sampling of subjects: Seed SD, its size, is estimated from {len(seeds)} seeds only."
     )
 
 

@@ -95,7 +95,8 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         line += [fmt_cost(r, k, 0 if k == "params" else 6) for k in COST]
         line.append(r.get("external") or "")
         floor = r.get("vs_floor") or {}
-        line += [fmt(floor.get("diff"), 6), fmt(floor.get("p_holm"), 6), fmt(test.get("p_unadjusted"), 6)]
+        line += [fmt(floor.get("diff"), 6), fmt(floor.get("p_holm"), 6)]
+        line += [fmt(test.get("p_unadjusted"), 6) if tested else ""]
         rows.append(line)
     return columns, rows
 
@@ -193,11 +194,12 @@ def _accuracy_table(board: dict[str, Any]) -> list[str]:
         cells += [fmt(r["seed_sd"])] if spread else []
         cells += [
             "-" if first else f"{test['diff']:+.3f}",
-            fmt_p(test["p"]),
+            fmt_p(test["p"], test.get("tested", True)),
             "-" if first else fmt(test["mde"]),
         ]
         floor = r.get("vs_floor")  # None: the floor itself, or a board without it
-        cells += [fmt_p(r["p_best"]), top_mark(r), "-" if floor is None else fmt_p(floor["p_holm"])]
+        cells += [fmt_p(r["p_best"], test.get("tested", True)), top_mark(r)]
+        cells += ["-" if floor is None else fmt_p(floor["p_holm"])]
         body.append(cells)
     return _table(head, body)
 
@@ -311,8 +313,12 @@ def latex(board: dict[str, Any]) -> str:
         cells = [str(r["rank"]), f"\\textbf{{{model}}}" if r["top_group"] else model]
         cells += [fmt_rank_ci(r).replace("[", "{[}").replace("]", "{]}")]
         cells += [_tex_ci(r["metrics"][k]) for k in keys]
-        cells += [f"${r['vs_top']['diff']:+.3f}$", "--" if r["rank"] == 1 else fmt_p(r["vs_top"]["p"])]
-        cells += ["--" if r["p_best"] is None else fmt_p(r["p_best"])]
+        tested = r["vs_top"].get("tested", True)
+        cells += [
+            f"${r['vs_top']['diff']:+.3f}$",
+            "--" if r["rank"] == 1 else fmt_p(r["vs_top"]["p"], tested),
+        ]
+        cells += ["--" if r["p_best"] is None else fmt_p(r["p_best"], tested)]
         lines.append(" & ".join(cells).replace("<", "$<$") + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     if board["incomplete"]:

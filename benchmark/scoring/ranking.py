@@ -67,6 +67,8 @@ from functools import cached_property
 
 import numpy as np
 
+from benchmark.scoring.seed_draws import SeedDraws
+
 MIN_SUBJECTS = 6
 _BLOCK_CELLS = 4_000_000  # resample indices generated per block: ~32 MB of int64
 _PAIR_BLOCK = 64  # pairs resampled per matrix product (one product, not one per pair, is what is fast)
@@ -132,53 +134,111 @@ class Pairs:
     first: np.ndarray
     second: np.ndarray
     z: np.ndarray  # (P,): (theta_first - theta_second) / se
-    null: np.ndarray  # (B, P): |theta* - theta| / se* per resample
+    null: np.ndarray  # (B, P): (theta* - theta) / se* per resample, signed
     sums: np.ndarray  # (K,): each model's total, to break ties in the elimination
     n_subjects: int
+    seed_var: np.ndarray  # (P,): the training seeds' share of se^2 (in totals' units; 0 with one seed)
 
     @classmethod
-    def compare(cls, totals: np.ndarray, weights: np.ndarray, resamples: Resamples | None = None) -> Pairs:
+    def compare(
+        cls,
+        totals: np.ndarray,
+        weights: np.ndarray,
+        resamples: Resamples | None = None,
+        seeds: list[np.ndarray] | None = None,
+        seed: int = 0,
+    ) -> Pairs:
+        """``totals``: (models, subjects), each model's seed-mean totals; ``seeds``: per model its
+        per-seed totals (S_m, subjects), whose seeds are then drawn inside every subject resample
+        (``benchmark.scoring.seed_draws``); None: the trained networks held fixed."""
         t = _matrix(totals)
         k, n = t.shape
         w = _weights(weights, n)
         boot = Resamples.draw(n) if resamples is None else resamples
+        draws = None if seeds is None else SeedDraws.draw(seeds, boot.counts, seed)
+        draws = draws if draws is not None and draws.any else None
         first, second = np.triu_indices(k, 1)
         d = t[first] - t[second]
         size = np.abs(d).sum(axis=1)
         gap = d.sum(axis=1) / w.sum()
-        se = np.sqrt(((d - gap[:, None] * w) ** 2).sum(axis=1))
-        weight, square = boot.sums(w), boot.sums(w * w)
-        null = np.empty((boot.counts.shape[0], first.size))
-        for start in range(0, first.size, _PAIR_BLOCK):  # a few pairs at a time: memory stays (B, P)
-            q = slice(start, start + _PAIR_BLOCK)
-            sums, squares, cross = (boot.sums(x.T) for x in (d[q], d[q] ** 2, d[q] * w))
-            gap_b = sums / weight[:, None]
-            var_b = squares - 2.0 * gap_b * cross + gap_b**2 * square[:, None]
-            moved = np.abs(gap_b - gap[q]) * weight[:, None]
-            # A resample whose subjects all differ alike has no spread: its studentised gap is 0 if
-            # the gap did not move, else unbounded. Unbounded is held as the largest finite float:
-            # more extreme than any observed gap that has spread, less than one that has none (a
-            # constant gap on every subject). The expansion above cancels to rounding, about 1e-16
-            # of the squares, rarely to 0, so "flat" is decided relative to them: an absolute test
-            # let the same data give p = 0.35 or 0.002 as the rounding fell.
-            flat = var_b <= 1e-10 * squares
-            studentised = _ratio(moved, np.sqrt(np.where(flat, 1.0, var_b)), size[q])
-            unbounded = np.where(moved > _TOL * (1.0 + size[q]), _UNBOUNDED, 0.0)
-            null[:, q] = np.where(flat, unbounded, studentised)
+        extra = np.zeros(first.size) if draws is None else draws.observed[first] + draws.observed[second]
+        se2 = ((d - gap[:, None] * w) ** 2).sum(axis=1) + extra
+        null = _nulls(boot, t, w, Pair(first, second, gap, size), draws)
         # The observed pair is flat by the resamples' rule: a constant gap with rounding-level noise
         # must not read as an extreme but finite z against resamples that count as unbounded.
-        se = np.where(se**2 <= 1e-10 * (d**2).sum(axis=1), 0.0, se)
-        return cls(first, second, _ratio(gap * w.sum(), se, size), null, t.sum(axis=1), n)
+        se = np.where(se2 <= 1e-10 * ((d**2).sum(axis=1) + extra), 0.0, np.sqrt(se2))
+        return cls(first, second, _ratio(gap * w.sum(), se, size), null, t.sum(axis=1), n, extra)
 
     @cached_property
     def marginal(self) -> np.ndarray:
-        """(P,) each pair's own bootstrap-t p-value, (1 + #{null >= |z|}) / (1 + B) (Phipson & Smyth
+        """(P,) each pair's own bootstrap-t p-value, (1 + #{|null| >= |z|}) / (1 + B) (Phipson & Smyth
         2010): its observed |z| against its own resamples (equal up to rounding counts as equal)."""
-        stat = np.abs(self.z)
-        finite = np.isfinite(stat)
-        threshold = np.where(finite, stat - _TOL * (1.0 + np.where(finite, stat, 0.0)), stat)
-        at_or_above = np.count_nonzero(self.null >= threshold, axis=0)
-        return (1.0 + at_or_above) / (1.0 + self.null.shape[0])
+        return _exceeding(np.abs(self.z), np.abs(self.null))
+
+    def one_sided(self, q: int, first_better: bool) -> float:
+        """Pair q's bootstrap-t p of "first beats second" (or the reverse): (1 + #{null >= z}) / (1 + B)
+        with the signs turned for the reverse. Second-order accurate when the per-subject differences
+        are skewed, where a sign flip tests symmetry rather than a zero mean."""
+        sign = 1.0 if first_better else -1.0
+        return float(_exceeding(sign * self.z[q : q + 1], sign * self.null[:, q : q + 1])[0])
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The pairs' indices, observed gaps (image-weighted) and sizes (sum |d|: what rounding is
+    relative to)."""
+
+    first: np.ndarray
+    second: np.ndarray
+    gap: np.ndarray
+    size: np.ndarray
+
+
+def _exceeding(stat: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """(1 + #{null >= stat}) / (1 + B) per column, equal up to rounding counting as equal."""
+    finite = np.isfinite(stat)
+    threshold = np.where(finite, stat - _TOL * (1.0 + np.abs(np.where(finite, stat, 0.0))), stat)
+    return (1.0 + np.count_nonzero(null >= threshold, axis=0)) / (1.0 + null.shape[0])
+
+
+def _studentised(moments: tuple, weight: np.ndarray, square: np.ndarray, pair: Pair, extra: np.ndarray):
+    """(B, p) signed studentised resampled gaps from (sum c d, sum c d^2, sum c d w), each (B, p)."""
+    sums, squares, cross = moments
+    gap_b = sums / weight[:, None]
+    var_b = squares - 2.0 * gap_b * cross + gap_b**2 * square[:, None] + extra
+    moved = (gap_b - pair.gap) * weight[:, None]
+    # A resample whose subjects all differ alike (and whose seeds agree) has no spread: its
+    # studentised gap is 0 if the gap did not move, else unbounded. Unbounded is held as the largest
+    # finite float: more extreme than any observed gap that has spread, less than one that has none
+    # (a constant gap on every subject). The expansion above cancels to rounding, about 1e-16 of the
+    # squares, rarely to 0, so "flat" is decided relative to them: an absolute test let the same
+    # data give p = 0.35 or 0.002 as the rounding fell.
+    flat = var_b <= 1e-10 * (squares + extra)
+    studentised = _ratio(moved, np.sqrt(np.where(flat, 1.0, var_b)), pair.size)
+    unbounded = np.where(np.abs(moved) > _TOL * (1.0 + pair.size), np.copysign(_UNBOUNDED, moved), 0.0)
+    return np.where(flat, unbounded, studentised)
+
+
+def _nulls(boot: Resamples, t: np.ndarray, w: np.ndarray, pair: Pair, draws: SeedDraws | None) -> np.ndarray:
+    """(B, P) the bootstrap-t resamples of every pair: subjects drawn, and seeds with them if given."""
+    weight, square = boot.sums(w), boot.sums(w * w)
+    null = np.empty((boot.counts.shape[0], pair.first.size))
+    if draws is not None:  # d* differs per resample: one pair at a time, elementwise
+        for q, (j, k) in enumerate(zip(pair.first, pair.second)):
+            moments = tuple(m[:, None] for m in draws.pair_moments(boot.counts, t, w, j, k))
+            extra = (draws.resampled[:, j] + draws.resampled[:, k])[:, None]
+            null[:, q : q + 1] = _studentised(moments, weight, square, _pick(pair, [q]), extra)
+        return null
+    d = t[pair.first] - t[pair.second]
+    for start in range(0, pair.first.size, _PAIR_BLOCK):  # a few pairs at a time: memory stays (B, P)
+        block = slice(start, start + _PAIR_BLOCK)
+        moments = tuple(boot.sums(x.T) for x in (d[block], d[block] ** 2, d[block] * w))
+        null[:, block] = _studentised(moments, weight, square, _pick(pair, block), np.zeros(1))
+    return null
+
+
+def _pick(pair: Pair, q: slice | list[int]) -> Pair:
+    return Pair(pair.first[q], pair.second[q], pair.gap[q], pair.size[q])
 
 
 def _worst(beaten: np.ndarray, sums: np.ndarray, alive: np.ndarray) -> int:
@@ -238,7 +298,7 @@ def simultaneous_criticals(pairs: Pairs, alpha: float = 0.05) -> np.ndarray:
     j = int(np.ceil(alpha * (1 + b) / max(pairs.z.size, 1) - 1 - 1e-9))
     if pairs.z.size == 0 or not 1 <= j <= b:
         return out
-    ranked = np.sort(pairs.null, axis=0)[b - j]  # |z| above the pair's j-th largest resample
+    ranked = np.sort(np.abs(pairs.null), axis=0)[b - j]  # |z| above the pair's j-th largest resample
     return np.where(ranked < _UNBOUNDED, ranked, np.inf)
 
 
@@ -261,11 +321,15 @@ def rank_intervals(pairs: Pairs, alpha: float = 0.05) -> tuple[np.ndarray, np.nd
     return lo, hi
 
 
-def _power_curve(resid: np.ndarray, w: np.ndarray, critical: np.ndarray, boot: Resamples):
+def _power_curve(
+    resid: np.ndarray, w: np.ndarray, critical: np.ndarray, boot: Resamples, seed_var: np.ndarray
+):
     """power(gaps) per row: share of subject resamples, shifted by gap * w, whose studentised gap
-    (the pair statistic z of :class:`Pairs`) exceeds the row's ``critical`` in size. Averaged over
-    the residuals' two signs, so the direction of the gap does not matter."""
+    (the pair statistic z of :class:`Pairs`, the seeds' variance ``seed_var`` scaled to the resample's
+    size) exceeds the row's ``critical`` in size. Averaged over the residuals' two signs, so the
+    direction of the gap does not matter."""
     size, sq = boot.sums(w)[:, None], boot.sums(w * w)[:, None]
+    extra = seed_var * (size / w.sum()) ** 2
     sums, rr, rw = (boot.sums(x.T) for x in (resid, resid * resid, resid * w))  # (B, rows)
 
     def power(gap: np.ndarray) -> np.ndarray:
@@ -275,7 +339,7 @@ def _power_curve(resid: np.ndarray, w: np.ndarray, critical: np.ndarray, boot: R
             squares = rr + 2.0 * sign * gap * rw + gap * gap * sq
             mean = total / size
             spread = squares - 2.0 * mean * cross + mean * mean * sq  # sum of (d - mean * w)^2
-            hits += np.count_nonzero(total * total > critical * critical * spread, axis=0)
+            hits += np.count_nonzero(total * total > critical * critical * (spread + extra), axis=0)
         return hits / (2.0 * size.size)
 
     return power
@@ -288,11 +352,13 @@ def detectable_differences(
     power: float = 0.8,
     resamples: Resamples | None = None,
     seed: int = 0,
+    seed_var: np.ndarray | None = None,
 ) -> list[float | None]:
     """Per row of ``diffs`` (comparisons x subjects: per-subject totals of per-image differences),
     the smallest true image-weighted gap whose studentised difference exceeds the row's ``critical``
     (one for all rows or one per row; the board's: :func:`simultaneous_criticals`) with probability
-    ``power``; ``weights`` are the subjects' image counts.
+    ``power``; ``weights`` are the subjects' image counts; ``seed_var`` per row the training seeds'
+    share of its studentising variance (``Pairs.seed_var``; held fixed at its observed value).
 
     None with fewer than MIN_SUBJECTS subjects, an infinite critical value, or when no gap up to 1 (the
     whole Dice range) reaches that power; 0 when a row's differences have no spread at all. The gap
@@ -304,14 +370,15 @@ def detectable_differences(
         return [None] * d.shape[0]
     # sqrt(n / (n - 1)): resampling n subjects understates their spread by (n - 1) / n
     resid = (d - np.outer(d.sum(axis=1) / w.sum(), w)) * np.sqrt(w.size / (w.size - 1))
-    flat = np.sqrt((resid**2).sum(axis=1)) <= 1e-12 * (1.0 + np.abs(d).sum(axis=1))
+    extra = np.zeros(d.shape[0]) if seed_var is None else np.asarray(seed_var, dtype=np.float64).reshape(-1)
+    flat = (np.sqrt((resid**2).sum(axis=1)) <= 1e-12 * (1.0 + np.abs(d).sum(axis=1))) & (extra <= 0)
     out: list[float | None] = [0.0 if f else None for f in flat]
     bar = np.broadcast_to(np.asarray(critical, dtype=np.float64), (d.shape[0],))
     rows = np.flatnonzero(~flat & np.isfinite(bar))
     if rows.size == 0:
         return out
     boot = Resamples.draw(w.size, seed=seed) if resamples is None else resamples
-    curve = _power_curve(resid[rows], w, bar[rows], boot)
+    curve = _power_curve(resid[rows], w, bar[rows], boot, extra[rows])
     reach = curve(np.ones(rows.size)) >= power
     low, high = np.zeros(rows.size), np.ones(rows.size)
     for _ in range(24):  # 2^-24: far below any printed decimal

@@ -34,6 +34,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
+from benchmark.scoring.seed_draws import seed_mix
+
 _BLOCK_CELLS = 4_000_000  # resample indices generated per block: ~32 MB of int64
 
 
@@ -104,31 +106,46 @@ def _expanded_alpha(alpha: float, n_subjects: int) -> float:
     return float(2 * sps.norm.sf(np.sqrt(n_subjects / (n_subjects - 1)) * t))
 
 
-def _cluster_boot_means(sums: np.ndarray, counts: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+def _cluster_boot_means(
+    sums: np.ndarray, counts: np.ndarray, n_boot: int, seed: int, seed_sums: np.ndarray | None = None
+) -> np.ndarray:
     """Image means of ``n_boot`` subject resamples: (draw counts @ sums) / (draw counts @ counts).
 
     Draw counts per resample come from one bincount over row-offset indices (multinomial, but
-    vectorised), in memory-bounded blocks.
+    vectorised), in memory-bounded blocks. With ``seed_sums`` (seeds x subjects), the seeds are drawn
+    too, per resample, their deviations from the seed mean inflated by sqrt(S / (S - 1))
+    (``benchmark.scoring.seed_draws``): the interval then covers training randomness as well.
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     rng, n = np.random.default_rng(seed), sums.size
+    mixed = None if seed_sums is None else seed_mix(seed_sums, n_boot, [seed, 1])
     block = max(1, _BLOCK_CELLS // n)
     means = np.empty(n_boot, dtype=np.float64)
     for start in range(0, n_boot, block):
         rows = min(block, n_boot - start)
         idx = rng.integers(0, n, size=(rows, n)) + (np.arange(rows) * n)[:, None]
         draws = np.bincount(idx.reshape(-1), minlength=rows * n).reshape(rows, n).astype(np.float64)
-        means[start : start + rows] = (draws @ sums) / (draws @ counts)
+        top = (
+            draws @ sums if mixed is None else ((draws @ mixed[0].T) * mixed[1][start : start + rows]).sum(1)
+        )
+        means[start : start + rows] = top / (draws @ counts)
     return means
 
 
 def subject_bootstrap_ci(
-    values: np.ndarray, subjects: np.ndarray | list, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+    values: np.ndarray,
+    subjects: np.ndarray | list,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    seeds: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """(mean, lo, hi): the mean over all images and its subject-bootstrap (1 - alpha) interval.
 
-    With one subject there is no between-subject variation to resample: (mean, nan, nan).
+    ``seeds`` (S x images, S >= 2): the per-seed values whose mean ``values`` is; the seeds are then
+    resampled with the subjects. With one subject there is no between-subject variation to
+    resample: (mean, nan, nan).
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -136,7 +153,10 @@ def subject_bootstrap_ci(
     mean = float(sums.sum() / counts.sum())
     if sums.size < 2:
         return mean, float("nan"), float("nan")
-    means = _cluster_boot_means(sums, counts.astype(np.float64), n_boot, seed)
+    per_seed = None
+    if seeds is not None and np.shape(seeds)[0] >= 2:
+        per_seed = np.stack([_groups(row, subjects)[1] for row in np.asarray(seeds, dtype=np.float64)])
+    means = _cluster_boot_means(sums, counts.astype(np.float64), n_boot, seed, per_seed)
     tail = _expanded_alpha(alpha, sums.size) / 2
     lo, hi = np.quantile(means, [tail, 1 - tail])
     return mean, float(lo), float(hi)

@@ -95,12 +95,17 @@ def test_the_board_resamples_units_not_subjects(monkeypatch):
     board = lb.build(_with_units(model_runs("unet", UNET), merge) + _with_units(empty_runs(), merge))
     unet = next(r for r in board["rows"] if r["model"] == "unet")
     units = [merge.get(s, s) for s in SUBJECTS]
-    _, lo, hi = stats.subject_bootstrap_ci(np.array(UNET_MEAN), units, n_boot=bs.N_BOOT, seed=bs.SEED)
+    per_seed = np.array([UNET[0], UNET[1]])  # its two seeds are drawn with the units
+    _, lo, hi = stats.subject_bootstrap_ci(
+        np.array(UNET_MEAN), units, bs.N_BOOT, seed=bs.SEED, seeds=per_seed
+    )
     assert (unet["metrics"]["kaggle_dice"]["lo"], unet["metrics"]["kaggle_dice"]["hi"]) == (
         pytest.approx(lo),
         pytest.approx(hi),
     )
-    _, lo4, hi4 = stats.subject_bootstrap_ci(np.array(UNET_MEAN), SUBJECTS, n_boot=bs.N_BOOT, seed=bs.SEED)
+    _, lo4, hi4 = stats.subject_bootstrap_ci(
+        np.array(UNET_MEAN), SUBJECTS, bs.N_BOOT, seed=bs.SEED, seeds=per_seed
+    )
     assert (lo, hi) != (lo4, hi4)  # the merge changes the interval: the test can tell them apart
     assert unet["n_subjects"] == 4  # the count of subjects is still the count of subjects
     images = [

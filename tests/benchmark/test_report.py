@@ -46,18 +46,20 @@ def test_markdown_has_protocol_header_folds_ranks_and_incomplete(results):
     assert "| 0 | 1, 2 | 4 | 0.500 |" in md and "| 1 | 3, 4 | 4 | 0.500 |" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit() and "[" in line]
     assert [r.split(" | ")[1] for r in rows] == ["unet", "empty (baseline)"]
-    # p vs floor: 4 subjects all above it, so the exact one-sided sign-flip p is 1/2^4 (one model: no Holm)
+    # p vs floor: 4 subjects all above it, so the exact one-sided sign-flip p is 1/2^4 (one model: no
+    # Holm); below ranking.MIN_SUBJECTS Set p is not computed, and the table says so rather than
+    # print the stored 1.0 as a result
     assert rows[0].startswith("| 1 | unet | [1, 2] | 2 | 0.725 | ") and rows[0].endswith(
-        "| - | n/a | - | 1.0000 | yes | 0.0625 |"
+        "| - | n/a | - | untested | yes | 0.0625 |"
     )
     # 4 subjects: no CI (note), no corrected p below 1; the floor is not in the set
     assert rows[1].startswith("| 2 | empty (baseline) | [1, 2] | 2 | 0.500 | 0.000 |")
     assert "**Note**: No CIs: a subject-bootstrap interval from 4 subjects" in md
-    assert rows[1].endswith("| -0.225 | 1.0000 | n/a | n/a | floor | - |")  # 4 subjects: nothing to tell
+    assert rows[1].endswith("| -0.225 | untested | n/a | n/a | floor | - |")  # 4 subjects: nothing to tell
     assert "| Seed SD |" in md and "| Δ vs top | p vs top | MDE 80% | Set p | Top group | p vs floor |" in md
     assert "| sk_unet | 3 | seed 1: fold 1 missing | 0.675 (8 images) |" in md
     assert "| sk_unet | n/a | n/a | 10.3 | n/a |" in md  # missing cost -> n/a, train time kept
-    assert "per-subject totals of the per-image differences" in md and "trainable + frozen" in md
+    assert "the pair's own p before the Bonferroni factor" in md and "trainable + frozen" in md
     assert "Hansen, Lunde & Nason" in md and "Mogstad, Romano, Shaikh & Wilhelm" in md
 
 
@@ -71,7 +73,7 @@ def test_json_csv_and_tex_agree(results):
         "diff": -0.225,
         "n_subjects": 4,
         "p": 1.0,
-        "p_unadjusted": 0.125,
+        "p_unadjusted": 1.0,
         "mde": None,
         "tested": False,  # 4 subjects: p vs top was not computed (the 1.0 is the rule, not a test)
     }
@@ -85,8 +87,14 @@ def test_json_csv_and_tex_agree(results):
     ]  # fmt: skip
     assert lines[1].startswith("1,unet,false,false,ranked,,4,2,8,0.725000,")
     assert lines[2].startswith("2,empty,true,false,ranked,,4,2,8,0.500000,n/a,n/a,")
-    # untested p vs top and Set p are empty cells, not a computed-looking 1.000000
-    assert ",-0.225000,,n/a,,,4,1,2,0.000000," in lines[2] and ",n/a,n/a,0.125000," in lines[2]
+    # untested p-values are empty cells, not a computed-looking 1.000000
+    assert ",-0.225000,,n/a,,,4,1,2,0.000000," in lines[2]
+    top, floor = (dict(zip(head, line.split(","))) for line in lines[1:3])
+    assert (floor["p_vs_top_unadjusted"], top["diff_vs_floor"], top["p_vs_floor"]) == (
+        "",
+        "0.225000",
+        "0.062500",
+    )
     assert lines[3].startswith(
         ",sk_unet,false,false,incomplete,seed 1: fold 1 missing,3,2,8,0.675000,n/a,n/a,"
     )

@@ -265,11 +265,13 @@ def test_simultaneous_criticals_are_where_the_corrected_p_crosses_alpha():
     null[:120, 2] = np.finfo(np.float64).max  # 12% of one pair's resamples without spread
     z = rng.uniform(-12, 12, size=(400, 3))
     for row in z:
-        pairs = ranking.Pairs(np.zeros(3, int), np.ones(3, int), row, null, np.zeros(2), 40)
+        pairs = ranking.Pairs(np.zeros(3, int), np.ones(3, int), row, null, np.zeros(2), 40, np.zeros(3))
         critical = ranking.simultaneous_criticals(pairs, 0.05)
         assert ((ranking.simultaneous_pvalues(pairs) < 0.05) == (np.abs(row) > critical)).all()
     assert np.isinf(critical[2]) and np.isfinite(critical[:2]).all()  # only that pair is untestable
-    few = ranking.Pairs(pairs.first, pairs.second, row, null, pairs.sums, 5)  # below MIN_SUBJECTS
+    few = ranking.Pairs(
+        pairs.first, pairs.second, row, null, pairs.sums, 5, np.zeros(3)
+    )  # below MIN_SUBJECTS
     assert (ranking.simultaneous_pvalues(few) == 1.0).all()
 
 
@@ -284,7 +286,7 @@ def test_a_pair_without_spread_in_its_resamples_leaves_the_other_pairs_testable(
     weak = floor.copy()
     weak[:2] += 0.2 * w[:2]
     pairs = ranking.Pairs.compare(np.vstack([a, b, c, weak, floor]), w, ranking.Resamples.draw(47, 4000, 0))
-    assert (pairs.null[:, 9] == np.finfo(np.float64).max).mean() > 0.1  # weak vs floor: unbounded
+    assert (np.abs(pairs.null[:, 9]) == np.finfo(np.float64).max).mean() > 0.1  # weak vs floor: unbounded
     p = ranking.simultaneous_pvalues(pairs)
     assert (p[:9] < 0.01).all() and p[9] > 0.5  # every pair tells apart but weak vs floor (z 1.5)
     assert np.isinf(ranking.simultaneous_criticals(pairs)[9]) and ranking.simultaneous_criticals(pairs)[0] < 4

@@ -276,27 +276,55 @@ def test_detectable_difference_has_the_stated_power():
     assert power[0.02] < 0.8 < power[0.05] and 0.02 < np.median(mdes) < 0.05  # consistent with the MDE
 
 
-def test_floor_test_keeps_its_level_one_sided_and_over_the_models(monkeypatch):
-    """The floor test (board_stats.floor_tests): one-sided sign flips of per-subject totals, Holm over
-    the models. Three models whose image-weighted mean EQUALS the floor's (better on big subjects,
+def _floor_tests(board_stats, dice, subjects, sizes, seed: int, n_boot: int = 1000) -> dict:
+    """The board's floor tests on one simulated data set; the floor is the last row of ``dice``."""
+    ranked = [{"baseline": False}] * (len(dice) - 1) + [{"baseline": True}]
+    totals, w = sim.totals(dice, subjects, sizes.size), sizes.astype(float)
+    pairs = ranking.Pairs.compare(totals, w, ranking.Resamples.draw(sizes.size, n_boot, seed))
+    return board_stats.floor_tests(ranked, totals, w, pairs)
+
+
+def test_floor_test_keeps_its_level_one_sided_and_over_the_models():
+    """The floor test (board_stats.floor_tests): one-sided bootstrap-t of each (model, floor) pair, Holm
+    over the models. Three models whose image-weighted mean EQUALS the floor's (better on big subjects,
     worse on small ones, or level) are called "above the floor" at most alpha of the time, each and
     together; without Holm, "some model clears the floor" is claimed far more often."""
     from benchmark.reporting import board_stats
 
-    monkeypatch.setattr(board_stats, "N_PERM", 1000)
     floor, equal = sim.matched(SLOPES[0], TARGET), [sim.matched(s, TARGET) for s in SLOPES[2:]]
-    ranked = [{"baseline": False}] * 3 + [{"baseline": True}]
-    rng, reps = np.random.default_rng(17), 1500
+    rng, reps = np.random.default_rng(17), 1000
     single, family, unadjusted = np.empty(reps, bool), np.empty(reps, bool), np.empty(reps, bool)
     for i in range(reps):
         dice, subjects, sizes = sim.draw(rng, [*equal, floor], 40, _icc(rng))
-        monkeypatch.setattr(board_stats, "SEED", i)
-        tests = board_stats.floor_tests(ranked, sim.totals(dice, subjects, 40), sizes.astype(float))
+        tests = _floor_tests(board_stats, dice, subjects, sizes, i)
         single[i] = tests[0]["p"] < 0.05
         family[i] = any(t["p_holm"] < 0.05 for t in tests.values())
         unadjusted[i] = any(t["p"] < 0.05 for t in tests.values())
     one, fam, raw = float(single.mean()), float(family.mean()), float(unadjusted.mean())
     print(f"floor test, 40 subjects, equal means: one {one:.4f}, any of 3 {fam:.4f} (no Holm {raw:.4f})")
-    assert 0.033 <= one <= 0.05 + 2 * _se(one, reps)  # the two-sided p unhalved holds about 0.025
+    assert one <= 0.05 + 2 * _se(one, reps)
     assert fam <= 0.05 + 2 * _se(fam, reps)
     assert raw > 0.07  # the correction matters: without it, one of three equal models "clears" it often
+
+
+def test_floor_test_holds_when_a_model_fails_badly_on_a_few_subjects():
+    """A model a little better than the floor on most subjects and 0.5 worse on 10% of them, with the
+    floor's mean exactly: per-subject differences are skewed. A sign flip tests their symmetry, not
+    their mean, and said "clears the floor" far above alpha; the bootstrap-t holds it with 47 subjects
+    (with few subjects no test can: a sample without a failing subject looks like a better model)."""
+    from benchmark.reporting import board_stats
+
+    rng, reps, n, share = np.random.default_rng(23), 600, 47, 0.1
+    boot, flip = np.empty(reps, bool), np.empty(reps, bool)
+    for i in range(reps):
+        sizes = rng.integers(sim.SIZES[0], sim.SIZES[-1] + 1, n)
+        subjects = np.repeat(np.arange(n), sizes)
+        floor = rng.uniform(0.3, 0.8, n)  # the floor's per-subject score (its empty share)
+        gap = np.where(rng.random(n) < share, -0.5, 0.5 * share / (1 - share)) + rng.normal(0, 0.05, n)
+        dice = np.stack([(floor + gap)[subjects], floor[subjects]])
+        boot[i] = _floor_tests(board_stats, dice, subjects, sizes, i)[0]["p"] < 0.05
+        diffs = sim.totals(dice[:1] - dice[1:], subjects, n)[0]
+        flip[i] = diffs.sum() > 0 and stats.sign_flip_pvalue(diffs, n_resamples=1000, seed=i) / 2 < 0.05
+    b, f = float(boot.mean()), float(flip.mean())
+    print(f"floor test, {n} subjects, 10% failing, the floor's mean: bootstrap-t {b:.3f}, sign flip {f:.3f}")
+    assert b <= 0.05 + 2 * _se(b, reps) and f > 0.09  # the sign flip's excess is what this test can see
