@@ -292,7 +292,7 @@ def export_checkpoint(
         raise ExportError(f"--frames must be at least 1, got {frames}")
     if not tolerance > 0 or tolerance == float("inf"):  # nan too: before the work, not as "parity failed"
         raise ExportError(f"--tolerance must be a positive number, got {tolerance}")
-    check_output_file(out, "--out", "the path of the .onnx file")
+    check_output_file(out, "--out", "the path of the .onnx file", [checkpoint])
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
     post = postprocess_of(path, ckpt)

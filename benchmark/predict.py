@@ -72,7 +72,9 @@ def list_inputs(input_dir: str | Path, kaggle_ids: bool = False) -> list[tuple[s
     """
     root = Path(input_dir)
     if not root.is_dir():
-        raise DataError(root, "input directory not found")
+        raise DataError(
+            root, "a file, not a folder of images" if root.exists() else "input directory not found"
+        )
     folder = root / "test" if (root / "test").is_dir() else root
     paths = [
         p
@@ -202,9 +204,7 @@ IDS_DIFFER = "its image ids differ from"  # sample_mismatch's words for a file K
 def sample_mismatch(input_dir: str | Path, ids: list[str]) -> str | None:
     """How the submission's image ids differ from ``sample_submission.csv`` beside the test folder
     (Kaggle refuses a submission whose ids are not its sample's); None when they agree or it is absent."""
-    root = Path(input_dir)
-    near = [root, *([root.parent] if root.name == "test" else [])]  # --input DIR or DIR/test
-    found = [d / "sample_submission.csv" for d in near if (d / "sample_submission.csv").is_file()]
+    found = [p for p in _data_files(input_dir) if p.name == "sample_submission.csv" and p.is_file()]
     if not found:
         return None
     sample = found[0]
@@ -244,12 +244,21 @@ def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
         atomic_write(path, png.tobytes())
 
 
-def check_outputs(out_dir: Path, submission: Path | None) -> None:
-    """Refuse unusable output paths before loading models and predicting (one line, exit 2)."""
+def check_outputs(out_dir: Path, submission: Path | None, reads: Sequence[str | Path] = ()) -> None:
+    """Refuse unusable output paths before loading models and predicting (one line, exit 2); the
+    submission may not replace a file the prediction ``reads`` (a checkpoint, the sample it is
+    checked against)."""
     check_output_dir(out_dir, "--out", "a directory for the mask tifs")  # not at the first mask written
     if submission is None:
         return
-    check_output_file(submission, "--submission", "a .csv file path")
+    check_output_file(submission, "--submission", "a .csv file path", reads)
+
+
+def _data_files(input_dir: str | Path) -> list[Path]:
+    """The data set's own csv files beside the test folder (``--input DIR`` or ``DIR/test``)."""
+    root = Path(input_dir)
+    near = [root, *([root.parent] if root.name == "test" else [])]
+    return [d / name for d in near for name in ("sample_submission.csv", "train_masks.csv")]
 
 
 def _write_masks(
@@ -311,7 +320,7 @@ def predict_dir(
     if not checkpoints:
         raise NerveBenchError("no checkpoint given")
     out = Path(out_dir)
-    check_outputs(out, Path(submission) if submission else None)
+    check_outputs(out, Path(submission) if submission else None, [*checkpoints, *_data_files(input_dir)])
     dev = resolve_device(device)
     inputs = list_inputs(input_dir, kaggle_ids=submission is not None)
     if out.resolve() == inputs[0][1].parent.resolve():  # each mask would replace its own image

@@ -80,9 +80,10 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
-def check_output_file(path: str | Path, flag: str, expected: str) -> None:
-    """Before the work (exit 2): ``path`` can become a file: it is not a folder, and no file stands
-    where one of its folders goes; found at the write, the work was done and lost (exit 1)."""
+def check_output_file(path: str | Path, flag: str, expected: str, reads: Iterable[str | Path] = ()) -> None:
+    """Before the work (exit 2): ``path`` can become a file: it is not a folder, no file stands where
+    one of its folders goes, it is none of the files the command ``reads``, and its folder can be
+    written; found at the write, the work was done and lost (exit 1), or an input overwritten."""
     from datamodules.errors import NerveBenchError
 
     path = Path(path)
@@ -91,11 +92,15 @@ def check_output_file(path: str | Path, flag: str, expected: str) -> None:
     blocked = file_in_the_way(path.parent)
     if blocked is not None:
         raise NerveBenchError(f"{blocked}: a file, not a folder; {flag} {path} needs a folder there")
+    if any(_same_file(path, Path(source)) for source in reads):
+        raise NerveBenchError(f"{path}: {flag} is a file this command reads; writing it would destroy it")
+    check_writable(path.parent, flag, path)
 
 
 def check_output_dir(path: str | Path, flag: str, expected: str) -> None:
     """Before the work (exit 2): ``path`` can be or become a folder: neither it nor one of its
-    parents is a file; found at the first write, the work was done and lost (exit 1)."""
+    parents is a file, and it can be written; found at the first write, the work was done and lost
+    (exit 1)."""
     from datamodules.errors import NerveBenchError
 
     path = Path(path)
@@ -104,6 +109,30 @@ def check_output_dir(path: str | Path, flag: str, expected: str) -> None:
         raise NerveBenchError(f"{path}: {flag} is a file; expected {expected}")
     if blocked is not None:
         raise NerveBenchError(f"{blocked}: a file, not a folder; {flag} {path} needs a folder there")
+    check_writable(path, flag, path)
+
+
+def check_writable(folder: Path, flag: str, path: Path) -> None:
+    """A file created and removed in ``folder``, or the nearest of its parents that exists (the
+    command creates the rest): a read-only file system or a folder without write permission is one
+    line before the work (exit 2), not an error after it."""
+    from datamodules.errors import NerveBenchError
+
+    at = nearest_existing(folder)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nerve-bench-probe-", dir=at)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise NerveBenchError(f"{at}: cannot write there ({exc.strerror}); {flag} {path} needs it") from None
+
+
+def _same_file(path: Path, source: Path) -> bool:
+    """Whether writing ``path`` would replace ``source`` (one file by two names, or one name)."""
+    try:
+        return path.samefile(source)
+    except OSError:  # one of them does not exist (yet): then only the same name is the same file
+        return path.resolve() == source.resolve()
 
 
 def nearest_existing(path: str | Path) -> Path:

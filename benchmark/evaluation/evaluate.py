@@ -175,7 +175,9 @@ def evaluate(
     and ``note``, the one line that says what was scored.
     """
     if out is not None:
-        check_output_file(out, "--out", "the path of a .json file")
+        check_output_file(
+            out, "--out", "the path of a .json file", [checkpoint, Path(data_dir) / "train_masks.csv"]
+        )
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
     _require_record(path, ckpt)

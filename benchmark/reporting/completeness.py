@@ -156,3 +156,18 @@ def _outside_own_fold(seed: int, runs: list[dict[str, Any]], reported: set[int])
                 f"seed {seed}: {s.get('run')} scored {images_text(outside)} outside its outer fold"
             )
     return problems
+
+
+def same_images(rows: list[dict[str, Any]], images: dict[str, dict[str, np.ndarray]]) -> None:
+    """Mark incomplete every complete row that scored other images than most complete rows: a board
+    tests its models on one set of images. Only summaries that record neither the data set's size nor
+    their outer folds (a count is all there is to check) can differ here."""
+    complete = [r for r in rows if r["complete"]]
+    sets = Counter(tuple(images[r["model"]]["index"].tolist()) for r in complete)
+    if len(sets) < 2:
+        return
+    chosen = min(sets, key=lambda t: (-sets[t], t))
+    for r in complete:
+        if tuple(images[r["model"]]["index"].tolist()) != chosen:
+            r["complete"] = False
+            r["missing"].append(f"scored other images than the {sets[chosen]} model(s) ranked")

@@ -380,6 +380,7 @@ def _model_rows(kept: list[dict[str, Any]]) -> tuple[list[dict], dict[str, dict[
     for model in sorted(by_model):
         row, images[model] = model_row(model, by_model[model], k, images_expected, seeds, units)
         rows.append(row)
+    completeness.same_images(rows, images)
     complete = [r for r in rows if r["complete"]]
     if complete and not any(r["baseline"] for r in complete):
         rows = [r for r in rows if not r["baseline"]]  # an incomplete `empty` is replaced by the exact one

@@ -67,6 +67,10 @@ class PostProcess:
     def from_dict(cls, data: dict[str, Any]) -> PostProcess:
         """Inverse of :meth:`to_dict`; unknown keys raise ConfigError naming them."""
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict):  # a string's characters would read as "unknown keys"
+            raise ConfigError(
+                f"postprocess: expected a mapping of {sorted(known)}, got {type(data).__name__}"
+            )
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"postprocess: unknown keys {unknown}; expected some of {sorted(known)}")

@@ -143,3 +143,18 @@ def test_summaries_without_outer_indices():
 
 def _strip(summary):
     return {**summary, "split": {k: v for k, v in summary["split"].items() if k != "outer_indices"}}
+
+
+def test_complete_rows_on_other_images_than_most_are_not_ranked():
+    """A count is all a board of summaries without the data set's size or outer folds can check, so
+    two models can each cover 4 images, but not the same 4: the board tests models on one set."""
+    from benchmark.reporting import completeness
+
+    rows = [{"model": m, "complete": True, "missing": []} for m in ("a", "b", "c")]
+    rows.append({"model": "d", "complete": False, "missing": ["seed 0: fold 1 missing"]})
+    images = {m: {"index": np.array(ix)} for m, ix in
+              {"a": [0, 1, 2, 3], "b": [0, 1, 2, 9], "c": [0, 1, 2, 3], "d": [5]}.items()}  # fmt: skip
+    completeness.same_images(rows, images)
+    assert [r["complete"] for r in rows] == [True, False, True, False]
+    assert rows[1]["missing"] == ["scored other images than the 2 model(s) ranked"]
+    assert rows[3]["missing"] == ["seed 0: fold 1 missing"]

@@ -7,7 +7,9 @@ import stat
 
 import pytest
 
-from benchmark.core.files import atomic_path, atomic_write
+from benchmark.core import files
+from benchmark.core.files import atomic_path, atomic_write, check_output_dir, check_output_file
+from datamodules.errors import NerveBenchError
 
 
 def test_new_content_replaces_old_and_leaves_no_temp(tmp_path):
@@ -66,3 +68,35 @@ def test_overlays_survive_a_failed_rewrite(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         finalize.write_overlays(path, ["1_2"], stack, stack, stack)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["overlays.npz"]
+
+
+def test_an_output_place_that_cannot_be_written_is_one_line_before_the_work(tmp_path, monkeypatch):
+    """A read-only --out was found at the write, after every image was scored or predicted (exit 1,
+    the work lost). The probe asks the nearest existing folder, as the command creates the rest, and
+    leaves nothing behind."""
+    check_output_file(tmp_path / "new" / "deeper" / "e.json", "--out", "a .json file")
+    check_output_dir(tmp_path / "masks", "--out", "a folder")
+    assert list(tmp_path.iterdir()) == []  # no probe left, no folder made
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    for check, path in ((check_output_file, tmp_path / "new" / "e.json"), (check_output_dir, tmp_path / "m")):
+        with pytest.raises(NerveBenchError) as info:
+            check(path, "--out", "x")
+        assert (
+            str(info.value)
+            == f"{tmp_path}: cannot write there (Read-only file system); --out {path} needs it"
+        )
+
+
+def test_an_output_that_is_an_input_by_another_name_is_refused(tmp_path):
+    source = tmp_path / "best.ckpt"
+    source.write_bytes(b"weights")
+    (tmp_path / "link.ckpt").symlink_to(source)
+    same = [("best.ckpt", "best.ckpt"), ("link.ckpt", "best.ckpt"), ("best.ckpt", "absent/../best.ckpt")]
+    for out, read in same:  # one name, a link to it, a name through a folder that does not exist
+        with pytest.raises(NerveBenchError, match="a file this command reads"):
+            check_output_file(tmp_path / out, "--out", "x", [tmp_path / read])
+    check_output_file(tmp_path / "other.ckpt", "--out", "x", [source, tmp_path / "absent.csv"])

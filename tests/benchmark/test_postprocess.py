@@ -66,6 +66,8 @@ def test_params_round_trip_and_validation():
     }  # fmt: skip
     with pytest.raises(ConfigError, match="unknown keys \\['thresh'\\]"):
         PostProcess.from_dict({"thresh": 0.5})
+    with pytest.raises(ConfigError, match="postprocess: expected a mapping of .*, got str"):
+        PostProcess.from_dict("x")  # its characters read as "unknown keys ['x']"
     for bad in ({"threshold": 1.5}, {"min_area": -1}, {"min_area": 2.5}, {"presence_source": "head"}):
         with pytest.raises(ConfigError, match="postprocess"):
             PostProcess(**bad)

@@ -338,6 +338,34 @@ def test_unusable_output_paths_are_one_line(ckpts, synthetic_dir, tmp_path, caps
     assert not (tmp_path / "o").exists()
 
 
+def test_outputs_that_would_replace_an_input_are_refused_before_the_work(ckpts, tmp_path, capsys):
+    """`--submission DIR/sample_submission.csv` replaced Kaggle's sample, then checked the submission
+    against itself (exit 0, not 3); `export --out` and `evaluate --out` could replace the checkpoint."""
+    root = tmp_path / "root"
+    (root / "test").mkdir(parents=True)
+    (root / "sample_submission.csv").write_text("img,pixels\n1,\n")
+    checkpoint = tmp_path / "model.ckpt"
+    shutil.copy(ckpts[0], checkpoint)
+    base, out = ["--checkpoint", str(checkpoint)], ["--out", str(tmp_path / "o")]
+    cases = [
+        (["predict", *base, "--input", str(root / "test"), *out, "--submission",
+          str(root / "sample_submission.csv")], root / "sample_submission.csv", "--submission"),
+        (["predict", *base, "--input", str(root), *out, "--submission", str(checkpoint)],
+         checkpoint, "--submission"),
+        (["export", *base, "--out", str(checkpoint)], checkpoint, "--out"),
+        (["evaluate", *base, "--data-dir", str(root), "--out", str(checkpoint)], checkpoint, "--out"),
+    ]  # fmt: skip
+    before = {p: p.read_bytes() for p in (checkpoint, root / "sample_submission.csv")}
+    for args, target, flag in cases:
+        assert main(args) == 2
+        assert capsys.readouterr().err == (
+            f"error: {target}: {flag} is a file this command reads; writing it would destroy it\n"
+        )
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "o").exists()
+    with pytest.raises(DataError, match="a file, not a folder of images"):
+        predict.list_inputs(checkpoint)
+
+
 def test_a_submission_whose_ids_are_not_the_samples_is_named(ckpts, synthetic_dir, tmp_path, capsys):
     """Kaggle refuses it; the ids of test/ were never compared with sample_submission.csv."""
     root = tmp_path / "root"
