@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="horizontal-flip TTA on/off (default: as each checkpoint was tuned)",
     )
     parser.add_argument("--overlays", action="store_true", help="write <out>/overlays/<stem>.png")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
 

@@ -11,11 +11,15 @@ HELP = "measure training and inference speed: suite vs plain PyTorch vs on-devic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", default="unet,unet_resnet34", help="comma-separated registry names")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps per path")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timing")
+    parser.add_argument(
+        "--models",
+        default="unet,unet_resnet34",
+        help="comma-separated registry names (default unet,unet_resnet34)",
+    )
+    parser.add_argument("--image-size", type=int, default=256, help="input size (default 256)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per path (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timing (default 3)")
     parser.add_argument("--workers", type=int, default=None, help="plain loop's DataLoader workers")
     parser.add_argument("--compile", action="store_true", help="torch.compile the suite and ceiling models")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -283,8 +283,9 @@ def write_report(
 
 
 REPAIR = (
-    "a re-run does not repair them: repair or delete each (`run` then scores a trained run again from "
-    "its best.ckpt; an imported method is imported again)"
+    "`run` scores a trained run again from its best.ckpt where the file is not JSON at all (cut short), "
+    "but leaves one that parses with wrong contents: repair or delete it (then `run` scores it again; "
+    "an imported method is imported again)"
 )
 
 

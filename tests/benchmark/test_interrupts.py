@@ -228,13 +228,15 @@ def test_a_run_the_board_leaves_out_makes_the_status_1(tmp_path, synthetic_dir, 
     out, err = capsys.readouterr()
     assert f"warning: {path}: per_image.dice should be" in err
     assert out.splitlines()[-1].startswith("error: 1 run(s) left out of the leaderboard")
-    assert "a re-run does not repair them" in out
+    assert "but leaves one that parses with wrong contents: repair or delete it" in out
     kept = other.read_text()
     _dice_of_5(other)  # every run damaged: no board at all, the same status
     assert main(args) == 1
     assert "no complete run summaries to build a leaderboard from; 2 damaged" in capsys.readouterr().out
     assert main(["report", "--results", str(tmp_path / "res")]) == 2
     other.write_text(kept)
+    path.write_text(kept[:40])  # cut short, no longer JSON: the next run scores it again, as it says
+    assert main(args) == 0 and json.loads(path.read_text())["run"] == grid[0].run_name()
     path.unlink()  # scored again from what the fake fit left; the disk then fills while the board is written
     monkeypatch.setattr(report_module, "build_report", _disk_full)
     assert main(args) == 1  # exit 0 said "the leaderboard was rebuilt"

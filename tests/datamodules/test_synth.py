@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -132,6 +133,10 @@ def test_cli_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "2 train images" in out[0] and "0 test images" in out[0]
     assert (tmp_path / "d" / "train" / "1_2_mask.tif").is_file()
+    # the mark that labels a board of this data SYNTHETIC (benchmark.evaluation.finalize): it said "real"
+    assert json.loads((tmp_path / "d" / "synthetic.json").read_text()) == {
+        "subjects": 1, "per_subject": 2, "n_test": 0, "seed": 0, "positive_fraction": 0.5,
+    }  # fmt: skip
     assert main(argv) == 2  # second run into the same directory is refused with a clear error
     assert "not empty" in capsys.readouterr().err
     (tmp_path / "f").write_text("")
