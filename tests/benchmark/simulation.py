@@ -87,3 +87,23 @@ def draw(
 def totals(dice: np.ndarray, subjects: np.ndarray, n_subjects: int) -> np.ndarray:
     """Per-subject totals (models x subjects)."""
     return np.stack([np.bincount(subjects, weights=d, minlength=n_subjects) for d in dice])
+
+
+def draw_runs(
+    rng: np.random.Generator, n_subjects: int, folds: int, seeds: int, tau: float, models: int = 2
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Equal architectures trained ``seeds`` times per outer fold: every run (seed x fold) is a new
+    network that shifts its fold's latent scores by N(0, tau) and draws fresh per-frame noise.
+    (per model its Dice (seeds x images), subject of each image, frames per subject, fold of each
+    subject). The truth, integrated over runs, is the mean of Model(shift=g).truth() over g ~ N(0, tau)."""
+    sizes = rng.integers(SIZES[0], SIZES[-1] + 1, n_subjects)
+    subjects = np.repeat(np.arange(n_subjects), sizes)
+    fold_of = rng.permutation(n_subjects) % folds
+    base = MU + SIZE_EFFECT * covariate(sizes)[subjects] + rng.normal(0, SD * np.sqrt(SHARED), subjects.size)
+    own = SD * np.sqrt(1 - SHARED)
+    out = []
+    for _ in range(models):
+        runs = [base + rng.normal(0, tau, folds)[fold_of][subjects] + rng.normal(0, own, subjects.size)
+                for _ in range(seeds)]  # fmt: skip
+        out.append(np.clip(np.stack(runs), 0.0, 1.0))
+    return out, subjects, sizes, fold_of

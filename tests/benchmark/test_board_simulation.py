@@ -67,3 +67,28 @@ def test_board_ci_type_one_error_and_top_group_from_summaries(fast_board):
 
 
 BASE_TRUTH = sim.Model().truth()
+
+
+def test_board_with_two_seeds_covers_training_randomness(fast_board):
+    """Two architectures with the same expected score, 2 seeds, every run (seed x fold) shifting its
+    fold by SD 0.04: through the summaries and ``leaderboard.build``, the CI covers the truth taken
+    over training too, and p vs top keeps its level (the networks held fixed, it did not)."""
+    tau, rng = 0.04, np.random.default_rng(29)
+    offsets = np.random.default_rng(9).normal(0, tau, 4000)
+    truth = float(np.mean([sim.Model(shift=g).truth() for g in offsets]))
+    covered, rejected = [], []
+    for _ in range(N_BOARDS):
+        (a, b), subjects, _, fold_of = sim.draw_runs(rng, N_SUBJECTS, 5, 2, tau)
+        data = {"subjects": subjects.tolist(), "empty": (a[0] == 1.0).tolist(),
+                "fold_of": fold_of[subjects].tolist()}  # fmt: skip
+        runs = [s for n, d in zip("ab", (a, b)) for s in model_runs(n, dict(enumerate(d.tolist())), **data)]
+        board = lb.build(runs)
+        m = next(r for r in board["rows"] if r["model"] == "a")["metrics"]["kaggle_dice"]
+        covered.append(m["lo"] <= truth <= m["hi"])
+        second = [r for r in board["rows"] if not r["baseline"]][1]
+        rejected.append(second["vs_top"]["p"] < 0.05)
+    coverage, type_one = float(np.mean(covered)), float(np.mean(rejected))
+    print(
+        f"two seeds, run offsets SD {tau}, {N_BOARDS} boards: coverage {coverage:.3f}, type I {type_one:.3f}"
+    )
+    assert coverage >= 0.92 and type_one <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / N_BOARDS)

@@ -65,22 +65,6 @@ def test_seeds_that_disagree_as_whole_runs_weaken_the_test():
     assert seeded.seed_var[0] == pytest.approx(2 * (0.04 * w.sum()) ** 2 / 3)  # var of -a, 0, a over 3, twice
 
 
-def _boards(rng: np.random.Generator, n: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """(per model its per-seed per-image Dice (seeds x images), subject of each image, sizes)."""
-    sizes = rng.integers(sim.SIZES[0], sim.SIZES[-1] + 1, n)
-    subjects = np.repeat(np.arange(n), sizes)
-    fold = (rng.permutation(n) % FOLDS)[subjects]
-    base = sim.MU + sim.SIZE_EFFECT * sim.covariate(sizes)[subjects]
-    shared = rng.normal(0, sim.SD * np.sqrt(sim.SHARED), subjects.size)
-    models = []
-    for _ in range(2):
-        own = sim.SD * np.sqrt(1 - sim.SHARED)
-        runs = [base + shared + rng.normal(0, TAU, FOLDS)[fold] + rng.normal(0, own, subjects.size)
-                for _ in range(SEEDS)]  # fmt: skip
-        models.append(np.clip(np.stack(runs), 0.0, 1.0))
-    return models, subjects, sizes
-
-
 def test_simulated_training_noise_keeps_the_level_and_the_coverage():
     """Equal architectures are called different at most alpha of the time once the seeds are drawn
     with the subjects; resampling subjects alone (the trained networks held fixed) cannot hold it.
@@ -90,7 +74,7 @@ def test_simulated_training_noise_keeps_the_level_and_the_coverage():
     truth = float(np.mean([sim.Model(shift=g).truth() for g in offsets]))
     seeded, fixed, covered = np.empty(reps, bool), np.empty(reps, bool), np.empty(reps, bool)
     for i in range(reps):
-        models, subjects, sizes = _boards(rng, n)
+        models, subjects, sizes, _ = sim.draw_runs(rng, n, FOLDS, SEEDS, TAU)
         per_seed = [sim.totals(m, subjects, n) for m in models]
         totals = np.stack([p.mean(axis=0) for p in per_seed])
         boot = ranking.Resamples.draw(n, 1000, i)
