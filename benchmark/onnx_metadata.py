@@ -28,8 +28,8 @@ def _geometry(resize_mode: str) -> dict[str, str]:
 
     if resize_mode == "resize":
         return {
-            "prepare": "cv2.resize of the 420x580 uint8 frame to image_size x image_size (INTER_AREA when "
-            "shrinking, INTER_LINEAR when enlarging)",
+            "prepare": "cv2.resize of the 420x580 uint8 frame to image_size x image_size: INTER_AREA when "
+            "image_size^2 < 420*580 (the area shrinks, whatever each axis does), else INTER_LINEAR",
             "restore": "bilinear resize of the probabilities to 420x580 (half-pixel centres: torch "
             "align_corners=False), in float32",
         }

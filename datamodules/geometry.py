@@ -3,7 +3,8 @@
 Two modes, chosen by ``TrainConfig.resize_mode``:
 
 * ``"resize"``: squash to ``size x size`` (``cv2.INTER_AREA`` when shrinking images, which
-  averages instead of aliasing speckle; ``INTER_LINEAR`` when enlarging). Masks stay binary: a
+  averages instead of aliasing speckle; ``INTER_LINEAR`` when enlarging; "shrinking" means the
+  area, size^2 < 420 * 580, so 448-480 shrink though their height grows). Masks stay binary: a
   network pixel is foreground when at least half of the area it covers is (a majority vote, which
   round-trips a 120x80 px oval with IoU 0.97 at 128 px where ``INTER_NEAREST`` only reaches 0.92);
   nearest when enlarging. ``restore`` resizes back bilinearly (half-pixel centres, the same
