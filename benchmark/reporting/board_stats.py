@@ -12,6 +12,7 @@ randomness too."""
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,8 @@ def rank_rows(rows: list[dict[str, Any]], images: dict[str, dict[str, Any]]) -> 
         return []
     totals, weights, per_seed = subject_totals([images[r["model"]] for r in ranked])
     boot = ranking.Resamples.draw(weights.size, N_SET, SEED)
-    pairs = ranking.Pairs.compare(totals, weights, boot, per_seed, SEED)
+    keys = [zlib.crc32(r["model"].encode()) for r in ranked]  # a model's seed draws: by name, not row
+    pairs = ranking.Pairs.compare(totals, weights, boot, per_seed, SEED, keys)
     lo, hi = ranking.rank_intervals(pairs, ALPHA)
     # The floor is shown and tested but is not a contender: it stays out of the confidence set.
     contenders = [i for i, r in enumerate(ranked) if not r["baseline"]]

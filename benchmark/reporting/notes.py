@@ -188,11 +188,19 @@ def seeds_note(board: dict[str, Any]) -> str:
             "augmentation), which one seed cannot measure; with two or more seeds (`seeds: [0, 1, 2]`) "
             "they cover both."
         )
+    few = (
+        " With 2 seeds that estimate has one degree of freedom and the tests run over their level "
+        "(about 7% at a nominal 5% in simulation): 3 or more seeds hold it."
+        if len(seeds) == 2
+        else ""
+    )
     return (
         f"{len(seeds)} seeds: every image is averaged over them. The CIs and tests draw each model's "
         "seeds (all outer folds of a seed together) inside every subject resample, and the seeds' "
         "variance joins each test's standard error, so they cover training randomness as well as the "
-        f"sampling of subjects: Seed SD, its size, is estimated from {len(seeds)} seeds only."
+        f"sampling of subjects: Seed SD, its size, is estimated from {len(seeds)} seeds only.{few} Below "
+        f"{bs.FLOOR_BOOT_MIN} subjects p vs floor (sign flips of seed-averaged totals) leaves training "
+        "randomness out."
     )
 
 

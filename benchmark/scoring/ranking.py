@@ -17,7 +17,9 @@ effects depend on subject size). The subject is the unit of independence.
   for two models with symmetric differences but over-rejects when model differences depend
   strongly on subject size (the all-pairs max excluded one of 5 equal models 7% of the time with
   10-20 subjects); the bootstrap-t held its level (2-5%), and a bootstrap with the observed scale
-  kept fixed (no per-resample studentising) did not (26% with 10 subjects).
+  kept fixed (no per-resample studentising) did not (26% with 10 subjects). With ``seeds`` (two or
+  more per model) each model's seeds are drawn inside every resample and their variance joins se_jk,
+  on the data and on each resample (``benchmark.scoring.seed_draws``): training randomness.
 * Each pair is judged against its own bootstrap-t null (``Pairs.marginal``), and the correction
   over pairs is Bonferroni's. Two resampling corrections were tried first and failed: a max over
   the raw statistics (max-t) let one pair whose resamples often move without any spread (two
@@ -147,15 +149,17 @@ class Pairs:
         resamples: Resamples | None = None,
         seeds: list[np.ndarray] | None = None,
         seed: int = 0,
+        keys: list[int] | None = None,
     ) -> Pairs:
         """``totals``: (models, subjects), each model's seed-mean totals; ``seeds``: per model its
         per-seed totals (S_m, subjects), whose seeds are then drawn inside every subject resample
-        (``benchmark.scoring.seed_draws``); None: the trained networks held fixed."""
+        (``benchmark.scoring.seed_draws``, each model's draws from its own stream ``keys[m]``); None:
+        the trained networks held fixed."""
         t = _matrix(totals)
         k, n = t.shape
         w = _weights(weights, n)
         boot = Resamples.draw(n) if resamples is None else resamples
-        draws = None if seeds is None else SeedDraws.draw(seeds, boot.counts, seed)
+        draws = None if seeds is None else SeedDraws.draw(seeds, boot.counts, seed, keys)
         draws = draws if draws is not None and draws.any else None
         first, second = np.triu_indices(k, 1)
         d = t[first] - t[second]
@@ -322,18 +326,21 @@ def rank_intervals(pairs: Pairs, alpha: float = 0.05) -> tuple[np.ndarray, np.nd
 
 
 def _power_curve(
-    resid: np.ndarray, w: np.ndarray, critical: np.ndarray, boot: Resamples, seed_var: np.ndarray
+    resid: np.ndarray, w: np.ndarray, critical: np.ndarray, boot: Resamples, seed_var: np.ndarray, seed: int
 ):
     """power(gaps) per row: share of subject resamples, shifted by gap * w, whose studentised gap
-    (the pair statistic z of :class:`Pairs`, the seeds' variance ``seed_var`` scaled to the resample's
-    size) exceeds the row's ``critical`` in size. Averaged over the residuals' two signs, so the
+    (the pair statistic z of :class:`Pairs`) exceeds the row's ``critical`` in size. The seeds'
+    variance ``seed_var``, scaled to the resample's size, joins the denominator, and a normal draw of
+    it the gap (a new data set's seeds differ too). Averaged over the residuals' two signs, so the
     direction of the gap does not matter."""
     size, sq = boot.sums(w)[:, None], boot.sums(w * w)[:, None]
     extra = seed_var * (size / w.sum()) ** 2
+    noise = np.random.default_rng([seed, 3]).standard_normal((size.size, 1)) * np.sqrt(extra)
     sums, rr, rw = (boot.sums(x.T) for x in (resid, resid * resid, resid * w))  # (B, rows)
 
-    def power(gap: np.ndarray) -> np.ndarray:
-        hits = np.zeros(gap.size)
+    def power(true_gap: np.ndarray) -> np.ndarray:
+        hits = np.zeros(true_gap.size)
+        gap = true_gap + noise / size  # the seeds' draw moves every subject alike, by its frames
         for sign in (1.0, -1.0):  # d = sign * r + gap * w, resampled; no division: spread 0 handled
             total, cross = sign * sums + gap * size, sign * rw + gap * sq
             squares = rr + 2.0 * sign * gap * rw + gap * gap * sq
@@ -378,7 +385,7 @@ def detectable_differences(
     if rows.size == 0:
         return out
     boot = Resamples.draw(w.size, seed=seed) if resamples is None else resamples
-    curve = _power_curve(resid[rows], w, bar[rows], boot, extra[rows])
+    curve = _power_curve(resid[rows], w, bar[rows], boot, extra[rows], seed)
     reach = curve(np.ones(rows.size)) >= power
     low, high = np.zeros(rows.size), np.ones(rows.size)
     for _ in range(24):  # 2^-24: far below any printed decimal

@@ -7,6 +7,7 @@ The toy data set (tests/benchmark/summaries.py): 8 images of 4 subjects (2 each)
 from __future__ import annotations
 
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -264,7 +265,8 @@ def test_the_board_draws_each_models_seeds_with_the_subjects():
     ]
     boot = ranking.Resamples.draw(20, bs.N_SET, bs.SEED)
     totals = np.stack([s.mean(axis=0) for s in seeds])
-    drawn = ranking.Pairs.compare(totals, np.ones(20), boot, seeds, bs.SEED)
+    keys = [zlib.crc32(m.encode()) for m in order]  # each model's draws keyed by its name
+    drawn = ranking.Pairs.compare(totals, np.ones(20), boot, seeds, bs.SEED, keys)
     fixed = ranking.Pairs.compare(totals, np.ones(20), boot)
     assert order == ["a", "b", "empty"] and rows["b"]["vs_top"]["p_unadjusted"] == pytest.approx(
         drawn.marginal[0]
@@ -273,6 +275,10 @@ def test_the_board_draws_each_models_seeds_with_the_subjects():
     assert [rows[m]["vs_floor"]["p"] for m in "ab"] == pytest.approx(
         [drawn.one_sided(1, True), drawn.one_sided(2, True)]
     )
+    # a model ranked above them changes no draw of theirs: a pair's own p stays as it was
+    top = model_runs("c", {0: [0.95] * 20, 1: [0.97] * 20}, **kw)
+    more = {r["model"]: r for r in board(*(model_runs(m, v, **kw) for m, v in per_seed.items()), top)["rows"]}
+    assert [more[m]["vs_floor"]["p"] for m in "ab"] == [rows[m]["vs_floor"]["p"] for m in "ab"]
 
 
 def test_a_model_tied_with_the_floor_ranks_above_it():

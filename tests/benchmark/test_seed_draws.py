@@ -69,7 +69,7 @@ def test_simulated_training_noise_keeps_the_level_and_the_coverage():
     """Equal architectures are called different at most alpha of the time once the seeds are drawn
     with the subjects; resampling subjects alone (the trained networks held fixed) cannot hold it.
     The CI of an architecture's mean covers its truth (the expectation over training too)."""
-    rng, reps, n = np.random.default_rng(5), 300, 47
+    rng, reps, n = np.random.default_rng(5), 1000, 47
     offsets = np.random.default_rng(9).normal(0, TAU, 4000)  # a run's offset, integrated out
     truth = float(np.mean([sim.Model(shift=g).truth() for g in offsets]))
     seeded, fixed, covered = np.empty(reps, bool), np.empty(reps, bool), np.empty(reps, bool)
