@@ -173,12 +173,14 @@ def check_split_seed(results_dir: Path, split_seed: int) -> None:
 def check_same_data(results_dir: Path, data_dir: Path, current: str, grid: Sequence[str] = ()) -> None:
     """Refuse a results directory any of whose runs was made on other data: a run of this grid (run
     names ``grid``) would be skipped as complete (the config hash does not cover the data), any other
-    would share the board with runs of another data set. Other runs of the synthetic fallback are let
-    be (the README's first `make benchmark` before the download): the board prefers the real runs."""
+    would share the board with runs of another data set. Other runs of synthetic data are let be when
+    this data is real (the README's first `make benchmark` before the download): the board prefers
+    the real runs. Two synthetic data sets (`benchmark synth` marks its data too) are two data sets."""
+    real_now = not (Path(data_dir) / "synthetic.json").is_file()
     for path, summary in _saved_summaries(results_dir):
         dataset = summary.get("dataset") or {}
         saved = dataset.get("content_hash")
-        if saved != current and (path.parent.name in grid or not dataset.get("synthetic")):
+        if saved != current and (path.parent.name in grid or not dataset.get("synthetic") or not real_now):
             raise ConfigError(
                 f"{path.parent}: made on data with content hash {saved}, but {data_dir} has "
                 f"{current}; one results directory holds one data set (use another --results-dir)"

@@ -256,8 +256,8 @@ def check_outputs(out_dir: Path, submission: Path | None, reads: Sequence[str | 
 
 def _data_files(input_dir: str | Path) -> list[Path]:
     """The data set's own csv files beside the test folder (``--input DIR`` or ``DIR/test``)."""
-    root = Path(input_dir)
-    near = [root, *([root.parent] if root.name == "test" else [])]
+    root = Path(input_dir).resolve()  # a link to DIR/test, or DIR/Test on a case-insensitive disk
+    near = [root, *([root.parent] if root.name.lower() == "test" else [])]
     return [d / name for d in near for name in ("sample_submission.csv", "train_masks.csv")]
 
 

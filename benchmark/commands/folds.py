@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.external.folds import folds_document
     from benchmark.grid_checks import inner_larger
 
-    check_output_file(args.out, "--out", "the path of a .json file")
+    reads = [Path(args.data_dir) / name for name in ("train_masks.csv", "sample_submission.csv")]
+    check_output_file(
+        args.out, "--out", "the path of a .json file", [*reads, *([args.config] if args.config else [])]
+    )
     cfg = train_config(args.config, args.overrides)
     doc = folds_document(cfg, args.data_dir)
     write_json_atomic(args.out, doc)

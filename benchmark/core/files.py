@@ -93,7 +93,7 @@ def check_output_file(path: str | Path, flag: str, expected: str, reads: Iterabl
     if blocked is not None:
         raise NerveBenchError(f"{blocked}: a file, not a folder; {flag} {path} needs a folder there")
     if any(_same_file(path, Path(source)) for source in reads):
-        raise NerveBenchError(f"{path}: {flag} is a file this command reads; writing it would destroy it")
+        raise NerveBenchError(f"{path}: {flag} is a file this command reads; give another path")
     check_writable(path.parent, flag, path)
 
 

@@ -16,7 +16,8 @@ from benchmark.reporting.notes import notes
 from benchmark.reporting.sources import source_lines
 
 SYNTHETIC_NOTE = (
-    "> **SYNTHETIC DATA.** These numbers come from the generated stand-in data set (CPU fallback), "
+    "> **SYNTHETIC DATA.** These numbers come from a generated stand-in data set (the CPU fallback or "
+    "`benchmark synth`), "
     "not from the Kaggle images; they test the pipeline, not the models."
 )
 TITLES = {

@@ -67,6 +67,21 @@ def test_the_synthetic_fallbacks_runs_do_not_block_the_real_data(tmp_path):
     assert calls == ["unet"]
 
 
+def test_two_synthetic_data_sets_are_two_data_sets(tmp_path):
+    """`benchmark synth` marks its data synthetic.json as the fallback's is: runs on a second such
+    data set went into a results directory of the first and were left off its board (exit 0)."""
+    data = tmp_path / "synth-b"
+    data.mkdir()
+    (data / "synthetic.json").write_text("{}\n")
+    runner.run_grid(grid_of("unet", 1), tmp_path, tmp_path, fit=fit_on("synth", True, []), data_hash="synth")
+    calls: list[str] = []
+    with pytest.raises(ConfigError, match="made on data with content hash synth, but .* has synth-b; one"):
+        runner.run_grid(
+            grid_of("unet", 2), data, tmp_path, fit=fit_on("synth-b", True, calls), data_hash="synth-b"
+        )
+    assert calls == []
+
+
 def test_a_signal_that_a_loader_error_replaced_stops_the_grid_not_only_the_run(tmp_path, capsys):
     """SIGTERM to the process group kills the loader workers too; the loader's "worker killed by
     signal" RuntimeError, raised while the SIGTERM's exception unwinds, was counted as the run's

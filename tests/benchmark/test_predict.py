@@ -354,12 +354,14 @@ def test_outputs_that_would_replace_an_input_are_refused_before_the_work(ckpts, 
          checkpoint, "--submission"),
         (["export", *base, "--out", str(checkpoint)], checkpoint, "--out"),
         (["evaluate", *base, "--data-dir", str(root), "--out", str(checkpoint)], checkpoint, "--out"),
+        (["folds", "--data-dir", str(root), "--out", str(root / "sample_submission.csv")],
+         root / "sample_submission.csv", "--out"),
     ]  # fmt: skip
     before = {p: p.read_bytes() for p in (checkpoint, root / "sample_submission.csv")}
     for args, target, flag in cases:
         assert main(args) == 2
         assert capsys.readouterr().err == (
-            f"error: {target}: {flag} is a file this command reads; writing it would destroy it\n"
+            f"error: {target}: {flag} is a file this command reads; give another path\n"
         )
     assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "o").exists()
     with pytest.raises(DataError, match="a file, not a folder of images"):
