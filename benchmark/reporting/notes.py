@@ -198,9 +198,13 @@ def seeds_note(board: dict[str, Any]) -> str:
         f"{len(seeds)} seeds: every image is averaged over them. The CIs and tests draw each model's "
         "seeds (all outer folds of a seed together) inside every subject resample, and the seeds' "
         "variance joins each test's standard error, so they cover training randomness as well as the "
-        f"sampling of subjects: Seed SD, its size, is estimated from {len(seeds)} seeds only.{few} Below "
-        f"{bs.FLOOR_BOOT_MIN} subjects p vs floor (sign flips of seed-averaged totals) leaves training "
-        "randomness out."
+        f"sampling of subjects: Seed SD, its size, is estimated from {len(seeds)} seeds only.{few}"
+        + (
+            f" With fewer than {bs.FLOOR_BOOT_MIN} subjects p vs floor (sign flips of seed-averaged "
+            "totals) leaves training randomness out."
+            if (n_subjects(board) or 0) < bs.FLOOR_BOOT_MIN
+            else ""
+        )
     )
 
 

@@ -239,6 +239,7 @@ def test_seed_spread_and_the_one_seed_caveat():
     )
     md = tables.markdown(b)
     assert "| Seed SD |" in md and "| 0.035 |" in md and "2 seeds: every image is averaged over them" in md
+    assert "fewer than 20 subjects p vs floor (sign flips of seed-averaged totals) leaves training" in md
     one = board(model_runs("unet", {0: UNET[0]}), empty_runs())
     assert row(one, "unet")["seed_sd"] is None and "Seed SD" not in tables.markdown(one)
     assert (
@@ -279,6 +280,7 @@ def test_the_board_draws_each_models_seeds_with_the_subjects():
     top = model_runs("c", {0: [0.95] * 20, 1: [0.97] * 20}, **kw)
     more = {r["model"]: r for r in board(*(model_runs(m, v, **kw) for m, v in per_seed.items()), top)["rows"]}
     assert [more[m]["vs_floor"]["p"] for m in "ab"] == [rows[m]["vs_floor"]["p"] for m in "ab"]
+    assert "p vs floor (sign flips" not in notes.seeds_note(b)  # 20 subjects: its bootstrap draws seeds
 
 
 def test_a_model_tied_with_the_floor_ranks_above_it():
