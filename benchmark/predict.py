@@ -255,10 +255,11 @@ def check_outputs(out_dir: Path, submission: Path | None, reads: Sequence[str | 
 
 
 def _data_files(input_dir: str | Path) -> list[Path]:
-    """The data set's own csv files beside the test folder (``--input DIR`` or ``DIR/test``)."""
+    """The data set's own csv files and image folders beside the test folder (``--input DIR`` or
+    ``DIR/test``): no output may replace them or land among the images."""
     root = Path(input_dir).resolve()  # a link to DIR/test, or DIR/Test on a case-insensitive disk
     near = [root, *([root.parent] if root.name.lower() == "test" else [])]
-    return [d / name for d in near for name in ("sample_submission.csv", "train_masks.csv")]
+    return [d / name for d in near for name in ("sample_submission.csv", "train_masks.csv", "train", "test")]
 
 
 def _write_masks(

@@ -82,8 +82,9 @@ _UMASK = _umask()
 
 def check_output_file(path: str | Path, flag: str, expected: str, reads: Iterable[str | Path] = ()) -> None:
     """Before the work (exit 2): ``path`` can become a file: it is not a folder, no file stands where
-    one of its folders goes, it is none of the files the command ``reads``, and its folder can be
-    written; found at the write, the work was done and lost (exit 1), or an input overwritten."""
+    one of its folders goes, it is none of the files the command ``reads`` (a folder there: no file
+    directly in it, as the data's image folders), and its folder can be written; found at the write,
+    the work was done and lost (exit 1), or an input overwritten."""
     from datamodules.errors import NerveBenchError
 
     path = Path(path)
@@ -92,8 +93,12 @@ def check_output_file(path: str | Path, flag: str, expected: str, reads: Iterabl
     blocked = file_in_the_way(path.parent)
     if blocked is not None:
         raise NerveBenchError(f"{blocked}: a file, not a folder; {flag} {path} needs a folder there")
-    if any(_same_file(path, Path(source)) for source in reads):
+    sources = [Path(source) for source in reads]
+    if any(_same_file(path, source) for source in sources if not source.is_dir()):
         raise NerveBenchError(f"{path}: {flag} is a file this command reads; give another path")
+    folder = next((s for s in sources if s.is_dir() and _same_file(path.parent, s)), None)
+    if folder is not None:
+        raise NerveBenchError(f"{path}: {flag} is in {folder}, which this command reads; give another path")
     check_writable(path.parent, flag, path)
 
 

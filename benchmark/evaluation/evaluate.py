@@ -175,9 +175,8 @@ def evaluate(
     and ``note``, the one line that says what was scored.
     """
     if out is not None:
-        check_output_file(
-            out, "--out", "the path of a .json file", [checkpoint, Path(data_dir) / "train_masks.csv"]
-        )
+        reads = [checkpoint, *(Path(data_dir) / name for name in ("train_masks.csv", "train", "test"))]
+        check_output_file(out, "--out", "the path of a .json file", reads)
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)
     _require_record(path, ckpt)

@@ -357,11 +357,22 @@ def test_outputs_that_would_replace_an_input_are_refused_before_the_work(ckpts, 
         (["folds", "--data-dir", str(root), "--out", str(root / "sample_submission.csv")],
          root / "sample_submission.csv", "--out"),
     ]  # fmt: skip
+    inside = [  # among the images (evaluate --out DATA/train/1_1.tif replaced a training image)
+        (["evaluate", *base, "--data-dir", str(root), "--out", str(root / "test" / "1.tif")], root / "test"),
+        (["predict", *base, "--input", str(root), *out, "--submission", str(root / "test" / "9.tif")],
+         root / "test"),
+    ]  # fmt: skip
     before = {p: p.read_bytes() for p in (checkpoint, root / "sample_submission.csv")}
     for args, target, flag in cases:
         assert main(args) == 2
         assert capsys.readouterr().err == (
             f"error: {target}: {flag} is a file this command reads; give another path\n"
+        )
+    for args, folder in inside:
+        assert main(args) == 2
+        target = args[-1]
+        assert capsys.readouterr().err == (
+            f"error: {target}: {args[-2]} is in {folder}, which this command reads; give another path\n"
         )
     assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "o").exists()
     with pytest.raises(DataError, match="a file, not a folder of images"):
