@@ -187,6 +187,17 @@ def check_same_data(results_dir: Path, data_dir: Path, current: str, grid: Seque
             )
 
 
+def check_imported_names(results_dir: Path, models: Sequence[str]) -> None:
+    """Refuse to train a model whose name an imported method holds in this results directory: its
+    folds would join the import's under one row, part trained here, part masks from elsewhere."""
+    for path, summary in _saved_summaries(results_dir):
+        if summary.get("external") and summary.get("model") in models:
+            raise ConfigError(
+                f"{path.parent}: {summary['model']!r} is an imported method here; a model trained by "
+                "nerve-bench needs another name or another --results-dir"
+            )
+
+
 def check_link_subjects(results_dir: Path, link_subjects: bool, links: list) -> None:
     """Refuse a results directory whose runs split this data with the other ``link_subjects``, when
     the data has linked subjects (``links``): their folds differ. Without links both splits are the

@@ -86,6 +86,7 @@ def dry_run(
     in_flight, how = in_flight_here(bench, grid, executor)
     in_flight = min(in_flight, len(values))
     grid_checks.check_split_seed(results_dir, bench.train.split_seed)
+    grid_checks.check_imported_names(results_dir, sorted({c.model for c in grid}))
     linked = any(c.link_subjects for c in grid)
     grid_checks.check_link_subjects(results_dir, linked, grid_checks.saved_links(results_dir))
     same_data_checked = _check_same_data(grid, results_dir, data_dir)

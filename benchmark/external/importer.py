@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,8 @@ def check_folds_file(path: Path, fold: Fold, data_hash: str) -> None:
         raise DataError(path, f"not a folds file written by `benchmark folds` (format {FOLDS_FORMAT!r})")
     if doc.get("content_hash") != data_hash:
         raise DataError(path, f"made on data with content hash {doc.get('content_hash')}, not {data_hash}")
-    entries = {e.get("fold"): e for e in doc.get("folds") or [] if isinstance(e, dict)}
+    listed = [e for e in doc.get("folds") or [] if isinstance(e, dict)]
+    entries = {e["fold"]: e for e in listed if isinstance(e.get("fold"), int)}  # hand-edited: not a key
     mine = entries.get(fold.cfg.fold) or {}
     if doc.get("split_seed") != fold.cfg.split_seed or mine.get("outer") != fold.outer:
         raise DataError(
@@ -67,7 +67,7 @@ def check_folds_file(path: Path, fold: Fold, data_hash: str) -> None:
     outer = set(fold.outer)
     for part, ours in (("train", fold.train), ("inner", fold.inner)):
         theirs = mine.get(part)
-        seen = outer & set(theirs) if isinstance(theirs, list) else set()
+        seen = outer & {x for x in theirs if isinstance(x, str)} if isinstance(theirs, list) else set()
         if seen:  # trained or tuned on what is scored: never on the board
             raise DataError(path, f"fold {fold.cfg.fold}'s {part} set holds {len(seen)} of its outer images")
         if theirs != ours:
@@ -121,21 +121,37 @@ def _how_split(doc: dict[str, Any], fold: Fold) -> str:
         f"{k} {_yaml(theirs[k])} here, {_yaml(ours[k])} on the board" for k in ours if theirs[k] != ours[k]
     ]
     return (
-        "; ".join(differ) + "; pass the folds file's config as --config"
+        "; ".join(differ) + "; write the folds file from the board's config and train on it again"
         if differ
         else "the same split settings, other images: edited, or written by another version of nerve-bench?"
     )
 
 
-def _warn_other_board(summary: dict[str, Any], results_dir: Path) -> None:
+def check_seed(board: Board, seed: int) -> None:
+    """A ranked model needs every seed of the board: a seed the other rows lack would take each of
+    them off the ranking (and this row too, lacking theirs)."""
+    from benchmark.reporting.leaderboard import select_runs
+
+    kept, _ = select_runs([s for _, s in complete_summaries(board.results_dir)])
+    seeds = sorted({int(s["seed"]) for s in kept if s.get("model") != board.name})
+    if seeds and seed not in seeds:
+        raise ConfigError(
+            f"--seed {seed}: the other rows in {board.results_dir} have seed(s) "
+            f"{', '.join(map(str, seeds))}; a row needs every seed of the board, so import one of those "
+            "(or use another --results-dir)"
+        )
+
+
+def _refuse_other_board(summary: dict[str, Any], results_dir: Path) -> None:
+    """An import under another benchmark config starts a second board in the results directory; the
+    report shows the bigger one, so a few imports took the board over (a warning said so, exit 0)."""
     from benchmark.reporting.leaderboard import benchmark_hash, select_runs
 
     kept, _ = select_runs([s for _, s in complete_summaries(results_dir)])
     if kept and benchmark_hash(kept[0]) != benchmark_hash(summary):
-        print(
-            f"warning: {results_dir} holds runs of another benchmark config; this import joins a board of "
-            "its own (pass no --config to use theirs)",
-            file=sys.stderr,
+        raise ConfigError(
+            f"{results_dir} holds runs of another benchmark config; an import joins its board (pass no "
+            "--config), or goes to another --results-dir"
         )
 
 
@@ -200,7 +216,7 @@ def import_fold(
     external = {**provenance, **(external or {}), "replaced": _earlier_imports(run_dir) if replace else []}
     summary = entry.imported_summary(split, board.data_dir, pred, external, facts)
     summary["external"] = _on_the_board(external, summary["metrics"]["post"]["kaggle_dice"])
-    _warn_other_board(summary, board.results_dir)
+    _refuse_other_board(summary, board.results_dir)
     return run_dir, entry.write_imported(run_dir, summary, split, pred)
 
 
@@ -236,5 +252,6 @@ def import_predictions(
 ) -> tuple[Path, dict[str, Any]]:
     """`benchmark import`: check everything, score the masks, write ``runs/<run>/summary.json``."""
     board = open_board(name, data_dir, results_dir, config, sets)
+    check_seed(board, seed)
     split = board_fold(board, fold, seed)
     return import_fold(board, split, predictions, external, folds_file, facts, replace)

@@ -298,6 +298,7 @@ def run_seed(
     external: dict,
 ) -> list[tuple[int, int, str]]:
     """Plan (once), train and predict the folds not yet imported in one nnU-Net process, then import them."""
+    importer.check_seed(board, seed)
     splits = [importer.board_fold(board, k, seed) for k in folds]
     todo = [s for s in splits if not _done(board.results_dir / "runs" / s.cfg.run_name(), external["recipe"])]
     status = {s.cfg.fold: "skipped" for s in splits if s not in todo}

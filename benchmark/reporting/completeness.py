@@ -171,3 +171,11 @@ def same_images(rows: list[dict[str, Any]], images: dict[str, dict[str, np.ndarr
         if tuple(images[r["model"]]["index"].tolist()) != chosen:
             r["complete"] = False
             r["missing"].append(f"scored other images than the {sets[chosen]} model(s) ranked")
+
+
+def mixed_sources(runs: list[dict[str, Any]]) -> list[str]:
+    """A row is one method: runs trained by nerve-bench and imported masks under one name are not."""
+    imported = sorted({f"fold {s['fold']} seed {s['seed']}" for s in runs if s.get("external")})
+    if not imported or len(imported) == len(runs):
+        return []
+    return [f"mixes runs trained by nerve-bench with imported masks ({', '.join(imported)} imported)"]

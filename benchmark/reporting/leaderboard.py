@@ -140,6 +140,7 @@ def missing(
     no run at all counts too."""
     seen = Counter((int(s["fold"]), int(s["seed"])) for s in runs)
     problems = [f"fold {f} seed {e}: {c} runs" for (f, e), c in sorted(seen.items()) if c > 1]
+    problems += completeness.mixed_sources(runs)
     for seed in sorted(set(seeds or []) | {e for _, e in seen}):
         absent = [str(f) for f in range(k) if (f, seed) not in seen]
         if absent:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
+from benchmark.core.config import ConfigError
 from benchmark.core.summary import read_summary, write_summary
 from benchmark.external.board_config import train_config
 from benchmark.external.folds import split_fold
@@ -126,7 +127,7 @@ def test_other_data_missing_fold_and_taken_names(setup, tmp_path, capsys) -> Non
     assert main(_args(data, results, config, pred) + ["--folds-file", str(three)]) == 2
     assert capsys.readouterr().err == (
         f"error: {three}: fold 0 of this file is not this benchmark's fold (n_folds 3 here, 2 on the board; "
-        "pass the folds file's config as --config)\n"
+        "write the folds file from the board's config and train on it again)\n"
     )
     good = tmp_path / "good.json"  # this split, then edited: trained on the outer fold, or re-split
     assert main(["folds", "--data-dir", str(data), "--config", str(config), "--out", str(good)]) == 0
@@ -138,6 +139,18 @@ def test_other_data_missing_fold_and_taken_names(setup, tmp_path, capsys) -> Non
             lambda f: f["inner"][1:],
             "fold 0's inner set is not this benchmark's (the same split "
             "settings, other images: edited, or written by another version of nerve-bench?)",
+        ),
+        (  # a hand-edited file of other types: a line, not a TypeError traceback (exit 1)
+            "inner",
+            lambda f: [{"x": 1}],
+            "fold 0's inner set is not this benchmark's (the same split "
+            "settings, other images: edited, or written by another version of nerve-bench?)",
+        ),
+        (
+            "fold",
+            lambda f: [0],
+            "fold 0 of this file is not this benchmark's fold (the same split settings, "
+            "other images: edited, or written by another version of nerve-bench?)",
         ),
     ):
         edited = json.loads(json.dumps(doc))
@@ -153,7 +166,7 @@ def test_other_data_missing_fold_and_taken_names(setup, tmp_path, capsys) -> Non
     assert main(_args(data, results, config, pred) + ["--folds-file", str(other)]) == 2
     err = capsys.readouterr().err
     assert "fold 0's train set is not this benchmark's (inner_fraction 0.6 here, " in err, err
-    assert err.endswith("on the board; pass the folds file's config as --config)\n")
+    assert err.endswith("on the board; write the folds file from the board's config and train on it again)\n")
     assert not results.exists()  # nothing written by any of the refused imports
 
 
@@ -268,3 +281,41 @@ def test_round_trip_gives_the_runs_own_numbers(fit_runs, tmp_path) -> None:
         assert imported["per_image"][key] == own["per_image"][key], key
     assert imported["metrics"]["post"] == own["metrics"]["post"]
     assert imported["split"] == own["split"] and imported["dataset"] == own["dataset"]
+
+
+def test_an_import_joins_the_board_it_finds_or_is_refused(setup, tmp_path, capsys) -> None:
+    """A seed the other rows lack took every model off the ranking, an import under another config
+    took the board over (exit 0 both), and a model trained here under an imported name merged into
+    one ranked row with the masks from elsewhere."""
+    from benchmark.grid_checks import check_imported_names
+    from benchmark.reporting import leaderboard as lb
+    from benchmark.reporting.report import load_summaries
+
+    data, config, (fold, other) = setup
+    results = tmp_path / "results"
+    masks = [write_masks(tmp_path / f"p{f.cfg.fold}", f.outer, _truth(f), "png") for f in (fold, other)]
+    for k, pred in enumerate(masks):
+        assert main(_args(data, results, config, pred, fold=k)) == 0
+    capsys.readouterr()
+    assert main([*_args(data, results, config, masks[0], name="second"), "--seed", "7"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --seed 7: the other rows in {results} have seed(s) 0; a row needs every seed of the board, "
+        "so import one of those (or use another --results-dir)\n"
+    )
+    assert main([*_args(data, results, config, masks[0]), "--seed", "1"]) == 0  # its own row: any seed
+    assert main([*_args(data, results, config, masks[0], name="second"), "--set", "lr=0.5"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "holds runs of another benchmark config; an import joins its board (pass no --config), or goes to "
+        "another --results-dir\n"
+    )
+    assert sorted({s["model"] for _, s in load_summaries(results)}) == ["outside"]
+    with pytest.raises(ConfigError, match="'outside' is an imported method here; a model trained by"):
+        check_imported_names(results, ["unet", "outside"])
+    check_imported_names(results, ["unet"])
+    native = make_summary("outside", 1, 1, [0.5])  # a run trained here under the imported name
+    problems = lb.missing([*[s for _, s in load_summaries(results)], native], 2, 8)
+    assert (
+        "mixes runs trained by nerve-bench with imported masks (fold 0 seed 0, fold 0 seed 1, fold 1 seed 0 "
+        "imported)" in problems
+    )
+    assert not any("mixes" in p for p in lb.missing([s for _, s in load_summaries(results)], 2, 8))
