@@ -134,7 +134,7 @@ def legend(board: dict[str, Any]) -> dict[str, str]:
     """One-line definition of every column (metric definitions come from benchmark.scoring.metrics)."""
     from benchmark.scoring.metrics import METRIC_DOCS
 
-    docs = {**_ranking_docs(), **_comparison_docs(), **_RUN_DOCS}
+    docs = {**_ranking_docs(), **_comparison_docs(), **_floor_docs(), **_RUN_DOCS}
     for key in ("sensitivity", "precision", "presence_accuracy"):
         docs[key] = f"{METRIC_DOCS[key]} ({_POOLED})"
     docs.update(_COST_DOCS)
@@ -171,6 +171,22 @@ def _ranking_docs() -> dict[str, str]:
     }
 
 
+def _floor_docs() -> dict[str, str]:
+    """The comparison of every model with the all-empty floor."""
+    return {
+        "diff_vs_floor": "this model's mean post-processed Dice minus the all-empty floor's, over all images "
+        "(the floor's own row and boards without it: n/a)",
+        "p_vs_floor": "one-sided p-value of 'no better than the floor', Holm-adjusted over the models: from "
+        f"{bs.FLOOR_BOOT_MIN} subjects the pair's bootstrap-t (its studentised gap against its own "
+        "resamples, seeds drawn as for p_vs_top), below that the exact paired sign flip of the per-subject "
+        "totals of the seed-averaged differences (half the two-sided p for a positive gap, 1 otherwise; "
+        "a bootstrap of fewer subjects is erratic); "
+        f"{SIMULATED['floor']}; {bs.ALPHA} or more: not shown to beat predicting nothing (a note says so). "
+        "In the JSON "
+        "rows[].vs_floor.p_holm (.p: before Holm; .diff: diff_vs_floor)",
+    }
+
+
 def _comparison_docs() -> dict[str, str]:
     """The secondary scores and every comparison with the top model and the floor."""
     from benchmark.scoring.metrics import METRIC_DOCS
@@ -197,16 +213,6 @@ def _comparison_docs() -> dict[str, str]:
         "Bonferroni factor (p_vs_top_unadjusted; in the JSON rows[].vs_top.p_unadjusted), valid only for "
         "a comparison chosen before the board was seen. `untested` (here and in p_best_set): "
         f"fewer than {ranking.MIN_SUBJECTS} subjects, where no test is computed (the CSV leaves it blank)",
-        "diff_vs_floor": "this model's mean post-processed Dice minus the all-empty floor's, over all images "
-        "(the floor's own row and boards without it: n/a)",
-        "p_vs_floor": "one-sided p-value of 'no better than the floor', Holm-adjusted over the models: from "
-        f"{bs.FLOOR_BOOT_MIN} subjects the pair's bootstrap-t (its studentised gap against its own "
-        "resamples, seeds drawn as for p_vs_top), below that the exact paired sign flip of the per-subject "
-        "totals of the seed-averaged differences (half the two-sided p for a positive gap, 1 otherwise; "
-        "a bootstrap of fewer subjects is erratic); "
-        f"{SIMULATED['floor']}; {bs.ALPHA} or more: not shown to beat predicting nothing (a note says so). "
-        "In the JSON "
-        "rows[].vs_floor.p_holm (.p: before Holm; .diff: diff_vs_floor)",
         "mde_vs_top": f"smallest true gap to the top that p_vs_top detects with {bs.POWER:.0%} probability "
         f"at alpha {bs.ALPHA}, for this board's subjects and the observed spread of this model's "
         "per-subject differences from the top (subjects resampled; the gap added to each subject in "

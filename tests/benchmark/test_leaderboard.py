@@ -7,7 +7,6 @@ The toy data set (tests/benchmark/summaries.py): 8 images of 4 subjects (2 each)
 from __future__ import annotations
 
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -246,41 +245,6 @@ def test_seed_spread_and_the_one_seed_caveat():
         "One seed: the CIs, p-values, rank intervals and the top group are about these trained networks"
         in (tables.markdown(one))
     )
-
-
-def test_the_board_draws_each_models_seeds_with_the_subjects():
-    """Two seeds per model whose networks disagree as whole runs (every subject shifted alike): the
-    board's p-values are those of the pairs with the seeds drawn, and weaker than with the networks
-    held fixed; the floor (no training) has no seeds to draw. From 20 subjects p vs floor is the
-    (model, floor) pair's one-sided bootstrap-t."""
-    rng = np.random.default_rng(3)
-    subjects, fold_of = list(range(1, 21)), [0] * 10 + [1] * 10
-    base = {"a": 0.8 + rng.normal(0, 0.03, 20), "b": 0.74 + rng.normal(0, 0.03, 20)}
-    per_seed = {m: {0: (v - 0.06).tolist(), 1: (v + 0.06).tolist()} for m, v in base.items()}
-    kw = {"subjects": subjects, "empty": [False] * 20, "fold_of": fold_of}
-    b = board(*(model_runs(m, v, **kw) for m, v in per_seed.items()))
-    rows = {r["model"]: r for r in b["rows"]}
-    order = [r["model"] for r in b["rows"]]
-    seeds = [
-        np.array([per_seed[m][0], per_seed[m][1]]) if m in per_seed else np.zeros((1, 20)) for m in order
-    ]
-    boot = ranking.Resamples.draw(20, bs.N_SET, bs.SEED)
-    totals = np.stack([s.mean(axis=0) for s in seeds])
-    keys = [zlib.crc32(m.encode()) for m in order]  # each model's draws keyed by its name
-    drawn = ranking.Pairs.compare(totals, np.ones(20), boot, seeds, bs.SEED, keys)
-    fixed = ranking.Pairs.compare(totals, np.ones(20), boot)
-    assert order == ["a", "b", "empty"] and rows["b"]["vs_top"]["p_unadjusted"] == pytest.approx(
-        drawn.marginal[0]
-    )
-    assert fixed.marginal[0] < 0.01 < 0.05 < drawn.marginal[0]
-    assert [rows[m]["vs_floor"]["p"] for m in "ab"] == pytest.approx(
-        [drawn.one_sided(1, True), drawn.one_sided(2, True)]
-    )
-    # a model ranked above them changes no draw of theirs: a pair's own p stays as it was
-    top = model_runs("c", {0: [0.95] * 20, 1: [0.97] * 20}, **kw)
-    more = {r["model"]: r for r in board(*(model_runs(m, v, **kw) for m, v in per_seed.items()), top)["rows"]}
-    assert [more[m]["vs_floor"]["p"] for m in "ab"] == [rows[m]["vs_floor"]["p"] for m in "ab"]
-    assert "p vs floor (sign flips" not in notes.seeds_note(b)  # 20 subjects: its bootstrap draws seeds
 
 
 def test_a_model_tied_with_the_floor_ranks_above_it():
