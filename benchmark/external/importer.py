@@ -171,8 +171,12 @@ def open_board(
     name: str, data_dir: Path, results_dir: Path, config: Path | None = None, sets: list[str] | None = None
 ) -> Board:
     """Check the name, read and hash the data, check it against the results directory, pick the config."""
+    from benchmark.core.files import check_output_dir
     from benchmark.grid_checks import check_link_subjects, check_same_data, check_split_seed
 
+    check_output_dir(
+        results_dir, "--results-dir", "a results directory"
+    )  # a file there: at the write, exit 1
     check_name(name, results_dir)
     train_set = load_train(data_dir)
     data_hash = content_hash(train_set)

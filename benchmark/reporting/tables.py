@@ -67,6 +67,11 @@ def several_seeds(board: dict[str, Any]) -> bool:
     return len(board["header"]["seeds"]) >= 2
 
 
+def _p_cell(p: float | None, tested: bool) -> str:
+    """A CSV p-value: blank where untested (its stored 1.0 is no result), n/a where there is none."""
+    return fmt(p, 6) if tested or p is None else ""
+
+
 def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of leaderboard.csv (ranked, then incomplete rows): 6 decimals, "n/a" if missing."""
     columns = ["rank", "model", "baseline", "derived", "status", "missing", "n_runs", "n_seeds", "n_images"]
@@ -87,9 +92,9 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             line += [fmt(m["mean"], 6), fmt(m["lo"], 6), fmt(m["hi"], 6)]
         test = r.get("vs_top") or {}
         tested = test.get("tested", True)  # False: too few subjects, the 1.0 p-values were not computed
-        line += [fmt(test.get("diff"), 6), fmt(test.get("p"), 6) if tested else "", fmt(test.get("mde"), 6)]
+        line += [fmt(test.get("diff"), 6), _p_cell(test.get("p"), tested), fmt(test.get("mde"), 6)]
         group = "" if not ranked or r["top_group"] is None else str(r["top_group"]).lower()
-        line += [fmt(r.get("p_best"), 6) if tested else "", group, str(test.get("n_subjects", ""))]
+        line += [_p_cell(r.get("p_best"), tested), group, str(test.get("n_subjects", ""))]
         rank_ci = r.get("rank_ci") or ["", ""]
         line += [str(rank_ci[0]), str(rank_ci[1]), fmt(r.get("seed_sd"), 6)]
         line += [fmt(r["run_means"][key], 6) for key, *_ in RUN_MEANS]
@@ -97,7 +102,7 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         line.append(r.get("external") or "")
         floor = r.get("vs_floor") or {}
         line += [fmt(floor.get("diff"), 6), fmt(floor.get("p_holm"), 6)]
-        line += [fmt(test.get("p_unadjusted"), 6) if tested else ""]
+        line += [_p_cell(test.get("p_unadjusted"), tested)]
         rows.append(line)
     return columns, rows
 

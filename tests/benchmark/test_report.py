@@ -88,13 +88,14 @@ def test_json_csv_and_tex_agree(results):
     assert lines[1].startswith("1,unet,false,false,ranked,,4,2,8,0.725000,")
     assert lines[2].startswith("2,empty,true,false,ranked,,4,2,8,0.500000,n/a,n/a,")
     # untested p-values are empty cells, not a computed-looking 1.000000
-    assert ",-0.225000,,n/a,,,4,1,2,0.000000," in lines[2]
+    assert ",-0.225000,,n/a,n/a,,4,1,2,0.000000," in lines[2]  # the floor has no Set p at all: n/a
     top, floor = (dict(zip(head, line.split(","))) for line in lines[1:3])
     assert (floor["p_vs_top_unadjusted"], top["diff_vs_floor"], top["p_vs_floor"]) == (
         "",
         "0.225000",
         "0.062500",
     )
+    assert (top["p_vs_top"], top["p_best_set"]) == ("n/a", "")  # the top has no p vs top; Set p untested
     assert lines[3].startswith(
         ",sk_unet,false,false,incomplete,seed 1: fold 1 missing,3,2,8,0.675000,n/a,n/a,"
     )

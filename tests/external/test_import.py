@@ -309,6 +309,11 @@ def test_an_import_joins_the_board_it_finds_or_is_refused(setup, tmp_path, capsy
         "another --results-dir\n"
     )
     assert sorted({s["model"] for _, s in load_summaries(results)}) == ["outside"]
+    (tmp_path / "a_file").write_text("")
+    assert main(_args(data, tmp_path / "a_file", config, masks[0])) == 2  # was found at the write: exit 1
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'a_file'}: --results-dir is a file; expected a results directory\n"
+    )
     with pytest.raises(ConfigError, match="'outside' is an imported method here; a model trained by"):
         check_imported_names(results, ["unet", "outside"])
     check_imported_names(results, ["unet"])
