@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmark.core.config import ConfigError, TrainConfig
+from benchmark.core.summary import to_jsonable
 from benchmark.external import entry
 from benchmark.external.board_config import complete_summaries, train_config
 from benchmark.external.folds import FOLDS_FORMAT, Fold, check_fold, split_fold
@@ -221,7 +223,25 @@ def import_fold(
     summary = entry.imported_summary(split, board.data_dir, pred, external, facts)
     summary["external"] = _on_the_board(external, summary["metrics"]["post"]["kaggle_dice"])
     _refuse_other_board(summary, board.results_dir)
+    _warn_same_masks(summary, board.results_dir)
     return run_dir, entry.write_imported(run_dir, summary, split, pred)
+
+
+def _warn_same_masks(summary: dict[str, Any], results_dir: Path) -> None:
+    """One warning when another seed of this row and fold scored exactly these per-image numbers:
+    the same masks under two seeds show no training randomness (Seed SD 0), which the board's tests
+    would then take as measured."""
+    mine = to_jsonable({k: summary["per_image"].get(k) for k in ("index", "dice")})
+    for path, other in complete_summaries(results_dir):
+        same_fold = (other.get("model"), other.get("fold")) == (summary["model"], summary["fold"])
+        theirs = {k: (other.get("per_image") or {}).get(k) for k in ("index", "dice")}
+        if same_fold and other.get("seed") != summary["seed"] and theirs == mine:
+            print(
+                f"warning: {path}: seed {other['seed']} scored the same per-image numbers; the same masks "
+                "under two seeds show no training randomness (import each seed's own training)",
+                file=sys.stderr,
+            )
+            return
 
 
 def _refuse_overwrite(run_dir: Path, split: Fold) -> None:

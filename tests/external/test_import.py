@@ -303,6 +303,8 @@ def test_an_import_joins_the_board_it_finds_or_is_refused(setup, tmp_path, capsy
         "so import one of those (or use another --results-dir)\n"
     )
     assert main([*_args(data, results, config, masks[0]), "--seed", "1"]) == 0  # its own row: any seed
+    err = capsys.readouterr().err  # seed 1 of the very masks of seed 0: said, not refused
+    assert "seed 0 scored the same per-image numbers; the same masks under two seeds show no training" in err
     assert main([*_args(data, results, config, masks[0], name="second"), "--set", "lr=0.5"]) == 2
     assert capsys.readouterr().err.endswith(
         "holds runs of another benchmark config; an import joins its board (pass no --config), or goes to "
