@@ -37,6 +37,14 @@ import numpy as np
 
 from benchmark.core.config import NOT_HASHED
 from benchmark.reporting import board_stats, completeness, recipe, sources
+from benchmark.reporting.oof import (
+    IMAGE_VALUES,
+    baseline_images,
+    has_units,
+    oof_images,
+    per_image,
+    seed_spread,
+)
 from benchmark.scoring import stats
 
 BASELINE = "empty"
@@ -57,7 +65,6 @@ RUN_MEANS = (
     ("presence_accuracy", "metrics", "post", "presence_accuracy"),
 )
 COST = ("params", "gflops", "train_time_s", "train_img_s", "infer_img_s", "latency_ms", "peak_mem_mb")
-_IMAGE_VALUES = ("dice", "dice_raw", "iou")
 # Per-run fields; without them and the execution-only NOT_HASHED ones, a config is one benchmark.
 _RUN_KEYS = {"model", "model_kwargs", "model_recipe", "fold", "seed"}
 
@@ -102,13 +109,6 @@ def _split(summary: dict[str, Any]) -> dict[str, Any]:
     return summary.get("split") or {}
 
 
-def _per_image(runs: list[dict[str, Any]], key: str) -> np.ndarray:
-    parts = [(s.get("per_image") or {}).get(key) or [] for s in runs]
-    if key in _IMAGE_VALUES:
-        return np.asarray([np.nan if v is None else v for p in parts for v in p], dtype=float)
-    return np.asarray([v for p in parts for v in p])
-
-
 def expected_images(runs: list[dict[str, Any]]) -> int:
     """Images the K outer folds cover together (fold table rows 0..K-1), else every index seen: the
     count rule for summaries that do not say which images they must cover.
@@ -118,7 +118,7 @@ def expected_images(runs: list[dict[str, Any]]) -> int:
     table, k = completeness.fold_table(runs), completeness.n_folds(runs)
     if table:
         return int(sum(int(row["n_images"]) for row in table if int(row["fold"]) < k))
-    return int(np.unique(_per_image(runs, "index")).size)
+    return int(np.unique(per_image(runs, "index")).size)
 
 
 def expected(runs: list[dict[str, Any]]) -> tuple[np.ndarray, str] | int:
@@ -148,52 +148,6 @@ def missing(
             continue
         problems += completeness.seed_coverage(seed, [s for s in runs if int(s["seed"]) == seed], images)
     return problems
-
-
-def has_units(runs: list[dict[str, Any]]) -> bool:
-    """Whether every run records each image's unit (subjects that share frames are one,
-    ``link_subjects``); summaries written before units do not. Decided once per board, so that every
-    model's CIs and paired tests resample the same clusters."""
-    return all(
-        len((s.get("per_image") or {}).get("unit") or []) == len(s["per_image"]["index"]) for s in runs
-    )
-
-
-def oof_images(runs: list[dict[str, Any]], units: bool | None = None) -> dict[str, np.ndarray]:
-    """Per image (sorted by index): subject, unit, true_empty, and each score averaged over its seeds."""
-    units = has_units(runs) if units is None else units
-    index = _per_image(runs, "index").astype(np.int64)
-    uniq, first, inverse = np.unique(index, return_index=True, return_inverse=True)
-    n_seeds = np.bincount(inverse, minlength=uniq.size)
-    out = {
-        "index": uniq,
-        "subject": _per_image(runs, "subject")[first],
-        # what a CI resamples: the unit when the board records units (``has_units``), else the subject
-        "unit": _per_image(runs, "unit" if units else "subject")[first],
-        "true_empty": _per_image(runs, "true_empty").astype(bool)[first],
-        "n_seeds": n_seeds,
-    }
-    for key in _IMAGE_VALUES:  # each seed's scores too: the CIs and tests draw seeds from them
-        out[key] = np.bincount(inverse, weights=_per_image(runs, key), minlength=uniq.size) / n_seeds
-        out[f"seeds_{key}"] = by_seed(runs, uniq, key)
-    return out
-
-
-def by_seed(runs: list[dict[str, Any]], index: np.ndarray, key: str) -> np.ndarray:
-    """(seeds, images): each seed's ``key`` score of every image in the sorted ``index`` (NaN where
-    that seed scored none: an incomplete model, which is not tested)."""
-    seeds = sorted({int(s["seed"]) for s in runs})
-    out = np.full((len(seeds), index.size), np.nan)
-    for row, mine in enumerate([s for s in runs if int(s["seed"]) == seed] for seed in seeds):
-        out[row, np.searchsorted(index, _per_image(mine, "index").astype(np.int64))] = _per_image(mine, key)
-    return out
-
-
-def baseline_images(images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """What the all-empty prediction scores on these images: 1 on an empty truth, 0 elsewhere (exact)."""
-    score = images["true_empty"].astype(float)
-    seeds = {f"seeds_{key}": score[None] for key in _IMAGE_VALUES}  # exact: no training, one "seed"
-    return {**images, "dice": score, "dice_raw": score.copy(), "iou": score.copy(), **seeds}
 
 
 def metric(images: dict[str, np.ndarray], source: str, empty: bool | None, with_ci: bool) -> dict[str, Any]:
@@ -242,12 +196,6 @@ def external_provenance(runs: list[dict[str, Any]]) -> str | None:
     return "; ".join(texts) or None
 
 
-def seed_spread(images: dict[str, np.ndarray]) -> tuple[list[float], float | None]:
-    """(per-seed out-of-fold mean Kaggle Dice, their SD with ddof 1; None with fewer than 2 seeds)."""
-    means = images["seeds_dice"].mean(axis=1).tolist()
-    return means, float(np.std(means, ddof=1)) if len(means) >= 2 else None
-
-
 def model_row(
     model: str,
     runs: list[dict[str, Any]],
@@ -261,7 +209,7 @@ def model_row(
     runs = sorted(runs, key=lambda s: (int(s["seed"]), int(s["fold"])))
     problems = missing(runs, k, images_expected, seeds)
     images = oof_images(runs, units)
-    if not all(np.isfinite(images[key]).all() for key in _IMAGE_VALUES):
+    if not all(np.isfinite(images[key]).all() for key in IMAGE_VALUES):
         problems.append("per-image scores have missing values")
     seed_means, seed_sd = seed_spread(images) if not problems else ([], None)
     return {
