@@ -161,3 +161,9 @@ def summary_fit(content: str, calls: list, synthetic: bool = True, key=lambda cf
         return summary
 
     return fit
+
+
+def twelve_subject_runs(model, per_subject):
+    """One image per subject, 12 subjects, 2 folds of 6, all truths positive, one seed."""
+    subjects, fold_of = list(range(1, 13)), [0] * 6 + [1] * 6
+    return model_runs(model, {0: per_subject}, subjects=subjects, empty=[False] * 12, fold_of=fold_of)
