@@ -17,22 +17,9 @@ from benchmark.scoring.postprocess import PostProcess
 from datamodules.errors import DataError, NerveBenchError
 from datamodules.io import read_tif, write_tif
 from datamodules.rle import decode
+from tests.benchmark.checkpoints import TINY, save_ckpt
 
 CPU = torch.device("cpu")
-TINY = {"base_width": 4, "depth": 2}
-
-
-def _save_ckpt(path: Path, cfg: TrainConfig, post: PostProcess | None, seed: int) -> Path:
-    """A checkpoint in the documented format (what fit() writes, minus the optimiser state)."""
-    from benchmark.training.module import SegModule
-
-    torch.manual_seed(seed)
-    module = SegModule(cfg.to_dict())
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": {"config": cfg.to_dict()}}
-    if post is not None:
-        ckpt["nerve_bench"] = {"postprocess": post.to_dict(), "config": cfg.to_dict()}
-    torch.save(ckpt, path)
-    return path
 
 
 def _median_threshold(path: Path, images: np.ndarray) -> float:
@@ -48,10 +35,10 @@ def ckpts(tmp_path_factory, synthetic_dir) -> tuple[Path, Path]:
     images = np.stack([read_tif(p) for _, p in predict.list_inputs(synthetic_dir)])
     a_cfg = TrainConfig(model="unet", model_kwargs=TINY, image_size=64)
     b_cfg = TrainConfig(model="unet", model_kwargs=TINY, resize_mode="pad")
-    a = _save_ckpt(out / "a.ckpt", a_cfg, None, seed=0)
-    b = _save_ckpt(out / "b.ckpt", b_cfg, None, seed=1)
-    _save_ckpt(a, a_cfg, PostProcess(threshold=_median_threshold(a, images)), seed=0)
-    _save_ckpt(b, b_cfg, PostProcess(threshold=_median_threshold(b, images), min_area=10), seed=1)
+    a = save_ckpt(out / "a.ckpt", a_cfg, None, seed=0)
+    b = save_ckpt(out / "b.ckpt", b_cfg, None, seed=1)
+    save_ckpt(a, a_cfg, PostProcess(threshold=_median_threshold(a, images)), seed=0)
+    save_ckpt(b, b_cfg, PostProcess(threshold=_median_threshold(b, images), min_area=10), seed=1)
     return a, b
 
 
@@ -139,7 +126,7 @@ def test_cli_ensemble_of_two_checkpoints(ckpts, synthetic_dir, tmp_path, capsys)
 
 def test_tta_follows_checkpoint_unless_forced(ckpts, tmp_path):
     cfg = TrainConfig(model="unet", model_kwargs=TINY, image_size=64)
-    tta_ckpt = _save_ckpt(tmp_path / "t.ckpt", cfg, PostProcess(tta=True), seed=0)
+    tta_ckpt = save_ckpt(tmp_path / "t.ckpt", cfg, PostProcess(tta=True), seed=0)
     assert predict.load_model(tta_ckpt, CPU).module.cfg.tta is True
     assert predict.load_model(tta_ckpt, CPU, tta=False).module.cfg.tta is False
     assert predict.load_model(ckpts[0], CPU).module.cfg.tta is False
@@ -311,72 +298,6 @@ def test_a_failed_write_leaves_the_previous_outputs_intact(
         "sub.csv",
     ]
     assert sorted(_files(out)) == sorted(masks)  # the new masks replaced the old ones, no temp files
-
-
-def test_unusable_output_paths_are_one_line(ckpts, synthetic_dir, tmp_path, capsys):
-    (tmp_path / "a_dir").mkdir()
-    (tmp_path / "a_file").write_text("x")
-    base = ["predict", "--checkpoint", str(ckpts[0]), "--input", str(synthetic_dir)]
-    cases = [
-        (["--out", str(tmp_path / "o"), "--submission", str(tmp_path / "a_dir")], 2,
-         f"error: {tmp_path / 'a_dir'}: --submission is a directory; expected a .csv file path"),
-        (["--out", str(tmp_path / "a_file")], 2,
-         f"error: {tmp_path / 'a_file'}: --out is a file; expected a directory for the mask tifs"),
-        (["--out", str(tmp_path / "o"), "--submission", str(tmp_path / "a_file" / "s.csv")], 2,
-         f"error: {tmp_path / 'a_file'}: a file, not a folder; --submission {tmp_path / 'a_file' / 's.csv'} "
-         "needs a folder there"),
-        (["--out", str(tmp_path / "a_file" / "o")], 2,  # found at the first mask written: exit 1
-         f"error: {tmp_path / 'a_file'}: a file, not a folder; --out {tmp_path / 'a_file' / 'o'} needs a "
-         "folder there"),
-        (["--out", str(synthetic_dir / "test")], 2,  # the masks would have replaced the images
-         f"error: {synthetic_dir / 'test'}: --out is the folder of the images to predict;"
-         " give another folder"),
-    ]  # fmt: skip
-    for extra, code, line in cases:
-        assert main([*base, *extra]) == code
-        assert capsys.readouterr().err.strip() == line
-    assert not (tmp_path / "o").exists()
-
-
-def test_outputs_that_would_replace_an_input_are_refused_before_the_work(ckpts, tmp_path, capsys):
-    """`--submission DIR/sample_submission.csv` replaced Kaggle's sample, then checked the submission
-    against itself (exit 0, not 3); `export --out` and `evaluate --out` could replace the checkpoint."""
-    root = tmp_path / "root"
-    (root / "test").mkdir(parents=True)
-    (root / "sample_submission.csv").write_text("img,pixels\n1,\n")
-    checkpoint = tmp_path / "model.ckpt"
-    shutil.copy(ckpts[0], checkpoint)
-    base, out = ["--checkpoint", str(checkpoint)], ["--out", str(tmp_path / "o")]
-    cases = [
-        (["predict", *base, "--input", str(root / "test"), *out, "--submission",
-          str(root / "sample_submission.csv")], root / "sample_submission.csv", "--submission"),
-        (["predict", *base, "--input", str(root), *out, "--submission", str(checkpoint)],
-         checkpoint, "--submission"),
-        (["export", *base, "--out", str(checkpoint)], checkpoint, "--out"),
-        (["evaluate", *base, "--data-dir", str(root), "--out", str(checkpoint)], checkpoint, "--out"),
-        (["folds", "--data-dir", str(root), "--out", str(root / "sample_submission.csv")],
-         root / "sample_submission.csv", "--out"),
-    ]  # fmt: skip
-    inside = [  # among the images (evaluate --out DATA/train/1_1.tif replaced a training image)
-        (["evaluate", *base, "--data-dir", str(root), "--out", str(root / "test" / "1.tif")], root / "test"),
-        (["predict", *base, "--input", str(root), *out, "--submission", str(root / "test" / "9.tif")],
-         root / "test"),
-    ]  # fmt: skip
-    before = {p: p.read_bytes() for p in (checkpoint, root / "sample_submission.csv")}
-    for args, target, flag in cases:
-        assert main(args) == 2
-        assert capsys.readouterr().err == (
-            f"error: {target}: {flag} is a file this command reads; give another path\n"
-        )
-    for args, folder in inside:
-        assert main(args) == 2
-        target = args[-1]
-        assert capsys.readouterr().err == (
-            f"error: {target}: {args[-2]} is in {folder}, which this command reads; give another path\n"
-        )
-    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "o").exists()
-    with pytest.raises(DataError, match="a file, not a folder of images"):
-        predict.list_inputs(checkpoint)
 
 
 def test_a_submission_whose_ids_are_not_the_samples_is_named(ckpts, synthetic_dir, tmp_path, capsys):
