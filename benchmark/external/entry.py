@@ -10,6 +10,7 @@ tuned or applied here (``dice_raw`` equals ``dice``). What cannot be known stays
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +91,16 @@ def _overlays(path: Path, fold: Fold, pred: np.ndarray) -> None:
     finalize.write_overlays(path, stems, images, truth, pred[picks].astype(np.uint8))
 
 
-def write_imported(run_dir: Path, summary: dict[str, Any], fold: Fold, pred: np.ndarray) -> dict[str, Any]:
-    """Claim the run directory, write overlays.npz and summary.json (atomically), release."""
+def write_imported(
+    run_dir: Path, summary: dict[str, Any], fold: Fold, pred: np.ndarray, settle: Callable[[], None]
+) -> dict[str, Any]:
+    """Claim the run directory, ``settle`` (checks against what is on disk now, under the lock), write
+    overlays.npz and summary.json (atomically), release."""
     lock = claim(run_dir)
     if lock is None:
         raise NerveBenchError(f"{run_dir}: held by another process; try again when it is done")
     with lock:
+        settle()
         _overlays(run_dir / finalize.OVERLAY_NAME, fold, pred)
         write_summary(run_dir, summary)
     return to_jsonable(summary)

@@ -224,7 +224,16 @@ def import_fold(
     summary["external"] = _on_the_board(external, summary["metrics"]["post"]["kaggle_dice"])
     _refuse_other_board(summary, board.results_dir)
     _warn_same_masks(summary, board.results_dir)
-    return run_dir, entry.write_imported(run_dir, summary, split, pred)
+
+    def settle() -> None:
+        """Under the run's lock: an import of this fold that finished while these masks were read
+        and scored is refused (without --replace) or listed as replaced, never silently overwritten."""
+        if not replace:
+            _refuse_overwrite(run_dir, split)
+        now = {**external, "replaced": _earlier_imports(run_dir) if replace else []}
+        summary["external"] = _on_the_board(now, summary["metrics"]["post"]["kaggle_dice"])
+
+    return run_dir, entry.write_imported(run_dir, summary, split, pred, settle)
 
 
 def _warn_same_masks(summary: dict[str, Any], results_dir: Path) -> None:

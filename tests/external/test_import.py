@@ -242,6 +242,35 @@ def test_a_second_import_of_a_fold_is_refused_without_replace(setup, tmp_path, c
     )
 
 
+def test_an_import_that_finishes_meanwhile_is_not_overwritten(setup, tmp_path, monkeypatch, capsys) -> None:
+    """Two imports of one fold: both passed the overwrite check before either wrote, so the later
+    one replaced the earlier's scores without a word. The check is now made again under the lock."""
+    from benchmark.external import importer
+
+    data, config, (fold, _) = setup
+    results = tmp_path / "results"
+    perfect = write_masks(tmp_path / "perfect", fold.outer, _truth(fold), "png")
+    empty = write_masks(tmp_path / "empty", fold.outer, [np.zeros_like(m) for m in _truth(fold)], "png")
+    read = importer.read_predictions
+
+    def other_import_lands(folder, stems, k):  # the other process finishes while these masks are read
+        if folder == empty:
+            monkeypatch.setattr(importer, "read_predictions", read)
+            assert main(_args(data, results, config, perfect)) == 0
+        return read(folder, stems, k)
+
+    monkeypatch.setattr(importer, "read_predictions", other_import_lands)
+    assert main(_args(data, results, config, empty)) == 2
+    assert "outside fold 0 seed 0 is already imported (Kaggle Dice 1.0000" in capsys.readouterr().err
+    (summary,) = (results / "runs").glob("outside__f0__s0__*/summary.json")
+    assert read_summary(summary.parent)["metrics"]["post"]["kaggle_dice"] == 1.0
+    monkeypatch.setattr(importer, "read_predictions", other_import_lands)
+    (summary.parent / "summary.json").unlink()
+    assert main([*_args(data, results, config, empty), "--replace"]) == 0  # the one that landed: listed
+    replaced = read_summary(summary.parent)["external"]["replaced"]
+    assert replaced == [{"source": str(perfect.resolve()), "kaggle_dice": 1.0}]
+
+
 def test_round_trip_gives_the_runs_own_numbers(fit_runs, tmp_path) -> None:
     """Our unet's outer-fold post-processed masks, exported and imported, score exactly as its summary."""
     from benchmark.evaluation.inference import predict_loader
