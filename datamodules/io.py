@@ -69,10 +69,19 @@ def _imread(path: Path) -> np.ndarray:
     return arr
 
 
-def read_tif(path: str | Path) -> np.ndarray:
-    """Read a single-page grayscale tif as a 2-D uint8 array; DataError when unreadable."""
+def read_tif(path: str | Path, any_dtype: bool = False) -> np.ndarray:
+    """Read a single-page grayscale tif as a 2-D uint8 array (any dtype with ``any_dtype``: a
+    predicted mask may be saved as 0/1 floats); DataError when unreadable."""
     path = Path(path)
-    arr = _imread(path)
+    arr = as_gray(_imread(path), path)
+    if arr.dtype != np.uint8 and not any_dtype:
+        raise DataError(path, f"expected uint8 pixels, got {arr.dtype}", "not uint8")
+    return arr
+
+
+def as_gray(arr: np.ndarray, path: Path) -> np.ndarray:
+    """A 2-D image from a grayscale one saved as RGB(A) with equal channels (any format's export);
+    DataError naming ``path`` for a colour image or another shape."""
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # tolerate RGB exports of grayscale frames
         if not ((arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all()):
             # a mask painted in green would otherwise read as empty (its red channel)
@@ -81,8 +90,6 @@ def read_tif(path: str | Path) -> np.ndarray:
         arr = arr[..., 0]
     if arr.ndim != 2:
         raise DataError(path, f"expected a 2-D grayscale image, got array of shape {arr.shape}", "not 2-D")
-    if arr.dtype != np.uint8:
-        raise DataError(path, f"expected uint8 pixels, got {arr.dtype}", "not uint8")
     return arr
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.errors import DataError, collect, raise_all
-from datamodules.io import read_tif
+from datamodules.io import as_gray, read_tif
 from datamodules.rle import KAGGLE_SHAPE
 
 MASK_SUFFIXES = (".tif", ".tiff", ".png")
@@ -61,20 +61,23 @@ def match_stems(
 
 
 def _read(path: Path) -> np.ndarray:
+    """The mask's pixels in any integer or float type, as a TIFF or a PNG alike: a grayscale RGB
+    export becomes one channel in both (a PNG of one was refused where the same TIFF passed)."""
     if path.suffix.lower() != ".png":
-        return read_tif(path)
+        return read_tif(path, any_dtype=True)
     import cv2
 
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise DataError(path, "cannot be read as a PNG image")
-    return image
+    return as_gray(image, path)
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A bool (420, 580) mask from a binary tif/png ({0,1} or {0,255}); DataError naming the file."""
-    mask = np.squeeze(_read(path))
+    """A bool (420, 580) mask from a binary tif/png ({0,1} or {0,255}, in any integer or float type);
+    DataError naming the file."""
+    mask = _read(path)
     if mask.shape != KAGGLE_SHAPE:
         h, w = KAGGLE_SHAPE
         raise DataError(path, f"expected a {w}x{h} single-channel mask (H={h}), got shape {mask.shape}")
