@@ -80,6 +80,8 @@ class NnUNetSettings:
             raise NerveBenchError(
                 f"need --epochs >= 1 and --device cuda or cpu, got {self.epochs}, {self.device!r}"
             )
+        if self.iterations_per_epoch is not None and self.iterations_per_epoch < 1:
+            raise NerveBenchError(f"--iterations-per-epoch {self.iterations_per_epoch}: need 1 or more")
 
     @property
     def plans(self) -> str:

@@ -65,6 +65,23 @@ def test_the_default_cuda_device_without_a_gpu_is_one_line_before_any_work(
         assert f"error: {flag}: no value given" in capsys.readouterr().err
 
 
+def test_iterations_per_epoch_reach_nnunet_and_a_bad_count_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A CPU try-out could not lower nnU-Net's 250 iterations an epoch (over 8 minutes an epoch here)."""
+    from benchmark.external import nnunet
+
+    seen = []
+    monkeypatch.setattr(nnunet, "run_nnunet", lambda *a, **k: seen.append(a[2]) or [])
+    args = ["nnunet", "--data-dir", str(tmp_path), "--results-dir", str(tmp_path / "r"), "--device", "cpu"]
+    assert main([*args, "--epochs", "1", "--iterations-per-epoch", "12"]) == 0
+    assert (seen[0].epochs, seen[0].iterations_per_epoch, seen[0].val_iterations) == (1, 12, 2)
+    assert "1 epochs x 12 iterations (budgeted)" in nnunet.provenance(seen[0], "2.8.1")
+    assert main(args) == 0 and (seen[1].iterations_per_epoch, seen[1].val_iterations) == (None, None)
+    assert "1000 epochs x 250 iterations (nnU-Net's default)" in nnunet.provenance(seen[1], "2.8.1")
+    capsys.readouterr()
+    assert main([*args, "--iterations-per-epoch", "0"]) == 2 and len(seen) == 2
+    assert capsys.readouterr().err == "error: --iterations-per-epoch 0: need 1 or more\n"
+
+
 TINY_PLANS = {
     "batch_size": 2,
     "patch_size": [128, 128],
