@@ -60,14 +60,15 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.grid_configs import parse_list
 
     folds, seeds = parse_list(args.folds, int), parse_list(args.seeds, int)
+    its = args.iterations_per_epoch
     for flag, given in (("--folds", folds), ("--seeds", seeds)):
         if given == []:  # "" trained every fold, where run refuses it
             raise ConfigError(f"{flag}: no value given (leave the flag out for all of them)")
     settings = settings_from(
         planner=args.planner,
         epochs=args.epochs,
-        iterations_per_epoch=args.iterations_per_epoch,
-        val_iterations=None if args.iterations_per_epoch is None else max(1, round(args.iterations_per_epoch / 5)),
+        iterations_per_epoch=its,
+        val_iterations=None if its is None else max(1, round(its / 5)),
         device=args.device,
         folds=None if folds is None else tuple(folds),
         seeds=None if seeds is None else tuple(seeds),

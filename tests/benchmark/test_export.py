@@ -253,3 +253,26 @@ def test_the_onnx_row_names_the_provider_that_ran_not_the_one_asked_for(monkeypa
         warnings.simplefilter("ignore")  # onnxruntime's own fallback warning
         row = export.onnx_inference(model, (64, 64), 2, torch.device("cuda"), warmup=1, iters=1)
     assert row["onnx_provider"] == "cpu"
+
+
+def test_parity_runs_the_frames_in_batches_and_keeps_the_worst_difference(monkeypatch) -> None:
+    """``--frames N`` ran all N frames as one forward pass; now PARITY_BATCH at a time, and the worst
+    difference of any batch (a NaN in any) is what the check sees."""
+    seen = []
+
+    def graph(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        seen.append(len(x))
+        return {"prob": x * 2}
+
+    def runtime(_sess, images: np.ndarray) -> dict[str, np.ndarray]:
+        out = images * 2
+        out[images[:, 0, 0, 0] == 18] += 0.5  # the last frame, in the last batch
+        return {"prob": out}
+
+    monkeypatch.setattr(export, "run_session", runtime)
+    graph.eval = lambda: graph  # type: ignore[attr-defined]
+    images = torch.arange(19, dtype=torch.float32).reshape(19, 1, 1, 1).expand(19, 1, 4, 4).contiguous()
+    assert export.parity(None, graph, images) == {"prob": 0.5}  # type: ignore[arg-type]
+    assert seen == [8, 8, 3]
+    images[9] = float("nan")
+    assert np.isnan(export.parity(None, graph, images)["prob"])  # type: ignore[arg-type]

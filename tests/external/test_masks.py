@@ -45,7 +45,8 @@ CASES = {
 TIFF_ONLY = {"float32 0/1": lambda m: m.astype(np.float32), "bool": lambda m: m.astype(bool)}
 
 
-FORMATS = [(c, s) for c in CASES for s in (".tif", ".png")] + [(c, ".tif") for c in TIFF_ONLY]  # PNG: integers
+# PNG holds integers only
+FORMATS = [(c, s) for c in CASES for s in (".tif", ".png")] + [(c, ".tif") for c in TIFF_ONLY]
 
 
 @pytest.mark.parametrize(("case", "suffix"), FORMATS)

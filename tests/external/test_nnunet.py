@@ -65,7 +65,7 @@ def test_the_default_cuda_device_without_a_gpu_is_one_line_before_any_work(
         assert f"error: {flag}: no value given" in capsys.readouterr().err
 
 
-def test_iterations_per_epoch_reach_nnunet_and_a_bad_count_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_iterations_per_epoch_reach_nnunet_and_a_bad_count_is_one_line(tmp_path: Path, monkeypatch, capsys):
     """A CPU try-out could not lower nnU-Net's 250 iterations an epoch (over 8 minutes an epoch here)."""
     from benchmark.external import nnunet
 
