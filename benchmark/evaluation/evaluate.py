@@ -15,6 +15,7 @@ outer-fold indices):
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,9 @@ def evaluate(
     # and both fields are hashed, so module.cfg.hash() would not match the run's summary.
     trained_hash = config_from_dict(ckpt["hyper_parameters"]["config"]).hash()
     pp = postprocess_of(path, ckpt)
-    cfg = module.cfg
+    # The forward pass the post-processing was tuned with (its tta), as predict and export run it;
+    # the two differ only in a hand-edited checkpoint.
+    module.cfg = cfg = dataclasses.replace(module.cfg, tta=pp.tta)
     dm = _scoring_data(cfg.to_dict(), data_dir)
     ts, record = dm.decoded, ckpt.get(CKPT_KEY) or {}
     indices, scope, note = _images_of(record, ts, data_dir, all_images)

@@ -330,3 +330,26 @@ def test_a_cpu_run_trained_in_bf16_scores_as_evaluate_scores_it(fit_runs, tmp_pa
         np.testing.assert_allclose(
             result["per_image"][key], summary["per_image"][key], atol=1e-6, err_msg=key
         )
+
+
+def test_the_forward_pass_follows_the_stored_post_processings_tta(fit_runs, tmp_path, monkeypatch):
+    """evaluate ran the config's tta where predict and export run the one the post-processing was
+    tuned with; a checkpoint whose two differ (hand-edited) now scores as predict scores it."""
+    from benchmark.evaluation import inference
+
+    ckpt = torch.load(fit_runs.run_dir(UNET) / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["config"]["tta"] is False
+    ckpt["nerve_bench"]["postprocess"]["tta"] = True
+    torch.save(ckpt, tmp_path / "edited.ckpt")
+    ckpt["hyper_parameters"]["config"]["tta"] = True
+    torch.save(ckpt, tmp_path / "both.ckpt")
+    ran, predict_loader = [], inference.predict_loader
+    monkeypatch.setattr(
+        inference, "predict_loader", lambda m, *a, **k: ran.append(m.cfg.tta) or predict_loader(m, *a, **k)
+    )
+    edited, both = (evaluate(tmp_path / f"{n}.ckpt", fit_runs.data) for n in ("edited", "both"))
+    assert ran == [True, True] and edited["postprocess"]["tta"] is True
+    prob = edited["per_image"]["presence_prob"]
+    np.testing.assert_allclose(prob, both["per_image"]["presence_prob"], atol=1e-6)
+    plain = fit_runs.unet["per_image"]["presence_prob"]  # without the flip: another forward pass
+    assert np.abs(np.subtract(prob, plain)).max() > 1e-4
