@@ -40,7 +40,7 @@ def subject_totals(images: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray
         at = np.searchsorted(im["index"], common)
         _, totals, counts = stats.subject_totals(im["dice"][at], im["unit"][at])  # linked subjects: one
         rows.append(totals)
-        by_seed = im.get("seeds_dice", im["dice"][None])[:, at]
+        by_seed = im["seeds_dice"][:, at]  # set for every model and the floor (``oof``)
         per_seed.append(np.stack([stats.subject_totals(v, im["unit"][at])[1] for v in by_seed]))
     return np.vstack(rows), counts.astype(np.float64), per_seed
 

@@ -160,7 +160,7 @@ def metric(images: dict[str, np.ndarray], source: str, empty: bool | None, with_
         return out
     out["mean"] = float(values.mean())
     if with_ci and np.unique(subjects).size >= board_stats.MIN_CI_UNITS:
-        seeds = images[f"seeds_{source}"][:, mask] if f"seeds_{source}" in images else None  # drawn too
+        seeds = images[f"seeds_{source}"][:, mask]  # each seed's scores: the CI draws seeds too
         _, lo, hi = stats.subject_bootstrap_ci(
             values, subjects, board_stats.N_BOOT, board_stats.ALPHA, board_stats.SEED, seeds
         )
