@@ -40,6 +40,7 @@ from benchmark.training.device import resolve_device, scoring_precision
 from datamodules import geometry
 from datamodules.errors import DataError, NerveBenchError, collect, raise_all
 from datamodules.io import read_tif, write_tif
+from datamodules.kaggle import layout_paths
 from datamodules.rle import KAGGLE_SHAPE, encode
 
 if TYPE_CHECKING:
@@ -259,7 +260,7 @@ def _data_files(input_dir: str | Path) -> list[Path]:
     ``DIR/test``): no output may replace them or land among the images."""
     root = Path(input_dir).resolve()  # a link to DIR/test, or DIR/Test on a case-insensitive disk
     near = [root, *([root.parent] if root.name.lower() == "test" else [])]
-    return [d / name for d in near for name in ("sample_submission.csv", "train_masks.csv", "train", "test")]
+    return [path for d in near for path in layout_paths(d)]
 
 
 def _write_masks(

@@ -38,6 +38,13 @@ from datamodules.validate import (
 _TRAIN_STEM = re.compile(r"^(\d+)_(\d+)$")
 _TEST_STEM = re.compile(r"^(\d+)$")
 CSV_NAME = "train_masks.csv"
+LAYOUT_NAMES = (CSV_NAME, "sample_submission.csv", "train", "test")  # what a command never writes over
+
+
+def layout_paths(data_dir: str | Path) -> list[Path]:
+    """The Kaggle layout's own files and folders in ``data_dir``: an output path must not be one of
+    them, nor lie inside one (``core.files.check_output_file``'s ``reads``)."""
+    return [Path(data_dir) / name for name in LAYOUT_NAMES]
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.external.board_config import train_config
     from benchmark.external.folds import folds_document
     from benchmark.grid_checks import inner_larger
+    from datamodules.kaggle import layout_paths
 
-    reads = [Path(args.data_dir) / name for name in ("train_masks.csv", "sample_submission.csv")]
+    reads = layout_paths(args.data_dir)  # train/ too: the split is made from its images
     check_output_file(
         args.out, "--out", "the path of a .json file", [*reads, *([args.config] if args.config else [])]
     )

@@ -34,6 +34,7 @@ from benchmark.training.checkpoint import (
 from benchmark.training.device import eval_device
 from benchmark.training.module import config_from_dict
 from datamodules.errors import NerveBenchError
+from datamodules.kaggle import layout_paths
 
 OUTER, ALL_WITH_TRAINING, ALL = "outer_fold", "all_images_including_training", "all_images"
 UNSEEN = "images_not_seen_in_training"  # a copy of its data, less the frames and subjects it saw
@@ -176,7 +177,7 @@ def evaluate(
     and ``note``, the one line that says what was scored.
     """
     if out is not None:
-        reads = [checkpoint, *(Path(data_dir) / name for name in ("train_masks.csv", "train", "test"))]
+        reads = [checkpoint, *layout_paths(data_dir)]
         check_output_file(out, "--out", "the path of a .json file", reads)
     path = Path(checkpoint)
     module, ckpt = load_checkpoint_module(path)

@@ -53,6 +53,7 @@ def test_outputs_that_would_replace_an_input_are_refused_before_the_work(ckpts, 
     against itself (exit 0, not 3); `export --out` and `evaluate --out` could replace the checkpoint."""
     root = tmp_path / "root"
     (root / "test").mkdir(parents=True)
+    (root / "train").mkdir()
     (root / "sample_submission.csv").write_text("img,pixels\n1,\n")
     checkpoint = tmp_path / "model.ckpt"
     shutil.copy(ckpts[0], checkpoint)
@@ -66,11 +67,14 @@ def test_outputs_that_would_replace_an_input_are_refused_before_the_work(ckpts, 
         (["evaluate", *base, "--data-dir", str(root), "--out", str(checkpoint)], checkpoint, "--out"),
         (["folds", "--data-dir", str(root), "--out", str(root / "sample_submission.csv")],
          root / "sample_submission.csv", "--out"),
+        (["evaluate", *base, "--data-dir", str(root), "--out", str(root / "sample_submission.csv")],
+         root / "sample_submission.csv", "--out"),  # one list of the layout's names for every command
     ]  # fmt: skip
     inside = [  # among the images (evaluate --out DATA/train/1_1.tif replaced a training image)
         (["evaluate", *base, "--data-dir", str(root), "--out", str(root / "test" / "1.tif")], root / "test"),
         (["predict", *base, "--input", str(root), *out, "--submission", str(root / "test" / "9.tif")],
          root / "test"),
+        (["folds", "--data-dir", str(root), "--out", str(root / "train" / "folds.json")], root / "train"),
     ]  # fmt: skip
     before = {p: p.read_bytes() for p in (checkpoint, root / "sample_submission.csv")}
     for args, target, flag in cases:
