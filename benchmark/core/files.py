@@ -125,9 +125,9 @@ def check_writable(folder: Path, flag: str, path: Path) -> None:
 
     at = nearest_existing(folder)
     try:
-        fd, probe = tempfile.mkstemp(prefix=".nerve-bench-probe-", dir=at)
-        os.close(fd)
-        os.unlink(probe)
+        # Unnamed where the file system allows (O_TMPFILE): an interrupt leaves no probe file behind.
+        with tempfile.TemporaryFile(prefix=".nerve-bench-probe-", dir=at):
+            pass
     except OSError as exc:
         raise NerveBenchError(f"{at}: cannot write there ({exc.strerror}); {flag} {path} needs it") from None
 

@@ -81,7 +81,7 @@ def test_an_output_place_that_cannot_be_written_is_one_line_before_the_work(tmp_
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(files.tempfile, "TemporaryFile", read_only)
     for check, path in ((check_output_file, tmp_path / "new" / "e.json"), (check_output_dir, tmp_path / "m")):
         with pytest.raises(NerveBenchError) as info:
             check(path, "--out", "x")
