@@ -143,7 +143,7 @@ def in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig], executor: st
     if settings.address:
         return 1, f"counted one run at a time; on the Ray cluster at {settings.address}, {further}"
     node = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-    if any(c.accelerator != "cpu" for c in grid) and settings.gpus_per_run > 0 and not node["GPU"]:
+    if local_ray_lacks_gpu(bench, grid):
         # a GPU grid listed on a machine without one (a login node): its Ray will run elsewhere
         return 1, f"counted one run at a time: this machine has no GPU for a local Ray; {further}"
     n = grid_tasks([node], settings, [c.accelerator for c in grid])[1]
@@ -151,3 +151,15 @@ def in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig], executor: st
         f"a local Ray here trains up to {n} at a time ({node['CPU']:g} CPUs, {node['GPU']:g} GPUs), "
         "each with its resume checkpoint"
     )
+
+
+def local_ray_lacks_gpu(bench: BenchmarkConfig, grid: list[TrainConfig]) -> bool:
+    """Whether a Ray this command would start here (no address) declares no GPU for a grid whose runs
+    ask for one: ``run`` then refuses it (exit 2), a dry run warns (a login node plans a GPU job)."""
+    import torch
+
+    from benchmark.ray_resources import RaySettings
+
+    settings = RaySettings.of(bench)
+    asks = any(c.accelerator != "cpu" for c in grid) and settings.gpus_per_run > 0
+    return not settings.address and asks and torch.cuda.device_count() == 0

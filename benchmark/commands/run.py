@@ -165,13 +165,19 @@ def _executor(
     """The executor of ``grid`` and its checks of this machine (Ray checks its cluster itself): why
     Ray is not used, a GPU run without a GPU, a GPU recipe that the runs left to train would train
     on the CPU (refused; a dry run, which lists a GPU grid on a GPU-less login node too, warns)."""
-    from benchmark import grid_checks, ray_grid, runner
+    from benchmark import grid_checks, grid_left, ray_grid, runner
     from benchmark.core.config import ConfigError
 
     executor, why = ray_grid.choose(bench, grid)
     if why:
         runner.say(why)
     if executor != "local":
+        if dry_run and grid_left.local_ray_lacks_gpu(bench, to_train):
+            runner.say(
+                "warning: run without --dry-run refuses this on this machine (exit 2): its Ray would start "
+                "here, where no GPU is visible, for runs that ask for one; run on a GPU box, or give "
+                "RAY_ADDRESS (ray_address) of a cluster with GPUs"
+            )
         return executor
     if not dry_run:
         grid_checks.check_accelerator(grid)

@@ -233,6 +233,15 @@ def test_a_gpu_recipe_that_would_train_on_the_cpu_is_refused(monkeypatch, tmp_pa
     assert main([*argv, "--models", "unet", "--dry-run"]) == 0
     shown = capsys.readouterr().out
     assert "warning: run without --dry-run refuses this on this machine (exit 2): no GPU is visible" in shown
+    gpu_yaml = ["--config", str(Path(grid_checks.__file__).parent / "configs" / "gpu.yaml")]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the Ray executor starts its Ray here: no GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # as on a GPU box's login node
+    assert main([*argv, *gpu_yaml, "--models", "unet", "--dry-run"]) == 0  # said nothing
+    shown = capsys.readouterr().out
+    assert "refuses this on this machine (exit 2): its Ray would start here, where no GPU" in shown
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # a cluster elsewhere: its GPUs are not known here
+    assert main([*argv, *gpu_yaml, "--models", "unet", "--dry-run"]) == 0
+    assert "refuses this" not in capsys.readouterr().out
     # Nothing left to train (the floor; a GPU box's finished grid scored on a CPU box): no refusal
     from benchmark import ray_grid
 
