@@ -151,6 +151,46 @@ def test_a_cluster_address_where_nothing_answers_is_one_line(monkeypatch, tmp_pa
     def unresolvable(*args, **kwargs):  # no resolver is asked: a test touches no network
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    monkeypatch.setattr(socket, "create_connection", unresolvable)
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
     with pytest.raises(RayExecutorError, match=r"at no-such-host:6379: cannot resolve no-such-host \(Name"):
         ray_cluster.check_reachable("no-such-host:6379")
+
+
+def test_a_name_with_two_addresses_shares_one_timeout(monkeypatch):
+    """create_connection gave each resolved address the whole 15 s: a name with an IPv6 and an IPv4
+    address where nothing answers took 30 s to refuse. Now each address gets its share of the time
+    left, and the second is still tried (the cluster may answer on IPv4 alone)."""
+    import socket
+
+    tried, clock = [], [100.0]
+
+    class Silent:  # a dropped SYN: the connect waits out its timeout
+        def __init__(self, family, kind, proto):
+            self.family = family
+
+        def settimeout(self, value):
+            self.timeout = value
+
+        def connect(self, addr):
+            tried.append((self.family, round(self.timeout, 1)))
+            if self.family == socket.AF_INET6:
+                clock[0] += self.timeout  # waited it out
+                raise TimeoutError("timed out")
+
+        def close(self):
+            pass
+
+    addresses = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 6379, 0, 0)),
+                 (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 6379))]  # fmt: skip
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: addresses)
+    monkeypatch.setattr(socket, "socket", Silent)
+    monkeypatch.setattr(ray_cluster.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(ray_cluster, "_check_gcs", lambda address: None)
+    ray_cluster.check_reachable("head.cluster:6379", timeout_s=10.0)  # the IPv4 address answers
+    assert [family for family, _ in tried] == [socket.AF_INET6, socket.AF_INET]
+    assert tried == [(socket.AF_INET6, 5.0), (socket.AF_INET, 5.0)]  # its half each: the second what is left
+    tried.clear()
+    addresses[1] = (socket.AF_INET6, *addresses[1][1:])  # now neither answers: one line, one timeout
+    with pytest.raises(RayExecutorError, match="nothing answers there within 10 s"):
+        ray_cluster.check_reachable("head.cluster:6379", timeout_s=10.0)
+    assert [t for _, t in tried] == [5.0, 5.0]  # 10 s in all, as the line says
