@@ -286,7 +286,17 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
+            generator=self._own_generator(),
         )
+
+    def _own_generator(self) -> torch.Generator:
+        """A loader's own generator for its workers' base seed. Without one, every iterator it made
+        took a draw from torch's global CPU stream, which CPU dropout also draws from: a resumed run
+        (its saved stream restored after Lightning made the epoch's iterator) and one with another
+        ``num_workers`` (persistent workers make one iterator per run, not one per epoch) trained
+        other weights (trans_cg_unet, max |dW| 0.0045 after 2 epochs). Order and augmentation are
+        keyed by (seed, epoch, sample) and never read it."""
+        return torch.Generator().manual_seed(self.config.seed)
 
     def val_dataloader(self) -> DataLoader:
         """Lightning's validation loader is the inner selection set (epoch selection, tuning);
@@ -321,4 +331,5 @@ class UltrasoundNerveDataModule(pl.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
+            generator=self._own_generator(),
         )
