@@ -102,6 +102,18 @@ def check_accelerator(grid: list[TrainConfig]) -> None:
     )
 
 
+def _check_no_launcher(grid: list[TrainConfig]) -> None:
+    """Without srun or torchrun nothing starts the other nodes' processes: Lightning waited for them
+    in its rendezvous, printing nothing and deaf to SIGTERM (blocked in C++), until killed."""
+    nodes = next((c for c in grid if c.num_nodes > 1), None)
+    if nodes is not None:
+        raise ConfigError(
+            f"num_nodes={nodes.num_nodes} ({nodes.model}), but no srun or torchrun started this process: "
+            "nothing would start the other nodes' processes. Launch it with srun or torchrun on every node "
+            "(README, several nodes), or set num_nodes: 1"
+        )
+
+
 def check_launcher(grid: list[TrainConfig]) -> None:
     """Processes an outside launcher starts (srun, torchrun) must be the ones the runs span (devices x
     num_nodes): Lightning takes its world from the launcher, so an ``sbatch --ntasks=1`` job with
@@ -115,6 +127,7 @@ def check_launcher(grid: list[TrainConfig]) -> None:
     elif TorchElasticEnvironment.detect():
         started, by = int(os.environ.get("WORLD_SIZE", "1")), "torchrun (WORLD_SIZE)"
     else:
+        _check_no_launcher(grid)
         return
     ddp = next((c for c in grid if c.world_size() > 1), None)
     if ddp is None and started > 1:  # every rank would wait for a rank 0 that never trains with it

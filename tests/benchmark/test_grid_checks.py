@@ -282,6 +282,11 @@ def test_a_ddp_run_needs_as_many_processes_as_its_outside_launcher_started(monke
         monkeypatch.delenv(var, raising=False)
     ddp = [TrainConfig(accelerator="cpu", devices=2, batch_size=8), TrainConfig(accelerator="cpu")]
     grid_checks.check_launcher(ddp)  # Lightning's own launcher starts the processes
+    nodes = [*ddp, TrainConfig(model="attention_unet", accelerator="cpu", num_nodes=2, batch_size=8)]
+    with pytest.raises(  # it waited for the other node, silent and deaf to SIGTERM, until killed
+        ConfigError, match=r"^num_nodes=2 \(attention_unet\), but no srun or torchrun started this process"
+    ):
+        grid_checks.check_launcher(nodes)
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_JOB_NAME", "bench")
     with pytest.raises(
@@ -306,6 +311,7 @@ def test_a_ddp_run_needs_as_many_processes_as_its_outside_launcher_started(monke
         grid_checks.check_launcher(ddp)
     monkeypatch.setenv("WORLD_SIZE", "2")
     grid_checks.check_launcher(ddp)
+    grid_checks.check_launcher(nodes[2:])  # torchrun on 2 nodes of one process each: its world is the run's
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # a static rendezvous: every launch alike
     with pytest.raises(ConfigError, match=r"^torchrun: give each launch its own --rdzv-id"):
         grid_checks.check_launcher(ddp)
