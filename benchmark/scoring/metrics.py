@@ -138,6 +138,10 @@ def _presence_metrics(
     }
 
 
+class NonFiniteError(ValueError):
+    """A per-image score is NaN or infinite: scores computed from it would mean nothing."""
+
+
 def _check_vector(name: str, values: np.ndarray | None, n: int) -> np.ndarray | None:
     if values is None:
         return None
@@ -145,7 +149,7 @@ def _check_vector(name: str, values: np.ndarray | None, n: int) -> np.ndarray | 
     if arr.shape != (n,):
         raise ValueError(f"{name} must have one value per image ({n}), got shape {np.shape(values)}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise NonFiniteError(f"{name} contains NaN or infinite values")
     return arr
 
 

@@ -27,8 +27,10 @@ from torchmetrics import MeanMetric
 
 from benchmark.core.config import TrainConfig, apply_overrides
 from benchmark.scoring.kaggle_scores import KaggleScores
+from benchmark.scoring.metrics import NonFiniteError
 from benchmark.training.callbacks import checkpoint_history, empty_history
 from datamodules import geometry
+from datamodules.errors import NerveBenchError
 from models.info import has_trainable_params
 
 if TYPE_CHECKING:
@@ -231,7 +233,14 @@ class SegModule(LightningModule):
 
     def _epoch_end(self, stage: str) -> None:
         """Gather, de-duplicate and score this stage's rows (a collective: every rank calls it)."""
-        result = self.scores[stage].compute()
+        try:
+            result = self.scores[stage].compute()
+        except NonFiniteError:  # every rank scores the same gathered rows, so every rank stops
+            raise NerveBenchError(
+                f"training diverged by epoch {self.current_epoch}: the network's outputs are NaN or infinite "
+                f"(train loss {self.epoch_loss('train'):.4g}); lower lr ({self.cfg.lr:g}), or train in "
+                "precision 32"
+            ) from None
         self.last_eval = result
         for key in LOGGED_METRICS:
             self.log(f"{stage}/{key}", float(result["metrics"][key]), prog_bar=key == "kaggle_dice")

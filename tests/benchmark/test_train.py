@@ -241,6 +241,19 @@ def test_cli_fit_reports_bad_input_in_one_line(runs, tmp_path, capsys):
     assert "lr='abc'" in capsys.readouterr().err
 
 
+def test_a_diverged_run_is_one_line_naming_the_epoch(runs, tmp_path, capsys):
+    """Outputs gone NaN ended in a 30-frame traceback of the scoring code ("presence_prob contains
+    NaN"), which said nothing of the training; `run` recorded that line as the run's failure."""
+    argv = ["fit", "--model", "unet", "--data-dir", str(runs.data), "--out", str(tmp_path / "nan"),
+            "--epochs", "1", "--set", "image_size=32", "--set", "lr=1e30",
+            "--set", "model_kwargs={base_width: 4, depth: 2}"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: training diverged by epoch 0: the network's outputs are NaN or infinite")
+    assert err.endswith("; lower lr (1e+30), or train in precision 32")
+    assert not (tmp_path / "nan" / "summary.json").exists()
+
+
 def test_gpu_cache_fast_path_trains_on_cpu_too(runs, tmp_path):
     counter = CountEpochs()
     cfg = dataclasses.replace(TINY, gpu_cache=True, epochs=1)
