@@ -125,6 +125,11 @@ def _weights(weights: Mapping[str, float] | None) -> dict[str, float]:
     return {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in (weights or {}).items()}}
 
 
+def box_positives(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) bool: the images whose box the box loss scores (a nerve is present)."""
+    return batch["presence"] > 0.5 if "presence" in batch else batch["mask"].flatten(1).amax(1) > 0.5
+
+
 def loss_terms(
     outputs: torch.Tensor | Mapping[str, torch.Tensor],
     batch: Mapping[str, torch.Tensor],
@@ -147,7 +152,6 @@ def loss_terms(
     if "presence" in out:
         terms["presence"] = presence_loss(out["presence"], batch["presence"])
     if "bbox" in out:
-        positive = batch["presence"] > 0.5 if "presence" in batch else batch["mask"].flatten(1).amax(1) > 0.5
-        terms["bbox"] = bbox_loss(out["bbox"], batch["bbox"], positive, world_sum)
+        terms["bbox"] = bbox_loss(out["bbox"], batch["bbox"], box_positives(batch), world_sum)
     loss = sum((w[k] * v for k, v in terms.items()), start=bce.new_zeros(()))  # 0 + x == x exactly
     return loss, {k: v.detach() for k, v in terms.items()}

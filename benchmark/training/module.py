@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning import LightningModule
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from benchmark.core.config import TrainConfig, apply_overrides
 from benchmark.scoring.kaggle_scores import KaggleScores
@@ -100,6 +100,9 @@ class SegModule(LightningModule):
         self.loss_means = torch.nn.ModuleDict(
             {f"{s}_loss": MeanMetric(nan_strategy="disable") for s in STAGES}
         )
+        # The box term of the validation loss is a mean over the epoch's positive images, as in
+        # training over a global batch's: per batch it would depend on the eval batch and world size.
+        self.box_sums = torch.nn.ModuleDict({k: SumMetric(nan_strategy="disable") for k in ("sum", "count")})
 
     # -- forward ---------------------------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -212,7 +215,14 @@ class SegModule(LightningModule):
         prob, presence, out = self.predict_orig(batch["image"])
         self.scores[stage].update(prob, batch["mask_orig"], batch["index"], presence)
         if "mask" in batch:
-            loss, _ = self._loss(out, batch)
+            loss, parts = self._loss(out, batch)
+            if "bbox" in parts:  # the batch's box mean out, its sum and positives kept for the epoch
+                from benchmark.training.losses import box_positives
+
+                count = box_positives(batch).sum().float()
+                loss = loss - self.cfg.bbox_weight * parts["bbox"]
+                self.box_sums["sum"].update(parts["bbox"] * count.clamp(min=1))
+                self.box_sums["count"].update(count)
             self.add_loss(stage, loss, len(prob))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -230,6 +240,8 @@ class SegModule(LightningModule):
     def _start(self, stage: str) -> None:
         self.scores[stage].reset()
         self.loss_means[f"{stage}_loss"].reset()
+        for metric in self.box_sums.values():
+            metric.reset()
 
     def _epoch_end(self, stage: str) -> None:
         """Gather, de-duplicate and score this stage's rows (a collective: every rank calls it)."""
@@ -261,7 +273,11 @@ class SegModule(LightningModule):
         metric = self.loss_means[f"{stage}_loss"]
         if metric.update_count == 0:
             return math.nan
-        return float(metric.compute())
+        mean = float(metric.compute())
+        if stage == "train" or self.box_sums["count"].update_count == 0:
+            return mean
+        total, count = (float(self.box_sums[k].compute()) for k in ("sum", "count"))
+        return mean + self.cfg.bbox_weight * total / max(count, 1.0)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = checkpoint_history(checkpoint)

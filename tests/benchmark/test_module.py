@@ -221,3 +221,26 @@ def test_training_step_makes_no_host_sync(synthetic_dir, tmp_path, monkeypatch, 
     train(cfg, SegModule(cfg.to_dict()), make_datamodule(cfg, synthetic_dir), tmp_path)
     assert inside["steps"] == 3
     assert counted == Counter()
+
+
+def test_the_validation_loss_does_not_depend_on_the_eval_batch(synthetic_dir):
+    """The box term was a mean over each batch's positives, weighted by the batch's images: the inner
+    set's loss was 2.288 on one process and 2.526 split over two (trans_cg_unet). Now the box term is
+    a mean over the epoch's positive images, as training takes it over a global batch's."""
+    from benchmark.training.trainer import make_datamodule
+
+    kwargs = {"base_width": 4, "depth": 2, "embed_dim": 16, "num_layers": 1, "num_heads": 2, "pos_grid": 4}
+    module = small_module(model="trans_cg_unet", model_kwargs=kwargs, image_size=32)
+    losses = []
+    for size in (1, 3, 11):
+        cfg = TrainConfig(**{**SMALL, "image_size": 32, "eval_batch_size": size})
+        dm = make_datamodule(cfg, synthetic_dir)
+        dm.setup()
+        module._start("val")
+        with torch.no_grad():
+            for batch in dm.inner_dataloader():
+                module._eval_step(batch, "val")
+        losses.append(module.epoch_loss("val"))
+    positives = int(dm.positive[dm.inner_indices].sum())
+    assert 0 < positives < len(dm.inner_indices)  # some images have a box to score, some none
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-5), losses
