@@ -316,9 +316,16 @@ def with_model_recipe(train: TrainConfig, per_model: dict, model: str) -> TrainC
     overrides = dict(per_model.get(model) or {})
     if not overrides:
         return train
-    shared = {k: getattr(train, k) for k in sorted(overrides)}
+    own = apply_overrides(train, overrides)
+    # Recorded: what changes the computation, as it changes it. An execution-only field (num_workers,
+    # logger, ...) put the model in a benchmark of its own, off the board (exit 0); an entry equal to
+    # the shared value changed the run hash for no difference, so finished runs trained again.
+    keys = [k for k in sorted(overrides) if k not in NOT_HASHED and getattr(own, k) != getattr(train, k)]
+    if not keys:
+        return own
+    shared = {k: getattr(train, k) for k in keys}
     shared = {k: list(v) if isinstance(v, tuple) else v for k, v in shared.items()}
-    return dataclasses.replace(apply_overrides(train, overrides), model_recipe=shared)
+    return dataclasses.replace(own, model_recipe=shared)
 
 
 # ----------------------------------------------------------------------------- overrides and files

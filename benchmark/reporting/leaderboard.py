@@ -73,7 +73,9 @@ def benchmark_hash(summary: dict[str, Any]) -> str:
     """Hash of the run's config without model/kwargs/fold/seed: equal for every run of one benchmark."""
     cfg = summary.get("config") or {}
     payload = {k: v for k, v in cfg.items() if k not in NOT_HASHED | _RUN_KEYS}
-    payload.update(cfg.get("model_recipe") or {})  # a per-model recipe: the benchmark's shared values
+    # a per-model recipe: the benchmark's shared values (of hashed fields: an execution-only one
+    # recorded by an earlier version must not set the run apart)
+    payload.update({k: v for k, v in (cfg.get("model_recipe") or {}).items() if k not in NOT_HASHED})
     if summary.get("cpu_processes"):  # CPU DDP: another recipe (TrainConfig.box_recipe)
         payload["cpu_processes"] = summary["cpu_processes"]
     if not payload.get("link_subjects", True):  # off, or before the field: one benchmark (same split)

@@ -35,6 +35,25 @@ def test_a_per_model_recipe_reaches_that_models_runs_only_and_changes_their_hash
     assert vgg.isdisjoint({c.hash() for c in plain})
 
 
+def test_an_entry_that_changes_no_computation_keeps_the_run_and_its_board(tmp_path):
+    """``model_train.unet: {num_workers: 0}`` put unet in a benchmark of its own, so the board left it
+    out (exit 0, one note); ``{lr: 0.001}``, the shared value, changed its hash for no difference."""
+    plain = {c.run_name() for c in grid_configs.build_grid(load_benchmark_config(CONFIGS / "default.yaml"))}
+    text = (
+        "model_train:\n  unet: {num_workers: 0, lr: 0.001, logger: csv}\n"
+        "  sk_unet: {num_workers: 0, lr: 0.002}\n"
+    )
+    grid = grid_configs.build_grid(load_benchmark_config(write(tmp_path, text)))
+    unet = [c for c in grid if c.model == "unet"]
+    assert {c.run_name() for c in unet} <= plain and {(c.num_workers, c.logger) for c in unet} == {(0, "csv")}
+    sk = [c for c in grid if c.model == "sk_unet"]
+    assert {c.model_recipe["lr"] for c in sk} == {0.001} and "num_workers" not in sk[0].model_recipe
+    hashes = {leaderboard.benchmark_hash({"config": c.to_dict()}) for c in grid}
+    assert len(hashes) == 1  # one board for every model
+    old = {"config": {**sk[0].to_dict(), "model_recipe": {"lr": 0.001, "num_workers": 4}}}  # recorded before
+    assert leaderboard.benchmark_hash(old) in hashes
+
+
 def test_the_synthetic_fallback_has_its_own_per_model_recipe(tmp_path):
     text = "model_train:\n  unet: {lr: 0.01}\nsynthetic:\n  model_train:\n    unet_vgg16: {lr: 0.002}\n"
     syn = fallback.synthetic_benchmark(load_benchmark_config(write(tmp_path, text)))
