@@ -63,18 +63,29 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
         return model
     except ConfigError:
         raise
-    except Exception:  # noqa: BLE001 - the CPU decides whether it is meta or the kwargs at fault
-        pass
+    except Exception as exc:  # noqa: BLE001 - an operation meta lacks, or the kwargs at fault
+        if not _meta_gap(exc):  # depth 99: "Storage size calculation overflowed"; built on the CPU
+            raise _cannot_build(cfg, exc) from None  # instead, it took 24 GB and the OOM killer
     try:
         model = make()
     except Exception as exc:  # noqa: BLE001 - whatever the factory raises, the kwargs are at fault
-        text = " ".join(str(exc).split())[:400] or type(exc).__name__
-        weights = f" and encoder_weights {cfg.encoder_weights!r}" if cfg.encoder_weights else ""
-        raise ConfigError(
-            f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs}{weights}: cannot be built ({text})"
-        ) from None
+        raise _cannot_build(cfg, exc) from None
     _check_trains(cfg, model)
     return model
+
+
+def _meta_gap(exc: Exception) -> bool:
+    """Whether building on meta failed for want of an operation meta tensors lack (``.item()``,
+    ``.numpy()``, data-dependent values), which the CPU has: only then is the model built there."""
+    return isinstance(exc, NotImplementedError) or "meta" in str(exc).lower()
+
+
+def _cannot_build(cfg: TrainConfig, exc: Exception) -> ConfigError:
+    text = " ".join(str(exc).split())[:400] or type(exc).__name__
+    weights = f" and encoder_weights {cfg.encoder_weights!r}" if cfg.encoder_weights else ""
+    return ConfigError(
+        f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs}{weights}: cannot be built ({text})"
+    )
 
 
 def check_contract(cfg: TrainConfig, model: torch.nn.Module) -> None:
@@ -89,9 +100,13 @@ def check_contract(cfg: TrainConfig, model: torch.nn.Module) -> None:
 
     _check_trains(cfg, model)
     h, w = input_shape(cfg.resize_mode, cfg.image_size)
+    from models.registry import ModelError
+
     try:
         with torch.no_grad():
             out = model(torch.empty(2, 1, h, w, device="meta"))
+    except ModelError as exc:  # the model refuses the run's input (depth 7 needs multiples of 128)
+        raise ConfigError(f"{_named(cfg)} at image_size {cfg.image_size}: {exc}") from None
     except Exception:  # noqa: BLE001 - an operation meta lacks: the run's first batch checks instead
         return
     mask = out.get("mask") if isinstance(out, dict) else out
