@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmark.core.config import BenchmarkConfig, ConfigError, apply_overrides, every_fold
 from benchmark.core.files import atomic_write
+from benchmark.core.parsing import coerce
 from benchmark.core.ranks import global_rank
 from benchmark.runner import say
 from datamodules.errors import DataError
@@ -50,11 +51,11 @@ def synthetic_benchmark(bench: BenchmarkConfig, source: str = "config") -> Bench
         raise ConfigError(f"{source}: synthetic.train: {exc}") from None
     if train.holdout_fraction is not None:  # one hold-out set: the section's folds collapse to it
         folds = every_fold(train)
-    elif "folds" in syn:
-        folds = tuple(int(f) for f in syn["folds"])
+    elif "folds" in syn:  # read as the top level's are: "0,1" and 0 too (a traceback before)
+        folds = coerce("synthetic.folds", syn["folds"], tuple[int, ...])
     else:
         folds = tuple(f for f in bench.folds if f in every_fold(train))
-    seeds = tuple(int(s) for s in syn.get("seeds", bench.seeds))
+    seeds = coerce("synthetic.seeds", syn["seeds"], tuple[int, ...]) if "seeds" in syn else bench.seeds
     kwargs = {str(k): dict(v) for k, v in (syn.get("model_kwargs") or bench.model_kwargs).items()}
     recipes = {str(k): dict(v) for k, v in (syn.get("model_train") or bench.model_train).items()}
     return dataclasses.replace(

@@ -37,8 +37,14 @@ def check_synthetic(bench: BenchmarkConfig) -> None:
         trained = apply_overrides(bench.train, train)
     except ConfigError as exc:
         raise ConfigError(f"synthetic.train: {exc}") from None
-    coerce("synthetic.seeds", syn.get("seeds", ()), tuple[int, ...])
-    folds = coerce("synthetic.folds", syn.get("folds", ()), tuple[int, ...])
+    seeds = coerce("synthetic.seeds", syn.get("seeds", (0,)), tuple[int, ...])
+    folds = coerce("synthetic.folds", syn.get("folds", (0,)), tuple[int, ...])
+    for key, values in (("seeds", seeds), ("folds", folds)):  # as the top level's, when read
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if not values or twice:
+            raise ConfigError(f"synthetic.{key}={list(values)} must be non-empty, without repeats")
+    if not all(0 <= s < 2**32 for s in seeds):
+        raise ConfigError(f"synthetic.seeds={list(seeds)} must lie in 0 .. 2**32-1")
     if trained.holdout_fraction is None:  # a hold-out split collapses the section's folds to 0
         outside = sorted(set(folds) - set(every_fold(trained)))
         if outside:

@@ -78,6 +78,9 @@ def test_yaml_scalars_are_yaml_12_and_a_repeated_key_is_refused():
         ("synthetic: {generator: {seed: 2024-01-01}}\n", "synthetic.generator: seed='2024-01-01' should be"),
         ("synthetic: {generator: {subjects: -3}}\n", "synthetic.generator: subjects must be >= 1, got -3"),
         ("gpus_per_run: 1.5\n", "gpus_per_run=1.5: a share of one GPU (<= 1) or whole GPUs"),
+        ("synthetic: {seeds: [-1]}\n", "synthetic.seeds=[-1] must lie in 0 .. 2**32-1"),  # were accepted,
+        ("synthetic: {seeds: [0, 0]}\n", "synthetic.seeds=[0, 0] must be non-empty, without repeats"),  # or
+        ("synthetic: {folds: []}\n", "synthetic.folds=[] must be non-empty"),  # named no file without data
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_file(tmp_path, capsys, text, words):
@@ -86,6 +89,18 @@ def test_a_bad_value_is_one_line_naming_the_file(tmp_path, capsys, text, words):
     (data / "train").mkdir(parents=True)
     err = refused(capsys, ["run", "--config", str(path), "--data-dir", str(data), "--dry-run"])
     assert err.startswith((f"error: {path}: ", f"error: {path}:2: ")) and words in err, err  # :2: the line
+
+
+def test_the_synthetic_axes_read_as_the_top_levels(tmp_path, capsys, monkeypatch):
+    """``synthetic: {seeds: 0}`` and ``folds: 1`` ended in a TypeError traceback, ``seeds: "0,1"`` in
+    a ValueError; the top level reads all three."""
+    from benchmark import fallback
+
+    path = child(tmp_path, 'synthetic: {seeds: "0,1", folds: 1}\n', base="default.yaml")
+    syn = fallback.synthetic_benchmark(load_benchmark_config(path))
+    assert (syn.seeds, syn.folds) == ((0, 1), (1,))
+    path = child(tmp_path, "synthetic: {seeds: 2}\n", base="default.yaml")
+    assert fallback.synthetic_benchmark(load_benchmark_config(path)).seeds == (2,)
 
 
 def test_print_config_under_the_synthetic_fallback_is_the_run(tmp_path, capsys, monkeypatch):
