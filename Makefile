@@ -43,10 +43,10 @@ format: install ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff format .
 
 benchmark: install ## run the benchmark grid and write results/leaderboard.* (DATA=path CONFIG=file)
-	$(PY) -m benchmark run --config $(CONFIG) --data-dir $(DATA) --results-dir $(RESULTS) $(ARGS)
+	$(PY) -m benchmark run --config "$(CONFIG)" --data-dir "$(DATA)" --results-dir "$(RESULTS)" $(ARGS)
 
 report: install ## rebuild results/leaderboard.* and plots from results/runs/*/summary.json
-	$(PY) -m benchmark report --results $(RESULTS)
+	$(PY) -m benchmark report --results "$(RESULTS)"
 
 doctor: install ## prove this box runs the benchmark: device, every model, DDP, Ray, time estimate (ARGS=--json f)
 	$(PY) -m benchmark doctor $(ARGS)

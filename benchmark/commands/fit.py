@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.data_dir is None:
         raise ConfigError("fit: --data-dir is required (a Kaggle layout holding train/)")
+    from benchmark.core.files import check_output_dir
     from benchmark.core.summary import SUMMARY_NAME, is_complete
     from benchmark.grid_checks import check_accelerator, check_launcher, gpu_recipe_on_cpu
     from benchmark.pipeline import fit
@@ -123,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     check_accelerator([cfg])
     check_launcher([cfg])
     out = args.out or Path("results") / "runs" / cfg.run_name()
+    # A file there, or a place that cannot be written, is one line before the work (exit 2; it was
+    # exit 1 at the first checkpoint), as predict, export, evaluate and folds say it.
+    check_output_dir(out, "--out", "the run's directory")
     if is_complete(out / SUMMARY_NAME, cfg.hash()):
         print(f"{out} already holds this run, complete (config hash {cfg.hash()}): nothing trained")
     elif slow := gpu_recipe_on_cpu([cfg]):  # as run refuses it: hours on a CPU for one run

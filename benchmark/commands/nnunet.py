@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, given in (("--folds", folds), ("--seeds", seeds)):
         if given == []:  # "" trained every fold, where run refuses it
             raise ConfigError(f"{flag}: no value given (leave the flag out for all of them)")
+        if given is not None and len(set(given)) < len(given):  # 0,0: a fold's job twice
+            raise ConfigError(f"{flag} {getattr(args, flag[2:])}: a value is repeated; name each once")
     settings = settings_from(
         planner=args.planner,
         epochs=args.epochs,

@@ -239,6 +239,13 @@ def test_cli_fit_reports_bad_input_in_one_line(runs, tmp_path, capsys):
     argv = ["fit", "--model", "unet", "--data-dir", str(runs.data), "--out", str(tmp_path), "--set", "lr=abc"]
     assert main(argv) == 2
     assert "lr='abc'" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")  # was found at the first checkpoint: exit 1
+    out = tmp_path / "a_file" / "run"
+    assert main(["fit", "--model", "empty", "--data-dir", str(runs.data), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'a_file'}: a file, not a folder; --out {tmp_path / 'a_file' / 'run'} needs a "
+        "folder there\n"
+    )
 
 
 def test_a_diverged_run_is_one_line_naming_the_epoch(runs, tmp_path, capsys):

@@ -80,6 +80,9 @@ def test_iterations_per_epoch_reach_nnunet_and_a_bad_count_is_one_line(tmp_path:
     capsys.readouterr()
     assert main([*args, "--iterations-per-epoch", "0"]) == 2 and len(seen) == 2
     assert capsys.readouterr().err == "error: --iterations-per-epoch 0: need 1 or more\n"
+    for flag in ("--folds", "--seeds"):  # 0,0 started fold 0's training, its job listed twice
+        assert main([*args, flag, "0,1,0"]) == 2 and len(seen) == 2
+        assert capsys.readouterr().err == f"error: {flag} 0,1,0: a value is repeated; name each once\n"
 
 
 TINY_PLANS = {
