@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from benchmark.core.config import BenchmarkConfig, TrainConfig, field_types
-from benchmark.core.parsing import EXPONENT_FLOAT, type_name
+from benchmark.core.parsing import EXPONENT_FLOAT, INT_12, type_name
 
 
 class _Dumper(yaml.SafeDumper):
@@ -19,6 +19,7 @@ class _Dumper(yaml.SafeDumper):
 
 
 _Dumper.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:int", INT_12, list("-+0123456789"))  # "0o17" too
 
 
 def to_yaml(cfg: TrainConfig | BenchmarkConfig) -> str:

@@ -34,15 +34,22 @@ class ConfigError(NerveBenchError):
 EXPONENT_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$")
 
 
-# Dates, and YAML 1.1's booleans (true/false are added back below; yes/no/on/off are refused).
-_DROPPED = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")
+# Dates, and YAML 1.1's booleans (true/false are added back below; yes/no/on/off are refused) and
+# numbers (YAML 1.2's are added back below: 017 was 15, 3:00 was 180, 1_0 was 10, 0b11 was 3).
+_DROPPED = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
+            "tag:yaml.org,2002:float")  # fmt: skip
+INT_12 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT_12 = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
 _WORD_BOOL = "tag:nerve-bench,2026:yaml11-bool"
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's YAML 1.1 with YAML 1.2's scalars: :data:`EXPONENT_FLOAT` floats, true/false the only
-    booleans, no timestamps (no config field is a date: ``seed: 2024-01-01`` stays text and is refused
-    by type, not parsed into a date or a traceback). Refused, naming the line: a repeated key
+    """PyYAML's YAML 1.1 with YAML 1.2's scalars: its numbers (``3e-4`` a float; ``017`` 17, not
+    octal; no sexagesimal ``3:00``, no ``1_0``), true/false the only booleans, no timestamps (no
+    config field is a date: ``seed: 2024-01-01`` stays text and is refused by type, not parsed into
+    a date or a traceback). Refused, naming the line: a repeated key
     (PyYAML would keep the last one silently), and an unquoted yes/no/on/off, which YAML 1.1 reads as
     a boolean and YAML 1.2 as text, so ``presence_head: no`` in model_kwargs (never type-checked here)
     would be the text "no", which a factory takes as true."""
@@ -66,7 +73,17 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", INT_12, list("-+0123456789"))  # before floats
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def _int_12(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    """A YAML 1.2 integer: decimal (leading zeros too), 0o octal, 0x hexadecimal."""
+    text = str(loader.construct_scalar(node))  # type: ignore[arg-type]
+    return int(text[2:], 8) if text.startswith("0o") else int(text, 16 if text.startswith("0x") else 10)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _int_12)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )

@@ -3,6 +3,7 @@ silent default; and ``run --print-config`` prints the benchmark the same command
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,10 @@ def test_yaml_scalars_are_yaml_12_and_a_repeated_key_is_refused():
     # A date is text (no field is a date), 3e-4 a float, true/false the booleans; merge keys still work.
     assert load_yaml("a: 2024-13-45\nb: 'yes'\nd: true\ne: 3e-4\n", "f.yaml") == {
         "a": "2024-13-45", "b": "yes", "d": True, "e": 3e-4}  # fmt: skip
+    # YAML 1.2's numbers, as --set reads them: 017 was octal 15, 3:00 base 60, 1_0 ten, 0b11 three
+    numbers = load_yaml("a: 017\nb: 3:00\nc: 1_0\nd: 0b11\ne: 0o17\nf: 0x1F\ng: .5\nh: -.inf\n", "f.yaml")
+    expected = {"a": 17, "b": "3:00", "c": "1_0", "d": "0b11", "e": 15, "f": 31, "g": 0.5, "h": -math.inf}
+    assert numbers == expected
     merged = load_yaml("base: &b {x: 1, y: 2}\nc: {<<: *b, x: 3}\n", "f.yaml")
     assert merged["c"] == {"x": 3, "y": 2}
     # yes/no/on/off: YAML 1.1 booleans, YAML 1.2 text; as text `presence_head: no` in model_kwargs
@@ -184,12 +189,12 @@ def test_gpus_per_run_and_the_world_it_makes_are_named(tmp_path, capsys, monkeyp
 
 def test_a_text_that_reads_as_a_number_is_quoted_when_printed(tmp_path):
     bench = apply_benchmark_overrides(
-        load_benchmark_config(CONFIGS / "smoke.yaml"), {"wandb_project": "1e5", "name": "1E10"}
+        load_benchmark_config(CONFIGS / "smoke.yaml"), {"wandb_project": "1e5", "name": "0o17"}
     )
     path = tmp_path / "p.yaml"
     path.write_text(to_yaml(bench))
     loaded = load_benchmark_config(path)
-    assert (loaded.train.wandb_project, loaded.name) == ("1e5", "1E10") and loaded == bench
+    assert (loaded.train.wandb_project, loaded.name) == ("1e5", "0o17") and loaded == bench
 
 
 def test_run_finds_its_default_config_from_any_directory(tmp_path, capsys, monkeypatch):
