@@ -36,6 +36,9 @@ from __future__ import annotations
 import csv
 import math
 import numbers
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,11 +287,30 @@ def generate(
     seed: int = 0,
     positive_fraction: float = 0.5,
 ) -> dict:
-    """Write a synthetic dataset in the full Kaggle layout and return a summary dict."""
+    """Write a synthetic dataset in the full Kaggle layout and return a summary dict.
+
+    Written into a hidden folder inside ``out_dir`` and renamed into place: an interrupted call left
+    a partial train/ that the same call then refused ("already exists and is not empty")."""
     out = Path(out_dir)
     _check_args(out, subjects, per_subject, n_test, positive_fraction, seed)
-    (out / "train").mkdir(parents=True, exist_ok=True)
-    (out / "test").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
+    try:
+        n_train, n_pos = _write_all(tmp, subjects, per_subject, n_test, seed, positive_fraction)
+        for name in ("train", "test", "train_masks.csv", "sample_submission.csv"):
+            os.replace(tmp / name, out / name)  # train/ and test/ replace empty folders of theirs
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"out_dir": str(out), "n_train": n_train, "n_subjects": subjects, "n_positive": n_pos,
+            "n_test": n_test, "seed": seed, "shape": [H, W]}  # fmt: skip
+
+
+def _write_all(
+    out: Path, subjects: int, per_subject: int, n_test: int, seed: int, positive_fraction: float
+) -> tuple[int, int]:
+    """The layout's files in ``out``: (training frames, positive ones)."""
+    (out / "train").mkdir()
+    (out / "test").mkdir()
     rows, n_pos = [], 0
     for s in range(1, subjects + 1):
         anat = _anatomy(Draws(seed, s))
@@ -306,12 +328,4 @@ def generate(
         img, _ = render(anat, Draws(seed, _TEST_SUBJECT_BASE + n, 1), bool(positive))
         write_tif(out / "test" / f"{n}.tif", img)
     _write_csv(out / "sample_submission.csv", ["img", "pixels"], [[n, ""] for n in range(1, n_test + 1)])
-    return {
-        "out_dir": str(out),
-        "n_train": len(rows),
-        "n_subjects": subjects,
-        "n_positive": n_pos,
-        "n_test": n_test,
-        "seed": seed,
-        "shape": [H, W],
-    }
+    return len(rows), n_pos

@@ -29,9 +29,12 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from benchmark.core.config import ConfigError
     from benchmark.core.files import atomic_write, check_output_dir
     from datamodules.synth import generate
 
+    if not str(args.out).strip():  # Path("") is the working directory: train/ and test/ landed there
+        raise ConfigError("--out: no directory given")
     check_output_dir(args.out, "--out", "a directory for the data set")  # was "Not a directory", exit 1
     params = {"subjects": args.subjects, "per_subject": args.per_subject, "n_test": args.test,
               "seed": args.seed, "positive_fraction": args.positive_fraction}  # fmt: skip

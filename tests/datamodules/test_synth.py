@@ -149,6 +149,33 @@ def test_cli_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'f'}: a file, not a folder; --out ")
 
 
+def test_an_interrupted_set_leaves_nothing_and_the_same_call_then_works(tmp_path: Path, monkeypatch, capsys):
+    """Ctrl-C in `synth` left 610 frames in train/; the same command was then refused ("already exists
+    and is not empty"), though its interrupt line said to run it again."""
+    from datamodules import synth
+
+    write, calls = synth.write_tif, []
+
+    def interrupted(path, array):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        write(path, array)
+
+    monkeypatch.setattr(synth, "write_tif", interrupted)
+    (tmp_path / "d" / "train").mkdir(parents=True)  # an empty train/ of the user's: allowed, kept
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "d", subjects=1, per_subject=2, n_test=0)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["train"]
+    assert list((tmp_path / "d" / "train").iterdir()) == []
+    monkeypatch.setattr(synth, "write_tif", write)
+    assert generate(tmp_path / "d", subjects=1, per_subject=2, n_test=0)["n_train"] == 2
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "sample_submission.csv", "test", "train", "train_masks.csv"]  # fmt: skip
+    assert main(["synth", "--out", "", "--subjects", "1"]) == 2  # it wrote into the working directory
+    assert capsys.readouterr().err == "error: --out: no directory given\n"
+
+
 def test_small_set_bytes_and_content_hash_are_pinned(tmp_path: Path) -> None:
     generate(tmp_path / "d", **SMALL)
     assert _tree_sha256(tmp_path / "d") == FILES_SHA256
