@@ -252,6 +252,8 @@ def check_outputs(out_dir: Path, submission: Path | None, reads: Sequence[str | 
     check_output_dir(out_dir, "--out", "a directory for the mask tifs")  # not at the first mask written
     if submission is None:
         return
+    if Path(submission).resolve() == Path(out_dir).resolve():  # found after every mask was written
+        raise NerveBenchError(f"{submission}: --submission is the --out folder; give a .csv file path")
     check_output_file(submission, "--submission", "a .csv file path", reads)
 
 

@@ -89,5 +89,10 @@ def test_outputs_that_would_replace_an_input_are_refused_before_the_work(ckpts, 
             f"error: {target}: {args[-2]} is in {folder}, which this command reads; give another path\n"
         )
     assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "o").exists()
+    same = ["predict", *base, "--input", str(root), *out, "--submission", str(tmp_path / "o")]
+    assert main(same) == 2 and not (tmp_path / "o").exists()  # masks were written, then exit 1
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'o'}: --submission is the --out folder; give a .csv file path\n"
+    )
     with pytest.raises(DataError, match="a file, not a folder of images"):
         predict.list_inputs(checkpoint)
