@@ -73,7 +73,8 @@ def test_set_values_are_parsed_by_the_declared_type(tmp_path):
         ("warmup_epochs", "-1", "warmup_epochs=-1.0 must be >= 0"),
         ("presence_weight", "-0.5", "presence_weight=-0.5 must be >= 0"),
         ("image_size", "48", "image_size=48 must be a multiple of 32"),
-        ("image_size", "0", "image_size=0 must be a multiple of 32, at least 32"),
+        ("image_size", "0", "image_size=0 must be a multiple of 32 in 32 .. 2048"),
+        ("image_size", "4294967328", "image_size=4294967328 must be a multiple of 32 in 32 .. 2048"),  # cv2
         ("n_folds", "1", "n_folds=1 must be >= 2"),
         ("num_workers", "-1", "num_workers=-1 must be >= 0"),
         ("limit_train_batches", "0", "limit_train_batches=0 must be >= 1"),
