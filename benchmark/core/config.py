@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from benchmark.core.parsing import ConfigError, coerce, read_config
+from benchmark.core.parsing import ConfigError, coerce, file_setting, read_config
 from benchmark.core.world import accelerator_is_gpu, resolve_devices
 
 # 2: nested protocol (outer "metrics", inner "selection", "split", "global_batch");
@@ -372,7 +372,7 @@ def load_benchmark_config(path: str | Path) -> BenchmarkConfig:
         bench = _benchmark_from(raw, path.stem)
         check_benchmark_models(bench)
     except (ConfigError, ModelError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{file_setting(files, str(exc), path)}: {exc}") from None
     return bench
 
 

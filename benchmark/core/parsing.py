@@ -232,3 +232,13 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         both = isinstance(out.get(key), dict) and isinstance(value, dict)
         out[key] = merge(out[key], value) if both else value
     return out
+
+
+def file_setting(files: list[tuple[Path, dict]], message: str, path: Path) -> Path:
+    """The file whose ``train:`` value an error names (``lr='abc'``): the last of the chain that sets
+    that key (a bad value in a base file was blamed on the file built on it); else ``path``."""
+    for source, own in reversed(files):
+        train = own.get("train") if isinstance(own.get("train"), dict) else {}
+        if any(re.search(rf"(?<![\w.]){re.escape(str(key))}=", message) for key in train):
+            return source
+    return path

@@ -223,6 +223,12 @@ def test_a_misspelt_key_in_a_base_file_is_named_in_that_file(tmp_path):
         ConfigError, match=rf"^{base}: train: unknown config key 'epoch'; did you mean epochs"
     ):
         load_benchmark_config(top)
+    base.write_text(f"base: {CONFIGS / 'smoke.yaml'}\ntrain: {{lr: abc, epochs: 2}}\n")  # a bad value too
+    with pytest.raises(ConfigError, match=rf"^{base}: train: lr='abc' should be a finite number"):
+        load_benchmark_config(top)
+    top.write_text("base: base.yaml\nmodels: [unet]\ntrain: {lr: 0.5, epochs: -1}\n")  # the top's own
+    with pytest.raises(ConfigError, match=rf"^{top}: train: epochs=-1 must be >= 1"):
+        load_benchmark_config(top)
     base.write_text(f"base: {CONFIGS / 'smoke.yaml'}\nseed: 3\n")
     with pytest.raises(ConfigError, match=rf"^{base}: unknown top-level key 'seed'; did you mean seeds"):
         load_benchmark_config(top)
