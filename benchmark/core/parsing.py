@@ -104,7 +104,9 @@ _Loader.add_constructor(_WORD_BOOL, _refuse_word_bool)
 def load_yaml(text: str, source: str) -> Any:
     """``text`` parsed as YAML (safe), or ConfigError naming ``source`` and the line."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
+        _check_expanded_size(data)
+        return data
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -112,6 +114,24 @@ def load_yaml(text: str, source: str) -> Any:
     except (ValueError, RecursionError) as exc:  # a value the constructor refuses; nesting too deep
         why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise ConfigError(f"{source}: invalid YAML ({why})") from None
+
+
+MAX_YAML_VALUES = 100_000  # a config has hundreds; an alias bomb (13 lines) expands to billions
+
+
+def _check_expanded_size(data: Any) -> None:
+    """ValueError when ``data``, its aliases expanded, holds more than MAX_YAML_VALUES values:
+    PyYAML shares an aliased value, and the first copy of it (the run's config) took the memory."""
+    seen, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            raise ValueError(f"more than {MAX_YAML_VALUES:,} values once its aliases are expanded")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _scalar(value: Any, tp: type) -> Any:

@@ -58,6 +58,12 @@ def test_yaml_scalars_are_yaml_12_and_a_repeated_key_is_refused():
         load_yaml("train: {epochs: 3}\nmodels: [unet]\ntrain: {batch_size: 8}\n", "f.yaml")
     with pytest.raises(ConfigError, match=r"^f.yaml: invalid YAML \(nested too deeply\)"):
         load_yaml("a: " + "[" * 5000, "f.yaml")
+    # 7 lines of aliases: 10**7 values once expanded (a MemoryError traceback after a minute)
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdef", "bcdefg")
+    )
+    with pytest.raises(ConfigError, match=r"^f.yaml: invalid YAML \(more than 100,000 values once its alia"):
+        load_yaml(bomb, "f.yaml")
 
 
 @pytest.mark.parametrize(
