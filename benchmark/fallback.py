@@ -141,7 +141,8 @@ def resolve_data(
     if not uses_synthetic(data_dir):
         path = DEFAULT_DATA_DIR if data_dir is None else data_dir
         if not path.is_dir():
-            raise DataError(path, "data directory not found (--data-dir / DATA): expected the Kaggle layout")
+            found = "a file, not a directory" if path.exists() else "data directory not found"
+            raise DataError(path, f"{found} (--data-dir / DATA): expected the Kaggle layout")
         if not (path / "train").is_dir():
             from datamodules.kaggle import parent_hint
 

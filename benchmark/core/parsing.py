@@ -219,7 +219,8 @@ def read_config(
     own mapping, base first, so a problem can be named in the file that has it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        found = "a directory, not a config file" if path.is_dir() else "config file not found"
+        raise ConfigError(f"{path}: {found}")
     if path.resolve() in _chain:
         cycle = " -> ".join(p.name for p in (*_chain, path.resolve()))
         raise ConfigError(f"{path}: base: cycle {cycle}")

@@ -100,6 +100,11 @@ def test_mistyped_data_dir_is_an_error_not_a_synthetic_run(tmp_path, capsys, mon
     bench = load_benchmark_config(SMOKE)
     with pytest.raises(DataError, match=r"dta: data directory not found \(--data-dir / DATA\)"):
         fb.resolve_data(bench, tmp_path / "dta", tmp_path)
+    (tmp_path / "a.zip").write_text("")  # the download, not its unpacked folder: said so
+    with pytest.raises(DataError, match=r"a.zip: a file, not a directory \(--data-dir / DATA\)"):
+        fb.resolve_data(bench, tmp_path / "a.zip", tmp_path)
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}: a directory, not a config file$"):
+        load_benchmark_config(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty: no train/ directory"):
         fb.resolve_data(bench, tmp_path / "empty", tmp_path)
