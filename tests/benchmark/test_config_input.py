@@ -248,3 +248,16 @@ def test_the_free_space_variable_is_read_as_the_flag(monkeypatch):
     monkeypatch.setenv(preflight.MIN_FREE_ENV, "inf")  # it was taken: a floor no disk can meet
     with pytest.raises(NerveBenchError, match="NERVE_BENCH_MIN_FREE_GB='inf': expected a number of GB >= 0"):
         preflight.min_free_gb_default()
+
+
+def test_a_data_dir_that_is_a_file_and_a_config_that_is_a_folder_are_named(tmp_path):
+    """Both were "not found", though the path was there."""
+    from benchmark import fallback
+    from datamodules.errors import DataError
+
+    (tmp_path / "a.zip").write_text("")  # the download, not its unpacked folder
+    bench = load_benchmark_config(CONFIGS / "smoke.yaml")
+    with pytest.raises(DataError, match=r"a.zip: a file, not a directory \(--data-dir / DATA\)"):
+        fallback.resolve_data(bench, tmp_path / "a.zip", tmp_path)
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}: a directory, not a config file$"):
+        load_benchmark_config(tmp_path)

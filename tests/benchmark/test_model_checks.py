@@ -82,3 +82,20 @@ def test_fit_and_speed_say_it_in_one_line(bad_models, tmp_path: Path, capsys):
     assert main(["speed", "--models", "check_shrinks", "--image-size", "64", "--device", "cpu"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and all("returns mask logits of shape (2, 1, 32, 32)" in line for line in lines)
+
+
+def test_model_kwargs_too_big_or_refusing_the_input_stop_the_dry_run(tmp_path, synthetic_dir, capsys):
+    """depth 99 overflowed on meta and was built again on the CPU: 24 GB and the OOM killer, even in
+    a dry run. depth 7 at image_size 64 passed the dry run (13.94 GB of disk budgeted), then every
+    run failed with the model's own ModelError (exit 1), where the README promises exit 2 first."""
+    config = Path(__file__).resolve().parents[2] / "benchmark" / "configs" / "smoke.yaml"
+    smoke = ["run", "--config", str(config), "--data-dir", str(synthetic_dir),
+             "--results-dir", str(tmp_path / "r"), "--models", "unet", "--dry-run"]  # fmt: skip
+    assert main([*smoke, "--set", "model_kwargs.unet={depth: 99}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model 'unet' with model_kwargs {'depth': 99}: cannot be built (Storage")
+    assert main([*smoke, "--set", "model_kwargs.unet={depth: 7, base_width: 2}"]) == 2
+    assert capsys.readouterr().err == (
+        "error: model 'unet' (nerve-bench) at image_size 64: input H, W must be multiples of 128 (depth 7), "
+        "got (64, 64)\n"
+    )
