@@ -261,3 +261,18 @@ def test_a_data_dir_that_is_a_file_and_a_config_that_is_a_folder_are_named(tmp_p
         fallback.resolve_data(bench, tmp_path / "a.zip", tmp_path)
     with pytest.raises(ConfigError, match=rf"^{tmp_path}: a directory, not a config file$"):
         load_benchmark_config(tmp_path)
+
+
+def test_a_printed_fit_config_runs_its_own_fold_and_seed(tmp_path, capsys, synthetic_dir):
+    """`run --config` of a `fit --print-config` file ran every fold of seed 0, without a word: the
+    train: section's fold and seed are the grid's default axes now, as its model already was."""
+    assert main(["fit", "--model", "unet", "--set", "seed=2", "--set", "fold=1", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    name = printed.splitlines()[0].split()[1].rstrip(":")  # "# unet__f1__s2__<hash>: `fit --config ..."
+    path = tmp_path / "fit.yaml"
+    path.write_text(printed)
+    argv = ["run", "--config", str(path), "--data-dir", str(synthetic_dir)]
+    argv += ["--results-dir", str(tmp_path / "r")]
+    assert dry_run_names(capsys, argv) == [name]
+    bench = load_benchmark_config(child(tmp_path, "train: {seed: 3}\n", base="smoke.yaml"))
+    assert bench.seeds == (0,)  # a grid axis the chain sets still wins: seeds [0] of smoke.yaml
