@@ -397,14 +397,10 @@ def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
         train = apply_overrides(TrainConfig(), given)
     except ConfigError as exc:
         raise ConfigError(f"train: {exc}") from None
+    values = {"name": name, "models": (train.model,), "folds": every_fold(train), "seeds": (0,)}
     # Without a grid axis the train: section's own run is the default: a `fit --print-config` file
     # given to `run` ran every fold of seed 0, not its fold and seed, without a word.
-    values = {
-        "name": name,
-        "models": (train.model,),
-        "folds": (train.fold,) if "fold" in given else every_fold(train),
-        "seeds": (train.seed,) if "seed" in given else (0,),
-    }
+    values.update({f"{key}s": (getattr(train, key),) for key in ("fold", "seed") if key in given})
     values.update({k: v for k, v in raw.items() if k != "train" and v is not None})  # null: the default
     return BenchmarkConfig(train=train, **values)
 
