@@ -8,10 +8,11 @@ import dataclasses
 from collections.abc import Sequence
 
 from benchmark.core.config import (
+    NOT_HASHED,
     BenchmarkConfig,
     ConfigError,
     TrainConfig,
-    with_model_recipe,
+    apply_overrides,
 )
 from benchmark.core.world import resolve_auto_precision, resolve_devices
 
@@ -24,6 +25,25 @@ def parse_list(text: str | None, kind: type = str) -> list | None:
         return [kind(t) for t in items]
     except ValueError:
         raise ConfigError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
+
+
+def with_model_recipe(train: TrainConfig, per_model: dict, model: str) -> TrainConfig:
+    """``train`` with ``model``'s ``model_train`` overrides, each recorded in ``model_recipe`` beside
+    the shared value it replaces: the board then knows the run belongs to the same benchmark (its
+    shared recipe is restored for the benchmark hash) and names the difference under the table."""
+    overrides = dict(per_model.get(model) or {})
+    if not overrides:
+        return train
+    own = apply_overrides(train, overrides)
+    # Recorded: what changes the computation, as it changes it. An execution-only field (num_workers,
+    # logger, ...) put the model in a benchmark of its own, off the board (exit 0); an entry equal to
+    # the shared value changed the run hash for no difference, so finished runs trained again.
+    keys = [k for k in sorted(overrides) if k not in NOT_HASHED and getattr(own, k) != getattr(train, k)]
+    if not keys:
+        return own
+    shared = {k: getattr(train, k) for k in keys}
+    shared = {k: list(v) if isinstance(v, tuple) else v for k, v in shared.items()}
+    return dataclasses.replace(own, model_recipe=shared)
 
 
 def build_grid(

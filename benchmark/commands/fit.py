@@ -76,15 +76,11 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     ``devices: auto`` is resolved to this machine's count, so the run hash records the world size, and
     ``precision: auto`` to the precision the run trains in here.
     """
-    from benchmark.core.config import (
-        TrainConfig,
-        apply_overrides,
-        load_benchmark_config,
-        with_model_recipe,
-    )
+    from benchmark.core.config import TrainConfig, apply_overrides, load_benchmark_config
     from benchmark.core.model_kwargs import build_models
     from benchmark.core.overrides import parse_set_args
     from benchmark.core.world import resolve_auto_precision, resolve_devices
+    from benchmark.grid_configs import with_model_recipe
 
     bench = load_benchmark_config(args.config) if args.config else None
     base = bench.train if bench else TrainConfig()
