@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -252,17 +252,25 @@ def check_world_divides(cfg: TrainConfig, world: int) -> None:
     )
 
 
+def check_axis(key: str, values: Sequence[Any]) -> None:
+    """A grid axis (``key`` names it in the error): non-empty, no value twice."""
+    twice = sorted({v for v in values if values.count(v) > 1})
+    _require(bool(values) and not twice, f"{key}={list(values)} must be non-empty, without repeats")
+
+
+def check_seeds(key: str, seeds: Sequence[int]) -> None:
+    _require(all(map(_is_seed, seeds)), f"{key}={list(seeds)} must lie in 0 .. 2**32-1")
+
+
 def _check_grid(bench: BenchmarkConfig) -> None:
     _require(isinstance(bench.train, TrainConfig), f"train: expected a TrainConfig, got {bench.train!r}")
     _require(bool(bench.name.strip()), "name may not be empty")
     for key in ("models", "folds", "seeds"):
-        values = getattr(bench, key)
-        twice = sorted({v for v in values if values.count(v) > 1})
-        _require(bool(values) and not twice, f"{key}={list(values)} must be non-empty, without repeats")
+        check_axis(key, getattr(bench, key))
     top = every_fold(bench.train)[-1]
     why = " (holdout_fraction: one hold-out set, fold 0)" if bench.train.holdout_fraction is not None else ""
     _require(all(0 <= f <= top for f in bench.folds), f"folds={list(bench.folds)} must lie in 0..{top}{why}")
-    _require(all(map(_is_seed, bench.seeds)), f"seeds={list(bench.seeds)} must lie in 0 .. 2**32-1")
+    check_seeds("seeds", bench.seeds)
     _require(all(m.strip() for m in bench.models), "models may not contain an empty name")
     for key in ("gpus_per_run", "cpus_per_run"):
         _require(getattr(bench, key) > 0, f"{key}={getattr(bench, key)} must be > 0")

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from benchmark.core.config import ConfigError, apply_overrides, check_model_train, check_per_model, every_fold
+from benchmark.core.config import (
+    ConfigError,
+    apply_overrides,
+    check_axis,
+    check_model_train,
+    check_per_model,
+    check_seeds,
+    every_fold,
+)
 from benchmark.core.parsing import coerce
 from datamodules.synth import parameter_problem
 
@@ -40,11 +48,8 @@ def check_synthetic(bench: BenchmarkConfig) -> None:
     seeds = coerce("synthetic.seeds", syn.get("seeds", (0,)), tuple[int, ...])
     folds = coerce("synthetic.folds", syn.get("folds", (0,)), tuple[int, ...])
     for key, values in (("seeds", seeds), ("folds", folds)):  # as the top level's, when read
-        twice = sorted({v for v in values if values.count(v) > 1})
-        if not values or twice:
-            raise ConfigError(f"synthetic.{key}={list(values)} must be non-empty, without repeats")
-    if not all(0 <= s < 2**32 for s in seeds):
-        raise ConfigError(f"synthetic.seeds={list(seeds)} must lie in 0 .. 2**32-1")
+        check_axis(f"synthetic.{key}", values)
+    check_seeds("synthetic.seeds", seeds)
     if trained.holdout_fraction is None:  # a hold-out split collapses the section's folds to 0
         outside = sorted(set(folds) - set(every_fold(trained)))
         if outside:
