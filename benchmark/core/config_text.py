@@ -11,14 +11,14 @@ from typing import Any
 import yaml
 
 from benchmark.core.config import BenchmarkConfig, TrainConfig, field_types
-from benchmark.core.parsing import EXPONENT_FLOAT, INT_12, type_name
+from benchmark.core.parsing import FLOAT_12, INT_12, type_name
 
 
 class _Dumper(yaml.SafeDumper):
     """Quotes a string that our loader would read as a number (``wandb_project: "1e5"``)."""
 
 
-_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_12, list("-+0123456789."))
 _Dumper.add_implicit_resolver("tag:yaml.org,2002:int", INT_12, list("-+0123456789"))  # "0o17" too
 
 

@@ -29,17 +29,14 @@ class ConfigError(NerveBenchError):
     """An unknown key, a wrong type or an invalid value in a config or override."""
 
 
-# YAML 1.2 floats without a dot (``3e-4``), which YAML 1.1 reads as strings; config_text quotes
-# strings of this form so that a printed config reads back to the same values.
-EXPONENT_FLOAT = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$")
-
-
 # Dates, and YAML 1.1's booleans (true/false are added back below; yes/no/on/off are refused) and
 # numbers (YAML 1.2's are added back below: 017 was 15, 3:00 was 180, 1_0 was 10, 0b11 was 3).
 _DROPPED = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
             "tag:yaml.org,2002:float")  # fmt: skip
+# YAML 1.2's numbers; config_text quotes a string of either form (``"1e5"``: a float without a dot,
+# which YAML 1.1 reads as text) so that a printed config reads back to the same values.
 INT_12 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
-_FLOAT_12 = re.compile(
+FLOAT_12 = re.compile(
     r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
 )
 _WORD_BOOL = "tag:nerve-bench,2026:yaml11-bool"
@@ -74,7 +71,7 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:int", INT_12, list("-+0123456789"))  # before floats
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_12, list("-+0123456789."))
 
 
 def _int_12(loader: yaml.SafeLoader, node: yaml.Node) -> int:
