@@ -46,6 +46,7 @@ import numpy as np
 
 from datamodules.errors import DataError
 from datamodules.io import write_tif
+from datamodules.kaggle import LAYOUT_NAMES
 from datamodules.portable import (
     NOISE_VARIANCE,
     Draws,
@@ -297,7 +298,7 @@ def generate(
     tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
     try:
         n_train, n_pos = _write_all(tmp, subjects, per_subject, n_test, seed, positive_fraction)
-        for name in ("train", "test", "train_masks.csv", "sample_submission.csv"):
+        for name in LAYOUT_NAMES:
             os.replace(tmp / name, out / name)  # train/ and test/ replace empty folders of theirs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
