@@ -144,12 +144,12 @@ def check_seed(board: Board, seed: int) -> None:
         )
 
 
-def _refuse_other_board(summary: dict[str, Any], results_dir: Path) -> None:
+def _refuse_other_board(summary: dict[str, Any], saved: list[tuple[Path, dict]], results_dir: Path) -> None:
     """An import under another benchmark config starts a second board in the results directory; the
     report shows the bigger one, so a few imports took the board over (a warning said so, exit 0)."""
     from benchmark.reporting.leaderboard import benchmark_hash, select_runs
 
-    kept, _ = select_runs([s for _, s in complete_summaries(results_dir)])
+    kept, _ = select_runs([s for _, s in saved])
     if kept and benchmark_hash(kept[0]) != benchmark_hash(summary):
         raise ConfigError(
             f"{results_dir} holds runs of another benchmark config; an import joins its board (pass no "
@@ -222,8 +222,9 @@ def import_fold(
     external = {**provenance, **(external or {}), "replaced": _earlier_imports(run_dir) if replace else []}
     summary = entry.imported_summary(split, board.data_dir, pred, external, facts)
     summary["external"] = _on_the_board(external, summary["metrics"]["post"]["kaggle_dice"])
-    _refuse_other_board(summary, board.results_dir)
-    _warn_same_masks(summary, board.results_dir)
+    saved = complete_summaries(board.results_dir)  # read once for both checks
+    _refuse_other_board(summary, saved, board.results_dir)
+    _warn_same_masks(summary, saved)
 
     def settle() -> None:
         """Under the run's lock: an import of this fold that finished while these masks were read
@@ -236,12 +237,12 @@ def import_fold(
     return run_dir, entry.write_imported(run_dir, summary, split, pred, settle)
 
 
-def _warn_same_masks(summary: dict[str, Any], results_dir: Path) -> None:
+def _warn_same_masks(summary: dict[str, Any], saved: list[tuple[Path, dict]]) -> None:
     """One warning when another seed of this row and fold scored exactly these per-image numbers:
     the same masks under two seeds show no training randomness (Seed SD 0), which the board's tests
     would then take as measured."""
     mine = to_jsonable({k: summary["per_image"].get(k) for k in ("index", "dice")})
-    for path, other in complete_summaries(results_dir):
+    for path, other in saved:
         same_fold = (other.get("model"), other.get("fold")) == (summary["model"], summary["fold"])
         theirs = {k: (other.get("per_image") or {}).get(k) for k in ("index", "dice")}
         if same_fold and other.get("seed") != summary["seed"] and theirs == mine:
