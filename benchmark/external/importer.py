@@ -176,9 +176,8 @@ def open_board(
     from benchmark.core.files import check_output_dir
     from benchmark.grid_checks import check_link_subjects, check_same_data, check_split_seed
 
-    check_output_dir(
-        results_dir, "--results-dir", "a results directory"
-    )  # a file there: at the write, exit 1
+    # a file there was found at the write (exit 1)
+    check_output_dir(results_dir, "--results-dir", "a results directory")
     check_name(name, results_dir)
     train_set = load_train(data_dir)
     data_hash = content_hash(train_set)
