@@ -53,9 +53,11 @@ _CHOICES = {
 }
 
 
-def _f(default: Any = dataclasses.MISSING, doc: str = "", factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with its one-line help text (shown by --help, required by a test)."""
-    return field(default=default, default_factory=factory, metadata={"help": doc})
+def _f(
+    default: Any = dataclasses.MISSING, doc: str = "", factory: Any = dataclasses.MISSING, shown: str = ""
+) -> Any:
+    """A field with its --help line (a test requires one); ``shown``: a required field's file default."""
+    return field(default=default, default_factory=factory, metadata={"help": doc, "shown": shown})
 
 
 @dataclass(frozen=True)
@@ -162,11 +164,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    name: str = _f(doc="benchmark name (report title, W&B group prefix)")
-    models: tuple[str, ...] = _f(doc="models to train: the grid's first axis")
-    folds: tuple[int, ...] = _f(doc="outer folds to run (ids below train.n_folds)")
-    seeds: tuple[int, ...] = _f(doc="replicate seeds (initialisation and augmentation)")
-    train: TrainConfig = _f(doc="TrainConfig fields shared by every run of the grid")
+    name: str = _f(doc="benchmark name (report title, W&B group prefix)", shown="file stem")
+    models: tuple[str, ...] = _f(doc="models to train: the grid's first axis", shown="train.model")
+    folds: tuple[int, ...] = _f(doc="outer folds to run (ids below train.n_folds)", shown="every fold")
+    seeds: tuple[int, ...] = _f(doc="replicate seeds (initialisation and augmentation)", shown="[0]")
+    train: TrainConfig = _f(doc="TrainConfig fields shared by every run of the grid", shown="{}")
     synthetic: dict = _f(factory=dict, doc="fallback without train/ data: generator:, train:, folds:, seeds:")
     model_kwargs: dict = _f(factory=dict, doc="per-model kwargs by model name (over train.model_kwargs)")
     model_train: dict = _f(factory=dict, doc="per-model train: overrides by name, e.g. {m: {lr: 0.003}}")

@@ -41,7 +41,9 @@ def help_table(cls: type, skip: Iterable[str] = ()) -> str:
     for f in dataclasses.fields(cls):
         if f.name not in skip:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            shown = "required" if default is dataclasses.MISSING else _show(default)
+            shown = (
+                f.metadata.get("shown") or "required" if default is dataclasses.MISSING else _show(default)
+            )
             kind = type_name(field_types(cls)[f.name])
             rows.append(f"  {f.name:<19} {kind:<13} {shown:<11} {f.metadata.get('help', '')}")
     return "\n".join(rows)
