@@ -74,8 +74,8 @@ class SpeedSettings:
     model_kwargs: dict = field(default_factory=dict)  # model name -> factory kwargs (tiny models)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.warmup < 1 or self.batch_size < 1:
-            raise ValueError("steps, warmup and batch_size must be at least 1")
+        if self.steps < 1 or self.warmup < 0 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be at least 1, warmup at least 0")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.workers is not None and self.workers < 0:
@@ -137,6 +137,11 @@ def _timer_callback(warmup: int, steps: int) -> Any:
 
         def __init__(self) -> None:
             self.seen, self.images, self.start, self.end = 0, 0, 0.0, 0.0
+
+        def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
+            if self.seen == warmup == 0:  # no warm-up: the first step is timed from its start
+                synchronize(pl_module.device)
+                self.start = time.perf_counter()
 
         def on_train_batch_end(
             self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

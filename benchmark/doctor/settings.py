@@ -61,9 +61,9 @@ class DoctorSettings:
         if unknown:
             raise ValueError(f"--skip: unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}")
         for key in ("image_size", "batch_size", "steps", "warmup", "fit_batches"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ValueError(f"{key.replace('_', '-')} must be at least 1, got {value}")
+            value, least = getattr(self, key), 0 if key == "warmup" else 1
+            if value is not None and value < least:
+                raise ValueError(f"{key.replace('_', '-')} must be at least {least}, got {value}")
         if self.budget_s is not None and not self.budget_s > 0:
             raise ValueError(f"budget-s must be positive, got {self.budget_s}")
         if self.image_size is not None and self.image_size % 32:

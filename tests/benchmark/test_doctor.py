@@ -93,6 +93,14 @@ def test_the_multi_process_checks_run_after_the_first_model_so_a_budget_cuts_a_m
     assert names[-6:] == ["model unet", "ddp", "ray", "model empty", "model sk_unet", "estimate"]
 
 
+def test_doctor_settings_take_no_warmup_and_refuse_fewer():
+    assert DoctorSettings(warmup=0).warmup == 0  # as `speed --warmup 0`: the first step timed too
+    with pytest.raises(ValueError, match="warmup must be at least 0, got -1"):
+        DoctorSettings(warmup=-1)
+    with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
+        DoctorSettings(steps=0)
+
+
 def test_a_failing_check_is_one_fail_row_and_the_others_still_run(monkeypatch):
     def broken(dev):
         raise RuntimeError("no bf16 here\nsecond line of the message")

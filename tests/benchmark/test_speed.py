@@ -84,6 +84,20 @@ def test_suite_timer_counts_only_post_warmup_batches():
     assert timer.images == 5 + 6 + 7 and timer.end >= timer.start > 0
 
 
+def test_suite_timer_without_warmup_times_every_batch_from_the_first_start():
+    timer = speed._timer_callback(warmup=0, steps=2)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    starts = []
+    for i in range(2):
+        timer.on_train_batch_start(None, module, None, i)
+        starts.append(timer.start)
+        timer.on_train_batch_end(None, module, None, {"image": torch.zeros(3 + i, 1, 2, 2)}, i)
+    assert timer.images == 3 + 4 and starts[0] == starts[1] == timer.start > 0 and timer.end >= timer.start
+    assert speed.SpeedSettings(warmup=0).warmup == 0
+    with pytest.raises(ValueError, match="warmup at least 0"):
+        speed.SpeedSettings(warmup=-1)
+
+
 def test_suite_and_plain_clocks_synchronise_alike(monkeypatch):
     """Issue 15: the suite's timer synchronised after every step, the bare loops only around the timed
     block, which biased suite/plain. Both now synchronise exactly twice: after warm-up and at the end."""
