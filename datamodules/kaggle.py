@@ -127,17 +127,18 @@ def _require_dir(path: Path) -> Path:
     return path
 
 
-def _tif_files(directory: Path, errors: list[DataError]) -> list[Path]:
+def _tif_files(directory: Path, errors: list[DataError], any_case: bool = False) -> list[Path]:
     """The ``*.tif`` files of a directory; other files (README, .DS_Store, ._x.tif) are ignored,
     except a tif under another extension (``.TIF``, ``.tiff``) or a tif name that is no file: read
-    as nothing, those frames would quietly be lost, so each is a problem naming the file."""
+    as nothing, those frames would quietly be lost, so each is a problem naming the file. With
+    ``any_case`` (test/, which ``predict`` reads so) every spelling of the extension is a tif."""
     found = []
     for p in directory.iterdir():
         if p.name.startswith(".") or p.suffix.lower() not in (".tif", ".tiff"):
             continue
         if not p.is_file():  # a frame as a directory or a link to nothing would vanish from the set
             errors.append(DataError(p, "not a readable file (a directory or a broken link)", "not a file"))
-        elif p.suffix == ".tif":
+        elif p.suffix == ".tif" or any_case:
             found.append(p)
         else:
             problem = f"extension {p.suffix}: the layout reads .tif only; rename it"
@@ -309,7 +310,7 @@ def load_train(
 def _scan_test(data_dir: Path, errors: list[DataError]) -> list[tuple[int, Path]]:
     test_dir = _require_dir(_require_dir(Path(data_dir)) / "test")
     found: dict[int, Path] = {}
-    for path in sorted(_tif_files(test_dir, errors)):
+    for path in sorted(_tif_files(test_dir, errors, any_case=True)):
         match = _TEST_STEM.match(path.stem)
         if match is None:
             errors.append(DataError(path, "file name is not <id>.tif"))

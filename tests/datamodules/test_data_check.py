@@ -86,12 +86,20 @@ def test_image_without_mask_or_csv_row(capsys, tiny):
     assert_bad(capsys, tiny, "1_2.tif", "has no mask", "no row in train_masks.csv")
 
 
-@pytest.mark.parametrize("old,new,loader", [("train/2_1.tif", "train/2_3.TIF", load_train),
-                                             ("test/2.tif", "test/7.tiff", check_dataset)])  # fmt: skip
-def test_a_tif_under_another_extension_is_named_not_skipped(capsys, tiny, old, new, loader):
+@pytest.mark.parametrize("new", ["train/2_3.TIF", "train/2_3.tiff"])
+def test_a_training_tif_under_another_extension_is_named_not_skipped(capsys, tiny, new):
     """A frame saved as .TIF or .tiff was read as nothing: the data set lost it without a word."""
-    (tiny / new).write_bytes((tiny / old).read_bytes())
-    assert_bad(capsys, tiny, Path(new).name, "the layout reads .tif only; rename it", loader=loader)
+    (tiny / new).write_bytes((tiny / "train/2_1.tif").read_bytes())
+    assert_bad(capsys, tiny, Path(new).name, "the layout reads .tif only; rename it", loader=load_train)
+
+
+def test_a_test_tif_under_another_extension_is_checked_as_predict_reads_it(capsys, tiny):
+    """`data check` refused test/7.tiff, which `predict` reads and writes a submission row for."""
+    before = check_dataset(tiny)["n_test"]
+    (tiny / "test/7.tiff").write_bytes((tiny / "test/2.tif").read_bytes())
+    assert check_dataset(tiny)["n_test"] == before + 1
+    (tiny / "test/7.TIF").write_bytes((tiny / "test/2.tif").read_bytes())  # one id twice: two rows
+    assert_bad(capsys, tiny, "7.tiff", "duplicate of 7.TIF (same id 7)", loader=check_dataset)
 
 
 @pytest.mark.parametrize("kind", ["directory", "broken link"])
