@@ -56,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out", type=Path, help="run directory (default results/runs/<run name>)")
     parser.add_argument(
-        "--config", type=Path, help="benchmark YAML whose `train:` (and the model's model_kwargs) is the base"
+        "--config",
+        type=Path,
+        help="benchmark YAML whose `train:` (and the model's model_kwargs) is the base: its grid's first run",
     )
     add_set_option(parser, "override a TrainConfig field (listed below), e.g. --set lr=3e-4 (repeatable)")
     parser.add_argument(

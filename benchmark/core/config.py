@@ -181,6 +181,9 @@ class BenchmarkConfig:
         _normalise(self)
         _check_choices(self)
         _check_grid(self)
+        # train:'s own model, fold and seed are the grid's first run, whatever the axes came from.
+        first = {key: getattr(self, f"{key}s")[0] for key in GRID_AXIS_FIELDS}
+        object.__setattr__(self, "train", dataclasses.replace(self.train, **first))
 
     def run_gpus(self) -> int | None:
         """GPUs one run sees: its Ray share rounded up (Ray hides the rest), or None for this machine's."""
@@ -280,44 +283,17 @@ def _check_grid(bench: BenchmarkConfig) -> None:
     _require(
         whole, f"gpus_per_run={bench.gpus_per_run:g}: a share of one GPU (<= 1) or whole GPUs (2, 3 ...)"
     )
+    from benchmark.core.per_model import check_model_train, check_per_model  # they build on this module
+    from benchmark.core.synthetic_section import check_synthetic
+
     check_per_model("model_kwargs", bench.model_kwargs)
     check_model_train("model_train", bench.train, bench.model_train)
-    from benchmark.core.synthetic_section import check_synthetic  # it builds on this module
 
     check_synthetic(bench)
 
 
-def check_per_model(where: str, kwargs: Any) -> None:
-    ok = isinstance(kwargs, dict) and all(isinstance(v, dict) for v in kwargs.values())
-    _require(ok, f"{where} must map model names to mappings of keyword arguments")
-    for model, args in kwargs.items():
-        for key in (k for k in args if not isinstance(k, str)):
-            raise ConfigError(f"{where}.{model}: {key!r} is not a name (keys are argument or field names)")
-
-
-# What a per-model recipe may not change: the grid's own axes and the architecture's kwargs.
-GRID_FIELDS = frozenset({"model", "fold", "seed", "model_kwargs", "model_recipe"})
-# One fold assignment per board: a model's own split would score other images per fold.
-SPLIT_FIELDS = frozenset({"n_folds", "holdout_fraction", "split_seed", "inner_fraction", "link_subjects"})
-
-
-def check_model_train(where: str, train: TrainConfig, per_model: Any) -> None:
-    """``model_train`` maps model names to ``train:`` overrides, each valid on top of ``train``.
-
-    A model's own recipe is stated in the config, recorded in each run's config (so it is hashed)
-    and listed under the board; it is never a special case in code (issue 20)."""
-    check_per_model(where, per_model)
-    for model, overrides in per_model.items():
-        grid = sorted(GRID_FIELDS & set(overrides))
-        _require(not grid, f"{where}.{model}: {', '.join(grid)} cannot be set per model here")
-        split = sorted(SPLIT_FIELDS & set(overrides))
-        _require(
-            not split, f"{where}.{model}: {', '.join(split)} cannot differ per model: the board has one split"
-        )
-        try:
-            apply_overrides(train, overrides)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.{model}: {exc}") from None
+# The TrainConfig fields that the grid's axes (models, folds, seeds) set for every run.
+GRID_AXIS_FIELDS = ("model", "fold", "seed")
 
 
 # ----------------------------------------------------------------------------- overrides and files
@@ -393,7 +369,12 @@ def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
     # given to `run` ran every fold of seed 0, not its fold and seed, without a word.
     values.update({f"{key}s": (getattr(train, key),) for key in ("fold", "seed") if key in given})
     values.update({k: v for k, v in raw.items() if k != "train" and v is not None})  # null: the default
-    return BenchmarkConfig(train=train, **values)
+    bench = BenchmarkConfig(train=train, **values)
+    _require(not train.model_recipe, "train: model_recipe is written by model_train: {MODEL: {FIELD: VALUE}}")
+    for key in (k for k in GRID_AXIS_FIELDS if k in given and raw.get(f"{k}s") is not None):
+        value, axis = getattr(train, key), list(getattr(bench, f"{key}s"))
+        _require(axis == [value], f"train: {key} {value} is ignored: {key}s: {axis} sets every run's {key}")
+    return bench
 
 
 def every_fold(train: TrainConfig) -> tuple[int, ...]:

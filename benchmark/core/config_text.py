@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from benchmark.core.config import BenchmarkConfig, TrainConfig, field_types
+from benchmark.core.config import GRID_AXIS_FIELDS, BenchmarkConfig, TrainConfig, field_types
 from benchmark.core.parsing import FLOAT_12, INT_12, type_name
 
 
@@ -26,6 +26,10 @@ def to_yaml(cfg: TrainConfig | BenchmarkConfig) -> str:
     """``--print-config``: YAML that ``load_benchmark_config`` (``--config``) reads back to the same
     config; a TrainConfig is written as the ``train:`` section of a one-model benchmark."""
     data = dataclasses.asdict(cfg) if isinstance(cfg, BenchmarkConfig) else {"train": cfg.to_dict()}
+    if isinstance(cfg, BenchmarkConfig):  # the axes set them (a file may not say otherwise)
+        data["train"] = {
+            k: v for k, v in data["train"].items() if k not in {*GRID_AXIS_FIELDS, "model_recipe"}
+        }
     return yaml.dump(_plain(data), Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=100)
 
 

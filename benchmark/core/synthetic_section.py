@@ -14,12 +14,11 @@ from benchmark.core.config import (
     ConfigError,
     apply_overrides,
     check_axis,
-    check_model_train,
-    check_per_model,
     check_seeds,
     every_fold,
 )
 from benchmark.core.parsing import coerce
+from benchmark.core.per_model import check_model_train, check_per_model
 from datamodules.synth import parameter_problem
 
 if TYPE_CHECKING:

@@ -4,6 +4,7 @@ silent default; and ``run --print-config`` prints the benchmark the same command
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -274,5 +275,29 @@ def test_a_printed_fit_config_runs_its_own_fold_and_seed(tmp_path, capsys, synth
     argv = ["run", "--config", str(path), "--data-dir", str(synthetic_dir)]
     argv += ["--results-dir", str(tmp_path / "r")]
     assert dry_run_names(capsys, argv) == [name]
-    bench = load_benchmark_config(child(tmp_path, "train: {seed: 3}\n", base="smoke.yaml"))
-    assert bench.seeds == (0,)  # a grid axis the chain sets still wins: seeds [0] of smoke.yaml
+
+
+@pytest.mark.parametrize(
+    ("train", "problem"),
+    [
+        ("{seed: 3}", "train: seed 3 is ignored: seeds: [0] sets every run's seed"),
+        ("{fold: 0}", "train: fold 0 is ignored: folds: [0, 1, 2, 3, 4] sets every run's fold"),
+        (
+            "{model_recipe: {lr: 0.1}}",
+            "train: model_recipe is written by model_train: {MODEL: {FIELD: VALUE}}",
+        ),
+    ],
+)
+def test_a_train_value_that_the_chains_grid_sets_otherwise_is_refused(tmp_path, train, problem):
+    """`train: {seed: 3}` over a chain setting seeds: [0] (every shipped config does) ran seed 0, and
+    `train: {model_recipe: ...}` was dropped, without a word; `--set` refused both."""
+    path = child(tmp_path, f"train: {train}\n", base="default.yaml")
+    with pytest.raises(ConfigError, match=rf"^{path}: {re.escape(problem)}$"):
+        load_benchmark_config(path)
+    same = load_benchmark_config(child(tmp_path, "train: {seed: 0}\n", base="default.yaml"))
+    assert (same.seeds, same.train.seed) == ((0,), 0)  # the value the grid runs anyway: accepted
+    grid = apply_benchmark_overrides(same, {"models": "sk_unet,unet", "seeds": "2,3"})
+    assert (grid.train.model, grid.train.seed) == ("sk_unet", 2)  # the first run's (`fit --config`)
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(to_yaml(grid))  # train: leaves the axes' fields out, so it reads back
+    assert load_benchmark_config(printed) == grid

@@ -130,7 +130,8 @@ def test_a_board_with_a_run_without_units_resamples_subjects_for_every_model():
 
 
 def test_the_split_cannot_differ_per_model():
-    from benchmark.core.config import ConfigError, check_model_train
+    from benchmark.core.config import ConfigError
+    from benchmark.core.per_model import check_model_train
 
     for field, value in (("link_subjects", False), ("split_seed", 3), ("n_folds", 3)):
         with pytest.raises(
