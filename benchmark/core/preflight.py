@@ -105,7 +105,10 @@ def _writable(results_dir: Path, probe: bool) -> None:
         if not probe:  # what mkdir and a write would meet: a file on the way, else the permission bits
             if file_in_the_way(results_dir) is not None:
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-            if not os.access(nearest_existing(results_dir), os.W_OK | os.X_OK):
+            there = nearest_existing(results_dir)
+            if os.statvfs(there).f_flag & os.ST_RDONLY:  # as a write would say: not "Permission denied"
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            if not os.access(there, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
             return
         results_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections import namedtuple
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -90,6 +91,36 @@ def test_read_only_results_dir_is_exit_2_before_any_work(
     line = _one_error_line(capsys)
     assert line.startswith(f"error: {results}: results directory is not writable (")
     assert not list(results.iterdir())
+
+
+def test_a_read_only_mount_is_named_alike_by_the_run_and_its_dry_run(
+    tmp_path, synthetic_dir, capsys, no_training, monkeypatch
+):
+    """The dry run judged by permission bits and said "Permission denied" where `run` said
+    "Read-only file system"; a read-only mount is simulated for both (root writes through bits)."""
+    results = tmp_path / "ro"
+    results.mkdir()
+    real_mkstemp, real_statvfs = tempfile.mkstemp, os.statvfs
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == results:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(Path(dir) / ".probe"))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    def statvfs(path):
+        real = real_statvfs(path)
+        if Path(path) != results:
+            return real
+        fields = {k: getattr(real, k) for k in dir(real) if k.startswith("f_")}
+        return SimpleNamespace(**{**fields, "f_flag": real.f_flag | os.ST_RDONLY})
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    lines = []
+    for dry in ((), ("--dry-run",)):
+        assert main(_run(synthetic_dir, results, *dry)) == 2
+        lines.append(_one_error_line(capsys))
+    assert lines == [f"error: {results}: results directory is not writable (Read-only file system)"] * 2
 
 
 def test_too_little_free_space_before_the_first_run_is_exit_2_naming_the_path(
