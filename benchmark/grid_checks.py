@@ -200,6 +200,13 @@ def check_same_data(results_dir: Path, data_dir: Path, current: str, grid: Seque
             )
 
 
+def check_joins_board(results_dir: Path, grid: Sequence[TrainConfig]) -> None:
+    """What ``run`` and its dry run refuse of the results directory's earlier runs before any data
+    is read: another split seed, or a model name an import holds."""
+    check_split_seed(results_dir, grid[0].split_seed)  # one split per grid (the per-model checks)
+    check_imported_names(results_dir, sorted({c.model for c in grid}))
+
+
 def check_imported_names(results_dir: Path, models: Sequence[str]) -> None:
     """Refuse to train a model whose name an imported method holds in this results directory: its
     folds would join the import's under one row, part trained here, part masks from elsewhere."""

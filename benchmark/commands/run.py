@@ -210,8 +210,7 @@ def run(args: argparse.Namespace) -> int:
     # Before any data generation or training; the Ray executor checks again once it knows how many
     # runs its cluster trains at a time.
     room = grid_left.room_check(grid, left, args.results_dir, args.min_free_gb, sizes)
-    grid_checks.check_split_seed(args.results_dir, bench.train.split_seed)
-    grid_checks.check_imported_names(args.results_dir, sorted({c.model for c in grid}))
+    grid_checks.check_joins_board(args.results_dir, grid)
     if fallback.uses_synthetic(args.data_dir):
         data_dir = fallback.ensure_synthetic(bench, data_dir)
     data_hash, train = _check_data(grid, data_dir, args.results_dir)
