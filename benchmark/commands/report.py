@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="results directory",
     )
     parser.add_argument("--no-plots", action="store_true", help="write the tables only")
+    parser.add_argument(
+        "--benchmark",
+        metavar="HASH",
+        help="the board of this benchmark (config hash, or its start; the board's header shows it) "
+        "where the directory holds complete runs of several (default: the one with the most runs)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.results.is_dir():
         raise DataError(args.results, "results directory not found (it holds runs/<run>/summary.json)")
     try:
-        board = build_report(args.results, plots=not args.no_plots)
+        board = build_report(args.results, plots=not args.no_plots, prefer=args.benchmark)
     except OSError as exc:  # read-only directory, full disk: one line, the old files stay whole
         print(f"error: {exc.filename or args.results}: {exc.strerror or exc}", file=sys.stderr)
         return 1

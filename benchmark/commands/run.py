@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     missing = runner.missing_runs(grid, outcomes, args.results_dir)
     board = 0
     if not args.no_report and global_rank() == 0:
-        board = _report(bench, args.results_dir, missing)
+        board = _report(bench, args.results_dir, missing, [c.run_name() for c in grid])
     codes = (_exit_status(outcomes, missing, args.results_dir), board)
     return 1 if 1 in codes else max(codes)
 
@@ -286,7 +286,7 @@ def _exit_status(outcomes: list, missing: list[str], results_dir: Path) -> int:
     return 1 if failed else EXIT_INCOMPLETE if missing else 0
 
 
-def _report(bench: BenchmarkConfig, results_dir: Path, missing: list[str]) -> int:
+def _report(bench: BenchmarkConfig, results_dir: Path, missing: list[str], own: list[str]) -> int:
     """The board's part of the exit status: 0 when rebuilt whole; 1 when it left out runs whose summary
     is damaged (a re-run skips them as complete: exit 3 would loop) or none was written (a full disk,
     summaries of another schema version), unless runs held by other processes are ``missing`` (no
@@ -297,7 +297,7 @@ def _report(bench: BenchmarkConfig, results_dir: Path, missing: list[str]) -> in
     from datamodules.errors import DataError
 
     try:
-        board = build_report(results_dir)
+        board = build_report(results_dir, own_runs=own)  # the board of this grid's benchmark
     except DataError as exc:
         print(f"no leaderboard: {exc}")
         return 0 if missing else 1

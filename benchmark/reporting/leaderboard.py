@@ -87,9 +87,9 @@ def _key(summary: dict[str, Any]) -> tuple[str, str]:
     return benchmark_hash(summary), str((summary.get("dataset") or {}).get("content_hash"))
 
 
-def select_runs(summaries: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
-    """Keep complete runs of the most common (benchmark config, dataset), real data first; return
-    (kept, ignored).
+def select_runs(summaries: list[dict[str, Any]], prefer: str | None = None) -> tuple[list[dict], list[dict]]:
+    """Keep complete runs of one (benchmark config, dataset): the benchmark ``prefer`` (a hash, or
+    its start) names, else the most common, real data first; return (kept, ignored).
 
     Runs left over from an older config or another dataset would otherwise be averaged together.
     Ties between groups go to the lexicographically smaller key, so the choice is deterministic.
@@ -100,7 +100,8 @@ def select_runs(summaries: list[dict[str, Any]]) -> tuple[list[dict], list[dict]
     counts = Counter(_key(s) for s in complete)
     # Real data before the synthetic fallback's runs (a first `make benchmark` before the download).
     synthetic = {_key(s) for s in complete if (s.get("dataset") or {}).get("synthetic")}
-    best = min(counts, key=lambda k: (k in synthetic, -counts[k], k))
+    chosen = {k for k in counts if prefer is not None and k[0].startswith(prefer)}
+    best = min(counts, key=lambda k: (k not in chosen, k in synthetic, -counts[k], k))
     kept = sorted((s for s in complete if _key(s) == best), key=lambda s: s["run"])
     kept_ids = {id(s) for s in kept}
     ignored = sorted((s for s in summaries if id(s) not in kept_ids), key=lambda s: str(s.get("run")))
@@ -340,14 +341,18 @@ def _model_rows(kept: list[dict[str, Any]]) -> tuple[list[dict], dict[str, dict[
     return rows, images
 
 
-def build(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The whole leaderboard as plain data: header, ranked rows, incomplete rows, runs, ignored runs."""
-    kept, ignored = select_runs(summaries)
+def build(summaries: list[dict[str, Any]], prefer: str | None = None) -> dict[str, Any]:
+    """The whole leaderboard as plain data: header, ranked rows, incomplete rows, runs, ignored runs
+    and the other benchmarks whose complete runs the directory holds (of the ``prefer`` one, if any)."""
+    kept, ignored = select_runs(summaries, prefer)
     rows, images = _model_rows(kept) if kept else ([], {})
+    others = Counter(benchmark_hash(s) for s in ignored if s.get("status") == "complete")
+    others.pop(benchmark_hash(kept[0]) if kept else "", None)  # the same config on other data
     return {
         "header": header(kept),
         "rows": board_stats.rank_rows([r for r in rows if r["complete"]], images),
         "incomplete": [r for r in rows if not r["complete"]],
         "runs": [{k: s.get(k) for k in ("run", "model", "fold", "seed", "config_hash")} for s in kept],
         "ignored_runs": [str(s.get("run")) for s in ignored],
+        "other_benchmarks": dict(sorted(others.items())),
     }

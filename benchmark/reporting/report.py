@@ -23,7 +23,7 @@ import io
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -301,11 +301,31 @@ def left_out_line(board: dict[str, Any]) -> str | None:
     )
 
 
-def build_report(results_dir: str | Path, plots: bool = True) -> dict[str, Any]:
-    """Rebuild every leaderboard file from the run summaries; returns the leaderboard dict."""
+def _benchmarks(board: dict[str, Any], which: str = "all") -> str:
+    """The complete benchmarks (config hashes) of a results directory and their runs: the board's
+    and the others (``which``: "all", "board" or "others")."""
+    shown = (
+        {h: board["header"]["n_runs"] for h in board["header"]["benchmark_hash"]} if which != "others" else {}
+    )
+    groups = {**shown, **(board["other_benchmarks"] if which != "board" else {})}
+    return ", ".join(f"{h} ({n} runs)" for h, n in groups.items()) or "none"
+
+
+def build_report(
+    results_dir: str | Path, plots: bool = True, prefer: str | None = None, own_runs: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Rebuild every leaderboard file from the run summaries; returns the leaderboard dict. The board
+    is of the benchmark ``prefer`` names (a hash or its start), else of the one ``own_runs`` (a grid
+    just run) belong to, else of the most common."""
     results_dir = Path(results_dir)
     loaded, unreadable = scan_runs(results_dir)
-    board = lb.build([s for _, s in loaded])
+    own = {str(s.get("run")): s for _, s in loaded if s.get("status") == "complete"}
+    mine = [own[name] for name in own_runs if name in own]
+    board = lb.build([s for _, s in loaded], prefer or (lb.benchmark_hash(mine[0]) if mine else None))
+    if prefer and not any(h.startswith(prefer) for h in board["header"]["benchmark_hash"]):
+        raise DataError(
+            results_dir / "runs", f"no complete runs of benchmark {prefer}; it holds {_benchmarks(board)}"
+        )
     if not board["rows"] and not board["incomplete"]:
         damaged = f"; {len(unreadable)} damaged, named above: {REPAIR}" if unreadable else ""
         raise DataError(
@@ -315,6 +335,12 @@ def build_report(results_dir: str | Path, plots: bool = True) -> dict[str, Any]:
         print(
             f"note: {len(board['ignored_runs'])} run(s) from another config/dataset or unfinished "
             f"are not in the leaderboard (see leaderboard.json ignored_runs)",
+            file=sys.stderr,
+        )
+    if board["other_benchmarks"]:
+        print(
+            f"note: this board is benchmark {_benchmarks(board, 'board')}; the directory also holds complete "
+            f"runs of {_benchmarks(board, 'others')} (`report --benchmark HASH` shows one)",
             file=sys.stderr,
         )
     board["unreadable_runs"] = unreadable

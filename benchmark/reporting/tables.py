@@ -285,6 +285,12 @@ def markdown(board: dict[str, Any]) -> str:
             "(listed in leaderboard.json).",
             "",
         ]
+    if board.get("other_benchmarks"):  # a board of the complete runs of another config is one command away
+        others = ", ".join(f"`{h}` ({n} runs)" for h, n in board["other_benchmarks"].items())
+        lines += [
+            f"Complete runs of other benchmarks (config hashes): {others}; `report --benchmark HASH`.",
+            "",
+        ]
     return "\n".join(lines)
 
 

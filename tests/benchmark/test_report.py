@@ -167,6 +167,32 @@ def test_other_benchmarks_are_left_out_and_empty_results_fail(results, tmp_path_
         build_report(tmp_path_factory.mktemp("empty"))
 
 
+def test_run_reports_its_own_benchmark_and_report_chooses_by_hash(results, capsys):
+    """A directory holding complete runs of two recipes: `run` printed the board of the one with more
+    runs (the other's, not the grid it had just trained), naming neither (a reviewer's 10-epoch board
+    after a 2-epoch run); and `report` could show only that one."""
+    first = build_report(results, plots=False)
+    mine = []
+    for summary in model_runs("unet", UNET)[:2]:  # fewer runs than the board above: 2 epochs more
+        config = {**summary["config"], "epochs": 4}
+        mine.append({**summary, "config": config, "run": summary["run"] + "_e4"})
+        write_run(results, mine[-1], overlays=False)
+    capsys.readouterr()
+    assert build_report(results, plots=False)["header"] == first["header"]  # the most runs: as before
+    own = build_report(results, plots=False, own_runs=[s["run"] for s in mine])
+    hashes = (first["header"]["benchmark_hash"][0], own["header"]["benchmark_hash"][0])
+    assert hashes[0] != hashes[1] and own["header"]["n_runs"] == 2
+    assert own["other_benchmarks"] == {hashes[0]: first["header"]["n_runs"]}
+    err = capsys.readouterr().err
+    assert f"the directory also holds complete runs of {hashes[1]} (2 runs)" in err  # from the first
+    assert f"this board is benchmark {hashes[1]} (2 runs)" in err
+    assert main(["report", "--results", str(results), "--benchmark", hashes[1][:6], "--no-plots"]) == 0
+    assert f"`{hashes[0]}` ({first['header']['n_runs']} runs)" in (results / "leaderboard.md").read_text()
+    assert main(["report", "--results", str(results), "--benchmark", "ffffff"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {results / 'runs'}: no complete runs of benchmark ffffff; it holds ")
+
+
 # ----------------------------------------------------------------------------- damaged inputs
 def test_one_report_is_one_set_and_its_own_stale_temp_files_go(results, monkeypatch):
     import matplotlib.figure
