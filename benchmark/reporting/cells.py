@@ -3,6 +3,7 @@ missing), shared by its tables and its notes."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -26,3 +27,10 @@ def fmt_p(p: float | None, tested: bool = True) -> str:
     if not tested:
         return "untested"
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def code_span(text: str) -> str:
+    """``text`` as a Markdown code span, whatever backticks it holds (CommonMark: a longer fence)."""
+    fence = "`" * (1 + max((len(r) for r in re.findall("`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from benchmark.reporting.cells import code_span
+
 
 def model_sources(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
     """``{model: [each distinct source of its runs]}``, sorted; runs without one (written before the
@@ -24,5 +26,5 @@ def source_lines(header: dict[str, Any]) -> list[str]:
     for model, sources in (header.get("model_sources") or {}).items():
         made = "; ".join(f"{s.get('package', '?')} {s.get('version', '?')}" for s in sources)
         papers = sorted({s.get("paper") or "" for s in sources} - {""})
-        lines.append(f"- `{model}`: {'; '.join(papers) or 'no paper given'} ({made})")
+        lines.append(f"- {code_span(model)}: {'; '.join(papers) or 'no paper given'} ({made})")
     return lines

@@ -109,7 +109,8 @@ def csv_table(board: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def _table(head: list[str], body: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+    # a "|" in a cell (a plugin's model name) would split it: the row would gain a column
+    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
 
 
 def _header_lines(h: dict[str, Any]) -> list[str]:
@@ -294,11 +295,17 @@ def markdown(board: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Every character a model name may hold that LaTeX reads as markup, or prints as another glyph in
+# its default (OT1) font; one pass, so no replacement is escaped again.
+_TEX = {c: "\\" + c for c in "&%$#_{}"} | {
+    "\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}",
+    "<": r"\textless{}", ">": r"\textgreater{}", '"': "{\\char34}",
+}  # fmt: skip
+
+
 def _tex(text: str) -> str:
-    """Escape the LaTeX specials that can occur in model names."""
-    for char in ("\\", "&", "%", "$", "#", "_", "{", "}"):
-        text = text.replace(char, "\\textbackslash{}" if char == "\\" else "\\" + char)
-    return text
+    """A model name as LaTeX text."""
+    return "".join(_TEX.get(char, char) for char in text)
 
 
 def _tex_ci(m: dict[str, Any]) -> str:

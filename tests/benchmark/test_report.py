@@ -108,6 +108,22 @@ def test_json_csv_and_tex_agree(results):
     assert "sk\\_unet" not in tex and "% 1 incomplete model(s) not shown" in tex
 
 
+def test_a_model_name_with_markup_characters_keeps_every_table_whole():
+    """A plugin may register any name without ":". A "|" split its Markdown row (16 cells under 15
+    headings), a backtick broke its code span, and LaTeX printed "\\{}" for "\\" and failed on "^"."""
+    odd = 'odd|net,"v2"_x^2~&%#\\z'
+    runs = [{**s, "model_source": {"package": "plug", "version": "1"}} for s in model_runs(odd, UNET)]
+    runs += [{**s, "model_source": {"package": "plug", "version": "1"}} for s in model_runs("a`b", SK)]
+    board = lb.build(runs)
+    md = tables.markdown(board)
+    table = md[md.index("## Accuracy") :].split("\n\n")[1].splitlines()
+    assert {line.replace("\\|", "").count("|") for line in table} == {table[0].count("|")}
+    assert "| odd\\|net,\"v2\"_x^2~&%#\\z |" in md and "- ``a`b``: " in md
+    row = next(line for line in tables.latex(board).splitlines() if "net" in line)
+    assert "odd\\textbar{}net,{\\char34}v2{\\char34}\\_x\\textasciicircum{}2\\textasciitilde{}" in row
+    assert "\\&\\%\\#\\textbackslash{}z" in row and "a`b" in tables.latex(board)
+
+
 def test_older_schema_is_refused_with_one_line(results, capsys):
     for fold in (0, 1):
         write_run(results, {**make_summary("attention_unet", fold, 0, [0.5]), "schema_version": 1})
