@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,10 @@ def wandb_env() -> None:
 def wandb_run_id(run_name: str, group: str | None) -> str:
     """Deterministic W&B id so the summary step re-attaches to the run that trained it."""
     tag = hashlib.sha256(f"{group}/{run_name}".encode()).hexdigest()[:8]
-    return f"{run_name.replace('__', '-')}-{tag}"[:64]
+    # W&B refuses an id holding any of :;,#?/' (a plugin's model name may): every run of it failed.
+    # The tag keeps ids apart; ids of the usual names ([A-Za-z0-9._-]) are as before.
+    plain = re.sub(r"[^A-Za-z0-9._-]", "-", run_name.replace("__", "-"))
+    return f"{plain}-{tag}"[:64]
 
 
 def csv_version(out_dir: Path) -> str:

@@ -45,6 +45,10 @@ def test_run_id_is_deterministic_short_and_group_specific():
     a, b = run_logger.wandb_run_id(name, "g1"), run_logger.wandb_run_id(name, "g2")
     assert a == run_logger.wandb_run_id(name, "g1") and a != b and len(a) <= 64
     assert not set(a) & set("/\\#?%:")
+    assert a == f"smp-unet-tu-resnet18-f0-s0-{name.rsplit('__', 1)[1]}-{a[-8:]}"  # as before: runs re-attach
+    # a plugin's name with W&B's forbidden :;,#?/' made every run of it fail
+    odd = run_logger.wandb_run_id(TrainConfig(model="odd|net,'v2';#?x").run_name(), "g1")
+    assert set(odd) <= set("abcdefghijklmnopqrstuvwxyz0123456789._-") and odd.startswith("odd-net--v2---")
 
 
 def test_none_and_csv_loggers(tmp_path):
