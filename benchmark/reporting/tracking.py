@@ -104,9 +104,9 @@ def log_leaderboard(
 
     if wandb.run is not None:
         wandb.finish()
-    from benchmark.reporting.tables import csv_table
+    from benchmark.reporting.notes import notes
 
-    columns, rows = csv_table(board)
+    columns, rows = leaderboard_table(board)
     run = wandb.init(
         project=cfg.wandb_project,
         group=cfg.wandb_group,
@@ -114,7 +114,8 @@ def log_leaderboard(
         dir=str(out_dir),
         mode=wandb_mode(),
         job_type="leaderboard",
-        config={"header": board["header"]},
+        # the notes qualify the ranking (floor, seeds, power): a board cited from W&B carries them
+        config={"header": board["header"], "report_id": board.get("report_id"), "notes": notes(board)},
     )
     table = wandb.Table(columns=columns, data=rows)
     payload: dict[str, Any] = {"leaderboard": table}
@@ -122,3 +123,31 @@ def log_leaderboard(
         payload["leaderboard_plot"] = wandb.Image(str(plot))
     run.log(payload)
     wandb.finish()
+
+
+def leaderboard_table(board: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """leaderboard.csv's columns and rows (its ``report_id`` too), each column typed as a whole: a
+    column of numbers as numbers, so W&B sorts and plots it (it holds a column to one type); of
+    true/false as bools; else text; "n/a" and an empty cell as None."""
+    from benchmark.reporting.tables import csv_table
+
+    columns, rows = csv_table(board)
+    typed = [_typed_column([row[i] for row in rows]) for i in range(len(columns))]
+    report_id = board.get("report_id") or ""
+    return [*columns, "report_id"], [[*(col[j] for col in typed), report_id] for j in range(len(rows))]
+
+
+def _typed_column(cells: list[str]) -> list[Any]:
+    given = [c for c in cells if c not in ("", "n/a")]
+    kind: Any = str
+    if given and all(c in ("true", "false") for c in given):
+        kind = "true".__eq__
+    else:
+        for number in (int, float):
+            try:
+                [number(c) for c in given]
+            except ValueError:
+                continue
+            kind = number if given else str
+            break
+    return [None if c in ("", "n/a") else kind(c) for c in cells]

@@ -85,7 +85,9 @@ class SegModule(LightningModule):
     def __init__(self, config: dict) -> None:
         super().__init__()
         self.cfg = config_from_dict(config)
-        self.save_hyperparameters({"config": self.cfg.to_dict()})
+        # kept in checkpoints; not sent to the logger, which has the config once already (W&B's run
+        # config, flat; summary.json): W&B showed every field twice
+        self.save_hyperparameters({"config": self.cfg.to_dict()}, logger=False)
         from models import create
 
         cfg = self.cfg

@@ -94,3 +94,28 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     )
     assert list((run_dir / "wandb").glob("offline-run-*/files/media/images/**/*.png"))
     assert list((tmp_path / "group" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_the_wandb_table_is_typed_and_carries_the_report_id():
+    """Every cell was text ('0.500000'), so W&B could neither sort nor plot a Dice column, and the
+    CSV's report_id was missing."""
+    from benchmark.reporting import leaderboard as lb
+    from tests.benchmark.summaries import empty_runs, model_runs
+
+    board = {**lb.build(model_runs("unet", {0: [0.5, 1.0] * 4}) + empty_runs()), "report_id": "r1"}
+    columns, rows = tracking.leaderboard_table(board)
+    top = dict(zip(columns, rows[0]))
+    assert (top["rank"], top["model"], top["baseline"], top["report_id"]) == (1, "unet", False, "r1")
+    assert isinstance(top["kaggle_dice_mean"], float) and top["p_vs_top"] is None
+    assert {type(row[columns.index("n_runs")]) for row in rows} == {int}
+    assert tracking.leaderboard_table({**board, "report_id": None})[1][0][-1] == ""
+    assert tracking._typed_column(["0.5", "untested", "n/a"]) == ["0.5", "untested", None]  # one type
+
+
+def test_the_module_hands_its_config_to_no_logger():
+    """W&B showed every field twice: flat from the logger's config, and again under `config` from
+    the module's hyper-parameters. The checkpoint keeps them."""
+    from benchmark.training.module import SegModule
+
+    module = SegModule(TrainConfig(image_size=64).to_dict())
+    assert module.hparams["config"]["image_size"] == 64 and not module._log_hyperparams
