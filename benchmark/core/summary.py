@@ -127,15 +127,20 @@ def model_source(name: str) -> dict[str, str] | None:
 
 
 def git_sha(cwd: str | Path | None = None) -> str:
-    """HEAD of the repository holding this package (or ``cwd``); "unknown" outside git."""
+    """HEAD of the repository holding this package (or ``cwd``), with ``-dirty`` when a tracked file
+    differs from it (the code that ran is then not that commit's); "unknown" outside git."""
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        )
+        head, changed = (
+            subprocess.run(
+                ["git", "--no-optional-locks", *args],
+                cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
+            ).stdout.strip()
+            for args in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])
+        )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    return f"{head}-dirty" if head and changed else head or "unknown"
 
 
 def device_name(device: Any = None) -> str:

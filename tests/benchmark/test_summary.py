@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -105,7 +106,21 @@ def test_environment_has_versions_device_and_git_sha():
     env = S.environment()
     assert set(env) == {"python", "torch", "lightning", "smp", "timm", "device", "git_sha", "platform"}
     assert env["torch"] != "unknown" and env["lightning"] != "unknown"
-    assert env["git_sha"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}", env["git_sha"])
+    assert env["git_sha"] == "unknown" or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", env["git_sha"])
+
+
+def test_git_sha_marks_a_checkout_with_changed_tracked_files(tmp_path):
+    """A run of edited code recorded the clean HEAD: the board cited a commit that did not run."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "code.py").write_text("a = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "untracked.txt").write_text("results, data: not code\n")
+    assert S.git_sha(tmp_path) == head
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert S.git_sha(tmp_path) == f"{head}-dirty"
 
 
 def test_git_sha_outside_a_repository_is_unknown(tmp_path):
