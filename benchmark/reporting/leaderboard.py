@@ -316,6 +316,7 @@ def header(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "n_runs": len(runs),
         "models": sorted({str(s["model"]) for s in runs}),
         "recipe": recipe.differences(runs),
+        "shared_recipe": recipe.shared_recipe(runs),
         "model_sources": sources.model_sources(runs),
         "statistics": board_stats.settings(),
     }

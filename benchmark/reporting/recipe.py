@@ -30,6 +30,33 @@ def differences(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"per_model": per_model, "common": {k: v[0] if len(v) == 1 else v for k, v in common.items()}}
 
 
+def shared_recipe(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every hashed training field of the runs with the benchmark's shared value (a per-model
+    recipe's field with the value it replaced), the grid's own fields left out: how every model was
+    trained, which the board states so that two boards can be told apart by more than a hash."""
+    from benchmark.core.config import NOT_HASHED
+
+    grid = {"model", "model_kwargs", "model_recipe", "fold", "seed"}
+    found: dict[str, set[str]] = {}
+    for s in runs:
+        cfg: dict[str, Any] = s["config"] if isinstance(s.get("config"), dict) else {}
+        for key, value in {**cfg, **(cfg.get("model_recipe") or {})}.items():
+            if key not in NOT_HASHED | grid:
+                found.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
+    values = {k: [json.loads(v) for v in sorted(vs)] for k, vs in sorted(found.items())}
+    return {k: v[0] if len(v) == 1 else v for k, v in values.items()}
+
+
+def recipe_line(shared: dict[str, Any]) -> str | None:
+    """:func:`shared_recipe` as one Markdown line of ``field value`` pairs (None: no run recorded one)."""
+    if not shared:
+        return None
+    pairs = ", ".join(
+        f"{k} {v if isinstance(v, str) else json.dumps(v)}" for k, v in shared.items()
+    )  # YAML's words
+    return f"- **Recipe** (every run; per-model differences in a note under the table): {pairs}"
+
+
 def note(recipe: dict[str, Any]) -> str | None:
     """One line naming every per-model recipe, e.g. ``unet_mobilenet_v2: lr 0.003 (the others 0.001)``."""
     if not recipe["per_model"]:

@@ -13,6 +13,7 @@ from benchmark.reporting.cells import fmt, fmt_ci, fmt_p
 from benchmark.reporting.leaderboard import COST, OOF_METRICS, RUN_MEANS
 from benchmark.reporting.legend import PIXEL_ACCURACY_WARNING, legend, protocol
 from benchmark.reporting.notes import notes
+from benchmark.reporting.recipe import recipe_line
 from benchmark.reporting.sources import source_lines
 
 SYNTHETIC_NOTE = (
@@ -138,7 +139,7 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
         "model_kwargs, fold, seed; per-run config hashes are in leaderboard.json)",
         f"- **Runs**: {h['n_runs']} over {len(h['models'])} models",
     ]
-    return lines
+    return lines + [line for line in [recipe_line(h.get("shared_recipe") or {})] if line]
 
 
 def _devices(h: dict[str, Any]) -> str:

@@ -162,3 +162,23 @@ def test_precision_auto_is_named_by_what_each_run_trains_in(tmp_path, monkeypatc
     ray = grid_configs.build_grid(dataclasses.replace(bench, executor="ray", gpus_per_run=0.5))
     ray_precision = {c.model: c.precision for c in ray}
     assert (ray_precision["unet"], ray_precision["unet_vgg16"]) == ("32", "bf16-mixed")
+
+
+def test_the_board_states_the_shared_recipe_every_run_trained_with():
+    """The board gave a config hash and no recipe: boards of 10 and of 2 epochs read alike."""
+    from benchmark.reporting import leaderboard as lb
+    from benchmark.reporting import tables
+    from tests.benchmark.summaries import model_runs
+
+    runs = model_runs("unet", {0: [0.5, 1.0] * 4})
+    runs[0]["config"] = {**runs[0]["config"], "lr": 0.003, "model_recipe": {"lr": 0.001}}  # its own lr
+    shared = lb.build(runs)["header"]["shared_recipe"]
+    assert (shared["epochs"], shared["image_size"], shared["lr"], shared["deterministic"]) == (
+        2,
+        64,
+        0.001,
+        True,
+    )
+    assert not {"model", "fold", "seed", "model_recipe", "num_workers", "logger"} & set(shared)  # not hashed
+    line = next(x for x in tables.markdown(lb.build(runs)).splitlines() if x.startswith("- **Recipe**"))
+    assert ", epochs 2, " in line and ", deterministic true, " in line and ", lr 0.001, " in line
