@@ -136,7 +136,7 @@ def curves_png(histories: list[tuple[str, dict[str, list]]], path: Path, title: 
     panels = (
         ("train_loss", "train loss (log)"),
         ("val_loss", "inner selection set loss (log)"),
-        ("val_kaggle_dice", "inner selection set Kaggle Dice"),
+        ("val_kaggle_dice", "inner selection set Kaggle Dice (raw, threshold 0.5)"),  # before tuning
     )
     with plt.rc_context(_RC):
         fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.6))
