@@ -151,7 +151,8 @@ def _ranking_docs() -> dict[str, str]:
     from benchmark.scoring.metrics import METRIC_DOCS
 
     return {
-        "rank": "position among complete models by out-of-fold Kaggle Dice (ties: the floor below the models, then by model name)",
+        "rank": "position among complete models by out-of-fold Kaggle Dice (ties: the floor below the "
+        "models, then by model name)",
         "model": f"registry name; `{BASELINE}` predicts no nerve anywhere (the baseline); 'from truth': no "
         f"complete `{BASELINE}` runs, so its exact scores (1 on an empty truth, else 0) were computed",
         "rank_ci": "simultaneous 95% confidence intervals for the ranks of all rows (Mogstad, Romano, "
