@@ -84,13 +84,28 @@ def log_run_summary(summary: dict[str, Any], run_dir: str | Path) -> None:
     final["final/train_time_s"] = summary.get("train_time_s")
     for key, value in (summary.get("cost") or {}).items():
         final[f"cost/{key}"] = value
+    final.update(_selected(summary))
     final = {k: v for k, v in final.items() if v is not None}
     run.summary.update(final)
     overlays = overlays_of(run_dir, summary)
     images = [] if overlay_problem(overlays) else overlay_images(overlays)  # report names a damaged one
     if images:
-        run.log({"val/overlays": images})
+        run.log({"outer/overlays": images})  # frames of the scored outer fold, not of validation
     wandb.finish()
+
+
+def _selected(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the run's scores rest on: the selected epoch and its inner-set score (W&B's summary of
+    val/* is the last epoch's), the tuned post-processing, the data and the code."""
+    post = {f"selection/postprocess/{k}": v for k, v in (summary.get("postprocess") or {}).items()}
+    inner = ((summary.get("selection") or {}).get("metrics") or {}).get("post") or {}
+    return {
+        "selection/best_epoch": summary.get("best_epoch"),
+        "selection/kaggle_dice": inner.get("kaggle_dice"),
+        **post,
+        "data/content_hash": (summary.get("dataset") or {}).get("content_hash"),
+        "code/git_sha": (summary.get("environment") or {}).get("git_sha"),
+    }
 
 
 def log_leaderboard(

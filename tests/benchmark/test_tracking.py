@@ -119,3 +119,14 @@ def test_the_module_hands_its_config_to_no_logger():
 
     module = SegModule(TrainConfig(image_size=64).to_dict())
     assert module.hparams["config"]["image_size"] == 64 and not module._log_hyperparams
+
+
+def test_a_runs_wandb_summary_names_what_its_scores_rest_on():
+    """W&B kept the last epoch's val/kaggle_dice, not the selected epoch's, and had neither the
+    selected epoch, the tuned post-processing, the data's hash nor the code's sha."""
+    summary = make_summary("unet", 0, 0, [0.5, 1.0])
+    summary["postprocess"] = {"threshold": 0.4, "min_area": 10}
+    got = tracking._selected(summary)
+    assert got["selection/best_epoch"] == 1 and got["selection/kaggle_dice"] == 0.9
+    assert (got["selection/postprocess/threshold"], got["selection/postprocess/min_area"]) == (0.4, 10)
+    assert (got["data/content_hash"], got["code/git_sha"]) == ("c0ffee", "abc123")
