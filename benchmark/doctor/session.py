@@ -193,8 +193,21 @@ def run_doctor(
             ctx.results.append(result)
             longest[key] = max(longest.get(key, 0.0), result.seconds)
             say(f"doctor: {name} {result.status} ({result.seconds:.1f} s) {result.detail}")
-            keep(_report(ctx, start, done=False))
+            keep(_so_far(ctx, start))
     return _report(ctx, start, done=True)
+
+
+def _so_far(ctx: Context, start: float) -> dict[str, Any]:
+    """The report so far, with the estimate from the models measured so far: a doctor killed at a
+    time limit in a slow model's check (its start was within --budget-s) still leaves one."""
+    report = _report(ctx, start, done=False)
+    names = [r.name for r in ctx.results]
+    if "estimate" not in ctx.s.skip + tuple(names) and any(n.startswith("model ") for n in names):
+        provisional = run_check("estimate", lambda: estimate_check(ctx))
+        if provisional.status != SKIP:
+            provisional.detail = f"so far: {provisional.detail}"
+            report["checks"].append(provisional.to_dict())
+    return report
 
 
 def _pace(longest: dict[str, float], key: str) -> float:
