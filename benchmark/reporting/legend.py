@@ -218,7 +218,8 @@ def _comparison_docs() -> dict[str, str]:
         f"at alpha {bs.ALPHA}, for this board's subjects and the observed spread of this model's "
         "per-subject differences from the top (subjects resampled; the gap added to each subject in "
         f"proportion to its images); n/a when {_FEW} or when no gap within Dice's range would be seen (few "
-        "subjects for many rows); 0 when the two differ by the same amount everywhere; "
+        "subjects for many rows, or two models that differ on so few subjects that many resamples "
+        "hold none of them); 0 when the two differ by the same amount everywhere; "
         f"{SIMULATED['mde']}",
         "p_best_set": "model confidence set p-value (Hansen, Lunde & Nason, Econometrica 2011; "
         "each step: the smallest p over the remaining pairs, each judged as for p_vs_top, times their "
