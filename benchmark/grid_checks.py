@@ -89,6 +89,19 @@ def inner_larger(data_dir: Path, cfg: TrainConfig, fold: int, n_inner: int, n_fi
     )
 
 
+def check_logger(grid: list[TrainConfig]) -> None:
+    """``logger: wandb`` where the wandb package cannot be imported: ConfigError before the first
+    run (each run failed in turn, exit 1)."""
+    import importlib.util
+
+    wants = next((c for c in grid if c.logger == "wandb"), None)
+    if wants is not None and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            f"logger=wandb ({wants.model}): the wandb package is not installed here; install it "
+            "(make install), or set logger: csv"
+        )
+
+
 def check_accelerator(grid: list[TrainConfig]) -> None:
     """A run that asks for a GPU in a process that sees none: ConfigError. For the local executor
     and ``fit``; the Ray executor checks its cluster instead (``ray_resources.task_options``), so a

@@ -116,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("fit: --data-dir is required (a Kaggle layout holding train/)")
     from benchmark.core.files import check_output_dir
     from benchmark.core.summary import SUMMARY_NAME, is_complete
-    from benchmark.grid_checks import check_accelerator, check_launcher, gpu_recipe_on_cpu
+    from benchmark.grid_checks import check_accelerator, check_launcher, check_logger, gpu_recipe_on_cpu
     from benchmark.pipeline import fit
 
+    check_logger([cfg])
     check_accelerator([cfg])
     check_launcher([cfg])
     out = args.out or Path("results") / "runs" / cfg.run_name()

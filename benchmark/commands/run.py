@@ -168,6 +168,7 @@ def _executor(
     from benchmark import grid_checks, grid_left, ray_grid, runner
     from benchmark.core.config import ConfigError
 
+    grid_checks.check_logger(grid)
     executor, why = ray_grid.choose(bench, grid)
     if why:
         runner.say(why)

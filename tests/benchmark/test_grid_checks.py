@@ -315,3 +315,24 @@ def test_a_ddp_run_needs_as_many_processes_as_its_outside_launcher_started(monke
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # a static rendezvous: every launch alike
     with pytest.raises(ConfigError, match=r"^torchrun: give each launch its own --rdzv-id"):
         grid_checks.check_launcher(ddp)
+
+
+def test_logger_wandb_without_the_package_is_one_line_before_any_run(
+    synthetic_dir, tmp_path, capsys, monkeypatch
+):
+    """Every run failed in turn ("Requirement 'wandb>=0.12.10' not met"), exit 1."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    line = "error: logger=wandb (unet): the wandb package is not installed here; install it (make install), "
+    line += "or set logger: csv\n"
+    for dry in ((), ("--dry-run",)):
+        args = _run(synthetic_dir, tmp_path / "r", "--models", "unet", "--set", "logger=wandb", *dry)
+        assert main(args) == 2 and capsys.readouterr().err == line
+    assert not (tmp_path / "r" / "runs").exists()
+    fit = ["fit", "--model", "unet", "--data-dir", str(synthetic_dir), "--set", "logger=wandb"]
+    assert main([*fit, "--out", str(tmp_path / "f")]) == 2 and capsys.readouterr().err == line
+    assert main(_run(synthetic_dir, tmp_path / "r", "--models", "unet", "--dry-run")) == 0  # smoke: none
