@@ -103,3 +103,14 @@ def _no_sticky_ddp_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lightning's launchers leave MASTER_PORT in the environment and reuse it: every later DDP test
     in this worker would take the first one's port, which another worker may have picked meanwhile."""
     monkeypatch.delenv("MASTER_PORT", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_grid_owner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid run in-process as rank 0 exports its owner and record name for the ranks it starts;
+    left set, a later test's subprocess would take them for its own launch's."""
+    from benchmark.core.lock import OWNER_ENV
+    from benchmark.core.rank0 import GRID_ENV
+
+    for name in (OWNER_ENV, GRID_ENV):
+        monkeypatch.delenv(name, raising=False)

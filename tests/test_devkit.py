@@ -186,7 +186,7 @@ def test_device_check_stops_in_seconds_on_a_kit_for_another_python(tmp_path):
     done = subprocess.run(
         ["bash", str(tmp_path / "tools" / "device_check.sh"), "doctor"],
         capture_output=True, text=True, timeout=300,
-        env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")},
+        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "OUT": str(tmp_path / "out")},
     )  # fmt: skip
     assert done.returncode == 2 and not (tmp_path / "out" / "doctor.txt").exists()
     assert done.stderr.startswith("device_check: the kit is for Python 2.7, python3 here is 3.")

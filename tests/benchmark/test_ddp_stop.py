@@ -28,8 +28,13 @@ BOUND_S = 600  # the broken behaviour is a hang: any bound of minutes tells them
 # training step; Lightning re-runs this very script for rank 1.
 FAILING = """
 import os, sys
+import benchmark.ddp_stop
 from benchmark.cli import main
 from benchmark.training.module import SegModule
+
+# the failed rank waits this long for rank 0's watcher (a thread) to end the job: minutes, as every
+# wait in the suite, so a starved watcher on a loaded machine does not make rank 1 stop alone
+benchmark.ddp_stop.WAIT_S = 600.0
 
 rank, seed = int(os.environ["NB_FAIL_RANK"]), int(os.environ["NB_FAIL_SEED"])
 real = SegModule.training_step

@@ -249,7 +249,7 @@ def _dice_of_5(path: Path) -> None:
     path.write_text(json.dumps(summary))
 
 
-def _disk_full(results_dir, plots=True):
+def _disk_full(results_dir, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(results_dir.parent))
 
 

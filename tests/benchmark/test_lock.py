@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -85,7 +86,8 @@ def test_old_heartbeat_is_taken_over_and_a_fresh_one_is_not(tmp_path):
     assert lock.read_lock(tmp_path / "fresh").token == "old"  # untouched
     _write_lock(tmp_path / "old", "other-host", 1, time.time() - 120)
     taken = lock.claim(tmp_path / "old", stale_after_s=60)
-    assert taken is not None and "no heartbeat from other-host:1 for 120 s" in taken.took_over
+    # 120 s, or more when this process stalls between the write and the claim (a loaded machine)
+    assert taken is not None and re.search(r"no heartbeat from other-host:1 for 1[2-9]\d s", taken.took_over)
     taken.release()
     assert not list((tmp_path / "old").iterdir())  # no lock and no renamed-aside leftovers
 

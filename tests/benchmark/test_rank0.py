@@ -179,7 +179,7 @@ def test_a_rank_stops_waiting_for_a_rank0_that_died(srun, tmp_path):
     record.path.write_text(json.dumps({**body, "beat": time.time() - 3600}))  # another node's view
     with pytest.raises(
         rank0.GridStopped,
-        match=r"rank 0 \(.*\) stopped without ending its grid: its record not rewritten for 3600 s",
+        match=r"rank 0 \(.*\) stopped without ending its grid: its record not rewritten for 36\d\d s",
     ):
         rank0.ended(tmp_path, lock.owner_id())
     dead = f"{socket.gethostname()}:{_dead_pid()}"  # on this host, in this pid space: asked directly
@@ -192,7 +192,7 @@ def test_a_live_record_is_rewritten_and_marked_ended_at_the_end(srun, tmp_path, 
     monkeypatch.setattr(rank0, "BEAT_S", 0.05)
     record = rank0.publish(tmp_path, "node0:12")
     first = json.loads(record.path.read_text())["beat"]
-    deadline = time.time() + 60
+    deadline = time.time() + 600  # a thread on a loaded machine: minutes, not one
     while json.loads(record.path.read_text())["beat"] == first and time.time() < deadline:
         time.sleep(0.02)
     assert json.loads(record.path.read_text())["beat"] > first  # beating

@@ -111,4 +111,4 @@ def test_our_signal_handlers_let_ray_start_outside_the_main_thread():
     thread = threading.Thread(target=start)
     thread.start()
     thread.join(BOUND_S)
-    assert failed == []
+    assert not thread.is_alive() and failed == []  # ended, and without raising
