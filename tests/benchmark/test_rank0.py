@@ -241,6 +241,8 @@ def test_two_srun_tasks_skip_the_run_another_job_holds_together(tmp_path):
         outs = [p.communicate(timeout=900)[0] for p in procs]
     finally:
         held.release()
+        for p in locals().get("procs", []):  # a rank left waiting after the other timed out
+            p.kill()
     assert [p.returncode for p in procs] == [3, 0], outs  # rank 0: incomplete, the held run named
     assert "1 trained, 0 skipped, 1 held by another process" in outs[0]
     assert not (results / "runs" / grid[0].run_name() / "summary.json").exists()
