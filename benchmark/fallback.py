@@ -46,7 +46,7 @@ def synthetic_benchmark(bench: BenchmarkConfig, source: str = "config") -> Bench
     only the generator, so it falls back to itself unchanged (``run --print-config`` prints it)."""
     syn = _synthetic_section(bench, source)
     try:
-        train = apply_overrides(bench.train, syn.get("train") or {})
+        train = apply_overrides(bench.train, {**(syn.get("train") or {}), "fold": 0})  # its folds' own
     except ConfigError as exc:
         raise ConfigError(f"{source}: synthetic.train: {exc}") from None
     if train.holdout_fraction is not None:  # one hold-out set: the section's folds collapse to it

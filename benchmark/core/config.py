@@ -166,8 +166,11 @@ class TrainConfig:
 class BenchmarkConfig:
     name: str = _f(doc="benchmark name (report title, W&B group prefix)", shown="file stem")
     models: tuple[str, ...] = _f(doc="models to train: the grid's first axis", shown="train.model")
-    folds: tuple[int, ...] = _f(doc="outer folds to run (ids below train.n_folds)", shown="every fold")
-    seeds: tuple[int, ...] = _f(doc="replicate seeds (initialisation and augmentation)", shown="[0]")
+    folds: tuple[int, ...] = _f(
+        doc="outer folds to run (ids below train.n_folds; a file's train: fold alone: that one)",
+        shown="every fold",
+    )
+    seeds: tuple[int, ...] = _f(doc="replicate seeds (initialisation and augmentation)", shown="train.seed")
     train: TrainConfig = _f(doc="TrainConfig fields shared by every run of the grid", shown="{}")
     synthetic: dict = _f(factory=dict, doc="fallback without train/ data: generator:, train:, folds:, seeds:")
     model_kwargs: dict = _f(factory=dict, doc="per-model kwargs by model name (over train.model_kwargs)")
@@ -370,7 +373,11 @@ def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
     values.update({f"{key}s": (getattr(train, key),) for key in ("fold", "seed") if key in given})
     values.update({k: v for k, v in raw.items() if k != "train" and v is not None})  # null: the default
     bench = BenchmarkConfig(train=train, **values)
-    _require(not train.model_recipe, "train: model_recipe is written by model_train: {MODEL: {FIELD: VALUE}}")
+    # one model's recipe (`fit --print-config` writes it); over a models: axis it would be every model's
+    lone = not train.model_recipe or raw.get("models") is None
+    _require(
+        lone, "train: model_recipe is one model's: with models: write model_train: {MODEL: {FIELD: VALUE}}"
+    )
     for key in (k for k in GRID_AXIS_FIELDS if k in given and raw.get(f"{k}s") is not None):
         value, axis = getattr(train, key), list(getattr(bench, f"{key}s"))
         _require(axis == [value], f"train: {key} {value} is ignored: {key}s: {axis} sets every run's {key}")

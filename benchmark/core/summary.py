@@ -130,17 +130,27 @@ def git_sha(cwd: str | Path | None = None) -> str:
     """HEAD of the repository holding this package (or ``cwd``), with ``-dirty`` when a tracked file
     differs from it (the code that ran is then not that commit's); "unknown" outside git."""
     cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
-    try:
-        head, changed = (
-            subprocess.run(
-                ["git", "--no-optional-locks", *args],
-                cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
-            ).stdout.strip()
-            for args in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
+    head = _git(cwd, "rev-parse", "HEAD")
+    if not head:
         return "unknown"
-    return f"{head}-dirty" if head and changed else head or "unknown"
+    changed = _git(cwd, "status", "--porcelain", "--untracked-files=no")
+    return f"{head}-dirty" if changed else head  # a status git cannot give: the sha it had
+
+
+def _git(cwd: Path, *args: str) -> str:
+    """git's output (stripped), or "" when git is missing or fails; never writes (no index refresh)."""
+    try:
+        done = subprocess.run(
+            ["git", "--no-optional-locks", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip()
 
 
 def device_name(device: Any = None) -> str:

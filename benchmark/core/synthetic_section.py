@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from benchmark.core.config import (
+    GRID_AXIS_FIELDS,
     ConfigError,
     apply_overrides,
     check_axis,
@@ -40,8 +41,11 @@ def check_synthetic(bench: BenchmarkConfig) -> None:
     train = {} if syn.get("train") is None else syn["train"]
     if not isinstance(train, dict):
         raise ConfigError("synthetic.train must be a mapping of TrainConfig fields")
-    try:
-        trained = apply_overrides(bench.train, train)
+    grid = sorted({*GRID_AXIS_FIELDS, "model_recipe"} & set(train))
+    if grid:  # as in train: they would be ignored: models, synthetic.folds and .seeds set every run's
+        raise ConfigError(f"synthetic.train: {', '.join(grid)} is set by models, synthetic.folds and .seeds")
+    try:  # the top level's fold (its folds' first) may lie outside this split: the section has its own
+        trained = apply_overrides(bench.train, {**train, "fold": 0})
     except ConfigError as exc:
         raise ConfigError(f"synthetic.train: {exc}") from None
     seeds = coerce("synthetic.seeds", syn.get("seeds", (0,)), tuple[int, ...])

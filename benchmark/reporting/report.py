@@ -322,10 +322,12 @@ def build_report(
     own = {str(s.get("run")): s for _, s in loaded if s.get("status") == "complete"}
     mine = [own[name] for name in own_runs if name in own]
     board = lb.build([s for _, s in loaded], prefer or (lb.benchmark_hash(mine[0]) if mine else None))
-    if prefer and not any(h.startswith(prefer) for h in board["header"]["benchmark_hash"]):
-        raise DataError(
-            results_dir / "runs", f"no complete runs of benchmark {prefer}; it holds {_benchmarks(board)}"
-        )
+    if prefer is not None:
+        held = [*board["header"]["benchmark_hash"], *board["other_benchmarks"]]
+        matches = [h for h in held if h.startswith(prefer)]
+        if len(matches) != 1:
+            what = "more than one benchmark starts with" if matches else "no complete runs of benchmark"
+            raise DataError(results_dir / "runs", f"{what} {prefer}; it holds {_benchmarks(board)}")
     if not board["rows"] and not board["incomplete"]:
         damaged = f"; {len(unreadable)} damaged, named above: {REPAIR}" if unreadable else ""
         raise DataError(

@@ -219,7 +219,7 @@ def test_run_help_names_what_a_file_without_the_grid_axes_gets(tmp_path, capsys)
         "name": "file stem",
         "models": "train.model",
         "folds": "every fold",
-        "seeds": "[0]",
+        "seeds": "train.seed",
         "train": "{}",
     }
     assert "required" not in table[: table.index("TrainConfig fields")]  # a file may leave every field out

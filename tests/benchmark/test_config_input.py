@@ -277,6 +277,30 @@ def test_a_printed_fit_config_runs_its_own_fold_and_seed(tmp_path, capsys, synth
     assert dry_run_names(capsys, argv) == [name]
 
 
+def test_a_printed_fit_config_with_its_models_own_recipe_reads_back(tmp_path, capsys, synthetic_dir):
+    """`fit --print-config` writes the model's own recipe as train: model_recipe; the file it prints
+    reads back to that run (a first version of the model_recipe refusal refused it)."""
+    grid = child(tmp_path, "models: [unet, empty]\nmodel_train: {unet: {lr: 0.003}}\n")
+    assert main(["fit", "--config", str(grid), "--model", "unet", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    name = printed.splitlines()[0].split()[1].rstrip(":")
+    path = tmp_path / "fit.yaml"
+    path.write_text(printed)
+    assert "model_recipe: {lr: 0.001}" in printed and "lr: 0.003" in printed
+    assert main(["fit", "--config", str(path), "--print-config"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == printed.splitlines()[1:]  # the same config
+    argv = [
+        "run",
+        "--config",
+        str(path),
+        "--data-dir",
+        str(synthetic_dir),
+        "--results-dir",
+        str(tmp_path / "r"),
+    ]
+    assert dry_run_names(capsys, argv) == [name]
+
+
 @pytest.mark.parametrize(
     ("train", "problem"),
     [
@@ -284,13 +308,13 @@ def test_a_printed_fit_config_runs_its_own_fold_and_seed(tmp_path, capsys, synth
         ("{fold: 0}", "train: fold 0 is ignored: folds: [0, 1, 2, 3, 4] sets every run's fold"),
         (
             "{model_recipe: {lr: 0.1}}",
-            "train: model_recipe is written by model_train: {MODEL: {FIELD: VALUE}}",
+            "train: model_recipe is one model's: with models: write model_train: {MODEL: {FIELD: VALUE}}",
         ),
     ],
 )
 def test_a_train_value_that_the_chains_grid_sets_otherwise_is_refused(tmp_path, train, problem):
     """`train: {seed: 3}` over a chain setting seeds: [0] (every shipped config does) ran seed 0, and
-    `train: {model_recipe: ...}` was dropped, without a word; `--set` refused both."""
+    `train: {model_recipe: ...}` over a models: axis was taken as every model's; `--set` refused both."""
     path = child(tmp_path, f"train: {train}\n", base="default.yaml")
     with pytest.raises(ConfigError, match=rf"^{path}: {re.escape(problem)}$"):
         load_benchmark_config(path)
@@ -301,3 +325,15 @@ def test_a_train_value_that_the_chains_grid_sets_otherwise_is_refused(tmp_path, 
     printed = tmp_path / "printed.yaml"
     printed.write_text(to_yaml(grid))  # train: leaves the axes' fields out, so it reads back
     assert load_benchmark_config(printed) == grid
+
+
+def test_folds_beyond_the_fallbacks_split_still_run_and_its_train_takes_no_grid_field(tmp_path):
+    """train: took the grid's first fold (3), and the fallback's split (3 folds) refused it on every
+    rebuild of the config: `folds: [3, 4]` over default.yaml stopped even with data (a review)."""
+    from benchmark import fallback
+
+    bench = load_benchmark_config(child(tmp_path, "folds: [3, 4]\n", base="default.yaml"))
+    again = apply_benchmark_overrides(bench, {"lr": 0.01})  # a rebuild, as run makes
+    assert again.train.fold == 3 and fallback.synthetic_benchmark(again).folds == (0, 1, 2)
+    with pytest.raises(ConfigError, match=r": synthetic.train: fold, seed is set by models, synthetic.folds"):
+        load_benchmark_config(child(tmp_path, "synthetic: {train: {seed: 3, fold: 1}}\n"))

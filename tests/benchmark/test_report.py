@@ -118,7 +118,7 @@ def test_a_model_name_with_markup_characters_keeps_every_table_whole():
     md = tables.markdown(board)
     table = md[md.index("## Accuracy") :].split("\n\n")[1].splitlines()
     assert {line.replace("\\|", "").count("|") for line in table} == {table[0].count("|")}
-    assert "| odd\\|net,\"v2\"_x^2~&%#\\z |" in md and "- ``a`b``: " in md
+    assert '| odd\\|net,"v2"_x^2~&%#\\z |' in md and "- ``a`b``: " in md
     row = next(line for line in tables.latex(board).splitlines() if "net" in line)
     assert "odd\\textbar{}net,{\\char34}v2{\\char34}\\_x\\textasciicircum{}2\\textasciitilde{}" in row
     assert "\\&\\%\\#\\textbackslash{}z" in row and "a`b" in tables.latex(board)
@@ -207,6 +207,8 @@ def test_run_reports_its_own_benchmark_and_report_chooses_by_hash(results, capsy
     assert main(["report", "--results", str(results), "--benchmark", "ffffff"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"error: {results / 'runs'}: no complete runs of benchmark ffffff; it holds ")
+    assert main(["report", "--results", str(results), "--benchmark", ""]) == 2  # a prefix of both
+    assert "more than one benchmark starts with ; it holds " in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- damaged inputs
