@@ -299,6 +299,11 @@ def test_a_printed_fit_config_with_its_models_own_recipe_reads_back(tmp_path, ca
         str(tmp_path / "r"),
     ]
     assert dry_run_names(capsys, argv) == [name]
+    assert main(["run", "--config", str(path), "--print-config"]) == 0  # as model_train, the shared lr
+    path.write_text(capsys.readouterr().out)
+    assert "  unet: {lr: 0.003}" in path.read_text() and "model_recipe" not in path.read_text()
+    assert main(["fit", "--config", str(path), "--print-config"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[1].rstrip(":") == name  # the same run
 
 
 @pytest.mark.parametrize(
