@@ -320,12 +320,13 @@ def latex(board: dict[str, Any]) -> str:
         "% nerve-bench leaderboard, written by `python -m benchmark report` (needs \\usepackage{booktabs}).",
         f"% Out-of-fold means over images; [95% CI] by subject bootstrap ({bs.N_BOOT} resamples);",
         "% p: vs the top, corrected over all pairs and the top's pick; set p: model confidence set p-value;",
-        f"% bold: in the 95% confidence set for the best model (set p >= {bs.ALPHA}).",
-        "\\begin{tabular}{rlc" + "l" * len(keys) + "rrr}",
+        f"% bold: in the 95% confidence set for the best model (set p >= {bs.ALPHA});",
+        "% floor p: one-sided, Holm over the models, that the model is above the all-empty floor.",
+        "\\begin{tabular}{rlc" + "l" * len(keys) + "rrrr}",
         "\\toprule",
         "Rank & Model & Rank CI & "
         + " & ".join(f"{TITLES[k]} [95\\% CI]" for k in keys)
-        + " & $\\Delta$ & $p$ & Set $p$ \\\\",
+        + " & $\\Delta$ & $p$ & Set $p$ & Floor $p$ \\\\",
         "\\midrule",
     ]
     for r in board["rows"]:
@@ -339,6 +340,7 @@ def latex(board: dict[str, Any]) -> str:
             "--" if r["rank"] == 1 else fmt_p(r["vs_top"]["p"], tested),
         ]
         cells += ["--" if r["p_best"] is None else fmt_p(r["p_best"], tested)]
+        cells += ["--" if r.get("vs_floor") is None else fmt_p(r["vs_floor"]["p_holm"])]
         lines.append(" & ".join(cells).replace("<", "$<$") + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     if board["incomplete"]:

@@ -106,6 +106,11 @@ def test_json_csv_and_tex_agree(results):
         and "2 & empty (baseline) & {[}1, 2{]} &" in tex  # the floor is never in the bold top group
     )
     assert "sk\\_unet" not in tex and "% 1 incomplete model(s) not shown" in tex
+    floor_p = board["rows"][0]["vs_floor"]["p_holm"]  # a paper's table says which models clear the floor
+    assert (
+        "& Set $p$ & Floor $p$ \\\\" in tex
+        and f"{floor_p:.4f} \\\\" in tex.split("\\textbf{unet}")[1].splitlines()[0]
+    )
 
 
 def test_a_model_name_with_markup_characters_keeps_every_table_whole():
