@@ -41,9 +41,13 @@ def check_synthetic(bench: BenchmarkConfig) -> None:
     train = {} if syn.get("train") is None else syn["train"]
     if not isinstance(train, dict):
         raise ConfigError("synthetic.train must be a mapping of TrainConfig fields")
-    grid = sorted({*GRID_AXIS_FIELDS, "model_recipe"} & set(train))
+    grid = sorted(set(GRID_AXIS_FIELDS) & set(train))
     if grid:  # as in train: they would be ignored: models, synthetic.folds and .seeds set every run's
         raise ConfigError(f"synthetic.train: {', '.join(grid)} is set by models, synthetic.folds and .seeds")
+    if "model_recipe" in train:
+        raise ConfigError(
+            "synthetic.train: model_recipe is written by synthetic.model_train: {MODEL: {FIELD: VALUE}}"
+        )
     try:  # the top level's fold (its folds' first) may lie outside this split: the section has its own
         trained = apply_overrides(bench.train, {**train, "fold": 0})
     except ConfigError as exc:

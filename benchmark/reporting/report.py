@@ -327,7 +327,7 @@ def build_report(
         matches = [h for h in held if h.startswith(prefer)]
         if len(matches) != 1:
             what = "more than one benchmark starts with" if matches else "no complete runs of benchmark"
-            raise DataError(results_dir / "runs", f"{what} {prefer}; it holds {_benchmarks(board)}")
+            raise DataError(results_dir / "runs", f"{what} '{prefer}'; it holds {_benchmarks(board)}")
     if not board["rows"] and not board["incomplete"]:
         damaged = f"; {len(unreadable)} damaged, named above: {REPAIR}" if unreadable else ""
         raise DataError(

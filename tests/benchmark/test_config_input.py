@@ -342,3 +342,7 @@ def test_folds_beyond_the_fallbacks_split_still_run_and_its_train_takes_no_grid_
     assert again.train.fold == 3 and fallback.synthetic_benchmark(again).folds == (0, 1, 2)
     with pytest.raises(ConfigError, match=r": synthetic.train: fold, seed is set by models, synthetic.folds"):
         load_benchmark_config(child(tmp_path, "synthetic: {train: {seed: 3, fold: 1}}\n"))
+    with pytest.raises(
+        ConfigError, match=r"synthetic.train: model_recipe is written by synthetic.model_train"
+    ):
+        load_benchmark_config(child(tmp_path, "synthetic: {train: {model_recipe: {lr: 0.1}}}\n"))

@@ -211,9 +211,9 @@ def test_run_reports_its_own_benchmark_and_report_chooses_by_hash(results, capsy
     assert f"`{hashes[0]}` ({first['header']['n_runs']} runs)" in (results / "leaderboard.md").read_text()
     assert main(["report", "--results", str(results), "--benchmark", "ffffff"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith(f"error: {results / 'runs'}: no complete runs of benchmark ffffff; it holds ")
+    assert line.startswith(f"error: {results / 'runs'}: no complete runs of benchmark 'ffffff'; it holds ")
     assert main(["report", "--results", str(results), "--benchmark", ""]) == 2  # a prefix of both
-    assert "more than one benchmark starts with ; it holds " in capsys.readouterr().err
+    assert "more than one benchmark starts with ''; it holds " in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- damaged inputs
