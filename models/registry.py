@@ -225,8 +225,10 @@ def check_kwargs(name: str, kwargs: dict) -> None:
         return
     try:
         info.check(name, dict(kwargs))
-    except ModelError:
-        raise
+    except ModelError as exc:  # named as the user wrote it (an smp entry speaks of its smp:arch:encoder)
+        if str(exc).startswith((f"model {name!r}", f"{name}:")):
+            raise
+        raise ModelError(f"model {name!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a third-party check must not escape as a traceback
         raise ModelError(f"model {name!r} ({info.package}): its check failed: {_one_line(exc)}") from exc
 

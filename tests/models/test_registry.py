@@ -246,3 +246,14 @@ def test_the_grid_check_reads_cached_weights_into_meta_without_a_warning_per_ten
         warnings.simplefilter("always")
         model = build_model(TrainConfig(model="smp:unet:resnet18", encoder_weights="imagenet"))
     assert next(model.parameters()).is_meta and not [str(w.message)[:80] for w in seen]
+
+
+def test_a_kwargs_refusal_names_the_model_as_the_user_wrote_it() -> None:
+    """A named smp model's refusal spoke of its smp:arch:encoder spec only ('smp:unet:densenet121:
+    unknown argument(s) base_width'), a name the user never wrote."""
+    with pytest.raises(
+        ModelError, match=r"^model 'unet_densenet121': smp:unet:densenet121: unknown argument"
+    ):
+        models.check_kwargs("unet_densenet121", {"base_width": 16})
+    with pytest.raises(ModelError, match=r"^smp:unet:resnet18: unknown argument\(s\) base_width"):
+        models.check_kwargs("smp:unet:resnet18", {"base_width": 16})  # its own name: not said twice
