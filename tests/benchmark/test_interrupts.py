@@ -266,7 +266,7 @@ def test_a_held_run_finished_while_the_board_is_built_still_makes_the_status_3(
     grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"])
     held = tmp_path / "res" / "runs" / grid[0].run_name()
 
-    def report(bench, results_dir, missing):  # the holder finishes its run while this board is built
+    def report(bench, results_dir, missing, own):  # the holder finishes its run while this board is built
         calls.append("report")
         finish(grid[0], synthetic_dir, held)
         return 0
