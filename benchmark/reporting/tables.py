@@ -280,20 +280,23 @@ def markdown(board: dict[str, Any]) -> str:
     shown = [k for k in docs if k != "pixel_accuracy" and (k != "seed_sd" or several_seeds(board))]
     lines += ["", "## Columns", ""] + [f"- **{k}**: {docs[k]}" for k in shown]
     lines += ["", f"**Note**: {PIXEL_ACCURACY_WARNING}", ""]
+    return "\n".join(lines + _left_out(board))
+
+
+def _left_out(board: dict[str, Any]) -> list[str]:
+    """The runs the board left out, and the other benchmarks whose boards are one command away."""
+    lines = []
     if board["ignored_runs"]:
         n = len(board["ignored_runs"])
-        lines += [
-            f"{n} run(s) from another config or data set, or unfinished, were left out "
-            "(listed in leaderboard.json).",
-            "",
-        ]
-    if board.get("other_benchmarks"):  # a board of the complete runs of another config is one command away
+        text = f"{n} run(s) from another config or data set, or unfinished, were left out "
+        lines += [text + "(listed in leaderboard.json).", ""]
+    if board.get("other_benchmarks"):
         others = ", ".join(f"`{h}` ({n} runs)" for h, n in board["other_benchmarks"].items())
         lines += [
             f"Complete runs of other benchmarks (config hashes): {others}; `report --benchmark HASH`.",
             "",
         ]
-    return "\n".join(lines)
+    return lines
 
 
 # Every character a model name may hold that LaTeX reads as markup, or prints as another glyph in
