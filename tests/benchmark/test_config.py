@@ -209,24 +209,6 @@ def test_every_field_has_a_one_line_help_shown_by_help(capsys):
         assert "--print-config" in shown
 
 
-def test_run_help_names_what_a_file_without_the_grid_axes_gets(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["run", "--help"])
-    out = capsys.readouterr().out
-    table = out[out.index("benchmark fields") :]
-    shown = {line.split()[0]: line[36:48].strip() for line in table.splitlines()[1:6]}
-    assert shown == {
-        "name": "file stem",
-        "models": "train.model",
-        "folds": "every fold",
-        "seeds": "train.seed",
-        "train": "{}",
-    }
-    assert "required" not in table[: table.index("TrainConfig fields")]  # a file may leave every field out
-    bench = load_benchmark_config(write(tmp_path / "mine.yaml", "train: {model: sk_unet, n_folds: 3}\n"))
-    assert (bench.name, bench.models, bench.folds, bench.seeds) == ("mine", ("sk_unet",), (0, 1, 2), (0,))
-
-
 def test_fit_folds_is_a_deprecated_alias_of_n_folds(capsys):
     assert main(["fit", "--folds", "3", "--print-config"]) == 0
     out, err = capsys.readouterr()

@@ -346,3 +346,22 @@ def test_folds_beyond_the_fallbacks_split_still_run_and_its_train_takes_no_grid_
         ConfigError, match=r"synthetic.train: model_recipe is written by synthetic.model_train"
     ):
         load_benchmark_config(child(tmp_path, "synthetic: {train: {model_recipe: {lr: 0.1}}}\n"))
+
+
+def test_run_help_names_what_a_file_without_the_grid_axes_gets(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    table = out[out.index("benchmark fields") :]
+    shown = {line.split()[0]: line[36:48].strip() for line in table.splitlines()[1:6]}
+    assert shown == {
+        "name": "file stem",
+        "models": "train.model",
+        "folds": "every fold",
+        "seeds": "train.seed",
+        "train": "{}",
+    }
+    assert "required" not in table[: table.index("TrainConfig fields")]  # a file may leave every field out
+    (tmp_path / "mine.yaml").write_text("train: {model: sk_unet, n_folds: 3}\n")
+    bench = load_benchmark_config(tmp_path / "mine.yaml")
+    assert (bench.name, bench.models, bench.folds, bench.seeds) == ("mine", ("sk_unet",), (0, 1, 2), (0,))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.doctor import estimate
+from benchmark.doctor import estimate, report, session
+from benchmark.doctor.settings import CHECKS, DoctorSettings
 
 
 def test_estimate_by_hand():
@@ -70,3 +71,28 @@ def test_default_plan_is_the_default_config():
         256,
         5635,
     )
+
+
+def test_every_kept_copy_after_a_model_holds_the_estimate_so_far(monkeypatch):
+    """The estimate ran only at the end: a doctor killed at the device's hard limit inside a slow
+    model's check (begun within --budget-s) left a doctor.json without one (GPU review)."""
+
+    def data(ctx):
+        ctx.decode_s_per_frame = 0.001
+        return report.Finding("decoded")
+
+    def fake_model(ctx, model, work):
+        return report.Finding("fit", {"model": model, "suite_train_img_s": 100.0, "infer_img_s": 200.0})
+
+    monkeypatch.setattr(session, "prepare_data", data)
+    monkeypatch.setattr(session, "_model", fake_model)
+    kept = []
+    skip = tuple(c for c in CHECKS if c not in ("data", "models", "estimate"))
+    settings = DoctorSettings(device="cpu", models=("unet", "sk_unet"), skip=skip)
+    final = session.run_doctor(settings, progress=lambda line: None, after_each=kept.append)
+    estimates = [[c for c in rep["checks"] if c["name"] == "estimate"] for rep in kept]
+    assert [len(e) for e in estimates] == [0] * (len(kept) - 3) + [1, 1, 1]  # after each model, then its own
+    assert estimates[-3][0]["detail"].startswith("so far: default benchmark's 1 measured model(s)")
+    assert estimates[-2][0]["detail"].startswith("so far: default benchmark's 2 measured model(s)")
+    last = [c for c in final["checks"] if c["name"] == "estimate"]
+    assert len(last) == 1 and not last[0]["detail"].startswith("so far") and final["finished"]

@@ -101,9 +101,7 @@ def ray_cluster():
     directory of its own; the executor reuses it and does not shut it down."""
     with pytest.MonkeyPatch.context() as env:  # the user's setting is back after the module
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        # a fresh worker imports torch and Lightning before it registers: Ray's 60 s default can run
-        # out on a loaded 2-core machine; minutes, as every wait in the suite
-        env.setenv("RAY_worker_register_timeout_seconds", "600")
+        env.setenv("RAY_worker_register_timeout_seconds", "600")  # workers import torch first: not 60 s
         ray = pytest.importorskip("ray")
         temp = tempfile.mkdtemp(prefix="nb-ray-", dir="/tmp")  # short: Ray's socket paths live under it
         ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
