@@ -65,14 +65,13 @@ RUN_MEANS = (
     ("presence_accuracy", "metrics", "post", "presence_accuracy"),
 )
 COST = ("params", "gflops", "train_time_s", "train_img_s", "infer_img_s", "latency_ms", "peak_mem_mb")
-# Per-run fields; without them and the execution-only NOT_HASHED ones, a config is one benchmark.
-_RUN_KEYS = {"model", "model_kwargs", "model_recipe", "fold", "seed"}
 
 
 def benchmark_hash(summary: dict[str, Any]) -> str:
     """Hash of the run's config without model/kwargs/fold/seed: equal for every run of one benchmark."""
     cfg = summary.get("config") or {}
-    payload = {k: v for k, v in cfg.items() if k not in NOT_HASHED | _RUN_KEYS}
+    # without the run's own fields and the execution-only NOT_HASHED ones, a config is one benchmark
+    payload = {k: v for k, v in cfg.items() if k not in NOT_HASHED | recipe.RUN_KEYS}
     # a per-model recipe: the benchmark's shared values (of hashed fields: an execution-only one
     # recorded by an earlier version must not set the run apart)
     payload.update({k: v for k, v in (cfg.get("model_recipe") or {}).items() if k not in NOT_HASHED})

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# A run's own fields: the grid's (model, fold, seed), the architecture's kwargs and its own recipe.
+RUN_KEYS = frozenset({"model", "model_kwargs", "model_recipe", "fold", "seed"})
+
 
 def differences(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"per_model": {model: {field: [its values]}}, "common": {field: shared value}}`` over the
@@ -36,12 +39,11 @@ def shared_recipe(runs: list[dict[str, Any]]) -> dict[str, Any]:
     trained, which the board states so that two boards can be told apart by more than a hash."""
     from benchmark.core.config import NOT_HASHED
 
-    grid = {"model", "model_kwargs", "model_recipe", "fold", "seed"}
     found: dict[str, set[str]] = {}
     for s in runs:
         cfg: dict[str, Any] = s["config"] if isinstance(s.get("config"), dict) else {}
         for key, value in {**cfg, **(cfg.get("model_recipe") or {})}.items():
-            if key not in NOT_HASHED | grid:
+            if key not in NOT_HASHED | RUN_KEYS:
                 found.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
     values = {k: [json.loads(v) for v in sorted(vs)] for k, vs in sorted(found.items())}
     return {k: v[0] if len(v) == 1 else v for k, v in values.items()}
@@ -51,10 +53,13 @@ def recipe_line(shared: dict[str, Any]) -> str | None:
     """:func:`shared_recipe` as one Markdown line of ``field value`` pairs (None: no run recorded one)."""
     if not shared:
         return None
-    pairs = ", ".join(
-        f"{k} {v if isinstance(v, str) else json.dumps(v)}" for k, v in shared.items()
-    )  # YAML's words
+    pairs = ", ".join(f"{k} {_word(v)}" for k, v in shared.items())
     return f"- **Recipe** (every run; per-model differences in a note under the table): {pairs}"
+
+
+def _word(value: Any) -> str:
+    """A value as a config file writes it: true, null, 0.001, cosine."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def note(recipe: dict[str, Any]) -> str | None:

@@ -323,8 +323,8 @@ def build_report(
     mine = [own[name] for name in own_runs if name in own]
     board = lb.build([s for _, s in loaded], prefer or (lb.benchmark_hash(mine[0]) if mine else None))
     if prefer is not None:
-        held = [*board["header"]["benchmark_hash"], *board["other_benchmarks"]]
-        matches = [h for h in held if h.startswith(prefer)]
+        hashes = [*board["header"]["benchmark_hash"], *board["other_benchmarks"]]
+        matches = [h for h in hashes if h.startswith(prefer)]
         if len(matches) != 1:
             what = "more than one benchmark starts with" if matches else "no complete runs of benchmark"
             raise DataError(results_dir / "runs", f"{what} '{prefer}'; it holds {_benchmarks(board)}")
