@@ -377,16 +377,12 @@ def _benchmark_from(raw: dict[str, Any], name: str) -> BenchmarkConfig:
     # given to `run` ran every fold of seed 0, not its fold and seed, without a word.
     values.update({f"{key}s": (getattr(train, key),) for key in ("fold", "seed") if key in given})
     values.update({k: v for k, v in raw.items() if k != "train" and v is not None})  # null: the default
-    # one model's recipe (`fit --print-config` writes it); over a models: axis it would be every model's
-    lone = not train.model_recipe or raw.get("models") is None
+    # one model's recipe (`fit --print-config` writes it); over several models it would be every model's
+    lone = not train.model_recipe or len(coerce("models", values["models"], tuple[str, ...])) == 1
+    check_keys(train.model_recipe, field_names(TrainConfig), "train: model_recipe key")
     _require(
         lone, "train: model_recipe is one model's: with models: write model_train: {MODEL: {FIELD: VALUE}}"
     )
-    if train.model_recipe:  # as model_train states it: the shared values under train:, its own apart
-        own = {k: getattr(train, k) for k in train.model_recipe}
-        recipes: dict[str, Any] = dict(values.get("model_train") or {})
-        values["model_train"] = {**recipes, train.model: {**own, **recipes.get(train.model, {})}}
-        train = dataclasses.replace(train, model_recipe={}, **train.model_recipe)
     bench = BenchmarkConfig(train=train, **values)
     for key in (k for k in GRID_AXIS_FIELDS if k in given and raw.get(f"{k}s") is not None):
         value, axis = getattr(train, key), list(getattr(bench, f"{key}s"))

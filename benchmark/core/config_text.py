@@ -27,9 +27,7 @@ def to_yaml(cfg: TrainConfig | BenchmarkConfig) -> str:
     config; a TrainConfig is written as the ``train:`` section of a one-model benchmark."""
     data = dataclasses.asdict(cfg) if isinstance(cfg, BenchmarkConfig) else {"train": cfg.to_dict()}
     if isinstance(cfg, BenchmarkConfig):  # the axes set them (a file may not say otherwise)
-        data["train"] = {
-            k: v for k, v in data["train"].items() if k not in {*GRID_AXIS_FIELDS, "model_recipe"}
-        }
+        data["train"] = {k: v for k, v in data["train"].items() if k not in GRID_AXIS_FIELDS}
     return yaml.dump(_plain(data), Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=100)
 
 

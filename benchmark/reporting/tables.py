@@ -324,7 +324,7 @@ def latex(board: dict[str, Any]) -> str:
         f"% Out-of-fold means over images; [95% CI] by subject bootstrap ({bs.N_BOOT} resamples);",
         "% p: vs the top, corrected over all pairs and the top's pick; set p: model confidence set p-value;",
         f"% bold: in the 95% confidence set for the best model (set p >= {bs.ALPHA});",
-        "% floor p: one-sided, Holm over the models, that the model is above the all-empty floor.",
+        "% floor p: one-sided test of 'no better than the all-empty floor', Holm-adjusted over the models.",
         "\\begin{tabular}{rlc" + "l" * len(keys) + "rrrr}",
         "\\toprule",
         "Rank & Model & Rank CI & "

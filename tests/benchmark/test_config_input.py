@@ -299,9 +299,13 @@ def test_a_printed_fit_config_with_its_models_own_recipe_reads_back(tmp_path, ca
         str(tmp_path / "r"),
     ]
     assert dry_run_names(capsys, argv) == [name]
-    assert main(["run", "--config", str(path), "--print-config"]) == 0  # as model_train, the shared lr
+    assert main(["run", "--config", str(path), "--print-config"]) == 0  # one model: its recipe kept
     path.write_text(capsys.readouterr().out)
-    assert "  unet: {lr: 0.003}" in path.read_text() and "model_recipe" not in path.read_text()
+    assert "models: [unet]" in path.read_text() and "model_recipe: {lr: 0.001}" in path.read_text()
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train: {lr: 0.003, model_recipe: {lrr: 0.001}}\n")  # a traceback in a first version
+    with pytest.raises(ConfigError, match=r"unknown train: model_recipe key 'lrr'; did you mean lr\?"):
+        load_benchmark_config(typo)
     assert main(["fit", "--config", str(path), "--print-config"]) == 0
     assert capsys.readouterr().out.splitlines()[0].split()[1].rstrip(":") == name  # the same run
 
