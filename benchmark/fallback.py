@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmark.core.config import BenchmarkConfig, ConfigError, apply_overrides, every_fold
+from benchmark.core.config import BenchmarkConfig, ConfigError, every_fold
 from benchmark.core.files import atomic_write
 from benchmark.core.parsing import coerce
 from benchmark.core.ranks import global_rank
+from benchmark.core.synthetic_section import section_train
 from benchmark.runner import say
 from datamodules.errors import DataError
 
@@ -46,7 +47,7 @@ def synthetic_benchmark(bench: BenchmarkConfig, source: str = "config") -> Bench
     only the generator, so it falls back to itself unchanged (``run --print-config`` prints it)."""
     syn = _synthetic_section(bench, source)
     try:
-        train = apply_overrides(bench.train, {**(syn.get("train") or {}), "fold": 0})  # its folds' own
+        train = section_train(bench.train, syn.get("train") or {})
     except ConfigError as exc:
         raise ConfigError(f"{source}: synthetic.train: {exc}") from None
     if train.holdout_fraction is not None:  # one hold-out set: the section's folds collapse to it

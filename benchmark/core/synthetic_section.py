@@ -23,9 +23,15 @@ from benchmark.core.per_model import check_model_train, check_per_model
 from datamodules.synth import parameter_problem
 
 if TYPE_CHECKING:
-    from benchmark.core.config import BenchmarkConfig
+    from benchmark.core.config import BenchmarkConfig, TrainConfig
 
 KEYS = ("generator", "train", "folds", "seeds", "model_kwargs", "model_train")
+
+
+def section_train(train: TrainConfig, overrides: dict) -> TrainConfig:
+    """``train`` under the section's ``train:`` overrides. Its fold is the section's split's first:
+    the top level's (its folds' first) may lie outside that split, and the section has folds of its own."""
+    return apply_overrides(train, {**overrides, "fold": 0})
 
 
 def check_synthetic(bench: BenchmarkConfig) -> None:
@@ -48,8 +54,8 @@ def check_synthetic(bench: BenchmarkConfig) -> None:
         raise ConfigError(
             "synthetic.train: model_recipe is written by synthetic.model_train: {MODEL: {FIELD: VALUE}}"
         )
-    try:  # the top level's fold (its folds' first) may lie outside this split: the section has its own
-        trained = apply_overrides(bench.train, {**train, "fold": 0})
+    try:
+        trained = section_train(bench.train, train)
     except ConfigError as exc:
         raise ConfigError(f"synthetic.train: {exc}") from None
     seeds = coerce("synthetic.seeds", syn.get("seeds", (0,)), tuple[int, ...])
