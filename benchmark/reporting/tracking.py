@@ -154,15 +154,20 @@ def leaderboard_table(board: dict[str, Any]) -> tuple[list[str], list[list[Any]]
 
 def _typed_column(cells: list[str]) -> list[Any]:
     given = [c for c in cells if c not in ("", "n/a")]
-    kind: Any = str
-    if given and all(c in ("true", "false") for c in given):
-        kind = "true".__eq__
-    else:
-        for number in (int, float):
-            try:
-                [number(c) for c in given]
-            except ValueError:
-                continue
-            kind = number if given else str
-            break
+    kind = _column_type(given)
     return [None if c in ("", "n/a") else kind(c) for c in cells]
+
+
+def _column_type(given: list[str]) -> Any:
+    """The one type every given cell of a column reads as: bool, int, float, else str."""
+    if not given:
+        return str
+    if all(c in ("true", "false") for c in given):
+        return "true".__eq__
+    for number in (int, float):
+        try:
+            [number(c) for c in given]
+        except ValueError:
+            continue
+        return number
+    return str
