@@ -286,11 +286,16 @@ def _check_grid(bench: BenchmarkConfig) -> None:
     _require(
         whole, f"gpus_per_run={bench.gpus_per_run:g}: a share of one GPU (<= 1) or whole GPUs (2, 3 ...)"
     )
-    from benchmark.core.per_model import check_model_train, check_per_model  # they build on this module
+    from benchmark.core.per_model import (  # they build on this module
+        check_model_recipe,
+        check_model_train,
+        check_per_model,
+    )
     from benchmark.core.synthetic_section import check_synthetic
 
     check_per_model("model_kwargs", bench.model_kwargs)
     check_model_train("model_train", bench.train, bench.model_train)
+    check_model_recipe(bench.train, bench.model_train)
 
     check_synthetic(bench)
 

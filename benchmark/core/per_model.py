@@ -30,14 +30,30 @@ def check_model_train(where: str, train: TrainConfig, per_model: Any) -> None:
     and listed under the board; it is never a special case in code (issue 20)."""
     check_per_model(where, per_model)
     for model, overrides in per_model.items():
-        grid, split = sorted(GRID_FIELDS & set(overrides)), sorted(SPLIT_FIELDS & set(overrides))
-        if grid:
-            raise ConfigError(f"{where}.{model}: {', '.join(grid)} cannot be set per model here")
-        if split:
-            raise ConfigError(
-                f"{where}.{model}: {', '.join(split)} cannot differ per model: the board has one split"
-            )
+        _check_own_fields(f"{where}.{model}", overrides)
         try:
             apply_overrides(train, overrides)
         except ConfigError as exc:
             raise ConfigError(f"{where}.{model}: {exc}") from None
+
+
+def check_model_recipe(train: TrainConfig, per_model: dict) -> None:
+    """``train: model_recipe`` (one model's recipe, as ``fit --print-config`` writes it) holds fields
+    a model may change, and is that model's only recipe: a ``model_train`` entry beside it would be
+    recorded in its place, so the run named a wrong shared value or lost the recipe's fields."""
+    if not train.model_recipe:
+        return
+    _check_own_fields("train: model_recipe", train.model_recipe)
+    for model in (m for m, entry in per_model.items() if entry):
+        raise ConfigError(
+            f"train: model_recipe and model_train.{model} both set a model's own recipe: "
+            "write it in one of them"
+        )
+
+
+def _check_own_fields(where: str, fields: Any) -> None:
+    grid, split = sorted(GRID_FIELDS & set(fields)), sorted(SPLIT_FIELDS & set(fields))
+    if grid:
+        raise ConfigError(f"{where}: {', '.join(grid)} cannot be set per model here")
+    if split:
+        raise ConfigError(f"{where}: {', '.join(split)} cannot differ per model: the board has one split")

@@ -69,6 +69,17 @@ def test_the_synthetic_fallback_has_its_own_per_model_recipe(tmp_path):
         ("model_train:\n  unet: {seed: 3}\n", "model_train.unet: seed cannot be set per model"),
         ("model_train:\n  unet: 0.003\n", "model_train must map model names"),
         ("synthetic:\n  model_train:\n    unet: {batch_size: 1}\n", "synthetic.model_train.unet: batch_size"),
+        # one model's recipe as fit --print-config writes it: a split field, or a second recipe beside it
+        # (a first version took the model_train entry: its run recorded lr 0.003 as the shared value)
+        (
+            "models: [unet]\ntrain: {model_recipe: {n_folds: 3}}\n",
+            "train: model_recipe: n_folds cannot differ per model: the board has one split",
+        ),
+        (
+            "models: [unet]\ntrain: {lr: 0.003, model_recipe: {lr: 0.001}}\n"
+            "model_train:\n  unet: {lr: 0.005}\n",
+            "train: model_recipe and model_train.unet both set a model's own recipe",
+        ),
     ],
 )
 def test_bad_per_model_recipes_fail_when_the_config_loads(tmp_path, text, message):
