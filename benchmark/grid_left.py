@@ -88,7 +88,7 @@ def dry_run(
     grid_checks.check_joins_board(results_dir, grid)
     linked = any(c.link_subjects for c in grid)
     grid_checks.check_link_subjects(results_dir, linked, grid_checks.saved_links(results_dir))
-    same_data_checked = _check_same_data(grid, results_dir, data_dir)
+    data_checked = _check_data(grid, results_dir, data_dir)
     for i, cfg in enumerate(grid, start=1):
         holder = is_held(results_dir / "runs" / cfg.run_name())
         state = " (complete)" if cfg not in left.runs else ""
@@ -101,10 +101,12 @@ def dry_run(
         f"disk: the {len(left.runs)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
         f"({free_bytes(results_dir) / 1e9:.2f} GB free; {how})"
     )
-    if not same_data_checked:
+    if not data_checked and data_dir.is_dir():  # not the fallback's data before run generates it
+        runs_here = any((results_dir / "runs").glob("*/summary.json"))
         print(
             f"data: this node's decoded copy of {data_dir} is not there yet (run makes it): run checks "
-            "that the results directory's runs were made on this data"
+            "then that every run's split holds one global batch"
+            + (" and that the results directory's runs were made on this data" if runs_here else "")
         )
     return 0
 
@@ -113,17 +115,20 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def _check_same_data(grid: list[TrainConfig], results_dir: Path, data_dir: Path) -> bool:
-    """The run's refusal of results made on other data (exit 2), where this node's decoded copy of
-    ``data_dir`` knows its content hash: the listing called such runs complete. False when it could
-    not check a results directory that holds runs (the data not decoded here yet)."""
+def _check_data(grid: list[TrainConfig], results_dir: Path, data_dir: Path) -> bool:
+    """The run's refusals (exit 2) that need the data, where this node's decoded copy of ``data_dir``
+    is there: results made on other data (the listing called such runs complete), a split without
+    one global batch to fit. False when the data is not decoded here yet (nothing checked)."""
     from benchmark import grid_checks
-    from datamodules.decoded_cache import known_content_hash
+    from datamodules.decoded_cache import cached_train, known_content_hash
 
     known = known_content_hash(data_dir)
     if known is not None:
         grid_checks.check_same_data(results_dir, data_dir, known, [c.run_name() for c in grid])
-    return known is not None or not any((results_dir / "runs").glob("*/summary.json"))
+    train = cached_train(data_dir)
+    if train is not None:  # each run's split, as run checks it first (a fit part under one global batch)
+        grid_checks.check_train_set(grid, data_dir, results_dir, train)
+    return train is not None
 
 
 def in_flight_here(bench: BenchmarkConfig, grid: list[TrainConfig], executor: str) -> tuple[int, str]:

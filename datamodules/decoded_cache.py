@@ -109,8 +109,9 @@ def _records(rows: list[dict]) -> list[TrainRecord]:
     ]
 
 
-def read_entry(entry: Path) -> TrainSet | None:
-    """The cached training set of ``entry`` (read-only memory maps), or None when it is incomplete."""
+def read_entry(entry: Path, touch: bool = True) -> TrainSet | None:
+    """The cached training set of ``entry`` (read-only memory maps), or None when it is incomplete;
+    ``touch`` marks it used for :func:`prune`."""
     try:
         meta = json.loads((entry / "records.json").read_text())
         images = np.load(entry / "images.npy", mmap_mode="r")
@@ -122,7 +123,8 @@ def read_entry(entry: Path) -> TrainSet | None:
     if images.shape[0] != n or images.shape != masks.shape or len(fingerprints) != n:
         return None
     with contextlib.suppress(OSError):  # last use, for prune's age rule (a read-only root is fine)
-        os.utime(entry)
+        if touch:
+            os.utime(entry)
     digest = _content_hash_of(meta)
     return TrainSet(
         _records(meta["records"]), images, masks, meta["mask_source"], fingerprints, digest=digest
@@ -143,6 +145,12 @@ def known_content_hash(data_dir: str | Path, root: Path | None = None) -> str | 
     except (OSError, ValueError):
         return None
     return _content_hash_of(meta)
+
+
+def cached_train(data_dir: str | Path, root: Path | None = None) -> TrainSet | None:
+    """This node's decoded copy of ``data_dir``'s current files, or None; decodes and writes nothing
+    (``run --dry-run`` checks the runs' splits on it)."""
+    return read_entry((root or cache_root()) / signature(Path(data_dir)), touch=False)
 
 
 def write_entry(entry: Path, train_set: TrainSet, data_dir: Path | None = None) -> None:

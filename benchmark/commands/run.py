@@ -193,6 +193,7 @@ def _executor(
 
 def run(args: argparse.Namespace) -> int:
     from benchmark import fallback, grid_checks, grid_left, ray_grid, runner
+    from benchmark.core.preflight import removed_if_refused
     from benchmark.core.ranks import global_rank
     from benchmark.external.board_config import DEFAULT_CONFIG
 
@@ -208,19 +209,20 @@ def run(args: argparse.Namespace) -> int:
         return grid_left.dry_run(
             bench, grid, left, args.results_dir, sizes, executor, data_dir, args.min_free_gb
         )
-    # Before any data generation or training; the Ray executor checks again once it knows how many
-    # runs its cluster trains at a time.
-    room = grid_left.room_check(grid, left, args.results_dir, args.min_free_gb, sizes)
-    grid_checks.check_joins_board(args.results_dir, grid)
-    if fallback.uses_synthetic(args.data_dir):
-        data_dir = fallback.ensure_synthetic(bench, data_dir)
-    data_hash, train = _check_data(grid, data_dir, args.results_dir)
-    if local:
-        train = None  # the runs map the node's cache: the driver keeps no copy for the whole grid
     start = time.perf_counter()
-    outcomes = ray_grid.execute(
-        bench, grid, executor, data_dir, args.results_dir, data_hash=data_hash, train_set=train, room=room
-    )
+    with removed_if_refused(args.results_dir):  # a refused grid leaves no empty results directory
+        # Before any data generation or training; the Ray executor checks again once it knows how
+        # many runs its cluster trains at a time.
+        room = grid_left.room_check(grid, left, args.results_dir, args.min_free_gb, sizes)
+        grid_checks.check_joins_board(args.results_dir, grid)
+        if fallback.uses_synthetic(args.data_dir):
+            data_dir = fallback.ensure_synthetic(bench, data_dir)
+        data_hash, train = _check_data(grid, data_dir, args.results_dir)
+        if local:
+            train = None  # the runs map the node's cache: the driver keeps no copy for the whole grid
+        outcomes = ray_grid.execute(
+            bench, grid, executor, data_dir, args.results_dir, data_hash, train_set=train, room=room
+        )
     runner.say(done_line(outcomes, time.perf_counter() - start))
     # Before the board: a held run that another process finishes while the board is built would
     # be missing from the board this command printed, yet not from the exit status.
@@ -252,18 +254,12 @@ def _check_data(grid: list[TrainConfig], data_dir: Path, results_dir: Path) -> t
     cache entry is trusted as it was validated: it is keyed on every file's path, size and
     modification time, so an edit that keeps all three (``rsync -t`` of a same-size file) is not
     seen."""
-    from benchmark import grid_checks, runner
+    from benchmark import grid_checks
     from datamodules.decoded_cache import load_train_shared
-    from datamodules.fingerprints import unlinked
     from datamodules.kaggle import content_hash
 
     train = load_train_shared(data_dir)  # validated as it is decoded; a cached copy was validated then
-    linked = any(c.link_subjects for c in grid)  # one split per board: never set per model
-    units, links = train.units(linked)
-    grid_checks.check_link_subjects(results_dir, linked, links)
-    for link in links if not linked else []:
-        runner.say(f"warning: {unlinked(link)}")
-    grid_checks.check_splits(grid, data_dir, train.subjects, train.positive, units)
+    grid_checks.check_train_set(grid, data_dir, results_dir, train)
     return content_hash(train), train  # the test images play no part in a grid: not read here
 
 

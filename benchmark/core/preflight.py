@@ -9,12 +9,13 @@ until its first checkpoint write (an epoch or more of GPU time apiece), with a F
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from benchmark.core.files import file_in_the_way, nearest_existing
@@ -188,3 +189,18 @@ def stop_for_space(where: str, run: str) -> OutOfSpace:
         "way: the finished runs and the checkpoints written so far are kept; free space, then re-run "
         "the same command",
     )
+
+
+@contextlib.contextmanager
+def removed_if_refused(results_dir: Path) -> Iterator[None]:
+    """The directories this block creates for ``results_dir`` (it and missing parents) removed again
+    when the block raises and they are still empty: a refused grid (its data, a Ray cluster without
+    GPUs) left an empty results directory behind. A directory holding anything is kept."""
+    made = [p for p in (results_dir, *results_dir.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for path in made:  # deepest first; rmdir removes only an empty directory
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise

@@ -36,11 +36,27 @@ BATCH = (
 def test_a_split_the_data_cannot_give_stops_the_grid_before_any_run(
     synthetic_dir: Path, tmp_path: Path, capsys, setting: str, words: str
 ) -> None:
-    """6 subjects x 8 frames; with 3 folds, fold 0 holds 2 subjects and the inner set 1: 24 fit."""
-    results = tmp_path / "results"
+    """6 subjects x 8 frames; with 3 folds, fold 0 holds 2 subjects and the inner set 1: 24 fit. The
+    refused run leaves no results directory (an empty one was left), and a dry run on the data it
+    decoded refuses with the same line (it listed the grid, exit 0)."""
+    results = tmp_path / "results" / "new"
     assert main(_run(synthetic_dir, results, "--set", setting)) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: {synthetic_dir}: {words}"]
-    assert not (results / "runs").exists()
+    assert not results.parent.exists()
+    assert main(_run(synthetic_dir, results, "--set", setting, "--dry-run")) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {synthetic_dir}: {words}"]
+
+
+def test_a_dry_run_on_data_not_decoded_here_says_what_run_checks_then(
+    synthetic_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("NERVE_BENCH_CACHE_DIR", str(tmp_path / "empty_cache"))
+    assert main(_run(synthetic_dir, tmp_path / "results", "--set", "batch_size=40", "--dry-run")) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"data: this node's decoded copy of {synthetic_dir} is not there yet (run makes it): run checks "
+        "then that every run's split holds one global batch"
+    )
+    assert not (tmp_path / "empty_cache").exists() and not (tmp_path / "results").exists()
 
 
 def test_a_gpu_recipe_where_no_gpu_is_visible_is_one_line_for_run_and_fit(
@@ -224,6 +240,7 @@ def test_a_gpu_recipe_that_would_train_on_the_cpu_is_refused(monkeypatch, tmp_pa
     assert "--set accelerator=cpu" in problem and "--set precision=32 --set gpu_cache=false" in problem
     assert grid_checks.gpu_recipe_on_cpu([dataclasses.replace(gpu_recipe, accelerator="cpu")]) is None
     argv = ["run", "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path / "r"), "--no-report"]
+    argv += ["--set", "batch_size=8"]  # default.yaml's 64 is more than these data's fit part: refused too
     assert main([*argv, "--models", "unet,empty"]) == 2 and not (tmp_path / "r").exists()  # nothing written
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0] == f"error: {grid_checks.gpu_recipe_on_cpu([gpu_recipe])}".replace(
