@@ -5,14 +5,16 @@ Kaggle training frames. Per run of a model: ``epochs`` passes over the fit part 
 measured training rate, one validation pass over the inner set per epoch and the final inner and
 outer passes at the measured inference rate, and decoding the data set once; plus what the doctor's
 short fit of the model spent beyond those rates (set-up, finalize's tuning and scoring: a low and a
-high reading, :func:`overhead_s`). Runs spread over the devices one per device (the Ray executor at
-``gpus_per_run: 1``), so the wall time is the total over the number of devices, but never shorter
-than the longest run. The assumptions travel with the figure (``assumptions``), since a rate
+high reading, :func:`overhead_s`). Runs spread over the devices one per device (gpu.yaml's Ray
+executor at ``gpus_per_run: 1``), as many at once as the box's CPUs allow at its ``cpus_per_run``
+(:func:`runs_at_once`), so the wall time is the total over the runs at once, but never shorter than
+the longest run. The assumptions travel with the figure (``assumptions``), since a rate
 measured at a small size or on a tiny model scales poorly.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ class Plan:
     n_folds: int
     inner_fraction: float
     frames: int = KAGGLE_TRAIN_FRAMES
+    cpus_per_run: float = 2.0  # gpu.yaml's: the Ray executor's CPUs per run
 
     def split(self) -> tuple[float, float, float]:
         """Frames per run in the (fit, inner, outer) parts, on average."""
@@ -38,14 +41,26 @@ class Plan:
 
 
 def default_plan(config: Path | None = None) -> Plan:
-    """The plan of ``default.yaml`` (or ``config``) with the Kaggle data."""
+    """The plan of ``default.yaml`` (or ``config``) with the Kaggle data, executed as ``gpu.yaml``
+    executes it (or as ``config`` does)."""
     from benchmark.core.config import load_benchmark_config
     from benchmark.doctor.settings import CONFIGS
 
     bench = load_benchmark_config(config or CONFIGS / "default.yaml")
+    execution = bench if config else load_benchmark_config(CONFIGS / "gpu.yaml")
     t = bench.train
     runs = len(bench.folds) * len(bench.seeds)
-    return Plan(bench.models, runs, t.epochs, t.image_size, t.n_folds, t.inner_fraction)
+    return Plan(
+        bench.models, runs, t.epochs, t.image_size, t.n_folds, t.inner_fraction,
+        cpus_per_run=execution.cpus_per_run,
+    )  # fmt: skip
+
+
+def runs_at_once(devices: int, cpus: int | None, cpus_per_run: float) -> int:
+    """Runs the Ray executor trains at once on one box: one per device, as many as ``cpus`` allow at
+    ``cpus_per_run`` each (8 GPUs and 8 CPUs at 2 each: 4), at least one; ``cpus`` None: no cap."""
+    by_cpus = math.floor(cpus / cpus_per_run + 1e-9) if cpus is not None else devices
+    return max(min(devices, by_cpus), 1)
 
 
 def run_seconds(plan: Plan, train_img_s: float | None, infer_img_s: float, scale: float) -> float:
@@ -82,11 +97,13 @@ def estimate(
     devices: int,
     decode_s_per_frame: float,
     tiny: bool = False,
+    cpus: int | None = None,
 ) -> dict[str, Any]:
     """Wall time of ``plan`` from per-model ``{"suite_train_img_s", "infer_img_s"}`` rates, and each
     model's fit phases where measured: ``wall_s`` counts the low reading of the per-run overhead,
     ``wall_s_high`` the high one (:func:`overhead_s`), an upper bound rather than a forecast: it
-    scales the fixed part of scoring with the frames too (about 6x at the GPU sizes)."""
+    scales the fixed part of scoring with the frames too (about 6x at the GPU sizes). ``cpus``: the
+    box's, which cap the runs at once (:func:`runs_at_once`)."""
     scale = (plan.image_size / measured_size) ** 2
     measured = [m for m in plan.models if m in rates and rates[m].get("infer_img_s")]
     overhead = {m: overhead_s(plan, rates[m]) for m in measured}
@@ -97,8 +114,9 @@ def estimate(
         per_run[m], per_run_high[m] = compute + low, compute + high
     missing = [m for m in plan.models if m not in per_run]
     decode = decode_s_per_frame * plan.frames
-    wall, total = _wall(per_run, plan.runs_per_model, devices, decode)
-    wall_high, _ = _wall(per_run_high, plan.runs_per_model, devices, decode)
+    at_once = runs_at_once(devices, cpus, plan.cpus_per_run)
+    wall, total = _wall(per_run, plan.runs_per_model, at_once, decode)
+    wall_high, _ = _wall(per_run_high, plan.runs_per_model, at_once, decode)
     return {
         "wall_s": wall,
         "wall_s_high": wall_high,
@@ -106,24 +124,27 @@ def estimate(
         "per_run_s": per_run,
         "overhead_s": {m: list(o) for m, o in overhead.items() if o is not None},
         "missing": missing,
-        "assumptions": _assumptions(plan, len(per_run), devices, scale, measured_size, tiny)
+        "runs_at_once": at_once,
+        "assumptions": _assumptions(plan, len(per_run), (devices, cpus, at_once), scale, measured_size, tiny)
         + _gaps(missing, [m for m, o in overhead.items() if o is None]),
     }
 
 
-def _wall(per_run: dict[str, float], runs_per_model: int, devices: int, decode: float) -> tuple[float, float]:
-    """(wall time, device seconds): the total over the devices, never shorter than the longest run."""
+def _wall(per_run: dict[str, float], runs_per_model: int, at_once: int, decode: float) -> tuple[float, float]:
+    """(wall time, device seconds): the total over the runs at once, never shorter than the longest run."""
     total = sum(per_run.values()) * runs_per_model
-    return decode + max(total / max(devices, 1), max(per_run.values(), default=0.0)), total
+    return decode + max(total / max(at_once, 1), max(per_run.values(), default=0.0)), total
 
 
 def _assumptions(
-    plan: Plan, n_models: int, devices: int, scale: float, measured_size: int, tiny: bool
+    plan: Plan, n_models: int, box: tuple[int, int | None, int], scale: float, measured_size: int, tiny: bool
 ) -> list[str]:
+    devices, cpus, at_once = box
+    capped = f", as {cpus} CPUs allow at cpus_per_run: {plan.cpus_per_run:g}" if at_once < devices else ""
     lines = [
         f"{n_models * plan.runs_per_model} runs ({plan.runs_per_model} per model), "
         f"{plan.epochs} epochs at {plan.image_size}x{plan.image_size}, {plan.frames} frames",
-        f"one run per device on {max(devices, 1)} device(s) (Ray, gpus_per_run: 1)",
+        f"{at_once} run(s) at once on {max(devices, 1)} device(s){capped} (Ray, gpus_per_run: 1)",
         "training at the suite's measured rate (deterministic on, as in the recipe); validation and the "
         "final passes at the measured inference rate; the data decoded once",
         "per run, what the short fit spent beyond those rates: set-up (as a warm process has it; a Ray "

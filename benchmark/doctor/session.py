@@ -95,8 +95,9 @@ def estimate_check(ctx: Context) -> Finding:
     plan = estimate.default_plan()
     devices = torch.cuda.device_count() if ctx.dev.type == "cuda" else 1
     est = estimate.estimate(
-        plan, rates, ctx.s.image_size, devices, ctx.decode_s_per_frame, tiny=bool(ctx.s.tiny)
-    )
+        plan, rates, ctx.s.image_size, devices, ctx.decode_s_per_frame, tiny=bool(ctx.s.tiny),
+        cpus=os.cpu_count() if ctx.dev.type == "cuda" else None,
+    )  # fmt: skip
     n_measured = len(plan.models) - len(est["missing"])
     scope = (
         "full default benchmark"

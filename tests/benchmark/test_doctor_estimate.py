@@ -32,6 +32,11 @@ def test_estimate_by_hand():
     scaled = estimate.estimate(plan, rates, measured_size=32, devices=50, decode_s_per_frame=0.0)
     assert scaled["per_run_s"] == {"a": 64.0, "b": 4.0} and scaled["wall_s"] == 64.0
     assert any("x4" in a for a in scaled["assumptions"])
+    # gpu.yaml's Ray takes cpus_per_run (2) CPUs a run: 8 GPUs and 6 CPUs train 3 runs at once, not 8
+    capped = estimate.estimate(plan, rates, measured_size=64, devices=8, decode_s_per_frame=0.0, cpus=6)
+    assert capped["runs_at_once"] == 3 and capped["wall_s"] == pytest.approx(85 / 3)
+    assert "3 run(s) at once on 8 device(s), as 6 CPUs allow at cpus_per_run: 2" in capped["assumptions"][1]
+    assert estimate.runs_at_once(8, 64, 2.0) == 8 and estimate.runs_at_once(2, 1, 2.0) == 1
     assert estimate.clock(3725) == "1h02m" and estimate.clock(125) == "2m05s"
 
 
@@ -71,6 +76,7 @@ def test_default_plan_is_the_default_config():
         256,
         5635,
     )
+    assert plan.cpus_per_run == 2.0  # executed as gpu.yaml executes it
 
 
 def test_every_kept_copy_after_a_model_holds_the_estimate_so_far(monkeypatch):
