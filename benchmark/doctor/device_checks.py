@@ -53,12 +53,14 @@ def _shm_gib() -> float | None:
         return None
 
 
-def shm_problem(shm_gib: float | None, need_gib: float) -> str | None:
-    """What a too small /dev/shm will do, or None."""
+def shm_problem(shm_gib: float | None, need_gib: float, gpus: int = 0) -> str | None:
+    """What a too small /dev/shm will do, or None; with several GPUs, NCCL's buffers between them
+    live there too (a DDP run fails at its first collective)."""
     if shm_gib is None or shm_gib >= need_gib:
         return None
+    users = "the DataLoader workers" + (f" and NCCL between the {gpus} GPUs" if gpus > 1 else "")
     return (
-        f"/dev/shm holds {shm_gib:.2f} GiB, under the {need_gib:g} GiB the DataLoader workers need here "
+        f"/dev/shm holds {shm_gib:.2f} GiB, under the {need_gib:g} GiB {users} need here "
         "(a worker would die with a bus error): give the container more (docker run --shm-size=2g)"
     )
 
@@ -95,7 +97,7 @@ def device_info(dev: torch.device) -> Finding:
             build = f"CUDA {torch.version.cuda} build, {seen}"
         detail = f"{figures['name']}, {figures['memory_gib']} GiB RAM; torch {torch.__version__} ({build})"
     figures["shm_gib"] = _shm_gib()
-    problem = shm_problem(figures["shm_gib"], shm_need_gib(dev))
+    problem = shm_problem(figures["shm_gib"], shm_need_gib(dev), figures["gpus"])
     return Finding(f"{detail}; {problem}", figures, WARN) if problem else Finding(detail, figures)
 
 

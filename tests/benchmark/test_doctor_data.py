@@ -47,6 +47,8 @@ def test_a_container_s_small_dev_shm_is_a_warning_with_the_remedy(monkeypatch):
     cpu = torch.device("cpu")
     assert device_checks.shm_need_gib(torch.device("cuda")) == 1.0 and device_checks.shm_need_gib(cpu) == 0
     assert device_checks.shm_problem(2.0, 1.0) is None and device_checks.shm_problem(None, 1.0) is None
+    eight = device_checks.shm_problem(0.06, 1.0, gpus=8) or ""  # Docker's 64 MiB on an 8-GPU box
+    assert "under the 1 GiB the DataLoader workers and NCCL between the 8 GPUs need here" in eight
     monkeypatch.setattr(device_checks, "_shm_gib", lambda: 0.06)
     info = device_checks.device_info(cpu)
     assert info.status != report.WARN and info.figures["shm_gib"] == 0.06  # loaders in the process
