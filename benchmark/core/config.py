@@ -115,7 +115,7 @@ class TrainConfig:
     deterministic: bool = _f(True, "deterministic algorithms (warn-only on GPU)")
     logger: str = _f("csv", "none, csv or wandb (execution only, not hashed)")
     wandb_project: str = _f("nerve-bench", "W&B project (not hashed)")
-    wandb_group: str | None = _f(None, "W&B group; `run` sets one per invocation (not hashed)")
+    wandb_group: str | None = _f(None, "W&B group; `run` sets benchmark-<benchmark hash> (not hashed)")
     progress_bar: bool = _f(True, "Lightning progress bar and model summary (not hashed)")
     checkpoint_every_s: float = _f(
         0.0,

@@ -3,7 +3,8 @@ Lightning logger is benchmark/training/logger.py).
 
 W&B runs offline unless ``WANDB_API_KEY`` is set (an explicit ``WANDB_MODE`` always wins), so a
 benchmark never needs the network; offline runs land in ``<dir>/wandb/offline-run-*`` and can be
-uploaded later with ``wandb sync``. One W&B *group* collects every run of one benchmark invocation.
+uploaded later with ``wandb sync``. One W&B *group* collects every run of one benchmark (its config
+hash), whichever command trained it, and one run per distinct board (its report id).
 """
 
 from __future__ import annotations
@@ -122,10 +123,13 @@ def log_leaderboard(
     from benchmark.reporting.notes import notes
 
     columns, rows = leaderboard_table(board)
+    name = f"{cfg.wandb_group or 'benchmark'}-leaderboard"
     run = wandb.init(
         project=cfg.wandb_project,
         group=cfg.wandb_group,
-        name=f"{cfg.wandb_group or 'benchmark'}-leaderboard",
+        name=name,
+        id=wandb_run_id(f"{name}-{board.get('report_id')}", cfg.wandb_group),  # one W&B run per board
+        resume="allow",
         dir=str(out_dir),
         mode=wandb_mode(),
         job_type="leaderboard",

@@ -37,7 +37,7 @@ def wandb_run_id(run_name: str, group: str | None) -> str:
     # W&B refuses an id holding any of :;,#?/' (a plugin's model name may): every run of it failed.
     # The tag keeps ids apart; ids of the usual names ([A-Za-z0-9._-]) are as before.
     plain = re.sub(r"[^A-Za-z0-9._-]", "-", run_name.replace("__", "-"))
-    return f"{plain}-{tag}"[:64]
+    return f"{plain[:55]}-{tag}"  # W&B's limit is 64: the tag is kept whole (it told long names apart)
 
 
 def csv_version(out_dir: Path) -> str:
@@ -64,6 +64,8 @@ def lightning_logger(cfg: TrainConfig, run_name: str, out_dir: str | Path) -> An
     wandb_env()
     from lightning.pytorch.loggers import WandbLogger
 
+    from benchmark.training.checkpoint import LAST
+
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = WandbLogger(
         save_dir=str(out_dir),
@@ -71,6 +73,9 @@ def lightning_logger(cfg: TrainConfig, run_name: str, out_dir: str | Path) -> An
         group=cfg.wandb_group,
         name=run_name,
         id=wandb_run_id(run_name, cfg.wandb_group),
+        # a run resumed from last.ckpt logs on in its first attempt's W&B run; one that starts again
+        # from scratch (no checkpoint) replaces that attempt's data, as W&B does for an id without resume
+        resume="allow" if (out_dir / "checkpoints" / LAST).is_file() else None,
         config=cfg.to_dict(),
         mode=wandb_mode(),
         job_type="train",

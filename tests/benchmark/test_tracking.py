@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,29 @@ def test_run_id_is_deterministic_short_and_group_specific():
     # a plugin's name with W&B's forbidden :;,#?/' made every run of it fail
     odd = run_logger.wandb_run_id(TrainConfig(model="odd|net,'v2';#?x").run_name(), "g1")
     assert set(odd) <= set("abcdefghijklmnopqrstuvwxyz0123456789._-") and odd.startswith("odd-net--v2---")
+    # a long name kept its first 64 characters: the tag went, then the config hash and the fold
+    ids = [run_logger.wandb_run_id(TrainConfig(model="m" * 70, fold=f).run_name(), "g1") for f in (0, 1)]
+    assert ids[0] != ids[1] and all(len(i) == 64 for i in ids)
+
+
+def test_every_job_of_one_benchmark_logs_to_one_wandb_group(monkeypatch, tmp_path, synthetic_dir):
+    """`run` named the group by the clock: a resumed run logged on in a new W&B run of a new group,
+    and jobs sharing out one grid (--models) each made their own. It is the board's config hash."""
+    from benchmark import grid_left
+    from benchmark.cli import main
+    from benchmark.reporting.leaderboard import benchmark_hash
+
+    grids = []
+    monkeypatch.setattr(grid_left, "dry_run", lambda bench, grid, *a: grids.append(grid) or 0)
+    smoke = str(Path(tracking.__file__).parents[1] / "configs" / "smoke.yaml")
+    argv = ["run", "--config", smoke, "--data-dir", str(synthetic_dir), "--results-dir", str(tmp_path)]
+    argv += ["--set", "logger=wandb", "--dry-run"]
+    for extra in (["--models", "unet"], ["--models", "sk_unet,empty"], ["--set", "lr=0.01"], []):
+        assert main([*argv, *extra]) == 0
+    groups = [{c.wandb_group for c in grid} for grid in grids]
+    board = benchmark_hash({"config": grids[0][0].to_dict()})
+    assert groups[0] == groups[1] == groups[3] == {f"benchmark-{board}"} and groups[2] != groups[0]
+    assert main([*argv, "--set", "wandb_group=mine"]) == 0 and {c.wandb_group for c in grids[-1]} == {"mine"}
 
 
 def test_none_and_csv_loggers(tmp_path):
@@ -130,3 +154,18 @@ def test_a_runs_wandb_summary_names_what_its_scores_rest_on():
     assert got["selection/best_epoch"] == 1 and got["selection/kaggle_dice"] == 0.9
     assert (got["selection/postprocess/threshold"], got["selection/postprocess/min_area"]) == (0.4, 10)
     assert (got["data/content_hash"], got["code/git_sha"]) == ("c0ffee", "abc123")
+
+
+def test_a_resumed_run_logs_on_in_its_wandb_run_and_a_fresh_start_replaces_it(tmp_path, monkeypatch):
+    """With the benchmark's group the id of a run is the same in every command that trains it: a
+    resume from last.ckpt continues that W&B run, a start from scratch replaces the dead attempt's."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = TrainConfig(logger="wandb", wandb_group="benchmark-abc")
+    fresh = run_logger.lightning_logger(cfg, "r", tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    resumed = run_logger.lightning_logger(cfg, "r", tmp_path)
+    assert (fresh._wandb_init["resume"], resumed._wandb_init["resume"]) == (None, "allow")
+    assert (
+        fresh._wandb_init["id"] == resumed._wandb_init["id"] == run_logger.wandb_run_id("r", "benchmark-abc")
+    )
