@@ -355,8 +355,18 @@ def run_nnunet(
             f"{', '.join(map(str, folds))}; its output goes to {layout.work / 'logs'}"
         )
         done += run_seed(board, layout, settings, seed, folds, external)
-        say(", ".join(f"fold {k}: {status}" for k, _, status in done if _ == seed))
+        say("; ".join(_fold_line(board, k, seed, status) for k, s, status in done if s == seed))
     return done
+
+
+def _fold_line(board: importer.Board, fold: int, seed: int, status: str) -> str:
+    """``fold K: STATUS``, with the outer-fold Kaggle Dice its summary holds (as ``import`` says it)."""
+    run_dir = board.results_dir / "runs" / importer.board_fold(board, fold, seed).cfg.run_name()
+    try:
+        dice = read_summary(run_dir)["metrics"]["post"]["kaggle_dice"]
+        return f"fold {fold}: {status}, outer-fold Kaggle Dice {dice:.4f}"
+    except (DataError, KeyError, TypeError, ValueError):  # failed: no summary to read
+        return f"fold {fold}: {status}"
 
 
 def settings_from(**values: Any) -> NnUNetSettings:

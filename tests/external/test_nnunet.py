@@ -114,7 +114,8 @@ def test_tiny_nnunet_run_lands_a_ranked_row(tmp_path: Path) -> None:
         mirroring=False,
         plans_2d=TINY_PLANS,
     )
-    assert run_nnunet(data, results, settings, config=config, say=lambda _: None) == [
+    said: list[str] = []
+    assert run_nnunet(data, results, settings, config=config, say=said.append) == [
         (0, 0, "imported"),
         (1, 0, "imported"),
     ]
@@ -133,6 +134,11 @@ def test_tiny_nnunet_run_lands_a_ranked_row(tmp_path: Path) -> None:
         and row["external"].startswith("nnU-Net v2.8.1 through its own code")
     )
     assert "1 epochs x 2 iterations (budgeted)" in row["external"] and row["cost"]["params"] > 0
+    summaries = [json.loads(p.read_text()) for p in (results / "runs").glob("nnunet_2d__*/summary.json")]
+    dice = [s["metrics"]["post"]["kaggle_dice"] for s in sorted(summaries, key=lambda s: s["fold"])]
+    assert said[-1] == "; ".join(
+        f"fold {k}: imported, outer-fold Kaggle Dice {d:.4f}" for k, d in enumerate(dice)
+    )  # as `import` says it: the nnunet command printed no score
     assert row["cost"]["latency_ms"] is None and "nnunet_2d (external)" in markdown(board)
     # A second call finds both folds imported and starts no nnU-Net process.
     assert run_nnunet(data, results, settings, config=config, say=lambda _: None) == [
