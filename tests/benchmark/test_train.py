@@ -112,9 +112,8 @@ def test_epoch_and_postprocessing_are_chosen_on_the_inner_set_only(runs, dm):
     assert rows["index"].tolist() == sorted(inner)
     rescored = score_counts(rows["counts"], rows["presence_prob"])["kaggle_dice"]
     assert rescored == pytest.approx(sel["raw"]["kaggle_dice"], abs=1e-9)
-    # Selection and reported numbers are different images, so different numbers.
-    assert sel["raw"]["kaggle_dice"] != s["metrics"]["raw"]["kaggle_dice"]
-    assert sel["post"]["kaggle_dice"] != s["metrics"]["post"]["kaggle_dice"]
+    # (Selection and reported numbers are of disjoint images, asserted above by index; their values
+    # may still coincide on a tiny model, so they are not compared.)
 
 
 def test_select_last_keeps_the_final_epoch_in_holdout_mode(runs, tmp_path):
