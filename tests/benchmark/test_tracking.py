@@ -169,3 +169,26 @@ def test_a_resumed_run_logs_on_in_its_wandb_run_and_a_fresh_start_replaces_it(tm
     assert (
         fresh._wandb_init["id"] == resumed._wandb_init["id"] == run_logger.wandb_run_id("r", "benchmark-abc")
     )
+
+
+def test_report_logs_the_board_in_the_group_run_gave_its_runs(tmp_path, monkeypatch, capsys, fit_runs):
+    """`report` never updated W&B, so a board that `import` or `nnunet` had added rows to stayed off
+    it; `report --wandb` logs it in the group `run` named by the same benchmark hash."""
+    import shutil
+
+    from benchmark.cli import main
+    from benchmark.commands.run import wandb_group
+    from benchmark.reporting.leaderboard import benchmark_hash
+    from tests.benchmark.fitting import UNET
+
+    # a run's group (from its config, as run builds it) is its summary's benchmark hash (the board's)
+    assert wandb_group([UNET]) == f"benchmark-{benchmark_hash(fit_runs.unet)}"
+    example = Path(tracking.__file__).parents[2] / "results" / "example"
+    shutil.copytree(example / "runs", tmp_path / "runs")
+    logged = []
+    monkeypatch.setattr(tracking, "log_leaderboard", lambda board, cfg, *a: logged.append((board, cfg)))
+    assert main(["report", "--results", str(tmp_path), "--no-plots"]) == 0 and not logged
+    assert main(["report", "--results", str(tmp_path), "--no-plots", "--wandb"]) == 0
+    ((board, cfg),) = logged
+    assert cfg.logger == "wandb" and cfg.wandb_group == f"benchmark-{board['header']['benchmark_hash'][0]}"
+    assert f"W&B: the board logged in group {cfg.wandb_group}" in capsys.readouterr().out
