@@ -96,11 +96,6 @@ def dry_run(
         if not state and cfg.run_name() in left.scored_again:
             state = " (trained: it is scored again from best.ckpt, not trained)"
         print(f"[{i}/{len(grid)}] {cfg.model} fold {cfg.fold} seed {cfg.seed} -> {cfg.run_name()}{state}")
-    need = max(grid_need_bytes(values, in_flight, scored_again) - held - kept, 0)
-    print(
-        f"disk: the {len(left.runs)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
-        f"({free_bytes(results_dir) / 1e9:.2f} GB free; {how})"
-    )
     if not data_checked and data_dir.is_dir():  # not the fallback's data before run generates it
         runs_here = any((results_dir / "runs").glob("*/summary.json"))
         print(
@@ -108,6 +103,11 @@ def dry_run(
             "then that every run's split holds one global batch"
             + (" and that the results directory's runs were made on this data" if runs_here else "")
         )
+    need = max(grid_need_bytes(values, in_flight, scored_again) - held - kept, 0)
+    print(  # the last line, whatever came before it
+        f"disk: the {len(left.runs)} run(s) left need about {need / 1e9:.2f} GB in {results_dir} "
+        f"({free_bytes(results_dir) / 1e9:.2f} GB free; {how})"
+    )
     return 0
 
 

@@ -22,6 +22,7 @@ from benchmark.core.files import atomic_write
 from benchmark.core.ranks import global_rank
 from benchmark.training.callbacks import HISTORY_KEYS, checkpoint_history
 from benchmark.training.checkpoint import BEST, LAST, load_plain, load_problem
+from benchmark.training.module import config_from_dict
 
 TRAINED = "trained.json"
 # What the summary says of the training, kept in the record (finalize.training_facts reads them).
@@ -86,24 +87,32 @@ def trained_record(run_dir: Path, config_hash: str) -> dict[str, Any] | None:
             f"{ckpt_dir / TRAINED}: a finished run of a different config (hash {saved} != {config_hash});"
             " use another output directory or delete it"
         )
-    if not _is_selected(ckpt_dir / BEST, record.get("best")):
+    if not _is_selected(ckpt_dir / BEST, record.get("best"), saved):
         return None
     return {"history": history, **facts}
 
 
-def _is_selected(best: Path, selected: Any) -> bool:
-    """Whether ``best`` is the checkpoint the finished training selected; an unreadable one is not,
-    with one warning line (the run trains again)."""
+def _is_selected(best: Path, selected: Any, config_hash: str) -> bool:
+    """Whether ``best`` is the checkpoint the finished training selected: its epoch and step, and of
+    this config (another run's best.ckpt copied in matched both, and was scored on images it had
+    trained on). One that is not, or is unreadable, is not, with one warning line (the run trains again)."""
     if not best.is_file():
         return False
     try:
-        return _selected(load_plain(best, mmap=True)) == selected
+        ckpt = load_plain(best, mmap=True)
+        saved = config_from_dict(dict(ckpt["hyper_parameters"]["config"])).hash()
     except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, it cannot be scored
-        if global_rank() == 0:
-            print(
-                f"warning: {best}: unreadable ({load_problem(exc)}); training the run again", file=sys.stderr
-            )
+        _warn(f"{best}: unreadable ({load_problem(exc)})")
         return False
+    if saved != config_hash:
+        _warn(f"{best}: the checkpoint of a different config (hash {saved} != {config_hash})")
+        return False
+    return _selected(ckpt) == selected
+
+
+def _warn(problem: str) -> None:
+    if global_rank() == 0:
+        print(f"warning: {problem}; training the run again", file=sys.stderr)
 
 
 def forget(run_dir: Path) -> None:

@@ -3,6 +3,7 @@ it matches (config, schema, no training under way, the same best.ckpt)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +19,9 @@ from benchmark.training import finished
 from benchmark.training.callbacks import HISTORY_CKPT_KEY
 from tests.benchmark.fitting import TINY, UNET, Stop, StopAt, one_thread
 
+HASH = TINY.hash()  # the run's config: its best.ckpt records it
 FACTS = {"world_size": 2, "environment": {"device": "NVIDIA H100 80GB HBM3"}, "data_hash": "d1"}
+OF_TINY = {"hyper_parameters": {"config": TINY.to_dict()}}
 HISTORY = {"epoch": [0, 1], "train_loss": [0.9, 0.5], "val_loss": [0.8, float("nan")]}
 
 
@@ -27,55 +30,68 @@ def _finished_run(tmp_path: Path, best_epoch: int = 1) -> Path:
     ckpt_dir.mkdir(parents=True)
     torch.save({"weights": torch.zeros(3), HISTORY_CKPT_KEY: HISTORY, "epoch": 1, "global_step": 8},
                ckpt_dir / "last.ckpt")  # fmt: skip
-    torch.save({"weights": torch.ones(3), "epoch": best_epoch, "global_step": 4 * (best_epoch + 1)},
-               ckpt_dir / "best.ckpt")  # fmt: skip
+    best = {"weights": torch.ones(3), "epoch": best_epoch, "global_step": 4 * (best_epoch + 1), **OF_TINY}
+    torch.save(best, ckpt_dir / "best.ckpt")
     return ckpt_dir.parent
 
 
 def test_the_resume_state_becomes_the_record_of_the_training(tmp_path):
     run = _finished_run(tmp_path, best_epoch=0)
-    finished.drop_resume_state(run, "abc", {**FACTS, "other": "not kept"})
+    finished.drop_resume_state(run, HASH, {**FACTS, "other": "not kept"})
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "trained.json"]
     saved = json.loads((run / "checkpoints" / "trained.json").read_text())
     assert saved["best"] == [0, 4] and "other" not in saved  # best.ckpt's epoch and global step
-    record = finished.trained_record(run, "abc")
+    record = finished.trained_record(run, HASH)
     assert record is not None and {k: record[k] for k in finished.FACTS} == FACTS
     history = record["history"]
     assert (
         history["epoch"] == [0, 1] and history["train_loss"] == [0.9, 0.5] and history["epoch_time_s"] == []
     )
     assert history["val_loss"][1] != history["val_loss"][1]  # NaN kept
-    with pytest.raises(ConfigError, match=r"trained.json: a finished run of a different config \(hash abc"):
+    with pytest.raises(
+        ConfigError, match=rf"trained.json: a finished run of a different config \(hash {HASH}"
+    ):
         finished.trained_record(run, "other")
 
 
 def test_the_record_counts_only_with_the_best_checkpoint_it_selected(tmp_path, capsys):
     run = _finished_run(tmp_path)
-    finished.drop_resume_state(run, "abc", FACTS)
+    finished.drop_resume_state(run, HASH, FACTS)
     best = run / "checkpoints" / "best.ckpt"
-    torch.save({"weights": torch.ones(3), "epoch": 1, "global_step": 5}, best)  # another training's
-    assert finished.trained_record(run, "abc") is None
+    torch.save(
+        {"weights": torch.ones(3), "epoch": 1, "global_step": 5, **OF_TINY}, best
+    )  # another training's
+    assert finished.trained_record(run, HASH) is None
+    # another run's best.ckpt copied in, at the same epoch and step: scored, it was on images it trained on
+    other = dataclasses.replace(TINY, fold=1)
+    torch.save({"weights": torch.ones(3), "epoch": 1, "global_step": 8,
+                "hyper_parameters": {"config": other.to_dict()}}, best)  # fmt: skip
+    assert finished.trained_record(run, HASH) is None
+    problem = f"the checkpoint of a different config (hash {other.hash()} != {HASH}); training the run again"
+    assert f"warning: {best}: {problem}" in capsys.readouterr().err
+    torch.save({"weights": torch.ones(3), "epoch": 1, "global_step": 8, **OF_TINY}, best)
+    assert finished.trained_record(run, HASH) is not None  # the one it selected
     best.write_bytes(b"PK\x03\x04 half a checkpoint")
-    assert finished.trained_record(run, "abc") is None
+    assert finished.trained_record(run, HASH) is None
     assert f"warning: {best}: unreadable (" in capsys.readouterr().err
     best.unlink()
-    assert finished.trained_record(run, "abc") is None
+    assert finished.trained_record(run, HASH) is None
 
 
 def test_the_record_does_not_count_while_training_is_under_way_or_after_a_schema_change(tmp_path):
     run = _finished_run(tmp_path)
-    finished.drop_resume_state(run, "abc", FACTS)
+    finished.drop_resume_state(run, HASH, FACTS)
     path = run / "checkpoints" / "trained.json"
     record = json.loads(path.read_text())
     path.write_text(json.dumps({**record, "schema_version": record["schema_version"] - 1}))
-    assert finished.trained_record(run, "abc") is None  # the recipe changed with the schema
+    assert finished.trained_record(run, HASH) is None  # the recipe changed with the schema
     for history in ({"epoch": [0, 1], "train_loss": 5}, [1, 2], {"epoch": "01"}):  # damaged: none
         path.write_text(json.dumps({**record, "history": history}))
-        assert finished.trained_record(run, "abc") is None
+        assert finished.trained_record(run, HASH) is None
     path.write_text(json.dumps(record))
-    assert finished.trained_record(run, "abc") is not None
+    assert finished.trained_record(run, HASH) is not None
     (run / "checkpoints" / "last.ckpt").write_bytes(b"an epoch of a new training")
-    assert finished.trained_record(run, "abc") is None  # it resumes instead
+    assert finished.trained_record(run, HASH) is None  # it resumes instead
     finished.forget(run)
     assert not path.exists()
 
@@ -87,14 +103,14 @@ def test_without_room_for_the_record_the_resume_state_stays(tmp_path, monkeypatc
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(finished, "atomic_write", full)
-    finished.drop_resume_state(run, "abc", FACTS)
-    assert (run / "checkpoints" / "last.ckpt").is_file() and finished.trained_record(run, "abc") is None
+    finished.drop_resume_state(run, HASH, FACTS)
+    assert (run / "checkpoints" / "last.ckpt").is_file() and finished.trained_record(run, HASH) is None
     monkeypatch.undo()
     (run / "checkpoints" / "best.ckpt").write_bytes(b"PK\x03\x04 half a checkpoint")
-    finished.drop_resume_state(run, "abc", FACTS)  # the selected weights are gone: the final ones stay
-    assert (run / "checkpoints" / "last.ckpt").is_file() and finished.trained_record(run, "abc") is None
+    finished.drop_resume_state(run, HASH, FACTS)  # the selected weights are gone: the final ones stay
+    assert (run / "checkpoints" / "last.ckpt").is_file() and finished.trained_record(run, HASH) is None
     (run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
-    finished.drop_resume_state(run, "abc", FACTS)  # unreadable: it could not be resumed either
+    finished.drop_resume_state(run, HASH, FACTS)  # unreadable: it could not be resumed either
     assert not (run / "checkpoints" / "last.ckpt").exists()
     assert not (run / "checkpoints" / "trained.json").exists()
 

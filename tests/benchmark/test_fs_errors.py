@@ -166,7 +166,10 @@ def test_a_run_only_scored_again_writes_its_files_but_needs_no_resume_checkpoint
     ckpt_dir.mkdir(parents=True)
     history = {"epoch": [0], "train_loss": [0.9], "val_loss": [0.8]}
     torch.save({HISTORY_CKPT_KEY: history, "epoch": 0, "global_step": 4}, ckpt_dir / "last.ckpt")
-    torch.save({"epoch": 0, "global_step": 4}, ckpt_dir / "best.ckpt")
+    torch.save(
+        {"epoch": 0, "global_step": 4, "hyper_parameters": {"config": grid[0].to_dict()}},
+        ckpt_dir / "best.ckpt",
+    )
     facts = {"world_size": 1, "environment": {}, "data_hash": "d"}
     drop_resume_state(ckpt_dir.parent, grid[0].hash(), facts)  # finished; its summary is gone
     args = [*_run(synthetic_dir, tmp_path)[:-3], "--models", "unet", "--dry-run"]

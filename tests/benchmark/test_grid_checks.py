@@ -52,7 +52,7 @@ def test_a_dry_run_on_data_not_decoded_here_says_what_run_checks_then(
 ) -> None:
     monkeypatch.setenv("NERVE_BENCH_CACHE_DIR", str(tmp_path / "empty_cache"))
     assert main(_run(synthetic_dir, tmp_path / "results", "--set", "batch_size=40", "--dry-run")) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == (
+    assert capsys.readouterr().out.splitlines()[-2] == (  # before the disk line
         f"data: this node's decoded copy of {synthetic_dir} is not there yet (run makes it): run checks "
         "then that every run's split holds one global batch"
     )

@@ -144,8 +144,12 @@ def test_a_dry_run_says_which_runs_are_only_scored_again(tmp_path, capsys, monke
     ckpts = tmp_path / "results" / "runs" / first / "checkpoints"
     ckpts.mkdir(parents=True)
     torch.save({"nerve_bench_history": {"epoch": [0]}}, ckpts / "last.ckpt")
-    torch.save({"epoch": 0, "global_step": 3}, ckpts / "best.ckpt")
-    finished.drop_resume_state(ckpts.parent, first.rsplit("__", 1)[1], {k: 1 for k in finished.FACTS})
+    cfg = grid_configs.build_grid(fb.synthetic_benchmark(load_benchmark_config(SMOKE), str(SMOKE)))[0]
+    assert cfg.run_name() == first  # its best.ckpt records its config, as a trained one does
+    torch.save(
+        {"epoch": 0, "global_step": 3, "hyper_parameters": {"config": cfg.to_dict()}}, ckpts / "best.ckpt"
+    )
+    finished.drop_resume_state(ckpts.parent, cfg.hash(), {k: 1 for k in finished.FACTS})
     assert main(["run", "--config", str(SMOKE), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].endswith(f"-> {first} (trained: it is scored again from best.ckpt, not trained)")
