@@ -32,7 +32,7 @@ from benchmark import ddp_stop
 from benchmark.core import rank0, stop
 from benchmark.core.config import TrainConfig
 from benchmark.core.files import atomic_write, os_error_line
-from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, read_lock
+from benchmark.core.lock import LOCK_NAME, OWNER_ENV, claim, follow, is_held, lost_behind, read_lock
 from benchmark.core.preflight import out_of_space, stop_for_space
 from benchmark.core.ranks import env_rank, global_rank
 from benchmark.core.summary import is_complete, read_summary
@@ -180,6 +180,10 @@ def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -
         if interrupt is not None:  # not this run's failure: the command was told to stop
             say(interrupted_line(cfg, run_dir))
             raise interrupt from None
+        lost = lost_behind(exc)
+        if lost is not None:  # the run is another process's now: nothing of this attempt is written
+            say(f"warning: {lost}")
+            return Outcome(cfg.run_name(), "held", time.perf_counter() - start, error=str(lost))
         if ddp:
             raise _ddp_failure(cfg, run_dir, exc) from None
         seconds, full = time.perf_counter() - start, out_of_space(exc)

@@ -16,7 +16,7 @@ import errno
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 
@@ -32,6 +32,11 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# Checks a finished file must pass before it is renamed into place: a run whose lock another process
+# took over writes nothing more into it (:class:`benchmark.core.lock.RunLock` adds and removes one).
+WRITE_GUARDS: list[Callable[[Path], None]] = []
 
 
 @contextlib.contextmanager
@@ -57,6 +62,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        for guard in tuple(WRITE_GUARDS):
+            guard(path)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

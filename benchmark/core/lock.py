@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from benchmark.core.files import WRITE_GUARDS
 from datamodules.errors import NerveBenchError
 
 LOCK_NAME = "run.lock"
@@ -142,6 +143,21 @@ def is_held(run_dir: str | Path, stale_after_s: float | None = None) -> LockInfo
     return info if info is not None and stale_reason(info, limit) is None else None
 
 
+class LockLost(NerveBenchError):
+    """A write into a run whose lock another process has taken over."""
+
+
+def lost_behind(exc: BaseException) -> LockLost | None:
+    """The refused write (:class:`LockLost`) behind ``exc`` (Lightning may raise another error while
+    handling it), or None."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, LockLost):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class RunLock:
     """A held run lock; ``release()`` (or leaving the ``with`` block) stops the heartbeat and deletes it."""
 
@@ -153,6 +169,17 @@ class RunLock:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True)
         self._thread.start()
+        WRITE_GUARDS.append(self.guard)
+
+    def guard(self, path: Path) -> None:
+        """LockLost for a file about to be written into this lock's run once another process took the
+        lock over (it judged this one stale: a process paused past the stale age, a suspended VM, a
+        hung file system), so the two never both write the run's checkpoints and summary."""
+        if self.path.parent in Path(path).parents and self.lost:
+            raise LockLost(
+                f"{self.path}: taken over by another process while this one trained (its heartbeat was "
+                f"judged stale); it stops without writing {Path(path).name}: the other one finishes the run"
+            )
 
     def _write(self, info: LockInfo) -> None:
         os.pwrite(self._fd, json.dumps(asdict(info), sort_keys=True).encode().ljust(_SIZE), 0)
@@ -175,6 +202,8 @@ class RunLock:
     def release(self) -> None:
         if self._fd < 0:
             return
+        with contextlib.suppress(ValueError):
+            WRITE_GUARDS.remove(self.guard)
         self._stop.set()
         self._thread.join()
         try:

@@ -203,6 +203,35 @@ def test_runner_skips_a_held_run_and_takes_over_a_stale_one(tmp_path, capsys):
     assert not (runs / grid[2].run_name() / lock.LOCK_NAME).exists()  # ours is released
 
 
+def test_a_run_whose_lock_was_taken_over_writes_nothing_more(tmp_path, capsys):
+    """A holder paused past the stale age (SIGSTOP, a suspended VM) went on training when it woke, beside
+    the process that took its lock over: both wrote the run's checkpoints and summary (a review)."""
+    from benchmark.core.files import WRITE_GUARDS, atomic_write
+
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"], folds=[0])
+    runs, calls = tmp_path / "runs", []
+    plain = fake_fit(calls)
+
+    def paused(cfg, data_dir, out_dir):
+        if cfg.model == "unet":  # the other process takes the lock over while this one sleeps
+            (out_dir / lock.LOCK_NAME).unlink()
+            _write_lock(out_dir, "other-host", 1, time.time())
+            atomic_write(out_dir / "notes.txt", "")  # into the run: refused, as the summary is below
+        return plain(cfg, data_dir, out_dir)
+
+    outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=paused, stale_after_s=60)
+    assert [o.status for o in outcomes] == ["held", "trained"] and "taken over by another" in outcomes[
+        0
+    ].error
+    unet = runs / grid[0].run_name()
+    assert (
+        sorted(p.name for p in unet.iterdir()) == [lock.LOCK_NAME]
+        and lock.read_lock(unet).host == "other-host"
+    )
+    assert (runs / grid[1].run_name() / "summary.json").is_file() and not WRITE_GUARDS  # ours went with it
+    assert f"warning: {unet / lock.LOCK_NAME}: taken over by another process while" in capsys.readouterr().out
+
+
 WORKER = r"""
 import os, sys, time
 from pathlib import Path
