@@ -316,8 +316,22 @@ def build_report(
 ) -> dict[str, Any]:
     """Rebuild every leaderboard file from the run summaries; returns the leaderboard dict. The board
     is of the benchmark ``prefer`` names (a hash or its start), else of the one ``own_runs`` (a grid
-    just run) belong to, else of the most common."""
+    just run) belong to, else of the most common. The summaries are read under the report lock: a
+    report that waited for another read them first, and then wrote a board older than that one's."""
     results_dir = Path(results_dir)
+    locked = report_lock(results_dir) if results_dir.is_dir() else contextlib.nullcontext(False)
+    with locked as held:
+        board, loaded = _board(results_dir, prefer, own_runs)
+        if held:
+            remove_stale_temps(results_dir)
+        board["report_id"] = write_report(board, loaded, results_dir, plots)
+    return board
+
+
+def _board(
+    results_dir: Path, prefer: str | None, own_runs: Iterable[str]
+) -> tuple[dict[str, Any], list[tuple[Path, dict]]]:
+    """The board of the summaries ``results_dir`` holds now (:func:`build_report`), and the summaries."""
     loaded, unreadable = scan_runs(results_dir)
     own = {str(s.get("run")): s for _, s in loaded if s.get("status") == "complete"}
     mine = [own[name] for name in own_runs if name in own]
@@ -346,9 +360,4 @@ def build_report(
             file=sys.stderr,
         )
     board["unreadable_runs"] = unreadable
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with report_lock(results_dir) as held:
-        if held:
-            remove_stale_temps(results_dir)
-        board["report_id"] = write_report(board, loaded, results_dir, plots)
-    return board
+    return board, loaded

@@ -335,3 +335,23 @@ def test_runs_on_several_device_counts_are_said_under_hardware():
         "; 1, 8 devices per run in different runs: the training time and img/s columns compare only "
         "between runs of one count"
     )
+
+
+def test_a_report_that_waited_for_another_reads_the_summaries_after_its_wait(results, monkeypatch, capsys):
+    """The board was built before the report lock was taken: a report that waited for another wrote
+    the board of the summaries as they were before its wait (a run finished meanwhile: not on it)."""
+    import benchmark.reporting.report as report_module
+    from benchmark.core.lock import claim
+
+    other = claim(results / ".report")  # another report holds the lock
+    assert other is not None
+
+    def meanwhile(seconds):  # while this report waits, the missing run finishes and the other ends
+        for summary in model_runs("sk_unet", {1: SK[1]}, skip={(0, 1)}):
+            write_run(results, summary, overlays=False)
+        other.release()
+
+    monkeypatch.setattr(report_module.time, "sleep", meanwhile)
+    board = build_report(results, plots=False)
+    assert "waiting for another report" in capsys.readouterr().err
+    assert {r["model"] for r in board["rows"]} == {"unet", "sk_unet", "empty"} and not board["incomplete"]
