@@ -160,6 +160,14 @@ def _consistent(summary: dict[str, Any]) -> str | None:
             return f"{key} {summary[key]} is not its config's {_shown(config[key])}"
     if not summary["per_image"]["dice"]:
         return "per_image holds no image (an outer fold always has some)"
+    index = summary["per_image"]["index"]
+    if len(set(index)) < len(index) or min(index) < 0:
+        return "per_image.index repeats an image or holds a negative one (each outer image is scored once)"
+    if summary.get("status") == "complete" and not isinstance(
+        (summary.get("dataset") or {}).get("content_hash"), str
+    ):
+        # without it the run counted as a board of real data of its own, preferred to every other run
+        return "dataset.content_hash is missing (every finished run records the data it was made on)"
     return None
 
 

@@ -94,9 +94,26 @@ def scan_runs(results_dir: Path) -> tuple[list[tuple[Path, dict[str, Any]]], lis
             out.append((path.parent, summary))
     if refused:
         raise schema_error(refused)
+    out, copies = _without_copies(out)
+    unreadable += copies
     for line in unreadable:
         print(f"warning: {line} (run left out of the report)", file=sys.stderr)
     return out, unreadable
+
+
+def _without_copies(runs: list[tuple[Path, dict[str, Any]]]) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """``runs`` without the copies of a run kept under another name (``cp -a runs/X runs/X.bak``),
+    where the run's own directory is there: a copy scored its outer fold twice, and its model left the
+    board without a word. One line per copy."""
+    own = {str(s.get("run")) for d, s in runs if d.name == s.get("run")}
+    kept, copies = [], []
+    for run_dir, summary in runs:
+        name = str(summary.get("run"))
+        if run_dir.name != name and name in own:
+            copies.append(f"{run_dir / SUMMARY_NAME}: a copy of run {name} (runs/{name} holds it)")
+        else:
+            kept.append((run_dir, summary))
+    return kept, copies
 
 
 def load_summaries(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:

@@ -102,6 +102,19 @@ INCONSISTENT = {
         lambda s: s["per_image"].update({k: [] for k in s["per_image"]}),
         "per_image holds no image (an outer fold always has some)",
     ),
+    # the three below left the model unranked (incomplete), with no line and exit 0 (a review)
+    "an image twice": (
+        lambda s: s["per_image"]["index"].__setitem__(1, s["per_image"]["index"][0]),
+        "per_image.index repeats an image or holds a negative one (each outer image is scored once)",
+    ),
+    "a negative image": (
+        lambda s: s["per_image"]["index"].__setitem__(0, -1),
+        "per_image.index repeats an image or holds a negative one (each outer image is scored once)",
+    ),
+    "no data hash": (  # it took the board over, as the one run of "real data" among synthetic ones
+        lambda s: s.update(dataset=None),
+        "dataset.content_hash is missing (every finished run records the data it was made on)",
+    ),
 }
 
 
@@ -144,3 +157,18 @@ def test_a_damaged_overlays_file_is_one_line_and_the_rest_is_reported(results, c
     assert all((results / name).stat().st_size > 0 for name in TABLES + PLOTS)
     assert main(["report", "--results", str(results), "--no-plots"]) == 0
     assert "warning" not in capsys.readouterr().err  # no figure, nothing of the file read
+
+
+def test_a_copy_of_a_run_under_another_name_is_one_line_and_the_run_stays(results, capsys):
+    """`cp -a runs/X runs/X.bak` scored X's outer fold twice: its model left the board (exit 0)."""
+    import shutil
+
+    run = model_runs("unet", UNET)[0]["run"]
+    shutil.copytree(results / "runs" / run, results / "runs" / f"{run}.bak")
+    code, warnings = _report_lines(results, capsys)
+    copy = results / "runs" / f"{run}.bak" / "summary.json"
+    assert code == 2 and warnings == [
+        f"warning: {copy}: a copy of run {run} (runs/{run} holds it) (run left out of the report)"
+    ]
+    board = json.loads((results / "leaderboard.json").read_text())
+    assert [r["model"] for r in board["rows"]] == ["unet", "empty"]  # ranked on its own runs
