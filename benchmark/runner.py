@@ -381,7 +381,8 @@ def retry_released(
         ):
             continue
         stop.raise_pending()  # a SIGTERM a finalizer swallowed: no run is taken over after it
-        say(f"[retry] {outcome.run}: its holder stopped without finishing it; taking it over")
+        if not is_complete(results_dir / "runs" / outcome.run, cfg.hash()):  # its holder finished it
+            say(f"[retry] {outcome.run}: its holder stopped without finishing it; taking it over")
         outcomes[i] = run_one(cfg, data_dir, results_dir, fit, stale_after_s)
         _announce("[retry]", outcomes[i], results_dir / "runs")
         if outcomes[i].no_space:

@@ -232,6 +232,31 @@ def test_a_run_whose_lock_was_taken_over_writes_nothing_more(tmp_path, capsys):
     assert f"warning: {unet / lock.LOCK_NAME}: taken over by another process while" in capsys.readouterr().out
 
 
+def test_a_holder_that_finished_its_run_is_not_said_to_have_stopped_without_finishing(tmp_path, capsys):
+    """ "[retry] X: its holder stopped without finishing it" came right before "skipped X: completed by
+    another process" (a review)."""
+    grid = grid_configs.build_grid(load_benchmark_config(SMOKE), models=["unet", "empty"], folds=[0])
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    _write_lock(tmp_path / "runs" / grid[0].run_name(), socket.gethostname(), holder.pid, time.time())
+    train = fake_fit([])
+
+    def fit(cfg, data_dir, out_dir):
+        if cfg.model == "empty":  # the holder finishes its run, then ends, while this one trains
+            train(grid[0], data_dir, tmp_path / "runs" / grid[0].run_name())
+            holder.kill()
+            holder.wait()
+        return train(cfg, data_dir, out_dir)
+
+    try:
+        outcomes = runner.run_grid(grid, tmp_path, tmp_path, fit=fit)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [o.status for o in outcomes] == ["skipped", "trained"]
+    out = capsys.readouterr().out
+    assert "[retry]" in out and f"[retry] {grid[0].run_name()}: its holder stopped" not in out
+
+
 WORKER = r"""
 import os, sys, time
 from pathlib import Path
