@@ -50,6 +50,8 @@ class LockInfo:
 
     def describe(self, now: float | None = None) -> str:
         age = (time.time() if now is None else now) - self.heartbeat
+        if not self.token:  # _parse's unreadable lock: "?:0" named no one
+            return f"an unreadable lock file (written {age:.0f} s ago; judged stale after its age)"
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.start))
         return f"{self.host}:{self.pid} (started {started}, heartbeat {age:.0f} s ago)"
 
@@ -131,6 +133,8 @@ def stale_reason(info: LockInfo, stale_after_s: float, now: float | None = None)
     if gone_here(info.host, info.pid, info.pids):
         return f"holder {info.host}:{info.pid} is gone"
     age = (time.time() if now is None else now) - info.heartbeat
+    if age > stale_after_s and not info.token:  # _parse's unreadable lock
+        return f"an unreadable lock file, written {age:.0f} s ago (limit {stale_after_s:.0f} s)"
     if age > stale_after_s:
         return f"no heartbeat from {info.host}:{info.pid} for {age:.0f} s (limit {stale_after_s:.0f} s)"
     return None

@@ -76,10 +76,11 @@ def write_summary(path: str | Path, summary: dict) -> Path:
 def read_summary(path: str | Path) -> dict:
     """Read a summary (file or run directory); DataError naming the file when missing or invalid."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and path.name != SUMMARY_NAME:
         path = path / SUMMARY_NAME
     if not path.is_file():
-        raise DataError(path, "summary file not found")
+        why = "a directory, not a summary file" if path.is_dir() else "summary file not found"
+        raise DataError(path, why)
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -65,6 +65,10 @@ def test_read_summary_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="schema_version 99 is not the supported 3$"):
         S.read_summary(future)
     assert not S.is_complete(bad, "x")
+    (tmp_path / "run" / "summary.json").mkdir(parents=True)  # named ".../summary.json/summary.json" before
+    for where in (tmp_path / "run", tmp_path / "run" / "summary.json"):
+        with pytest.raises(DataError, match=r"run/summary\.json: a directory, not a summary file$"):
+            S.read_summary(where)
 
 
 def test_schema_1_summaries_are_refused_in_one_line_naming_the_file(tmp_path):
