@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import functools
 import hashlib
 import io
@@ -288,6 +289,9 @@ def write_report(
     figures, digest = _figures(board, loaded) if plots else ([], "")
     unstamped = render_tables(board)["leaderboard.json"]
     report_id = hashlib.sha256((unstamped + digest).encode()).hexdigest()[:12]
+    names = [results_dir / n for n in TABLES] + [results_dir / "plots" / n for n, *_ in figures]
+    for path in (p for p in names if p.is_dir()):  # its rename would fail after the others': a mixed set
+        raise IsADirectoryError(errno.EISDIR, "a directory where the report writes a file", str(path))
     with contextlib.ExitStack() as stack:  # leaving it renames every file, in one burst
         for name, text in render_tables(board, report_id).items():
             stack.enter_context(atomic_path(results_dir / name)).write_bytes(text.encode())

@@ -159,6 +159,14 @@ def test_failed_write_leaves_the_previous_tables_whole(results, monkeypatch):
     assert snapshot(results, TABLES) == before
     assert not list(results.glob(".*.tmp"))
     monkeypatch.undo()
+    (results / "leaderboard.csv").unlink()
+    (results / "leaderboard.csv").mkdir()  # its rename fails: the md was renamed before it (a review)
+    with pytest.raises(IsADirectoryError, match="a directory where the report writes a file"):
+        build_report(results, plots=False)
+    assert snapshot(results, ("leaderboard.md", "leaderboard.json")) == {
+        k: v for k, v in before.items() if k in ("leaderboard.md", "leaderboard.json")
+    }
+    (results / "leaderboard.csv").rmdir()
     build_report(results, plots=False)
     assert "| 2 | sk_unet |" in (results / "leaderboard.md").read_text()
 
