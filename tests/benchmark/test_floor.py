@@ -8,7 +8,7 @@ import pytest
 
 from benchmark.reporting import board_stats as bs
 from benchmark.reporting import notes, tables
-from tests.benchmark.summaries import board, model_runs, row, twelve_subject_runs
+from tests.benchmark.summaries import UNET, board, model_runs, row, twelve_subject_runs
 
 
 def test_the_floor_note_names_models_not_shown_to_beat_predicting_nothing():
@@ -81,3 +81,11 @@ def test_a_model_tied_with_the_floor_ranks_above_it():
     and every row's Delta and p vs top were then against the floor."""
     b = board(twelve_subject_runs("unet", [0.0] * 12))  # every truth positive: the floor scores 0 too
     assert [r["model"] for r in b["rows"]] == ["unet", "empty"] and b["rows"][1]["vs_top"]["diff"] == 0.0
+
+
+def test_the_derived_floor_scores_iou_like_dice():
+    """The floor derived from the truth scores 1 on the 4 empty truths of the toy set and 0 on the 4
+    positive ones, in IoU as in Dice: both means 0.5. Catches a floor that kept the model's IoU."""
+    floor = row(board(model_runs("unet", UNET)), "empty")
+    assert floor["derived"] and floor["metrics"]["kaggle_dice"]["mean"] == pytest.approx(0.5)
+    assert floor["metrics"]["iou"]["mean"] == pytest.approx(0.5)

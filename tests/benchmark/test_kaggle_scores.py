@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.scoring.counts import dedupe_sorted, score_counts
 from benchmark.scoring.kaggle_scores import KaggleScores
 
 
@@ -78,3 +79,18 @@ def test_counts_stay_int64_on_the_device_of_the_inputs():
     m.update(_masks([(1, 1)]), _masks([(1, 1)]), torch.tensor([2], dtype=torch.int32), torch.tensor([0.7]))
     assert m.counts[0].dtype == torch.int64 and m.index[0].dtype == torch.int64
     assert np.array_equal(m.compute()["counts"], [[1, 0, 0, 47]])
+
+
+def test_dedupe_keeps_the_first_row_of_a_repeated_index_even_when_sorted():
+    """Index 1, 2, 2, 3 is sorted but not unique (a sampler repeat next to its original): the fast
+    path must not take it as done. The first row of index 2 (x = 1) is kept."""
+    out = dedupe_sorted({"index": np.array([1, 2, 2, 3]), "x": np.arange(4)})
+    assert out["index"].tolist() == [1, 2, 3] and out["x"].tolist() == [0, 1, 3]
+
+
+def test_score_counts_judges_presence_by_the_presence_probability():
+    """Counts (tp, fp, fn, tn): image 0 a found nerve, image 1 an empty truth left empty. Presence
+    probabilities 0.9 and 0.6 say both present: accuracy 1/2 (from the masks it would be 1)."""
+    counts = np.array([[5, 0, 0, 15], [0, 0, 0, 20]])
+    assert score_counts(counts, np.array([0.9, 0.6]))["presence_accuracy"] == 0.5
+    assert score_counts(counts, None)["presence_accuracy"] == 1.0

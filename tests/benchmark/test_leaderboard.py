@@ -331,3 +331,29 @@ def test_a_note_says_when_p_vs_top_and_p_vs_floor_disagree():
     )
     rows[0]["vs_floor"]["p_holm"] = 0.2  # neither test separates them: no disagreement to report
     assert notes.tests_disagree_note({"rows": rows, "header": {}}) is None
+
+
+def test_the_ci_floor_counts_units_not_images():
+    """6 subjects of 5 frames are 30 images but 6 units: below MIN_CI_UNITS (10), no CI (a gate on the
+    image count would give one); 10 subjects of one frame each get theirs."""
+
+    def images(units):
+        dice = np.linspace(0.2, 0.9, units.size)
+        return {"index": np.arange(units.size), "unit": units, "dice": dice, "seeds_dice": dice[None]}
+
+    few = lb.metric(images(np.repeat(np.arange(6), 5)), "dice", None, with_ci=True)
+    assert few["mean"] == pytest.approx(0.55) and few["n_images"] == 30
+    assert few["lo"] is None and few["hi"] is None
+    ten = lb.metric(images(np.arange(10)), "dice", None, with_ci=True)
+    assert ten["mean"] == pytest.approx(0.55) and ten["lo"] < 0.55 < ten["hi"]
+
+
+def test_truth_flags_follow_the_sorted_index_whatever_the_run_order():
+    """A run of images 2, 3 (image 2 empty) listed before a run of images 0, 1: the sorted images 0-3
+    have true_empty F, F, T, F. Taking the flags in concatenation order would mark image 0 empty."""
+    late = make_summary("m", 1, 0, [1.0, 0.5], index=[2, 3], empty=[True, False], subjects=[2, 2])
+    early = make_summary("m", 0, 0, [0.4, 0.6], index=[0, 1], empty=[False, False], subjects=[1, 1])
+    images = lb.oof_images([late, early])
+    assert images["index"].tolist() == [0, 1, 2, 3] and images["subject"].tolist() == [1, 1, 2, 2]
+    assert images["true_empty"].tolist() == [False, False, True, False]
+    assert images["dice"].tolist() == pytest.approx([0.4, 0.6, 1.0, 0.5])

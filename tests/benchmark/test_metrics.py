@@ -139,6 +139,13 @@ def test_presence_metrics_use_presence_prob():
     assert m3["presence_auc"] == pytest.approx(1 / 2)
 
 
+def test_presence_prob_of_one_half_predicts_present():
+    """The presence cut is p >= 0.5 (the mask's is strictly above): one positive image at exactly 0.5
+    is predicted present (accuracy 1; with p > 0.5 it would be 0)."""
+    m = metrics.compute_metrics(np.array([[5, 0, 0, 15]]), presence_prob=np.array([0.5]))
+    assert m["presence_accuracy"] == 1.0 and m["presence_sensitivity"] == 1.0
+
+
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="one value per image"):
         metrics.compute_metrics(np.zeros((3, 4), np.int64), presence_prob=np.zeros(2))
@@ -146,6 +153,8 @@ def test_bad_inputs_raise_clear_errors():
         metrics.compute_metrics(np.zeros((1, 4), np.int64), presence_prob=np.array([np.nan]))
     with pytest.raises(ValueError, match=r"\(N,4\)"):
         metrics.image_dice(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="non-negative"):  # a wrapped or subtracted count
+        metrics.compute_metrics(np.array([[1, -1, 0, 5]]))
     with pytest.raises(ValueError, match="lack keys"):
         metrics.image_dice({"tp": np.zeros(1)})
     assert all(math.isnan(v) for v in metrics.compute_metrics(np.zeros((0, 4), np.int64)).values())

@@ -162,3 +162,68 @@ def test_the_device_path_gives_the_counts_of_apply_for_every_uint8_threshold():
             for on_device in (True, False):  # the GPU's path, run here on CPU tensors; numpy's
                 got = post_counts(torch.from_numpy(probs), torch.from_numpy(presence), truth, pp, on_device)
                 assert torch.equal(got, want), (threshold, pp, on_device)
+
+
+def test_both_quantisers_round_half_down_and_clip():
+    """p * 255 = 127.5, 0.5 and 1.5 round half down to 127, 0 and 1 (torch.round, half to even, gives
+    128, 0 and 2: p = 0.5 would turn foreground at threshold 0.5 on the device path); values outside
+    [0, 1] clip instead of wrapping around in uint8 (-0.2 would give 205, 1.3 give 75)."""
+    from benchmark.scoring import post_counts
+
+    p = np.array([0.5, 1 / 510, 3 / 510, -0.2, 1.3], dtype=np.float32)
+    assert to_u8(p).tolist() == [127, 0, 1, 0, 255]
+    assert post_counts.to_u8(torch.from_numpy(p)).tolist() == [127, 0, 1, 0, 255]
+
+
+def test_tune_cuts_strictly_above_the_threshold_like_apply():
+    """Every pixel at 153 = 0.6 * 255 on an empty truth: threshold 0.6 keeps nothing (Dice 1), the
+    identity's 0.5 keeps all (Dice 0). A tuning count with p >= 153 would score 0.6 as 0 too and,
+    tied, pick 0.5."""
+    prob, truth = np.full((1, 2, 2), 153, np.uint8), np.zeros((1, 2, 2), bool)
+    params, score = tune(prob, truth, thresholds=(0.6,), min_areas=(0,), taus=(0.0,))
+    assert params == PostProcess(threshold=0.6) and score == 1.0
+
+
+def test_tune_keeps_an_image_whose_presence_score_equals_tau():
+    """Image 0: a false positive the head scores 0.3; image 1: the nerve, head exactly 0.6. tau = 0.6
+    empties image 0 and keeps image 1 (score >= tau, as apply does): 1.0. A tuning gate of score > tau
+    would drop the nerve too (0.5, tied with tau 0) and miss the fix."""
+    prob = np.stack([_blob((3, 3), 2, 0.9), _blob((3, 3), 2, 0.9)])
+    truth = np.stack([_blob((3, 3), 0, 1), _blob((3, 3), 2, 1)]).astype(bool)
+    head = np.array([0.3, 0.6])
+    params, score = tune(prob, truth, head, thresholds=(0.5,), min_areas=(0,), taus=(0.6,))
+    assert params == PostProcess(presence_tau=0.6, presence_source="presence") and score == 1.0
+    assert _kaggle(apply(prob, params, head), truth) == 1.0
+
+
+def test_tune_prefers_the_smaller_min_area_over_the_smaller_tau():
+    """A 5 px false positive the head scores 0.1, beside a 20 px nerve scored 0.9: min_area 10 and
+    tau 0.5 each fix it alone (Dice 1). Ties go to the lowest min_area first, so (0, 0.5), not (10, 0)."""
+    shape = (6, 6)
+    prob = np.stack([_blob(shape, 5, 0.9), _blob(shape, 20, 0.9)])
+    truth = np.stack([_blob(shape, 0, 1), _blob(shape, 20, 1)]).astype(bool)
+    params, score = tune(prob, truth, np.array([0.1, 0.9]), thresholds=(0.5,), min_areas=(10,), taus=(0.5,))
+    assert (params.min_area, params.presence_tau, score) == (0, 0.5, 1.0)
+
+
+def test_tune_adds_the_identity_to_custom_grids():
+    """A 3 px nerve at 0.55: the custom grids (threshold 0.6, min_area 5, tau 0.7) each lose it, but the
+    identity (0.5, 0, 0.0) is always searched too, so tuning never scores below the defaults."""
+    prob = _blob((3, 3), 3, 0.55)[None]
+    truth = _blob((3, 3), 3, 1)[None].astype(bool)
+    assert tune(prob, truth, thresholds=(0.6,), min_areas=(5,), taus=(0.7,)) == (PostProcess(), 1.0)
+
+
+def test_postprocess_counts_scores_a_last_chunk_of_one_image():
+    """65 images are chunks of 64 and 1: the last image (2 px at 200 on a 1 px truth: tp 1, fp 1,
+    fn 0, tn 2) must be counted too, and a single image is a chunk on its own."""
+    from benchmark.scoring.post_counts import postprocess_counts
+
+    prob = np.zeros((65, 2, 2), np.uint8)
+    prob[64, 0] = 200
+    truth = np.zeros((65, 2, 2), bool)
+    truth[64, 0, 0] = True
+    counts = postprocess_counts(prob, truth, None, PostProcess())
+    assert counts.shape == (65, 4) and counts[0].tolist() == [0, 0, 0, 4]
+    assert counts[64].tolist() == [1, 1, 0, 2]
+    assert postprocess_counts(prob[64:], truth[64:], None, PostProcess()).tolist() == [[1, 1, 0, 2]]

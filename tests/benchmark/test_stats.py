@@ -98,6 +98,17 @@ def test_subject_bootstrap_deterministic_and_normal_theory():
     assert (hi - lo) / 2 == pytest.approx(1.96 / np.sqrt(40), rel=0.35)
 
 
+def test_subject_bootstrap_widens_its_tails_for_few_subjects():
+    """Six one-image subjects at 0, 0, 0, 0, 0.5, 1: a resample's mean reaches 0.75 (total >= 4.5)
+    with probability 0.0040, exceeds it with 0.0010, reaches 2/3 with 0.0146. The expanded tail
+    2 sf(sqrt(6/5) t_{0.975,5}) / 2 = 0.0049 / 2 = 0.0024 puts hi at 0.75; an interval without the
+    sqrt(n / (n - 1)) widening (tail 0.0102 / 2 = 0.0051) would stop at 2/3."""
+    values = np.array([0.0, 0.0, 0.0, 0.0, 0.5, 1.0])
+    assert stats.subject_bootstrap_ci(values, np.arange(6), n_boot=200_000) == pytest.approx(
+        (0.25, 0.0, 0.75)
+    )
+
+
 def _brute_force_sign_flip(d: np.ndarray) -> float:
     signs = np.array(np.meshgrid(*[[1.0, -1.0]] * d.size)).reshape(d.size, -1).T
     return float(np.mean(np.abs(signs @ d) >= abs(d.sum()) - 1e-9))
@@ -111,6 +122,7 @@ def test_sign_flip_hand_computed():
     assert stats.sign_flip_pvalue(np.zeros(5)) == 1.0
     assert stats.sign_flip_pvalue(np.full(10, 0.01)) == 2 / 1024  # the smallest p with 10 subjects
     assert stats.sign_flip_pvalue(np.array([-0.2])) == 1.0  # one subject can never reject
+    assert stats.sign_flip_pvalue(np.array([1.0, 2.0, 3.0]), exact_max=3) == 0.25  # n = exact_max: exact
 
 
 def test_sign_flip_exact_matches_brute_force():
@@ -310,3 +322,21 @@ def test_a_resample_without_spread_counts_the_same_whatever_the_rounding():
         p.append(float(ranking.simultaneous_pvalues(pairs)[0]))
     # (11/12)^12 = 0.35 of the resamples lack the big subject: at least that share is as extreme
     assert p[0] == pytest.approx(p[1], abs=0.02) and min(p) > 0.3
+
+
+def test_rank_intervals_read_the_corrected_p_and_one_sided_turns_the_sign():
+    """Three models, 99 resamples; pair (0, 1) has z = 5 and one resample at 10: its own p is
+    (1 + 1) / 100 = 0.02, Bonferroni over 3 pairs 0.06. Catches rank intervals read from the
+    uncorrected p (they would call 0 above 1: lo [1, 2, 1], hi [2, 3, 3]) and a one-sided p that
+    ignores the direction (the reverse "1 beats 0" counts the 98 resamples at 0 >= -5: 0.99)."""
+    null = np.zeros((99, 3))
+    null[0, 0] = 10.0
+    z = np.array([5.0, 0.0, 0.0])
+    pairs = ranking.Pairs(
+        np.array([0, 0, 1]), np.array([1, 2, 2]), z, null, np.array([3.0, 2, 1]), 8, np.zeros(3)
+    )
+    assert pairs.marginal.tolist() == pytest.approx([0.02, 1.0, 1.0])
+    assert ranking.simultaneous_pvalues(pairs).tolist() == pytest.approx([0.06, 1.0, 1.0])
+    assert [x.tolist() for x in ranking.rank_intervals(pairs)] == [[1, 1, 1], [3, 3, 3]]
+    assert pairs.one_sided(0, True) == pytest.approx(0.02)
+    assert pairs.one_sided(0, False) == pytest.approx(0.99)

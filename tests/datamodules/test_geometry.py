@@ -87,3 +87,19 @@ def test_resize_mask_is_a_majority_vote() -> None:
     mask[2, 2:] = 1  # bottom-right block: 2 of 4 pixels, exactly half -> foreground
     mask[:1, 2] = 1  # top-right block: 1 of 4 -> background
     np.testing.assert_array_equal(prepare(mask, "resize", 2, is_mask=True), [[1, 0], [0, 1]])
+
+
+def test_resize_restore_uses_half_pixel_centres() -> None:
+    """Two columns 0 and 1 stretched to four: output centres (x + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75,
+    1.25 in input pixels, clamped at the edges. Catches align_corners=True (0, 1/3, 2/3, 1), which
+    does not match cv2's resize in prepare."""
+    back = restore(torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]]), "resize", 2, orig=(2, 4))
+    np.testing.assert_allclose(back[0, 0].numpy(), [[0.0, 0.25, 0.75, 1.0]] * 2, atol=1e-6)
+
+
+def test_odd_pad_margins_put_the_extra_row_below() -> None:
+    """419 x 579 pads to 448 x 608: 29 spare rows and columns, 14 before and 15 after (floor)."""
+    assert pad_offsets((419, 579)) == (14, 14)
+    mask = prepare(np.ones((419, 579), np.uint8), "pad", 0, is_mask=True)
+    assert np.flatnonzero(mask.any(axis=1)).tolist() == list(range(14, 433))  # 15 empty rows below
+    assert np.flatnonzero(mask.any(axis=0)).tolist() == list(range(14, 593))

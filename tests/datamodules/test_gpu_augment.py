@@ -19,7 +19,7 @@ from datamodules.datamodule import UltrasoundNerveDataModule
 from datamodules.errors import DataError
 from datamodules.gpu_data import GpuCachedDataModule
 from datamodules.samplers import TrainSampler
-from datamodules.stream import sample_keys
+from datamodules.stream import epoch_order, sample_keys
 
 ALL = AugmentConfig()
 GEOMETRY = AugmentConfig.only("flip", "affine", "elastic")
@@ -138,6 +138,15 @@ def test_batch_iterator_epochs_and_shards():
     assert [len(s) for s in shards] == [2, 2]
     seen = [torch.cat([b["index"] for b in s]) for s in shards]
     assert len(set(seen[0].tolist() + seen[1].tolist())) == 8  # 2 global batches of 4, no repeats
+
+
+def test_train_sampler_tags_each_position_with_the_current_epoch():
+    """After set_epoch(3) every yielded (position, epoch) says 3: the dataset keys the sample's
+    augmentation by it, so a sampler stuck at epoch 0 would repeat epoch 0's augmentations forever.
+    10 samples, global batch 2: 5 full steps, the whole epoch-3 permutation in order."""
+    sampler = TrainSampler(10, 2, seed=0)
+    sampler.set_epoch(3)
+    assert list(sampler) == [(int(p), 3) for p in epoch_order(10, 0, 3)]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from datamodules.splits import fold_indices, fold_table, holdout_by_subject, inner_split, kfold_by_subject
+from datamodules.splits import (
+    fold_indices,
+    fold_table,
+    holdout_by_subject,
+    inner_split,
+    kfold_by_subject,
+    nested_split,
+)
 
 subject_lists = st.lists(st.integers(0, 30), min_size=2, max_size=120)
 labelled = st.lists(st.tuples(st.integers(0, 30), st.booleans()), min_size=2, max_size=120)
@@ -247,6 +254,18 @@ def test_inner_split_matches_positive_fraction():
         assert positive[inner].mean() == 0.5 and positive[fit].mean() == 0.5
         chosen.add(tuple(np.unique(subjects[inner])))
     assert len(chosen) > 1  # the seed still picks which pair
+
+
+def test_nested_split_stratifies_its_inner_set():
+    """12 subjects of 2 frames: 5 positive, 5 empty, 2 half positive (10, 11). Each fold's rest of 8
+    subjects is half positive and its inner set one subject (round(0.1 * 8)): only a half-positive
+    subject matches 1/2 (a pure one gives 0 or 1). Catches an inner cut that ignores ``positive``
+    (seed 0 would then take subject 5, then 6)."""
+    subjects, positive = np.repeat(np.arange(12), 2), np.array([1, 1] * 5 + [0, 0] * 5 + [1, 0] * 2)
+    for fold in (0, 1):
+        fit, inner, outer, _ = nested_split(subjects, positive, fold, 3, None, 0.1, seed=0)
+        assert positive[np.concatenate([fit, inner])].mean() == 0.5
+        assert np.unique(subjects[inner]).tolist() in ([10], [11]) and positive[inner].tolist() == [1, 0]
 
 
 @given(labelled, st.floats(0.05, 0.95), st.integers(0, 2**31))
