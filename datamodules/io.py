@@ -87,6 +87,10 @@ def as_gray(arr: np.ndarray, path: Path) -> np.ndarray:
             # a mask painted in green would otherwise read as empty (its red channel)
             raise DataError(path, "colour image: its red, green and blue channels differ; expected grayscale",
                             "colour")  # fmt: skip
+        if arr.shape[-1] == 4 and not (arr[..., 3] == arr[0, 0, 3]).all():
+            # a mask kept in the transparency read as its RGB (all empty, or all full): wrong scores
+            raise DataError(path, "its alpha channel varies across the image (a mask in the transparency?); "
+                            "expected grayscale: save it with one channel", "alpha")  # fmt: skip
         arr = arr[..., 0]
     if arr.ndim != 2:
         raise DataError(path, f"expected a 2-D grayscale image, got array of shape {arr.shape}", "not 2-D")

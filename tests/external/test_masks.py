@@ -39,6 +39,7 @@ CASES = {
     "uint8 0/1": lambda m: m,
     "uint8 0/255": lambda m: m * 255,
     "rgb 0/255": lambda m: _rgb(m * 255),
+    "rgba 0/255, opaque": lambda m: np.dstack([_rgb(m * 255), np.full(m.shape, 255, np.uint8)]),
     "uint16 0/1": lambda m: m.astype(np.uint16),
     "uint16 0/255": lambda m: m.astype(np.uint16) * 255,
 }
@@ -64,6 +65,10 @@ def test_colour_and_non_binary_masks_are_refused(suffix, tmp_path) -> None:
     with pytest.raises(DataError, match="colour image: its red, green and blue channels differ") as info:
         read_mask(path)
     assert info.value.path == path
+    # the mask in the transparency over black (or white) RGB read as all empty (or full): 0.50 (0.04)
+    alpha = _save(tmp_path / f"alpha{suffix}", np.dstack([_rgb(_truth() * 0), _truth() * 255]))
+    with pytest.raises(DataError, match="alpha channel varies across the image"):
+        read_mask(alpha)
     half = _save(tmp_path / f"half{suffix}", (_truth() * 7).astype(np.uint16))
     with pytest.raises(DataError, match=r"mask is not binary: values 0, 7 \(expected 0/1 or 0/255\)"):
         read_mask(half)
