@@ -34,6 +34,7 @@ from benchmark.core.files import atomic_write
 from benchmark.core.lock import LOCK_NAME, claim
 from benchmark.core.summary import read_summary
 from benchmark.external import importer
+from benchmark.external.board_config import complete_summaries
 from benchmark.external.folds import Fold, check_fold, fold_ids
 from benchmark.external.nnunet_layout import (
     CONFIGURATION,
@@ -212,6 +213,26 @@ def _done(run_dir: Path, recipe: dict[str, Any]) -> bool:
     return summary.get("status") == "complete"
 
 
+def _check_row_recipe(board: importer.Board, layout: Layout, settings: NnUNetSettings) -> None:
+    """One row is one recipe: a fold imported, or begun (its recipe record), with other settings is
+    refused. Each fold checked only its own, so folds spread over machines with other --epochs made
+    one ranked row of three budgets (a review)."""
+    recipe = settings.recipe()
+    for path, summary in complete_summaries(board.results_dir):
+        saved = (summary.get("external") or {}).get("recipe")
+        if summary.get("model") == settings.row and saved != recipe:
+            raise DataError(path, f"{settings.row} fold {summary.get('fold')} seed {summary.get('seed')} "
+                            f"was made with nnU-Net settings {saved}, not {recipe}: one row, one recipe "
+                            "(give those settings, or use another --results-dir)")  # fmt: skip
+    want = json.dumps(recipe, sort_keys=True)
+    for seed, fold in ((s, k) for s in settings.seeds for k in fold_ids(board.cfg)):
+        marker = layout.fold_dir(settings.plans, seed, fold) / RECIPE  # a fold under way elsewhere
+        if marker.is_file() and marker.read_text().strip() != want:
+            raise DataError(marker.parent, f"begun with nnU-Net settings {marker.read_text().strip()}, "
+                            f"not {want}: one row, one recipe (give those settings, or use another "
+                            "--results-dir)")  # fmt: skip
+
+
 def _fold_job(layout: Layout, settings: NnUNetSettings, split: Fold, seed: int) -> dict[str, Any]:
     k = split.cfg.fold
     fold_dir = layout.fold_dir(settings.plans, seed, k)
@@ -339,6 +360,7 @@ def run_nnunet(
         check_fold(board.cfg, k)
     every = [importer.board_fold(board, k, 0) for k in fold_ids(board.cfg)]
     layout = Layout(results_dir.resolve() / "nnunet")
+    _check_row_recipe(board, layout, settings)
     with _setting_up(layout, say):
         convert(layout, board.train_set, every, source_stamp(board.data_hash, every))
         _plan(layout, settings)

@@ -238,6 +238,34 @@ def test_a_fold_begun_under_another_recipe_is_refused_not_relabelled(tmp_path: P
     assert json.loads((fold / nnunet.RECIPE).read_text())["epochs"] == 1
 
 
+def test_a_row_is_one_recipe_across_its_folds(tmp_path: Path) -> None:
+    """Folds spread over machines with other --epochs each passed their own fold's check and made one
+    ranked row of three training budgets (a review)."""
+    from types import SimpleNamespace
+
+    from benchmark.core.summary import write_summary
+    from benchmark.external import nnunet
+    from datamodules.errors import DataError
+    from tests.benchmark.summaries import make_summary
+
+    one, two = nnunet.NnUNetSettings(epochs=1), nnunet.NnUNetSettings(epochs=2)
+    cfg = SimpleNamespace(n_folds=3, holdout_fraction=None)
+    board = SimpleNamespace(results_dir=tmp_path, cfg=cfg)
+    layout = SimpleNamespace(fold_dir=lambda plans, seed, k: tmp_path / "nnunet" / f"fold_{k}")
+    nnunet._check_row_recipe(board, layout, one)  # nothing there yet
+    summary = {**make_summary(one.row, 1, 0, [0.5, 1.0]), "external": {"recipe": one.recipe()}}
+    write_summary(tmp_path / "runs" / summary["run"], summary)
+    nnunet._check_row_recipe(board, layout, one)  # fold 1 imported with these settings: fine
+    with pytest.raises(
+        DataError, match=r"nnunet_2d fold 1 seed 0 was made with nnU-Net settings .*one row, one recipe"
+    ):
+        nnunet._check_row_recipe(board, layout, two)
+    (tmp_path / "runs" / summary["run"] / "summary.json").unlink()
+    nnunet._begin_fold(SimpleNamespace(fold_dir=layout.fold_dir), one, 0, 2)  # fold 2 under way elsewhere
+    with pytest.raises(DataError, match=r"fold_2: begun with nnU-Net settings .*one row, one recipe"):
+        nnunet._check_row_recipe(board, layout, two)
+
+
 def test_a_second_process_waits_for_the_first_ones_conversion_and_planning(
     tmp_path: Path, monkeypatch
 ) -> None:
