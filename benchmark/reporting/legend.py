@@ -74,6 +74,18 @@ _RUN_DOCS = {
 }
 
 
+def _external(board: dict[str, Any]) -> str:
+    """The protocol's limit for rows trained outside nerve-bench (their masks are scored here alike)."""
+    if not any(r.get("external") for r in board["rows"] + board.get("incomplete", [])):
+        return ""
+    return (
+        " Rows marked (external) were trained outside this loop: `benchmark nnunet` gave nnU-Net the "
+        "inner set as its validation set; a row put on the board with `benchmark import` was trained and "
+        "tuned as its authors state (listed under the table), which nerve-bench cannot check: only its "
+        "scoring is the same."
+    )
+
+
 def protocol(board: dict[str, Any]) -> list[str]:
     """The protocol in plain words (the Markdown legend's first section)."""
     h = board["header"]
@@ -86,7 +98,7 @@ def protocol(board: dict[str, Any]) -> list[str]:
         "presence gate) are chosen on that inner set only.",
         "Each run's outer fold is scored once and never used for any decision. Across the folds of one "
         "seed every image is scored once by a model that never saw its subject; seeds change only "
-        "initialisation and augmentation.",
+        "initialisation and augmentation." + _external(board),
         "A model's score is the mean over all images of the per-image score averaged over its seeds: an "
         "image-weighted mean, in which a subject with more frames weighs more. Every CI, test, set and "
         "interval below is about that same quantity (per-subject totals, the image counts fixed), never "

@@ -203,6 +203,8 @@ def test_perfect_masks_score_one_and_rank_as_external(setup, tmp_path, capsys) -
     )
     assert "0.00" not in cost_row and cost_row.count("unknown") == 7
     assert "- **perfect** (external): the truth itself" in md
+    # the protocol said of every row that its outer fold was never used for any decision (a review)
+    assert "with `benchmark import` was trained and tuned as its authors state" in md
     assert "unknown" in (results / "leaderboard.csv").read_text()
 
 
