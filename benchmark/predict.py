@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
@@ -137,7 +138,7 @@ def ensemble_postprocess(posts: Sequence[PostProcess]) -> PostProcess:
     for name in _MEANED:
         if name in names:
             mean = float(np.mean([getattr(p, name) for p in posts]))
-            changes[name] = int(round(mean)) if isinstance(getattr(first, name), int) else mean
+            changes[name] = int(round(mean)) if isinstance(getattr(first, name), int) else round(mean, 6)
     return replace(first, **changes)
 
 
@@ -331,7 +332,8 @@ def predict_dir(
         raise NerveBenchError(f"{out}: --out is the folder of the images to predict; give another folder")
     models = [load_model(c, dev, tta) for c in checkpoints]
     # Record the TTA actually used (forced or per checkpoint) in the reported parameters.
-    post = replace(ensemble_postprocess([m.post for m in models]), tta=all(m.module.cfg.tta for m in models))
+    ttas = [bool(m.module.cfg.tta) for m in models]
+    post = replace(ensemble_postprocess([m.post for m in models]), tta=all(ttas))
     out.mkdir(parents=True, exist_ok=True)
     rows, n_positive = _write_masks(models, inputs, post, out, overlays, batch_size, dev)
     sub = write_submission(submission, rows) if submission else None
@@ -343,6 +345,10 @@ def predict_dir(
         "out_dir": str(out),
         "submission": str(sub) if sub else None,
         "postprocess": post.to_dict(),
+        # an ensemble of checkpoints tuned apart applies the mean of their parameters (and each one's TTA)
+        "tuned_apart": len({json.dumps({**m.post.to_dict(), "tta": None}, sort_keys=True) for m in models})
+        > 1,
+        "checkpoint_tta": ttas,
         # mask tifs in --out that this prediction did not write: an earlier one's, left as they were
         "other_masks": sorted(p.name for p in out.glob("*.tif") if p.stem not in written),
         "sample_mismatch": mismatch,  # the submission's ids against sample_submission.csv beside test/

@@ -58,6 +58,15 @@ def run(args: argparse.Namespace) -> int:
         if result["kaggle_refuses"]:
             where += " (NOT one Kaggle accepts: its ids are not sample_submission.csv's)"
         print(f"{result['n_images']} masks ({result['n_positive']} non-empty) in {result['out_dir']}{where}")
+    if result["tuned_apart"]:  # said only in --json and docs/architecture.md before (a review)
+        post, ttas = result["postprocess"], result["checkpoint_tta"]
+        tta = "on" if all(ttas) else "off" if not any(ttas) else f"as each checkpoint has it ({sum(ttas)} on)"
+        print(
+            f"note: the {len(ttas)} checkpoints were tuned apart: the ensemble applies their mean, "
+            f"threshold {post['threshold']:g}, min_area {post['min_area']}, presence_tau "
+            f"{post['presence_tau']:g} (tuned for none of them); flip TTA {tta}",
+            file=sys.stderr,
+        )
     if result["other_masks"]:
         shown = ", ".join(result["other_masks"][:3]) + (", ..." if len(result["other_masks"]) > 3 else "")
         print(

@@ -107,10 +107,14 @@ def test_cli_ensemble_of_two_checkpoints(ckpts, synthetic_dir, tmp_path, capsys)
                  "--submission", str(sub), "--tta"]) == 0  # fmt: skip
     _check_outputs(out, sub, [stem for stem, _ in predict.list_inputs(synthetic_dir)])
     # 5 synthetic test images: a usable CSV, but not one Kaggle would score; the command says so.
-    assert capsys.readouterr().err == (
+    first, *rest = capsys.readouterr().err.splitlines()
+    assert rest == [
         f"note: {sub} holds 5 rows; Kaggle scores a submission of all 5508 test images (--input the full "
-        "test/ folder)\n"
-    )
+        "test/ folder)"
+    ]
+    # tuned apart (thresholds, min_area 0 and 10): the mean they apply was said in --json only (a review)
+    assert first.startswith("note: the 2 checkpoints were tuned apart: the ensemble applies their mean, ")
+    assert first.endswith(", min_area 5, presence_tau 0 (tuned for none of them); flip TTA on")
     # Again into the same folder, from 2 of the images: the other 3 masks are an earlier prediction's.
     two = tmp_path / "two"
     two.mkdir()
