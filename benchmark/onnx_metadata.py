@@ -38,6 +38,7 @@ def _geometry(resize_mode: str) -> dict[str, str]:
         "prepare": f"reflect padding of the 420x580 frame to input_shape, the frame at row {top}, column "
         f"{left} (numpy.pad mode='reflect')",
         "restore": f"the crop rows {top}..{top + h - 1}, columns {left}..{left + w - 1} of the probabilities",
+        "pad_offset": json.dumps([top, left]),  # (row, column) of the frame, for a program to read
     }
 
 
@@ -61,6 +62,13 @@ def metadata(cfg: Any, post: Any, names: list[str], package: str, tuned_in: str)
         "torch": torch.__version__,
         "model": cfg.model,
         "model_kwargs": cfg.model_kwargs,
+        # which trained model this is: "best.ckpt" alone named no fold (a review)
+        "run": cfg.run_name(),
+        "fold": cfg.fold,
+        "n_folds": cfg.n_folds,
+        "seed": cfg.seed,
+        "split_seed": cfg.split_seed,
+        "config_hash": cfg.hash(),
         "package": package,
         "input": INPUT,
         "input_shape": list(geometry.input_shape(cfg.resize_mode, cfg.image_size)),

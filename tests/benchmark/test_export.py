@@ -20,7 +20,10 @@ from benchmark.core.config import TrainConfig  # noqa: E402
 from benchmark.onnx_metadata import read_metadata  # noqa: E402
 from benchmark.scoring.postprocess import PostProcess  # noqa: E402
 from benchmark.training.checkpoint import read_checkpoint, save_plain_checkpoint, store_in_checkpoint  # noqa: E402
-from benchmark.training.module import SegModule  # noqa: E402
+from benchmark.training.module import (
+    SegModule,  # noqa: E402
+    config_from_dict,  # noqa: E402
+)
 from models.registry import BUILTIN  # noqa: E402
 from tests.plugin_site import EXAMPLE_MODEL, activate  # noqa: E402
 
@@ -98,6 +101,8 @@ def test_export_command_stores_the_tuned_postprocessing(
     assert (meta["model"], meta["package"]) == ("trans_cg_unet", BUILTIN)
     assert meta["outputs"] == ["mask", "presence", "bbox"] and meta["tta_in_graph"] is True
     assert meta["parity_tolerance"] == export.TOLERANCE and str(data) in meta["parity_inputs"]
+    cfg = config_from_dict(read_checkpoint(ckpt)["hyper_parameters"]["config"])  # which fold's model
+    assert (meta["run"], meta["fold"], meta["config_hash"]) == (cfg.run_name(), cfg.fold, cfg.hash())
     # any onnxruntime consumer reads the same map
     custom = ort.InferenceSession(str(out)).get_modelmeta().custom_metadata_map
     assert custom["threshold"] == "0.45" and custom["presence_source"] == "presence"
