@@ -17,7 +17,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help="benchmark YAML whose split is written (default: benchmark/configs/default.yaml, as `run`)",
+        help="benchmark YAML whose split is written (default: --results-dir's board, else "
+        "benchmark/configs/default.yaml, as `run`)",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="without --config: the split of this results directory's board (as import and nnunet read "
+        "it), so a method trained on the folds written here is scored on the same ones",
     )
     add_set_option(parser, "override a config field, e.g. --set n_folds=3 (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON file to write (atomically)")
@@ -35,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(
         args.out, "--out", "the path of a .json file", [*reads, *([args.config] if args.config else [])]
     )
-    cfg = train_config(args.config, args.overrides)
+    data_hash = None
+    if args.config is None and args.results_dir is not None:  # the board of these data, not the fallback's
+        from datamodules.decoded_cache import load_train_shared
+        from datamodules.kaggle import content_hash
+
+        data_hash = content_hash(load_train_shared(args.data_dir))
+    cfg = train_config(args.config, args.overrides, args.results_dir, data_hash)
     doc = folds_document(cfg, args.data_dir)
     write_json_atomic(args.out, doc)
     for fold in doc["folds"]:  # as run warns: epochs and post-processing chosen on more than is fitted

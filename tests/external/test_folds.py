@@ -72,6 +72,21 @@ def test_folds_match_a_real_run(fit_runs) -> None:
     ]
 
 
+def test_folds_of_a_results_directory_are_its_boards(fit_runs, tmp_path: Path, capsys) -> None:
+    """`folds` wrote default.yaml's 5 folds beside a board of 3: a method trained on them was refused
+    by `import` only after its training (a review). --results-dir takes the board's split."""
+    from benchmark.core.summary import write_summary
+
+    summary = fit_runs.unet
+    write_summary(tmp_path / "runs" / summary["run"], summary)
+    out = tmp_path / "folds.json"
+    argv = ["folds", "--data-dir", str(fit_runs.data), "--out", str(out)]
+    assert main([*argv, "--results-dir", str(tmp_path)]) == 0 and "3 folds" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["folds"][summary["fold"]]["outer"] == summary["per_image"]["stem"]
+    assert main(argv) == 0 and "5 folds" in capsys.readouterr().out  # default.yaml's, as before
+
+
 def test_folds_warns_where_the_inner_set_outnumbers_the_training_part(
     synthetic_dir: Path, tmp_path: Path, capsys
 ) -> None:
