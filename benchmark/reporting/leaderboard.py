@@ -191,11 +191,16 @@ def _cost(runs: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 def external_provenance(runs: list[dict[str, Any]]) -> str | None:
-    """The provenance text of an imported (outside) method's runs, None for our own runs."""
-    texts = sorted(
-        {str((s.get("external") or {}).get("provenance") or "external") for s in runs if s.get("external")}
-    )
-    return "; ".join(texts) or None
+    """The provenance text of an imported (outside) method's runs, None for our own runs; where its
+    runs' texts differ, each names its folds (the texts were joined, which fold said what unsaid)."""
+    where: dict[str, list[str]] = {}
+    seeds = len({s.get("seed") for s in runs}) > 1
+    for s in (s for s in runs if s.get("external")):
+        text = str(s["external"].get("provenance") or "external")
+        where.setdefault(text, []).append(f"{s.get('fold')}" + (f" seed {s.get('seed')}" if seeds else ""))
+    if len(where) <= 1:
+        return next(iter(where), None)
+    return "; ".join(f"{text} [fold {', '.join(folds)}]" for text, folds in sorted(where.items()))
 
 
 def model_row(

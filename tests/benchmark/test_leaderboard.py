@@ -357,3 +357,18 @@ def test_truth_flags_follow_the_sorted_index_whatever_the_run_order():
     assert images["index"].tolist() == [0, 1, 2, 3] and images["subject"].tolist() == [1, 1, 2, 2]
     assert images["true_empty"].tolist() == [False, False, True, False]
     assert images["dice"].tolist() == pytest.approx([0.4, 0.6, 1.0, 0.5])
+
+
+def test_an_imported_rows_provenance_says_which_folds_said_what():
+    """Fold 0 imported with --folds-file, folds 1 and 2 without: the texts were joined, the same words
+    twice and which fold was unchecked unsaid (a review)."""
+    runs = [make_summary("x", k, 0, [0.5, 1.0]) for k in range(3)]
+    for k, s in enumerate(runs):
+        s["external"] = {"provenance": "tuned on inner" + ("" if k == 0 else "; split not checked")}
+    assert (
+        lb.external_provenance(runs)
+        == "tuned on inner [fold 0]; tuned on inner; split not checked [fold 1, 2]"
+    )
+    for s in runs:
+        s["external"]["provenance"] = "tuned on inner"
+    assert lb.external_provenance(runs) == "tuned on inner" and lb.external_provenance(runs[:0]) is None
