@@ -316,11 +316,10 @@ def predict_dir(
 ) -> dict:
     """Predict every input tif, write ``<out>/<stem>.tif`` (uint8 {0,255}) and optional extras.
 
-    Returns ``{"n_images", "n_positive", "out_dir", "submission", "postprocess", "other_masks",
-    "sample_mismatch", "kaggle_refuses"}``
-    (``other_masks``: tifs already in ``out_dir`` that this prediction did not write;
-    ``sample_mismatch``: :func:`sample_mismatch` of the submission; ``kaggle_refuses``: its ids
-    are not the sample's).
+    Returns ``{"n_images", "n_positive", "out_dir", "submission", "postprocess", "tuned_apart",
+    "checkpoint_tta", "other_masks", "sample_mismatch", "kaggle_refuses"}`` (``other_masks``: tifs
+    already in ``out_dir`` that this prediction did not write; ``sample_mismatch``: :func:`sample_mismatch`
+    of the submission; ``kaggle_refuses``: its ids are not the sample's).
     """
     if not checkpoints:
         raise NerveBenchError("no checkpoint given")
@@ -345,12 +344,16 @@ def predict_dir(
         "out_dir": str(out),
         "submission": str(sub) if sub else None,
         "postprocess": post.to_dict(),
-        # an ensemble of checkpoints tuned apart applies the mean of their parameters (and each one's TTA)
-        "tuned_apart": len({json.dumps({**m.post.to_dict(), "tta": None}, sort_keys=True) for m in models})
-        > 1,
+        "tuned_apart": _tuned_apart(models),
         "checkpoint_tta": ttas,
         # mask tifs in --out that this prediction did not write: an earlier one's, left as they were
         "other_masks": sorted(p.name for p in out.glob("*.tif") if p.stem not in written),
         "sample_mismatch": mismatch,  # the submission's ids against sample_submission.csv beside test/
         "kaggle_refuses": bool(mismatch and mismatch.startswith(IDS_DIFFER)),  # not an order, not unread
     }
+
+
+def _tuned_apart(models: Sequence[LoadedModel]) -> bool:
+    """Whether the checkpoints' tuned post-processing differs (TTA aside): an ensemble of them applies
+    the mean of their parameters, tuned for none of them."""
+    return len({json.dumps({**m.post.to_dict(), "tta": None}, sort_keys=True) for m in models}) > 1

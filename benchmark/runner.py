@@ -11,9 +11,8 @@ quota): then the grid stops with one line (:mod:`benchmark.core.preflight`). An 
 SIGTERM) names the run in flight and the checkpoint it resumes from. Each run frees the device memory
 and compiled graphs it leaves in the process. The synthetic fallback is :mod:`benchmark.fallback`.
 Under DDP every rank executes this loop (Lightning re-launches the command); rank 0 claims the runs
-and ranks > 0 follow its decisions; only rank 0 prints, writes error files and the report. A run
-that fails on any rank ends the DDP job (:mod:`benchmark.ddp_stop`): the other ranks could not go on.
-"""
+and ranks > 0 follow it; only rank 0 prints, writes error files and the report. A run failing on
+any rank ends the DDP job (:mod:`benchmark.ddp_stop`)."""
 
 from __future__ import annotations
 
@@ -180,8 +179,7 @@ def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -
         if interrupt is not None:  # not this run's failure: the command was told to stop
             say(interrupted_line(cfg, run_dir))
             raise interrupt from None
-        lost = lost_behind(exc)
-        if lost is not None:  # the run is another process's now: nothing of this attempt is written
+        if (lost := lost_behind(exc)) is not None:  # the run is another process's now: nothing more written
             say(f"warning: {lost}")
             return Outcome(cfg.run_name(), "held", time.perf_counter() - start, error=str(lost))
         if ddp:

@@ -59,14 +59,7 @@ def run(args: argparse.Namespace) -> int:
             where += " (NOT one Kaggle accepts: its ids are not sample_submission.csv's)"
         print(f"{result['n_images']} masks ({result['n_positive']} non-empty) in {result['out_dir']}{where}")
     if result["tuned_apart"]:  # said only in --json and docs/architecture.md before (a review)
-        post, ttas = result["postprocess"], result["checkpoint_tta"]
-        tta = "on" if all(ttas) else "off" if not any(ttas) else f"as each checkpoint has it ({sum(ttas)} on)"
-        print(
-            f"note: the {len(ttas)} checkpoints were tuned apart: the ensemble applies their mean, "
-            f"threshold {post['threshold']:g}, min_area {post['min_area']}, presence_tau "
-            f"{post['presence_tau']:g} (tuned for none of them); flip TTA {tta}",
-            file=sys.stderr,
-        )
+        print(_tuned_apart(result), file=sys.stderr)
     if result["other_masks"]:
         shown = ", ".join(result["other_masks"][:3]) + (", ..." if len(result["other_masks"]) > 3 else "")
         print(
@@ -84,3 +77,14 @@ def run(args: argparse.Namespace) -> int:
         )
     # written all the same (finished work is kept), but `predict && kaggle submit` must not go on
     return EXIT_REFUSED_SUBMISSION if result["kaggle_refuses"] else 0
+
+
+def _tuned_apart(result: dict) -> str:
+    """The note for an ensemble of checkpoints tuned apart: the mean it applies, and its TTA."""
+    post, ttas = result["postprocess"], result["checkpoint_tta"]
+    tta = "on" if all(ttas) else "off" if not any(ttas) else f"as each checkpoint has it ({sum(ttas)} on)"
+    return (
+        f"note: the {len(ttas)} checkpoints were tuned apart: the ensemble applies their mean, "
+        f"threshold {post['threshold']:g}, min_area {post['min_area']}, presence_tau "
+        f"{post['presence_tau']:g} (tuned for none of them); flip TTA {tta}"
+    )

@@ -139,16 +139,12 @@ def test_a_dry_run_says_which_runs_are_only_scored_again(tmp_path, capsys, monke
     from benchmark.training import finished
 
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "--config", str(SMOKE), "--dry-run"]) == 0
-    first = capsys.readouterr().out.splitlines()[1].split(" -> ")[1]
-    ckpts = tmp_path / "results" / "runs" / first / "checkpoints"
+    cfg = grid_configs.build_grid(fb.synthetic_benchmark(load_benchmark_config(SMOKE), str(SMOKE)))[0]
+    first, ckpts = cfg.run_name(), tmp_path / "results" / "runs" / cfg.run_name() / "checkpoints"
     ckpts.mkdir(parents=True)
     torch.save({"nerve_bench_history": {"epoch": [0]}}, ckpts / "last.ckpt")
-    cfg = grid_configs.build_grid(fb.synthetic_benchmark(load_benchmark_config(SMOKE), str(SMOKE)))[0]
-    assert cfg.run_name() == first  # its best.ckpt records its config, as a trained one does
-    torch.save(
-        {"epoch": 0, "global_step": 3, "hyper_parameters": {"config": cfg.to_dict()}}, ckpts / "best.ckpt"
-    )
+    best = {"epoch": 0, "global_step": 3, "hyper_parameters": {"config": cfg.to_dict()}}  # as trained
+    torch.save(best, ckpts / "best.ckpt")
     finished.drop_resume_state(ckpts.parent, cfg.hash(), {k: 1 for k in finished.FACTS})
     assert main(["run", "--config", str(SMOKE), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
