@@ -179,7 +179,8 @@ class RunLock:
         """LockLost for a file about to be written into this lock's run once another process took the
         lock over (it judged this one stale: a process paused past the stale age, a suspended VM, a
         hung file system), so the two never both write the run's checkpoints and summary."""
-        if self.path.parent in Path(path).parents and self.lost:
+        run_dir = Path(os.path.abspath(self.path.parent))  # a relative and an absolute name alike
+        if run_dir in Path(os.path.abspath(path)).parents and self.lost:
             raise LockLost(
                 f"{self.path}: taken over by another process while this one trained (its heartbeat was "
                 f"judged stale); it stops without writing {Path(path).name}: the other one finishes the run"
