@@ -179,7 +179,7 @@ def _train_one(cfg: TrainConfig, data_dir: Path, run_dir: Path, fit: Callable) -
         if interrupt is not None:  # not this run's failure: the command was told to stop
             say(interrupted_line(cfg, run_dir))
             raise interrupt from None
-        if (lost := lost_behind(exc)) is not None:  # the run is another process's now: nothing more written
+        if (lost := lost_behind(exc)) is not None and not ddp:  # another process's run now (DDP: ends)
             say(f"warning: {lost}")
             return Outcome(cfg.run_name(), "held", time.perf_counter() - start, error=str(lost))
         if ddp:
