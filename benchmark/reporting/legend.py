@@ -76,7 +76,7 @@ _RUN_DOCS = {
 
 def _external(board: dict[str, Any]) -> str:
     """The protocol's limit for rows trained outside nerve-bench (their masks are scored here alike)."""
-    if not any(r.get("external") for r in board["rows"] + board.get("incomplete", [])):
+    if not any(r.get("external") for r in board.get("rows", []) + board.get("incomplete", [])):
         return ""
     return (
         " Rows marked (external) were trained outside this loop: `benchmark nnunet` gave nnU-Net the "
