@@ -74,7 +74,7 @@ def lightning_logger(cfg: TrainConfig, run_name: str, out_dir: str | Path) -> An
         name=run_name,
         id=wandb_run_id(run_name, cfg.wandb_group),
         # a run resumed from last.ckpt logs on in its first attempt's W&B run; one that starts again
-        # from scratch (no checkpoint) replaces that attempt's data, as W&B does for an id without resume
+        # from scratch (no checkpoint) logs under the id without resume (W&B documents it as overwriting)
         resume="allow" if (out_dir / "checkpoints" / LAST).is_file() else None,
         config=cfg.to_dict(),
         mode=wandb_mode(),
