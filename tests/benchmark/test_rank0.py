@@ -206,7 +206,6 @@ def test_two_srun_tasks_skip_the_run_another_job_holds_together(tmp_path):
     its collective for a rank 0 that never came. Also: rank 1 waits for rank 0's synthetic data."""
     import os
     import random
-    import socket
     import subprocess
     import sys
     from pathlib import Path
@@ -222,11 +221,7 @@ def test_two_srun_tasks_skip_the_run_another_job_holds_together(tmp_path):
     held = lock.claim(results / "runs" / grid[0].run_name())  # another job's, alive
     job = str(random.randrange(1000, 9000))
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH}
-    # Lightning's SLURM port is 15000 + the job id's last 4 digits, where a Ray worker of another
-    # xdist worker may listen (10002-19999): a port the kernel hands out is free and outside it.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
+    port = _free_port()  # Lightning's SLURM port (15000 + the job id) may be a Ray worker's (10002-19999)
     env.update(SLURM_JOB_ID=job, SLURM_STEP_ID="0", SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2",
                SLURM_NNODES="1", SLURM_NODELIST="localhost", SLURM_JOB_NAME="bench", SLURM_NODEID="0",
                OMP_NUM_THREADS="1", PYTHONPATH=str(root), MASTER_PORT=port)  # fmt: skip
@@ -254,3 +249,12 @@ def test_two_srun_tasks_skip_the_run_another_job_holds_together(tmp_path):
     assert not (results / "runs" / grid[0].run_name() / "summary.json").exists()
     assert (results / "runs" / grid[1].run_name() / "summary.json").is_file()
     assert json.loads(next((results / rank0.GRID_DIR).glob("slurm-*.json")).read_text())["ended"] is True
+
+
+def _free_port() -> str:
+    """A port the kernel hands out: free now, and outside the ports Ray's workers take."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])

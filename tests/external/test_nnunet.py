@@ -134,17 +134,20 @@ def test_tiny_nnunet_run_lands_a_ranked_row(tmp_path: Path) -> None:
         and row["external"].startswith("nnU-Net v2.8.1 through its own code")
     )
     assert "1 epochs x 2 iterations (budgeted)" in row["external"] and row["cost"]["params"] > 0
-    summaries = [json.loads(p.read_text()) for p in (results / "runs").glob("nnunet_2d__*/summary.json")]
-    dice = [s["metrics"]["post"]["kaggle_dice"] for s in sorted(summaries, key=lambda s: s["fold"])]
-    assert said[-1] == "; ".join(
-        f"fold {k}: imported, outer-fold Kaggle Dice {d:.4f}" for k, d in enumerate(dice)
-    )  # as `import` says it: the nnunet command printed no score
+    assert said[-1] == _fold_lines(results)  # as `import` says it: the nnunet command printed no score
     assert row["cost"]["latency_ms"] is None and "nnunet_2d (external)" in markdown(board)
     # A second call finds both folds imported and starts no nnU-Net process.
     assert run_nnunet(data, results, settings, config=config, say=lambda _: None) == [
         (0, 0, "skipped"),
         (1, 0, "skipped"),
     ]
+
+
+def _fold_lines(results: Path) -> str:
+    """The line naming each imported fold's outer-fold Kaggle Dice, from the summaries (fold 0 first)."""
+    runs = sorted((results / "runs").glob("nnunet_2d__*/summary.json"))
+    dice = [json.loads(p.read_text())["metrics"]["post"]["kaggle_dice"] for p in runs]
+    return "; ".join(f"fold {k}: imported, outer-fold Kaggle Dice {d:.4f}" for k, d in enumerate(dice))
 
 
 @pytest.mark.skipif(not HAS_NNUNET, reason="nnU-Net not installed (pip install -e .[nnunet])")
