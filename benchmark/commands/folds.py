@@ -43,14 +43,14 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(
         args.out, "--out", "the path of a .json file", [*reads, *([args.config] if args.config else [])]
     )
-    data_hash = None
+    train_set, data_hash = None, None
     if args.config is None and args.results_dir is not None:  # the board of these data, not the fallback's
-        from datamodules.decoded_cache import load_train_shared
-        from datamodules.kaggle import content_hash
+        from datamodules.kaggle import content_hash, load_train
 
-        data_hash = content_hash(load_train_shared(args.data_dir))
+        train_set = load_train(args.data_dir)  # read once: the document splits the same copy
+        data_hash = content_hash(train_set)
     cfg = train_config(args.config, args.overrides, args.results_dir, data_hash)
-    doc = folds_document(cfg, args.data_dir)
+    doc = folds_document(cfg, args.data_dir, train_set)
     write_json_atomic(args.out, doc)
     for fold in doc["folds"]:  # as run warns: epochs and post-processing chosen on more than is fitted
         if len(fold["inner"]) > len(fold["train"]):

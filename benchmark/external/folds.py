@@ -81,9 +81,10 @@ def fold_entry(fold: Fold) -> dict[str, Any]:
     }
 
 
-def folds_document(cfg: TrainConfig, data_dir: Path) -> dict[str, Any]:
-    """Every outer fold's train / inner / outer stems, with the split seed and the data's content hash."""
-    train_set = load_train(data_dir)
+def folds_document(cfg: TrainConfig, data_dir: Path, train_set: TrainSet | None = None) -> dict[str, Any]:
+    """Every outer fold's train / inner / outer stems, with the split seed and the data's content hash;
+    ``train_set``: ``data_dir``'s, already read."""
+    train_set = load_train(data_dir) if train_set is None else train_set
     folds = [split_fold(cfg, data_dir, k, train_set) for k in fold_ids(cfg)]
     return {
         "format": FOLDS_FORMAT,
