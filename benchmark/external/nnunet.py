@@ -47,6 +47,7 @@ from benchmark.external.nnunet_layout import (
 from benchmark.external.nnunet_steps import FACTS
 from datamodules.errors import DataError, NerveBenchError
 
+ONE_ROW = "one row, one recipe (give those settings, or use another --results-dir)"
 INSTALL_HINT = "nnU-Net is not installed: `pip install -e .[nnunet]` or `make install` (see README, nnU-Net)"
 DEFAULT_EPOCHS, DEFAULT_ITERATIONS = 1000, 250  # nnUNetTrainer's own
 SETUP_POLL_S = 5.0  # how often a process waiting for another's conversion and planning looks again
@@ -217,20 +218,22 @@ def _check_row_recipe(board: importer.Board, layout: Layout, settings: NnUNetSet
     """One row is one recipe: a fold imported, or begun (its recipe record), with other settings is
     refused. Each fold checked only its own, so folds spread over machines with other --epochs made
     one ranked row of three budgets (a review)."""
-    recipe = settings.recipe()
+    recipe, want = settings.recipe(), json.dumps(settings.recipe(), sort_keys=True) + "\n"
     for path, summary in complete_summaries(board.results_dir):
         saved = (summary.get("external") or {}).get("recipe")
         if summary.get("model") == settings.row and saved != recipe:
             raise DataError(path, f"{settings.row} fold {summary.get('fold')} seed {summary.get('seed')} "
-                            f"was made with nnU-Net settings {saved}, not {recipe}: one row, one recipe "
-                            "(give those settings, or use another --results-dir)")  # fmt: skip
-    want = json.dumps(recipe, sort_keys=True)
+                            f"was made with nnU-Net settings {saved}, not {recipe}: {ONE_ROW}")  # fmt: skip
     for seed, fold in ((s, k) for s in settings.seeds for k in fold_ids(board.cfg)):
-        marker = layout.fold_dir(settings.plans, seed, fold) / RECIPE  # a fold under way elsewhere
-        if marker.is_file() and marker.read_text().strip() != want:
-            raise DataError(marker.parent, f"begun with nnU-Net settings {marker.read_text().strip()}, "
-                            f"not {want}: one row, one recipe (give those settings, or use another "
-                            "--results-dir)")  # fmt: skip
+        fold_dir = layout.fold_dir(settings.plans, seed, fold)  # a fold under way elsewhere
+        if (other := _begun_otherwise(fold_dir, want)) is not None:
+            raise DataError(fold_dir, f"begun with nnU-Net settings {other}, not {want.strip()}: {ONE_ROW}")
+
+
+def _begun_otherwise(fold_dir: Path, want: str) -> str | None:
+    """The recipe ``fold_dir`` was begun under (the record :func:`_begin_fold` writes), if not ``want``."""
+    marker = fold_dir / RECIPE
+    return marker.read_text().strip() if marker.is_file() and marker.read_text() != want else None
 
 
 def _fold_job(layout: Layout, settings: NnUNetSettings, split: Fold, seed: int) -> dict[str, Any]:
@@ -280,10 +283,8 @@ def _begin_fold(layout: Layout, settings: NnUNetSettings, seed: int, fold: int) 
     recipe's name (a rerun with other --epochs did). A fold from before the record is taken as this
     recipe's unless its training record says another number of epochs."""
     fold_dir = layout.fold_dir(settings.plans, seed, fold)
-    want = json.dumps(settings.recipe(), sort_keys=True) + "\n"
-    marker = fold_dir / RECIPE
-    if marker.is_file() and marker.read_text() != want:
-        saved = marker.read_text().strip()
+    want, marker = json.dumps(settings.recipe(), sort_keys=True) + "\n", fold_dir / RECIPE
+    if (saved := _begun_otherwise(fold_dir, want)) is not None:
         raise DataError(fold_dir, f"begun with nnU-Net settings {saved}, not {want.strip()}; "
                         "use another --results-dir, or delete this folder to train it again")  # fmt: skip
     if not marker.is_file() and fold_dir.is_dir():
