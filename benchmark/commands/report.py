@@ -75,10 +75,10 @@ def _log_board(board: dict[str, Any], cfg: Any, results: Path) -> int:
     1 when W&B failed."""
     import dataclasses
 
-    from benchmark.reporting.tracking import log_leaderboard
+    from benchmark.reporting.tracking import benchmark_group, log_leaderboard
 
     hashes = board["header"]["benchmark_hash"]
-    group = f"benchmark-{hashes[0]}" if len(hashes) == 1 else None
+    group = benchmark_group(hashes[0]) if len(hashes) == 1 else None
     try:
         log_leaderboard(
             board, dataclasses.replace(cfg, wandb_group=group), results, results / "plots" / "leaderboard.png"

@@ -148,8 +148,9 @@ def wandb_group(grid: list[TrainConfig]) -> str:
     benchmark over several (a resumed run logged on in a new W&B run of another group), and the
     jobs that share out one grid (``--models``) each made their own."""
     from benchmark.reporting.leaderboard import benchmark_hash
+    from benchmark.reporting.tracking import benchmark_group
 
-    return f"benchmark-{benchmark_hash({'config': grid[0].to_dict(), **grid[0].box_recipe()})}"
+    return benchmark_group(benchmark_hash({"config": grid[0].to_dict(), **grid[0].box_recipe()}))
 
 
 def _print_config(args: argparse.Namespace) -> int:

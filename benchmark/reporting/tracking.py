@@ -109,6 +109,11 @@ def _selected(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def benchmark_group(config_hash: str) -> str:
+    """The W&B group of a benchmark's runs and boards: its config hash, as the board's header names it."""
+    return f"benchmark-{config_hash}"
+
+
 def log_leaderboard(
     board: dict[str, Any], cfg: TrainConfig, out_dir: str | Path, plot: Path | None = None
 ) -> None:
