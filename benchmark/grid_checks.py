@@ -33,14 +33,14 @@ GPU_ACCELERATORS = ("gpu", "cuda")
 def check_train_set(grid: list[TrainConfig], data_dir: Path, results_dir: Path, train: TrainSet) -> None:
     """``train`` (the decoded training set) split as the results directory's runs split it, and every
     run's split holding one global batch; a warning per linked subject pair the runs keep apart."""
-    from benchmark.core.ranks import global_rank
+    from benchmark.runner import say
     from datamodules.fingerprints import unlinked
 
     linked = any(c.link_subjects for c in grid)  # one split per board: never set per model
     units, links = train.units(linked)
     check_link_subjects(results_dir, linked, links)
-    for link in links if not linked and global_rank() == 0 else []:
-        print(f"warning: {unlinked(link)}", flush=True)
+    for link in links if not linked else []:
+        say(f"warning: {unlinked(link)}")
     check_splits(grid, data_dir, train.subjects, train.positive, units)
 
 
